@@ -1,0 +1,90 @@
+"""Re-score a finished LongBench run from its saved predictions, without regenerating.
+
+Usage: python -m eval.longbench.score <job_dir> [--longbench-e]
+Reads <job_dir>/predictions/<task>.jsonl (one `prediction_record` per line) and prints a per-task and category
+table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from eval.common import Score
+from eval.longbench.benchmark import score_records, summarize
+from eval.longbench.data import ALL_TASKS
+
+
+def read_predictions(path: Path) -> list[dict[str, Any]]:
+    records = []
+    with path.open(encoding="utf-8") as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({exc})") from exc
+    return records
+
+
+def score_predictions(job_dir: str | Path, longbench_e: bool = False) -> list[Score]:
+    """Scores of every LongBench task file under <job_dir>/predictions, in table order.
+
+    Files whose name is not a LongBench task are skipped with a warning.
+    """
+    pred_dir = Path(job_dir) / "predictions"
+    if not pred_dir.is_dir():
+        raise FileNotFoundError(
+            f"no predictions folder {pred_dir} (expected <job_dir>/predictions/<task>.jsonl)"
+        )
+    files = {p.stem: p for p in sorted(pred_dir.glob("*.jsonl"))}
+    for stem in sorted(set(files) - set(ALL_TASKS)):
+        warnings.warn(f"skipping {files[stem]}: not a LongBench task name", stacklevel=2)
+    tasks = [t for t in ALL_TASKS if t in files]
+    if not tasks:
+        raise FileNotFoundError(f"no LongBench prediction files (<task>.jsonl) in {pred_dir}")
+    return [s for t in tasks for s in score_records(t, read_predictions(files[t]), longbench_e)]
+
+
+def score_table(scores: list[Score]) -> pd.DataFrame:
+    """One row per task (score, n, and bucket columns for LongBench-E), then category and average rows."""
+    rows: dict[str, dict[str, Any]] = {}
+    overall: dict[str, float] = {}
+    for s in scores:
+        row = rows.setdefault(s.task, {"metric": s.metric.split("@")[0]})
+        if "@" in s.metric:
+            row[s.metric.split("@")[1]] = s.value
+        else:
+            row |= {"score": s.value, "n": s.n}
+            overall[s.task] = s.value
+    for name, value in summarize(overall).items():
+        rows[name] = {"metric": "mean", "score": value}
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    table["n"] = table["n"].astype("Int64")
+    return table
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m eval.longbench.score", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument("job_dir", help="run folder holding predictions/<task>.jsonl")
+    parser.add_argument(
+        "--longbench-e", action="store_true", help="also score the LongBench-E length buckets"
+    )
+    args = parser.parse_args(argv)
+    table = score_table(score_predictions(args.job_dir, args.longbench_e))
+    with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
+        print(table.to_string(na_rep="-", float_format=lambda v: f"{v:.2f}"))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
