@@ -1,0 +1,8 @@
+"""Kernels over the compressed KV format: prune+pack and fused split-K sparse decode attention.
+
+Import-light: Triton is imported only when a Triton backend is actually used.
+"""
+
+from mustafar.kernels.dispatch import pack_into, resolve_backend, sparse_decode_attention, topk_pack_into
+
+__all__ = ["pack_into", "resolve_backend", "sparse_decode_attention", "topk_pack_into"]

@@ -1,0 +1,34 @@
+"""Plain-PyTorch references: the CPU path of every kernel, and the oracle the Triton kernels are tested against."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from mustafar.formats.bitmap import CompressedStore, pack_reference, topk_keep_mask
+
+
+def topk_pack_reference(store: CompressedStore, rows: Tensor, keep: int) -> None:
+    """Exact per-token top-``keep`` (ties: lower channel first), then the reference pack."""
+    mask = topk_keep_mask(rows, keep)
+    pack_reference(store, rows, mask, mask.sum(-1))
+
+
+def decode_attention_reference(
+    q: Tensor,
+    k_store: CompressedStore,
+    v_store: CompressedStore,
+    k_window: Tensor,
+    v_window: Tensor,
+    scale: float,
+) -> Tensor:
+    """softmax(scale·q·[K_c; K_w]ᵀ)·[V_c; V_w] over the decompressed stores, fp32 math (fp64 for fp64 inputs)."""
+    acc = torch.float64 if q.dtype == torch.float64 else torch.float32
+    keys = torch.cat([k_store.to_dense().to(acc), k_window.to(acc)], dim=2)
+    values = torch.cat([v_store.to_dense().to(acc), v_window.to(acc)], dim=2)
+    b, hq, d = q.shape
+    hkv = keys.shape[1]
+    qg = q.to(acc).view(b, hkv, hq // hkv, d)
+    scores = torch.einsum("bgrd,bgtd->bgrt", qg, keys) * scale
+    out = torch.einsum("bgrt,bgtd->bgrd", scores.softmax(dim=-1), values)
+    return out.reshape(b, hq, d).to(q.dtype)
