@@ -54,21 +54,19 @@ def score_predictions(job_dir: str | Path, longbench_e: bool = False) -> list[Sc
 
 
 def score_table(scores: list[Score]) -> pd.DataFrame:
-    """One row per task (score, n, and bucket columns for LongBench-E), then category and average rows."""
+    """One row per task: metric, score, n, and the bucket columns for LongBench-E."""
     rows: dict[str, dict[str, Any]] = {}
-    overall: dict[str, float] = {}
     for s in scores:
-        row = rows.setdefault(s.task, {"metric": s.metric.split("@")[0]})
-        if "@" in s.metric:
-            row[s.metric.split("@")[1]] = s.value
-        else:
-            row |= {"score": s.value, "n": s.n}
-            overall[s.task] = s.value
-    for name, value in summarize(overall).items():
-        rows[name] = {"metric": "mean", "score": value}
-    table = pd.DataFrame.from_dict(rows, orient="index")
-    table["n"] = table["n"].astype("Int64")
-    return table
+        metric, _, bucket = s.metric.partition("@")
+        row = rows.setdefault(s.task, {"metric": metric})
+        row |= {bucket: s.value} if bucket else {"score": s.value, "n": s.n}
+    return pd.DataFrame.from_dict(rows, orient="index")
+
+
+def summary_table(scores: list[Score]) -> pd.DataFrame:
+    """Category means and averages (see `summarize`) of the overall task scores."""
+    overall = {s.task: s.value for s in scores if "@" not in s.metric}
+    return pd.DataFrame.from_dict(summarize(overall), orient="index", columns=["score"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -80,9 +78,11 @@ def main(argv: list[str] | None = None) -> int:
         "--longbench-e", action="store_true", help="also score the LongBench-E length buckets"
     )
     args = parser.parse_args(argv)
-    table = score_table(score_predictions(args.job_dir, args.longbench_e))
+    scores = score_predictions(args.job_dir, args.longbench_e)
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
-        print(table.to_string(na_rep="-", float_format=lambda v: f"{v:.2f}"))
+        print(score_table(scores).to_string(float_format=lambda v: f"{v:.2f}"))
+        print()
+        print(summary_table(scores).to_string(float_format=lambda v: f"{v:.2f}"))
     return 0
 
 
