@@ -1,0 +1,1 @@
+"""Benchmarks: RULER (generated here) and LongBench (loaded from local data), behind one interface."""

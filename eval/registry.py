@@ -1,0 +1,72 @@
+"""Benchmark configs: validated before any model work, built once the tokenizer is known."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from eval.common import Benchmark
+from mustafar.models import LoadedModel
+
+BENCHMARKS = ("ruler", "longbench")
+
+
+def validate(cfg: dict[str, Any], context_length: int | None) -> None:
+    """Cheap checks that must fail before a model is loaded; the benchmark classes check the rest."""
+    name = cfg.get("name")
+    if name not in BENCHMARKS:
+        raise ValueError(f"benchmark.name={name!r} is not allowed; choose one of {', '.join(BENCHMARKS)}")
+    tasks = cfg.get("tasks")
+    if tasks is not None and (isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks)):
+        raise ValueError(
+            f"benchmark.tasks={tasks!r} must be a list of task names, e.g. benchmark.tasks=[vt,cwe]"
+        )
+    n = cfg.get("n")
+    if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
+        raise ValueError(f"benchmark.n={n!r} must be an integer >= 1 (samples per task)")
+    if name == "ruler":
+        from eval.ruler.benchmark import MIN_LENGTH, check_task
+
+        for task in tasks or []:
+            check_task(task)
+        length = cfg.get("length")
+        if not isinstance(length, int) or length < MIN_LENGTH:
+            raise ValueError(f"benchmark.length={length!r} must be an integer >= {MIN_LENGTH}")
+        if context_length is not None and length > context_length:
+            raise ValueError(
+                f"benchmark.length={length} exceeds the model's context window of {context_length} tokens"
+            )
+    else:
+        from eval.longbench.data import resolve_tasks
+
+        resolve_tasks(tasks, bool(cfg.get("longbench_e")))
+
+
+def build(cfg: dict[str, Any], loaded: LoadedModel, seed: int) -> Benchmark:
+    chat = loaded.config.chat_template
+    if cfg["name"] == "ruler":
+        from eval.ruler.benchmark import RulerBenchmark
+
+        return RulerBenchmark(
+            loaded.tokenizer,
+            length=cfg["length"],
+            n=cfg["n"],
+            tasks=cfg.get("tasks"),
+            seed=cfg.get("seed", seed),
+            chat_template=chat,
+            essay_path=cfg.get("essay_path"),
+        )
+    from eval.longbench.benchmark import LongBenchBenchmark
+
+    return LongBenchBenchmark(
+        loaded.tokenizer,
+        tasks=cfg.get("tasks"),
+        data_dir=cfg.get("data_dir"),
+        n=cfg.get("n"),
+        longbench_e=bool(cfg.get("longbench_e")),
+        max_length=loaded.prompt_budget,
+        chat_template=chat,
+    )
+
+
+def length_of(cfg: dict[str, Any]) -> int | None:
+    return cfg.get("length") if cfg["name"] == "ruler" else None

@@ -1,0 +1,121 @@
+"""The attention function registered with transformers, and `attach`, which wires a cache into a model.
+
+The model's attention modules call `mustafar_attention` (registered under ATTN_NAME) with the K/V the cache's
+`update` returned. It computes attention (dense SDPA in mask mode; the sparse decode kernel over the compressed
+stores in compressed mode), then lets the bound cache layer score and prune: pruning happens after a step's
+attention, as in the paper. transformers never passes the cache to attention functions, hence the binding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+from mustafar.cache import CompressedLayer, MustafarCache, MustafarLayer
+from mustafar.pruning import Observation, scores
+
+ATTN_NAME = "mustafar"
+_BOUND = "_mustafar_layer"
+
+
+def register() -> None:
+    """Idempotent, explicit registration (never at import time: registries are process-global)."""
+    AttentionInterface.register(ATTN_NAME, mustafar_attention)
+    AttentionMaskInterface.register(ATTN_NAME, sdpa_mask)
+
+
+def _layer_of(module: torch.nn.Module) -> MustafarLayer:
+    layer = getattr(module, _BOUND, None)
+    if layer is None:
+        raise RuntimeError(
+            f"attention '{ATTN_NAME}' ran without a bound cache layer: generate inside `mustafar.attach(model, cache)`"
+        )
+    return layer
+
+
+def _needs_mask(mask: torch.Tensor | None) -> bool:
+    return mask is not None and not (mask.dtype == torch.bool and bool(mask.all()))
+
+
+def mustafar_attention(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    layer = _layer_of(module)
+    scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    if isinstance(layer, CompressedLayer) and layer.stored > 0:
+        if query.shape[2] == 1 and not _needs_mask(attention_mask):
+            from mustafar.kernels import sparse_decode_attention
+
+            out = sparse_decode_attention(
+                query[:, :, 0], layer.stores["k"], layer.stores["v"], key, value, scale=scaling
+            ).unsqueeze(1)
+        else:  # several queries meet compressed tokens (chunked prompt, padding): the reference path
+            full_k, full_v = layer.dense_view()
+            out, _ = sdpa_attention_forward(module, query, full_k, full_v, attention_mask, dropout, scaling)
+    else:
+        out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling)
+    layer.after_attention(_observe(layer, query, key, attention_mask, scaling))
+    return out, None
+
+
+def _observe(
+    layer: MustafarLayer, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float
+) -> Observation:
+    n_kv = key.shape[1]
+    obs = Observation(q_len=query.shape[2])
+    needs = layer.needs
+    if "query" in needs:
+        obs.query_stat = scores.query_stat(query, n_kv)
+    if "think_query" in needs:
+        obs.think_query_stat = scores.think_query_stat(query, n_kv)
+    if "attention" in needs:
+        keys = layer.dense_view()[0] if isinstance(layer, CompressedLayer) else key
+        obs.attention_stat = scores.attention_stat(query, keys, scaling, mask)
+    return obs
+
+
+def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The self-attention modules of a decoder, found by their `layer_idx` (any Llama-family model)."""
+    mods = [m for m in model.modules() if hasattr(m, "layer_idx") and hasattr(m, "head_dim")]
+    if not mods:
+        raise ValueError(
+            f"{type(model).__name__} has no attention modules with a layer_idx; not a supported decoder"
+        )
+    return mods
+
+
+def new_cache(model: torch.nn.Module, policy) -> MustafarCache:
+    return MustafarCache(policy, num_layers=model.config.num_hidden_layers)
+
+
+@contextmanager
+def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCache]:
+    """Route the model's attention through mustafar and bind each layer of `cache` for the duration."""
+    register()
+    previous = model.config._attn_implementation
+    modules = attention_modules(model)
+    if len(cache.layers) < len(modules):
+        raise ValueError(
+            f"cache has {len(cache.layers)} layers but the model has {len(modules)} attention modules"
+        )
+    model.set_attn_implementation(ATTN_NAME)
+    for m in modules:
+        setattr(m, _BOUND, cache.layers[m.layer_idx])
+    try:
+        yield cache
+    finally:
+        for m in modules:
+            delattr(m, _BOUND)
+        model.set_attn_implementation(previous)

@@ -1,0 +1,202 @@
+"""KV caches that prune: one layer class per storage scheme, one `Cache` that holds them.
+
+Both layers keep the newest tokens dense and hand older ones to the K and V `SidePruner`s after every attention
+call (`after_attention`, invoked by `mustafar.attention`). `MaskedLayer` zeroes pruned entries inside an
+ordinary dense cache (any device, saves nothing: what the paper's accuracy tables used). `CompressedLayer` moves
+final tokens into bitmap-compressed stores that the sparse decode kernel reads directly.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+
+import torch
+from transformers.cache_utils import Cache, DynamicLayer
+
+from mustafar.config import KVConfig
+from mustafar.pruning import Observation, SidePruner, topk_mask
+
+
+class UnsupportedCacheOperation(RuntimeError):
+    pass
+
+
+class MustafarLayer(DynamicLayer):
+    """Common schedule: pruners per side and the observation they need."""
+
+    is_croppable = False
+
+    def __init__(self, policy: KVConfig):
+        super().__init__()
+        self.policy = policy
+        self.pruners = {
+            "k": SidePruner(policy.k, "k", policy.keep_rule, policy.window),
+            "v": SidePruner(policy.v, "v", policy.keep_rule, policy.window),
+        }
+
+    @property
+    def needs(self) -> set[str]:
+        return {p.needs for p in self.pruners.values() if p.needs}
+
+    def after_attention(self, obs: Observation) -> None:
+        raise NotImplementedError
+
+    def crop(self, tokens_to_remove: int) -> None:
+        raise UnsupportedCacheOperation("a pruned KV cache cannot be cropped (assisted/speculative decoding)")
+
+    def reorder_cache(self, beam_idx: torch.LongTensor) -> None:
+        raise UnsupportedCacheOperation("a pruned KV cache does not support beam search; use greedy decoding")
+
+    def batch_repeat_interleave(self, repeats: int) -> None:
+        raise UnsupportedCacheOperation("a pruned KV cache cannot be expanded (num_return_sequences > 1)")
+
+
+class MaskedLayer(MustafarLayer):
+    """Pruned entries are zeros in the dense cache (`self.keys`, `self.values` as in DynamicLayer)."""
+
+    def after_attention(self, obs: Observation) -> None:
+        for side, tensor in (("k", self.keys), ("v", self.values)):
+            pruner = self.pruners[side]
+            start = pruner.final
+            n, mask = pruner.step(tensor[:, :, start:], obs)
+            if mask is not None:
+                tensor[:, :, start : start + n].masked_fill_(~mask, 0)
+
+    def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys, self.values
+
+
+class CompressedLayer(MustafarLayer):
+    """Final tokens live in compressed stores; the rest (window, pending groups) in a dense tail.
+
+    K and V may finalise tokens at different times (per-channel groups, ThinK): a token enters the stores only
+    once both sides are final, and until then it waits in the tail with its decided zeros already applied.
+    """
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        from mustafar.formats import CompressedStore
+
+        super().lazy_initialization(key_states, value_states)
+        b, h, _, d = key_states.shape
+        self.stores = {
+            side: CompressedStore(
+                b, h, d, key_states.dtype, key_states.device, keep=self.pruners[side].keep_for(d)
+            )
+            for side in ("k", "v")
+        }
+        # Final rows still waiting in the tail, oldest first: (count, keep mask), mask None = "pack the top-k".
+        self.pending: dict[str, deque[tuple[int, torch.Tensor | None]]] = {"k": deque(), "v": deque()}
+
+    def get_seq_length(self) -> int:
+        if not self.is_initialized:
+            return 0
+        return self.stores["k"].length + self.keys.shape[-2]
+
+    @property
+    def stored(self) -> int:
+        return self.stores["k"].length if self.is_initialized else 0
+
+    def after_attention(self, obs: Observation) -> None:
+        for side, tail in (("k", self.keys), ("v", self.values)):
+            pruner = self.pruners[side]
+            offset = pruner.final - self.stored  # tail index of this side's first undecided token
+            n, mask = pruner.step(tail[:, :, offset:], obs, want_mask=not pruner.packs_topk)
+            if n == 0:
+                continue
+            if mask is not None:
+                tail[:, :, offset : offset + n].masked_fill_(~mask, 0)
+            elif not pruner.packs_topk:
+                mask = torch.ones_like(tail[:, :, offset : offset + n], dtype=torch.bool)
+            self.pending[side].append((n, mask))
+        self._flush()
+
+    def _flush(self) -> None:
+        """Move rows final on both sides into the stores; rows that must wait get their zeros applied now."""
+        n = min(sum(c for c, _ in self.pending[side]) for side in ("k", "v"))
+        for side, tail in (("k", self.keys), ("v", self.values)):
+            queue, start = self.pending[side], 0
+            while start < n:
+                count, mask = queue[0]
+                m = min(count, n - start)
+                rows = tail[:, :, start : start + m]
+                if mask is None:
+                    self.stores[side].append_topk(rows, self.pruners[side].keep_for(rows.shape[-1]))
+                else:
+                    self.stores[side].append(rows, mask[:, :, :m])
+                if m == count:
+                    queue.popleft()
+                else:
+                    queue[0] = (count - m, None if mask is None else mask[:, :, m:])
+                start += m
+            for i, (count, mask) in enumerate(queue):  # waiting fused rows must look pruned to attention
+                if mask is None:
+                    lo = n + sum(c for c, _ in list(queue)[:i])
+                    rows = tail[:, :, lo : lo + count]
+                    mask = topk_mask(rows.abs(), self.pruners[side].keep_for(rows.shape[-1]))
+                    rows.masked_fill_(~mask, 0)
+                    queue[i] = (count, mask)
+        if n:
+            self.keys, self.values = self.keys[:, :, n:].contiguous(), self.values[:, :, n:].contiguous()
+
+    def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logical cache as dense tensors (zeros at pruned entries): the reference path and tests."""
+        k = torch.cat([self.stores["k"].to_dense(), self.keys], dim=2)
+        v = torch.cat([self.stores["v"].to_dense(), self.values], dim=2)
+        return k, v
+
+    def nbytes(self) -> int:
+        tail = self.keys.numel() * self.keys.element_size() * 2
+        return self.stores["k"].nbytes + self.stores["v"].nbytes + tail
+
+
+@dataclass
+class CacheStats:
+    """Measured facts of one cache after generation (summed over layers)."""
+
+    k_kept: int
+    k_judged: int
+    v_kept: int
+    v_judged: int
+    kv_bytes: int | None  # allocated compressed + dense-tail bytes (compressed mode only)
+    dense_bytes: int  # the same tokens in a dense cache of the same dtype
+
+    @property
+    def k_sparsity(self) -> float | None:
+        return 1 - self.k_kept / self.k_judged if self.k_judged else None
+
+    @property
+    def v_sparsity(self) -> float | None:
+        return 1 - self.v_kept / self.v_judged if self.v_judged else None
+
+
+class MustafarCache(Cache):
+    """A `Cache` of pruning layers for `model.generate(past_key_values=...)`; attach it with `mustafar.attach`."""
+
+    def __init__(self, policy: KVConfig, num_layers: int):
+        layer_cls = MaskedLayer if policy.mode == "mask" else CompressedLayer
+        super().__init__(layers=[layer_cls(policy) for _ in range(num_layers)])
+        self.policy = policy
+
+    def stats(self) -> CacheStats:
+        layers = [layer for layer in self.layers if layer.is_initialized]
+        k = [layer.pruners["k"] for layer in layers]
+        v = [layer.pruners["v"] for layer in layers]
+        dense = sum(
+            layer.get_seq_length()
+            * layer.keys.shape[0]
+            * layer.keys.shape[1]
+            * layer.keys.shape[3]
+            * layer.keys.element_size()
+            * 2
+            for layer in layers
+        )
+        kv_bytes = sum(layer.nbytes() for layer in layers) if self.policy.mode == "compressed" else None
+        return CacheStats(
+            k_kept=sum(p.kept for p in k),
+            k_judged=sum(p.judged for p in k),
+            v_kept=sum(p.kept for p in v),
+            v_judged=sum(p.judged for p in v),
+            kv_bytes=kv_bytes,
+            dense_bytes=dense,
+        )

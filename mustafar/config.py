@@ -1,0 +1,125 @@
+"""The KV pruning policy: what to prune, how much, and how the pruned cache is stored."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+DIRECTIONS = ("token", "channel")
+SCORERS = ("magnitude", "output_aware", "think")
+KEEP_RULES = ("exact", "reference")
+MODES = ("mask", "compressed")
+CHANNEL_GROUP = 32  # tokens per per-channel pruning group (METHOD.md §2)
+
+
+class ConfigError(ValueError):
+    """A bad configuration value; the message names the key and the allowed values."""
+
+
+def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(allowed)}")
+
+
+def _sparsity(key: str, value: Any) -> float:
+    try:
+        s = float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{key}={value!r} is not a number; sparsity must be in [0, 1)") from None
+    if not 0.0 <= s < 1.0:
+        raise ConfigError(
+            f"{key}={value!r} is outside [0, 1): sparsity is the fraction of entries set to zero"
+        )
+    return s
+
+
+@dataclass(frozen=True)
+class PruneRule:
+    """How one of K or V is pruned."""
+
+    sparsity: float = 0.0
+    direction: str = "token"
+    scorer: str = "magnitude"
+
+    @property
+    def active(self) -> bool:
+        return self.sparsity > 0.0
+
+    def label(self) -> str:
+        if not self.active:
+            return "dense"
+        if self.scorer == "think":
+            return f"think{self.sparsity:g}"
+        return f"{self.direction}-{self.scorer}{self.sparsity:g}"
+
+
+@dataclass(frozen=True)
+class KVConfig:
+    """A complete KV policy. Field names are the Hydra keys under `kv.`."""
+
+    k_sparsity: float = 0.0
+    v_sparsity: float = 0.0
+    k_direction: str = "token"
+    v_direction: str = "token"
+    k_scorer: str = "magnitude"
+    v_scorer: str = "magnitude"
+    window: int = 32
+    keep_rule: str = "exact"
+    mode: str = "mask"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "k_sparsity", _sparsity("kv.k_sparsity", self.k_sparsity))
+        object.__setattr__(self, "v_sparsity", _sparsity("kv.v_sparsity", self.v_sparsity))
+        for side in ("k", "v"):
+            _choice(f"kv.{side}_direction", getattr(self, f"{side}_direction"), DIRECTIONS)
+            _choice(f"kv.{side}_scorer", getattr(self, f"{side}_scorer"), SCORERS)
+            if getattr(self, f"{side}_scorer") == "think":
+                # ThinK is structured by definition (whole channels); record the direction it really uses.
+                object.__setattr__(self, f"{side}_direction", "channel")
+        _choice("kv.keep_rule", self.keep_rule, KEEP_RULES)
+        _choice("kv.mode", self.mode, MODES)
+        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
+            raise ConfigError(f"kv.window={self.window!r} must be an integer >= 0")
+
+    @property
+    def k(self) -> PruneRule:
+        return PruneRule(self.k_sparsity, self.k_direction, self.k_scorer)
+
+    @property
+    def v(self) -> PruneRule:
+        return PruneRule(self.v_sparsity, self.v_direction, self.v_scorer)
+
+    @property
+    def dense(self) -> bool:
+        return not (self.k.active or self.v.active)
+
+    def label(self) -> str:
+        """A short human name for tables: 'dense', 'K0.5 V0.5', 'ThinK-K0.5', 'K0.7(oa) V0(…)'."""
+        if self.dense:
+            return "dense"
+        parts = []
+        for side, rule in (("K", self.k), ("V", self.v)):
+            if not rule.active:
+                continue
+            if rule.scorer == "think":
+                parts.append(f"ThinK-{side}{rule.sparsity:g}")
+                continue
+            tag = {"token": "", "channel": "ch"}[rule.direction] + {"magnitude": "", "output_aware": "oa"}[
+                rule.scorer
+            ]
+            parts.append(f"{side}{rule.sparsity:g}" + (f"[{tag}]" if tag else ""))
+        suffix = f" w{self.window}" if self.window != 32 else ""
+        suffix += " ref" if self.keep_rule == "reference" else ""
+        return " ".join(parts) + suffix
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_mapping(cls, cfg: Any) -> KVConfig:
+        fields = cls.__dataclass_fields__
+        data = dict(cfg)
+        unknown = sorted(set(data) - set(fields))
+        if unknown:
+            raise ConfigError(f"unknown kv key(s) {', '.join(unknown)}; allowed: {', '.join(fields)}")
+        return cls(**data)

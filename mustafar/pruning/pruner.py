@@ -1,0 +1,159 @@
+"""When tokens are pruned, and with which pattern, for one side (K or V) of one cache layer.
+
+Storage-agnostic: the cache layer hands over its dense tail (the tokens whose pattern is not final yet) after
+each attention call and applies the masks it gets back, zeroing entries (mask mode) or packing them (compressed
+mode). Schedule (METHOD.md §1): prefill attention is dense; afterwards every token but the last `window` is
+pruned; during decode a step attends over window+1 dense tokens and the oldest leaves the window afterwards.
+Per-channel groups are 32 tokens aligned to position 0 and are pruned once all of them have left the window.
+ThinK prunes the whole prompt at prefill (no window) and leaves generated tokens dense, like its reference.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from mustafar.config import CHANNEL_GROUP, PruneRule
+from mustafar.pruning import scores
+from mustafar.pruning.keep import exact_keep, keep_mask, reference_topk_keep
+
+
+@dataclass
+class Observation:
+    """What one attention call tells the pruners (only the parts some pruner asked for are set)."""
+
+    q_len: int
+    query_stat: torch.Tensor | None = None  # [B, H_kv, D]
+    think_query_stat: torch.Tensor | None = None  # [B, H_kv, D]
+    attention_stat: torch.Tensor | None = None  # [B, H_kv, T] over all cached tokens
+
+
+class SidePruner:
+    def __init__(self, rule: PruneRule, side: str, keep_rule: str, window: int):
+        self.rule, self.side, self.keep_rule, self.window = rule, side, keep_rule, window
+        self.final = 0  # tokens [0, final) have their final pattern
+        self.acc: torch.Tensor | None = None  # running score statistics of tokens [final, T)
+        self.cnt: torch.Tensor | None = None
+        self.kept = 0  # entries kept / judged, for the measured sparsity
+        self.judged = 0
+
+    @property
+    def needs(self) -> str | None:
+        """The statistic this pruner needs from the attention call."""
+        if not self.rule.active:
+            return None
+        if self.rule.scorer == "think":
+            return "think_query" if self.side == "k" else None
+        if self.rule.scorer == "output_aware":
+            return "query" if self.side == "k" else "attention"
+        return None
+
+    def keep_for(self, head_dim: int) -> int | None:
+        """Entries every final token keeps when that count is fixed (the compressed store's fast layout), else None:
+        per-channel groups and the published magnitude threshold (which keeps ties) give varying counts."""
+        if not self.rule.active:
+            return head_dim
+        if self.rule.direction == "channel" and self.rule.scorer != "think":
+            return None
+        if self.keep_rule == "exact":
+            return exact_keep(head_dim, self.rule.sparsity)
+        if self.rule.scorer == "magnitude":
+            return None
+        return reference_topk_keep(head_dim, self.rule.sparsity)
+
+    @property
+    def packs_topk(self) -> bool:
+        """True when the pattern is plain per-token magnitude top-k, which a store can prune and pack in one pass."""
+        return (
+            self.rule.active
+            and self.rule.direction == "token"
+            and self.rule.scorer == "magnitude"
+            and self.keep_rule == "exact"
+        )
+
+    def step(
+        self, tail: torch.Tensor, obs: Observation, want_mask: bool = True
+    ) -> tuple[int, torch.Tensor | None]:
+        """Consume one attention call; return (n, mask): tail tokens [0, n) are now final with pattern `mask`.
+
+        mask None means "keep everything" unless `want_mask` is False and `packs_topk` holds, in which case the
+        caller packs the top-k itself.
+        """
+        total = self.final + tail.shape[2]
+        if not self.rule.active:
+            self.final = total
+            return tail.shape[2], None
+        if self.rule.scorer == "think":
+            return self._think(tail, obs)
+        self._accumulate(tail, obs, total)
+        leaving = total - self.window
+        if self.rule.direction == "channel":
+            leaving = leaving // CHANNEL_GROUP * CHANNEL_GROUP
+        n = max(0, leaving - self.final)
+        if n == 0:
+            return 0, None
+        rows = tail[:, :, :n]
+        if not want_mask and self.packs_topk:
+            keep = exact_keep(rows.shape[-1], self.rule.sparsity)
+            self._finish(n, None, kept=keep * rows[..., 0].numel(), judged=rows.numel())
+            return n, None
+        score = self._score(rows, n)
+        if self.rule.direction == "token":
+            mask = keep_mask(score, self.rule.sparsity, self.keep_rule, self._thresholded)
+        else:
+            b, h, _, d = rows.shape
+            grouped = score.view(b, h, n // CHANNEL_GROUP, CHANNEL_GROUP, d)
+            mask = keep_mask(grouped, self.rule.sparsity, self.keep_rule, self._thresholded, dim=3).view_as(
+                rows
+            )
+        self._finish(n, mask)
+        return n, mask
+
+    @property
+    def _thresholded(self) -> bool:
+        return self.rule.scorer == "magnitude"
+
+    def _think(self, tail: torch.Tensor, obs: Observation) -> tuple[int, torch.Tensor | None]:
+        if self.final > 0 or self.judged > 0:  # prefill only: generated tokens stay dense
+            return 0, None
+        score = scores.think_channel_score(tail, obs.think_query_stat if self.side == "k" else None)
+        channels = keep_mask(score, self.rule.sparsity, self.keep_rule, thresholded=False)
+        mask = channels.unsqueeze(2).expand_as(tail)
+        self._finish(tail.shape[2], mask)
+        return tail.shape[2], mask
+
+    def _accumulate(self, tail: torch.Tensor, obs: Observation, total: int) -> None:
+        """Add this step's statistic to every token still in the window (new tokens included)."""
+        if self.needs is None:
+            return
+        b, h, n_tail, d = tail.shape
+        grow = n_tail - (0 if self.acc is None else self.acc.shape[2])
+        shape = (b, h, grow, d) if self.side == "k" else (b, h, grow)
+        fresh = torch.zeros(shape, dtype=torch.float32, device=tail.device)
+        self.acc = fresh if self.acc is None else torch.cat([self.acc, fresh], dim=2)
+        zeros = torch.zeros(grow, device=tail.device)
+        self.cnt = zeros if self.cnt is None else torch.cat([self.cnt, zeros])
+        first = (
+            max(self.final, total - obs.q_len - self.window) - self.final
+        )  # first tail index in the window
+        if self.side == "k":
+            self.acc[:, :, first:] += obs.query_stat.unsqueeze(2)
+        else:
+            self.acc[:, :, first:] += obs.attention_stat[:, :, self.final + first : total]
+        self.cnt[first:] += 1
+
+    def _score(self, rows: torch.Tensor, n: int) -> torch.Tensor:
+        if self.rule.scorer == "magnitude":
+            return scores.magnitude(rows)
+        mean = self.acc[:, :, :n] / self.cnt[:n].clamp_min(1).view(1, 1, n, *([1] * (self.acc.dim() - 3)))
+        if self.side == "k":
+            return scores.key_output_aware(rows, mean)
+        return scores.value_output_aware(rows, mean)
+
+    def _finish(self, n: int, mask: torch.Tensor | None, kept: int = 0, judged: int = 0) -> None:
+        self.final += n
+        self.kept += int(mask.sum()) if mask is not None else kept
+        self.judged += mask.numel() if mask is not None else judged
+        if self.acc is not None:
+            self.acc, self.cnt = self.acc[:, :, n:], self.cnt[n:]

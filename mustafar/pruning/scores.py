@@ -1,0 +1,73 @@
+"""Per-entry importance scores (METHOD.md §2), computed on one KV head's tensors [B, H_kv, T, D].
+
+Output-aware scores need what the attention saw: `query_stat` summarises the queries of a GQA group per channel,
+`attention_stat` the attention each cached token received. Both are produced in `mustafar.attention` and averaged
+over the decode steps a token spends in the window (METHOD.md §3) by the cache.
+"""
+
+from __future__ import annotations
+
+import torch
+
+OBSERVED_QUERIES = 32  # prompt tokens are scored from the last 32 prompt queries
+
+
+def group_queries(query: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """[B, H_q, q, D] -> [B, H_kv, n_rep, q, D] (query head h belongs to KV head h // n_rep)."""
+    b, h_q, q, d = query.shape
+    return query.view(b, n_kv, h_q // n_kv, q, d)
+
+
+def query_stat(query: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """q̄_d: mean over the last 32 queries of |q_d|, summed over the group's query heads -> [B, H_kv, D]."""
+    q = group_queries(query[:, :, -OBSERVED_QUERIES:].float(), n_kv)
+    return q.abs().mean(dim=3).sum(dim=2)
+
+
+def think_query_stat(query: torch.Tensor, n_kv: int) -> torch.Tensor:
+    """ThinK's query factor: mean over the last 32 queries of q², averaged over the group -> [B, H_kv, D]."""
+    q = group_queries(query[:, :, -OBSERVED_QUERIES:].float(), n_kv)
+    return q.square().mean(dim=3).mean(dim=2)
+
+
+def attention_stat(
+    query: torch.Tensor, keys: torch.Tensor, scaling: float, mask: torch.Tensor | None
+) -> torch.Tensor:
+    """a_t: attention weight of each cached token from the last 32 queries, mean over queries, summed over the
+    group's query heads -> [B, H_kv, T]. `mask` is the model's boolean or additive [B, 1|H, q, T] mask; None
+    means plain causal attention (the queries are the last q_len of the T tokens)."""
+    n_kv, t = keys.shape[1], keys.shape[2]
+    q_len = query.shape[2]
+    q = query[:, :, -OBSERVED_QUERIES:].float()
+    k = keys.float().repeat_interleave(q.shape[1] // n_kv, dim=1)
+    logits = torch.matmul(q, k.transpose(-1, -2)) * scaling
+    if mask is not None:
+        m = mask[:, :, -q.shape[2] :, :t]
+        logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m.float()
+    elif q.shape[2] > 1:
+        q_pos = t - q_len + (q_len - q.shape[2]) + torch.arange(q.shape[2], device=q.device)
+        future = torch.arange(t, device=q.device).unsqueeze(0) > q_pos.unsqueeze(1)
+        logits = logits.masked_fill(future, float("-inf"))
+    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    b, _, nq, t = probs.shape
+    return probs.view(b, n_kv, -1, nq, t).mean(dim=3).sum(dim=2)
+
+
+def magnitude(x: torch.Tensor) -> torch.Tensor:
+    return x.float().abs()
+
+
+def key_output_aware(keys: torch.Tensor, q_bar: torch.Tensor) -> torch.Tensor:
+    """|q̄_d · k_d| with q̄ per token [B, H_kv, T, D] (averaged over that token's steps in the window)."""
+    return q_bar * keys.float().abs()
+
+
+def value_output_aware(values: torch.Tensor, a_bar: torch.Tensor) -> torch.Tensor:
+    """a_t · |v_d| with a_t per token [B, H_kv, T]: constant within a token, so per-token it ranks like |v|."""
+    return a_bar.unsqueeze(-1) * values.float().abs()
+
+
+def think_channel_score(prompt: torch.Tensor, q_stat: torch.Tensor | None) -> torch.Tensor:
+    """ThinK channel importance [B, H_kv, D]: mean over prompt tokens of x², times the query factor for K."""
+    score = prompt.float().square().mean(dim=2)
+    return score * q_stat if q_stat is not None else score
