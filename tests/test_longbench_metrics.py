@@ -253,3 +253,10 @@ def test_subset_average_uses_present_categories_and_chinese_average():
     out = summarize(zh | {"lcc": 60.0, "repobench-p": 80.0})
     assert out["avg_zh"] == round((10 + 20 + 30 + 40 + 50 + 70) / 6, 2)
     assert out["Code"] == 70.0
+
+
+def test_score_records_names_missing_fields():
+    with pytest.raises(ValueError, match=r"hotpotqa prediction record 0 lacks \['length'\]"):
+        score_records("hotpotqa", [{"pred": "x", "answers": ["x"]}], longbench_e=True)
+    with pytest.raises(ValueError, match="no prediction records"):
+        score_records("hotpotqa", [])

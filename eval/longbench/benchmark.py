@@ -42,6 +42,11 @@ def score_records(task: str, records: list[dict[str, Any]], longbench_e: bool = 
         raise ValueError(f"unknown LongBench task {task!r}; allowed: {list(data.ALL_TASKS)}")
     if not records:
         raise ValueError(f"no prediction records to score for LongBench task {task!r}")
+    needed = ("pred", "answers", "length") if longbench_e else ("pred", "answers")
+    for i, r in enumerate(records):
+        missing = [k for k in needed if k not in r]
+        if missing:
+            raise ValueError(f"{task} prediction record {i} lacks {missing} (has {sorted(r)})")
     per_sample = [metrics.sample_score(task, r["pred"], r["answers"], r.get("all_classes")) for r in records]
     name = metrics.metric_name(task)
     scores = [Score(task, name, metrics.task_score(per_sample), len(records))]
