@@ -1,0 +1,44 @@
+"""RULER post-processing and metrics (`scripts/eval/`, EVAL §2.7): case-insensitive substring matching."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+
+_CONTROL = re.compile(r"[\x00-\x1f]")
+
+
+def postprocess(pred: str) -> str:
+    """strip, every control character (newline included) to a newline, strip again; nothing else."""
+    return _CONTROL.sub("\n", pred.strip()).strip()
+
+
+def _check(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> None:
+    if len(preds) != len(refs):
+        raise ValueError(f"{len(preds)} predictions but {len(refs)} reference lists")
+    if not preds:
+        raise ValueError("no predictions to score")
+    if any(len(r) == 0 for r in refs):
+        raise ValueError("every sample needs at least one reference answer")
+
+
+def string_match_all(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
+    """Mean over samples of the fraction of references contained in the prediction, x100, rounded to 2."""
+    _check(preds, refs)
+    per_sample = [sum(r.lower() in p.lower() for r in rs) / len(rs) for p, rs in zip(preds, refs)]
+    return round(100 * sum(per_sample) / len(per_sample), 2)
+
+
+def string_match_part(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
+    """Mean over samples of whether any reference is contained in the prediction, x100, rounded to 2."""
+    _check(preds, refs)
+    per_sample = [max(float(r.lower() in p.lower()) for r in rs) for p, rs in zip(preds, refs)]
+    return round(100 * sum(per_sample) / len(per_sample), 2)
+
+
+METRICS = {"string_match_all": string_match_all, "string_match_part": string_match_part}
+
+
+def metric_name(task: str) -> str:
+    """qa_1 and qa_2 use string_match_part; every other task string_match_all."""
+    return "string_match_part" if task.startswith("qa_") else "string_match_all"
