@@ -16,30 +16,55 @@ same code with one extra per-token offset load (constexpr ``*_VAR``).
 from __future__ import annotations
 
 import math
+import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton.language.extra import libdevice
 
 from mustafar.formats.bitmap import CompressedStore
 
 _LOG2E = 1.4426950408889634
+_WORD_DTYPES = {8: torch.uint8, 16: torch.int16, 32: torch.int32}
 
 
 @triton.jit
-def _popc8(x):
-    """Popcount of a byte held in an int32 (SWAR; the interpreter has no libdevice)."""
-    x = x - ((x >> 1) & 0x55)
-    x = (x & 0x33) + ((x >> 2) & 0x33)
-    return (x + (x >> 4)) & 0x0F
+def _popc(x, HW: tl.constexpr):
+    """Popcount of an int32: the hardware instruction on GPU, SWAR in the interpreter (it has no libdevice)."""
+    if HW:
+        out = libdevice.popc(x)
+    else:
+        u = x.to(tl.uint32, bitcast=True)
+        u = u - ((u >> 1) & 0x55555555)
+        u = (u & 0x33333333) + ((u >> 2) & 0x33333333)
+        u = (u + (u >> 4)) & 0x0F0F0F0F
+        out = ((u * 0x01010101) >> 24).to(tl.int32)
+    return out
 
 
 @triton.jit
-def _gather_bit(ptr, byte, J: tl.constexpr, other):
-    bit = (byte >> J) & 1
-    v = tl.load(ptr, mask=bit != 0, other=other)
+def _gather_bit(ptr, word, J: tl.constexpr):
+    bit = (word >> J) & 1
+    v = tl.load(ptr, mask=bit != 0, other=0.0)
     return v, ptr + bit
+
+
+@triton.jit
+def _expand8(p, word, J0: tl.constexpr):
+    """Channels J0..J0+7 of every group: [G, BN, 2, 2, 2], channel J0 + 4a + 2b + c at index [..., a, b, c]."""
+    v0, p = _gather_bit(p, word, J0 + 0)
+    v1, p = _gather_bit(p, word, J0 + 1)
+    v2, p = _gather_bit(p, word, J0 + 2)
+    v3, p = _gather_bit(p, word, J0 + 3)
+    v4, p = _gather_bit(p, word, J0 + 4)
+    v5, p = _gather_bit(p, word, J0 + 5)
+    v6, p = _gather_bit(p, word, J0 + 6)
+    v7, p = _gather_bit(p, word, J0 + 7)
+    # join(a, b)[..., i] is a for i = 0 and b for i = 1; this nesting puts v_j at flat position j
+    x = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
+    return x, p
 
 
 @triton.jit
@@ -51,55 +76,77 @@ def _decode_tile(
     val_row,
     tok,
     tmask,
+    gstride,
     D: tl.constexpr,
     SLOT: tl.constexpr,
     VAR: tl.constexpr,
+    GROUP: tl.constexpr,
+    HW: tl.constexpr,
 ):
-    """Dense [BLOCK_N, D] tile of the compressed tokens ``tok`` of one (batch, head) row; zeros where masked."""
-    G: tl.constexpr = D // 8
+    """Dense [BLOCK_N, D] tile of compressed tokens ``tok`` of one (batch, head) row; zeros where masked.
+
+    ``bits_ptr`` views the bitmap as GROUP-bit words (uint8 / int16 / int32). Tiles are [G, BLOCK_N] with the
+    group index fastest so the lanes of a warp share a token's value row (few cache lines per gather).
+    """
+    G: tl.constexpr = D // GROUP
     g = tl.arange(0, G)
     slot = row + tok
-    byte = tl.load(bits_ptr + slot[:, None] * G + g[None, :], mask=tmask[:, None], other=0).to(tl.int32)
-    cnt = _popc8(byte)
-    first = tl.cumsum(cnt, axis=1) - cnt
+    word = tl.load(bits_ptr + slot[None, :] * G + g[:, None] * gstride, mask=tmask[None, :], other=0).to(
+        tl.int32
+    )
+    if GROUP == 16:
+        word = word & 0xFFFF
+    elif GROUP == 8:
+        word = word & 0xFF
+    cnt = _popc(word, HW)
+    first = tl.cumsum(cnt, axis=0) - cnt
     if VAR:
         base = val_row + tl.load(offs_ptr + slot, mask=tmask, other=0)
     else:
         base = slot * SLOT
-    p = vals_ptr + base[:, None] + first
-    zero = 0.0
-    v0, p = _gather_bit(p, byte, 0, zero)
-    v1, p = _gather_bit(p, byte, 1, zero)
-    v2, p = _gather_bit(p, byte, 2, zero)
-    v3, p = _gather_bit(p, byte, 3, zero)
-    v4, p = _gather_bit(p, byte, 4, zero)
-    v5, p = _gather_bit(p, byte, 5, zero)
-    v6, p = _gather_bit(p, byte, 6, zero)
-    v7, p = _gather_bit(p, byte, 7, zero)
-    # join(a, b)[..., i] picks a (i = 0) or b (i = 1): this nesting lands v_j at flat position j of the group
-    x = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
+    p = vals_ptr + base[None, :] + first
+    x, p = _expand8(p, word, 0)
+    if GROUP >= 16:
+        y, p = _expand8(p, word, 8)
+        x = tl.permute(tl.join(x, y), (0, 1, 5, 2, 3, 4))
+    if GROUP == 32:
+        y0, p = _expand8(p, word, 16)
+        y1, p = _expand8(p, word, 24)
+        y = tl.permute(tl.join(y0, y1), (0, 1, 5, 2, 3, 4))
+        x = tl.permute(tl.join(x, y), (0, 1, 6, 2, 3, 4, 5))
+    if GROUP == 8:
+        x = tl.permute(x, (1, 0, 2, 3, 4))
+    elif GROUP == 16:
+        x = tl.permute(x, (1, 0, 2, 3, 4, 5))
+    else:
+        x = tl.permute(x, (1, 0, 2, 3, 4, 5, 6))
     return tl.reshape(x, [tok.shape[0], D])
 
 
 @triton.jit
-def _softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, IEEE: tl.constexpr):
-    if IEEE:
-        s = tl.dot(q, tl.trans(k), input_precision="ieee")
+def _dot(a, b, F32: tl.constexpr):
+    """fp16/bf16 tensor-core dot with fp32 accumulation, or an exact fp32 dot (fp32 inputs; bf16 under the
+    interpreter, whose bf16 tl.dot is wrong in Triton 3.6)."""
+    if F32:
+        out = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
     else:
-        s = tl.dot(q, tl.trans(k))
+        out = tl.dot(a, b)
+    return out
+
+
+@triton.jit
+def _softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, F32: tl.constexpr):
+    s = _dot(q, tl.trans(k), F32)
     s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    if IEEE:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision="ieee")
-    else:
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, F32)
     return m_new, l_i, acc
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["gstride"])
 def _sparse_decode_kernel(
     q_ptr,
     k_bits,
@@ -129,6 +176,7 @@ def _sparse_decode_kernel(
     v_vcap,
     tokens_per_split,
     qk_scale,
+    gstride,
     N_REP: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     D: tl.constexpr,
@@ -138,7 +186,9 @@ def _sparse_decode_kernel(
     V_VAR: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
-    IEEE: tl.constexpr,
+    F32: tl.constexpr,
+    GROUP: tl.constexpr,
+    HW: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -158,9 +208,37 @@ def _sparse_decode_kernel(
         for t0 in range(start, end, BLOCK_N):
             tok = t0 + tl.arange(0, BLOCK_N)
             valid = tok < end
-            k = _decode_tile(k_bits, k_vals, k_offs, bh * k_cap, bh * k_vcap, tok, valid, D, K_SLOT, K_VAR)
-            v = _decode_tile(v_bits, v_vals, v_offs, bh * v_cap, bh * v_vcap, tok, valid, D, V_SLOT, V_VAR)
-            m_i, l_i, acc = _softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, IEEE)
+            k = _decode_tile(
+                k_bits,
+                k_vals,
+                k_offs,
+                bh * k_cap,
+                bh * k_vcap,
+                tok,
+                valid,
+                gstride,
+                D,
+                K_SLOT,
+                K_VAR,
+                GROUP,
+                HW,
+            )
+            v = _decode_tile(
+                v_bits,
+                v_vals,
+                v_offs,
+                bh * v_cap,
+                bh * v_vcap,
+                tok,
+                valid,
+                gstride,
+                D,
+                V_SLOT,
+                V_VAR,
+                GROUP,
+                HW,
+            )
+            m_i, l_i, acc = _softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, F32)
     else:
         kw_row = kw_ptr + b.to(tl.int64) * skwb + h.to(tl.int64) * skwh
         vw_row = vw_ptr + b.to(tl.int64) * svwb + h.to(tl.int64) * svwh
@@ -169,10 +247,11 @@ def _sparse_decode_kernel(
             valid = tok < W
             k = tl.load(kw_row + tok[:, None] * skwt + d[None, :], mask=valid[:, None], other=0.0)
             v = tl.load(vw_row + tok[:, None] * svwt + d[None, :], mask=valid[:, None], other=0.0)
-            m_i, l_i, acc = _softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, IEEE)
+            m_i, l_i, acc = _softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, F32)
 
-    out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]
-    lse = tl.where(l_i > 0, m_i + tl.log2(l_i), float("-inf"))
+    l_safe = tl.where(l_i > 0, l_i, 1.0)
+    out = acc / l_safe[:, None]
+    lse = tl.where(l_i > 0, m_i + tl.log2(l_safe), float("-inf"))
     row = (b.to(tl.int64) * heads_kv * N_REP + hq) * (NUM_SPLITS + 1) + s
     tl.store(o_ptr + row[:, None] * D + d[None, :], out, mask=hmask[:, None])
     tl.store(lse_ptr + row, lse, mask=hmask)
@@ -212,8 +291,15 @@ def sparse_decode_triton(
     block_n: int = 32,
     num_warps: int = 4,
     num_stages: int = 2,
+    group: int = 8,
 ) -> Tensor:
-    """Launch the fused split-K kernel and the merge; inputs already validated by the dispatcher."""
+    """Launch the fused split-K kernel and the merge; inputs already validated by the dispatcher.
+
+    ``group`` (8, 16 or 32) is how many channels one lane decodes: bitmap word width of the decoder.
+    """
+    if group not in _WORD_DTYPES:
+        raise ValueError(f"group must be one of {tuple(_WORD_DTYPES)}, got {group}")
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     b, hq, d = q.shape
     hkv = k_store.heads
     n_rep = hq // hkv
@@ -227,10 +313,10 @@ def sparse_decode_triton(
     v_offs = v_store.bits if v_store.fixed else v_store.offs
     _sparse_decode_kernel[(b, hkv, splits + 1)](
         q,
-        k_store.bits.view(torch.uint8),
+        k_store.bits.view(_WORD_DTYPES[group]),
         k_store.vals,
         k_offs,
-        v_store.bits.view(torch.uint8),
+        v_store.bits.view(_WORD_DTYPES[group]),
         v_store.vals,
         v_offs,
         k_window,
@@ -250,6 +336,7 @@ def sparse_decode_triton(
         v_store.vals.shape[2] if not v_store.fixed else 0,
         tokens_per_split,
         scale * _LOG2E,
+        1,
         N_REP=n_rep,
         NUM_SPLITS=splits,
         D=d,
@@ -259,7 +346,9 @@ def sparse_decode_triton(
         V_VAR=not v_store.fixed,
         BLOCK_H=max(16, triton.next_power_of_2(n_rep)),
         BLOCK_N=block_n,
-        IEEE=q.dtype == torch.float32,
+        F32=q.dtype == torch.float32 or (interpreting and q.dtype == torch.bfloat16),
+        GROUP=group,
+        HW=not interpreting,
         num_warps=num_warps,
         num_stages=num_stages,
     )
