@@ -270,6 +270,11 @@ def _merge_kernel(o_ptr, lse_ptr, out_ptr, SPLITS: tl.constexpr, SPLITS_P2: tl.c
     tl.store(out_ptr + row * D + d, out.to(out_ptr.dtype.element_ty))
 
 
+def _empty(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """Scratch allocation (a seam the tests use to poison every buffer the kernels must overwrite)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
 def default_splits(batch: int, heads_kv: int, tokens: int, block_n: int, device: torch.device) -> int:
     """Enough splits for ~4 waves of programs, each split at least 4 blocks of tokens."""
     if device.type == "cuda":
@@ -292,6 +297,7 @@ def sparse_decode_triton(
     num_warps: int = 4,
     num_stages: int = 2,
     group: int = 8,
+    out: Tensor | None = None,
 ) -> Tensor:
     """Launch the fused split-K kernel and the merge; inputs already validated by the dispatcher.
 
@@ -306,9 +312,9 @@ def sparse_decode_triton(
     t, w = k_store.length, k_window.shape[2]
     splits = num_splits or default_splits(b, hkv, t, block_n, q.device)
     tokens_per_split = triton.cdiv(triton.cdiv(max(t, 1), splits), block_n) * block_n
-    o_part = torch.empty(b, hq, splits + 1, d, dtype=torch.float32, device=q.device)
-    lse_part = torch.empty(b, hq, splits + 1, dtype=torch.float32, device=q.device)
-    out = torch.empty_like(q)
+    o_part = _empty((b, hq, splits + 1, d), torch.float32, q.device)
+    lse_part = _empty((b, hq, splits + 1), torch.float32, q.device)
+    out = _empty(q.shape, q.dtype, q.device) if out is None else out
     k_offs = k_store.bits if k_store.fixed else k_store.offs
     v_offs = v_store.bits if v_store.fixed else v_store.offs
     _sparse_decode_kernel[(b, hkv, splits + 1)](

@@ -1,0 +1,132 @@
+"""Triton kernels (CPU interpreter) against the PyTorch references, and the references against plain attention."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from mustafar.formats import CompressedStore, reference_keep_mask, topk_keep_mask
+from mustafar.kernels import sparse_decode_attention
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _interpreter():
+    """Triton binds interpret mode when a kernel is decorated, so (re)import the kernel modules under it."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRITON_INTERPRET", "1")
+    for name in ("mustafar.kernels.compress", "mustafar.kernels.decode"):
+        importlib.reload(importlib.import_module(name))
+    yield
+    mp.undo()
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Every scratch buffer of the decode launch starts as NaN."""
+    decode = importlib.import_module("mustafar.kernels.decode")
+    monkeypatch.setattr(
+        decode, "_empty", lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype)
+    )
+
+
+def _randn(*shape, dtype, seed):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g).to(dtype)
+
+
+def _case(b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep, seed):
+    """Random q, K/V stores (k_keep/v_keep None -> variable layout, reference rule at s = 0.6) and windows."""
+    q = _randn(b, hkv * n_rep, d, dtype=dtype, seed=seed)
+    stores = []
+    for i, keep in enumerate((k_keep, v_keep)):
+        rows = _randn(b, hkv, t, d, dtype=dtype, seed=seed + 1 + i)
+        store = CompressedStore(b, hkv, d, dtype, "cpu", keep)
+        if keep is None:
+            store.append(rows, reference_keep_mask(rows.abs(), 0.6), backend="torch")
+        else:
+            store.append_topk(rows, keep, backend="torch")
+        stores.append(store)
+    kw = _randn(b, hkv, w, d, dtype=dtype, seed=seed + 3)
+    vw = _randn(b, hkv, w, d, dtype=dtype, seed=seed + 4)
+    return q, stores[0], stores[1], kw, vw
+
+
+def _plain_attention(q, k_store, v_store, kw, vw, scale):
+    """float64 softmax attention over the decompressed cache, GQA by repeat_interleave."""
+    n_rep = q.shape[1] // k_store.heads
+    keys = torch.cat([k_store.to_dense(), kw], dim=2).double().repeat_interleave(n_rep, dim=1)
+    values = torch.cat([v_store.to_dense(), vw], dim=2).double().repeat_interleave(n_rep, dim=1)
+    scores = torch.einsum("bhd,bhtd->bht", q.double(), keys) * scale
+    return torch.einsum("bht,bhtd->bhd", scores.softmax(-1), values)
+
+
+def _rel(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-4}
+
+
+@pytest.mark.parametrize(
+    "b,hkv,n_rep,t,w,d,dtype,k_keep,v_keep,group",
+    [
+        (2, 2, 4, 70, 5, 128, torch.float16, 38, 38, 8),
+        (1, 2, 4, 100, 3, 128, torch.bfloat16, 64, None, 16),
+        (1, 1, 1, 40, 0, 64, torch.float16, None, 20, 32),
+        (1, 2, 2, 0, 7, 64, torch.bfloat16, 20, 20, 8),
+        (1, 1, 8, 33, 4, 64, torch.float32, 19, None, 16),
+    ],
+)
+def test_triton_decode_matches_reference(poison, b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep, group):
+    q, ks, vs, kw, vw = _case(b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep, seed=t + w)
+    scale = d**-0.5
+    ref = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")
+    out = sparse_decode_attention(
+        q, ks, vs, kw, vw, scale, backend="triton", num_splits=2, block_n=16, group=group
+    )
+    assert out.dtype == q.dtype and out.shape == q.shape
+    assert not out.isnan().any()
+    assert _rel(out, ref) <= TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+@pytest.mark.parametrize("t,w", [(50, 6), (0, 6), (50, 0)])
+def test_reference_matches_plain_attention(dtype, t, w):
+    q, ks, vs, kw, vw = _case(2, 2, 3, t, w, 64, dtype, 20, None, seed=7)
+    ref = _plain_attention(q, ks, vs, kw, vw, 0.125)
+    out = sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="torch")
+    assert _rel(out, ref) <= TOL[dtype] / 10
+
+
+def test_triton_compress_writes_every_slot():
+    from mustafar.kernels.compress import topk_pack_triton
+
+    rows = _randn(1, 2, 21, 128, dtype=torch.float16, seed=11)
+    store = CompressedStore(1, 2, 128, torch.float16, "cpu", 38)
+    store.reserve(21)
+    store.vals.fill_(math.nan)
+    store.bits.fill_(-1)
+    topk_pack_triton(store, rows, 38)
+    assert torch.equal(store.to_dense(), rows * topk_keep_mask(rows, 38))
+    assert (store.vals[:, :, :21, 38:] == 0).all() and not store.vals[:, :, :21].isnan().any()
+
+
+def test_bad_decode_input_raises():
+    q, ks, vs, kw, vw = _case(1, 1, 2, 8, 2, 64, torch.float16, 16, 16, seed=1)
+    odd_q, odd_k, odd_v, odd_kw, odd_vw = _case(1, 1, 2, 8, 2, 96, torch.float16, 16, 16, seed=1)
+    with pytest.raises(ValueError, match="96"):
+        sparse_decode_attention(odd_q, odd_k, odd_v, odd_kw, odd_vw, 0.1, backend="triton")
+    sparse_decode_attention(odd_q, odd_k, odd_v, odd_kw, odd_vw, 0.1)  # auto: torch for other head dims
+    q2, ks2, vs2, kw2, vw2 = _case(1, 2, 2, 8, 2, 64, torch.float16, 16, 16, seed=2)
+    with pytest.raises(ValueError, match="H_q=3"):
+        sparse_decode_attention(q2[:, :3], ks2, vs2, kw2, vw2, 0.1)
+    with pytest.raises(ValueError, match="float32"):
+        sparse_decode_attention(q.float(), ks, vs, kw, vw, 0.1)
+    empty = CompressedStore(1, 1, 64, torch.float16, "cpu", 16)
+    with pytest.raises(ValueError, match="both empty"):
+        sparse_decode_attention(q, empty, empty, kw[:, :, :0], vw[:, :, :0], 0.1)
+    with pytest.raises(ValueError, match="group must be"):
+        sparse_decode_attention(q, ks, vs, kw, vw, 0.1, backend="triton", group=4)
