@@ -76,6 +76,10 @@ class KVConfig:
             if getattr(self, f"{side}_scorer") == "think":
                 # ThinK is structured by definition (whole channels); record the direction it really uses.
                 object.__setattr__(self, f"{side}_direction", "channel")
+            if getattr(self, f"{side}_sparsity") == 0.0:
+                # Nothing is pruned: direction and scorer are moot, so equal policies get equal job ids.
+                object.__setattr__(self, f"{side}_direction", "token")
+                object.__setattr__(self, f"{side}_scorer", "magnitude")
         _choice("kv.keep_rule", self.keep_rule, KEEP_RULES)
         _choice("kv.mode", self.mode, MODES)
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
