@@ -275,6 +275,11 @@ def _empty(shape, dtype: torch.dtype, device: torch.device) -> Tensor:
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _arg(t: Tensor) -> Tensor:
+    """Empty buffers have no device address; hand the launcher a one-element stand-in (never read)."""
+    return t if t.numel() else torch.zeros(1, dtype=t.dtype, device=t.device)
+
+
 def default_splits(batch: int, heads_kv: int, tokens: int, block_n: int, device: torch.device) -> int:
     """Enough splits for ~4 waves of programs, each split at least 4 blocks of tokens."""
     if device.type == "cuda":
@@ -319,14 +324,14 @@ def sparse_decode_triton(
     v_offs = v_store.bits if v_store.fixed else v_store.offs
     _sparse_decode_kernel[(b, hkv, splits + 1)](
         q,
-        k_store.bits.view(_WORD_DTYPES[group]),
-        k_store.vals,
-        k_offs,
-        v_store.bits.view(_WORD_DTYPES[group]),
-        v_store.vals,
-        v_offs,
-        k_window,
-        v_window,
+        _arg(k_store.bits.view(_WORD_DTYPES[group])),
+        _arg(k_store.vals),
+        _arg(k_offs),
+        _arg(v_store.bits.view(_WORD_DTYPES[group])),
+        _arg(v_store.vals),
+        _arg(v_offs),
+        _arg(k_window),
+        _arg(v_window),
         o_part,
         lse_part,
         q.stride(0),
