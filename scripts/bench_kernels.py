@@ -14,6 +14,7 @@ Usage: python scripts/bench_kernels.py --out DIR [--quick]
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import math
 import sys
@@ -46,6 +47,10 @@ def bench(fn, rep=60):
     return do_bench(fn, warmup=15, rep=rep, return_mode="median") * 1e3  # microseconds
 
 
+def sdpa_gqa(q4, k, v):
+    return F.scaled_dot_product_attention(q4, k, v, enable_gqa=True)
+
+
 def time_dense(q4, k, v, rep):
     return bench(lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=True), rep)
 
@@ -59,12 +64,26 @@ def time_sparse(q, ks, vs, kw, vw, group, block_n, warps, rep):
     )
 
 
-def time_topk(store, rows, keep, rep):
+def time_topk(store, rows, keep, rep, **launch):
     def once():
         store.length = 0
-        topk_pack_triton(store, rows, keep)
+        topk_pack_triton(store, rows, keep, **launch)
 
     return bench(once, rep)
+
+
+def graph_time(fn, rep):
+    """Median of CUDA-graph replays of one call (no Python launch overhead; L2 still flushed by do_bench)."""
+    fn()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    return bench(graph.replay, rep)
 
 
 def time_pack(store, rows, mask, counts, rep):
@@ -153,7 +172,6 @@ def decode_bench(batches, tokens, sparsities, roof_tbs, rep):
                 q4 = q.unsqueeze(2)
                 dense_us = time_dense(q4, k_dense, v_dense, rep)
                 dense_bytes = 2 * b * HKV * (t + WINDOW) * D * 2
-                del k_dense, v_dense
                 ks, vs = build_stores(b, t, keep)
                 kw = torch.randn(b, HKV, WINDOW, D, device="cuda", dtype=torch.float16)
                 vw = torch.randn_like(kw)
@@ -168,6 +186,22 @@ def decode_bench(batches, tokens, sparsities, roof_tbs, rep):
                     if best is None or us < best[0]:
                         best = (us, group, block_n, warps)
                 us, group, block_n, warps = best
+                dense_graph = graph_time(functools.partial(sdpa_gqa, q4, k_dense, v_dense), rep)
+                sparse_graph = graph_time(
+                    functools.partial(
+                        sparse_decode_attention,
+                        q,
+                        ks,
+                        vs,
+                        kw,
+                        vw,
+                        D**-0.5,
+                        group=group,
+                        block_n=block_n,
+                        num_warps=warps,
+                    ),
+                    rep,
+                )
                 row = dict(
                     sparsity=s,
                     keep=keep,
@@ -176,6 +210,9 @@ def decode_bench(batches, tokens, sparsities, roof_tbs, rep):
                     dense_sdpa_us=dense_us,
                     sparse_us=us,
                     speedup=dense_us / us,
+                    dense_graph_us=dense_graph,
+                    sparse_graph_us=sparse_graph,
+                    speedup_graph=dense_graph / sparse_graph,
                     config=dict(group=group, block_n=block_n, num_warps=warps),
                     dense_bytes=dense_bytes,
                     compressed_bytes=comp_bytes,
@@ -188,10 +225,11 @@ def decode_bench(batches, tokens, sparsities, roof_tbs, rep):
                 print(
                     f"s={s} B={b} T={t}: dense {dense_us:.0f} us ({row['dense_tbs']:.2f} TB/s), sparse {us:.0f} us "
                     f"({row['sparse_tbs']:.2f} TB/s, roof {row['roof_sparse_us']:.0f} us) -> {row['speedup']:.2f}x "
-                    f"cfg {row['config']}",
+                    f"cfg {row['config']}; graphs: dense {dense_graph:.0f} us, sparse {sparse_graph:.0f} us "
+                    f"-> {row['speedup_graph']:.2f}x",
                     flush=True,
                 )
-                del ks, vs
+                del ks, vs, k_dense, v_dense
                 torch.cuda.empty_cache()
     return rows
 
@@ -202,7 +240,14 @@ def compress_bench(b, t, rep):
         keep = keep_count(D, s)
         rows = torch.randn(b, HKV, t, D, device="cuda", dtype=torch.float16)
         store = CompressedStore(b, HKV, D, torch.float16, "cuda", keep, capacity=t)
-        us = time_topk(store, rows, keep, rep)
+        sweep = {}
+        for block_r in (8, 16, 32):
+            for warps in (2, 4, 8):
+                sweep[f"r{block_r}w{warps}"] = time_topk(
+                    store, rows, keep, rep, block_r=block_r, num_warps=warps
+                )
+        best_cfg = min(sweep, key=sweep.get)
+        us = sweep[best_cfg]
         mask = topk_keep_mask(rows[:, :, :1024], keep)
         counts = mask.sum(-1)
         small = CompressedStore(b, HKV, D, torch.float16, "cuda", keep, capacity=1024)
@@ -214,6 +259,8 @@ def compress_bench(b, t, rep):
                 keep=keep,
                 rows=b * HKV * t,
                 topk_pack_us_per_tensor=us,
+                launch=best_cfg,
+                launch_sweep_us=sweep,
                 k_and_v_ms=2 * us / 1e3,
                 read_write_tbs=(in_bytes + store.payload_nbytes) / us / 1e6,
                 pack_with_mask_us_per_1024_tokens=pack_us,
@@ -235,25 +282,33 @@ def to_markdown(meta, roof, decode_rows, comp_rows, checks):
         f"Copy roof (D2D, read+write): **{roof:.2f} TB/s**. Correctness on GPU: {len(checks)} checks passed "
         f"(max rel err {max(c['rel_err'] for c in checks):.2e}).",
         "",
-        "| s | B | T | dense SDPA µs | TB/s | sparse µs | TB/s (compressed) | roof µs | speedup | config |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "Times are do_bench medians with L2 flushed; 'graph' columns replay a captured CUDA graph of one call "
+        "(no Python launch overhead). TB/s counts K+V bytes read (compressed bytes for the sparse kernel); roof = "
+        "compressed bytes / copy roof.",
+        "",
+        "| s | B | T | dense SDPA µs | TB/s | sparse µs | TB/s (compressed) | roof µs | speedup | graph: dense µs | "
+        "sparse µs | speedup | config |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in decode_rows:
         c = r["config"]
         lines.append(
             f"| {r['sparsity']} | {r['batch']} | {r['tokens']} | {r['dense_sdpa_us']:.0f} | {r['dense_tbs']:.2f} | "
             f"{r['sparse_us']:.0f} | {r['sparse_tbs']:.2f} | {r['roof_sparse_us']:.0f} | {r['speedup']:.2f}× | "
+            f"{r['dense_graph_us']:.0f} | {r['sparse_graph_us']:.0f} | {r['speedup_graph']:.2f}× | "
             f"g{c['group']} n{c['block_n']} w{c['num_warps']} |"
         )
     lines += [
         "",
-        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | pack-with-mask µs (1024 tok) | B/token-head | of dense |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | launch | pack-with-mask µs (1024 tok) | "
+        "B/token-head | of dense |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in comp_rows:
         lines.append(
             f"| {r['sparsity']} | {r['keep']} | {r['rows']} | {r['topk_pack_us_per_tensor']:.0f} | "
-            f"{r['k_and_v_ms']:.2f} | {r['read_write_tbs']:.2f} | {r['pack_with_mask_us_per_1024_tokens']:.0f} | "
+            f"{r['k_and_v_ms']:.2f} | {r['read_write_tbs']:.2f} | {r['launch']} | "
+            f"{r['pack_with_mask_us_per_1024_tokens']:.0f} | "
             f"{r['bytes_per_token_head']:.0f} | {r['kv_fraction_of_dense']:.3f} |"
         )
     return "\n".join(lines) + "\n"

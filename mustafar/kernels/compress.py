@@ -112,7 +112,14 @@ def _check_triton_shape(store: CompressedStore) -> None:
         raise ValueError(f"Triton kernels support head_dim 64 or 128, got {store.head_dim}")
 
 
-def _launch(store: CompressedStore, rows: Tensor, mask: Tensor | None, keep: int) -> None:
+def _launch(
+    store: CompressedStore,
+    rows: Tensor,
+    mask: Tensor | None,
+    keep: int,
+    block_r: int = _BLOCK_R,
+    num_warps: int = 4,
+) -> None:
     _check_triton_shape(store)
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
@@ -124,7 +131,7 @@ def _launch(store: CompressedStore, rows: Tensor, mask: Tensor | None, keep: int
         mask_arg = mask_arg.view(torch.int8)
         m_strides = mask_arg.stride()[:3]
     slot = store.slot if store.fixed else 1
-    grid = (triton.cdiv(n, _BLOCK_R), store.batch * store.heads)
+    grid = (triton.cdiv(n, block_r), store.batch * store.heads)
     _prune_pack_kernel[grid](
         rows,
         mask_arg,
@@ -145,24 +152,27 @@ def _launch(store: CompressedStore, rows: Tensor, mask: Tensor | None, keep: int
         KEY_BITS=31 if store.dtype == torch.float32 else 15,
         TOPK=mask is None,
         VARIABLE=not store.fixed,
-        BLOCK_R=_BLOCK_R,
+        BLOCK_R=block_r,
+        num_warps=num_warps,
     )
 
 
-def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:
-    """Fused exact top-``keep`` prune and pack of ``rows`` [B, H, n, D] into ``store``."""
+def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int, **launch) -> None:
+    """Fused exact top-``keep`` prune and pack of ``rows`` [B, H, n, D] into ``store``.
+
+    ``launch`` (block_r, num_warps) overrides the launch shape (benchmarks)."""
     _check_triton_shape(store)
     n = rows.shape[2]
     if store.fixed:
         store.reserve(n)
-        _launch(store, rows, None, keep)
+        _launch(store, rows, None, keep, **launch)
     else:
         # variable layout: every token still holds exactly `keep` values, so offsets are arithmetic
         store.reserve(n, n * keep)
         start = store.row_nnz[:, :, None] + keep * torch.arange(n, device=store.device)
         store.offs[:, :, store.length : store.length + n] = start.to(torch.int32)
         store.row_nnz += n * keep
-        _launch(store, rows, None, keep)
+        _launch(store, rows, None, keep, **launch)
     store.length += n
 
 
