@@ -298,15 +298,16 @@ def sparse_decode_triton(
     v_window: Tensor,
     scale: float,
     num_splits: int | None = None,
-    block_n: int = 32,
+    block_n: int = 64,
     num_warps: int = 4,
     num_stages: int = 2,
-    group: int = 8,
+    group: int = 32,
     out: Tensor | None = None,
 ) -> Tensor:
     """Launch the fused split-K kernel and the merge; inputs already validated by the dispatcher.
 
-    ``group`` (8, 16 or 32) is how many channels one lane decodes: bitmap word width of the decoder.
+    ``group`` (8, 16 or 32) is how many channels one lane decodes: bitmap word width of the decoder. Defaults are
+    the H100 sweep's best at B >= 8 (results/kernels/NOTES.md).
     """
     if group not in _WORD_DTYPES:
         raise ValueError(f"group must be one of {tuple(_WORD_DTYPES)}, got {group}")
