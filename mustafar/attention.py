@@ -35,6 +35,8 @@ def _layer_of(module: torch.nn.Module) -> MustafarLayer:
         raise RuntimeError(
             f"attention '{ATTN_NAME}' ran without a bound cache layer: generate inside `mustafar.attach(model, cache)`"
         )
+    if not layer.is_initialized:
+        raise RuntimeError("the attached cache was not updated: pass it to the model as `past_key_values=cache`")
     return layer
 
 

@@ -38,11 +38,16 @@ def write_summary(sweep_dir: Path) -> pd.DataFrame:
     table = pivot(load_rows(sweep_dir))
     if not table.empty:
         atomic_write_text(sweep_dir / "summary.csv", table.to_csv(float_format="%.2f"))
-        atomic_write_text(sweep_dir / "summary.md", table.to_markdown(floatfmt=".2f") + "\n")
+        atomic_write_text(sweep_dir / "summary.md", render(table) + "\n")
     return table
 
 
 def render(table: pd.DataFrame) -> str:
+    """Markdown, dropping index levels that are the same on every row (one model, one benchmark)."""
     if table.empty:
         return "(no finished jobs)"
-    return table.to_markdown(floatfmt=".2f")
+    flat = table.reset_index()
+    constant = [c for c in ("model", "bench") if flat[c].nunique() == 1]
+    title = " ".join(str(flat[c].iloc[0]) for c in constant)
+    flat = flat.drop(columns=constant)
+    return (f"{title}\n" if title else "") + flat.to_markdown(index=False, floatfmt=".2f")

@@ -1,0 +1,133 @@
+"""run.py as users drive it: config composition, bad input, and sweeps that write, skip and resume."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+
+from eval.job import Job
+from mustafar.config import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf"
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+
+
+def composed(overrides: list[str], hydra_cfg: bool = False):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return compose("config", overrides=overrides, return_hydra_config=hydra_cfg)
+
+
+def to_dict(cfg) -> dict:
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize("group", ["model", "kv", "benchmark", "logger"])
+def test_every_option_of_every_group_composes_and_validates(group):
+    for option in options(group):
+        cfg = to_dict(
+            composed([f"{group}={option}", "model=tiny" if group != "model" else f"model={option}"])
+        )
+        cfg.pop("hydra", None)
+        job = Job.from_config(cfg)  # hub models are only peeked at offline; nothing is downloaded
+        assert job.job_id
+
+
+def test_experiments_compose_with_a_sweep():
+    for option in options("experiment"):
+        cfg = composed([f"+experiment={option}"], hydra_cfg=True)
+        assert cfg.sweep == option
+        assert cfg.hydra.sweeper.params, f"experiment {option} defines no sweep"
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("kv.k_sparsity=1.5", "kv.k_sparsity=1.5 is outside [0, 1)"),
+        (
+            "kv.v_scorer=entropy",
+            "kv.v_scorer='entropy' is not allowed; choose one of magnitude, output_aware, think",
+        ),
+        ("kv.window=-4", "kv.window=-4 must be an integer >= 0"),
+        ("benchmark.length=8192", "benchmark.length=8192 exceeds the model's context window of 4096 tokens"),
+        ("benchmark.tasks=[niah_single_1,bogus]", "unknown RULER task 'bogus'"),
+        ("benchmark.n=0", "benchmark.n=0 must be an integer >= 1"),
+        ("logger.mode=sometimes", "logger.mode='sometimes' is not allowed"),
+    ],
+)
+def test_bad_values_fail_before_model_work(override, message):
+    cfg = to_dict(composed(["model=tiny", "logger=wandb", override]))
+    cfg.pop("hydra", None)
+    with pytest.raises(ValueError) as err:
+        Job.from_config(cfg)
+    assert message in str(err.value)
+
+
+def test_compressed_mode_refuses_unsupported_head_dim():
+    cfg = to_dict(composed(["model=tiny", "model.architecture.head_dim=32", "kv.mode=compressed"]))
+    with pytest.raises(ConfigError, match="head_dim=32"):
+        Job.from_config(cfg)
+
+
+def run_py(*args: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args], cwd=cwd, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_bad_value_exits_nonzero_with_one_line():
+    proc = run_py("model=tiny", "kv.k_sparsity=1.0", "logger=none")
+    assert proc.returncode != 0
+    assert proc.stderr.strip().splitlines()[-1] == (
+        "error: kv.k_sparsity=1.0 is outside [0, 1): sparsity is the fraction of entries set to zero"
+    )
+
+
+SWEEP = [
+    "-m",
+    "model=tiny",
+    "benchmark.tasks=[vt]",
+    "benchmark.n=1",
+    "kv.k_sparsity=0,0.5",
+    "logger=none",
+    "sweep=t",
+]
+
+
+def test_multirun_writes_skips_and_resumes(tmp_path):
+    first = run_py(*SWEEP, f"results_dir={tmp_path}")
+    assert first.returncode == 0, first.stderr[-2000:]
+    results = sorted((tmp_path / "t").glob("*/result.json"))
+    assert len(results) == 2
+    rows = json.loads(results[0].read_text())["rows"]
+    assert {r["task"] for r in rows} == {"vt", "avg"} and all(r["model"] == "tiny" for r in rows)
+    table = (tmp_path / "t" / "summary.md").read_text()
+    assert "dense" in table and "K0.5" in table
+    stamps = {p: p.stat().st_mtime_ns for p in results}
+
+    second = run_py(
+        *SWEEP, f"results_dir={tmp_path}"
+    )  # everything done: both jobs skipped, nothing rewritten
+    assert second.returncode == 0 and second.stdout.count("[mustafar] skip") == 2
+    assert {p: p.stat().st_mtime_ns for p in results} == stamps
+
+    # an interrupted job: its predictions were written, its result was not -> it resumes from the predictions
+    victim = results[1]
+    predictions = victim.parent / "predictions" / "vt.jsonl"
+    pred_stamp = predictions.stat().st_mtime_ns
+    victim.unlink()
+    third = run_py(*SWEEP, f"results_dir={tmp_path}")
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert third.stdout.count("[mustafar] skip") == 1
+    assert victim.exists() and predictions.stat().st_mtime_ns == pred_stamp
+    assert results[0].stat().st_mtime_ns == stamps[results[0]]
