@@ -24,6 +24,7 @@ class GenerationStats:
     v_kept: int = 0
     v_judged: int = 0
     kv_bytes: int = 0
+    kv_payload_bytes: int = 0
     dense_bytes: int = 0
     prompt_tokens: int = 0
     new_tokens: int = 0
@@ -37,6 +38,7 @@ class GenerationStats:
             "v_sparsity_measured": round(1 - self.v_kept / self.v_judged, 4) if self.v_judged else 0.0,
             # memory is only a fact in compressed mode: mask mode stores a dense cache
             "kv_bytes": self.kv_bytes if mode == "compressed" else None,
+            "kv_payload_bytes": self.kv_payload_bytes if mode == "compressed" else None,
             "dense_kv_bytes": self.dense_bytes,
             "prompt_tokens": self.prompt_tokens,
             "new_tokens": self.new_tokens,
@@ -84,6 +86,7 @@ def generate_one(
     stats.v_kept += c.v_kept
     stats.v_judged += c.v_judged
     stats.kv_bytes += c.kv_bytes or 0
+    stats.kv_payload_bytes += c.kv_payload_bytes or 0
     stats.dense_bytes += c.dense_bytes
     stats.prompt_tokens += ids.shape[1]
     stats.new_tokens += int(new.shape[0])

@@ -16,7 +16,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from mustafar.cache import CompressedLayer, MustafarCache, MustafarLayer
+from mustafar.cache import CompressedLayer, MustafarCache, MustafarLayer, kernel_backend
 from mustafar.pruning import Observation, scores
 
 ATTN_NAME = "mustafar"
@@ -36,7 +36,9 @@ def _layer_of(module: torch.nn.Module) -> MustafarLayer:
             f"attention '{ATTN_NAME}' ran without a bound cache layer: generate inside `mustafar.attach(model, cache)`"
         )
     if not layer.is_initialized:
-        raise RuntimeError("the attached cache was not updated: pass it to the model as `past_key_values=cache`")
+        raise RuntimeError(
+            "the attached cache was not updated: pass it to the model as `past_key_values=cache`"
+        )
     return layer
 
 
@@ -61,7 +63,13 @@ def mustafar_attention(
             from mustafar.kernels import sparse_decode_attention
 
             out = sparse_decode_attention(
-                query[:, :, 0], layer.stores["k"], layer.stores["v"], key, value, scale=scaling
+                query[:, :, 0],
+                layer.stores["k"],
+                layer.stores["v"],
+                key,
+                value,
+                scale=scaling,
+                backend=kernel_backend(),
             ).unsqueeze(1)
         else:  # several queries meet compressed tokens (chunked prompt, padding): the reference path
             full_k, full_v = layer.dense_view()

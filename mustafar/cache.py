@@ -8,6 +8,7 @@ final tokens into bitmap-compressed stores that the sparse decode kernel reads d
 
 from __future__ import annotations
 
+import os
 from collections import deque
 from dataclasses import dataclass
 
@@ -20,6 +21,14 @@ from mustafar.pruning import Observation, SidePruner, topk_mask
 
 class UnsupportedCacheOperation(RuntimeError):
     pass
+
+
+def kernel_backend() -> str:
+    """Kernel backend for compressed mode: auto (Triton on CUDA, PyTorch elsewhere), triton or torch.
+
+    MUSTAFAR_KERNEL_BACKEND=triton with TRITON_INTERPRET=1 runs the real kernels on a CPU (slow; for tests).
+    """
+    return os.environ.get("MUSTAFAR_KERNEL_BACKEND", "auto")
 
 
 class MustafarLayer(DynamicLayer):
@@ -98,6 +107,8 @@ class CompressedLayer(MustafarLayer):
         return self.stores["k"].length if self.is_initialized else 0
 
     def after_attention(self, obs: Observation) -> None:
+        if self.policy.dense:  # nothing to compress: the tail is the whole (dense) cache
+            return
         for side, tail in (("k", self.keys), ("v", self.values)):
             pruner = self.pruners[side]
             offset = pruner.final - self.stored  # tail index of this side's first undecided token
@@ -121,9 +132,11 @@ class CompressedLayer(MustafarLayer):
                 m = min(count, n - start)
                 rows = tail[:, :, start : start + m]
                 if mask is None:
-                    self.stores[side].append_topk(rows, self.pruners[side].keep_for(rows.shape[-1]))
+                    self.stores[side].append_topk(
+                        rows, self.pruners[side].keep_for(rows.shape[-1]), kernel_backend()
+                    )
                 else:
-                    self.stores[side].append(rows, mask[:, :, :m])
+                    self.stores[side].append(rows, mask[:, :, :m], kernel_backend())
                 if m == count:
                     queue.popleft()
                 else:
@@ -145,9 +158,11 @@ class CompressedLayer(MustafarLayer):
         v = torch.cat([self.stores["v"].to_dense(), self.values], dim=2)
         return k, v
 
-    def nbytes(self) -> int:
+    def nbytes(self, payload: bool = False) -> int:
+        """Allocated bytes (capacity slack included), or only the stored tokens' bytes with `payload`."""
         tail = self.keys.numel() * self.keys.element_size() * 2
-        return self.stores["k"].nbytes + self.stores["v"].nbytes + tail
+        attr = "payload_nbytes" if payload else "nbytes"
+        return getattr(self.stores["k"], attr) + getattr(self.stores["v"], attr) + tail
 
 
 @dataclass
@@ -159,6 +174,7 @@ class CacheStats:
     v_kept: int
     v_judged: int
     kv_bytes: int | None  # allocated compressed + dense-tail bytes (compressed mode only)
+    kv_payload_bytes: int | None  # the same without capacity slack (what a perfectly sized store needs)
     dense_bytes: int  # the same tokens in a dense cache of the same dtype
 
     @property
@@ -191,12 +207,15 @@ class MustafarCache(Cache):
             * 2
             for layer in layers
         )
-        kv_bytes = sum(layer.nbytes() for layer in layers) if self.policy.mode == "compressed" else None
+        compressed = self.policy.mode == "compressed"
+        kv_bytes = sum(layer.nbytes() for layer in layers) if compressed else None
+        payload = sum(layer.nbytes(payload=True) for layer in layers) if compressed else None
         return CacheStats(
             k_kept=sum(p.kept for p in k),
             k_judged=sum(p.judged for p in k),
             v_kept=sum(p.kept for p in v),
             v_judged=sum(p.judged for p in v),
             kv_bytes=kv_bytes,
+            kv_payload_bytes=payload,
             dense_bytes=dense,
         )
