@@ -1,0 +1,363 @@
+"""End-to-end decode benchmark on a GPU: dense (stock cache + SDPA) vs compressed Mustafar caches.
+
+Random-weight Llama-family models (speed does not depend on weight values) at a fixed context. For each KV
+format and batch size it measures the per-step decode latency (CUDA events, median over steps after warm-up),
+tokens/s, peak memory, KV-cache bytes read off the allocator, the largest batch that fits, and TTFT (a real
+prefill, pruning and compression included). A per-step decomposition separates weights (a step over a tiny
+context), attention (the attention kernels alone over all layers) and everything else.
+
+Needs only torch, triton and transformers (runs on the lent GPU machine without the sweep stack):
+    python scripts/bench_decode.py --model llama3_8b --context 16384 --out results/decode
+On a CPU it refuses: speed and memory are only ever reported from a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import statistics
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mustafar.attention import attach, new_cache  # noqa: E402
+from mustafar.cache import MustafarCache  # noqa: E402
+from mustafar.config import KVConfig  # noqa: E402
+from mustafar.pruning import Observation  # noqa: E402
+
+ARCHS = {  # Llama shapes; vocab trimmed for tiny only
+    "llama3_8b": dict(
+        hidden_size=4096,
+        intermediate_size=14336,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=8,
+        head_dim=128,
+        vocab_size=128256,
+        max_position_embeddings=131072,
+    ),
+    "llama2_7b": dict(
+        hidden_size=4096,
+        intermediate_size=11008,
+        num_hidden_layers=32,
+        num_attention_heads=32,
+        num_key_value_heads=32,
+        head_dim=128,
+        vocab_size=32000,
+        max_position_embeddings=131072,
+    ),
+    "tiny": dict(
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=64,
+        vocab_size=512,
+        max_position_embeddings=4096,
+    ),
+}
+FORMATS = {
+    "dense": None,
+    "K0.5V0.5": KVConfig(k_sparsity=0.5, v_sparsity=0.5, mode="compressed"),
+    "K0.7V0.7": KVConfig(k_sparsity=0.7, v_sparsity=0.7, mode="compressed"),
+}
+
+
+@dataclass
+class Point:
+    arch: str
+    fmt: str
+    batch: int
+    context: int
+    step_ms: float | None = None
+    tokens_per_s: float | None = None
+    kv_bytes: int | None = None
+    kv_fraction_of_dense: float | None = None
+    peak_gib: float | None = None
+    oom: bool = False
+
+
+def build_model(arch: str, dtype: torch.dtype, device: str):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(**ARCHS[arch], attn_implementation="sdpa")
+    with torch.device(device):
+        model = LlamaForCausalLM._from_config(cfg, dtype=dtype)
+    return model.eval()
+
+
+def fill_cache(model, fmt: str, batch: int, context: int):
+    """A cache holding `context` random post-RoPE tokens, built the way a prefill leaves it (compressed via the
+    same after-attention path, so the real compression kernel runs)."""
+    from transformers import DynamicCache
+
+    c = model.config
+    shape = (batch, c.num_key_value_heads, context, c.head_dim)
+    dev, dtype = model.device, model.dtype
+    if FORMATS[fmt] is None:
+        cache = DynamicCache(config=c)
+        for i in range(c.num_hidden_layers):
+            cache.update(
+                torch.randn(shape, device=dev, dtype=dtype), torch.randn(shape, device=dev, dtype=dtype), i
+            )
+        return cache
+    cache = new_cache(model, FORMATS[fmt])
+    for layer in cache.layers:
+        layer.update(torch.randn(shape, device=dev, dtype=dtype), torch.randn(shape, device=dev, dtype=dtype))
+        layer.after_attention(Observation(q_len=context))
+    return cache
+
+
+def cache_bytes(cache) -> int:
+    """Bytes of every tensor the cache holds (allocated buffers, capacity slack included)."""
+    seen, total = set(), 0
+
+    def add(t):
+        nonlocal total
+        if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
+            seen.add(t.untyped_storage().data_ptr())
+            total += t.untyped_storage().nbytes()
+
+    for layer in cache.layers:
+        add(layer.keys)
+        add(layer.values)
+        for store in getattr(layer, "stores", {}).values():
+            for name in ("bits", "vals", "offs", "row_nnz"):
+                add(getattr(store, name, None))
+    return total
+
+
+def decode_steps(model, cache, batch: int, context: int, steps: int, warmup: int = 3) -> list[float]:
+    """Per-step latencies (ms) of `steps` single-token forward passes."""
+    dev = model.device
+    tok = torch.randint(0, model.config.vocab_size, (batch, 1), device=dev)
+    times = []
+    with torch.inference_mode(), attach(model, cache) if isinstance(cache, MustafarCache) else nullcontext():
+        for i in range(warmup + steps):
+            pos = torch.full((batch, 1), context + i, device=dev)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            out = model(
+                input_ids=tok, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
+            )
+            end.record()
+            tok = out.logits[:, -1:].argmax(-1)
+            torch.cuda.synchronize()
+            if i >= warmup:
+                times.append(start.elapsed_time(end))
+    return times
+
+
+def measure(model, arch: str, fmt: str, batch: int, context: int, steps: int) -> Point:
+    point = Point(arch, fmt, batch, context)
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    try:
+        before = torch.cuda.memory_allocated()
+        cache = fill_cache(model, fmt, batch, context)
+        torch.cuda.synchronize()
+        point.kv_bytes = cache_bytes(cache)
+        allocated = torch.cuda.memory_allocated() - before
+        c = model.config
+        dense = (
+            2
+            * c.num_hidden_layers
+            * batch
+            * c.num_key_value_heads
+            * context
+            * c.head_dim
+            * model.dtype.itemsize
+        )
+        point.kv_fraction_of_dense = round(allocated / dense, 4)
+        times = decode_steps(model, cache, batch, context, steps)
+        point.step_ms = round(statistics.median(times), 3)
+        point.tokens_per_s = round(batch * 1000 / point.step_ms, 1)
+        point.peak_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2)
+        del cache
+    except torch.OutOfMemoryError:
+        point.oom = True
+    torch.cuda.empty_cache()
+    return point
+
+
+def largest_batch(model, arch: str, fmt: str, context: int, start: int) -> tuple[int, Point | None]:
+    """Largest batch whose cache fits and decodes (doubling, then bisection)."""
+    lo, hi, best = 0, start, None
+    while True:
+        p = measure(model, arch, fmt, hi, context, steps=3)
+        if p.oom:
+            break
+        lo, best, hi = hi, p, hi * 2
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        p = measure(model, arch, fmt, mid, context, steps=3)
+        if p.oom:
+            hi = mid
+        else:
+            lo, best = mid, p
+    return lo, best
+
+
+def ttft(model, fmt: str, context: int, repeats: int = 3) -> float:
+    """Seconds from prompt to first token at batch 1 (prefill + pruning + compression), median of repeats."""
+    ids = torch.randint(0, model.config.vocab_size, (1, context), device=model.device)
+    out = []
+    for _ in range(repeats + 1):
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with torch.inference_mode():
+            if FORMATS[fmt] is None:
+                from transformers import DynamicCache
+
+                model(input_ids=ids, past_key_values=DynamicCache(config=model.config), logits_to_keep=1)
+            else:
+                cache = new_cache(model, FORMATS[fmt])
+                with attach(model, cache):
+                    model(input_ids=ids, past_key_values=cache, logits_to_keep=1)
+        torch.cuda.synchronize()
+        out.append(time.perf_counter() - t)
+    return round(statistics.median(out[1:]), 4)
+
+
+def attention_only_ms(model, fmt: str, batch: int, context: int) -> float:
+    """The attention kernels of one decode step over all layers, without the rest of the model."""
+    import torch.nn.functional as F
+    from triton.testing import do_bench
+
+    from mustafar.kernels import sparse_decode_attention
+
+    c = model.config
+    q = torch.randn(batch, c.num_attention_heads, c.head_dim, device=model.device, dtype=model.dtype)
+    if FORMATS[fmt] is None:
+        shape = (batch, c.num_key_value_heads, context + 1, c.head_dim)
+        k = torch.randn(shape, device=model.device, dtype=model.dtype)
+        v = torch.randn_like(k)
+        fn = lambda: F.scaled_dot_product_attention(q.unsqueeze(2), k, v, enable_gqa=True)  # noqa: E731
+    else:
+        cache = fill_cache(model, fmt, batch, context)
+        layer = cache.layers[0]
+        fn = lambda: sparse_decode_attention(  # noqa: E731
+            q, layer.stores["k"], layer.stores["v"], layer.keys, layer.values, c.head_dim**-0.5
+        )
+    return do_bench(fn, warmup=25, rep=100, return_mode="median") * c.num_hidden_layers
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--model", default="llama3_8b", choices=sorted(ARCHS))
+    ap.add_argument("--context", type=int, default=16384)
+    ap.add_argument("--batches", default="1,8,16")
+    ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--steps", type=int, default=16)
+    ap.add_argument("--max-batch", action="store_true", help="search each format's largest batch")
+    ap.add_argument("--out", default="results/decode")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print(
+            "bench_decode needs a CUDA GPU: speed and memory are never measured on the CPU or in mask mode.",
+            file=sys.stderr,
+        )
+        return 2
+    formats = args.formats.split(",")
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        print(f"unknown format(s) {unknown}; choose from {list(FORMATS)}", file=sys.stderr)
+        return 2
+    model = build_model(args.model, torch.float16, "cuda")
+    batches = [int(b) for b in args.batches.split(",")]
+    report = {
+        "device": torch.cuda.get_device_name(),
+        "host": platform.node(),
+        "torch": torch.__version__,
+        "model": args.model,
+        "context": args.context,
+        "command": " ".join(sys.argv),
+        "points": [],
+        "ttft_s": {},
+        "max_batch": {},
+        "decomposition": [],
+    }
+    for fmt in formats:
+        report["ttft_s"][fmt] = ttft(model, fmt, args.context)
+        print(f"TTFT {fmt}: {report['ttft_s'][fmt]} s", flush=True)
+    for batch in batches:
+        weights_ms = statistics.median(
+            decode_steps(model, fill_cache(model, "dense", batch, 1), batch, 1, args.steps)
+        )
+        for fmt in formats:
+            p = measure(model, args.model, fmt, batch, args.context, args.steps)
+            report["points"].append(asdict(p))
+            print(json.dumps(asdict(p)), flush=True)
+            if not p.oom:
+                attn = attention_only_ms(model, fmt, batch, args.context)
+                report["decomposition"].append(
+                    {
+                        "fmt": fmt,
+                        "batch": batch,
+                        "step_ms": p.step_ms,
+                        "weights_ms": round(weights_ms, 3),
+                        "attention_ms": round(attn, 3),
+                        "other_ms": round(p.step_ms - weights_ms - attn, 3),
+                    }
+                )
+    if args.max_batch:
+        for fmt in formats:
+            b, p = largest_batch(model, args.model, fmt, args.context, start=max(batches))
+            report["max_batch"][fmt] = {"batch": b, "point": asdict(p) if p else None}
+            print(f"max batch {fmt}: {b}", flush=True)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "bench_decode.json").write_text(json.dumps(report, indent=2) + "\n")
+    print(render(report))
+    (out / "bench_decode.md").write_text(render(report) + "\n")
+    return 0
+
+
+def render(report: dict) -> str:
+    lines = [
+        f"{report['model']} random weights, fp16, context {report['context']}, {report['device']}",
+        "",
+        "| format | batch | step ms | tokens/s | KV / dense (allocated) | peak GiB |",
+        "|---|---|---|---|---|---|",
+    ]
+    for p in report["points"]:
+        if p["oom"]:
+            lines.append(f"| {p['fmt']} | {p['batch']} | OOM | | | |")
+        else:
+            lines.append(
+                f"| {p['fmt']} | {p['batch']} | {p['step_ms']:.2f} | {p['tokens_per_s']:.0f} | "
+                f"{p['kv_fraction_of_dense']:.3f} | {p['peak_gib']:.1f} |"
+            )
+    lines += ["", "| format | TTFT s |", "|---|---|"] + [
+        f"| {k} | {v} |" for k, v in report["ttft_s"].items()
+    ]
+    if report["decomposition"]:
+        lines += [
+            "",
+            "| format | batch | step ms | weights+rest ms (tiny ctx) | attention ms | other ms |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {d['fmt']} | {d['batch']} | {d['step_ms']:.2f} | {d['weights_ms']:.2f} | "
+            f"{d['attention_ms']:.2f} | {d['other_ms']:.2f} |"
+            for d in report["decomposition"]
+        ]
+    if report["max_batch"]:
+        lines += ["", "| format | largest batch | tokens/s there |", "|---|---|---|"]
+        for fmt, mb in report["max_batch"].items():
+            tps = mb["point"]["tokens_per_s"] if mb["point"] else None
+            lines.append(f"| {fmt} | {mb['batch']} | {tps} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
