@@ -33,14 +33,15 @@ from mustafar.kernels import sparse_decode_attention  # noqa: E402
 from mustafar.kernels.compress import pack_triton, topk_pack_triton  # noqa: E402
 
 HQ, HKV, D, WINDOW = 32, 8, 128, 32
-CONFIGS = [  # (group, block_n, num_warps)
-    (8, 32, 4),
-    (16, 32, 4),
-    (32, 32, 4),
-    (16, 64, 4),
-    (32, 64, 4),
-    (16, 64, 8),
+CONFIGS = [  # (version, group, block_n, num_warps); version 2 = the previous decoder, for comparison
+    (2, 32, 64, 4),
+    (3, 32, 64, 4),
+    (3, 32, 32, 4),
+    (3, 16, 64, 4),
+    (3, 32, 128, 8),
+    (3, 8, 32, 4),
 ]
+COMPRESS_LAUNCHES = [(8, 2), (16, 4), (32, 4), (64, 4), (32, 8)]  # (block_r, num_warps)
 
 
 def bench(fn, rep=60):
@@ -55,10 +56,10 @@ def time_dense(q4, k, v, rep):
     return bench(lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=True), rep)
 
 
-def time_sparse(q, ks, vs, kw, vw, group, block_n, warps, rep):
+def time_sparse(q, ks, vs, kw, vw, version, group, block_n, warps, rep):
     return bench(
         lambda: sparse_decode_attention(
-            q, ks, vs, kw, vw, D**-0.5, group=group, block_n=block_n, num_warps=warps
+            q, ks, vs, kw, vw, D**-0.5, version=version, group=group, block_n=block_n, num_warps=warps
         ),
         rep,
     )
@@ -139,13 +140,19 @@ def check_correctness():
         kw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         vw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         ref = sparse_decode_attention(q, *stores, kw, vw, d**-0.5, backend="torch")
-        for group in (8, 16, 32):
+        for version, group in ((2, 32), (3, 8), (3, 16), (3, 32)):
             res = torch.full_like(q, math.nan)
-            o = sparse_decode_attention(q, *stores, kw, vw, d**-0.5, backend="triton", group=group, out=res)
+            o = sparse_decode_attention(
+                q, *stores, kw, vw, d**-0.5, backend="triton", version=version, group=group, out=res
+            )
             err = rel_err(o, ref)
             tol = 1e-4 if dtype == torch.float32 else 1e-2
             ok = err <= tol and not o.isnan().any().item()
-            out.append(dict(case=i, group=group, dtype=str(dtype), t=t, w=w, d=d, rel_err=err, ok=ok))
+            out.append(
+                dict(
+                    case=i, version=version, group=group, dtype=str(dtype), t=t, w=w, d=d, rel_err=err, ok=ok
+                )
+            )
             if not ok:
                 raise AssertionError(f"decode mismatch: {out[-1]}")
     return out
@@ -177,15 +184,18 @@ def decode_bench(batches, tokens, sparsities, roof_tbs, rep):
                 vw = torch.randn_like(kw)
                 comp_bytes = ks.payload_nbytes + vs.payload_nbytes + 2 * kw.numel() * 2
                 best = None
-                for group, block_n, warps in CONFIGS:
+                per_config = {}
+                for version, group, block_n, warps in CONFIGS:
                     try:
-                        us = time_sparse(q, ks, vs, kw, vw, group, block_n, warps, rep)
+                        us = time_sparse(q, ks, vs, kw, vw, version, group, block_n, warps, rep)
                     except Exception as exc:  # a config the compiler rejects is recorded, not fatal
-                        print(f"config {(group, block_n, warps)} failed: {exc}", flush=True)
+                        print(f"config {(version, group, block_n, warps)} failed: {exc}", flush=True)
                         continue
+                    per_config[f"v{version} g{group} n{block_n} w{warps}"] = us
                     if best is None or us < best[0]:
-                        best = (us, group, block_n, warps)
-                us, group, block_n, warps = best
+                        best = (us, version, group, block_n, warps)
+                us, version, group, block_n, warps = best
+                v2_us = min((u for k, u in per_config.items() if k.startswith("v2")), default=math.nan)
                 dense_graph = graph_time(functools.partial(sdpa_gqa, q4, k_dense, v_dense), rep)
                 sparse_graph = graph_time(
                     functools.partial(
@@ -196,6 +206,7 @@ def decode_bench(batches, tokens, sparsities, roof_tbs, rep):
                         kw,
                         vw,
                         D**-0.5,
+                        version=version,
                         group=group,
                         block_n=block_n,
                         num_warps=warps,
@@ -213,7 +224,10 @@ def decode_bench(batches, tokens, sparsities, roof_tbs, rep):
                     dense_graph_us=dense_graph,
                     sparse_graph_us=sparse_graph,
                     speedup_graph=dense_graph / sparse_graph,
-                    config=dict(group=group, block_n=block_n, num_warps=warps),
+                    config=dict(version=version, group=group, block_n=block_n, num_warps=warps),
+                    per_config_us=per_config,
+                    v2_us=v2_us,
+                    speedup_v2=dense_us / v2_us,
                     dense_bytes=dense_bytes,
                     compressed_bytes=comp_bytes,
                     dense_tbs=dense_bytes / dense_us / 1e6,
@@ -241,13 +255,14 @@ def compress_bench(b, t, rep):
         rows = torch.randn(b, HKV, t, D, device="cuda", dtype=torch.float16)
         store = CompressedStore(b, HKV, D, torch.float16, "cuda", keep, capacity=t)
         sweep = {}
-        for block_r in (8, 16, 32):
-            for warps in (2, 4, 8):
-                sweep[f"r{block_r}w{warps}"] = time_topk(
-                    store, rows, keep, rep, block_r=block_r, num_warps=warps
+        for swar in (False, True):
+            for block_r, warps in COMPRESS_LAUNCHES:
+                sweep[f"r{block_r}w{warps}{'s' if swar else ''}"] = time_topk(
+                    store, rows, keep, rep, block_r=block_r, num_warps=warps, swar=swar
                 )
         best_cfg = min(sweep, key=sweep.get)
         us = sweep[best_cfg]
+        old_us = min(u for k, u in sweep.items() if not k.endswith("s"))
         mask = topk_keep_mask(rows[:, :, :1024], keep)
         counts = mask.sum(-1)
         small = CompressedStore(b, HKV, D, torch.float16, "cuda", keep, capacity=1024)
@@ -259,6 +274,7 @@ def compress_bench(b, t, rep):
                 keep=keep,
                 rows=b * HKV * t,
                 topk_pack_us_per_tensor=us,
+                no_swar_best_us=old_us,
                 launch=best_cfg,
                 launch_sweep_us=sweep,
                 k_and_v_ms=2 * us / 1e3,
@@ -268,7 +284,11 @@ def compress_bench(b, t, rep):
                 kv_fraction_of_dense=store.payload_nbytes / store.dense_nbytes,
             )
         )
-        print(f"compress s={s}: {us:.0f} us per tensor, K+V {2 * us / 1e3:.2f} ms", flush=True)
+        print(
+            f"compress s={s}: {us:.0f} us per tensor ({best_cfg}), K+V {2 * us / 1e3:.2f} ms; without SWAR "
+            f"{old_us:.0f} us; sweep {sweep}",
+            flush=True,
+        )
         del rows, store
     return out
 
@@ -286,28 +306,29 @@ def to_markdown(meta, roof, decode_rows, comp_rows, checks):
         "(no Python launch overhead). TB/s counts K+V bytes read (compressed bytes for the sparse kernel); roof = "
         "compressed bytes / copy roof.",
         "",
-        "| s | B | T | dense SDPA µs | TB/s | sparse µs | TB/s (compressed) | roof µs | speedup | graph: dense µs | "
-        "sparse µs | speedup | config |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| s | B | T | dense SDPA µs | TB/s | sparse µs | TB/s (compressed) | roof µs | speedup | v2 µs | v2 speedup | "
+        "graph: dense µs | sparse µs | speedup | config |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in decode_rows:
         c = r["config"]
         lines.append(
             f"| {r['sparsity']} | {r['batch']} | {r['tokens']} | {r['dense_sdpa_us']:.0f} | {r['dense_tbs']:.2f} | "
             f"{r['sparse_us']:.0f} | {r['sparse_tbs']:.2f} | {r['roof_sparse_us']:.0f} | {r['speedup']:.2f}× | "
+            f"{r['v2_us']:.0f} | {r['speedup_v2']:.2f}× | "
             f"{r['dense_graph_us']:.0f} | {r['sparse_graph_us']:.0f} | {r['speedup_graph']:.2f}× | "
-            f"g{c['group']} n{c['block_n']} w{c['num_warps']} |"
+            f"v{c['version']} g{c['group']} n{c['block_n']} w{c['num_warps']} |"
         )
     lines += [
         "",
-        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | launch | pack-with-mask µs (1024 tok) | "
-        "B/token-head | of dense |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | launch (s = SWAR) | no-SWAR best µs | "
+        "pack-with-mask µs (1024 tok) | B/token-head | of dense |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in comp_rows:
         lines.append(
             f"| {r['sparsity']} | {r['keep']} | {r['rows']} | {r['topk_pack_us_per_tensor']:.0f} | "
-            f"{r['k_and_v_ms']:.2f} | {r['read_write_tbs']:.2f} | {r['launch']} | "
+            f"{r['k_and_v_ms']:.2f} | {r['read_write_tbs']:.2f} | {r['launch']} | {r['no_swar_best_us']:.0f} | "
             f"{r['pack_with_mask_us_per_1024_tokens']:.0f} | "
             f"{r['bytes_per_token_head']:.0f} | {r['kv_fraction_of_dense']:.3f} |"
         )

@@ -71,21 +71,26 @@ TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-4}
 
 
 @pytest.mark.parametrize(
-    "b,hkv,n_rep,t,w,d,dtype,k_keep,v_keep,group",
+    "b,hkv,n_rep,t,w,d,dtype,k_keep,v_keep,group,version",
     [
-        (2, 2, 4, 70, 5, 128, torch.float16, 38, 38, 8),
-        (1, 2, 4, 100, 3, 128, torch.bfloat16, 64, None, 16),
-        (1, 1, 1, 40, 0, 64, torch.float16, None, 20, 32),
-        (1, 2, 2, 0, 7, 64, torch.bfloat16, 20, 20, 8),
-        (1, 1, 8, 33, 4, 64, torch.float32, 19, None, 16),
+        (2, 2, 4, 70, 5, 128, torch.float16, 38, 38, 8, 3),
+        (2, 2, 4, 70, 5, 128, torch.float16, 38, 38, 32, 3),
+        (1, 2, 4, 100, 3, 128, torch.bfloat16, 64, None, 16, 3),
+        (1, 1, 1, 40, 0, 64, torch.float16, None, 20, 32, 3),
+        (1, 2, 2, 0, 7, 64, torch.bfloat16, 20, 20, 8, 3),
+        (1, 1, 8, 33, 4, 64, torch.float32, 19, None, 16, 3),
+        (2, 2, 4, 70, 5, 128, torch.float16, 38, 38, 32, 2),
+        (1, 1, 1, 40, 0, 64, torch.float16, None, 20, 16, 2),
     ],
 )
-def test_triton_decode_matches_reference(poison, b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep, group):
+def test_triton_decode_matches_reference(
+    poison, b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep, group, version
+):
     q, ks, vs, kw, vw = _case(b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep, seed=t + w)
     scale = d**-0.5
     ref = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")
     out = sparse_decode_attention(
-        q, ks, vs, kw, vw, scale, backend="triton", num_splits=2, block_n=16, group=group
+        q, ks, vs, kw, vw, scale, backend="triton", num_splits=2, block_n=16, group=group, version=version
     )
     assert out.dtype == q.dtype and out.shape == q.shape
     assert not out.isnan().any()
@@ -101,15 +106,18 @@ def test_reference_matches_plain_attention(dtype, t, w):
     assert _rel(out, ref) <= TOL[dtype] / 10
 
 
-def test_triton_compress_writes_every_slot():
+@pytest.mark.parametrize("swar", [True, False])
+def test_triton_compress_writes_every_slot(swar):
     from mustafar.kernels.compress import topk_pack_triton
 
     rows = _randn(1, 2, 21, 128, dtype=torch.float16, seed=11)
+    rows[0, 0, 3, ::3] = rows[0, 0, 3, 0]  # ties at the threshold: kept in channel order
+    rows[0, 1, 5, :] = 0.0  # all ties
     store = CompressedStore(1, 2, 128, torch.float16, "cpu", 38)
     store.reserve(21)
     store.vals.fill_(math.nan)
     store.bits.fill_(-1)
-    topk_pack_triton(store, rows, 38)
+    topk_pack_triton(store, rows, 38, swar=swar)
     assert torch.equal(store.to_dense(), rows * topk_keep_mask(rows, 38))
     assert (store.vals[:, :, :21, 38:] == 0).all() and not store.vals[:, :, :21].isnan().any()
 

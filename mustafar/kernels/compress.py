@@ -60,6 +60,7 @@ def _prune_pack_kernel(
     TOPK: tl.constexpr,
     VARIABLE: tl.constexpr,
     BLOCK_R: tl.constexpr,
+    SWAR: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     bh = tl.program_id(1)
@@ -74,10 +75,23 @@ def _prune_pack_kernel(
     if TOPK:
         key = _abs_key(x, KEY_BITS)
         thr = tl.zeros([BLOCK_R], dtype=tl.int32)
-        for i in tl.static_range(KEY_BITS):
-            cand = thr | (1 << (KEY_BITS - 1 - i))
-            cnt = tl.sum((key >= cand[:, None]).to(tl.int32), axis=1)
-            thr = tl.where(cnt >= KEEP, cand, thr)
+        if SWAR:
+            # two 15-bit keys per int32 lane pair, each lane flagged with 0x8000: (0x8000 + key) - cand keeps bit 15
+            # of its lane iff key >= cand and never borrows across lanes, so one subtract tests two keys.
+            kp = tl.reshape(key, [BLOCK_R, D // 2, 2])
+            lo, hi = tl.split(kp)
+            flagged = (lo | (hi << 16)) | -0x7FFF8000  # 0x80008000 as an int32 literal
+            for i in tl.static_range(KEY_BITS):
+                cand = thr | (1 << (KEY_BITS - 1 - i))
+                diff = flagged - (cand | (cand << 16))[:, None]
+                both = tl.sum((diff >> 15) & 0x10001, axis=1)
+                cnt = (both & 0xFFFF) + (both >> 16)
+                thr = tl.where(cnt >= KEEP, cand, thr)
+        else:
+            for i in tl.static_range(KEY_BITS):
+                cand = thr | (1 << (KEY_BITS - 1 - i))
+                cnt = tl.sum((key >= cand[:, None]).to(tl.int32), axis=1)
+                thr = tl.where(cnt >= KEEP, cand, thr)
         gt = key > thr[:, None]
         eq = key == thr[:, None]
         need = KEEP - tl.sum(gt.to(tl.int32), axis=1)
@@ -119,7 +133,8 @@ def _launch(
     mask: Tensor | None,
     keep: int,
     block_r: int = _BLOCK_R,
-    num_warps: int = 4,
+    num_warps: int = _NUM_WARPS,
+    swar: bool = True,
 ) -> None:
     _check_triton_shape(store)
     if rows.stride(-1) != 1:
@@ -154,6 +169,7 @@ def _launch(
         TOPK=mask is None,
         VARIABLE=not store.fixed,
         BLOCK_R=block_r,
+        SWAR=swar and store.dtype != torch.float32,
         num_warps=num_warps,
     )
 

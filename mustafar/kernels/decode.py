@@ -30,6 +30,30 @@ _LOG2E = 1.4426950408889634
 _WORD_DTYPES = {8: torch.uint8, 16: torch.int16, 32: torch.int32}
 
 
+# PTX for 8 channels of one lane (bits 0..7 of $8): per channel one bit test (LOP3 -> predicate), a zeroed predicated
+# 16-bit load at the running address and a predicated 64-bit step of 2 bytes. GPU only (the interpreter runs the
+# plain-tl twin in _expand8_v3).
+_GATHER8_ASM = tl.constexpr(
+    "\n".join(
+        ["{", ".reg .pred p;", ".reg .b64 a, o;", ".reg .b32 t, i;", "mov.b32 i, $9;"]
+        + [
+            line
+            for k in range(8)
+            for line in (
+                f"and.b32 t, $8, {1 << k};",
+                "setp.ne.b32 p, t, 0;",
+                "mul.wide.s32 o, i, 2;",
+                "add.s64 a, $10, o;",
+                f"mov.b16 ${k}, 0;",
+                f"@p ld.global.b16 ${k}, [a];",
+            )
+            + (("@p add.s32 i, i, 1;",) if k < 7 else ())
+        ]
+        + ["}"]
+    )
+)
+
+
 @triton.jit
 def _popc(x, HW: tl.constexpr):
     """Popcount of an int32: the hardware instruction on GPU, SWAR in the interpreter (it has no libdevice)."""
@@ -68,6 +92,53 @@ def _expand8(p, word, J0: tl.constexpr):
 
 
 @triton.jit
+def _bit(word, J: tl.constexpr):
+    """Predicate ``bit J of word`` as one LOP3 (bit 31 is the sign)."""
+    if J == 31:
+        out = word < 0
+    else:
+        out = (word & (1 << J)) != 0
+    return out
+
+
+@triton.jit
+def _gather_bit3(row_ptr, idx, word, J: tl.constexpr):
+    bit = _bit(word, J)
+    v = tl.load(row_ptr + idx, mask=bit, other=0.0)
+    return v, idx + bit.to(tl.int32)
+
+
+@triton.jit
+def _expand8_v3(row_ptr, idx, word, ASM: tl.constexpr):
+    """Channels 0..7 of ``word`` (same [G, BN, 2, 2, 2] arrangement as :func:`_expand8`), first value at the
+    32-bit in-row index ``idx``.
+
+    ``ASM`` (GPU only): the whole 8-channel walk is one inline-PTX block (bit test → predicated load and increment);
+    otherwise plain tl (the interpreter path), same values.
+    """
+    if ASM:
+        v0, v1, v2, v3, v4, v5, v6, v7 = tl.inline_asm_elementwise(
+            _GATHER8_ASM,
+            "=h,=h,=h,=h,=h,=h,=h,=h,r,r,l",
+            [word, idx, (row_ptr + tl.zeros_like(idx)).to(tl.int64, bitcast=True)],
+            dtype=(row_ptr.dtype.element_ty,) * 8,
+            is_pure=True,
+            pack=1,
+        )
+    else:
+        v0, idx = _gather_bit3(row_ptr, idx, word, 0)
+        v1, idx = _gather_bit3(row_ptr, idx, word, 1)
+        v2, idx = _gather_bit3(row_ptr, idx, word, 2)
+        v3, idx = _gather_bit3(row_ptr, idx, word, 3)
+        v4, idx = _gather_bit3(row_ptr, idx, word, 4)
+        v5, idx = _gather_bit3(row_ptr, idx, word, 5)
+        v6, idx = _gather_bit3(row_ptr, idx, word, 6)
+        v7, idx = _gather_bit3(row_ptr, idx, word, 7)
+    x = tl.join(tl.join(tl.join(v0, v4), tl.join(v2, v6)), tl.join(tl.join(v1, v5), tl.join(v3, v7)))
+    return x
+
+
+@triton.jit
 def _decode_tile(
     bits_ptr,
     vals_ptr,
@@ -82,38 +153,63 @@ def _decode_tile(
     VAR: tl.constexpr,
     GROUP: tl.constexpr,
     HW: tl.constexpr,
+    V3: tl.constexpr,
+    ASM: tl.constexpr,
 ):
     """Dense [BLOCK_N, D] tile of compressed tokens ``tok`` of one (batch, head) row; zeros where masked.
 
     ``bits_ptr`` views the bitmap as GROUP-bit words (uint8 / int16 / int32). Tiles are [G, BLOCK_N] with the
     group index fastest so the lanes of a warp share a token's value row (few cache lines per gather).
+    ``V3``: one 64-bit row pointer per program and 32-bit in-row value indices advanced by the kept bit
+    (predicate), instead of a 64-bit pointer per lane stepped by an extracted bit.
     """
     G: tl.constexpr = D // GROUP
     g = tl.arange(0, G)
-    slot = row + tok
-    word = tl.load(bits_ptr + slot[None, :] * G + g[:, None] * gstride, mask=tmask[None, :], other=0).to(
-        tl.int32
-    )
+    if V3:
+        bits_row = bits_ptr + row * G
+        word = tl.load(bits_row + tok[None, :] * G + g[:, None] * gstride, mask=tmask[None, :], other=0)
+    else:
+        slot = row + tok
+        word = tl.load(bits_ptr + slot[None, :] * G + g[:, None] * gstride, mask=tmask[None, :], other=0)
+    word = word.to(tl.int32)
     if GROUP == 16:
         word = word & 0xFFFF
     elif GROUP == 8:
         word = word & 0xFF
     cnt = _popc(word, HW)
     first = tl.cumsum(cnt, axis=0) - cnt
-    if VAR:
-        base = val_row + tl.load(offs_ptr + slot, mask=tmask, other=0)
+    if V3:
+        if VAR:
+            row_ptr = vals_ptr + val_row
+            base = tl.load(offs_ptr + row + tok, mask=tmask, other=0)
+        else:
+            row_ptr = vals_ptr + row * SLOT
+            base = tok * SLOT
+        idx = base[None, :] + first
+        x = _expand8_v3(row_ptr, idx, word, ASM)
+        if GROUP >= 16:
+            y = _expand8_v3(row_ptr, idx + _popc(word & 0xFF, HW), word >> 8, ASM)
+            x = tl.permute(tl.join(x, y), (0, 1, 5, 2, 3, 4))
+        if GROUP == 32:
+            y0 = _expand8_v3(row_ptr, idx + _popc(word & 0xFFFF, HW), word >> 16, ASM)
+            y1 = _expand8_v3(row_ptr, idx + _popc(word & 0xFFFFFF, HW), word >> 24, ASM)
+            y = tl.permute(tl.join(y0, y1), (0, 1, 5, 2, 3, 4))
+            x = tl.permute(tl.join(x, y), (0, 1, 6, 2, 3, 4, 5))
     else:
-        base = slot * SLOT
-    p = vals_ptr + base[None, :] + first
-    x, p = _expand8(p, word, 0)
-    if GROUP >= 16:
-        y, p = _expand8(p, word, 8)
-        x = tl.permute(tl.join(x, y), (0, 1, 5, 2, 3, 4))
-    if GROUP == 32:
-        y0, p = _expand8(p, word, 16)
-        y1, p = _expand8(p, word, 24)
-        y = tl.permute(tl.join(y0, y1), (0, 1, 5, 2, 3, 4))
-        x = tl.permute(tl.join(x, y), (0, 1, 6, 2, 3, 4, 5))
+        if VAR:
+            base = val_row + tl.load(offs_ptr + slot, mask=tmask, other=0)
+        else:
+            base = slot * SLOT
+        p = vals_ptr + base[None, :] + first
+        x, p = _expand8(p, word, 0)
+        if GROUP >= 16:
+            y, p = _expand8(p, word, 8)
+            x = tl.permute(tl.join(x, y), (0, 1, 5, 2, 3, 4))
+        if GROUP == 32:
+            y0, p = _expand8(p, word, 16)
+            y1, p = _expand8(p, word, 24)
+            y = tl.permute(tl.join(y0, y1), (0, 1, 5, 2, 3, 4))
+            x = tl.permute(tl.join(x, y), (0, 1, 6, 2, 3, 4, 5))
     if GROUP == 8:
         x = tl.permute(x, (1, 0, 2, 3, 4))
     elif GROUP == 16:
@@ -189,6 +285,8 @@ def _sparse_decode_kernel(
     F32: tl.constexpr,
     GROUP: tl.constexpr,
     HW: tl.constexpr,
+    V3: tl.constexpr,
+    ASM: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -222,6 +320,8 @@ def _sparse_decode_kernel(
                 K_VAR,
                 GROUP,
                 HW,
+                V3,
+                ASM,
             )
             v = _decode_tile(
                 v_bits,
@@ -237,6 +337,8 @@ def _sparse_decode_kernel(
                 V_VAR,
                 GROUP,
                 HW,
+                V3,
+                ASM,
             )
             m_i, l_i, acc = _softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, F32)
     else:
@@ -302,13 +404,18 @@ def sparse_decode_triton(
     num_warps: int = 4,
     num_stages: int = 2,
     group: int = 32,
+    version: int = 3,
     out: Tensor | None = None,
 ) -> Tensor:
     """Launch the fused split-K kernel and the merge; inputs already validated by the dispatcher.
 
     ``group`` (8, 16 or 32) is how many channels one lane decodes: bitmap word width of the decoder. Defaults are
-    the H100 sweep's best at B >= 8 (results/kernels/NOTES.md).
+    the H100 sweep's best at B >= 8 (results/kernels/NOTES.md). ``version`` 3 (default): 32-bit in-row value
+    indices, one independent index chain per 8 channels, and on the GPU (fp16/bf16) an inline-PTX 8-channel
+    gather; 2: the previous decoder (64-bit pointer per lane stepped by an extracted bit), kept for comparison.
     """
+    if version not in (2, 3):
+        raise ValueError(f"version must be 2 or 3, got {version}")
     if group not in _WORD_DTYPES:
         raise ValueError(f"group must be one of {tuple(_WORD_DTYPES)}, got {group}")
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -361,6 +468,8 @@ def sparse_decode_triton(
         F32=q.dtype == torch.float32 or (interpreting and q.dtype == torch.bfloat16),
         GROUP=group,
         HW=not interpreting,
+        V3=version == 3,
+        ASM=version == 3 and not interpreting and q.dtype != torch.float32,
         num_warps=num_warps,
         num_stages=num_stages,
     )
