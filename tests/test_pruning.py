@@ -8,8 +8,15 @@ import pytest
 import torch
 
 from mustafar.config import KVConfig, PruneRule
-from mustafar.pruning import Observation, SidePruner, exact_keep, keep_mask, reference_topk_keep, topk_mask
-from mustafar.pruning import scores
+from mustafar.pruning import (
+    Observation,
+    SidePruner,
+    exact_keep,
+    keep_mask,
+    reference_topk_keep,
+    scores,
+    topk_mask,
+)
 
 
 def ref_topk_row(values: list[float], keep: int) -> list[bool]:
