@@ -1,0 +1,100 @@
+"""The paper's Table 14 (TTFT and decode tokens/s, dense vs Mustafar K0.5V0.5 / K0.7V0.7) next to our GPU
+measurements: end-to-end from `scripts/bench_decode.py` (results/decode/*.json) where they exist, and the
+attention-kernel-only benchmark from `scripts/bench_kernels.py` (results/kernels/bench.json).
+
+The setups differ (the paper: RTX 6000 Ada, batch 1, decode 512/1024/2048 tokens; bench_decode: a fixed context
+and the batches it was run at), so speeds are compared as speed-ups over dense within each setup.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from mustafar.report import paper
+
+MODELS = {"llama3_8b": "Llama3", "llama2_7b": "Llama2"}  # bench_decode --model -> the paper's row name
+FORMATS = {"dense": "Dense", "K0.5V0.5": "Mustafar K0.5 V0.5", "K0.7V0.7": "Mustafar K0.7 V0.7"}
+KEYS = ["model", "format"]
+
+
+def paper_table() -> pd.DataFrame:
+    spec = paper.numbers()["decode_speed"]
+    rows = []
+    for r in spec["rows"]:
+        rows.append(
+            {
+                "model": r["model"],
+                "format": r["format"],
+                "paper TTFT s": r["ttft_s"],
+                **{f"paper tok/s @{n}": v for n, v in r["tokens_per_s"].items()},
+            }
+        )
+    table = pd.DataFrame(rows)
+    dense = table[table["format"] == "Dense"].set_index("model")["paper tok/s @1024"]
+    table["paper ×dense @1024"] = table["paper tok/s @1024"] / table["model"].map(dense)
+    return table
+
+
+def measured_table(decode_dir: Path) -> pd.DataFrame:
+    """One row per (model, format) over every bench_decode JSON in `decode_dir`; empty when none exist."""
+    rows = []
+    for path in sorted(Path(decode_dir).glob("*.json")):
+        report = json.loads(path.read_text())
+        if "points" not in report:
+            continue
+        model = MODELS.get(report["model"], report["model"])
+        by_fmt: dict[str, dict] = {}
+        for p in report["points"]:
+            row = by_fmt.setdefault(p["fmt"], {"model": model, "format": FORMATS.get(p["fmt"], p["fmt"])})
+            b = p["batch"]
+            row[f"ours tok/s B{b}"] = None if p["oom"] else p["tokens_per_s"]
+            row[f"ours KV/dense B{b}"] = None if p["oom"] else p.get("kv_fraction_of_dense")
+        for fmt, seconds in report.get("ttft_s", {}).items():
+            by_fmt.setdefault(fmt, {"model": model, "format": FORMATS.get(fmt, fmt)})["ours TTFT s"] = seconds
+        for fmt, mb in report.get("max_batch", {}).items():
+            by_fmt[fmt]["ours max batch"] = mb["batch"]
+            by_fmt[fmt]["ours tok/s at max batch"] = mb["point"]["tokens_per_s"] if mb["point"] else None
+        for row in by_fmt.values():
+            row["ours setup"] = f"{report['device']}, context {report['context']}"
+            rows.append(row)
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    for column in [c for c in table.columns if c.startswith("ours tok/s B")]:
+        dense = table[table["format"] == "Dense"].set_index("model")[column]
+        table[column.replace("tok/s", "×dense")] = table[column] / table["model"].map(dense)
+    return table
+
+
+def table14(decode_dir: Path) -> pd.DataFrame:
+    """The paper's rows with ours joined on (model, format); ours-only rows are kept too."""
+    ours = measured_table(decode_dir)
+    if ours.empty:
+        return paper_table()
+    return paper_table().merge(ours, on=KEYS, how="outer")
+
+
+def kernel_table(bench_json: Path) -> pd.DataFrame:
+    """Attention only (one layer's decode attention, Llama-3-8B shapes): sparse kernel vs dense SDPA."""
+    bench = json.loads(Path(bench_json).read_text())
+    rows = [
+        {
+            "s": p["sparsity"],
+            "batch": p["batch"],
+            "tokens": p["tokens"],
+            "dense SDPA µs": p["dense_sdpa_us"],
+            "sparse µs": p["sparse_us"],
+            "×dense": p["speedup"],
+            "×dense (CUDA graph)": p.get("speedup_graph"),
+            "compressed / dense bytes": p["compressed_bytes"] / p["dense_bytes"],
+        }
+        for p in bench["decode"]
+    ]
+    return pd.DataFrame(rows)
+
+
+def kernel_device(bench_json: Path) -> str:
+    return json.loads(Path(bench_json).read_text())["meta"]["device"]

@@ -1,0 +1,46 @@
+"""KV-cache size relative to dense, per job: measured where a compressed-mode job measured it, else computed.
+
+Measured: `kv_bytes / dense_kv_bytes` of a `kv.mode=compressed` job (allocated buffers, dense window included).
+Computed ("closed form"): the bytes the framework's layouts need for the *pruned* tokens at the job's measured
+sparsity, in fp16 (the GPU dtype), window excluded, i.e. the long-context limit:
+- per-token rules: the fixed per-token bitmap layout (D-bit bitmap + keep values padded to 16 bytes);
+- per-channel rules (a variable count per token): the variable layout (bitmap + int32 offset + values);
+- ThinK: the kept channels stored dense (channel indices per head are negligible).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from mustafar.formats.bitmap import fixed_token_nbytes, variable_token_nbytes
+
+FP16 = 2
+MEASURED, COMPUTED = "measured", "closed-form"
+
+
+def side_fraction(nominal: float, measured: float, direction: str, scorer: str, head_dim: int) -> float:
+    """Bytes of one pruned token of K (or V) over its dense fp16 bytes."""
+    if nominal == 0:
+        return 1.0
+    dense = head_dim * FP16
+    if scorer == "think":
+        return 1.0 - measured
+    if direction == "token":
+        return fixed_token_nbytes(head_dim, round((1.0 - measured) * head_dim), FP16) / dense
+    return (variable_token_nbytes(head_dim, 0, FP16) + (1.0 - measured) * dense) / dense
+
+
+def kv_fraction(row: Mapping[str, Any]) -> tuple[float, str]:
+    """(KV bytes / dense KV bytes, MEASURED or COMPUTED) for one job's row."""
+    kv_bytes, dense = row.get("kv_bytes"), row.get("dense_kv_bytes")
+    if row.get("mode") == "compressed" and _number(kv_bytes) and _number(dense) and dense > 0:
+        return kv_bytes / dense, MEASURED
+    d = int(row["head_dim"])
+    k = side_fraction(row["k_sparsity"], row["k_sparsity_measured"], row["k_direction"], row["k_scorer"], d)
+    v = side_fraction(row["v_sparsity"], row["v_sparsity_measured"], row["v_direction"], row["v_scorer"], d)
+    return (k + v) / 2, COMPUTED
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, int | float) and x == x  # NaN (a missing value in a DataFrame) is not a number

@@ -1,0 +1,180 @@
+"""Paper-layout tables (markdown, LaTeX, CSV) and plots (PNG) of finished sweeps; optionally a W&B summary run.
+
+    python scripts/make_tables.py key_pruning value_pruning main_grid [--results results] [--out DIR]
+        [--per-task] [--wandb offline|online]
+    python scripts/make_tables.py decode_speed      # Table 14 from results/decode/ and results/kernels/
+
+Without --out, a sweep's report goes to results/<sweep>/report/; with --out, to DIR/<sweep>/.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from tqdm.auto import tqdm
+
+from mustafar.report import decode, plots, render, wandb_summary
+from mustafar.report.layout import Group, accuracy_table, groups
+from mustafar.results import load_rows
+
+CAPTIONS = {
+    "key_pruning": "Key pruning (V dense): ThinK (structured) vs per-token output-aware vs per-token magnitude",
+    "value_pruning": "Value pruning (K dense): ThinK-V, per-channel magnitude / output-aware, per-token magnitude",
+    "main_grid": "Main grid: per-token magnitude pruning of K, V or both vs dense and ThinK",
+    "compression_accuracy": "Accuracy vs KV size: per-token magnitude K+V (Mustafar) vs ThinK K+V channels",
+}
+NOTES = (
+    "Average = mean of the task scores (the paper's convention). ± SE = standard error of the Average over the "
+    "samples (independent samples). K, V = nominal sparsity; K/V meas. = measured over the pruned tokens. "
+    "KV size = KV bytes / dense: 'measured' from kv.mode=compressed jobs (allocated, window included), "
+    "'closed-form' = fp16 layout bytes of the pruned tokens at the measured sparsity (computed, not measured)."
+)
+
+
+@dataclass
+class Report:
+    sweep: str
+    out_dir: Path
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    files: list[Path] = field(default_factory=list)
+    wandb_dir: str | None = None
+
+
+def _caption(group: Group, experiment: str, sweep: str) -> str:
+    n = int(group.jobs["n"].min())
+    head = CAPTIONS.get(experiment, f"Sweep {sweep}")
+    paper = (
+        " Rows 'paper': the published Llama-3-8B-Instruct LongBench numbers (mustafar/report/paper_numbers.json)."
+        if group.paper_match
+        else ""
+    )
+    return (
+        f"**{head}** - model {group.model}, {group.bench}, {len(group.tasks)} tasks, n = {n} samples per task, "
+        f"{len(group.jobs)} jobs.\n\n{NOTES}{paper}"
+    )
+
+
+def make_tables(
+    results_dir: Path,
+    sweep: str,
+    out_dir: Path | None = None,
+    experiment: str | None = None,
+    per_task: bool = False,
+    logger: dict[str, Any] | None = None,
+    noise: bool = True,
+) -> Report:
+    """Write the report of `results_dir/<sweep>` (layout of `experiment`, default the sweep name) to `out_dir`
+    (default results_dir/<sweep>/report) and log it to W&B when `logger` is an enabled wandb logger config.
+
+    `noise`: re-score the predictions per sample for the ± SE column and error bars.
+    """
+    results_dir = Path(results_dir)
+    out_dir = Path(out_dir) if out_dir else results_dir / sweep / "report"
+    if sweep == "decode_speed":
+        report = _decode_report(results_dir, out_dir)
+    else:
+        report = _accuracy_report(results_dir, sweep, out_dir, experiment or sweep, per_task, noise)
+    if logger and wandb_summary.enabled(logger):
+        images = [p for p in report.files if p.suffix == ".png"]
+        report.wandb_dir = wandb_summary.log_summary(logger, results_dir, sweep, report.tables, images)
+    return report
+
+
+def _accuracy_report(
+    results_dir: Path, sweep: str, out_dir: Path, experiment: str, per_task: bool, noise: bool
+) -> Report:
+    sweep_dir = results_dir / sweep
+    rows = load_rows(sweep_dir)
+    if rows.empty:
+        raise FileNotFoundError(f"no finished jobs under {sweep_dir} (run the sweep first)")
+    report = Report(sweep, out_dir)
+    for group in groups(rows, sweep_dir if noise else None):
+        name = f"{sweep}_{group.model}_{group.bench}"
+        stem = out_dir / name
+        caption = _caption(group, experiment, sweep)
+        table = accuracy_table(group, experiment)
+        report.tables[name] = table
+        report.files += render.write(table, caption, stem)
+        if per_task and group.benchmark == "longbench":
+            table = accuracy_table(group, experiment, per_task=True)
+            report.tables[f"{name}_per_task"] = table
+            report.files += render.write(table, caption, stem.with_name(f"{name}_per_task"))
+        report.files.append(
+            plots.accuracy_vs_sparsity(
+                group, experiment, sweep, stem.with_name(f"{name}_accuracy_vs_sparsity.png")
+            )
+        )
+        report.files.append(
+            plots.accuracy_vs_kv_size(
+                group, experiment, sweep, stem.with_name(f"{name}_accuracy_vs_kv_size.png")
+            )
+        )
+    return report
+
+
+def _decode_report(results_dir: Path, out_dir: Path) -> Report:
+    report = Report("decode_speed", out_dir)
+    spec = decode.paper.numbers()["decode_speed"]
+    measured = results_dir / "decode"
+    table = decode.table14(measured)
+    has_ours = any(c.startswith("ours") for c in table.columns)
+    caption = (
+        f"**Table 14 layout: TTFT and decode speed, dense vs Mustafar.** 'paper' columns: {spec['device']}, "
+        "decode 512/1024/2048 tokens (transcribed). "
+        + (
+            f"'ours' columns: scripts/bench_decode.py results in {measured} (random-weight model, fixed context; "
+            "compare speed-ups, not absolute tokens/s)."
+            if has_ours
+            else f"No end-to-end measurement yet: run scripts/bench_decode.py --out {measured} on a GPU."
+        )
+    )
+    report.tables["decode_speed"] = table
+    report.files += render.write(table, caption, out_dir / "decode_speed")
+    bench = results_dir / "kernels" / "bench.json"
+    if bench.exists():
+        kernels = decode.kernel_table(bench)
+        caption = (
+            f"**Decode attention kernel only** ({decode.kernel_device(bench)}, Llama-3-8B shapes: 32 q / 8 KV heads, "
+            "D 128, fp16, window 32): sparse compressed-KV kernel vs dense SDPA, per layer, from "
+            f"{bench}. Not end-to-end: weights and the rest of the step are excluded."
+        )
+        report.tables["decode_kernels"] = kernels
+        report.files += render.write(kernels, caption, out_dir / "decode_kernels")
+    return report
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("sweeps", nargs="+", help="sweep names under --results (decode_speed: Table 14)")
+    parser.add_argument("--results", type=Path, default=Path("results"))
+    parser.add_argument("--out", type=Path, help="write each sweep's report to OUT/<sweep>/")
+    parser.add_argument("--experiment", help="table layout to use (default: the sweep name)")
+    parser.add_argument("--per-task", action="store_true", help="LongBench: also the 16-task table")
+    parser.add_argument("--no-noise", action="store_true", help="skip re-scoring predictions for ± SE")
+    parser.add_argument("--wandb", choices=["offline", "online"], help="log a summary run per sweep")
+    parser.add_argument("--project", default="mustafar")
+    args = parser.parse_args(argv)
+    logger = {"name": "wandb", "mode": args.wandb, "project": args.project} if args.wandb else None
+    for sweep in tqdm(args.sweeps, desc="reports", disable=len(args.sweeps) < 2):
+        report = make_tables(
+            args.results,
+            sweep,
+            out_dir=args.out / sweep if args.out else None,
+            experiment=args.experiment,
+            per_task=args.per_task,
+            logger=logger,
+            noise=not args.no_noise,
+        )
+        print(f"== {sweep}: {len(report.files)} files in {report.out_dir}")
+        for name, table in report.tables.items():
+            print(f"\n{name}\n{render.markdown(table, '').strip()}\n")
+        if report.wandb_dir:
+            print(f"W&B summary run: {report.wandb_dir}")
+
+
+if __name__ == "__main__":
+    main()

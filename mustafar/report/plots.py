@@ -1,0 +1,89 @@
+"""The paper's two figures for a sweep: accuracy vs sparsity per method, accuracy vs KV size (PNG)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; never a window (headless runs, callbacks)
+import matplotlib.pyplot as plt  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from mustafar.report import paper, policies  # noqa: E402
+from mustafar.report.kv_size import MEASURED  # noqa: E402
+from mustafar.report.layout import AVERAGE, Group, ordered  # noqa: E402
+
+
+def _lines(group: Group, experiment: str) -> dict[str, pd.DataFrame]:
+    """{family: its jobs (mask and compressed) with the dense job(s) prepended}, in table order."""
+    jobs = ordered(group, experiment)
+    jobs["family"] = [policies.family(k) for k in jobs["key"]]
+    jobs["x"] = [policies.sparsity(k) for k in jobs["key"]]
+    dense = jobs[jobs["family"] == "Dense"]
+    return {
+        fam: pd.concat([dense, part]).sort_values("x", kind="stable")
+        for fam, part in jobs[jobs["family"] != "Dense"].groupby("family", sort=False)
+    } or ({"Dense": dense} if len(dense) else {})
+
+
+def _title(group: Group, sweep: str) -> str:
+    n = int(group.jobs["n"].min())
+    return f"{sweep}: {group.model}, {group.bench} ({len(group.tasks)} tasks, n={n} per task)"
+
+
+def accuracy_vs_sparsity(group: Group, experiment: str, sweep: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=130)
+    published = paper.lookup(experiment) if group.paper_match else {}
+    for i, (family, line) in enumerate(_lines(group, experiment).items()):
+        color = f"C{i % 10}"
+        se = line["se"] if "se" in line else None
+        ax.errorbar(line["x"], line[AVERAGE], yerr=se, color=color, marker="o", capsize=3, label=family)
+        ref = [
+            (policies.sparsity(k), published[k]["values"].get(AVERAGE)) for k in line["key"] if k in published
+        ]
+        if ref:
+            xs, ys = zip(*ref)
+            ax.plot(xs, ys, color=color, ls="--", marker="x", alpha=0.7, label=f"{family} (paper)")
+    ax.set_xlabel("sparsity of the pruned cache(s) (fraction of entries zeroed)")
+    ax.set_ylabel(f"{AVERAGE} score" + (" ± SE" if "se" in group.jobs else ""))
+    ax.set_title(_title(group, sweep), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def accuracy_vs_kv_size(group: Group, experiment: str, sweep: str, path: Path) -> Path:
+    fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=130)
+    sources = set()
+    for i, (family, line) in enumerate(_lines(group, experiment).items()):
+        color = f"C{i % 10}"
+        line = line.sort_values("kv_fraction")
+        ax.plot(line["kv_fraction"], line[AVERAGE], color=color, alpha=0.6, label=family)
+        for _, job in line.iterrows():
+            measured = job["kv_source"] == MEASURED
+            sources.add(job["kv_source"])
+            ax.plot(
+                job["kv_fraction"],
+                job[AVERAGE],
+                marker="o",
+                ls="",
+                color=color,
+                markerfacecolor=color if measured else "white",
+            )
+    label = "KV cache size / dense"
+    if sources != {MEASURED}:
+        label += "\n(hollow: closed-form fp16 layout bytes from the measured sparsity, window excluded;"
+        label += " filled: measured in compressed mode)"
+    ax.set_xlabel(label, fontsize=9)
+    ax.set_ylabel(f"{AVERAGE} score")
+    ax.set_title(_title(group, sweep), fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
