@@ -23,6 +23,9 @@ class UnsupportedCacheOperation(RuntimeError):
     pass
 
 
+DECODE_HEADROOM = 256  # tokens of store capacity reserved beyond what a flush needs: decode appends don't regrow
+
+
 def kernel_backend() -> str:
     """Kernel backend for compressed mode: auto (Triton on CUDA, PyTorch elsewhere), triton or torch.
 
@@ -131,6 +134,9 @@ class CompressedLayer(MustafarLayer):
                 count, mask = queue[0]
                 m = min(count, n - start)
                 rows = tail[:, :, start : start + m]
+                store = self.stores[side]
+                if store.capacity < store.length + m:  # size a prefill's store once, with room to decode into
+                    store.reserve(m + DECODE_HEADROOM)
                 if mask is None:
                     self.stores[side].append_topk(
                         rows, self.pruners[side].keep_for(rows.shape[-1]), kernel_backend()

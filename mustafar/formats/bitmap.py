@@ -168,7 +168,8 @@ class CompressedStore:
     def _grow(self, buf: Tensor, dim: int, used: int, need: int) -> Tensor:
         if buf.shape[dim] >= need:
             return buf
-        new_cap = max(need, 2 * buf.shape[dim], 16)
+        # 1.25x growth: still amortised O(n) appends, but at most 25 % slack on a long prompt's store
+        new_cap = max(need, buf.shape[dim] + buf.shape[dim] // 4, 16)
         shape = list(buf.shape)
         shape[dim] = new_cap
         out = torch.zeros(shape, dtype=buf.dtype, device=buf.device)
