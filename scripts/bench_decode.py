@@ -77,9 +77,15 @@ class Point:
     fmt: str
     batch: int
     context: int
-    step_ms: float | None = None
+    step_ms: float | None = None  # wall clock per step (CPU-bound on a slow host: see gpu_ms)
     tokens_per_s: float | None = None
-    kv_bytes: int | None = None
+    gpu_ms: float | None = None  # GPU kernel time of one step (what a launch-overhead-free step costs)
+    gpu_tokens_per_s: float | None = None
+    gemm_ms: float | None = None
+    attention_ms: float | None = None
+    compression_ms: float | None = None
+    other_ms: float | None = None
+    kv_bytes: int | None = None  # allocated cache tensors after the decode steps (capacity slack included)
     kv_fraction_of_dense: float | None = None
     peak_gib: float | None = None
     oom: bool = False
@@ -157,16 +163,58 @@ def decode_steps(model, cache, batch: int, context: int, steps: int, warmup: int
     return times
 
 
-def measure(model, arch: str, fmt: str, batch: int, context: int, steps: int) -> Point:
+CATEGORIES = (  # kernel name fragments -> what the time is spent on
+    ("compression", ("_prune_pack",)),
+    ("attention", ("flash", "fmha", "attention", "_sparse_decode", "_merge_kernel", "sdpa")),
+    ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_")),
+)
+
+
+def gpu_breakdown(model, cache, batch: int, context: int) -> dict[str, float]:
+    """GPU kernel time (ms) of one decode step by category, from the profiler (median of 3 profiled steps)."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    tok = torch.zeros(batch, 1, dtype=torch.long, device=model.device)
+    runs = []
+    with torch.inference_mode(), attach(model, cache) if isinstance(cache, MustafarCache) else nullcontext():
+        for i in range(3):
+            pos = torch.full((batch, 1), context + 100 + i, device=model.device)
+            torch.cuda.synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                model(
+                    input_ids=tok, position_ids=pos, past_key_values=cache, use_cache=True, logits_to_keep=1
+                )
+                torch.cuda.synchronize()
+            spent = {"gemm": 0.0, "attention": 0.0, "compression": 0.0, "other": 0.0}
+            for e in prof.events():
+                if e.device_type != DeviceType.CUDA:
+                    continue
+                cat = next((c for c, keys in CATEGORIES if any(k in e.name for k in keys)), "other")
+                spent[cat] += e.time_range.elapsed_us() / 1000
+            runs.append(spent)
+    return {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
+
+
+def measure(
+    model, arch: str, fmt: str, batch: int, context: int, steps: int, profile_gpu: bool = True
+) -> Point:
     point = Point(arch, fmt, batch, context)
     torch.cuda.empty_cache()
     torch.cuda.reset_peak_memory_stats()
     try:
-        before = torch.cuda.memory_allocated()
         cache = fill_cache(model, fmt, batch, context)
         torch.cuda.synchronize()
+        times = decode_steps(model, cache, batch, context, steps)
+        point.step_ms = round(statistics.median(times), 3)
+        point.tokens_per_s = round(batch * 1000 / point.step_ms, 1)
+        if profile_gpu:
+            parts = gpu_breakdown(model, cache, batch, context)
+            point.gpu_ms = round(sum(parts.values()), 3)
+            point.gpu_tokens_per_s = round(batch * 1000 / point.gpu_ms, 1)
+            point.gemm_ms, point.attention_ms = parts["gemm"], parts["attention"]
+            point.compression_ms, point.other_ms = parts["compression"], parts["other"]
         point.kv_bytes = cache_bytes(cache)
-        allocated = torch.cuda.memory_allocated() - before
         c = model.config
         dense = (
             2
@@ -177,10 +225,7 @@ def measure(model, arch: str, fmt: str, batch: int, context: int, steps: int) ->
             * c.head_dim
             * model.dtype.itemsize
         )
-        point.kv_fraction_of_dense = round(allocated / dense, 4)
-        times = decode_steps(model, cache, batch, context, steps)
-        point.step_ms = round(statistics.median(times), 3)
-        point.tokens_per_s = round(batch * 1000 / point.step_ms, 1)
+        point.kv_fraction_of_dense = round(point.kv_bytes / dense, 4)
         point.peak_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         del cache
     except torch.OutOfMemoryError:
@@ -193,13 +238,13 @@ def largest_batch(model, arch: str, fmt: str, context: int, start: int) -> tuple
     """Largest batch whose cache fits and decodes (doubling, then bisection)."""
     lo, hi, best = 0, start, None
     while True:
-        p = measure(model, arch, fmt, hi, context, steps=3)
+        p = measure(model, arch, fmt, hi, context, steps=3, profile_gpu=False)
         if p.oom:
             break
         lo, best, hi = hi, p, hi * 2
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        p = measure(model, arch, fmt, mid, context, steps=3)
+        p = measure(model, arch, fmt, mid, context, steps=3, profile_gpu=False)
         if p.oom:
             hi = mid
         else:
@@ -226,29 +271,6 @@ def ttft(model, fmt: str, context: int, repeats: int = 3) -> float:
         torch.cuda.synchronize()
         out.append(time.perf_counter() - t)
     return round(statistics.median(out[1:]), 4)
-
-
-def attention_only_ms(model, fmt: str, batch: int, context: int) -> float:
-    """The attention kernels of one decode step over all layers, without the rest of the model."""
-    import torch.nn.functional as F
-    from triton.testing import do_bench
-
-    from mustafar.kernels import sparse_decode_attention
-
-    c = model.config
-    q = torch.randn(batch, c.num_attention_heads, c.head_dim, device=model.device, dtype=model.dtype)
-    if FORMATS[fmt] is None:
-        shape = (batch, c.num_key_value_heads, context + 1, c.head_dim)
-        k = torch.randn(shape, device=model.device, dtype=model.dtype)
-        v = torch.randn_like(k)
-        fn = lambda: F.scaled_dot_product_attention(q.unsqueeze(2), k, v, enable_gqa=True)  # noqa: E731
-    else:
-        cache = fill_cache(model, fmt, batch, context)
-        layer = cache.layers[0]
-        fn = lambda: sparse_decode_attention(  # noqa: E731
-            q, layer.stores["k"], layer.stores["v"], layer.keys, layer.values, c.head_dim**-0.5
-        )
-    return do_bench(fn, warmup=25, rep=100, return_mode="median") * c.num_hidden_layers
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -311,7 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                 )
     if args.max_batch:
         for fmt in formats:
-            b, p = largest_batch(model, args.model, fmt, args.context, start=max(batches))
+            b, _ = largest_batch(model, args.model, fmt, args.context, start=max(batches))
+            p = measure(model, args.model, fmt, b, args.context, args.steps) if b else None
             report["max_batch"][fmt] = {"batch": b, "point": asdict(p) if p else None}
             print(f"max batch {fmt}: {b}", flush=True)
     out = Path(args.out)
@@ -326,36 +349,28 @@ def render(report: dict) -> str:
     lines = [
         f"{report['model']} random weights, fp16, context {report['context']}, {report['device']}",
         "",
-        "| format | batch | step ms | tokens/s | KV / dense (allocated) | peak GiB |",
-        "|---|---|---|---|---|---|",
+        "| format | batch | wall step ms | wall tok/s | GPU step ms | GPU tok/s | GEMM ms | attention ms | "
+        "compression ms | other ms | KV / dense (allocated) | peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for p in report["points"]:
+    points = list(report["points"]) + [mb["point"] for mb in report["max_batch"].values() if mb["point"]]
+    for p in points:
         if p["oom"]:
-            lines.append(f"| {p['fmt']} | {p['batch']} | OOM | | | |")
-        else:
-            lines.append(
-                f"| {p['fmt']} | {p['batch']} | {p['step_ms']:.2f} | {p['tokens_per_s']:.0f} | "
-                f"{p['kv_fraction_of_dense']:.3f} | {p['peak_gib']:.1f} |"
-            )
+            lines.append(f"| {p['fmt']} | {p['batch']} | OOM |" + " |" * 10)
+            continue
+        lines.append(
+            f"| {p['fmt']} | {p['batch']} | {p['step_ms']:.1f} | {p['tokens_per_s']:.0f} | {p['gpu_ms']:.2f} | "
+            f"{p['gpu_tokens_per_s']:.0f} | {p['gemm_ms']:.2f} | {p['attention_ms']:.2f} | "
+            f"{p['compression_ms']:.2f} | {p['other_ms']:.2f} | {p['kv_fraction_of_dense']:.3f} | {p['peak_gib']:.1f} |"
+        )
     lines += ["", "| format | TTFT s |", "|---|---|"] + [
         f"| {k} | {v} |" for k, v in report["ttft_s"].items()
     ]
-    if report["decomposition"]:
-        lines += [
-            "",
-            "| format | batch | step ms | weights+rest ms (tiny ctx) | attention ms | other ms |",
-            "|---|---|---|---|---|---|",
-        ]
-        lines += [
-            f"| {d['fmt']} | {d['batch']} | {d['step_ms']:.2f} | {d['weights_ms']:.2f} | "
-            f"{d['attention_ms']:.2f} | {d['other_ms']:.2f} |"
-            for d in report["decomposition"]
-        ]
     if report["max_batch"]:
-        lines += ["", "| format | largest batch | tokens/s there |", "|---|---|---|"]
+        lines += ["", "| format | largest batch | wall tok/s | GPU tok/s |", "|---|---|---|---|"]
         for fmt, mb in report["max_batch"].items():
-            tps = mb["point"]["tokens_per_s"] if mb["point"] else None
-            lines.append(f"| {fmt} | {mb['batch']} | {tps} |")
+            p = mb["point"] or {}
+            lines.append(f"| {fmt} | {mb['batch']} | {p.get('tokens_per_s')} | {p.get('gpu_tokens_per_s')} |")
     return "\n".join(lines)
 
 
