@@ -312,25 +312,10 @@ def main(argv: list[str] | None = None) -> int:
         report["ttft_s"][fmt] = ttft(model, fmt, args.context)
         print(f"TTFT {fmt}: {report['ttft_s'][fmt]} s", flush=True)
     for batch in batches:
-        weights_ms = statistics.median(
-            decode_steps(model, fill_cache(model, "dense", batch, 1), batch, 1, args.steps)
-        )
         for fmt in formats:
             p = measure(model, args.model, fmt, batch, args.context, args.steps)
             report["points"].append(asdict(p))
             print(json.dumps(asdict(p)), flush=True)
-            if not p.oom:
-                attn = attention_only_ms(model, fmt, batch, args.context)
-                report["decomposition"].append(
-                    {
-                        "fmt": fmt,
-                        "batch": batch,
-                        "step_ms": p.step_ms,
-                        "weights_ms": round(weights_ms, 3),
-                        "attention_ms": round(attn, 3),
-                        "other_ms": round(p.step_ms - weights_ms - attn, 3),
-                    }
-                )
     if args.max_batch:
         for fmt in formats:
             b, _ = largest_batch(model, args.model, fmt, args.context, start=max(batches))
