@@ -74,10 +74,10 @@ def accuracy_vs_kv_size(group: Group, experiment: str, sweep: str, path: Path) -
                 color=color,
                 markerfacecolor=color if measured else "white",
             )
-    label = "KV cache size / dense"
+    label = "KV cache size / dense (smaller = more compressed)"
     if sources != {MEASURED}:
-        label += "\n(hollow: closed-form fp16 layout bytes from the measured sparsity, window excluded;"
-        label += " filled: measured in compressed mode)"
+        label += "\nhollow: computed from the measured sparsity (fp16 layout, window excluded)"
+        label += "\nfilled: measured bytes (kv.mode=compressed)"
     ax.set_xlabel(label, fontsize=9)
     ax.set_ylabel(f"{AVERAGE} score")
     ax.set_title(_title(group, sweep), fontsize=10)
