@@ -33,15 +33,16 @@ from mustafar.kernels import sparse_decode_attention  # noqa: E402
 from mustafar.kernels.compress import pack_triton, topk_pack_triton  # noqa: E402
 
 HQ, HKV, D, WINDOW = 32, 8, 128, 32
-CONFIGS = [  # (version, group, block_n, num_warps); version 2 = the previous decoder, for comparison
-    (2, 32, 64, 4),
-    (3, 32, 64, 4),
-    (3, 32, 32, 4),
-    (3, 16, 64, 4),
-    (3, 32, 128, 8),
-    (3, 8, 32, 4),
+CONFIGS = [  # (version, group, block_n, num_warps, prefetch); version 2 = the previous decoder, for comparison
+    (2, 32, 64, 4, 0),
+    (3, 32, 64, 4, 0),
+    (3, 32, 64, 4, 2),
+    (3, 32, 64, 4, 4),
+    (3, 32, 32, 4, 4),
+    (3, 32, 128, 8, 2),
+    (3, 16, 64, 4, 2),
 ]
-COMPRESS_LAUNCHES = [(8, 2), (16, 4), (32, 4), (64, 4), (32, 8)]  # (block_r, num_warps)
+COMPRESS_LAUNCHES = [(8, 2), (16, 4), (32, 4), (8, 1), (16, 1)]  # (block_r, num_warps)
 
 
 def bench(fn, rep=60):
@@ -56,13 +57,12 @@ def time_dense(q4, k, v, rep):
     return bench(lambda: F.scaled_dot_product_attention(q4, k, v, enable_gqa=True), rep)
 
 
-def time_sparse(q, ks, vs, kw, vw, version, group, block_n, warps, rep):
-    return bench(
-        lambda: sparse_decode_attention(
-            q, ks, vs, kw, vw, D**-0.5, version=version, group=group, block_n=block_n, num_warps=warps
-        ),
-        rep,
-    )
+def time_sparse(q, ks, vs, kw, vw, cfg, rep):
+    return bench(lambda: sparse_decode_attention(q, ks, vs, kw, vw, D**-0.5, **cfg), rep)
+
+
+def cfg_dict(version, group, block_n, warps, prefetch):
+    return dict(version=version, group=group, block_n=block_n, num_warps=warps, prefetch=prefetch)
 
 
 def time_topk(store, rows, keep, rep, **launch):
@@ -143,7 +143,16 @@ def check_correctness():
         for version, group in ((2, 32), (3, 8), (3, 16), (3, 32)):
             res = torch.full_like(q, math.nan)
             o = sparse_decode_attention(
-                q, *stores, kw, vw, d**-0.5, backend="triton", version=version, group=group, out=res
+                q,
+                *stores,
+                kw,
+                vw,
+                d**-0.5,
+                backend="triton",
+                version=version,
+                group=group,
+                out=res,
+                prefetch=2,
             )
             err = rel_err(o, ref)
             tol = 1e-4 if dtype == torch.float32 else 1e-2
@@ -185,16 +194,17 @@ def decode_bench(batches, tokens, sparsities, roof_tbs, rep):
                 comp_bytes = ks.payload_nbytes + vs.payload_nbytes + 2 * kw.numel() * 2
                 best = None
                 per_config = {}
-                for version, group, block_n, warps in CONFIGS:
+                for tup in CONFIGS:
+                    cfg = cfg_dict(*tup)
                     try:
-                        us = time_sparse(q, ks, vs, kw, vw, version, group, block_n, warps, rep)
+                        us = time_sparse(q, ks, vs, kw, vw, cfg, rep)
                     except Exception as exc:  # a config the compiler rejects is recorded, not fatal
-                        print(f"config {(version, group, block_n, warps)} failed: {exc}", flush=True)
+                        print(f"config {tup} failed: {exc}", flush=True)
                         continue
-                    per_config[f"v{version} g{group} n{block_n} w{warps}"] = us
+                    per_config["v{} g{} n{} w{} p{}".format(*tup)] = us
                     if best is None or us < best[0]:
-                        best = (us, version, group, block_n, warps)
-                us, version, group, block_n, warps = best
+                        best = (us, cfg)
+                us, cfg = best
                 v2_us = min((u for k, u in per_config.items() if k.startswith("v2")), default=math.nan)
                 dense_graph = graph_time(functools.partial(sdpa_gqa, q4, k_dense, v_dense), rep)
                 sparse_graph = graph_time(
@@ -206,10 +216,7 @@ def decode_bench(batches, tokens, sparsities, roof_tbs, rep):
                         kw,
                         vw,
                         D**-0.5,
-                        version=version,
-                        group=group,
-                        block_n=block_n,
-                        num_warps=warps,
+                        **cfg,
                     ),
                     rep,
                 )
@@ -224,7 +231,7 @@ def decode_bench(batches, tokens, sparsities, roof_tbs, rep):
                     dense_graph_us=dense_graph,
                     sparse_graph_us=sparse_graph,
                     speedup_graph=dense_graph / sparse_graph,
-                    config=dict(version=version, group=group, block_n=block_n, num_warps=warps),
+                    config=cfg,
                     per_config_us=per_config,
                     v2_us=v2_us,
                     speedup_v2=dense_us / v2_us,
@@ -317,7 +324,7 @@ def to_markdown(meta, roof, decode_rows, comp_rows, checks):
             f"{r['sparse_us']:.0f} | {r['sparse_tbs']:.2f} | {r['roof_sparse_us']:.0f} | {r['speedup']:.2f}× | "
             f"{r['v2_us']:.0f} | {r['speedup_v2']:.2f}× | "
             f"{r['dense_graph_us']:.0f} | {r['sparse_graph_us']:.0f} | {r['speedup_graph']:.2f}× | "
-            f"v{c['version']} g{c['group']} n{c['block_n']} w{c['num_warps']} |"
+            f"v{c['version']} g{c['group']} n{c['block_n']} w{c['num_warps']} p{c['prefetch']} |"
         )
     lines += [
         "",
@@ -339,6 +346,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true", help="one size per sparsity, for a smoke run")
+    ap.add_argument("--skip-compress", action="store_true", help="decode only")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -355,7 +363,9 @@ def main():
     roof = copy_roof()
     print(f"copy roof {roof:.2f} TB/s", flush=True)
     batches, tokens = ([8], [16384]) if args.quick else ([1, 8, 32], [4096, 16384, 32768])
-    comp = compress_bench(32, 16384, rep=60)
+    if args.skip_compress:
+        batches = [b for b in batches if b > 1]
+    comp = compress_bench(32, 16384, rep=60) if not args.skip_compress else []
     decode = decode_bench(batches, tokens, (0.5, 0.7), roof, rep=60)
     repeat = decode_bench([8], [16384], (0.7,), roof, rep=60)  # same point timed again: run-to-run spread
     result = dict(meta=meta, copy_roof_tbs=roof, checks=checks, decode=decode, repeat=repeat, compress=comp)

@@ -220,6 +220,18 @@ def _decode_tile(
 
 
 @triton.jit
+def _prefetch_l2(base, nbytes, NL: tl.constexpr):
+    """Prefetch into L2 the 128-byte lines of ``base[0:nbytes]`` (bytes; at most NL lines; GPU only).
+
+    One ``prefetch.global.L2`` per line; the addresses are clamped into the region (duplicates are harmless)."""
+    line = tl.minimum(tl.arange(0, NL) * 128, tl.maximum(nbytes - 1, 0))
+    ptr = (base.to(tl.pointer_type(tl.int8)) + line).to(tl.int64, bitcast=True)
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1];\nmov.u32 $0, 0;", "=r,l", [ptr], dtype=tl.int32, is_pure=False, pack=1
+    )
+
+
+@triton.jit
 def _dot(a, b, F32: tl.constexpr):
     """fp16/bf16 tensor-core dot with fp32 accumulation, or an exact fp32 dot (fp32 inputs; bf16 under the
     interpreter, whose bf16 tl.dot is wrong in Triton 3.6)."""
@@ -287,6 +299,9 @@ def _sparse_decode_kernel(
     HW: tl.constexpr,
     V3: tl.constexpr,
     ASM: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    NL_VALS: tl.constexpr,
+    NL_BITS: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -304,6 +319,16 @@ def _sparse_decode_kernel(
         start = s * tokens_per_split
         end = tl.minimum(start + tokens_per_split, T)
         for t0 in range(start, end, BLOCK_N):
+            if PREFETCH > 0:
+                # the gathers below are two dependent memory round trips (bitmap word, then value lines): start
+                # PREFETCH tiles ahead so that both are L2 hits by the time they are decoded (fixed layout only)
+                p0 = t0 + PREFETCH * BLOCK_N
+                n_tok = tl.minimum(end - p0, BLOCK_N)
+                if n_tok > 0:
+                    _prefetch_l2(k_vals + (bh * k_cap + p0) * K_SLOT, n_tok * K_SLOT * 2, NL_VALS)
+                    _prefetch_l2(v_vals + (bh * v_cap + p0) * V_SLOT, n_tok * V_SLOT * 2, NL_VALS)
+                    _prefetch_l2(k_bits + (bh * k_cap + p0) * (D // GROUP), n_tok * (D // 8), NL_BITS)
+                    _prefetch_l2(v_bits + (bh * v_cap + p0) * (D // GROUP), n_tok * (D // 8), NL_BITS)
             tok = t0 + tl.arange(0, BLOCK_N)
             valid = tok < end
             k = _decode_tile(
@@ -405,6 +430,7 @@ def sparse_decode_triton(
     num_stages: int = 2,
     group: int = 32,
     version: int = 3,
+    prefetch: int = 2,
     out: Tensor | None = None,
 ) -> Tensor:
     """Launch the fused split-K kernel and the merge; inputs already validated by the dispatcher.
@@ -413,6 +439,7 @@ def sparse_decode_triton(
     the H100 sweep's best at B >= 8 (results/kernels/NOTES.md). ``version`` 3 (default): 32-bit in-row value
     indices, one independent index chain per 8 channels, and on the GPU (fp16/bf16) an inline-PTX 8-channel
     gather; 2: the previous decoder (64-bit pointer per lane stepped by an extracted bit), kept for comparison.
+    ``prefetch`` (version 3, GPU, fixed layouts): L2 prefetch of the bitmaps and value rows this many tiles ahead.
     """
     if version not in (2, 3):
         raise ValueError(f"version must be 2 or 3, got {version}")
@@ -470,6 +497,9 @@ def sparse_decode_triton(
         HW=not interpreting,
         V3=version == 3,
         ASM=version == 3 and not interpreting and q.dtype != torch.float32,
+        PREFETCH=prefetch if (version == 3 and not interpreting and k_store.fixed and v_store.fixed) else 0,
+        NL_VALS=triton.next_power_of_2(triton.cdiv(block_n * max(k_store.slot, v_store.slot) * 2, 128)),
+        NL_BITS=triton.next_power_of_2(triton.cdiv(block_n * d // 8, 128)),
         num_warps=num_warps,
         num_stages=num_stages,
     )
