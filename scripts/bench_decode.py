@@ -27,11 +27,15 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from transformers import DynamicCache  # noqa: E402
+from transformers.cache_utils import Cache, DynamicLayer  # noqa: E402
+
 from mustafar.attention import attach, new_cache  # noqa: E402
 from mustafar.cache import MustafarCache  # noqa: E402
 from mustafar.config import KVConfig  # noqa: E402
 from mustafar.pruning import Observation  # noqa: E402
 
+PREALLOC_STEPS = 256  # decode room in the preallocated dense baseline (the benchmark takes < 40 steps)
 ARCHS = {  # Llama shapes; vocab trimmed for tiny only
     "llama3_8b": dict(
         hidden_size=4096,
@@ -65,7 +69,8 @@ ARCHS = {  # Llama shapes; vocab trimmed for tiny only
     ),
 }
 FORMATS = {
-    "dense": None,
+    "dense": None,  # transformers' DynamicCache: torch.cat of the whole cache every step (the stock path)
+    "dense-prealloc": None,  # dense written in place into a buffer sized for the run: the fair baseline
     "K0.5V0.5": KVConfig(k_sparsity=0.5, v_sparsity=0.5, mode="compressed"),
     "K0.7V0.7": KVConfig(k_sparsity=0.7, v_sparsity=0.7, mode="compressed"),
 }
@@ -101,14 +106,55 @@ def build_model(arch: str, dtype: torch.dtype, device: str):
     return model.eval()
 
 
+class PreallocatedDenseLayer(DynamicLayer):
+    """A dense layer without the stock per-step copy: one buffer sized for the run, exact-length views (so SDPA
+    keeps its mask-free flash path), as a serving engine's preallocated or paged cache would."""
+
+    def __init__(self, capacity: int):
+        super().__init__()
+        self.capacity, self.length = capacity, 0
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        super().lazy_initialization(key_states, value_states)
+        b, h, _, d = key_states.shape
+        self.k_buf = torch.empty(b, h, self.capacity, d, dtype=key_states.dtype, device=key_states.device)
+        self.v_buf = torch.empty_like(self.k_buf)
+
+    def update(self, key_states, value_states, *args, **kwargs):
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[2]
+        self.k_buf[:, :, self.length : self.length + n] = key_states
+        self.v_buf[:, :, self.length : self.length + n] = value_states
+        self.length += n
+        self.keys, self.values = self.k_buf[:, :, : self.length], self.v_buf[:, :, : self.length]
+        return self.keys, self.values
+
+
+def cache_storages(cache) -> list[torch.Tensor]:
+    out = []
+    for layer in cache.layers:
+        out += [getattr(layer, "k_buf", layer.keys), getattr(layer, "v_buf", layer.values)]
+        for store in getattr(layer, "stores", {}).values():
+            out += [getattr(store, n) for n in ("bits", "vals", "offs", "row_nnz") if hasattr(store, n)]
+    return out
+
+
 def fill_cache(model, fmt: str, batch: int, context: int):
     """A cache holding `context` random post-RoPE tokens, built the way a prefill leaves it (compressed via the
     same after-attention path, so the real compression kernel runs)."""
-    from transformers import DynamicCache
-
     c = model.config
     shape = (batch, c.num_key_value_heads, context, c.head_dim)
     dev, dtype = model.device, model.dtype
+    if fmt == "dense-prealloc":
+        cache = Cache(
+            layers=[PreallocatedDenseLayer(context + PREALLOC_STEPS) for _ in range(c.num_hidden_layers)]
+        )
+        for layer in cache.layers:
+            layer.update(
+                torch.randn(shape, device=dev, dtype=dtype), torch.randn(shape, device=dev, dtype=dtype)
+            )
+        return cache
     if FORMATS[fmt] is None:
         cache = DynamicCache(config=c)
         for i in range(c.num_hidden_layers):
@@ -125,21 +171,8 @@ def fill_cache(model, fmt: str, batch: int, context: int):
 
 def cache_bytes(cache) -> int:
     """Bytes of every tensor the cache holds (allocated buffers, capacity slack included)."""
-    seen, total = set(), 0
-
-    def add(t):
-        nonlocal total
-        if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
-            seen.add(t.untyped_storage().data_ptr())
-            total += t.untyped_storage().nbytes()
-
-    for layer in cache.layers:
-        add(layer.keys)
-        add(layer.values)
-        for store in getattr(layer, "stores", {}).values():
-            for name in ("bits", "vals", "offs", "row_nnz"):
-                add(getattr(store, name, None))
-    return total
+    storages = {t.untyped_storage().data_ptr(): t.untyped_storage().nbytes() for t in cache_storages(cache)}
+    return sum(storages.values())
 
 
 def decode_steps(model, cache, batch: int, context: int, steps: int, warmup: int = 3) -> list[float]:
@@ -260,9 +293,7 @@ def ttft(model, fmt: str, context: int, repeats: int = 3) -> float:
         torch.cuda.synchronize()
         t = time.perf_counter()
         with torch.inference_mode():
-            if FORMATS[fmt] is None:
-                from transformers import DynamicCache
-
+            if FORMATS[fmt] is None:  # the prefill is the same for both dense caches
                 model(input_ids=ids, past_key_values=DynamicCache(config=model.config), logits_to_keep=1)
             else:
                 cache = new_cache(model, FORMATS[fmt])
