@@ -9,6 +9,13 @@ import pandas as pd
 from mustafar.results import atomic_write_text
 
 DIGITS = {"K": 2, "V": 2, "K meas.": 3, "V meas.": 3, "KV size": 3, "n/task": 0}
+DIGITS_BY_PART = {"TTFT": 3, "tok/s": 3, "bytes": 3, "KV/dense": 3}  # decode-speed columns
+
+
+def _digits(column: str) -> int:
+    if column in DIGITS:
+        return DIGITS[column]
+    return next((d for part, d in DIGITS_BY_PART.items() if part in column), 2)
 
 
 def _formatted(table: pd.DataFrame) -> pd.DataFrame:
@@ -16,7 +23,7 @@ def _formatted(table: pd.DataFrame) -> pd.DataFrame:
     out = table.copy().astype(object)
     for column in table.columns:
         if pd.api.types.is_numeric_dtype(table[column]):
-            digits = DIGITS.get(column, 2)
+            digits = _digits(column)
             out[column] = [f"{x:.{digits}f}" if pd.notna(x) else "" for x in table[column]]
         else:
             out[column] = [
@@ -26,7 +33,9 @@ def _formatted(table: pd.DataFrame) -> pd.DataFrame:
 
 
 def markdown(table: pd.DataFrame, caption: str) -> str:
-    return f"{caption}\n\n{_formatted(table).to_markdown(index=False)}\n"
+    align = ["right" if pd.api.types.is_numeric_dtype(table[c]) else "left" for c in table.columns]
+    body = _formatted(table).to_markdown(index=False, disable_numparse=True, colalign=align)
+    return f"{caption}\n\n{body}\n"
 
 
 def latex(table: pd.DataFrame, caption: str) -> str:
