@@ -17,6 +17,8 @@ def pivot(rows: pd.DataFrame) -> pd.DataFrame:
         return pd.DataFrame()
     rows = rows.copy()
     index = ["model", "bench", "policy"]
+    # the same policy run in both modes is two rows, not one silently picked
+    rows["policy"] = rows["policy"].where(rows["mode"] != "compressed", rows["policy"] + " [compressed]")
     rows["bench"] = rows["benchmark"] + rows["benchmark_length"].map(
         lambda x: f"-{int(x)}" if pd.notna(x) else ""
     )

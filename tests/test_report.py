@@ -156,3 +156,16 @@ def test_wandb_summary_run_is_written_offline(llama3_key_sweep, monkeypatch):
     assert len(images) == 2
     tables = list(run_dir.glob("files/media/table/*.table.json"))
     assert len(tables) == 1 and "Single-Doc QA" in tables[0].read_text()
+
+
+def test_noise_estimates_by_hand():
+    from mustafar.report.samples import average_se, paired_difference
+
+    a = pd.DataFrame({"task": ["x", "x", "y", "y"], "index": [0, 1, 0, 1], "score": [100.0, 0.0, 50.0, 50.0]})
+    # var_x = 5000 (ddof 1), var_y = 0: sqrt(5000 / 2 + 0 / 2) / 2 tasks
+    assert average_se(a) == pytest.approx((5000 / 2) ** 0.5 / 2)
+    b = a.assign(score=[100.0, 100.0, 0.0, 50.0])
+    diff, se = paired_difference(a, b)  # per-sample a-b: x: 0, -100; y: 50, 0
+    assert diff == pytest.approx(((0 - 100) / 2 + (50 + 0) / 2) / 2)
+    assert se == pytest.approx(((5000 / 2) + (1250 / 2)) ** 0.5 / 2)
+    assert pd.isna(average_se(a[a["index"] == 0]))  # one sample per task: no variance estimate
