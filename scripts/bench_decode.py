@@ -14,6 +14,7 @@ On a CPU it refuses: speed and memory are only ever reported from a GPU.
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import platform
 import statistics
@@ -261,8 +262,10 @@ def measure(
         point.kv_fraction_of_dense = round(point.kv_bytes / dense, 4)
         point.peak_gib = round(torch.cuda.max_memory_allocated() / 2**30, 2)
         del cache
-    except torch.OutOfMemoryError:
+    except torch.OutOfMemoryError as err:
         point.oom = True
+        print(f"OOM {fmt} batch {batch}: {str(err).splitlines()[0]}", flush=True)
+    gc.collect()  # a failed probe's half-built cache must not shrink the next probe's memory
     torch.cuda.empty_cache()
     return point
 
