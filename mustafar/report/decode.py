@@ -16,7 +16,12 @@ import pandas as pd
 from mustafar.report import paper
 
 MODELS = {"llama3_8b": "Llama3", "llama2_7b": "Llama2"}  # bench_decode --model -> the paper's row name
-FORMATS = {"dense": "Dense", "K0.5V0.5": "Mustafar K0.5 V0.5", "K0.7V0.7": "Mustafar K0.7 V0.7"}
+FORMATS = {
+    "dense": "Dense",
+    "dense-prealloc": "Dense (preallocated cache)",
+    "K0.5V0.5": "Mustafar K0.5 V0.5",
+    "K0.7V0.7": "Mustafar K0.7 V0.7",
+}
 KEYS = ["model", "format"]
 
 
@@ -39,7 +44,10 @@ def paper_table() -> pd.DataFrame:
 
 
 def measured_table(decode_dir: Path) -> pd.DataFrame:
-    """One row per (model, format) over every bench_decode JSON in `decode_dir`; empty when none exist."""
+    """One row per (model, format) over every bench_decode JSON in `decode_dir`; empty when none exist.
+
+    Per batch: wall-clock tokens/s and its speed-up over dense, and the speed-up in GPU time alone where the
+    benchmark recorded it (at small batches the wall clock is dominated by Python launch overhead)."""
     rows = []
     for path in sorted(Path(decode_dir).glob("*.json")):
         report = json.loads(path.read_text())
@@ -47,26 +55,31 @@ def measured_table(decode_dir: Path) -> pd.DataFrame:
             continue
         model = MODELS.get(report["model"], report["model"])
         by_fmt: dict[str, dict] = {}
-        for p in report["points"]:
-            row = by_fmt.setdefault(p["fmt"], {"model": model, "format": FORMATS.get(p["fmt"], p["fmt"])})
-            b = p["batch"]
-            row[f"ours tok/s B{b}"] = None if p["oom"] else p["tokens_per_s"]
-            row[f"ours KV/dense B{b}"] = None if p["oom"] else p.get("kv_fraction_of_dense")
+
+        def row(fmt: str) -> dict:
+            return by_fmt.setdefault(fmt, {"model": model, "format": FORMATS.get(fmt, fmt)})
+
         for fmt, seconds in report.get("ttft_s", {}).items():
-            by_fmt.setdefault(fmt, {"model": model, "format": FORMATS.get(fmt, fmt)})["ours TTFT s"] = seconds
+            row(fmt)["ours TTFT s"] = seconds
+        for p in report["points"]:
+            r, b = row(p["fmt"]), p["batch"]
+            r.setdefault("ours KV/dense", None if p["oom"] else p.get("kv_fraction_of_dense"))
+            r[f"ours tok/s B{b}"] = None if p["oom"] else p["tokens_per_s"]
+            if "gpu_tokens_per_s" in p:
+                r[f"ours GPU tok/s B{b}"] = None if p["oom"] else p["gpu_tokens_per_s"]
         for fmt, mb in report.get("max_batch", {}).items():
-            by_fmt[fmt]["ours max batch"] = mb["batch"]
-            by_fmt[fmt]["ours tok/s at max batch"] = mb["point"]["tokens_per_s"] if mb["point"] else None
-        for row in by_fmt.values():
-            row["ours setup"] = f"{report['device']}, context {report['context']}"
-            rows.append(row)
+            row(fmt)["ours max batch"] = mb["batch"]
+            row(fmt)["ours tok/s max batch"] = mb["point"]["tokens_per_s"] if mb["point"] else None
+        for r in by_fmt.values():
+            r["ours setup"] = f"{report['device']}, context {report['context']}, {path.name}"
+            rows.append(r)
     table = pd.DataFrame(rows)
     if table.empty:
         return table
-    for column in [c for c in table.columns if c.startswith("ours tok/s B")]:
+    for column in [c for c in table.columns if "tok/s" in c]:
         dense = table[table["format"] == "Dense"].set_index("model")[column]
         table[column.replace("tok/s", "×dense")] = table[column] / table["model"].map(dense)
-    return table
+    return table.drop(columns=[c for c in table.columns if c.startswith("ours GPU tok/s")])
 
 
 def table14(decode_dir: Path) -> pd.DataFrame:
