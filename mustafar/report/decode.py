@@ -43,6 +43,30 @@ def paper_table() -> pd.DataFrame:
     return table
 
 
+def _rows(report: dict, source: str) -> list[dict]:
+    """One row per format of one bench_decode report."""
+    model = MODELS.get(report["model"], report["model"])
+    by_fmt: dict[str, dict] = {}
+
+    def row(fmt: str) -> dict:
+        return by_fmt.setdefault(fmt, {"model": model, "format": FORMATS.get(fmt, fmt)})
+
+    for fmt, seconds in report.get("ttft_s", {}).items():
+        row(fmt)["ours TTFT s"] = seconds
+    for p in report["points"]:
+        r, b = row(p["fmt"]), p["batch"]
+        r.setdefault("ours KV/dense", None if p["oom"] else p.get("kv_fraction_of_dense"))
+        r[f"ours tok/s B{b}"] = None if p["oom"] else p["tokens_per_s"]
+        if "gpu_tokens_per_s" in p:
+            r[f"ours GPU tok/s B{b}"] = None if p["oom"] else p["gpu_tokens_per_s"]
+    for fmt, mb in report.get("max_batch", {}).items():
+        row(fmt)["ours max batch"] = mb["batch"]
+        row(fmt)["ours tok/s max batch"] = mb["point"]["tokens_per_s"] if mb["point"] else None
+    for r in by_fmt.values():
+        r["ours setup"] = f"{report['device']}, context {report['context']}, {source}"
+    return list(by_fmt.values())
+
+
 def measured_table(decode_dir: Path) -> pd.DataFrame:
     """One row per (model, format) over every bench_decode JSON in `decode_dir`; empty when none exist.
 
@@ -51,28 +75,8 @@ def measured_table(decode_dir: Path) -> pd.DataFrame:
     rows = []
     for path in sorted(Path(decode_dir).glob("*.json")):
         report = json.loads(path.read_text())
-        if "points" not in report:
-            continue
-        model = MODELS.get(report["model"], report["model"])
-        by_fmt: dict[str, dict] = {}
-
-        def row(fmt: str) -> dict:
-            return by_fmt.setdefault(fmt, {"model": model, "format": FORMATS.get(fmt, fmt)})
-
-        for fmt, seconds in report.get("ttft_s", {}).items():
-            row(fmt)["ours TTFT s"] = seconds
-        for p in report["points"]:
-            r, b = row(p["fmt"]), p["batch"]
-            r.setdefault("ours KV/dense", None if p["oom"] else p.get("kv_fraction_of_dense"))
-            r[f"ours tok/s B{b}"] = None if p["oom"] else p["tokens_per_s"]
-            if "gpu_tokens_per_s" in p:
-                r[f"ours GPU tok/s B{b}"] = None if p["oom"] else p["gpu_tokens_per_s"]
-        for fmt, mb in report.get("max_batch", {}).items():
-            row(fmt)["ours max batch"] = mb["batch"]
-            row(fmt)["ours tok/s max batch"] = mb["point"]["tokens_per_s"] if mb["point"] else None
-        for r in by_fmt.values():
-            r["ours setup"] = f"{report['device']}, context {report['context']}, {path.name}"
-            rows.append(r)
+        if "points" in report:
+            rows += _rows(report, path.name)
     table = pd.DataFrame(rows)
     if table.empty:
         return table

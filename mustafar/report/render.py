@@ -9,7 +9,14 @@ import pandas as pd
 from mustafar.results import atomic_write_text
 
 DIGITS = {"K": 2, "V": 2, "K meas.": 3, "V meas.": 3, "KV size": 3, "n/task": 0}
-DIGITS_BY_PART = {"×": 2, "TTFT": 3, "tok/s": 3, "bytes": 3, "KV/dense": 3, "batch": 0}  # decode-speed columns
+DIGITS_BY_PART = {
+    "×": 2,
+    "TTFT": 3,
+    "tok/s": 3,
+    "bytes": 3,
+    "KV/dense": 3,
+    "batch": 0,
+}  # decode-speed columns
 
 
 def _digits(column: str) -> int:
