@@ -1,0 +1,144 @@
+"""Plots of the end-to-end decode benchmark, and KV memory vs context length measured from allocated buffers.
+
+    python scripts/plot_decode.py --results results/decode
+
+Reads bench_decode.json (from scripts/bench_decode.py on a GPU) and writes throughput.png. The memory curve is
+measured here, on any device: one Llama-3-8B-shaped layer (8 KV heads, D=128, fp16) per context length is
+prefilled into each cache format through the real cache code, its allocated tensor bytes are read back and
+scaled to 32 layers (bytes do not depend on values or on the device). Writes kv_memory.{json,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from mustafar.cache import CompressedLayer  # noqa: E402
+from mustafar.config import KVConfig  # noqa: E402
+from mustafar.pruning import Observation  # noqa: E402
+
+COLORS = {"dense": "0.55", "dense-prealloc": "k", "K0.5V0.5": "tab:blue", "K0.7V0.7": "tab:red"}
+POLICIES = {
+    "K0.5V0.5": KVConfig(k_sparsity=0.5, v_sparsity=0.5, mode="compressed"),
+    "K0.7V0.7": KVConfig(k_sparsity=0.7, v_sparsity=0.7, mode="compressed"),
+}
+LAYERS, KV_HEADS, HEAD_DIM = 32, 8, 128
+
+
+def layer_bytes(policy: KVConfig | None, context: int) -> int:
+    """Allocated bytes of one prefilled layer (batch 1) of a format."""
+    torch.manual_seed(0)
+    k = torch.randn(1, KV_HEADS, context, HEAD_DIM, dtype=torch.float16)
+    v = torch.randn_like(k)
+    if policy is None:
+        return 2 * k.numel() * k.element_size()
+    layer = CompressedLayer(policy)
+    layer.update(k, v)
+    layer.after_attention(Observation(q_len=context))
+    stores = [t for s in layer.stores.values() for t in (s.bits, s.vals)]
+    return sum(t.untyped_storage().nbytes() for t in [layer.keys, layer.values, *stores])
+
+
+def kv_memory(contexts: list[int]) -> dict:
+    rows = []
+    for ctx in contexts:
+        dense = layer_bytes(None, ctx) * LAYERS
+        row = {"context": ctx, "dense_gib": dense / 2**30}
+        for name, policy in POLICIES.items():
+            row[f"{name}_gib"] = layer_bytes(policy, ctx) * LAYERS / 2**30
+            row[f"{name}_fraction"] = row[f"{name}_gib"] / row["dense_gib"]
+        rows.append(row)
+    return {
+        "shape": f"Llama-3-8B KV: {LAYERS} layers x {KV_HEADS} KV heads x D={HEAD_DIM}, fp16, batch 1",
+        "how": "allocated tensor bytes of the real cache after prefill (scripts/plot_decode.py)",
+        "rows": rows,
+    }
+
+
+def plot_memory(mem: dict, out: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    ctx = [r["context"] for r in mem["rows"]]
+    ax.plot(ctx, [r["dense_gib"] for r in mem["rows"]], "o-", color="k", label="dense fp16")
+    for name in POLICIES:
+        frac = mem["rows"][-1][f"{name}_fraction"]
+        ax.plot(
+            ctx,
+            [r[f"{name}_gib"] for r in mem["rows"]],
+            "o-",
+            color=COLORS[name],
+            label=f"compressed {name} ({frac:.3f} of dense)",
+        )
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("KV cache per sequence (GiB)")
+    ax.set_title("KV memory, Llama-3-8B shapes (allocated bytes)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+
+
+def plot_throughput(report: dict, out: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=False)
+    points = report["points"] + [m["point"] for m in report["max_batch"].values() if m["point"]]
+    for ax, key, title in (
+        (axes[0], "gpu_tokens_per_s", "GPU kernel time per step"),
+        (axes[1], "tokens_per_s", "wall clock (CPU-launch-bound host)"),
+    ):
+        for fmt, color in COLORS.items():
+            pts = sorted((p["batch"], p[key]) for p in points if p["fmt"] == fmt and not p["oom"])
+            if not pts:
+                continue
+            ax.plot(*zip(*pts), "o-", color=color, label=fmt)
+            top = report["max_batch"].get(fmt, {}).get("batch")
+            if top:
+                ax.plot(top + 1, 0, "x", color=color, markersize=10, mew=2)
+                ax.annotate(
+                    f"OOM >{top}",
+                    (top + 1, 0),
+                    textcoords="offset points",
+                    xytext=(-10, 8),
+                    fontsize=7,
+                    color=color,
+                )
+        ax.set_xlabel(f"batch size (sequences of {report['context']} tokens)")
+        ax.set_ylabel("decode tokens / s")
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"{report['model']} (random weights, fp16) on {report['device']}", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--results", default="results/decode")
+    ap.add_argument("--contexts", default="1024,2048,4096,8192,16384,32768")
+    args = ap.parse_args()
+    out = Path(args.results)
+    out.mkdir(parents=True, exist_ok=True)
+    mem = kv_memory([int(c) for c in args.contexts.split(",")])
+    (out / "kv_memory.json").write_text(json.dumps(mem, indent=2) + "\n")
+    plot_memory(mem, out / "kv_memory.png")
+    for r in mem["rows"]:
+        print(
+            f"context {r['context']:>6}: dense {r['dense_gib']:.3f} GiB, "
+            + ", ".join(f"{n} {r[f'{n}_gib']:.3f} GiB ({r[f'{n}_fraction']:.3f})" for n in POLICIES)
+        )
+    bench = out / "bench_decode.json"
+    if bench.exists():
+        plot_throughput(json.loads(bench.read_text()), out / "throughput.png")
+
+
+if __name__ == "__main__":
+    main()
