@@ -35,8 +35,13 @@ class SidePruner:
         self.final = 0  # tokens [0, final) have their final pattern
         self.acc: torch.Tensor | None = None  # running score statistics of tokens [final, T)
         self.cnt: torch.Tensor | None = None
-        self.kept = 0  # entries kept / judged, for the measured sparsity
+        # entries kept / judged, for the measured sparsity; kept accumulates on the device (no sync per step)
+        self._kept: int | torch.Tensor = 0
         self.judged = 0
+
+    @property
+    def kept(self) -> int:
+        return int(self._kept)
 
     @property
     def needs(self) -> str | None:
@@ -134,9 +139,8 @@ class SidePruner:
         self.acc = fresh if self.acc is None else torch.cat([self.acc, fresh], dim=2)
         zeros = torch.zeros(grow, device=tail.device)
         self.cnt = zeros if self.cnt is None else torch.cat([self.cnt, zeros])
-        first = (
-            max(self.final, total - obs.q_len - self.window) - self.final
-        )  # first tail index in the window
+        # tail index of the first token still in the window (this call's new tokens included)
+        first = max(self.final, total - obs.q_len - self.window) - self.final
         if self.side == "k":
             self.acc[:, :, first:] += obs.query_stat.unsqueeze(2)
         else:
@@ -153,7 +157,7 @@ class SidePruner:
 
     def _finish(self, n: int, mask: torch.Tensor | None, kept: int = 0, judged: int = 0) -> None:
         self.final += n
-        self.kept += int(mask.sum()) if mask is not None else kept
+        self._kept = self._kept + (mask.sum() if mask is not None else kept)
         self.judged += mask.numel() if mask is not None else judged
         if self.acc is not None:
             self.acc, self.cnt = self.acc[:, :, n:], self.cnt[n:]
