@@ -42,7 +42,8 @@ CONFIGS = [  # (version, group, block_n, num_warps, prefetch); version 2 = the p
     (3, 32, 128, 8, 2),
     (3, 16, 64, 4, 2),
 ]
-COMPRESS_LAUNCHES = [(8, 2), (16, 4), (32, 4), (8, 1), (16, 1)]  # (block_r, num_warps)
+COMPRESS_LAUNCHES = [(8, 2), (16, 4), (32, 4), (8, 1), (16, 1)]  # (block_r, num_warps), plain-Triton kernel
+GLUON_WARPS = (1, 2, 4)  # Gluon one-row-per-thread kernel (32 rows per warp); launch key "g{warps}"
 
 
 def bench(fn, rep=60):
@@ -265,11 +266,14 @@ def compress_bench(b, t, rep):
         for swar in (False, True):
             for block_r, warps in COMPRESS_LAUNCHES:
                 sweep[f"r{block_r}w{warps}{'s' if swar else ''}"] = time_topk(
-                    store, rows, keep, rep, block_r=block_r, num_warps=warps, swar=swar
+                    store, rows, keep, rep, gluon=False, block_r=block_r, num_warps=warps, swar=swar
                 )
+        for warps in GLUON_WARPS:
+            sweep[f"g{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
         best_cfg = min(sweep, key=sweep.get)
         us = sweep[best_cfg]
-        old_us = min(u for k, u in sweep.items() if not k.endswith("s"))
+        old_us = min(u for k, u in sweep.items() if k.startswith("r") and not k.endswith("s"))
+        triton_us = min(u for k, u in sweep.items() if k.startswith("r"))
         mask = topk_keep_mask(rows[:, :, :1024], keep)
         counts = mask.sum(-1)
         small = CompressedStore(b, HKV, D, torch.float16, "cuda", keep, capacity=1024)
@@ -282,6 +286,7 @@ def compress_bench(b, t, rep):
                 rows=b * HKV * t,
                 topk_pack_us_per_tensor=us,
                 no_swar_best_us=old_us,
+                plain_triton_best_us=triton_us,
                 launch=best_cfg,
                 launch_sweep_us=sweep,
                 k_and_v_ms=2 * us / 1e3,
@@ -292,8 +297,8 @@ def compress_bench(b, t, rep):
             )
         )
         print(
-            f"compress s={s}: {us:.0f} us per tensor ({best_cfg}), K+V {2 * us / 1e3:.2f} ms; without SWAR "
-            f"{old_us:.0f} us; sweep {sweep}",
+            f"compress s={s}: {us:.0f} us per tensor ({best_cfg}), K+V {2 * us / 1e3:.2f} ms; plain Triton "
+            f"{triton_us:.0f} us, without SWAR {old_us:.0f} us; sweep {sweep}",
             flush=True,
         )
         del rows, store
@@ -328,7 +333,7 @@ def to_markdown(meta, roof, decode_rows, comp_rows, checks):
         )
     lines += [
         "",
-        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | launch (s = SWAR) | no-SWAR best µs | "
+        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | launch (s = SWAR, g = Gluon) | no-SWAR best µs | "
         "pack-with-mask µs (1024 tok) | B/token-head | of dense |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
@@ -347,6 +352,7 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true", help="one size per sparsity, for a smoke run")
     ap.add_argument("--skip-compress", action="store_true", help="decode only")
+    ap.add_argument("--compress-only", action="store_true", help="correctness + copy roof + compression only")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
@@ -366,8 +372,11 @@ def main():
     if args.skip_compress:
         batches = [b for b in batches if b > 1]
     comp = compress_bench(32, 16384, rep=60) if not args.skip_compress else []
-    decode = decode_bench(batches, tokens, (0.5, 0.7), roof, rep=60)
-    repeat = decode_bench([8], [16384], (0.7,), roof, rep=60)  # same point timed again: run-to-run spread
+    if args.compress_only:
+        decode, repeat = [], []
+    else:
+        decode = decode_bench(batches, tokens, (0.5, 0.7), roof, rep=60)
+        repeat = decode_bench([8], [16384], (0.7,), roof, rep=60)  # same point timed again: run-to-run spread
     result = dict(meta=meta, copy_roof_tbs=roof, checks=checks, decode=decode, repeat=repeat, compress=comp)
     result["wall_s"] = time.time() - t0
     (args.out / "bench.json").write_text(json.dumps(result, indent=1))

@@ -13,15 +13,26 @@ written beforehand by the host). No concatenation, no host synchronisation in th
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
 
+try:  # Gluon (explicit layouts) for the GPU fast path; absent or unusable -> plain Triton everywhere
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+
+    _GLUON = True
+except ImportError:  # pragma: no cover
+    _GLUON = False
+
 from mustafar.formats.bitmap import CompressedStore
 
 _BLOCK_R = 8  # rows per program; with 2 warps the best of the H100 launch sweep (results/kernels)
 _NUM_WARPS = 2
+_GL_WARPS = 4  # Gluon path: 32 rows per warp (one per thread)
 
 
 @triton.jit
@@ -122,6 +133,154 @@ def _prune_pack_kernel(
     tl.store(bits_ptr + slot[:, None] * (D // 32) + w[None, :], words, mask=rmask[:, None])
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# GPU fast path (Gluon, explicit layouts): one row per thread for the threshold search.
+#
+# The plain-Triton kernel above spreads a row over 16 lanes, so each of the 15 search passes ends in a cross-lane
+# reduction (shuffle tree); those reductions, not the compares, dominated the round-2 SASS. Here the search runs in
+# the layout ``_row`` (size_per_thread [1, D/2] on int32 key pairs: a thread holds its whole row), so every pass is
+# 64 in-thread SWAR subtract/extract/adds; the tie ranks, output positions and bitmap words are in-thread scans and
+# sums too. Only the value scatter runs in the coalesced layout (16 lanes per row, as before): the per-pair output
+# positions (one byte each, 0xFF = dropped) cross over through shared memory in one ``convert_layout`` and the
+# values are re-read (L1 hit) as int32 pairs in that layout. Fixed layout, fp16/bf16, top-k only; everything else
+# (and the interpreter) uses ``_prune_pack_kernel``.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@gluon.jit
+def _gl_add(a, b):
+    return a + b
+
+
+@gluon.jit
+def _topk_pack_gluon_kernel(
+    x_ptr,  # int32 view of the fp16/bf16 rows: one key pair per element
+    bits_ptr,
+    vals_ptr,  # int16 view of the value slots
+    n_tok,
+    heads,
+    sxb,
+    sxh,
+    sxt,  # strides in int32 units
+    t0,
+    cap,
+    KEEP: gl.constexpr,
+    SLOT: gl.constexpr,
+    D: gl.constexpr,
+):
+    NW: gl.constexpr = gl.num_warps()
+    P: gl.constexpr = D // 2
+    BLOCK_R: gl.constexpr = 32 * NW
+    row: gl.constexpr = gl.BlockedLayout([1, P], [32, 1], [NW, 1], [1, 0])
+    col: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (P // 4), P // 4], [NW, 1], [1, 0])
+    pad_l: gl.constexpr = gl.BlockedLayout([1, 8], [32, 1], [NW, 1], [1, 0])
+
+    pid_r = gl.program_id(0)
+    bh = gl.program_id(1)
+    b = bh // heads
+    h = bh % heads
+    x_base = b.to(gl.int64) * sxb + h.to(gl.int64) * sxh
+
+    # ---- search: one row per thread ------------------------------------------------------------------------------
+    r = pid_r * BLOCK_R + gl.arange(0, BLOCK_R, layout=gl.SliceLayout(1, row))
+    rmask = r < n_tok
+    pr = gl.arange(0, P, layout=gl.SliceLayout(0, row))
+    w = gl.load(x_ptr + (x_base + r.to(gl.int64) * sxt)[:, None] + pr[None, :], mask=rmask[:, None], other=0)
+    keys = w & 0x7FFF7FFF
+    flagged = keys | -0x7FFF8000  # 0x80008000: (0x8000 + key) - cand keeps bit 15 of its lane iff key >= cand
+    thr = gl.zeros([BLOCK_R], gl.int32, layout=gl.SliceLayout(1, row))
+    for i in gl.static_range(15):
+        cand = thr | (1 << (14 - i))
+        diff = flagged - (cand | (cand << 16))[:, None]
+        both = gl.sum((diff >> 15) & 0x10001, axis=1)
+        cnt = (both & 0xFFFF) + (both >> 16)
+        thr = gl.where(cnt >= KEEP, cand, thr)
+
+    k_lo = keys & 0x7FFF
+    k_hi = keys >> 16
+    t2 = thr[:, None]
+    gt_lo = (k_lo > t2).to(gl.int32)
+    gt_hi = (k_hi > t2).to(gl.int32)
+    eq_lo = (k_lo == t2).to(gl.int32)
+    eq_hi = (k_hi == t2).to(gl.int32)
+    need = KEEP - gl.sum(gt_lo + gt_hi, axis=1)
+    eq_cum = gl.associative_scan(eq_lo + eq_hi, 1, _gl_add)  # tie rank of the hi lane; lo = that - eq_hi
+    n2 = need[:, None]
+    keep_lo = gt_lo | (eq_lo & ((eq_cum - eq_hi) <= n2).to(gl.int32))
+    keep_hi = gt_hi | (eq_hi & (eq_cum <= n2).to(gl.int32))
+    k_cum = gl.associative_scan(keep_lo + keep_hi, 1, _gl_add)
+    pos_hi = gl.where(keep_hi != 0, k_cum - 1, 255)
+    pos_lo = gl.where(keep_lo != 0, k_cum - keep_hi - 1, 255)
+
+    slot = bh.to(gl.int64) * cap + t0 + r
+    kb = (keep_lo | (keep_hi << 1)) << ((2 * pr[None, :]) & 31)
+    words = gl.sum(gl.reshape(kb, [BLOCK_R, D // 32, 16]), axis=2)  # in-thread: disjoint bits, sum == or
+    wl: gl.constexpr = gl.BlockedLayout([1, D // 32], [32, 1], [NW, 1], [1, 0])
+    words = gl.convert_layout(words, wl)
+    wj = gl.arange(0, D // 32, layout=gl.SliceLayout(0, wl))
+    rw = gl.convert_layout(r, gl.SliceLayout(1, wl))
+    sw = gl.convert_layout(slot, gl.SliceLayout(1, wl))
+    gl.store(bits_ptr + (sw * (D // 32))[:, None] + wj[None, :], words, mask=(rw < n_tok)[:, None])
+    if SLOT > KEEP:
+        pp = KEEP + gl.arange(0, 8, layout=gl.SliceLayout(0, pad_l))
+        rp = gl.convert_layout(r, gl.SliceLayout(1, pad_l))
+        sp = gl.convert_layout(slot, gl.SliceLayout(1, pad_l))
+        pad = gl.zeros([BLOCK_R, 8], gl.int16, layout=pad_l)
+        gl.store(
+            vals_ptr + (sp * SLOT)[:, None] + pp[None, :],
+            pad,
+            mask=(rp < n_tok)[:, None] & (pp < SLOT)[None, :],
+        )
+
+    # ---- value scatter in the coalesced layout ---------------------------------------------------------------------
+    enc = gl.convert_layout((pos_lo | (pos_hi << 8)).to(gl.int16), col)
+    rc = pid_r * BLOCK_R + gl.arange(0, BLOCK_R, layout=gl.SliceLayout(1, col))
+    rcm = (rc < n_tok)[:, None]
+    pc = gl.arange(0, P, layout=gl.SliceLayout(0, col))
+    wc = gl.load(x_ptr + (x_base + rc.to(gl.int64) * sxt)[:, None] + pc[None, :], mask=rcm, other=0)
+    e = enc.to(gl.int32)
+    plo = e & 0xFF
+    phi = (e >> 8) & 0xFF
+    vbase = ((bh.to(gl.int64) * cap + t0 + rc) * SLOT)[:, None]
+    gl.store(vals_ptr + vbase + plo, wc.to(gl.int16), mask=rcm & (plo != 255))
+    gl.store(vals_ptr + vbase + phi, (wc >> 16).to(gl.int16), mask=rcm & (phi != 255))
+
+
+def _gluon_ok(store: CompressedStore, rows: Tensor) -> bool:
+    return (
+        _GLUON
+        and rows.is_cuda
+        and store.fixed
+        and store.dtype in (torch.float16, torch.bfloat16)
+        and os.environ.get("TRITON_INTERPRET", "0") != "1"
+        and rows.stride(-1) == 1
+        and all(s % 2 == 0 for s in rows.stride()[:3])
+        and rows.data_ptr() % 4 == 0
+        and store.head_dim in (64, 128)
+        and store.keep is not None
+    )
+
+
+def _launch_gluon(store: CompressedStore, rows: Tensor, keep: int, num_warps: int = _GL_WARPS) -> None:
+    n = rows.shape[2]
+    x32 = rows.view(torch.int32)  # [B, H, n, D/2]: strides in int32 units (checked even by _gluon_ok)
+    grid = (triton.cdiv(n, 32 * num_warps), store.batch * store.heads)
+    _topk_pack_gluon_kernel[grid](
+        x32,
+        store.bits,
+        store.vals.view(torch.int16),
+        n,
+        store.heads,
+        *x32.stride()[:3],
+        store.length,
+        store.capacity,
+        KEEP=keep,
+        SLOT=store.slot,
+        D=store.head_dim,
+        num_warps=num_warps,
+    )
+
+
 def _check_triton_shape(store: CompressedStore) -> None:
     if store.head_dim not in (64, 128):
         raise ValueError(f"Triton kernels support head_dim 64 or 128, got {store.head_dim}")
@@ -174,15 +333,24 @@ def _launch(
     )
 
 
-def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int, **launch) -> None:
+def topk_pack_triton(
+    store: CompressedStore, rows: Tensor, keep: int, gluon: bool = True, gl_warps: int = _GL_WARPS, **launch
+) -> None:
     """Fused exact top-``keep`` prune and pack of ``rows`` [B, H, n, D] into ``store``.
 
-    ``launch`` (block_r, num_warps) overrides the launch shape (benchmarks)."""
+    On the GPU (fixed layout, fp16/bf16) the Gluon one-row-per-thread kernel runs unless ``gluon=False``;
+    ``gl_warps`` is its launch width, ``launch`` (block_r, num_warps, swar) that of the plain-Triton kernel
+    (benchmarks)."""
     _check_triton_shape(store)
     n = rows.shape[2]
     if store.fixed:
         store.reserve(n)
-        _launch(store, rows, None, keep, **launch)
+        if rows.stride(-1) != 1:
+            rows = rows.contiguous()
+        if gluon and _gluon_ok(store, rows):
+            _launch_gluon(store, rows, keep, num_warps=gl_warps)
+        else:
+            _launch(store, rows, None, keep, **launch)
     else:
         # variable layout: every token still holds exactly `keep` values, so offsets are arithmetic
         store.reserve(n, n * keep)
