@@ -138,6 +138,16 @@ def check_correctness():
                 st.append_topk(rows, keep)
                 assert torch.equal(st.to_dense(), rows * topk_keep_mask(rows, keep)), "prune+pack mismatch"
             stores.append(st)
+        if dtype != torch.float32 and kk is not None and t:
+            # every Gluon prune+pack launch width (the default is one of them) against the exact torch top-k
+            rows = torch.randn(b, hkv, t, d, device="cuda", dtype=dtype)
+            want = rows * topk_keep_mask(rows, kk)
+            for warps in GLUON_WARPS:
+                st = CompressedStore(b, hkv, d, dtype, "cuda", kk)
+                topk_pack_triton(st, rows, kk, gl_warps=warps)
+                assert torch.equal(st.to_dense(), want), (
+                    f"Gluon prune+pack mismatch (warps {warps}, case {i})"
+                )
         kw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         vw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         ref = sparse_decode_attention(q, *stores, kw, vw, d**-0.5, backend="torch")
@@ -352,6 +362,7 @@ def main():
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--quick", action="store_true", help="one size per sparsity, for a smoke run")
     ap.add_argument("--skip-compress", action="store_true", help="decode only")
+    ap.add_argument("--check-only", action="store_true", help="GPU correctness checks only")
     ap.add_argument("--compress-only", action="store_true", help="correctness + copy roof + compression only")
     args = ap.parse_args()
     args.out.mkdir(parents=True, exist_ok=True)
@@ -366,6 +377,8 @@ def main():
     print(meta, flush=True)
     checks = check_correctness()
     print(f"correctness: {len(checks)} ok, max rel err {max(c['rel_err'] for c in checks):.2e}", flush=True)
+    if args.check_only:
+        return
     roof = copy_roof()
     print(f"copy roof {roof:.2f} TB/s", flush=True)
     batches, tokens = ([8], [16384]) if args.quick else ([1, 8, 32], [4096, 16384, 32768])

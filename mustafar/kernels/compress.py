@@ -32,7 +32,8 @@ from mustafar.formats.bitmap import CompressedStore
 
 _BLOCK_R = 8  # rows per program; with 2 warps the best of the H100 launch sweep (results/kernels)
 _NUM_WARPS = 2
-_GL_WARPS = 4  # Gluon path: 32 rows per warp (one per thread)
+# Gluon path: 32 rows per warp (one per thread); 1 warp = best K+V sum on H100 (results/kernels/NOTES.md)
+_GL_WARPS = 1
 
 
 @triton.jit
