@@ -36,9 +36,14 @@ def validate(cfg: dict[str, Any], context_length: int | None) -> None:
                 f"benchmark.length={length} exceeds the model's context window of {context_length} tokens"
             )
     else:
-        from eval.longbench.data import resolve_tasks
+        from eval.longbench.data import resolve_data_dir, resolve_tasks, task_file
 
-        resolve_tasks(tasks, bool(cfg.get("longbench_e")))
+        longbench_e = bool(cfg.get("longbench_e"))
+        names = resolve_tasks(tasks, longbench_e)
+        if cfg.get("data_dir") is not None:  # a given folder must hold every file now; unset means download later
+            folder = resolve_data_dir(cfg["data_dir"])
+            for task in names:
+                task_file(folder, task, longbench_e)
 
 
 def build(cfg: dict[str, Any], loaded: LoadedModel, seed: int) -> Benchmark:

@@ -131,3 +131,62 @@ def test_multirun_writes_skips_and_resumes(tmp_path):
     assert third.stdout.count("[mustafar] skip") == 1
     assert victim.exists() and predictions.stat().st_mtime_ns == pred_stamp
     assert results[0].stat().st_mtime_ns == stamps[results[0]]
+
+
+FIXTURES = ROOT / "tests" / "fixtures" / "longbench" / "data"
+
+
+def test_longbench_end_to_end_on_fixtures(tmp_path):
+    """run.py benchmark=longbench on the tiny model: predictions, per-task scores, categories, table, re-scoring."""
+    tasks = "[hotpotqa,gov_report,trec,multifieldqa_zh,lcc]"
+    proc = run_py(
+        "model=tiny",
+        "benchmark=longbench",
+        f"benchmark.data_dir={FIXTURES}",
+        f"benchmark.tasks={tasks}",
+        "benchmark.n=2",
+        "kv=k50v50",
+        "logger=none",
+        f"results_dir={tmp_path}",
+        "sweep=lb",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (job,) = (tmp_path / "lb").glob("*/result.json")
+    rows = json.loads(job.read_text())["rows"]
+    tasks_scored = {r["task"]: r for r in rows if r["kind"] == "task"}
+    assert set(tasks_scored) == {"hotpotqa", "gov_report", "trec", "multifieldqa_zh", "lcc"}
+    assert (
+        tasks_scored["hotpotqa"]["metric"] == "qa_f1_score"
+        and tasks_scored["lcc"]["metric"] == "code_sim_score"
+    )
+    assert all(r["n"] == 2 and 0 <= r["value"] <= 100 for r in tasks_scored.values())
+    summary = {r["task"]: r["value"] for r in rows if r["kind"] == "summary"}
+    assert summary["Multi-Doc QA"] == tasks_scored["hotpotqa"]["value"]
+    assert summary["Code"] == tasks_scored["lcc"]["value"]
+    for task in tasks_scored:
+        records = (job.parent / "predictions" / f"{task}.jsonl").read_text().splitlines()
+        assert len(records) == 2 and all("pred" in json.loads(r) for r in records)
+    assert "Multi-Doc QA" in (tmp_path / "lb" / "summary.md").read_text()
+    rescore = subprocess.run(
+        [sys.executable, "-m", "eval.longbench.score", str(job.parent)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert rescore.returncode == 0, rescore.stderr[-2000:]
+    assert "hotpotqa" in rescore.stdout
+
+
+def test_longbench_missing_data_is_a_clear_error(tmp_path):
+    proc = run_py(
+        "model=tiny",
+        "benchmark=longbench",
+        f"benchmark.data_dir={tmp_path / 'nowhere'}",
+        "benchmark.tasks=[hotpotqa]",
+        "logger=none",
+        f"results_dir={tmp_path}",
+    )
+    assert proc.returncode == 2
+    assert "error: LongBench data folder" in proc.stderr and "nowhere" in proc.stderr
+    assert "benchmark.data_dir=" in proc.stderr  # says how to provide the data
