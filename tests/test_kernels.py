@@ -138,3 +138,11 @@ def test_bad_decode_input_raises():
         sparse_decode_attention(q, empty, empty, kw[:, :, :0], vw[:, :, :0], 0.1)
     with pytest.raises(ValueError, match="group must be"):
         sparse_decode_attention(q, ks, vs, kw, vw, 0.1, backend="triton", group=4)
+
+
+def test_gluon_path_guard_cpu():
+    """The Gluon prune+pack fast path is GPU-only: CPU / interpreter rows always take the plain-Triton kernel."""
+    from mustafar.kernels.compress import _gluon_ok
+
+    store = CompressedStore(1, 2, 128, torch.float16, "cpu", 38)
+    assert not _gluon_ok(store, torch.zeros(1, 2, 4, 128, dtype=torch.float16))
