@@ -7,6 +7,10 @@ import os
 import pytest
 import torch
 
+# Without a GPU the Triton kernels run in the interpreter. It must be chosen before anything imports Triton:
+# a module imported in compiled mode keeps compiled @jit helpers that the interpreter then cannot call.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
