@@ -61,7 +61,7 @@ class Job:
             raise ConfigError(f"device={device!r} is not allowed; choose one of auto, cpu, cuda")
         if policy.mode == "compressed":
             head_dim = models.peek_head_dim(model)
-            if head_dim is not None and head_dim not in models.SUPPORTED_HEAD_DIMS:
+            if head_dim not in models.SUPPORTED_HEAD_DIMS:
                 raise ConfigError(
                     f"kv.mode=compressed supports head_dim {models.SUPPORTED_HEAD_DIMS}, model {model.name} has "
                     f"head_dim={head_dim}; use kv.mode=mask"

@@ -179,37 +179,38 @@ def _from_pretrained(cfg: ModelConfig, dtype: torch.dtype):
         tokenizer = AutoTokenizer.from_pretrained(where)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
     except OSError as err:
-        raise ModelUnavailable(
-            f"cannot load model {cfg.name!r} from {where!s}: {err.__class__.__name__}. Download it first "
-            f"(huggingface-cli download {cfg.path}; gated models need `huggingface-cli login`) or point "
-            f"model.source=local model.path=/path/to/checkpoint"
-        ) from err
+        raise ModelUnavailable(_unavailable(cfg, where, err)) from err
     return model, tokenizer
 
 
 def _peek_config(cfg: ModelConfig):
-    """The model's config without its weights (None when it cannot be read without downloading)."""
+    """The model's config without its weights; a model whose config cannot be read cannot be loaded either."""
     from transformers import AutoConfig, LlamaConfig
 
     if cfg.source == "random":
         return LlamaConfig(**cfg.architecture)
+    if cfg.source == "gguf":
+        return AutoConfig.from_pretrained(gguf_dir(cfg.gguf_package), gguf_file=cfg.gguf_file)
     try:
-        if cfg.source == "gguf":
-            return AutoConfig.from_pretrained(gguf_dir(cfg.gguf_package), gguf_file=cfg.gguf_file)
         return AutoConfig.from_pretrained(cfg.path)
-    except (OSError, ValueError):
-        return None
+    except (OSError, ValueError) as err:
+        raise ModelUnavailable(_unavailable(cfg, cfg.path, err)) from None
 
 
-def peek_context_length(cfg: ModelConfig) -> int | None:
+def _unavailable(cfg: ModelConfig, where, err: Exception) -> str:
+    return (
+        f"cannot load model {cfg.name!r} from {where!s}: {err.__class__.__name__}. Download it first "
+        f"(huggingface-cli download {cfg.path}; gated models need `huggingface-cli login`) or point "
+        f"model.source=local model.path=/path/to/checkpoint"
+    )
+
+
+def peek_context_length(cfg: ModelConfig) -> int:
+    return int(_peek_config(cfg).max_position_embeddings)
+
+
+def peek_head_dim(cfg: ModelConfig) -> int:
     c = _peek_config(cfg)
-    return None if c is None else int(c.max_position_embeddings)
-
-
-def peek_head_dim(cfg: ModelConfig) -> int | None:
-    c = _peek_config(cfg)
-    if c is None:
-        return None
     return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
 
 
