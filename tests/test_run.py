@@ -12,6 +12,7 @@ from hydra import compose, initialize_config_dir
 
 from eval.job import Job
 from mustafar.config import ConfigError
+from mustafar.models import ModelUnavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
