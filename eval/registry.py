@@ -40,7 +40,9 @@ def validate(cfg: dict[str, Any], context_length: int | None) -> None:
 
         longbench_e = bool(cfg.get("longbench_e"))
         names = resolve_tasks(tasks, longbench_e)
-        if cfg.get("data_dir") is not None:  # a given folder must hold every file now; unset means download later
+        if (
+            cfg.get("data_dir") is not None
+        ):  # a given folder must hold every file now; unset means download later
             folder = resolve_data_dir(cfg["data_dir"])
             for task in names:
                 task_file(folder, task, longbench_e)

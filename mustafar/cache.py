@@ -23,7 +23,9 @@ class UnsupportedCacheOperation(RuntimeError):
     pass
 
 
-DECODE_HEADROOM = 256  # tokens of store capacity reserved beyond what a flush needs: decode appends don't regrow
+DECODE_HEADROOM = (
+    256  # tokens of store capacity reserved beyond what a flush needs: decode appends don't regrow
+)
 
 
 def kernel_backend() -> str:
