@@ -87,8 +87,8 @@ def groups(rows: pd.DataFrame, sweep_dir: Path | None = None) -> list[Group]:
         jobs["kv_source"] = [s for _, s in fractions]
         if sweep_dir is not None:
             jobs["se"] = [
-                average_se(sample_scores(Path(sweep_dir) / run_id, str(bench).split("-")[0]))
-                for run_id in jobs.index
+                average_se(sample_scores(Path(sweep_dir) / run_id, benchmark))
+                for run_id, benchmark in zip(jobs.index, jobs["benchmark"])
             ]
         out.append(Group(str(model), str(bench), jobs.reset_index(), tasks))
     return out
