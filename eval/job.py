@@ -17,7 +17,9 @@ from eval import registry
 from eval.runner import GenerationStats, generate_task
 from mustafar import models, wandb_log
 from mustafar.config import ConfigError, KVConfig
-from mustafar.results import read_jsonl, write_json, write_jsonl
+from mustafar.results import git_sha, read_jsonl, write_json, write_jsonl
+
+git_sha()  # pin the code version when the job module is loaded, before any job runs
 
 PACKAGES = ("torch", "transformers", "triton", "numpy")
 
@@ -164,8 +166,6 @@ class Job:
         return records
 
     def _rows(self, loaded, bench, scores, summary, stats: GenerationStats, device: str, seconds: float):
-        from mustafar.results import git_sha
-
         base = {
             "run_id": self.job_id,
             "sweep": self.sweep,

@@ -6,6 +6,7 @@ Predictions are written per task, so an interrupted job resumes at the next task
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import subprocess
@@ -41,18 +42,25 @@ def read_jsonl(path: Path) -> list[dict[str, Any]]:
         return [json.loads(line) for line in f if line.strip()]
 
 
+@functools.cache
 def git_sha() -> str | None:
+    """The code's commit, read once per process (a sweep's jobs all report the code they were loaded from);
+    "+dirty" marks uncommitted changes."""
+    here = Path(__file__).resolve().parent
     try:
-        out = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"],
+        sha = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True, cwd=here
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
             capture_output=True,
             text=True,
             check=True,
-            cwd=Path(__file__).resolve().parent,
-        )
-        return out.stdout.strip()
+            cwd=here,
+        ).stdout.strip()
     except (OSError, subprocess.CalledProcessError):
         return None
+    return sha + ("+dirty" if dirty else "")
 
 
 def load_rows(sweep_dir: Path) -> pd.DataFrame:
