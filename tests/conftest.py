@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import pytest
@@ -33,3 +34,15 @@ def tiny_llama():
         max_position_embeddings=1024,
     )
     return LlamaForCausalLM(cfg).eval()
+
+
+@pytest.fixture(scope="module")
+def triton_interpreter():
+    """Run a module's Triton kernels on CPU tensors, also on a GPU machine: Triton binds interpret mode when a
+    kernel is decorated, so the kernel modules are (re)imported under it."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("TRITON_INTERPRET", "1")
+    for name in ("mustafar.kernels.compress", "mustafar.kernels.decode"):
+        importlib.reload(importlib.import_module(name))
+    yield
+    mp.undo()

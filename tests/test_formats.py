@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import os
 
 import pytest
@@ -20,16 +19,7 @@ from mustafar.formats import (
     variable_token_nbytes,
 )
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpreter():
-    """Triton binds interpret mode when a kernel is decorated, so (re)import the kernel modules under it."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRITON_INTERPRET", "1")
-    for name in ("mustafar.kernels.compress", "mustafar.kernels.decode"):
-        importlib.reload(importlib.import_module(name))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
 def _rows(b, h, n, d, dtype=torch.float16, seed=0):

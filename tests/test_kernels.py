@@ -11,16 +11,7 @@ import torch
 from mustafar.formats import CompressedStore, reference_keep_mask, topk_keep_mask
 from mustafar.kernels import sparse_decode_attention
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _interpreter():
-    """Triton binds interpret mode when a kernel is decorated, so (re)import the kernel modules under it."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("TRITON_INTERPRET", "1")
-    for name in ("mustafar.kernels.compress", "mustafar.kernels.decode"):
-        importlib.reload(importlib.import_module(name))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 
 @pytest.fixture
