@@ -31,17 +31,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from mustafar.formats import CompressedStore, keep_count, reference_keep_mask, topk_keep_mask  # noqa: E402
 from mustafar.kernels import sparse_decode_attention  # noqa: E402
 from mustafar.kernels.compress import pack_triton, topk_pack_triton  # noqa: E402
+from mustafar.kernels.decode import planned_splits  # noqa: E402
 
 HQ, HKV, D, WINDOW = 32, 8, 128, 32
-CONFIGS = [  # (version, group, block_n, num_warps, prefetch); version 2 = the previous decoder, for comparison
-    (2, 32, 64, 4, 0),
-    (3, 32, 64, 4, 0),
-    (3, 32, 64, 4, 2),
-    (3, 32, 64, 4, 4),
-    (3, 32, 32, 4, 4),
-    (3, 32, 128, 8, 2),
-    (3, 16, 64, 4, 2),
-]
+CONFIGS = {  # name -> launch options; v2 = the round-1 decoder, for comparison; r = maxnreg; L1 = prefetch into L1
+    "v2 n64 w4": dict(version=2, block_n=64, num_warps=4, prefetch=0),
+    "v3 n64 w4 p2": dict(block_n=64, num_warps=4, prefetch=2),
+    "v3 n128 w8 p2": dict(block_n=128, num_warps=8, prefetch=2),
+    "v3 n64 w4 p2 r168": dict(block_n=64, num_warps=4, prefetch=2, maxnreg=168),
+    "v3 n64 w4 p2 r128": dict(block_n=64, num_warps=4, prefetch=2, maxnreg=128),
+    "v3 n64 w4 p0 r128": dict(block_n=64, num_warps=4, prefetch=0, maxnreg=128),
+    "v3 n64 w4 p2L1 r128": dict(block_n=64, num_warps=4, prefetch=2, prefetch_l1=True, maxnreg=128),
+    "v3 n32 w4 p4 r128": dict(block_n=32, num_warps=4, prefetch=4, maxnreg=128),
+    "v3 n64 w8 p2 r128": dict(block_n=64, num_warps=8, prefetch=2, maxnreg=128),
+}
 COMPRESS_LAUNCHES = [(8, 2), (16, 4), (32, 4), (8, 1), (16, 1)]  # (block_r, num_warps), plain-Triton kernel
 GLUON_WARPS = (1, 2, 4)  # Gluon one-row-per-thread kernel (32 rows per warp); launch key "g{warps}"
 
@@ -62,8 +65,10 @@ def time_sparse(q, ks, vs, kw, vw, cfg, rep):
     return bench(lambda: sparse_decode_attention(q, ks, vs, kw, vw, D**-0.5, **cfg), rep)
 
 
-def cfg_dict(version, group, block_n, warps, prefetch):
-    return dict(version=version, group=group, block_n=block_n, num_warps=warps, prefetch=prefetch)
+def round3_splits(b, t, block_n):
+    """The round-3 split heuristic (about 4 waves at 2 programs per SM, >= 4 tiles per split), for comparison."""
+    want = max(1, math.ceil(4 * torch.cuda.get_device_properties(0).multi_processor_count / (b * HKV)))
+    return max(1, min(want, triton.cdiv(t, 4 * block_n)))
 
 
 def time_topk(store, rows, keep, rep, **launch):
@@ -94,6 +99,10 @@ def time_pack(store, rows, mask, counts, rep):
         pack_triton(store, rows, mask, counts)
 
     return bench(once, rep)
+
+
+def fmt(d):
+    return "{" + ", ".join(f"{k}: {v:.0f}" for k, v in d.items()) + "}"
 
 
 def rel_err(a, b):
@@ -151,28 +160,15 @@ def check_correctness():
         kw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         vw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         ref = sparse_decode_attention(q, *stores, kw, vw, d**-0.5, backend="torch")
-        for version, group in ((2, 32), (3, 8), (3, 16), (3, 32)):
+        variants = [dict(version=2, group=32), *(dict(group=g) for g in (8, 16, 32))]
+        variants += [dict(maxnreg=128), dict(maxnreg=128, prefetch_l1=True, num_splits=3), dict(num_splits=1)]
+        for opts in variants:
             res = torch.full_like(q, math.nan)
-            o = sparse_decode_attention(
-                q,
-                *stores,
-                kw,
-                vw,
-                d**-0.5,
-                backend="triton",
-                version=version,
-                group=group,
-                out=res,
-                prefetch=2,
-            )
+            o = sparse_decode_attention(q, *stores, kw, vw, d**-0.5, backend="triton", out=res, **opts)
             err = rel_err(o, ref)
             tol = 1e-4 if dtype == torch.float32 else 1e-2
             ok = err <= tol and not o.isnan().any().item()
-            out.append(
-                dict(
-                    case=i, version=version, group=group, dtype=str(dtype), t=t, w=w, d=d, rel_err=err, ok=ok
-                )
-            )
+            out.append(dict(case=i, options=opts, dtype=str(dtype), t=t, w=w, d=d, rel_err=err, ok=ok))
             if not ok:
                 raise AssertionError(f"decode mismatch: {out[-1]}")
     return out
@@ -203,20 +199,26 @@ def decode_bench(batches, tokens, sparsities, roof_tbs, rep):
                 kw = torch.randn(b, HKV, WINDOW, D, device="cuda", dtype=torch.float16)
                 vw = torch.randn_like(kw)
                 comp_bytes = ks.payload_nbytes + vs.payload_nbytes + 2 * kw.numel() * 2
-                best = None
                 per_config = {}
-                for tup in CONFIGS:
-                    cfg = cfg_dict(*tup)
+                for name, cfg in CONFIGS.items():
                     try:
-                        us = time_sparse(q, ks, vs, kw, vw, cfg, rep)
+                        per_config[name] = time_sparse(q, ks, vs, kw, vw, cfg, rep)
                     except Exception as exc:  # a config the compiler rejects is recorded, not fatal
-                        print(f"config {tup} failed: {exc}", flush=True)
-                        continue
-                    per_config["v{} g{} n{} w{} p{}".format(*tup)] = us
-                    if best is None or us < best[0]:
-                        best = (us, cfg)
-                us, cfg = best
-                v2_us = min((u for k, u in per_config.items() if k.startswith("v2")), default=math.nan)
+                        print(f"config {name} failed: {exc}", flush=True)
+                best_name = min((n for n in per_config if not n.startswith("v2")), key=per_config.get)
+                cfg = dict(CONFIGS[best_name])
+                auto = planned_splits(q, ks, vs, **cfg)
+                # the chosen config at other split counts: the wave model's choice against coarser/finer splits
+                # and the round-3 heuristic (which also ran the window as an extra program per head)
+                split_sweep = {f"auto={auto}": per_config[best_name]}
+                for label, n in (
+                    ("round3", round3_splits(b, t, cfg.get("block_n", 64))),
+                    ("x2", 2 * auto),
+                    ("half", max(1, auto // 2)),
+                ):
+                    split_sweep[f"{label}={n}"] = time_sparse(q, ks, vs, kw, vw, dict(cfg, num_splits=n), rep)
+                us = per_config[best_name]
+                v2_us = per_config.get("v2 n64 w4", math.nan)
                 dense_graph = graph_time(functools.partial(sdpa_gqa, q4, k_dense, v_dense), rep)
                 sparse_graph = graph_time(
                     functools.partial(
@@ -242,8 +244,10 @@ def decode_bench(batches, tokens, sparsities, roof_tbs, rep):
                     dense_graph_us=dense_graph,
                     sparse_graph_us=sparse_graph,
                     speedup_graph=dense_graph / sparse_graph,
-                    config=cfg,
+                    config=best_name,
+                    num_splits=auto,
                     per_config_us=per_config,
+                    split_sweep_us=split_sweep,
                     v2_us=v2_us,
                     speedup_v2=dense_us / v2_us,
                     dense_bytes=dense_bytes,
@@ -257,8 +261,8 @@ def decode_bench(batches, tokens, sparsities, roof_tbs, rep):
                 print(
                     f"s={s} B={b} T={t}: dense {dense_us:.0f} us ({row['dense_tbs']:.2f} TB/s), sparse {us:.0f} us "
                     f"({row['sparse_tbs']:.2f} TB/s, roof {row['roof_sparse_us']:.0f} us) -> {row['speedup']:.2f}x "
-                    f"cfg {row['config']}; graphs: dense {dense_graph:.0f} us, sparse {sparse_graph:.0f} us "
-                    f"-> {row['speedup_graph']:.2f}x",
+                    f"cfg {best_name} splits {auto}; graphs: dense {dense_graph:.0f} us, sparse {sparse_graph:.0f} us "
+                    f"-> {row['speedup_graph']:.2f}x\n  configs {fmt(per_config)}\n  splits {fmt(split_sweep)}",
                     flush=True,
                 )
                 del ks, vs, k_dense, v_dense
@@ -339,7 +343,7 @@ def to_markdown(meta, roof, decode_rows, comp_rows, checks):
             f"{r['sparse_us']:.0f} | {r['sparse_tbs']:.2f} | {r['roof_sparse_us']:.0f} | {r['speedup']:.2f}× | "
             f"{r['v2_us']:.0f} | {r['speedup_v2']:.2f}× | "
             f"{r['dense_graph_us']:.0f} | {r['sparse_graph_us']:.0f} | {r['speedup_graph']:.2f}× | "
-            f"v{c['version']} g{c['group']} n{c['block_n']} w{c['num_warps']} p{c['prefetch']} |"
+            f"{c}, {r['num_splits']} splits |"
         )
     lines += [
         "",

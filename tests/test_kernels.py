@@ -88,6 +88,27 @@ def test_triton_decode_matches_reference(
     assert _rel(out, ref) <= TOL[dtype]
 
 
+@pytest.mark.parametrize("splits", [1, 3, 9, None])
+def test_triton_decode_split_counts(poison, splits):
+    """The window rides on the last split: one split, uneven splits, more splits than tiles (empty programs) and
+    the wave-model default all give the reference result."""
+    q, ks, vs, kw, vw = _case(1, 2, 4, 70, 5, 64, torch.float16, 20, 20, seed=11)
+    ref = sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="torch")
+    out = sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="triton", num_splits=splits, block_n=16)
+    assert _rel(out, ref) <= TOL[torch.float16]
+
+
+def test_wave_model_fills_the_last_wave():
+    """Hand-worked: 64 (batch, head) rows of 256 tiles on 264 program slots. 4 splits = 256 programs in one wave
+    of 64 tiles + 1 of overhead each (cost 65); 8 splits = 512 programs, two waves of 32 + 1 (66); the round-3 heuristic's 9 splits
+    left the third wave 42 % full. With 528 slots, 8 splits fit one wave (33)."""
+    from mustafar.kernels.decode import _wave_model_splits
+
+    assert _wave_model_splits(64, 256, 264) == 4
+    assert _wave_model_splits(64, 256, 528) == 8
+    assert _wave_model_splits(8, 1, 528) == 1
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
 @pytest.mark.parametrize("t,w", [(50, 6), (0, 6), (50, 0)])
 def test_reference_matches_plain_attention(dtype, t, w):

@@ -15,6 +15,7 @@ same code with one extra per-token offset load (constexpr ``*_VAR``).
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 
@@ -220,15 +221,16 @@ def _decode_tile(
 
 
 @triton.jit
-def _prefetch_l2(base, nbytes, NL: tl.constexpr):
-    """Prefetch into L2 the 128-byte lines of ``base[0:nbytes]`` (bytes; at most NL lines; GPU only).
-
-    One ``prefetch.global.L2`` per line; the addresses are clamped into the region (duplicates are harmless)."""
+def _prefetch(base, nbytes, NL: tl.constexpr, L1: tl.constexpr):
+    """Prefetch the 128-byte lines of ``base[0:nbytes]`` (bytes; at most NL lines; GPU only) into L2, or into L1
+    with ``L1``. The addresses are clamped into the region (duplicates are harmless)."""
     line = tl.minimum(tl.arange(0, NL) * 128, tl.maximum(nbytes - 1, 0))
     ptr = (base.to(tl.pointer_type(tl.int8)) + line).to(tl.int64, bitcast=True)
-    tl.inline_asm_elementwise(
-        "prefetch.global.L2 [$1];\nmov.u32 $0, 0;", "=r,l", [ptr], dtype=tl.int32, is_pure=False, pack=1
-    )
+    if L1:
+        asm: tl.constexpr = "prefetch.global.L1 [$1];\nmov.u32 $0, 0;"
+    else:
+        asm: tl.constexpr = "prefetch.global.L2 [$1];\nmov.u32 $0, 0;"
+    tl.inline_asm_elementwise(asm, "=r,l", [ptr], dtype=tl.int32, is_pure=False, pack=1)
 
 
 @triton.jit
@@ -243,18 +245,19 @@ def _dot(a, b, F32: tl.constexpr):
 
 
 @triton.jit
-def _softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, F32: tl.constexpr):
+def _scores(q, k, valid, m_i, l_i, acc, qk_scale, F32: tl.constexpr):
+    """First half of an online-softmax step: probabilities of one tile, running max/sum and the rescaled
+    accumulator (V is decoded only after this, so the K and V tiles are never live together)."""
     s = _dot(q, tl.trans(k), F32)
     s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     alpha = tl.exp2(m_i - m_new)
     p = tl.exp2(s - m_new[:, None])
     l_i = l_i * alpha + tl.sum(p, axis=1)
-    acc = acc * alpha[:, None] + _dot(p.to(v.dtype), v, F32)
-    return m_new, l_i, acc
+    return p, m_new, l_i, acc * alpha[:, None]
 
 
-@triton.jit(do_not_specialize=["gstride"])
+@triton.jit(do_not_specialize=["gstride", "num_splits"])
 def _sparse_decode_kernel(
     q_ptr,
     k_bits,
@@ -283,10 +286,10 @@ def _sparse_decode_kernel(
     k_vcap,
     v_vcap,
     tokens_per_split,
+    num_splits,
     qk_scale,
     gstride,
     N_REP: tl.constexpr,
-    NUM_SPLITS: tl.constexpr,
     D: tl.constexpr,
     K_SLOT: tl.constexpr,
     V_SLOT: tl.constexpr,
@@ -300,6 +303,7 @@ def _sparse_decode_kernel(
     V3: tl.constexpr,
     ASM: tl.constexpr,
     PREFETCH: tl.constexpr,
+    PF_L1: tl.constexpr,
     NL_VALS: tl.constexpr,
     NL_BITS: tl.constexpr,
 ):
@@ -315,84 +319,86 @@ def _sparse_decode_kernel(
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, D], dtype=tl.float32)
     bh = b.to(tl.int64) * heads_kv + h
-    if s < NUM_SPLITS:
-        start = s * tokens_per_split
-        end = tl.minimum(start + tokens_per_split, T)
-        for t0 in range(start, end, BLOCK_N):
-            if PREFETCH > 0:
-                # the gathers below are two dependent memory round trips (bitmap word, then value lines): start
-                # PREFETCH tiles ahead so that both are L2 hits by the time they are decoded (fixed layout only)
-                p0 = t0 + PREFETCH * BLOCK_N
-                n_tok = tl.minimum(end - p0, BLOCK_N)
-                if n_tok > 0:
-                    _prefetch_l2(k_vals + (bh * k_cap + p0) * K_SLOT, n_tok * K_SLOT * 2, NL_VALS)
-                    _prefetch_l2(v_vals + (bh * v_cap + p0) * V_SLOT, n_tok * V_SLOT * 2, NL_VALS)
-                    _prefetch_l2(k_bits + (bh * k_cap + p0) * (D // GROUP), n_tok * (D // 8), NL_BITS)
-                    _prefetch_l2(v_bits + (bh * v_cap + p0) * (D // GROUP), n_tok * (D // 8), NL_BITS)
-            tok = t0 + tl.arange(0, BLOCK_N)
-            valid = tok < end
-            k = _decode_tile(
-                k_bits,
-                k_vals,
-                k_offs,
-                bh * k_cap,
-                bh * k_vcap,
-                tok,
-                valid,
-                gstride,
-                D,
-                K_SLOT,
-                K_VAR,
-                GROUP,
-                HW,
-                V3,
-                ASM,
-            )
-            v = _decode_tile(
-                v_bits,
-                v_vals,
-                v_offs,
-                bh * v_cap,
-                bh * v_vcap,
-                tok,
-                valid,
-                gstride,
-                D,
-                V_SLOT,
-                V_VAR,
-                GROUP,
-                HW,
-                V3,
-                ASM,
-            )
-            m_i, l_i, acc = _softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, F32)
-    else:
+    start = s * tokens_per_split
+    end = tl.minimum(start + tokens_per_split, T)
+    for t0 in range(start, end, BLOCK_N):
+        if PREFETCH > 0:
+            # the gathers below are two dependent memory round trips (bitmap word, then value lines): start
+            # PREFETCH tiles ahead so that both hit a cache by the time they are decoded (fixed layout only)
+            p0 = t0 + PREFETCH * BLOCK_N
+            n_tok = tl.minimum(end - p0, BLOCK_N)
+            if n_tok > 0:
+                _prefetch(k_vals + (bh * k_cap + p0) * K_SLOT, n_tok * K_SLOT * 2, NL_VALS, PF_L1)
+                _prefetch(v_vals + (bh * v_cap + p0) * V_SLOT, n_tok * V_SLOT * 2, NL_VALS, PF_L1)
+                _prefetch(k_bits + (bh * k_cap + p0) * (D // GROUP), n_tok * (D // 8), NL_BITS, PF_L1)
+                _prefetch(v_bits + (bh * v_cap + p0) * (D // GROUP), n_tok * (D // 8), NL_BITS, PF_L1)
+        tok = t0 + tl.arange(0, BLOCK_N)
+        valid = tok < end
+        k = _decode_tile(
+            k_bits,
+            k_vals,
+            k_offs,
+            bh * k_cap,
+            bh * k_vcap,
+            tok,
+            valid,
+            gstride,
+            D,
+            K_SLOT,
+            K_VAR,
+            GROUP,
+            HW,
+            V3,
+            ASM,
+        )
+        p, m_i, l_i, acc = _scores(q, k, valid, m_i, l_i, acc, qk_scale, F32)
+        v = _decode_tile(
+            v_bits,
+            v_vals,
+            v_offs,
+            bh * v_cap,
+            bh * v_vcap,
+            tok,
+            valid,
+            gstride,
+            D,
+            V_SLOT,
+            V_VAR,
+            GROUP,
+            HW,
+            V3,
+            ASM,
+        )
+        acc += _dot(p.to(v.dtype), v, F32)
+    if s == num_splits - 1:
+        # the dense window rides on the last split: no extra program per (batch, head) in the grid
         kw_row = kw_ptr + b.to(tl.int64) * skwb + h.to(tl.int64) * skwh
         vw_row = vw_ptr + b.to(tl.int64) * svwb + h.to(tl.int64) * svwh
         for t0 in range(0, W, BLOCK_N):
             tok = t0 + tl.arange(0, BLOCK_N)
             valid = tok < W
             k = tl.load(kw_row + tok[:, None] * skwt + d[None, :], mask=valid[:, None], other=0.0)
+            p, m_i, l_i, acc = _scores(q, k, valid, m_i, l_i, acc, qk_scale, F32)
             v = tl.load(vw_row + tok[:, None] * svwt + d[None, :], mask=valid[:, None], other=0.0)
-            m_i, l_i, acc = _softmax_step(q, k, v, valid, m_i, l_i, acc, qk_scale, F32)
+            acc += _dot(p.to(v.dtype), v, F32)
 
     l_safe = tl.where(l_i > 0, l_i, 1.0)
     out = acc / l_safe[:, None]
     lse = tl.where(l_i > 0, m_i + tl.log2(l_safe), float("-inf"))
-    row = (b.to(tl.int64) * heads_kv * N_REP + hq) * (NUM_SPLITS + 1) + s
+    row = (b.to(tl.int64) * heads_kv * N_REP + hq) * num_splits + s
     tl.store(o_ptr + row[:, None] * D + d[None, :], out, mask=hmask[:, None])
     tl.store(lse_ptr + row, lse, mask=hmask)
 
 
-@triton.jit
-def _merge_kernel(o_ptr, lse_ptr, out_ptr, SPLITS: tl.constexpr, SPLITS_P2: tl.constexpr, D: tl.constexpr):
+@triton.jit(do_not_specialize=["splits"])
+def _merge_kernel(o_ptr, lse_ptr, out_ptr, splits, SPLITS_P2: tl.constexpr, D: tl.constexpr):
     """out[row] = Σ_s 2^(lse_s − M) · o_s / Σ_s 2^(lse_s − M) for one (batch, query head) row."""
     row = tl.program_id(0).to(tl.int64)
     sp = tl.arange(0, SPLITS_P2)
     d = tl.arange(0, D)
-    lse = tl.load(lse_ptr + row * SPLITS + sp, mask=sp < SPLITS, other=float("-inf"))
+    lse = tl.load(lse_ptr + row * splits + sp, mask=sp < splits, other=float("-inf"))
     w = tl.exp2(lse - tl.max(lse, axis=0))
-    o = tl.load(o_ptr + (row * SPLITS + sp)[:, None] * D + d[None, :], mask=(sp < SPLITS)[:, None], other=0.0)
+    o = tl.load(o_ptr + (row * splits + sp)[:, None] * D + d[None, :], mask=(sp < splits)[:, None], other=0.0)
     out = tl.sum(o * w[:, None], axis=0) / tl.sum(w, axis=0)
     tl.store(out_ptr + row * D + d, out.to(out_ptr.dtype.element_ty))
 
@@ -407,14 +413,117 @@ def _arg(t: Tensor) -> Tensor:
     return t if t.numel() else torch.zeros(1, dtype=t.dtype, device=t.device)
 
 
-def default_splits(batch: int, heads_kv: int, tokens: int, block_n: int, device: torch.device) -> int:
-    """Enough splits for ~4 waves of programs, each split at least 4 blocks of tokens."""
-    if device.type == "cuda":
-        sms = torch.cuda.get_device_properties(device).multi_processor_count
-    else:
-        sms = 4
-    want = max(1, math.ceil(4 * sms / (batch * heads_kv)))
-    return max(1, min(want, triton.cdiv(tokens, 4 * block_n)))
+# Resident programs per SM of each compiled launch configuration, read off the compiled kernel after its first
+# launch (registers and shared memory); until then an estimate from ``maxnreg`` or the round-3 kernel's 2.
+_OCCUPANCY: dict[tuple, int] = {}
+_SPLIT_OVERHEAD_TILES = 1.0  # a program's fixed cost (q load, partial store, ramp) in units of one token tile
+
+
+def _programs_per_sm(kernel, num_warps: int, device: torch.device) -> int | None:
+    """Occupancy from the compiled kernel's registers and shared memory (None where Triton does not say)."""
+    regs = getattr(kernel, "n_regs", None)
+    if not regs:
+        return None
+    props = torch.cuda.get_device_properties(device)
+    regs_per_warp = math.ceil(regs * 32 / 256) * 256  # allocation unit: 256 registers per warp
+    by_regs = props.regs_per_multiprocessor // (regs_per_warp * num_warps)
+    smem = getattr(kernel, "metadata", None) and getattr(kernel.metadata, "shared", 0)
+    by_smem = props.shared_memory_per_multiprocessor // smem if smem else by_regs
+    by_warps = props.max_threads_per_multi_processor // (32 * num_warps)
+    return max(1, min(by_regs, by_smem, by_warps))
+
+
+def default_splits(
+    batch: int, heads_kv: int, tokens: int, block_n: int, device: torch.device, programs_per_sm: int = 2
+) -> int:
+    """Split count minimising a wave model of the launch.
+
+    Every program of a split count ``S`` runs ``ceil(tiles / S)`` token tiles plus a fixed overhead, and the
+    ``batch · heads_kv · S`` programs run in waves of ``SMs · programs_per_sm``; the time is waves × program
+    length. This avoids the round-3 heuristic's partial last wave (B 8, 16K: 2.4 waves, ~20 % idle).
+    """
+    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    return _wave_model_splits(batch * heads_kv, triton.cdiv(tokens, block_n), sms * programs_per_sm)
+
+
+@functools.lru_cache(maxsize=4096)
+def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
+    best, best_cost = 1, math.inf
+    for per in sorted({triton.cdiv(tiles, s) for s in range(1, tiles + 1)}, reverse=True):
+        splits = triton.cdiv(tiles, per)
+        cost = triton.cdiv(programs_per_split * splits, slots) * (per + _SPLIT_OVERHEAD_TILES)
+        if cost < best_cost - 1e-9:
+            best, best_cost = splits, cost
+    return best
+
+
+def _compile_options(
+    q: Tensor,
+    k_store: CompressedStore,
+    v_store: CompressedStore,
+    block_n: int,
+    num_warps: int,
+    num_stages: int,
+    group: int,
+    version: int,
+    prefetch: int,
+    prefetch_l1: bool,
+    maxnreg: int | None,
+) -> tuple[dict, dict, tuple]:
+    """Constexprs, launch options and the occupancy-cache key of one launch configuration."""
+    if version not in (2, 3):
+        raise ValueError(f"version must be 2 or 3, got {version}")
+    if group not in _WORD_DTYPES:
+        raise ValueError(f"group must be one of {tuple(_WORD_DTYPES)}, got {group}")
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    d = q.shape[-1]
+    n_rep = q.shape[1] // k_store.heads
+    constexprs = dict(
+        N_REP=n_rep,
+        D=d,
+        K_SLOT=k_store.slot,
+        V_SLOT=v_store.slot,
+        K_VAR=not k_store.fixed,
+        V_VAR=not v_store.fixed,
+        BLOCK_H=max(16, triton.next_power_of_2(n_rep)),
+        BLOCK_N=block_n,
+        F32=q.dtype == torch.float32 or (interpreting and q.dtype == torch.bfloat16),
+        GROUP=group,
+        HW=not interpreting,
+        V3=version == 3,
+        ASM=version == 3 and not interpreting and q.dtype != torch.float32,
+        PREFETCH=prefetch if (version == 3 and not interpreting and k_store.fixed and v_store.fixed) else 0,
+        PF_L1=prefetch_l1,
+        NL_VALS=triton.next_power_of_2(triton.cdiv(block_n * max(k_store.slot, v_store.slot) * 2, 128)),
+        NL_BITS=triton.next_power_of_2(triton.cdiv(block_n * d // 8, 128)),
+    )
+    launch = dict(num_warps=num_warps, num_stages=num_stages)
+    if maxnreg is not None and not interpreting:
+        launch["maxnreg"] = maxnreg
+    return constexprs, launch, (q.device, q.dtype, *constexprs.values(), *launch.values())
+
+
+def planned_splits(
+    q: Tensor,
+    k_store: CompressedStore,
+    v_store: CompressedStore,
+    block_n: int = 64,
+    num_warps: int = 4,
+    num_stages: int = 2,
+    group: int = 32,
+    version: int = 3,
+    prefetch: int = 2,
+    prefetch_l1: bool = False,
+    maxnreg: int | None = None,
+) -> int:
+    """The split count a launch with these options uses when ``num_splits`` is not given: the wave model at the
+    configuration's occupancy (measured once it has been launched, estimated before)."""
+    *_, key = _compile_options(
+        q, k_store, v_store, block_n, num_warps, num_stages, group, version, prefetch, prefetch_l1, maxnreg
+    )
+    guess = 65536 // (maxnreg * 32 * num_warps) if maxnreg else 2
+    per_sm = _OCCUPANCY.get(key, max(1, guess))
+    return default_splits(q.shape[0], k_store.heads, k_store.length, block_n, q.device, per_sm)
 
 
 def sparse_decode_triton(
@@ -431,6 +540,8 @@ def sparse_decode_triton(
     group: int = 32,
     version: int = 3,
     prefetch: int = 2,
+    prefetch_l1: bool = False,
+    maxnreg: int | None = None,
     out: Tensor | None = None,
 ) -> Tensor:
     """Launch the fused split-K kernel and the merge; inputs already validated by the dispatcher.
@@ -439,25 +550,37 @@ def sparse_decode_triton(
     the H100 sweep's best at B >= 8 (results/kernels/NOTES.md). ``version`` 3 (default): 32-bit in-row value
     indices, one independent index chain per 8 channels, and on the GPU (fp16/bf16) an inline-PTX 8-channel
     gather; 2: the previous decoder (64-bit pointer per lane stepped by an extracted bit), kept for comparison.
-    ``prefetch`` (version 3, GPU, fixed layouts): L2 prefetch of the bitmaps and value rows this many tiles ahead.
+    ``prefetch`` (version 3, GPU, fixed layouts): prefetch of the bitmaps and value rows this many tiles ahead,
+    into L2 (or L1 with ``prefetch_l1``). ``maxnreg`` caps registers per thread (more resident programs per SM).
+    ``num_splits`` defaults to :func:`default_splits` at the configuration's measured occupancy.
     """
-    if version not in (2, 3):
-        raise ValueError(f"version must be 2 or 3, got {version}")
-    if group not in _WORD_DTYPES:
-        raise ValueError(f"group must be one of {tuple(_WORD_DTYPES)}, got {group}")
-    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
     b, hq, d = q.shape
     hkv = k_store.heads
-    n_rep = hq // hkv
     t, w = k_store.length, k_window.shape[2]
-    splits = num_splits or default_splits(b, hkv, t, block_n, q.device)
-    tokens_per_split = triton.cdiv(triton.cdiv(max(t, 1), splits), block_n) * block_n
-    o_part = _empty((b, hq, splits + 1, d), torch.float32, q.device)
-    lse_part = _empty((b, hq, splits + 1), torch.float32, q.device)
+    constexprs, launch, key = _compile_options(
+        q, k_store, v_store, block_n, num_warps, num_stages, group, version, prefetch, prefetch_l1, maxnreg
+    )
+    if num_splits is None:
+        num_splits = planned_splits(
+            q,
+            k_store,
+            v_store,
+            block_n,
+            num_warps,
+            num_stages,
+            group,
+            version,
+            prefetch,
+            prefetch_l1,
+            maxnreg,
+        )
+    tokens_per_split = triton.cdiv(triton.cdiv(max(t, 1), num_splits), block_n) * block_n
+    o_part = _empty((b, hq, num_splits, d), torch.float32, q.device)
+    lse_part = _empty((b, hq, num_splits), torch.float32, q.device)
     out = _empty(q.shape, q.dtype, q.device) if out is None else out
     k_offs = k_store.bits if k_store.fixed else k_store.offs
     v_offs = v_store.bits if v_store.fixed else v_store.offs
-    _sparse_decode_kernel[(b, hkv, splits + 1)](
+    kernel = _sparse_decode_kernel[(b, hkv, num_splits)](
         q,
         _arg(k_store.bits.view(_WORD_DTYPES[group])),
         _arg(k_store.vals),
@@ -481,29 +604,17 @@ def sparse_decode_triton(
         k_store.vals.shape[2] if not k_store.fixed else 0,
         v_store.vals.shape[2] if not v_store.fixed else 0,
         tokens_per_split,
+        num_splits,
         scale * _LOG2E,
         1,
-        N_REP=n_rep,
-        NUM_SPLITS=splits,
-        D=d,
-        K_SLOT=k_store.slot,
-        V_SLOT=v_store.slot,
-        K_VAR=not k_store.fixed,
-        V_VAR=not v_store.fixed,
-        BLOCK_H=max(16, triton.next_power_of_2(n_rep)),
-        BLOCK_N=block_n,
-        F32=q.dtype == torch.float32 or (interpreting and q.dtype == torch.bfloat16),
-        GROUP=group,
-        HW=not interpreting,
-        V3=version == 3,
-        ASM=version == 3 and not interpreting and q.dtype != torch.float32,
-        PREFETCH=prefetch if (version == 3 and not interpreting and k_store.fixed and v_store.fixed) else 0,
-        NL_VALS=triton.next_power_of_2(triton.cdiv(block_n * max(k_store.slot, v_store.slot) * 2, 128)),
-        NL_BITS=triton.next_power_of_2(triton.cdiv(block_n * d // 8, 128)),
-        num_warps=num_warps,
-        num_stages=num_stages,
+        **constexprs,
+        **launch,
     )
+    if key not in _OCCUPANCY and q.device.type == "cuda":
+        occ = _programs_per_sm(kernel, num_warps, q.device)
+        if occ is not None:
+            _OCCUPANCY[key] = occ
     _merge_kernel[(b * hq,)](
-        o_part, lse_part, out, SPLITS=splits + 1, SPLITS_P2=triton.next_power_of_2(splits + 1), D=d
+        o_part, lse_part, out, num_splits, SPLITS_P2=triton.next_power_of_2(num_splits), D=d
     )
     return out
