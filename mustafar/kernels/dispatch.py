@@ -88,8 +88,7 @@ def sparse_decode_attention(
     """softmax(scale·q·[K_c; K_w]ᵀ)·[V_c; V_w] with GQA; returns [B, H_q, D] in q.dtype.
 
     ``triton_options`` (num_splits, block_n, num_warps, num_stages, group, version, prefetch, prefetch_l1, maxnreg,
-    out) tune the Triton
-    launch or give it a preallocated output.
+    out) tune the Triton launch or give it a preallocated output.
     """
     _check_decode_inputs(q, k_store, v_store, k_window, v_window)
     if resolve_backend(backend, q.device, q.shape[-1]) == "torch":
