@@ -34,14 +34,16 @@ from mustafar.kernels.compress import pack_triton, topk_pack_triton  # noqa: E40
 from mustafar.kernels.decode import planned_splits  # noqa: E402
 
 HQ, HKV, D, WINDOW = 32, 8, 128, 32
-CONFIGS = {  # name -> launch options; v2 = the round-1 decoder, for comparison; r = maxnreg; g = bits per lane
+CONFIGS = {  # name -> launch options; v2 = the round-1 decoder, for comparison; r = maxnreg; L1 = prefetch into L1
     "v2 n64 w4": dict(version=2, block_n=64, num_warps=4, prefetch=0),
     "v3 n64 w4 p2": dict(block_n=64, num_warps=4, prefetch=2),
-    "v3 n64 w4 p0": dict(block_n=64, num_warps=4, prefetch=0),
     "v3 n128 w8 p2": dict(block_n=128, num_warps=8, prefetch=2),
     "v3 n64 w4 p2 r168": dict(block_n=64, num_warps=4, prefetch=2, maxnreg=168),
     "v3 n64 w4 p2 r128": dict(block_n=64, num_warps=4, prefetch=2, maxnreg=128),
-    "v3 g16 n64 w4 p2": dict(group=16, block_n=64, num_warps=4, prefetch=2),
+    "v3 n64 w4 p0 r128": dict(block_n=64, num_warps=4, prefetch=0, maxnreg=128),
+    "v3 n64 w4 p2L1 r128": dict(block_n=64, num_warps=4, prefetch=2, prefetch_l1=True, maxnreg=128),
+    "v3 n32 w4 p4 r128": dict(block_n=32, num_warps=4, prefetch=4, maxnreg=128),
+    "v3 n64 w8 p2 r128": dict(block_n=64, num_warps=8, prefetch=2, maxnreg=128),
 }
 COMPRESS_LAUNCHES = [(8, 2), (16, 4), (32, 4), (8, 1), (16, 1)]  # (block_r, num_warps), plain-Triton kernel
 GLUON_WARPS = (1, 2, 4)  # Gluon one-row-per-thread kernel (32 rows per warp); launch key "g{warps}"

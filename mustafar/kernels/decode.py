@@ -247,11 +247,8 @@ def _dot(a, b, F32: tl.constexpr):
 @triton.jit
 def _scores(q, k, valid, m_i, l_i, acc, qk_scale, F32: tl.constexpr):
     """First half of an online-softmax step: probabilities of one tile, running max/sum and the rescaled
-    accumulator (V is decoded only after this, so the K and V tiles are never live together).
-
-    The scores are computed transposed, K·qᵀ ([BLOCK_N, BLOCK_H]): the decoded K tile is then the row-major
-    A operand of the MMA (16-byte stores, ldmatrix reads) instead of a transposed B operand."""
-    s = tl.trans(_dot(k, tl.trans(q), F32))
+    accumulator (V is decoded only after this, so the K and V tiles are never live together)."""
+    s = _dot(q, tl.trans(k), F32)
     s = tl.where(valid[None, :], s * qk_scale, float("-inf"))
     m_new = tl.maximum(m_i, tl.max(s, axis=1))
     alpha = tl.exp2(m_i - m_new)
