@@ -471,8 +471,8 @@ def _compile_options(
     maxnreg: int | None,
 ) -> tuple[dict, dict, tuple]:
     """Constexprs, launch options and the occupancy-cache key of one launch configuration."""
-    if version not in (2, 3):
-        raise ValueError(f"version must be 2 or 3, got {version}")
+    if version not in (2, 3, 4):
+        raise ValueError(f"version must be 2, 3 or 4, got {version}")
     if group not in _WORD_DTYPES:
         raise ValueError(f"group must be one of {tuple(_WORD_DTYPES)}, got {group}")
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -490,9 +490,9 @@ def _compile_options(
         F32=q.dtype == torch.float32 or (interpreting and q.dtype == torch.bfloat16),
         GROUP=group,
         HW=not interpreting,
-        V3=version == 3,
-        ASM=version == 3 and not interpreting and q.dtype != torch.float32,
-        PREFETCH=prefetch if (version == 3 and not interpreting and k_store.fixed and v_store.fixed) else 0,
+        V3=version >= 3,
+        ASM=version >= 3 and not interpreting and q.dtype != torch.float32,
+        PREFETCH=prefetch if (version >= 3 and not interpreting and k_store.fixed and v_store.fixed) else 0,
         PF_L1=prefetch_l1,
         NL_VALS=triton.next_power_of_2(triton.cdiv(block_n * max(k_store.slot, v_store.slot) * 2, 128)),
         NL_BITS=triton.next_power_of_2(triton.cdiv(block_n * d // 8, 128)),
@@ -556,7 +556,7 @@ def sparse_decode_triton(
     """
     b, hq, d = q.shape
     hkv = k_store.heads
-    t, w = k_store.length, k_window.shape[2]
+    t = k_store.length
     constexprs, launch, key = _compile_options(
         q, k_store, v_store, block_n, num_warps, num_stages, group, version, prefetch, prefetch_l1, maxnreg
     )
@@ -578,9 +578,135 @@ def sparse_decode_triton(
     o_part = _empty((b, hq, num_splits, d), torch.float32, q.device)
     lse_part = _empty((b, hq, num_splits), torch.float32, q.device)
     out = _empty(q.shape, q.dtype, q.device) if out is None else out
+    if version == 4 and _gluon_decode_ok(q, k_store, v_store, n_rep=hq // hkv):
+        kernel = _launch_gluon(
+            q,
+            k_store,
+            v_store,
+            k_window,
+            v_window,
+            o_part,
+            lse_part,
+            tokens_per_split,
+            num_splits,
+            scale,
+            block_n,
+            num_warps,
+        )
+    else:
+        kernel = _launch_triton(
+            q,
+            k_store,
+            v_store,
+            k_window,
+            v_window,
+            o_part,
+            lse_part,
+            tokens_per_split,
+            num_splits,
+            scale,
+            group,
+            constexprs,
+            launch,
+        )
+    if key not in _OCCUPANCY and q.device.type == "cuda":
+        occ = _programs_per_sm(kernel, num_warps, q.device)
+        if occ is not None:
+            _OCCUPANCY[key] = occ
+    _merge_kernel[(b * hq,)](
+        o_part, lse_part, out, num_splits, SPLITS_P2=triton.next_power_of_2(num_splits), D=d
+    )
+    return out
+
+
+def _gluon_decode_ok(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, n_rep: int) -> bool:
+    """The Gluon decoder's domain: GPU, fixed layouts, fp16/bf16, head_dim 64/128, a GQA group of <= 16 heads."""
+    interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
+    return (
+        not interpreting
+        and q.is_cuda
+        and k_store.fixed
+        and v_store.fixed
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[-1] in (64, 128)
+        and n_rep <= 16
+    )
+
+
+def _launch_gluon(
+    q,
+    k_store,
+    v_store,
+    k_window,
+    v_window,
+    o_part,
+    lse_part,
+    tokens_per_split,
+    num_splits,
+    scale,
+    block_n,
+    num_warps,
+):
+    from mustafar.kernels.decode_gluon import _gl_sparse_decode_kernel, operand_layouts
+
+    b, hq, d = q.shape
+    hkv = k_store.heads
+    lk, lv = operand_layouts(d, block_n, num_warps)
+    return _gl_sparse_decode_kernel[(b, hkv, num_splits)](
+        q,
+        _arg(k_store.bits.view(torch.int32)),
+        _arg(k_store.vals),
+        _arg(v_store.bits.view(torch.int32)),
+        _arg(v_store.vals),
+        _arg(k_window),
+        _arg(v_window),
+        o_part,
+        lse_part,
+        q.stride(0),
+        q.stride(1),
+        *k_window.stride()[:3],
+        *v_window.stride()[:3],
+        hkv,
+        k_store.length,
+        k_window.shape[2],
+        k_store.capacity,
+        v_store.capacity,
+        tokens_per_split,
+        num_splits,
+        scale * _LOG2E,
+        N_REP=hq // hkv,
+        D=d,
+        K_SLOT=k_store.slot,
+        V_SLOT=v_store.slot,
+        BLOCK_H=16,
+        BLOCK_N=block_n,
+        L2K=lk,
+        L2V=lv,
+        num_warps=num_warps,
+    )
+
+
+def _launch_triton(
+    q,
+    k_store,
+    v_store,
+    k_window,
+    v_window,
+    o_part,
+    lse_part,
+    tokens_per_split,
+    num_splits,
+    scale,
+    group,
+    constexprs,
+    launch,
+):
+    b, hq, d = q.shape
+    hkv = k_store.heads
+    t, w = k_store.length, k_window.shape[2]
     k_offs = k_store.bits if k_store.fixed else k_store.offs
     v_offs = v_store.bits if v_store.fixed else v_store.offs
-    kernel = _sparse_decode_kernel[(b, hkv, num_splits)](
+    return _sparse_decode_kernel[(b, hkv, num_splits)](
         q,
         _arg(k_store.bits.view(_WORD_DTYPES[group])),
         _arg(k_store.vals),
@@ -610,11 +736,3 @@ def sparse_decode_triton(
         **constexprs,
         **launch,
     )
-    if key not in _OCCUPANCY and q.device.type == "cuda":
-        occ = _programs_per_sm(kernel, num_warps, q.device)
-        if occ is not None:
-            _OCCUPANCY[key] = occ
-    _merge_kernel[(b * hq,)](
-        o_part, lse_part, out, num_splits, SPLITS_P2=triton.next_power_of_2(num_splits), D=d
-    )
-    return out
