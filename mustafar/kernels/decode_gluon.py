@@ -43,6 +43,31 @@ _PAIR_ASM: gl.constexpr = gl.constexpr(
 )
 
 
+# One element (the V operand's register pairs are two tokens of one channel, so they are ranked separately).
+_ONE_ASM: gl.constexpr = gl.constexpr(
+    "{ .reg .pred p; .reg .b32 r, t; .reg .b64 a;\n"
+    "and.b32 t, $1, $2; popc.b32 r, t; add.u32 r, r, $4;\n"
+    "and.b32 t, $1, $3; setp.ne.b32 p, t, 0;\n"
+    "mad.wide.u32 a, r, 2, $5;\n"
+    "mov.b16 $0, 0;\n"
+    "@p ld.global.b16 $0, [a]; }"
+)
+
+
+@gluon.jit
+def _gather_one(word, below, bit, base, row_ptr):
+    z = gl.zeros_like(word & below & base)
+    ptr = (row_ptr + z).to(gl.int64, bitcast=True)
+    return gl.inline_asm_elementwise(
+        _ONE_ASM,
+        "=h,r,r,r,r,l",
+        [word + z, below + z, bit + z, base + z, ptr],
+        dtype=row_ptr.dtype.element_ty,
+        is_pure=True,
+        pack=1,
+    )
+
+
 @gluon.jit
 def _gather_pairs(word, below, bit, base, row_ptr):
     z = gl.zeros_like(word & below & base)
@@ -81,7 +106,10 @@ def _word_tile(
         b = gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, L2)), 0)
         word2 = gl.expand_dims(word, 1)
         base = gl.expand_dims(tok * SLOT + pre, 1)
-    x = _gather_pairs(word2, (1 << b) - 1, 1 << b, base, vals_row)
+    if T_AXIS == 1:  # K: a thread's consecutive registers are channels d, d + 1 of one token
+        x = _gather_pairs(word2, (1 << b) - 1, 1 << b, base, vals_row)
+    else:
+        x = _gather_one(word2, (1 << b) - 1, 1 << b, base, vals_row)
     return x, pre + _popc(word)
 
 
