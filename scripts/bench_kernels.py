@@ -43,7 +43,8 @@ CONFIGS = [  # (version, group, block_n, num_warps, prefetch); version 2 = the p
     (3, 16, 64, 4, 2),
 ]
 COMPRESS_LAUNCHES = [(8, 2), (16, 4), (32, 4), (8, 1), (16, 1)]  # (block_r, num_warps), plain-Triton kernel
-GLUON_WARPS = (1, 2, 4)  # Gluon one-row-per-thread kernel (32 rows per warp); launch key "g{warps}"
+# one-row-per-thread prune+pack kernels (32 rows per warp); launch keys "p{warps}" (PTX), "g{warps}" (Gluon)
+GLUON_WARPS = (1, 2, 4)
 
 
 def bench(fn, rep=60):
@@ -139,15 +140,20 @@ def check_correctness():
                 assert torch.equal(st.to_dense(), rows * topk_keep_mask(rows, keep)), "prune+pack mismatch"
             stores.append(st)
         if dtype != torch.float32 and kk is not None and t:
-            # every Gluon prune+pack launch width (the default is one of them) against the exact torch top-k
+            # every row-per-thread prune+pack kernel and launch width (the default is one of them) against the exact
+            # torch top-k, on Gaussian rows and on rows of a few repeated values (ties at the threshold)
             rows = torch.randn(b, hkv, t, d, device="cuda", dtype=dtype)
-            want = rows * topk_keep_mask(rows, kk)
-            for warps in GLUON_WARPS:
-                st = CompressedStore(b, hkv, d, dtype, "cuda", kk)
-                topk_pack_triton(st, rows, kk, gl_warps=warps)
-                assert torch.equal(st.to_dense(), want), (
-                    f"Gluon prune+pack mismatch (warps {warps}, case {i})"
-                )
+            ties = (torch.randint(-3, 4, (b, hkv, t, d), device="cuda") * 0.5).to(dtype)
+            for data in (rows, ties):
+                want = data * topk_keep_mask(data, kk)
+                for ptx in (True, False):
+                    for warps in GLUON_WARPS:
+                        st = CompressedStore(b, hkv, d, dtype, "cuda", kk)
+                        topk_pack_triton(st, data, kk, gl_warps=warps, ptx=ptx)
+                        assert torch.equal(st.to_dense(), want), (
+                            f"row-per-thread prune+pack mismatch (ptx {ptx}, warps {warps}, case {i})"
+                        )
+                        assert (st.vals[:, :, :t, kk:] == 0).all(), "pad slots not zero"
         kw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         vw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         ref = sparse_decode_attention(q, *stores, kw, vw, d**-0.5, backend="torch")
@@ -279,7 +285,8 @@ def compress_bench(b, t, rep):
                     store, rows, keep, rep, gluon=False, block_r=block_r, num_warps=warps, swar=swar
                 )
         for warps in GLUON_WARPS:
-            sweep[f"g{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
+            sweep[f"p{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
+            sweep[f"g{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps, ptx=False)
         best_cfg = min(sweep, key=sweep.get)
         us = sweep[best_cfg]
         old_us = min(u for k, u in sweep.items() if k.startswith("r") and not k.endswith("s"))
@@ -343,7 +350,7 @@ def to_markdown(meta, roof, decode_rows, comp_rows, checks):
         )
     lines += [
         "",
-        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | launch (s = SWAR, g = Gluon) | no-SWAR best µs | "
+        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | launch (s = SWAR, g = Gluon, p = PTX) | no-SWAR best µs | "
         "pack-with-mask µs (1024 tok) | B/token-head | of dense |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
