@@ -267,7 +267,7 @@ def search(g, words, nbits, need):
     return thr, crej
 
 
-def build(g, D, KEEP, SLOT, STRIDE):
+def build(g, D, KEEP, SLOT, STRIDE, reload=False):
     """Operands: $0 out (dummy), $1 row ptr, $2 bitmap ptr, $3 value-slot ptr, $4 rows left (n_tok - r), $5 dep."""
     NWD, G = D // 2, D // 32
     R = []
@@ -290,9 +290,9 @@ def build(g, D, KEEP, SLOT, STRIDE):
     H, cgt_h = search(g, [a for row in A for a in row], 7, KEEP)
     H4 = g.mul(H, 0x01010101)
     H14 = g.add(H4, 0x01010101)
-    E, Gt, B = [], [], []
+    E, Gt, B, B0 = [], [], [], []
     for m in range(G):
-        e_r, g_r, b_r = [], [], []
+        e_r, g_r, b_r, b0w = [], [], [], None
         for c in range(8):
             dge, dgt = g.sub(A[m][c], H4), g.sub(A[m][c], H14)
             e = g.and_(g.and_(dge, g.not_(dgt)), 0x80808080)
@@ -300,29 +300,28 @@ def build(g, D, KEEP, SLOT, STRIDE):
             em = g.sub(e, g.shr(e, 7))
             b = g.or_(g.and_(g.shr(Wl[m][c], 1), em), 0x80808080)
             e_r.append(e), g_r.append(gt), b_r.append(b)
-        E.append(e_r), Gt.append(g_r), B.append(b_r)
+            b0 = g.and_(Wl[m][c], 0x01010101)  # key bit 0 of channels c + 8k -> bitmap bits c + 8k
+            b0 = g.shl(b0, c) if c else b0
+            b0w = b0 if b0w is None else g.add(b0w, b0)
+        E.append(e_r), Gt.append(g_r), B.append(b_r), B0.append(b0w)
     # stage 2: key bits 7..1 of the keys whose bits 14..8 equal H (others: 0, never counted)
     need2 = g.sub(KEEP, cgt_h)
     M, crej2 = search(g, [b for row in B for b in row], 7, need2)
     need14 = g.sub(need2, crej2)  # KEEP - count(key >> 1 > (H, M))
     M4 = g.mul(M, 0x01010101)
     M14 = g.add(M4, 0x01010101)
-    GT, EQ, B0 = [], [], []
+    GT, EQ = [], []
     for m in range(G):
-        gtw = eqw = b0w = None
+        gtw = eqw = None
         for c in range(8):
             d0, d1 = g.sub(B[m][c], M4), g.sub(B[m][c], M14)
             gtf = g.or_(Gt[m][c], g.and_(E[m][c], d1))
             eqf = g.and_(E[m][c], g.and_(d0, g.not_(d1)))
-            b0 = g.and_(Wl[m][c], 0x01010101)
             if c < 7:
                 gtf, eqf = g.shr(gtf, 7 - c), g.shr(eqf, 7 - c)
-            if c > 0:
-                b0 = g.shl(b0, c)
             gtw = gtf if gtw is None else g.add(gtw, gtf)
             eqw = eqf if eqw is None else g.add(eqw, eqf)
-            b0w = b0 if b0w is None else g.add(b0w, b0)
-        GT.append(gtw), EQ.append(eqw), B0.append(b0w)
+        GT.append(gtw), EQ.append(eqw)
     E1 = [g.and_(EQ[m], B0[m]) for m in range(G)]
     E0 = [g.and_(EQ[m], g.not_(B0[m])) for m in range(G)]
     n1 = None
@@ -363,6 +362,10 @@ def build(g, D, KEEP, SLOT, STRIDE):
     smb = g.special("global_smem")
     sb = g.add(smb, g.mul(tid, STRIDE))
     ptr = g.mov(sb)
+    if reload:  # the row again (L1 hit), instead of keeping its D/2 words live through the search
+        R = []
+        for i in range(NWD // 4):
+            R += g.ldv4("$1", 16 * i)
     for j in range(NWD):
         hl, hh = g.split16(R[j])
         for half, h in enumerate((hl, hh)):
@@ -405,12 +408,17 @@ def smem_stride(slot: int) -> int:
 
 
 @functools.cache
-def make_asm(d: int, keep: int, slot: int) -> str:
-    """The inline-asm body for head_dim ``d``, ``keep`` values per row, ``slot`` value slots (fp16/bf16)."""
-    return build(Gen(), d, keep, slot, smem_stride(slot)).text()
+def make_asm(d: int, keep: int, slot: int, reload: bool = True) -> str:
+    """The inline-asm body for head_dim ``d``, ``keep`` values per row, ``slot`` value slots (fp16/bf16).
+
+    ``reload``: read the row a second time for the pack instead of holding its words in registers through the
+    search (fewer registers, more resident warps)."""
+    return build(Gen(), d, keep, slot, smem_stride(slot), reload).text()
 
 
-def emulate(bits16: np.ndarray, keep: int, slot: int, n_tok: int | None = None, warps: int = 1):
+def emulate(
+    bits16: np.ndarray, keep: int, slot: int, n_tok: int | None = None, warps: int = 1, reload: bool = True
+):
     """Run the generated program on uint16 rows ``bits16`` [N, D] (N a multiple of 32 * warps) in numpy.
 
     Returns (bitmap words uint32 [N, D/32], value slots uint16 [N, slot]); rows >= ``n_tok`` are not written."""
@@ -433,6 +441,6 @@ def emulate(bits16: np.ndarray, keep: int, slot: int, n_tok: int | None = None, 
     g.V["$3"] = (n * groups * 4 + idx * slot * 2).astype(np.int64)
     g.V["$4"] = (n_tok - idx).astype(np.uint32)
     g.V["$5"] = np.zeros(n, np.uint32)
-    build(g, d, keep, slot, stride)
+    build(g, d, keep, slot, stride, reload)
     gm = emu["gmem"]
     return gm[: n * groups].reshape(n, groups), gm[n * groups :].view(np.uint16).reshape(n, slot)

@@ -35,8 +35,10 @@ _BLOCK_R = 8  # rows per program; with 2 warps the best of the H100 launch sweep
 _NUM_WARPS = 2
 # Gluon path: 32 rows per warp (one per thread); 1 warp = best K+V sum on H100 (results/kernels/NOTES.md)
 _GL_WARPS = 1
-# PTX path (round 4): same row-per-thread shape, launch width in warps
+# PTX path (round 4): same row-per-thread shape, launch width in warps; reload = re-read the row for the pack
+# instead of holding it in registers through the search
 _PTX_WARPS = 1
+_PTX_RELOAD = True
 
 
 @triton.jit
@@ -320,7 +322,7 @@ def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, num_warps: int 
         SLOT=store.slot,
         D=store.head_dim,
         SMEM_WORDS=words,
-        ASM=make_asm(store.head_dim, keep, store.slot),
+        ASM=make_asm(store.head_dim, keep, store.slot, _PTX_RELOAD),
         num_warps=num_warps,
     )
 
