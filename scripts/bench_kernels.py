@@ -44,19 +44,21 @@ CONFIGS = [  # (version, group, block_n, num_warps, prefetch); version 2 = the p
     (3, 16, 64, 4, 2),
 ]
 COMPRESS_LAUNCHES = [(8, 2), (16, 4), (32, 4), (8, 1), (16, 1)]  # (block_r, num_warps), plain-Triton kernel
-# one-row-per-thread prune+pack kernels (32 rows per warp); launch keys "p{warps}" (PTX), "k{warps}" (PTX, row kept
-# in registers: no second read), "g{warps}" (Gluon)
+# one-row-per-thread prune+pack kernels (32 rows per warp); launch keys "p{warps}" (PTX, default), "a{warps}" (PTX,
+# one partial sum per search pass), "q{warps}" (PTX, second read of the row for the pack), "g{warps}" (Gluon)
 GLUON_WARPS = (1, 2, 4)
 
 
 @contextlib.contextmanager
-def ptx_reload(on):
-    """The PTX prune+pack kernel with (default) or without the second read of the row for the pack."""
-    old, compress._PTX_RELOAD = compress._PTX_RELOAD, on
+def ptx_variant(reload=False, accs=4):
+    """The PTX prune+pack kernel with (reload) or without a second read of the row for the pack, and ``accs``
+    partial sums per search pass (defaults = the library default)."""
+    old = compress._PTX_RELOAD, compress._PTX_ACCS
+    compress._PTX_RELOAD, compress._PTX_ACCS = reload, accs
     try:
         yield
     finally:
-        compress._PTX_RELOAD = old
+        compress._PTX_RELOAD, compress._PTX_ACCS = old
 
 
 def bench(fn, rep=60):
@@ -158,15 +160,16 @@ def check_correctness():
             ties = (torch.randint(-3, 4, (b, hkv, t, d), device="cuda") * 0.5).to(dtype)
             for data in (rows, ties):
                 want = data * topk_keep_mask(data, kk)
-                for ptx, reload in ((True, True), (True, False), (False, True)):
-                    for warps in GLUON_WARPS:
-                        st = CompressedStore(b, hkv, d, dtype, "cuda", kk)
-                        with ptx_reload(reload):
-                            topk_pack_triton(st, data, kk, gl_warps=warps, ptx=ptx)
-                        assert torch.equal(st.to_dense(), want), (
-                            f"row-per-thread prune+pack mismatch (ptx {ptx}, reload {reload}, warps {warps}, case {i})"
-                        )
-                        assert (st.vals[:, :, :t, kk:] == 0).all(), "pad slots not zero"
+                variants = [(True, {}, w) for w in GLUON_WARPS] + [(False, {}, w) for w in GLUON_WARPS]
+                variants += [(True, dict(reload=True), 1), (True, dict(accs=1), 1)]
+                for ptx, var, warps in variants:
+                    st = CompressedStore(b, hkv, d, dtype, "cuda", kk)
+                    with ptx_variant(**var):
+                        topk_pack_triton(st, data, kk, gl_warps=warps, ptx=ptx)
+                    assert torch.equal(st.to_dense(), want), (
+                        f"row-per-thread prune+pack mismatch (ptx {ptx} {var}, warps {warps}, case {i})"
+                    )
+                    assert (st.vals[:, :, :t, kk:] == 0).all(), "pad slots not zero"
         kw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         vw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         ref = sparse_decode_attention(q, *stores, kw, vw, d**-0.5, backend="torch")
@@ -299,8 +302,10 @@ def compress_bench(b, t, rep):
                 )
         for warps in GLUON_WARPS:
             sweep[f"p{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
-            with ptx_reload(False):
-                sweep[f"k{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
+            with ptx_variant(accs=1):
+                sweep[f"a{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
+            with ptx_variant(reload=True):
+                sweep[f"q{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
             sweep[f"g{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps, ptx=False)
         best_cfg = min(sweep, key=sweep.get)
         us = sweep[best_cfg]
@@ -365,7 +370,7 @@ def to_markdown(meta, roof, decode_rows, comp_rows, checks):
         )
     lines += [
         "",
-        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | launch (s = SWAR, g = Gluon, p/k = PTX) | no-SWAR best µs | "
+        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | launch (s = SWAR, g = Gluon, p/a/q = PTX) | no-SWAR best µs | "
         "pack-with-mask µs (1024 tok) | B/token-head | of dense |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -248,18 +248,23 @@ class Gen:
         return "{\n" + "\n".join(decl + self.lines) + "\n}"
 
 
-def search(g, words, nbits, need):
+def search(g, words, nbits, need, accs=4):
     """Largest thr (nbits wide) with count(lane >= thr) >= need over byte lanes (0x80 | value); also the count at the
-    last rejected candidate (= count(lane >= thr + 1)), 0 if none was rejected."""
+    last rejected candidate (= count(lane >= thr + 1)), 0 if none was rejected. ``accs`` independent partial sums
+    per pass (shorter dependency chains)."""
     thr = g.mov(0)
     crej = g.mov(0)
     for b in reversed(range(nbits)):
         cand = g.or_(thr, 1 << b)
         c4 = g.mul(cand, 0x01010101)
-        acc = None
-        for w in words:
+        part = [None] * accs
+        for i, w in enumerate(words):
             s = g.shr(g.and_(g.sub(w, c4), 0x80808080), 7)
-            acc = s if acc is None else g.add(acc, s)
+            k = i % accs
+            part[k] = s if part[k] is None else g.add(part[k], s)
+        acc = part[0]
+        for p in part[1:]:
+            acc = g.add(acc, p) if p is not None else acc
         tot = g.shr(g.mul(acc, 0x01010101), 24)
         p = g.setp("ge", tot, need)
         thr = g.selp(cand, thr, p)
@@ -267,7 +272,7 @@ def search(g, words, nbits, need):
     return thr, crej
 
 
-def build(g, D, KEEP, SLOT, STRIDE, reload=False):
+def build(g, D, KEEP, SLOT, STRIDE, reload=False, accs=4):
     """Operands: $0 out (dummy), $1 row ptr, $2 bitmap ptr, $3 value-slot ptr, $4 rows left (n_tok - r), $5 dep."""
     NWD, G = D // 2, D // 32
     R = []
@@ -287,7 +292,7 @@ def build(g, D, KEEP, SLOT, STRIDE, reload=False):
         Wl.append(wl)
     A = [[g.or_(w, 0x80808080) for w in wh] for wh in Wh]
     # stage 1: key bits 14..8
-    H, cgt_h = search(g, [a for row in A for a in row], 7, KEEP)
+    H, cgt_h = search(g, [a for row in A for a in row], 7, KEEP, accs)
     H4 = g.mul(H, 0x01010101)
     H14 = g.add(H4, 0x01010101)
     E, Gt, B, B0 = [], [], [], []
@@ -306,7 +311,7 @@ def build(g, D, KEEP, SLOT, STRIDE, reload=False):
         E.append(e_r), Gt.append(g_r), B.append(b_r), B0.append(b0w)
     # stage 2: key bits 7..1 of the keys whose bits 14..8 equal H (others: 0, never counted)
     need2 = g.sub(KEEP, cgt_h)
-    M, crej2 = search(g, [b for row in B for b in row], 7, need2)
+    M, crej2 = search(g, [b for row in B for b in row], 7, need2, accs)
     need14 = g.sub(need2, crej2)  # KEEP - count(key >> 1 > (H, M))
     M4 = g.mul(M, 0x01010101)
     M14 = g.add(M4, 0x01010101)
@@ -408,16 +413,22 @@ def smem_stride(slot: int) -> int:
 
 
 @functools.cache
-def make_asm(d: int, keep: int, slot: int, reload: bool = True) -> str:
+def make_asm(d: int, keep: int, slot: int, reload: bool = False, accs: int = 4) -> str:
     """The inline-asm body for head_dim ``d``, ``keep`` values per row, ``slot`` value slots (fp16/bf16).
 
     ``reload``: read the row a second time for the pack instead of holding its words in registers through the
-    search (fewer registers, more resident warps)."""
-    return build(Gen(), d, keep, slot, smem_stride(slot), reload).text()
+    search (fewer registers, more resident warps; slower on H100). ``accs``: partial sums per search pass."""
+    return build(Gen(), d, keep, slot, smem_stride(slot), reload, accs).text()
 
 
 def emulate(
-    bits16: np.ndarray, keep: int, slot: int, n_tok: int | None = None, warps: int = 1, reload: bool = True
+    bits16: np.ndarray,
+    keep: int,
+    slot: int,
+    n_tok: int | None = None,
+    warps: int = 1,
+    reload: bool = False,
+    accs: int = 4,
 ):
     """Run the generated program on uint16 rows ``bits16`` [N, D] (N a multiple of 32 * warps) in numpy.
 
@@ -441,6 +452,6 @@ def emulate(
     g.V["$3"] = (n * groups * 4 + idx * slot * 2).astype(np.int64)
     g.V["$4"] = (n_tok - idx).astype(np.uint32)
     g.V["$5"] = np.zeros(n, np.uint32)
-    build(g, d, keep, slot, stride, reload)
+    build(g, d, keep, slot, stride, reload, accs)
     gm = emu["gmem"]
     return gm[: n * groups].reshape(n, groups), gm[n * groups :].view(np.uint16).reshape(n, slot)

@@ -36,9 +36,10 @@ _NUM_WARPS = 2
 # Gluon path: 32 rows per warp (one per thread); 1 warp = best K+V sum on H100 (results/kernels/NOTES.md)
 _GL_WARPS = 1
 # PTX path (round 4): same row-per-thread shape, launch width in warps; reload = re-read the row for the pack
-# instead of holding it in registers through the search
+# instead of holding it in registers through the search (slower on H100); accs = partial sums per search pass
 _PTX_WARPS = 1
-_PTX_RELOAD = True
+_PTX_RELOAD = False
+_PTX_ACCS = 4
 
 
 @triton.jit
@@ -322,7 +323,7 @@ def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, num_warps: int 
         SLOT=store.slot,
         D=store.head_dim,
         SMEM_WORDS=words,
-        ASM=make_asm(store.head_dim, keep, store.slot, _PTX_RELOAD),
+        ASM=make_asm(store.head_dim, keep, store.slot, _PTX_RELOAD, _PTX_ACCS),
         num_warps=num_warps,
     )
 
