@@ -44,21 +44,22 @@ CONFIGS = [  # (version, group, block_n, num_warps, prefetch); version 2 = the p
     (3, 16, 64, 4, 2),
 ]
 COMPRESS_LAUNCHES = [(8, 2), (16, 4), (32, 4), (8, 1), (16, 1)]  # (block_r, num_warps), plain-Triton kernel
-# one-row-per-thread prune+pack kernels (32 rows per warp); launch keys "p{warps}" (PTX, default), "a{warps}" (PTX,
-# one partial sum per search pass), "q{warps}" (PTX, second read of the row for the pack), "g{warps}" (Gluon)
+# one-row-per-thread prune+pack kernels (32 rows per warp); launch keys "p{warps}" (PTX, default: coalesced loads
+# transposed in shared memory, 4 partial sums per search pass), "n{warps}" (PTX, per-thread row loads), "a{warps}"
+# (PTX, 1 partial sum), "q{warps}" (PTX, per-thread loads + second read of the row for the pack), "g{warps}" (Gluon)
 GLUON_WARPS = (1, 2, 4)
 
 
 @contextlib.contextmanager
-def ptx_variant(reload=False, accs=4):
-    """The PTX prune+pack kernel with (reload) or without a second read of the row for the pack, and ``accs``
-    partial sums per search pass (defaults = the library default)."""
-    old = compress._PTX_RELOAD, compress._PTX_ACCS
-    compress._PTX_RELOAD, compress._PTX_ACCS = reload, accs
+def ptx_variant(reload=False, accs=4, coalesced=True):
+    """The PTX prune+pack kernel with (reload) or without a second read of the row for the pack, ``accs`` partial
+    sums per search pass, coalesced (transposed in shared memory) or per-thread row loads (defaults = the library's)."""
+    old = compress._PTX_RELOAD, compress._PTX_ACCS, compress._PTX_COALESCED
+    compress._PTX_RELOAD, compress._PTX_ACCS, compress._PTX_COALESCED = reload, accs, coalesced
     try:
         yield
     finally:
-        compress._PTX_RELOAD, compress._PTX_ACCS = old
+        compress._PTX_RELOAD, compress._PTX_ACCS, compress._PTX_COALESCED = old
 
 
 def bench(fn, rep=60):
@@ -161,7 +162,8 @@ def check_correctness():
             for data in (rows, ties):
                 want = data * topk_keep_mask(data, kk)
                 variants = [(True, {}, w) for w in GLUON_WARPS] + [(False, {}, w) for w in GLUON_WARPS]
-                variants += [(True, dict(reload=True), 1), (True, dict(accs=1), 1)]
+                variants += [(True, dict(reload=True, coalesced=False), 1), (True, dict(accs=1), 1)]
+                variants += [(True, dict(coalesced=False), 1)]
                 for ptx, var, warps in variants:
                     st = CompressedStore(b, hkv, d, dtype, "cuda", kk)
                     with ptx_variant(**var):
@@ -302,9 +304,11 @@ def compress_bench(b, t, rep):
                 )
         for warps in GLUON_WARPS:
             sweep[f"p{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
+            with ptx_variant(coalesced=False):
+                sweep[f"n{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
             with ptx_variant(accs=1):
                 sweep[f"a{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
-            with ptx_variant(reload=True):
+            with ptx_variant(reload=True, coalesced=False):
                 sweep[f"q{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
             sweep[f"g{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps, ptx=False)
         best_cfg = min(sweep, key=sweep.get)
@@ -370,7 +374,7 @@ def to_markdown(meta, roof, decode_rows, comp_rows, checks):
         )
     lines += [
         "",
-        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | launch (s = SWAR, g = Gluon, p/a/q = PTX) | no-SWAR best µs | "
+        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | launch (s = SWAR, g = Gluon, p/n/a/q = PTX) | no-SWAR best µs | "
         "pack-with-mask µs (1024 tok) | B/token-head | of dense |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]

@@ -36,7 +36,7 @@ def _reference(bits16, keep, slot):
     return words, vals
 
 
-@pytest.mark.parametrize("reload,accs", [(False, 4), (True, 1)])
+@pytest.mark.parametrize("reload,accs,coalesced", [(False, 4, False), (True, 1, False), (False, 4, True)])
 @pytest.mark.parametrize(
     "d,keep,dtype",
     [
@@ -47,11 +47,13 @@ def _reference(bits16, keep, slot):
         (64, 64, torch.float16),
     ],
 )
-def test_generated_ptx_matches_exact_topk(d, keep, dtype, reload, accs):
+def test_generated_ptx_matches_exact_topk(d, keep, dtype, reload, accs, coalesced):
     slot = padded_keep(keep, 2)
     bits16 = _rows(256, d, dtype, seed=keep + d)
     n_tok = len(bits16) - 7  # a partial last block: its rows are not written
-    words, vals = emulate(bits16, keep, slot, n_tok=n_tok, warps=2, reload=reload, accs=accs)
+    words, vals = emulate(
+        bits16, keep, slot, n_tok=n_tok, warps=2, reload=reload, accs=accs, coalesced=coalesced
+    )
     want_words, want_vals = _reference(bits16[:n_tok], keep, slot)
     assert np.array_equal(words[:n_tok], want_words)
     assert np.array_equal(vals[:n_tok], want_vals)

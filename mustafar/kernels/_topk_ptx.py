@@ -178,6 +178,42 @@ class Gen:
                 self.V[d] = self.emu["R"][off // 4 + k].copy()
         return ds
 
+    def ldgv4p(
+        self, ptr, off, p
+    ):  # predicated global load by address (emulated from emu["xmem"] at emu["xb"])
+        ds = [self.new() for _ in range(4)]
+        self.emit(f"@{p} ld.global.nc.v4.b32 {{{', '.join(ds)}}}, [{ptr}+{off}];")
+        if self.emu is not None:
+            xm, m = self.emu["xmem"], self.V[p]
+            a = np.where(m, self.V[ptr] + off - self.emu["xb"], 0) // 4
+            for k, d in enumerate(ds):
+                self.V[d] = np.where(m, xm[a + k], 0).astype(np.uint32)
+        return ds
+
+    def stsv4(self, addr, regs, off):
+        self.emit(f"st.shared.v4.b32 [{addr}+{off}], {{{', '.join(regs)}}};")
+        if self.emu is not None:
+            sm = self.emu["smem"]
+            a = self.V[addr].astype(np.int64) + off
+            assert np.all(a % 16 == 0)
+            for k, r in enumerate(regs):
+                v = self.V[r]
+                for byte in range(4):
+                    sm[a + 4 * k + byte] = ((v >> np.uint32(8 * byte)) & np.uint32(0xFF)).astype(np.uint8)
+
+    def ldsv4(self, addr, off):
+        ds = [self.new() for _ in range(4)]
+        self.emit(f"ld.shared.v4.b32 {{{', '.join(ds)}}}, [{addr}+{off}];")
+        if self.emu is not None:
+            sm = self.emu["smem"]
+            a = self.V[addr].astype(np.int64) + off
+            assert np.all(a % 16 == 0)
+            for k, d in enumerate(ds):
+                self.V[d] = sum(
+                    sm[a + 4 * k + b].astype(np.uint32) << np.uint32(8 * b) for b in range(4)
+                ).astype(np.uint32)
+        return ds
+
     def split16(self, a):
         lo, hi = self.new("b16"), self.new("b16")
         self.emit(f"mov.b32 {{{lo}, {hi}}}, {a};")
@@ -272,12 +308,46 @@ def search(g, words, nbits, need, accs=4):
     return thr, crej
 
 
-def build(g, D, KEEP, SLOT, STRIDE, reload=False, accs=4):
-    """Operands: $0 out (dummy), $1 row ptr, $2 bitmap ptr, $3 value-slot ptr, $4 rows left (n_tok - r), $5 dep."""
+def row_stride(d: int) -> int:
+    """Bytes between two rows in the shared-memory transpose of the coalesced load (an odd number of 16-B units)."""
+    return 2 * d + 16
+
+
+def warp_smem_bytes(d: int, slot: int, coalesced: bool) -> int:
+    """Shared memory one warp uses: its 32 value slots, or (coalesced load) its 32 transposed rows if larger."""
+    return 32 * max(smem_stride(slot), row_stride(d) if coalesced else 0)
+
+
+def build(g, D, KEEP, SLOT, STRIDE, reload=False, accs=4, coalesced=False):
+    """Operands: $0 out (dummy), $1 row ptr (clamped to the last row), $2 bitmap ptr, $3 value-slot ptr, $4 rows left
+    (n_tok - r), $5 dep, $6 row ptr (unclamped; rows of one warp are contiguous when ``coalesced``)."""
     NWD, G = D // 2, D // 32
+    rem = "$4"
+    tid = g.special("%tid.x")
+    lane = g.special("%laneid")
+    smb = g.special("global_smem")
+    wbytes = warp_smem_bytes(D, SLOT, coalesced)
+    wb = g.add(smb, g.mul(g.sub(tid, lane), wbytes // 32))  # this warp's shared area
+    nvw = g.add(rem, lane)  # valid rows counted from the warp's row 0
     R = []
-    for i in range(NWD // 4):
-        R += g.ldv4("$1", 16 * i)
+    if coalesced:
+        # the warp's 32 rows are one contiguous block: 16-B chunk lane + 32 i of it per load, transposed through
+        # shared memory (rows RS bytes apart, an odd number of 16-B units: conflict-free row reads)
+        RS, CPR = row_stride(D), D // 8  # chunks per row
+        gb = g.gptr("$6", g.sub(g.mul(lane, 16), g.mul(lane, 2 * D)))  # warp row 0 + 16 * lane
+        tb = g.add(wb, g.add(g.mul(g.shr(lane, CPR.bit_length() - 1), RS), g.mul(g.and_(lane, CPR - 1), 16)))
+        for i in range(NWD // 4):
+            rows_i = i * (32 // CPR)
+            pv = g.setp("gt", nvw, g.add(g.shr(lane, CPR.bit_length() - 1), rows_i), "s32")
+            g.stsv4(tb, g.ldgv4p(gb, 512 * i, pv), rows_i * RS)
+        g.emit("bar.warp.sync -1;")
+        rb = g.add(wb, g.mul(lane, RS))
+        for i in range(NWD // 4):
+            R += g.ldsv4(rb, 16 * i)
+        g.emit("bar.warp.sync -1;")
+    else:
+        for i in range(NWD // 4):
+            R += g.ldv4("$1", 16 * i)
     # byte words: W[m][c'] holds channels 32m + c' + 8k in byte k (k = 0..3)
     Wh, Wl = [], []
     for m in range(G):
@@ -358,14 +428,10 @@ def build(g, D, KEEP, SLOT, STRIDE, reload=False, accs=4):
         pp = g.setp("lt", s[m], n)
         part = g.selp(res, 0, pp)
         K.append(g.or_(base[m], g.selp(X[m], part, pf)))
-    rem = "$4"
     pv = g.setp("gt", rem, 0, "s32")
     g.stgv("$2", K, pv)
     # scatter the kept values (channel order) into this thread's smem row: write every value, advance if kept
-    tid = g.special("%tid.x")
-    lane = g.special("%laneid")
-    smb = g.special("global_smem")
-    sb = g.add(smb, g.mul(tid, STRIDE))
+    sb = g.add(wb, g.mul(lane, STRIDE))
     ptr = g.mov(sb)
     if reload:  # the row again (L1 hit), instead of keeping its D/2 words live through the search
         R = []
@@ -389,10 +455,9 @@ def build(g, D, KEEP, SLOT, STRIDE, reload=False, accs=4):
     g.emit("bar.warp.sync -1;")
     # copy out: lane l moves word l of each of the warp's 32 rows (coalesced 4-byte stores)
     WPR = SLOT // 2
-    rd = g.add(g.sub(sb, g.mul(lane, STRIDE)), g.mul(lane, 4))  # warp's smem row 0 + 4 * lane
+    rd = g.add(wb, g.mul(lane, 4))  # warp's smem row 0 + 4 * lane
     goff = g.sub(g.mul(lane, 4), g.mul(lane, 2 * SLOT))
     ga = g.gptr("$3", goff)
-    nvw = g.add(rem, lane)  # valid rows counted from the warp's row 0
     for cb in range((WPR + 31) // 32):
         plane = g.setp("lt", lane, WPR - 32 * cb)
         for row in range(32):
@@ -413,12 +478,15 @@ def smem_stride(slot: int) -> int:
 
 
 @functools.cache
-def make_asm(d: int, keep: int, slot: int, reload: bool = False, accs: int = 4) -> str:
+def make_asm(
+    d: int, keep: int, slot: int, reload: bool = False, accs: int = 4, coalesced: bool = False
+) -> str:
     """The inline-asm body for head_dim ``d``, ``keep`` values per row, ``slot`` value slots (fp16/bf16).
 
     ``reload``: read the row a second time for the pack instead of holding its words in registers through the
-    search (fewer registers, more resident warps; slower on H100). ``accs``: partial sums per search pass."""
-    return build(Gen(), d, keep, slot, smem_stride(slot), reload, accs).text()
+    search (fewer registers, more resident warps; slower on H100). ``accs``: partial sums per search pass.
+    ``coalesced``: the warp's rows are one contiguous block, loaded coalesced and transposed in shared memory."""
+    return build(Gen(), d, keep, slot, smem_stride(slot), reload, accs, coalesced).text()
 
 
 def emulate(
@@ -429,6 +497,7 @@ def emulate(
     warps: int = 1,
     reload: bool = False,
     accs: int = 4,
+    coalesced: bool = False,
 ):
     """Run the generated program on uint16 rows ``bits16`` [N, D] (N a multiple of 32 * warps) in numpy.
 
@@ -443,15 +512,22 @@ def emulate(
     emu = dict(
         n=n,
         R=[w32[:, j].copy() for j in range(d // 2)],
-        smem=np.zeros(n * stride + 4096, np.uint8),
+        smem=np.zeros(n * warp_smem_bytes(d, slot, True) // 32 + 4096, np.uint8),
+        xmem=np.concatenate([w32.reshape(-1), np.zeros(4096, np.uint32)]),
+        xb=1 << 40,
         gmem=np.zeros(n * groups + n * slot // 2, np.uint32),
-        special={"%tid.x": idx % blk, "%laneid": idx % 32, "global_smem": (idx // blk) * blk * stride},
+        special={
+            "%tid.x": idx % blk,
+            "%laneid": idx % 32,
+            "global_smem": (idx // blk) * blk * warp_smem_bytes(d, slot, coalesced) // 32,
+        },
     )
     g = Gen(emu)
     g.V["$2"] = (idx * groups * 4).astype(np.int64)
     g.V["$3"] = (n * groups * 4 + idx * slot * 2).astype(np.int64)
     g.V["$4"] = (n_tok - idx).astype(np.uint32)
     g.V["$5"] = np.zeros(n, np.uint32)
-    build(g, d, keep, slot, stride, reload, accs)
+    g.V["$6"] = ((1 << 40) + idx * d * 2).astype(np.int64)
+    build(g, d, keep, slot, stride, reload, accs, coalesced)
     gm = emu["gmem"]
     return gm[: n * groups].reshape(n, groups), gm[n * groups :].view(np.uint16).reshape(n, slot)

@@ -29,17 +29,19 @@ except ImportError:  # pragma: no cover
     _GLUON = False
 
 from mustafar.formats.bitmap import CompressedStore
-from mustafar.kernels._topk_ptx import make_asm, smem_stride
+from mustafar.kernels._topk_ptx import make_asm, warp_smem_bytes
 
 _BLOCK_R = 8  # rows per program; with 2 warps the best of the H100 launch sweep (results/kernels)
 _NUM_WARPS = 2
 # Gluon path: 32 rows per warp (one per thread); 1 warp = best K+V sum on H100 (results/kernels/NOTES.md)
 _GL_WARPS = 1
 # PTX path (round 4): same row-per-thread shape, launch width in warps; reload = re-read the row for the pack
-# instead of holding it in registers through the search (slower on H100); accs = partial sums per search pass
+# instead of holding it in registers through the search (slower on H100); accs = partial sums per search pass;
+# coalesced = load a warp's (contiguous) rows coalesced and transpose them in shared memory
 _PTX_WARPS = 1
 _PTX_RELOAD = False
 _PTX_ACCS = 4
+_PTX_COALESCED = True
 
 
 @triton.jit
@@ -288,14 +290,22 @@ def _topk_pack_ptx_kernel(
     h = bh % heads
     r = pid_r * BLOCK_R + gl.arange(0, BLOCK_R, layout=lay)
     rr = gl.minimum(r, n_tok - 1)  # rows past the end read the last row; nothing of theirs is stored
-    xp = x_ptr + (b.to(gl.int64) * sxb + h.to(gl.int64) * sxh) + rr.to(gl.int64) * sxt
+    x_base = b.to(gl.int64) * sxb + h.to(gl.int64) * sxh
+    xp = x_ptr + x_base + rr.to(gl.int64) * sxt
     slot = bh.to(gl.int64) * cap + t0 + r
     buf = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
     dep = buf.slice(0, BLOCK_R).load(lay)
     gl.inline_asm_elementwise(
         ASM,
-        "=r,l,l,l,r,r",
-        [xp, bits_ptr + slot * (D // 32), vals_ptr + slot * (SLOT // 2), n_tok - r, dep],
+        "=r,l,l,l,r,r,l",
+        [
+            xp,
+            bits_ptr + slot * (D // 32),
+            vals_ptr + slot * (SLOT // 2),
+            n_tok - r,
+            dep,
+            x_ptr + x_base + r * sxt,
+        ],
         dtype=gl.int32,
         is_pure=False,
         pack=1,
@@ -309,7 +319,8 @@ def _ptx_ok(store: CompressedStore, rows: Tensor) -> bool:
 def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, num_warps: int = _PTX_WARPS) -> None:
     n = rows.shape[2]
     x32 = rows.view(torch.int32)
-    words = triton.next_power_of_2(32 * num_warps * smem_stride(store.slot) // 4)
+    coalesced = _PTX_COALESCED and x32.stride(2) == store.head_dim // 2  # a warp's rows: one contiguous block
+    words = triton.next_power_of_2(num_warps * warp_smem_bytes(store.head_dim, store.slot, coalesced) // 4)
     grid = (triton.cdiv(n, 32 * num_warps), store.batch * store.heads)
     _topk_pack_ptx_kernel[grid](
         x32,
@@ -323,7 +334,7 @@ def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, num_warps: int 
         SLOT=store.slot,
         D=store.head_dim,
         SMEM_WORDS=words,
-        ASM=make_asm(store.head_dim, keep, store.slot, _PTX_RELOAD, _PTX_ACCS),
+        ASM=make_asm(store.head_dim, keep, store.slot, _PTX_RELOAD, _PTX_ACCS, coalesced),
         num_warps=num_warps,
     )
 
