@@ -36,7 +36,9 @@ def _reference(bits16, keep, slot):
     return words, vals
 
 
-@pytest.mark.parametrize("reload,accs,coalesced", [(False, 4, False), (True, 1, False), (False, 4, True)])
+@pytest.mark.parametrize(
+    "reload,accs,coalesced", [(False, 1, True), (False, 4, True), (False, 1, False), (True, 1, False)]
+)
 @pytest.mark.parametrize(
     "d,keep,dtype",
     [

@@ -40,7 +40,7 @@ _GL_WARPS = 1
 # coalesced = load a warp's (contiguous) rows coalesced and transpose them in shared memory
 _PTX_WARPS = 1
 _PTX_RELOAD = False
-_PTX_ACCS = 4
+_PTX_ACCS = 1
 _PTX_COALESCED = True
 
 
