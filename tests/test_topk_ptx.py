@@ -60,3 +60,12 @@ def test_generated_ptx_matches_exact_topk(d, keep, dtype, reload, accs, coalesce
     assert np.array_equal(words[:n_tok], want_words)
     assert np.array_equal(vals[:n_tok], want_vals)
     assert not words[n_tok:].any() and not vals[n_tok:].any()
+
+
+def test_ptx_path_guard_cpu():
+    """The PTX prune+pack path is GPU-only: CPU rows never take it."""
+    from mustafar.formats import CompressedStore
+    from mustafar.kernels.compress import _ptx_ok
+
+    store = CompressedStore(1, 2, 128, torch.float16, "cpu", 38)
+    assert not _ptx_ok(store, torch.zeros(1, 2, 4, 128, dtype=torch.float16))
