@@ -14,6 +14,7 @@ Usage: python scripts/bench_kernels.py --out DIR [--quick]
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import json
 import math
@@ -29,7 +30,7 @@ from triton.testing import do_bench
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mustafar.formats import CompressedStore, keep_count, reference_keep_mask, topk_keep_mask  # noqa: E402
-from mustafar.kernels import sparse_decode_attention  # noqa: E402
+from mustafar.kernels import compress, sparse_decode_attention  # noqa: E402
 from mustafar.kernels.compress import pack_triton, topk_pack_triton  # noqa: E402
 from mustafar.kernels.decode import planned_splits  # noqa: E402
 
@@ -47,7 +48,23 @@ CONFIGS = {  # name -> launch options; v2 = the round-1 decoder, for comparison;
     "v3 n64 w8 p2 r128": dict(block_n=64, num_warps=8, prefetch=2, maxnreg=128),
 }
 COMPRESS_LAUNCHES = [(8, 2), (16, 4), (32, 4), (8, 1), (16, 1)]  # (block_r, num_warps), plain-Triton kernel
-GLUON_WARPS = (1, 2, 4)  # Gluon one-row-per-thread kernel (32 rows per warp); launch key "g{warps}"
+# one-row-per-thread prune+pack kernels (32 rows per warp); launch keys "p{warps}" (PTX, default: coalesced loads
+# transposed in shared memory, 1 partial sum per search pass), "n{warps}" (PTX, per-thread row loads), "m{warps}"
+# (PTX, 4 partial sums), "q{warps}" (PTX, per-thread loads + second read of the row for the pack), "g{warps}" (Gluon).
+# bench_run6_compress.json predates the last default change: its "p" = 4 partial sums, its "a" = today's "p".
+GLUON_WARPS = (1, 2, 4)
+
+
+@contextlib.contextmanager
+def ptx_variant(reload=False, accs=1, coalesced=True):
+    """The PTX prune+pack kernel with (reload) or without a second read of the row for the pack, ``accs`` partial
+    sums per search pass, coalesced (transposed in shared memory) or per-thread row loads (defaults = the library's)."""
+    old = compress._PTX_RELOAD, compress._PTX_ACCS, compress._PTX_COALESCED
+    compress._PTX_RELOAD, compress._PTX_ACCS, compress._PTX_COALESCED = reload, accs, coalesced
+    try:
+        yield
+    finally:
+        compress._PTX_RELOAD, compress._PTX_ACCS, compress._PTX_COALESCED = old
 
 
 def bench(fn, rep=60):
@@ -149,15 +166,23 @@ def check_correctness():
                 assert torch.equal(st.to_dense(), rows * topk_keep_mask(rows, keep)), "prune+pack mismatch"
             stores.append(st)
         if dtype != torch.float32 and kk is not None and t:
-            # every Gluon prune+pack launch width (the default is one of them) against the exact torch top-k
+            # every row-per-thread prune+pack kernel and launch width (the default is one of them) against the exact
+            # torch top-k, on Gaussian rows and on rows of a few repeated values (ties at the threshold)
             rows = torch.randn(b, hkv, t, d, device="cuda", dtype=dtype)
-            want = rows * topk_keep_mask(rows, kk)
-            for warps in GLUON_WARPS:
-                st = CompressedStore(b, hkv, d, dtype, "cuda", kk)
-                topk_pack_triton(st, rows, kk, gl_warps=warps)
-                assert torch.equal(st.to_dense(), want), (
-                    f"Gluon prune+pack mismatch (warps {warps}, case {i})"
-                )
+            ties = (torch.randint(-3, 4, (b, hkv, t, d), device="cuda") * 0.5).to(dtype)
+            for data in (rows, ties):
+                want = data * topk_keep_mask(data, kk)
+                variants = [(True, {}, w) for w in GLUON_WARPS] + [(False, {}, w) for w in GLUON_WARPS]
+                variants += [(True, dict(reload=True, coalesced=False), 1), (True, dict(accs=4), 1)]
+                variants += [(True, dict(coalesced=False), 1)]
+                for ptx, var, warps in variants:
+                    st = CompressedStore(b, hkv, d, dtype, "cuda", kk)
+                    with ptx_variant(**var):
+                        topk_pack_triton(st, data, kk, gl_warps=warps, ptx=ptx)
+                    assert torch.equal(st.to_dense(), want), (
+                        f"row-per-thread prune+pack mismatch (ptx {ptx} {var}, warps {warps}, case {i})"
+                    )
+                    assert (st.vals[:, :, :t, kk:] == 0).all(), "pad slots not zero"
         kw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         vw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         ref = sparse_decode_attention(q, *stores, kw, vw, d**-0.5, backend="torch")
@@ -285,7 +310,14 @@ def compress_bench(b, t, rep):
                     store, rows, keep, rep, gluon=False, block_r=block_r, num_warps=warps, swar=swar
                 )
         for warps in GLUON_WARPS:
-            sweep[f"g{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
+            sweep[f"p{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
+            with ptx_variant(coalesced=False):
+                sweep[f"n{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
+            with ptx_variant(accs=4):
+                sweep[f"m{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
+            with ptx_variant(reload=True, coalesced=False):
+                sweep[f"q{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps)
+            sweep[f"g{warps}"] = time_topk(store, rows, keep, rep, gl_warps=warps, ptx=False)
         best_cfg = min(sweep, key=sweep.get)
         us = sweep[best_cfg]
         old_us = min(u for k, u in sweep.items() if k.startswith("r") and not k.endswith("s"))
@@ -349,7 +381,7 @@ def to_markdown(meta, roof, decode_rows, comp_rows, checks):
         )
     lines += [
         "",
-        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | launch (s = SWAR, g = Gluon) | no-SWAR best µs | "
+        "| s | keep | rows | prune+pack µs / tensor | K+V ms | TB/s | launch (s = SWAR, g = Gluon, p/n/m/q = PTX) | no-SWAR best µs | "
         "pack-with-mask µs (1024 tok) | B/token-head | of dense |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]

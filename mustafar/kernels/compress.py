@@ -29,11 +29,19 @@ except ImportError:  # pragma: no cover
     _GLUON = False
 
 from mustafar.formats.bitmap import CompressedStore
+from mustafar.kernels._topk_ptx import make_asm, warp_smem_bytes
 
 _BLOCK_R = 8  # rows per program; with 2 warps the best of the H100 launch sweep (results/kernels)
 _NUM_WARPS = 2
 # Gluon path: 32 rows per warp (one per thread); 1 warp = best K+V sum on H100 (results/kernels/NOTES.md)
 _GL_WARPS = 1
+# PTX path (round 4): same row-per-thread shape, launch width in warps; reload = re-read the row for the pack
+# instead of holding it in registers through the search (slower on H100); accs = partial sums per search pass;
+# coalesced = load a warp's (contiguous) rows coalesced and transpose them in shared memory
+_PTX_WARPS = 1
+_PTX_RELOAD = False
+_PTX_ACCS = 1
+_PTX_COALESCED = True
 
 
 @triton.jit
@@ -247,6 +255,90 @@ def _topk_pack_gluon_kernel(
     gl.store(vals_ptr + vbase + phi, (wc >> 16).to(gl.int16), mask=rcm & (phi != 255))
 
 
+# ---------------------------------------------------------------------------------------------------------------------
+# GPU fast path, round 4: the same one-row-per-thread shape as above, but the whole per-row program is generated PTX
+# (``mustafar.kernels._topk_ptx``: byte-lane threshold search, bitmap tie order, shared-memory compaction, coalesced
+# copy-out), run through one ``inline_asm_elementwise`` per thread. Gluon supplies the per-row pointers and reserves
+# the shared memory (the asm addresses it from ``global_smem``: the only allocation, so it sits at offset 0; the
+# one-word load of it only keeps it alive). Needs 16-byte aligned rows; otherwise the kernel above runs.
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+@gluon.jit
+def _topk_pack_ptx_kernel(
+    x_ptr,  # int32 view of the rows
+    bits_ptr,
+    vals_ptr,  # int32 view of the value slots
+    n_tok,
+    heads,
+    sxb,
+    sxh,
+    sxt,  # strides in int32 units
+    t0,
+    cap,
+    SLOT: gl.constexpr,
+    D: gl.constexpr,
+    SMEM_WORDS: gl.constexpr,
+    ASM: gl.constexpr,
+):
+    NW: gl.constexpr = gl.num_warps()
+    BLOCK_R: gl.constexpr = 32 * NW
+    lay: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
+    pid_r = gl.program_id(0)
+    bh = gl.program_id(1)
+    b = bh // heads
+    h = bh % heads
+    r = pid_r * BLOCK_R + gl.arange(0, BLOCK_R, layout=lay)
+    rr = gl.minimum(r, n_tok - 1)  # rows past the end read the last row; nothing of theirs is stored
+    x_base = b.to(gl.int64) * sxb + h.to(gl.int64) * sxh
+    xp = x_ptr + x_base + rr.to(gl.int64) * sxt
+    slot = bh.to(gl.int64) * cap + t0 + r
+    buf = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    dep = buf.slice(0, BLOCK_R).load(lay)
+    gl.inline_asm_elementwise(
+        ASM,
+        "=r,l,l,l,r,r,l",
+        [
+            xp,
+            bits_ptr + slot * (D // 32),
+            vals_ptr + slot * (SLOT // 2),
+            n_tok - r,
+            dep,
+            x_ptr + x_base + r * sxt,
+        ],
+        dtype=gl.int32,
+        is_pure=False,
+        pack=1,
+    )
+
+
+def _ptx_ok(store: CompressedStore, rows: Tensor) -> bool:
+    return _gluon_ok(store, rows) and rows.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in rows.stride()[:3])
+
+
+def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, num_warps: int = _PTX_WARPS) -> None:
+    n = rows.shape[2]
+    x32 = rows.view(torch.int32)
+    coalesced = _PTX_COALESCED and x32.stride(2) == store.head_dim // 2  # a warp's rows: one contiguous block
+    words = triton.next_power_of_2(num_warps * warp_smem_bytes(store.head_dim, store.slot, coalesced) // 4)
+    grid = (triton.cdiv(n, 32 * num_warps), store.batch * store.heads)
+    _topk_pack_ptx_kernel[grid](
+        x32,
+        store.bits,
+        store.vals.view(torch.int32),
+        n,
+        store.heads,
+        *x32.stride()[:3],
+        store.length,
+        store.capacity,
+        SLOT=store.slot,
+        D=store.head_dim,
+        SMEM_WORDS=words,
+        ASM=make_asm(store.head_dim, keep, store.slot, _PTX_RELOAD, _PTX_ACCS, coalesced),
+        num_warps=num_warps,
+    )
+
+
 def _gluon_ok(store: CompressedStore, rows: Tensor) -> bool:
     return (
         _GLUON
@@ -335,21 +427,29 @@ def _launch(
 
 
 def topk_pack_triton(
-    store: CompressedStore, rows: Tensor, keep: int, gluon: bool = True, gl_warps: int = _GL_WARPS, **launch
+    store: CompressedStore,
+    rows: Tensor,
+    keep: int,
+    gluon: bool = True,
+    gl_warps: int | None = None,
+    ptx: bool = True,
+    **launch,
 ) -> None:
     """Fused exact top-``keep`` prune and pack of ``rows`` [B, H, n, D] into ``store``.
 
-    On the GPU (fixed layout, fp16/bf16) the Gluon one-row-per-thread kernel runs unless ``gluon=False``;
-    ``gl_warps`` is its launch width, ``launch`` (block_r, num_warps, swar) that of the plain-Triton kernel
-    (benchmarks)."""
+    On the GPU (fixed layout, fp16/bf16) a one-row-per-thread kernel runs unless ``gluon=False``: the generated-PTX
+    one (16-byte aligned rows, ``ptx=True``) or else the Gluon one; ``gl_warps`` is its launch width, ``launch``
+    (block_r, num_warps, swar) that of the plain-Triton kernel (benchmarks)."""
     _check_triton_shape(store)
     n = rows.shape[2]
     if store.fixed:
         store.reserve(n)
         if rows.stride(-1) != 1:
             rows = rows.contiguous()
-        if gluon and _gluon_ok(store, rows):
-            _launch_gluon(store, rows, keep, num_warps=gl_warps)
+        if gluon and ptx and _ptx_ok(store, rows):
+            _launch_ptx(store, rows, keep, num_warps=gl_warps or _PTX_WARPS)
+        elif gluon and _gluon_ok(store, rows):
+            _launch_gluon(store, rows, keep, num_warps=gl_warps or _GL_WARPS)
         else:
             _launch(store, rows, None, keep, **launch)
     else:
