@@ -11,6 +11,11 @@ bits without data movement.
 
 Fixed-capacity stores, fp16/bf16, head_dim 64/128, GPU only (Gluon has no interpreter); the Triton kernel covers
 everything else, and shares this kernel's split/merge scheme (window on the last split, LSE merge).
+
+Measured on the H100 it is *slower* than the Triton v3 decoder (0.58-0.62x of dense SDPA vs 0.89-0.94x at s 0.7,
+B >= 8): the operand layout scatters each thread's channels, so v3's cheap per-8-channel index chains become one
+popcount and one 64-bit address per element. It is selected only by ``version=4``, as the measured alternative
+(results/kernels/NOTES.md, round 4).
 """
 
 from __future__ import annotations
