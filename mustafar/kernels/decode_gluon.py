@@ -119,7 +119,7 @@ def _word_tile(
 
 
 @gluon.jit
-def _k_tile(
+def _operand_tile(
     bits_row,
     vals_row,
     tok,
@@ -129,41 +129,32 @@ def _k_tile(
     L2: gl.constexpr,
     D: gl.constexpr,
     BLOCK_N: gl.constexpr,
+    T_AXIS: gl.constexpr,
 ):
-    """K tile [D, BLOCK_N] (channels x tokens), in a layout equal to the MMA B operand up to register order."""
-    x0, pre = _word_tile(bits_row, vals_row, tok, tmask, 0, tok * 0, W, SLOT, L2, 1)
-    x1, pre = _word_tile(bits_row, vals_row, tok, tmask, 1, pre, W, SLOT, L2, 1)
+    """The K tile [D, BLOCK_N] (``T_AXIS`` 1) or the V tile [BLOCK_N, D] (``T_AXIS`` 0), in a layout equal to the
+    MMA B operand up to register order: the words' tiles are joined on the fastest register axes, then moved to the
+    channel axis (word index = high channel bits)."""
+    x0, pre = _word_tile(bits_row, vals_row, tok, tmask, 0, tok * 0, W, SLOT, L2, T_AXIS)
+    x1, pre = _word_tile(bits_row, vals_row, tok, tmask, 1, pre, W, SLOT, L2, T_AXIS)
     if W == 2:
-        x = gl.permute(gl.join(x0, x1), (2, 0, 1))
+        x = gl.join(x0, x1)
+        if T_AXIS == 1:
+            x = gl.permute(x, (2, 0, 1))
+        else:
+            x = gl.permute(x, (0, 2, 1))
     else:
-        x2, pre = _word_tile(bits_row, vals_row, tok, tmask, 2, pre, W, SLOT, L2, 1)
-        x3, pre = _word_tile(bits_row, vals_row, tok, tmask, 3, pre, W, SLOT, L2, 1)
-        x = gl.permute(gl.join(gl.join(x0, x1), gl.join(x2, x3)), (3, 2, 0, 1))
-    return gl.reshape(x, [D, BLOCK_N])
-
-
-@gluon.jit
-def _v_tile(
-    bits_row,
-    vals_row,
-    tok,
-    tmask,
-    W: gl.constexpr,
-    SLOT: gl.constexpr,
-    L2: gl.constexpr,
-    D: gl.constexpr,
-    BLOCK_N: gl.constexpr,
-):
-    """V tile [BLOCK_N, D] (tokens x channels), in a layout equal to the MMA B operand up to register order."""
-    x0, pre = _word_tile(bits_row, vals_row, tok, tmask, 0, tok * 0, W, SLOT, L2, 0)
-    x1, pre = _word_tile(bits_row, vals_row, tok, tmask, 1, pre, W, SLOT, L2, 0)
-    if W == 2:
-        x = gl.permute(gl.join(x0, x1), (0, 2, 1))
+        x2, pre = _word_tile(bits_row, vals_row, tok, tmask, 2, pre, W, SLOT, L2, T_AXIS)
+        x3, pre = _word_tile(bits_row, vals_row, tok, tmask, 3, pre, W, SLOT, L2, T_AXIS)
+        x = gl.join(gl.join(x0, x1), gl.join(x2, x3))
+        if T_AXIS == 1:
+            x = gl.permute(x, (3, 2, 0, 1))
+        else:
+            x = gl.permute(x, (0, 3, 2, 1))
+    if T_AXIS == 1:
+        out = gl.reshape(x, [D, BLOCK_N])
     else:
-        x2, pre = _word_tile(bits_row, vals_row, tok, tmask, 2, pre, W, SLOT, L2, 0)
-        x3, pre = _word_tile(bits_row, vals_row, tok, tmask, 3, pre, W, SLOT, L2, 0)
-        x = gl.permute(gl.join(gl.join(x0, x1), gl.join(x2, x3)), (0, 3, 2, 1))
-    return gl.reshape(x, [BLOCK_N, D])
+        out = gl.reshape(x, [BLOCK_N, D])
+    return out
 
 
 @gluon.jit
@@ -236,7 +227,9 @@ def _gl_sparse_decode_kernel(
     end = gl.minimum(start + tokens_per_split, T)
     for t0 in range(start, end, BLOCK_N):
         tk = t0 + gl.arange(0, BLOCK_N, layout=tk_l)
-        kt = gl.convert_layout(_k_tile(kb_row, kv_row, tk, tk < end, W, K_SLOT, L2K, D, BLOCK_N), op_b)
+        kt = gl.convert_layout(
+            _operand_tile(kb_row, kv_row, tk, tk < end, W, K_SLOT, L2K, D, BLOCK_N, 1), op_b
+        )
         sc = mma_v2(q, kt, gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=mma))
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
         sc = gl.where(gl.expand_dims(ts < end, 0), sc * qk_scale, float("-inf"))
@@ -247,7 +240,9 @@ def _gl_sparse_decode_kernel(
         acc = acc * gl.expand_dims(alpha, 1)
         m_i = m_new
         tv = t0 + gl.arange(0, BLOCK_N, layout=tv_l)
-        v = gl.convert_layout(_v_tile(vb_row, vv_row, tv, tv < end, W, V_SLOT, L2V, D, BLOCK_N), op_b)
+        v = gl.convert_layout(
+            _operand_tile(vb_row, vv_row, tv, tv < end, W, V_SLOT, L2V, D, BLOCK_N, 0), op_b
+        )
         acc = mma_v2(gl.convert_layout(p.to(v.dtype), op_a), v, acc)
     if s == num_splits - 1:
         kw_row = kw_ptr + b.to(gl.int64) * skwb + h.to(gl.int64) * skwh
@@ -295,7 +290,7 @@ def operand_layouts(
 ) -> tuple[gl.DistributedLinearLayout, gl.DistributedLinearLayout]:
     """2-D linear layouts of one 32-channel word of the K tile ([bit, token]) and of the V tile ([token, bit]):
     the ``mma.sync`` B-operand layouts (k_width 2, warps along N) of [D, BLOCK_N] and [BLOCK_N, D] without the
-    register bits that select the word (joined back in :func:`_k_tile` / :func:`_v_tile`).
+    register bits that select the word (joined back in :func:`_operand_tile`).
 
     B operand [K, N]: registers hold k bit 0, k bit 3 and the k repeats (bits 4..), then the N repeats; lanes hold
     k bits 1-2 and n bits 0-2; warps n bits 3.. (read off ``gl.to_linear_layout`` for D 128, BLOCK_N 64, 4 warps).
