@@ -39,6 +39,7 @@ CONFIGS = {  # name -> launch options; v2 = the round-1 decoder, for comparison;
     "v2 n64 w4": dict(version=2, block_n=64, num_warps=4, prefetch=0),
     "v3 n64 w4 p2": dict(block_n=64, num_warps=4, prefetch=2),
     "v4 n64 w4": dict(version=4, block_n=64, num_warps=4),
+    "v5 n64 w4": dict(version=5, block_n=64, num_warps=4),
     "v3 n128 w8 p2": dict(block_n=128, num_warps=8, prefetch=2),
     "v3 n64 w4 p2 r168": dict(block_n=64, num_warps=4, prefetch=2, maxnreg=168),
     "v3 n64 w4 p2 r128": dict(block_n=64, num_warps=4, prefetch=2, maxnreg=128),
@@ -188,7 +189,12 @@ def check_correctness():
         ref = sparse_decode_attention(q, *stores, kw, vw, d**-0.5, backend="torch")
         variants = [dict(version=2, group=32), *(dict(group=g) for g in (8, 16, 32))]
         variants += [dict(maxnreg=128), dict(maxnreg=128, prefetch_l1=True, num_splits=3), dict(num_splits=1)]
-        variants += [dict(version=4), dict(version=4, num_splits=3)]
+        variants += [
+            dict(version=4),
+            dict(version=4, num_splits=3),
+            dict(version=5),
+            dict(version=5, num_splits=3),
+        ]
         for opts in variants:
             res = torch.full_like(q, math.nan)
             o = sparse_decode_attention(q, *stores, kw, vw, d**-0.5, backend="triton", out=res, **opts)

@@ -62,7 +62,7 @@ def test_compressed_matches_mask_mode_on_gpu(head_dim, dtype, kw):
     assert agree > 0.95, f"top-1 agreement {agree:.3f}"
 
 
-@pytest.mark.parametrize("version", [2, 3, 4])
+@pytest.mark.parametrize("version", [2, 3, 4, 5])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_decode_versions_match_reference_on_gpu(version, head_dim, dtype):

@@ -471,8 +471,8 @@ def _compile_options(
     maxnreg: int | None,
 ) -> tuple[dict, dict, tuple]:
     """Constexprs, launch options and the occupancy-cache key of one launch configuration."""
-    if version not in (2, 3, 4):
-        raise ValueError(f"version must be 2, 3 or 4, got {version}")
+    if version not in (2, 3, 4, 5):
+        raise ValueError(f"version must be 2, 3, 4 or 5, got {version}")
     if group not in _WORD_DTYPES:
         raise ValueError(f"group must be one of {tuple(_WORD_DTYPES)}, got {group}")
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -580,7 +580,7 @@ def sparse_decode_triton(
     o_part = _empty((b, hq, num_splits, d), torch.float32, q.device)
     lse_part = _empty((b, hq, num_splits), torch.float32, q.device)
     out = _empty(q.shape, q.dtype, q.device) if out is None else out
-    if version == 4 and _gluon_decode_ok(q, k_store, v_store, n_rep=hq // hkv):
+    if version in (4, 5) and _gluon_decode_ok(q, k_store, v_store, n_rep=hq // hkv):
         kernel = _launch_gluon(
             q,
             k_store,
@@ -594,6 +594,7 @@ def sparse_decode_triton(
             scale,
             block_n,
             num_warps,
+            runs=version == 5,
         )
     else:
         kernel = _launch_triton(
@@ -648,6 +649,7 @@ def _launch_gluon(
     scale,
     block_n,
     num_warps,
+    runs,
 ):
     from mustafar.kernels.decode_gluon import _gl_sparse_decode_kernel, operand_layouts
 
@@ -684,6 +686,7 @@ def _launch_gluon(
         BLOCK_N=block_n,
         L2K=lk,
         L2V=lv,
+        RUNS=runs,
         num_warps=num_warps,
     )
 

@@ -88,6 +88,11 @@ def _gather_pairs(word, below, bit, base, row_ptr):
 
 
 @gluon.jit
+def _add(a, b):
+    return a + b
+
+
+@gluon.jit
 def _word_tile(
     bits_row,
     vals_row,
@@ -192,6 +197,7 @@ def _gl_sparse_decode_kernel(
     BLOCK_N: gl.constexpr,
     L2K: gl.constexpr,
     L2V: gl.constexpr,
+    RUNS: gl.constexpr,
 ):
     NW: gl.constexpr = gl.num_warps()
     W: gl.constexpr = D // 32
@@ -225,11 +231,24 @@ def _gl_sparse_decode_kernel(
     ts_l: gl.constexpr = gl.SliceLayout(0, mma)
     start = s * tokens_per_split
     end = gl.minimum(start + tokens_per_split, T)
+    if RUNS:
+        # v5: v3's run decode in registers, then one explicit 128-byte-swizzled shared tile per operand
+        lw: gl.constexpr = gl.BlockedLayout([1, 1], [W, 32 // W], [1, NW], [0, 1])
+        smem_l: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        k_sm = gl.allocate_shared_memory(k_vals.dtype.element_ty, [BLOCK_N, D], smem_l)
+        v_sm = gl.allocate_shared_memory(v_vals.dtype.element_ty, [BLOCK_N, D], smem_l)
     for t0 in range(start, end, BLOCK_N):
-        tk = t0 + gl.arange(0, BLOCK_N, layout=tk_l)
-        kt = gl.convert_layout(
-            _operand_tile(kb_row, kv_row, tk, tk < end, W, K_SLOT, L2K, D, BLOCK_N, 1), op_b
-        )
+        if RUNS:
+            tw = t0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, lw))
+            k_sm.store(_run_tile(kb_row, kv_row, tw, tw < end, K_SLOT, D, BLOCK_N, lw))
+            v_sm.store(_run_tile(vb_row, vv_row, tw, tw < end, V_SLOT, D, BLOCK_N, lw))
+            gl.thread_barrier()
+            kt = k_sm.permute((1, 0)).load(op_b)
+        else:
+            tk = t0 + gl.arange(0, BLOCK_N, layout=tk_l)
+            kt = gl.convert_layout(
+                _operand_tile(kb_row, kv_row, tk, tk < end, W, K_SLOT, L2K, D, BLOCK_N, 1), op_b
+            )
         sc = mma_v2(q, kt, gl.zeros([BLOCK_H, BLOCK_N], gl.float32, layout=mma))
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
         sc = gl.where(gl.expand_dims(ts < end, 0), sc * qk_scale, float("-inf"))
@@ -239,10 +258,14 @@ def _gl_sparse_decode_kernel(
         l_i = l_i * alpha + gl.sum(p, axis=1)
         acc = acc * gl.expand_dims(alpha, 1)
         m_i = m_new
-        tv = t0 + gl.arange(0, BLOCK_N, layout=tv_l)
-        v = gl.convert_layout(
-            _operand_tile(vb_row, vv_row, tv, tv < end, W, V_SLOT, L2V, D, BLOCK_N, 0), op_b
-        )
+        if RUNS:
+            v = v_sm.load(op_b)
+            gl.thread_barrier()
+        else:
+            tv = t0 + gl.arange(0, BLOCK_N, layout=tv_l)
+            v = gl.convert_layout(
+                _operand_tile(vb_row, vv_row, tv, tv < end, W, V_SLOT, L2V, D, BLOCK_N, 0), op_b
+            )
         acc = mma_v2(gl.convert_layout(p.to(v.dtype), op_a), v, acc)
     if s == num_splits - 1:
         kw_row = kw_ptr + b.to(gl.int64) * skwb + h.to(gl.int64) * skwh
@@ -283,6 +306,84 @@ def _gl_sparse_decode_kernel(
         o_ptr + gl.expand_dims(row, 1) * D + gl.expand_dims(od, 0), out, mask=gl.expand_dims(oh < N_REP, 1)
     )
     gl.store(lse_ptr + row, lse, mask=oh < N_REP)
+
+
+# v3's 8-channel walk (see mustafar.kernels.decode._GATHER8_ASM): bits 0..7 of $8, first index $9, row pointer $10.
+_GATHER8_ASM: gl.constexpr = gl.constexpr(
+    "\n".join(
+        ["{", ".reg .pred p;", ".reg .b64 a, o;", ".reg .b32 t, i;", "mov.b32 i, $9;"]
+        + [
+            line
+            for k in range(8)
+            for line in (
+                f"and.b32 t, $8, {1 << k};",
+                "setp.ne.b32 p, t, 0;",
+                "mul.wide.s32 o, i, 2;",
+                "add.s64 a, $10, o;",
+                f"mov.b16 ${k}, 0;",
+                f"@p ld.global.b16 ${k}, [a];",
+            )
+            + (("@p add.s32 i, i, 1;",) if k < 7 else ())
+        ]
+        + ["}"]
+    )
+)
+
+
+@gluon.jit
+def _walk8(row_ptr, idx, word):
+    ptr = (row_ptr + gl.zeros_like(idx)).to(gl.int64, bitcast=True)
+    return gl.inline_asm_elementwise(
+        _GATHER8_ASM,
+        "=h,=h,=h,=h,=h,=h,=h,=h,r,r,l",
+        [word, idx, ptr],
+        dtype=(row_ptr.dtype.element_ty,) * 8,
+        is_pure=True,
+        pack=1,
+    )
+
+
+@gluon.jit
+def _join8(v0, v1, v2, v3, v4, v5, v6, v7):
+    return gl.join(gl.join(gl.join(v0, v4), gl.join(v2, v6)), gl.join(gl.join(v1, v5), gl.join(v3, v7)))
+
+
+@gluon.jit
+def _run_tile(
+    bits_row,
+    vals_row,
+    tok,
+    tmask,
+    SLOT: gl.constexpr,
+    D: gl.constexpr,
+    BLOCK_N: gl.constexpr,
+    LW: gl.constexpr,
+):
+    """v3's decode of a [BLOCK_N, D] tile: one lane per (32-channel word, token), four 8-channel index chains."""
+    G: gl.constexpr = D // 32
+    g = gl.arange(0, G, layout=gl.SliceLayout(1, LW))
+    word = gl.load(
+        bits_row + gl.expand_dims(tok, 0) * G + gl.expand_dims(g, 1), mask=gl.expand_dims(tmask, 0), other=0
+    )
+    cnt = _popc(word)
+    first = gl.associative_scan(cnt, 0, _add) - cnt
+    idx = gl.expand_dims(tok * SLOT, 0) + first
+    a0, a1, a2, a3, a4, a5, a6, a7 = _walk8(vals_row, idx, word)
+    b0, b1, b2, b3, b4, b5, b6, b7 = _walk8(vals_row, idx + _popc(word & 0xFF), word >> 8)
+    c0, c1, c2, c3, c4, c5, c6, c7 = _walk8(vals_row, idx + _popc(word & 0xFFFF), word >> 16)
+    d0, d1, d2, d3, d4, d5, d6, d7 = _walk8(vals_row, idx + _popc(word & 0xFFFFFF), word >> 24)
+    x = _join8(
+        gl.join(gl.join(a0, c0), gl.join(b0, d0)),
+        gl.join(gl.join(a1, c1), gl.join(b1, d1)),
+        gl.join(gl.join(a2, c2), gl.join(b2, d2)),
+        gl.join(gl.join(a3, c3), gl.join(b3, d3)),
+        gl.join(gl.join(a4, c4), gl.join(b4, d4)),
+        gl.join(gl.join(a5, c5), gl.join(b5, d5)),
+        gl.join(gl.join(a6, c6), gl.join(b6, d6)),
+        gl.join(gl.join(a7, c7), gl.join(b7, d7)),
+    )
+    x = gl.permute(x, (1, 0, 2, 3, 4, 5, 6))  # [BN, G, b4, b3, b2, b1, b0]
+    return gl.reshape(x, [BLOCK_N, D])
 
 
 def operand_layouts(
