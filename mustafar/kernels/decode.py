@@ -687,6 +687,7 @@ def _launch_gluon(
         L2K=lk,
         L2V=lv,
         RUNS=runs,
+        NL_VALS=triton.next_power_of_2(triton.cdiv(block_n * max(k_store.slot, v_store.slot) * 2, 128)),
         num_warps=num_warps,
     )
 

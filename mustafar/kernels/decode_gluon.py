@@ -198,6 +198,7 @@ def _gl_sparse_decode_kernel(
     L2K: gl.constexpr,
     L2V: gl.constexpr,
     RUNS: gl.constexpr,
+    NL_VALS: gl.constexpr,
 ):
     NW: gl.constexpr = gl.num_warps()
     W: gl.constexpr = D // 32
@@ -237,11 +238,27 @@ def _gl_sparse_decode_kernel(
         smem_l: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         k_sm = gl.allocate_shared_memory(k_vals.dtype.element_ty, [BLOCK_N, D], smem_l)
         v_sm = gl.allocate_shared_memory(v_vals.dtype.element_ty, [BLOCK_N, D], smem_l)
+    if RUNS:
+        # words of the next tile are loaded one iteration ahead, value rows prefetched into L2 two tiles ahead
+        tw = start + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, lw))
+        kw_next = _run_words(kb_row, tw, tw < end, D, lw)
+        vw_next = _run_words(vb_row, tw, tw < end, D, lw)
+        lp: gl.constexpr = gl.BlockedLayout([1], [32], [NW], [0])
     for t0 in range(start, end, BLOCK_N):
         if RUNS:
             tw = t0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, lw))
-            k_sm.store(_run_tile(kb_row, kv_row, tw, tw < end, K_SLOT, D, BLOCK_N, lw))
-            v_sm.store(_run_tile(vb_row, vv_row, tw, tw < end, V_SLOT, D, BLOCK_N, lw))
+            k_words = kw_next
+            v_words = vw_next
+            tn = tw + BLOCK_N
+            kw_next = _run_words(kb_row, tn, tn < end, D, lw)
+            vw_next = _run_words(vb_row, tn, tn < end, D, lw)
+            p0 = t0 + 2 * BLOCK_N
+            n_tok = gl.minimum(end - p0, BLOCK_N)
+            if n_tok > 0:
+                _prefetch_l2(kv_row + p0 * K_SLOT, n_tok * K_SLOT * 2, NL_VALS, lp)
+                _prefetch_l2(vv_row + p0 * V_SLOT, n_tok * V_SLOT * 2, NL_VALS, lp)
+            k_sm.store(_run_tile(kv_row, k_words, tw, K_SLOT, D, BLOCK_N))
+            v_sm.store(_run_tile(vv_row, v_words, tw, V_SLOT, D, BLOCK_N))
             gl.thread_barrier()
             kt = k_sm.permute((1, 0)).load(op_b)
         else:
@@ -349,22 +366,27 @@ def _join8(v0, v1, v2, v3, v4, v5, v6, v7):
 
 
 @gluon.jit
-def _run_tile(
-    bits_row,
-    vals_row,
-    tok,
-    tmask,
-    SLOT: gl.constexpr,
-    D: gl.constexpr,
-    BLOCK_N: gl.constexpr,
-    LW: gl.constexpr,
-):
-    """v3's decode of a [BLOCK_N, D] tile: one lane per (32-channel word, token), four 8-channel index chains."""
+def _run_words(bits_row, tok, tmask, D: gl.constexpr, LW: gl.constexpr):
     G: gl.constexpr = D // 32
     g = gl.arange(0, G, layout=gl.SliceLayout(1, LW))
-    word = gl.load(
+    return gl.load(
         bits_row + gl.expand_dims(tok, 0) * G + gl.expand_dims(g, 1), mask=gl.expand_dims(tmask, 0), other=0
     )
+
+
+@gluon.jit
+def _prefetch_l2(base, nbytes, NL: gl.constexpr, LP: gl.constexpr):
+    line = gl.minimum(gl.arange(0, NL, layout=LP) * 128, gl.maximum(nbytes - 1, 0))
+    ptr = (base.to(gl.pointer_type(gl.int8)) + line).to(gl.int64, bitcast=True)
+    gl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1];\nmov.u32 $0, 0;", "=r,l", [ptr], dtype=gl.int32, is_pure=False, pack=1
+    )
+
+
+@gluon.jit
+def _run_tile(vals_row, word, tok, SLOT: gl.constexpr, D: gl.constexpr, BLOCK_N: gl.constexpr):
+    """v3's decode of a [BLOCK_N, D] tile from its bitmap words ([D/32, BLOCK_N], one lane per word): four
+    8-channel index chains per lane."""
     cnt = _popc(word)
     first = gl.associative_scan(cnt, 0, _add) - cnt
     idx = gl.expand_dims(tok * SLOT, 0) + first
