@@ -550,8 +550,9 @@ def sparse_decode_triton(
     the H100 sweep's best at B >= 8 (results/kernels/NOTES.md). ``version`` 3 (default): 32-bit in-row value
     indices, one independent index chain per 8 channels, and on the GPU (fp16/bf16) an inline-PTX 8-channel
     gather; 2: the previous decoder (64-bit pointer per lane stepped by an extracted bit), kept for comparison;
-    4: the Gluon decoder that gathers into the MMA operand registers (GPU, fixed layouts; measured slower, see
-    :mod:`mustafar.kernels.decode_gluon`), other inputs fall back to version 3.
+    4: the Gluon decoder that gathers into the MMA operand registers, 5: Gluon with v3's decode and an explicit
+    swizzled shared round trip (both GPU, fixed layouts, measured no faster: :mod:`mustafar.kernels.decode_gluon`);
+    other inputs fall back to version 3.
     ``prefetch`` (version 3, GPU, fixed layouts): prefetch of the bitmaps and value rows this many tiles ahead,
     into L2 (or L1 with ``prefetch_l1``). ``maxnreg`` caps registers per thread (more resident programs per SM).
     ``num_splits`` defaults to :func:`default_splits` at the configuration's measured occupancy.
