@@ -500,7 +500,7 @@ def _compile_options(
     launch = dict(num_warps=num_warps, num_stages=num_stages)
     if maxnreg is not None and not interpreting:
         launch["maxnreg"] = maxnreg
-    return constexprs, launch, (q.device, q.dtype, *constexprs.values(), *launch.values())
+    return constexprs, launch, (q.device, q.dtype, version, *constexprs.values(), *launch.values())
 
 
 def planned_splits(
@@ -521,6 +521,12 @@ def planned_splits(
     *_, key = _compile_options(
         q, k_store, v_store, block_n, num_warps, num_stages, group, version, prefetch, prefetch_l1, maxnreg
     )
+    return _splits_at(key, q, k_store, block_n, num_warps, maxnreg)
+
+
+def _splits_at(
+    key: tuple, q: Tensor, k_store: CompressedStore, block_n: int, num_warps: int, maxnreg: int | None
+) -> int:
     guess = 65536 // (maxnreg * 32 * num_warps) if maxnreg else 2
     per_sm = _OCCUPANCY.get(key, max(1, guess))
     return default_splits(q.shape[0], k_store.heads, k_store.length, block_n, q.device, per_sm)
@@ -564,19 +570,7 @@ def sparse_decode_triton(
         q, k_store, v_store, block_n, num_warps, num_stages, group, version, prefetch, prefetch_l1, maxnreg
     )
     if num_splits is None:
-        num_splits = planned_splits(
-            q,
-            k_store,
-            v_store,
-            block_n,
-            num_warps,
-            num_stages,
-            group,
-            version,
-            prefetch,
-            prefetch_l1,
-            maxnreg,
-        )
+        num_splits = _splits_at(key, q, k_store, block_n, num_warps, maxnreg)
     tokens_per_split = triton.cdiv(triton.cdiv(max(t, 1), num_splits), block_n) * block_n
     o_part = _empty((b, hq, num_splits, d), torch.float32, q.device)
     lse_part = _empty((b, hq, num_splits), torch.float32, q.device)

@@ -25,6 +25,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import mma_v2
 
+from mustafar.kernels.decode import _GATHER8_ASM  # v3's 8-channel walk, shared with the Triton decoder
+
 
 @gluon.jit
 def _popc(x):
@@ -61,30 +63,19 @@ _ONE_ASM: gl.constexpr = gl.constexpr(
 
 
 @gluon.jit
-def _gather_one(word, below, bit, base, row_ptr):
+def _gather(
+    word, below, bit, base, row_ptr, ASM: gl.constexpr, CONSTRAINTS: gl.constexpr, PACK: gl.constexpr
+):
+    """Run one of the gather PTX blocks above over every element (``PACK`` elements per block)."""
     z = gl.zeros_like(word & below & base)
     ptr = (row_ptr + z).to(gl.int64, bitcast=True)
     return gl.inline_asm_elementwise(
-        _ONE_ASM,
-        "=h,r,r,r,r,l",
+        ASM,
+        CONSTRAINTS,
         [word + z, below + z, bit + z, base + z, ptr],
         dtype=row_ptr.dtype.element_ty,
         is_pure=True,
-        pack=1,
-    )
-
-
-@gluon.jit
-def _gather_pairs(word, below, bit, base, row_ptr):
-    z = gl.zeros_like(word & below & base)
-    ptr = (row_ptr + z).to(gl.int64, bitcast=True)
-    return gl.inline_asm_elementwise(
-        _PAIR_ASM,
-        "=r,r,r,r,r,r,r,r,r,l,l",
-        [word + z, below + z, bit + z, base + z, ptr],
-        dtype=row_ptr.dtype.element_ty,
-        is_pure=True,
-        pack=2,
+        pack=PACK,
     )
 
 
@@ -118,9 +109,9 @@ def _word_tile(
         word2 = gl.expand_dims(word, 1)
         base = gl.expand_dims(tok * SLOT + pre, 1)
     if T_AXIS == 1:  # K: a thread's consecutive registers are channels d, d + 1 of one token
-        x = _gather_pairs(word2, (1 << b) - 1, 1 << b, base, vals_row)
+        x = _gather(word2, (1 << b) - 1, 1 << b, base, vals_row, _PAIR_ASM, "=r,r,r,r,r,r,r,r,r,l,l", 2)
     else:
-        x = _gather_one(word2, (1 << b) - 1, 1 << b, base, vals_row)
+        x = _gather(word2, (1 << b) - 1, 1 << b, base, vals_row, _ONE_ASM, "=h,r,r,r,r,l", 1)
     return x, pre + _popc(word)
 
 
@@ -324,28 +315,6 @@ def _gl_sparse_decode_kernel(
         o_ptr + gl.expand_dims(row, 1) * D + gl.expand_dims(od, 0), out, mask=gl.expand_dims(oh < N_REP, 1)
     )
     gl.store(lse_ptr + row, lse, mask=oh < N_REP)
-
-
-# v3's 8-channel walk (see mustafar.kernels.decode._GATHER8_ASM): bits 0..7 of $8, first index $9, row pointer $10.
-_GATHER8_ASM: gl.constexpr = gl.constexpr(
-    "\n".join(
-        ["{", ".reg .pred p;", ".reg .b64 a, o;", ".reg .b32 t, i;", "mov.b32 i, $9;"]
-        + [
-            line
-            for k in range(8)
-            for line in (
-                f"and.b32 t, $8, {1 << k};",
-                "setp.ne.b32 p, t, 0;",
-                "mul.wide.s32 o, i, 2;",
-                "add.s64 a, $10, o;",
-                f"mov.b16 ${k}, 0;",
-                f"@p ld.global.b16 ${k}, [a];",
-            )
-            + (("@p add.s32 i, i, 1;",) if k < 7 else ())
-        ]
-        + ["}"]
-    )
-)
 
 
 @gluon.jit
