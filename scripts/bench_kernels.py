@@ -35,18 +35,15 @@ from mustafar.kernels.compress import pack_triton, topk_pack_triton  # noqa: E40
 from mustafar.kernels.decode import planned_splits  # noqa: E402
 
 HQ, HKV, D, WINDOW = 32, 8, 128, 32
-CONFIGS = {  # name -> launch options; v2 = the round-1 decoder, for comparison; r = maxnreg; L1 = prefetch into L1
+CONFIGS = {  # name -> launch options; v2 = the round-1 decoder, for comparison (round-4 variants: NOTES.md)
     "v2 n64 w4": dict(version=2, block_n=64, num_warps=4, prefetch=0),
-    "v3 n64 w4 p2": dict(block_n=64, num_warps=4, prefetch=2),
+    "v3 n64 w4 p2": dict(version=3, block_n=64, num_warps=4, prefetch=2),
+    "v3 n32 w1 p2": dict(version=3, block_n=32, num_warps=1, prefetch=2),
     "v4 n64 w4": dict(version=4, block_n=64, num_warps=4),
     "v5 n64 w4": dict(version=5, block_n=64, num_warps=4),
-    "v3 n128 w8 p2": dict(block_n=128, num_warps=8, prefetch=2),
-    "v3 n64 w4 p2 r168": dict(block_n=64, num_warps=4, prefetch=2, maxnreg=168),
-    "v3 n64 w4 p2 r128": dict(block_n=64, num_warps=4, prefetch=2, maxnreg=128),
-    "v3 n64 w4 p0 r128": dict(block_n=64, num_warps=4, prefetch=0, maxnreg=128),
-    "v3 n64 w4 p2L1 r128": dict(block_n=64, num_warps=4, prefetch=2, prefetch_l1=True, maxnreg=128),
-    "v3 n32 w4 p4 r128": dict(block_n=32, num_warps=4, prefetch=4, maxnreg=128),
-    "v3 n64 w8 p2 r128": dict(block_n=64, num_warps=8, prefetch=2, maxnreg=128),
+    "v5 n32 w2": dict(version=5, block_n=32, num_warps=2),
+    "v5 n32 w1": dict(version=5, block_n=32, num_warps=1),
+    "v5 n16 w1": dict(version=5, block_n=16, num_warps=1),
 }
 COMPRESS_LAUNCHES = [(8, 2), (16, 4), (32, 4), (8, 1), (16, 1)]  # (block_r, num_warps), plain-Triton kernel
 # one-row-per-thread prune+pack kernels (32 rows per warp); launch keys "p{warps}" (PTX, default: coalesced loads
@@ -187,13 +184,15 @@ def check_correctness():
         kw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         vw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
         ref = sparse_decode_attention(q, *stores, kw, vw, d**-0.5, backend="torch")
-        variants = [dict(version=2, group=32), *(dict(group=g) for g in (8, 16, 32))]
+        variants = [dict(), dict(version=2, group=32), *(dict(version=3, group=g) for g in (8, 16, 32))]
         variants += [dict(maxnreg=128), dict(maxnreg=128, prefetch_l1=True, num_splits=3), dict(num_splits=1)]
         variants += [
             dict(version=4),
             dict(version=4, num_splits=3),
-            dict(version=5),
+            dict(version=5, block_n=64, num_warps=4),
             dict(version=5, num_splits=3),
+            dict(version=5, block_n=16, num_splits=5),
+            dict(version=5, block_n=32, num_warps=2),
         ]
         for opts in variants:
             res = torch.full_like(q, math.nan)

@@ -39,9 +39,12 @@ def main() -> None:
     vw = torch.randn_like(kw)
     for _ in range(3):
         sparse_decode_attention(q, ks, vs, kw, vw, D**-0.5, **opts)
-    dense = torch.randn(args.batch, HKV, args.tokens + WINDOW, D, device="cuda", dtype=torch.float16)
+    k, v = (
+        torch.randn(args.batch, HKV, args.tokens + WINDOW, D, device="cuda", dtype=torch.float16)
+        for _ in "kv"
+    )
     for _ in range(3):
-        F.scaled_dot_product_attention(q.unsqueeze(2), dense, dense, enable_gqa=True)
+        F.scaled_dot_product_attention(q.unsqueeze(2), k, v, enable_gqa=True)
     torch.cuda.synchronize()
 
 

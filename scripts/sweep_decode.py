@@ -74,9 +74,11 @@ def main() -> None:
         ks, vs = build_stores(b, t, keep)
         kw = torch.randn(b, HKV, WINDOW, D, device="cuda", dtype=torch.float16)
         vw = torch.randn_like(kw)
-        dense = torch.randn(b, HKV, t + WINDOW, D, device="cuda", dtype=torch.float16)
-        dense_us = time_dense(q.unsqueeze(2), dense, dense, args.rep)
-        del dense
+        k_dense, v_dense = (
+            torch.randn(b, HKV, t + WINDOW, D, device="cuda", dtype=torch.float16) for _ in range(2)
+        )
+        dense_us = time_dense(q.unsqueeze(2), k_dense, v_dense, args.rep)  # distinct K and V: no L2 reuse
+        del k_dense, v_dense
         row = dict(batch=b, tokens=t, dense_us=dense_us, sparse_us={})
         for name, cfg in configs.items():
             if ok[name]:

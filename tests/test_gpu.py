@@ -62,16 +62,29 @@ def test_compressed_matches_mask_mode_on_gpu(head_dim, dtype, kw):
     assert agree > 0.95, f"top-1 agreement {agree:.3f}"
 
 
-@pytest.mark.parametrize("version", [2, 3, 4, 5])
+@pytest.mark.parametrize(
+    "launch",
+    [
+        {},
+        dict(version=2),
+        dict(version=3),
+        dict(version=4),
+        dict(version=5, block_n=64, num_warps=4),
+        dict(version=5, block_n=16, num_warps=1),
+        dict(version=5, block_n=32, num_warps=2),
+    ],
+    ids=["default", "v2", "v3", "v4", "v5-n64w4", "v5-n16w1", "v5-n32w2"],
+)
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_decode_versions_match_reference_on_gpu(version, head_dim, dtype):
-    """Every decoder (v4 is the GPU-only Gluon one) against the PyTorch reference on the same stores, with uneven
-    splits and a window, outputs poisoned with NaN beforehand."""
+def test_decode_versions_match_reference_on_gpu(launch, head_dim, dtype):
+    """Every decoder and launch shape (v4/v5 are the GPU-only Gluon ones; the default is v5 with one warp per
+    program) against the PyTorch reference on the same stores, with uneven splits and a window, outputs poisoned
+    with NaN beforehand."""
     from mustafar.formats import CompressedStore
     from mustafar.kernels import sparse_decode_attention
 
-    torch.manual_seed(version)
+    torch.manual_seed(launch.get("version", 0))
     b, hkv, n_rep, t, w = 2, 2, 4, 777, 9
     stores = []
     for keep in (head_dim * 3 // 10, head_dim // 2):
@@ -89,9 +102,9 @@ def test_decode_versions_match_reference_on_gpu(version, head_dim, dtype):
             vw,
             head_dim**-0.5,
             backend="triton",
-            version=version,
             num_splits=splits,
             out=torch.full_like(q, float("nan")),
+            **launch,
         )
         err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
-        assert err <= 1e-2, f"version {version}, splits {splits}: relative error {err:.2e}"
+        assert err <= 1e-2, f"launch {launch}, splits {splits}: relative error {err:.2e}"

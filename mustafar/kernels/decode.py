@@ -416,7 +416,8 @@ def _arg(t: Tensor) -> Tensor:
 # Resident programs per SM of each compiled launch configuration, read off the compiled kernel after its first
 # launch (registers and shared memory); until then an estimate from ``maxnreg`` or the round-3 kernel's 2.
 _OCCUPANCY: dict[tuple, int] = {}
-_SPLIT_OVERHEAD_TILES = 1.0  # a program's fixed cost (q load, partial store, ramp) in units of one token tile
+_SPLIT_OVERHEAD_TILES = 1.0
+_MAX_BLOCKS_PER_SM = 32  # resident thread blocks per SM (sm_80/sm_90): binds one-warp programs  # a program's fixed cost (q load, partial store, ramp) in units of one token tile
 
 
 def _programs_per_sm(kernel, num_warps: int, device: torch.device) -> int | None:
@@ -430,7 +431,7 @@ def _programs_per_sm(kernel, num_warps: int, device: torch.device) -> int | None
     smem = getattr(kernel, "metadata", None) and getattr(kernel.metadata, "shared", 0)
     by_smem = props.shared_memory_per_multiprocessor // smem if smem else by_regs
     by_warps = props.max_threads_per_multi_processor // (32 * num_warps)
-    return max(1, min(by_regs, by_smem, by_warps))
+    return max(1, min(by_regs, by_smem, by_warps, _MAX_BLOCKS_PER_SM))
 
 
 def default_splits(
@@ -507,21 +508,42 @@ def planned_splits(
     q: Tensor,
     k_store: CompressedStore,
     v_store: CompressedStore,
-    block_n: int = 64,
-    num_warps: int = 4,
+    block_n: int | None = None,
+    num_warps: int | None = None,
     num_stages: int = 2,
     group: int = 32,
-    version: int = 3,
+    version: int | None = None,
     prefetch: int = 2,
     prefetch_l1: bool = False,
     maxnreg: int | None = None,
 ) -> int:
     """The split count a launch with these options uses when ``num_splits`` is not given: the wave model at the
     configuration's occupancy (measured once it has been launched, estimated before)."""
+    version, block_n, num_warps = resolve_launch(q, k_store, v_store, version, block_n, num_warps)
     *_, key = _compile_options(
         q, k_store, v_store, block_n, num_warps, num_stages, group, version, prefetch, prefetch_l1, maxnreg
     )
     return _splits_at(key, q, k_store, block_n, num_warps, maxnreg)
+
+
+# (block_n, num_warps) per decoder version: the H100 sweeps' best at B >= 8 (results/kernels/NOTES.md, round 5)
+_DEFAULT_LAUNCH = {2: (64, 4), 3: (64, 4), 4: (64, 4), 5: (32, 1)}
+
+
+def resolve_launch(
+    q: Tensor,
+    k_store: CompressedStore,
+    v_store: CompressedStore,
+    version: int | None,
+    block_n: int | None,
+    num_warps: int | None,
+) -> tuple[int, int, int]:
+    """Decoder version and tile/warp counts of a launch: the Gluon decoder (v5, one warp per program) where it
+    applies, the Triton v3 decoder elsewhere; explicit options win."""
+    if version is None:
+        version = 5 if _gluon_decode_ok(q, k_store, v_store, q.shape[1] // k_store.heads) else 3
+    dn, dw = _DEFAULT_LAUNCH.get(version, (64, 4))
+    return version, block_n or dn, num_warps or dw
 
 
 def _splits_at(
@@ -540,11 +562,11 @@ def sparse_decode_triton(
     v_window: Tensor,
     scale: float,
     num_splits: int | None = None,
-    block_n: int = 64,
-    num_warps: int = 4,
+    block_n: int | None = None,
+    num_warps: int | None = None,
     num_stages: int = 2,
     group: int = 32,
-    version: int = 3,
+    version: int | None = None,
     prefetch: int = 2,
     prefetch_l1: bool = False,
     maxnreg: int | None = None,
@@ -552,13 +574,14 @@ def sparse_decode_triton(
 ) -> Tensor:
     """Launch the fused split-K kernel and the merge; inputs already validated by the dispatcher.
 
-    ``group`` (8, 16 or 32) is how many channels one lane decodes: bitmap word width of the decoder. Defaults are
-    the H100 sweep's best at B >= 8 (results/kernels/NOTES.md). ``version`` 3 (default): 32-bit in-row value
-    indices, one independent index chain per 8 channels, and on the GPU (fp16/bf16) an inline-PTX 8-channel
-    gather; 2: the previous decoder (64-bit pointer per lane stepped by an extracted bit), kept for comparison;
-    4: the Gluon decoder that gathers into the MMA operand registers, 5: Gluon with v3's decode and an explicit
-    swizzled shared round trip (both GPU, fixed layouts, measured no faster: :mod:`mustafar.kernels.decode_gluon`);
-    other inputs fall back to version 3.
+    ``group`` (8, 16 or 32) is how many channels one lane decodes: bitmap word width of the decoder.
+    ``version`` (default: :func:`resolve_launch`, i.e. 5 where the Gluon decoder applies, else 3) and the
+    ``block_n`` / ``num_warps`` defaults are the H100 sweeps' best (results/kernels/NOTES.md). 5: Gluon, v3's run
+    decode and an explicit swizzled shared round trip, one warp per program (no cross-warp barriers or
+    reductions); 3: Triton, 32-bit in-row value indices, one independent index chain per 8 channels, and on the
+    GPU (fp16/bf16) an inline-PTX 8-channel gather; 4: the Gluon decoder that gathers into the MMA operand
+    registers (measured slower, :mod:`mustafar.kernels.decode_gluon`); 2: the round-1 decoder, for comparison.
+    Inputs outside the Gluon decoders' domain (CPU interpreter, variable layouts, fp32) run version 3.
     ``prefetch`` (version 3, GPU, fixed layouts): prefetch of the bitmaps and value rows this many tiles ahead,
     into L2 (or L1 with ``prefetch_l1``). ``maxnreg`` caps registers per thread (more resident programs per SM).
     ``num_splits`` defaults to :func:`default_splits` at the configuration's measured occupancy.
@@ -566,6 +589,7 @@ def sparse_decode_triton(
     b, hq, d = q.shape
     hkv = k_store.heads
     t = k_store.length
+    version, block_n, num_warps = resolve_launch(q, k_store, v_store, version, block_n, num_warps)
     constexprs, launch, key = _compile_options(
         q, k_store, v_store, block_n, num_warps, num_stages, group, version, prefetch, prefetch_l1, maxnreg
     )
