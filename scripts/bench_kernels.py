@@ -44,6 +44,8 @@ CONFIGS = {  # name -> launch options; v2 = the round-1 decoder, for comparison 
     "v5 n32 w2": dict(version=5, block_n=32, num_warps=2),
     "v5 n32 w1": dict(version=5, block_n=32, num_warps=1),
     "v5 n16 w1": dict(version=5, block_n=16, num_warps=1),
+    "v6 n32": dict(version=6, block_n=32),
+    "v6 n16": dict(version=6, block_n=16),
 }
 COMPRESS_LAUNCHES = [(8, 2), (16, 4), (32, 4), (8, 1), (16, 1)]  # (block_r, num_warps), plain-Triton kernel
 # one-row-per-thread prune+pack kernels (32 rows per warp); launch keys "p{warps}" (PTX, default: coalesced loads
@@ -193,6 +195,8 @@ def check_correctness():
             dict(version=5, num_splits=3),
             dict(version=5, block_n=16, num_splits=5),
             dict(version=5, block_n=32, num_warps=2),
+            dict(version=6),
+            dict(version=6, block_n=16, num_splits=3),
         ]
         for opts in variants:
             res = torch.full_like(q, math.nan)

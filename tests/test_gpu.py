@@ -72,8 +72,11 @@ def test_compressed_matches_mask_mode_on_gpu(head_dim, dtype, kw):
         dict(version=5, block_n=64, num_warps=4),
         dict(version=5, block_n=16, num_warps=1),
         dict(version=5, block_n=32, num_warps=2),
+        dict(version=6),
+        dict(version=6, block_n=16),
+        dict(version=6, block_n=64),
     ],
-    ids=["default", "v2", "v3", "v4", "v5-n64w4", "v5-n16w1", "v5-n32w2"],
+    ids=["default", "v2", "v3", "v4", "v5-n64w4", "v5-n16w1", "v5-n32w2", "v6", "v6-n16", "v6-n64"],
 )
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])

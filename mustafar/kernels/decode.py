@@ -472,8 +472,8 @@ def _compile_options(
     maxnreg: int | None,
 ) -> tuple[dict, dict, tuple]:
     """Constexprs, launch options and the occupancy-cache key of one launch configuration."""
-    if version not in (2, 3, 4, 5):
-        raise ValueError(f"version must be 2, 3, 4 or 5, got {version}")
+    if version not in (2, 3, 4, 5, 6):
+        raise ValueError(f"version must be one of 2..6, got {version}")
     if group not in _WORD_DTYPES:
         raise ValueError(f"group must be one of {tuple(_WORD_DTYPES)}, got {group}")
     interpreting = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -527,7 +527,7 @@ def planned_splits(
 
 
 # (block_n, num_warps) per decoder version: the H100 sweeps' best at B >= 8 (results/kernels/NOTES.md, round 5)
-_DEFAULT_LAUNCH = {2: (64, 4), 3: (64, 4), 4: (64, 4), 5: (32, 1)}
+_DEFAULT_LAUNCH = {2: (64, 4), 3: (64, 4), 4: (64, 4), 5: (32, 1), 6: (32, 1)}
 
 
 def resolve_launch(
@@ -599,7 +599,21 @@ def sparse_decode_triton(
     o_part = _empty((b, hq, num_splits, d), torch.float32, q.device)
     lse_part = _empty((b, hq, num_splits), torch.float32, q.device)
     out = _empty(q.shape, q.dtype, q.device) if out is None else out
-    if version in (4, 5) and _gluon_decode_ok(q, k_store, v_store, n_rep=hq // hkv):
+    if version == 6 and _gluon_decode_ok(q, k_store, v_store, n_rep=hq // hkv):
+        kernel = _launch_staged(
+            q,
+            k_store,
+            v_store,
+            k_window,
+            v_window,
+            o_part,
+            lse_part,
+            tokens_per_split,
+            num_splits,
+            scale,
+            block_n,
+        )
+    elif version in (4, 5) and _gluon_decode_ok(q, k_store, v_store, n_rep=hq // hkv):
         kernel = _launch_gluon(
             q,
             k_store,
@@ -708,6 +722,50 @@ def _launch_gluon(
         RUNS=runs,
         NL_VALS=triton.next_power_of_2(triton.cdiv(block_n * max(k_store.slot, v_store.slot) * 2, 128)),
         num_warps=num_warps,
+    )
+
+
+def _launch_staged(
+    q, k_store, v_store, k_window, v_window, o_part, lse_part, tokens_per_split, num_splits, scale, block_n
+):
+    from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
+
+    b, hq, d = q.shape
+    hkv = k_store.heads
+    n_rep = hq // hkv
+    stage_bytes = block_n * (d // 4 + 2 * (k_store.slot + v_store.slot))
+    return _st_sparse_decode_kernel[(b, hkv, num_splits)](
+        q,
+        _arg(k_store.bits.view(torch.int32)),
+        _arg(k_store.vals.view(torch.int32)),
+        _arg(v_store.bits.view(torch.int32)),
+        _arg(v_store.vals.view(torch.int32)),
+        _arg(k_window),
+        _arg(v_window),
+        o_part,
+        lse_part,
+        q.stride(0),
+        q.stride(1),
+        *k_window.stride()[:3],
+        *v_window.stride()[:3],
+        hkv,
+        k_store.length,
+        k_window.shape[2],
+        k_store.capacity,
+        v_store.capacity,
+        tokens_per_split,
+        num_splits,
+        scale * _LOG2E,
+        N_REP=n_rep,
+        D=d,
+        K_SLOT=k_store.slot,
+        V_SLOT=v_store.slot,
+        BLOCK_H=max(8, triton.next_power_of_2(n_rep)),
+        BLOCK_N=block_n,
+        SMEM_WORDS=triton.next_power_of_2((2 * block_n * d * 2 + 2 * stage_bytes) // 4),
+        K_CH_P2=triton.next_power_of_2(block_n * k_store.slot // 8),
+        V_CH_P2=triton.next_power_of_2(block_n * v_store.slot // 8),
+        num_warps=1,
     )
 
 
