@@ -41,9 +41,7 @@ CONFIGS = {  # name -> launch options; v2 = the round-1 decoder, for comparison 
     "v3 n32 w1 p2": dict(version=3, block_n=32, num_warps=1, prefetch=2),
     "v4 n64 w4": dict(version=4, block_n=64, num_warps=4),
     "v5 n64 w4": dict(version=5, block_n=64, num_warps=4),
-    "v5 n32 w2": dict(version=5, block_n=32, num_warps=2),
     "v5 n32 w1": dict(version=5, block_n=32, num_warps=1),
-    "v5 n16 w1": dict(version=5, block_n=16, num_warps=1),
     "v6 n32": dict(version=6, block_n=32),
     "v6 n16": dict(version=6, block_n=16),
 }

@@ -158,3 +158,17 @@ def test_gluon_path_guard_cpu():
 
     store = CompressedStore(1, 2, 128, torch.float16, "cpu", 38)
     assert not _gluon_ok(store, torch.zeros(1, 2, 4, 128, dtype=torch.float16))
+
+
+def test_occupancy_estimate_hand_worked():
+    """H100 limits (64K registers, 228 KB shared, 2048 threads per SM): 158 registers -> 160 x 32 = 5120 per warp ->
+    12 one-warp programs; 16 KB + 1 KB reserved per program -> 13; 32 KB -> 6 (not 7: the reserve); tiny kernels
+    stop at 32 resident blocks."""
+    from mustafar.kernels.decode import occupancy_estimate
+
+    h100 = (65536, 233472, 2048)
+    assert occupancy_estimate(158, 1, 16384, *h100) == 12
+    assert occupancy_estimate(96, 1, 16384, *h100) == 13
+    assert occupancy_estimate(96, 1, 32768, *h100) == 6
+    assert occupancy_estimate(32, 1, 0, *h100) == 32
+    assert occupancy_estimate(223, 4, 1024, *h100) == 2

@@ -15,6 +15,7 @@ same code with one extra per-token offset load (constexpr ``*_VAR``).
 
 from __future__ import annotations
 
+import ctypes
 import functools
 import math
 import os
@@ -417,21 +418,56 @@ def _arg(t: Tensor) -> Tensor:
 # launch (registers and shared memory); until then an estimate from ``maxnreg`` or the round-3 kernel's 2.
 _OCCUPANCY: dict[tuple, int] = {}
 _SPLIT_OVERHEAD_TILES = 1.0
-_MAX_BLOCKS_PER_SM = 32  # resident thread blocks per SM (sm_80/sm_90): binds one-warp programs  # a program's fixed cost (q load, partial store, ramp) in units of one token tile
+_MAX_BLOCKS_PER_SM = 32  # resident thread blocks per SM (sm_80/sm_90): binds one-warp programs
+_SMEM_PER_BLOCK_RESERVED = 1024  # shared memory the system reserves per resident block (sm_80/sm_90)  # a program's fixed cost (q load, partial store, ramp) in units of one token tile
 
 
 def _programs_per_sm(kernel, num_warps: int, device: torch.device) -> int | None:
-    """Occupancy from the compiled kernel's registers and shared memory (None where Triton does not say)."""
+    """Resident programs per SM of a compiled kernel: the driver's occupancy calculator, else an estimate from its
+    registers and shared memory (None where Triton does not say). One program too many in the wave model doubles
+    the time of a one-wave launch (round 5: B 8 / 16K ran 1.5x slower on a 1-KB miscount), hence the driver."""
+    smem = getattr(getattr(kernel, "metadata", None), "shared", 0) or 0
+    exact = _driver_occupancy(getattr(kernel, "function", None), 32 * num_warps, smem)
+    if exact:
+        return exact
     regs = getattr(kernel, "n_regs", None)
     if not regs:
         return None
     props = torch.cuda.get_device_properties(device)
+    return occupancy_estimate(
+        regs,
+        num_warps,
+        smem,
+        props.regs_per_multiprocessor,
+        props.shared_memory_per_multiprocessor,
+        props.max_threads_per_multi_processor,
+    )
+
+
+def occupancy_estimate(
+    regs: int, num_warps: int, smem: int, regs_per_sm: int, smem_per_sm: int, threads_per_sm: int
+) -> int:
+    """Resident programs per SM from registers per thread and shared bytes per program (sm_80/sm_90 rules)."""
     regs_per_warp = math.ceil(regs * 32 / 256) * 256  # allocation unit: 256 registers per warp
-    by_regs = props.regs_per_multiprocessor // (regs_per_warp * num_warps)
-    smem = getattr(kernel, "metadata", None) and getattr(kernel.metadata, "shared", 0)
-    by_smem = props.shared_memory_per_multiprocessor // smem if smem else by_regs
-    by_warps = props.max_threads_per_multi_processor // (32 * num_warps)
+    by_regs = regs_per_sm // (regs_per_warp * num_warps)
+    by_smem = smem_per_sm // (smem + _SMEM_PER_BLOCK_RESERVED) if smem else by_regs
+    by_warps = threads_per_sm // (32 * num_warps)
     return max(1, min(by_regs, by_smem, by_warps, _MAX_BLOCKS_PER_SM))
+
+
+def _driver_occupancy(function: int | None, threads: int, dynamic_smem: int) -> int | None:
+    """``cuOccupancyMaxActiveBlocksPerMultiprocessor`` through the driver library (None where unavailable)."""
+    if not function:
+        return None
+    try:
+        cuda = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    blocks = ctypes.c_int(0)
+    rc = cuda.cuOccupancyMaxActiveBlocksPerMultiprocessor(
+        ctypes.byref(blocks), ctypes.c_void_p(function), ctypes.c_int(threads), ctypes.c_size_t(dynamic_smem)
+    )
+    return blocks.value if rc == 0 and blocks.value > 0 else None
 
 
 def default_splits(
@@ -527,7 +563,7 @@ def planned_splits(
 
 
 # (block_n, num_warps) per decoder version: the H100 sweeps' best at B >= 8 (results/kernels/NOTES.md, round 5)
-_DEFAULT_LAUNCH = {2: (64, 4), 3: (64, 4), 4: (64, 4), 5: (32, 1), 6: (32, 1)}
+_DEFAULT_LAUNCH = {2: (64, 4), 3: (64, 4), 4: (64, 4), 5: (32, 1), 6: (16, 1)}
 
 
 def resolve_launch(
@@ -538,10 +574,10 @@ def resolve_launch(
     block_n: int | None,
     num_warps: int | None,
 ) -> tuple[int, int, int]:
-    """Decoder version and tile/warp counts of a launch: the Gluon decoder (v5, one warp per program) where it
-    applies, the Triton v3 decoder elsewhere; explicit options win."""
+    """Decoder version and tile/warp counts of a launch: the staged Gluon decoder (v6, one warp per program) where
+    it applies, the Triton v3 decoder elsewhere; explicit options win."""
     if version is None:
-        version = 5 if _gluon_decode_ok(q, k_store, v_store, q.shape[1] // k_store.heads) else 3
+        version = 6 if _gluon_decode_ok(q, k_store, v_store, q.shape[1] // k_store.heads) else 3
     dn, dw = _DEFAULT_LAUNCH.get(version, (64, 4))
     return version, block_n or dn, num_warps or dw
 
@@ -575,11 +611,12 @@ def sparse_decode_triton(
     """Launch the fused split-K kernel and the merge; inputs already validated by the dispatcher.
 
     ``group`` (8, 16 or 32) is how many channels one lane decodes: bitmap word width of the decoder.
-    ``version`` (default: :func:`resolve_launch`, i.e. 5 where the Gluon decoder applies, else 3) and the
-    ``block_n`` / ``num_warps`` defaults are the H100 sweeps' best (results/kernels/NOTES.md). 5: Gluon, v3's run
-    decode and an explicit swizzled shared round trip, one warp per program (no cross-warp barriers or
-    reductions); 3: Triton, 32-bit in-row value indices, one independent index chain per 8 channels, and on the
-    GPU (fp16/bf16) an inline-PTX 8-channel gather; 4: the Gluon decoder that gathers into the MMA operand
+    ``version`` (default: :func:`resolve_launch`, i.e. 6 where the Gluon decoders apply, else 3) and the
+    ``block_n`` / ``num_warps`` defaults are the H100 sweeps' best (results/kernels/NOTES.md). 6: Gluon, one warp
+    per program, tiles staged in shared memory by cp.async and decoded from there, tokens on the MMA M side
+    (:mod:`mustafar.kernels.decode_staged`); 5: Gluon, v3's run decode from global memory and an explicit swizzled
+    shared round trip; 3: Triton, 32-bit in-row value indices, one independent index chain per 8 channels, and on
+    the GPU (fp16/bf16) an inline-PTX 8-channel gather; 4: the Gluon decoder that gathers into the MMA operand
     registers (measured slower, :mod:`mustafar.kernels.decode_gluon`); 2: the round-1 decoder, for comparison.
     Inputs outside the Gluon decoders' domain (CPU interpreter, variable layouts, fp32) run version 3.
     ``prefetch`` (version 3, GPU, fixed layouts): prefetch of the bitmaps and value rows this many tiles ahead,

@@ -15,8 +15,9 @@ everything else, and shares this kernel's split/merge scheme (window on the last
 Measured on the H100 it is *slower* than the Triton v3 decoder (0.58-0.62x of dense SDPA vs 0.89-0.94x at s 0.7,
 B >= 8): the operand layout scatters each thread's channels, so v3's cheap per-8-channel index chains become one
 popcount and one 64-bit address per element. ``RUNS`` (``version=5``) keeps v3's run decode instead and moves each
-tile into the operand layout through an explicit 128-byte-swizzled shared buffer (ldmatrix reads): as fast as v3,
-not faster. Both are selected only on request, as the measured alternatives (results/kernels/NOTES.md, round 4).
+tile into the operand layout through an explicit 128-byte-swizzled shared buffer (ldmatrix reads): as fast as v3
+at 4 warps per program, 1.12-1.16x dense SDPA at one warp per program (no cross-warp barriers or reductions;
+results/kernels/NOTES.md, round 5). The staged decoder (:mod:`mustafar.kernels.decode_staged`, v6) builds on it.
 """
 
 from __future__ import annotations
