@@ -203,7 +203,7 @@ def decode_steps(model, cache, batch: int, context: int, steps: int, warmup: int
 
 
 CATEGORIES = (  # kernel name fragments -> what the time is spent on
-    ("compression", ("_prune_pack",)),
+    ("compression", ("_prune_pack", "_topk_pack", "_pack_kernel")),
     ("attention", ("flash", "fmha", "attention", "_sparse_decode", "_merge_kernel", "sdpa")),
     ("gemm", ("gemm", "nvjet", "cutlass", "xmma", "sm90_")),
 )
