@@ -706,6 +706,50 @@ def _gluon_decode_ok(q: Tensor, k_store: CompressedStore, v_store: CompressedSto
     )
 
 
+def _gluon_args(
+    q,
+    k_store,
+    v_store,
+    k_window,
+    v_window,
+    o_part,
+    lse_part,
+    tokens_per_split,
+    num_splits,
+    scale,
+    vals_dtype=None,
+) -> tuple:
+    """Positional arguments the Gluon decoders share (the staged one reads the value slots as int32 words)."""
+    vals = (
+        (k_store.vals, v_store.vals)
+        if vals_dtype is None
+        else (k_store.vals.view(vals_dtype), v_store.vals.view(vals_dtype))
+    )
+    return (
+        q,
+        _arg(k_store.bits.view(torch.int32)),
+        _arg(vals[0]),
+        _arg(v_store.bits.view(torch.int32)),
+        _arg(vals[1]),
+        _arg(k_window),
+        _arg(v_window),
+        o_part,
+        lse_part,
+        q.stride(0),
+        q.stride(1),
+        *k_window.stride()[:3],
+        *v_window.stride()[:3],
+        k_store.heads,
+        k_store.length,
+        k_window.shape[2],
+        k_store.capacity,
+        v_store.capacity,
+        tokens_per_split,
+        num_splits,
+        scale * _LOG2E,
+    )
+
+
 def _launch_gluon(
     q,
     k_store,
@@ -727,27 +771,9 @@ def _launch_gluon(
     hkv = k_store.heads
     lk, lv = operand_layouts(d, block_n, num_warps)
     return _gl_sparse_decode_kernel[(b, hkv, num_splits)](
-        q,
-        _arg(k_store.bits.view(torch.int32)),
-        _arg(k_store.vals),
-        _arg(v_store.bits.view(torch.int32)),
-        _arg(v_store.vals),
-        _arg(k_window),
-        _arg(v_window),
-        o_part,
-        lse_part,
-        q.stride(0),
-        q.stride(1),
-        *k_window.stride()[:3],
-        *v_window.stride()[:3],
-        hkv,
-        k_store.length,
-        k_window.shape[2],
-        k_store.capacity,
-        v_store.capacity,
-        tokens_per_split,
-        num_splits,
-        scale * _LOG2E,
+        *_gluon_args(
+            q, k_store, v_store, k_window, v_window, o_part, lse_part, tokens_per_split, num_splits, scale
+        ),
         N_REP=hq // hkv,
         D=d,
         K_SLOT=k_store.slot,
@@ -772,27 +798,19 @@ def _launch_staged(
     n_rep = hq // hkv
     stage_bytes = block_n * (d // 4 + 2 * (k_store.slot + v_store.slot))
     return _st_sparse_decode_kernel[(b, hkv, num_splits)](
-        q,
-        _arg(k_store.bits.view(torch.int32)),
-        _arg(k_store.vals.view(torch.int32)),
-        _arg(v_store.bits.view(torch.int32)),
-        _arg(v_store.vals.view(torch.int32)),
-        _arg(k_window),
-        _arg(v_window),
-        o_part,
-        lse_part,
-        q.stride(0),
-        q.stride(1),
-        *k_window.stride()[:3],
-        *v_window.stride()[:3],
-        hkv,
-        k_store.length,
-        k_window.shape[2],
-        k_store.capacity,
-        v_store.capacity,
-        tokens_per_split,
-        num_splits,
-        scale * _LOG2E,
+        *_gluon_args(
+            q,
+            k_store,
+            v_store,
+            k_window,
+            v_window,
+            o_part,
+            lse_part,
+            tokens_per_split,
+            num_splits,
+            scale,
+            torch.int32,
+        ),
         N_REP=n_rep,
         D=d,
         K_SLOT=k_store.slot,

@@ -24,6 +24,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
+from mustafar.kernels.decode_gluon import _add, _join8, _popc  # shared with the v5 decoder
+
 # 8 channels of one lane from shared memory: bit k of $8 predicates a zeroed 2-byte load at the running address
 # (global_smem + $9), which then steps by 2.
 _WALK8_SHARED_ASM: gl.constexpr = gl.constexpr(
@@ -54,16 +56,6 @@ _CP_ASYNC8_ASM: gl.constexpr = gl.constexpr(  # 8-byte chunks (a head_dim-64 tok
 _LOAD_SHARED_ASM: gl.constexpr = gl.constexpr(
     "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b32 $0, [a]; }"
 )
-
-
-@gluon.jit
-def _popc(x):
-    return gl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [x], dtype=gl.int32, is_pure=True, pack=1)
-
-
-@gluon.jit
-def _add(a, b):
-    return a + b
 
 
 @gluon.jit
@@ -145,11 +137,6 @@ def _walk8(addr, word, DT: gl.constexpr):
         is_pure=False,
         pack=1,
     )
-
-
-@gluon.jit
-def _join8(v0, v1, v2, v3, v4, v5, v6, v7):
-    return gl.join(gl.join(gl.join(v0, v4), gl.join(v2, v6)), gl.join(gl.join(v1, v5), gl.join(v3, v7)))
 
 
 @gluon.jit
