@@ -3,7 +3,7 @@ PYTHON ?= python3
 # CPU wheel on the project's machines; on a GPU machine install your CUDA torch first and use TORCH_SPEC=torch
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup run test lint bench-kernels
+.PHONY: setup run test test-fast lint bench-kernels
 
 setup:
 	$(PYTHON) -m pip install -q "$(TORCH_SPEC)"
@@ -15,6 +15,9 @@ run: setup
 
 test: setup
 	$(PYTHON) -m pytest -q
+
+test-fast:  # skips the end-to-end subprocess runs (marked slow); CI runs everything
+	$(PYTHON) -m pytest -q -m "not slow"
 
 lint:
 	ruff check . && ruff format --check .

@@ -12,9 +12,9 @@ from omegaconf import DictConfig, OmegaConf
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     from eval.job import Job
+    from eval.tables import render, write_summary
     from mustafar.config import ConfigError
     from mustafar.models import ModelUnavailable
-    from mustafar.tables import render, write_summary
 
     try:
         job = Job.from_config(OmegaConf.to_container(cfg, resolve=True))

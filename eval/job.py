@@ -13,11 +13,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from eval import registry
+from eval import registry, wandb_log
+from eval.results import git_sha, read_jsonl, write_json, write_jsonl
 from eval.runner import GenerationStats, generate_task
-from mustafar import models, wandb_log
+from mustafar import models
 from mustafar.config import ConfigError, KVConfig
-from mustafar.results import git_sha, read_jsonl, write_json, write_jsonl
 
 git_sha()  # pin the code version when the job module is loaded, before any job runs
 

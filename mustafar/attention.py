@@ -123,9 +123,11 @@ def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCac
     model.set_attn_implementation(ATTN_NAME)
     for m in modules:
         setattr(m, _BOUND, cache.layers[m.layer_idx])
+        cache.layers[m.layer_idx].bound = True
     try:
         yield cache
     finally:
         for m in modules:
+            getattr(m, _BOUND).bound = False
             delattr(m, _BOUND)
         model.set_attn_implementation(previous)

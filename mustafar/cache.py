@@ -23,6 +23,10 @@ class UnsupportedCacheOperation(RuntimeError):
     pass
 
 
+class UnattachedCacheError(RuntimeError):
+    pass
+
+
 DECODE_HEADROOM = (
     256  # tokens of store capacity reserved beyond what a flush needs: decode appends don't regrow
 )
@@ -44,10 +48,20 @@ class MustafarLayer(DynamicLayer):
     def __init__(self, policy: KVConfig):
         super().__init__()
         self.policy = policy
+        self.bound = False  # set by `mustafar.attach`: only the mustafar attention function prunes
         self.pruners = {
             "k": SidePruner(policy.k, "k", policy.keep_rule, policy.window),
             "v": SidePruner(policy.v, "v", policy.keep_rule, policy.window),
         }
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        # Without the binding the model's own attention would run on this cache and nothing would ever be pruned.
+        if not self.bound:
+            raise UnattachedCacheError(
+                "this MustafarCache is not attached to the model, so it would prune nothing: generate inside "
+                "`with mustafar.prune(model, ...) as cache:` or `with mustafar.attach(model, cache):`"
+            )
+        return super().update(key_states, value_states, *args, **kwargs)
 
     @property
     def needs(self) -> set[str]:
@@ -195,7 +209,7 @@ class CacheStats:
 
 
 class MustafarCache(Cache):
-    """A `Cache` of pruning layers for `model.generate(past_key_values=...)`; attach it with `mustafar.attach`."""
+    """A `Cache` of pruning layers for `model.generate(past_key_values=...)`; attach it with `mustafar.attach` (or use `mustafar.prune`)."""
 
     def __init__(self, policy: KVConfig, num_layers: int):
         layer_cls = MaskedLayer if policy.mode == "mask" else CompressedLayer

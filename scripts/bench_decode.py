@@ -169,9 +169,11 @@ def fill_cache(model, fmt: str, batch: int, context: int):
             )
         return cache
     cache = new_cache(model, FORMATS[fmt])
-    for layer in cache.layers:
-        layer.update(torch.randn(shape, device=dev, dtype=dtype), torch.randn(shape, device=dev, dtype=dtype))
-        layer.after_attention(Observation(q_len=context))
+    with attach(model, cache):
+        for layer in cache.layers:
+            k, v = torch.randn(shape, device=dev, dtype=dtype), torch.randn(shape, device=dev, dtype=dtype)
+            layer.update(k, v)
+            layer.after_attention(Observation(q_len=context))
     return cache
 
 

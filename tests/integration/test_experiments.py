@@ -13,10 +13,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import get_class
 
-from mustafar.report.make_tables import make_tables
-from mustafar.report.reuse import planned_job_ids, reuse
+from eval.report.make_tables import make_tables
+from eval.report.reuse import planned_job_ids, reuse
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 TINY = ["model=tiny", "benchmark.tasks=[vt]", "benchmark.n=1", "logger=none"]
 PAPER_EXPERIMENTS = ["key_pruning", "value_pruning", "main_grid", "compression_accuracy"]
@@ -59,6 +59,7 @@ def test_planned_jobs_dedupe_dense_and_follow_command_line_sweeps():
     assert [i.split("_")[2] for i in only] == ["ThinK-K0.5", "ThinK-K0.7"]
 
 
+@pytest.mark.slow
 def test_key_pruning_table_matches_hand_computation(key_pruning):
     sweep_dir = key_pruning / "key_pruning"
     assert len(list(sweep_dir.glob("*/result.json"))) == 7
@@ -97,6 +98,7 @@ def test_key_pruning_table_matches_hand_computation(key_pruning):
     assert (sweep_dir / "report" / "key_pruning_tiny_ruler-1024.md").exists()
 
 
+@pytest.mark.slow
 def test_reuse_copies_identical_jobs_into_another_sweep(key_pruning):
     ids = planned_job_ids("main_grid", TINY)
     copied = reuse(key_pruning, "main_grid", ids, ["key_pruning"])
@@ -131,6 +133,7 @@ def test_launcher_configs_compose(launcher, overrides, target):
         assert str(launcher_cfg[key]) == value
 
 
+@pytest.mark.slow
 def test_joblib_multirun_writes_both_jobs_and_merges(tmp_path):
     proc = run_py(
         "-m",

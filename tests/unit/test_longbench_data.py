@@ -15,7 +15,7 @@ from eval.longbench import data
 from eval.longbench.benchmark import LongBenchBenchmark
 from eval.longbench.prompts import MAXLEN, PROMPTS, format_prompt
 
-FIXTURES = Path(__file__).parent / "fixtures" / "longbench" / "data"
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "longbench" / "data"
 pytestmark = pytest.mark.filterwarnings("ignore:.*the official file has:UserWarning")
 
 

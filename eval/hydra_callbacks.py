@@ -13,7 +13,7 @@ from typing import Any
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from mustafar.tables import render, write_summary
+from eval.tables import render, write_summary
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 
@@ -27,11 +27,11 @@ class SweepSummary(Callback):
         print(f"\n== {config.sweep}: {sweep_dir}/summary.md ==\n{render(table)}\n", flush=True)
         experiment = OmegaConf.select(config, "hydra.runtime.choices.experiment") or config.sweep
         logger = OmegaConf.to_container(config.logger, resolve=True)
-        from mustafar.report.wandb_summary import enabled
+        from eval.report.wandb_summary import enabled
 
         if table.empty or not ((EXPERIMENTS / f"{experiment}.yaml").exists() or enabled(logger)):
             return
-        from mustafar.report.make_tables import make_tables
+        from eval.report.make_tables import make_tables
 
         report = make_tables(Path(config.results_dir), config.sweep, experiment=experiment, logger=logger)
         print(f"== report: {len(report.files)} files in {report.out_dir}", flush=True)

@@ -7,7 +7,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from mustafar.report.policies import PolicyKey, policy_key
+from eval.report.policies import PolicyKey, policy_key
 
 PATH = Path(__file__).with_name("paper_numbers.json")
 

@@ -107,7 +107,7 @@ def test_triton_kernels_in_generation_under_the_interpreter():
         capture_output=True,
         text=True,
         timeout=600,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     words = proc.stdout.split()

@@ -10,9 +10,9 @@ matplotlib.use("Agg")  # files only; never a window (headless runs, callbacks)
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from mustafar.report import paper, policies  # noqa: E402
-from mustafar.report.kv_size import MEASURED  # noqa: E402
-from mustafar.report.layout import AVERAGE, Group, ordered  # noqa: E402
+from eval.report import paper, policies  # noqa: E402
+from eval.report.kv_size import MEASURED  # noqa: E402
+from eval.report.layout import AVERAGE, Group, ordered  # noqa: E402
 
 
 def _lines(group: Group, experiment: str) -> dict[str, pd.DataFrame]:

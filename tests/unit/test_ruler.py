@@ -82,7 +82,7 @@ def texts(bench: RulerBenchmark) -> dict[str, list[str]]:
 
 
 def test_templates_file_is_the_spec_text() -> None:
-    raw = (Path(__file__).parents[1] / "eval/ruler/templates.json").read_bytes()
+    raw = (Path(__file__).parents[2] / "eval/ruler/templates.json").read_bytes()
     assert hashlib.sha256(raw).hexdigest() == TEMPLATES_SHA256
     if EVAL_MD.exists():
         doc = EVAL_MD.read_text(encoding="utf-8")

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mustafar.results import atomic_write_text, load_rows
+from eval.results import atomic_write_text, load_rows
 
 POLICY_ORDER = ("k_sparsity", "v_sparsity", "k_scorer", "v_scorer", "k_direction", "v_direction")
 

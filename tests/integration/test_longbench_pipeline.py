@@ -25,8 +25,8 @@ from eval.longbench.prompts import (
 )
 from eval.longbench.score import main, score_predictions
 
-FIXTURES = Path(__file__).parent / "fixtures" / "longbench" / "data"
-REPO = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).parents[1] / "fixtures" / "longbench" / "data"
+REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:.*the official file has:UserWarning")
 
 

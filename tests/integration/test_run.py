@@ -14,7 +14,7 @@ from eval.job import Job
 from mustafar.config import ConfigError
 from mustafar.models import ModelUnavailable
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 CONF = ROOT / "conf"
 
 
@@ -110,6 +110,7 @@ SWEEP = [
 ]
 
 
+@pytest.mark.slow
 def test_multirun_writes_skips_and_resumes(tmp_path):
     first = run_py(*SWEEP, f"results_dir={tmp_path}")
     assert first.returncode == 0, first.stderr[-2000:]
@@ -142,6 +143,7 @@ def test_multirun_writes_skips_and_resumes(tmp_path):
 FIXTURES = ROOT / "tests" / "fixtures" / "longbench" / "data"
 
 
+@pytest.mark.slow
 def test_longbench_end_to_end_on_fixtures(tmp_path):
     """run.py benchmark=longbench on the tiny model: predictions, per-task scores, categories, table, re-scoring."""
     tasks = "[hotpotqa,gov_report,trec,multifieldqa_zh,lcc]"

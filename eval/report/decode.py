@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mustafar.report import paper
+from eval.report import paper
 
 MODELS = {"llama3_8b": "Llama3", "llama2_7b": "Llama2"}  # bench_decode --model -> the paper's row name
 FORMATS = {

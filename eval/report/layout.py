@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pandas as pd
 
-from mustafar.report import paper, policies
-from mustafar.report.kv_size import kv_fraction
-from mustafar.report.samples import average_se, sample_scores
+from eval.report import paper, policies
+from eval.report.kv_size import kv_fraction
+from eval.report.samples import average_se, sample_scores
 
 JOB_FIELDS = [
     "run_id",

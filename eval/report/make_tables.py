@@ -17,9 +17,9 @@ from typing import Any
 import pandas as pd
 from tqdm.auto import tqdm
 
-from mustafar.report import decode, plots, render, wandb_summary
-from mustafar.report.layout import Group, accuracy_table, groups
-from mustafar.results import load_rows
+from eval.report import decode, plots, render, wandb_summary
+from eval.report.layout import Group, accuracy_table, groups
+from eval.results import load_rows
 
 CAPTIONS = {
     "key_pruning": "Key pruning (V dense): ThinK (structured) vs per-token output-aware vs per-token magnitude",
@@ -48,7 +48,7 @@ def _caption(group: Group, experiment: str, sweep: str) -> str:
     n = int(group.jobs["n"].min())
     head = CAPTIONS.get(experiment, f"Sweep {sweep}")
     paper = (
-        " Rows 'paper': the published Llama-3-8B-Instruct LongBench numbers (mustafar/report/paper_numbers.json)."
+        " Rows 'paper': the published Llama-3-8B-Instruct LongBench numbers (eval/report/paper_numbers.json)."
         if group.paper_match
         else ""
     )

@@ -1,6 +1,6 @@
 """Is policy A better than policy B beyond sampling noise? A paired comparison on the same samples.
 
-    python -m mustafar.report.compare results/key_pruning "K0.7" "ThinK-K0.7" ["K0.7[oa]" "K0.7" ...]
+    python -m eval.report.compare results/key_pruning "K0.7" "ThinK-K0.7" ["K0.7[oa]" "K0.7" ...]
 
 Pairs of policy labels (as in the tables); prints mean-of-task-means of A - B and its paired standard error.
 Both jobs saw the same prompts (same benchmark seed), so per-sample differences cancel the prompt difficulty.
@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from mustafar.report.samples import paired_difference, sample_scores
-from mustafar.results import load_rows
+from eval.report.samples import paired_difference, sample_scores
+from eval.results import load_rows
 
 
 def job_dirs(sweep_dir: Path) -> dict[str, tuple[Path, str]]:

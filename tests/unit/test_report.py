@@ -1,4 +1,4 @@
-"""mustafar.report without a model: the transcribed paper numbers, the LongBench layout and the paper side by
+"""eval.report without a model: the transcribed paper numbers, the LongBench layout and the paper side by
 side, KV-size closed forms, the decode-speed table, and a W&B summary run written offline."""
 
 from __future__ import annotations
@@ -9,13 +9,13 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from mustafar.report import paper
-from mustafar.report.decode import table14
-from mustafar.report.kv_size import COMPUTED, MEASURED, kv_fraction, side_fraction
-from mustafar.report.make_tables import make_tables
-from mustafar.report.policies import policy_key
+from eval.report import paper
+from eval.report.decode import table14
+from eval.report.kv_size import COMPUTED, MEASURED, kv_fraction, side_fraction
+from eval.report.make_tables import make_tables
+from eval.report.policies import policy_key
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 GRID = {r["name"]: r for r in paper.table_rows("main_grid")}
 POLICY = dict(k_sparsity=0.0, v_sparsity=0.0, k_direction="token", v_direction="token")
 
@@ -159,7 +159,7 @@ def test_wandb_summary_run_is_written_offline(llama3_key_sweep, monkeypatch):
 
 
 def test_noise_estimates_by_hand():
-    from mustafar.report.samples import average_se, paired_difference
+    from eval.report.samples import average_se, paired_difference
 
     a = pd.DataFrame({"task": ["x", "x", "y", "y"], "index": [0, 1, 0, 1], "score": [100.0, 0.0, 50.0, 50.0]})
     # var_x = 5000 (ddof 1), var_y = 0: sqrt(5000 / 2 + 0 / 2) / 2 tasks

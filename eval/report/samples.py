@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mustafar.results import read_jsonl
+from eval.results import read_jsonl
 
 
 def _score(benchmark: str, task: str, record: dict) -> float:

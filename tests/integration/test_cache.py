@@ -84,6 +84,7 @@ def test_mask_mode_decode_attention_equals_attention_over_pruned_cache(policy):
     layer = MaskedLayer(policy)
     module = FakeAttention(d, n_rep)
     module._mustafar_layer = layer
+    layer.bound = True  # what `attach` does for a real model
     k_all = torch.randn(b, h_kv, t0 + steps, d)
     v_all = torch.randn(b, h_kv, t0 + steps, d)
     q0 = torch.randn(b, h_kv * n_rep, t0, d)

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from mustafar.results import atomic_write_text
+from eval.results import atomic_write_text
 
 DIGITS = {"K": 2, "V": 2, "K meas.": 3, "V meas.": 3, "KV size": 3, "n/task": 0}
 DIGITS_BY_PART = {
