@@ -98,7 +98,7 @@ class MaskedLayer(MustafarLayer):
 class CompressedLayer(MustafarLayer):
     """Final tokens live in compressed stores; the rest (window, pending groups) in a dense tail.
 
-    K and V may finalise tokens at different times (per-channel groups, ThinK): a token enters the stores only
+    K and V may finalise tokens at different times (per-channel rules, ThinK): a token enters the stores only
     once both sides are final, and until then it waits in the tail with its decided zeros already applied.
     """
 

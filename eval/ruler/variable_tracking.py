@@ -1,7 +1,10 @@
 """Variable tracking (RULER `variable_tracking.py`, EVAL §2.4): one chain of `VAR X = VAR Y` hops in noise.
 
-Every prompt carries one in-context example, generated once at 500 tokens from the bare template and re-randomised
-(names and value) for each sample, then placed right after the model template's opening.
+Every prompt carries one in-context example, generated once from the bare template and re-randomised (names and
+value) for each sample, then placed right after the model template's opening and followed by a blank line, as the
+official generator does (`randomize_icl(example) + '\n'` before the task template). The example's haystack is sized
+like any RULER prompt: its question and answer prefix fit 500 tokens; its answer names, appended afterwards, are
+not counted.
 """
 
 from __future__ import annotations
@@ -82,9 +85,9 @@ class VtGenerator(TaskGenerator):
         value = chains[0][0].split("=")[-1].strip()
         task_text = self.spec["template"].format(context=context, query=value, num_v=self.hops + 1)
         prefix = self.spec["answer_prefix"].format(query=value, num_v=self.hops + 1)
-        if self.is_example:  # the bare template plus prefix, then the answer (no model template)
-            return Draft(task_text + prefix + " " + " ".join(groups[0]) + "\n", groups[0], prefix)
-        example = self._randomised_example()
+        if self.is_example:  # the bare template plus prefix (no model template); the answer is appended later
+            return Draft(task_text + prefix, groups[0], prefix)
+        example = self._randomised_example() + "\n"
         return Draft(self.ctx.wrapper.prompt(task_text, prefix, before_task=example), groups[0], prefix)
 
     def _make_example(self) -> tuple[str, list[str]]:
@@ -93,7 +96,7 @@ class VtGenerator(TaskGenerator):
         ctx.rng, ctx.np_rng = self.ctx.rng, self.ctx.np_rng
         gen = VtGenerator(ctx, self.cfg, is_example=True)
         draft, _, _ = gen.draw(gen.find_units())
-        return draft.text, draft.answers
+        return draft.text + " " + " ".join(draft.answers) + "\n", draft.answers
 
     def _randomised_example(self) -> str:
         """The example with fresh names (same lengths) and a fresh 5-digit value, replaced simultaneously."""

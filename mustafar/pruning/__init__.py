@@ -1,6 +1,13 @@
 """Pruning rules: keep counts, scores, and the per-layer schedule that applies them."""
 
-from mustafar.pruning.keep import exact_keep, keep_mask, reference_topk_keep, threshold_mask, topk_mask
+from mustafar.pruning.keep import (
+    exact_keep,
+    keep_mask,
+    reference_think_keep,
+    reference_topk_keep,
+    threshold_mask,
+    topk_mask,
+)
 from mustafar.pruning.pruner import Observation, SidePruner
 
 __all__ = [
@@ -8,6 +15,7 @@ __all__ = [
     "SidePruner",
     "exact_keep",
     "keep_mask",
+    "reference_think_keep",
     "reference_topk_keep",
     "threshold_mask",
     "topk_mask",

@@ -2,7 +2,8 @@
 
 `exact` keeps round((1-s)·n) entries with a strict top-k whose ties go to the lower index, so every token (or
 channel group) holds the same count. `reference` reproduces the published code: magnitude rules keep every entry
->= the int(s·n)-th smallest |x| (n − int(s·n) + 1 plus ties), output-aware and ThinK rules keep int(n·(1−s)).
+>= the int(s·n)-th smallest |x| (n − int(s·n) + 1 plus ties), output-aware rules keep int(n·(1−s)), and ThinK
+drops the int(n·s) lowest channels, keeping n − int(n·s) (one more than int(n·(1−s)) when n·s is fractional).
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ def exact_keep(n: int, sparsity: float) -> int:
 def reference_topk_keep(n: int, sparsity: float) -> int:
     """The published output-aware count int(n·(1−s)); 0.3·128 is 38.400000000000006 in floating point."""
     return int(n * (1.0 - sparsity))
+
+
+def reference_think_keep(n: int, sparsity: float) -> int:
+    """The published ThinK count: it drops the int(n·s) lowest channels (keeps 39 of 128 at s = 0.7)."""
+    return n - int(n * sparsity)
 
 
 def topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tensor:

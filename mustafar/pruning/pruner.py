@@ -4,7 +4,17 @@ Storage-agnostic: the cache layer hands over its dense tail (the tokens whose pa
 each attention call and applies the masks it gets back, zeroing entries (mask mode) or packing them (compressed
 mode). Schedule (METHOD.md §1): prefill attention is dense; afterwards every token but the last `window` is
 pruned; during decode a step attends over window+1 dense tokens and the oldest leaves the window afterwards.
-Per-channel groups are 32 tokens aligned to position 0 and are pruned once all of them have left the window.
+
+Per-channel rules follow the published code (dhjoo98/mustafar, models/llama_mustafar_Kt_Mag_Vc_*.py):
+- output-aware ranks each channel over the whole prompt at prefill, because the attention weights of the last
+  32 prompt queries differ by orders of magnitude between tokens: a per-group quota (16 of 32 at s = 0.5) keeps
+  entries of unattended groups and drops whole value rows inside attended ones, close to token eviction. The
+  ranking covers the prompt tokens outside the window (`exact`) or, as the published code does, every prompt
+  token with no window (`reference`); it keeps round((1-s)·n) resp. int(n·(1-s)) of the n ranked tokens per
+  channel. Later tokens form 32-token groups that start at the first token the ranking left out.
+- magnitude uses 32-token groups aligned to position 0 from prefill on (the published code ranks no whole
+  prompt for it: its prefill prunes the complete groups outside the window, the remainder waits).
+A group is pruned once all its tokens have left the window.
 ThinK prunes the whole prompt at prefill (no window) and leaves generated tokens dense, like its reference.
 """
 
@@ -16,7 +26,7 @@ import torch
 
 from mustafar.config import CHANNEL_GROUP, PruneRule
 from mustafar.pruning import scores
-from mustafar.pruning.keep import exact_keep, keep_mask, reference_topk_keep
+from mustafar.pruning.keep import exact_keep, keep_mask, reference_think_keep, reference_topk_keep, topk_mask
 
 
 @dataclass
@@ -33,6 +43,8 @@ class SidePruner:
     def __init__(self, rule: PruneRule, side: str, keep_rule: str, window: int):
         self.rule, self.side, self.keep_rule, self.window = rule, side, keep_rule, window
         self.final = 0  # tokens [0, final) have their final pattern
+        self.prefilled = False  # the first attention call (the prompt) has been consumed
+        self.group_start = 0  # per-channel groups of CHANNEL_GROUP tokens start at this position
         self.acc: torch.Tensor | None = None  # running score statistics of tokens [final, T)
         self.cnt: torch.Tensor | None = None
         # entries kept / judged, for the measured sparsity; kept accumulates on the device (no sync per step)
@@ -65,7 +77,14 @@ class SidePruner:
             return exact_keep(head_dim, self.rule.sparsity)
         if self.rule.scorer == "magnitude":
             return None
+        if self.rule.scorer == "think":
+            return reference_think_keep(head_dim, self.rule.sparsity)
         return reference_topk_keep(head_dim, self.rule.sparsity)
+
+    @property
+    def ranks_prompt(self) -> bool:
+        """True when prefill ranks each channel over the prompt instead of per 32-token group."""
+        return self.rule.direction == "channel" and self.rule.scorer == "output_aware"
 
     @property
     def packs_topk(self) -> bool:
@@ -86,17 +105,18 @@ class SidePruner:
         caller packs the top-k itself.
         """
         total = self.final + tail.shape[2]
+        prefill, self.prefilled = not self.prefilled, True
         if not self.rule.active:
             self.final = total
             return tail.shape[2], None
         if self.rule.scorer == "think":
-            return self._think(tail, obs)
+            return self._think(tail, obs, prefill)
         self._accumulate(tail, obs, total)
-        leaving = total - self.window
-        if self.rule.direction == "channel":
-            leaving = leaving // CHANNEL_GROUP * CHANNEL_GROUP
-        n = max(0, leaving - self.final)
-        if n == 0:
+        end = self._final_after(total, prefill)
+        if prefill and self.ranks_prompt:
+            self.group_start = end
+        n = end - self.final
+        if n <= 0:
             return 0, None
         rows = tail[:, :, :n]
         if not want_mask and self.packs_topk:
@@ -106,6 +126,8 @@ class SidePruner:
         score = self._score(rows, n)
         if self.rule.direction == "token":
             mask = keep_mask(score, self.rule.sparsity, self.keep_rule, self._thresholded)
+        elif prefill and self.ranks_prompt:
+            mask = keep_mask(score, self.rule.sparsity, self.keep_rule, self._thresholded, dim=2)
         else:
             b, h, _, d = rows.shape
             grouped = score.view(b, h, n // CHANNEL_GROUP, CHANNEL_GROUP, d)
@@ -115,15 +137,25 @@ class SidePruner:
         self._finish(n, mask)
         return n, mask
 
+    def _final_after(self, total: int, prefill: bool) -> int:
+        """Tokens [0, returned) have their final pattern once this call's `total` tokens are cached."""
+        left = max(0, total - self.window)  # tokens that have left the window
+        if self.rule.direction == "token":
+            return left
+        if prefill and self.ranks_prompt:  # the published ranking has no window
+            return total if self.keep_rule == "reference" else left
+        whole = max(0, left - self.group_start) // CHANNEL_GROUP * CHANNEL_GROUP
+        return self.group_start + whole
+
     @property
     def _thresholded(self) -> bool:
         return self.rule.scorer == "magnitude"
 
-    def _think(self, tail: torch.Tensor, obs: Observation) -> tuple[int, torch.Tensor | None]:
-        if self.final > 0 or self.judged > 0:  # prefill only: generated tokens stay dense
+    def _think(self, tail: torch.Tensor, obs: Observation, prefill: bool) -> tuple[int, torch.Tensor | None]:
+        if not prefill:  # prefill only: generated tokens stay dense
             return 0, None
         score = scores.think_channel_score(tail, obs.think_query_stat if self.side == "k" else None)
-        channels = keep_mask(score, self.rule.sparsity, self.keep_rule, thresholded=False)
+        channels = topk_mask(score, self.keep_for(tail.shape[-1]))
         mask = channels.unsqueeze(2).expand_as(tail)
         self._finish(tail.shape[2], mask)
         return tail.shape[2], mask

@@ -21,9 +21,30 @@ POLICIES = [
     {"k_sparsity": 0.7, "v_sparsity": 0.7},
     {"k_sparsity": 0.5, "k_scorer": "output_aware", "v_sparsity": 0.7, "v_direction": "channel"},
     {"k_sparsity": 0.7, "k_scorer": "think"},
+    {
+        "k_sparsity": 0.7,
+        "k_scorer": "think",
+        "v_sparsity": 0.7,
+        "v_scorer": "think",
+        "keep_rule": "reference",
+    },
     {"k_sparsity": 0.5, "v_sparsity": 0.7, "keep_rule": "reference"},
     {"v_sparsity": 0.5, "v_scorer": "output_aware"},
+    {"v_sparsity": 0.7, "v_direction": "channel", "v_scorer": "output_aware", "window": 4},
+    {
+        "k_sparsity": 0.5,
+        "v_sparsity": 0.5,
+        "v_direction": "channel",
+        "v_scorer": "output_aware",
+        "keep_rule": "reference",
+        "window": 8,
+    },
 ]
+
+
+def steps_for(kw: dict) -> int:
+    """Per-channel policies decode until a generated 32-token group has left the window and been pruned."""
+    return 44 if kw.get("v_direction") == "channel" else 24
 
 
 def generate(model, ids, policy, steps=24):
@@ -45,11 +66,14 @@ def generate(model, ids, policy, steps=24):
 @pytest.mark.parametrize("kw", POLICIES, ids=lambda kw: KVConfig(**kw).label())
 def test_compressed_equals_mask_mode(tiny_llama, kw):
     ids = torch.randint(0, 256, (2, 70), generator=torch.Generator().manual_seed(3))
-    masked, _ = generate(tiny_llama, ids, KVConfig(**kw))
-    compressed, cache = generate(tiny_llama, ids, KVConfig(mode="compressed", **kw))
+    masked, _ = generate(tiny_llama, ids, KVConfig(**kw), steps_for(kw))
+    compressed, cache = generate(tiny_llama, ids, KVConfig(mode="compressed", **kw), steps_for(kw))
     assert torch.equal(masked.sequences, compressed.sequences)
     for a, b in zip(masked.logits, compressed.logits):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    if kw.get("v_direction") == "channel":  # a group that started after prefill has been pruned
+        v = cache.layers[0].pruners["v"]
+        assert v.final - v.group_start >= 32
     if KVConfig(**kw).dense:
         assert cache.layers[0].stored == 0  # a dense policy never builds compressed stores
 

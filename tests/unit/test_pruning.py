@@ -13,6 +13,7 @@ from mustafar.pruning import (
     SidePruner,
     exact_keep,
     keep_mask,
+    reference_think_keep,
     reference_topk_keep,
     scores,
     topk_mask,
@@ -254,3 +255,159 @@ def test_every_direction_scorer_combination_runs_for_k_and_v():
                 n, mask = pruner.step(x, obs)
                 assert n > 0 and mask is not None
                 assert abs(1 - mask.float().mean().item() - 0.5) < 1e-6
+
+
+# --- per-channel V at prefill and after, against a plain-PyTorch re-implementation of the published code ---
+
+
+def published_channel_topk(score: torch.Tensor, keep: int) -> torch.Tensor:
+    """Keep the `keep` largest scores of each channel over the tokens of `score` [T, D]: a column-by-column loop
+    (sorted() per column, ties to the lower token) standing in for the published `torch.sort(dim=-2)`."""
+    mask = torch.zeros_like(score, dtype=torch.bool)
+    for c in range(score.shape[1]):
+        col = score[:, c].tolist()
+        for t in sorted(range(len(col)), key=lambda i: (-col[i], i))[:keep]:
+            mask[t, c] = True
+    return mask
+
+
+def published_group_threshold(v: torch.Tensor, sparsity: float) -> torch.Tensor:
+    """The published per-channel magnitude rule on one 32-token group [32, D]: per channel, keep every |v| >= the
+    int(s·32)-th smallest (kthvalue with k = max(1, int(s·32)))."""
+    k = max(1, int(sparsity * 32))
+    mask = torch.zeros_like(v, dtype=torch.bool)
+    for c in range(v.shape[1]):
+        col = v[:, c].abs().tolist()
+        threshold = sorted(col)[k - 1]
+        for t, x in enumerate(col):
+            mask[t, c] = x >= threshold
+    return mask
+
+
+def last32_attention(q: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
+    """a_t of the published prefill: softmax(q·kᵀ/√D) of the last 32 queries (causal), summed over those queries
+    and over the query heads of each KV head -> [H_kv, T] (batch 1)."""
+    h_q, t, d = q.shape[1], q.shape[2], q.shape[3]
+    n_rep = h_q // k.shape[1]
+    out = torch.zeros(k.shape[1], t, dtype=torch.float64)
+    for h in range(h_q):
+        for i in range(max(0, t - 32), t):
+            logits = [float(q[0, h, i] @ k[0, h // n_rep, j]) / math.sqrt(d) for j in range(i + 1)]
+            top = max(logits)
+            e = [math.exp(x - top) for x in logits]
+            for j in range(i + 1):
+                out[h // n_rep, j] += e[j] / sum(e)
+    return out
+
+
+def drive_value_pruner(
+    rule: PruneRule, keep_rule: str, v: torch.Tensor, prompt: int, window: int, attention: torch.Tensor
+) -> tuple[SidePruner, torch.Tensor, list[int]]:
+    """Prefill `prompt` tokens, then one token per step. Every call observes the same a_t per token
+    (`attention` [B, H, T], the mean over the calls a token spends in the window is then a_t itself)."""
+    pruner = SidePruner(rule, "v", keep_rule, window)
+    cur, finals = v[:, :, :prompt].clone(), []
+    for total in range(prompt, v.shape[2] + 1):
+        if total > prompt:
+            cur = torch.cat([cur, v[:, :, total - 1 : total]], dim=2)
+        obs = Observation(q_len=prompt if total == prompt else 1, attention_stat=attention[:, :, :total])
+        start = pruner.final
+        n, mask = pruner.step(cur[:, :, start:], obs)
+        if mask is not None:
+            cur[:, :, start : start + n].masked_fill_(~mask, 0)
+        finals.append(pruner.final)
+    return pruner, cur, finals
+
+
+@pytest.mark.parametrize(("keep_rule", "sparsity"), [("exact", 0.5), ("exact", 0.7), ("reference", 0.7)])
+def test_per_channel_output_aware_ranks_the_whole_prompt_at_prefill(keep_rule, sparsity):
+    """Published Kt_Mag_Vc_Opa prefill: each channel ranked over the prompt by a_t·|v_td|, a_t from the last 32
+    prompt queries; `reference` ranks every prompt token (no window) and keeps int(T·(1−s)), `exact` ranks the
+    tokens outside the window and keeps round((1−s)·n). Generated tokens: 32-token groups from the first unranked
+    token, each pruned once all of it has left the window."""
+    torch.manual_seed(11)
+    b, h_kv, n_rep, d, prompt, window, steps = 1, 2, 2, 16, 75, 8, 80
+    total = prompt + steps
+    q = torch.randn(b, h_kv * n_rep, prompt, d) * 3  # peaked attention, as in real models
+    k = torch.randn(b, h_kv, prompt, d)
+    v = torch.randn(b, h_kv, total, d)
+    a = torch.rand(b, h_kv, total) + 0.01
+    a[:, :, :prompt] = last32_attention(q, k).float()
+    # the framework averages over the 32 queries where the published code sums: a constant factor, same ranking
+    torch.testing.assert_close(scores.attention_stat(q, k, d**-0.5, None) * 32, a[:, :, :prompt])
+    pruner, out, finals = drive_value_pruner(
+        PruneRule(sparsity, "channel", "output_aware"), keep_rule, v, prompt, window, a
+    )
+    ranked = prompt if keep_rule == "reference" else prompt - window
+    keep = int(ranked * (1 - sparsity)) if keep_rule == "reference" else round((1 - sparsity) * ranked)
+    groups = [(g, g + 32) for g in range(ranked, total - window - 31, 32)]
+    assert len(groups) == 2  # [ranked, +32) and [ranked+32, +64) complete; the rest stays dense
+    # the pattern became final at prefill (ranked tokens) and when a group's last token left the window
+    want_finals = [ranked + 32 * sum(e <= t - window for _, e in groups) for t in range(prompt, total + 1)]
+    assert finals == want_finals
+    for h in range(h_kv):
+        score = a[0, h, :, None] * v[0, h].abs()
+        want = torch.ones(total, d, dtype=torch.bool)
+        want[:ranked] = published_channel_topk(score[:ranked], keep)
+        for lo, hi in groups:
+            group_keep = int(32 * (1 - sparsity)) if keep_rule == "reference" else round(32 * (1 - sparsity))
+            want[lo:hi] = published_channel_topk(score[lo:hi], group_keep)
+        assert torch.equal(out[0, h] != 0, want)
+    assert pruner.keep_for(d) is None  # per-channel counts vary per token: the general compressed layout
+
+
+def test_per_channel_output_aware_prefill_is_not_a_group_quota():
+    """One attended token per 32 and a low-attention remainder: whole-prompt ranking keeps the attended rows, a
+    per-group quota would have to keep 16 entries of every 32 tokens per channel."""
+    v = torch.ones(1, 1, 96, 4)
+    a = torch.full((1, 1, 96), 1e-4)
+    a[0, 0, :64] = 1.0  # the first two groups are attended, the third is not
+    _, out, _ = drive_value_pruner(PruneRule(0.5, "channel", "output_aware"), "exact", v, 96, 0, a)
+    assert (out[0, 0, :48] != 0).all() and not (out[0, 0, 64:] != 0).any()
+
+
+@pytest.mark.parametrize(("keep_rule", "sparsity"), [("reference", 0.7), ("reference", 0.5), ("exact", 0.7)])
+def test_per_channel_magnitude_keeps_the_published_32_token_groups(keep_rule, sparsity):
+    """Published Kt_Mag_Vc_Mag: the prompt outside the window is pruned in 32-token groups aligned to position 0
+    (kthvalue threshold per channel and group); the incomplete group waits until it has left the window."""
+    torch.manual_seed(12)
+    d, prompt, window, steps = 16, 90, 8, 40
+    total = prompt + steps
+    v = torch.randn(1, 2, total, d)
+    v[0, 0, 5:9, 3] = 0.5  # ties: the published threshold keeps them all
+    pruner, out, finals = drive_value_pruner(
+        PruneRule(sparsity, "channel", "magnitude"), keep_rule, v, prompt, window, torch.ones(1, 2, total)
+    )
+    assert finals == [(t - window) // 32 * 32 for t in range(prompt, total + 1)]
+    for h in range(2):
+        want = torch.ones(total, d, dtype=torch.bool)
+        for lo in range(0, (total - window) // 32 * 32, 32):
+            block = v[0, h, lo : lo + 32]
+            want[lo : lo + 32] = (
+                published_group_threshold(block, sparsity)
+                if keep_rule == "reference"
+                else published_channel_topk(block.abs(), round(32 * (1 - sparsity)))
+            )
+        assert torch.equal(out[0, h] != 0, want)
+
+
+@pytest.mark.parametrize(
+    ("d", "s", "keep"),  # the published ThinK drops int(D·s) channels: D − int(D·s) survive
+    [(128, 0.5, 64), (128, 0.7, 39), (128, 0.9, 13), (64, 0.5, 32), (64, 0.7, 20), (64, 0.9, 7)],
+)
+def test_think_reference_keeps_the_published_count(d, s, keep):
+    assert reference_think_keep(d, s) == keep
+    torch.manual_seed(13)
+    x = torch.randn(1, 2, 40, d)
+    for side in ("k", "v"):
+        obs = Observation(q_len=40, think_query_stat=torch.rand(1, 2, d) if side == "k" else None)
+        for keep_rule, want in (("reference", keep), ("exact", round((1 - s) * d))):
+            pruner = SidePruner(PruneRule(s, "channel", "think"), side, keep_rule, 32)
+            n, mask = pruner.step(x, obs)
+            assert n == 40 and pruner.keep_for(d) == want
+            assert (mask.sum(-1) == want).all()
+            # the kept channels are the highest-scoring ones (plain mean of squares, times the query factor)
+            score = x.square().mean(2) * (obs.think_query_stat if side == "k" else 1)
+            for h in range(2):
+                kept = set(sorted(range(d), key=lambda c: (-float(score[0, h, c]), c))[:want])
+                assert {c for c in range(d) if mask[0, h, 0, c]} == kept

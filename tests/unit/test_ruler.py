@@ -474,3 +474,35 @@ def test_real_tokenizer(smollm2: Any, length: int) -> None:
             assert text.startswith("<|im_start|>system") and text.endswith(s.meta["answer_prefix"])
             if task.startswith("niah"):
                 assert all(text.count(a) == 1 for a in s.answers)
+
+
+def test_vt_prompt_text_matches_the_official_layout(smollm2: Any) -> None:
+    """RULER c3f5e3b `variable_tracking.py`: the example is `input + " " + names + "\\n"`, inserted before the task
+    template followed by another "\\n" (a blank line), and its haystack is the largest whose question and answer
+    prefix fit 500 tokens (the answer names are not counted)."""
+    bench = RulerBenchmark(smollm2, 1024, 2, tasks=["vt"])
+    head = (
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n"
+        "<|im_start|>user\n"
+    )
+    task_start = "Memorize and track the chain(s) of variable assignment hidden in the following text.\n\n"
+    digests = []
+    for s in bench.samples("vt"):
+        text = smollm2.decode(s.input_ids)
+        digests.append(hashlib.sha256(text.encode()).hexdigest())
+        assert text.startswith(head + task_start) and text.count(task_start) == 2
+        example, real = text[len(head) :].split(task_start)[1:]
+        example_input, names = example.split("they are: ")
+        names = names.split()
+        # the prefix's trailing space plus the joining one, then the example's "\n" and the insertion's "\n"
+        assert example == f"{example_input}they are:  {' '.join(names)}\n\n"
+        assert real.endswith(f"<|im_end|>\n<|im_start|>assistant\n{s.meta['answer_prefix']}")
+        # sized without its answer names: the question fits 500 tokens and one more noise block would not
+        question = task_start + example_input + "they are: "
+        assert question.count(NOISE) == 14
+        one_more = question.replace(NOISE, f"{NOISE}\n{NOISE}", 1)
+        assert len(smollm2.tokenize(question)) <= 500 < len(smollm2.tokenize(one_more))
+    assert digests == [
+        "a06889f12de0ae50040a01870bddf0e8736182516efecd6af55c40dcb62ea1de",
+        "8637cdad5ce64463f8c945fd35863b3e27fde96db30f86fe97a485459203c694",
+    ]
