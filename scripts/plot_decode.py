@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import matplotlib
@@ -20,6 +21,9 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mustafar.bench.shapes import attention_shape  # noqa: E402
 from mustafar.cache import CompressedLayer  # noqa: E402
 from mustafar.config import KVConfig  # noqa: E402
 from mustafar.pruning import Observation  # noqa: E402
@@ -29,7 +33,8 @@ POLICIES = {
     "K0.5V0.5": KVConfig(k_sparsity=0.5, v_sparsity=0.5, mode="compressed"),
     "K0.7V0.7": KVConfig(k_sparsity=0.7, v_sparsity=0.7, mode="compressed"),
 }
-LAYERS, KV_HEADS, HEAD_DIM = 32, 8, 128
+SHAPE = attention_shape("llama3_8b")
+LAYERS, KV_HEADS, HEAD_DIM = SHAPE.layers, SHAPE.heads_kv, SHAPE.head_dim
 
 
 def layer_bytes(policy: KVConfig | None, context: int) -> int:

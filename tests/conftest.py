@@ -39,10 +39,14 @@ def tiny_llama():
 @pytest.fixture(scope="module")
 def triton_interpreter():
     """Run a module's Triton kernels on CPU tensors, also on a GPU machine: Triton binds interpret mode when a
-    kernel is decorated, so the kernel modules are (re)imported under it."""
+    kernel is decorated, so the kernel modules are (re)imported under it, and again afterwards (compiled kernels
+    for the GPU tests that follow in the same session)."""
     mp = pytest.MonkeyPatch()
     mp.setenv("TRITON_INTERPRET", "1")
-    for name in ("mustafar.kernels.compress", "mustafar.kernels.decode"):
+    kernel_modules = ("mustafar.kernels.compress", "mustafar.kernels.decode")
+    for name in kernel_modules:
         importlib.reload(importlib.import_module(name))
     yield
     mp.undo()
+    for name in kernel_modules:
+        importlib.reload(importlib.import_module(name))

@@ -13,6 +13,9 @@ kept values in channel order. Two layouts:
 Bytes per token per (batch, head), closed form (see :func:`fixed_token_nbytes`, :func:`variable_token_nbytes`):
 fixed ``4·D/32 + padded_keep·itemsize``; variable ``4·D/32 + 4 + nnz·itemsize``. For D = 128 fp16 the fixed layout
 needs 96 B at keep 38 (s = 0.7) and 144 B at keep 64 (s = 0.5), against 256 B dense.
+
+The store is data: it lays out, grows and accounts for its buffers, appends tokens that are already packed and
+unpacks them again. Pruning rows and packing them into a store is :mod:`mustafar.kernels`' job.
 """
 
 from __future__ import annotations
@@ -22,13 +25,6 @@ from torch import Tensor
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _ALIGN_BYTES = 16
-
-
-def keep_count(head_dim: int, sparsity: float) -> int:
-    """Values kept per token by the framework's default rule: exactly round((1 - s) * D)."""
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    return max(1, round((1.0 - sparsity) * head_dim))
 
 
 def padded_keep(keep: int, itemsize: int) -> int:
@@ -51,31 +47,6 @@ def variable_token_nbytes(head_dim: int, nnz: int, itemsize: int) -> int:
     return 4 * bitmap_words(head_dim) + 4 + nnz * itemsize
 
 
-def reference_keep_mask(x_abs: Tensor, sparsity: float) -> Tensor:
-    """The published code's magnitude rule along the last dim.
-
-    threshold = k-th smallest |x| with k = int(s·D); keep every entry >= threshold (D - k + 1 entries plus ties).
-    At s = 0 everything is kept.
-    """
-    if not 0.0 <= sparsity < 1.0:
-        raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
-    k = int(sparsity * x_abs.shape[-1])
-    if k == 0:
-        return torch.ones_like(x_abs, dtype=torch.bool)
-    threshold = x_abs.kthvalue(k, dim=-1, keepdim=True).values
-    return x_abs >= threshold
-
-
-def topk_keep_mask(x: Tensor, keep: int) -> Tensor:
-    """Strict per-token top-``keep`` by |x| along the last dim, ties broken by lower channel index first."""
-    d = x.shape[-1]
-    if not 0 < keep <= d:
-        raise ValueError(f"keep must be in [1, {d}], got {keep}")
-    order = torch.sort(x.abs(), dim=-1, descending=True, stable=True).indices[..., :keep]
-    mask = torch.zeros(x.shape, dtype=torch.bool, device=x.device)
-    return mask.scatter_(-1, order, True)
-
-
 def pack_bitmap(mask: Tensor) -> Tensor:
     """bool [..., D] -> int32 [..., D // 32], LSB first."""
     d = mask.shape[-1]
@@ -91,19 +62,15 @@ def unpack_bitmap(words: Tensor, head_dim: int) -> Tensor:
     return bits.reshape(*words.shape[:-1], head_dim).bool()
 
 
-def _check_rows(rows: Tensor, batch: int, heads: int, head_dim: int, dtype: torch.dtype) -> None:
-    if rows.dim() != 4 or rows.shape[0] != batch or rows.shape[1] != heads or rows.shape[3] != head_dim:
-        raise ValueError(f"rows must have shape [{batch}, {heads}, n, {head_dim}], got {tuple(rows.shape)}")
-    if rows.dtype != dtype:
-        raise ValueError(f"rows dtype {rows.dtype} does not match the store dtype {dtype}")
-
-
 class CompressedStore:
     """Appendable compressed rows (K or V) of shape [B, H_kv, T, D]; per-token bitmap layout.
 
     ``keep=int`` selects the fixed-nnz layout, ``keep=None`` the variable layout (module docstring). Buffers grow
-    by doubling, so appending is amortised O(n). Buffers (read by the kernels): ``bits`` int32 [B, H, cap, D/32];
+    by 1.25x, so appending is amortised O(n). Buffers (read by the kernels): ``bits`` int32 [B, H, cap, D/32];
     fixed: ``vals`` [B, H, cap, padded_keep]; variable: ``vals`` [B, H, val_cap], ``offs`` int32 [B, H, cap].
+
+    Writers either hand over packed tokens (:meth:`append_packed`) or claim slots (:meth:`extend`) and fill them
+    in place (the prune+pack kernels).
     """
 
     def __init__(
@@ -112,7 +79,7 @@ class CompressedStore:
         heads: int,
         head_dim: int,
         dtype: torch.dtype,
-        device,
+        device: torch.device | str,
         keep: int | None,
         capacity: int = 0,
     ) -> None:
@@ -164,6 +131,18 @@ class CompressedStore:
     def dense_nbytes(self) -> int:
         return self.batch * self.heads * self.length * self.head_dim * self.itemsize
 
+    def check_rows(self, rows: Tensor, mask: Tensor | None = None) -> None:
+        """Raise unless ``rows`` are [B, H, n, D] of this store's dtype (and ``mask`` a bool tensor like them)."""
+        b, h, d = self.batch, self.heads, self.head_dim
+        if rows.dim() != 4 or rows.shape[0] != b or rows.shape[1] != h or rows.shape[3] != d:
+            raise ValueError(f"rows must have shape [{b}, {h}, n, {d}], got {tuple(rows.shape)}")
+        if rows.dtype != self.dtype:
+            raise ValueError(f"rows dtype {rows.dtype} does not match the store dtype {self.dtype}")
+        if mask is not None and (mask.shape != rows.shape or mask.dtype != torch.bool):
+            raise ValueError(
+                f"mask must be bool of shape {tuple(rows.shape)}, got {mask.dtype} {tuple(mask.shape)}"
+            )
+
     # ------------------------------------------------------------------ growth
     def _grow(self, buf: Tensor, dim: int, used: int, need: int) -> Tensor:
         if buf.shape[dim] >= need:
@@ -188,83 +167,71 @@ class CompressedStore:
             self.vals = self._grow(self.vals, 2, used, used + values_per_row)
 
     # ------------------------------------------------------------------ appending
-    def append(self, rows: Tensor, mask: Tensor, backend: str = "auto") -> None:
-        """Append ``rows`` [B, H, n, D] keeping the entries where ``mask`` is True (zeros may be kept)."""
-        from mustafar.kernels.dispatch import pack_into
+    def extend(self, tokens: int, counts: Tensor | int) -> int:
+        """Claim slots for ``tokens`` more tokens holding ``counts`` kept values each ([B, H, tokens], or one count
+        for all) and return the first one's index; the caller writes their bitmap words and values.
 
-        _check_rows(rows, self.batch, self.heads, self.head_dim, self.dtype)
-        if mask.shape != rows.shape or mask.dtype != torch.bool:
-            raise ValueError(
-                f"mask must be bool of shape {tuple(rows.shape)}, got {mask.dtype} {tuple(mask.shape)}"
-            )
-        if rows.shape[2] == 0:
-            return
-        counts = mask.sum(-1)
+        Fixed layout: every count must be ``keep``. Variable layout: the tokens' value offsets are recorded here.
+        """
         if self.fixed:
-            bad = counts != self.keep
-            if bool(bad.any()):
+            if isinstance(counts, int):
+                wrong = None if counts == self.keep else counts
+            else:
+                off = counts[counts != self.keep]
+                wrong = int(off[0]) if off.numel() else None
+            if wrong is not None:
                 raise ValueError(
-                    f"fixed layout needs exactly keep={self.keep} kept entries per token, "
-                    f"got a token with {int(counts[bad][0])}"
+                    f"fixed layout needs exactly keep={self.keep} kept entries per token, got a token with {wrong}"
                 )
-        pack_into(self, rows, mask, counts, backend=backend)
+            self.reserve(tokens)
+        else:
+            if isinstance(counts, int):
+                self.reserve(tokens, tokens * counts)
+                starts = self.row_nnz[:, :, None] + counts * torch.arange(tokens, device=self.device)
+                self.row_nnz += tokens * counts
+            else:
+                self.reserve(tokens, int(counts.sum(-1).max()))
+                starts = self.row_nnz[:, :, None] + counts.cumsum(-1) - counts
+                self.row_nnz += counts.sum(-1)
+            self.offs[:, :, self.length : self.length + tokens] = starts.to(torch.int32)
+        first = self.length
+        self.length += tokens
+        return first
 
-    def append_topk(self, rows: Tensor, keep: int, backend: str = "auto") -> None:
-        """Prune ``rows`` to their per-token top-``keep`` by |x| (ties: lower channel first) and append them."""
-        from mustafar.kernels.dispatch import topk_pack_into
-
-        _check_rows(rows, self.batch, self.heads, self.head_dim, self.dtype)
-        if not 0 < keep <= self.head_dim:
-            raise ValueError(f"keep must be in [1, {self.head_dim}], got {keep}")
-        if self.fixed and keep != self.keep:
-            raise ValueError(f"this store keeps {self.keep} values per token, append_topk got keep={keep}")
-        if rows.shape[2] == 0:
-            return
-        topk_pack_into(self, rows, keep, backend=backend)
+    def append_packed(self, bits: Tensor, values: Tensor) -> None:
+        """Append packed tokens: ``bits`` int32 [B, H, n, D/32] (the kept channels) and ``values``, the kept values
+        of all n tokens flattened in (batch, head, token, channel) order, as ``rows[mask]`` lists them."""
+        b, h, w = self.batch, self.heads, bitmap_words(self.head_dim)
+        if bits.dim() != 4 or bits.shape[:2] != (b, h) or bits.shape[3] != w or bits.dtype != torch.int32:
+            raise ValueError(f"bits must be int32 [{b}, {h}, n, {w}], got {bits.dtype} {tuple(bits.shape)}")
+        if values.dim() != 1 or values.dtype != self.dtype:
+            raise ValueError(f"values must be 1-D {self.dtype}, got {values.dtype} {tuple(values.shape)}")
+        mask = unpack_bitmap(bits, self.head_dim)
+        n = bits.shape[2]
+        t0 = self.extend(n, mask.sum(-1))
+        self.bits[:, :, t0 : t0 + n] = bits
+        if self.fixed:
+            self.vals[:, :, t0 : t0 + n].zero_()
+        self.vals.view(-1)[_value_index(self, mask, t0)[mask]] = values
 
     # ------------------------------------------------------------------ reading back
     def to_dense(self) -> Tensor:
         """[B, H, T, D] with zeros at pruned entries (exact round trip of the appended rows)."""
-        return unpack_tokens(self, 0, self.length)
+        mask = unpack_bitmap(self.bits[:, :, : self.length], self.head_dim)
+        out = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
+        out[mask] = self.vals.reshape(-1)[_value_index(self, mask, 0)[mask]]
+        return out
 
 
-def token_value_index(store: CompressedStore, start: int, stop: int) -> tuple[Tensor, Tensor]:
-    """(kept mask [B, H, n, D], flat index into ``store.vals`` of each entry, valid where the mask is True)."""
-    mask = unpack_bitmap(store.bits[:, :, start:stop], store.head_dim)
+def _value_index(store: CompressedStore, mask: Tensor, start: int) -> Tensor:
+    """Flat index into ``store.vals`` of every entry of the tokens from ``start`` whose kept ``mask`` [B, H, n, D]
+    is given (valid where the mask is True)."""
     rank = mask.to(torch.int64).cumsum(-1) - 1
+    rows = torch.arange(store.batch * store.heads, device=mask.device).view(store.batch, store.heads, 1)
     if store.fixed:
-        n = stop - start
-        row = torch.arange(store.batch * store.heads, device=mask.device).view(store.batch, store.heads, 1)
-        slot = row * store.capacity + torch.arange(start, stop, device=mask.device)
-        base = (slot * store.slot).view(store.batch, store.heads, n, 1)
+        slot = rows * store.capacity + torch.arange(start, start + mask.shape[2], device=mask.device)
+        base = (slot * store.slot)[..., None]
     else:
-        row = torch.arange(store.batch * store.heads, device=mask.device).view(store.batch, store.heads, 1, 1)
-        base = row * store.vals.shape[2] + store.offs[:, :, start:stop, None].to(torch.int64)
-    return mask, base + rank
-
-
-def unpack_tokens(store: CompressedStore, start: int, stop: int) -> Tensor:
-    """Dense [B, H, stop - start, D] of the stored tokens ``start:stop`` (pure PyTorch)."""
-    mask, index = token_value_index(store, start, stop)
-    out = torch.zeros(mask.shape, dtype=store.dtype, device=mask.device)
-    out[mask] = store.vals.reshape(-1)[index[mask]]
-    return out
-
-
-def pack_reference(store: CompressedStore, rows: Tensor, mask: Tensor, counts: Tensor) -> None:
-    """Pure-PyTorch pack of ``rows`` under ``mask`` into the store's next slots (growing it as needed)."""
-    n = rows.shape[2]
-    if store.fixed:
-        store.reserve(n)
-    else:
-        store.reserve(n, int(counts.sum(-1).max()))
-        starts = store.row_nnz[:, :, None] + counts.cumsum(-1) - counts
-        store.offs[:, :, store.length : store.length + n] = starts.to(torch.int32)
-        store.row_nnz += counts.sum(-1)
-    t0 = store.length
-    store.bits[:, :, t0 : t0 + n] = pack_bitmap(mask)
-    if store.fixed:
-        store.vals[:, :, t0 : t0 + n].zero_()
-    store.length = t0 + n
-    _, index = token_value_index(store, t0, t0 + n)
-    store.vals.view(-1)[index[mask]] = rows[mask]
+        offs = store.offs[:, :, start : start + mask.shape[2], None].to(torch.int64)
+        base = (rows * store.vals.shape[2])[..., None] + offs
+    return base + rank

@@ -288,23 +288,19 @@ class Gen:
         return "{\n" + "\n".join(decl + self.lines) + "\n}"
 
 
-def search(g, words, nbits, need, accs=1):
+def search(g, words, nbits, need):
     """Largest thr (nbits wide) with count(lane >= thr) >= need over byte lanes (0x80 | value); also the count at the
-    last rejected candidate (= count(lane >= thr + 1)), 0 if none was rejected. ``accs`` independent partial sums
-    per pass (shorter dependency chains)."""
+    last rejected candidate (= count(lane >= thr + 1)), 0 if none was rejected. One running sum per pass (4
+    independent partial sums measured 1 % slower on H100, results/kernels/NOTES.md round 4)."""
     thr = g.mov(0)
     crej = g.mov(0)
     for b in reversed(range(nbits)):
         cand = g.or_(thr, 1 << b)
         c4 = g.mul(cand, 0x01010101)
-        part = [None] * accs
-        for i, w in enumerate(words):
+        acc = None
+        for w in words:
             s = g.shr(g.and_(g.sub(w, c4), 0x80808080), 7)
-            k = i % accs
-            part[k] = s if part[k] is None else g.add(part[k], s)
-        acc = part[0]
-        for p in part[1:]:
-            acc = g.add(acc, p) if p is not None else acc
+            acc = s if acc is None else g.add(acc, s)
         tot = g.shr(g.mul(acc, 0x01010101), 24)
         p = g.setp("ge", tot, need)
         thr = g.selp(cand, thr, p)
@@ -322,7 +318,7 @@ def warp_smem_bytes(d: int, slot: int, coalesced: bool) -> int:
     return 32 * max(smem_stride(slot), row_stride(d) if coalesced else 0)
 
 
-def build(g, D, KEEP, SLOT, STRIDE, reload=False, accs=1, coalesced=False):
+def build(g, D, KEEP, SLOT, STRIDE, coalesced=False):
     """Operands: $0 out (dummy), $1 row ptr (clamped to the last row), $2 bitmap ptr, $3 value-slot ptr, $4 rows left
     (n_tok - r), $5 dep, $6 row ptr (unclamped; rows of one warp are contiguous when ``coalesced``)."""
     NWD, G = D // 2, D // 32
@@ -366,7 +362,7 @@ def build(g, D, KEEP, SLOT, STRIDE, reload=False, accs=1, coalesced=False):
         Wl.append(wl)
     A = [[g.or_(w, 0x80808080) for w in wh] for wh in Wh]
     # stage 1: key bits 14..8
-    H, cgt_h = search(g, [a for row in A for a in row], 7, KEEP, accs)
+    H, cgt_h = search(g, [a for row in A for a in row], 7, KEEP)
     H4 = g.mul(H, 0x01010101)
     H14 = g.add(H4, 0x01010101)
     E, Gt, B, B0 = [], [], [], []
@@ -385,7 +381,7 @@ def build(g, D, KEEP, SLOT, STRIDE, reload=False, accs=1, coalesced=False):
         E.append(e_r), Gt.append(g_r), B.append(b_r), B0.append(b0w)
     # stage 2: key bits 7..1 of the keys whose bits 14..8 equal H (others: 0, never counted)
     need2 = g.sub(KEEP, cgt_h)
-    M, crej2 = search(g, [b for row in B for b in row], 7, need2, accs)
+    M, crej2 = search(g, [b for row in B for b in row], 7, need2)
     need14 = g.sub(need2, crej2)  # KEEP - count(key >> 1 > (H, M))
     M4 = g.mul(M, 0x01010101)
     M14 = g.add(M4, 0x01010101)
@@ -437,10 +433,6 @@ def build(g, D, KEEP, SLOT, STRIDE, reload=False, accs=1, coalesced=False):
     # scatter the kept values (channel order) into this thread's smem row: write every value, advance if kept
     sb = g.add(wb, g.mul(lane, STRIDE))
     ptr = g.mov(sb)
-    if reload:  # the row again (L1 hit), instead of keeping its D/2 words live through the search
-        R = []
-        for i in range(NWD // 4):
-            R += g.ldv4("$1", 16 * i)
     for j in range(NWD):
         hl, hh = g.split16(R[j])
         for half, h in enumerate((hl, hh)):
@@ -482,15 +474,12 @@ def smem_stride(slot: int) -> int:
 
 
 @functools.cache
-def make_asm(
-    d: int, keep: int, slot: int, reload: bool = False, accs: int = 1, coalesced: bool = False
-) -> str:
+def make_asm(d: int, keep: int, slot: int, coalesced: bool = False) -> str:
     """The inline-asm body for head_dim ``d``, ``keep`` values per row, ``slot`` value slots (fp16/bf16).
 
-    ``reload``: read the row a second time for the pack instead of holding its words in registers through the
-    search (fewer registers, more resident warps; slower on H100). ``accs``: partial sums per search pass.
-    ``coalesced``: the warp's rows are one contiguous block, loaded coalesced and transposed in shared memory."""
-    return build(Gen(), d, keep, slot, smem_stride(slot), reload, accs, coalesced).text()
+    ``coalesced``: the warp's rows are one contiguous block, loaded coalesced and transposed in shared memory. The
+    row stays in registers through the search (re-reading it for the pack was slower on H100, round 4)."""
+    return build(Gen(), d, keep, slot, smem_stride(slot), coalesced).text()
 
 
 def emulate(
@@ -499,10 +488,8 @@ def emulate(
     slot: int,
     n_tok: int | None = None,
     warps: int = 1,
-    reload: bool = False,
-    accs: int = 1,
     coalesced: bool = False,
-):
+) -> tuple[np.ndarray, np.ndarray]:
     """Run the generated program on uint16 rows ``bits16`` [N, D] (N a multiple of 32 * warps) in numpy.
 
     Returns (bitmap words uint32 [N, D/32], value slots uint16 [N, slot]); rows >= ``n_tok`` are not written."""
@@ -532,6 +519,6 @@ def emulate(
     g.V["$4"] = (n_tok - idx).astype(np.uint32)
     g.V["$5"] = np.zeros(n, np.uint32)
     g.V["$6"] = ((1 << 40) + idx * d * 2).astype(np.int64)
-    build(g, d, keep, slot, stride, reload, accs, coalesced)
+    build(g, d, keep, slot, stride, coalesced)
     gm = emu["gmem"]
     return gm[: n * groups].reshape(n, groups), gm[n * groups :].view(np.uint16).reshape(n, slot)

@@ -1,47 +1,35 @@
 """Triton prune+pack: rows go straight into a :class:`CompressedStore`'s preallocated slots.
 
-One kernel, two modes (constexpr ``TOPK``):
+Two kernels:
 
-* top-k: exact per-token top-``keep`` by |x|. The threshold is found by a bitwise binary search over the
-  integer key ``bits(x) & 0x7FFF`` (0x7FFFFFFF for fp32), which orders |x| exactly for finite values; entries above
-  the threshold are kept, ties at the threshold are kept in channel order until the row holds ``keep``.
-* mask: the kept pattern is given (any count in the variable layout).
+* ``_prune_pack_kernel`` (plain Triton; the CPU interpreter, fp32, variable layouts, unaligned rows), in two modes
+  (constexpr ``TOPK``): exact per-token top-``keep`` by |x| (a bitwise binary search for the threshold over the
+  integer key ``bits(x) & 0x7FFF`` (0x7FFFFFFF for fp32), which orders |x| exactly for finite values; entries
+  above the threshold are kept, ties at the threshold in channel order until the row holds ``keep``), or a given
+  kept pattern (any count in the variable layout).
+* ``_topk_pack_ptx_kernel`` (GPU, fixed layout, fp16/bf16, 16-byte aligned rows: every store a cache makes): the
+  same top-k as one generated PTX program per row (:mod:`mustafar.kernels._topk_ptx`).
 
 Destination: fixed layout ``vals[b, h, t0 + r, :]``; variable layout ``vals[b, h, offs[b, h, t0 + r]:]`` (offsets
-written beforehand by the host). No concatenation, no host synchronisation in the top-k fixed path.
+recorded by :meth:`CompressedStore.extend`). No concatenation, no host synchronisation in the top-k fixed path.
 """
 
 from __future__ import annotations
-
-import os
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-
-try:  # Gluon (explicit layouts) for the GPU fast path; absent or unusable -> plain Triton everywhere
-    from triton.experimental import gluon
-    from triton.experimental.gluon import language as gl
-
-    _GLUON = True
-except ImportError:  # pragma: no cover
-    _GLUON = False
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
 
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels._topk_ptx import make_asm, warp_smem_bytes
+from mustafar.kernels.support import gluon_capable
 
 _BLOCK_R = 8  # rows per program; with 2 warps the best of the H100 launch sweep (results/kernels)
 _NUM_WARPS = 2
-# Gluon path: 32 rows per warp (one per thread); 1 warp = best K+V sum on H100 (results/kernels/NOTES.md)
-_GL_WARPS = 1
-# PTX path (round 4): same row-per-thread shape, launch width in warps; reload = re-read the row for the pack
-# instead of holding it in registers through the search (slower on H100); accs = partial sums per search pass;
-# coalesced = load a warp's (contiguous) rows coalesced and transpose them in shared memory
-_PTX_WARPS = 1
-_PTX_RELOAD = False
-_PTX_ACCS = 1
-_PTX_COALESCED = True
+_PTX_WARPS = 1  # PTX path: 32 rows per warp (one per thread); 1 warp per program is the best K+V sum on H100
 
 
 @triton.jit
@@ -143,124 +131,11 @@ def _prune_pack_kernel(
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# GPU fast path (Gluon, explicit layouts): one row per thread for the threshold search.
-#
-# The plain-Triton kernel above spreads a row over 16 lanes, so each of the 15 search passes ends in a cross-lane
-# reduction (shuffle tree); those reductions, not the compares, dominated the round-2 SASS. Here the search runs in
-# the layout ``_row`` (size_per_thread [1, D/2] on int32 key pairs: a thread holds its whole row), so every pass is
-# 64 in-thread SWAR subtract/extract/adds; the tie ranks, output positions and bitmap words are in-thread scans and
-# sums too. Only the value scatter runs in the coalesced layout (16 lanes per row, as before): the per-pair output
-# positions (one byte each, 0xFF = dropped) cross over through shared memory in one ``convert_layout`` and the
-# values are re-read (L1 hit) as int32 pairs in that layout. Fixed layout, fp16/bf16, top-k only; everything else
-# (and the interpreter) uses ``_prune_pack_kernel``.
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-@gluon.jit
-def _gl_add(a, b):
-    return a + b
-
-
-@gluon.jit
-def _topk_pack_gluon_kernel(
-    x_ptr,  # int32 view of the fp16/bf16 rows: one key pair per element
-    bits_ptr,
-    vals_ptr,  # int16 view of the value slots
-    n_tok,
-    heads,
-    sxb,
-    sxh,
-    sxt,  # strides in int32 units
-    t0,
-    cap,
-    KEEP: gl.constexpr,
-    SLOT: gl.constexpr,
-    D: gl.constexpr,
-):
-    NW: gl.constexpr = gl.num_warps()
-    P: gl.constexpr = D // 2
-    BLOCK_R: gl.constexpr = 32 * NW
-    row: gl.constexpr = gl.BlockedLayout([1, P], [32, 1], [NW, 1], [1, 0])
-    col: gl.constexpr = gl.BlockedLayout([1, 4], [32 // (P // 4), P // 4], [NW, 1], [1, 0])
-    pad_l: gl.constexpr = gl.BlockedLayout([1, 8], [32, 1], [NW, 1], [1, 0])
-
-    pid_r = gl.program_id(0)
-    bh = gl.program_id(1)
-    b = bh // heads
-    h = bh % heads
-    x_base = b.to(gl.int64) * sxb + h.to(gl.int64) * sxh
-
-    # ---- search: one row per thread ------------------------------------------------------------------------------
-    r = pid_r * BLOCK_R + gl.arange(0, BLOCK_R, layout=gl.SliceLayout(1, row))
-    rmask = r < n_tok
-    pr = gl.arange(0, P, layout=gl.SliceLayout(0, row))
-    w = gl.load(x_ptr + (x_base + r.to(gl.int64) * sxt)[:, None] + pr[None, :], mask=rmask[:, None], other=0)
-    keys = w & 0x7FFF7FFF
-    flagged = keys | -0x7FFF8000  # 0x80008000: (0x8000 + key) - cand keeps bit 15 of its lane iff key >= cand
-    thr = gl.zeros([BLOCK_R], gl.int32, layout=gl.SliceLayout(1, row))
-    for i in gl.static_range(15):
-        cand = thr | (1 << (14 - i))
-        diff = flagged - (cand | (cand << 16))[:, None]
-        both = gl.sum((diff >> 15) & 0x10001, axis=1)
-        cnt = (both & 0xFFFF) + (both >> 16)
-        thr = gl.where(cnt >= KEEP, cand, thr)
-
-    k_lo = keys & 0x7FFF
-    k_hi = keys >> 16
-    t2 = thr[:, None]
-    gt_lo = (k_lo > t2).to(gl.int32)
-    gt_hi = (k_hi > t2).to(gl.int32)
-    eq_lo = (k_lo == t2).to(gl.int32)
-    eq_hi = (k_hi == t2).to(gl.int32)
-    need = KEEP - gl.sum(gt_lo + gt_hi, axis=1)
-    eq_cum = gl.associative_scan(eq_lo + eq_hi, 1, _gl_add)  # tie rank of the hi lane; lo = that - eq_hi
-    n2 = need[:, None]
-    keep_lo = gt_lo | (eq_lo & ((eq_cum - eq_hi) <= n2).to(gl.int32))
-    keep_hi = gt_hi | (eq_hi & (eq_cum <= n2).to(gl.int32))
-    k_cum = gl.associative_scan(keep_lo + keep_hi, 1, _gl_add)
-    pos_hi = gl.where(keep_hi != 0, k_cum - 1, 255)
-    pos_lo = gl.where(keep_lo != 0, k_cum - keep_hi - 1, 255)
-
-    slot = bh.to(gl.int64) * cap + t0 + r
-    kb = (keep_lo | (keep_hi << 1)) << ((2 * pr[None, :]) & 31)
-    words = gl.sum(gl.reshape(kb, [BLOCK_R, D // 32, 16]), axis=2)  # in-thread: disjoint bits, sum == or
-    wl: gl.constexpr = gl.BlockedLayout([1, D // 32], [32, 1], [NW, 1], [1, 0])
-    words = gl.convert_layout(words, wl)
-    wj = gl.arange(0, D // 32, layout=gl.SliceLayout(0, wl))
-    rw = gl.convert_layout(r, gl.SliceLayout(1, wl))
-    sw = gl.convert_layout(slot, gl.SliceLayout(1, wl))
-    gl.store(bits_ptr + (sw * (D // 32))[:, None] + wj[None, :], words, mask=(rw < n_tok)[:, None])
-    if SLOT > KEEP:
-        pp = KEEP + gl.arange(0, 8, layout=gl.SliceLayout(0, pad_l))
-        rp = gl.convert_layout(r, gl.SliceLayout(1, pad_l))
-        sp = gl.convert_layout(slot, gl.SliceLayout(1, pad_l))
-        pad = gl.zeros([BLOCK_R, 8], gl.int16, layout=pad_l)
-        gl.store(
-            vals_ptr + (sp * SLOT)[:, None] + pp[None, :],
-            pad,
-            mask=(rp < n_tok)[:, None] & (pp < SLOT)[None, :],
-        )
-
-    # ---- value scatter in the coalesced layout ---------------------------------------------------------------------
-    enc = gl.convert_layout((pos_lo | (pos_hi << 8)).to(gl.int16), col)
-    rc = pid_r * BLOCK_R + gl.arange(0, BLOCK_R, layout=gl.SliceLayout(1, col))
-    rcm = (rc < n_tok)[:, None]
-    pc = gl.arange(0, P, layout=gl.SliceLayout(0, col))
-    wc = gl.load(x_ptr + (x_base + rc.to(gl.int64) * sxt)[:, None] + pc[None, :], mask=rcm, other=0)
-    e = enc.to(gl.int32)
-    plo = e & 0xFF
-    phi = (e >> 8) & 0xFF
-    vbase = ((bh.to(gl.int64) * cap + t0 + rc) * SLOT)[:, None]
-    gl.store(vals_ptr + vbase + plo, wc.to(gl.int16), mask=rcm & (plo != 255))
-    gl.store(vals_ptr + vbase + phi, (wc >> 16).to(gl.int16), mask=rcm & (phi != 255))
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# GPU fast path, round 4: the same one-row-per-thread shape as above, but the whole per-row program is generated PTX
-# (``mustafar.kernels._topk_ptx``: byte-lane threshold search, bitmap tie order, shared-memory compaction, coalesced
-# copy-out), run through one ``inline_asm_elementwise`` per thread. Gluon supplies the per-row pointers and reserves
+# GPU fast path: one row per thread, the whole per-row program generated PTX (``mustafar.kernels._topk_ptx``:
+# byte-lane threshold search, bitmap tie order, shared-memory compaction, coalesced copy-out), run through one
+# ``inline_asm_elementwise`` per thread. Gluon supplies the per-row pointers and reserves
 # the shared memory (the asm addresses it from ``global_smem``: the only allocation, so it sits at offset 0; the
-# one-word load of it only keeps it alive). Needs 16-byte aligned rows; otherwise the kernel above runs.
+# one-word load of it only keeps it alive). Needs 16-byte aligned rows; otherwise ``_prune_pack_kernel`` runs.
 # ---------------------------------------------------------------------------------------------------------------------
 
 
@@ -313,15 +188,23 @@ def _topk_pack_ptx_kernel(
 
 
 def _ptx_ok(store: CompressedStore, rows: Tensor) -> bool:
-    return _gluon_ok(store, rows) and rows.data_ptr() % 16 == 0 and all(s % 8 == 0 for s in rows.stride()[:3])
+    """The PTX kernel's domain: a compiled sm_80+ GPU, the fixed layout, fp16/bf16, 16-byte aligned rows."""
+    return (
+        gluon_capable(rows.device)
+        and store.fixed
+        and store.dtype in (torch.float16, torch.bfloat16)
+        and rows.stride(-1) == 1
+        and rows.data_ptr() % 16 == 0
+        and all(s % 8 == 0 for s in rows.stride()[:3])
+    )
 
 
-def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, num_warps: int = _PTX_WARPS) -> None:
+def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, t0: int) -> None:
     n = rows.shape[2]
     x32 = rows.view(torch.int32)
-    coalesced = _PTX_COALESCED and x32.stride(2) == store.head_dim // 2  # a warp's rows: one contiguous block
-    words = triton.next_power_of_2(num_warps * warp_smem_bytes(store.head_dim, store.slot, coalesced) // 4)
-    grid = (triton.cdiv(n, 32 * num_warps), store.batch * store.heads)
+    coalesced = x32.stride(2) == store.head_dim // 2  # a warp's rows: one contiguous block
+    words = triton.next_power_of_2(_PTX_WARPS * warp_smem_bytes(store.head_dim, store.slot, coalesced) // 4)
+    grid = (triton.cdiv(n, 32 * _PTX_WARPS), store.batch * store.heads)
     _topk_pack_ptx_kernel[grid](
         x32,
         store.bits,
@@ -329,66 +212,18 @@ def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, num_warps: int 
         n,
         store.heads,
         *x32.stride()[:3],
-        store.length,
+        t0,
         store.capacity,
         SLOT=store.slot,
         D=store.head_dim,
         SMEM_WORDS=words,
-        ASM=make_asm(store.head_dim, keep, store.slot, _PTX_RELOAD, _PTX_ACCS, coalesced),
-        num_warps=num_warps,
+        ASM=make_asm(store.head_dim, keep, store.slot, coalesced),
+        num_warps=_PTX_WARPS,
     )
 
 
-def _gluon_ok(store: CompressedStore, rows: Tensor) -> bool:
-    return (
-        _GLUON
-        and rows.is_cuda
-        and store.fixed
-        and store.dtype in (torch.float16, torch.bfloat16)
-        and os.environ.get("TRITON_INTERPRET", "0") != "1"
-        and rows.stride(-1) == 1
-        and all(s % 2 == 0 for s in rows.stride()[:3])
-        and rows.data_ptr() % 4 == 0
-        and store.head_dim in (64, 128)
-        and store.keep is not None
-    )
-
-
-def _launch_gluon(store: CompressedStore, rows: Tensor, keep: int, num_warps: int = _GL_WARPS) -> None:
-    n = rows.shape[2]
-    x32 = rows.view(torch.int32)  # [B, H, n, D/2]: strides in int32 units (checked even by _gluon_ok)
-    grid = (triton.cdiv(n, 32 * num_warps), store.batch * store.heads)
-    _topk_pack_gluon_kernel[grid](
-        x32,
-        store.bits,
-        store.vals.view(torch.int16),
-        n,
-        store.heads,
-        *x32.stride()[:3],
-        store.length,
-        store.capacity,
-        KEEP=keep,
-        SLOT=store.slot,
-        D=store.head_dim,
-        num_warps=num_warps,
-    )
-
-
-def _check_triton_shape(store: CompressedStore) -> None:
-    if store.head_dim not in (64, 128):
-        raise ValueError(f"Triton kernels support head_dim 64 or 128, got {store.head_dim}")
-
-
-def _launch(
-    store: CompressedStore,
-    rows: Tensor,
-    mask: Tensor | None,
-    keep: int,
-    block_r: int = _BLOCK_R,
-    num_warps: int = _NUM_WARPS,
-    swar: bool = True,
-) -> None:
-    _check_triton_shape(store)
+def _launch_plain(store: CompressedStore, rows: Tensor, mask: Tensor | None, keep: int, t0: int) -> None:
+    """``_prune_pack_kernel``: top-``keep`` when ``mask`` is None, else the given pattern."""
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     n = rows.shape[2]
@@ -399,7 +234,7 @@ def _launch(
         mask_arg = mask_arg.view(torch.int8)
         m_strides = mask_arg.stride()[:3]
     slot = store.slot if store.fixed else 1
-    grid = (triton.cdiv(n, block_r), store.batch * store.heads)
+    grid = (triton.cdiv(n, _BLOCK_R), store.batch * store.heads)
     _prune_pack_kernel[grid](
         rows,
         mask_arg,
@@ -410,7 +245,7 @@ def _launch(
         store.heads,
         *rows.stride()[:3],
         *m_strides,
-        store.length,
+        t0,
         store.capacity,
         store.vals.shape[2],
         KEEP=keep,
@@ -420,58 +255,25 @@ def _launch(
         KEY_BITS=31 if store.dtype == torch.float32 else 15,
         TOPK=mask is None,
         VARIABLE=not store.fixed,
-        BLOCK_R=block_r,
-        SWAR=swar and store.dtype != torch.float32,
-        num_warps=num_warps,
+        BLOCK_R=_BLOCK_R,
+        SWAR=store.dtype != torch.float32,
+        num_warps=_NUM_WARPS,
     )
 
 
-def topk_pack_triton(
-    store: CompressedStore,
-    rows: Tensor,
-    keep: int,
-    gluon: bool = True,
-    gl_warps: int | None = None,
-    ptx: bool = True,
-    **launch,
-) -> None:
-    """Fused exact top-``keep`` prune and pack of ``rows`` [B, H, n, D] into ``store``.
-
-    On the GPU (fixed layout, fp16/bf16) a one-row-per-thread kernel runs unless ``gluon=False``: the generated-PTX
-    one (16-byte aligned rows, ``ptx=True``) or else the Gluon one; ``gl_warps`` is its launch width, ``launch``
-    (block_r, num_warps, swar) that of the plain-Triton kernel (benchmarks)."""
-    _check_triton_shape(store)
-    n = rows.shape[2]
-    if store.fixed:
-        store.reserve(n)
-        if rows.stride(-1) != 1:
-            rows = rows.contiguous()
-        if gluon and ptx and _ptx_ok(store, rows):
-            _launch_ptx(store, rows, keep, num_warps=gl_warps or _PTX_WARPS)
-        elif gluon and _gluon_ok(store, rows):
-            _launch_gluon(store, rows, keep, num_warps=gl_warps or _GL_WARPS)
-        else:
-            _launch(store, rows, None, keep, **launch)
+def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:
+    """Fused exact top-``keep`` prune and pack of ``rows`` [B, H, n, D] into ``store`` (inputs validated by the
+    dispatcher): the PTX kernel where it applies, the plain-Triton one elsewhere."""
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    t0 = store.extend(rows.shape[2], keep)  # every token holds `keep` values: offsets are arithmetic
+    if _ptx_ok(store, rows):
+        _launch_ptx(store, rows, keep, t0)
     else:
-        # variable layout: every token still holds exactly `keep` values, so offsets are arithmetic
-        store.reserve(n, n * keep)
-        start = store.row_nnz[:, :, None] + keep * torch.arange(n, device=store.device)
-        store.offs[:, :, store.length : store.length + n] = start.to(torch.int32)
-        store.row_nnz += n * keep
-        _launch(store, rows, None, keep, **launch)
-    store.length += n
+        _launch_plain(store, rows, None, keep, t0)
 
 
-def pack_triton(store: CompressedStore, rows: Tensor, mask: Tensor, counts: Tensor) -> None:
-    """Pack ``rows`` under a given ``mask`` (counts = mask.sum(-1), already validated) into ``store``."""
-    _check_triton_shape(store)
-    n = rows.shape[2]
-    if store.fixed:
-        store.reserve(n)
-    else:
-        store.reserve(n, int(counts.sum(-1).max()))
-        start = store.row_nnz[:, :, None] + counts.cumsum(-1) - counts
-        store.offs[:, :, store.length : store.length + n] = start.to(torch.int32)
-        store.row_nnz += counts.sum(-1)
-    _launch(store, rows, mask, store.keep or 0)
-    store.length += n
+def pack_triton(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
+    """Pack ``rows`` under a given ``mask`` into ``store`` (inputs validated by the dispatcher)."""
+    t0 = store.extend(rows.shape[2], mask.sum(-1))
+    _launch_plain(store, rows, mask, store.keep or 0, t0)

@@ -1,30 +1,43 @@
-"""Sparse decode attention in Gluon, v6: compressed tiles staged in shared memory by ``cp.async``, decoded from there.
+"""The staged sparse decoder (Gluon, "v6"): compressed tiles staged in shared memory by ``cp.async``, decoded there.
 
-v5 (:mod:`mustafar.kernels.decode_gluon`, one warp per program) gathers every element of a tile from global memory:
-one 2-byte load with a 64-bit address per element (about 6 SASS instructions per element, 254 registers), and each
-warp waits on those loads in the middle of its iteration. Here each program is one warp that
+The default decoder where it applies (:func:`mustafar.kernels.dispatch.decoder_for`). Each program is one warp
+(no cross-warp barriers or reductions; one warp per program was the fastest launch of every decoder measured on
+the H100, results/kernels/NOTES.md round 5) that
 
 * copies the next tile's bitmap words and value slots (contiguous in the fixed layout) into a shared-memory stage
   with 16-byte ``cp.async`` while it decodes the current one (two stages), so global latency is off the critical path
   and the global traffic is whole sectors;
-* decodes v3's way (one lane per 32-channel word, four 8-channel index chains) with 2-byte shared loads at 32-bit
-  addresses that step by 2 under each kept bit (no per-element address multiply);
+* decodes one lane per 32-channel word, four 8-channel index chains (the portable decoder's scheme) with 2-byte
+  shared loads at 32-bit addresses that step by 2 under each kept bit (no per-element address multiply);
 * computes with tokens on the MMA's M side (scores Kqᵀ as [tokens, heads], output Vᵀp as [D, heads]): the GQA group
-  pads to the MMA's N = 8 instead of M = 16, halving the MMAs, the accumulator and the rescale work of v5.
+  pads to the MMA's N = 8 instead of M = 16.
 
-The PTX addresses the staging buffer from ``global_smem`` plus its allocation offset, which :func:`staging_offset`
-reads off the compiled kernel. Fixed layouts, fp16/bf16, head_dim 64/128, GPU only (Gluon has no interpreter).
+The PTX addresses the staging ring from ``global_smem`` plus its offset in the kernel's single shared allocation.
+Fixed layouts, fp16/bf16, head_dim 64/128, GPU only (Gluon has no interpreter); split/merge scheme as in
+:mod:`mustafar.kernels.decode` (window on the last split, LSE merge), which launches it.
 """
 
 from __future__ import annotations
-
-import re
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
-from mustafar.kernels.decode_gluon import _add, _join8, _popc  # shared with the v5 decoder
+
+@gluon.jit
+def _popc(x):
+    return gl.inline_asm_elementwise("popc.b32 $0, $1;", "=r,r", [x], dtype=gl.int32, is_pure=True, pack=1)
+
+
+@gluon.jit
+def _add(a, b):
+    return a + b
+
+
+@gluon.jit
+def _join8(v0, v1, v2, v3, v4, v5, v6, v7):
+    return gl.join(gl.join(gl.join(v0, v4), gl.join(v2, v6)), gl.join(gl.join(v1, v5), gl.join(v3, v7)))
+
 
 # 8 channels of one lane from shared memory: bit k of $8 predicates a zeroed 2-byte load at the running address
 # (global_smem + $9), which then steps by 2.
@@ -344,11 +357,3 @@ def _st_sparse_decode_kernel(
         o_ptr + gl.expand_dims(row, 0) * D + gl.expand_dims(od, 1), out, mask=gl.expand_dims(oh < N_REP, 0)
     )
     gl.store(lse_ptr + row, lse, mask=oh < N_REP)
-
-
-def staging_offset(ttgir: str) -> int:
-    """Byte offset of the staging ring (the kernel's first shared allocation) in the compiled kernel's TTGIR."""
-    for line in ttgir.splitlines():
-        if "ttg.local_alloc" in line and "allocation.offset" in line:
-            return int(re.search(r"allocation\.offset = (\d+)", line).group(1))
-    raise RuntimeError("no shared allocation found in the compiled staged decoder")

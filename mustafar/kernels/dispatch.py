@@ -1,8 +1,10 @@
-"""Backend choice: Triton kernels for CUDA tensors, the PyTorch references elsewhere.
+"""The public ops and every choice they make from the data: backend, decoder, and their input checks.
 
-``backend="auto"`` picks Triton when the data lives on a CUDA device and PyTorch otherwise; ``"triton"`` forces
-the kernels (on CPU tensors they run under ``TRITON_INTERPRET=1``, which is how the tests exercise them);
-``"torch"`` forces the references. Triton needs head_dim 64 or 128; on ``auto`` other head dims fall back to torch.
+``backend="auto"`` picks Triton when the data lives on a CUDA device and the head dim is one of
+:data:`~mustafar.kernels.support.HEAD_DIMS`, PyTorch otherwise; ``"triton"`` forces the kernels (on CPU tensors
+they run under ``TRITON_INTERPRET=1``, which is how the tests exercise them); ``"torch"`` forces the references.
+Among the Triton decoders, :func:`decoder_for` picks by dtype, head dim, GQA group, GPU and the stores' layout.
+Launch knobs (split count, tile size, warps) are chosen per shape inside :mod:`mustafar.kernels.decode`.
 """
 
 from __future__ import annotations
@@ -10,48 +12,79 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mustafar.formats.bitmap import CompressedStore, pack_reference
+from mustafar.formats.bitmap import CompressedStore
+from mustafar.kernels.reference import decode_attention_reference, pack_reference, topk_pack_reference
+from mustafar.kernels.support import HEAD_DIMS, gluon_capable
 
 BACKENDS = ("auto", "triton", "torch")
-TRITON_HEAD_DIMS = (64, 128)
 
 
 def resolve_backend(backend: str, device: torch.device, head_dim: int) -> str:
+    """``"triton"`` or ``"torch"`` for data on ``device`` with ``head_dim`` (module docstring)."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if backend == "auto":
-        return "triton" if device.type == "cuda" and head_dim in TRITON_HEAD_DIMS else "torch"
-    if backend == "triton" and head_dim not in TRITON_HEAD_DIMS:
-        raise ValueError(f"Triton kernels support head_dim {TRITON_HEAD_DIMS}, got {head_dim}")
+        return "triton" if device.type == "cuda" and head_dim in HEAD_DIMS else "torch"
+    if backend == "triton" and head_dim not in HEAD_DIMS:
+        raise ValueError(f"Triton kernels support head_dim {HEAD_DIMS}, got {head_dim}")
     return backend
 
 
-def pack_into(
-    store: CompressedStore, rows: Tensor, mask: Tensor, counts: Tensor, backend: str = "auto"
-) -> None:
-    """Append ``rows`` under ``mask`` to ``store`` (counts validated by the store)."""
-    if resolve_backend(backend, rows.device, store.head_dim) == "triton":
+def decoder_for(q: Tensor, k_store: CompressedStore, v_store: CompressedStore) -> str:
+    """The Triton decoder for these inputs: ``"staged"`` (Gluon, :mod:`mustafar.kernels.decode_staged`) on a
+    compiled sm_80+ GPU with fixed layouts on both sides, fp16/bf16, a supported head dim and a GQA group of at
+    most 16 query heads; ``"portable"`` (plain Triton, also runs in the interpreter) for everything else."""
+    staged = (
+        gluon_capable(q.device)
+        and k_store.fixed
+        and v_store.fixed
+        and q.dtype in (torch.float16, torch.bfloat16)
+        and q.shape[-1] in HEAD_DIMS
+        and q.shape[1] // k_store.heads <= 16
+    )
+    return "staged" if staged else "portable"
+
+
+def pack_into(store: CompressedStore, rows: Tensor, mask: Tensor, backend: str = "auto") -> None:
+    """Append ``rows`` [B, H, n, D] to ``store`` keeping the entries where ``mask`` is True (kept zeros stay)."""
+    kind = resolve_backend(backend, rows.device, store.head_dim)
+    store.check_rows(rows, mask)
+    if rows.shape[2] == 0:
+        return
+    if kind == "triton":
         from mustafar.kernels.compress import pack_triton
 
-        pack_triton(store, rows, mask, counts)
+        pack_triton(store, rows, mask)
     else:
-        pack_reference(store, rows, mask, counts)
+        pack_reference(store, rows, mask)
 
 
 def topk_pack_into(store: CompressedStore, rows: Tensor, keep: int, backend: str = "auto") -> None:
-    """Append the per-token top-``keep`` of ``rows`` to ``store``."""
-    if resolve_backend(backend, rows.device, store.head_dim) == "triton":
+    """Prune ``rows`` [B, H, n, D] to their per-token top-``keep`` by |x| (ties: lower channel first) and append
+    them to ``store``."""
+    kind = resolve_backend(backend, rows.device, store.head_dim)
+    store.check_rows(rows)
+    if not 0 < keep <= store.head_dim:
+        raise ValueError(f"keep must be in [1, {store.head_dim}], got {keep}")
+    if store.fixed and keep != store.keep:
+        raise ValueError(f"this store keeps {store.keep} values per token, got keep={keep}")
+    if rows.shape[2] == 0:
+        return
+    if kind == "triton":
         from mustafar.kernels.compress import topk_pack_triton
 
         topk_pack_triton(store, rows, keep)
     else:
-        from mustafar.kernels.reference import topk_pack_reference
-
         topk_pack_reference(store, rows, keep)
 
 
 def _check_decode_inputs(
-    q: Tensor, k_store: CompressedStore, v_store: CompressedStore, k_window: Tensor, v_window: Tensor
+    q: Tensor,
+    k_store: CompressedStore,
+    v_store: CompressedStore,
+    k_window: Tensor,
+    v_window: Tensor,
+    out: Tensor | None,
 ) -> None:
     if q.dim() != 3:
         raise ValueError(f"q must be [B, H_q, D], got shape {tuple(q.shape)}")
@@ -73,6 +106,8 @@ def _check_decode_inputs(
             raise ValueError(f"{name} dtype {win.dtype} does not match q dtype {q.dtype}")
     if k_store.length + k_window.shape[2] == 0:
         raise ValueError("nothing to attend to: the stores and the window are both empty")
+    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous()):
+        raise ValueError(f"out must be a contiguous {q.dtype} tensor of shape {tuple(q.shape)}")
 
 
 def sparse_decode_attention(
@@ -83,21 +118,17 @@ def sparse_decode_attention(
     v_window: Tensor,
     scale: float,
     backend: str = "auto",
-    **triton_options,
+    out: Tensor | None = None,
 ) -> Tensor:
-    """softmax(scale·q·[K_c; K_w]ᵀ)·[V_c; V_w] with GQA; returns [B, H_q, D] in q.dtype.
-
-    ``triton_options`` (num_splits, block_n, num_warps, num_stages, group, version, prefetch, prefetch_l1, maxnreg,
-    out) tune the Triton launch or give it a preallocated output.
-    """
-    _check_decode_inputs(q, k_store, v_store, k_window, v_window)
+    """softmax(scale·q·[K_c; K_w]ᵀ)·[V_c; V_w] with GQA: q [B, H_q, D], stores and windows [B, H_kv, ·, D];
+    returns [B, H_q, D] in q.dtype (written into ``out`` when given)."""
+    _check_decode_inputs(q, k_store, v_store, k_window, v_window, out)
     if resolve_backend(backend, q.device, q.shape[-1]) == "torch":
-        from mustafar.kernels.reference import decode_attention_reference
-
-        return decode_attention_reference(q, k_store, v_store, k_window, v_window, scale)
-    from mustafar.kernels.decode import sparse_decode_triton
+        ref = decode_attention_reference(q, k_store, v_store, k_window, v_window, scale)
+        return ref if out is None else out.copy_(ref)
+    from mustafar.kernels.decode import _launch
 
     q = q if q.stride(-1) == 1 else q.contiguous()
     k_window = k_window if k_window.stride(-1) == 1 else k_window.contiguous()
     v_window = v_window if v_window.stride(-1) == 1 else v_window.contiguous()
-    return sparse_decode_triton(q, k_store, v_store, k_window, v_window, scale, **triton_options)
+    return _launch(q, k_store, v_store, k_window, v_window, scale, decoder_for(q, k_store, v_store), out=out)

@@ -5,13 +5,18 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mustafar.formats.bitmap import CompressedStore, pack_reference, topk_keep_mask
+from mustafar.formats.bitmap import CompressedStore, pack_bitmap
+from mustafar.pruning.keep import topk_mask
+
+
+def pack_reference(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
+    """Append ``rows`` under ``mask`` to ``store``: the bitmap words and the kept values in order."""
+    store.append_packed(pack_bitmap(mask), rows[mask])
 
 
 def topk_pack_reference(store: CompressedStore, rows: Tensor, keep: int) -> None:
-    """Exact per-token top-``keep`` (ties: lower channel first), then the reference pack."""
-    mask = topk_keep_mask(rows, keep)
-    pack_reference(store, rows, mask, mask.sum(-1))
+    """Exact per-token top-``keep`` by |x| (ties: lower channel first), then the reference pack."""
+    pack_reference(store, rows, topk_mask(rows.abs(), keep))
 
 
 def decode_attention_reference(

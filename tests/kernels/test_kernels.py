@@ -8,8 +8,11 @@ import math
 import pytest
 import torch
 
-from mustafar.formats import CompressedStore, reference_keep_mask, topk_keep_mask
-from mustafar.kernels import sparse_decode_attention
+from mustafar.formats import CompressedStore
+from mustafar.kernels import pack_into, sparse_decode_attention, topk_pack_into
+from mustafar.kernels.dispatch import decoder_for
+from mustafar.kernels.support import gluon_capable
+from mustafar.pruning.keep import threshold_mask, topk_mask
 
 pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
@@ -29,16 +32,16 @@ def _randn(*shape, dtype, seed):
 
 
 def _case(b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep, seed):
-    """Random q, K/V stores (k_keep/v_keep None -> variable layout, reference rule at s = 0.6) and windows."""
+    """Random q, K/V stores (k_keep/v_keep None -> variable layout, published rule at s = 0.6) and windows."""
     q = _randn(b, hkv * n_rep, d, dtype=dtype, seed=seed)
     stores = []
     for i, keep in enumerate((k_keep, v_keep)):
         rows = _randn(b, hkv, t, d, dtype=dtype, seed=seed + 1 + i)
         store = CompressedStore(b, hkv, d, dtype, "cpu", keep)
         if keep is None:
-            store.append(rows, reference_keep_mask(rows.abs(), 0.6), backend="torch")
+            pack_into(store, rows, threshold_mask(rows.abs(), 0.6), backend="torch")
         else:
-            store.append_topk(rows, keep, backend="torch")
+            topk_pack_into(store, rows, keep, backend="torch")
         stores.append(store)
     kw = _randn(b, hkv, w, d, dtype=dtype, seed=seed + 3)
     vw = _randn(b, hkv, w, d, dtype=dtype, seed=seed + 4)
@@ -62,28 +65,23 @@ TOL = {torch.float16: 1e-2, torch.bfloat16: 1e-2, torch.float32: 1e-4}
 
 
 @pytest.mark.parametrize(
-    "b,hkv,n_rep,t,w,d,dtype,k_keep,v_keep,group,version",
+    "b,hkv,n_rep,t,w,d,dtype,k_keep,v_keep",
     [
-        (2, 2, 4, 70, 5, 128, torch.float16, 38, 38, 8, 3),
-        (2, 2, 4, 70, 5, 128, torch.float16, 38, 38, 32, 3),
-        (1, 2, 4, 100, 3, 128, torch.bfloat16, 64, None, 16, 3),
-        (1, 1, 1, 40, 0, 64, torch.float16, None, 20, 32, 3),
-        (1, 2, 2, 0, 7, 64, torch.bfloat16, 20, 20, 8, 3),
-        (1, 1, 8, 33, 4, 64, torch.float32, 19, None, 16, 3),
-        (2, 2, 4, 70, 5, 128, torch.float16, 38, 38, 32, 2),
-        (1, 1, 1, 40, 0, 64, torch.float16, None, 20, 16, 2),
+        (2, 2, 4, 70, 5, 128, torch.float16, 38, 38),
+        (1, 2, 4, 100, 3, 128, torch.bfloat16, 64, None),
+        (1, 1, 1, 40, 0, 64, torch.float16, None, 20),
+        (1, 2, 2, 0, 7, 64, torch.bfloat16, 20, 20),
+        (1, 1, 8, 33, 4, 64, torch.float32, 19, None),
     ],
 )
-def test_triton_decode_matches_reference(
-    poison, b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep, group, version
-):
+def test_triton_decode_matches_reference(poison, b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep):
+    """The public op on the Triton backend (the portable decoder in the interpreter), output buffer poisoned."""
     q, ks, vs, kw, vw = _case(b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep, seed=t + w)
     scale = d**-0.5
     ref = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")
-    out = sparse_decode_attention(
-        q, ks, vs, kw, vw, scale, backend="triton", num_splits=2, block_n=16, group=group, version=version
-    )
-    assert out.dtype == q.dtype and out.shape == q.shape
+    out = torch.full_like(q, math.nan)
+    got = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="triton", out=out)
+    assert got is out and out.dtype == q.dtype and out.shape == q.shape
     assert not out.isnan().any()
     assert _rel(out, ref) <= TOL[dtype]
 
@@ -91,17 +89,19 @@ def test_triton_decode_matches_reference(
 @pytest.mark.parametrize("splits", [1, 3, 9, None])
 def test_triton_decode_split_counts(poison, splits):
     """The window rides on the last split: one split, uneven splits, more splits than tiles (empty programs) and
-    the wave-model default all give the reference result."""
+    the wave-model default all give the reference result (private launch: the split count is no public knob)."""
+    from mustafar.kernels.decode import _launch
+
     q, ks, vs, kw, vw = _case(1, 2, 4, 70, 5, 64, torch.float16, 20, 20, seed=11)
     ref = sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="torch")
-    out = sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="triton", num_splits=splits, block_n=16)
+    out = _launch(q, ks, vs, kw, vw, 0.125, "portable", num_splits=splits, block_n=16)
     assert _rel(out, ref) <= TOL[torch.float16]
 
 
 def test_wave_model_fills_the_last_wave():
     """Hand-worked: 64 (batch, head) rows of 256 tiles on 264 program slots. 4 splits = 256 programs in one wave
-    of 64 tiles + 1 of overhead each (cost 65); 8 splits = 512 programs, two waves of 32 + 1 (66); the round-3 heuristic's 9 splits
-    left the third wave 42 % full. With 528 slots, 8 splits fit one wave (33)."""
+    of 64 tiles + 1 of overhead each (cost 65); 8 splits = 512 programs, two waves of 32 + 1 (66); the round-3
+    heuristic's 9 splits left the third wave 42 % full. With 528 slots, 8 splits fit one wave (33)."""
     from mustafar.kernels.decode import _wave_model_splits
 
     assert _wave_model_splits(64, 256, 264) == 4
@@ -118,20 +118,21 @@ def test_reference_matches_plain_attention(dtype, t, w):
     assert _rel(out, ref) <= TOL[dtype] / 10
 
 
-@pytest.mark.parametrize("swar", [True, False])
-def test_triton_compress_writes_every_slot(swar):
-    from mustafar.kernels.compress import topk_pack_triton
-
-    rows = _randn(1, 2, 21, 128, dtype=torch.float16, seed=11)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_triton_compress_writes_every_slot(dtype):
+    """fp16 takes the SWAR threshold search, fp32 the 31-bit one; ties at the threshold are kept in channel order
+    and every slot of the claimed tokens is written (pads zeroed) over a poisoned store."""
+    rows = _randn(1, 2, 21, 128, dtype=dtype, seed=11)
     rows[0, 0, 3, ::3] = rows[0, 0, 3, 0]  # ties at the threshold: kept in channel order
     rows[0, 1, 5, :] = 0.0  # all ties
-    store = CompressedStore(1, 2, 128, torch.float16, "cpu", 38)
+    store = CompressedStore(1, 2, 128, dtype, "cpu", 38)
     store.reserve(21)
     store.vals.fill_(math.nan)
     store.bits.fill_(-1)
-    topk_pack_triton(store, rows, 38, swar=swar)
-    assert torch.equal(store.to_dense(), rows * topk_keep_mask(rows, 38))
-    assert (store.vals[:, :, :21, 38:] == 0).all() and not store.vals[:, :, :21].isnan().any()
+    topk_pack_into(store, rows, 38, backend="triton")
+    assert torch.equal(store.to_dense(), rows * topk_mask(rows.abs(), 38))
+    slot = store.slot
+    assert (store.vals[:, :, :21, 38:slot] == 0).all() and not store.vals[:, :, :21].isnan().any()
 
 
 def test_bad_decode_input_raises():
@@ -148,16 +149,15 @@ def test_bad_decode_input_raises():
     empty = CompressedStore(1, 1, 64, torch.float16, "cpu", 16)
     with pytest.raises(ValueError, match="both empty"):
         sparse_decode_attention(q, empty, empty, kw[:, :, :0], vw[:, :, :0], 0.1)
-    with pytest.raises(ValueError, match="group must be"):
-        sparse_decode_attention(q, ks, vs, kw, vw, 0.1, backend="triton", group=4)
+    with pytest.raises(ValueError, match="out must be"):
+        sparse_decode_attention(q, ks, vs, kw, vw, 0.1, out=torch.empty(1, 2, 32, dtype=torch.float16))
 
 
-def test_gluon_path_guard_cpu():
-    """The Gluon prune+pack fast path is GPU-only: CPU / interpreter rows always take the plain-Triton kernel."""
-    from mustafar.kernels.compress import _gluon_ok
-
-    store = CompressedStore(1, 2, 128, torch.float16, "cpu", 38)
-    assert not _gluon_ok(store, torch.zeros(1, 2, 4, 128, dtype=torch.float16))
+def test_decoder_and_pack_choice_on_cpu():
+    """The Gluon/PTX kernels are GPU-only: CPU tensors (the interpreter) always take the portable kernels."""
+    q, ks, vs, _, _ = _case(1, 1, 2, 8, 2, 64, torch.float16, 16, 16, seed=1)
+    assert decoder_for(q, ks, vs) == "portable"
+    assert not gluon_capable(q.device)
 
 
 def test_occupancy_estimate_hand_worked():

@@ -1,4 +1,5 @@
-"""Compressed store: exact round trips, keep rules, byte accounting, growth, bad input (pure PyTorch + Triton pack)."""
+"""Compressed store: exact round trips through the pack entry points (PyTorch and Triton), packed appends, byte
+accounting, growth, bad input."""
 
 from __future__ import annotations
 
@@ -10,14 +11,13 @@ import torch
 from mustafar.formats import (
     CompressedStore,
     fixed_token_nbytes,
-    keep_count,
     pack_bitmap,
     padded_keep,
-    reference_keep_mask,
-    topk_keep_mask,
     unpack_bitmap,
     variable_token_nbytes,
 )
+from mustafar.kernels import pack_into, topk_pack_into
+from mustafar.pruning.keep import threshold_mask, topk_mask
 
 pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
@@ -25,22 +25,6 @@ pytestmark = pytest.mark.usefixtures("triton_interpreter")
 def _rows(b, h, n, d, dtype=torch.float16, seed=0):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(b, h, n, d, generator=g).to(dtype)
-
-
-def test_keep_rules():
-    assert keep_count(128, 0.7) == 38 and keep_count(128, 0.5) == 64 and keep_count(128, 0.0) == 128
-    x = torch.randn(3, 5, 128).abs()
-    assert (reference_keep_mask(x, 0.5).sum(-1) == 65).all()  # published rule: D - int(sD) + 1
-    assert (reference_keep_mask(x, 0.7).sum(-1) == 40).all()
-    assert reference_keep_mask(x, 0.0).all()
-    with pytest.raises(ValueError, match="1.5"):
-        reference_keep_mask(x, 1.5)
-
-
-def test_topk_ties_by_lower_index():
-    x = torch.tensor([[1.0, -3.0, 2.0, 2.0, -2.0, 0.5, 2.0, 0.0]])
-    assert topk_keep_mask(x, 3).tolist() == [[False, True, True, True, False, False, False, False]]
-    assert topk_keep_mask(x, 5).tolist() == [[False, True, True, True, True, False, True, False]]
 
 
 def test_bitmap_round_trip_high_bit():
@@ -57,8 +41,8 @@ def test_topk_round_trip_fixed(backend, dtype, d, keep):
     x[0, 0, 0, :] = 0.5  # all ties
     x[0, 1, 3, ::2] = 0.0  # ties at zero
     store = CompressedStore(2, 2, d, dtype, "cpu", keep)
-    store.append_topk(x, keep, backend=backend)
-    mask = topk_keep_mask(x, keep)
+    topk_pack_into(store, x, keep, backend=backend)
+    mask = topk_mask(x.abs(), keep)
     assert torch.equal(unpack_bitmap(store.bits[:, :, :37], d), mask)
     assert torch.equal(store.to_dense(), x * mask)
     assert (mask.sum(-1) == keep).all()
@@ -68,10 +52,10 @@ def test_topk_round_trip_fixed(backend, dtype, d, keep):
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_variable_layout_reference_rule(backend):
     x = _rows(1, 2, 45, 128)
-    x[0, 0, 5, :64] = 1.0  # ties: the reference rule keeps more
-    mask = reference_keep_mask(x.abs(), 0.7)
+    x[0, 0, 5, :64] = 1.0  # ties: the published rule keeps more
+    mask = threshold_mask(x.abs(), 0.7)
     store = CompressedStore(1, 2, 128, torch.float16, "cpu", None)
-    store.append(x, mask, backend=backend)
+    pack_into(store, x, mask, backend=backend)
     assert torch.equal(store.to_dense(), x * mask)
     assert int(store.row_nnz.sum()) == int(mask.sum())
     assert mask[0, 0, 5].sum() > 40
@@ -80,11 +64,11 @@ def test_variable_layout_reference_rule(backend):
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 def test_kept_zero_values_survive(backend):
     x = _rows(1, 1, 4, 64)
-    mask = topk_keep_mask(x, 16)
+    mask = topk_mask(x.abs(), 16)
     x = x.masked_fill(mask & (torch.arange(64) < 8), 0.0)  # kept entries that are exactly 0.0
     for keep in (16, None):
         store = CompressedStore(1, 1, 64, torch.float16, "cpu", keep)
-        store.append(x, mask, backend=backend)
+        pack_into(store, x, mask, backend=backend)
         assert torch.equal(unpack_bitmap(store.bits[:, :, :4], 64), mask)
         assert torch.equal(store.to_dense(), x * mask)
 
@@ -93,20 +77,31 @@ def test_kept_zero_values_survive(backend):
 def test_chunked_append_equals_one_append(keep):
     x = _rows(2, 2, 50, 128, seed=3)
     one = CompressedStore(2, 2, 128, torch.float16, "cpu", keep)
-    one.append_topk(x, 38)
+    topk_pack_into(one, x, 38)
     chunked = CompressedStore(2, 2, 128, torch.float16, "cpu", keep)
     for a, b in ((0, 1), (1, 17), (17, 18), (18, 50)):
-        chunked.append_topk(x[:, :, a:b], 38)
+        topk_pack_into(chunked, x[:, :, a:b], 38)
     assert chunked.length == one.length == 50
     assert torch.equal(chunked.to_dense(), one.to_dense())
     assert chunked.payload_nbytes == one.payload_nbytes
-    assert chunked.capacity < 4 * 50  # doubling, not per-token regrowth beyond the bound
+    assert chunked.capacity < 4 * 50  # geometric growth, not per-token regrowth beyond the bound
+
+
+@pytest.mark.parametrize("keep", [16, None])
+def test_append_packed_is_the_store_side_of_a_pack(keep):
+    """Packed data appended by hand: bitmap words plus the kept values in (b, h, t, channel) order."""
+    x = _rows(1, 2, 9, 64, seed=4)
+    mask = topk_mask(x.abs(), 16)
+    store = CompressedStore(1, 2, 64, torch.float16, "cpu", keep)
+    store.append_packed(pack_bitmap(mask[:, :, :4]), x[:, :, :4][mask[:, :, :4]])
+    store.append_packed(pack_bitmap(mask[:, :, 4:]), x[:, :, 4:][mask[:, :, 4:]])
+    assert store.length == 9 and torch.equal(store.to_dense(), x * mask)
 
 
 def test_byte_accounting_closed_form():
     b, h, t, d = 2, 2, 33, 128
     fixed = CompressedStore(b, h, d, torch.float16, "cpu", 38, capacity=64)
-    fixed.append_topk(_rows(b, h, t, d), 38)
+    topk_pack_into(fixed, _rows(b, h, t, d), 38)
     assert padded_keep(38, 2) == 40 and fixed_token_nbytes(128, 38, 2) == 96
     assert fixed.payload_nbytes == b * h * t * (4 * d // 32 + 40 * 2)
     assert fixed.nbytes == b * h * 64 * (16 + 80)
@@ -116,8 +111,8 @@ def test_byte_accounting_closed_form():
     assert 2 * fixed_token_nbytes(128, 64, 2) / (2 * 256) <= 0.60
     var = CompressedStore(b, h, d, torch.float16, "cpu", None)
     x = _rows(b, h, t, d)
-    mask = reference_keep_mask(x.abs(), 0.5)
-    var.append(x, mask)
+    mask = threshold_mask(x.abs(), 0.5)
+    pack_into(var, x, mask)
     nnz = int(mask.sum())
     assert var.payload_nbytes == b * h * t * variable_token_nbytes(d, 0, 2) + nnz * 2
     assert variable_token_nbytes(128, 65, 2) == 16 + 4 + 130
@@ -129,7 +124,7 @@ def test_empty_store():
     store = CompressedStore(1, 2, 64, torch.bfloat16, "cpu", 20)
     assert store.length == 0 and store.payload_nbytes == 0 and store.dense_nbytes == 0
     assert store.to_dense().shape == (1, 2, 0, 64)
-    store.append_topk(_rows(1, 2, 0, 64, torch.bfloat16), 20)
+    topk_pack_into(store, _rows(1, 2, 0, 64, torch.bfloat16), 20)
     assert store.length == 0
 
 
@@ -142,17 +137,23 @@ def test_bad_input_raises():
         CompressedStore(1, 1, 128, torch.int8, "cpu", 10)
     store = CompressedStore(1, 1, 64, torch.float16, "cpu", 16)
     x = _rows(1, 1, 3, 64)
-    bad = topk_keep_mask(x, 17)
-    with pytest.raises(ValueError, match="17"):
-        store.append(x, bad)
+    bad = topk_mask(x.abs(), 17)
+    for backend in ("torch", "triton"):
+        with pytest.raises(ValueError, match="a token with 17"):
+            pack_into(store, x, bad, backend=backend)
+    with pytest.raises(ValueError, match="a token with 17"):
+        store.append_packed(pack_bitmap(bad), x[bad])
+    assert store.length == 0  # nothing claimed by a rejected append
+    with pytest.raises(ValueError, match="mask must be bool"):
+        pack_into(store, x, bad.int())
     with pytest.raises(ValueError, match="keep=20"):
-        store.append_topk(x, 20)
+        topk_pack_into(store, x, 20)
     with pytest.raises(ValueError, match="float32"):
-        store.append_topk(x.float(), 16)
+        topk_pack_into(store, x.float(), 16)
     with pytest.raises(ValueError, match="'cuda-ish'"):
-        store.append_topk(x, 16, backend="cuda-ish")
+        topk_pack_into(store, x, 16, backend="cuda-ish")
     odd = CompressedStore(1, 1, 96, torch.float16, "cpu", 16)
     with pytest.raises(ValueError, match="96"):
-        odd.append_topk(_rows(1, 1, 2, 96), 16, backend="triton")
-    odd.append_topk(_rows(1, 1, 2, 96), 16)  # auto falls back to torch for other head dims
+        topk_pack_into(odd, _rows(1, 1, 2, 96), 16, backend="triton")
+    topk_pack_into(odd, _rows(1, 1, 2, 96), 16)  # auto falls back to torch for other head dims
     assert os.environ["TRITON_INTERPRET"] == "1"

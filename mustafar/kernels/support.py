@@ -1,0 +1,27 @@
+"""What the kernels support and where they run: one definition of each (imported by the dispatcher, the kernels,
+the benchmarks and :mod:`mustafar.models`)."""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+HEAD_DIMS = (64, 128)  # head dims the Triton kernels are written for; the PyTorch references take any
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter (``TRITON_INTERPRET=1``) instead of compiling them."""
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def gluon_capable(device: torch.device) -> bool:
+    """Whether the Gluon / inline-PTX kernels can run on ``device``: a CUDA GPU of compute capability 8.0 or newer
+    (``cp.async``, ``mma.sync`` m16n8k16), compiled rather than interpreted (Gluon has no interpreter)."""
+    return device.type == "cuda" and not interpreting() and _capability(device.index) >= (8, 0)
+
+
+@functools.cache
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
