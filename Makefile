@@ -23,4 +23,4 @@ lint:
 	ruff check . && ruff format --check .
 
 bench-kernels:
-	$(PYTHON) scripts/bench_kernels.py
+	$(PYTHON) scripts/bench_kernels.py --out results/kernels/local  # GPU only
