@@ -9,7 +9,7 @@ DIRECTIONS = ("token", "channel")
 SCORERS = ("magnitude", "output_aware", "think")
 KEEP_RULES = ("exact", "reference")
 MODES = ("mask", "compressed")
-CHANNEL_GROUP = 32  # tokens per per-channel pruning group (METHOD.md §2)
+CHANNEL_GROUP = 32  # tokens per per-channel pruning group (docs/method.md §1)
 
 
 class ConfigError(ValueError):

@@ -14,7 +14,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-# All 21 tasks in the order of the paper's tables (EVAL.md §1.2).
+# All 21 tasks in the order of the paper's tables (docs/evaluation.md §1.2).
 ALL_TASKS: tuple[str, ...] = (
     "narrativeqa",
     "qasper",
@@ -59,7 +59,7 @@ E_TASKS: tuple[str, ...] = (
     "lcc",
     "repobench-p",
 )
-# Official record counts (EVAL.md §1.1); a mismatch on a full load is warned about, not fatal (subsets, fixtures).
+# Official record counts (docs/evaluation.md §1.1); a mismatch on a full load is warned about, not fatal (subsets, fixtures).
 EXPECTED_COUNTS: dict[str, int] = {t: 200 for t in ALL_TASKS} | {
     "multifieldqa_en": 150,
     "lcc": 500,

@@ -1,6 +1,6 @@
 """LongBench v1 metrics and aggregation with the exact semantics of the reference `metrics.py` / `eval.py`.
 
-Quirks are kept on purpose (EVAL.md §1.5): ASCII-only punctuation removal, rouge 1.0.1's set-based ROUGE-L with
+Quirks are kept on purpose (docs/evaluation.md §1.5): ASCII-only punctuation removal, rouge 1.0.1's set-based ROUGE-L with
 "." sentence splitting, the classification list-mutation skip, and fuzzywuzzy's difflib-based ratio.
 """
 

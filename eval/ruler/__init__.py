@@ -1,4 +1,4 @@
-"""RULER (NVIDIA/RULER @ c3f5e3b), generated here with the evaluated model's tokenizer: see EVAL.md §2."""
+"""RULER (NVIDIA/RULER @ c3f5e3b), generated here with the evaluated model's tokenizer: see docs/evaluation.md §2."""
 
 from .benchmark import ALL_TASKS, ZERO_DOWNLOAD_TASKS, RulerBenchmark
 

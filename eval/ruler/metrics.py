@@ -1,4 +1,4 @@
-"""RULER post-processing and metrics (`scripts/eval/`, EVAL §2.7): case-insensitive substring matching."""
+"""RULER post-processing and metrics (`scripts/eval/`, docs/evaluation.md §2.7): case-insensitive substring matching."""
 
 from __future__ import annotations
 

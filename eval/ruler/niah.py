@@ -1,4 +1,4 @@
-"""Needle-in-a-haystack tasks (RULER `niah.py`, EVAL §2.4): noise, distractor-needle and essay haystacks."""
+"""Needle-in-a-haystack tasks (RULER `niah.py`, docs/evaluation.md §2.4): noise, distractor-needle and essay haystacks."""
 
 from __future__ import annotations
 

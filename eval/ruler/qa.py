@@ -1,4 +1,4 @@
-"""QA tasks (RULER `qa.py`, EVAL §2.4): gold documents hidden among distractors, from local dataset files.
+"""QA tasks (RULER `qa.py`, docs/evaluation.md §2.4): gold documents hidden among distractors, from local dataset files.
 
 qa_1 reads SQuAD v2.0 dev (`dev-v2.0.json`), qa_2 HotpotQA dev distractor (`hotpot_dev_distractor_v1.json`).
 Neither can be downloaded here, so both need a path; sample i uses question i (sequential, not random).

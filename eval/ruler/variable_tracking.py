@@ -1,4 +1,4 @@
-"""Variable tracking (RULER `variable_tracking.py`, EVAL §2.4): one chain of `VAR X = VAR Y` hops in noise.
+"""Variable tracking (RULER `variable_tracking.py`, docs/evaluation.md §2.4): one chain of `VAR X = VAR Y` hops in noise.
 
 Every prompt carries one in-context example, generated once from the bare template and re-randomised (names and
 value) for each sample, then placed right after the model template's opening and followed by a blank line, as the

@@ -1,4 +1,4 @@
-"""How many entries survive, and which: the two keep rules of METHOD.md §2.
+"""How many entries survive, and which: the two keep rules of docs/method.md §4.
 
 `exact` keeps round((1-s)·n) entries with a strict top-k whose ties go to the lower index, so every token (or
 channel group) holds the same count. `reference` reproduces the published code: magnitude rules keep every entry

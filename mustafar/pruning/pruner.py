@@ -2,7 +2,7 @@
 
 Storage-agnostic: the cache layer hands over its dense tail (the tokens whose pattern is not final yet) after
 each attention call and applies the masks it gets back, zeroing entries (mask mode) or packing them (compressed
-mode). Schedule (METHOD.md §1): prefill attention is dense; afterwards every token but the last `window` is
+mode). Schedule (docs/method.md §1): prefill attention is dense; afterwards every token but the last `window` is
 pruned; during decode a step attends over window+1 dense tokens and the oldest leaves the window afterwards.
 
 Per-channel rules follow the published code (dhjoo98/mustafar, models/llama_mustafar_Kt_Mag_Vc_*.py):

@@ -1,8 +1,8 @@
-"""Per-entry importance scores (METHOD.md §2), computed on one KV head's tensors [B, H_kv, T, D].
+"""Per-entry importance scores (docs/method.md §2), computed on one KV head's tensors [B, H_kv, T, D].
 
 Output-aware scores need what the attention saw: `query_stat` summarises the queries of a GQA group per channel,
 `attention_stat` the attention each cached token received. Both are produced in `mustafar.attention` and averaged
-over the decode steps a token spends in the window (METHOD.md §3) by the cache.
+over the decode steps a token spends in the window (docs/method.md §3) by the cache.
 """
 
 from __future__ import annotations

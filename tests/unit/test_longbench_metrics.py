@@ -1,4 +1,4 @@
-"""LongBench metric semantics: golden vectors LB1-LB23 (EVAL.md §1.6), hand-worked quirk vectors, aggregation."""
+"""LongBench metric semantics: golden vectors LB1-LB23 (docs/evaluation.md §1.5), hand-worked quirk vectors, aggregation."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Pruning rules against plain-Python references written from METHOD.md §2 (loops, sorted(), no shared code)."""
+"""Pruning rules against plain-Python references written from docs/method.md §2-§4 (loops, sorted(), no shared code)."""
 
 from __future__ import annotations
 

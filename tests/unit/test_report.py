@@ -99,7 +99,7 @@ def test_longbench_categories_and_paper_side_by_side(llama3_key_sweep):
 
 
 def test_kv_size_closed_forms_and_measured_bytes():
-    assert side_fraction(0.5, 0.5, "token", "magnitude", 128) == 0.5625  # METHOD.md §5
+    assert side_fraction(0.5, 0.5, "token", "magnitude", 128) == 0.5625  # docs/formats.md §2
     assert side_fraction(0.7, 0.7, "token", "magnitude", 128) == 0.375  # keep 38 in a 40-value slot
     assert side_fraction(0.7, 0.7, "channel", "think", 128) == pytest.approx(0.3)
     assert side_fraction(0.0, 0.0, "token", "magnitude", 128) == 1.0

