@@ -29,8 +29,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.fixture
 def poison(monkeypatch):
-    """Every scratch buffer of the decode launch starts as NaN."""
+    """Every scratch buffer of the decode launch starts as NaN (the cached split partials included)."""
     decode = importlib.import_module("mustafar.kernels.decode")
+    monkeypatch.setattr(decode, "_PARTIALS", {})
     monkeypatch.setattr(
         decode,
         "_empty",
