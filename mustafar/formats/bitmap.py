@@ -109,6 +109,7 @@ class CompressedStore:
         self.dtype, self.device, self.keep = dtype, torch.device(device), keep
         self.itemsize = torch.empty((), dtype=dtype).element_size()
         self.static = static
+        self._views: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
         self._length = 0
         # static stores count their tokens on the device (one count per batch row), dynamic ones on the host
         self._length_dev = torch.zeros(batch, dtype=torch.int32, device=self.device) if static else None
@@ -192,6 +193,16 @@ class CompressedStore:
     @property
     def dense_nbytes(self) -> int:
         return self.batch * self.heads * self.length * self.head_dim * self.itemsize
+
+    def vals_as(self, dtype: torch.dtype) -> Tensor:
+        """``vals`` viewed as ``dtype`` (the staged decoder reads the value slots as int32 words), cached until the
+        buffer is replaced: a launch needs no new view object per call."""
+        if dtype == self.vals.dtype:
+            return self.vals
+        cached = self._views.get(dtype)
+        if cached is None or cached[0] is not self.vals:
+            cached = self._views[dtype] = (self.vals, self.vals.view(dtype))
+        return cached[1]
 
     def check_rows(self, rows: Tensor, mask: Tensor | None = None) -> None:
         """Raise unless ``rows`` are [B, H, n, D] of this store's dtype (and ``mask`` a bool tensor like them)."""

@@ -25,6 +25,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import operator
 from dataclasses import dataclass
 
 import torch
@@ -336,11 +337,6 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _arg(t: Tensor) -> Tensor:
-    """Empty buffers have no device address; hand the launcher a one-element stand-in (never read)."""
-    return t if t.numel() else torch.zeros(1, dtype=t.dtype, device=t.device)
-
-
 # ---------------------------------------------------------------------------------------------------------------------
 # Split plan: a wave model at the compiled kernel's occupancy
 # ---------------------------------------------------------------------------------------------------------------------
@@ -492,6 +488,7 @@ class _Config:
     launcher: _CompiledLaunch
 
 
+# per module load: the tests reload this module to switch between the interpreter and compiled kernels
 _CONFIGS: dict[tuple, _Config] = {}
 
 
@@ -518,7 +515,6 @@ def _configure(
         decoder,
         block_n,
         num_warps,
-        interpreting(),
     )
     cfg = _CONFIGS.get(key)
     if cfg is None:
@@ -586,11 +582,12 @@ class _CompiledLaunch:
     """Launches one Triton/Gluon kernel without the JIT dispatcher's per-call argument binding.
 
     The dispatcher binds and specialises every argument on every call (tens of µs for these kernels' ~30
-    arguments). Here the compiled kernel is cached under exactly what Triton specialises on (each tensor's dtype and
-    16-byte alignment; each int's value 1, divisibility by 16 and 32/64-bit range; the constexprs fixed per
-    instance) and relaunched through its C launcher. A miss, a launch hook (a profiler) or the interpreter goes
-    through the dispatcher, which finds or compiles the kernel: this caches what Triton would pick, nothing else.
-    Runtime arguments are positional, in declaration order (the constexprs follow them in every kernel here).
+    arguments). Here the compiled kernel is cached under what Triton specialises on (each tensor's 16-byte
+    alignment, each int's value 1, divisibility by 16 and 32-bit range; argument dtypes and constexprs are fixed
+    per instance by its owner's cache key) and relaunched through its C launcher. A miss, a launch hook (a profiler)
+    or the interpreter goes through the dispatcher, which finds or compiles the kernel: this caches what Triton
+    would pick, nothing else. Runtime arguments are positional, in declaration order (the constexprs follow them
+    in every kernel here).
     """
 
     def __init__(self, fn: object, constexprs: dict, options: dict) -> None:
@@ -602,27 +599,41 @@ class _CompiledLaunch:
             raise TypeError(f"{fn}: the constexpr parameters must follow the runtime ones")
         self.kernels: dict[tuple, object] = {}
 
-    def __call__(self, grid: tuple[int, int, int], args: tuple) -> object:
-        key = tuple(_specialisation(a) for a in args)
+    def __call__(
+        self, grid: tuple[int, int, int], args: tuple, stream: int, key: tuple | None = None
+    ) -> object:
+        """Launch with ``args``; ``key`` (from :func:`_spec_key`, when the caller knows which arguments are
+        tensors and which ints) saves the generic per-argument classification."""
+        if key is None:
+            key = tuple(
+                [
+                    a.data_ptr() % 16 == 0
+                    if isinstance(a, Tensor)
+                    else (a == 1, a % 16 == 0, -(2**31) <= a < 2**31)
+                    if type(a) is int
+                    else type(a)
+                    for a in args
+                ]
+            )
         kernel = self.kernels.get(key)
         if kernel is None or _hooked():
             kernel = self.fn[grid](**dict(zip(self.runtime_names, args)), **self.constexprs, **self.options)
             if kernel is not None and hasattr(kernel, "function"):  # the interpreter returns nothing to cache
                 self.kernels[key] = kernel
             return kernel
-        stream = _raw_stream(args[0].device.index)
         kernel.run(
             *grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *self.tail
         )
         return kernel
 
 
-def _specialisation(a: object) -> object:
-    if isinstance(a, Tensor):
-        return a.dtype, a.data_ptr() % 16 == 0
-    if type(a) is int:
-        return a == 1, a % 16 == 0, -(2**31) <= a < 2**31
-    return type(a)
+def _spec_key(tensors: tuple, ints: tuple, lengths: tuple) -> tuple:
+    """A cache key at least as fine as Triton's specialisation of these arguments: whether every tensor is 16-byte
+    aligned (else each one's alignment), the ints as they are (shapes and strides: few distinct values) and, for
+    ``lengths`` (ints that change every step), only what Triton looks at (== 1, divisible by 16)."""
+    ptrs = functools.reduce(operator.or_, map(Tensor.data_ptr, tensors))
+    aligned = True if ptrs % 16 == 0 else tuple([t.data_ptr() % 16 == 0 for t in tensors])
+    return aligned, ints, tuple([(n == 1, n % 16 == 0) for n in lengths])
 
 
 def _hooked() -> bool:
@@ -631,17 +642,31 @@ def _hooked() -> bool:
     return enter is not None and bool(getattr(enter, "calls", True))
 
 
-def _raw_stream(index: int | None) -> int:
+def _raw_stream(device: torch.device) -> int:
     """The current CUDA stream's handle (what Triton's dispatcher launches on; a graph's capture stream while
-    capturing)."""
-    return torch._C._cuda_getCurrentRawStream(index)
+    capturing); 0 off the GPU."""
+    return torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
 
 
-def _partials(b: int, hq: int, splits: int, d: int, device: torch.device) -> tuple[Tensor, Tensor]:
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_plan(rows: int, tokens: int, block_n: int, slots: int, splits: int | None) -> tuple[int, int]:
+    """(num_splits, tokens_per_split): the wave model's split count unless ``splits`` is given, and the tokens
+    of each split rounded up to whole tiles."""
+    if splits is None:
+        splits = _wave_model_splits(rows, _cdiv(tokens, block_n), slots)
+    return splits, _cdiv(_cdiv(max(tokens, 1), splits), block_n) * block_n
+
+
+def _partials(
+    b: int, hq: int, splits: int, d: int, device: torch.device, stream: int
+) -> tuple[Tensor, Tensor]:
     """The split partials (o [B, H_q, S, D], lse [B, H_q, S], fp32), allocated once per shape and CUDA stream:
     every launch overwrites all of them, and launches on one stream run in order (a graph captured on its own
     stream gets its own)."""
-    stream = _raw_stream(device.index) if device.type == "cuda" else 0
     key = (device, stream, b, hq, splits, d)
     bufs = _PARTIALS.get(key)
     if bufs is None:
@@ -654,15 +679,28 @@ def _partials(b: int, hq: int, splits: int, d: int, device: torch.device) -> tup
 
 _PARTIALS: dict[tuple, tuple[Tensor, Tensor]] = {}
 _MERGE: dict[tuple, _CompiledLaunch] = {}
+_DUMMIES: dict[tuple, Tensor] = {}
 
 
-def _merge_launch(splits_p2: int, d: int) -> _CompiledLaunch:
-    launch = _MERGE.get((splits_p2, d))
+def _merge_launch(splits_p2: int, d: int, dtype: torch.dtype) -> _CompiledLaunch:
+    launch = _MERGE.get((splits_p2, d, dtype))
     if launch is None:
-        launch = _MERGE[(splits_p2, d)] = _CompiledLaunch(
+        launch = _MERGE[(splits_p2, d, dtype)] = _CompiledLaunch(
             _merge_kernel, dict(SPLITS_P2=splits_p2, D=d), dict(num_warps=4)
         )
     return launch
+
+
+def _arg(t: Tensor) -> Tensor:
+    """Empty buffers have no device address; hand the launcher a one-element stand-in (never read; one per device
+    and dtype, so no per-call allocation)."""
+    if t.numel():
+        return t
+    key = (t.device, t.dtype)
+    dummy = _DUMMIES.get(key)
+    if dummy is None:
+        dummy = _DUMMIES[key] = torch.zeros(1, dtype=t.dtype, device=t.device)
+    return dummy
 
 
 def _launch(
@@ -684,48 +722,63 @@ def _launch(
     ``block_n`` / ``num_warps`` default to ``_DEFAULT_LAUNCH``; ``num_splits`` to :func:`_planned_splits`. Static
     stores: the plan covers their capacity and the kernels read the length on the device (no host value of it is
     needed), so the same launch serves every length; a CUDA graph can capture it after one eager warm-up call (the
-    first launch compiles and measures the occupancy the plan uses).
+    first launch compiles and measures the occupancy the plan uses). Per call: cached lookups, the output (unless
+    given) and two launches; no other allocation, no synchronisation.
     """
     b, hq, d = q.shape
+    device = q.device
     cfg = _configure(q, k_store, v_store, decoder, block_n, num_warps)
-    block_n = cfg.block_n
-    tokens = _plan_tokens(k_store, v_store)
-    if num_splits is None:
-        num_splits = _splits_at(cfg, q, tokens)
-    tokens_per_split = triton.cdiv(triton.cdiv(max(tokens, 1), num_splits), block_n) * block_n
-    o_part, lse_part = _partials(b, hq, num_splits, d, q.device)
-    out = _empty(q.shape, q.dtype, q.device) if out is None else out
+    hkv = k_store.heads
+    k_bits, v_bits = k_store.bits, v_store.bits
+    k_cap, v_cap = k_bits.shape[2], v_bits.shape[2]
+    static = k_store.static
+    tokens = min(k_cap, v_cap) if static else k_store.length
+    slots = (_sm_count(device.index) if device.type == "cuda" else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
+    num_splits, tokens_per_split = _split_plan(b * hkv, tokens, cfg.block_n, slots, num_splits)
+    stream = _raw_stream(device)
+    o_part, lse_part = _partials(b, hq, num_splits, d, device, stream)
+    out = _empty(q.shape, q.dtype, device) if out is None else out
     staged = cfg.decoder == "staged"
     vals_dtype = torch.int32 if staged else q.dtype
-    k_vals = _arg(k_store.vals if k_store.vals.dtype == vals_dtype else k_store.vals.view(vals_dtype))
-    v_vals = _arg(v_store.vals if v_store.vals.dtype == vals_dtype else v_store.vals.view(vals_dtype))
-    k_bits, v_bits = _arg(k_store.bits), _arg(v_store.bits)
-    if k_store.static:
-        k_len, v_len = k_store.length_tensor, v_store.length_tensor
-    else:
-        k_len = v_len = k_bits  # never read (DEVICE_LEN off)
-    skwb, skwh, skwt = k_window.stride()[:3]
-    svwb, svwh, svwt = v_window.stride()[:3]
-    kw, vw = _arg(k_window), _arg(v_window)
-    shared = (skwb, skwh, skwt, svwb, svwh, svwt, k_store.heads, tokens, k_len, v_len, k_window.shape[2])
+    k_vals, v_vals = k_store.vals_as(vals_dtype), v_store.vals_as(vals_dtype)
+    if not (k_cap and v_cap):  # empty buffers have no address: stand-ins (never read)
+        k_bits, v_bits, k_vals, v_vals = _arg(k_bits), _arg(v_bits), _arg(k_vals), _arg(v_vals)
+    k_len, v_len = (k_store.length_tensor, v_store.length_tensor) if static else (k_bits, k_bits)
+    w = k_window.shape[2]
+    kw, vw = (k_window, v_window) if w else (_arg(k_window), _arg(v_window))
+    ks, vs = k_window.stride(), v_window.stride()
+    strides = (*q.stride()[:2], *ks[:3], *vs[:3], hkv)
+    caps = (w, k_cap, v_cap)
+    qk_scale = scale * _LOG2E
     if staged:
+        tensors = (q, k_bits, k_vals, v_bits, v_vals, kw, vw, o_part, lse_part, k_len, v_len)
         args = (
-            q, k_bits, k_vals, v_bits, v_vals, kw, vw, o_part, lse_part, q.stride(0), q.stride(1), *shared,
-            k_store.capacity, v_store.capacity, tokens_per_split, num_splits, scale * _LOG2E,
+            *tensors[:9], *strides, tokens, k_len, v_len, *caps, tokens_per_split, num_splits, qk_scale,
         )  # fmt: skip
+        ints = (*strides, *caps, num_splits)
     else:
-        k_offs = k_bits if k_store.fixed else _arg(k_store.offs)
-        v_offs = v_bits if v_store.fixed else _arg(v_store.offs)
+        k_offs = k_bits if k_store.keep is not None else _arg(k_store.offs)
+        v_offs = v_bits if v_store.keep is not None else _arg(v_store.offs)
+        vcaps = (
+            0 if k_store.keep is not None else k_vals.shape[-1],
+            0 if v_store.keep is not None else v_vals.shape[-1],
+        )
+        tensors = (q, k_bits, k_vals, k_offs, v_bits, v_vals, v_offs, kw, vw, o_part, lse_part, k_len, v_len)
         args = (
-            q, k_bits, k_vals, k_offs, v_bits, v_vals, v_offs, kw, vw, o_part, lse_part, q.stride(0), q.stride(1),
-            *shared, k_store.capacity, v_store.capacity,
-            0 if k_store.fixed else k_store.vals.shape[2], 0 if v_store.fixed else v_store.vals.shape[2],
-            tokens_per_split, num_splits, scale * _LOG2E, 1,
+            *tensors[:11], *strides, tokens, k_len, v_len, *caps, *vcaps, tokens_per_split, num_splits, qk_scale, 1,
         )  # fmt: skip
-    kernel = cfg.launcher((b, k_store.heads, num_splits), args)
-    if q.device.type == "cuda" and cfg.occupancy_key not in _OCCUPANCY:
-        occ = _programs_per_sm(kernel, cfg.num_warps, q.device)
+        ints = (*strides, *caps, *vcaps, num_splits)
+    key = _spec_key(tensors, ints, (tokens, tokens_per_split))
+    kernel = cfg.launcher((b, hkv, num_splits), args, stream, key)
+    if device.type == "cuda" and cfg.occupancy_key not in _OCCUPANCY:
+        occ = _programs_per_sm(kernel, cfg.num_warps, device)
         if occ is not None:
             _OCCUPANCY[cfg.occupancy_key] = occ
-    _merge_launch(triton.next_power_of_2(num_splits), d)((b * hq, 1, 1), (o_part, lse_part, out, num_splits))
+    merge = _merge_launch(1 << (num_splits - 1).bit_length(), d, q.dtype)
+    merge(
+        (b * hq, 1, 1),
+        (o_part, lse_part, out, num_splits),
+        stream,
+        (out.data_ptr() % 16 == 0, num_splits == 1),
+    )
     return out

@@ -9,6 +9,9 @@ Launch knobs (split count, tile size, warps) are chosen per shape inside :mod:`m
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import torch
 from torch import Tensor
 
@@ -140,9 +143,13 @@ def sparse_decode_attention(
     if resolve_backend(backend, q.device, q.shape[-1]) == "torch":
         ref = decode_attention_reference(q, k_store, v_store, k_window, v_window, scale)
         return ref if out is None else out.copy_(ref)
-    from mustafar.kernels.decode import _launch
-
-    q = q if q.stride(-1) == 1 else q.contiguous()
-    k_window = k_window if k_window.stride(-1) == 1 else k_window.contiguous()
-    v_window = v_window if v_window.stride(-1) == 1 else v_window.contiguous()
-    return _launch(q, k_store, v_store, k_window, v_window, scale, decoder_for(q, k_store, v_store), out=out)
+    decode = sys.modules.get("mustafar.kernels.decode") or importlib.import_module("mustafar.kernels.decode")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k_window.stride(-1) != 1:
+        k_window = k_window.contiguous()
+    if v_window.stride(-1) != 1:
+        v_window = v_window.contiguous()
+    return decode._launch(
+        q, k_store, v_store, k_window, v_window, scale, decoder_for(q, k_store, v_store), out=out
+    )
