@@ -18,6 +18,13 @@ second kernel merges the ``S`` partial results with their log-sum-exps. Two deco
 Launch knobs are not part of the public op: :func:`_launch` picks the tile size and warps per decoder
 (``_DEFAULT_LAUNCH``) and the split count from a wave model at the compiled kernel's occupancy; benchmarks and
 tests override them through :func:`_launch` only.
+
+Static stores (``CompressedStore(..., static=True)``): both decoders take the stores' device-side counts
+(``k_len``/``v_len``, constexpr ``DEVICE_LEN``) and clamp them to ``T``, which is then the capacity the plan was
+made for; a split whose range starts at or past the length writes an empty partial (lse = -inf, o = 0) that the
+merge weighs by zero. Everything a launch needs besides the data is cached per shape (:class:`_Config`, the split
+plan, the partials, the compiled kernels behind :class:`_CompiledLaunch`), so an eager call costs two C-level
+launches plus a few dict lookups.
 """
 
 from __future__ import annotations
