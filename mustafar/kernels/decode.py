@@ -689,10 +689,11 @@ _MERGE: dict[tuple, _CompiledLaunch] = {}
 _DUMMIES: dict[tuple, Tensor] = {}
 
 
-def _merge_launch(splits_p2: int, d: int, dtype: torch.dtype) -> _CompiledLaunch:
-    launch = _MERGE.get((splits_p2, d, dtype))
+def _merge_launch(splits_p2: int, d: int, dtype: torch.dtype, device: torch.device) -> _CompiledLaunch:
+    key = (splits_p2, d, dtype, device)  # compiled kernels are loaded per device
+    launch = _MERGE.get(key)
     if launch is None:
-        launch = _MERGE[(splits_p2, d, dtype)] = _CompiledLaunch(
+        launch = _MERGE[key] = _CompiledLaunch(
             _merge_kernel, dict(SPLITS_P2=splits_p2, D=d), dict(num_warps=4)
         )
     return launch
@@ -781,7 +782,7 @@ def _launch(
         occ = _programs_per_sm(kernel, cfg.num_warps, device)
         if occ is not None:
             _OCCUPANCY[cfg.occupancy_key] = occ
-    merge = _merge_launch(1 << (num_splits - 1).bit_length(), d, q.dtype)
+    merge = _merge_launch(1 << (num_splits - 1).bit_length(), d, q.dtype, device)
     merge(
         (b * hq, 1, 1),
         (o_part, lse_part, out, num_splits),
