@@ -143,6 +143,7 @@ def sparse_decode_attention(
     if resolve_backend(backend, q.device, q.shape[-1]) == "torch":
         ref = decode_attention_reference(q, k_store, v_store, k_window, v_window, scale)
         return ref if out is None else out.copy_(ref)
+    # imported on first use (it imports Triton); afterwards a dict lookup, not an import statement per call
     decode = sys.modules.get("mustafar.kernels.decode") or importlib.import_module("mustafar.kernels.decode")
     if q.stride(-1) != 1:
         q = q.contiguous()
