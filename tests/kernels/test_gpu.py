@@ -237,13 +237,14 @@ def test_static_decode_matches_reference_on_gpu(poison, decoder, dtype, head_dim
         ref = sparse_decode_attention(q, *dyn, kw, vw, scale, backend="torch")
         assert not out.isnan().any()
         assert _rel(out, ref) <= 1e-2, f"length {length}: {_rel(out, ref):.2e}"
-        assert _rel(out, run(*dyn)) <= 2e-3
+        # another plan sums the same values in another order: fp16/bf16 output rounding apart
+        assert _rel(out, run(*dyn)) <= (2e-3 if dtype == torch.float16 else 8e-3)
         outs[length] = out
     assert len(plans) == 1 and plans.pop() > 1
     for st in stores:
         st.length_tensor.copy_(torch.tensor([333, 1], dtype=torch.int32))
     out = run(*stores)
-    assert _rel(out[0], outs[333][0]) <= 2e-3 and _rel(out[1], outs[1][1]) <= 2e-3
+    assert torch.equal(out[0], outs[333][0]) and torch.equal(out[1], outs[1][1])  # same plan, same values
 
 
 @pytest.mark.parametrize("head_dim", [64, 128])
