@@ -16,6 +16,15 @@ needs 96 B at keep 38 (s = 0.7) and 144 B at keep 64 (s = 0.5), against 256 B de
 
 The store is data: it lays out, grows and accounts for its buffers, appends tokens that are already packed and
 unpacks them again. Pruning rows and packing them into a store is :mod:`mustafar.kernels`' job.
+
+**Static stores** (``static=True``, fixed layout only) are what a CUDA graph can capture: their buffers are allocated
+once at ``capacity`` and never grow, and the token count lives on the device, in ``length_tensor`` (int32 [B], one
+count per batch row), instead of on the host. The Triton top-k pack writes each row's new tokens at that row's
+device count and advances it on the device; the decoders read it there, with a launch plan fixed for ``capacity``
+(:mod:`mustafar.kernels.decode`). No host code needs the count, so nothing synchronises. Host reads of ``length``
+(accounting, ``to_dense``, the PyTorch references) still work on a static store: they copy the count to the host
+(a synchronisation) and raise if the rows differ or a device-side append ran past ``capacity`` (device writes past
+it are dropped, never out of bounds).
 """
 
 from __future__ import annotations
@@ -70,7 +79,7 @@ class CompressedStore:
     fixed: ``vals`` [B, H, cap, padded_keep]; variable: ``vals`` [B, H, val_cap], ``offs`` int32 [B, H, cap].
 
     Writers either hand over packed tokens (:meth:`append_packed`) or claim slots (:meth:`extend`) and fill them
-    in place (the prune+pack kernels).
+    in place (the prune+pack kernels). ``static=True``: fixed capacity, device-side token count (module docstring).
     """
 
     def __init__(
@@ -82,6 +91,7 @@ class CompressedStore:
         device: torch.device | str,
         keep: int | None,
         capacity: int = 0,
+        static: bool = False,
     ) -> None:
         if head_dim <= 0 or head_dim % 32:
             raise ValueError(f"head_dim must be a positive multiple of 32, got {head_dim}")
@@ -91,10 +101,18 @@ class CompressedStore:
             raise ValueError(f"keep must be None or in [1, {head_dim}], got {keep}")
         if batch <= 0 or heads <= 0 or capacity < 0:
             raise ValueError(f"bad store shape: batch={batch}, heads={heads}, capacity={capacity}")
+        if static and (keep is None or capacity <= 0):
+            raise ValueError(
+                f"a static store needs the fixed layout and a positive capacity, got keep={keep}, capacity={capacity}"
+            )
         self.batch, self.heads, self.head_dim = batch, heads, head_dim
         self.dtype, self.device, self.keep = dtype, torch.device(device), keep
         self.itemsize = torch.empty((), dtype=dtype).element_size()
-        self.length = 0
+        self.static = static
+        self._views: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
+        self._length = 0
+        # static stores count their tokens on the device (one count per batch row), dynamic ones on the host
+        self._length_dev = torch.zeros(batch, dtype=torch.int32, device=self.device) if static else None
         self.slot = padded_keep(keep, self.itemsize) if keep is not None else 0
         words = bitmap_words(head_dim)
         self.bits = torch.zeros(batch, heads, capacity, words, dtype=torch.int32, device=self.device)
@@ -115,6 +133,51 @@ class CompressedStore:
         return self.bits.shape[2]
 
     @property
+    def length(self) -> int:
+        """Tokens held. A static store reads its device count here: a host synchronisation, kept off hot paths."""
+        if not self.static:
+            return self._length
+        counts = self._length_dev.tolist()
+        if max(counts) > self.capacity:
+            raise ValueError(
+                f"static store overflowed: appends reached {max(counts)} tokens, capacity is {self.capacity}"
+            )
+        if min(counts) != max(counts):
+            raise ValueError(f"static store rows hold different token counts {counts}; read length_tensor")
+        return counts[0]
+
+    @length.setter
+    def length(self, tokens: int) -> None:
+        if not 0 <= tokens <= self.capacity:
+            raise ValueError(f"length must be in [0, {self.capacity}], got {tokens}")
+        if self.static:
+            self._length_dev.fill_(tokens)
+        else:
+            self._length = tokens
+
+    @property
+    def length_tensor(self) -> Tensor:
+        """int32 [B] device token count per batch row (static stores); what the kernels read and advance."""
+        if not self.static:
+            raise ValueError(
+                "a dynamic store counts its tokens on the host (length); create it with static=True"
+            )
+        return self._length_dev
+
+    def advance(self, tokens: int) -> None:
+        """Count ``tokens`` more tokens per row on the device (static stores; after a kernel filled their slots)."""
+        self.length_tensor.add_(tokens)
+
+    def reset(self) -> None:
+        """Forget every token (buffers kept; on a static store a device op, so capturable)."""
+        if self.static:
+            self._length_dev.zero_()
+        else:
+            self._length = 0
+            if not self.fixed:
+                self.row_nnz.zero_()
+
+    @property
     def nbytes(self) -> int:
         bufs = [self.bits, self.vals] + ([] if self.fixed else [self.offs, self.row_nnz])
         return sum(b.numel() * b.element_size() for b in bufs)
@@ -130,6 +193,16 @@ class CompressedStore:
     @property
     def dense_nbytes(self) -> int:
         return self.batch * self.heads * self.length * self.head_dim * self.itemsize
+
+    def vals_as(self, dtype: torch.dtype) -> Tensor:
+        """``vals`` viewed as ``dtype`` (the staged decoder reads the value slots as int32 words), cached until the
+        buffer is replaced: a launch needs no new view object per call."""
+        if dtype == self.vals.dtype:
+            return self.vals
+        cached = self._views.get(dtype)
+        if cached is None or cached[0] is not self.vals:
+            cached = self._views[dtype] = (self.vals, self.vals.view(dtype))
+        return cached[1]
 
     def check_rows(self, rows: Tensor, mask: Tensor | None = None) -> None:
         """Raise unless ``rows`` are [B, H, n, D] of this store's dtype (and ``mask`` a bool tensor like them)."""
@@ -156,8 +229,15 @@ class CompressedStore:
         return out
 
     def reserve(self, tokens: int, values_per_row: int = 0) -> None:
-        """Make room for ``tokens`` more tokens (and, variable layout, ``values_per_row`` more values)."""
+        """Make room for ``tokens`` more tokens (and, variable layout, ``values_per_row`` more values); a static
+        store cannot grow and raises instead."""
         need = self.length + tokens
+        if self.static:
+            if need > self.capacity:
+                raise ValueError(
+                    f"static store of capacity {self.capacity} holds {self.length} tokens, cannot take {tokens} more"
+                )
+            return
         self.bits = self._grow(self.bits, 2, self.length, need)
         if self.fixed:
             self.vals = self._grow(self.vals, 2, self.length, need)
@@ -195,7 +275,10 @@ class CompressedStore:
                 self.row_nnz += counts.sum(-1)
             self.offs[:, :, self.length : self.length + tokens] = starts.to(torch.int32)
         first = self.length
-        self.length += tokens
+        if self.static:
+            self.advance(tokens)
+        else:
+            self._length += tokens
         return first
 
     def append_packed(self, bits: Tensor, values: Tensor) -> None:

@@ -12,6 +12,11 @@ Two kernels:
 
 Destination: fixed layout ``vals[b, h, t0 + r, :]``; variable layout ``vals[b, h, offs[b, h, t0 + r]:]`` (offsets
 recorded by :meth:`CompressedStore.extend`). No concatenation, no host synchronisation in the top-k fixed path.
+
+Static stores (``CompressedStore(..., static=True)``): the top-k pack reads ``t0`` per batch row from the store's
+device count (constexpr ``DEVICE_OFF``), drops rows that would land at or past ``capacity`` and then advances the
+count on the device (one ``add_``), so the append is a fixed sequence of launches a CUDA graph can capture. The
+given-mask pack stays host-driven (it checks the counts against ``keep``, which synchronises): not capturable.
 """
 
 from __future__ import annotations
@@ -58,6 +63,7 @@ def _prune_pack_kernel(
     smh,
     smt,
     t0,
+    len_ptr,
     cap,
     val_cap,
     KEEP: tl.constexpr,
@@ -69,6 +75,7 @@ def _prune_pack_kernel(
     VARIABLE: tl.constexpr,
     BLOCK_R: tl.constexpr,
     SWAR: tl.constexpr,
+    DEVICE_OFF: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     bh = tl.program_id(1)
@@ -76,6 +83,10 @@ def _prune_pack_kernel(
     h = bh % heads
     r = pid_r * BLOCK_R + tl.arange(0, BLOCK_R)
     rmask = r < n_tok
+    if DEVICE_OFF:
+        # static store: this batch row's count on the device; rows past the capacity are dropped
+        t0 = tl.load(len_ptr + b)
+        rmask = rmask & (t0 + r < cap)
     c = tl.arange(0, D)
     x_off = b.to(tl.int64) * sxb + h.to(tl.int64) * sxh + r[:, None].to(tl.int64) * sxt + c[None, :]
     x = tl.load(x_ptr + x_off, mask=rmask[:, None], other=0.0)
@@ -150,11 +161,13 @@ def _topk_pack_ptx_kernel(
     sxh,
     sxt,  # strides in int32 units
     t0,
+    len_ptr,
     cap,
     SLOT: gl.constexpr,
     D: gl.constexpr,
     SMEM_WORDS: gl.constexpr,
     ASM: gl.constexpr,
+    DEVICE_OFF: gl.constexpr,
 ):
     NW: gl.constexpr = gl.num_warps()
     BLOCK_R: gl.constexpr = 32 * NW
@@ -164,6 +177,11 @@ def _topk_pack_ptx_kernel(
     b = bh // heads
     h = bh % heads
     r = pid_r * BLOCK_R + gl.arange(0, BLOCK_R, layout=lay)
+    n_store = n_tok
+    if DEVICE_OFF:
+        # static store: this batch row's count on the device; rows past the capacity are neither read nor stored
+        t0 = gl.load(len_ptr + b)
+        n_store = gl.minimum(n_tok, cap - t0)
     rr = gl.minimum(r, n_tok - 1)  # rows past the end read the last row; nothing of theirs is stored
     x_base = b.to(gl.int64) * sxb + h.to(gl.int64) * sxh
     xp = x_ptr + x_base + rr.to(gl.int64) * sxt
@@ -177,7 +195,7 @@ def _topk_pack_ptx_kernel(
             xp,
             bits_ptr + slot * (D // 32),
             vals_ptr + slot * (SLOT // 2),
-            n_tok - r,
+            n_store - r,
             dep,
             x_ptr + x_base + r * sxt,
         ],
@@ -199,7 +217,12 @@ def _ptx_ok(store: CompressedStore, rows: Tensor) -> bool:
     )
 
 
-def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, t0: int) -> None:
+def _len_arg(store: CompressedStore) -> Tensor:
+    """The device count static stores are written at (any int32 tensor otherwise: never read)."""
+    return store.length_tensor if store.static else store.bits
+
+
+def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, t0: int, device_off: bool) -> None:
     n = rows.shape[2]
     x32 = rows.view(torch.int32)
     coalesced = x32.stride(2) == store.head_dim // 2  # a warp's rows: one contiguous block
@@ -213,17 +236,22 @@ def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, t0: int) -> Non
         store.heads,
         *x32.stride()[:3],
         t0,
+        _len_arg(store),
         store.capacity,
         SLOT=store.slot,
         D=store.head_dim,
         SMEM_WORDS=words,
         ASM=make_asm(store.head_dim, keep, store.slot, coalesced),
+        DEVICE_OFF=device_off,
         num_warps=_PTX_WARPS,
     )
 
 
-def _launch_plain(store: CompressedStore, rows: Tensor, mask: Tensor | None, keep: int, t0: int) -> None:
-    """``_prune_pack_kernel``: top-``keep`` when ``mask`` is None, else the given pattern."""
+def _launch_plain(
+    store: CompressedStore, rows: Tensor, mask: Tensor | None, keep: int, t0: int, device_off: bool = False
+) -> None:
+    """``_prune_pack_kernel``: top-``keep`` when ``mask`` is None, else the given pattern; at ``t0``, or at the
+    static store's device count (``device_off``)."""
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     n = rows.shape[2]
@@ -246,6 +274,7 @@ def _launch_plain(store: CompressedStore, rows: Tensor, mask: Tensor | None, kee
         *rows.stride()[:3],
         *m_strides,
         t0,
+        _len_arg(store),
         store.capacity,
         store.vals.shape[2],
         KEEP=keep,
@@ -257,20 +286,26 @@ def _launch_plain(store: CompressedStore, rows: Tensor, mask: Tensor | None, kee
         VARIABLE=not store.fixed,
         BLOCK_R=_BLOCK_R,
         SWAR=store.dtype != torch.float32,
+        DEVICE_OFF=device_off,
         num_warps=_NUM_WARPS,
     )
 
 
 def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:
     """Fused exact top-``keep`` prune and pack of ``rows`` [B, H, n, D] into ``store`` (inputs validated by the
-    dispatcher): the PTX kernel where it applies, the plain-Triton one elsewhere."""
+    dispatcher): the PTX kernel where it applies, the plain-Triton one elsewhere. A static store is written at its
+    device count, which then advances on the device: no host synchronisation, capturable."""
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
-    t0 = store.extend(rows.shape[2], keep)  # every token holds `keep` values: offsets are arithmetic
+    n = rows.shape[2]
+    # every token holds `keep` values: offsets are arithmetic
+    t0 = 0 if store.static else store.extend(n, keep)
     if _ptx_ok(store, rows):
-        _launch_ptx(store, rows, keep, t0)
+        _launch_ptx(store, rows, keep, t0, store.static)
     else:
-        _launch_plain(store, rows, None, keep, t0)
+        _launch_plain(store, rows, None, keep, t0, store.static)
+    if store.static:
+        store.advance(n)
 
 
 def pack_triton(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:

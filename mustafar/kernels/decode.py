@@ -18,6 +18,13 @@ second kernel merges the ``S`` partial results with their log-sum-exps. Two deco
 Launch knobs are not part of the public op: :func:`_launch` picks the tile size and warps per decoder
 (``_DEFAULT_LAUNCH``) and the split count from a wave model at the compiled kernel's occupancy; benchmarks and
 tests override them through :func:`_launch` only.
+
+Static stores (``CompressedStore(..., static=True)``): both decoders take the stores' device-side counts
+(``k_len``/``v_len``, constexpr ``DEVICE_LEN``) and clamp them to ``T``, which is then the capacity the plan was
+made for; a split whose range starts at or past the length writes an empty partial (lse = -inf, o = 0) that the
+merge weighs by zero. Everything a launch needs besides the data is cached per shape (:class:`_Config`, the split
+plan, the partials, the compiled kernels behind :class:`_CompiledLaunch`), so an eager call costs two C-level
+launches plus a few dict lookups.
 """
 
 from __future__ import annotations
@@ -25,11 +32,14 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import operator
+from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from triton import knobs
 from triton.language.extra import libdevice
 
 from mustafar.formats.bitmap import CompressedStore
@@ -231,6 +241,8 @@ def _sparse_decode_kernel(
     svwt,
     heads_kv,
     T,
+    k_len,
+    v_len,
     W_WIN,
     k_cap,
     v_cap,
@@ -254,6 +266,7 @@ def _sparse_decode_kernel(
     PREFETCH: tl.constexpr,
     NL_VALS: tl.constexpr,
     NL_BITS: tl.constexpr,
+    DEVICE_LEN: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -267,6 +280,9 @@ def _sparse_decode_kernel(
     l_i = tl.zeros([BLOCK_H], dtype=tl.float32)
     acc = tl.zeros([BLOCK_H, D], dtype=tl.float32)
     bh = b.to(tl.int64) * heads_kv + h
+    if DEVICE_LEN:
+        # static stores: this batch row's token count on the device; T is the capacity the plan was made for
+        T = tl.minimum(tl.minimum(tl.load(k_len + b), tl.load(v_len + b)), T)
     start = s * tokens_per_split
     end = tl.minimum(start + tokens_per_split, T)
     for t0 in range(start, end, BLOCK_N):
@@ -326,11 +342,6 @@ def _merge_kernel(o_ptr, lse_ptr, out_ptr, splits, SPLITS_P2: tl.constexpr, D: t
 def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> Tensor:
     """Scratch allocation (a seam the tests use to poison every buffer the kernels must overwrite)."""
     return torch.empty(shape, dtype=dtype, device=device)
-
-
-def _arg(t: Tensor) -> Tensor:
-    """Empty buffers have no device address; hand the launcher a one-element stand-in (never read)."""
-    return t if t.numel() else torch.zeros(1, dtype=t.dtype, device=t.device)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -402,8 +413,13 @@ def default_splits(
     ``batch · heads_kv · S`` programs run in waves of ``SMs · programs_per_sm``; the time is waves × program
     length. This avoids the round-3 heuristic's partial last wave (B 8, 16K: 2.4 waves, ~20 % idle).
     """
-    sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 4
+    sms = _sm_count(device.index) if device.type == "cuda" else 4
     return _wave_model_splits(batch * heads_kv, triton.cdiv(tokens, block_n), sms * programs_per_sm)
+
+
+@functools.cache
+def _sm_count(index: int | None) -> int:
+    return torch.cuda.get_device_properties(index).multi_processor_count
 
 
 @functools.lru_cache(maxsize=4096)
@@ -418,7 +434,7 @@ def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
 
 
 # ---------------------------------------------------------------------------------------------------------------------
-# Launch
+# Launch configuration, cached per shape
 # ---------------------------------------------------------------------------------------------------------------------
 
 # (block_n, num_warps) per decoder: the H100 sweeps' best at B >= 8 (results/kernels/NOTES.md, rounds 4-5)
@@ -439,6 +455,7 @@ def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedS
         SMEM_WORDS=triton.next_power_of_2((2 * block_n * d * 2 + 2 * stage_bytes) // 4),
         K_CH_P2=triton.next_power_of_2(block_n * k_store.slot // 8),
         V_CH_P2=triton.next_power_of_2(block_n * v_store.slot // 8),
+        DEVICE_LEN=k_store.static,
     )
 
 
@@ -462,7 +479,24 @@ def _portable_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compresse
         PREFETCH=2 if (not interp and k_store.fixed and v_store.fixed) else 0,
         NL_VALS=triton.next_power_of_2(triton.cdiv(block_n * max(k_store.slot, v_store.slot) * 2, 128)),
         NL_BITS=triton.next_power_of_2(triton.cdiv(block_n * d // 8, 128)),
+        DEVICE_LEN=k_store.static,
     )
+
+
+@dataclass(frozen=True)
+class _Config:
+    """One launch configuration: what depends on the shapes, dtypes and layouts but not on the data or length."""
+
+    decoder: str
+    block_n: int
+    num_warps: int
+    constexprs: dict
+    occupancy_key: tuple
+    launcher: _CompiledLaunch
+
+
+# per module load: the tests reload this module to switch between the interpreter and compiled kernels
+_CONFIGS: dict[tuple, _Config] = {}
 
 
 def _configure(
@@ -472,17 +506,50 @@ def _configure(
     decoder: str,
     block_n: int | None,
     num_warps: int | None,
-) -> tuple[int, int, dict, tuple]:
-    """Tile size, warps, constexprs and occupancy-cache key of one launch configuration."""
+) -> _Config:
+    """The (cached) launch configuration of these inputs: tile size, warps, constexprs, occupancy-cache key."""
+    key = (
+        q.device,
+        q.dtype,
+        q.shape[1],
+        q.shape[2],
+        k_store.heads,
+        k_store.slot,
+        v_store.slot,
+        k_store.fixed,
+        v_store.fixed,
+        k_store.static,
+        decoder,
+        block_n,
+        num_warps,
+    )
+    cfg = _CONFIGS.get(key)
+    if cfg is None:
+        cfg = _CONFIGS[key] = _new_config(q, k_store, v_store, decoder, block_n, num_warps)
+    return cfg
+
+
+def _new_config(
+    q: Tensor,
+    k_store: CompressedStore,
+    v_store: CompressedStore,
+    decoder: str,
+    block_n: int | None,
+    num_warps: int | None,
+) -> _Config:
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
     if decoder == "staged" and num_warps not in (None, 1):
         raise ValueError(f"the staged decoder runs one warp per program, got num_warps={num_warps}")
     dn, dw = _DEFAULT_LAUNCH[decoder]
     block_n, num_warps = block_n or dn, num_warps or dw
-    make = _staged_constexprs if decoder == "staged" else _portable_constexprs
-    constexprs = make(q, k_store, v_store, block_n)
-    return block_n, num_warps, constexprs, (q.device, q.dtype, decoder, num_warps, *constexprs.values())
+    staged = decoder == "staged"
+    constexprs = (_staged_constexprs if staged else _portable_constexprs)(q, k_store, v_store, block_n)
+    # the occupancy key leaves DEVICE_LEN out: one load more does not change what fits on an SM
+    occ = (q.device, q.dtype, decoder, num_warps, *(v for k, v in constexprs.items() if k != "DEVICE_LEN"))
+    options = dict(num_warps=1) if staged else dict(num_warps=num_warps, num_stages=2)
+    kernel = _st_sparse_decode_kernel if staged else _sparse_decode_kernel
+    return _Config(decoder, block_n, num_warps, constexprs, occ, _CompiledLaunch(kernel, constexprs, options))
 
 
 def _planned_splits(
@@ -494,60 +561,154 @@ def _planned_splits(
     num_warps: int | None = None,
 ) -> int:
     """The split count :func:`_launch` uses when none is given: the wave model at the configuration's occupancy
-    (measured once it has been launched, 2 programs per SM before)."""
-    block_n, _, _, key = _configure(q, k_store, v_store, decoder, block_n, num_warps)
-    return _splits_at(key, q, k_store, block_n)
+    (measured once it has been launched, 2 programs per SM before), over the tokens held (dynamic stores) or the
+    capacity (static stores)."""
+    cfg = _configure(q, k_store, v_store, decoder, block_n, num_warps)
+    return _splits_at(cfg, q, _plan_tokens(k_store, v_store))
 
 
-def _splits_at(key: tuple, q: Tensor, k_store: CompressedStore, block_n: int) -> int:
-    per_sm = _OCCUPANCY.get(key, 2)
-    return default_splits(q.shape[0], k_store.heads, k_store.length, block_n, q.device, per_sm)
+def _plan_tokens(k_store: CompressedStore, v_store: CompressedStore) -> int:
+    """Tokens the split plan covers: the length of dynamic stores, the capacity of static ones (one plan for every
+    length up to it, so one launch a CUDA graph can replay)."""
+    return min(k_store.capacity, v_store.capacity) if k_store.static else k_store.length
 
 
-def _kernel_args(
-    q: Tensor,
-    k_store: CompressedStore,
-    v_store: CompressedStore,
-    k_window: Tensor,
-    v_window: Tensor,
-    o_part: Tensor,
-    lse_part: Tensor,
-    tokens_per_split: int,
-    num_splits: int,
-    scale: float,
-    vals_dtype: torch.dtype,
-) -> dict[str, object]:
-    """The arguments both decoders take, by parameter name (values viewed as ``vals_dtype``: the staged decoder
-    reads the value slots as int32 words)."""
-    skwb, skwh, skwt = k_window.stride()[:3]
-    svwb, svwh, svwt = v_window.stride()[:3]
-    return dict(
-        q_ptr=q,
-        k_bits=_arg(k_store.bits),
-        k_vals=_arg(k_store.vals.view(vals_dtype)),
-        v_bits=_arg(v_store.bits),
-        v_vals=_arg(v_store.vals.view(vals_dtype)),
-        kw_ptr=_arg(k_window),
-        vw_ptr=_arg(v_window),
-        o_ptr=o_part,
-        lse_ptr=lse_part,
-        sqb=q.stride(0),
-        sqh=q.stride(1),
-        skwb=skwb,
-        skwh=skwh,
-        skwt=skwt,
-        svwb=svwb,
-        svwh=svwh,
-        svwt=svwt,
-        heads_kv=k_store.heads,
-        T=k_store.length,
-        W_WIN=k_window.shape[2],
-        k_cap=k_store.capacity,
-        v_cap=v_store.capacity,
-        tokens_per_split=tokens_per_split,
-        num_splits=num_splits,
-        qk_scale=scale * _LOG2E,
+def _splits_at(cfg: _Config, q: Tensor, tokens: int) -> int:
+    per_sm = _OCCUPANCY.get(cfg.occupancy_key, 2)
+    return default_splits(
+        q.shape[0], q.shape[1] // cfg.constexprs["N_REP"], tokens, cfg.block_n, q.device, per_sm
     )
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Cheap launch
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+class _CompiledLaunch:
+    """Launches one Triton/Gluon kernel without the JIT dispatcher's per-call argument binding.
+
+    The dispatcher binds and specialises every argument on every call (tens of µs for these kernels' ~30
+    arguments). Here the compiled kernel is cached under what Triton specialises on (each tensor's 16-byte
+    alignment, each int's value 1, divisibility by 16 and 32-bit range; argument dtypes and constexprs are fixed
+    per instance by its owner's cache key) and relaunched through its C launcher. A miss, a launch hook (a profiler)
+    or the interpreter goes through the dispatcher, which finds or compiles the kernel: this caches what Triton
+    would pick, nothing else. Runtime arguments are positional, in declaration order (the constexprs follow them
+    in every kernel here).
+    """
+
+    def __init__(self, fn: object, constexprs: dict, options: dict) -> None:
+        self.fn, self.constexprs, self.options = fn, constexprs, options
+        self.runtime_names = [n for n in fn.arg_names if n not in constexprs]
+        # the C launcher takes every parameter in declaration order, constexprs included (ignored)
+        self.tail = tuple(constexprs[n] for n in fn.arg_names if n in constexprs)
+        if list(fn.arg_names) != self.runtime_names + list(constexprs):
+            raise TypeError(f"{fn}: the constexpr parameters must follow the runtime ones")
+        self.kernels: dict[tuple, object] = {}
+
+    def __call__(
+        self, grid: tuple[int, int, int], args: tuple, stream: int, key: tuple | None = None
+    ) -> object:
+        """Launch with ``args``; ``key`` (from :func:`_spec_key`, when the caller knows which arguments are
+        tensors and which ints) saves the generic per-argument classification."""
+        if key is None:
+            key = tuple(
+                [
+                    a.data_ptr() % 16 == 0
+                    if isinstance(a, Tensor)
+                    else (a == 1, a % 16 == 0, -(2**31) <= a < 2**31)
+                    if type(a) is int
+                    else type(a)
+                    for a in args
+                ]
+            )
+        kernel = self.kernels.get(key)
+        if kernel is None or _hooked():
+            kernel = self.fn[grid](**dict(zip(self.runtime_names, args)), **self.constexprs, **self.options)
+            if kernel is not None and hasattr(kernel, "function"):  # the interpreter returns nothing to cache
+                self.kernels[key] = kernel
+            return kernel
+        kernel.run(
+            *grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *self.tail
+        )
+        return kernel
+
+
+def _spec_key(tensors: tuple, ints: tuple, lengths: tuple) -> tuple:
+    """A cache key at least as fine as Triton's specialisation of these arguments: whether every tensor is 16-byte
+    aligned (else each one's alignment), the ints as they are (shapes and strides: few distinct values) and, for
+    ``lengths`` (ints that change every step), only what Triton looks at (== 1, divisible by 16)."""
+    ptrs = functools.reduce(operator.or_, map(Tensor.data_ptr, tensors))
+    aligned = True if ptrs % 16 == 0 else tuple([t.data_ptr() % 16 == 0 for t in tensors])
+    return aligned, ints, tuple([(n == 1, n % 16 == 0) for n in lengths])
+
+
+def _hooked() -> bool:
+    """Whether a launch hook (e.g. Triton's profiler) is installed: those launches take the dispatcher's path."""
+    enter = knobs.runtime.launch_enter_hook
+    return enter is not None and bool(getattr(enter, "calls", True))
+
+
+def _raw_stream(device: torch.device) -> int:
+    """The current CUDA stream's handle (what Triton's dispatcher launches on; a graph's capture stream while
+    capturing); 0 off the GPU."""
+    return torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
+
+
+def _cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+@functools.lru_cache(maxsize=4096)
+def _split_plan(rows: int, tokens: int, block_n: int, slots: int, splits: int | None) -> tuple[int, int]:
+    """(num_splits, tokens_per_split): the wave model's split count unless ``splits`` is given, and the tokens
+    of each split rounded up to whole tiles."""
+    if splits is None:
+        splits = _wave_model_splits(rows, _cdiv(tokens, block_n), slots)
+    return splits, _cdiv(_cdiv(max(tokens, 1), splits), block_n) * block_n
+
+
+def _partials(
+    b: int, hq: int, splits: int, d: int, device: torch.device, stream: int
+) -> tuple[Tensor, Tensor]:
+    """The split partials (o [B, H_q, S, D], lse [B, H_q, S], fp32), allocated once per shape and CUDA stream:
+    every launch overwrites all of them, and launches on one stream run in order (a graph captured on its own
+    stream gets its own)."""
+    key = (device, stream, b, hq, splits, d)
+    bufs = _PARTIALS.get(key)
+    if bufs is None:
+        bufs = _PARTIALS[key] = (
+            _empty((b, hq, splits, d), torch.float32, device),
+            _empty((b, hq, splits), torch.float32, device),
+        )
+    return bufs
+
+
+_PARTIALS: dict[tuple, tuple[Tensor, Tensor]] = {}
+_MERGE: dict[tuple, _CompiledLaunch] = {}
+_DUMMIES: dict[tuple, Tensor] = {}
+
+
+def _merge_launch(splits_p2: int, d: int, dtype: torch.dtype, device: torch.device) -> _CompiledLaunch:
+    key = (splits_p2, d, dtype, device)  # compiled kernels are loaded per device
+    launch = _MERGE.get(key)
+    if launch is None:
+        launch = _MERGE[key] = _CompiledLaunch(
+            _merge_kernel, dict(SPLITS_P2=splits_p2, D=d), dict(num_warps=4)
+        )
+    return launch
+
+
+def _arg(t: Tensor) -> Tensor:
+    """Empty buffers have no device address; hand the launcher a one-element stand-in (never read; one per device
+    and dtype, so no per-call allocation)."""
+    if t.numel():
+        return t
+    key = (t.device, t.dtype)
+    dummy = _DUMMIES.get(key)
+    if dummy is None:
+        dummy = _DUMMIES[key] = torch.zeros(1, dtype=t.dtype, device=t.device)
+    return dummy
 
 
 def _launch(
@@ -566,50 +727,66 @@ def _launch(
     """Private launch of one decoder and the merge, knobs exposed (inputs validated and ``decoder`` chosen by
     :func:`mustafar.kernels.dispatch.sparse_decode_attention`, the public op; benchmarks and tests sweep here).
 
-    ``block_n`` / ``num_warps`` default to ``_DEFAULT_LAUNCH``; ``num_splits`` to :func:`_planned_splits`.
+    ``block_n`` / ``num_warps`` default to ``_DEFAULT_LAUNCH``; ``num_splits`` to :func:`_planned_splits`. Static
+    stores: the plan covers their capacity and the kernels read the length on the device (no host value of it is
+    needed), so the same launch serves every length; a CUDA graph can capture it after one eager warm-up call (the
+    first launch compiles and measures the occupancy the plan uses). Per call: cached lookups, the output (unless
+    given) and two launches; no other allocation, no synchronisation.
     """
     b, hq, d = q.shape
-    block_n, num_warps, constexprs, key = _configure(q, k_store, v_store, decoder, block_n, num_warps)
-    if num_splits is None:
-        num_splits = _splits_at(key, q, k_store, block_n)
-    tokens_per_split = triton.cdiv(triton.cdiv(max(k_store.length, 1), num_splits), block_n) * block_n
-    o_part = _empty((b, hq, num_splits, d), torch.float32, q.device)
-    lse_part = _empty((b, hq, num_splits), torch.float32, q.device)
-    out = _empty(q.shape, q.dtype, q.device) if out is None else out
-    grid = (b, k_store.heads, num_splits)
-    staged = decoder == "staged"
-    args = _kernel_args(
-        q,
-        k_store,
-        v_store,
-        k_window,
-        v_window,
-        o_part,
-        lse_part,
-        tokens_per_split,
-        num_splits,
-        scale,
-        torch.int32 if staged else q.dtype,
-    )
+    device = q.device
+    cfg = _configure(q, k_store, v_store, decoder, block_n, num_warps)
+    hkv = k_store.heads
+    k_bits, v_bits = k_store.bits, v_store.bits
+    k_cap, v_cap = k_bits.shape[2], v_bits.shape[2]
+    static = k_store.static
+    tokens = min(k_cap, v_cap) if static else k_store.length
+    slots = (_sm_count(device.index) if device.type == "cuda" else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
+    num_splits, tokens_per_split = _split_plan(b * hkv, tokens, cfg.block_n, slots, num_splits)
+    stream = _raw_stream(device)
+    o_part, lse_part = _partials(b, hq, num_splits, d, device, stream)
+    out = _empty(q.shape, q.dtype, device) if out is None else out
+    staged = cfg.decoder == "staged"
+    vals_dtype = torch.int32 if staged else q.dtype
+    k_vals, v_vals = k_store.vals_as(vals_dtype), v_store.vals_as(vals_dtype)
+    if not (k_cap and v_cap):  # empty buffers have no address: stand-ins (never read)
+        k_bits, v_bits, k_vals, v_vals = _arg(k_bits), _arg(v_bits), _arg(k_vals), _arg(v_vals)
+    k_len, v_len = (k_store.length_tensor, v_store.length_tensor) if static else (k_bits, k_bits)
+    w = k_window.shape[2]
+    kw, vw = (k_window, v_window) if w else (_arg(k_window), _arg(v_window))
+    ks, vs = k_window.stride(), v_window.stride()
+    strides = (*q.stride()[:2], *ks[:3], *vs[:3], hkv)
+    caps = (w, k_cap, v_cap)
+    qk_scale = scale * _LOG2E
     if staged:
-        kernel = _st_sparse_decode_kernel[grid](**args, **constexprs, num_warps=1)
+        tensors = (q, k_bits, k_vals, v_bits, v_vals, kw, vw, o_part, lse_part, k_len, v_len)
+        args = (
+            *tensors[:9], *strides, tokens, k_len, v_len, *caps, tokens_per_split, num_splits, qk_scale,
+        )  # fmt: skip
+        ints = (*strides, *caps, num_splits)
     else:
-        kernel = _sparse_decode_kernel[grid](
-            **args,
-            k_offs=_arg(k_store.bits if k_store.fixed else k_store.offs),
-            v_offs=_arg(v_store.bits if v_store.fixed else v_store.offs),
-            k_vcap=0 if k_store.fixed else k_store.vals.shape[2],
-            v_vcap=0 if v_store.fixed else v_store.vals.shape[2],
-            gstride=1,
-            **constexprs,
-            num_warps=num_warps,
-            num_stages=2,
+        k_offs = k_bits if k_store.keep is not None else _arg(k_store.offs)
+        v_offs = v_bits if v_store.keep is not None else _arg(v_store.offs)
+        vcaps = (
+            0 if k_store.keep is not None else k_vals.shape[-1],
+            0 if v_store.keep is not None else v_vals.shape[-1],
         )
-    if key not in _OCCUPANCY and q.device.type == "cuda":
-        occ = _programs_per_sm(kernel, num_warps, q.device)
+        tensors = (q, k_bits, k_vals, k_offs, v_bits, v_vals, v_offs, kw, vw, o_part, lse_part, k_len, v_len)
+        args = (
+            *tensors[:11], *strides, tokens, k_len, v_len, *caps, *vcaps, tokens_per_split, num_splits, qk_scale, 1,
+        )  # fmt: skip
+        ints = (*strides, *caps, *vcaps, num_splits)
+    key = _spec_key(tensors, ints, (tokens, tokens_per_split))
+    kernel = cfg.launcher((b, hkv, num_splits), args, stream, key)
+    if device.type == "cuda" and cfg.occupancy_key not in _OCCUPANCY:
+        occ = _programs_per_sm(kernel, cfg.num_warps, device)
         if occ is not None:
-            _OCCUPANCY[key] = occ
-    _merge_kernel[(b * hq,)](
-        o_part, lse_part, out, num_splits, SPLITS_P2=triton.next_power_of_2(num_splits), D=d
+            _OCCUPANCY[cfg.occupancy_key] = occ
+    merge = _merge_launch(1 << (num_splits - 1).bit_length(), d, q.dtype, device)
+    merge(
+        (b * hq, 1, 1),
+        (o_part, lse_part, out, num_splits),
+        stream,
+        (out.data_ptr() % 16 == 0, num_splits == 1),
     )
     return out

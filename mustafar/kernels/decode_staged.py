@@ -13,8 +13,9 @@ the H100, results/kernels/NOTES.md round 5) that
   pads to the MMA's N = 8 instead of M = 16.
 
 The PTX addresses the staging ring from ``global_smem`` plus its offset in the kernel's single shared allocation.
-Fixed layouts, fp16/bf16, head_dim 64/128, GPU only (Gluon has no interpreter); split/merge scheme as in
-:mod:`mustafar.kernels.decode` (window on the last split, LSE merge), which launches it.
+Fixed layouts, fp16/bf16, head_dim 64/128, GPU only (Gluon has no interpreter); split/merge scheme and the
+device-side length of static stores (constexpr ``DEVICE_LEN``) as in :mod:`mustafar.kernels.decode`, which
+launches it.
 """
 
 from __future__ import annotations
@@ -224,6 +225,8 @@ def _st_sparse_decode_kernel(
     svwt,
     heads_kv,
     T,
+    k_len,
+    v_len,
     W_WIN,
     k_cap,
     v_cap,
@@ -239,6 +242,7 @@ def _st_sparse_decode_kernel(
     SMEM_WORDS: gl.constexpr,
     K_CH_P2: gl.constexpr,
     V_CH_P2: gl.constexpr,
+    DEVICE_LEN: gl.constexpr,
 ):
     G: gl.constexpr = D // 32
     STAGE_B: gl.constexpr = BLOCK_N * (8 * G + 2 * (K_SLOT + V_SLOT))  # bytes per stage
@@ -276,6 +280,9 @@ def _st_sparse_decode_kernel(
     vb_row = v_bits + bh * v_cap * G
     kv_row = k_vals + bh * k_cap * (K_SLOT // 2)
     vv_row = v_vals + bh * v_cap * (V_SLOT // 2)
+    if DEVICE_LEN:
+        # static stores: this batch row's token count on the device; T is the capacity the plan was made for
+        T = gl.minimum(gl.minimum(gl.load(k_len + b), gl.load(v_len + b)), T)
     start = s * tokens_per_split
     end = gl.minimum(start + tokens_per_split, T)
     ts_l: gl.constexpr = gl.SliceLayout(1, mma)

@@ -9,6 +9,9 @@ Launch knobs (split count, tile size, warps) are chosen per shape inside :mod:`m
 
 from __future__ import annotations
 
+import importlib
+import sys
+
 import torch
 from torch import Tensor
 
@@ -86,25 +89,32 @@ def _check_decode_inputs(
     v_window: Tensor,
     out: Tensor | None,
 ) -> None:
+    """Shapes, dtypes and layouts only: never a device value (a static store's length stays on the device, so
+    its emptiness and the K/V agreement of its counts are the caller's to keep)."""
     if q.dim() != 3:
         raise ValueError(f"q must be [B, H_q, D], got shape {tuple(q.shape)}")
     b, hq, d = q.shape
     for name, st in (("k_store", k_store), ("v_store", v_store)):
-        if (st.batch, st.head_dim) != (b, d) or st.heads != k_store.heads:
+        if st.batch != b or st.head_dim != d or st.heads != k_store.heads:
             raise ValueError(f"{name} is [{st.batch}, {st.heads}, T, {st.head_dim}], q is {tuple(q.shape)}")
         if st.dtype != q.dtype:
             raise ValueError(f"{name} dtype {st.dtype} does not match q dtype {q.dtype}")
     if hq % k_store.heads:
         raise ValueError(f"H_q={hq} is not a multiple of H_kv={k_store.heads}")
-    if k_store.length != v_store.length:
+    if k_store.static != v_store.static:
+        raise ValueError(
+            f"k_store static={k_store.static} but v_store static={v_store.static}: make both alike"
+        )
+    if not k_store.static and k_store.length != v_store.length:
         raise ValueError(f"k_store holds {k_store.length} tokens, v_store {v_store.length}")
-    expect = (b, k_store.heads, k_window.shape[2] if k_window.dim() == 4 else -1, d)
+    w = k_window.shape[2] if k_window.dim() == 4 else -1
     for name, win in (("k_window", k_window), ("v_window", v_window)):
-        if win.dim() != 4 or tuple(win.shape) != expect:
-            raise ValueError(f"{name} must be {list(expect)}, got {tuple(win.shape)}")
+        s = win.shape
+        if win.dim() != 4 or s[0] != b or s[1] != k_store.heads or s[2] != w or s[3] != d:
+            raise ValueError(f"{name} must be {[b, k_store.heads, w, d]}, got {tuple(s)}")
         if win.dtype != q.dtype:
             raise ValueError(f"{name} dtype {win.dtype} does not match q dtype {q.dtype}")
-    if k_store.length + k_window.shape[2] == 0:
+    if w == 0 and (k_store.capacity == 0 if k_store.static else k_store.length == 0):
         raise ValueError("nothing to attend to: the stores and the window are both empty")
     if out is not None and (out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous()):
         raise ValueError(f"out must be a contiguous {q.dtype} tensor of shape {tuple(q.shape)}")
@@ -121,14 +131,26 @@ def sparse_decode_attention(
     out: Tensor | None = None,
 ) -> Tensor:
     """softmax(scale·q·[K_c; K_w]ᵀ)·[V_c; V_w] with GQA: q [B, H_q, D], stores and windows [B, H_kv, ·, D];
-    returns [B, H_q, D] in q.dtype (written into ``out`` when given)."""
+    returns [B, H_q, D] in q.dtype (written into ``out`` when given).
+
+    Static stores (``CompressedStore(..., static=True)``) are read up to their device-side length with a launch
+    plan fixed for their capacity: no host synchronisation, the same launch at every length, so the call can be
+    captured in a CUDA graph (after one eager call) and replayed as the stores grow. The caller keeps the K and V
+    counts equal (the kernels attend to the smaller) and the attended set non-empty (an empty static store with an
+    empty window gives NaN: that cannot be checked without reading the device).
+    """
     _check_decode_inputs(q, k_store, v_store, k_window, v_window, out)
     if resolve_backend(backend, q.device, q.shape[-1]) == "torch":
         ref = decode_attention_reference(q, k_store, v_store, k_window, v_window, scale)
         return ref if out is None else out.copy_(ref)
-    from mustafar.kernels.decode import _launch
-
-    q = q if q.stride(-1) == 1 else q.contiguous()
-    k_window = k_window if k_window.stride(-1) == 1 else k_window.contiguous()
-    v_window = v_window if v_window.stride(-1) == 1 else v_window.contiguous()
-    return _launch(q, k_store, v_store, k_window, v_window, scale, decoder_for(q, k_store, v_store), out=out)
+    # imported on first use (it imports Triton); afterwards a dict lookup, not an import statement per call
+    decode = sys.modules.get("mustafar.kernels.decode") or importlib.import_module("mustafar.kernels.decode")
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    if k_window.stride(-1) != 1:
+        k_window = k_window.contiguous()
+    if v_window.stride(-1) != 1:
+        v_window = v_window.contiguous()
+    return decode._launch(
+        q, k_store, v_store, k_window, v_window, scale, decoder_for(q, k_store, v_store), out=out
+    )

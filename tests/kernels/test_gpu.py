@@ -29,8 +29,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 
 @pytest.fixture
 def poison(monkeypatch):
-    """Every scratch buffer of the decode launch starts as NaN."""
+    """Every scratch buffer of the decode launch starts as NaN (the cached split partials included)."""
     decode = importlib.import_module("mustafar.kernels.decode")
+    monkeypatch.setattr(decode, "_PARTIALS", {})
     monkeypatch.setattr(
         decode,
         "_empty",
@@ -185,3 +186,138 @@ def test_compressed_matches_mask_mode_on_gpu(head_dim, dtype, kw):
     assert err < 2e-2, f"relative logit error {err:.2e}"
     agree = (compressed.argmax(-1) == masked.argmax(-1)).float().mean().item()
     assert agree > 0.95, f"top-1 agreement {agree:.3f}"
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Static stores: device-side length, one launch plan per capacity, capturable append + decode
+# ---------------------------------------------------------------------------------------------------------------------
+
+
+def _static(b, hkv, d, dtype, keep, cap):
+    return CompressedStore(b, hkv, d, dtype, "cuda", keep, capacity=cap, static=True)
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("decoder", ["staged", "portable"])
+def test_static_decode_matches_reference_on_gpu(poison, decoder, dtype, head_dim):
+    """Static stores filled by the device-offset top-k pack: at lengths 0 (window only), 1, 333 and 700 (=
+    capacity) the decoder reads the device length with one plan (the default one after the first launch) and
+    equals the reference and the dynamic path; per-row lengths decode each batch row to its own count."""
+    from mustafar.kernels.decode import _launch, _planned_splits
+
+    torch.manual_seed(head_dim)
+    b, hkv, n_rep, cap, w = 2, 2, 4, 700, 9
+    keeps = (head_dim * 3 // 10, head_dim // 2)
+    rows = [_rows(b, hkv, cap, head_dim, dtype, "gauss") for _ in keeps]
+    stores = [_static(b, hkv, head_dim, dtype, keep, cap) for keep in keeps]
+    q = torch.randn(b, hkv * n_rep, head_dim, device="cuda", dtype=dtype)
+    kw, vw = (torch.randn(b, hkv, w, head_dim, device="cuda", dtype=dtype) for _ in "kv")
+    scale = head_dim**-0.5
+    assert decoder_for(q, *stores) == "staged"
+
+    def run(ks, vs):
+        out = torch.full_like(q, math.nan)
+        if decoder == "staged":
+            return sparse_decode_attention(q, ks, vs, kw, vw, scale, out=out)
+        return _launch(q, ks, vs, kw, vw, scale, decoder, out=out)
+
+    run(*stores)  # first launch: compiles, measures the occupancy
+    plans, outs, filled = set(), {}, 0
+    for length in (0, 1, 333, 700):
+        for st, r, keep in zip(stores, rows, keeps):
+            topk_pack_into(st, r[:, :, filled:length], keep)
+        filled = length
+        assert stores[0].length == stores[1].length == length
+        plans.add(_planned_splits(q, *stores, decoder))
+        out = run(*stores)
+        dyn = [CompressedStore(b, hkv, head_dim, dtype, "cuda", keep) for keep in keeps]
+        for st, r, keep in zip(dyn, rows, keeps):
+            topk_pack_into(st, r[:, :, :length], keep)
+        ref = sparse_decode_attention(q, *dyn, kw, vw, scale, backend="torch")
+        assert not out.isnan().any()
+        assert _rel(out, ref) <= 1e-2, f"length {length}: {_rel(out, ref):.2e}"
+        # another plan sums the same values in another order: fp16/bf16 output rounding apart
+        assert _rel(out, run(*dyn)) <= (2e-3 if dtype == torch.float16 else 8e-3)
+        outs[length] = out
+    assert len(plans) == 1 and plans.pop() > 1
+    for st in stores:
+        st.length_tensor.copy_(torch.tensor([333, 1], dtype=torch.int32))
+    out = run(*stores)
+    assert torch.equal(out[0], outs[333][0]) and torch.equal(out[1], outs[1][1])  # same plan, same values
+
+
+@pytest.mark.parametrize("head_dim", [64, 128])
+def test_static_topk_pack_device_offset_on_gpu(head_dim):
+    """The PTX top-k pack at the device offset: appends of 7, 0 and 33 tokens equal the dynamic pack; an append
+    past the capacity leaves the neighbouring (batch, head) rows intact and is reported on the next host read."""
+    torch.manual_seed(1)
+    b, h, keep, cap = 2, 3, head_dim * 3 // 10, 40
+    rows = _rows(b, h, 45, head_dim, torch.float16, "ties")
+    st = _static(b, h, head_dim, torch.float16, keep, cap)
+    dyn = CompressedStore(b, h, head_dim, torch.float16, "cuda", keep)
+    at = 0
+    for n in (7, 0, 33):
+        topk_pack_into(st, rows[:, :, at : at + n], keep)
+        topk_pack_into(dyn, rows[:, :, at : at + n], keep, backend="torch")
+        at += n
+        assert st.length_tensor.tolist() == [at] * b
+    assert torch.equal(st.bits, dyn.bits[:, :, :cap]) and torch.equal(st.vals, dyn.vals[:, :, :cap])
+    before = st.vals.clone(), st.bits.clone()
+    topk_pack_into(st, rows[:, :, 40:45], keep)
+    assert torch.equal(st.vals, before[0]) and torch.equal(st.bits, before[1])
+    with pytest.raises(ValueError, match="overflowed"):
+        st.length  # noqa: B018
+
+
+def test_static_decode_graph_replay_on_gpu():
+    """One CUDA graph (top-k pack of the new K and V token at the device offset, then the decode) captured once
+    and replayed as the stores grow from 300 tokens to their capacity, with eager appends between replays: the
+    output equals the reference over the same tokens at every length (the staged decoder, Llama-3-8B heads)."""
+    torch.manual_seed(3)
+    b, hkv, n_rep, d, keep, cap, w, prompt = 2, 8, 4, 128, 38, 1024, 16, 300
+    dtype = torch.float16
+    ks, vs = (_static(b, hkv, d, dtype, keep, cap) for _ in "kv")
+    dk, dv = (CompressedStore(b, hkv, d, dtype, "cuda", keep) for _ in "kv")
+    first = [_rows(b, hkv, prompt, d, dtype, "gauss") for _ in "kv"]
+    for st, dyn, r in ((ks, dk, first[0]), (vs, dv, first[1])):
+        topk_pack_into(st, r, keep)
+        topk_pack_into(dyn, r, keep, backend="torch")
+    new_k, new_v = (torch.zeros(b, hkv, 1, d, device="cuda", dtype=dtype) for _ in "kv")
+    q = torch.zeros(b, hkv * n_rep, d, device="cuda", dtype=dtype)
+    kw, vw = (torch.randn(b, hkv, w, d, device="cuda", dtype=dtype) for _ in "kv")
+    out = torch.empty_like(q)
+
+    def step():
+        topk_pack_into(ks, new_k, keep)
+        topk_pack_into(vs, new_v, keep)
+        sparse_decode_attention(q, ks, vs, kw, vw, d**-0.5, out=out)
+
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        step()  # warm-up: compiles, measures the occupancy; its append is undone below
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        step()
+    ks.length = vs.length = prompt
+    lengths = []
+    for i in range(8):
+        if i == 4:  # a long eager append between replays: same graph, much longer stores
+            more = [_rows(b, hkv, cap - prompt - 8, d, dtype, "gauss") for _ in "kv"]
+            for st, dyn, r in ((ks, dk, more[0]), (vs, dv, more[1])):
+                topk_pack_into(st, r, keep)
+                topk_pack_into(dyn, r, keep, backend="torch")
+        new_k.normal_()
+        new_v.normal_()
+        q.normal_()
+        graph.replay()
+        topk_pack_into(dk, new_k, keep, backend="torch")
+        topk_pack_into(dv, new_v, keep, backend="torch")
+        ref = sparse_decode_attention(q, dk, dv, kw, vw, d**-0.5, backend="torch")
+        assert ks.length == vs.length == dk.length
+        lengths.append(dk.length)
+        assert _rel(out, ref) <= 1e-2, f"replay {i} at length {dk.length}: {_rel(out, ref):.2e}"
+    assert lengths[-1] == cap and lengths[0] == prompt + 1
+    assert torch.equal(ks.to_dense(), dk.to_dense()) and torch.equal(vs.to_dense(), dv.to_dense())

@@ -19,8 +19,9 @@ pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
 @pytest.fixture
 def poison(monkeypatch):
-    """Every scratch buffer of the decode launch starts as NaN."""
+    """Every scratch buffer of the decode launch starts as NaN (the cached split partials included)."""
     decode = importlib.import_module("mustafar.kernels.decode")
+    monkeypatch.setattr(decode, "_PARTIALS", {})
     monkeypatch.setattr(
         decode, "_empty", lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype)
     )

@@ -157,3 +157,22 @@ def test_bad_input_raises():
         topk_pack_into(odd, _rows(1, 1, 2, 96), 16, backend="triton")
     topk_pack_into(odd, _rows(1, 1, 2, 96), 16)  # auto falls back to torch for other head dims
     assert os.environ["TRITON_INTERPRET"] == "1"
+
+
+def test_reset_and_cached_views():
+    """reset() forgets every token (the variable layout's value counts too), so packing again gives a fresh store's
+    contents; vals_as() is the same view until growth replaces the buffer, then a view of the new one."""
+    x = _rows(1, 2, 9, 64)
+    mask = threshold_mask(x.abs(), 0.5)
+    store = CompressedStore(1, 2, 64, torch.float16, "cpu", None)
+    pack_into(store, x, mask, backend="torch")
+    store.reset()
+    assert store.length == 0 and int(store.row_nnz.sum()) == 0
+    pack_into(store, x[:, :, :4], mask[:, :, :4], backend="torch")
+    assert torch.equal(store.to_dense(), x[:, :, :4] * mask[:, :, :4])
+    fixed = CompressedStore(1, 2, 64, torch.float16, "cpu", 16, capacity=4)
+    view = fixed.vals_as(torch.int32)
+    assert fixed.vals_as(torch.int32) is view and view.data_ptr() == fixed.vals.data_ptr()
+    assert fixed.vals_as(torch.float16) is fixed.vals
+    topk_pack_into(fixed, _rows(1, 2, 9, 64), 16, backend="torch")  # grows: a new buffer
+    assert fixed.vals_as(torch.int32).data_ptr() == fixed.vals.data_ptr() != view.data_ptr()

@@ -1,0 +1,171 @@
+"""Static stores (device-side length, fixed capacity) under the Triton interpreter: the decode with one launch plan
+for every length against the dynamic path and the PyTorch reference, the top-k pack at the device offset against
+the dynamic pack, overflow, bad input, and the launch caches (no scratch allocation after the first call)."""
+
+from __future__ import annotations
+
+import importlib
+import math
+
+import pytest
+import torch
+
+from mustafar.formats import CompressedStore
+from mustafar.kernels import pack_into, sparse_decode_attention, topk_pack_into
+from mustafar.pruning.keep import topk_mask
+
+pytestmark = pytest.mark.usefixtures("triton_interpreter")
+
+B, HKV, N_REP, D, KEEP, CAP, WIN = 2, 1, 2, 64, 20, 128, 3
+
+
+def _randn(*shape, seed, dtype=torch.float16):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Every scratch buffer of the decode launch starts as NaN (the cached split partials included)."""
+    decode = importlib.import_module("mustafar.kernels.decode")
+    monkeypatch.setattr(decode, "_PARTIALS", {})
+    monkeypatch.setattr(
+        decode, "_empty", lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype)
+    )
+
+
+def _rel(out, ref):
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+def _static_pair(**kw):
+    return [
+        CompressedStore(B, HKV, D, torch.float16, "cpu", KEEP, capacity=CAP, static=True, **kw) for _ in "kv"
+    ]
+
+
+def test_static_decode_one_plan_every_length(poison):
+    """Capacity 128 (2 tiles of 64) for 2 (batch, head) rows on the CPU's 4-SM wave model: 2 splits of 64 tokens,
+    so length 0 (window only) leaves both empty, 1 and 64 the second, 128 (= capacity) none. The static launch
+    keeps that one plan at every length and gives the dynamic path's result (same rows, host length, its own
+    plan) and the reference's."""
+    decode = importlib.import_module("mustafar.kernels.decode")
+    rows = {s: _randn(B, HKV, CAP, D, seed=i) for i, s in enumerate("kv")}
+    q = _randn(B, HKV * N_REP, D, seed=5)
+    kw, vw = _randn(B, HKV, WIN, D, seed=6), _randn(B, HKV, WIN, D, seed=7)
+    ks, vs = _static_pair()
+    filled, plans, outs = 0, set(), {}
+    for length in (0, 1, 64, 128):
+        for store, s in ((ks, "k"), (vs, "v")):
+            topk_pack_into(store, rows[s][:, :, filled:length], KEEP, backend="triton")
+        filled = length
+        assert ks.length_tensor.tolist() == [length] * B
+        plans.add(decode._planned_splits(q, ks, vs, "portable"))
+        out = torch.full_like(q, math.nan)
+        sparse_decode_attention(q, ks, vs, kw, vw, D**-0.5, backend="triton", out=out)
+        dk, dv = (CompressedStore(B, HKV, D, torch.float16, "cpu", KEEP) for _ in "kv")
+        topk_pack_into(dk, rows["k"][:, :, :length], KEEP, backend="torch")
+        topk_pack_into(dv, rows["v"][:, :, :length], KEEP, backend="torch")
+        ref = sparse_decode_attention(q, dk, dv, kw, vw, D**-0.5, backend="torch")
+        dyn = sparse_decode_attention(q, dk, dv, kw, vw, D**-0.5, backend="triton")
+        assert not out.isnan().any(), f"length {length}"
+        assert _rel(out, ref) <= 1e-2, f"length {length}: {_rel(out, ref):.2e}"
+        assert _rel(out, dyn) <= 1e-3, f"length {length}: {_rel(out, dyn):.2e}"
+        outs[length] = out
+    assert plans == {2}
+    # per-row device lengths: each batch row is decoded up to its own count
+    ks.length_tensor.copy_(torch.tensor([64, 1], dtype=torch.int32))
+    vs.length_tensor.copy_(torch.tensor([64, 1], dtype=torch.int32))
+    out = sparse_decode_attention(q, ks, vs, kw, vw, D**-0.5, backend="triton")
+    assert _rel(out[0], outs[64][0]) <= 1e-3 and _rel(out[1], outs[1][1]) <= 1e-3
+
+
+def test_static_topk_pack_advances_on_device():
+    """Appends of 3, 0, 17 and 1 tokens land where the dynamic pack puts them (bitmaps, values, zeroed pads) and
+    advance the device count; nothing past the written tokens is touched."""
+    rows = _randn(B, HKV, 21, D, seed=3)
+    rows[1, 0, 4, ::2] = 0.5  # ties at the threshold
+    st = CompressedStore(B, HKV, D, torch.float16, "cpu", KEEP, capacity=30, static=True)
+    st.vals.fill_(math.nan)
+    st.bits.fill_(-1)
+    dyn = CompressedStore(B, HKV, D, torch.float16, "cpu", KEEP)
+    at = 0
+    for n in (3, 0, 17, 1):
+        topk_pack_into(st, rows[:, :, at : at + n], KEEP, backend="triton")
+        topk_pack_into(dyn, rows[:, :, at : at + n], KEEP, backend="torch")
+        at += n
+        assert st.length_tensor.tolist() == [at] * B
+    assert st.length == 21 and st.capacity == 30
+    assert torch.equal(st.bits[:, :, :21], dyn.bits[:, :, :21])
+    assert torch.equal(st.vals[:, :, :21], dyn.vals[:, :, :21])
+    assert torch.equal(st.to_dense(), rows * topk_mask(rows.abs(), KEEP))
+    assert st.vals[:, :, 21:].isnan().all() and (st.bits[:, :, 21:] == -1).all()
+
+
+def test_static_overflow_drops_rows_and_raises_on_read():
+    """A device-side append past the capacity writes nothing out of its rows (the next (batch, head) row's slots
+    stay intact) and the next host read of the length names the overflow."""
+    rows = _randn(1, 2, 7, D, seed=4)
+    st = CompressedStore(1, 2, D, torch.float16, "cpu", KEEP, capacity=5, static=True)
+    topk_pack_into(st, rows[:, :, :4], KEEP, backend="triton")
+    before = st.vals.clone(), st.bits.clone()
+    topk_pack_into(st, rows[:, :, 4:7], KEEP, backend="triton")  # one fits, two do not
+    want = rows[:, :, 4:5] * topk_mask(rows[:, :, 4:5].abs(), KEEP)
+    assert torch.equal(st.vals[:, :, :4], before[0][:, :, :4]) and torch.equal(
+        st.bits[:, :, :4], before[1][:, :, :4]
+    )
+    st.length_tensor.fill_(5)
+    assert torch.equal(st.to_dense()[:, :, 4:], want)
+    st.length_tensor.fill_(7)
+    with pytest.raises(ValueError, match="overflowed: appends reached 7 tokens, capacity is 5"):
+        st.length  # noqa: B018
+
+
+def test_static_host_paths_and_reset():
+    """The given-mask pack and the PyTorch references work on a static store (host-driven, synchronising), the
+    capacity is enforced there, and reset() empties it on the device."""
+    rows = _randn(1, 2, 6, D, seed=8)
+    mask = topk_mask(rows.abs(), KEEP)
+    st = CompressedStore(1, 2, D, torch.float16, "cpu", KEEP, capacity=8, static=True)
+    pack_into(st, rows, mask, backend="triton")
+    topk_pack_into(st, rows[:, :, :2], KEEP, backend="torch")
+    assert st.length == 8
+    assert torch.equal(st.to_dense(), torch.cat([rows * mask, rows[:, :, :2] * mask[:, :, :2]], dim=2))
+    with pytest.raises(ValueError, match="capacity 8 holds 8 tokens, cannot take 1 more"):
+        pack_into(st, rows[:, :, :1], mask[:, :, :1], backend="torch")
+    st.reset()
+    assert st.length_tensor.tolist() == [0] and st.length == 0
+
+
+def test_static_bad_input():
+    with pytest.raises(ValueError, match="fixed layout and a positive capacity, got keep=None"):
+        CompressedStore(1, 1, D, torch.float16, "cpu", None, capacity=4, static=True)
+    with pytest.raises(ValueError, match="capacity=0"):
+        CompressedStore(1, 1, D, torch.float16, "cpu", KEEP, static=True)
+    with pytest.raises(ValueError, match="static=True"):
+        CompressedStore(1, 1, D, torch.float16, "cpu", KEEP).length_tensor  # noqa: B018
+    st = CompressedStore(1, 1, D, torch.float16, "cpu", KEEP, capacity=4, static=True)
+    st.length_tensor.fill_(1)
+    dyn = CompressedStore(1, 1, D, torch.float16, "cpu", KEEP)
+    q, w = torch.zeros(1, 2, D, dtype=torch.float16), torch.zeros(1, 1, 1, D, dtype=torch.float16)
+    with pytest.raises(ValueError, match="k_store static=True but v_store static=False"):
+        sparse_decode_attention(q, st, dyn, w, w, 0.1, backend="triton")
+
+
+def test_launch_caches_its_scratch(monkeypatch):
+    """Only the first call of a shape allocates split partials; later calls (given ``out``) allocate nothing."""
+    decode = importlib.import_module("mustafar.kernels.decode")
+    calls = []
+    monkeypatch.setattr(decode, "_PARTIALS", {})
+    monkeypatch.setattr(
+        decode, "_empty", lambda shape, dtype, device: calls.append(shape) or torch.empty(shape)
+    )
+    ks, vs = _static_pair()
+    for s, store in (("k", ks), ("v", vs)):
+        topk_pack_into(store, _randn(B, HKV, 9, D, seed=ord(s)), KEEP, backend="triton")
+    q, w = _randn(B, HKV * N_REP, D, seed=1), _randn(B, HKV, 2, D, seed=2)
+    out = torch.empty_like(q)
+    sparse_decode_attention(q, ks, vs, w, w, 0.1, backend="triton", out=out)
+    assert calls == [(B, HKV * N_REP, 2, D), (B, HKV * N_REP, 2)]
+    first = out.clone()
+    sparse_decode_attention(q, ks, vs, w, w, 0.1, backend="triton", out=out)
+    assert len(calls) == 2 and torch.equal(out, first)
