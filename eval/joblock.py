@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from mustafar.procs import pid_alive
+
 LOCK_NAME = "job.lock"
 UNREADABLE_GRACE_S = 60.0  # a lock file the owner has not finished writing yet is young; an old one is debris
 
@@ -28,16 +30,6 @@ class LockOwner:
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
         return f"pid {self.pid} on {self.host} since {since}"
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
 
 
 def read_owner(path: Path) -> LockOwner | None:

@@ -19,6 +19,7 @@ from typing import Any
 import torch
 
 from mustafar.kernels.support import HEAD_DIMS
+from mustafar.procs import pid_alive
 
 SOURCES = ("gguf", "hub", "local", "random")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -144,21 +145,11 @@ def clean_stale_temps(folder: Path) -> list[Path]:
     host = socket.gethostname()
     for tmp in folder.glob(".*.tmp-*"):
         owner_host, _, pid = tmp.name.rpartition(".tmp-")[2].rpartition("-")
-        if owner_host != host or not pid.isdigit() or _pid_alive(int(pid)):
+        if owner_host != host or not pid.isdigit() or pid_alive(int(pid)):
             continue
         shutil.rmtree(tmp, ignore_errors=True)
         removed.append(tmp)
     return removed
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def converted_gguf(package: str, gguf_file: str) -> Path:
