@@ -94,6 +94,7 @@ def test_interrupted_conversion_leaves_no_temp_folder(tmp_path, monkeypatch):
     class Model(Interrupted):
         def __init__(self):
             self.config = SimpleNamespace(quantization_config=None)  # the converter deletes it
+
     monkeypatch.setattr("transformers.AutoTokenizer.from_pretrained", lambda *a, **k: Interrupted())
     monkeypatch.setattr("transformers.AutoModelForCausalLM.from_pretrained", lambda *a, **k: Model())
     with pytest.raises(KeyboardInterrupt):

@@ -21,7 +21,12 @@ JOB = "tiny_ruler1024_dense_mask_0123abcd"
 
 
 def good_result(job_id: str = JOB) -> dict:
-    return {"schema": SCHEMA_VERSION, "job_id": job_id, "identity": {}, "rows": [{"task": "vt", "value": 1.0}]}
+    return {
+        "schema": SCHEMA_VERSION,
+        "job_id": job_id,
+        "identity": {},
+        "rows": [{"task": "vt", "value": 1.0}],
+    }
 
 
 @pytest.mark.parametrize(
