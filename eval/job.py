@@ -18,6 +18,7 @@ from typing import Any
 from eval import registry, wandb_log
 from eval.joblock import JobLock
 from eval.results import (
+    FAILED_NAME,
     SCHEMA_VERSION,
     InvalidResult,
     git_sha,
@@ -38,7 +39,6 @@ NOT_IDENTITY = ("batch_size",)  # benchmark keys that change speed, never result
 SEEDED_BENCHMARKS = (
     "ruler",
 )  # benchmarks whose samples depend on `seed` (LongBench is fixed data, decoding greedy)
-FAILED_NAME = "failed.json"
 
 
 def _versions() -> dict[str, str | None]:

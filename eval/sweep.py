@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.joblock import LOCK_NAME, live_owner
-from eval.results import read_result, warn
+from eval.results import FAILED_NAME, read_result, warn
 
 log = logging.getLogger("mustafar")
 
@@ -134,8 +134,6 @@ class Unfinished:
 
 def unfinished(planned: list[PlannedJob]) -> list[Unfinished]:
     """Every planned job without a valid result after the sweep, and why."""
-    from eval.job import FAILED_NAME
-
     out, seen = [], set()
     for entry in planned:
         if entry.job is None:
