@@ -1,9 +1,10 @@
 """Per-job lock files: two sweeps on one results folder never compute the same job twice.
 
-The lock is created atomically (O_CREAT | O_EXCL) and holds the owner's PID, host and start time. A lock whose PID
-is dead on this host is stale (its sweep was killed) and is taken over; a lock from another host is trusted, since
-its PID cannot be checked from here (delete the file by hand if that host is gone). Two sweeps that find the same
-stale lock in the same instant can both take it over; that needs two restarts within microseconds of each other.
+The lock is created atomically (O_CREAT | O_EXCL) and holds the owner's PID, host and start time; while the job
+runs, a heartbeat thread touches it every HEARTBEAT_S seconds. A lock is stale, and taken over, when its PID is dead
+on this host (a killed sweep) or when its heartbeat stopped for STALE_AFTER_S (a killed SLURM job on another node,
+whose PID cannot be checked from here; also a reused PID). Two sweeps that find the same stale lock in the same
+instant can both take it over; that needs two restarts within microseconds of each other.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +20,8 @@ from pathlib import Path
 from mustafar.procs import pid_alive
 
 LOCK_NAME = "job.lock"
-UNREADABLE_GRACE_S = 60.0  # a lock file the owner has not finished writing yet is young; an old one is debris
+HEARTBEAT_S = 30.0
+STALE_AFTER_S = 600.0  # twenty missed heartbeats: the owner is gone (or stuck beyond use)
 
 
 @dataclass(frozen=True)
@@ -43,13 +46,15 @@ def read_owner(path: Path) -> LockOwner | None:
 
 def live_owner(path: Path) -> LockOwner | None:
     """The owner of a lock that is held now; None for no lock or a stale one."""
+    try:
+        beat = path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    if time.time() - beat > STALE_AFTER_S:
+        return None
     owner = read_owner(path)
-    if owner is None:
-        try:
-            mtime = path.stat().st_mtime
-        except FileNotFoundError:
-            return None
-        return LockOwner(-1, "unknown", mtime) if time.time() - mtime < UNREADABLE_GRACE_S else None
+    if owner is None:  # being written this instant
+        return LockOwner(-1, "unknown", beat)
     if owner.host == platform.node() and not pid_alive(owner.pid):
         return None
     return owner
@@ -61,6 +66,7 @@ class JobLock:
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / LOCK_NAME
         self.held = False
+        self._stop = threading.Event()
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -76,13 +82,23 @@ class JobLock:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
             self.held = True
+            self._stop.clear()
+            threading.Thread(target=self._heartbeat, name="mustafar-lock-heartbeat", daemon=True).start()
             return True
         return False
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                os.utime(self.path)
+            except FileNotFoundError:
+                return
 
     def owner(self) -> LockOwner | None:
         return live_owner(self.path)
 
     def release(self) -> None:
         if self.held:
+            self._stop.set()
             self.path.unlink(missing_ok=True)
             self.held = False

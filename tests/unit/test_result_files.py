@@ -13,7 +13,7 @@ import time
 import pytest
 
 from eval import results
-from eval.joblock import LOCK_NAME, JobLock, live_owner
+from eval.joblock import LOCK_NAME, STALE_AFTER_S, JobLock, live_owner
 from eval.results import SCHEMA_VERSION, InvalidResult, load_rows, read_predictions, read_result
 from mustafar.procs import pid_alive
 
@@ -128,18 +128,30 @@ def test_lock_of_a_dead_process_on_this_host_is_taken_over(tmp_path):
     lock.release()
 
 
-def test_lock_from_another_host_is_trusted(tmp_path):
-    lock_file = tmp_path / LOCK_NAME
-    lock_file.write_text(json.dumps({"pid": dead_pid(), "host": "elsewhere", "started": time.time()}))
-    assert not JobLock(tmp_path).acquire()
+def age(path, seconds: float) -> None:
+    then = time.time() - seconds
+    os.utime(path, (then, then))
 
 
-def test_half_written_lock_is_busy_while_young_and_stale_when_old(tmp_path):
+@pytest.mark.parametrize("content", ["", json.dumps({"pid": 1, "host": "elsewhere", "started": 0.0})])
+def test_lock_is_trusted_while_its_heartbeat_is_fresh_and_taken_over_after(tmp_path, content):
+    """Another node's PID cannot be checked (a killed SLURM job); a half-written file may be mid-write."""
     lock_file = tmp_path / LOCK_NAME
-    lock_file.write_text("")
+    lock_file.write_text(content)
+    age(lock_file, STALE_AFTER_S - 60)
     assert not JobLock(tmp_path).acquire()
-    old = time.time() - 3600
-    os.utime(lock_file, (old, old))
+    age(lock_file, STALE_AFTER_S + 60)
     lock = JobLock(tmp_path)
     assert lock.acquire()
+    lock.release()
+
+
+def test_held_lock_keeps_beating(tmp_path, monkeypatch):
+    monkeypatch.setattr("eval.joblock.HEARTBEAT_S", 0.05)
+    lock = JobLock(tmp_path)
+    assert lock.acquire()
+    age(lock.path, 3600)
+    time.sleep(0.5)
+    assert time.time() - lock.path.stat().st_mtime < 5
+    assert JobLock(tmp_path).owner().pid == os.getpid()
     lock.release()
