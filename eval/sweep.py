@@ -37,10 +37,12 @@ class PlannedJob:
     overrides: list[str]
     job: Any = None  # eval.job.Job when the config validated
     error: str | None = None
+    varying: tuple[str, ...] | None = None  # the override keys that differ between the sweep's jobs
 
     @property
     def label(self) -> str:
-        return " ".join(self.overrides) or "(no overrides)"
+        shown = [o for o in self.overrides if self.varying is None or o.split("=", 1)[0] in self.varying]
+        return " ".join(shown) or "(no overrides)"
 
 
 def job_overrides(config: Any) -> list[list[str]]:
@@ -67,9 +69,16 @@ def plan(config: Any) -> list[PlannedJob] | None:
 
     if not str(OmegaConf.select(config, "hydra.sweeper._target_") or "").endswith("BasicSweeper"):
         return None
+    jobs = job_overrides(config)
+    values: dict[str, set[str]] = {}
+    for overrides in jobs:
+        for override in overrides:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    varying = tuple(k for k, v in values.items() if len(v) > 1)
     planned = []
-    for overrides in job_overrides(config):
-        entry = PlannedJob(overrides)
+    for overrides in jobs:
+        entry = PlannedJob(overrides, varying=varying)
         try:
             cfg = compose(config.hydra.job.config_name, overrides=overrides)
             entry.job = Job.from_config(OmegaConf.to_container(cfg, resolve=True))

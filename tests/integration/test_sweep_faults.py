@@ -212,6 +212,7 @@ def test_every_job_of_a_sweep_is_validated_up_front(tmp_path):
     assert [p.overrides[-1] for p in planned] == ["kv.k_sparsity=0", "kv.k_sparsity=1.5", "kv.k_sparsity=0.5"]
     assert planned[0].job and planned[2].job and planned[1].job is None
     assert "kv.k_sparsity=1.5 is outside [0, 1)" in planned[1].error
+    assert planned[1].label == "kv.k_sparsity=1.5"  # what tells the jobs apart, not the whole command line
     states = [u.state for u in unfinished(planned)]
     assert states == ["not finished", "invalid config", "not finished"]
 
