@@ -23,6 +23,7 @@ from eval.results import (
     InvalidResult,
     git_sha,
     read_predictions,
+    read_result,
     valid_result,
     warn,
     write_json,
@@ -173,7 +174,7 @@ class Job:
             print(f"[mustafar] skip {self.job_id}: running elsewhere ({held}; lock {lock.path})")
             return None
         try:
-            if not self.force and self.done:  # finished by another sweep while this one waited
+            if not self.force and self._finished_elsewhere():
                 print(f"[mustafar] skip {self.job_id}: {self.result_path} exists (force=true to redo)")
                 return None
             (self.dir / FAILED_NAME).unlink(missing_ok=True)
@@ -185,6 +186,15 @@ class Job:
                 raise
         finally:
             lock.release()
+
+    def _finished_elsewhere(self) -> bool:
+        """Whether another sweep finished the job between the first check and taking the lock (a corrupt
+        result was already reported by that first check)."""
+        try:
+            read_result(self.result_path, self.job_id)
+        except InvalidResult:
+            return False
+        return True
 
     def check_writable(self) -> None:
         """Fail before the model loads when the results folder cannot take a file."""
