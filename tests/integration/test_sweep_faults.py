@@ -65,6 +65,7 @@ def test_corrupt_result_is_redone_with_a_warning_naming_it(finished, tmp_path, c
     again = copy_job(finished, tmp_path)
     again.result_path.write_text(content)
     assert not again.done
+    capsys.readouterr()
     assert again.run() == again.result_path  # redone (from the saved predictions), not skipped
     err = capsys.readouterr().err
     assert f"warning: {again.result_path}" in err and err.count("redoing the job") == 1
