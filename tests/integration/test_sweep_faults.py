@@ -359,3 +359,30 @@ def test_killed_parallel_sweep_takes_its_workers_with_it(tmp_path):
         os.kill(pid, 9)
     assert not survivors, f"workers {survivors} outlived their killed sweep"
     assert not list((tmp_path / "s").glob("*/result.json"))
+
+
+def test_a_broken_summary_ends_the_sweep_non_zero(tmp_path, monkeypatch, capsys):
+    """Hydra turns a callback's exception into a warning and exits 0; the summary must not hide behind that."""
+    from eval import hydra_callbacks
+
+    def broken(sweep_dir):
+        raise json.JSONDecodeError("Expecting value", "", 0)
+
+    monkeypatch.setattr(hydra_callbacks, "write_summary", broken)
+    (tmp_path / "s").mkdir()
+    cfg = OmegaConf.create({"results_dir": str(tmp_path), "sweep": "s", "logger": {"name": "none"}})
+    with pytest.raises(SystemExit) as exit_:
+        hydra_callbacks.SweepSummary().on_multirun_end(cfg)
+    assert exit_.value.code == 1 and "JSONDecodeError" in capsys.readouterr().err
+
+
+def test_sweep_with_every_job_finished_ends_cleanly(finished, capsys):
+    from eval import hydra_callbacks
+
+    callback = hydra_callbacks.SweepSummary()
+    callback.planned = [PlannedJob(["kv=dense"], job=finished)]
+    cfg = OmegaConf.create(
+        {"results_dir": str(finished.results_dir), "sweep": finished.sweep, "logger": {"name": "none"}}
+    )
+    callback.on_multirun_end(cfg)  # no SystemExit
+    assert "Jobs without a result" not in (finished.results_dir / finished.sweep / "summary.md").read_text()
