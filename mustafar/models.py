@@ -10,6 +10,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
 import socket
 from dataclasses import asdict, dataclass, field
@@ -143,13 +144,17 @@ def clean_stale_temps(folder: Path) -> list[Path]:
     ~0.5 GB); returns what was removed."""
     removed = []
     host = socket.gethostname()
-    for tmp in folder.glob(".*.tmp-*"):
-        owner_host, _, pid = tmp.name.rpartition(".tmp-")[2].rpartition("-")
-        if owner_host != host or not pid.isdigit() or pid_alive(int(pid)):
+    for tmp in folder.iterdir():
+        if match := re.fullmatch(r"\..+\.tmp-(.+)-(\d+)", tmp.name):
+            owner_host, pid = match[1], int(match[2])
+        elif match := re.fullmatch(r"[^.].*\.tmp(\d+)", tmp.name):  # earlier versions' name: no host in it
+            owner_host, pid = host, int(match[1])
+        else:
             continue
-        shutil.rmtree(tmp, ignore_errors=True)
-        removed.append(tmp)
-    return removed
+        if owner_host == host and not pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return sorted(removed)
 
 
 def converted_gguf(package: str, gguf_file: str) -> Path:

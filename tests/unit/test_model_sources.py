@@ -71,11 +71,13 @@ def test_stale_conversion_temps_are_cleaned_and_live_ones_kept(tmp_path):
     stale = tmp_path / f".model-1.tmp-{host}-{dead_pid()}"
     live = tmp_path / f".model-1.tmp-{host}-{os.getpid()}"
     remote = tmp_path / f".model-1.tmp-otherhost-{dead_pid()}"
-    for folder in (stale, live, remote):
+    legacy = tmp_path / f"model-1.tmp{dead_pid()}"  # the name an earlier version used
+    done = tmp_path / "model-1"
+    for folder in (stale, live, remote, legacy, done):
         folder.mkdir()
         (folder / "model.safetensors").write_bytes(b"0" * 16)
-    assert models.clean_stale_temps(tmp_path) == [stale]
-    assert not stale.exists() and live.exists() and remote.exists()
+    assert models.clean_stale_temps(tmp_path) == sorted([stale, legacy])
+    assert live.exists() and remote.exists() and done.exists()
 
 
 def test_interrupted_conversion_leaves_no_temp_folder(tmp_path, monkeypatch):
