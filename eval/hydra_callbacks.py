@@ -17,6 +17,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
@@ -31,9 +32,8 @@ class SweepSummary(Callback):
         self.planned: list[PlannedJob] | None = None
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        os.environ[SWEEP_PARENT_ENV] = (
-            f"{os.getpid()}@{platform.node()}"  # inherited by the launcher's workers
-        )
+        # inherited by the launcher's worker processes, which then exit when this process dies
+        os.environ[SWEEP_PARENT_ENV] = f"{os.getpid()}@{platform.node()}"
         self.planned = plan(config)
         bad = [p for p in self.planned or [] if p.error]
         for entry in bad:
@@ -68,7 +68,7 @@ class SweepSummary(Callback):
         self._report(config, table)
         return len(missing)
 
-    def _report(self, config: DictConfig, table) -> None:
+    def _report(self, config: DictConfig, table: pd.DataFrame | None) -> None:
         if table is None:
             return
         experiment = OmegaConf.select(config, "hydra.runtime.choices.experiment") or config.sweep
