@@ -11,22 +11,19 @@ from omegaconf import DictConfig, OmegaConf
 
 @hydra.main(config_path="conf", config_name="config", version_base="1.3")
 def main(cfg: DictConfig) -> None:
-    from eval.job import Job
-    from eval.tables import render, write_summary
-    from mustafar.config import ConfigError
-    from mustafar.models import ModelUnavailable
-
-    try:
-        job = Job.from_config(OmegaConf.to_container(cfg, resolve=True))
-        job.run()
-    except (ConfigError, ValueError, ModelUnavailable, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
     from hydra.core.hydra_config import HydraConfig
 
-    if HydraConfig.get().mode.name == "RUN":  # a multirun prints its table once, at the end (SweepSummary)
-        table = write_summary(Path(cfg.results_dir) / cfg.sweep)
-        print(f"\n== {cfg.sweep}: {Path(cfg.results_dir) / cfg.sweep}/summary.md ==\n{render(table)}")
+    from eval.sweep import run_job
+    from eval.tables import render, write_summary
+
+    multirun = HydraConfig.get().mode.name == "MULTIRUN"
+    code = run_job(OmegaConf.to_container(cfg, resolve=True), multirun)
+    if multirun:  # a failed job is listed at the end (SweepSummary), which also prints the table once
+        return
+    if code:
+        sys.exit(code)
+    table = write_summary(Path(cfg.results_dir) / cfg.sweep)
+    print(f"\n== {cfg.sweep}: {Path(cfg.results_dir) / cfg.sweep}/summary.md ==\n{render(table)}")
 
 
 if __name__ == "__main__":

@@ -1,4 +1,7 @@
-"""At the end of a multirun: print the sweep's table, write the paper-style report, log a W&B summary run.
+"""Around a multirun. At the start: validate every job's config before any model loads, and make local parallel
+workers exit with the sweep. At the end: print the sweep's table with every job that has no result (failed,
+invalid, running elsewhere), write the paper-style report, log a W&B summary run, and exit non-zero when a job
+of this sweep has no result.
 
 The report (results/<sweep>/report/: paper-layout tables and plots) is built for sweeps that are experiments
 (conf/experiment/<sweep>.yaml, or the `+experiment=` choice) and whenever the W&B logger is on, so that the sweep's
@@ -7,24 +10,67 @@ W&B group gets its summary run (tables + plots) next to the per-job runs.
 
 from __future__ import annotations
 
+import os
+import platform
+import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from eval.sweep import SWEEP_PARENT_ENV, PlannedJob, plan, report_unfinished, unfinished
 from eval.tables import render, write_summary
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 
 
 class SweepSummary(Callback):
+    def __init__(self) -> None:
+        self.planned: list[PlannedJob] | None = None
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # inherited by the launcher's worker processes, which then exit when this process dies
+        os.environ[SWEEP_PARENT_ENV] = f"{os.getpid()}@{platform.node()}"
+        self.planned = plan(config)
+        bad = [p for p in self.planned or [] if p.error]
+        for entry in bad:
+            print(f"error: job [{entry.label}]: {entry.error}", file=sys.stderr, flush=True)
+        if bad:
+            print(
+                f"[mustafar] {len(bad)} of {len(self.planned)} jobs have a bad config (above); the others run",
+                file=sys.stderr,
+                flush=True,
+            )
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Hydra turns a callback's exception into a warning and exits 0; a broken summary must not, so every
+        failure here ends the process with a non-zero status (SystemExit is not caught)."""
+        try:
+            missing = self._summarise(config)
+        except Exception:
+            traceback.print_exc()
+            raise SystemExit(1) from None
+        if missing:
+            raise SystemExit(1)
+
+    def _summarise(self, config: DictConfig) -> int:
         sweep_dir = Path(config.results_dir) / config.sweep
-        if not sweep_dir.is_dir():
+        missing = unfinished(self.planned) if self.planned is not None else []
+        if not sweep_dir.is_dir() and not missing:
+            return 0
+        table = write_summary(sweep_dir) if sweep_dir.is_dir() else None
+        text = render(table) if table is not None else "(no finished jobs)"
+        print(f"\n== {config.sweep}: {sweep_dir}/summary.md ==\n{text}\n", flush=True)
+        report_unfinished(sweep_dir, text, missing)
+        self._report(config, table)
+        return len(missing)
+
+    def _report(self, config: DictConfig, table: pd.DataFrame | None) -> None:
+        if table is None:
             return
-        table = write_summary(sweep_dir)
-        print(f"\n== {config.sweep}: {sweep_dir}/summary.md ==\n{render(table)}\n", flush=True)
         experiment = OmegaConf.select(config, "hydra.runtime.choices.experiment") or config.sweep
         logger = OmegaConf.to_container(config.logger, resolve=True)
         from eval.report.wandb_summary import enabled

@@ -6,7 +6,9 @@ import hashlib
 import json
 import platform
 import re
+import tempfile
 import time
+import traceback
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from importlib import metadata
@@ -14,7 +16,19 @@ from pathlib import Path
 from typing import Any
 
 from eval import registry, wandb_log
-from eval.results import git_sha, read_jsonl, write_json, write_jsonl
+from eval.joblock import JobLock
+from eval.results import (
+    FAILED_NAME,
+    SCHEMA_VERSION,
+    InvalidResult,
+    git_sha,
+    read_predictions,
+    read_result,
+    valid_result,
+    warn,
+    write_json,
+    write_jsonl,
+)
 from eval.runner import GenerationStats, generate_task
 from mustafar import models
 from mustafar.config import ConfigError, KVConfig
@@ -22,6 +36,10 @@ from mustafar.config import ConfigError, KVConfig
 git_sha()  # pin the code version when the job module is loaded, before any job runs
 
 PACKAGES = ("torch", "transformers", "triton", "numpy")
+NOT_IDENTITY = ("batch_size",)  # benchmark keys that change speed, never results
+SEEDED_BENCHMARKS = (
+    "ruler",
+)  # benchmarks whose samples depend on `seed` (LongBench is fixed data, decoding greedy)
 
 
 def _versions() -> dict[str, str | None]:
@@ -36,6 +54,24 @@ def _versions() -> dict[str, str | None]:
 
 def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
+
+
+def _seed(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise ConfigError(f"seed={value!r} must be an integer")
+    try:
+        return int(value)
+    except ValueError:
+        raise ConfigError(f"seed={value!r} must be an integer") from None
+
+
+def _device(value: Any) -> str:
+    """`auto` resolved here, before the job id is computed: a CPU and a GPU run are different jobs."""
+    if value not in ("auto", "cpu", "cuda"):
+        raise ConfigError(f"device={value!r} is not allowed; choose one of auto, cpu, cuda")
+    if value == "cuda" and not models.cuda_available():
+        raise ConfigError("device=cuda but this machine has no CUDA device; use device=cpu or device=auto")
+    return models.default_device() if value == "auto" else value
 
 
 @dataclass
@@ -58,9 +94,12 @@ class Job:
             model = models.ModelConfig(**cfg["model"])
         except TypeError as err:
             raise ConfigError(f"bad model config: {err}") from None
-        device = cfg.get("device", "auto")
-        if device not in ("auto", "cpu", "cuda"):
-            raise ConfigError(f"device={device!r} is not allowed; choose one of auto, cpu, cuda")
+        device = _device(cfg.get("device", "auto"))
+        seed = _seed(cfg.get("seed", 42))
+        if "seed" in cfg["benchmark"]:
+            raise ConfigError(
+                "benchmark.seed is not a key: the top-level seed drives the benchmark's samples (seed=...)"
+            )
         if policy.mode == "compressed":
             head_dim = models.peek_head_dim(model)
             if head_dim not in models.SUPPORTED_HEAD_DIMS:
@@ -80,20 +119,25 @@ class Job:
             logger=dict(cfg["logger"]),
             results_dir=Path(cfg.get("results_dir", "results")),
             sweep=sweep,
-            seed=int(cfg.get("seed", 42)),
+            seed=seed,
             device=device,
             force=bool(cfg.get("force", False)),
         )
 
     @property
     def identity(self) -> dict[str, Any]:
-        """Everything that decides the result; its hash names the job folder."""
-        return {
-            "model": asdict(self.model),
+        """Everything that decides the result; its hash names the job folder. The device and the resolved dtype
+        are in it (dtype=auto is bfloat16 on CUDA, float32 on CPU); the batch size is not (it changes speed only),
+        nor is the seed of a benchmark that does not use it."""
+        identity = {
+            "model": {**asdict(self.model), "dtype": models.resolved_dtype(self.model.dtype, self.device)},
             "kv": self.policy.to_dict(),
-            "benchmark": self.benchmark,
-            "seed": self.seed,
+            "benchmark": {k: v for k, v in self.benchmark.items() if k not in NOT_IDENTITY},
+            "device": self.device,
         }
+        if self.benchmark["name"] in SEEDED_BENCHMARKS:
+            identity["seed"] = self.seed
+        return identity
 
     @property
     def job_id(self) -> str:
@@ -108,15 +152,77 @@ class Job:
         return self.results_dir / self.sweep / self.job_id
 
     @property
+    def result_path(self) -> Path:
+        return self.dir / "result.json"
+
+    @property
     def done(self) -> bool:
-        return (self.dir / "result.json").exists()
+        """A result that parses and belongs to this job; a corrupt one is reported (and the job redone)."""
+        return valid_result(self.result_path, self.job_id, "redoing the job") is not None
 
     def run(self) -> Path | None:
-        """Run unless already done; returns the result file written, or None when skipped."""
-        if self.done and not self.force:
-            print(f"[mustafar] skip {self.job_id}: {self.dir / 'result.json'} exists (force=true to redo)")
+        """Run unless already done or running elsewhere; returns the result file written, or None when skipped.
+        A failure leaves failed.json (error and traceback) in the job folder and re-raises."""
+        if not self.force and self.done:
+            print(f"[mustafar] skip {self.job_id}: {self.result_path} exists (force=true to redo)")
             return None
-        device = models.default_device() if self.device == "auto" else self.device
+        self.check_writable()
+        lock = JobLock(self.dir)
+        if not lock.acquire():
+            owner = lock.owner()
+            held = owner.describe() if owner else "another process"
+            print(f"[mustafar] skip {self.job_id}: running elsewhere ({held}; lock {lock.path})")
+            return None
+        try:
+            if not self.force and self._finished_elsewhere():
+                print(f"[mustafar] skip {self.job_id}: {self.result_path} exists (force=true to redo)")
+                return None
+            (self.dir / FAILED_NAME).unlink(missing_ok=True)
+            try:
+                return self._compute()
+            except BaseException as err:
+                if not isinstance(err, KeyboardInterrupt | SystemExit):
+                    self._record_failure(err)
+                raise
+        finally:
+            lock.release()
+
+    def _finished_elsewhere(self) -> bool:
+        """Whether another sweep finished the job between the first check and taking the lock (a corrupt
+        result was already reported by that first check)."""
+        try:
+            read_result(self.result_path, self.job_id)
+        except InvalidResult:
+            return False
+        return True
+
+    def check_writable(self) -> None:
+        """Fail before the model loads when the results folder cannot take a file."""
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryFile(dir=self.dir):
+                pass
+        except OSError as err:
+            raise ConfigError(
+                f"results_dir={str(self.results_dir)!r} is not writable ({err.__class__.__name__}: {err})"
+            ) from None
+
+    def _record_failure(self, err: BaseException) -> None:
+        failure = {
+            "job_id": self.job_id,
+            "error": f"{err.__class__.__name__}: {err}",
+            "traceback": "".join(traceback.format_exception(err)),
+            "host": platform.node(),
+            "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+        try:
+            write_json(self.dir / FAILED_NAME, failure)
+        except OSError as write_err:
+            warn(f"could not write {self.dir / FAILED_NAME}: {write_err}")
+
+    def _compute(self) -> Path:
+        device = self.device
+        self._preflight_benchmark()
         if self.policy.mode == "compressed" and device != "cuda":
             print(
                 "[mustafar] kv.mode=compressed on CPU runs the PyTorch reference path (slow; for checks only)"
@@ -136,25 +242,60 @@ class Job:
         main = {s.task: s.value for s in scores if "@" not in s.metric}
         summary = bench.summary(main)
         rows = self._rows(loaded, bench, scores, summary, stats, device, time.time() - started)
+        self._mark_inactive_pruning(rows)
         result = {
+            "schema": SCHEMA_VERSION,
             "job_id": self.job_id,
             "identity": self.identity,
             "provenance": bench.provenance(),
             "rows": rows,
         }
-        write_json(self.dir / "result.json", result)
+        write_json(self.result_path, result)
         wandb_log.log_job(
             self.logger, self.results_dir, self.sweep, self.job_id, self.identity, rows, summary
         )
-        return self.dir / "result.json"
+        return self.result_path
+
+    def _preflight_benchmark(self) -> None:
+        """Read and validate every selected LongBench file now, not after hours of generating earlier tasks."""
+        if self.benchmark["name"] != "longbench":
+            return
+        from eval.longbench.data import resolve_data_dir, validate_files
+
+        validate_files(
+            resolve_data_dir(self.benchmark.get("data_dir")),
+            self.benchmark.get("tasks"),
+            bool(self.benchmark.get("longbench_e")),
+            self.benchmark.get("n"),
+        )
+
+    def _mark_inactive_pruning(self, rows: list[dict[str, Any]]) -> None:
+        """A pruned policy that measured zero sparsity (window >= every sequence) is labelled, not passed off."""
+        if not rows:
+            return
+        measured = rows[0]
+        inactive = [
+            f"kv.{side}_sparsity={getattr(self.policy, f'{side}_sparsity'):g}"
+            for side in ("k", "v")
+            if getattr(self.policy, f"{side}_sparsity") > 0 and measured.get(f"{side}_sparsity_measured") == 0
+        ]
+        for row in rows:
+            row["pruning_inactive"] = bool(inactive)
+            if inactive:
+                row["policy"] = f"{row['policy']} [not pruned]"
+        if inactive:
+            warn(
+                f"{self.job_id}: {', '.join(inactive)} measured 0 sparsity: kv.window={self.policy.window} "
+                "covers every sequence, so nothing was pruned; the row is marked [not pruned]"
+            )
 
     def _predictions(self, loaded, bench, task: str, stats: GenerationStats) -> list[dict[str, Any]]:
         """Generate a task's predictions, or reuse them if an interrupted run already wrote them."""
         path = self.dir / "predictions" / f"{task}.jsonl"
         stats_path = path.with_suffix(".stats.json")
-        if path.exists() and stats_path.exists() and not self.force:
-            task_stats = GenerationStats(**json.loads(stats_path.read_text()))
-            records = read_jsonl(path)
+        resumed = self._resumed_predictions(path, stats_path) if not self.force else None
+        if resumed is not None:
+            records, task_stats = resumed
         else:
             task_stats = GenerationStats()
             records = generate_task(loaded, self.policy, bench.samples(task), task_stats, desc=f"{task}")
@@ -164,6 +305,24 @@ class Job:
             if isinstance(value, int | float):
                 setattr(stats, name, getattr(stats, name) + value)
         return records
+
+    @staticmethod
+    def _resumed_predictions(
+        path: Path, stats_path: Path
+    ) -> tuple[list[dict[str, Any]], GenerationStats] | None:
+        """An interrupted run's predictions for a task, or None (regenerate) when missing or corrupt."""
+        if not (path.exists() and stats_path.exists()):
+            return None
+        try:
+            records = read_predictions(path)
+            try:
+                task_stats = GenerationStats(**json.loads(stats_path.read_text(encoding="utf-8")))
+            except (ValueError, TypeError) as err:
+                raise InvalidResult(f"{stats_path} is corrupt ({err.__class__.__name__}: {err})") from None
+        except InvalidResult as err:
+            warn(f"{err}; regenerating that task")
+            return None
+        return records, task_stats
 
     def _rows(self, loaded, bench, scores, summary, stats: GenerationStats, device: str, seconds: float):
         base = {

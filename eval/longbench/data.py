@@ -189,23 +189,36 @@ def load_task(
     path = task_file(data_dir, task, longbench_e)
     records: list[dict[str, Any]] = []
     with path.open(encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if n is not None and len(records) >= n:
-                break
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{line_no}: not valid JSON ({exc})") from exc
-            validate_record(record, path, line_no)
-            records.append(record)
+        line_no = 0
+        try:
+            for line_no, line in enumerate(f, start=1):
+                if n is not None and len(records) >= n:
+                    break
+                if not line.strip():
+                    continue
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError as exc:
+                    raise ValueError(f"{path}:{line_no}: not valid JSON ({exc})") from exc
+                validate_record(record, path, line_no)
+                records.append(record)
+        except UnicodeDecodeError as exc:
+            raise ValueError(f"{path}:{line_no + 1}: not UTF-8 text ({exc})") from None
     if not records:
         raise ValueError(f"LongBench data file {path} holds no records")
     expected = (EXPECTED_COUNTS_E if longbench_e else EXPECTED_COUNTS)[task]
     if n is None and len(records) != expected:
         warnings.warn(f"{path} holds {len(records)} records; the official file has {expected}", stacklevel=2)
     return records
+
+
+def validate_files(
+    data_dir: Path, tasks: list[str] | None, longbench_e: bool = False, n: int | None = None
+) -> None:
+    """Read and validate the records a run will use from every selected task file, so that a bad file stops
+    the run before any model work instead of after the tasks before it have been generated."""
+    for task in resolve_tasks(tasks, longbench_e):
+        load_task(data_dir, task, longbench_e, n)
 
 
 def file_sha256(path: Path) -> str:

@@ -16,6 +16,9 @@ from hydra import compose, initialize_config_dir
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
+from eval.joblock import LOCK_NAME
+from eval.results import FAILED_NAME, valid_result
+
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
@@ -51,14 +54,14 @@ def reuse(results_dir: Path, sweep: str, job_ids: list[str], sources: list[str])
     copied = []
     for job_id in job_ids:
         target = results_dir / sweep / job_id
-        if (target / "result.json").exists():
+        if valid_result(target / "result.json", job_id, "copying it again") is not None:
             continue
         for source in sources:
             origin = results_dir / source / job_id
-            if (origin / "result.json").exists():
+            if valid_result(origin / "result.json", job_id, f"not copying it from {source}") is not None:
                 tmp = target.with_name(f".{job_id}.copy")
                 shutil.rmtree(tmp, ignore_errors=True)
-                shutil.copytree(origin, tmp)
+                shutil.copytree(origin, tmp, ignore=shutil.ignore_patterns(LOCK_NAME, FAILED_NAME))
                 shutil.rmtree(target, ignore_errors=True)  # an unfinished attempt: the copy replaces it
                 tmp.rename(target)
                 copied.append(job_id)

@@ -14,6 +14,7 @@ from eval.report.decode import table14
 from eval.report.kv_size import COMPUTED, MEASURED, kv_fraction, side_fraction
 from eval.report.make_tables import make_tables
 from eval.report.policies import policy_key
+from eval.results import SCHEMA_VERSION
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = {r["name"]: r for r in paper.table_rows("main_grid")}
@@ -62,7 +63,7 @@ def _longbench_job(sweep_dir: Path, name: str, policy: dict, values: dict[str, f
     ]
     path = sweep_dir / name / "result.json"
     path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"job_id": name, "rows": rows}))
+    path.write_text(json.dumps({"schema": SCHEMA_VERSION, "job_id": name, "rows": rows}))
 
 
 @pytest.fixture

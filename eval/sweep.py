@@ -1,0 +1,198 @@
+"""A sweep that survives its own faults: every job validated up front, a failing job recorded and passed over,
+workers that die with their sweep, and an end-of-sweep account of every job that did not finish.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import platform
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from eval.joblock import LOCK_NAME, live_owner
+from eval.results import FAILED_NAME, read_result, warn
+
+log = logging.getLogger("mustafar")
+
+SWEEP_PARENT_ENV = "MUSTAFAR_SWEEP_PARENT"  # "<pid>@<host>" of the process that launched the sweep's workers
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that are the user's input, not a bug: one line, no traceback."""
+    from mustafar.config import ConfigError
+    from mustafar.models import ModelUnavailable
+
+    return (ConfigError, ModelUnavailable, FileNotFoundError)
+
+
+@dataclass
+class PlannedJob:
+    """One job of a multirun as expanded before anything runs: its overrides, and its job or its config error."""
+
+    overrides: list[str]
+    job: Any = None  # eval.job.Job when the config validated
+    error: str | None = None
+    varying: tuple[str, ...] | None = None  # the override keys that differ between the sweep's jobs
+
+    @property
+    def label(self) -> str:
+        shown = [o for o in self.overrides if self.varying is None or o.split("=", 1)[0] in self.varying]
+        return " ".join(shown) or "(no overrides)"
+
+
+def job_overrides(config: Any) -> list[list[str]]:
+    """The override list of every job the basic sweeper will launch, in its order (hydra.sweeper.params first,
+    then the command line, expanded as a cartesian product)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    params = OmegaConf.select(config, "hydra.sweeper.params") or {}
+    arguments = [f"{k}={v}" for k, v in params.items()]
+    arguments += list(OmegaConf.to_container(config.hydra.overrides.task, resolve=False))
+    parsed = OverridesParser.create().parse_overrides(arguments)
+    return [job for batch in BasicSweeper.split_arguments(parsed, None) for job in batch]
+
+
+def plan(config: Any) -> list[PlannedJob] | None:
+    """Compose and validate every job of the multirun without loading a model; None when the sweeper is not the
+    basic one (its jobs cannot be listed in advance)."""
+    from hydra import compose
+    from omegaconf import OmegaConf
+
+    from eval.job import Job
+
+    if not str(OmegaConf.select(config, "hydra.sweeper._target_") or "").endswith("BasicSweeper"):
+        return None
+    jobs = job_overrides(config)
+    values: dict[str, set[str]] = {}
+    for overrides in jobs:
+        for override in overrides:
+            key, _, value = override.partition("=")
+            values.setdefault(key, set()).add(value)
+    varying = tuple(k for k, v in values.items() if len(v) > 1)
+    planned = []
+    for overrides in jobs:
+        entry = PlannedJob(overrides, varying=varying)
+        try:
+            cfg = compose(config.hydra.job.config_name, overrides=overrides)
+            entry.job = Job.from_config(OmegaConf.to_container(cfg, resolve=True))
+        except Exception as err:  # a job's config error is reported with its overrides; the sweep goes on
+            entry.error = f"{err.__class__.__name__}: {err}" if not isinstance(err, ValueError) else str(err)
+        planned.append(entry)
+    return planned
+
+
+def watch_parent(poll_s: float = 0.5) -> None:
+    """In a worker process of a local parallel sweep: exit when the sweep process is gone (SIGKILL of the sweep
+    would otherwise leave its workers computing jobs on their own). A no-op in the sweep process itself."""
+    parent = os.environ.get(SWEEP_PARENT_ENV, "")
+    pid, _, host = parent.partition("@")
+    if not pid.isdigit() or int(pid) == os.getpid() or host != platform.node() or _watching.is_set():
+        return
+    _watching.set()
+    first_parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == first_parent:
+            time.sleep(poll_s)
+        os._exit(70)  # reparented: the process that spawned this worker has died
+
+    threading.Thread(target=watch, name="mustafar-parent-watch", daemon=True).start()
+
+
+_watching = threading.Event()
+
+
+def run_job(cfg: dict[str, Any], multirun: bool) -> int:
+    """Validate and run one job; returns an exit code. User errors are one line; bugs keep their traceback (in the
+    job's log under a multirun, where raising would stop the whole sweep)."""
+    from eval.job import Job
+
+    try:
+        job = Job.from_config(cfg)
+    except (ValueError, *_user_errors()) as err:  # all of validation is about the user's input
+        print(f"error: {err}", file=sys.stderr, flush=True)
+        return 2
+    if multirun:
+        watch_parent()
+    try:
+        job.run()
+    except _user_errors() as err:
+        print(f"error: {job.job_id}: {err}", file=sys.stderr, flush=True)
+        return 2
+    except Exception:
+        if not multirun:
+            raise
+        log.exception("job %s failed (recorded in %s)", job.job_id, job.dir / "failed.json")
+        return 1
+    return 0
+
+
+@dataclass
+class Unfinished:
+    label: str
+    state: str  # invalid config | failed | running elsewhere | not finished
+    detail: str
+
+
+def unfinished(planned: list[PlannedJob]) -> list[Unfinished]:
+    """Every planned job without a valid result after the sweep, and why."""
+    out, seen = [], set()
+    for entry in planned:
+        if entry.job is None:
+            out.append(Unfinished(entry.label, "invalid config", entry.error or ""))
+            continue
+        job = entry.job
+        if job.job_id in seen:
+            continue
+        seen.add(job.job_id)
+        try:
+            read_result(job.result_path, job.job_id)
+            continue
+        except ValueError as err:
+            why = str(err) if job.result_path.exists() else "no result.json"
+        owner = live_owner(job.dir / LOCK_NAME)
+        failed = job.dir / FAILED_NAME
+        if owner is not None:
+            out.append(Unfinished(job.job_id, "running elsewhere", owner.describe()))
+        elif failed.exists():
+            out.append(Unfinished(job.job_id, "failed", _failure_line(failed)))
+        else:
+            out.append(Unfinished(job.job_id, "not finished", why))
+    return out
+
+
+def _failure_line(path: Path) -> str:
+    import json
+
+    try:
+        return f"{json.loads(path.read_text(encoding='utf-8'))['error']} (traceback in {path})"
+    except (OSError, ValueError, KeyError, TypeError):
+        return f"see {path}"
+
+
+def render_unfinished(items: list[Unfinished]) -> str:
+    lines = [f"## Jobs without a result ({len(items)})", ""]
+    lines += [f"- {u.state}: {u.label}: {u.detail}" for u in items]
+    return "\n".join(lines)
+
+
+def report_unfinished(sweep_dir: Path, table: str, items: list[Unfinished]) -> None:
+    """Write summary.md as the rendered `table` followed by the list, and print the list."""
+    from eval.results import atomic_write_text
+
+    if not items:
+        return
+    text = render_unfinished(items)
+    summary = sweep_dir / "summary.md"
+    try:
+        atomic_write_text(summary, f"{table.rstrip()}\n\n{text}\n")
+    except OSError as err:
+        warn(f"could not write {summary}: {err}")
+    print(text, file=sys.stderr, flush=True)
