@@ -15,6 +15,7 @@ from typing import Any
 
 from eval import registry, wandb_log
 from eval.results import git_sha, read_jsonl, write_json, write_jsonl
+from eval.rows import SCHEMA, ResultRow, score_rows
 from eval.runner import GenerationStats, generate_task
 from mustafar import models
 from mustafar.config import ConfigError, KVConfig
@@ -133,19 +134,16 @@ class Job:
         for task in bench.tasks():
             records = self._predictions(loaded, bench, task, stats)
             scores.extend(bench.score(task, records))
-        main = {s.task: s.value for s in scores if "@" not in s.metric}
-        summary = bench.summary(main)
-        rows = self._rows(loaded, bench, scores, summary, stats, device, time.time() - started)
+        rows = self._rows(loaded, bench, scores, stats, device, time.time() - started)
         result = {
             "job_id": self.job_id,
+            "schema": SCHEMA,
             "identity": self.identity,
             "provenance": bench.provenance(),
-            "rows": rows,
+            "rows": [r.to_dict() for r in rows],
         }
         write_json(self.dir / "result.json", result)
-        wandb_log.log_job(
-            self.logger, self.results_dir, self.sweep, self.job_id, self.identity, rows, summary
-        )
+        wandb_log.log_job(self.logger, self.results_dir, self.sweep, self.job_id, self.identity, rows)
         return self.dir / "result.json"
 
     def _predictions(self, loaded, bench, task: str, stats: GenerationStats) -> list[dict[str, Any]]:
@@ -165,31 +163,33 @@ class Job:
                 setattr(stats, name, getattr(stats, name) + value)
         return records
 
-    def _rows(self, loaded, bench, scores, summary, stats: GenerationStats, device: str, seconds: float):
-        base = {
+    @property
+    def samples_id(self) -> str:
+        """Hash of the identity without the KV policy: jobs with equal ids were asked the same prompts."""
+        rest = {k: v for k, v in self.identity.items() if k != "kv"}
+        return hashlib.sha1(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+    def _rows(
+        self, loaded, bench, scores, stats: GenerationStats, device: str, seconds: float
+    ) -> list[ResultRow]:
+        job = {
             "run_id": self.job_id,
             "sweep": self.sweep,
+            "samples_id": self.samples_id,
             "git_sha": git_sha(),
             "seed": self.seed,
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "device": device,
+            "host": platform.node(),
+            "job_seconds": round(seconds, 1),
+            "versions": _versions(),
             **loaded.describe(),
             "max_length": loaded.prompt_budget,
             **self.policy.to_dict(),
             "policy": self.policy.label(),
             "benchmark": bench.name,
             "benchmark_length": registry.length_of(self.benchmark),
+            "benchmark_config": self.benchmark,
             **stats.measured(self.policy.mode),
-            "device": device,
-            "host": platform.node(),
-            "job_seconds": round(seconds, 1),
-            "versions": _versions(),
         }
-        rows = [
-            {**base, "kind": "task", "task": s.task, "metric": s.metric, "value": s.value, "n": s.n}
-            for s in scores
-        ]
-        rows += [
-            {**base, "kind": "summary", "task": k, "metric": "mean", "value": v, "n": None}
-            for k, v in summary.items()
-        ]
-        return rows
+        return score_rows(job, bench.name, scores)
