@@ -25,8 +25,11 @@ def main(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     if HydraConfig.get().mode.name == "RUN":  # a multirun prints its table once, at the end (SweepSummary)
+        # every job of the sweep folder, one line each; `*` marks this run's job (earlier jobs stay visible apart)
         table = write_summary(Path(cfg.results_dir) / cfg.sweep)
-        print(f"\n== {cfg.sweep}: {Path(cfg.results_dir) / cfg.sweep}/summary.md ==\n{render(table)}")
+        print(
+            f"\n== {cfg.sweep}: {Path(cfg.results_dir) / cfg.sweep}/summary.md ==\n{render(table, job.job_id)}"
+        )
 
 
 if __name__ == "__main__":
