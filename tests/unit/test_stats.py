@@ -69,7 +69,9 @@ def test_sign_flip_p_value_matches_exact_enumeration():
     d = [x - y for x, y in zip(a, b)]
     observed = sum(d) / len(d)
     flips = list(itertools.product((-1, 1), repeat=len(d)))
-    exact = sum(abs(sum(s * x for s, x in zip(signs, d))) / len(d) >= observed for signs in flips) / len(flips)
+    exact = sum(abs(sum(s * x for s, x in zip(signs, d))) / len(d) >= observed for signs in flips) / len(
+        flips
+    )
     result = stats.paired_test({"t": a}, {"t": b})
     assert result.diff == pytest.approx(observed)
     # Monte Carlo with 10,000 flips: 4 standard errors of a binomial proportion
@@ -82,7 +84,10 @@ def test_paired_ci_is_the_bootstrap_of_the_differences_and_flags_noise():
     d = [x - y for x, y in zip(a, b)]  # [0, 0, 100, 0]: resample means 25k, k ~ Bin(4, 1/4)
     dist = bootstrap_distribution(d)
     result = stats.paired_test({"t": a}, {"t": b})
-    assert (result.low, result.high) == (float(exact_quantile(dist, 0.025)), float(exact_quantile(dist, 0.975)))
+    assert (result.low, result.high) == (
+        float(exact_quantile(dist, 0.025)),
+        float(exact_quantile(dist, 0.975)),
+    )
     assert (result.low, result.high) == (0.0, 75.0) and result.within_noise
     clear = stats.paired_test({"t": [100] * 30}, {"t": [0] * 25 + [100] * 5})
     assert clear.low > 0 and not clear.within_noise and clear.p_value < 0.001

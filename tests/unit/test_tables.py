@@ -3,39 +3,12 @@ apart, and shows n, CIs and the paired Δ vs dense."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
 from eval import stats
-from eval.common import Score
-from eval.rows import SCHEMA, score_rows
 from eval.tables import render, write_summary
-
-JOB = {
-    "sweep": "s", "git_sha": None, "seed": 42, "timestamp": "2026-01-01T00:00:00+00:00", "device": "cpu",
-    "host": "h", "job_seconds": 1.0, "versions": {}, "model": "tiny", "model_source": "hf", "model_path": None,
-    "dtype": "float32", "layers": 2, "q_heads": 4, "kv_heads": 2, "head_dim": 64, "context_length": 8192,
-    "max_length": 1000, "k_sparsity": 0.0, "v_sparsity": 0.0, "k_direction": "token", "v_direction": "token",
-    "k_scorer": "magnitude", "v_scorer": "magnitude", "window": 32, "keep_rule": "exact", "mode": "mask",
-    "policy": "dense", "benchmark": "ruler", "benchmark_length": 1024, "k_sparsity_measured": 0.0,
-    "v_sparsity_measured": 0.0, "kv_bytes": None, "kv_payload_bytes": None, "dense_kv_bytes": 10,
-    "prompt_tokens": 10, "new_tokens": 2, "generation_seconds": 1.0,
-}  # fmt: skip
-
-
-def fake_job(sweep: Path, run_id: str, samples: dict[str, list[float]], **fields) -> None:
-    job = {**JOB, "run_id": run_id, "samples_id": fields.pop("samples_id", "p1")}
-    job["benchmark_config"] = {"name": "ruler", "length": 1024, "n": 4, "seed": 42, "tasks": list(samples)}
-    job["benchmark_config"] |= fields.pop("benchmark_config", {})
-    job |= fields
-    scores = [Score(t, "string_match_all", round(sum(v) / len(v), 2), len(v), v) for t, v in samples.items()]
-    rows = [r.to_dict() for r in score_rows(job, job["benchmark"], scores)]
-    path = sweep / run_id / "result.json"
-    path.parent.mkdir(parents=True)
-    path.write_text(json.dumps({"job_id": run_id, "identity": {}, "schema": SCHEMA, "rows": rows}))
+from tests.unit.fake_results import fake_job
 
 
 def test_jobs_differing_only_in_benchmark_seed_stay_three_rows(tmp_path):
@@ -64,7 +37,7 @@ def test_benchmarks_and_lengths_get_separate_tables(tmp_path):
     fake_job(tmp_path, "r2", {"vt": [100, 0]}, benchmark_length=2048, benchmark_config={"length": 2048})
     fake_job(
         tmp_path, "lb", {"hotpotqa": [50.0, 25.0], "lcc": [80.0, 60.0]}, benchmark="longbench",
-        benchmark_length=None, benchmark_config={"name": "longbench"},
+        benchmark_length=None,
     )  # fmt: skip
     text = render(write_summary(tmp_path))
     titles = [line for line in text.splitlines() if line.startswith("tiny ")]
