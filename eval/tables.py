@@ -214,11 +214,12 @@ def render(table: pd.DataFrame, current: str | None = None) -> str:
         else:
             title = str(bench)
         out.append(f"{title}\n" + wide.to_markdown(index=False, disable_numparse=True))
-    legend = (
-        "cells: mean [95% bootstrap CI over samples]; n: samples per task; "
-        f"Δ {HEADLINE} vs dense: paired difference to the dense job on the same prompts [paired-bootstrap 95% CI], "
-        f"{NOISE_MARK} = within noise (CI covers 0)"
-    )
+    legend = "cells: mean [95% bootstrap CI over samples]; n: samples per task"
+    if "delta" in table and table["delta"].notna().any():
+        legend += (
+            f"; Δ {HEADLINE} vs dense: paired difference to the dense job on the same prompts "
+            f"[paired-bootstrap 95% CI], {NOISE_MARK} = within noise (CI covers 0)"
+        )
     if current:
         legend += "; * = the job just run"
     return "\n\n".join(out) + "\n\n" + legend
