@@ -179,10 +179,6 @@ class Job:
             "git_sha": git_sha(),
             "seed": self.seed,
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "device": device,
-            "host": platform.node(),
-            "job_seconds": round(seconds, 1),
-            "versions": _versions(),
             **loaded.describe(),
             "max_length": loaded.prompt_budget,
             **self.policy.to_dict(),
@@ -191,5 +187,9 @@ class Job:
             "benchmark_length": registry.length_of(self.benchmark),
             "benchmark_config": self.benchmark,
             **stats.measured(self.policy.mode),
+            "device": device,
+            "host": platform.node(),
+            "job_seconds": round(seconds, 1),
+            "versions": _versions(),
         }
         return score_rows(job, bench.name, scores)
