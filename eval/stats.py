@@ -11,7 +11,6 @@ differences (under "no difference" each difference is as likely to have either s
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
@@ -111,7 +110,7 @@ def paired_test(
     """Compare A and B on the same samples for the weighted mean of task means (see the module docstring)."""
     diffs = paired_differences(a, b)
     arrays, w = _arrays(diffs, weights)
-    observed = float(sum(wi * d.mean() for wi, d in zip(w, arrays)))
+    observed = weighted_mean(diffs, weights)
     rng = np.random.default_rng(seed)
     low, high = _interval(_resampled_means(arrays, w, rng, resamples), level)
     flipped = np.zeros(resamples)
@@ -121,11 +120,3 @@ def paired_test(
     extreme = np.count_nonzero(np.abs(flipped) >= abs(observed) - 1e-12)
     p_value = (1 + extreme) / (resamples + 1)
     return Paired(observed, low, high, float(p_value), int(sum(d.size for d in arrays)))
-
-
-def mean_ci(values: Sequence[float]) -> tuple[float, float, float]:
-    """(mean, low, high) of one list of per-sample scores; NaN CI for an empty list."""
-    if len(values) == 0:
-        return math.nan, math.nan, math.nan
-    low, high = bootstrap_ci({"": values})
-    return float(np.mean(values)), low, high
