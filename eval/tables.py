@@ -40,13 +40,12 @@ def _bench(rows: pd.DataFrame) -> pd.Series:
 
 
 def jobs_frame(rows: pd.DataFrame) -> pd.DataFrame:
-    """One line per job: its label, bench, identity fields, measured sparsity, and its rows (for the scores)."""
+    """One line per job (index run_id): its fields, `benchmark.<key>` columns, display label and bench."""
     rows = frame(rows)
     rows = pd.concat([rows, benchmark_columns(rows)], axis=1)
     rows["label"] = _label(rows)
     rows["bench"] = _bench(rows)
-    first = rows.groupby("run_id", sort=False).first()
-    return first
+    return rows.groupby("run_id", sort=False).first()
 
 
 def distinguishing(jobs: pd.DataFrame) -> list[str]:
