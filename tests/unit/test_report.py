@@ -187,3 +187,19 @@ def test_longbench_average_is_english_only_with_cis_and_paired_delta(tmp_path):
         "Average lo" not in md
         and "Average lo" in (tmp_path / "lb" / "report" / "lb_tiny_longbench.csv").read_text()
     )
+
+
+def test_compare_cli_pairs_the_same_samples(tmp_path, capsys):
+    from eval.report.compare import compare, main
+
+    dense, pruned = {"vt": [100.0] * 6, "cwe": [100.0, 0.0] * 3}, {"vt": [100.0, 0.0] * 3, "cwe": [0.0] * 6}
+    fake_job(tmp_path, "dense", dense)
+    fake_job(tmp_path, "k5", pruned, k_sparsity=0.5, policy="K0.5")
+    result = compare(tmp_path, "K0.5", "dense")
+    assert result == stats.paired_test(pruned, dense, {"vt": 0.5, "cwe": 0.5})
+    assert result.diff == pytest.approx(-50.0) and not result.within_noise
+    main([str(tmp_path), "K0.5", "dense"])
+    assert capsys.readouterr().out.startswith("K0.5 - dense: -50.00 [")
+    fake_job(tmp_path, "other", dense, k_sparsity=0.7, policy="K0.7", samples_id="p2", seed=1)
+    with pytest.raises(ValueError, match="not asked the same prompts"):
+        compare(tmp_path, "K0.7", "dense")
