@@ -51,12 +51,6 @@ class Benchmark(ABC):
     def score(self, task: str, predictions: list[dict[str, Any]]) -> list[Score]:
         """Score prediction records (see `prediction_record`) of one task."""
 
-    def summary(self, task_scores: dict[str, float]) -> dict[str, float]:
-        """Summary columns (averages, category means) from {task: score}, as eval.averages defines them."""
-        from eval.averages import summarize
-
-        return summarize(self.name, task_scores)
-
     def provenance(self) -> dict[str, Any]:
         """Facts that make a result reproducible: data hashes, reference commits, generator settings."""
         return {}
