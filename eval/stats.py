@@ -6,7 +6,8 @@ per task), so one pair of functions covers task cells and averages alike. Sample
 
 Paired comparison of two policies on the same samples: the CI of the difference comes from a paired bootstrap (the
 same resampled sample indices for both policies), the p-value from a sign-flip permutation test on the per-sample
-differences (under "no difference" each difference is as likely to have either sign).
+differences (under "no difference" each difference is as likely to have either sign). A difference is "within
+noise" unless both say otherwise (`Paired.within_noise`).
 """
 
 from __future__ import annotations
@@ -80,8 +81,11 @@ class Paired:
 
     @property
     def within_noise(self) -> bool:
-        """The CI of the difference covers 0: the data do not tell A and B apart."""
-        return self.low <= 0.0 <= self.high
+        """The data do not tell A and B apart: the CI of the difference covers 0, or the sign-flip p-value is
+        >= 0.05. With few non-zero differences the percentile bootstrap is too narrow (all differences of one sign
+        give a CI that excludes 0 even for 3 of them, where the exact permutation p is 0.25), so both must agree
+        before a difference is called real."""
+        return self.low <= 0.0 <= self.high or self.p_value >= 1 - LEVEL
 
 
 def paired_differences(a: Samples, b: Samples) -> dict[str, np.ndarray]:

@@ -6,7 +6,8 @@ when nothing shown tells them apart. Each benchmark (RULER at each length, LongB
 
 Every score cell is `mean [95% CI]` (eval.stats, bootstrap over samples), `n` is the samples per task, and
 `Δ avg vs dense` is the paired difference to the dense job that saw the same prompts (same `samples_id`), with its
-paired-bootstrap CI, marked "≈" (within noise) when that CI covers 0.
+paired-bootstrap CI, marked "≈" (within noise) when that CI covers 0 or the sign-flip p-value is >= 0.05
+(eval.stats.Paired.within_noise).
 """
 
 from __future__ import annotations
@@ -175,7 +176,7 @@ def _wide(part: pd.DataFrame, current: str | None) -> pd.DataFrame:
         counts = job.loc[job["kind"] == "task", "n"].dropna().astype(int)
         uniform = counts.nunique() <= 1
         line = {"": "*" if run_id == current else ""} if current else {}
-        line |= {k: _display(first[k]) for k in keys}
+        line |= {k: display_value(first[k]) for k in keys}
         for _, r in job.iterrows():
             line[r["column"]] = cell(r["value"], r["ci_low"], r["ci_high"], None if uniform else r["n"])
         line["n"] = str(int(counts.iloc[0])) if uniform and len(counts) else "varies"
@@ -194,7 +195,7 @@ def _wide(part: pd.DataFrame, current: str | None) -> pd.DataFrame:
     return wide[[c for c in wide.columns if c not in tail] + tail]
 
 
-def _display(value: object) -> object:
+def display_value(value: object) -> object:
     """Integers that a missing value in another benchmark's rows turned into floats print as integers."""
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
@@ -217,7 +218,7 @@ def render(table: pd.DataFrame, current: str | None = None) -> str:
     if "delta" in table and table["delta"].notna().any():
         legend += (
             f"; Δ {HEADLINE} vs dense: paired difference to the dense job on the same prompts "
-            f"[paired-bootstrap 95% CI], {NOISE_MARK} = within noise (CI covers 0)"
+            f"[paired-bootstrap 95% CI], {NOISE_MARK} = within noise (the CI covers 0 or the sign-flip p >= 0.05)"
         )
     if current:
         legend += "; * = the job just run"

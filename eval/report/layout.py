@@ -21,7 +21,7 @@ from eval.report import paper, policies
 from eval.report.kv_size import kv_fraction
 from eval.report.samples import sample_scores
 from eval.rows import benchmark_columns, frame
-from eval.tables import distinguishing
+from eval.tables import display_value, distinguishing
 
 JOB_FIELDS = [
     "run_id",
@@ -201,7 +201,7 @@ def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.
     noise = any(group.samples.values())
     records = []
     for _, job in ordered(group, experiment).iterrows():
-        record = {"policy": job["label"], **{c: job[c] for c in group.shown}}
+        record = {"policy": job["label"], **{c: _text(job[c]) for c in group.shown}}
         record |= {"method": policies.family(job["key"]), "K": job["k_sparsity"], "V": job["v_sparsity"]}
         for column, tasks in [*columns.items(), (AVERAGE, list(group.average_weights()))]:
             record[column] = job[AVERAGE] if column == AVERAGE else job[tasks].mean()
@@ -241,3 +241,8 @@ def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.
     table = pd.DataFrame(records)
     numeric = [c for c in table if c.endswith((" lo", " hi")) or c in (*columns, AVERAGE, VERSUS, "p")]
     return table.astype({c: float for c in numeric})
+
+
+def _text(value: object) -> str:
+    """Identity values as labels (a seed 7 stays "7", never the score format "7.00")."""
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(display_value(value))

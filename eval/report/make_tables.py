@@ -31,7 +31,7 @@ NOTES = (
     "Average = `avg`: the paper's mean of the English task scores (Chinese tasks never enter it). "
     "value [lo, hi] = mean and 95% percentile-bootstrap CI over samples (10,000 resamples within each task, "
     "seeded). Δ vs dense = Average minus the dense job's on the same prompts, with a paired-bootstrap 95% CI and a "
-    "sign-flip permutation p-value; 'within noise' when that CI covers 0. K, V = nominal sparsity; K/V meas. = "
+    "sign-flip permutation p-value; 'within noise' when that CI covers 0 or p >= 0.05. K, V = nominal sparsity; K/V meas. = "
     "measured over the pruned tokens. KV size = KV bytes / dense: 'measured' from kv.mode=compressed jobs "
     "(allocated, window included), 'closed-form' = fp16 layout bytes of the pruned tokens at the measured sparsity "
     "(computed, not measured)."

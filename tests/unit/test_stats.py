@@ -98,3 +98,12 @@ def test_paired_test_refuses_different_samples():
         stats.paired_test({"t": [1, 2, 3]}, {"t": [1, 2]})
     with pytest.raises(ValueError, match="same tasks"):
         stats.paired_test({"t": [1]}, {"u": [1]})
+
+
+def test_few_same_sign_differences_stay_within_noise():
+    # 3 of 10 samples lost: the bootstrap CI of the difference excludes 0 (it only ever sees negative values),
+    # but the exact sign-flip p is P(|sum of 3 random signs| = 3) = 2/8 = 0.25: not a real difference
+    a, b = [0.0] * 3 + [100.0] * 7, [100.0] * 10
+    result = stats.paired_test({"t": a}, {"t": b})
+    assert result.high < 0 and result.p_value == pytest.approx(0.25, abs=0.02)
+    assert result.within_noise
