@@ -60,3 +60,12 @@ def test_wandb_gets_n_and_ci_per_score_without_the_sample_lists():
     assert "samples" not in table and {"value", "ci_low", "ci_high", "n"} <= set(table.columns)
     metrics = wandb_log.summary_metrics(rows)
     assert metrics == {"avg": 50.0, "avg/ci_low": 0.0, "avg/ci_high": 100.0, "avg/n": 2}
+
+
+def test_every_consumer_reads_fields_the_schema_has():
+    from eval.report import layout, policies
+    from eval.rows import COLUMNS
+    from eval.tables import IDENTITY_FIELDS, POLICY_ORDER
+
+    for fields in (layout.JOB_FIELDS, policies.KEY_FIELDS, IDENTITY_FIELDS, POLICY_ORDER):
+        assert set(fields) <= set(COLUMNS), set(fields) - set(COLUMNS)
