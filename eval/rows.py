@@ -136,7 +136,7 @@ def score_rows(job: dict[str, Any], benchmark: str, scores: list[Score]) -> list
                 ci_low=ci[0],
                 ci_high=ci[1],
                 samples=list(s.samples),
-            )  # fmt: skip
+            )
         )
     overall = {s.task: s for s in scores if "@" not in s.metric}
     for column, weights in averages.weights(benchmark, overall).items():
@@ -157,6 +157,6 @@ def score_rows(job: dict[str, Any], benchmark: str, scores: list[Score]) -> list
                 n=min(overall[t].n for t in weights),
                 ci_low=ci[0],
                 ci_high=ci[1],
-            )  # fmt: skip
+            )
         )
     return rows
