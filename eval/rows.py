@@ -139,8 +139,8 @@ def score_rows(job: dict[str, Any], benchmark: str, scores: list[Score]) -> list
             )
         )
     overall = {s.task: s for s in scores if "@" not in s.metric}
+    values = averages.summarize(benchmark, {t: s.value for t, s in overall.items()})
     for column, weights in averages.weights(benchmark, overall).items():
-        value = round(averages.combine({t: overall[t].value for t in weights}, weights), 2)
         have_samples = all(overall[t].samples for t in weights)
         ci = (
             stats.bootstrap_ci({t: overall[t].samples for t in weights}, weights)
@@ -153,7 +153,7 @@ def score_rows(job: dict[str, Any], benchmark: str, scores: list[Score]) -> list
                 kind="summary",
                 task=column,
                 metric="mean",
-                value=value,
+                value=values[column],
                 n=min(overall[t].n for t in weights),
                 ci_low=ci[0],
                 ci_high=ci[1],
