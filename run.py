@@ -17,13 +17,14 @@ def main(cfg: DictConfig) -> None:
     from eval.tables import render, write_summary
 
     multirun = HydraConfig.get().mode.name == "MULTIRUN"
-    code = run_job(OmegaConf.to_container(cfg, resolve=True), multirun)
+    code, job_id = run_job(OmegaConf.to_container(cfg, resolve=True), multirun)
     if multirun:  # a failed job is listed at the end (SweepSummary), which also prints the table once
         return
     if code:
         sys.exit(code)
+    # every job of the sweep folder, one line each; `*` marks this run's job (earlier jobs stay visible apart)
     table = write_summary(Path(cfg.results_dir) / cfg.sweep)
-    print(f"\n== {cfg.sweep}: {Path(cfg.results_dir) / cfg.sweep}/summary.md ==\n{render(table)}")
+    print(f"\n== {cfg.sweep}: {Path(cfg.results_dir) / cfg.sweep}/summary.md ==\n{render(table, job_id)}")
 
 
 if __name__ == "__main__":

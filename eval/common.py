@@ -31,6 +31,9 @@ class Score:
     metric: str
     value: float
     n: int
+    samples: list[float] = field(
+        default_factory=list
+    )  # per-sample scores on `value`'s scale, in sample order
 
 
 class Benchmark(ABC):
@@ -47,12 +50,6 @@ class Benchmark(ABC):
     @abstractmethod
     def score(self, task: str, predictions: list[dict[str, Any]]) -> list[Score]:
         """Score prediction records (see `prediction_record`) of one task."""
-
-    def summary(self, task_scores: dict[str, float]) -> dict[str, float]:
-        """Aggregate columns (category means, averages) from {task: score}; default: plain mean."""
-        if not task_scores:
-            return {}
-        return {"avg": round(sum(task_scores.values()) / len(task_scores), 2)}
 
     def provenance(self) -> dict[str, Any]:
         """Facts that make a result reproducible: data hashes, reference commits, generator settings."""

@@ -29,6 +29,7 @@ from eval.results import (
     write_json,
     write_jsonl,
 )
+from eval.rows import ResultRow, score_rows
 from eval.runner import GenerationStats, generate_task
 from mustafar import models
 from mustafar.config import ConfigError, KVConfig
@@ -239,21 +240,17 @@ class Job:
         for task in bench.tasks():
             records = self._predictions(loaded, bench, task, stats)
             scores.extend(bench.score(task, records))
-        main = {s.task: s.value for s in scores if "@" not in s.metric}
-        summary = bench.summary(main)
-        rows = self._rows(loaded, bench, scores, summary, stats, device, time.time() - started)
+        rows = self._rows(loaded, bench, scores, stats, device, time.time() - started)
         self._mark_inactive_pruning(rows)
         result = {
             "schema": SCHEMA_VERSION,
             "job_id": self.job_id,
             "identity": self.identity,
             "provenance": bench.provenance(),
-            "rows": rows,
+            "rows": [r.to_dict() for r in rows],
         }
         write_json(self.result_path, result)
-        wandb_log.log_job(
-            self.logger, self.results_dir, self.sweep, self.job_id, self.identity, rows, summary
-        )
+        wandb_log.log_job(self.logger, self.results_dir, self.sweep, self.job_id, self.identity, rows)
         return self.result_path
 
     def _preflight_benchmark(self) -> None:
@@ -269,7 +266,7 @@ class Job:
             self.benchmark.get("n"),
         )
 
-    def _mark_inactive_pruning(self, rows: list[dict[str, Any]]) -> None:
+    def _mark_inactive_pruning(self, rows: list[ResultRow]) -> None:
         """A pruned policy that measured zero sparsity (window >= every sequence) is labelled, not passed off."""
         if not rows:
             return
@@ -277,12 +274,12 @@ class Job:
         inactive = [
             f"kv.{side}_sparsity={getattr(self.policy, f'{side}_sparsity'):g}"
             for side in ("k", "v")
-            if getattr(self.policy, f"{side}_sparsity") > 0 and measured.get(f"{side}_sparsity_measured") == 0
+            if getattr(self.policy, f"{side}_sparsity") > 0 and getattr(measured, f"{side}_sparsity_measured") == 0
         ]
         for row in rows:
-            row["pruning_inactive"] = bool(inactive)
+            row.pruning_inactive = bool(inactive)
             if inactive:
-                row["policy"] = f"{row['policy']} [not pruned]"
+                row.policy = f"{row.policy} [not pruned]"
         if inactive:
             warn(
                 f"{self.job_id}: {', '.join(inactive)} measured 0 sparsity: kv.window={self.policy.window} "
@@ -324,10 +321,19 @@ class Job:
             return None
         return records, task_stats
 
-    def _rows(self, loaded, bench, scores, summary, stats: GenerationStats, device: str, seconds: float):
-        base = {
+    @property
+    def samples_id(self) -> str:
+        """Hash of the identity without the KV policy: jobs with equal ids were asked the same prompts."""
+        rest = {k: v for k, v in self.identity.items() if k != "kv"}
+        return hashlib.sha1(json.dumps(rest, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+    def _rows(
+        self, loaded, bench, scores, stats: GenerationStats, device: str, seconds: float
+    ) -> list[ResultRow]:
+        job = {
             "run_id": self.job_id,
             "sweep": self.sweep,
+            "samples_id": self.samples_id,
             "git_sha": git_sha(),
             "seed": self.seed,
             "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -337,18 +343,11 @@ class Job:
             "policy": self.policy.label(),
             "benchmark": bench.name,
             "benchmark_length": registry.length_of(self.benchmark),
+            "benchmark_config": self.benchmark,
             **stats.measured(self.policy.mode),
             "device": device,
             "host": platform.node(),
             "job_seconds": round(seconds, 1),
             "versions": _versions(),
         }
-        rows = [
-            {**base, "kind": "task", "task": s.task, "metric": s.metric, "value": s.value, "n": s.n}
-            for s in scores
-        ]
-        rows += [
-            {**base, "kind": "summary", "task": k, "metric": "mean", "value": v, "n": None}
-            for k, v in summary.items()
-        ]
-        return rows
+        return score_rows(job, bench.name, scores)

@@ -18,7 +18,7 @@ from typing import Any
 
 import pandas as pd
 
-SCHEMA_VERSION = 1  # of result.json; a file with another version is not trusted as a finished job
+SCHEMA_VERSION = 2  # of result.json; a file with another version is not trusted as a finished job
 FAILED_NAME = "failed.json"  # in a job folder: the last attempt's error and traceback
 FILE_MODE = 0o644  # results are shared: readable by the group and others (mkstemp alone gives 0600)
 

@@ -109,8 +109,8 @@ def watch_parent(poll_s: float = 0.5) -> None:
 _watching = threading.Event()
 
 
-def run_job(cfg: dict[str, Any], multirun: bool) -> int:
-    """Validate and run one job; returns an exit code. User errors are one line; bugs keep their traceback (in the
+def run_job(cfg: dict[str, Any], multirun: bool) -> tuple[int, str | None]:
+    """Validate and run one job; returns an exit code and the job id (None when the config is invalid). User errors are one line; bugs keep their traceback (in the
     job's log under a multirun, where raising would stop the whole sweep)."""
     from eval.job import Job
 
@@ -118,20 +118,20 @@ def run_job(cfg: dict[str, Any], multirun: bool) -> int:
         job = Job.from_config(cfg)
     except (ValueError, *_user_errors()) as err:  # all of validation is about the user's input
         print(f"error: {err}", file=sys.stderr, flush=True)
-        return 2
+        return 2, None
     if multirun:
         watch_parent()
     try:
         job.run()
     except _user_errors() as err:
         print(f"error: {job.job_id}: {err}", file=sys.stderr, flush=True)
-        return 2
+        return 2, job.job_id
     except Exception:
         if not multirun:
             raise
         log.exception("job %s failed (recorded in %s)", job.job_id, job.dir / "failed.json")
-        return 1
-    return 0
+        return 1, job.job_id
+    return 0, job.job_id
 
 
 @dataclass

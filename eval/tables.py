@@ -1,55 +1,225 @@
-"""Result rows -> the table a person reads: one row per pruning config, one column per task and average."""
+"""A sweep's result rows -> the tables a person reads (summary.md / summary.csv, and the table run.py prints).
+
+Never collapses jobs: every job (run_id) is its own line. Jobs that share a display label (model, policy) get extra
+columns for exactly the fields in which they differ (e.g. `benchmark.seed`, `benchmark.n`, `dtype`), and `run_id`
+when nothing shown tells them apart. Each benchmark (RULER at each length, LongBench) gets its own table.
+
+Every score cell is `mean [95% CI]` (eval.stats, bootstrap over samples), `n` is the samples per task, and
+`Δ avg vs dense` is the paired difference to the dense job that saw the same prompts (same `samples_id`), with its
+paired-bootstrap CI, marked "≈" (within noise) when that CI covers 0 or the sign-flip p-value is >= 0.05
+(eval.stats.Paired.within_noise).
+"""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pandas as pd
 
+from eval import stats
+from eval.averages import weights
 from eval.results import atomic_write_text, load_rows
+from eval.rows import benchmark_columns, frame
 
 POLICY_ORDER = ("k_sparsity", "v_sparsity", "k_scorer", "v_scorer", "k_direction", "v_direction")
+# fields that can tell apart jobs sharing a (model, policy) label, in display order (benchmark.* added per table)
+IDENTITY_FIELDS = (
+    "model_path", "dtype", "device", "layers", "q_heads", "kv_heads", "head_dim", "max_length", "seed",
+    "window", "keep_rule",
+)  # fmt: skip
+HEADLINE = "avg"  # the summary column compared against dense
+NOISE_MARK = "≈"
 
 
-def pivot(rows: pd.DataFrame) -> pd.DataFrame:
-    """Wide table: index = (model, benchmark, policy), columns = task scores, summary columns, measured sparsity."""
+def _label(rows: pd.DataFrame) -> pd.Series:
+    return rows["policy"].where(rows["mode"] != "compressed", rows["policy"] + " [compressed]")
+
+
+def _bench(rows: pd.DataFrame) -> pd.Series:
+    return rows["benchmark"] + rows["benchmark_length"].map(lambda x: f"-{int(x)}" if pd.notna(x) else "")
+
+
+def jobs_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """One line per job (index run_id): its fields, `benchmark.<key>` columns, display label and bench."""
+    rows = frame(rows)
+    rows = pd.concat([rows, benchmark_columns(rows)], axis=1)
+    rows["label"] = _label(rows)
+    rows["bench"] = _bench(rows)
+    return rows.groupby("run_id", sort=False).first()
+
+
+def distinguishing(jobs: pd.DataFrame) -> list[str]:
+    """Identity columns whose value differs between jobs that share a (model, label), then run_id if needed."""
+    candidates = [*IDENTITY_FIELDS, *(c for c in jobs.columns if c.startswith("benchmark."))]
+    shown = []
+    for column in candidates:
+        if column not in jobs:
+            continue
+        values = jobs[column].astype(str)
+        if (values.groupby([jobs["model"], jobs["label"]]).nunique() > 1).any():
+            shown.append(column)
+    keys = jobs[["model", "label", *shown]].astype(str)
+    if keys.duplicated().any():
+        shown.append("run_id")
+    return shown
+
+
+def _samples(rows: pd.DataFrame) -> dict[str, list[float]]:
+    tasks = rows[(rows["kind"] == "task") & ~rows["metric"].astype(str).str.contains("@", regex=False)]
+    return {t: s for t, s in zip(tasks["task"], tasks["samples"]) if isinstance(s, list) and s}
+
+
+def _dense_partner(jobs: pd.DataFrame, run_id: str) -> str | None:
+    """The dense job asked the same prompts (mask mode preferred), or None."""
+    job = jobs.loc[run_id]
+    same = jobs[
+        (jobs["samples_id"] == job["samples_id"])
+        & (jobs["k_sparsity"] == 0)
+        & (jobs["v_sparsity"] == 0)
+        & jobs["samples_id"].notna()
+    ]
+    same = same.sort_values("mode", key=lambda m: m != "mask", kind="stable")
+    return None if same.empty or run_id in same.index else str(same.index[0])
+
+
+def summary_frame(rows: pd.DataFrame) -> pd.DataFrame:
+    """Long format: one line per (job, score column) with value, CI, n and, for `avg`, Δ vs dense."""
     if rows.empty:
         return pd.DataFrame()
-    rows = rows.copy()
-    index = ["model", "bench", "policy"]
-    # the same policy run in both modes is two rows, not one silently picked
-    rows["policy"] = rows["policy"].where(rows["mode"] != "compressed", rows["policy"] + " [compressed]")
-    rows["bench"] = rows["benchmark"] + rows["benchmark_length"].map(
-        lambda x: f"-{int(x)}" if pd.notna(x) else ""
-    )
-    order = rows.sort_values(list(POLICY_ORDER) + ["window", "keep_rule", "mode"])["policy"].drop_duplicates()
-    tasks = list(dict.fromkeys(rows.loc[rows["kind"] == "task", "task"]))
-    summaries = list(dict.fromkeys(rows.loc[rows["kind"] == "summary", "task"]))
-    wide = rows.pivot_table(index=index, columns="task", values="value", aggfunc="first")
-    wide = wide.reindex(columns=[c for c in tasks + summaries if c in wide.columns])
-    facts = rows.groupby(index)[["k_sparsity_measured", "v_sparsity_measured"]].first()
-    facts.columns = ["K sparsity", "V sparsity"]
-    wide = wide.join(facts)
-    policy_rank = {p: i for i, p in enumerate(order)}
-    wide = wide.sort_index(key=lambda col: col.map(policy_rank) if col.name == "policy" else col)
-    return wide
+    rows = frame(rows)
+    jobs = jobs_frame(rows)
+    order = jobs.sort_values(
+        ["benchmark", "benchmark_length", *POLICY_ORDER, "window", "keep_rule", "mode"], kind="stable"
+    ).index
+    out = []
+    for bench, part in jobs.loc[order].groupby("bench", sort=False):
+        extra = distinguishing(part)
+        for run_id, job in part.iterrows():
+            mine = rows[rows["run_id"] == run_id]
+            tasks = mine[mine["kind"] == "task"]
+            summary = mine[mine["kind"] == "summary"]
+            partner = _dense_partner(part, run_id)
+            for _, r in pd.concat([tasks, summary]).iterrows():
+                line = {
+                    "bench": bench,
+                    "model": job["model"],
+                    "policy": job["label"],
+                    **{("job" if c == "run_id" else c): (run_id if c == "run_id" else job[c]) for c in extra},
+                    "run_id": run_id,
+                    "kind": r["kind"],
+                    "column": r["task"] if "@" not in str(r["metric"]) else f"{r['task']} {r['metric']}",
+                    "value": r["value"],
+                    "ci_low": r["ci_low"],
+                    "ci_high": r["ci_high"],
+                    "n": r["n"],
+                    "k_sparsity_measured": job["k_sparsity_measured"],
+                    "v_sparsity_measured": job["v_sparsity_measured"],
+                }
+                if r["kind"] == "summary" and r["task"] == HEADLINE and partner is not None:
+                    line |= _versus(mine, rows[rows["run_id"] == partner], job["benchmark"], partner)
+                out.append(line)
+    return pd.DataFrame(out)
+
+
+def _versus(mine: pd.DataFrame, dense: pd.DataFrame, benchmark: str, partner: str) -> dict:
+    a, b = _samples(mine), _samples(dense)
+    if not a or set(a) != set(b):
+        return {}
+    try:
+        test = stats.paired_test(a, b, weights(benchmark, a)[HEADLINE])
+    except ValueError:  # different sample counts: not the same prompts after all
+        return {}
+    return {
+        "dense_run_id": partner,
+        "delta": test.diff,
+        "delta_low": test.low,
+        "delta_high": test.high,
+        "p_value": test.p_value,
+        "within_noise": test.within_noise,
+    }
 
 
 def write_summary(sweep_dir: Path) -> pd.DataFrame:
-    """Write summary.csv and summary.md for a sweep folder and return the table."""
-    table = pivot(load_rows(sweep_dir))
+    """Write summary.csv (long: one line per job and score) and summary.md (one table per benchmark)."""
+    table = summary_frame(load_rows(sweep_dir))
     if not table.empty:
-        atomic_write_text(sweep_dir / "summary.csv", table.to_csv(float_format="%.2f"))
+        atomic_write_text(sweep_dir / "summary.csv", table.to_csv(index=False, float_format="%.4g"))
         atomic_write_text(sweep_dir / "summary.md", render(table) + "\n")
     return table
 
 
-def render(table: pd.DataFrame) -> str:
-    """Markdown, dropping index levels that are the same on every row (one model, one benchmark)."""
+def _num(x: float | None, digits: int = 2) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def cell(value: float, low: float | None, high: float | None, n: int | None = None) -> str:
+    """`mean [low, high]` (the CI), `mean` alone when no CI could be computed; `(n=..)` when asked."""
+    text = _num(value)
+    if low is not None and high is not None and not (pd.isna(low) or pd.isna(high)):
+        text += f" [{_num(low)}, {_num(high)}]"
+    return text + (f" (n={int(n)})" if n is not None else "")
+
+
+SCORE_FIELDS = (
+    "value", "ci_low", "ci_high", "n", "dense_run_id", "delta", "delta_low", "delta_high", "p_value", "within_noise",
+)  # fmt: skip
+HIDDEN = ("bench", "kind", "column", "run_id", "k_sparsity_measured", "v_sparsity_measured", *SCORE_FIELDS)
+
+
+def _wide(part: pd.DataFrame, current: str | None) -> pd.DataFrame:
+    """One line per job: label and distinguishing columns, score cells, n, Δ vs dense, measured sparsity."""
+    keys = [c for c in part.columns if c not in HIDDEN]
+    lines = []
+    for run_id, job in part.groupby("run_id", sort=False):
+        first = job.iloc[0]
+        counts = job.loc[job["kind"] == "task", "n"].dropna().astype(int)
+        uniform = counts.nunique() <= 1
+        line = {"": "*" if run_id == current else ""} if current else {}
+        line |= {k: display_value(first[k]) for k in keys}
+        for _, r in job.iterrows():
+            line[r["column"]] = cell(r["value"], r["ci_low"], r["ci_high"], None if uniform else r["n"])
+        line["n"] = str(int(counts.iloc[0])) if uniform and len(counts) else "varies"
+        head = job[(job["column"] == HEADLINE) & job["delta"].notna()] if "delta" in job else job.iloc[:0]
+        if len(head):
+            h = head.iloc[0]
+            mark = f" {NOISE_MARK}" if h["within_noise"] else ""
+            line[f"Δ {HEADLINE} vs dense"] = (
+                f"{h['delta']:+.2f} [{h['delta_low']:+.2f}, {h['delta_high']:+.2f}]{mark}"
+            )
+        line["K sparsity"] = _num(first["k_sparsity_measured"], 3)
+        line["V sparsity"] = _num(first["v_sparsity_measured"], 3)
+        lines.append(line)
+    wide = pd.DataFrame(lines).fillna("")
+    tail = [c for c in ("n", f"Δ {HEADLINE} vs dense", "K sparsity", "V sparsity") if c in wide]
+    return wide[[c for c in wide.columns if c not in tail] + tail]
+
+
+def display_value(value: object) -> object:
+    """Integers that a missing value in another benchmark's rows turned into floats print as integers."""
+    return int(value) if isinstance(value, float) and value.is_integer() else value
+
+
+def render(table: pd.DataFrame, current: str | None = None) -> str:
+    """Markdown, one table per benchmark; `current` marks the job just run with `*`."""
     if table.empty:
         return "(no finished jobs)"
-    flat = table.reset_index()
-    constant = [c for c in ("model", "bench") if flat[c].nunique() == 1]
-    title = " ".join(str(flat[c].iloc[0]) for c in constant)
-    flat = flat.drop(columns=constant)
-    return (f"{title}\n" if title else "") + flat.to_markdown(index=False, floatfmt=".2f")
+    out = []
+    for bench, part in table.groupby("bench", sort=False):
+        part = part.dropna(axis=1, how="all")
+        wide = _wide(part, current)
+        if wide["model"].nunique() == 1:
+            title = f"{wide['model'].iloc[0]} {bench}"
+            wide = wide.drop(columns=["model"])
+        else:
+            title = str(bench)
+        out.append(f"{title}\n" + wide.to_markdown(index=False, disable_numparse=True))
+    legend = "cells: mean [95% bootstrap CI over samples]; n: samples per task"
+    if "delta" in table and table["delta"].notna().any():
+        legend += (
+            f"; Δ {HEADLINE} vs dense: paired difference to the dense job on the same prompts "
+            f"[paired-bootstrap 95% CI], {NOISE_MARK} = within noise (the CI covers 0 or the sign-flip p >= 0.05)"
+        )
+    if current:
+        legend += "; * = the job just run"
+    return "\n\n".join(out) + "\n\n" + legend

@@ -5,6 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+
+from eval.rows import ResultRow
+
 WANDB_MODES = ("offline", "online", "disabled")
 
 
@@ -18,18 +22,35 @@ def validate(cfg: dict[str, Any]) -> None:
         )
 
 
+def table_frame(rows: list[ResultRow]) -> pd.DataFrame:
+    """The rows as W&B shows them: one line per score with its n and 95% CI; per-sample lists stay in result.json."""
+    return pd.DataFrame([r.to_dict() for r in rows]).drop(columns=["samples"])
+
+
+def summary_metrics(rows: list[ResultRow]) -> dict[str, float | None]:
+    """{column: value, column/ci_low, column/ci_high, column/n} of the summary rows (eval.averages)."""
+    out: dict[str, float | None] = {}
+    for r in rows:
+        if r.kind == "summary":
+            out |= {
+                r.task: r.value,
+                f"{r.task}/ci_low": r.ci_low,
+                f"{r.task}/ci_high": r.ci_high,
+                f"{r.task}/n": r.n,
+            }
+    return out
+
+
 def log_job(
     cfg: dict[str, Any],
     results_dir: Path,
     group: str,
     name: str,
     config: dict[str, Any],
-    rows: list[dict[str, Any]],
-    summary: dict[str, float],
+    rows: list[ResultRow],
 ) -> None:
     if cfg.get("name") != "wandb" or cfg.get("mode") == "disabled":
         return
-    import pandas as pd
     import wandb
 
     run = wandb.init(
@@ -43,7 +64,7 @@ def log_job(
         reinit="finish_previous",
     )
     try:
-        run.log({"results": wandb.Table(dataframe=pd.DataFrame(rows).astype(str))})
-        run.summary.update(summary)
+        run.log({"results": wandb.Table(dataframe=table_frame(rows).astype(str))})
+        run.summary.update(summary_metrics(rows))
     finally:
         run.finish()

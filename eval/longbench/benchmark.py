@@ -8,6 +8,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from eval import averages
 from eval.common import Benchmark, Sample, Score
 from eval.longbench import data, metrics
 from eval.longbench.prompts import (
@@ -49,34 +50,22 @@ def score_records(task: str, records: list[dict[str, Any]], longbench_e: bool = 
             raise ValueError(f"{task} prediction record {i} lacks {missing} (has {sorted(r)})")
     per_sample = [metrics.sample_score(task, r["pred"], r["answers"], r.get("all_classes")) for r in records]
     name = metrics.metric_name(task)
-    scores = [Score(task, name, metrics.task_score(per_sample), len(records))]
+    scores = [Score(task, name, metrics.task_score(per_sample), len(records), [100 * x for x in per_sample])]
     if longbench_e:
         lengths = [r["length"] for r in records]
         counts = {b: 0 for b in metrics.BUCKETS}
         for length in lengths:
             counts[metrics.length_bucket(length)] += 1
         for bucket, value in metrics.bucket_scores(per_sample, lengths).items():
-            scores.append(Score(task, f"{name}@{bucket}", value, counts[bucket]))
+            in_bucket = [100 * x for x, n in zip(per_sample, lengths) if metrics.length_bucket(n) == bucket]
+            scores.append(Score(task, f"{name}@{bucket}", value, counts[bucket], in_bucket))
     return scores
 
 
 def summarize(task_scores: dict[str, float]) -> dict[str, float]:
-    """Category means of the present tasks and averages, rounded to 2 decimals.
-
-    "avg" is the leaderboard English average (mean of the six category means) when all 16 English-table tasks
-    are present; with a subset it is the mean of the categories that have at least one task present, which is
-    NOT comparable with published averages. "avg_zh" (only when a Chinese task is present) is the Chinese
-    average: mean of multifieldqa_zh, dureader, vcsum, lsht, passage_retrieval_zh and the Code mean.
-    Averages are taken over unrounded category means.
-    """
-    out: dict[str, float] = {}
-    en_scores = {t: v for t, v in task_scores.items() if t in data.DEFAULT_TASKS}
-    if en_scores:
-        out |= {c: round(v, 2) for c, v in metrics.category_means(en_scores).items()}
-        out["avg"] = round(metrics.leaderboard_average(en_scores), 2)
-    if any(t in data.CHINESE_TASKS for t in task_scores):
-        out["avg_zh"] = round(metrics.leaderboard_average(task_scores, metrics.ZH_CATEGORY_TASKS), 2)
-    return out
+    """English category means, "avg" (the paper's mean of the English task scores), "avg_categories" (the
+    leaderboard's mean of category means) and "avg_zh" when Chinese tasks ran: see eval.averages."""
+    return averages.summarize("longbench", task_scores)
 
 
 class LongBenchBenchmark(Benchmark):
@@ -144,11 +133,6 @@ class LongBenchBenchmark(Benchmark):
 
     def score(self, task: str, predictions: list[dict[str, Any]]) -> list[Score]:
         return score_records(task, predictions, self.longbench_e)
-
-    def summary(self, task_scores: dict[str, float]) -> dict[str, float]:
-        """See `summarize`: six category means, "avg" (leaderboard English average only when all 16 English
-        tasks are present, else the mean of the present categories) and "avg_zh" when Chinese tasks ran."""
-        return summarize(task_scores)
 
     def provenance(self) -> dict[str, Any]:
         data_dir = self._dir()

@@ -1,8 +1,8 @@
 """Re-score a finished LongBench run from its saved predictions, without regenerating.
 
 Usage: python -m eval.longbench.score <job_dir> [--longbench-e]
-Reads <job_dir>/predictions/<task>.jsonl (one `prediction_record` per line) and prints a per-task and category
-table.
+Reads <job_dir>/predictions/<task>.jsonl (one `prediction_record` per line) and prints a per-task table and the
+category means and averages (eval.averages), each with its 95% bootstrap CI and n.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from eval import averages, stats
 from eval.common import Score
 from eval.longbench.benchmark import score_records, summarize
 from eval.longbench.data import ALL_TASKS
@@ -54,19 +55,30 @@ def score_predictions(job_dir: str | Path, longbench_e: bool = False) -> list[Sc
 
 
 def score_table(scores: list[Score]) -> pd.DataFrame:
-    """One row per task: metric, score, n, and the bucket columns for LongBench-E."""
+    """One row per task: metric, score with its 95% bootstrap CI (eval.stats), n, and the LongBench-E buckets."""
     rows: dict[str, dict[str, Any]] = {}
     for s in scores:
         metric, _, bucket = s.metric.partition("@")
         row = rows.setdefault(s.task, {"metric": metric})
-        row |= {bucket: s.value} if bucket else {"score": s.value, "n": s.n}
+        if bucket:
+            row[bucket] = s.value
+        else:
+            low, high = stats.bootstrap_ci({s.task: s.samples})
+            row |= {"score": s.value, "ci_low": low, "ci_high": high, "n": s.n}
     return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def summary_table(scores: list[Score]) -> pd.DataFrame:
-    """Category means and averages (see `summarize`) of the overall task scores."""
-    overall = {s.task: s.value for s in scores if "@" not in s.metric}
-    return pd.DataFrame.from_dict(summarize(overall), orient="index", columns=["score"])
+    """Category means and averages (eval.averages: `avg` = the paper's English task mean, `avg_categories` = the
+    leaderboard's mean of category means, `avg_zh`) with 95% CIs (resampling within each task) and n."""
+    overall = {s.task: s for s in scores if "@" not in s.metric}
+    values = summarize({t: s.value for t, s in overall.items()})
+    rows = {}
+    for column, weights in averages.weights("longbench", overall).items():
+        low, high = stats.bootstrap_ci({t: overall[t].samples for t in weights}, weights)
+        n = min(overall[t].n for t in weights)
+        rows[column] = {"score": values[column], "ci_low": low, "ci_high": high, "n": n}
+    return pd.DataFrame.from_dict(rows, orient="index")
 
 
 def main(argv: list[str] | None = None) -> int:

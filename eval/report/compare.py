@@ -2,8 +2,9 @@
 
     python -m eval.report.compare results/key_pruning "K0.7" "ThinK-K0.7" ["K0.7[oa]" "K0.7" ...]
 
-Pairs of policy labels (as in the tables); prints mean-of-task-means of A - B and its paired standard error.
-Both jobs saw the same prompts (same benchmark seed), so per-sample differences cancel the prompt difficulty.
+Pairs of policy labels (as in the tables); prints A - B of the Average (eval.averages `avg`), its paired-bootstrap
+95% CI and the sign-flip permutation p-value (eval.stats). Both jobs must have seen the same prompts (the same
+`samples_id`), so per-sample differences cancel the prompt difficulty.
 """
 
 from __future__ import annotations
@@ -11,25 +12,34 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from eval.report.samples import paired_difference, sample_scores
+from eval import stats
+from eval.report.layout import Group, groups
 from eval.results import load_rows
 
 
-def job_dirs(sweep_dir: Path) -> dict[str, tuple[Path, str]]:
-    """{policy label: (job folder, benchmark)} of a sweep (one model and benchmark expected)."""
-    rows = load_rows(sweep_dir).drop_duplicates("run_id")
-    if rows["model"].nunique() > 1 or rows["benchmark"].nunique() > 1:
-        raise ValueError(f"{sweep_dir} mixes models or benchmarks; compare within one")
-    return {r["policy"]: (Path(sweep_dir) / r["run_id"], r["benchmark"]) for _, r in rows.iterrows()}
+def _group(sweep_dir: Path) -> Group:
+    found = groups(load_rows(sweep_dir), sweep_dir)
+    if len(found) != 1:
+        raise ValueError(f"{sweep_dir} holds {len(found)} (model, benchmark) groups; compare within one")
+    return found[0]
 
 
-def compare(sweep_dir: Path, a: str, b: str) -> tuple[float, float]:
-    """(A - B, paired SE) in score points."""
-    jobs = job_dirs(sweep_dir)
-    missing = [p for p in (a, b) if p not in jobs]
-    if missing:
-        raise ValueError(f"no job with policy {missing} in {sweep_dir}; have {sorted(jobs)}")
-    return paired_difference(sample_scores(*jobs[a]), sample_scores(*jobs[b]))
+def compare(sweep_dir: Path, a: str, b: str) -> stats.Paired:
+    """A - B of the Average on the same samples."""
+    group = _group(sweep_dir)
+    jobs = group.jobs.set_index("label")
+    for label in (a, b):
+        if label not in jobs.index:
+            raise ValueError(f"no job with policy {label!r} in {sweep_dir}; have {sorted(jobs.index)}")
+        if (jobs.index == label).sum() > 1:
+            raise ValueError(
+                f"{sweep_dir} has several jobs labelled {label!r}; compare within one sweep of each"
+            )
+    if jobs.loc[a, "samples_id"] != jobs.loc[b, "samples_id"]:
+        raise ValueError(f"{a!r} and {b!r} were not asked the same prompts (samples_id differs)")
+    w = group.average_weights()
+    sa, sb = group.samples[jobs.loc[a, "run_id"]], group.samples[jobs.loc[b, "run_id"]]
+    return stats.paired_test({t: sa[t] for t in w}, {t: sb[t] for t in w}, w)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -40,8 +50,9 @@ def main(argv: list[str] | None = None) -> None:
     if len(args.policies) % 2:
         parser.error("give policies in pairs (A B)")
     for a, b in zip(args.policies[::2], args.policies[1::2]):
-        diff, se = compare(args.sweep_dir, a, b)
-        print(f"{a} - {b}: {diff:+.2f} ± {se:.2f} (paired SE)")
+        r = compare(args.sweep_dir, a, b)
+        noise = " (within noise)" if r.within_noise else ""
+        print(f"{a} - {b}: {r.diff:+.2f} [{r.low:+.2f}, {r.high:+.2f}] p={r.p_value:.4f}, n={r.n}{noise}")
 
 
 if __name__ == "__main__":

@@ -1,31 +1,40 @@
-"""Result rows of a sweep -> the paper's table layout: one row per policy, score columns, and the paper's
-numbers side by side when the model and benchmark are the paper's.
+"""Result rows of a sweep -> the paper's table layout: one row per job, score columns with 95% CIs, the paired
+difference to dense, and the paper's numbers side by side when the model and benchmark are the paper's.
 
-Scores: RULER and other benchmarks show their tasks; LongBench shows the six categories (the mean of their
-present tasks) or, with `per_task`, the 16 tasks. "Average" is always the mean of the task scores present: the
-paper's convention (its dense 43.19 is the mean of the 16 tasks), NOT the LongBench leaderboard mean of category
-means that LongBench's own "avg" summary row holds.
+Scores: RULER and other benchmarks show their tasks; LongBench shows the six English categories (the mean of their
+present tasks) or, with `per_task`, every task. "Average" is `avg` of eval.averages: the paper's mean of the
+English task scores (its dense 43.19 is the mean of the 16 tasks); Chinese tasks never enter it.
+CIs and paired tests come from the per-sample scores the job stored (eval.stats); a job written before they were
+stored is re-scored from its predictions.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 
+from eval import stats
+from eval.averages import weights
 from eval.report import paper, policies
 from eval.report.kv_size import kv_fraction
-from eval.report.samples import average_se, sample_scores
+from eval.report.samples import sample_scores
+from eval.rows import benchmark_columns, frame
+from eval.tables import display_value, distinguishing
 
 JOB_FIELDS = [
     "run_id",
     "sweep",
+    "samples_id",
     "model",
     "model_path",
     "benchmark",
     "benchmark_length",
     "head_dim",
+    "dtype",
+    "device",
+    "seed",
     "mode",
     "window",
     "keep_rule",
@@ -37,6 +46,7 @@ JOB_FIELDS = [
     "dense_kv_bytes",
 ]
 AVERAGE = "Average"
+VERSUS = "Δ vs dense"  # the Average's paired difference to the dense job on the same prompts
 
 
 @dataclass
@@ -47,6 +57,8 @@ class Group:
     bench: str  # e.g. "ruler-1024", "longbench"
     jobs: pd.DataFrame
     tasks: list[str]
+    samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # {run_id: {task: per-sample}}
+    shown: list[str] = field(default_factory=list)  # identity columns that tell apart jobs sharing a label
 
     @property
     def benchmark(self) -> str:
@@ -57,18 +69,59 @@ class Group:
         path = self.jobs["model_path"].iloc[0]
         return paper.matches(self.model, path if isinstance(path, str) else None, self.benchmark)
 
+    def ci(self, run_id: str, tasks: list[str]) -> tuple[float, float]:
+        """95% CI of the mean of `tasks`' scores of one job; NaN when its per-sample scores are unknown."""
+        mine = self.samples.get(run_id, {})
+        if not all(mine.get(t) for t in tasks):
+            return float("nan"), float("nan")
+        return stats.bootstrap_ci({t: mine[t] for t in tasks}, {t: 1 / len(tasks) for t in tasks})
 
-def groups(rows: pd.DataFrame, sweep_dir: Path | None = None) -> list[Group]:
+    def average_weights(self) -> dict[str, float]:
+        return weights(self.benchmark, self.tasks).get("avg", {})
+
+    def versus_dense(self, run_id: str) -> stats.Paired | None:
+        """Paired test of the Average against the dense job that saw the same prompts (mask mode preferred)."""
+        jobs = self.jobs.set_index("run_id")
+        job = jobs.loc[run_id]
+        if pd.isna(job["samples_id"]):
+            return None
+        dense = jobs[
+            (jobs["samples_id"] == job["samples_id"]) & (jobs["k_sparsity"] == 0) & (jobs["v_sparsity"] == 0)
+        ].sort_values("mode", key=lambda m: m != "mask", kind="stable")
+        if dense.empty or run_id in dense.index:
+            return None
+        w = self.average_weights()
+        a, b = self.samples.get(run_id, {}), self.samples.get(str(dense.index[0]), {})
+        if not all(a.get(t) and b.get(t) for t in w):
+            return None
+        try:
+            return stats.paired_test({t: a[t] for t in w}, {t: b[t] for t in w}, w)
+        except ValueError:  # different sample counts: not the same prompts after all
+            return None
+
+
+def _stored_samples(part: pd.DataFrame) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {}
+    for run_id, task, samples in zip(part["run_id"], part["task"], part["samples"]):
+        if isinstance(samples, list) and samples:
+            out.setdefault(run_id, {})[task] = samples
+    return out
+
+
+def _rescored(sweep_dir: Path, run_id: str, benchmark: str) -> dict[str, list[float]]:
+    scores = sample_scores(Path(sweep_dir) / run_id, benchmark).sort_values(["task", "index"])
+    return {t: list(part["score"]) for t, part in scores.groupby("task")}
+
+
+def groups(rows: pd.DataFrame, sweep_dir: Path | None = None, noise: bool = True) -> list[Group]:
     """Split a sweep's long-format rows into (model, benchmark) groups of one row per job.
 
-    With `sweep_dir`, each job also gets `se`: the standard error of its Average from its predictions.
-    """
+    `noise`: keep per-sample scores for CIs (from the rows; re-scored from `sweep_dir`'s predictions for jobs
+    that did not store them)."""
     if rows.empty:
         return []
-    rows = rows.copy()
-    for field in JOB_FIELDS:
-        if field not in rows:
-            rows[field] = None
+    rows = frame(rows)
+    rows = pd.concat([rows, benchmark_columns(rows)], axis=1)
     rows["bench"] = rows["benchmark"] + rows["benchmark_length"].map(
         lambda x: f"-{int(x)}" if pd.notna(x) else ""
     )
@@ -77,20 +130,33 @@ def groups(rows: pd.DataFrame, sweep_dir: Path | None = None) -> list[Group]:
     for (model, bench), part in tasks_rows.groupby(["model", "bench"], sort=False):
         tasks = list(dict.fromkeys(part["task"]))
         scores = part.pivot_table(index="run_id", columns="task", values="value", aggfunc="first")[tasks]
-        jobs = part.groupby("run_id", sort=False)[JOB_FIELDS[1:]].first()
+        bench_fields = [c for c in part.columns if c.startswith("benchmark.")]
+        jobs = part.groupby("run_id", sort=False)[[*JOB_FIELDS[1:], *bench_fields]].first()
         jobs["n"] = part.groupby("run_id")["n"].min()
         jobs = jobs.join(scores)
-        jobs[AVERAGE] = scores.mean(axis=1)
+        group = Group(str(model), str(bench), jobs, tasks)
+        jobs[AVERAGE] = [
+            sum(w * job[t] for t, w in group.average_weights().items()) for _, job in jobs.iterrows()
+        ]
         jobs["key"] = [policies.policy_key(r) for _, r in jobs.iterrows()]
         fractions = [kv_fraction(r) for _, r in jobs.iterrows()]
         jobs["kv_fraction"] = [f for f, _ in fractions]
         jobs["kv_source"] = [s for _, s in fractions]
-        if sweep_dir is not None:
-            jobs["se"] = [
-                average_se(sample_scores(Path(sweep_dir) / run_id, benchmark))
-                for run_id, benchmark in zip(jobs.index, jobs["benchmark"])
-            ]
-        out.append(Group(str(model), str(bench), jobs.reset_index(), tasks))
+        jobs["label"] = [
+            p + (" [compressed]" if m == "compressed" else "") for p, m in zip(jobs["policy"], jobs["mode"])
+        ]
+        group.jobs = jobs.reset_index()
+        group.shown = distinguishing(jobs)
+        if noise:
+            group.samples = _stored_samples(part)
+            for run_id, benchmark in zip(jobs.index, jobs["benchmark"]):
+                if run_id not in group.samples and sweep_dir is not None:
+                    group.samples[run_id] = _rescored(sweep_dir, run_id, benchmark)
+            average = list(group.average_weights())
+            cis = [group.ci(r, average) for r in jobs.index]
+            group.jobs[f"{AVERAGE} lo"] = [lo for lo, _ in cis]
+            group.jobs[f"{AVERAGE} hi"] = [hi for _, hi in cis]
+        out.append(group)
     return out
 
 
@@ -127,23 +193,29 @@ def score_columns(group: Group, per_task: bool) -> dict[str, list[str]]:
 
 
 def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.DataFrame:
-    """One row per job (+ the paper's row under it when the model matches): label, method, nominal K/V
-    sparsity, score columns, Average, measured sparsity, KV size, samples per task."""
+    """One row per job (+ the paper's row under it when the model matches): label, what tells apart jobs of the
+    same label, method, nominal K/V sparsity, score columns and Average each with `<column> lo`/`hi` (95% CI),
+    the paired Δ vs dense, measured sparsity, KV size, samples per task."""
     columns = score_columns(group, per_task)
     published = paper.lookup(experiment) if group.paper_match else {}
+    noise = any(group.samples.values())
     records = []
     for _, job in ordered(group, experiment).iterrows():
-        label = job["policy"] + (" [compressed]" if job["mode"] == "compressed" else "")
-        record = {
-            "policy": label,
-            "method": policies.family(job["key"]),
-            "K": job["k_sparsity"],
-            "V": job["v_sparsity"],
-            **{c: job[tasks].mean() for c, tasks in columns.items()},
-            AVERAGE: job[AVERAGE],
-        }
-        if "se" in job:
-            record["± SE"] = job["se"]
+        record = {"policy": job["label"], **{c: _text(job[c]) for c in group.shown}}
+        record |= {"method": policies.family(job["key"]), "K": job["k_sparsity"], "V": job["v_sparsity"]}
+        for column, tasks in [*columns.items(), (AVERAGE, list(group.average_weights()))]:
+            record[column] = job[AVERAGE] if column == AVERAGE else job[tasks].mean()
+            if noise:
+                record[f"{column} lo"], record[f"{column} hi"] = group.ci(job["run_id"], tasks)
+        if noise:
+            test = group.versus_dense(job["run_id"])
+            record |= {
+                VERSUS: test.diff if test else None,
+                f"{VERSUS} lo": test.low if test else None,
+                f"{VERSUS} hi": test.high if test else None,
+                "p": test.p_value if test else None,
+                "within noise": ("yes" if test.within_noise else "no") if test else None,
+            }
         record |= {
             "K meas.": job["k_sparsity_measured"],
             "V meas.": job["v_sparsity_measured"],
@@ -159,7 +231,7 @@ def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.
             records.append(
                 {
                     "source": "paper",
-                    "policy": label,
+                    "policy": job["label"],
                     "method": entry["name"],
                     "K": job["k_sparsity"],
                     "V": job["v_sparsity"],
@@ -167,4 +239,10 @@ def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.
                 }
             )
     table = pd.DataFrame(records)
-    return table.astype({c: float for c in [*columns, AVERAGE] if c in table})
+    numeric = [c for c in table if c.endswith((" lo", " hi")) or c in (*columns, AVERAGE, VERSUS, "p")]
+    return table.astype({c: float for c in numeric})
+
+
+def _text(value: object) -> str:
+    """Identity values as labels (a seed 7 stays "7", never the score format "7.00")."""
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(display_value(value))

@@ -28,10 +28,13 @@ CAPTIONS = {
     "compression_accuracy": "Accuracy vs KV size: per-token magnitude K+V (Mustafar) vs ThinK K+V channels",
 }
 NOTES = (
-    "Average = mean of the task scores (the paper's convention). ± SE = standard error of the Average over the "
-    "samples (independent samples). K, V = nominal sparsity; K/V meas. = measured over the pruned tokens. "
-    "KV size = KV bytes / dense: 'measured' from kv.mode=compressed jobs (allocated, window included), "
-    "'closed-form' = fp16 layout bytes of the pruned tokens at the measured sparsity (computed, not measured)."
+    "Average = `avg`: the paper's mean of the English task scores (Chinese tasks never enter it). "
+    "value [lo, hi] = mean and 95% percentile-bootstrap CI over samples (10,000 resamples within each task, "
+    "seeded). Δ vs dense = Average minus the dense job's on the same prompts, with a paired-bootstrap 95% CI and a "
+    "sign-flip permutation p-value; 'within noise' when that CI covers 0 or p >= 0.05. K, V = nominal sparsity; K/V meas. = "
+    "measured over the pruned tokens. KV size = KV bytes / dense: 'measured' from kv.mode=compressed jobs "
+    "(allocated, window included), 'closed-form' = fp16 layout bytes of the pruned tokens at the measured sparsity "
+    "(computed, not measured)."
 )
 
 
@@ -70,7 +73,8 @@ def make_tables(
     """Write the report of `results_dir/<sweep>` (layout of `experiment`, default the sweep name) to `out_dir`
     (default results_dir/<sweep>/report) and log it to W&B when `logger` is an enabled wandb logger config.
 
-    `noise`: re-score the predictions per sample for the ± SE column and error bars.
+    `noise`: 95% CIs and the paired Δ vs dense from per-sample scores (stored in the rows, or re-scored from the
+    predictions of jobs that did not store them).
     """
     results_dir = Path(results_dir)
     out_dir = Path(out_dir) if out_dir else results_dir / sweep / "report"
@@ -92,7 +96,7 @@ def _accuracy_report(
     if rows.empty:
         raise FileNotFoundError(f"no finished jobs under {sweep_dir} (run the sweep first)")
     report = Report(sweep, out_dir)
-    for group in groups(rows, sweep_dir if noise else None):
+    for group in groups(rows, sweep_dir, noise):
         name = f"{sweep}_{group.model}_{group.bench}"
         stem = out_dir / name
         caption = _caption(group, experiment, sweep)
@@ -154,7 +158,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", type=Path, help="write each sweep's report to OUT/<sweep>/")
     parser.add_argument("--experiment", help="table layout to use (default: the sweep name)")
     parser.add_argument("--per-task", action="store_true", help="LongBench: also the 16-task table")
-    parser.add_argument("--no-noise", action="store_true", help="skip re-scoring predictions for ± SE")
+    parser.add_argument("--no-noise", action="store_true", help="skip the CIs and paired tests (faster)")
     parser.add_argument("--wandb", choices=["offline", "online"], help="log a summary run per sweep")
     parser.add_argument("--project", default="mustafar")
     args = parser.parse_args(argv)

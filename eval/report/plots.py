@@ -37,8 +37,10 @@ def accuracy_vs_sparsity(group: Group, experiment: str, sweep: str, path: Path) 
     published = paper.lookup(experiment) if group.paper_match else {}
     for i, (family, line) in enumerate(_lines(group, experiment).items()):
         color = f"C{i % 10}"
-        se = line["se"] if "se" in line else None
-        ax.errorbar(line["x"], line[AVERAGE], yerr=se, color=color, marker="o", capsize=3, label=family)
+        ci = None
+        if f"{AVERAGE} lo" in line:  # asymmetric error bars: the 95% bootstrap CI
+            ci = [line[AVERAGE] - line[f"{AVERAGE} lo"], line[f"{AVERAGE} hi"] - line[AVERAGE]]
+        ax.errorbar(line["x"], line[AVERAGE], yerr=ci, color=color, marker="o", capsize=3, label=family)
         ref = [
             (policies.sparsity(k), published[k]["values"].get(AVERAGE)) for k in line["key"] if k in published
         ]
@@ -46,7 +48,7 @@ def accuracy_vs_sparsity(group: Group, experiment: str, sweep: str, path: Path) 
             xs, ys = zip(*ref)
             ax.plot(xs, ys, color=color, ls="--", marker="x", alpha=0.7, label=f"{family} (paper)")
     ax.set_xlabel("sparsity of the pruned cache(s) (fraction of entries zeroed)")
-    ax.set_ylabel(f"{AVERAGE} score" + (" ± SE" if "se" in group.jobs else ""))
+    ax.set_ylabel(f"{AVERAGE} score" + (" (95% CI)" if f"{AVERAGE} lo" in group.jobs else ""))
     ax.set_title(_title(group, sweep), fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)

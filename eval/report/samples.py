@@ -1,12 +1,8 @@
-"""Per-sample scores of a finished job, re-scored from its predictions: what the noise estimates need.
-
-A task score is the mean of per-sample scores (x100), so the standard error of a job's Average and the paired
-differences between two policies on the same samples follow from these.
-"""
+"""Per-sample scores of a finished job re-scored from its predictions, for jobs written before result rows stored
+them (result.json schema < 2): what the CIs and paired tests need (eval.stats)."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import pandas as pd
@@ -34,20 +30,3 @@ def sample_scores(job_dir: Path, benchmark: str) -> pd.DataFrame:
         for r in read_jsonl(path)
     ]
     return pd.DataFrame(out, columns=["task", "index", "score"])
-
-
-def average_se(scores: pd.DataFrame) -> float:
-    """Standard error of the mean-of-task-means, samples independent: sqrt(sum_t var_t / n_t) / T.
-
-    NaN when a task has fewer than 2 samples (no variance estimate)."""
-    per_task = scores.groupby("task")["score"]
-    var = per_task.var(ddof=1) / per_task.count()
-    return math.sqrt(var.sum(skipna=False)) / len(var) if len(var) else math.nan
-
-
-def paired_difference(a: pd.DataFrame, b: pd.DataFrame) -> tuple[float, float]:
-    """Mean-of-task-means of (a - b) on the same samples and its standard error (a paired comparison)."""
-    joined = a.merge(b, on=["task", "index"], suffixes=("_a", "_b"))
-    joined["score"] = joined["score_a"] - joined["score_b"]
-    diff = joined.groupby("task")["score"].mean().mean()
-    return float(diff), average_se(joined[["task", "index", "score"]])

@@ -116,7 +116,8 @@ class RulerBenchmark(Benchmark):
         preds = [postprocess(p["pred"]) for p in predictions]
         refs = [list(p["answers"]) for p in predictions]
         metric = metric_name(task)
-        return [Score(task, metric, METRICS[metric](preds, refs), len(preds))]
+        per_sample = [METRICS[metric]([p], [r]) for p, r in zip(preds, refs)]
+        return [Score(task, metric, METRICS[metric](preds, refs), len(preds), per_sample)]
 
     def provenance(self) -> dict[str, Any]:
         out: dict[str, Any] = {

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from eval import averages
 from eval.common import prediction_record
 from eval.longbench import LongBenchBenchmark
 from eval.longbench.data import ALL_TASKS
@@ -166,7 +167,8 @@ def test_benchmark_round_trip_scores_and_provenance(tokenizer):
     assert scores["qa_f1_score"] == (75.0, 4)
     assert scores["qa_f1_score@0-4k"] == (50.0, 2)
     assert scores["qa_f1_score@4-8k"] == (100.0, 1) and scores["qa_f1_score@8k+"] == (100.0, 1)
-    assert bench.summary({"hotpotqa": 75.0}) == {"Multi-Doc QA": 75.0, "avg": 75.0}
+    summary = averages.summarize(bench.name, {"hotpotqa": 75.0})
+    assert summary == {"Multi-Doc QA": 75.0, "avg": 75.0, "avg_categories": 75.0}
     prov = bench.provenance()
     expected_sha = hashlib.sha256((FIXTURES / "hotpotqa_e.jsonl").read_bytes()).hexdigest()
     assert prov["data_sha256"] == {"hotpotqa": expected_sha}
@@ -226,9 +228,12 @@ def test_score_cli_prints_task_and_category_table(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "66.67" in out and "Few-shot" in out and "Multi-Doc QA" in out and "0-4k" in out
     summary = {
-        line.split()[0]: line.split()[-1] for line in out.splitlines() if line.startswith(("avg", "Few"))
+        line.split()[0]: line.split()[1:] for line in out.splitlines() if line.startswith(("avg", "Few"))
     }
-    assert summary == {"Few-shot": "50.00", "avg": "58.34"}  # round((66.67 + 50) / 2, 2)
+    # trec's two samples score 100 and 0: resample means 0, 50, 100 with P 1/4, 1/2, 1/4 -> CI [0, 100]
+    assert summary["Few-shot"] == ["50.00", "0.00", "100.00", "2"]
+    assert summary["avg"][0] == summary["avg_categories"][0] == "58.34"  # round((66.67 + 50) / 2, 2)
+    assert summary["avg"][3] == "2"  # the fewest samples of its tasks
 
 
 def test_score_cli_as_module_and_missing_dir(tmp_path):

@@ -138,6 +138,21 @@ def test_multirun_writes_skips_and_resumes(tmp_path):
     assert results[0].stat().st_mtime_ns == stamps[results[0]]
 
 
+@pytest.mark.slow
+def test_single_run_after_an_earlier_job_shows_both_apart(tmp_path):
+    """`python run.py` after an n=1 run in the same sweep folder: two lines told apart by benchmark.n, the job
+    just run marked `*`, never the old job's numbers in its place."""
+    args = ["model=tiny", "benchmark.tasks=[vt]", "logger=none", f"results_dir={tmp_path}"]
+    assert run_py(*args, "benchmark.n=1").returncode == 0
+    proc = run_py(*args, "benchmark.n=2")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("|") and "dense" in line]
+    assert len(lines) == 2 and "benchmark.n" in proc.stdout
+    (current,) = [line for line in lines if line.startswith("| *")]
+    assert [c.strip() for c in current.split("|")][3] == "2"  # the marked line is the n=2 job
+    assert len(list((tmp_path / "default").glob("*/result.json"))) == 2
+
+
 FIXTURES = ROOT / "tests" / "fixtures" / "longbench" / "data"
 
 

@@ -166,7 +166,7 @@ def test_failing_job_in_a_multirun_records_its_traceback_and_returns(tmp_path, m
     monkeypatch.setattr(Job, "_compute", bug)
     cfg = config(results_dir=tmp_path)
     with caplog.at_level(logging.ERROR, logger="mustafar"):
-        assert run_job(cfg, multirun=True) == 1
+        assert run_job(cfg, multirun=True)[0] == 1
     failed_job = Job.from_config(cfg)
     failure = json.loads((failed_job.dir / "failed.json").read_text())
     assert failure["error"] == "RuntimeError: a bug deep in the harness"
@@ -184,7 +184,7 @@ def test_user_error_at_run_time_is_one_line(tmp_path, monkeypatch, capsys):
         raise models.ModelUnavailable("model.path='/x' is not a folder with a transformers checkpoint")
 
     monkeypatch.setattr(Job, "_compute", missing)
-    assert run_job(config(results_dir=tmp_path), multirun=True) == 2
+    assert run_job(config(results_dir=tmp_path), multirun=True)[0] == 2
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith("error: ") and "model.path='/x'" in line
 

@@ -9,12 +9,14 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
+from eval import stats
 from eval.report import paper
 from eval.report.decode import table14
 from eval.report.kv_size import COMPUTED, MEASURED, kv_fraction, side_fraction
 from eval.report.make_tables import make_tables
 from eval.report.policies import policy_key
 from eval.results import SCHEMA_VERSION
+from tests.unit.fake_results import fake_job
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = {r["name"]: r for r in paper.table_rows("main_grid")}
@@ -159,14 +161,46 @@ def test_wandb_summary_run_is_written_offline(llama3_key_sweep, monkeypatch):
     assert len(tables) == 1 and "Single-Doc QA" in tables[0].read_text()
 
 
-def test_noise_estimates_by_hand():
-    from eval.report.samples import average_se, paired_difference
+def test_longbench_average_is_english_only_with_cis_and_paired_delta(tmp_path):
+    dense = {"hotpotqa": [100.0, 0.0, 100.0, 100.0], "lcc": [80.0, 60.0, 70.0, 90.0], "dureader": [0.0] * 4}
+    pruned = {"hotpotqa": [100.0, 0.0, 0.0, 100.0], "lcc": [80.0, 60.0, 70.0, 50.0], "dureader": [100.0] * 4}
+    sweep = tmp_path / "lb"
+    fake_job(sweep, "dense", dense, benchmark="longbench", benchmark_length=None)
+    fake_job(sweep, "k5", pruned, benchmark="longbench", benchmark_length=None, k_sparsity=0.5, policy="K0.5")
+    report = make_tables(tmp_path, "lb")
+    table = report.tables["lb_tiny_longbench"].set_index("policy")
+    english = {t: v for t, v in pruned.items() if t != "dureader"}  # the Chinese task never enters Average
+    assert table.loc["K0.5", "Average"] == pytest.approx((50 + 65) / 2)
+    w = {"hotpotqa": 0.5, "lcc": 0.5}
+    assert (table.loc["K0.5", "Average lo"], table.loc["K0.5", "Average hi"]) == stats.bootstrap_ci(
+        english, w
+    )
+    assert (table.loc["K0.5", "Code lo"], table.loc["K0.5", "Code hi"]) == stats.bootstrap_ci(
+        {"lcc": pruned["lcc"]}
+    )
+    test = stats.paired_test(english, {t: v for t, v in dense.items() if t != "dureader"}, w)
+    assert table.loc["K0.5", "Δ vs dense"] == pytest.approx(test.diff) == pytest.approx(-17.5)
+    assert table.loc["K0.5", "within noise"] == ("yes" if test.within_noise else "no")
+    assert pd.isna(table.loc["dense", "Δ vs dense"])
+    md = (tmp_path / "lb" / "report" / "lb_tiny_longbench.md").read_text()
+    assert f"{table.loc['K0.5', 'Average']:.2f} [{table.loc['K0.5', 'Average lo']:.2f}, " in md
+    assert (
+        "Average lo" not in md
+        and "Average lo" in (tmp_path / "lb" / "report" / "lb_tiny_longbench.csv").read_text()
+    )
 
-    a = pd.DataFrame({"task": ["x", "x", "y", "y"], "index": [0, 1, 0, 1], "score": [100.0, 0.0, 50.0, 50.0]})
-    # var_x = 5000 (ddof 1), var_y = 0: sqrt(5000 / 2 + 0 / 2) / 2 tasks
-    assert average_se(a) == pytest.approx((5000 / 2) ** 0.5 / 2)
-    b = a.assign(score=[100.0, 100.0, 0.0, 50.0])
-    diff, se = paired_difference(a, b)  # per-sample a-b: x: 0, -100; y: 50, 0
-    assert diff == pytest.approx(((0 - 100) / 2 + (50 + 0) / 2) / 2)
-    assert se == pytest.approx(((5000 / 2) + (1250 / 2)) ** 0.5 / 2)
-    assert pd.isna(average_se(a[a["index"] == 0]))  # one sample per task: no variance estimate
+
+def test_compare_cli_pairs_the_same_samples(tmp_path, capsys):
+    from eval.report.compare import compare, main
+
+    dense, pruned = {"vt": [100.0] * 6, "cwe": [100.0, 0.0] * 3}, {"vt": [100.0, 0.0] * 3, "cwe": [0.0] * 6}
+    fake_job(tmp_path, "dense", dense)
+    fake_job(tmp_path, "k5", pruned, k_sparsity=0.5, policy="K0.5")
+    result = compare(tmp_path, "K0.5", "dense")
+    assert result == stats.paired_test(pruned, dense, {"vt": 0.5, "cwe": 0.5})
+    assert result.diff == pytest.approx(-50.0) and not result.within_noise
+    main([str(tmp_path), "K0.5", "dense"])
+    assert capsys.readouterr().out.startswith("K0.5 - dense: -50.00 [")
+    fake_job(tmp_path, "other", dense, k_sparsity=0.7, policy="K0.7", samples_id="p2", seed=1)
+    with pytest.raises(ValueError, match="not asked the same prompts"):
+        compare(tmp_path, "K0.7", "dense")

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from eval import averages
 from eval.common import Score, prediction_record
 from eval.ruler import ALL_TASKS, ZERO_DOWNLOAD_TASKS, RulerBenchmark
 from eval.ruler.benchmark import MIN_LENGTH
@@ -138,10 +139,12 @@ def test_score_and_summary(bench: RulerBenchmark) -> None:
     sample = bench.samples("niah_single_1")[0]
     good = prediction_record(sample, f"\n {sample.answers[0]}\x02", 8)
     bad = prediction_record(sample, "no idea", 3)
-    assert bench.score("niah_single_1", [good, bad]) == [Score("niah_single_1", "string_match_all", 50.0, 2)]
+    assert bench.score("niah_single_1", [good, bad]) == [
+        Score("niah_single_1", "string_match_all", 50.0, 2, [100.0, 0.0])
+    ]
     qa = bench.score("qa_1", [{"pred": "Paris", "answers": ["paris", "Lyon"]}])[0]
     assert (qa.metric, qa.value) == ("string_match_part", 100.0)
-    assert bench.summary({"vt": 50.0, "cwe": 25.555}) == {"avg": 37.78}
+    assert averages.summarize(bench.name, {"vt": 50.0, "cwe": 25.555}) == {"avg": 37.78}
     with pytest.raises(ValueError, match="unknown RULER task"):
         bench.score("niah_single_9", [good])
 

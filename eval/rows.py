@@ -1,0 +1,164 @@
+"""The result-row schema: what a job writes into result.json["rows"] and every table, report and W&B log reads.
+
+One row per task score (`kind="task"`) and per summary column (`kind="summary"`, see eval.averages), each carrying
+the job's full identity so that rows of different jobs are never confused. Task rows keep their per-sample scores
+(`samples`, in sample order, on the score's scale) so confidence intervals and paired tests can be computed later.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import pandas as pd
+
+from eval import averages, stats
+from eval.common import Score
+from eval.results import SCHEMA_VERSION
+
+SCHEMA = SCHEMA_VERSION  # result.json["schema"]; 2: ResultRow (per-sample scores, CIs, benchmark config, samples_id)
+
+
+@dataclass
+class ResultRow:
+    # the job
+    run_id: str
+    sweep: str
+    samples_id: str  # hash of the job identity without the KV policy: equal ids saw the same prompts
+    git_sha: str | None
+    seed: int
+    timestamp: str
+    device: str
+    host: str
+    job_seconds: float
+    versions: dict[str, str | None]
+    # the model (LoadedModel.describe)
+    model: str
+    model_source: str
+    model_path: str | None
+    dtype: str
+    layers: int
+    q_heads: int
+    kv_heads: int
+    head_dim: int
+    context_length: int
+    max_length: int  # prompt token budget
+    # the KV policy (KVConfig) and its display label
+    k_sparsity: float
+    v_sparsity: float
+    k_direction: str
+    v_direction: str
+    k_scorer: str
+    v_scorer: str
+    window: int
+    keep_rule: str
+    mode: str
+    policy: str
+    # the benchmark
+    benchmark: str
+    benchmark_length: int | None
+    benchmark_config: dict[str, Any]
+    # measured over the job (GenerationStats.measured)
+    k_sparsity_measured: float
+    v_sparsity_measured: float
+    kv_bytes: int | None
+    kv_payload_bytes: int | None
+    dense_kv_bytes: int
+    prompt_tokens: int
+    new_tokens: int
+    generation_seconds: float
+    # the score
+    kind: str  # "task" or "summary"
+    task: str  # task name, or the summary column (eval.averages)
+    metric: str
+    value: float
+    n: int  # samples behind the value (a summary: the fewest of its tasks)
+    ci_low: float | None  # 95% percentile-bootstrap CI (eval.stats); None when it cannot be computed
+    ci_high: float | None
+    samples: list[float] | None = None  # task rows: per-sample scores in sample order
+    pruning_inactive: bool = False  # a pruned policy measured 0 sparsity (window covers every sequence)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ResultRow:
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"result row has unknown field(s) {unknown} (schema {SCHEMA})")
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+COLUMNS = [f.name for f in fields(ResultRow)]
+
+
+def frame(rows: pd.DataFrame | list[dict[str, Any]]) -> pd.DataFrame:
+    """Rows as a DataFrame with every ResultRow column present (missing ones, e.g. from older files, as None)."""
+    df = pd.DataFrame(rows)
+    for column in COLUMNS:
+        if column not in df:
+            df[column] = None
+    return df
+
+
+def benchmark_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """`benchmark.<key>` columns flattened out of benchmark_config (lists as comma-joined text)."""
+    configs = [c if isinstance(c, dict) else {} for c in df["benchmark_config"]]
+    keys = list(dict.fromkeys(k for c in configs for k in c if k != "name"))
+    out = pd.DataFrame(index=df.index)
+    for key in keys:
+        out[f"benchmark.{key}"] = [_text(c.get(key)) for c in configs]
+    return out
+
+
+def _text(value: Any) -> Any:
+    if isinstance(value, list | tuple):
+        return ",".join(map(str, value))
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    return value
+
+
+def score_rows(job: dict[str, Any], benchmark: str, scores: list[Score]) -> list[ResultRow]:
+    """A job's rows: one per Score (with its per-sample values and CI), then one per summary column of the
+    overall task scores (eval.averages), its CI from resampling within each task."""
+    rows = []
+    for s in scores:
+        ci = stats.bootstrap_ci({s.task: s.samples}) if s.samples else (None, None)
+        rows.append(
+            ResultRow(
+                **job,
+                kind="task",
+                task=s.task,
+                metric=s.metric,
+                value=s.value,
+                n=s.n,
+                ci_low=ci[0],
+                ci_high=ci[1],
+                samples=list(s.samples),
+            )
+        )
+    overall = {s.task: s for s in scores if "@" not in s.metric}
+    values = averages.summarize(benchmark, {t: s.value for t, s in overall.items()})
+    for column, weights in averages.weights(benchmark, overall).items():
+        have_samples = all(overall[t].samples for t in weights)
+        ci = (
+            stats.bootstrap_ci({t: overall[t].samples for t in weights}, weights)
+            if have_samples
+            else (None, None)
+        )
+        rows.append(
+            ResultRow(
+                **job,
+                kind="summary",
+                task=column,
+                metric="mean",
+                value=values[column],
+                n=min(overall[t].n for t in weights),
+                ci_low=ci[0],
+                ci_high=ci[1],
+            )
+        )
+    return rows

@@ -1,0 +1,71 @@
+"""The result-row schema: per-sample scores from both benchmarks, summary rows from eval.averages with CIs, the
+schema refusing unknown fields, and what W&B gets."""
+
+from __future__ import annotations
+
+import pytest
+
+from eval import stats, wandb_log
+from eval.common import Score
+from eval.longbench.benchmark import score_records
+from eval.rows import ResultRow, score_rows
+from eval.ruler.benchmark import RulerBenchmark
+from tests.unit.fake_results import JOB
+
+
+def test_ruler_and_longbench_scores_carry_their_per_sample_values():
+    preds = [
+        {"pred": "a b", "answers": ["a", "b"]},
+        {"pred": "a", "answers": ["a", "b"]},
+        {"pred": "", "answers": ["a"]},
+    ]
+    (ruler,) = RulerBenchmark.score(object.__new__(RulerBenchmark), "vt", preds)
+    assert ruler.samples == [100.0, 50.0, 0.0] and ruler.value == 50.0 and ruler.n == 3
+    records = [{"pred": "Paris", "answers": ["Paris"]}, {"pred": "Paris France", "answers": ["Paris"]}]
+    (longbench,) = score_records("hotpotqa", records)
+    assert longbench.samples == pytest.approx([100.0, 100 * 2 / 3])  # token F1: P 1/2, R 1 -> 2/3
+    assert longbench.value == round(sum(longbench.samples) / 2, 2)
+
+
+def test_score_rows_summaries_follow_the_averages_with_cis():
+    job = {**JOB, "run_id": "j", "samples_id": "p", "benchmark": "longbench", "benchmark_length": None}
+    job["benchmark_config"] = {"name": "longbench"}
+    samples = {"hotpotqa": [100.0, 0.0, 50.0], "lcc": [80.0, 40.0], "dureader": [0.0, 0.0, 0.0]}
+    scores = [Score(t, "m", round(sum(v) / len(v), 2), len(v), v) for t, v in samples.items()]
+    rows = {(r.kind, r.task): r for r in score_rows(job, "longbench", scores)}
+    assert rows[("task", "lcc")].samples == [80.0, 40.0]
+    assert (rows[("task", "lcc")].ci_low, rows[("task", "lcc")].ci_high) == stats.bootstrap_ci(
+        {"lcc": [80, 40]}
+    )
+    avg = rows[("summary", "avg")]
+    assert avg.value == 55.0 and avg.n == 2  # (50 + 60) / 2: dureader (Chinese) never enters avg
+    english = {t: samples[t] for t in ("hotpotqa", "lcc")}
+    assert (avg.ci_low, avg.ci_high) == stats.bootstrap_ci(english, {"hotpotqa": 0.5, "lcc": 0.5})
+    assert rows[("summary", "avg_zh")].value == pytest.approx((0 + 60) / 2)  # zh categories: Multi-Doc, Code
+    assert rows[("summary", "avg")].samples is None
+
+
+def test_result_row_round_trips_and_refuses_unknown_fields():
+    job = {**JOB, "run_id": "j", "samples_id": "p", "benchmark_config": {"name": "ruler"}}
+    (row, _) = score_rows(job, "ruler", [Score("vt", "string_match_all", 50.0, 2, [100.0, 0.0])])
+    assert ResultRow.from_dict(row.to_dict()) == row
+    with pytest.raises(ValueError, match=r"unknown field\(s\) \['colour'\]"):
+        ResultRow.from_dict({**row.to_dict(), "colour": "red"})
+
+
+def test_wandb_gets_n_and_ci_per_score_without_the_sample_lists():
+    job = {**JOB, "run_id": "j", "samples_id": "p", "benchmark_config": {"name": "ruler"}}
+    rows = score_rows(job, "ruler", [Score("vt", "string_match_all", 50.0, 2, [100.0, 0.0])])
+    table = wandb_log.table_frame(rows)
+    assert "samples" not in table and {"value", "ci_low", "ci_high", "n"} <= set(table.columns)
+    metrics = wandb_log.summary_metrics(rows)
+    assert metrics == {"avg": 50.0, "avg/ci_low": 0.0, "avg/ci_high": 100.0, "avg/n": 2}
+
+
+def test_every_consumer_reads_fields_the_schema_has():
+    from eval.report import layout, policies
+    from eval.rows import COLUMNS
+    from eval.tables import IDENTITY_FIELDS, POLICY_ORDER
+
+    for fields in (layout.JOB_FIELDS, policies.KEY_FIELDS, IDENTITY_FIELDS, POLICY_ORDER):
+        assert set(fields) <= set(COLUMNS), set(fields) - set(COLUMNS)

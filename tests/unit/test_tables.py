@@ -1,0 +1,75 @@
+"""The sweep table never collapses distinct jobs (fault injection with fake result.json files), keeps benchmarks
+apart, and shows n, CIs and the paired Δ vs dense."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+
+from eval import stats
+from eval.tables import render, write_summary
+from tests.unit.fake_results import fake_job
+
+
+def test_jobs_differing_only_in_benchmark_seed_stay_three_rows(tmp_path):
+    for seed, vt in [(1, [100, 0, 0, 0]), (2, [100, 100, 0, 0]), (3, [100, 100, 100, 0])]:
+        fake_job(tmp_path, f"job{seed}", {"vt": vt}, benchmark_config={"seed": seed}, samples_id=f"p{seed}")
+    table = write_summary(tmp_path)
+    vt = table[table["column"] == "vt"]
+    assert len(vt) == 3 and sorted(vt["value"]) == [25.0, 50.0, 75.0]
+    assert sorted(vt["benchmark.seed"]) == [1, 2, 3]
+    md = (tmp_path / "summary.md").read_text()
+    lines = [line for line in md.splitlines() if line.startswith("| dense")]
+    assert len(lines) == 3 and "benchmark.seed" in md
+    assert len(pd.read_csv(tmp_path / "summary.csv").query("column == 'vt'")) == 3
+
+
+def test_identical_labels_with_no_shown_difference_get_their_job_id(tmp_path):
+    fake_job(tmp_path, "a", {"vt": [100, 0]})
+    fake_job(tmp_path, "b", {"vt": [0, 0]}, versions={"torch": "x"})  # differs only outside the shown fields
+    table = write_summary(tmp_path)
+    assert sorted(table.loc[table["column"] == "vt", "job"]) == ["a", "b"]
+    assert "| a " in render(table) or " a |" in render(table)
+
+
+def test_benchmarks_and_lengths_get_separate_tables(tmp_path):
+    fake_job(tmp_path, "r1", {"vt": [100, 0]})
+    fake_job(tmp_path, "r2", {"vt": [100, 0]}, benchmark_length=2048, benchmark_config={"length": 2048})
+    fake_job(
+        tmp_path, "lb", {"hotpotqa": [50.0, 25.0], "lcc": [80.0, 60.0]}, benchmark="longbench",
+        benchmark_length=None,
+    )  # fmt: skip
+    text = render(write_summary(tmp_path))
+    titles = [line for line in text.splitlines() if line.startswith("tiny ")]
+    assert titles == ["tiny longbench", "tiny ruler-1024", "tiny ruler-2048"]
+    longbench = text.split("tiny longbench")[1].split("\n\n")[0]
+    assert "vt" not in longbench and "hotpotqa" in longbench and "avg_categories" in longbench
+
+
+def test_cells_show_ci_n_and_paired_delta_vs_dense(tmp_path):
+    dense = [100.0] * 20
+    fake_job(tmp_path, "dense", {"vt": dense, "cwe": dense})
+    pruned = {"vt": [100.0] * 10 + [0.0] * 10, "cwe": [100.0] * 19 + [0.0]}
+    fake_job(tmp_path, "k7", pruned, k_sparsity=0.7, policy="K0.7", k_sparsity_measured=0.7)
+    table = write_summary(tmp_path)
+    avg = table[(table["column"] == "avg") & (table["run_id"] == "k7")].iloc[0]
+    expected = stats.paired_test(pruned, {"vt": dense, "cwe": dense}, {"vt": 0.5, "cwe": 0.5})
+    assert avg["delta"] == pytest.approx(-27.5) == pytest.approx(expected.diff)
+    assert (avg["delta_low"], avg["delta_high"]) == (expected.low, expected.high)
+    assert avg["dense_run_id"] == "dense" and not avg["within_noise"]
+    vt = table[(table["column"] == "vt") & (table["run_id"] == "k7")].iloc[0]
+    assert (vt["ci_low"], vt["ci_high"]) == stats.bootstrap_ci({"vt": pruned["vt"]}) and vt["n"] == 20
+    row = next(line for line in render(table, current="k7").splitlines() if "K0.7" in line)
+    assert f"50.00 [{vt['ci_low']:.2f}, {vt['ci_high']:.2f}]" in row
+    assert row.startswith("| *") and "| 20 " in row and f"{expected.diff:+.2f}" in row
+
+
+def test_delta_within_noise_is_marked_and_other_prompts_are_not_paired(tmp_path):
+    fake_job(tmp_path, "dense", {"vt": [100.0, 0.0, 100.0, 0.0]})
+    fake_job(tmp_path, "k5", {"vt": [100.0, 0.0, 0.0, 100.0]}, k_sparsity=0.5, policy="K0.5")
+    fake_job(tmp_path, "k5b", {"vt": [0.0] * 4}, k_sparsity=0.5, policy="K0.5", samples_id="other", seed=7)
+    table = write_summary(tmp_path)
+    avg = table[table["column"] == "avg"].set_index("run_id")
+    assert avg.loc["k5", "within_noise"] and pd.isna(avg.loc["k5b", "delta"])
+    row = next(line for line in render(table).splitlines() if "K0.5" in line and "| 42 " in line)
+    assert "+0.00" in row and "≈" in row
