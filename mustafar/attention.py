@@ -86,13 +86,19 @@ def _observe(
     n_kv = key.shape[1]
     obs = Observation(q_len=query.shape[2])
     needs = layer.needs
+    if not needs:
+        return obs
+    real = None
+    if layer.pads is not None:  # left padding: each row's statistics average its own (real) queries only
+        pads = torch.tensor(layer.pads, device=query.device)
+        real = scores.real_queries(query.shape[2], layer.get_seq_length(), pads)
     if "query" in needs:
-        obs.query_stat = scores.query_stat(query, n_kv)
+        obs.query_stat = scores.query_stat(query, n_kv, real)
     if "think_query" in needs:
-        obs.think_query_stat = scores.think_query_stat(query, n_kv)
+        obs.think_query_stat = scores.think_query_stat(query, n_kv, real)
     if "attention" in needs:
         keys = layer.dense_view()[0] if isinstance(layer, CompressedLayer) else key
-        obs.attention_stat = scores.attention_stat(query, keys, scaling, mask)
+        obs.attention_stat = scores.attention_stat(query, keys, scaling, mask, real)
     return obs
 
 
