@@ -17,8 +17,8 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from mustafar.config import KVConfig
 from mustafar.formats import CompressedStore
-from mustafar.kernels import pack_into, topk_pack_into
 from mustafar.formats.bitmap import fixed_token_nbytes, unpack_bitmap, variable_token_nbytes
+from mustafar.kernels import pack_into, topk_pack_into
 from mustafar.pruning import Observation, RowPruner, SidePruner, topk_mask
 
 
