@@ -111,11 +111,13 @@ def generate(
     stop_ids: Sequence[int] | Sequence[Sequence[int]] = (),
     min_new_tokens: int | Sequence[int] = 0,
     pad_id: int = 0,
+    cache: MustafarCache | None = None,
 ) -> list[GenerationOutput]:
     """Greedy continuations of `prompts` (token ids), one fresh pruning cache for the batch.
 
     `stop_ids`: ids that end a row (EOS included), shared or one collection per prompt; a stop id is never
-    chosen before the row has `min_new_tokens` tokens (as transformers' min-length rule does).
+    chosen before the row has `min_new_tokens` tokens (as transformers' min-length rule does). `cache`: an
+    unused cache of `policy` to generate into (default: a new one), for callers that inspect it afterwards.
     """
     n = len(prompts)
     budget = _per_row(max_new_tokens, n, "max_new_tokens")
@@ -127,7 +129,10 @@ def generate(
 
     device = next(model.parameters()).device
     batch = left_pad(prompts, pad_id, device)
-    cache = new_cache(model, policy)
+    if cache is None:
+        cache = new_cache(model, policy)
+    elif cache.policy != policy or cache.get_seq_length() > 0:
+        raise ValueError("generate needs an empty cache built for the same policy")
     cache.set_padding(batch.pads, device)
     vocab = model.config.vocab_size
     banned = torch.zeros(n, vocab, dtype=torch.bool, device=device)  # stop ids, while below min_new_tokens
