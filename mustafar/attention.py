@@ -89,9 +89,8 @@ def _observe(
     if not needs:
         return obs
     real = None
-    if layer.pads is not None:  # left padding: each row's statistics average its own (real) queries only
-        pads = torch.tensor(layer.pads, device=query.device)
-        real = scores.real_queries(query.shape[2], layer.get_seq_length(), pads)
+    if layer.pads is not None and query.shape[2] > 1:  # left padding: a row's statistics use its real queries
+        real = scores.real_queries(query.shape[2], layer.get_seq_length(), layer.pad_columns)
     if "query" in needs:
         obs.query_stat = scores.query_stat(query, n_kv, real)
     if "think_query" in needs:

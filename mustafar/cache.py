@@ -56,20 +56,22 @@ class MustafarLayer(DynamicLayer):
             "k": SidePruner(policy.k, "k", policy.keep_rule, policy.window),
             "v": SidePruner(policy.v, "v", policy.keep_rule, policy.window),
         }
-        self.pads: list[int] | None = None
+        self.pads: list[int] | None = None  # left-pad columns per row, see set_padding
+        self.pad_columns: torch.Tensor | None = None  # the same on the cache's device
 
     def set_padding(self, pads: list[int], device: torch.device | str) -> None:
         """Left-pad columns per row of the coming prompt: pruning then treats each row as if it ran alone."""
         if self.is_initialized:
             raise RuntimeError("set_padding must be called before the prompt enters the cache")
         self.pads = list(pads)
+        self.pad_columns = torch.tensor(self.pads, dtype=torch.long, device=device)
         for side, rule in (("k", self.policy.k), ("v", self.policy.v)):
             if rule.active and rule.direction == "channel":  # ThinK included: its direction is "channel"
                 self.pruners[side] = RowPruner(
                     rule, side, self.policy.keep_rule, self.policy.window, self.pads
                 )
             else:
-                self.pruners[side].pads = torch.tensor(self.pads, dtype=torch.long, device=device)
+                self.pruners[side].pads = self.pad_columns
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         # Without the binding the model's own attention would run on this cache and nothing would ever be pruned.
