@@ -134,10 +134,6 @@ def generate(
     elif cache.policy != policy or cache.get_seq_length() > 0:
         raise ValueError("generate needs an empty cache built for the same policy")
     cache.set_padding(batch.pads, device)
-    vocab = model.config.vocab_size
-    banned = torch.zeros(n, vocab, dtype=torch.bool, device=device)  # stop ids, while below min_new_tokens
-    for row, ids in enumerate(stops):
-        banned[row, [i for i in ids if 0 <= i < vocab]] = True
 
     tokens: list[list[int]] = [[] for _ in range(n)]
     outputs: list[GenerationOutput | None] = [None] * n
@@ -145,6 +141,12 @@ def generate(
     positions = batch.position_ids[:, -1:]
     with attach(model, cache):
         logits = prefill(model, cache, batch)
+        vocab = logits.shape[-1]
+        banned = torch.zeros(
+            n, vocab, dtype=torch.bool, device=device
+        )  # stop ids, while below min_new_tokens
+        for row, ids in enumerate(stops):
+            banned[row, [i for i in ids if 0 <= i < vocab]] = True
         for row in range(n):  # a zero budget stops before the first token
             if budget[row] == 0:
                 outputs[row] = _finish(cache, row, [], len(prompts[row]), "max_new_tokens")
