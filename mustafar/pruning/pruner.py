@@ -239,7 +239,7 @@ class RowPruner:
     """
 
     def __init__(self, rule: PruneRule, side: str, keep_rule: str, window: int, pads: list[int]):
-        self.rule, self.pads = rule, pads
+        self.pads = pads
         self.rows = [SidePruner(rule, side, keep_rule, window) for _ in pads]
         self.final = 0
         self.decided: list[list[torch.Tensor]] | None = None  # per row: masks of columns [final, row's final)
@@ -251,10 +251,6 @@ class RowPruner:
     @property
     def packs_topk(self) -> bool:
         return False
-
-    @property
-    def ranks_prompt(self) -> bool:
-        return self.rows[0].ranks_prompt
 
     @property
     def kept(self) -> int:
