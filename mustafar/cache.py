@@ -61,8 +61,8 @@ class MustafarLayer(DynamicLayer):
 
     def set_padding(self, pads: list[int], device: torch.device | str) -> None:
         """Left-pad columns per row of the coming prompt: pruning then treats each row as if it ran alone."""
-        if self.is_initialized:
-            raise RuntimeError("set_padding must be called before the prompt enters the cache")
+        if self.pruned_any:
+            raise RuntimeError("set_padding must be called before the prompt is pruned")
         self.pads = list(pads)
         self.pad_columns = torch.tensor(self.pads, dtype=torch.long, device=device)
         for side, rule in (("k", self.policy.k), ("v", self.policy.v)):
@@ -81,6 +81,11 @@ class MustafarLayer(DynamicLayer):
                 "`with mustafar.prune(model, ...) as cache:` or `with mustafar.attach(model, cache):`"
             )
         return super().update(key_states, value_states, *args, **kwargs)
+
+    @property
+    def pruned_any(self) -> bool:
+        """True once an attention call has handed tokens to the pruners (padding can no longer change)."""
+        return any(p.prefilled for p in self.pruners.values())
 
     @property
     def needs(self) -> set[str]:

@@ -253,6 +253,10 @@ class RowPruner:
         return False
 
     @property
+    def prefilled(self) -> bool:
+        return self.rows[0].prefilled
+
+    @property
     def kept(self) -> int:
         return sum(r.kept for r in self.rows)
 

@@ -127,3 +127,26 @@ def test_bad_arguments_are_named(tiny_llama):
         generate(tiny_llama, KVConfig(), [[1, 2]], [3, 4])
     with pytest.raises(ValueError, match="at least one token"):
         generate(tiny_llama, KVConfig(), [[1, 2], []], 3)
+
+
+def test_hf_generate_on_a_left_padded_batch_prunes_rows_as_if_alone(tiny_llama):
+    """`model.generate` with left padding: the cache reads the pads from the attention mask at prefill."""
+    policy = KVConfig(k_sparsity=0.5, k_direction="channel", v_sparsity=0.7)
+    ps, n = prompts(), 6
+    width = max(LENGTHS)
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in ps])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in ps])
+    cache = new_cache(tiny_llama, policy)
+    with attach(tiny_llama, cache), torch.inference_mode():
+        out = tiny_llama.generate(
+            ids, attention_mask=mask, past_key_values=cache, max_new_tokens=n, min_new_tokens=n,
+            do_sample=False, pad_token_id=0,
+        )  # fmt: skip
+    assert cache.layers[0].pads == [width - len(p) for p in ps]
+    for b, p in enumerate(ps):
+        alone = generate(tiny_llama, policy, [p], n)[0]
+        assert out[b, width:].tolist() == alone.tokens
+        mine = cache.row_stats()[b]
+        assert (mine.k_kept, mine.k_judged, mine.v_kept, mine.v_judged) == (
+            alone.stats.k_kept, alone.stats.k_judged, alone.stats.v_kept, alone.stats.v_judged,
+        )  # fmt: skip
