@@ -141,12 +141,7 @@ def generate(
     positions = batch.position_ids[:, -1:]
     with attach(model, cache):
         logits = prefill(model, cache, batch)
-        vocab = logits.shape[-1]
-        banned = torch.zeros(
-            n, vocab, dtype=torch.bool, device=device
-        )  # stop ids, while below min_new_tokens
-        for row, ids in enumerate(stops):
-            banned[row, [i for i in ids if 0 <= i < vocab]] = True
+        banned = _stop_mask(stops, logits.shape[-1], device)  # chosen only once min_new_tokens are out
         for row in range(n):  # a zero budget stops before the first token
             if budget[row] == 0:
                 outputs[row] = _finish(cache, row, [], len(prompts[row]), "max_new_tokens")
@@ -159,7 +154,7 @@ def generate(
                 tokens[row].append(token)
                 if outputs[row] is not None:
                     continue
-                if token in stops[row] and step + 1 > minimum[row]:
+                if token in stops[row] and step >= minimum[row]:
                     stopped.append((row, "stop_id"))
                 elif step + 1 >= budget[row]:
                     stopped.append((row, "max_new_tokens"))
@@ -172,6 +167,13 @@ def generate(
             cache_position = torch.tensor([mask.shape[1] - 1], device=device)
             logits = decode_step(model, cache, chosen.unsqueeze(1), positions, cache_position, mask)
     return outputs
+
+
+def _stop_mask(stops: list[set[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    mask = torch.zeros(len(stops), vocab, dtype=torch.bool, device=device)
+    for row, ids in enumerate(stops):
+        mask[row, [i for i in ids if 0 <= i < vocab]] = True
+    return mask
 
 
 def _finish(cache: MustafarCache, row: int, tokens: list[int], prompt: int, reason: str) -> GenerationOutput:
