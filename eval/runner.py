@@ -20,12 +20,14 @@ from mustafar.config import KVConfig
 from mustafar.generation import GenerationOutput, generate
 from mustafar.models import LoadedModel
 
-CPU_BATCH = 1  # fastest on a 2-core CPU with SmolLM2-135M on RULER-1024 (see `auto_batch_size`)
+# SmolLM2-135M, RULER-1024 niah_single_1, 4 samples, 2 shared CPU cores: 11.2 CPU-s per sample at batch 1,
+# 15.4 at 2, 11.6-12.7 at 4 (identical records): batching does not pay on a few cores, so auto stays at 1 there.
+CPU_BATCH = 1
 CUDA_BATCH = 16
 
 
 def auto_batch_size(device: str) -> int:
-    """`benchmark.batch_size=auto`: batching pays on a GPU; on a few CPU cores one sample at a time is fastest."""
+    """`benchmark.batch_size=auto`: batching pays on a GPU; on a few CPU cores it does not (CPU_BATCH)."""
     return CUDA_BATCH if device == "cuda" else CPU_BATCH
 
 
