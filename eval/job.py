@@ -295,12 +295,13 @@ class Job:
             records, task_stats = resumed
         else:
             task_stats = GenerationStats()
-            records = generate_task(loaded, self.policy, bench.samples(task), task_stats, desc=f"{task}")
+            batch_size = self.benchmark.get("batch_size", "auto")
+            records = generate_task(
+                loaded, self.policy, bench.samples(task), task_stats, desc=f"{task}", batch_size=batch_size
+            )
             write_jsonl(path, records)
-            write_json(stats_path, asdict(task_stats))
-        for name, value in asdict(task_stats).items():
-            if isinstance(value, int | float):
-                setattr(stats, name, getattr(stats, name) + value)
+            write_json(stats_path, task_stats.to_dict())
+        stats.add(task_stats)
         return records
 
     @staticmethod

@@ -10,6 +10,14 @@ from mustafar.models import LoadedModel
 BENCHMARKS = ("ruler", "longbench")
 
 
+def check_batch_size(value: Any) -> None:
+    """`benchmark.batch_size`: samples of a task generated together (not part of a job's identity)."""
+    if value == "auto":
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"benchmark.batch_size={value!r} must be an integer >= 1 or auto")
+
+
 def validate(cfg: dict[str, Any], context_length: int | None) -> None:
     """Cheap checks that must fail before a model is loaded; the benchmark classes check the rest."""
     name = cfg.get("name")
@@ -23,6 +31,7 @@ def validate(cfg: dict[str, Any], context_length: int | None) -> None:
     n = cfg.get("n")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):
         raise ValueError(f"benchmark.n={n!r} must be an integer >= 1 (samples per task)")
+    check_batch_size(cfg.get("batch_size", "auto"))
     if name == "ruler":
         from eval.ruler.benchmark import MIN_LENGTH, check_task
 

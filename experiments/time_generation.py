@@ -1,6 +1,6 @@
 """Per-sample generation cost of a sweep job, for the cost estimates in experiments/*/README.md.
 
-Times what a job does per sample (runner.generate_one: a fresh cache, prefill, greedy decode through the pruning
+Times what a job does per sample at batch size 1 (a fresh cache, prefill, greedy decode through the pruning
 cache) on a random-weight model of a real architecture (speed does not depend on the weight values), with the
 generation length forced so that every policy decodes the same number of tokens.
 

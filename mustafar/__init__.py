@@ -21,6 +21,7 @@ _HOME = {
     "KVConfig": "mustafar.config",
     "MustafarCache": "mustafar.cache",
     "attach": "mustafar.attention",
+    "generate": "mustafar.generation",
     "prune": "mustafar.api",
     "sparse_decode_attention": "mustafar.kernels",
 }

@@ -76,8 +76,21 @@ def mustafar_attention(
             out, _ = sdpa_attention_forward(module, query, full_k, full_v, attention_mask, dropout, scaling)
     else:
         out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling)
+    if layer.pads is None and not layer.pruned_any and attention_mask is not None and query.shape[2] > 1:
+        pads = _left_pads(
+            attention_mask
+        )  # a left-padded prompt from `model.generate`: prune rows as if alone
+        if any(pads):
+            layer.set_padding(pads, query.device)
     layer.after_attention(_observe(layer, query, key, attention_mask, scaling))
     return out, None
+
+
+def _left_pads(mask: torch.Tensor) -> list[int]:
+    """Leading columns each row's last query may not see (boolean or additive [B, 1|H, q, T] mask)."""
+    last = mask[:, 0, -1]
+    visible = last if last.dtype == torch.bool else last == 0
+    return visible.int().argmax(dim=-1).tolist()  # the first visible column
 
 
 def _observe(
@@ -86,13 +99,18 @@ def _observe(
     n_kv = key.shape[1]
     obs = Observation(q_len=query.shape[2])
     needs = layer.needs
+    if not needs:
+        return obs
+    real = None
+    if layer.pads is not None and query.shape[2] > 1:  # left padding: a row's statistics use its real queries
+        real = scores.real_queries(query.shape[2], layer.get_seq_length(), layer.pad_columns)
     if "query" in needs:
-        obs.query_stat = scores.query_stat(query, n_kv)
+        obs.query_stat = scores.query_stat(query, n_kv, real)
     if "think_query" in needs:
-        obs.think_query_stat = scores.think_query_stat(query, n_kv)
+        obs.think_query_stat = scores.think_query_stat(query, n_kv, real)
     if "attention" in needs:
         keys = layer.dense_view()[0] if isinstance(layer, CompressedLayer) else key
-        obs.attention_stat = scores.attention_stat(query, keys, scaling, mask)
+        obs.attention_stat = scores.attention_stat(query, keys, scaling, mask, real)
     return obs
 
 

@@ -17,8 +17,9 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from mustafar.config import KVConfig
 from mustafar.formats import CompressedStore
+from mustafar.formats.bitmap import fixed_token_nbytes, unpack_bitmap, variable_token_nbytes
 from mustafar.kernels import pack_into, topk_pack_into
-from mustafar.pruning import Observation, SidePruner, topk_mask
+from mustafar.pruning import Observation, RowPruner, SidePruner, topk_mask
 
 
 class UnsupportedCacheOperation(RuntimeError):
@@ -55,6 +56,22 @@ class MustafarLayer(DynamicLayer):
             "k": SidePruner(policy.k, "k", policy.keep_rule, policy.window),
             "v": SidePruner(policy.v, "v", policy.keep_rule, policy.window),
         }
+        self.pads: list[int] | None = None  # left-pad columns per row, see set_padding
+        self.pad_columns: torch.Tensor | None = None  # the same on the cache's device
+
+    def set_padding(self, pads: list[int], device: torch.device | str) -> None:
+        """Left-pad columns per row of the coming prompt: pruning then treats each row as if it ran alone."""
+        if self.pruned_any:
+            raise RuntimeError("set_padding must be called before the prompt is pruned")
+        self.pads = list(pads)
+        self.pad_columns = torch.tensor(self.pads, dtype=torch.long, device=device)
+        for side, rule in (("k", self.policy.k), ("v", self.policy.v)):
+            if rule.active and rule.direction == "channel":  # ThinK included: its direction is "channel"
+                self.pruners[side] = RowPruner(
+                    rule, side, self.policy.keep_rule, self.policy.window, self.pads
+                )
+            else:
+                self.pruners[side].pads = self.pad_columns
 
     def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
         # Without the binding the model's own attention would run on this cache and nothing would ever be pruned.
@@ -64,6 +81,11 @@ class MustafarLayer(DynamicLayer):
                 "`with mustafar.prune(model, ...) as cache:` or `with mustafar.attach(model, cache):`"
             )
         return super().update(key_states, value_states, *args, **kwargs)
+
+    @property
+    def pruned_any(self) -> bool:
+        """True once an attention call has handed tokens to the pruners (padding can no longer change)."""
+        return any(p.prefilled for p in self.pruners.values())
 
     @property
     def needs(self) -> set[str]:
@@ -95,6 +117,9 @@ class MaskedLayer(MustafarLayer):
 
     def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys, self.values
+
+    def row_payload_nbytes(self, b: int, pad: int) -> int | None:
+        return None
 
 
 class CompressedLayer(MustafarLayer):
@@ -184,6 +209,22 @@ class CompressedLayer(MustafarLayer):
         attr = "payload_nbytes" if payload else "nbytes"
         return getattr(self.stores["k"], attr) + getattr(self.stores["v"], attr) + tail
 
+    def row_payload_nbytes(self, b: int, pad: int) -> int:
+        """`nbytes(payload=True)` of row `b` alone: its stored real tokens (bitmap popcount) and dense tail."""
+        total = 0
+        for store in self.stores.values():
+            tokens = max(0, store.length - pad)
+            if store.fixed:
+                total += store.heads * tokens * fixed_token_nbytes(store.head_dim, store.keep, store.itemsize)
+                continue
+            bits = store.bits[b, :, store.length - tokens : store.length]
+            nnz = int(unpack_bitmap(bits, store.head_dim).sum())
+            total += store.heads * tokens * variable_token_nbytes(store.head_dim, 0, store.itemsize)
+            total += nnz * store.itemsize
+        _, h, t, d = self.keys.shape
+        tail_tokens = min(t, t + self.stored - pad)
+        return total + 2 * h * tail_tokens * d * self.keys.element_size()
+
 
 @dataclass
 class CacheStats:
@@ -206,6 +247,23 @@ class CacheStats:
         return 1 - self.v_kept / self.v_judged if self.v_judged else None
 
 
+def _add(a: int | None, b: int | None) -> int | None:
+    return None if a is None or b is None else a + b
+
+
+def add_stats(a: CacheStats, b: CacheStats) -> CacheStats:
+    """Field-wise sum (byte counts stay None once either side lacks them)."""
+    return CacheStats(
+        k_kept=a.k_kept + b.k_kept,
+        k_judged=a.k_judged + b.k_judged,
+        v_kept=a.v_kept + b.v_kept,
+        v_judged=a.v_judged + b.v_judged,
+        kv_bytes=_add(a.kv_bytes, b.kv_bytes),
+        kv_payload_bytes=_add(a.kv_payload_bytes, b.kv_payload_bytes),
+        dense_bytes=a.dense_bytes + b.dense_bytes,
+    )
+
+
 class MustafarCache(Cache):
     """A `Cache` of pruning layers for `model.generate(past_key_values=...)`; attach it with `mustafar.attach` (or use `mustafar.prune`)."""
 
@@ -213,6 +271,54 @@ class MustafarCache(Cache):
         layer_cls = MaskedLayer if policy.mode == "mask" else CompressedLayer
         super().__init__(layers=[layer_cls(policy) for _ in range(num_layers)])
         self.policy = policy
+
+    def set_padding(self, pads: list[int], device: torch.device | str = "cpu") -> None:
+        """Declare the left-pad columns of each row before the prompt enters (`mustafar.generate` does this).
+
+        Pad tokens then never enter pruning decisions or counts, and `row_stats` reports each row as if it had
+        run alone. Without it every cached token counts as real.
+        """
+        bad = [p for p in pads if isinstance(p, bool) or not isinstance(p, int) or p < 0]
+        if bad:
+            raise ValueError(f"pad counts must be integers >= 0, got {bad[0]!r}")
+        for layer in self.layers:
+            layer.set_padding(pads, device)
+
+    def row_stats(self) -> list[CacheStats]:
+        """Per-row `stats()` of a (left-padded) batch: each row's real tokens only.
+
+        kv_bytes (allocated, capacity slack included) is a property of the whole batch's stores, so it is only
+        given for a batch of one; kv_payload_bytes is each row's own stored bytes.
+        """
+        layers = [layer for layer in self.layers if layer.is_initialized]
+        if not layers:
+            return []
+        batch = layers[0].keys.shape[0]
+        pads = layers[0].pads or [0] * batch
+        compressed = self.policy.mode == "compressed"
+        rows = []
+        for b, pad in enumerate(pads):
+            k = [layer.pruners["k"].row_counts(batch)[b] for layer in layers]
+            v = [layer.pruners["v"].row_counts(batch)[b] for layer in layers]
+            dense = sum(
+                (layer.get_seq_length() - pad) * layer.keys.shape[1] * layer.keys.shape[3]
+                * layer.keys.element_size() * 2
+                for layer in layers
+            )  # fmt: skip
+            payload = sum(layer.row_payload_nbytes(b, pad) for layer in layers) if compressed else None
+            allocated = sum(layer.nbytes() for layer in layers) if compressed and batch == 1 else None
+            rows.append(
+                CacheStats(
+                    k_kept=sum(c[0] for c in k),
+                    k_judged=sum(c[1] for c in k),
+                    v_kept=sum(c[0] for c in v),
+                    v_judged=sum(c[1] for c in v),
+                    kv_bytes=allocated,
+                    kv_payload_bytes=payload,
+                    dense_bytes=dense,
+                )
+            )
+        return rows
 
     def stats(self) -> CacheStats:
         layers = [layer for layer in self.layers if layer.is_initialized]

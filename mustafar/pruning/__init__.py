@@ -8,10 +8,11 @@ from mustafar.pruning.keep import (
     threshold_mask,
     topk_mask,
 )
-from mustafar.pruning.pruner import Observation, SidePruner
+from mustafar.pruning.pruner import Observation, RowPruner, SidePruner
 
 __all__ = [
     "Observation",
+    "RowPruner",
     "SidePruner",
     "exact_keep",
     "keep_mask",

@@ -16,6 +16,12 @@ Per-channel rules follow the published code (dhjoo98/mustafar, models/llama_must
   prompt for it: its prefill prunes the complete groups outside the window, the remainder waits).
 A group is pruned once all its tokens have left the window.
 ThinK prunes the whole prompt at prefill (no window) and leaves generated tokens dense, like its reference.
+
+Left-padded batches (`mustafar.generate`): every row must be pruned exactly as if it ran alone. Rows end at the
+same column, so per-token rules decide the same columns for every row and only need pad columns kept out of the
+counts (`SidePruner.pads`). Per-channel rules and ThinK depend on where a row starts (32-token groups from its
+own first token, ranking over its own prompt), so `RowPruner` runs one `SidePruner` per row on that row's
+unpadded tokens and releases a column to the cache once every row has decided it.
 """
 
 from __future__ import annotations
@@ -38,6 +44,15 @@ class Observation:
     think_query_stat: torch.Tensor | None = None  # [B, H_kv, D]
     attention_stat: torch.Tensor | None = None  # [B, H_kv, T] over all cached tokens
 
+    def row(self, b: int, pad: int, total: int) -> Observation:
+        """What row `b` alone (its `pad` leading columns dropped) would have observed; `total` cached columns."""
+        return Observation(
+            q_len=min(self.q_len, total - pad),
+            query_stat=None if self.query_stat is None else self.query_stat[b : b + 1],
+            think_query_stat=None if self.think_query_stat is None else self.think_query_stat[b : b + 1],
+            attention_stat=None if self.attention_stat is None else self.attention_stat[b : b + 1, :, pad:],
+        )
+
 
 class SidePruner:
     def __init__(self, rule: PruneRule, side: str, keep_rule: str, window: int):
@@ -47,13 +62,25 @@ class SidePruner:
         self.group_start = 0  # per-channel groups of CHANNEL_GROUP tokens start at this position
         self.acc: torch.Tensor | None = None  # running score statistics of tokens [final, T)
         self.cnt: torch.Tensor | None = None
-        # entries kept / judged, for the measured sparsity; kept accumulates on the device (no sync per step)
+        # left-pad columns per row [B] (None: no padding); only token rules use it (RowPruner handles the rest)
+        self.pads: torch.Tensor | None = None
+        # entries kept / judged per row, for the measured sparsity; accumulated on the device (no sync per step)
         self._kept: int | torch.Tensor = 0
-        self.judged = 0
+        self._judged: int | torch.Tensor = 0
 
     @property
     def kept(self) -> int:
-        return int(self._kept)
+        return int(torch.as_tensor(self._kept).sum())
+
+    @property
+    def judged(self) -> int:
+        return int(torch.as_tensor(self._judged).sum())
+
+    def row_counts(self, batch: int) -> list[tuple[int, int]]:
+        """(kept, judged) entries of each of `batch` rows (pad columns never counted)."""
+        kept = torch.as_tensor(self._kept).expand(batch).tolist()
+        judged = torch.as_tensor(self._judged).expand(batch).tolist()
+        return [(int(k), int(j)) for k, j in zip(kept, judged)]
 
     @property
     def needs(self) -> str | None:
@@ -120,8 +147,7 @@ class SidePruner:
             return 0, None
         rows = tail[:, :, :n]
         if not want_mask and self.packs_topk:
-            keep = exact_keep(rows.shape[-1], self.rule.sparsity)
-            self._finish(n, None, kept=keep * rows[..., 0].numel(), judged=rows.numel())
+            self._finish(n, None, rows=rows, keep=exact_keep(rows.shape[-1], self.rule.sparsity))
             return n, None
         score = self._score(rows, n)
         if self.rule.direction == "token":
@@ -134,7 +160,7 @@ class SidePruner:
             mask = keep_mask(grouped, self.rule.sparsity, self.keep_rule, self._thresholded, dim=3).view_as(
                 rows
             )
-        self._finish(n, mask)
+        self._finish(n, mask, rows=rows)
         return n, mask
 
     def _final_after(self, total: int, prefill: bool) -> int:
@@ -157,7 +183,7 @@ class SidePruner:
         score = scores.think_channel_score(tail, obs.think_query_stat if self.side == "k" else None)
         channels = topk_mask(score, self.keep_for(tail.shape[-1]))
         mask = channels.unsqueeze(2).expand_as(tail)
-        self._finish(tail.shape[2], mask)
+        self._finish(tail.shape[2], mask, rows=tail)
         return tail.shape[2], mask
 
     def _accumulate(self, tail: torch.Tensor, obs: Observation, total: int) -> None:
@@ -187,9 +213,94 @@ class SidePruner:
             return scores.key_output_aware(rows, mean)
         return scores.value_output_aware(rows, mean)
 
-    def _finish(self, n: int, mask: torch.Tensor | None, kept: int = 0, judged: int = 0) -> None:
+    def _finish(self, n: int, mask: torch.Tensor | None, rows: torch.Tensor, keep: int = 0) -> None:
+        """Count the n rows made final (mask None: `keep` entries per token and head) and drop their statistics."""
+        b, h, _, d = rows.shape
+        real = torch.ones(b, n, dtype=torch.bool, device=rows.device)
+        if self.pads is not None:  # pad columns are decided with their row but never counted
+            columns = torch.arange(self.final, self.final + n, device=rows.device)
+            real = columns.unsqueeze(0) >= self.pads.unsqueeze(1)
+        if mask is not None:
+            kept = (mask & real.view(b, 1, n, 1)).sum(dim=(1, 2, 3))
+        else:
+            kept = real.sum(dim=1) * (h * keep)
+        self._kept = self._kept + kept
+        self._judged = self._judged + real.sum(dim=1) * (h * d)
         self.final += n
-        self._kept = self._kept + (mask.sum() if mask is not None else kept)
-        self.judged += mask.numel() if mask is not None else judged
         if self.acc is not None:
             self.acc, self.cnt = self.acc[:, :, n:], self.cnt[n:]
+
+
+class RowPruner:
+    """One `SidePruner` per row of a left-padded batch, for rules whose decisions depend on where a row starts.
+
+    Same interface as `SidePruner`; `final` counts batch columns. A row applies its zeros to the shared tail as
+    soon as it decides (attention must see them), and a column is released once every row has decided it.
+    """
+
+    def __init__(self, rule: PruneRule, side: str, keep_rule: str, window: int, pads: list[int]):
+        self.pads = pads
+        self.rows = [SidePruner(rule, side, keep_rule, window) for _ in pads]
+        self.final = 0
+        self.decided: list[list[torch.Tensor]] | None = None  # per row: masks of columns [final, row's final)
+
+    @property
+    def needs(self) -> str | None:
+        return self.rows[0].needs
+
+    @property
+    def packs_topk(self) -> bool:
+        return False
+
+    @property
+    def prefilled(self) -> bool:
+        return self.rows[0].prefilled
+
+    @property
+    def kept(self) -> int:
+        return sum(r.kept for r in self.rows)
+
+    @property
+    def judged(self) -> int:
+        return sum(r.judged for r in self.rows)
+
+    def keep_for(self, head_dim: int) -> int | None:
+        return self.rows[0].keep_for(head_dim)
+
+    def row_counts(self, batch: int) -> list[tuple[int, int]]:
+        return [(r.kept, r.judged) for r in self.rows]
+
+    def _pad_mask(self, tail: torch.Tensor, pad: int) -> torch.Tensor:
+        """Pads are never attended; a fixed-count store still needs `keep` entries per token."""
+        b, h, _, d = tail.shape
+        keep = self.keep_for(d)
+        channel_kept = torch.arange(d, device=tail.device) < (d if keep is None else keep)
+        return channel_kept.expand(1, h, pad, d).clone()
+
+    def step(
+        self, tail: torch.Tensor, obs: Observation, want_mask: bool = True
+    ) -> tuple[int, torch.Tensor | None]:
+        total = self.final + tail.shape[2]
+        if self.decided is None:
+            self.decided = [[self._pad_mask(tail, pad)] for pad in self.pads]
+        for b, (pruner, pad) in enumerate(zip(self.rows, self.pads)):
+            start = pad + pruner.final - self.final  # tail index of the row's first undecided token
+            row_tail = tail[b : b + 1, :, start:]
+            n, mask = pruner.step(row_tail, obs.row(b, pad, total))
+            if n == 0:
+                continue
+            if mask is None:
+                mask = torch.ones_like(row_tail[:, :, :n], dtype=torch.bool)
+            else:
+                row_tail[:, :, :n].masked_fill_(~mask, 0)
+            self.decided[b].append(mask)
+        n = min(pad + r.final for pad, r in zip(self.pads, self.rows)) - self.final
+        if n <= 0:
+            return 0, None
+        masks = []
+        for b, chunks in enumerate(self.decided):
+            rows = torch.cat(chunks, dim=2)
+            masks.append(rows[:, :, :n])
+            self.decided[b] = [rows[:, :, n:]]
+        self.final += n
+        return n, torch.cat(masks, dim=0)

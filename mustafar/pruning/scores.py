@@ -18,20 +18,41 @@ def group_queries(query: torch.Tensor, n_kv: int) -> torch.Tensor:
     return query.view(b, n_kv, h_q // n_kv, q, d)
 
 
-def query_stat(query: torch.Tensor, n_kv: int) -> torch.Tensor:
-    """q̄_d: mean over the last 32 queries of |q_d|, summed over the group's query heads -> [B, H_kv, D]."""
+def real_queries(q_len: int, total: int, pads: torch.Tensor) -> torch.Tensor:
+    """[B, m] weights (1 real, 0 pad) of the last m = min(32, q_len) queries of a left-padded batch whose
+    queries are the last q_len of `total` columns: a row's statistic then averages its own queries only."""
+    m = min(OBSERVED_QUERIES, q_len)
+    columns = torch.arange(total - m, total, device=pads.device)
+    return (columns.unsqueeze(0) >= pads.unsqueeze(1)).float()
+
+
+def _query_mean(x: torch.Tensor, real: torch.Tensor | None) -> torch.Tensor:
+    """Mean over the query axis (3) of grouped [B, H_kv, n_rep, m, ...], over real queries only if given."""
+    if real is None:
+        return x.mean(dim=3)
+    w = real.view(real.shape[0], 1, 1, real.shape[1], *([1] * (x.dim() - 4)))
+    return (x * w).sum(dim=3) / w.sum(dim=3)
+
+
+def query_stat(query: torch.Tensor, n_kv: int, real: torch.Tensor | None = None) -> torch.Tensor:
+    """q̄_d: mean over the last 32 queries of |q_d|, summed over the group's query heads -> [B, H_kv, D].
+    `real` ([B, m], see `real_queries`) leaves pad queries out."""
     q = group_queries(query[:, :, -OBSERVED_QUERIES:].float(), n_kv)
-    return q.abs().mean(dim=3).sum(dim=2)
+    return _query_mean(q.abs(), real).sum(dim=2)
 
 
-def think_query_stat(query: torch.Tensor, n_kv: int) -> torch.Tensor:
+def think_query_stat(query: torch.Tensor, n_kv: int, real: torch.Tensor | None = None) -> torch.Tensor:
     """ThinK's query factor: mean over the last 32 queries of q², averaged over the group -> [B, H_kv, D]."""
     q = group_queries(query[:, :, -OBSERVED_QUERIES:].float(), n_kv)
-    return q.square().mean(dim=3).mean(dim=2)
+    return _query_mean(q.square(), real).mean(dim=2)
 
 
 def attention_stat(
-    query: torch.Tensor, keys: torch.Tensor, scaling: float, mask: torch.Tensor | None
+    query: torch.Tensor,
+    keys: torch.Tensor,
+    scaling: float,
+    mask: torch.Tensor | None,
+    real: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """a_t: attention weight of each cached token from the last 32 queries, mean over queries, summed over the
     group's query heads -> [B, H_kv, T]. `mask` is the model's boolean or additive [B, 1|H, q, T] mask; None
@@ -48,9 +69,9 @@ def attention_stat(
         q_pos = t - q_len + (q_len - q.shape[2]) + torch.arange(q.shape[2], device=q.device)
         future = torch.arange(t, device=q.device).unsqueeze(0) > q_pos.unsqueeze(1)
         logits = logits.masked_fill(future, float("-inf"))
-    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)
+    probs = torch.softmax(logits, dim=-1).nan_to_num(0.0)  # a fully masked (pad) query attends nothing
     b, _, nq, t = probs.shape
-    return probs.view(b, n_kv, -1, nq, t).mean(dim=3).sum(dim=2)
+    return _query_mean(probs.view(b, n_kv, -1, nq, t), real).sum(dim=2)
 
 
 def magnitude(x: torch.Tensor) -> torch.Tensor:

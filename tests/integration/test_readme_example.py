@@ -47,6 +47,7 @@ def test_public_api_is_small_and_complete():
         "KVConfig",
         "MustafarCache",
         "attach",
+        "generate",
         "prune",
         "sparse_decode_attention",
     }

@@ -1,0 +1,181 @@
+"""Batched greedy generation through a pruning cache, each row decided exactly as if it ran alone.
+
+Prompts of different lengths are left-padded into one batch: every row ends at the same column, so one decode
+step feeds one token per row. Positions come from the attention mask (a row's first real token is position 0,
+as in its unpadded run) and the cache is told each row's pad count (`MustafarCache.set_padding`), so pads never
+enter pruning decisions or counts. A row that stops (a stop id once `min_new_tokens` are out, or its own
+`max_new_tokens`) keeps stepping with the batch until all rows are done; its output and cache statistics are
+taken at the step it stopped.
+
+`prefill` and `decode_step` are the two model calls; `decode_step` takes fixed-shape inputs ([B, 1] ids and
+positions, the cache position) so that a captured replay of it can stand in for the eager call.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mustafar.attention import attach, new_cache
+from mustafar.cache import CacheStats, MustafarCache
+from mustafar.config import KVConfig
+
+
+@dataclass
+class GenerationOutput:
+    """One row's result: its generated tokens (the stop token included, as `model.generate` returns it)."""
+
+    tokens: list[int]
+    prompt_tokens: int
+    stats: CacheStats | None  # the row's cache statistics when it stopped (None for an empty cache)
+    stopped_by: str  # "stop_id" or "max_new_tokens"
+
+
+@dataclass
+class Batch:
+    """Left-padded prompts: ids and mask [B, T], `pads` leading pad columns per row."""
+
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    pads: list[int]
+
+    @property
+    def position_ids(self) -> torch.Tensor:
+        """Each row counts from its first real token, so rotary positions equal its unpadded run."""
+        return (self.attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+
+
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> Batch:
+    if not prompts or any(len(p) == 0 for p in prompts):
+        raise ValueError("generate needs at least one prompt and every prompt needs at least one token")
+    width = max(len(p) for p in prompts)
+    pads = [width - len(p) for p in prompts]
+    ids = torch.tensor([[pad_id] * pad + list(p) for pad, p in zip(pads, prompts)], device=device)
+    mask = torch.tensor([[0] * pad + [1] * len(p) for pad, p in zip(pads, prompts)], device=device)
+    return Batch(ids, mask, pads)
+
+
+def prefill(model: torch.nn.Module, cache: MustafarCache, batch: Batch) -> torch.Tensor:
+    """Run the prompts through the (attached) cache; logits of each row's next token [B, V]."""
+    out = model(
+        input_ids=batch.input_ids,
+        attention_mask=batch.attention_mask,
+        position_ids=batch.position_ids,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1]
+
+
+def decode_step(
+    model: torch.nn.Module,
+    cache: MustafarCache,
+    input_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    cache_position: torch.Tensor,
+    attention_mask: torch.Tensor,
+) -> torch.Tensor:
+    """One token per row ([B, 1] ids and positions) at cache column `cache_position` ([1]); logits [B, V].
+
+    `attention_mask` [B, T+1] marks each row's real columns so far (pads 0)."""
+    out = model(
+        input_ids=input_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids,
+        cache_position=cache_position,
+        past_key_values=cache,
+        use_cache=True,
+    )
+    return out.logits[:, -1]
+
+
+def _per_row(value: int | Sequence[int], n: int, name: str) -> list[int]:
+    values = [value] * n if isinstance(value, int) else list(value)
+    if len(values) != n:
+        raise ValueError(f"{name} has {len(values)} entries for {n} prompts")
+    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+    if bad:
+        raise ValueError(f"{name}={bad[0]!r} must be an integer >= 0")
+    return values
+
+
+@torch.inference_mode()
+def generate(
+    model: torch.nn.Module,
+    policy: KVConfig,
+    prompts: Sequence[Sequence[int]],
+    max_new_tokens: int | Sequence[int],
+    stop_ids: Sequence[int] | Sequence[Sequence[int]] = (),
+    min_new_tokens: int | Sequence[int] = 0,
+    pad_id: int = 0,
+    cache: MustafarCache | None = None,
+) -> list[GenerationOutput]:
+    """Greedy continuations of `prompts` (token ids), one fresh pruning cache for the batch.
+
+    `stop_ids`: ids that end a row (EOS included), shared or one collection per prompt; a stop id is never
+    chosen before the row has `min_new_tokens` tokens (as transformers' min-length rule does). `cache`: an
+    unused cache of `policy` to generate into (default: a new one), for callers that inspect it afterwards.
+    """
+    n = len(prompts)
+    budget = _per_row(max_new_tokens, n, "max_new_tokens")
+    minimum = _per_row(min_new_tokens, n, "min_new_tokens")
+    shared = len(stop_ids) == 0 or isinstance(next(iter(stop_ids)), int)
+    stops = [set(stop_ids)] * n if shared else [set(s) for s in stop_ids]
+    if len(stops) != n:
+        raise ValueError(f"stop_ids has {len(stops)} entries for {n} prompts")
+
+    device = next(model.parameters()).device
+    batch = left_pad(prompts, pad_id, device)
+    if cache is None:
+        cache = new_cache(model, policy)
+    elif cache.policy != policy or cache.get_seq_length() > 0:
+        raise ValueError("generate needs an empty cache built for the same policy")
+    cache.set_padding(batch.pads, device)
+
+    tokens: list[list[int]] = [[] for _ in range(n)]
+    outputs: list[GenerationOutput | None] = [None] * n
+    mask = batch.attention_mask
+    positions = batch.position_ids[:, -1:]
+    with attach(model, cache):
+        logits = prefill(model, cache, batch)
+        banned = _stop_mask(stops, logits.shape[-1], device)  # chosen only once min_new_tokens are out
+        for row in range(n):  # a zero budget stops before the first token
+            if budget[row] == 0:
+                outputs[row] = _finish(cache, row, [], len(prompts[row]), "max_new_tokens")
+        while any(o is None for o in outputs):
+            step = len(tokens[0])
+            below = torch.tensor([step < m for m in minimum], device=device).unsqueeze(1)
+            chosen = logits.float().masked_fill(banned & below, float("-inf")).argmax(dim=-1)
+            stopped = []
+            for row, token in enumerate(chosen.tolist()):
+                tokens[row].append(token)
+                if outputs[row] is not None:
+                    continue
+                if token in stops[row] and step >= minimum[row]:
+                    stopped.append((row, "stop_id"))
+                elif step + 1 >= budget[row]:
+                    stopped.append((row, "max_new_tokens"))
+            for row, reason in stopped:  # this cache state is what the row's own run ends with
+                outputs[row] = _finish(cache, row, tokens[row], len(prompts[row]), reason)
+            if all(o is not None for o in outputs):
+                break
+            mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
+            positions = positions + 1
+            cache_position = torch.tensor([mask.shape[1] - 1], device=device)
+            logits = decode_step(model, cache, chosen.unsqueeze(1), positions, cache_position, mask)
+    return outputs
+
+
+def _stop_mask(stops: list[set[int]], vocab: int, device: torch.device) -> torch.Tensor:
+    mask = torch.zeros(len(stops), vocab, dtype=torch.bool, device=device)
+    for row, ids in enumerate(stops):
+        mask[row, [i for i in ids if 0 <= i < vocab]] = True
+    return mask
+
+
+def _finish(cache: MustafarCache, row: int, tokens: list[int], prompt: int, reason: str) -> GenerationOutput:
+    rows = cache.row_stats()
+    return GenerationOutput(list(tokens), prompt, rows[row] if rows else None, reason)
