@@ -4,13 +4,17 @@ soft-capping), compressed mode against mask mode, and the refusals where compres
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from transformers import AttentionInterface, AutoModelForCausalLM
 
+from eval.job import Job
 from mustafar.architectures import ARCHS, TINY_SLIDING_WINDOW, random_config
-from mustafar.attention import attach, mustafar_attention, new_cache, register
+from mustafar.attention import attach, attention_modules, mustafar_attention, new_cache, register
 from mustafar.config import KVConfig
+from mustafar.models import ModelConfig, load, peek_head_dim
 
 VOCAB = 256
 HEAD_DIMS = {"llama": 64, "mistral": 64, "qwen2": 128, "qwen3": 64, "phi3": 96, "gemma2": 256, "gemma3": 256}
@@ -169,3 +173,91 @@ def test_compressed_mode_refuses_soft_capped_attention():
         with attach(model, cache):
             pass
     assert model.config._attn_implementation != "mustafar"  # refused before touching the model
+
+
+def job_config(*overrides: str) -> dict:
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        cfg = compose("config", overrides=["model=tiny", "logger=none", *overrides])
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.arch=gemma2", "kv.mode=compressed"],
+            "kv.mode=compressed cannot run model tiny: its attention soft-caps the logits "
+            "(attn_logit_softcapping=50), which the sparse decode kernel does not apply; use kv.mode=mask",
+        ),
+        (
+            ["model.arch=phi3", "model.architecture.head_dim=48", "kv.mode=compressed"],
+            "cannot run model tiny: head_dim=48 is not a multiple of 32",
+        ),
+        (
+            ["model.arch=gemma3", "model.architecture.head_dim=256", "kv.mode=compressed", "device=cuda"],
+            "kv.mode=compressed on a GPU supports head_dim 64, 128 (the Triton kernels); model tiny has "
+            "head_dim=256",
+        ),
+        (["model.arch=falcon"], "model.arch='falcon' is not allowed; choose one of llama, mistral, qwen2"),
+        (
+            ["model.device_map=balanced"],
+            "model.device_map='balanced' is not allowed; choose one of null, auto",
+        ),
+    ],
+)
+def test_job_config_refusals_name_the_model_and_the_reason(overrides, message):
+    with pytest.raises(ValueError) as err:
+        Job.from_config(job_config(*overrides))
+    assert message in str(err.value)
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_every_family_composes_as_the_tiny_model(arch):
+    """`model=tiny model.arch=<family>` validates, and head dims without Triton kernels run compressed on CPU."""
+    mode = "mask" if arch == "gemma2" else "compressed"
+    job = Job.from_config(
+        job_config(f"model.arch={arch}", "model.architecture.head_dim=96", f"kv.mode={mode}", "device=cpu")
+    )
+    assert job.model.arch == arch
+    assert peek_head_dim(job.model) == 96
+
+
+def test_device_map_auto_shards_a_random_model_and_keeps_its_tokens():
+    """On a CPU-only host `auto` places every layer on the CPU; the dispatched model must generate what the plain
+    one does, with each cache layer on its layer's device."""
+    sizes = {**job_config()["model"], "name": "tiny-sharded"}
+    plain = load(ModelConfig(**sizes), "cpu").model
+    ids = prompt(24)
+    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=4)
+    want = greedy(plain, ids, 6, new_cache(plain, policy))
+    sharded = load(ModelConfig(**{**sizes, "device_map": "auto"}), "cpu").model
+    assert hasattr(sharded, "hf_device_map")
+    cache = new_cache(sharded, policy)
+    assert torch.equal(greedy(sharded, ids, 6, cache), want)
+    for module, layer in zip(attention_modules(sharded), cache.layers, strict=True):
+        assert layer.keys.device == next(module.parameters()).device
+
+
+def test_device_map_reaches_from_pretrained_for_a_local_checkpoint(tmp_path, monkeypatch):
+    """transformers shards at load time (on a CPU-only host nothing observable changes), so watch the call."""
+    from transformers import AutoModelForCausalLM as Auto
+
+    loaded = load(ModelConfig(**{**job_config()["model"], "arch": "qwen3"}), "cpu")
+    loaded.model.save_pretrained(tmp_path)
+    loaded.tokenizer.save_pretrained(tmp_path)
+    seen = []
+    real = Auto.from_pretrained.__func__
+
+    def spy(cls, *args, **kwargs):
+        seen.append(kwargs.get("device_map"))
+        return real(cls, *args, **kwargs)
+
+    monkeypatch.setattr(Auto, "from_pretrained", classmethod(spy))
+    local = load(ModelConfig(name="local", source="local", path=str(tmp_path), device_map="auto"), "cpu")
+    assert type(local.model).__name__ == "Qwen3ForCausalLM"
+    assert seen == ["auto"]
+    assert next(local.model.parameters()).device.type == "cpu"

@@ -79,9 +79,11 @@ def test_bad_values_fail_before_model_work(override, message):
     assert message in str(err.value)
 
 
-def test_compressed_mode_refuses_unsupported_head_dim():
-    cfg = to_dict(composed(["model=tiny", "model.architecture.head_dim=32", "kv.mode=compressed"]))
-    with pytest.raises(ConfigError, match="head_dim=32"):
+def test_compressed_mode_on_a_gpu_refuses_head_dims_without_kernels():
+    cfg = to_dict(
+        composed(["model=tiny", "model.architecture.head_dim=32", "kv.mode=compressed", "device=cuda"])
+    )
+    with pytest.raises(ConfigError, match="supports head_dim 64, 128 .*model tiny has head_dim=32"):
         Job.from_config(cfg)
 
 
