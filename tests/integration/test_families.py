@@ -261,3 +261,50 @@ def test_device_map_reaches_from_pretrained_for_a_local_checkpoint(tmp_path, mon
     assert type(local.model).__name__ == "Qwen3ForCausalLM"
     assert seen == ["auto"]
     assert next(local.model.parameters()).device.type == "cpu"
+
+
+def test_gemma3_vision_language_checkpoint_prunes_its_text_decoder():
+    """gemma3_4b is a Gemma3ForConditionalGeneration: the decoder's facts live in text_config, the vision tower's
+    attention is left alone, and text prompts generate the stock tokens at sparsity 0."""
+    from transformers import AutoConfig
+
+    from mustafar.architectures import compressed_refusal, head_dim
+
+    text = dict(
+        vocab_size=VOCAB + 3,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=256,
+        max_position_embeddings=1024,
+        sliding_window=TINY_SLIDING_WINDOW,
+        layer_types=["sliding_attention", "full_attention"],
+        initializer_range=0.1,
+    )
+    vision = dict(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2, image_size=32
+    )
+    config = AutoConfig.for_model(
+        "gemma3",
+        text_config=text,
+        vision_config=vision,
+        mm_tokens_per_image=4,
+        boi_token_index=VOCAB,
+        eoi_token_index=VOCAB + 1,
+        image_token_index=VOCAB + 2,
+        tie_word_embeddings=False,
+    )
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    assert head_dim(model.config) == 256
+    assert "model gemma3_4b has head_dim=256" in compressed_refusal(model.config, "gemma3_4b", "cuda")
+    assert len(attention_modules(model)) == 2  # the decoder's layers only
+    ids = prompt(40)
+    stock = greedy(model, ids, 12)
+    assert len(set(stock[0, 40:].tolist())) >= 4
+    assert torch.equal(greedy(model, ids, 12, new_cache(model, KVConfig())), stock)
+    cache = new_cache(model, KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=4))
+    greedy(model, ids, 4, cache)
+    assert 0.45 < cache.stats().k_sparsity < 0.55
