@@ -122,7 +122,10 @@ def softcapped_attention(
         mask = torch.ones(q_len, t, dtype=torch.bool, device=query.device).tril(t - q_len)
     if mask is not None:
         mask = mask[..., :t]
-        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
+        hidden = torch.finfo(
+            logits.dtype
+        ).min  # not -inf: a fully masked (padding) row stays finite, as in eager
+        logits = logits.masked_fill(~mask, hidden) if mask.dtype == torch.bool else logits + mask
     weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
     return torch.matmul(weights, v).transpose(1, 2).contiguous()
 

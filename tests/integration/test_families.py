@@ -308,3 +308,21 @@ def test_gemma3_vision_language_checkpoint_prunes_its_text_decoder():
     cache = new_cache(model, KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=4))
     greedy(model, ids, 4, cache)
     assert 0.45 < cache.stats().k_sparsity < 0.55
+
+
+@pytest.mark.parametrize("masked", [False, True])
+def test_softcapped_attention_over_several_queries(masked):
+    """The prefill case: 5 queries over 8 keys (3 cached), GQA 2:1, causal by default or from a boolean mask."""
+    from mustafar.attention import softcapped_attention
+
+    g = torch.Generator().manual_seed(3)
+    q, k, v = (torch.randn(1, h, n, 32, generator=g) * 3 for h, n in ((4, 5), (2, 8), (2, 8)))
+    allowed = torch.ones(5, 8, dtype=torch.bool).tril(3)  # query i sits at position 3 + i
+    if masked:
+        allowed[:, 0] = False  # e.g. a padded first token
+    mask = allowed[None, None] if masked else None
+    got = softcapped_attention(q, k, v, mask, scaling=0.5, softcap=2.0)
+    kr, vr = k.double().repeat_interleave(2, 1), v.double().repeat_interleave(2, 1)
+    logits = 2.0 * torch.tanh((q.double() @ kr.transpose(-1, -2)) * 0.5 / 2.0)
+    want = (torch.softmax(logits.masked_fill(~allowed, float("-inf")), -1) @ vr).transpose(1, 2)
+    torch.testing.assert_close(got.double(), want, rtol=1e-5, atol=1e-5)
