@@ -50,6 +50,7 @@ main()
 """
 
 
+@pytest.mark.slow
 def test_joblib_sweep_gives_each_worker_its_own_gpu(tmp_path):
     script = tmp_path / "task.py"
     script.write_text(textwrap.dedent(TASK.format(conf=str(ROOT / "conf"))))
