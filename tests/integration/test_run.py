@@ -11,6 +11,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 
 from eval.job import Job
+from mustafar import models
 from mustafar.config import ConfigError
 from mustafar.models import ModelUnavailable
 
@@ -77,9 +78,12 @@ def test_bad_values_fail_before_model_work(override, message):
     assert message in str(err.value)
 
 
-def test_compressed_mode_refuses_unsupported_head_dim():
-    cfg = to_dict(composed(["model=tiny", "model.architecture.head_dim=32", "kv.mode=compressed"]))
-    with pytest.raises(ConfigError, match="head_dim=32"):
+def test_compressed_mode_on_a_gpu_refuses_head_dims_without_kernels(monkeypatch):
+    monkeypatch.setattr(models, "cuda_available", lambda: True)  # the GPU refusal is checked without a GPU
+    cfg = to_dict(
+        composed(["model=tiny", "model.architecture.head_dim=32", "kv.mode=compressed", "device=cuda"])
+    )
+    with pytest.raises(ConfigError, match="supports head_dim 64, 128 .*model tiny has head_dim=32"):
         Job.from_config(cfg)
 
 
