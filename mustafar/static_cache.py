@@ -261,9 +261,12 @@ class StaticCompressedLayer(StaticLayer):
         self.ring_k = torch.zeros(batch, heads, w, head_dim, dtype=self.dtype, device=self.device)
         self.ring_v = torch.zeros_like(self.ring_k)
         self.keep = {s: self.pruners[s].keep_for(head_dim) for s in ("k", "v")}
+        triton = resolve_backend(kernel_backend(), self.device, head_dim) == "triton"
+        self.device_stores = triton and _stores_count_on_device()
+        extra = {"static": True} if self.device_stores else {}
         self.stores = {
             s: CompressedStore(
-                batch, heads, head_dim, self.dtype, self.device, keep=self.keep[s], capacity=self.capacity
+                batch, heads, head_dim, self.dtype, self.device, self.keep[s], capacity=self.capacity, **extra
             )
             for s in ("k", "v")
         }
@@ -301,22 +304,26 @@ class StaticCompressedLayer(StaticLayer):
     def prune_leaving(self) -> None:
         slot = (self.length % (self.policy.window + 1)).view(1)  # holds token length-1-window
         for side, ring in (("k", self.ring_k), ("v", self.ring_v)):
-            pack_token_at(self.stores[side], ring.index_select(2, slot), self.keep[side], self.stored.view(1))
+            row = ring.index_select(2, slot)
+            if self.device_stores:  # the Triton pack writes at the store's device length and advances it
+                topk_pack_into(self.stores[side], row, self.keep[side], kernel_backend())
+            else:
+                pack_token_at(self.stores[side], row, self.keep[side], self.stored.view(1))
+                self.stores[side].length += 1
         self.stored += 1
-        for store in self.stores.values():
-            store.length += 1
 
     def advance(self, steps: int) -> None:
         super().advance(steps)
-        for store in self.stores.values():
-            store.length += steps
+        if not self.device_stores:
+            for store in self.stores.values():
+                store.length += steps
 
     def decode_attention(self, q: torch.Tensor, scale: float) -> torch.Tensor:
         return compressed_decode_attention(q, self, scale)
 
     def decode_counts(self) -> dict[str, tuple[int, int]]:
         ks = self.stores["k"]
-        decided = ks.length - self.prompt_stored
+        decided = self.host_length - self.policy.window - self.prompt_stored
         counts = {}
         for side in ("k", "v"):
             active = self.pruners[side].rule.active
@@ -331,7 +338,7 @@ class StaticCompressedLayer(StaticLayer):
 
     def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         order = self.window_order()
-        n = self.stores["k"].length
+        n = self.host_length - self.policy.window  # tokens that have left the window
         k = torch.cat([unpack_fixed(self.stores["k"])[:, :, :n], self.ring_k[:, :, order]], dim=2)
         v = torch.cat([unpack_fixed(self.stores["v"])[:, :, :n], self.ring_v[:, :, order]], dim=2)
         return k, v
@@ -362,17 +369,18 @@ def pack_token_at(store: CompressedStore, row: torch.Tensor, keep: int, at: torc
     store.vals.index_copy_(2, at, vals)
 
 
-def _op_takes_device_length() -> bool:
-    """Whether the sparse decode op reads the store length from a device tensor (`length=`)."""
-    return "length" in inspect.signature(sparse_decode_attention).parameters
+def _stores_count_on_device() -> bool:
+    """Whether `CompressedStore` offers static stores (`static=True`: token count in a device tensor that the
+    Triton pack advances and the sparse decode op reads, one launch plan per capacity)."""
+    return "static" in inspect.signature(CompressedStore.__init__).parameters
 
 
 def compressed_decode_attention(q: torch.Tensor, layer: StaticCompressedLayer, scale: float) -> torch.Tensor:
     """The one place the static compressed cache calls the sparse decode op.
 
-    PyTorch backend: dense attention over the unpacked stores and the ring (fixed shapes, capturable). Triton: the
-    sparse op over store + ring; it is capturable once the op takes the length as a device tensor (`length=`);
-    until then it reads the host mirror, which is right eagerly and frozen in a captured graph."""
+    PyTorch backend: dense attention over the unpacked stores and the ring (fixed shapes, capturable). Triton
+    with static stores: the sparse op reads the length on the device (capturable). Triton without them: the op
+    reads the host mirror `store.length`, right eagerly but frozen in a captured graph (`capture_blocker`)."""
     ks, vs = layer.stores["k"], layer.stores["v"]
     if resolve_backend(kernel_backend(), q.device, q.shape[-1]) == "torch":
         keys = torch.cat([unpack_fixed(ks), layer.ring_k], dim=2)
@@ -380,10 +388,6 @@ def compressed_decode_attention(q: torch.Tensor, layer: StaticCompressedLayer, s
         in_store = torch.arange(layer.capacity, device=q.device) < layer.stored
         valid = torch.cat([in_store, torch.ones(layer.ring_k.shape[2], dtype=torch.bool, device=q.device)])
         return masked_decode_attention(q, keys, values, valid, scale)
-    if _op_takes_device_length():
-        return sparse_decode_attention(
-            q, ks, vs, layer.ring_k, layer.ring_v, scale=scale, backend=kernel_backend(), length=layer.stored
-        )
     return sparse_decode_attention(
         q, ks, vs, layer.ring_k, layer.ring_v, scale=scale, backend=kernel_backend()
     )
@@ -395,8 +399,8 @@ def capture_blocker(cache: StaticMustafarCache, device: torch.device) -> str | N
         return f"CUDA graphs need a CUDA device, the model is on {device.type}"
     compressed = any(isinstance(layer, StaticCompressedLayer) for layer in cache.layers)
     if compressed and resolve_backend(kernel_backend(), device, cache.head_dim) == "triton":
-        if not _op_takes_device_length():
-            return "the sparse decode op reads the store length on the host (no `length=` device tensor yet)"
+        if not _stores_count_on_device():
+            return "the sparse decode op reads the store length on the host (no static CompressedStore yet)"
     return None
 
 
