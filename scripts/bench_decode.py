@@ -43,6 +43,7 @@ from transformers import DynamicCache  # noqa: E402
 from transformers.cache_utils import Cache, DynamicLayer  # noqa: E402
 
 from mustafar.attention import attach, new_cache  # noqa: E402
+from mustafar.bench.random_model import build_model  # noqa: E402
 from mustafar.bench.shapes import ARCHS  # noqa: E402
 from mustafar.cache import MustafarCache  # noqa: E402
 from mustafar.config import KVConfig  # noqa: E402
@@ -90,16 +91,6 @@ class Point:
     graph_tokens_per_s: float | None = None
     graph_event_ms: float | None = None  # GPU time per replayed step (CUDA events around each replay)
     graph_blocker: str | None = None  # why the step was not captured (then the graph columns are empty)
-
-
-def build_model(arch: str, dtype: torch.dtype, device: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(**ARCHS[arch], attn_implementation="sdpa")
-    with torch.device(device):
-        model = LlamaForCausalLM._from_config(cfg, dtype=dtype)
-    return model.eval()
 
 
 class PreallocatedDenseLayer(DynamicLayer):
