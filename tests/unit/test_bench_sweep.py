@@ -32,7 +32,9 @@ def test_job_is_the_harness_english_task_set():
     assert {t: n for t, (n, _) in EN_TASKS.items()} == {t: data.EXPECTED_COUNTS[t] for t in EN_TASKS}
     assert sum(n for n, _ in EN_TASKS.values()) == 3750
     maxlen = json.loads((ROOT / "eval" / "longbench" / "maxlen.json").read_text())
-    assert sum(n * maxlen[t] for t, (n, _) in EN_TASKS.items()) == 508_800  # 200 x 2,176 + 150 x 64 + 1,000 x 64
+    assert (
+        sum(n * maxlen[t] for t, (n, _) in EN_TASKS.items()) == 508_800
+    )  # 200 x 2,176 + 150 x 64 + 1,000 x 64
 
 
 def test_prompt_lengths_are_seeded_truncated_and_centred():
