@@ -16,7 +16,13 @@ import torch
 from mustafar.attention import attach
 from mustafar.cache import MustafarCache
 from mustafar.config import KVConfig
-from mustafar.static_cache import StaticMustafarCache, capture_blocker, say_once, static_cache
+from mustafar.static_cache import (
+    StaticCacheError,
+    StaticMustafarCache,
+    capture_blocker,
+    say_once,
+    static_cache,
+)
 
 WARMUP_STEPS = 2
 
@@ -59,6 +65,9 @@ class DecodeRunner:
         if self.blocker is not None:
             return self.eager(input_ids, position_ids)
         if self.graph is not None:
+            layer = self.cache.layers[0]
+            if layer.host_length >= layer.capacity:  # a replay would write past the buffers
+                raise StaticCacheError(f"static cache capacity {layer.capacity} exceeded by a replayed step")
             self.ids.copy_(input_ids)
             self.pos.copy_(position_ids)
             self.graph.replay()

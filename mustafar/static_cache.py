@@ -77,7 +77,7 @@ def masked_decode_attention(
     Two batched GEMVs: no key/value head repetition, fixed shapes, so it captures in a graph."""
     b, hq, d = q.shape
     hkv = keys.shape[1]
-    qg = q.view(b, hkv, hq // hkv, d)
+    qg = q.reshape(b, hkv, hq // hkv, d)
     logits = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale
     probs = logits.masked_fill(~valid, float("-inf")).softmax(dim=-1)
     return torch.matmul(probs.to(values.dtype), values).reshape(b, hq, d)
