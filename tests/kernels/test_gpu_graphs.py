@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 import torch
 
+from mustafar.attention import attach
 from mustafar.config import KVConfig
 from mustafar.graphs import DecodeRunner, greedy
-from mustafar.static_cache import StaticMustafarCache, capture_blocker
+from mustafar.static_cache import StaticCacheError, StaticMustafarCache, capture_blocker
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -67,12 +68,9 @@ def test_graph_replay_equals_eager(tiny_cuda, monkeypatch, name, backend):
     assert int(cache.layers[0].length) == cache.layers[0].host_length
 
 
-def test_runner_captures_once_and_replays(tiny_cuda):
+def test_runner_captures_once_and_refuses_past_capacity(tiny_cuda):
     prompt = torch.randint(0, 256, (1, 16), device="cuda")
-    _, _, cache = greedy(tiny_cuda, KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=4), prompt, 1)
-    cache = type(cache)(cache.policy, 2, 16 + 8, 64)
-    from mustafar.attention import attach
-
+    cache = StaticMustafarCache(KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=4), 2, 16 + 6, 64)
     with torch.inference_mode(), attach(tiny_cuda, cache):
         tiny_cuda(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
         runner = DecodeRunner(tiny_cuda, cache)
@@ -81,3 +79,5 @@ def test_runner_captures_once_and_replays(tiny_cuda):
             runner.step(tok, torch.full((1, 1), 16 + i, device="cuda"))
         assert runner.captured
         assert cache.layers[1].host_length == 22 and int(cache.layers[1].length) == 22
+        with pytest.raises(StaticCacheError, match="capacity 22 exceeded"):
+            runner.step(tok, torch.full((1, 1), 22, device="cuda"))

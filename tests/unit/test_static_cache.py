@@ -190,3 +190,71 @@ def test_pack_token_at_equals_topk_pack(keep):
         pack_token_at(got, rows[:, :, t : t + 1], keep, torch.tensor([t]))
     torch.testing.assert_close(unpack_fixed(got)[:, :, :5], ref.to_dense(), atol=0, rtol=0)
     assert torch.equal(got.bits[:, :, :5], ref.bits[:, :, :5])
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        KVConfig(),
+        KVConfig(k_sparsity=0.7, v_sparsity=0.5, window=4),
+        KVConfig(k_sparsity=0.7, v_sparsity=0.7, window=4, keep_rule="reference"),
+        KVConfig(k_sparsity=0.7, v_sparsity=0.5, window=4, mode="compressed"),
+    ],
+    ids=["dense", "mask", "mask-reference", "compressed"],
+)
+def test_decode_step_is_capturable(tiny_llama, monkeypatch, policy):
+    """What graph capture needs of the whole model step, checked on the CPU: no host read of a device value
+    (.item(), bool(), int(): a sync on a GPU), no boolean-mask indexing (data-dependent shapes, a sync too), and
+    the cache's buffers keep their addresses (a graph replays fixed addresses)."""
+    prompt, feed = _inputs(2, 12, 3)
+    cache = static_cache(tiny_llama, policy, 12, 4)
+    with torch.inference_mode(), attach(tiny_llama, cache):
+        tiny_llama(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        runner = DecodeRunner(tiny_llama, cache, graphs=False)
+        before = _buffer_addresses(cache)
+        _forbid_host_reads(monkeypatch)
+        for i in range(3):
+            runner.step(feed[:, i : i + 1], torch.full((2, 1), 12 + i))
+        monkeypatch.undo()
+    assert _buffer_addresses(cache) == before
+    assert int(cache.layers[0].length) == 15
+
+
+def test_capturability_check_rejects_the_dynamic_caches(tiny_llama, monkeypatch):
+    """The check above can fail: the dynamic compressed cache packs with boolean indexing and regrows."""
+    prompt, feed = _inputs(2, 12, 1)
+    cache = MustafarCache(KVConfig(k_sparsity=0.7, v_sparsity=0.5, window=4, mode="compressed"), 2)
+    with torch.inference_mode(), attach(tiny_llama, cache):
+        tiny_llama(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        _forbid_host_reads(monkeypatch)
+        with pytest.raises(AssertionError, match="boolean-mask indexing"):
+            DecodeRunner(tiny_llama, cache, graphs=False).step(feed, torch.full((2, 1), 12))
+
+
+def _forbid_host_reads(monkeypatch) -> None:
+    def host_read(*args, **kwargs):
+        raise AssertionError("a decode step read a device value on the host")
+
+    for name in ("item", "tolist", "__bool__", "__int__", "__float__"):
+        monkeypatch.setattr(torch.Tensor, name, host_read)
+    for name in ("__getitem__", "__setitem__"):
+        original = getattr(torch.Tensor, name)
+
+        def checked(self, index, *rest, _original=original):
+            parts = index if isinstance(index, tuple) else (index,)
+            if any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts):
+                raise AssertionError("a decode step used boolean-mask indexing")
+            return _original(self, index, *rest)
+
+        monkeypatch.setattr(torch.Tensor, name, checked)
+
+
+def _buffer_addresses(cache) -> list[int]:
+    out = []
+    for layer in cache.layers:
+        for value in vars(layer).values():
+            if isinstance(value, torch.Tensor):
+                out.append(value.data_ptr())
+        for store in getattr(layer, "stores", {}).values():
+            out += [store.bits.data_ptr(), store.vals.data_ptr()]
+    return out
