@@ -343,11 +343,12 @@ def largest_batch(model, arch: str, fmt: str, context: int, start: int) -> tuple
 
 
 def largest_static_batch(model, arch: str, fmt: str, context: int, steps: int) -> tuple[int, Point | None]:
-    """The largest batch a static format holds: (free memory - a reserve) / one sequence's cache bytes (its
-    storage is allocated up front, so this is exact up to the reserve), verified by a measured run and lowered by
-    10 % per OOM."""
+    """The largest batch a static format holds: (free memory - a reserve) / (one sequence's cache bytes + its
+    share of the fill's transient: one layer's random K and V), exact up to the reserve because static storage is
+    allocated up front; verified by a measured run and lowered by 10 % per OOM."""
     one = fill_cache(model, fmt, 1, context)
-    per_sequence = cache_bytes(one)
+    c = model.config
+    per_sequence = cache_bytes(one) + 2 * c.num_key_value_heads * context * c.head_dim * model.dtype.itemsize
     del one
     gc.collect()
     torch.cuda.empty_cache()
