@@ -46,7 +46,11 @@ class StaticCacheError(RuntimeError):
 
 
 def _decides_per_token(rule: PruneRule) -> bool:
-    return rule.direction == "token" and rule.scorer == "magnitude"
+    return rule.direction == "token" and rule.scorer in ("magnitude", "output_aware")
+
+
+def _output_aware(rule: PruneRule) -> bool:
+    return rule.active and rule.direction == "token" and rule.scorer == "output_aware"
 
 
 def unsupported_reason(policy: KVConfig, prompt_len: int) -> str | None:
@@ -58,12 +62,15 @@ def unsupported_reason(policy: KVConfig, prompt_len: int) -> str | None:
             continue
         if rule.scorer == "think" and policy.mode == "mask":
             continue  # prunes the prompt at prefill only; generated tokens stay dense
-        return f"kv.{side}: {rule.label()} is not a per-token magnitude rule"
+        return f"kv.{side}: {rule.label()} is not a per-token rule"
     if policy.mode == "compressed":
-        if policy.keep_rule != "exact":
+        if _output_aware(policy.v):
             return (
-                "kv.keep_rule=reference keeps a varying count per token; the static store needs a fixed count"
+                "kv.v: output-aware values need attention weights, which the sparse decode op does not return"
             )
+        for side, rule in (("k", policy.k), ("v", policy.v)):
+            if rule.active and rule.scorer == "magnitude" and policy.keep_rule != "exact":
+                return f"kv.{side}: the published magnitude threshold keeps a varying count per token; the static store needs a fixed count"
         if prompt_len < policy.window:
             return f"the prompt ({prompt_len} tokens) is shorter than kv.window={policy.window}"
     return None
@@ -71,8 +78,9 @@ def unsupported_reason(policy: KVConfig, prompt_len: int) -> str | None:
 
 def masked_decode_attention(
     q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, scale: float
-) -> torch.Tensor:
-    """softmax(scale·q·Kᵀ)·V for one query per row over the `valid` [T] slots of K/V [B, H_kv, T, D] (GQA).
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(scale·q·Kᵀ)·V for one query per row over the `valid` [T] slots of K/V [B, H_kv, T, D] (GQA), and
+    each slot's attention summed over the group's query heads [B, H_kv, T] (the output-aware value statistic).
 
     Two batched GEMVs: no key/value head repetition, fixed shapes, so it captures in a graph."""
     b, hq, d = q.shape
@@ -80,7 +88,7 @@ def masked_decode_attention(
     qg = q.reshape(b, hkv, hq // hkv, d)
     logits = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale
     probs = logits.masked_fill(~valid, float("-inf")).softmax(dim=-1)
-    return torch.matmul(probs.to(values.dtype), values).reshape(b, hq, d)
+    return torch.matmul(probs.to(values.dtype), values).reshape(b, hq, d), probs.sum(dim=2)
 
 
 class StaticLayer(MustafarLayer):
@@ -96,7 +104,15 @@ class StaticLayer(MustafarLayer):
         self.batch, self.heads = b, h
         self.dtype, self.device = key_states.dtype, key_states.device
         self.length = torch.zeros((), dtype=torch.long, device=self.device)
+        self.output_aware = {s: _output_aware(self.pruners[s].rule) for s in ("k", "v")}
         self.allocate(b, h, d)
+        if any(self.output_aware.values()):  # per ring slot: statistics summed over the steps in the window
+            w = self.policy.window + 1
+            self.acc = {
+                "k": torch.zeros(b, h, w, d, dtype=torch.float32, device=self.device),
+                "v": torch.zeros(b, h, w, dtype=torch.float32, device=self.device),
+            }
+            self.cnt = torch.zeros(w, dtype=torch.float32, device=self.device)
         self.is_initialized = True
 
     def allocate(self, batch: int, heads: int, head_dim: int) -> None:
@@ -153,18 +169,71 @@ class StaticLayer(MustafarLayer):
         if not self.pruners["k"].prefilled:
             out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling)
             return out
-        return self.decode_attention(query[:, :, 0], scaling).unsqueeze(1)
+        out, attention = self.decode_attention(query[:, :, 0], scaling)
+        if any(self.output_aware.values()):
+            self.accumulate(query, attention)
+        return out.unsqueeze(1)
 
     def after_attention(self, obs: Observation) -> None:
         if not self.pruners["k"].prefilled:
             self.prune_prompt(obs)
+            if any(self.output_aware.values()):
+                self.seed_window_statistics()
         else:
             self.prune_leaving()
+
+    def ring_slots(self) -> torch.Tensor:
+        """Position of the token in each of the window+1 ring slots after this step's write (< 0: none yet)."""
+        w = self.policy.window + 1
+        base = self.length - w  # the oldest position the ring holds
+        return base + (torch.arange(w, device=self.device) - base) % w
+
+    def seed_window_statistics(self) -> None:
+        """The prompt's window tokens carry their prefill statistics into the ring (as the pruners hold them)."""
+        w = self.policy.window + 1
+        for side in ("k", "v"):
+            pruner = self.pruners[side]
+            if self.output_aware[side]:
+                slots = torch.arange(pruner.final, self.host_length, device=self.device) % w
+                self.acc[side].index_copy_(2, slots, pruner.acc)
+                self.cnt.index_copy_(0, slots, pruner.cnt)
+
+    def accumulate(self, query: torch.Tensor, attention: torch.Tensor | None) -> None:
+        """Add this step's statistics to every token in the window, the new one included (fresh slot)."""
+        w = self.policy.window + 1
+        new = ((self.length - 1) % w).view(1)
+        positions = self.ring_slots()
+        inside = (positions >= 0).float()
+        self.cnt.index_fill_(0, new, 0)
+        for side in ("k", "v"):
+            if not self.output_aware[side]:
+                continue
+            self.acc[side].index_fill_(2, new, 0)
+            if side == "k":
+                stat = scores.query_stat(query, self.heads).unsqueeze(2)
+                self.acc["k"] += stat * inside.view(1, 1, w, 1)
+            else:
+                self.acc["v"] += self.window_attention(attention, positions) * inside
+        self.cnt += inside
+
+    def window_attention(self, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Attention [B, H_kv, window+1] of the ring slots' tokens, from the step's attention over all slots."""
+        return attention.index_select(2, positions.clamp_min(0))
+
+    def leaving_score(self, side: str, row: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """The score ranking the entries of the token leaving the window (`slot` [1] in the ring)."""
+        if not self.output_aware[side]:
+            return scores.magnitude(row)
+        cnt = self.cnt.index_select(0, slot).clamp_min(1)
+        if side == "k":
+            return scores.key_output_aware(row, self.acc["k"].index_select(2, slot) / cnt.view(1, 1, 1, 1))
+        return scores.value_output_aware(row, self.acc["v"].index_select(2, slot) / cnt.view(1, 1, 1))
 
     def valid(self) -> torch.Tensor:
         return torch.arange(self.capacity, device=self.device) < self.length
 
-    def decode_attention(self, q: torch.Tensor, scale: float) -> torch.Tensor:
+    def decode_attention(self, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Output [B, H_q, D] and, where available, each slot's attention [B, H_kv, slots]."""
         raise NotImplementedError
 
     def write_prompt(self, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -205,7 +274,7 @@ class StaticDenseLayer(StaticLayer):
         self.values.index_copy_(2, at, values)
         return self.keys, self.values
 
-    def decode_attention(self, q: torch.Tensor, scale: float) -> torch.Tensor:
+    def decode_attention(self, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
         return masked_decode_attention(q, self.keys, self.values, self.valid(), scale)
 
     def prune_prompt(self, obs: Observation) -> None:
@@ -229,12 +298,15 @@ class StaticMaskLayer(StaticDenseLayer):
         leaving = self.length - 1 - self.policy.window
         inside = leaving >= 0  # a prompt shorter than the window: nothing has left it yet
         at = leaving.clamp_min(0).view(1)
+        slot = (self.length % (self.policy.window + 1)).view(1)
         for side, tensor in (("k", self.keys), ("v", self.values)):
             rule = self.pruners[side].rule
             if not (rule.active and _decides_per_token(rule)):
                 continue
             row = tensor.index_select(2, at)
-            keep = keep_mask(scores.magnitude(row), rule.sparsity, self.policy.keep_rule, thresholded=True)
+            score = self.leaving_score(side, row, slot)
+            thresholded = rule.scorer == "magnitude"
+            keep = keep_mask(score, rule.sparsity, self.policy.keep_rule, thresholded)
             drop = ~keep & inside
             tensor.index_copy_(2, at, row.masked_fill(drop, 0))
             self.decode_kept[side] += torch.where(inside, keep.sum(), 0)
@@ -262,7 +334,8 @@ class StaticCompressedLayer(StaticLayer):
         self.ring_v = torch.zeros_like(self.ring_k)
         self.keep = {s: self.pruners[s].keep_for(head_dim) for s in ("k", "v")}
         triton = resolve_backend(kernel_backend(), self.device, head_dim) == "triton"
-        self.device_stores = triton and _stores_count_on_device()
+        # masked (output-aware) packs at a device offset exist only in PyTorch here: those stay host-counted
+        self.device_stores = triton and _stores_count_on_device() and not any(self.output_aware.values())
         extra = {"static": True} if self.device_stores else {}
         self.stores = {
             s: CompressedStore(
@@ -291,9 +364,11 @@ class StaticCompressedLayer(StaticLayer):
     def prune_prompt(self, obs: Observation) -> None:
         n = self.host_length - self.policy.window
         for side, prompt in zip(("k", "v"), self.prompt):
-            self.pruners[side].step(prompt, obs, want_mask=False)  # the schedule and its counts
+            _, mask = self.pruners[side].step(prompt, obs, want_mask=False)  # the schedule and its counts
             rows, keep = prompt[:, :, :n], self.keep[side]
-            if keep == rows.shape[-1]:
+            if self.output_aware[side]:
+                pack_into(self.stores[side], rows, mask, kernel_backend())
+            elif keep == rows.shape[-1]:
                 pack_into(self.stores[side], rows, torch.ones_like(rows, dtype=torch.bool), kernel_backend())
             else:
                 topk_pack_into(self.stores[side], rows, keep, kernel_backend())
@@ -307,9 +382,10 @@ class StaticCompressedLayer(StaticLayer):
             row = ring.index_select(2, slot)
             if self.device_stores:  # the Triton pack writes at the store's device length and advances it
                 topk_pack_into(self.stores[side], row, self.keep[side], kernel_backend())
-            else:
-                pack_token_at(self.stores[side], row, self.keep[side], self.stored.view(1))
-                self.stores[side].length += 1
+                continue
+            mask = topk_mask(self.leaving_score(side, row, slot), self.keep[side])
+            pack_token_at(self.stores[side], row, self.keep[side], self.stored.view(1), mask)
+            self.stores[side].length += 1
         self.stored += 1
 
     def advance(self, steps: int) -> None:
@@ -318,8 +394,8 @@ class StaticCompressedLayer(StaticLayer):
             for store in self.stores.values():
                 store.length += steps
 
-    def decode_attention(self, q: torch.Tensor, scale: float) -> torch.Tensor:
-        return compressed_decode_attention(q, self, scale)
+    def decode_attention(self, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, None]:
+        return compressed_decode_attention(q, self, scale), None
 
     def decode_counts(self) -> dict[str, tuple[int, int]]:
         ks = self.stores["k"]
@@ -357,11 +433,13 @@ def unpack_fixed(store: CompressedStore) -> torch.Tensor:
     return store.vals.gather(-1, rank).masked_fill(~mask, 0)
 
 
-def pack_token_at(store: CompressedStore, row: torch.Tensor, keep: int, at: torch.Tensor) -> None:
-    """Top-`keep` by |x| (ties: lower channel) of `row` [B, H, 1, D] into fixed-layout slot `at` ([1], device).
-
-    The pattern and layout equal `topk_pack_into`'s; the slot index stays on the device (capturable)."""
-    mask = topk_mask(row.abs(), keep)
+def pack_token_at(
+    store: CompressedStore, row: torch.Tensor, keep: int, at: torch.Tensor, mask: torch.Tensor | None = None
+) -> None:
+    """`row` [B, H, 1, D] under `mask` (`keep` entries per token; default: top-`keep` by |x|, ties to the lower
+    channel) into fixed-layout slot `at` ([1], device). The layout equals `pack_into`'s; the slot index stays on
+    the device (capturable)."""
+    mask = topk_mask(row.abs(), keep) if mask is None else mask
     kept_channels = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices[..., :keep]
     vals = torch.zeros(*row.shape[:3], store.slot, dtype=store.dtype, device=row.device)
     vals[..., :keep] = row.gather(-1, kept_channels)
@@ -387,7 +465,7 @@ def compressed_decode_attention(q: torch.Tensor, layer: StaticCompressedLayer, s
         values = torch.cat([unpack_fixed(vs), layer.ring_v], dim=2)
         in_store = torch.arange(layer.capacity, device=q.device) < layer.stored
         valid = torch.cat([in_store, torch.ones(layer.ring_k.shape[2], dtype=torch.bool, device=q.device)])
-        return masked_decode_attention(q, keys, values, valid, scale)
+        return masked_decode_attention(q, keys, values, valid, scale)[0]
     return sparse_decode_attention(
         q, ks, vs, layer.ring_k, layer.ring_v, scale=scale, backend=kernel_backend()
     )
@@ -397,10 +475,12 @@ def capture_blocker(cache: StaticMustafarCache, device: torch.device) -> str | N
     """Why a decode step through `cache` cannot be captured in a CUDA graph on `device` (None when it can)."""
     if device.type != "cuda":
         return f"CUDA graphs need a CUDA device, the model is on {device.type}"
-    compressed = any(isinstance(layer, StaticCompressedLayer) for layer in cache.layers)
+    compressed = [layer for layer in cache.layers if isinstance(layer, StaticCompressedLayer)]
     if compressed and resolve_backend(kernel_backend(), device, cache.head_dim) == "triton":
         if not _stores_count_on_device():
             return "the sparse decode op reads the store length on the host (no static CompressedStore yet)"
+        if not all(layer.device_stores for layer in compressed):
+            return "output-aware keys are packed by a PyTorch op at a host-counted store length"
     return None
 
 

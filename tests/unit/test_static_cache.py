@@ -101,6 +101,36 @@ def test_static_stats_equal_dynamic(tiny_llama, mode):
     assert got.k_judged == 2 * 2 * n_layers * (40 + 12 - 32) * 64  # batch x heads x layers x final tokens x D
 
 
+@pytest.mark.parametrize(
+    "policy",
+    [
+        KVConfig(k_sparsity=0.7, v_sparsity=0.5, k_scorer="output_aware", v_scorer="output_aware", window=8),
+        KVConfig(k_sparsity=0.5, v_sparsity=0.7, k_scorer="output_aware", window=0, keep_rule="reference"),
+        KVConfig(k_sparsity=0.7, v_sparsity=0.5, k_scorer="output_aware", window=8, mode="compressed"),
+        KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_scorer="output_aware", window=0, mode="compressed"),
+    ],
+    ids=["mask-kv-w8", "mask-k-w0-reference", "compressed-k-w8", "compressed-k-w0"],
+)
+def test_output_aware_per_token_equals_dynamic(tiny_llama, policy):
+    """Scores averaged over each token's steps in the window, kept per ring slot on the device."""
+    prompt, feed = _inputs(2, 12, 10)
+    cache = static_cache(tiny_llama, policy, 12, 11)
+    assert isinstance(cache, StaticMustafarCache)
+    ref = _drive(tiny_llama, MustafarCache(policy, 2), prompt, feed)
+    _assert_same_runs(ref, _drive(tiny_llama, cache, prompt, feed))
+
+
+def test_output_aware_differs_from_magnitude(tiny_llama):
+    """The equality above is not magnitude pruning in disguise: the key patterns differ."""
+    prompt, feed = _inputs(1, 12, 4)
+    oa = KVConfig(k_sparsity=0.7, k_scorer="output_aware", window=2)
+    runs = [
+        _drive(tiny_llama, static_cache(tiny_llama, p, 12, 5), prompt, feed)
+        for p in (oa, KVConfig(k_sparsity=0.7, window=2))
+    ]
+    assert not torch.equal(runs[0][1][-1][0][0] == 0, runs[1][1][-1][0][0] == 0)
+
+
 def test_reference_keep_rule_mask_mode(tiny_llama):
     """The published magnitude threshold (ties kept, varying count) also runs statically in mask mode."""
     policy = KVConfig(k_sparsity=0.7, v_sparsity=0.7, window=0, keep_rule="reference")
@@ -142,9 +172,12 @@ def test_compressed_prompt_shorter_than_window_falls_back_once(tiny_llama):
 @pytest.mark.parametrize(
     "fields, reason",
     [
-        (dict(k_sparsity=0.5, k_direction="channel"), "token-magnitude|channel-magnitude0.5"),
-        (dict(v_sparsity=0.5, v_scorer="output_aware"), "token-output_aware0.5"),
-        (dict(k_sparsity=0.5, mode="compressed", keep_rule="reference"), "keep_rule=reference"),
+        (dict(k_sparsity=0.5, k_direction="channel"), "channel-magnitude0.5 is not a per-token rule"),
+        (dict(v_sparsity=0.5, v_scorer="output_aware", mode="compressed"), "need attention weights"),
+        (
+            dict(k_sparsity=0.5, mode="compressed", keep_rule="reference"),
+            "magnitude threshold keeps a varying",
+        ),
     ],
 )
 def test_unsupported_policies_use_the_dynamic_cache(tiny_llama, fields, reason):
