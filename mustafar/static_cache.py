@@ -11,10 +11,11 @@ stays eager and prunes/packs the prompt with the dynamic caches' code (`SidePrun
   a ring of window+1 dense slots (attention is order-free, so the ring needs no reordering). After each decode
   step the token leaving the window is top-k packed into the stores at a device-side offset.
 
-Scope: per-token magnitude rules (and ThinK's prefill-only rule in mask mode) decide the token leaving the
-window from that token alone, with no statistics gathered over steps, so they fit a fixed-shape step. Other
-policies, and compressed mode with a prompt shorter than the window (the sparse op has no window mask), use the
-dynamic caches: `static_cache` says so once and returns a `MustafarCache`.
+Scope: per-token rules decide the token leaving the window from that token alone: magnitude directly,
+output-aware from statistics summed over the token's steps in the window, kept per ring slot on the device
+(values need the step's attention weights, so mask mode only). ThinK's prefill-only rule runs in mask mode.
+Other policies (per-channel groups), and compressed mode with a prompt shorter than the window (the sparse op
+has no window mask), use the dynamic caches: `static_cache` says so once and returns a `MustafarCache`.
 """
 
 from __future__ import annotations
