@@ -71,7 +71,10 @@ def unsupported_reason(policy: KVConfig, prompt_len: int) -> str | None:
             )
         for side, rule in (("k", policy.k), ("v", policy.v)):
             if rule.active and rule.scorer == "magnitude" and policy.keep_rule != "exact":
-                return f"kv.{side}: the published magnitude threshold keeps a varying count per token; the static store needs a fixed count"
+                return (
+                    f"kv.{side}: the published magnitude threshold keeps a varying count per token; "
+                    "the static store needs a fixed count"
+                )
         if prompt_len < policy.window:
             return f"the prompt ({prompt_len} tokens) is shorter than kv.window={policy.window}"
     return None
