@@ -27,6 +27,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 bench = pytest.importorskip("bench_sweep")
 
 
+@pytest.fixture(autouse=True)
+def fresh_announcements(monkeypatch):
+    """Fallbacks are announced once per process; each test sees its own first time."""
+    import mustafar.static_cache
+
+    monkeypatch.setattr(mustafar.static_cache, "_SAID", set())
+
+
 def test_job_is_the_harness_english_task_set():
     assert set(EN_TASKS) == set(data.DEFAULT_TASKS)
     assert {t: n for t, (n, _) in EN_TASKS.items()} == {t: data.EXPECTED_COUNTS[t] for t in EN_TASKS}

@@ -6,6 +6,8 @@ cache are compared after each step without greedy near-ties sending the runs apa
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 
@@ -26,6 +28,14 @@ from mustafar.static_cache import (
 )
 
 STEPS = 5
+
+
+@pytest.fixture(autouse=True)
+def fresh_announcements(monkeypatch):
+    """Fallbacks are announced once per process; each test sees its own first time."""
+    import mustafar.static_cache
+
+    monkeypatch.setattr(mustafar.static_cache, "_SAID", set())
 
 
 def _drive(model, cache, prompt: torch.Tensor, feed: torch.Tensor):
@@ -293,3 +303,12 @@ def _buffer_addresses(cache) -> list[int]:
         for store in getattr(layer, "stores", {}).values():
             out += [store.bits.data_ptr(), store.vals.data_ptr()]
     return out
+
+
+def test_fallback_is_announced_once(tiny_llama):
+    policy = KVConfig(k_sparsity=0.5, k_direction="channel")
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        for _ in range(3):
+            static_cache(tiny_llama, policy, 40, 4)
+    assert sum("static cache unavailable" in str(w.message) for w in seen) == 1
