@@ -19,6 +19,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from mustafar.architectures import compressed_refusal, text_config
 from mustafar.cache import CompressedLayer, MustafarCache, MustafarLayer, kernel_backend
 from mustafar.pruning import Observation, scores
+from mustafar.static_cache import StaticLayer
 
 ATTN_NAME = "mustafar"
 _BOUND = "_mustafar_layer"
@@ -60,7 +61,9 @@ def mustafar_attention(
     layer = _layer_of(module)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     softcap = _family_kwargs(**kwargs)
-    if isinstance(layer, CompressedLayer) and layer.stored > 0:
+    if isinstance(layer, StaticLayer):  # fixed-shape decode step over preallocated storage
+        out = layer.attend(module, query, key, value, attention_mask, dropout, scaling)
+    elif isinstance(layer, CompressedLayer) and layer.stored > 0:
         if query.shape[2] == 1 and not _needs_mask(attention_mask):
             from mustafar.kernels import sparse_decode_attention
 

@@ -1,4 +1,4 @@
-"""End-to-end decode benchmark on a GPU: dense (stock cache + SDPA) vs compressed Mustafar caches.
+"""End-to-end decode benchmark on a GPU: dense (stock cache + SDPA) vs compressed Mustafar caches, eager and static.
 
 Random-weight Llama-family models (speed does not depend on weight values) at a fixed context. For each KV
 format and batch size it measures the per-step decode latency (CUDA events, median over steps after warm-up),
@@ -6,8 +6,14 @@ tokens/s, peak memory, KV-cache bytes read off the allocator, the largest batch 
 prefill, pruning and compression included). A per-step decomposition separates weights (a step over a tiny
 context), attention (the attention kernels alone over all layers) and everything else.
 
+Static formats (`*-static`: `mustafar.static_cache`, storage sized for the run, device-side indices) are measured
+three ways per batch: eager wall clock, GPU kernel time (profiler), and CUDA-graph replay (`mustafar.graphs`):
+wall clock of a replayed greedy loop next to its GPU time from CUDA events around each replay. Their largest
+batch is estimated from the cache bytes of one sequence and the free memory, then verified by a run.
+
 Needs only torch, triton and transformers (runs on the lent GPU machine without the sweep stack):
     python scripts/bench_decode.py --model llama3_8b --context 16384 --out results/decode
+    python scripts/bench_decode.py --quick --out results/decode   # static formats only, B = 1, 8, max (~5 min)
 On a CPU it refuses: speed and memory are only ever reported from a GPU.
 """
 
@@ -37,10 +43,13 @@ from transformers import DynamicCache  # noqa: E402
 from transformers.cache_utils import Cache, DynamicLayer  # noqa: E402
 
 from mustafar.attention import attach, new_cache  # noqa: E402
+from mustafar.bench.random_model import build_model  # noqa: E402
 from mustafar.bench.shapes import ARCHS  # noqa: E402
 from mustafar.cache import MustafarCache  # noqa: E402
 from mustafar.config import KVConfig  # noqa: E402
+from mustafar.graphs import DecodeRunner  # noqa: E402
 from mustafar.pruning import Observation  # noqa: E402
+from mustafar.static_cache import StaticMustafarCache  # noqa: E402
 
 PREALLOC_STEPS = 256  # decode room in the preallocated dense baseline (the benchmark takes < 40 steps)
 FORMATS = {
@@ -49,6 +58,14 @@ FORMATS = {
     "K0.5V0.5": KVConfig(k_sparsity=0.5, v_sparsity=0.5, mode="compressed"),
     "K0.7V0.7": KVConfig(k_sparsity=0.7, v_sparsity=0.7, mode="compressed"),
 }
+STATIC_FORMATS = {  # static caches, decoded eagerly and graph-replayed
+    "dense-static": KVConfig(),
+    "K0.5V0.5-static": KVConfig(k_sparsity=0.5, v_sparsity=0.5, mode="compressed"),
+    "K0.7V0.7-static": KVConfig(k_sparsity=0.7, v_sparsity=0.7, mode="compressed"),
+}
+ACTIVATION_RESERVE_GIB = (
+    6.0  # left free when estimating the largest static batch (logits, scratch, graph pool)
+)
 
 
 @dataclass
@@ -69,16 +86,11 @@ class Point:
     kv_fraction_of_dense: float | None = None
     peak_gib: float | None = None
     oom: bool = False
-
-
-def build_model(arch: str, dtype: torch.dtype, device: str):
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    cfg = LlamaConfig(**ARCHS[arch], attn_implementation="sdpa")
-    with torch.device(device):
-        model = LlamaForCausalLM._from_config(cfg, dtype=dtype)
-    return model.eval()
+    event_ms: float | None = None  # median CUDA-event window per eager step (≈ wall when launch-bound)
+    graph_step_ms: float | None = None  # wall clock per step of a graph-replayed greedy loop
+    graph_tokens_per_s: float | None = None
+    graph_event_ms: float | None = None  # GPU time per replayed step (CUDA events around each replay)
+    graph_blocker: str | None = None  # why the step was not captured (then the graph columns are empty)
 
 
 class PreallocatedDenseLayer(DynamicLayer):
@@ -109,7 +121,10 @@ class PreallocatedDenseLayer(DynamicLayer):
 def cache_storages(cache) -> list[torch.Tensor]:
     out = []
     for layer in cache.layers:
-        out += [getattr(layer, "k_buf", layer.keys), getattr(layer, "v_buf", layer.values)]
+        if hasattr(layer, "ring_k"):  # static compressed: a dense ring of window+1 slots
+            out += [layer.ring_k, layer.ring_v]
+        else:
+            out += [getattr(layer, "k_buf", layer.keys), getattr(layer, "v_buf", layer.values)]
         for store in getattr(layer, "stores", {}).values():
             out += [getattr(store, n) for n in ("bits", "vals", "offs", "row_nnz") if hasattr(store, n)]
     return out
@@ -121,6 +136,19 @@ def fill_cache(model, fmt: str, batch: int, context: int):
     c = model.config
     shape = (batch, c.num_key_value_heads, context, c.head_dim)
     dev, dtype = model.device, model.dtype
+    if fmt in STATIC_FORMATS:
+        cache = StaticMustafarCache(
+            STATIC_FORMATS[fmt], c.num_hidden_layers, context + PREALLOC_STEPS, c.head_dim
+        )
+        with attach(model, cache):
+            for layer in cache.layers:
+                k, v = (
+                    torch.randn(shape, device=dev, dtype=dtype),
+                    torch.randn(shape, device=dev, dtype=dtype),
+                )
+                layer.update(k, v)
+                layer.after_attention(Observation(q_len=context))
+        return cache
     if fmt == "dense-prealloc":
         cache = Cache(
             layers=[PreallocatedDenseLayer(context + PREALLOC_STEPS) for _ in range(c.num_hidden_layers)]
@@ -206,6 +234,52 @@ def gpu_breakdown(model, cache, batch: int, context: int) -> dict[str, float]:
     return {k: round(statistics.median(r[k] for r in runs), 3) for k in runs[0]}
 
 
+def timed_loop(
+    runner: DecodeRunner, tok: torch.Tensor, position: int, steps: int
+) -> tuple[float, float, int]:
+    """(wall ms per step, median CUDA-event ms per step, next position) of a greedy loop of `steps` runner steps;
+    the host never waits inside the loop, as in real generation."""
+    batch = tok.shape[0]
+    events = [
+        (torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(steps)
+    ]
+    torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    for i, (start, end) in enumerate(events):
+        pos = torch.full((batch, 1), position + i, device=tok.device)
+        start.record()
+        tok = runner.step(tok, pos).argmax(-1, keepdim=True)
+        end.record()
+    torch.cuda.synchronize()
+    wall = (time.perf_counter() - t0) * 1000 / steps
+    return wall, statistics.median(s.elapsed_time(e) for s, e in events), position + steps
+
+
+def measure_static(model, point: Point, cache: StaticMustafarCache, steps: int, profile_gpu: bool) -> None:
+    """Eager wall/event time, GPU kernel time, then graph-replayed wall/event time, on one static cache."""
+    batch, context = point.batch, point.context
+    tok = torch.randint(0, model.config.vocab_size, (batch, 1), device=model.device)
+    with attach(model, cache):
+        eager = DecodeRunner(model, cache, graphs=False)
+        _, _, position = timed_loop(eager, tok, context, 3)  # warm-up
+        wall, event, position = timed_loop(eager, tok, position, steps)
+        point.step_ms, point.event_ms = round(wall, 3), round(event, 3)
+        point.tokens_per_s = round(batch * 1000 / wall, 1)
+        graphed = DecodeRunner(model, cache, graphs=True)
+        point.graph_blocker = graphed.blocker
+        if graphed.blocker is None:
+            _, _, position = timed_loop(graphed, tok, position, 3)  # warm-up and capture
+            wall, event, position = timed_loop(graphed, tok, position, steps)
+            point.graph_step_ms, point.graph_event_ms = round(wall, 3), round(event, 3)
+            point.graph_tokens_per_s = round(batch * 1000 / wall, 1)
+    if profile_gpu:
+        parts = gpu_breakdown(model, cache, batch, position)
+        point.gpu_ms = round(sum(parts.values()), 3)
+        point.gpu_tokens_per_s = round(batch * 1000 / point.gpu_ms, 1)
+        point.gemm_ms, point.attention_ms = parts["gemm"], parts["attention"]
+        point.compression_ms, point.other_ms = parts["compression"], parts["other"]
+
+
 def measure(
     model, arch: str, fmt: str, batch: int, context: int, steps: int, profile_gpu: bool = True
 ) -> Point:
@@ -215,9 +289,13 @@ def measure(
     try:
         cache = fill_cache(model, fmt, batch, context)
         torch.cuda.synchronize()
-        times = decode_steps(model, cache, batch, context, steps)
-        point.step_ms = round(statistics.median(times), 3)
-        point.tokens_per_s = round(batch * 1000 / point.step_ms, 1)
+        if fmt in STATIC_FORMATS:
+            measure_static(model, point, cache, steps, profile_gpu)
+            profile_gpu = False
+        else:
+            times = decode_steps(model, cache, batch, context, steps)
+            point.step_ms = round(statistics.median(times), 3)
+            point.tokens_per_s = round(batch * 1000 / point.step_ms, 1)
         if profile_gpu:
             parts = gpu_breakdown(model, cache, batch, context)
             point.gpu_ms = round(sum(parts.values()), 3)
@@ -264,6 +342,28 @@ def largest_batch(model, arch: str, fmt: str, context: int, start: int) -> tuple
     return lo, best
 
 
+def largest_static_batch(model, arch: str, fmt: str, context: int, steps: int) -> tuple[int, Point | None]:
+    """The largest batch a static format holds: (free memory - a reserve) / (one sequence's cache bytes + its
+    share of the fill's transient: one layer's random K and V), exact up to the reserve because static storage is
+    allocated up front; verified by a measured run and lowered by 10 % per OOM."""
+    one = fill_cache(model, fmt, 1, context)
+    c = model.config
+    per_sequence = cache_bytes(one) + 2 * c.num_key_value_heads * context * c.head_dim * model.dtype.itemsize
+    del one
+    gc.collect()
+    torch.cuda.empty_cache()
+    free = torch.cuda.get_device_properties(model.device).total_memory - torch.cuda.memory_allocated()
+    batch = int((free - ACTIVATION_RESERVE_GIB * 2**30) // per_sequence)
+    for _ in range(5):
+        if batch < 1:
+            return 0, None
+        p = measure(model, arch, fmt, batch, context, steps, profile_gpu=False)
+        if not p.oom:
+            return batch, p
+        batch = int(batch * 0.9)
+    return 0, None
+
+
 def ttft(model, fmt: str, context: int, repeats: int = 3) -> float:
     """Seconds from prompt to first token at batch 1 (prefill + pruning + compression), median of repeats."""
     ids = torch.randint(0, model.config.vocab_size, (1, context), device=model.device)
@@ -288,11 +388,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="llama3_8b", choices=sorted(ARCHS))
     ap.add_argument("--context", type=int, default=16384)
     ap.add_argument("--batches", default="1,8,16")
-    ap.add_argument("--formats", default=",".join(FORMATS))
+    ap.add_argument("--formats", default=",".join([*FORMATS, *STATIC_FORMATS]))
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--max-batch", action="store_true", help="search each format's largest batch")
     ap.add_argument("--out", default="results/decode")
+    ap.add_argument(
+        "--quick",
+        action="store_true",
+        help="static formats only, batches 1,8 and the largest, 8 steps, no TTFT",
+    )
     args = ap.parse_args(argv)
+    if args.quick:
+        args.formats, args.batches, args.steps, args.max_batch = ",".join(STATIC_FORMATS), "1,8", 8, True
     if not torch.cuda.is_available():
         print(
             "bench_decode needs a CUDA GPU: speed and memory are never measured on the CPU or in mask mode.",
@@ -300,9 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 2
     formats = args.formats.split(",")
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in FORMATS and f not in STATIC_FORMATS]
     if unknown:
-        print(f"unknown format(s) {unknown}; choose from {list(FORMATS)}", file=sys.stderr)
+        print(f"unknown format(s) {unknown}; choose from {[*FORMATS, *STATIC_FORMATS]}", file=sys.stderr)
         return 2
     model = build_model(args.model, torch.float16, "cuda")
     batches = [int(b) for b in args.batches.split(",")]
@@ -318,7 +425,7 @@ def main(argv: list[str] | None = None) -> int:
         "max_batch": {},
         "decomposition": [],
     }
-    for fmt in formats:
+    for fmt in [f for f in formats if f in FORMATS and not args.quick]:  # static prefill = dynamic prefill
         report["ttft_s"][fmt] = ttft(model, fmt, args.context)
         print(f"TTFT {fmt}: {report['ttft_s'][fmt]} s", flush=True)
     for batch in batches:
@@ -328,7 +435,10 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(asdict(p)), flush=True)
     if args.max_batch:
         for fmt in formats:
-            b, _ = largest_batch(model, args.model, fmt, args.context, start=max(batches))
+            if fmt in STATIC_FORMATS:
+                b, _ = largest_static_batch(model, args.model, fmt, args.context, steps=3)
+            else:
+                b, _ = largest_batch(model, args.model, fmt, args.context, start=max(batches))
             p = measure(model, args.model, fmt, b, args.context, args.steps) if b else None
             report["max_batch"][fmt] = {"batch": b, "point": asdict(p) if p else None}
             print(f"max batch {fmt}: {b}", flush=True)
@@ -349,6 +459,8 @@ def render(report: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     points = list(report["points"]) + [mb["point"] for mb in report["max_batch"].values() if mb["point"]]
+    static = [p for p in points if p["fmt"] in STATIC_FORMATS]
+    points = [p for p in points if p["fmt"] not in STATIC_FORMATS]
     for p in points:
         if p["oom"]:
             lines.append(f"| {p['fmt']} | {p['batch']} | OOM |" + " |" * 10)
@@ -358,6 +470,8 @@ def render(report: dict) -> str:
             f"{p['gpu_tokens_per_s']:.0f} | {p['gemm_ms']:.2f} | {p['attention_ms']:.2f} | "
             f"{p['compression_ms']:.2f} | {p['other_ms']:.2f} | {p['kv_fraction_of_dense']:.3f} | {p['peak_gib']:.1f} |"
         )
+    if static:
+        lines += ["", *render_static(static)]
     lines += ["", "| format | TTFT s |", "|---|---|"] + [
         f"| {k} | {v} |" for k, v in report["ttft_s"].items()
     ]
@@ -367,6 +481,40 @@ def render(report: dict) -> str:
             p = mb["point"] or {}
             lines.append(f"| {fmt} | {mb['batch']} | {p.get('tokens_per_s')} | {p.get('gpu_tokens_per_s')} |")
     return "\n".join(lines)
+
+
+def _num(x: float | None, fmt: str) -> str:
+    return "—" if x is None else format(x, fmt)
+
+
+def render_static(points: list[dict]) -> list[str]:
+    """Static formats: eager vs graph-replayed wall clock, next to GPU time (kernel sum; events around replays)."""
+    lines = [
+        "Static caches: eager vs CUDA-graph replay (wall = greedy loop wall clock; GPU = profiler kernel sum for "
+        "eager, CUDA events around each replay for graphs)",
+        "",
+        "| format | batch | eager wall ms | eager tok/s | eager GPU ms | graph wall ms | graph tok/s | "
+        "graph GPU ms | graph wall / GPU | KV / dense (allocated) | peak GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    blockers = set()
+    for p in points:
+        if p["oom"]:
+            lines.append(f"| {p['fmt']} | {p['batch']} | OOM |" + " |" * 8)
+            continue
+        ratio = (
+            p["graph_step_ms"] / p["graph_event_ms"] if p["graph_step_ms"] and p["graph_event_ms"] else None
+        )
+        if p["graph_blocker"]:
+            blockers.add(f"{p['fmt']}: {p['graph_blocker']}")
+        lines.append(
+            f"| {p['fmt']} | {p['batch']} | {_num(p['step_ms'], '.2f')} | {_num(p['tokens_per_s'], '.0f')} | "
+            f"{_num(p['gpu_ms'], '.2f')} | {_num(p['graph_step_ms'], '.2f')} | "
+            f"{_num(p['graph_tokens_per_s'], '.0f')} | {_num(p['graph_event_ms'], '.2f')} | {_num(ratio, '.3f')} | "
+            f"{_num(p['kv_fraction_of_dense'], '.3f')} | {_num(p['peak_gib'], '.1f')} |"
+        )
+    lines += [f"- not captured: {b}" for b in sorted(blockers)]
+    return lines
 
 
 if __name__ == "__main__":

@@ -1,0 +1,557 @@
+"""Static-shape pruning caches: storage allocated once, every per-step index on the device.
+
+A decode step through these layers launches the same kernels on the same buffers every time and never reads a
+device value on the host, so the whole model step can be captured in a CUDA graph (`mustafar.graphs`). Prefill
+stays eager and prunes/packs the prompt with the dynamic caches' code (`SidePruner`, the pack kernels).
+
+- `StaticDenseLayer`: no pruning; K/V written in place into [B, H, capacity, D] (the fair dense baseline).
+- `StaticMaskLayer`: the same storage; after each decode step the token leaving the window gets its per-token
+  keep mask applied in place at a device-side index (what `MaskedLayer` does with a growing tensor).
+- `StaticCompressedLayer`: final tokens live in fixed-layout `CompressedStore`s sized for the run; the window is
+  a ring of window+1 dense slots (attention is order-free, so the ring needs no reordering). After each decode
+  step the token leaving the window is top-k packed into the stores at a device-side offset.
+
+Scope: per-token rules decide the token leaving the window from that token alone: magnitude directly,
+output-aware from statistics summed over the token's steps in the window, kept per ring slot on the device
+(values need the step's attention weights, so mask mode only). ThinK's prefill-only rule runs in mask mode.
+Other policies (per-channel groups), and compressed mode with a prompt shorter than the window (the sparse op
+has no window mask), use the dynamic caches: `static_cache` says so once and returns a `MustafarCache`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import warnings
+
+import torch
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+from mustafar.cache import CacheStats, MustafarCache, MustafarLayer, UnattachedCacheError, kernel_backend
+from mustafar.config import KVConfig, PruneRule
+from mustafar.formats import CompressedStore, pack_bitmap, unpack_bitmap
+from mustafar.kernels import pack_into, resolve_backend, sparse_decode_attention, topk_pack_into
+from mustafar.pruning import Observation, keep_mask, scores, topk_mask
+
+_SAID: set[str] = set()
+
+
+def say_once(message: str) -> None:
+    """One RuntimeWarning per distinct message per process (fallbacks are announced, not repeated per call)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+
+class StaticCacheError(RuntimeError):
+    pass
+
+
+def _decides_per_token(rule: PruneRule) -> bool:
+    return rule.direction == "token" and rule.scorer in ("magnitude", "output_aware")
+
+
+def _output_aware(rule: PruneRule) -> bool:
+    return rule.active and rule.direction == "token" and rule.scorer == "output_aware"
+
+
+def unsupported_reason(policy: KVConfig, prompt_len: int) -> str | None:
+    """Why `policy` with a `prompt_len`-token prompt cannot use a static cache (None when it can)."""
+    if policy.dense:
+        return None
+    for side, rule in (("k", policy.k), ("v", policy.v)):
+        if not rule.active or _decides_per_token(rule):
+            continue
+        if rule.scorer == "think" and policy.mode == "mask":
+            continue  # prunes the prompt at prefill only; generated tokens stay dense
+        return f"kv.{side}: {rule.label()} is not a per-token rule"
+    if policy.mode == "compressed":
+        if _output_aware(policy.v):
+            return (
+                "kv.v: output-aware values need attention weights, which the sparse decode op does not return"
+            )
+        for side, rule in (("k", policy.k), ("v", policy.v)):
+            if rule.active and rule.scorer == "magnitude" and policy.keep_rule != "exact":
+                return (
+                    f"kv.{side}: the published magnitude threshold keeps a varying count per token; "
+                    "the static store needs a fixed count"
+                )
+        if prompt_len < policy.window:
+            return f"the prompt ({prompt_len} tokens) is shorter than kv.window={policy.window}"
+    return None
+
+
+def masked_decode_attention(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor, scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """softmax(scale·q·Kᵀ)·V for one query per row over the `valid` [T] slots of K/V [B, H_kv, T, D] (GQA), and
+    each slot's attention summed over the group's query heads [B, H_kv, T] (the output-aware value statistic).
+
+    Two batched GEMVs: no key/value head repetition, fixed shapes, so it captures in a graph."""
+    b, hq, d = q.shape
+    hkv = keys.shape[1]
+    qg = q.reshape(b, hkv, hq // hkv, d)
+    logits = torch.matmul(qg, keys.transpose(-1, -2)).float() * scale
+    probs = logits.masked_fill(~valid, float("-inf")).softmax(dim=-1)
+    return torch.matmul(probs.to(values.dtype), values).reshape(b, hq, d), probs.sum(dim=2)
+
+
+class StaticLayer(MustafarLayer):
+    """Common part: capacity, the device length and its host mirror, prefill through the dynamic schedule."""
+
+    def __init__(self, policy: KVConfig, capacity: int):
+        super().__init__(policy)
+        self.capacity = capacity
+        self.host_length = 0  # host mirror of `length`; `mustafar.graphs` advances it for replayed steps
+
+    def lazy_initialization(self, key_states: torch.Tensor, value_states: torch.Tensor) -> None:
+        b, h, _, d = key_states.shape
+        self.batch, self.heads = b, h
+        self.dtype, self.device = key_states.dtype, key_states.device
+        self.length = torch.zeros((), dtype=torch.long, device=self.device)
+        self.output_aware = {s: _output_aware(self.pruners[s].rule) for s in ("k", "v")}
+        self.allocate(b, h, d)
+        if any(self.output_aware.values()):  # per ring slot: statistics summed over the steps in the window
+            w = self.policy.window + 1
+            self.acc = {
+                "k": torch.zeros(b, h, w, d, dtype=torch.float32, device=self.device),
+                "v": torch.zeros(b, h, w, dtype=torch.float32, device=self.device),
+            }
+            self.cnt = torch.zeros(w, dtype=torch.float32, device=self.device)
+        self.is_initialized = True
+
+    def allocate(self, batch: int, heads: int, head_dim: int) -> None:
+        raise NotImplementedError
+
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, *args, **kwargs):
+        if not self.bound:
+            raise UnattachedCacheError(
+                "this static cache is not attached to the model: use it inside `mustafar.attach(model, cache)`"
+            )
+        if not self.is_initialized:
+            self.lazy_initialization(key_states, value_states)
+        n = key_states.shape[2]
+        if self.host_length + n > self.capacity:
+            raise StaticCacheError(
+                f"static cache capacity {self.capacity} exceeded: {self.host_length} cached + {n} new tokens"
+            )
+        if self.host_length == 0:
+            self.host_length = n
+            self.length.fill_(n)
+            self.write_prompt(key_states, value_states)
+            return key_states, value_states
+        if n != 1:
+            raise StaticCacheError(
+                f"a static cache takes one prompt, then one token per step; got {n} tokens"
+            )
+        out = self.write_token(key_states, value_states)
+        self.length += 1
+        self.host_length += 1
+        return out
+
+    def get_seq_length(self) -> int:
+        return self.host_length
+
+    def advance(self, steps: int) -> None:
+        """Account on the host for `steps` decode steps a graph replay ran on the device."""
+        self.host_length += steps
+
+    @property
+    def needs(self) -> set[str]:
+        return super().needs if not self.pruners["k"].prefilled else set()
+
+    def attend(
+        self,
+        module: torch.nn.Module,
+        query: torch.Tensor,
+        key: torch.Tensor,
+        value: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        dropout: float,
+        scaling: float,
+    ) -> torch.Tensor:
+        """Attention output [B, q, H_q, D]: the prompt attends densely, a decode step over the static storage."""
+        if not self.pruners["k"].prefilled:
+            out, _ = sdpa_attention_forward(module, query, key, value, attention_mask, dropout, scaling)
+            return out
+        out, attention = self.decode_attention(query[:, :, 0], scaling)
+        if any(self.output_aware.values()):
+            self.accumulate(query, attention)
+        return out.unsqueeze(1)
+
+    def after_attention(self, obs: Observation) -> None:
+        if not self.pruners["k"].prefilled:
+            self.prune_prompt(obs)
+            if any(self.output_aware.values()):
+                self.seed_window_statistics()
+        else:
+            self.prune_leaving()
+
+    def ring_slots(self) -> torch.Tensor:
+        """Position of the token in each of the window+1 ring slots after this step's write (< 0: none yet)."""
+        w = self.policy.window + 1
+        base = self.length - w  # the oldest position the ring holds
+        return base + (torch.arange(w, device=self.device) - base) % w
+
+    def seed_window_statistics(self) -> None:
+        """The prompt's window tokens carry their prefill statistics into the ring (as the pruners hold them)."""
+        w = self.policy.window + 1
+        for side in ("k", "v"):
+            pruner = self.pruners[side]
+            if self.output_aware[side]:
+                slots = torch.arange(pruner.final, self.host_length, device=self.device) % w
+                self.acc[side].index_copy_(2, slots, pruner.acc)
+                self.cnt.index_copy_(0, slots, pruner.cnt)
+
+    def accumulate(self, query: torch.Tensor, attention: torch.Tensor | None) -> None:
+        """Add this step's statistics to every token in the window, the new one included (fresh slot)."""
+        w = self.policy.window + 1
+        new = ((self.length - 1) % w).view(1)
+        positions = self.ring_slots()
+        inside = (positions >= 0).float()
+        self.cnt.index_fill_(0, new, 0)
+        for side in ("k", "v"):
+            if not self.output_aware[side]:
+                continue
+            self.acc[side].index_fill_(2, new, 0)
+            if side == "k":
+                stat = scores.query_stat(query, self.heads).unsqueeze(2)
+                self.acc["k"] += stat * inside.view(1, 1, w, 1)
+            else:
+                self.acc["v"] += self.window_attention(attention, positions) * inside
+        self.cnt += inside
+
+    def window_attention(self, attention: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        """Attention [B, H_kv, window+1] of the ring slots' tokens, from the step's attention over all slots."""
+        return attention.index_select(2, positions.clamp_min(0))
+
+    def leaving_score(self, side: str, row: torch.Tensor, slot: torch.Tensor) -> torch.Tensor:
+        """The score ranking the entries of the token leaving the window (`slot` [1] in the ring)."""
+        if not self.output_aware[side]:
+            return scores.magnitude(row)
+        cnt = self.cnt.index_select(0, slot).clamp_min(1)
+        if side == "k":
+            return scores.key_output_aware(row, self.acc["k"].index_select(2, slot) / cnt.view(1, 1, 1, 1))
+        return scores.value_output_aware(row, self.acc["v"].index_select(2, slot) / cnt.view(1, 1, 1))
+
+    def valid(self) -> torch.Tensor:
+        return torch.arange(self.capacity, device=self.device) < self.length
+
+    def decode_attention(self, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Output [B, H_q, D] and, where available, each slot's attention [B, H_kv, slots]."""
+        raise NotImplementedError
+
+    def write_prompt(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        raise NotImplementedError
+
+    def write_token(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+    def prune_prompt(self, obs: Observation) -> None:
+        raise NotImplementedError
+
+    def prune_leaving(self) -> None:
+        pass
+
+    def decode_counts(self) -> dict[str, tuple[int, int]]:
+        """(kept, judged) entries per side decided by decode steps (prefill's are in the pruners)."""
+        return {"k": (0, 0), "v": (0, 0)}
+
+    def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        raise NotImplementedError
+
+
+class StaticDenseLayer(StaticLayer):
+    """K/V in [B, H, capacity, D] buffers; the new token is written at the device length."""
+
+    def allocate(self, batch: int, heads: int, head_dim: int) -> None:
+        shape = (batch, heads, self.capacity, head_dim)
+        self.keys = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.values = torch.zeros(shape, dtype=self.dtype, device=self.device)
+
+    def write_prompt(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        self.keys[:, :, : keys.shape[2]] = keys
+        self.values[:, :, : keys.shape[2]] = values
+
+    def write_token(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        at = self.length.view(1)
+        self.keys.index_copy_(2, at, keys)
+        self.values.index_copy_(2, at, values)
+        return self.keys, self.values
+
+    def decode_attention(self, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+        return masked_decode_attention(q, self.keys, self.values, self.valid(), scale)
+
+    def prune_prompt(self, obs: Observation) -> None:
+        for side, tensor in (("k", self.keys), ("v", self.values)):
+            n, mask = self.pruners[side].step(tensor[:, :, : self.host_length], obs)
+            if mask is not None:
+                tensor[:, :, :n].masked_fill_(~mask, 0)
+
+    def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.keys[:, :, : self.host_length], self.values[:, :, : self.host_length]
+
+
+class StaticMaskLayer(StaticDenseLayer):
+    """Pruned entries are zeros in the static buffers; the token leaving the window is pruned in place."""
+
+    def allocate(self, batch: int, heads: int, head_dim: int) -> None:
+        super().allocate(batch, heads, head_dim)
+        self.decode_kept = {s: torch.zeros((), dtype=torch.long, device=self.device) for s in ("k", "v")}
+
+    def prune_leaving(self) -> None:
+        leaving = self.length - 1 - self.policy.window
+        inside = leaving >= 0  # a prompt shorter than the window: nothing has left it yet
+        at = leaving.clamp_min(0).view(1)
+        slot = (self.length % (self.policy.window + 1)).view(1)
+        for side, tensor in (("k", self.keys), ("v", self.values)):
+            rule = self.pruners[side].rule
+            if not (rule.active and _decides_per_token(rule)):
+                continue
+            row = tensor.index_select(2, at)
+            score = self.leaving_score(side, row, slot)
+            thresholded = rule.scorer == "magnitude"
+            keep = keep_mask(score, rule.sparsity, self.policy.keep_rule, thresholded)
+            drop = ~keep & inside
+            tensor.index_copy_(2, at, row.masked_fill(drop, 0))
+            self.decode_kept[side] += torch.where(inside, keep.sum(), 0)
+
+    def decode_counts(self) -> dict[str, tuple[int, int]]:
+        counts = {}
+        b, h, _, d = self.keys.shape
+        for side in ("k", "v"):
+            rule = self.pruners[side].rule
+            if not (rule.active and _decides_per_token(rule)):
+                counts[side] = (0, 0)
+                continue
+            prompt_final = self.pruners[side].final
+            decided = max(0, self.host_length - self.policy.window) - prompt_final
+            counts[side] = (int(self.decode_kept[side]), decided * b * h * d)
+        return counts
+
+
+class StaticCompressedLayer(StaticLayer):
+    """Fixed-layout stores sized for the run plus a ring of window+1 dense slots."""
+
+    def allocate(self, batch: int, heads: int, head_dim: int) -> None:
+        w = self.policy.window + 1
+        self.ring_k = torch.zeros(batch, heads, w, head_dim, dtype=self.dtype, device=self.device)
+        self.ring_v = torch.zeros_like(self.ring_k)
+        self.keep = {s: self.pruners[s].keep_for(head_dim) for s in ("k", "v")}
+        triton = resolve_backend(kernel_backend(), self.device, head_dim) == "triton"
+        # masked (output-aware) packs at a device offset exist only in PyTorch here: those stay host-counted
+        self.device_stores = triton and _stores_count_on_device() and not any(self.output_aware.values())
+        extra = {"static": True} if self.device_stores else {}
+        self.stores = {
+            s: CompressedStore(
+                batch, heads, head_dim, self.dtype, self.device, self.keep[s], capacity=self.capacity, **extra
+            )
+            for s in ("k", "v")
+        }
+        self.stored = torch.zeros((), dtype=torch.long, device=self.device)
+        self.prompt_stored = 0
+
+    def write_prompt(self, keys: torch.Tensor, values: torch.Tensor) -> None:
+        t, w = keys.shape[2], self.policy.window
+        if t < w:
+            raise StaticCacheError(f"static compressed cache needs a prompt of >= window={w} tokens, got {t}")
+        self.prompt = (keys, values)  # until the prompt's pruning has run
+        slots = torch.arange(t - w, t, device=self.device) % (w + 1)
+        self.ring_k.index_copy_(2, slots, keys[:, :, t - w :])
+        self.ring_v.index_copy_(2, slots, values[:, :, t - w :])
+
+    def write_token(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        slot = (self.length % (self.policy.window + 1)).view(1)
+        self.ring_k.index_copy_(2, slot, keys)
+        self.ring_v.index_copy_(2, slot, values)
+        return self.ring_k, self.ring_v
+
+    def prune_prompt(self, obs: Observation) -> None:
+        n = self.host_length - self.policy.window
+        for side, prompt in zip(("k", "v"), self.prompt):
+            _, mask = self.pruners[side].step(prompt, obs, want_mask=False)  # the schedule and its counts
+            rows, keep = prompt[:, :, :n], self.keep[side]
+            if self.output_aware[side]:
+                pack_into(self.stores[side], rows, mask, kernel_backend())
+            elif keep == rows.shape[-1]:
+                pack_into(self.stores[side], rows, torch.ones_like(rows, dtype=torch.bool), kernel_backend())
+            else:
+                topk_pack_into(self.stores[side], rows, keep, kernel_backend())
+        del self.prompt
+        self.prompt_stored = n
+        self.stored.fill_(n)
+
+    def prune_leaving(self) -> None:
+        slot = (self.length % (self.policy.window + 1)).view(1)  # holds token length-1-window
+        for side, ring in (("k", self.ring_k), ("v", self.ring_v)):
+            row = ring.index_select(2, slot)
+            if self.device_stores:  # the Triton pack writes at the store's device length and advances it
+                topk_pack_into(self.stores[side], row, self.keep[side], kernel_backend())
+                continue
+            mask = topk_mask(self.leaving_score(side, row, slot), self.keep[side])
+            pack_token_at(self.stores[side], row, self.keep[side], self.stored.view(1), mask)
+            self.stores[side].length += 1
+        self.stored += 1
+
+    def advance(self, steps: int) -> None:
+        super().advance(steps)
+        if not self.device_stores:
+            for store in self.stores.values():
+                store.length += steps
+
+    def decode_attention(self, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, None]:
+        return compressed_decode_attention(q, self, scale), None
+
+    def decode_counts(self) -> dict[str, tuple[int, int]]:
+        ks = self.stores["k"]
+        decided = self.host_length - self.policy.window - self.prompt_stored
+        counts = {}
+        for side in ("k", "v"):
+            active = self.pruners[side].rule.active
+            rows = decided * ks.batch * ks.heads
+            counts[side] = (rows * self.keep[side], rows * ks.head_dim) if active else (0, 0)
+        return counts
+
+    def window_order(self) -> torch.Tensor:
+        """Ring slots of the window's tokens, oldest first (host-side: tests and the reference path)."""
+        w = self.policy.window
+        return torch.arange(self.host_length - w, self.host_length, device=self.device) % (w + 1)
+
+    def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        order = self.window_order()
+        n = self.host_length - self.policy.window  # tokens that have left the window
+        k = torch.cat([unpack_fixed(self.stores["k"])[:, :, :n], self.ring_k[:, :, order]], dim=2)
+        v = torch.cat([unpack_fixed(self.stores["v"])[:, :, :n], self.ring_v[:, :, order]], dim=2)
+        return k, v
+
+    def nbytes(self, payload: bool = False) -> int:
+        ring = self.ring_k.numel() * self.ring_k.element_size() * 2
+        attr = "payload_nbytes" if payload else "nbytes"
+        return getattr(self.stores["k"], attr) + getattr(self.stores["v"], attr) + ring
+
+
+def unpack_fixed(store: CompressedStore) -> torch.Tensor:
+    """A fixed-layout store's whole capacity as dense [B, H, capacity, D] (zeros where nothing is stored);
+    fixed shapes, unlike `CompressedStore.to_dense`, so it captures in a graph."""
+    mask = unpack_bitmap(store.bits, store.head_dim)
+    rank = (mask.to(torch.int64).cumsum(-1) - 1).clamp(0, store.slot - 1)
+    return store.vals.gather(-1, rank).masked_fill(~mask, 0)
+
+
+def pack_token_at(
+    store: CompressedStore, row: torch.Tensor, keep: int, at: torch.Tensor, mask: torch.Tensor | None = None
+) -> None:
+    """`row` [B, H, 1, D] under `mask` (`keep` entries per token; default: top-`keep` by |x|, ties to the lower
+    channel) into fixed-layout slot `at` ([1], device). The layout equals `pack_into`'s; the slot index stays on
+    the device (capturable)."""
+    mask = topk_mask(row.abs(), keep) if mask is None else mask
+    kept_channels = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices[..., :keep]
+    vals = torch.zeros(*row.shape[:3], store.slot, dtype=store.dtype, device=row.device)
+    vals[..., :keep] = row.gather(-1, kept_channels)
+    store.bits.index_copy_(2, at, pack_bitmap(mask))
+    store.vals.index_copy_(2, at, vals)
+
+
+def _stores_count_on_device() -> bool:
+    """Whether `CompressedStore` offers static stores (`static=True`: token count in a device tensor that the
+    Triton pack advances and the sparse decode op reads, one launch plan per capacity)."""
+    return "static" in inspect.signature(CompressedStore.__init__).parameters
+
+
+def compressed_decode_attention(q: torch.Tensor, layer: StaticCompressedLayer, scale: float) -> torch.Tensor:
+    """The one place the static compressed cache calls the sparse decode op.
+
+    PyTorch backend: dense attention over the unpacked stores and the ring (fixed shapes, capturable). Triton
+    with static stores: the sparse op reads the length on the device (capturable). Triton without them: the op
+    reads the host mirror `store.length`, right eagerly but frozen in a captured graph (`capture_blocker`)."""
+    ks, vs = layer.stores["k"], layer.stores["v"]
+    if resolve_backend(kernel_backend(), q.device, q.shape[-1]) == "torch":
+        keys = torch.cat([unpack_fixed(ks), layer.ring_k], dim=2)
+        values = torch.cat([unpack_fixed(vs), layer.ring_v], dim=2)
+        in_store = torch.arange(layer.capacity, device=q.device) < layer.stored
+        valid = torch.cat([in_store, torch.ones(layer.ring_k.shape[2], dtype=torch.bool, device=q.device)])
+        return masked_decode_attention(q, keys, values, valid, scale)[0]
+    return sparse_decode_attention(
+        q, ks, vs, layer.ring_k, layer.ring_v, scale=scale, backend=kernel_backend()
+    )
+
+
+def capture_blocker(cache: StaticMustafarCache, device: torch.device) -> str | None:
+    """Why a decode step through `cache` cannot be captured in a CUDA graph on `device` (None when it can)."""
+    if device.type != "cuda":
+        return f"CUDA graphs need a CUDA device, the model is on {device.type}"
+    compressed = [layer for layer in cache.layers if isinstance(layer, StaticCompressedLayer)]
+    if compressed and resolve_backend(kernel_backend(), device, cache.head_dim) == "triton":
+        if not _stores_count_on_device():
+            return "the sparse decode op reads the store length on the host (no static CompressedStore yet)"
+        if not all(layer.device_stores for layer in compressed):
+            return "output-aware keys are packed by a PyTorch op at a host-counted store length"
+    return None
+
+
+class StaticMustafarCache(MustafarCache):
+    """A `MustafarCache` of static layers sized for `capacity` tokens (prompt + max_new_tokens)."""
+
+    def __init__(self, policy: KVConfig, num_layers: int, capacity: int, head_dim: int):
+        if capacity <= 0:
+            raise ValueError(f"capacity must be positive, got {capacity}")
+        if policy.dense:
+            layer_cls = StaticDenseLayer
+        else:
+            layer_cls = StaticMaskLayer if policy.mode == "mask" else StaticCompressedLayer
+        super(MustafarCache, self).__init__(layers=[layer_cls(policy, capacity) for _ in range(num_layers)])
+        self.policy, self.capacity, self.head_dim = policy, capacity, head_dim
+
+    def advance(self, steps: int = 1) -> None:
+        for layer in self.layers:
+            layer.advance(steps)
+
+    def stats(self) -> CacheStats:
+        layers = [layer for layer in self.layers if layer.is_initialized]
+        kept, judged = {"k": 0, "v": 0}, {"k": 0, "v": 0}
+        for layer in layers:
+            decode = layer.decode_counts()
+            for side in ("k", "v"):
+                kept[side] += layer.pruners[side].kept + decode[side][0]
+                judged[side] += layer.pruners[side].judged + decode[side][1]
+        dense = sum(
+            layer.host_length * layer.batch * layer.heads * self.head_dim * layer.dtype.itemsize * 2
+            for layer in layers
+        )
+        compressed = bool(layers) and isinstance(layers[0], StaticCompressedLayer)
+        return CacheStats(
+            k_kept=kept["k"],
+            k_judged=judged["k"],
+            v_kept=kept["v"],
+            v_judged=judged["v"],
+            kv_bytes=sum(layer.nbytes() for layer in layers) if compressed else None,
+            kv_payload_bytes=sum(layer.nbytes(payload=True) for layer in layers) if compressed else None,
+            dense_bytes=dense,
+        )
+
+
+def _model_reason(cfg) -> str | None:
+    """Model traits the static layers do not implement: they attend by SDPA over every cached token."""
+    cfg = getattr(cfg, "text_config", None) or cfg
+    if getattr(cfg, "attn_logit_softcapping", None):
+        return "attention logit soft-capping"
+    if getattr(cfg, "sliding_window", None) and getattr(cfg, "layer_types", None) != ["full_attention"] * len(
+        getattr(cfg, "layer_types", None) or []
+    ):
+        return "sliding-window attention layers"
+    return None
+
+
+def static_cache(
+    model: torch.nn.Module, policy: KVConfig, prompt_len: int, max_new_tokens: int
+) -> MustafarCache:
+    """A static cache for one prompt of `prompt_len` tokens and `max_new_tokens` decode steps, or, for a policy
+    outside the static scope, the dynamic `MustafarCache` (announced once per reason)."""
+    reason = unsupported_reason(policy, prompt_len)
+    cfg = model.config
+    if reason is None and _model_reason(cfg) is not None:
+        reason = _model_reason(cfg)
+    if reason is not None:
+        say_once(f"mustafar: static cache unavailable ({reason}); using the dynamic cache")
+        return MustafarCache(policy, num_layers=cfg.num_hidden_layers)
+    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
+    return StaticMustafarCache(policy, cfg.num_hidden_layers, prompt_len + max_new_tokens, head_dim)
