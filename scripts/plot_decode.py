@@ -45,6 +45,7 @@ def layer_bytes(policy: KVConfig | None, context: int) -> int:
     if policy is None:
         return 2 * k.numel() * k.element_size()
     layer = CompressedLayer(policy)
+    layer.bound = True  # a lone layer driven by hand, as mustafar.attach would drive it
     layer.update(k, v)
     layer.after_attention(Observation(q_len=context))
     stores = [t for s in layer.stores.values() for t in (s.bits, s.vals)]
@@ -125,6 +126,35 @@ def plot_throughput(report: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def plot_static(report: dict, out: Path) -> None:
+    """Static caches: eager wall clock, CUDA-graph wall clock and GPU time per decode step, tokens/s by batch."""
+    tops = [m["point"] for m in report["max_batch"].values() if m.get("point")]
+    points = [p for p in report["points"] + tops if p.get("graph_tokens_per_s") and not p["oom"]]
+    fmts = list(dict.fromkeys(p["fmt"] for p in points))
+    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for fmt, color in zip(fmts, colors):
+        pts = sorted(
+            (p["batch"], p["tokens_per_s"], p["graph_tokens_per_s"]) for p in points if p["fmt"] == fmt
+        )
+        batches, eager, graph = zip(*pts)
+        ax.plot(batches, graph, "o-", color=color, label=f"{fmt}: CUDA graph (wall)")
+        ax.plot(batches, eager, "x--", color=color, alpha=0.6, label=f"{fmt}: eager (wall)")
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel(
+        f"batch size (sequences of {report['context']} tokens; last point = largest batch that fits)"
+    )
+    ax.set_ylabel("decode tokens / s (wall clock)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    ax.set_title(
+        f"{report['model']} (random weights, fp16), static caches on {report['device']}", fontsize=10
+    )
+    fig.tight_layout()
+    fig.savefig(out, dpi=130)
+    plt.close(fig)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default="results/decode")
@@ -142,7 +172,11 @@ def main() -> None:
         )
     bench = out / "bench_decode.json"
     if bench.exists():
-        plot_throughput(json.loads(bench.read_text()), out / "throughput.png")
+        report = json.loads(bench.read_text())
+        if any(p.get("graph_tokens_per_s") for p in report["points"]):
+            plot_static(report, out / "static_throughput.png")
+        if any(p["fmt"] in COLORS for p in report["points"]):
+            plot_throughput(report, out / "throughput.png")
 
 
 if __name__ == "__main__":
