@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
@@ -15,16 +14,6 @@ from mustafar.kernels.support import gluon_capable
 from mustafar.pruning.keep import threshold_mask, topk_mask
 
 pytestmark = pytest.mark.usefixtures("triton_interpreter")
-
-
-@pytest.fixture
-def poison(monkeypatch):
-    """Every scratch buffer of the decode launch starts as NaN (the cached split partials included)."""
-    decode = importlib.import_module("mustafar.kernels.decode")
-    monkeypatch.setattr(decode, "_PARTIALS", {})
-    monkeypatch.setattr(
-        decode, "_empty", lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype)
-    )
 
 
 def _randn(*shape, dtype, seed):

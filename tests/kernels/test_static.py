@@ -23,16 +23,6 @@ def _randn(*shape, seed, dtype=torch.float16):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed)).to(dtype)
 
 
-@pytest.fixture
-def poison(monkeypatch):
-    """Every scratch buffer of the decode launch starts as NaN (the cached split partials included)."""
-    decode = importlib.import_module("mustafar.kernels.decode")
-    monkeypatch.setattr(decode, "_PARTIALS", {})
-    monkeypatch.setattr(
-        decode, "_empty", lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype)
-    )
-
-
 def _rel(out, ref):
     return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 

@@ -1,0 +1,17 @@
+"""Fixtures shared by the CPU kernel tests (Triton interpreter)."""
+
+import importlib
+import math
+
+import pytest
+import torch
+
+
+@pytest.fixture
+def poison(monkeypatch):
+    """Every scratch buffer of the decode launch starts as NaN (the cached split partials included)."""
+    decode = importlib.import_module("mustafar.kernels.decode")
+    monkeypatch.setattr(decode, "_PARTIALS", {})
+    monkeypatch.setattr(
+        decode, "_empty", lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype)
+    )
