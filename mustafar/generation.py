@@ -145,7 +145,8 @@ def generate(
         raise ValueError("static=True builds its own cache: pass cache=None")
     elif cache.policy != policy or cache.get_seq_length() > 0:
         raise ValueError("generate needs an empty cache built for the same policy")
-    cache.set_padding(batch.pads, device)
+    if any(batch.pads) or not isinstance(cache, StaticMustafarCache):  # static layers: no pads, no RowPruners
+        cache.set_padding(batch.pads, device)
 
     tokens: list[list[int]] = [[] for _ in range(n)]
     outputs: list[GenerationOutput | None] = [None] * n

@@ -10,7 +10,7 @@ import torch
 
 from mustafar.config import KVConfig
 from mustafar.generation import generate
-from mustafar.static_cache import StaticMustafarCache
+from mustafar.static_cache import StaticMustafarCache, static_reason
 
 LENGTHS = (37, 70, 101)  # pads 64, 31 and 0 in one batch
 BUDGETS = (9, 4, 12)  # different stop points per row
@@ -74,8 +74,23 @@ def test_static_compressed_unpadded_equals_dynamic(tiny_llama):
         assert [getattr(s.stats, c) for c in counts] == [getattr(d.stats, c) for c in counts]
 
 
-def test_out_of_scope_padding_falls_back_to_the_dynamic_cache(tiny_llama):
-    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, mode="compressed")
+def test_static_think_keys_unpadded_equal_dynamic(tiny_llama):
+    policy = KVConfig(k_sparsity=0.7, k_scorer="think", v_sparsity=0.5)
+    ps = prompts((70, 70), seed=1)
+    assert static_reason(tiny_llama, policy, 70) is None
+    dynamic = generate(tiny_llama, policy, ps, [8, 5], static=False)
+    assert dynamic[0].stats.k_judged > 0
+    assert_same(dynamic, generate(tiny_llama, policy, ps, [8, 5], static=True))
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [KVConfig(k_sparsity=0.5, v_sparsity=0.5, mode="compressed"), KVConfig(k_sparsity=0.5, k_scorer="think")],
+    ids=["compressed", "think"],
+)
+def test_out_of_scope_padding_falls_back_to_the_dynamic_cache(tiny_llama, policy):
+    assert static_reason(tiny_llama, policy, 101) is None
+    assert "padded" in static_reason(tiny_llama, policy, 101, padded=True)
     ps = prompts()
     with warnings.catch_warnings(record=True):
         warnings.simplefilter("always")
