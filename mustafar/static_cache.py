@@ -16,6 +16,8 @@ output-aware from statistics summed over the token's steps in the window, kept p
 (values need the step's attention weights, so mask mode only). ThinK's prefill-only rule runs in mask mode.
 Other policies (per-channel groups), and compressed mode with a prompt shorter than the window (the sparse op
 has no window mask), use the dynamic caches: `static_cache` says so once and returns a `MustafarCache`.
+Left-padded batches (`set_padding`): the dense and mask layers mask each row's pad columns on the device and
+never count them; compressed mode and ThinK with padding use the dynamic caches.
 """
 
 from __future__ import annotations
@@ -90,6 +92,7 @@ def masked_decode_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(scale·q·Kᵀ)·V for one query per row over the `valid` [T] slots of K/V [B, H_kv, T, D] (GQA), and
     each slot's attention summed over the group's query heads [B, H_kv, T] (the output-aware value statistic).
+    `valid` is [T] or, with per-row pads, [B, 1, 1, T].
 
     Two batched GEMVs: no key/value head repetition, fixed shapes, so it captures in a graph."""
     b, hq, d = q.shape
