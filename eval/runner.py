@@ -2,6 +2,8 @@
 
 Samples are sorted by prompt length within a task (little left padding), generated `batch_size` at a time by
 `mustafar.generate` (each row pruned and counted exactly as if it ran alone), and returned in sample order.
+On CUDA `generate` picks the static cache and CUDA-graph decode by itself where the policy allows it, with
+results equal to the dynamic path's, so the job needs no key for it.
 """
 
 from __future__ import annotations

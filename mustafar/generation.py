@@ -9,6 +9,11 @@ taken at the step it stopped.
 
 `prefill` and `decode_step` are the two model calls; `decode_step` takes fixed-shape inputs ([B, 1] ids and
 positions, the cache position) so that a captured replay of it can stand in for the eager call.
+
+With `static` (default: on a CUDA device whenever the policy and model are in the static scope) the batch runs
+through a `StaticMustafarCache` sized once for the widest prompt + the largest budget, and the decode steps
+through a `DecodeRunner` (a replayed CUDA graph on a GPU, eager on a CPU). The static layers mask each row's
+pad columns on the device and count only real tokens, so tokens and per-row statistics equal the dynamic path.
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ import torch
 from mustafar.attention import attach, new_cache
 from mustafar.cache import CacheStats, MustafarCache
 from mustafar.config import KVConfig
+from mustafar.graphs import DecodeRunner
+from mustafar.static_cache import StaticMustafarCache, static_cache, static_reason
 
 
 @dataclass
@@ -112,12 +119,15 @@ def generate(
     min_new_tokens: int | Sequence[int] = 0,
     pad_id: int = 0,
     cache: MustafarCache | None = None,
+    static: bool | None = None,
 ) -> list[GenerationOutput]:
     """Greedy continuations of `prompts` (token ids), one fresh pruning cache for the batch.
 
     `stop_ids`: ids that end a row (EOS included), shared or one collection per prompt; a stop id is never
     chosen before the row has `min_new_tokens` tokens (as transformers' min-length rule does). `cache`: an
     unused cache of `policy` to generate into (default: a new one), for callers that inspect it afterwards.
+    `static`: decode through a static cache (CUDA graphs on a GPU); None picks it on CUDA when the policy and
+    model allow it, True falls back to the dynamic cache (said once) where they do not.
     """
     n = len(prompts)
     budget = _per_row(max_new_tokens, n, "max_new_tokens")
@@ -130,15 +140,23 @@ def generate(
     device = next(model.parameters()).device
     batch = left_pad(prompts, pad_id, device)
     if cache is None:
-        cache = new_cache(model, policy)
+        cache = _new_cache(model, policy, batch, max(budget), static)
+    elif static:
+        raise ValueError("static=True builds its own cache: pass cache=None")
     elif cache.policy != policy or cache.get_seq_length() > 0:
         raise ValueError("generate needs an empty cache built for the same policy")
-    cache.set_padding(batch.pads, device)
+    if any(batch.pads) or not isinstance(cache, StaticMustafarCache):  # static layers: no pads, no RowPruners
+        cache.set_padding(batch.pads, device)
 
     tokens: list[list[int]] = [[] for _ in range(n)]
     outputs: list[GenerationOutput | None] = [None] * n
     mask = batch.attention_mask
     positions = batch.position_ids[:, -1:]
+    runner = (
+        DecodeRunner(model, cache, graphs=device.type == "cuda")
+        if isinstance(cache, StaticMustafarCache)
+        else None
+    )
     with attach(model, cache):
         logits = prefill(model, cache, batch)
         banned = _stop_mask(stops, logits.shape[-1], device)  # chosen only once min_new_tokens are out
@@ -165,8 +183,24 @@ def generate(
             mask = torch.cat([mask, mask.new_ones(n, 1)], dim=1)
             positions = positions + 1
             cache_position = torch.tensor([mask.shape[1] - 1], device=device)
-            logits = decode_step(model, cache, chosen.unsqueeze(1), positions, cache_position, mask)
+            if runner is None:
+                logits = decode_step(model, cache, chosen.unsqueeze(1), positions, cache_position, mask)
+            else:  # the static layers mask pads from their own pad counts; the runner copies ids and positions
+                logits = runner.step(chosen.unsqueeze(1), positions)
     return outputs
+
+
+def _new_cache(
+    model: torch.nn.Module, policy: KVConfig, batch: Batch, max_new_tokens: int, static: bool | None
+) -> MustafarCache:
+    """The static cache where asked for (or, with `static=None`, on CUDA where in scope), else the dynamic one."""
+    width, padded = batch.input_ids.shape[1], any(batch.pads)
+    if static is None:
+        cuda = batch.input_ids.device.type == "cuda"
+        static = cuda and static_reason(model, policy, width, padded) is None
+    if not static:
+        return new_cache(model, policy)
+    return static_cache(model, policy, width, max_new_tokens, padded=padded)
 
 
 def _stop_mask(stops: list[set[int]], vocab: int, device: torch.device) -> torch.Tensor:

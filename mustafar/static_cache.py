@@ -16,6 +16,8 @@ output-aware from statistics summed over the token's steps in the window, kept p
 (values need the step's attention weights, so mask mode only). ThinK's prefill-only rule runs in mask mode.
 Other policies (per-channel groups), and compressed mode with a prompt shorter than the window (the sparse op
 has no window mask), use the dynamic caches: `static_cache` says so once and returns a `MustafarCache`.
+Left-padded batches (`set_padding`): the dense and mask layers mask each row's pad columns on the device and
+never count them; compressed mode and ThinK with padding use the dynamic caches.
 """
 
 from __future__ import annotations
@@ -54,10 +56,15 @@ def _output_aware(rule: PruneRule) -> bool:
     return rule.active and rule.direction == "token" and rule.scorer == "output_aware"
 
 
-def unsupported_reason(policy: KVConfig, prompt_len: int) -> str | None:
-    """Why `policy` with a `prompt_len`-token prompt cannot use a static cache (None when it can)."""
+def unsupported_reason(policy: KVConfig, prompt_len: int, padded: bool = False) -> str | None:
+    """Why `policy` with a `prompt_len`-token prompt (left-padded rows when `padded`) cannot use a static cache
+    (None when it can)."""
     if policy.dense:
         return None
+    if padded and policy.mode == "compressed":
+        return "compressed static stores do not take left-padded rows"
+    if padded and any(rule.active and rule.scorer == "think" for rule in (policy.k, policy.v)):
+        return "ThinK decides each padded row separately (per-row channel scores)"
     for side, rule in (("k", policy.k), ("v", policy.v)):
         if not rule.active or _decides_per_token(rule):
             continue
@@ -85,6 +92,7 @@ def masked_decode_attention(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """softmax(scale·q·Kᵀ)·V for one query per row over the `valid` [T] slots of K/V [B, H_kv, T, D] (GQA), and
     each slot's attention summed over the group's query heads [B, H_kv, T] (the output-aware value statistic).
+    `valid` is [T] or, with per-row pads, [B, 1, 1, T].
 
     Two batched GEMVs: no key/value head repetition, fixed shapes, so it captures in a graph."""
     b, hq, d = q.shape
@@ -234,7 +242,20 @@ class StaticLayer(MustafarLayer):
         return scores.value_output_aware(row, self.acc["v"].index_select(2, slot) / cnt.view(1, 1, 1))
 
     def valid(self) -> torch.Tensor:
-        return torch.arange(self.capacity, device=self.device) < self.length
+        """Slots a decode query attends to: [capacity], or [B, 1, 1, capacity] with left pads masked per row
+        (derived on the device from the fixed pad counts, so a captured graph masks them at every replay)."""
+        columns = torch.arange(self.capacity, device=self.device)
+        filled = columns < self.length
+        if self.pad_columns is None:
+            return filled
+        return (filled & (columns >= self.pad_columns.view(-1, 1))).view(self.batch, 1, 1, self.capacity)
+
+    def real_decided(self, row: int, side: str) -> int:
+        """Row `row`'s real tokens (pads excluded) made final by decode steps: columns [prompt final,
+        length - window) from its first real column on."""
+        pad = self.pads[row] if self.pads else 0
+        start = max(self.pruners[side].final, pad)
+        return max(0, self.host_length - self.policy.window - start)
 
     def decode_attention(self, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Output [B, H_q, D] and, where available, each slot's attention [B, H_kv, slots]."""
@@ -254,6 +275,11 @@ class StaticLayer(MustafarLayer):
 
     def decode_counts(self) -> dict[str, tuple[int, int]]:
         """(kept, judged) entries per side decided by decode steps (prefill's are in the pruners)."""
+        rows = [self.row_decode_counts(b) for b in range(self.batch)]
+        return {s: (sum(r[s][0] for r in rows), sum(r[s][1] for r in rows)) for s in ("k", "v")}
+
+    def row_decode_counts(self, row: int) -> dict[str, tuple[int, int]]:
+        """(kept, judged) entries of row `row` decided by decode steps, pads excluded (none for dense)."""
         return {"k": (0, 0), "v": (0, 0)}
 
     def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,11 +322,12 @@ class StaticMaskLayer(StaticDenseLayer):
 
     def allocate(self, batch: int, heads: int, head_dim: int) -> None:
         super().allocate(batch, heads, head_dim)
-        self.decode_kept = {s: torch.zeros((), dtype=torch.long, device=self.device) for s in ("k", "v")}
+        self.decode_kept = {s: torch.zeros(batch, dtype=torch.long, device=self.device) for s in ("k", "v")}
 
     def prune_leaving(self) -> None:
         leaving = self.length - 1 - self.policy.window
         inside = leaving >= 0  # a prompt shorter than the window: nothing has left it yet
+        counted = inside if self.pad_columns is None else inside & (leaving >= self.pad_columns)  # [B]: real
         at = leaving.clamp_min(0).view(1)
         slot = (self.length % (self.policy.window + 1)).view(1)
         for side, tensor in (("k", self.keys), ("v", self.values)):
@@ -313,19 +340,17 @@ class StaticMaskLayer(StaticDenseLayer):
             keep = keep_mask(score, rule.sparsity, self.policy.keep_rule, thresholded)
             drop = ~keep & inside
             tensor.index_copy_(2, at, row.masked_fill(drop, 0))
-            self.decode_kept[side] += torch.where(inside, keep.sum(), 0)
+            self.decode_kept[side] += torch.where(counted, keep.sum(dim=(1, 2, 3)), 0)
 
-    def decode_counts(self) -> dict[str, tuple[int, int]]:
+    def row_decode_counts(self, row: int) -> dict[str, tuple[int, int]]:
         counts = {}
-        b, h, _, d = self.keys.shape
+        _, h, _, d = self.keys.shape
         for side in ("k", "v"):
             rule = self.pruners[side].rule
             if not (rule.active and _decides_per_token(rule)):
                 counts[side] = (0, 0)
                 continue
-            prompt_final = self.pruners[side].final
-            decided = max(0, self.host_length - self.policy.window) - prompt_final
-            counts[side] = (int(self.decode_kept[side]), decided * b * h * d)
+            counts[side] = (int(self.decode_kept[side][row]), self.real_decided(row, side) * h * d)
         return counts
 
 
@@ -401,14 +426,13 @@ class StaticCompressedLayer(StaticLayer):
     def decode_attention(self, q: torch.Tensor, scale: float) -> tuple[torch.Tensor, None]:
         return compressed_decode_attention(q, self, scale), None
 
-    def decode_counts(self) -> dict[str, tuple[int, int]]:
+    def row_decode_counts(self, row: int) -> dict[str, tuple[int, int]]:
         ks = self.stores["k"]
-        decided = self.host_length - self.policy.window - self.prompt_stored
+        tokens = (self.host_length - self.policy.window - self.prompt_stored) * ks.heads  # no pads: see scope
         counts = {}
         for side in ("k", "v"):
             active = self.pruners[side].rule.active
-            rows = decided * ks.batch * ks.heads
-            counts[side] = (rows * self.keep[side], rows * ks.head_dim) if active else (0, 0)
+            counts[side] = (tokens * self.keep[side], tokens * ks.head_dim) if active else (0, 0)
         return counts
 
     def window_order(self) -> torch.Tensor:
@@ -505,6 +529,43 @@ class StaticMustafarCache(MustafarCache):
         for layer in self.layers:
             layer.advance(steps)
 
+    def row_stats(self) -> list[CacheStats]:
+        """Per-row `stats()`: each row's real tokens only, the counts `MustafarCache.row_stats` gives.
+
+        kv_bytes (allocated, capacity slack included) only for a batch of one; kv_payload_bytes is the static
+        stores' payload shared evenly (compressed rows are unpadded, so every row stores the same)."""
+        layers = [layer for layer in self.layers if layer.is_initialized]
+        if not layers:
+            return []
+        batch = layers[0].batch
+        compressed = isinstance(layers[0], StaticCompressedLayer)
+        rows = []
+        for b, pad in enumerate(layers[0].pads or [0] * batch):
+            kept, judged = {"k": 0, "v": 0}, {"k": 0, "v": 0}
+            for layer in layers:
+                decode = layer.row_decode_counts(b)
+                for side in ("k", "v"):
+                    prefill = layer.pruners[side].row_counts(batch)[b]
+                    kept[side] += prefill[0] + decode[side][0]
+                    judged[side] += prefill[1] + decode[side][1]
+            dense = sum(
+                (layer.host_length - pad) * layer.heads * self.head_dim * layer.dtype.itemsize * 2
+                for layer in layers
+            )
+            payload = sum(layer.nbytes(payload=True) for layer in layers) // batch if compressed else None
+            rows.append(
+                CacheStats(
+                    k_kept=kept["k"],
+                    k_judged=judged["k"],
+                    v_kept=kept["v"],
+                    v_judged=judged["v"],
+                    kv_bytes=sum(layer.nbytes() for layer in layers) if compressed and batch == 1 else None,
+                    kv_payload_bytes=payload,
+                    dense_bytes=dense,
+                )
+            )
+        return rows
+
     def stats(self) -> CacheStats:
         layers = [layer for layer in self.layers if layer.is_initialized]
         kept, judged = {"k": 0, "v": 0}, {"k": 0, "v": 0}
@@ -541,15 +602,20 @@ def _model_reason(cfg) -> str | None:
     return None
 
 
+def static_reason(
+    model: torch.nn.Module, policy: KVConfig, prompt_len: int, padded: bool = False
+) -> str | None:
+    """Why a static cache cannot serve `policy` on `model` for this prompt width (None when it can)."""
+    return unsupported_reason(policy, prompt_len, padded) or _model_reason(model.config)
+
+
 def static_cache(
-    model: torch.nn.Module, policy: KVConfig, prompt_len: int, max_new_tokens: int
+    model: torch.nn.Module, policy: KVConfig, prompt_len: int, max_new_tokens: int, padded: bool = False
 ) -> MustafarCache:
-    """A static cache for one prompt of `prompt_len` tokens and `max_new_tokens` decode steps, or, for a policy
-    outside the static scope, the dynamic `MustafarCache` (announced once per reason)."""
-    reason = unsupported_reason(policy, prompt_len)
+    """A static cache for prompts `prompt_len` tokens wide (left-padded rows when `padded`) and `max_new_tokens`
+    decode steps, or, outside the static scope, the dynamic `MustafarCache` (announced once per reason)."""
+    reason = static_reason(model, policy, prompt_len, padded)
     cfg = model.config
-    if reason is None and _model_reason(cfg) is not None:
-        reason = _model_reason(cfg)
     if reason is not None:
         say_once(f"mustafar: static cache unavailable ({reason}); using the dynamic cache")
         return MustafarCache(policy, num_layers=cfg.num_hidden_layers)

@@ -81,3 +81,33 @@ def test_runner_captures_once_and_refuses_past_capacity(tiny_cuda):
         assert cache.layers[1].host_length == 22 and int(cache.layers[1].length) == 22
         with pytest.raises(StaticCacheError, match="capacity 22 exceeded"):
             runner.step(tok, torch.full((1, 1), 22, device="cuda"))
+
+
+@pytest.mark.parametrize("name", ["dense", "mask-K0.5V0.5", "mask-K0.7V0.7-w0"])
+def test_generate_on_cuda_replays_graphs_and_equals_the_dynamic_path(tiny_cuda, monkeypatch, name):
+    """`mustafar.generate`'s default on CUDA (static cache, captured decode step) on a left-padded batch with
+    different budgets: the dynamic eager path's tokens and per-row statistics (fp32: no near-tie flips)."""
+    import copy
+
+    import mustafar.generation as generation
+
+    model = copy.deepcopy(tiny_cuda).float()
+    runners = []
+
+    class Recorded(DecodeRunner):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            runners.append(self)
+
+    monkeypatch.setattr(generation, "DecodeRunner", Recorded)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(1, 256, (n,), generator=g).tolist() for n in (37, 70, 101)]
+    budgets = [NEW_TOKENS, 9, NEW_TOKENS - 3]
+    policy = POLICIES[name]
+    dynamic = generation.generate(model, policy, prompts, budgets, static=False)
+    assert runners == []
+    graphed = generation.generate(model, policy, prompts, budgets)
+    assert len(runners) == 1 and runners[0].captured
+    for d, s in zip(dynamic, graphed, strict=True):
+        assert s.tokens == d.tokens
+        assert s.stats == d.stats
