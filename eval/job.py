@@ -273,7 +273,8 @@ class Job:
         inactive = [
             f"kv.{side}_sparsity={getattr(self.policy, f'{side}_sparsity'):g}"
             for side in ("k", "v")
-            if getattr(self.policy, f"{side}_sparsity") > 0 and getattr(measured, f"{side}_sparsity_measured") == 0
+            if getattr(self.policy, f"{side}_sparsity") > 0
+            and getattr(measured, f"{side}_sparsity_measured") == 0
         ]
         for row in rows:
             row.pruning_inactive = bool(inactive)
