@@ -273,11 +273,15 @@ def measure_static(model, point: Point, cache: StaticMustafarCache, steps: int, 
             point.graph_step_ms, point.graph_event_ms = round(wall, 3), round(event, 3)
             point.graph_tokens_per_s = round(batch * 1000 / wall, 1)
     if profile_gpu:
-        parts = gpu_breakdown(model, cache, batch, position)
-        point.gpu_ms = round(sum(parts.values()), 3)
-        point.gpu_tokens_per_s = round(batch * 1000 / point.gpu_ms, 1)
-        point.gemm_ms, point.attention_ms = parts["gemm"], parts["attention"]
-        point.compression_ms, point.other_ms = parts["compression"], parts["other"]
+        record_gpu_parts(point, gpu_breakdown(model, cache, batch, position), batch)
+
+
+def record_gpu_parts(point: Point, parts: dict[str, float], batch: int) -> None:
+    """A step's GPU kernel time, in total and by kind (gemm, attention, compression, other)."""
+    point.gpu_ms = round(sum(parts.values()), 3)
+    point.gpu_tokens_per_s = round(batch * 1000 / point.gpu_ms, 1)
+    point.gemm_ms, point.attention_ms = parts["gemm"], parts["attention"]
+    point.compression_ms, point.other_ms = parts["compression"], parts["other"]
 
 
 def measure(
@@ -297,11 +301,7 @@ def measure(
             point.step_ms = round(statistics.median(times), 3)
             point.tokens_per_s = round(batch * 1000 / point.step_ms, 1)
         if profile_gpu:
-            parts = gpu_breakdown(model, cache, batch, context)
-            point.gpu_ms = round(sum(parts.values()), 3)
-            point.gpu_tokens_per_s = round(batch * 1000 / point.gpu_ms, 1)
-            point.gemm_ms, point.attention_ms = parts["gemm"], parts["attention"]
-            point.compression_ms, point.other_ms = parts["compression"], parts["other"]
+            record_gpu_parts(point, gpu_breakdown(model, cache, batch, context), batch)
         point.kv_bytes = cache_bytes(cache)
         c = model.config
         dense = (
