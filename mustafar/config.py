@@ -9,6 +9,7 @@ DIRECTIONS = ("token", "channel")
 SCORERS = ("magnitude", "output_aware", "think")
 KEEP_RULES = ("exact", "reference")
 MODES = ("mask", "compressed")
+ID_OPTIONAL: tuple[str, ...] = ()  # KVConfig fields left out of to_dict (hence job ids) at their default
 CHANNEL_GROUP = 32  # tokens per per-channel pruning group (docs/method.md §1)
 
 
@@ -117,7 +118,13 @@ class KVConfig:
         return " ".join(parts) + suffix
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """All fields, except later additions still at their default (:data:`ID_OPTIONAL`): a new knob must not
+        change the job id, hence invalidate the finished results, of policies that do not use it."""
+        data = asdict(self)
+        for key in ID_OPTIONAL:
+            if data[key] == self.__dataclass_fields__[key].default:
+                del data[key]
+        return data
 
     @classmethod
     def from_mapping(cls, cfg: Any) -> KVConfig:
