@@ -36,15 +36,17 @@ from mustafar.bench.inputs import (  # noqa: E402
     DecodeInputs,
     decode_call,
     decode_inputs,
+    default_kernel_sass,
     default_launch,
     dense_decode_call,
     rel_err,
     time_us,
 )
+from mustafar.bench.sass import main_loop_instructions  # noqa: E402
 from mustafar.bench.shapes import attention_shape  # noqa: E402
 from mustafar.formats import CompressedStore  # noqa: E402
 from mustafar.kernels import pack_into, sparse_decode_attention, topk_pack_into  # noqa: E402
-from mustafar.pruning.keep import exact_keep, threshold_mask, topk_mask  # noqa: E402
+from mustafar.pruning.keep import exact_keep, threshold_mask, topk_mask, word_topk_mask  # noqa: E402
 
 SHAPE = attention_shape("llama3_8b")
 CONFIGS = {  # name -> private launch options, timed next to the default launch (round 5 sweeps: NOTES.md)
@@ -69,15 +71,17 @@ def graph_time(fn, rep: int = REP) -> float:
     return time_us(graph.replay, rep)
 
 
-def _check_case(i: int, b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep) -> list[dict]:
+def _check_case(i: int, b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep, word=False) -> list[dict]:
     torch.manual_seed(i)
     q = torch.randn(b, hkv * n_rep, d, device="cuda", dtype=dtype)
     stores = []
     for keep in (k_keep, v_keep):
         rows = torch.randn(b, hkv, t, d, device="cuda", dtype=dtype)
-        st = CompressedStore(b, hkv, d, dtype, "cuda", keep)
+        st = CompressedStore(b, hkv, d, dtype, "cuda", keep, word_quota=word)
         if keep is None:  # variable layout: the published magnitude rule at s 0.6
             pack_into(st, rows, threshold_mask(rows.abs(), 0.6))
+        elif word:
+            pack_into(st, rows, word_topk_mask(rows.abs(), keep))
         else:
             topk_pack_into(st, rows, keep)
             assert torch.equal(st.to_dense(), rows * topk_mask(rows.abs(), keep)), "prune+pack mismatch"
@@ -85,10 +89,13 @@ def _check_case(i: int, b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep) -> list[d
     kw, vw = (torch.randn(b, hkv, w, d, device="cuda", dtype=dtype) for _ in "kv")
     inp = DecodeInputs(q, *stores, kw, vw)
     ref = sparse_decode_attention(q, *stores, kw, vw, inp.scale, backend="torch")
-    staged_applies = default_launch(inp)["decoder"] == "staged"
+    default_decoder = default_launch(inp)["decoder"]
+    staged_applies = default_decoder in ("staged", "scatter")
     variants = {"default": {}, **CONFIGS, "portable 1 split": dict(decoder="portable", num_splits=1)}
     variants["portable 3 splits"] = dict(decoder="portable", num_splits=3)
     variants["staged 5 splits"] = dict(decoder="staged", num_splits=5)
+    if default_decoder == "scatter":
+        variants["scatter 5 splits"] = dict(decoder="scatter", num_splits=5)
     out = []
     for name, opts in variants.items():
         if opts.get("decoder") == "staged" and not staged_applies:
@@ -134,6 +141,8 @@ def check_correctness() -> list[dict]:
     out = []
     for i, case in enumerate(cases):
         out += _check_case(i, *case)
+    for i, case in enumerate(c for c in cases if None not in c[-2:] and c[6] != torch.float32):
+        out += _check_case(100 + i, *case, word=True)  # word-quota stores: the scatter decoder
     for d, dtype, keep in ((128, torch.float16, 38), (128, torch.bfloat16, 64), (64, torch.float16, 19)):
         _check_prune_pack(2, 4, 333, d, dtype, keep)
     return out
@@ -151,21 +160,25 @@ def fmt(d: dict) -> str:
     return "{" + ", ".join(f"{k}: {v:.0f}" for k, v in d.items()) + "}"
 
 
-def decode_row(s: float, b: int, t: int, roof_tbs: float, sweep: bool, baseline: dict) -> dict:
+def decode_row(
+    s: float, b: int, t: int, roof_tbs: float, sweep: bool, baseline: dict, rule: str = "exact"
+) -> dict:
     keep = exact_keep(SHAPE.head_dim, s)
     dense = dense_decode_call(SHAPE, b, t + WINDOW)
     dense_us = time_us(dense)
     dense_graph = graph_time(dense)
     del dense
-    inp = decode_inputs(SHAPE, b, t, keep)
+    inp = decode_inputs(SHAPE, b, t, keep, word_quota=rule == "word")
     default = decode_call(inp, {})
     us = time_us(default)  # first: the launch measures its occupancy, which the plan below then uses
     launch = default_launch(inp)
     sparse_graph = graph_time(default)
+    sass = default_kernel_sass(inp)
     comp_bytes = inp.k_store.payload_nbytes + inp.v_store.payload_nbytes + 2 * inp.k_window.numel() * 2
     dense_bytes = 2 * b * SHAPE.heads_kv * (t + WINDOW) * SHAPE.head_dim * 2
     row = dict(
         sparsity=s,
+        keep_rule=rule,
         keep=keep,
         batch=b,
         tokens=t,
@@ -184,6 +197,10 @@ def decode_row(s: float, b: int, t: int, roof_tbs: float, sweep: bool, baseline:
         sparse_tbs=comp_bytes / us / 1e6,
         roof_sparse_us=comp_bytes / (roof_tbs * 1e6),
         roof_dense_us=dense_bytes / (roof_tbs * 1e6),
+        # the byte-ratio ideal: how much faster than dense reading only the compressed bytes would be
+        byte_ideal=dense_bytes / comp_bytes,
+        of_byte_ideal=(dense_graph / sparse_graph) / (dense_bytes / comp_bytes),
+        instr_per_token_head=main_loop_instructions(sass) / launch["block_n"] if sass else None,
     )
     if sweep:
         row["per_config_us"] = {"default": us}
@@ -200,7 +217,7 @@ def decode_row(s: float, b: int, t: int, roof_tbs: float, sweep: bool, baseline:
     if base:
         row["baseline_us"], row["vs_baseline"] = base, us / base
     print(
-        f"s={s} B={b} T={t}: dense {dense_us:.0f} us ({row['dense_tbs']:.2f} TB/s), default {us:.0f} us "
+        f"{rule} s={s} B={b} T={t}: dense {dense_us:.0f} us ({row['dense_tbs']:.2f} TB/s), default {us:.0f} us "
         f"({row['sparse_tbs']:.2f} TB/s, roof {row['roof_sparse_us']:.0f} us) -> {row['speedup']:.2f}x, "
         f"{launch}; graphs: dense {dense_graph:.0f} us, sparse {sparse_graph:.0f} us -> {row['speedup_graph']:.2f}x"
         + (f"; baseline {base:.0f} us ({us / base:.3f}x)" if base else "")
@@ -289,18 +306,25 @@ def to_markdown(meta: dict, roof: float, decode: list[dict], comp: list[dict], c
         "(no Python launch overhead). 'sparse' is the public op's default launch. TB/s counts K+V bytes read "
         "(compressed bytes for the sparse kernel); roof = compressed bytes / copy roof.",
         "",
-        "| s | B | T | dense SDPA µs | TB/s | sparse µs | TB/s (compressed) | roof µs | speedup | "
-        "graph: dense µs | sparse µs | speedup | launch | best other launch µs | baseline µs | ×baseline |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "'of ideal': the graph-replayed speed-up over the byte-ratio ideal (dense bytes / compressed bytes); "
+        "'instr/th': SASS instructions of the decode kernel's main loop per token-head.",
+        "",
+        "| rule | s | B | T | dense SDPA µs | TB/s | sparse µs | TB/s (compressed) | roof µs | speedup | "
+        "graph: dense µs | sparse µs | speedup | of ideal | instr/th | launch | best other launch µs | "
+        "baseline µs | ×baseline |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in decode:
         lc = r["launch"]
         others = {k: v for k, v in r.get("per_config_us", {}).items() if k != "default"}
         best = min(others, key=others.get) if others else None
+        ipt = r.get("instr_per_token_head")
         lines.append(
-            f"| {r['sparsity']} | {r['batch']} | {r['tokens']} | {r['dense_sdpa_us']:.0f} | {r['dense_tbs']:.2f} | "
+            f"| {r.get('keep_rule', 'exact')} | "
+            f"{r['sparsity']} | {r['batch']} | {r['tokens']} | {r['dense_sdpa_us']:.0f} | {r['dense_tbs']:.2f} | "
             f"{r['sparse_us']:.0f} | {r['sparse_tbs']:.2f} | {r['roof_sparse_us']:.0f} | {r['speedup']:.2f}× | "
             f"{r['dense_graph_us']:.0f} | {r['sparse_graph_us']:.0f} | {r['speedup_graph']:.2f}× | "
+            f"{r['of_byte_ideal']:.2f} | {'–' if ipt is None else f'{ipt:.1f}'} | "
             f"{lc['decoder']} n{lc['block_n']}, {lc['num_splits']} splits | "
             + (f"{others[best]:.0f} ({best}) | " if best else "– | ")
             + (f"{r['baseline_us']:.0f} | {r['vs_baseline']:.3f} |" if "baseline_us" in r else "– | – |")
@@ -336,6 +360,11 @@ def main() -> None:
     ap.add_argument(
         "--baseline", type=Path, help="an earlier bench.json: its sizes, and its times side by side"
     )
+    ap.add_argument(
+        "--keep-rules",
+        default="exact,word",
+        help="stores to decode: exact (top-k per token: the staged decoder) and/or word (word quotas: scatter)",
+    )
     ap.add_argument("--skip-compress", action="store_true", help="decode only")
     ap.add_argument("--check-only", action="store_true", help="GPU correctness checks only")
     ap.add_argument("--compress-only", action="store_true", help="correctness + copy roof + compression only")
@@ -368,8 +397,14 @@ def main() -> None:
     decode, repeat = [], []
     if not args.compress_only:
         sweep = not args.default_only
-        decode = [decode_row(s, b, t, roof, sweep, base_decode) for s, b, t in sizes]
-        repeat = [decode_row(0.7, 8, 16384, roof, False, base_decode)]  # timed again: run-to-run spread
+        rules = args.keep_rules.split(",")
+        decode = [
+            decode_row(s, b, t, roof, sweep and rule == "exact", base_decode, rule)
+            for s, b, t in sizes
+            for rule in rules
+        ]
+        # timed again: run-to-run spread
+        repeat = [decode_row(0.7, 8, 16384, roof, False, base_decode, rule) for rule in rules]
     result = dict(meta=meta, copy_roof_tbs=roof, checks=checks, decode=decode, repeat=repeat, compress=comp)
     result["wall_s"] = time.time() - t0
     (args.out / "bench.json").write_text(json.dumps(result, indent=1))

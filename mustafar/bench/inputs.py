@@ -15,9 +15,10 @@ from triton.testing import do_bench
 
 from mustafar.bench.shapes import AttentionShape
 from mustafar.formats import CompressedStore
-from mustafar.kernels import sparse_decode_attention, topk_pack_into
+from mustafar.kernels import pack_into, sparse_decode_attention, topk_pack_into
 from mustafar.kernels.decode import _DEFAULT_LAUNCH, _launch, _planned_splits
 from mustafar.kernels.dispatch import decoder_for
+from mustafar.pruning.keep import word_topk_mask
 
 WINDOW = 32  # dense window tokens next to the compressed ones
 LAUNCH_OPTIONS = ("decoder", "block_n", "num_warps", "num_splits")  # the knobs of the private launch
@@ -44,18 +45,25 @@ def build_stores(
     dtype: torch.dtype = torch.float16,
     seed: int = 0,
     chunk: int = 4096,
+    word_quota: bool = False,
 ) -> tuple[CompressedStore, CompressedStore]:
-    """K and V stores of N(0, 1) rows pruned and packed by the default prune+pack, in chunks (bounded memory)."""
+    """K and V stores of N(0, 1) rows pruned and packed by the default prune+pack (``word_quota``: the word
+    rule's stores, which the scatter decoder reads), in chunks (bounded memory)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     stores = []
     for _ in range(2):
-        st = CompressedStore(batch, shape.heads_kv, shape.head_dim, dtype, "cuda", keep, capacity=tokens)
+        st = CompressedStore(
+            batch, shape.heads_kv, shape.head_dim, dtype, "cuda", keep, capacity=tokens, word_quota=word_quota
+        )
         for a in range(0, tokens, chunk):
             n = min(chunk, tokens - a)
             rows = torch.randn(
                 batch, shape.heads_kv, n, shape.head_dim, device="cuda", dtype=dtype, generator=g
             )
-            topk_pack_into(st, rows, keep)
+            if word_quota:
+                pack_into(st, rows, word_topk_mask(rows.abs(), keep))
+            else:
+                topk_pack_into(st, rows, keep)
         stores.append(st)
     return stores[0], stores[1]
 
@@ -68,11 +76,12 @@ def decode_inputs(
     dtype: torch.dtype = torch.float16,
     window: int = WINDOW,
     seed: int = 0,
+    word_quota: bool = False,
 ) -> DecodeInputs:
     """One decode step's inputs: q [B, H_q, D], stores of ``tokens`` compressed tokens, dense windows."""
     torch.manual_seed(seed)
     q = torch.randn(batch, shape.heads_q, shape.head_dim, device="cuda", dtype=dtype)
-    ks, vs = build_stores(shape, batch, tokens, keep, dtype, seed)
+    ks, vs = build_stores(shape, batch, tokens, keep, dtype, seed, word_quota=word_quota)
     kw, vw = (
         torch.randn(batch, shape.heads_kv, window, shape.head_dim, device="cuda", dtype=dtype) for _ in "kv"
     )
@@ -123,3 +132,12 @@ def default_launch(inp: DecodeInputs) -> dict:
     splits = _planned_splits(inp.q, inp.k_store, inp.v_store, decoder)
     block_n, num_warps = _DEFAULT_LAUNCH[decoder]
     return dict(decoder=decoder, block_n=block_n, num_warps=num_warps, num_splits=splits)
+
+
+def default_kernel_sass(inp: DecodeInputs) -> str | None:
+    """The SASS of the decode kernel the default launch compiled for these inputs (call after one launch)."""
+    from mustafar.kernels.decode import _configure
+
+    decoder = decoder_for(inp.q, inp.k_store, inp.v_store)
+    kernels = _configure(inp.q, inp.k_store, inp.v_store, decoder, None, None).launcher.kernels
+    return next(iter(kernels.values())).asm["sass"] if kernels else None

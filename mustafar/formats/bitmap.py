@@ -92,6 +92,7 @@ class CompressedStore:
         keep: int | None,
         capacity: int = 0,
         static: bool = False,
+        word_quota: bool = False,
     ) -> None:
         if head_dim <= 0 or head_dim % 32:
             raise ValueError(f"head_dim must be a positive multiple of 32, got {head_dim}")
@@ -109,6 +110,9 @@ class CompressedStore:
         self.dtype, self.device, self.keep = dtype, torch.device(device), keep
         self.itemsize = torch.empty((), dtype=dtype).element_size()
         self.static = static
+        if word_quota and keep is None:
+            raise ValueError("word_quota stores need the fixed layout (keep=int), got keep=None")
+        self.word_quota = word_quota
         self._views: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
         self._length = 0
         # static stores count their tokens on the device (one count per batch row), dynamic ones on the host

@@ -43,11 +43,12 @@ from triton import knobs
 from triton.language.extra import libdevice
 
 from mustafar.formats.bitmap import CompressedStore
+from mustafar.kernels.decode_scatter import TOKENS_PER_TILE, scatter_asm
 from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
 from mustafar.kernels.support import interpreting
 
 _LOG2E = 1.4426950408889634
-DECODERS = ("staged", "portable")
+DECODERS = ("scatter", "staged", "portable")
 
 
 # PTX for 8 channels of one lane (bits 0..7 of $8): per channel one bit test (LOP3 -> predicate), a zeroed predicated
@@ -438,10 +439,12 @@ def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
 # ---------------------------------------------------------------------------------------------------------------------
 
 # (block_n, num_warps) per decoder: the H100 sweeps' best at B >= 8 (results/kernels/NOTES.md, rounds 4-5)
-_DEFAULT_LAUNCH = {"staged": (16, 1), "portable": (64, 4)}
+_DEFAULT_LAUNCH = {"scatter": (32, 1), "staged": (16, 1), "portable": (64, 4)}
 
 
-def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
+def _staged_constexprs(
+    q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int, scatter: bool = False
+) -> dict:
     d = q.shape[-1]
     n_rep = q.shape[1] // k_store.heads
     stage_bytes = block_n * (d // 4 + 2 * (k_store.slot + v_store.slot))
@@ -456,6 +459,9 @@ def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedS
         K_CH_P2=triton.next_power_of_2(block_n * k_store.slot // 8),
         V_CH_P2=triton.next_power_of_2(block_n * v_store.slot // 8),
         DEVICE_LEN=k_store.static,
+        SCATTER=scatter,
+        K_ASM=scatter_asm(d, k_store.keep, k_store.slot) if scatter else "",
+        V_ASM=scatter_asm(d, v_store.keep, v_store.slot) if scatter else "",
     )
 
 
@@ -519,6 +525,8 @@ def _configure(
         k_store.fixed,
         v_store.fixed,
         k_store.static,
+        k_store.keep,
+        v_store.keep,
         decoder,
         block_n,
         num_warps,
@@ -539,12 +547,17 @@ def _new_config(
 ) -> _Config:
     if decoder not in DECODERS:
         raise ValueError(f"decoder must be one of {DECODERS}, got {decoder!r}")
-    if decoder == "staged" and num_warps not in (None, 1):
-        raise ValueError(f"the staged decoder runs one warp per program, got num_warps={num_warps}")
+    staged = decoder in ("staged", "scatter")
+    if staged and num_warps not in (None, 1):
+        raise ValueError(f"the {decoder} decoder runs one warp per program, got num_warps={num_warps}")
+    if decoder == "scatter" and block_n not in (None, TOKENS_PER_TILE):
+        raise ValueError(f"the scatter decoder walks {TOKENS_PER_TILE}-token tiles, got block_n={block_n}")
     dn, dw = _DEFAULT_LAUNCH[decoder]
     block_n, num_warps = block_n or dn, num_warps or dw
-    staged = decoder == "staged"
-    constexprs = (_staged_constexprs if staged else _portable_constexprs)(q, k_store, v_store, block_n)
+    if staged:
+        constexprs = _staged_constexprs(q, k_store, v_store, block_n, scatter=decoder == "scatter")
+    else:
+        constexprs = _portable_constexprs(q, k_store, v_store, block_n)
     # the occupancy key leaves DEVICE_LEN out: one load more does not change what fits on an SM
     occ = (q.device, q.dtype, decoder, num_warps, *(v for k, v in constexprs.items() if k != "DEVICE_LEN"))
     options = dict(num_warps=1) if staged else dict(num_warps=num_warps, num_stages=2)
@@ -746,7 +759,7 @@ def _launch(
     stream = _raw_stream(device)
     o_part, lse_part = _partials(b, hq, num_splits, d, device, stream)
     out = _empty(q.shape, q.dtype, device) if out is None else out
-    staged = cfg.decoder == "staged"
+    staged = cfg.decoder in ("staged", "scatter")
     vals_dtype = torch.int32 if staged else q.dtype
     k_vals, v_vals = k_store.vals_as(vals_dtype), v_store.vals_as(vals_dtype)
     if not (k_cap and v_cap):  # empty buffers have no address: stand-ins (never read)

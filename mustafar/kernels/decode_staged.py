@@ -194,6 +194,61 @@ def _staged_tile(
     return gl.reshape(x, [BLOCK_N, D]).to(DT, bitcast=True)
 
 
+@gluon.constexpr_function
+def _tile_layout(scatter):
+    """The dense tiles' shared layout: the scatter stage writes them at addresses its PTX computes
+    (:mod:`mustafar.kernels.decode_scatter`), the walk stage stores whole tiles."""
+    if scatter:
+        return gl.SwizzledSharedLayout(8, 1, 8, [1, 0])
+    return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+
+
+@gluon.jit
+def _scatter(asm: gl.constexpr, words_off, vals_off, row_off, swz, valid):
+    gl.inline_asm_elementwise(
+        asm, "=r,r,r,r,r,r", [words_off, vals_off, row_off, swz, valid], dtype=gl.int32, is_pure=False, pack=1
+    )
+
+
+@gluon.jit
+def _scatter_tiles(
+    k_sm,
+    v_sm,
+    base,
+    n_tok,
+    K_ASM: gl.constexpr,
+    V_ASM: gl.constexpr,
+    DT: gl.constexpr,
+    K_SLOT: gl.constexpr,
+    V_SLOT: gl.constexpr,
+    D: gl.constexpr,
+    BLOCK_N: gl.constexpr,
+    TILE_W: gl.constexpr,
+    LC: gl.constexpr,
+):
+    """Zero both dense tiles, then scatter the staged tile at shared byte ``base`` into them, one token per lane
+    (the kept-bit walk of :mod:`mustafar.kernels.decode_scatter`); tokens at or past ``n_tok`` stay zero."""
+    zl: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // D, D // 8], [1, 1], [1, 0])
+    zero = gl.zeros([BLOCK_N, D], DT, layout=zl)
+    k_sm.store(zero)
+    v_sm.store(zero)
+    gl.thread_barrier()
+    G: gl.constexpr = D // 32
+    r = gl.arange(0, BLOCK_N, layout=LC)
+    valid = (r < n_tok).to(gl.int32)
+    swz = (r % 8) * 8
+    vals = base + 8 * BLOCK_N * G
+    _scatter(K_ASM, base + r * (4 * G), vals + r * (2 * K_SLOT), r * (2 * D), swz, valid)
+    _scatter(
+        V_ASM,
+        base + 4 * BLOCK_N * G + r * (4 * G),
+        vals + 2 * BLOCK_N * K_SLOT + r * (2 * V_SLOT),
+        4 * TILE_W + r * (2 * D),
+        swz,
+        valid,
+    )
+
+
 @gluon.jit
 def _softmax_step(sc, valid, m_i, l_i, acc, qk_scale):
     """Online-softmax update for scores ``sc`` [tokens, heads] (log2 domain); returns p and the new state."""
@@ -243,6 +298,9 @@ def _st_sparse_decode_kernel(
     K_CH_P2: gl.constexpr,
     V_CH_P2: gl.constexpr,
     DEVICE_LEN: gl.constexpr,
+    SCATTER: gl.constexpr,
+    K_ASM: gl.constexpr,
+    V_ASM: gl.constexpr,
 ):
     G: gl.constexpr = D // 32
     STAGE_B: gl.constexpr = BLOCK_N * (8 * G + 2 * (K_SLOT + V_SLOT))  # bytes per stage
@@ -257,7 +315,7 @@ def _st_sparse_decode_kernel(
     TILE_W: gl.constexpr = BLOCK_N * D // 2
     RING_OFF: gl.constexpr = 8 * TILE_W
     smem = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    tile_l: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+    tile_l: gl.constexpr = _tile_layout(SCATTER)
     k_sm = smem.slice(0, TILE_W)._reinterpret(DT, [BLOCK_N, D], tile_l)
     v_sm = smem.slice(TILE_W, TILE_W)._reinterpret(DT, [BLOCK_N, D], tile_l)
 
@@ -311,19 +369,22 @@ def _st_sparse_decode_kernel(
         gl.thread_barrier()
         base = RING_OFF + (i % 2) * STAGE_B
         n_tok = end - t0
-        k_sm.store(_staged_tile(base, base + 8 * BLOCK_N * G, n_tok, DT, K_SLOT, D, BLOCK_N, lw))
-        v_sm.store(
-            _staged_tile(
-                base + 4 * BLOCK_N * G,
-                base + 8 * BLOCK_N * G + 2 * BLOCK_N * K_SLOT,
-                n_tok,
-                DT,
-                V_SLOT,
-                D,
-                BLOCK_N,
-                lw,
+        if SCATTER:
+            _scatter_tiles(k_sm, v_sm, base, n_tok, K_ASM, V_ASM, DT, K_SLOT, V_SLOT, D, BLOCK_N, TILE_W, lc)
+        else:
+            k_sm.store(_staged_tile(base, base + 8 * BLOCK_N * G, n_tok, DT, K_SLOT, D, BLOCK_N, lw))
+            v_sm.store(
+                _staged_tile(
+                    base + 4 * BLOCK_N * G,
+                    base + 8 * BLOCK_N * G + 2 * BLOCK_N * K_SLOT,
+                    n_tok,
+                    DT,
+                    V_SLOT,
+                    D,
+                    BLOCK_N,
+                    lw,
+                )
             )
-        )
         gl.thread_barrier()
         sc = mma_v2(k_sm.load(op_a), qt, gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=mma))
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)

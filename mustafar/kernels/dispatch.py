@@ -16,6 +16,7 @@ import torch
 from torch import Tensor
 
 from mustafar.formats.bitmap import CompressedStore
+from mustafar.kernels.decode_scatter import store_quotas
 from mustafar.kernels.reference import decode_attention_reference, pack_reference, topk_pack_reference
 from mustafar.kernels.support import HEAD_DIMS, gluon_capable
 
@@ -34,9 +35,11 @@ def resolve_backend(backend: str, device: torch.device, head_dim: int) -> str:
 
 
 def decoder_for(q: Tensor, k_store: CompressedStore, v_store: CompressedStore) -> str:
-    """The Triton decoder for these inputs: ``"staged"`` (Gluon, :mod:`mustafar.kernels.decode_staged`) on a
-    compiled sm_80+ GPU with fixed layouts on both sides, fp16/bf16, a supported head dim and a GQA group of at
-    most 16 query heads; ``"portable"`` (plain Triton, also runs in the interpreter) for everything else."""
+    """The Triton decoder for these inputs: ``"scatter"`` (its decode work scales with the kept values,
+    :mod:`mustafar.kernels.decode_scatter`) where the staged decoder applies and both stores hold word quotas
+    (``keep_rule="word"``); ``"staged"`` (Gluon, :mod:`mustafar.kernels.decode_staged`) on a compiled sm_80+ GPU
+    with fixed layouts on both sides, fp16/bf16, a supported head dim and a GQA group of at most 16 query heads;
+    ``"portable"`` (plain Triton, also runs in the interpreter) for everything else."""
     staged = (
         gluon_capable(q.device)
         and k_store.fixed
@@ -45,7 +48,9 @@ def decoder_for(q: Tensor, k_store: CompressedStore, v_store: CompressedStore) -
         and q.shape[-1] in HEAD_DIMS
         and q.shape[1] // k_store.heads <= 16
     )
-    return "staged" if staged else "portable"
+    if not staged:
+        return "portable"
+    return "scatter" if store_quotas(k_store) and store_quotas(v_store) else "staged"
 
 
 def pack_into(store: CompressedStore, rows: Tensor, mask: Tensor, backend: str = "auto") -> None:

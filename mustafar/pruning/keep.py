@@ -40,6 +40,27 @@ def topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tensor:
     return mask.scatter_(dim, order.narrow(dim, 0, keep), True)
 
 
+def word_quotas(head_dim: int, keep: int) -> tuple[int, ...]:
+    """Entries each 32-channel word keeps under the ``word`` rule: keep // W, one more for the first keep mod W
+    words (W = head_dim / 32)."""
+    w = head_dim // 32
+    return tuple(keep // w + (1 if g < keep % w else 0) for g in range(w))
+
+
+def word_topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tensor:
+    """The ``word`` rule: the :func:`word_quotas` largest scores of every 32-entry word along ``dim`` (ties to
+    the lower index), ``keep`` in all."""
+    n = score.shape[dim]
+    if n % 32:
+        raise ValueError(f"the word rule needs a multiple of 32 entries along dim {dim}, got {n}")
+    s = score.movedim(dim, -1)
+    words = s.reshape(*s.shape[:-1], n // 32, 32)
+    order = torch.sort(words, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(32, device=score.device).expand_as(order))
+    quota = torch.tensor(word_quotas(n, keep), device=score.device).unsqueeze(-1)
+    return (rank < quota).reshape(s.shape).movedim(-1, dim)
+
+
 def threshold_mask(magnitude: torch.Tensor, sparsity: float, dim: int = -1) -> torch.Tensor:
     """The published magnitude rule: keep entries >= the k-th smallest, k = int(s·n) (ties are all kept)."""
     k = int(sparsity * magnitude.shape[dim])

@@ -1,4 +1,4 @@
-"""Fixtures shared by the CPU kernel tests (Triton interpreter)."""
+"""Fixtures shared by the kernel tests (CPU under the Triton interpreter, and GPU)."""
 
 import importlib
 import math
@@ -13,5 +13,5 @@ def poison(monkeypatch):
     decode = importlib.import_module("mustafar.kernels.decode")
     monkeypatch.setattr(decode, "_PARTIALS", {})
     monkeypatch.setattr(
-        decode, "_empty", lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype)
+        decode, "_empty", lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype, device=device)
     )

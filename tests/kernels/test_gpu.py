@@ -11,7 +11,6 @@ the same tokens, so logits are compared step by step without greedy near-ties se
 
 from __future__ import annotations
 
-import importlib
 import math
 
 import pytest
@@ -25,18 +24,6 @@ from mustafar.kernels.dispatch import decoder_for
 from mustafar.pruning.keep import threshold_mask, topk_mask
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
-
-
-@pytest.fixture
-def poison(monkeypatch):
-    """Every scratch buffer of the decode launch starts as NaN (the cached split partials included)."""
-    decode = importlib.import_module("mustafar.kernels.decode")
-    monkeypatch.setattr(decode, "_PARTIALS", {})
-    monkeypatch.setattr(
-        decode,
-        "_empty",
-        lambda shape, dtype, device: torch.full(shape, math.nan, dtype=dtype, device=device),
-    )
 
 
 def _rows(b, h, t, d, dtype, data):

@@ -1,0 +1,145 @@
+"""On a GPU (skipped on CPU): the scatter decoder (word-quota stores) against the PyTorch reference.
+
+fp16/bf16 x D 64/128, keep counts that split evenly and unevenly over the words (and leave words empty), Gaussian
+and tie-heavy data, GQA groups 1/4/8, tails shorter than a tile, every output and scratch buffer poisoned with
+NaN, the default launch and forced split counts; static stores at several lengths under one CUDA graph.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mustafar.formats import CompressedStore
+from mustafar.kernels import pack_into, sparse_decode_attention
+from mustafar.kernels.dispatch import decoder_for
+from mustafar.pruning.keep import word_quotas, word_topk_mask
+
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
+
+
+def _rows(b, h, t, d, dtype, data):
+    if data == "ties":
+        return (torch.randint(-3, 4, (b, h, t, d), device="cuda") * 0.5).to(dtype)
+    return torch.randn(b, h, t, d, device="cuda", dtype=dtype)
+
+
+def _store(rows, keep, **kw):
+    b, h, t, d = rows.shape
+    st = CompressedStore(b, h, d, rows.dtype, "cuda", keep, word_quota=True, **kw)
+    pack_into(st, rows, word_topk_mask(rows.abs(), keep))
+    return st
+
+
+def _rel(out, ref):
+    return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+
+
+CASES = {  # id -> (head_dim, k_keep, v_keep)
+    "d128-s0.7": (128, 38, 38),
+    "d128-s0.5": (128, 64, 64),
+    "d128-uneven": (128, 37, 51),
+    "d128-sparse-words": (128, 3, 2),
+    "d64-s0.7": (64, 19, 19),
+    "d64-s0.5": (64, 32, 32),
+    "d64-full": (64, 64, 1),
+}
+
+
+@pytest.mark.parametrize("data", ["gauss", "ties"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("case", list(CASES))
+def test_scatter_decode_matches_reference_on_gpu(poison, case, dtype, data):
+    from mustafar.kernels.decode import _launch
+
+    d, k_keep, v_keep = CASES[case]
+    torch.manual_seed(hash(case) % 1000)
+    for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32)):
+        ks = _store(_rows(b, hkv, t, d, dtype, data), k_keep)
+        vs = _store(_rows(b, hkv, t, d, dtype, data), v_keep)
+        q = torch.randn(b, hkv * n_rep, d, device="cuda", dtype=dtype)
+        kw, vw = (torch.randn(b, hkv, w, d, device="cuda", dtype=dtype) for _ in "kv")
+        scale = d**-0.5
+        assert decoder_for(q, ks, vs) == "scatter"
+        ref = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")
+        for splits in (None, 3):
+            out = torch.full_like(q, math.nan)
+            if splits is None:
+                got = sparse_decode_attention(q, ks, vs, kw, vw, scale, out=out)
+            else:
+                got = _launch(q, ks, vs, kw, vw, scale, "scatter", out=out, num_splits=splits)
+            assert got is out and not out.isnan().any()
+            err = _rel(out, ref)
+            assert err <= 1e-2, f"{case} B{b} T{t} W{w} group {n_rep}, splits {splits}: rel err {err:.2e}"
+
+
+def test_word_quota_layout_on_gpu():
+    """The stores the scatter decoder reads hold exactly the quotas in every word (its walk's trip counts)."""
+    rows = torch.randn(2, 2, 100, 128, device="cuda", dtype=torch.float16)
+    st = _store(rows, 37)
+    counts = torch.stack(
+        [(st.bits[..., g].view(-1, 1) >> torch.arange(32, device="cuda")) & 1 for g in range(4)]
+    )
+    assert counts.sum(-1).view(4, -1).T.tolist() == [list(word_quotas(128, 37))] * (2 * 2 * 100)
+
+
+def test_only_word_quota_stores_take_the_scatter_decoder_on_gpu():
+    rows = torch.randn(1, 2, 64, 128, device="cuda", dtype=torch.float16)
+    plain = CompressedStore(1, 2, 128, torch.float16, "cuda", 38)
+    pack_into(plain, rows, word_topk_mask(rows.abs(), 38))
+    quota = _store(rows, 38)
+    q = torch.randn(1, 8, 128, device="cuda", dtype=torch.float16)
+    assert decoder_for(q, quota, quota) == "scatter"
+    assert decoder_for(q, plain, quota) == "staged"
+
+
+@pytest.mark.parametrize("head_dim,keep", [(128, 38), (64, 32)])
+def test_scatter_static_graph_replay_on_gpu(head_dim, keep):
+    """Static word-quota stores: one eager call, one captured graph, replayed as the stores grow; every replay
+    equals the reference over the same tokens."""
+    b, hkv, n_rep, cap, w = 2, 2, 4, 300, 32
+    dtype = torch.float16
+    full = [_rows(b, hkv, cap, head_dim, dtype, "gauss") for _ in "kv"]
+    stores = [
+        CompressedStore(b, hkv, head_dim, dtype, "cuda", keep, capacity=cap, static=True, word_quota=True)
+        for _ in "kv"
+    ]
+    q = torch.randn(b, hkv * n_rep, head_dim, device="cuda", dtype=dtype)
+    kw, vw = (torch.randn(b, hkv, w, head_dim, device="cuda", dtype=dtype) for _ in "kv")
+    out = torch.empty_like(q)
+    first = 40
+    for st, rows in zip(stores, full):
+        pack_into(st, rows[:, :, :first], word_topk_mask(rows[:, :, :first].abs(), keep))
+    assert decoder_for(q, *stores) == "scatter"
+    sparse_decode_attention(q, *stores, kw, vw, head_dim**-0.5, out=out)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sparse_decode_attention(q, *stores, kw, vw, head_dim**-0.5, out=out)
+    n = first
+    for grow in (0, 1, 31, 100, cap - first - 132):
+        for st, rows in zip(stores, full):
+            chunk = rows[:, :, n : n + grow]
+            pack_into(st, chunk, word_topk_mask(chunk.abs(), keep))
+        n += grow
+        graph.replay()
+        ref_stores = []
+        for rows in full:
+            ref_stores.append(_store(rows[:, :, :n].contiguous(), keep))
+        ref = sparse_decode_attention(q, *ref_stores, kw, vw, head_dim**-0.5, backend="torch")
+        assert _rel(out, ref) <= 1e-2, f"length {n}"
+
+
+@pytest.mark.parametrize("cols", [64, 128])
+def test_swizzled_tile_addresses_on_gpu(cols):
+    """The address formula the scatter PTX uses is the one Gluon gives SwizzledSharedLayout(8, 1, 8, [1, 0]):
+    store a tile of element numbers through the layout, read shared memory back byte-linearly."""
+    from tests.kernels.gluon_probe import read_swizzled_tile
+    from tests.kernels.test_scatter_ptx import swizzled_offset
+
+    rows = 32
+    raw = read_swizzled_tile(rows, cols)
+    for r in range(rows):
+        for c in range(cols):
+            assert raw[swizzled_offset(r, c, cols) // 2] == r * cols + c, (r, c)

@@ -1,0 +1,143 @@
+"""The scatter decoder's PTX, executed on the CPU by a small interpreter of the instructions it uses, against the
+swizzled dense tile written from the plain-PyTorch decode; and the dispatcher's choice of decoder.
+
+The GPU tests (tests/kernels/test_gpu_scatter.py) check the compiled kernel end to end; this one pins the walk,
+the slot order and the address arithmetic without a GPU.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import pytest
+import torch
+
+from mustafar.formats import CompressedStore
+from mustafar.formats.bitmap import pack_bitmap, padded_keep
+from mustafar.kernels import dispatch
+from mustafar.kernels.decode_scatter import scatter_asm, store_quotas
+from mustafar.pruning.keep import word_quotas, word_topk_mask
+
+SMEM_BASE = 0x400  # where the interpreter puts global_smem: a nonzero base catches a missing add
+
+
+def _parse(asm: str) -> list[tuple[str | None, str, list[str]]]:
+    """(guard predicate, opcode, operands) per instruction; register lists and addresses kept as written."""
+    out = []
+    for line in asm.splitlines():
+        line = line.strip().rstrip(";")
+        if line in ("{", "}") or line.startswith(".reg"):
+            continue
+        guard = None
+        if line.startswith("@"):
+            guard, line = line.split(None, 1)
+            guard = guard[1:]
+        op, args = line.split(None, 1)
+        if args.startswith("{"):  # a register list first: ld.shared.v* or mov.b32 {lo, hi}
+            names, rest = args[1:].split("}", 1)
+            ops = [[n.strip() for n in names.split(",")], rest.lstrip(", ").strip()]
+        else:
+            ops = [a.strip() for a in args.split(",")]
+        out.append((guard, op, ops))
+    return out
+
+
+def run_ptx(asm: str, operands: list[int], smem: np.ndarray) -> None:
+    """Execute ``asm`` for one lane: ``$1..`` from ``operands``, shared memory ``smem`` (bytes, at SMEM_BASE)."""
+    regs: dict[str, int] = {"global_smem": SMEM_BASE}
+    preds: dict[str, bool] = {}
+
+    def val(x: str) -> int:
+        if x[0] == "$":
+            return operands[int(x[1:]) - 1]
+        if x[0].isdigit():
+            return int(x)
+        return regs.get(x, 0)  # an unwritten register (an invalid lane skipped its loads)
+
+    def addr(x: str) -> int:
+        base, _, off = x.strip("[]").partition("+")
+        return val(base) + int(off or 0) - SMEM_BASE
+
+    for guard, op, a in _parse_cached(asm):
+        if guard and not preds[guard]:
+            continue
+        if op.startswith("ld.shared"):
+            names, at = (a[0], a[1]) if isinstance(a[0], list) else ([a[0]], a[1])
+            words = smem[addr(at) : addr(at) + 4 * len(names)].view(np.uint32)
+            regs.update({n: int(w) for n, w in zip(names, words)})
+        elif op == "st.shared.b16":
+            smem[addr(a[0]) : addr(a[0]) + 2].view(np.uint16)[0] = regs[a[1]]
+        elif op == "mov.b32" and isinstance(a[0], list):
+            regs[a[0][0]], regs[a[0][1]] = val(a[1]) & 0xFFFF, val(a[1]) >> 16
+        elif op == "setp.ne.u32":
+            preds[a[0]] = val(a[1]) != val(a[2])
+        elif op in ("mov.u32", "mov.b32"):
+            if a[0][0] != "$":
+                regs[a[0]] = val(a[1])
+        elif op == "add.u32":
+            regs[a[0]] = (val(a[1]) + val(a[2])) & 0xFFFFFFFF
+        elif op == "xor.b32":
+            regs[a[0]] = val(a[1]) ^ val(a[2])
+        elif op == "shl.b32":  # PTX: shifts of 32 or more give 0
+            n = val(a[2])
+            regs[a[0]] = (val(a[1]) << n) & 0xFFFFFFFF if n < 32 else 0
+        elif op == "mad.lo.u32":
+            regs[a[0]] = (val(a[1]) * val(a[2]) + val(a[3])) & 0xFFFFFFFF
+        elif op == "bfind.u32":
+            v = val(a[1])
+            regs[a[0]] = v.bit_length() - 1 if v else 0xFFFFFFFF
+        else:
+            raise NotImplementedError(f"PTX op {op} {a}")
+
+
+_parse_cached = functools.cache(_parse)
+
+
+def swizzled_offset(r: int, c: int, d: int) -> int:
+    """Byte offset of element (r, c) of a [tokens, d] 2-byte tile in SwizzledSharedLayout(8, 1, 8, [1, 0]):
+    8-element vectors, the vector index XORed with r mod 8."""
+    return 2 * (r * d + ((c // 8) ^ (r % 8)) * 8 + c % 8)
+
+
+@pytest.mark.parametrize("d,keep", [(128, 38), (128, 64), (128, 37), (128, 3), (64, 19), (64, 32), (64, 64)])
+def test_scatter_ptx_writes_the_decoded_token_at_swizzled_addresses(d, keep):
+    torch.manual_seed(keep)
+    tokens = 10
+    rows = torch.randn(tokens, d, dtype=torch.float16)
+    rows[3] = 0.0  # an all-zero token still keeps `keep` entries (ties to the lower channel)
+    mask = word_topk_mask(rows.abs(), keep)
+    slot = padded_keep(keep, 2)
+    words = pack_bitmap(mask).numpy().view(np.uint32)
+    vals = np.zeros((tokens, slot), dtype=np.float16)
+    for t in range(tokens):
+        vals[t, :keep] = rows[t][mask[t]].numpy()
+    # shared memory: words at 0, values after them, the tile at TILE; tile rows invalid past `valid`
+    tile, valid = 8192, tokens - 1
+    smem = np.zeros(tile + tokens * d * 2, dtype=np.uint8)
+    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
+    voff = words.nbytes
+    smem[voff : voff + vals.nbytes] = vals.reshape(-1).view(np.uint8)
+    asm = scatter_asm(d, keep, slot)
+    for r in range(tokens):
+        ops = [r * 4 * (d // 32), voff + r * 2 * slot, tile + r * 2 * d, (r % 8) * 8, int(r < valid)]
+        run_ptx(asm, ops, smem)
+    expect = np.zeros(tokens * d * 2, dtype=np.uint8)
+    dense = torch.where(mask, rows, torch.zeros_like(rows)).numpy()  # no -0.0 from unkept negatives
+    for r in range(valid):
+        for c in range(d):
+            o = swizzled_offset(r, c, d)
+            expect[o : o + 2] = dense[r, c : c + 1].view(np.uint8)
+    assert np.array_equal(smem[tile:], expect)
+
+
+def test_dispatch_picks_scatter_only_for_word_quota_stores(monkeypatch):
+    monkeypatch.setattr(dispatch, "gluon_capable", lambda device: True)
+    q = torch.zeros(1, 8, 128, dtype=torch.float16)
+    quota = CompressedStore(1, 2, 128, torch.float16, "cpu", 38, word_quota=True)
+    plain = CompressedStore(1, 2, 128, torch.float16, "cpu", 38)
+    assert store_quotas(quota) == word_quotas(128, 38) == (10, 10, 9, 9)
+    assert store_quotas(plain) is None
+    assert dispatch.decoder_for(q, quota, quota) == "scatter"
+    assert dispatch.decoder_for(q, quota, plain) == "staged"
+    assert dispatch.decoder_for(q.float(), quota, quota) == "portable"

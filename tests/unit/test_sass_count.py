@@ -1,0 +1,35 @@
+"""The SASS loop counter on hand-written listings (both nvdisasm styles)."""
+
+import pytest
+
+from mustafar.bench.sass import main_loop_instructions
+
+LISTING = """\
+--:-:-:-:1\tMOV R1, c[0x0][0x28];
+--:-:-:-:1\tISETP.GE.AND P0, PT, R2, R3, PT;
+--:-:-:-:6\t@P0 BRA LBB2;
+LBB1:
+--:-:-:-:1\tFLO.U32 R5, R4;
+--:-:-:-:1\tSHF.L.U32 R6, R0, R5, RZ;
+--:-:-:-:1\t@!P1 STS.U16 [R7], R8;
+--:-:-:-:6\t@!P0 BRA LBB1;
+LBB2:
+--:-:-:-:1\tEXIT;
+.L_x_0:
+        /*0100*/                   IADD3 R1, R1, 0x1, RZ ;
+        /*0110*/               @P0 BRA `(.L_x_0) ;
+"""
+
+
+def test_counts_the_largest_loop_body():
+    # LBB1's body: FLO, SHF, STS and its branch; the .L_x_0 loop has 2 instructions
+    assert main_loop_instructions(LISTING) == 4
+
+
+def test_reads_the_plain_listing_style():
+    assert main_loop_instructions(LISTING.split("EXIT;")[1]) == 2
+
+
+def test_no_loop_is_an_error():
+    with pytest.raises(ValueError, match="no loop"):
+        main_loop_instructions("--:-:-:-:1\tEXIT;\n")
