@@ -9,9 +9,10 @@ _BRANCH = re.compile(r"\bBRA\s+`?\(?\.?(L\w+)")
 _INSTRUCTION = re.compile(r"^\s*(?:[0-9a-f-]{2}:[0-9a-f-]:[0-9a-f-]:[-Y]:[0-9a-f]\s+|/\*[0-9a-f]+\*/\s+)(\S)")
 
 
-def main_loop_instructions(sass: str) -> int:
-    """Instructions in the largest loop body (a label through the backward branch to it), the body a decode
-    kernel runs once per tile. Understands nvdisasm's listing with or without its scheduling prefix."""
+def main_loop_instructions(sass: str, marker: str = "LDGSTS") -> int:
+    """Instructions in the largest loop body (a label through the backward branch to it) that contains the
+    opcode ``marker``: for the staged decoders the tile loop, which stages tiles with cp.async (LDGSTS), not the
+    dense-window loop after it. Understands nvdisasm's listing with or without its scheduling prefix."""
     lines = sass.splitlines()
     labels: dict[str, int] = {}
     is_instr = [False] * len(lines)
@@ -26,7 +27,9 @@ def main_loop_instructions(sass: str) -> int:
         is_instr[i] = True
         b = _BRANCH.search(line)
         if b and b.group(1) in labels:  # a backward branch: the loop is label..here
-            best = max(best, sum(is_instr[labels[b.group(1)] : i + 1]))
+            body = range(labels[b.group(1)], i + 1)
+            if any(is_instr[j] and marker in lines[j] for j in body):
+                best = max(best, sum(is_instr[j] for j in body))
     if best == 0:
-        raise ValueError("no loop (a backward branch to a label) in this SASS listing")
+        raise ValueError(f"no loop (a backward branch to a label) containing {marker} in this SASS listing")
     return best

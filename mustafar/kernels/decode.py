@@ -43,8 +43,9 @@ from triton import knobs
 from triton.language.extra import libdevice
 
 from mustafar.formats.bitmap import CompressedStore
-from mustafar.kernels.decode_scatter import TOKENS_PER_TILE, scatter_asm
+from mustafar.kernels.decode_scatter import _sc_sparse_decode_kernel
 from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
+from mustafar.kernels.scatter_ptx import TOKENS_PER_TILE, scatter_asm
 from mustafar.kernels.support import interpreting
 
 _LOG2E = 1.4426950408889634
@@ -442,9 +443,7 @@ def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
 _DEFAULT_LAUNCH = {"scatter": (32, 1), "staged": (16, 1), "portable": (64, 4)}
 
 
-def _staged_constexprs(
-    q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int, scatter: bool = False
-) -> dict:
+def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
     d = q.shape[-1]
     n_rep = q.shape[1] // k_store.heads
     stage_bytes = block_n * (d // 4 + 2 * (k_store.slot + v_store.slot))
@@ -459,9 +458,19 @@ def _staged_constexprs(
         K_CH_P2=triton.next_power_of_2(block_n * k_store.slot // 8),
         V_CH_P2=triton.next_power_of_2(block_n * v_store.slot // 8),
         DEVICE_LEN=k_store.static,
-        SCATTER=scatter,
-        K_ASM=scatter_asm(d, k_store.keep, k_store.slot) if scatter else "",
-        V_ASM=scatter_asm(d, v_store.keep, v_store.slot) if scatter else "",
+    )
+
+
+def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
+    """The staged decoder's constexprs with one tile and one staging region (one side at a time) and the
+    scatter PTX of each side."""
+    d = q.shape[-1]
+    region = block_n * (d // 8 + 2 * max(k_store.slot, v_store.slot))
+    return dict(
+        _staged_constexprs(q, k_store, v_store, block_n),
+        SMEM_WORDS=triton.next_power_of_2((block_n * d * 2 + region) // 4),
+        K_ASM=scatter_asm(d, k_store.keep, k_store.slot),
+        V_ASM=scatter_asm(d, v_store.keep, v_store.slot),
     )
 
 
@@ -554,14 +563,20 @@ def _new_config(
         raise ValueError(f"the scatter decoder walks {TOKENS_PER_TILE}-token tiles, got block_n={block_n}")
     dn, dw = _DEFAULT_LAUNCH[decoder]
     block_n, num_warps = block_n or dn, num_warps or dw
-    if staged:
-        constexprs = _staged_constexprs(q, k_store, v_store, block_n, scatter=decoder == "scatter")
-    else:
-        constexprs = _portable_constexprs(q, k_store, v_store, block_n)
+    make = {"scatter": _scatter_constexprs, "staged": _staged_constexprs, "portable": _portable_constexprs}
+    constexprs = make[decoder](q, k_store, v_store, block_n)
     # the occupancy key leaves DEVICE_LEN out: one load more does not change what fits on an SM
     occ = (q.device, q.dtype, decoder, num_warps, *(v for k, v in constexprs.items() if k != "DEVICE_LEN"))
     options = dict(num_warps=1) if staged else dict(num_warps=num_warps, num_stages=2)
-    kernel = _st_sparse_decode_kernel if staged else _sparse_decode_kernel
+    if decoder == "scatter":
+        # left alone, ptxas spends ~244 registers on unrolled walks (8 programs per SM); the cap is the least
+        # that compiles without spills at Llama shapes (offline sm_90): more resident programs hide more latency
+        options["maxnreg"] = 200 if max(k_store.slot, v_store.slot) <= 48 else 224
+    kernel = {
+        "scatter": _sc_sparse_decode_kernel,
+        "staged": _st_sparse_decode_kernel,
+        "portable": _sparse_decode_kernel,
+    }[decoder]
     return _Config(decoder, block_n, num_warps, constexprs, occ, _CompiledLaunch(kernel, constexprs, options))
 
 

@@ -1,79 +1,166 @@
-"""The scatter decode stage ("v7"): decode work proportional to the kept values, for word-quota stores.
+"""The scatter sparse decoder (Gluon, "v7"): decode work proportional to the kept values, for word-quota stores.
 
-The staged decoder (:mod:`mustafar.kernels.decode_staged`) turns each staged compressed tile into the dense
-[tokens, D] tiles its MMAs read. Its walk costs about five instructions per *dense* element, whatever the
-sparsity. Stores packed under the ``word`` keep rule (``CompressedStore(..., word_quota=True)``) keep a fixed,
-known number of entries ``q_g`` in every 32-channel bitmap word, so a lane that owns one token can walk exactly its
-kept bits with a trip count known at compile time:
+The default decoder for stores packed under the ``word`` keep rule (:func:`mustafar.kernels.dispatch.decoder_for`).
+Each program is one warp over 32-token tiles, one token per lane. Per tile and side (K, then V) it
 
-* zero the dense tile (16-byte stores), then per lane load the token's bitmap words and value slots from the stage
-  (16-byte shared loads), and for word ``g`` repeat ``q_g`` times: the highest set bit (``bfind``), clear it, store
-  the matching value (walking down, so slot ``first_g + q_g - 1 - step``) at its swizzled address in the tile;
-* about six instructions per *kept* value, so fewer kept values save work as well as bytes.
+* copies the side's bitmap words and value slots (contiguous in the fixed layout) into one shared staging region
+  with ``cp.async``; the copy of V overlaps the K scores, the copy of the next tile's K overlaps P·V;
+* zeroes one dense [32, D] tile and scatters every lane's kept values into it: for bitmap word ``g`` exactly
+  ``q_g`` steps (highest set bit, clear it, one 2-byte shared store at the swizzled address), the PTX of
+  :mod:`mustafar.kernels.scatter_ptx` — about six instructions per kept value instead of five per dense element;
+* reads the tile back as the MMA operand (tokens on M, the GQA group padded to N = 8, as the staged decoder).
 
-The tile layout is ``SwizzledSharedLayout(8, 1, 8, [1, 0])``: element (r, c) sits at byte
-``r·2D + (2c XOR ((r mod 8) << 4))``, which is what the PTX computes as ``R_r + 2·(c XOR ((r mod 8) << 3))``
-with ``c = 32g + i``. Fixed layouts, fp16/bf16, head_dim 64/128, 32-token tiles (one token per lane), GPU only.
+One tile buffer and one staging region keep shared memory at 16 KB per program (D = 128), so up to 14 programs
+share an SM and hide each other's latency. Split/merge scheme, dense window and device-side length of static stores
+as in :mod:`mustafar.kernels.decode_staged`, whose window/output code it shares. Fixed layouts, fp16/bf16, head_dim
+64/128, GPU only.
 """
 
 from __future__ import annotations
 
-import functools
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
-from mustafar.formats.bitmap import CompressedStore
-from mustafar.pruning.keep import word_quotas
-
-TOKENS_PER_TILE = 32  # one token per lane of the single warp
-
-
-def store_quotas(store: CompressedStore) -> tuple[int, ...] | None:
-    """The store's per-word quotas when it guarantees them (fixed layout, ``word_quota``), else None."""
-    if not getattr(store, "word_quota", False) or store.keep is None:
-        return None
-    return word_quotas(store.head_dim, store.keep)
+from mustafar.kernels.decode_staged import _copy_region, _finish, _softmax_step
 
 
-@functools.cache
-def scatter_asm(head_dim: int, keep: int, slot: int) -> str:
-    """PTX that scatters one token's kept values into a zeroed, swizzled dense tile row.
+@gluon.jit
+def _issue_side(region, bits_row, vals_row, t0, end, G: gl.constexpr, SLOT: gl.constexpr, BLOCK_N: gl.constexpr,
+                CH_P2: gl.constexpr, LC: gl.constexpr):  # fmt: skip
+    """Start copying one side of tile ``t0`` (its tokens before ``end``) to the staging region: the words, then
+    the value slots; one commit group."""
+    n = gl.maximum(gl.minimum(end - t0, BLOCK_N), 0)
+    _copy_region(bits_row + t0 * G, region, n, BLOCK_N, BLOCK_N, 4 * G, LC)
+    _copy_region(vals_row + t0 * (SLOT // 2), region + BLOCK_N * G * 4, n * SLOT // 8, BLOCK_N * SLOT // 8, CH_P2,
+                 16, LC)  # fmt: skip
+    async_copy.commit_group()
 
-    Operands: ``$0`` a dummy output; ``$1`` the token's bitmap words and ``$2`` its value slots (byte offsets in
-    the kernel's shared allocation); ``$3`` the row's byte offset in the tile; ``$4`` the row's swizzle
-    ``(r mod 8) << 3``; ``$5`` nonzero when the token is valid (invalid lanes store nothing)."""
-    quotas = word_quotas(head_dim, keep)
-    words = head_dim // 32
-    regs = slot // 2
-    wvec = "{" + ", ".join(f"w{g}" for g in range(words)) + "}"
-    lines = [
-        "{",
-        ".reg .pred p;",
-        f".reg .b32 w<{words}>, v<{regs}>, i, m, t, a, s, base, row;",
-        ".reg .b16 lo, hi;",
-        "setp.ne.u32 p, $5, 0;",
-        "mov.u32 base, global_smem;",
-        "add.u32 t, base, $1;",
-        f"@p ld.shared.v{words}.b32 {wvec}, [t];" if words > 1 else "@p ld.shared.b32 w0, [t];",
-        "add.u32 t, base, $2;",
-    ]
-    for c in range(regs // 4):
-        vec = "{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}"
-        lines.append(f"@p ld.shared.v4.b32 {vec}, [t+{16 * c}];")
-    lines.append("add.u32 row, base, $3;")
-    first = 0
-    for g, q in enumerate(quotas):
-        lines.append(f"xor.b32 s, $4, {32 * g};")
-        for step in range(q):
-            j = first + q - 1 - step
-            half = "hi" if j % 2 else "lo"
-            lines += [
-                f"bfind.u32 i, w{g};",
-                "shl.b32 m, 1, i;",
-                f"xor.b32 w{g}, w{g}, m;",
-                "xor.b32 t, i, s;",
-                "mad.lo.u32 a, t, 2, row;",
-                f"mov.b32 {{lo, hi}}, v{j // 2};",
-                f"@p st.shared.b16 [a], {half};",
-            ]
-        first += q
-    lines += ["mov.u32 $0, 0;", "}"]
-    return "\n".join(lines)
+
+@gluon.jit
+def _scatter_side(tile, region, n_tok, ASM: gl.constexpr, DT: gl.constexpr, SLOT: gl.constexpr, D: gl.constexpr,
+                  BLOCK_N: gl.constexpr, LC: gl.constexpr):  # fmt: skip
+    """Zero the tile, then scatter the staged side into it (one token per lane); tokens at or past ``n_tok`` stay
+    zero. Leaves the staging region free."""
+    zl: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // D, D // 8], [1, 1], [1, 0])
+    tile.store(gl.zeros([BLOCK_N, D], DT, layout=zl))
+    gl.thread_barrier()
+    G: gl.constexpr = D // 32
+    r = gl.arange(0, BLOCK_N, layout=LC)
+    gl.inline_asm_elementwise(
+        ASM,
+        "=r,r,r,r,r,r",
+        [
+            region + r * (4 * G),
+            region + BLOCK_N * G * 4 + r * (2 * SLOT),
+            r * (2 * D),  # the tile sits at shared offset 0
+            (r % 8) * 8,
+            (r < n_tok).to(gl.int32),
+        ],
+        dtype=gl.int32,
+        is_pure=False,
+        pack=1,
+    )
+    gl.thread_barrier()
+
+
+@gluon.jit
+def _sc_sparse_decode_kernel(
+    q_ptr,
+    k_bits,
+    k_vals,
+    v_bits,
+    v_vals,
+    kw_ptr,
+    vw_ptr,
+    o_ptr,
+    lse_ptr,
+    sqb,
+    sqh,
+    skwb,
+    skwh,
+    skwt,
+    svwb,
+    svwh,
+    svwt,
+    heads_kv,
+    T,
+    k_len,
+    v_len,
+    W_WIN,
+    k_cap,
+    v_cap,
+    tokens_per_split,
+    num_splits,
+    qk_scale,
+    N_REP: gl.constexpr,
+    D: gl.constexpr,
+    K_SLOT: gl.constexpr,
+    V_SLOT: gl.constexpr,
+    BLOCK_H: gl.constexpr,
+    BLOCK_N: gl.constexpr,
+    SMEM_WORDS: gl.constexpr,
+    K_CH_P2: gl.constexpr,
+    V_CH_P2: gl.constexpr,
+    DEVICE_LEN: gl.constexpr,
+    K_ASM: gl.constexpr,
+    V_ASM: gl.constexpr,
+):
+    G: gl.constexpr = D // 32
+    DT: gl.constexpr = q_ptr.dtype.element_ty
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    lc: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
+    # one allocation (so at shared offset 0; SMEM_WORDS a power of two): the dense tile at the layout the scatter
+    # PTX addresses, then the staging region, which only the PTX addresses (from REGION)
+    TILE_W: gl.constexpr = BLOCK_N * D // 2
+    REGION: gl.constexpr = 4 * TILE_W
+    smem = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    tile = smem.slice(0, TILE_W)._reinterpret(DT, [BLOCK_N, D], gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
+
+    b = gl.program_id(0)
+    h = gl.program_id(1)
+    s = gl.program_id(2)
+    rd = gl.arange(0, D, layout=gl.SliceLayout(1, op_b))
+    rh = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, op_b))
+    qt = gl.load(  # qᵀ [D, heads]
+        q_ptr + b.to(gl.int64) * sqb + gl.expand_dims(h * N_REP + rh, 0) * sqh + gl.expand_dims(rd, 1),
+        mask=gl.expand_dims(rh < N_REP, 0),
+        other=0.0,
+    )
+    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=gl.SliceLayout(0, mma))
+    l_i = gl.zeros([BLOCK_H], gl.float32, layout=gl.SliceLayout(0, mma))
+    acc = gl.zeros([D, BLOCK_H], gl.float32, layout=mma)  # (Vᵀ p) [D, heads]
+
+    bh = b.to(gl.int64) * heads_kv + h
+    kb_row = k_bits + bh * k_cap * G
+    vb_row = v_bits + bh * v_cap * G
+    kv_row = k_vals + bh * k_cap * (K_SLOT // 2)
+    vv_row = v_vals + bh * v_cap * (V_SLOT // 2)
+    if DEVICE_LEN:
+        T = gl.minimum(gl.minimum(gl.load(k_len + b), gl.load(v_len + b)), T)
+    start = s * tokens_per_split
+    end = gl.minimum(start + tokens_per_split, T)
+    ts_l: gl.constexpr = gl.SliceLayout(1, mma)
+    _issue_side(REGION, kb_row, kv_row, start, end, G, K_SLOT, BLOCK_N, K_CH_P2, lc)
+    for t0 in range(start, end, BLOCK_N):
+        n_tok = end - t0
+        async_copy.wait_group(0)
+        gl.thread_barrier()  # K staged; every lane is done reading the tile (last P·V)
+        _scatter_side(tile, REGION, n_tok, K_ASM, DT, K_SLOT, D, BLOCK_N, lc)
+        _issue_side(REGION, vb_row, vv_row, t0, end, G, V_SLOT, BLOCK_N, V_CH_P2, lc)
+        sc = mma_v2(tile.load(op_a), qt, gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=mma))
+        ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
+        p, m_i, l_i, acc = _softmax_step(sc, ts < end, m_i, l_i, acc, qk_scale)
+        async_copy.wait_group(0)
+        gl.thread_barrier()  # V staged; every lane is done reading the K tile
+        _scatter_side(tile, REGION, n_tok, V_ASM, DT, V_SLOT, D, BLOCK_N, lc)
+        _issue_side(REGION, kb_row, kv_row, t0 + BLOCK_N, end, G, K_SLOT, BLOCK_N, K_CH_P2, lc)
+        acc = mma_v2(tile.permute((1, 0)).load(op_a), gl.convert_layout(p.to(DT), op_b), acc)
+    async_copy.wait_group(0)
+    smem._keep_alive()
+    _finish(
+        kw_ptr, vw_ptr, o_ptr, lse_ptr, qt, m_i, l_i, acc, b, h, s, num_splits, skwb, skwh, skwt, svwb, svwh,
+        svwt, heads_kv, W_WIN, qk_scale, N_REP, D, BLOCK_H, BLOCK_N,
+    )  # fmt: skip

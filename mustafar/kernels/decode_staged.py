@@ -194,61 +194,6 @@ def _staged_tile(
     return gl.reshape(x, [BLOCK_N, D]).to(DT, bitcast=True)
 
 
-@gluon.constexpr_function
-def _tile_layout(scatter):
-    """The dense tiles' shared layout: the scatter stage writes them at addresses its PTX computes
-    (:mod:`mustafar.kernels.decode_scatter`), the walk stage stores whole tiles."""
-    if scatter:
-        return gl.SwizzledSharedLayout(8, 1, 8, [1, 0])
-    return gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-
-
-@gluon.jit
-def _scatter(asm: gl.constexpr, words_off, vals_off, row_off, swz, valid):
-    gl.inline_asm_elementwise(
-        asm, "=r,r,r,r,r,r", [words_off, vals_off, row_off, swz, valid], dtype=gl.int32, is_pure=False, pack=1
-    )
-
-
-@gluon.jit
-def _scatter_tiles(
-    k_sm,
-    v_sm,
-    base,
-    n_tok,
-    K_ASM: gl.constexpr,
-    V_ASM: gl.constexpr,
-    DT: gl.constexpr,
-    K_SLOT: gl.constexpr,
-    V_SLOT: gl.constexpr,
-    D: gl.constexpr,
-    BLOCK_N: gl.constexpr,
-    TILE_W: gl.constexpr,
-    LC: gl.constexpr,
-):
-    """Zero both dense tiles, then scatter the staged tile at shared byte ``base`` into them, one token per lane
-    (the kept-bit walk of :mod:`mustafar.kernels.decode_scatter`); tokens at or past ``n_tok`` stay zero."""
-    zl: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // D, D // 8], [1, 1], [1, 0])
-    zero = gl.zeros([BLOCK_N, D], DT, layout=zl)
-    k_sm.store(zero)
-    v_sm.store(zero)
-    gl.thread_barrier()
-    G: gl.constexpr = D // 32
-    r = gl.arange(0, BLOCK_N, layout=LC)
-    valid = (r < n_tok).to(gl.int32)
-    swz = (r % 8) * 8
-    vals = base + 8 * BLOCK_N * G
-    _scatter(K_ASM, base + r * (4 * G), vals + r * (2 * K_SLOT), r * (2 * D), swz, valid)
-    _scatter(
-        V_ASM,
-        base + 4 * BLOCK_N * G + r * (4 * G),
-        vals + 2 * BLOCK_N * K_SLOT + r * (2 * V_SLOT),
-        4 * TILE_W + r * (2 * D),
-        swz,
-        valid,
-    )
-
-
 @gluon.jit
 def _softmax_step(sc, valid, m_i, l_i, acc, qk_scale):
     """Online-softmax update for scores ``sc`` [tokens, heads] (log2 domain); returns p and the new state."""
@@ -257,6 +202,76 @@ def _softmax_step(sc, valid, m_i, l_i, acc, qk_scale):
     alpha = gl.exp2(m_i - m_new)
     p = gl.exp2(sc - gl.expand_dims(m_new, 0))
     return p, m_new, l_i * alpha + gl.sum(p, axis=0), acc * gl.expand_dims(alpha, 0)
+
+
+@gluon.jit
+def _finish(
+    kw_ptr,
+    vw_ptr,
+    o_ptr,
+    lse_ptr,
+    qt,
+    m_i,
+    l_i,
+    acc,
+    b,
+    h,
+    s,
+    num_splits,
+    skwb,
+    skwh,
+    skwt,
+    svwb,
+    svwh,
+    svwt,
+    heads_kv,
+    W_WIN,
+    qk_scale,
+    N_REP: gl.constexpr,
+    D: gl.constexpr,
+    BLOCK_H: gl.constexpr,
+    BLOCK_N: gl.constexpr,
+):
+    """The dense window (attended by the last split) and the split's partial output and log-sum-exp: shared by
+    the staged and the scatter decoders (their accumulators are laid out alike)."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
+    op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    ts_l: gl.constexpr = gl.SliceLayout(1, mma)
+    DT: gl.constexpr = kw_ptr.dtype.element_ty
+    if s == num_splits - 1:
+        kw_row = kw_ptr + b.to(gl.int64) * skwb + h.to(gl.int64) * skwh
+        vw_row = vw_ptr + b.to(gl.int64) * svwb + h.to(gl.int64) * svwh
+        for t0 in range(0, W_WIN, BLOCK_N):
+            nk = t0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, op_a))
+            dk = gl.arange(0, D, layout=gl.SliceLayout(0, op_a))
+            kt = gl.load(
+                kw_row + gl.expand_dims(nk, 1) * skwt + gl.expand_dims(dk, 0),
+                mask=gl.expand_dims(nk < W_WIN, 1),
+                other=0.0,
+            )
+            sc = mma_v2(kt, qt, gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=mma))
+            ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
+            p, m_i, l_i, acc = _softmax_step(sc, ts < W_WIN, m_i, l_i, acc, qk_scale)
+            dv = gl.arange(0, D, layout=gl.SliceLayout(1, op_a))
+            nv = t0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, op_a))
+            vt = gl.load(
+                vw_row + gl.expand_dims(nv, 0) * svwt + gl.expand_dims(dv, 1),
+                mask=gl.expand_dims(nv < W_WIN, 0),
+                other=0.0,
+            )
+            acc = mma_v2(vt, gl.convert_layout(p.to(DT), op_b), acc)
+
+    l_safe = gl.where(l_i > 0, l_i, 1.0)
+    out = acc / gl.expand_dims(l_safe, 0)
+    lse = gl.where(l_i > 0, m_i + gl.log2(l_safe), float("-inf"))
+    oh = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, mma))
+    od = gl.arange(0, D, layout=gl.SliceLayout(1, mma))
+    row = (b.to(gl.int64) * heads_kv * N_REP + h * N_REP + oh) * num_splits + s
+    gl.store(
+        o_ptr + gl.expand_dims(row, 0) * D + gl.expand_dims(od, 1), out, mask=gl.expand_dims(oh < N_REP, 0)
+    )
+    gl.store(lse_ptr + row, lse, mask=oh < N_REP)
 
 
 @gluon.jit
@@ -298,9 +313,6 @@ def _st_sparse_decode_kernel(
     K_CH_P2: gl.constexpr,
     V_CH_P2: gl.constexpr,
     DEVICE_LEN: gl.constexpr,
-    SCATTER: gl.constexpr,
-    K_ASM: gl.constexpr,
-    V_ASM: gl.constexpr,
 ):
     G: gl.constexpr = D // 32
     STAGE_B: gl.constexpr = BLOCK_N * (8 * G + 2 * (K_SLOT + V_SLOT))  # bytes per stage
@@ -315,7 +327,7 @@ def _st_sparse_decode_kernel(
     TILE_W: gl.constexpr = BLOCK_N * D // 2
     RING_OFF: gl.constexpr = 8 * TILE_W
     smem = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    tile_l: gl.constexpr = _tile_layout(SCATTER)
+    tile_l: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
     k_sm = smem.slice(0, TILE_W)._reinterpret(DT, [BLOCK_N, D], tile_l)
     v_sm = smem.slice(TILE_W, TILE_W)._reinterpret(DT, [BLOCK_N, D], tile_l)
 
@@ -369,22 +381,19 @@ def _st_sparse_decode_kernel(
         gl.thread_barrier()
         base = RING_OFF + (i % 2) * STAGE_B
         n_tok = end - t0
-        if SCATTER:
-            _scatter_tiles(k_sm, v_sm, base, n_tok, K_ASM, V_ASM, DT, K_SLOT, V_SLOT, D, BLOCK_N, TILE_W, lc)
-        else:
-            k_sm.store(_staged_tile(base, base + 8 * BLOCK_N * G, n_tok, DT, K_SLOT, D, BLOCK_N, lw))
-            v_sm.store(
-                _staged_tile(
-                    base + 4 * BLOCK_N * G,
-                    base + 8 * BLOCK_N * G + 2 * BLOCK_N * K_SLOT,
-                    n_tok,
-                    DT,
-                    V_SLOT,
-                    D,
-                    BLOCK_N,
-                    lw,
-                )
+        k_sm.store(_staged_tile(base, base + 8 * BLOCK_N * G, n_tok, DT, K_SLOT, D, BLOCK_N, lw))
+        v_sm.store(
+            _staged_tile(
+                base + 4 * BLOCK_N * G,
+                base + 8 * BLOCK_N * G + 2 * BLOCK_N * K_SLOT,
+                n_tok,
+                DT,
+                V_SLOT,
+                D,
+                BLOCK_N,
+                lw,
             )
+        )
         gl.thread_barrier()
         sc = mma_v2(k_sm.load(op_a), qt, gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=mma))
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
@@ -392,36 +401,7 @@ def _st_sparse_decode_kernel(
         acc = mma_v2(v_sm.permute((1, 0)).load(op_a), gl.convert_layout(p.to(DT), op_b), acc)
     async_copy.wait_group(0)
     smem._keep_alive()
-    if s == num_splits - 1:
-        kw_row = kw_ptr + b.to(gl.int64) * skwb + h.to(gl.int64) * skwh
-        vw_row = vw_ptr + b.to(gl.int64) * svwb + h.to(gl.int64) * svwh
-        for t0 in range(0, W_WIN, BLOCK_N):
-            nk = t0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, op_a))
-            dk = gl.arange(0, D, layout=gl.SliceLayout(0, op_a))
-            kt = gl.load(
-                kw_row + gl.expand_dims(nk, 1) * skwt + gl.expand_dims(dk, 0),
-                mask=gl.expand_dims(nk < W_WIN, 1),
-                other=0.0,
-            )
-            sc = mma_v2(kt, qt, gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=mma))
-            ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
-            p, m_i, l_i, acc = _softmax_step(sc, ts < W_WIN, m_i, l_i, acc, qk_scale)
-            dv = gl.arange(0, D, layout=gl.SliceLayout(1, op_a))
-            nv = t0 + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, op_a))
-            vt = gl.load(
-                vw_row + gl.expand_dims(nv, 0) * svwt + gl.expand_dims(dv, 1),
-                mask=gl.expand_dims(nv < W_WIN, 0),
-                other=0.0,
-            )
-            acc = mma_v2(vt, gl.convert_layout(p.to(DT), op_b), acc)
-
-    l_safe = gl.where(l_i > 0, l_i, 1.0)
-    out = acc / gl.expand_dims(l_safe, 0)
-    lse = gl.where(l_i > 0, m_i + gl.log2(l_safe), float("-inf"))
-    oh = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, mma))
-    od = gl.arange(0, D, layout=gl.SliceLayout(1, mma))
-    row = (b.to(gl.int64) * heads_kv * N_REP + h * N_REP + oh) * num_splits + s
-    gl.store(
-        o_ptr + gl.expand_dims(row, 0) * D + gl.expand_dims(od, 1), out, mask=gl.expand_dims(oh < N_REP, 0)
-    )
-    gl.store(lse_ptr + row, lse, mask=oh < N_REP)
+    _finish(
+        kw_ptr, vw_ptr, o_ptr, lse_ptr, qt, m_i, l_i, acc, b, h, s, num_splits, skwb, skwh, skwt, svwb, svwh,
+        svwt, heads_kv, W_WIN, qk_scale, N_REP, D, BLOCK_H, BLOCK_N,
+    )  # fmt: skip

@@ -16,8 +16,8 @@ import torch
 from torch import Tensor
 
 from mustafar.formats.bitmap import CompressedStore
-from mustafar.kernels.decode_scatter import store_quotas
 from mustafar.kernels.reference import decode_attention_reference, pack_reference, topk_pack_reference
+from mustafar.kernels.scatter_ptx import store_quotas
 from mustafar.kernels.support import HEAD_DIMS, gluon_capable
 
 BACKENDS = ("auto", "triton", "torch")

@@ -16,7 +16,7 @@ import torch
 from mustafar.formats import CompressedStore
 from mustafar.formats.bitmap import pack_bitmap, padded_keep
 from mustafar.kernels import dispatch
-from mustafar.kernels.decode_scatter import scatter_asm, store_quotas
+from mustafar.kernels.scatter_ptx import scatter_asm, store_quotas
 from mustafar.pruning.keep import word_quotas, word_topk_mask
 
 SMEM_BASE = 0x400  # where the interpreter puts global_smem: a nonzero base catches a missing add

@@ -21,15 +21,16 @@ LBB2:
 """
 
 
-def test_counts_the_largest_loop_body():
-    # LBB1's body: FLO, SHF, STS and its branch; the .L_x_0 loop has 2 instructions
-    assert main_loop_instructions(LISTING) == 4
+def test_counts_the_largest_loop_body_with_the_marker():
+    # LBB1's body: FLO, SHF, STS and its branch; the .L_x_0 loop has 2 instructions and no STS
+    assert main_loop_instructions(LISTING, marker="STS") == 4
+    assert main_loop_instructions(LISTING, marker="IADD3") == 2
 
 
 def test_reads_the_plain_listing_style():
-    assert main_loop_instructions(LISTING.split("EXIT;")[1]) == 2
+    assert main_loop_instructions(LISTING.split("EXIT;")[1], marker="BRA") == 2
 
 
 def test_no_loop_is_an_error():
     with pytest.raises(ValueError, match="no loop"):
-        main_loop_instructions("--:-:-:-:1\tEXIT;\n")
+        main_loop_instructions(LISTING, marker="HMMA")

@@ -1,0 +1,75 @@
+"""The scatter decoder's per-lane PTX and the word quotas it relies on (import-light: no Triton).
+
+Stores packed under the ``word`` keep rule (``CompressedStore(..., word_quota=True)``) keep a fixed, known number
+of entries ``q_g`` in every 32-channel bitmap word (:func:`mustafar.pruning.keep.word_quotas`), so a lane that owns
+one token can walk exactly its kept bits with trip counts known at compile time: for word ``g``, ``q_g`` times the
+highest set bit (``bfind``), clear it, store the matching value (walking down: slot ``first_g + q_g - 1 - step``)
+at its address in the dense tile. About six instructions per *kept* value, where the staged decoder's walk costs
+about five per *dense* element.
+
+The tile layout is ``SwizzledSharedLayout(8, 1, 8, [1, 0])``: element (r, c) sits at byte
+``r·2D + (2c XOR ((r mod 8) << 4))``, which the PTX computes as ``R_r + 2·(c XOR ((r mod 8) << 3))`` with
+``c = 32g + i`` (tests/kernels/test_scatter_ptx.py runs the PTX on the CPU; the GPU tests check the layout).
+"""
+
+from __future__ import annotations
+
+import functools
+
+from mustafar.formats.bitmap import CompressedStore
+from mustafar.pruning.keep import word_quotas
+
+TOKENS_PER_TILE = 32  # one token per lane of the decoder's single warp
+
+
+def store_quotas(store: CompressedStore) -> tuple[int, ...] | None:
+    """The store's per-word quotas when it guarantees them (fixed layout, ``word_quota``), else None."""
+    if not getattr(store, "word_quota", False) or store.keep is None:
+        return None
+    return word_quotas(store.head_dim, store.keep)
+
+
+@functools.cache
+def scatter_asm(head_dim: int, keep: int, slot: int) -> str:
+    """PTX that scatters one token's kept values into a zeroed, swizzled dense tile row.
+
+    Operands: ``$0`` a dummy output; ``$1`` the token's bitmap words and ``$2`` its value slots (byte offsets in
+    the kernel's shared allocation); ``$3`` the row's byte offset in the tile; ``$4`` the row's swizzle
+    ``(r mod 8) << 3``; ``$5`` nonzero when the token is valid (invalid lanes store nothing)."""
+    quotas = word_quotas(head_dim, keep)
+    words = head_dim // 32
+    regs = slot // 2
+    wvec = "{" + ", ".join(f"w{g}" for g in range(words)) + "}"
+    lines = [
+        "{",
+        ".reg .pred p;",
+        f".reg .b32 w<{words}>, v<{regs}>, i, m, t, a, s, base, row;",
+        ".reg .b16 lo, hi;",
+        "setp.ne.u32 p, $5, 0;",
+        "mov.u32 base, global_smem;",
+        "add.u32 t, base, $1;",
+        f"@p ld.shared.v{words}.b32 {wvec}, [t];" if words > 1 else "@p ld.shared.b32 w0, [t];",
+        "add.u32 t, base, $2;",
+    ]
+    for c in range(regs // 4):
+        vec = "{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}"
+        lines.append(f"@p ld.shared.v4.b32 {vec}, [t+{16 * c}];")
+    lines.append("add.u32 row, base, $3;")
+    first = 0
+    for g, q in enumerate(quotas):
+        lines.append(f"xor.b32 s, $4, {32 * g};")
+        for step in range(q):
+            j = first + q - 1 - step
+            half = "hi" if j % 2 else "lo"
+            lines += [
+                f"bfind.u32 i, w{g};",
+                "shl.b32 m, 1, i;",
+                f"xor.b32 w{g}, w{g}, m;",
+                "xor.b32 t, i, s;",
+                "mad.lo.u32 a, t, 2, row;",
+                f"mov.b32 {{lo, hi}}, v{j // 2};",
+                f"@p st.shared.b16 [a], {half};",
+            ]
+        first += q
+    lines += ["mov.u32 $0, 0;", "}"]
+    return "\n".join(lines)
