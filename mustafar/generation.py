@@ -25,6 +25,7 @@ import torch
 
 from mustafar.attention import attach, new_cache
 from mustafar.cache import CacheStats, MustafarCache
+from mustafar.cache_kwarg import cache_kwargs
 from mustafar.config import KVConfig
 from mustafar.graphs import DecodeRunner
 from mustafar.static_cache import StaticMustafarCache, static_cache, static_reason
@@ -70,9 +71,9 @@ def prefill(model: torch.nn.Module, cache: MustafarCache, batch: Batch) -> torch
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
-        past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
+        **cache_kwargs(model, cache),
     )
     return out.logits[:, -1]
 
@@ -93,8 +94,8 @@ def decode_step(
         attention_mask=attention_mask,
         position_ids=position_ids,
         cache_position=cache_position,
-        past_key_values=cache,
         use_cache=True,
+        **cache_kwargs(model, cache),
     )
     return out.logits[:, -1]
 
@@ -195,12 +196,13 @@ def _new_cache(
 ) -> MustafarCache:
     """The static cache where asked for (or, with `static=None`, on CUDA where in scope), else the dynamic one."""
     width, padded = batch.input_ids.shape[1], any(batch.pads)
+    shortest = width - max(batch.pads)
     if static is None:
         cuda = batch.input_ids.device.type == "cuda"
-        static = cuda and static_reason(model, policy, width, padded) is None
+        static = cuda and static_reason(model, policy, width, padded, shortest) is None
     if not static:
         return new_cache(model, policy)
-    return static_cache(model, policy, width, max_new_tokens, padded=padded)
+    return static_cache(model, policy, width, max_new_tokens, padded=padded, shortest=shortest)
 
 
 def _stop_mask(stops: list[set[int]], vocab: int, device: torch.device) -> torch.Tensor:

@@ -15,6 +15,7 @@ import torch
 
 from mustafar.attention import attach
 from mustafar.cache import MustafarCache
+from mustafar.cache_kwarg import cache_kwargs
 from mustafar.config import KVConfig
 from mustafar.static_cache import (
     StaticCacheError,
@@ -51,9 +52,9 @@ class DecodeRunner:
         out = self.model(
             input_ids=input_ids,
             position_ids=position_ids,
-            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=1,
+            **cache_kwargs(self.model, self.cache),
         )
         return out.logits[:, -1]
 
@@ -109,7 +110,7 @@ def greedy(
     else:
         cache = MustafarCache(policy, num_layers=cfg.num_hidden_layers)
     with attach(model, cache):
-        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
         logits = out.logits[:, -1]
         runner = DecodeRunner(model, cache, graphs=graphs)
         tokens, all_logits = [], [logits.clone()]
