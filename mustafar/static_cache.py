@@ -440,7 +440,7 @@ class StaticCompressedLayer(StaticLayer):
 
     def row_decode_counts(self, row: int) -> dict[str, tuple[int, int]]:
         ks = self.stores["k"]
-        tokens = (self.host_length - self.policy.window - self.prompt_stored) * ks.heads  # all real: see scope
+        tokens = (self.host_length - self.policy.window - self.prompt_stored) * ks.heads  # all real rows
         counts = {}
         for side in ("k", "v"):
             active = self.pruners[side].rule.active
@@ -473,7 +473,8 @@ class StaticCompressedLayer(StaticLayer):
         """Row `row`'s stored tokens (fixed layout) and its share of the ring."""
         tokens = self.row_tokens(row)
         stores = sum(
-            st.heads * tokens * fixed_token_nbytes(st.head_dim, st.keep, st.itemsize) for st in self.stores.values()
+            st.heads * tokens * fixed_token_nbytes(st.head_dim, st.keep, st.itemsize)
+            for st in self.stores.values()
         )
         return stores + self.ring_k.numel() * self.ring_k.element_size() * 2 // self.batch
 
