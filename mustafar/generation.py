@@ -28,7 +28,8 @@ from mustafar.cache import CacheStats, MustafarCache
 from mustafar.cache_kwarg import cache_kwargs
 from mustafar.config import KVConfig
 from mustafar.graphs import DecodeRunner
-from mustafar.static_cache import StaticMustafarCache, static_cache, static_reason
+from mustafar.runner_pool import pool_of
+from mustafar.static_cache import StaticMustafarCache, announce_fallback, static_reason
 
 
 @dataclass
@@ -140,8 +141,10 @@ def generate(
 
     device = next(model.parameters()).device
     batch = left_pad(prompts, pad_id, device)
+    runner = None
     if cache is None:
-        cache = _new_cache(model, policy, batch, max(budget), static)
+        runner = _static_runner(model, policy, batch, max(budget), static)
+        cache = runner.cache if runner is not None else new_cache(model, policy)
     elif static:
         raise ValueError("static=True builds its own cache: pass cache=None")
     elif cache.policy != policy or cache.get_seq_length() > 0:
@@ -153,11 +156,8 @@ def generate(
     outputs: list[GenerationOutput | None] = [None] * n
     mask = batch.attention_mask
     positions = batch.position_ids[:, -1:]
-    runner = (
-        DecodeRunner(model, cache, graphs=device.type == "cuda")
-        if isinstance(cache, StaticMustafarCache)
-        else None
-    )
+    if runner is None and isinstance(cache, StaticMustafarCache):  # the caller's own static cache
+        runner = DecodeRunner(model, cache, graphs=device.type == "cuda")
     with attach(model, cache):
         logits = prefill(model, cache, batch)
         banned = _stop_mask(stops, logits.shape[-1], device)  # chosen only once min_new_tokens are out
@@ -191,18 +191,22 @@ def generate(
     return outputs
 
 
-def _new_cache(
+def _static_runner(
     model: torch.nn.Module, policy: KVConfig, batch: Batch, max_new_tokens: int, static: bool | None
-) -> MustafarCache:
-    """The static cache where asked for (or, with `static=None`, on CUDA where in scope), else the dynamic one."""
+) -> DecodeRunner | None:
+    """The decode runner over a static cache (kept across calls, `mustafar.runner_pool`) where asked for (or,
+    with `static=None`, on CUDA where in scope); None for the dynamic cache."""
     width, padded = batch.input_ids.shape[1], any(batch.pads)
     shortest = width - max(batch.pads)
+    reason = static_reason(model, policy, width, padded, shortest)
     if static is None:
-        cuda = batch.input_ids.device.type == "cuda"
-        static = cuda and static_reason(model, policy, width, padded, shortest) is None
+        static = batch.input_ids.device.type == "cuda" and reason is None
     if not static:
-        return new_cache(model, policy)
-    return static_cache(model, policy, width, max_new_tokens, padded=padded, shortest=shortest)
+        return None
+    if reason is not None:
+        announce_fallback(reason)
+        return None
+    return pool_of(model).runner(model, policy, len(batch.pads), width, max_new_tokens, padded, shortest)
 
 
 def _stop_mask(stops: list[set[int]], vocab: int, device: torch.device) -> torch.Tensor:

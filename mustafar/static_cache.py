@@ -36,7 +36,7 @@ from mustafar.config import KVConfig, PruneRule
 from mustafar.formats import CompressedStore, pack_bitmap, unpack_bitmap
 from mustafar.formats.bitmap import fixed_token_nbytes
 from mustafar.kernels import pack_into, resolve_backend, sparse_decode_attention, topk_pack_into
-from mustafar.pruning import Observation, keep_mask, scores, topk_mask
+from mustafar.pruning import Observation, SidePruner, keep_mask, scores, topk_mask
 
 _SAID: set[str] = set()
 
@@ -168,6 +168,34 @@ class StaticLayer(MustafarLayer):
     def advance(self, steps: int) -> None:
         """Account on the host for `steps` decode steps a graph replay ran on the device."""
         self.host_length += steps
+
+    def reset(self) -> None:
+        """Forget the batch for the next one of the same shape: host counters and pruners start afresh, every
+        buffer is zeroed in place (a captured graph keeps reading the same addresses), padding is undeclared."""
+        self.host_length = 0
+        self.pruners = {
+            s: SidePruner(rule, s, self.policy.keep_rule, self.policy.window)
+            for s, rule in (("k", self.policy.k), ("v", self.policy.v))
+        }
+        self.pads = None  # `pad_columns` stays: the buffer `set_padding` refills
+        for value in list(vars(self).values()):
+            for item in value.values() if isinstance(value, dict) else (value,):
+                if isinstance(item, torch.Tensor):
+                    item.zero_()
+                elif isinstance(item, CompressedStore):
+                    item.reset()
+                    item.bits.zero_()
+                    item.vals.zero_()
+
+    def set_padding(self, pads: list[int], device: torch.device | str) -> None:
+        held = self.pad_columns
+        super().set_padding(pads, device)
+        if held is not None and held.shape == self.pad_columns.shape:  # refill the buffer a graph may read
+            held.copy_(self.pad_columns)
+            self.pad_columns = held
+            for pruner in self.pruners.values():
+                if isinstance(pruner, SidePruner) and pruner.pads is not None:
+                    pruner.pads = held
 
     @property
     def needs(self) -> set[str]:
@@ -592,6 +620,11 @@ class StaticMustafarCache(MustafarCache):
         for layer in self.layers:
             layer.advance(steps)
 
+    def reset(self) -> None:
+        """Empty the cache for another batch of the same size, keeping every buffer (and so a captured graph)."""
+        for layer in self.layers:
+            layer.reset()
+
     def row_stats(self) -> list[CacheStats]:
         """Per-row `stats()`: each row's real tokens only, the counts `MustafarCache.row_stats` gives.
 
@@ -676,6 +709,10 @@ def static_reason(
     return unsupported_reason(policy, prompt_len, padded, shortest) or _model_reason(model.config)
 
 
+def announce_fallback(reason: str) -> None:
+    say_once(f"mustafar: static cache unavailable ({reason}); using the dynamic cache")
+
+
 def static_cache(
     model: torch.nn.Module,
     policy: KVConfig,
@@ -692,7 +729,7 @@ def static_cache(
     reason = static_reason(model, policy, prompt_len, padded, shortest)
     cfg = model.config
     if reason is not None:
-        say_once(f"mustafar: static cache unavailable ({reason}); using the dynamic cache")
+        announce_fallback(reason)
         return MustafarCache(policy, num_layers=cfg.num_hidden_layers)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     need = prompt_len + max_new_tokens
