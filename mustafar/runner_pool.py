@@ -61,6 +61,10 @@ class RunnerPool:
         self.runners: OrderedDict[RunnerKey, DecodeRunner] = OrderedDict()
         self.built = 0  # caches allocated (a test of reuse: batches of one key build one)
 
+    def __deepcopy__(self, memo: dict) -> RunnerPool:
+        """A copied model starts with an empty pool: graphs and caches are bound to the original's weights."""
+        return RunnerPool(self.keep)
+
     def runner(
         self,
         model: torch.nn.Module,

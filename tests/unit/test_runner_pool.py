@@ -109,3 +109,11 @@ def test_padding_refills_the_same_device_buffer(model):
     generate(model, policy, prompts((12, 30), 7), 2, static=True)
     assert runner.cache.layers[0].pad_columns is held
     assert held.tolist() == [18, 0]
+
+
+def test_a_copied_model_starts_with_an_empty_pool(model):
+    import copy
+
+    generate(model, KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=4), prompts((20, 9), 8), 2, static=True)
+    assert pool_of(model).built == 1
+    assert pool_of(copy.deepcopy(model)).runners == {}
