@@ -11,9 +11,11 @@ taken at the step it stopped.
 positions, the cache position) so that a captured replay of it can stand in for the eager call.
 
 With `static` (default: on a CUDA device whenever the policy and model are in the static scope) the batch runs
-through a `StaticMustafarCache` sized once for the widest prompt + the largest budget, and the decode steps
-through a `DecodeRunner` (a replayed CUDA graph on a GPU, eager on a CPU). The static layers mask each row's
-pad columns on the device and count only real tokens, so tokens and per-row statistics equal the dynamic path.
+through a `StaticMustafarCache` for the widest prompt + the largest budget, rounded up to a capacity bucket and
+kept with its `DecodeRunner` (a replayed CUDA graph on a GPU, eager on a CPU) for the next batch of the same
+shape (`mustafar.runner_pool`). The static layers never attend or count a row's pad columns, so tokens and
+per-row statistics equal the dynamic path. The cache reaches the model under the keyword its forward takes
+(`mustafar.cache_kwarg`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@ is the plug-in decode step for a generation loop: with a `StaticMustafarCache` o
 eager warm-up steps (Triton compilation, cuBLAS workspaces), captures the whole model's step (all layers, the
 pruning/packing of the token leaving the window included) into static input/output buffers, and replays it.
 Anywhere capture is impossible (CPU, a dynamic cache, an op that is not capturable) it runs eagerly and says
-why once. One runner serves one cache (one batch size and capacity): the graph is bound to the cache's buffers.
+why once. One runner serves one cache (one batch size and capacity): the graph is bound to the cache's buffers,
+which `StaticMustafarCache.reset` empties in place for the next batch (`mustafar.runner_pool` keeps runners).
 """
 
 from __future__ import annotations
