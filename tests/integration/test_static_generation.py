@@ -112,21 +112,26 @@ COMPRESSED = [
 ]
 
 
-def assert_rows_alone(model, policy, ps, budgets, backend_calls):
-    """A padded static compressed batch equals each row run alone (static and dynamic), through the sparse op."""
+def assert_rows_alone(model, policy, ps, budgets, backend_calls, dynamic_too=True):
+    """A padded static compressed batch equals each row run alone (static, and dynamic with `dynamic_too`),
+    through the sparse op."""
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # no fallback to the dynamic cache
         batch = generate(model, policy, ps, budgets, static=True)
     assert backend_calls, "the padded batch never reached the static compressed decode"
     for p, n, got in zip(ps, budgets, batch, strict=True):
         alone = generate(model, policy, [p], n, static=True)[0]
-        dynamic = generate(model, policy, [p], n, static=False)[0]
-        assert got.tokens == alone.tokens == dynamic.tokens
+        assert got.tokens == alone.tokens
         assert got.stopped_by == alone.stopped_by
         counts = ("k_kept", "k_judged", "v_kept", "v_judged", "dense_bytes", "kv_payload_bytes")
         assert [getattr(got.stats, c) for c in counts] == [getattr(alone.stats, c) for c in counts]
-        assert [getattr(got.stats, c) for c in counts[:5]] == [getattr(dynamic.stats, c) for c in counts[:5]]
         assert got.stats.k_judged > 0
+        if dynamic_too:
+            dynamic = generate(model, policy, [p], n, static=False)[0]
+            assert got.tokens == dynamic.tokens
+            assert [getattr(got.stats, c) for c in counts[:5]] == [
+                getattr(dynamic.stats, c) for c in counts[:5]
+            ]
 
 
 @pytest.mark.parametrize("policy", COMPRESSED, ids=lambda p: f"{p.label()}-w{p.window}")
@@ -139,10 +144,12 @@ def test_static_compressed_padded_batch_equals_each_row_alone(tiny_llama, policy
     assert_rows_alone(tiny_llama, policy, prompts(), list(BUDGETS), calls)
 
 
+@pytest.mark.slow
 @pytest.mark.usefixtures("triton_interpreter")
 def test_static_compressed_padded_batch_through_the_triton_sparse_op(tiny_llama, monkeypatch):
     """Triton kernels under the interpreter: the per-row device counts of the static stores carry the padding
-    into the top-k pack and the sparse decode op (never the reference path)."""
+    into the top-k pack and the sparse decode op (never the reference path). Against the static run of each row
+    alone (the Triton pack and decode are already checked against the dynamic path in tests/kernels/)."""
     import mustafar.static_cache as sc
 
     monkeypatch.setenv("MUSTAFAR_KERNEL_BACKEND", "triton")
@@ -158,7 +165,7 @@ def test_static_compressed_padded_batch_through_the_triton_sparse_op(tiny_llama,
 
     monkeypatch.setattr(sc, "sparse_decode_attention", spy)
     policy = KVConfig(k_sparsity=0.5, v_sparsity=0.7, mode="compressed", window=8)
-    assert_rows_alone(tiny_llama, policy, prompts((24, 41)), [4, 3], calls)
+    assert_rows_alone(tiny_llama, policy, prompts((13, 30)), [4, 3], calls, dynamic_too=False)
 
 
 def test_auto_stays_dynamic_on_cpu_and_static_needs_a_fresh_cache(tiny_llama, monkeypatch):
