@@ -11,9 +11,11 @@ taken at the step it stopped.
 positions, the cache position) so that a captured replay of it can stand in for the eager call.
 
 With `static` (default: on a CUDA device whenever the policy and model are in the static scope) the batch runs
-through a `StaticMustafarCache` sized once for the widest prompt + the largest budget, and the decode steps
-through a `DecodeRunner` (a replayed CUDA graph on a GPU, eager on a CPU). The static layers mask each row's
-pad columns on the device and count only real tokens, so tokens and per-row statistics equal the dynamic path.
+through a `StaticMustafarCache` for the widest prompt + the largest budget, rounded up to a capacity bucket and
+kept with its `DecodeRunner` (a replayed CUDA graph on a GPU, eager on a CPU) for the next batch of the same
+shape (`mustafar.runner_pool`). The static layers never attend or count a row's pad columns, so tokens and
+per-row statistics equal the dynamic path. The cache reaches the model under the keyword its forward takes
+(`mustafar.cache_kwarg`).
 """
 
 from __future__ import annotations
@@ -25,9 +27,11 @@ import torch
 
 from mustafar.attention import attach, new_cache
 from mustafar.cache import CacheStats, MustafarCache
+from mustafar.cache_kwarg import cache_kwargs
 from mustafar.config import KVConfig
 from mustafar.graphs import DecodeRunner
-from mustafar.static_cache import StaticMustafarCache, static_cache, static_reason
+from mustafar.runner_pool import pool_of
+from mustafar.static_cache import StaticMustafarCache, announce_fallback, static_reason
 
 
 @dataclass
@@ -70,9 +74,9 @@ def prefill(model: torch.nn.Module, cache: MustafarCache, batch: Batch) -> torch
         input_ids=batch.input_ids,
         attention_mask=batch.attention_mask,
         position_ids=batch.position_ids,
-        past_key_values=cache,
         use_cache=True,
         logits_to_keep=1,
+        **cache_kwargs(model, cache),
     )
     return out.logits[:, -1]
 
@@ -93,8 +97,8 @@ def decode_step(
         attention_mask=attention_mask,
         position_ids=position_ids,
         cache_position=cache_position,
-        past_key_values=cache,
         use_cache=True,
+        **cache_kwargs(model, cache),
     )
     return out.logits[:, -1]
 
@@ -139,8 +143,10 @@ def generate(
 
     device = next(model.parameters()).device
     batch = left_pad(prompts, pad_id, device)
+    runner = None
     if cache is None:
-        cache = _new_cache(model, policy, batch, max(budget), static)
+        runner = _static_runner(model, policy, batch, max(budget), static)
+        cache = runner.cache if runner is not None else new_cache(model, policy)
     elif static:
         raise ValueError("static=True builds its own cache: pass cache=None")
     elif cache.policy != policy or cache.get_seq_length() > 0:
@@ -152,11 +158,8 @@ def generate(
     outputs: list[GenerationOutput | None] = [None] * n
     mask = batch.attention_mask
     positions = batch.position_ids[:, -1:]
-    runner = (
-        DecodeRunner(model, cache, graphs=device.type == "cuda")
-        if isinstance(cache, StaticMustafarCache)
-        else None
-    )
+    if runner is None and isinstance(cache, StaticMustafarCache):  # the caller's own static cache
+        runner = DecodeRunner(model, cache, graphs=device.type == "cuda")
     with attach(model, cache):
         logits = prefill(model, cache, batch)
         banned = _stop_mask(stops, logits.shape[-1], device)  # chosen only once min_new_tokens are out
@@ -190,17 +193,22 @@ def generate(
     return outputs
 
 
-def _new_cache(
+def _static_runner(
     model: torch.nn.Module, policy: KVConfig, batch: Batch, max_new_tokens: int, static: bool | None
-) -> MustafarCache:
-    """The static cache where asked for (or, with `static=None`, on CUDA where in scope), else the dynamic one."""
+) -> DecodeRunner | None:
+    """The decode runner over a static cache (kept across calls, `mustafar.runner_pool`) where asked for (or,
+    with `static=None`, on CUDA where in scope); None for the dynamic cache."""
     width, padded = batch.input_ids.shape[1], any(batch.pads)
+    shortest = width - max(batch.pads)
+    reason = static_reason(model, policy, width, padded, shortest)
     if static is None:
-        cuda = batch.input_ids.device.type == "cuda"
-        static = cuda and static_reason(model, policy, width, padded) is None
+        static = batch.input_ids.device.type == "cuda" and reason is None
     if not static:
-        return new_cache(model, policy)
-    return static_cache(model, policy, width, max_new_tokens, padded=padded)
+        return None
+    if reason is not None:
+        announce_fallback(reason)
+        return None
+    return pool_of(model).runner(model, policy, len(batch.pads), width, max_new_tokens, padded, shortest)
 
 
 def _stop_mask(stops: list[set[int]], vocab: int, device: torch.device) -> torch.Tensor:

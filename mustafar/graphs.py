@@ -6,7 +6,8 @@ is the plug-in decode step for a generation loop: with a `StaticMustafarCache` o
 eager warm-up steps (Triton compilation, cuBLAS workspaces), captures the whole model's step (all layers, the
 pruning/packing of the token leaving the window included) into static input/output buffers, and replays it.
 Anywhere capture is impossible (CPU, a dynamic cache, an op that is not capturable) it runs eagerly and says
-why once. One runner serves one cache (one batch size and capacity): the graph is bound to the cache's buffers.
+why once. One runner serves one cache (one batch size and capacity): the graph is bound to the cache's buffers,
+which `StaticMustafarCache.reset` empties in place for the next batch (`mustafar.runner_pool` keeps runners).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import torch
 
 from mustafar.attention import attach
 from mustafar.cache import MustafarCache
+from mustafar.cache_kwarg import cache_kwargs
 from mustafar.config import KVConfig
 from mustafar.static_cache import (
     StaticCacheError,
@@ -51,9 +53,9 @@ class DecodeRunner:
         out = self.model(
             input_ids=input_ids,
             position_ids=position_ids,
-            past_key_values=self.cache,
             use_cache=True,
             logits_to_keep=1,
+            **cache_kwargs(self.model, self.cache),
         )
         return out.logits[:, -1]
 
@@ -109,7 +111,7 @@ def greedy(
     else:
         cache = MustafarCache(policy, num_layers=cfg.num_hidden_layers)
     with attach(model, cache):
-        out = model(input_ids=input_ids, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
         logits = out.logits[:, -1]
         runner = DecodeRunner(model, cache, graphs=graphs)
         tokens, all_logits = [], [logits.clone()]

@@ -14,10 +14,13 @@ stays eager and prunes/packs the prompt with the dynamic caches' code (`SidePrun
 Scope: per-token rules decide the token leaving the window from that token alone: magnitude directly,
 output-aware from statistics summed over the token's steps in the window, kept per ring slot on the device
 (values need the step's attention weights, so mask mode only). ThinK's prefill-only rule runs in mask mode.
-Other policies (per-channel groups), and compressed mode with a prompt shorter than the window (the sparse op
-has no window mask), use the dynamic caches: `static_cache` says so once and returns a `MustafarCache`.
+Other policies (per-channel groups), and compressed mode with a prompt (or, padded, a row's real prompt) shorter
+than the window (the sparse op has no window mask), use the dynamic caches: `static_cache` says so once and
+returns a `MustafarCache`.
 Left-padded batches (`set_padding`): the dense and mask layers mask each row's pad columns on the device and
-never count them; compressed mode and ThinK with padding use the dynamic caches.
+never count them. The compressed layer never packs a pad: each row's stores hold only its real tokens, from
+slot 0 (the per-row counts the sparse op decodes to), and every row's window is real (rows are at least a window
+long), so the sparse op serves padded batches unchanged. ThinK with padding uses the dynamic caches.
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from mustafar.cache import CacheStats, MustafarCache, MustafarLayer, UnattachedCacheError, kernel_backend
 from mustafar.config import KVConfig, PruneRule
 from mustafar.formats import CompressedStore, pack_bitmap, unpack_bitmap
+from mustafar.formats.bitmap import fixed_token_nbytes
 from mustafar.kernels import pack_into, resolve_backend, sparse_decode_attention, topk_pack_into
-from mustafar.pruning import Observation, keep_mask, scores, topk_mask
+from mustafar.pruning import Observation, SidePruner, keep_mask, scores, topk_mask
 
 _SAID: set[str] = set()
 
@@ -56,13 +60,13 @@ def _output_aware(rule: PruneRule) -> bool:
     return rule.active and rule.direction == "token" and rule.scorer == "output_aware"
 
 
-def unsupported_reason(policy: KVConfig, prompt_len: int, padded: bool = False) -> str | None:
-    """Why `policy` with a `prompt_len`-token prompt (left-padded rows when `padded`) cannot use a static cache
-    (None when it can)."""
+def unsupported_reason(
+    policy: KVConfig, prompt_len: int, padded: bool = False, shortest: int | None = None
+) -> str | None:
+    """Why `policy` with a `prompt_len`-token prompt (left-padded rows when `padded`, the shortest with `shortest`
+    real tokens) cannot use a static cache (None when it can)."""
     if policy.dense:
         return None
-    if padded and policy.mode == "compressed":
-        return "compressed static stores do not take left-padded rows"
     if padded and any(rule.active and rule.scorer == "think" for rule in (policy.k, policy.v)):
         return "ThinK decides each padded row separately (per-row channel scores)"
     for side, rule in (("k", policy.k), ("v", policy.v)):
@@ -82,8 +86,10 @@ def unsupported_reason(policy: KVConfig, prompt_len: int, padded: bool = False) 
                     f"kv.{side}: the published magnitude threshold keeps a varying count per token; "
                     "the static store needs a fixed count"
                 )
-        if prompt_len < policy.window:
-            return f"the prompt ({prompt_len} tokens) is shorter than kv.window={policy.window}"
+        shortest = prompt_len if shortest is None else shortest
+        if shortest < policy.window:
+            row = "shortest row's prompt" if padded else "prompt"
+            return f"the {row} ({shortest} tokens) is shorter than kv.window={policy.window}"
     return None
 
 
@@ -162,6 +168,34 @@ class StaticLayer(MustafarLayer):
     def advance(self, steps: int) -> None:
         """Account on the host for `steps` decode steps a graph replay ran on the device."""
         self.host_length += steps
+
+    def reset(self) -> None:
+        """Forget the batch for the next one of the same shape: host counters and pruners start afresh, every
+        buffer is zeroed in place (a captured graph keeps reading the same addresses), padding is undeclared."""
+        self.host_length = 0
+        self.pruners = {
+            s: SidePruner(rule, s, self.policy.keep_rule, self.policy.window)
+            for s, rule in (("k", self.policy.k), ("v", self.policy.v))
+        }
+        self.pads = None  # `pad_columns` stays: the buffer `set_padding` refills
+        for value in list(vars(self).values()):
+            for item in value.values() if isinstance(value, dict) else (value,):
+                if isinstance(item, torch.Tensor):
+                    item.zero_()
+                elif isinstance(item, CompressedStore):
+                    item.reset()
+                    item.bits.zero_()
+                    item.vals.zero_()
+
+    def set_padding(self, pads: list[int], device: torch.device | str) -> None:
+        held = self.pad_columns
+        super().set_padding(pads, device)
+        if held is not None and held.shape == self.pad_columns.shape:  # refill the buffer a graph may read
+            held.copy_(self.pad_columns)
+            self.pad_columns = held
+            for pruner in self.pruners.values():
+                if isinstance(pruner, SidePruner) and pruner.pads is not None:
+                    pruner.pads = held
 
     @property
     def needs(self) -> set[str]:
@@ -372,7 +406,7 @@ class StaticCompressedLayer(StaticLayer):
             )
             for s in ("k", "v")
         }
-        self.stored = torch.zeros((), dtype=torch.long, device=self.device)
+        self.stored = torch.zeros(batch, dtype=torch.long, device=self.device)  # tokens in each row's stores
         self.prompt_stored = 0
 
     def write_prompt(self, keys: torch.Tensor, values: torch.Tensor) -> None:
@@ -391,19 +425,25 @@ class StaticCompressedLayer(StaticLayer):
         return self.ring_k, self.ring_v
 
     def prune_prompt(self, obs: Observation) -> None:
+        """Pack the prompt's columns that leave the window, each row's real ones from its slot 0 (pads never)."""
         n = self.host_length - self.policy.window
+        pads = self.pad_columns if self.pad_columns is not None else torch.zeros_like(self.stored)
+        counts = n - pads  # >= 0: every row is at least a window long (see scope)
         for side, prompt in zip(("k", "v"), self.prompt):
             _, mask = self.pruners[side].step(prompt, obs, want_mask=False)  # the schedule and its counts
-            rows, keep = prompt[:, :, :n], self.keep[side]
+            rows, keep = left_align(prompt[:, :, :n], pads), self.keep[side]
             if self.output_aware[side]:
+                mask = left_align(mask, pads)
                 pack_into(self.stores[side], rows, mask, kernel_backend())
             elif keep == rows.shape[-1]:
                 pack_into(self.stores[side], rows, torch.ones_like(rows, dtype=torch.bool), kernel_backend())
             else:
                 topk_pack_into(self.stores[side], rows, keep, kernel_backend())
+            if self.device_stores:  # the pack advanced every row by n: count only each row's real tokens
+                self.stores[side].length_tensor.copy_(counts)
         del self.prompt
-        self.prompt_stored = n
-        self.stored.fill_(n)
+        self.prompt_stored = n  # columns packed at prefill (pads included in the count, not in the stores)
+        self.stored.copy_(counts)
 
     def prune_leaving(self) -> None:
         slot = (self.length % (self.policy.window + 1)).view(1)  # holds token length-1-window
@@ -413,8 +453,8 @@ class StaticCompressedLayer(StaticLayer):
                 topk_pack_into(self.stores[side], row, self.keep[side], kernel_backend())
                 continue
             mask = topk_mask(self.leaving_score(side, row, slot), self.keep[side])
-            pack_token_at(self.stores[side], row, self.keep[side], self.stored.view(1), mask)
-            self.stores[side].length += 1
+            pack_token_at(self.stores[side], row, self.keep[side], self.stored, mask)  # at each row's count
+            self.stores[side].length += 1  # host mirror: the widest row's count
         self.stored += 1
 
     def advance(self, steps: int) -> None:
@@ -428,7 +468,7 @@ class StaticCompressedLayer(StaticLayer):
 
     def row_decode_counts(self, row: int) -> dict[str, tuple[int, int]]:
         ks = self.stores["k"]
-        tokens = (self.host_length - self.policy.window - self.prompt_stored) * ks.heads  # no pads: see scope
+        tokens = (self.host_length - self.policy.window - self.prompt_stored) * ks.heads  # all real rows
         counts = {}
         for side in ("k", "v"):
             active = self.pruners[side].rule.active
@@ -441,16 +481,36 @@ class StaticCompressedLayer(StaticLayer):
         return torch.arange(self.host_length - w, self.host_length, device=self.device) % (w + 1)
 
     def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The logical cache [B, H, length, D], every token at its column (a row's pad columns are zeros)."""
         order = self.window_order()
         n = self.host_length - self.policy.window  # tokens that have left the window
-        k = torch.cat([unpack_fixed(self.stores["k"])[:, :, :n], self.ring_k[:, :, order]], dim=2)
-        v = torch.cat([unpack_fixed(self.stores["v"])[:, :, :n], self.ring_v[:, :, order]], dim=2)
-        return k, v
+        views = []
+        for side, ring in (("k", self.ring_k), ("v", self.ring_v)):
+            stored = unpack_fixed(self.stores[side])[:, :, :n]
+            if self.pads:
+                stored = column_align(stored, self.pad_columns)
+            views.append(torch.cat([stored, ring[:, :, order]], dim=2))
+        return views[0], views[1]
+
+    def row_tokens(self, row: int) -> int:
+        """Tokens row `row` holds in its stores: its real tokens that have left the window."""
+        pad = self.pads[row] if self.pads else 0
+        return max(0, self.host_length - self.policy.window - pad)
+
+    def row_payload_nbytes(self, row: int) -> int:
+        """Row `row`'s stored tokens (fixed layout) and its share of the ring."""
+        tokens = self.row_tokens(row)
+        stores = sum(
+            st.heads * tokens * fixed_token_nbytes(st.head_dim, st.keep, st.itemsize)
+            for st in self.stores.values()
+        )
+        return stores + self.ring_k.numel() * self.ring_k.element_size() * 2 // self.batch
 
     def nbytes(self, payload: bool = False) -> int:
+        if payload:
+            return sum(self.row_payload_nbytes(b) for b in range(self.batch))
         ring = self.ring_k.numel() * self.ring_k.element_size() * 2
-        attr = "payload_nbytes" if payload else "nbytes"
-        return getattr(self.stores["k"], attr) + getattr(self.stores["v"], attr) + ring
+        return self.stores["k"].nbytes + self.stores["v"].nbytes + ring
 
 
 def unpack_fixed(store: CompressedStore) -> torch.Tensor:
@@ -465,14 +525,41 @@ def pack_token_at(
     store: CompressedStore, row: torch.Tensor, keep: int, at: torch.Tensor, mask: torch.Tensor | None = None
 ) -> None:
     """`row` [B, H, 1, D] under `mask` (`keep` entries per token; default: top-`keep` by |x|, ties to the lower
-    channel) into fixed-layout slot `at` ([1], device). The layout equals `pack_into`'s; the slot index stays on
-    the device (capturable)."""
+    channel) into fixed-layout slot `at` (device: [1] for every batch row, or [B], one slot per row). The layout
+    equals `pack_into`'s; the slot index stays on the device (capturable)."""
     mask = topk_mask(row.abs(), keep) if mask is None else mask
     kept_channels = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices[..., :keep]
     vals = torch.zeros(*row.shape[:3], store.slot, dtype=store.dtype, device=row.device)
     vals[..., :keep] = row.gather(-1, kept_channels)
-    store.bits.index_copy_(2, at, pack_bitmap(mask))
-    store.vals.index_copy_(2, at, vals)
+    b, h = row.shape[:2]
+    slot = at.to(torch.int64).view(-1, 1, 1, 1)
+    store.bits.scatter_(2, slot.expand(b, h, 1, store.bits.shape[3]), pack_bitmap(mask))
+    store.vals.scatter_(2, slot.expand(b, h, 1, store.slot), vals)
+
+
+def _columns(x: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """x[b, :, columns[b, j]] for x [B, H, n, ...] and columns [B, n] (device gather: fixed shapes)."""
+    b, h, n = x.shape[:3]
+    index = columns.view(b, 1, n, *([1] * (x.dim() - 3))).expand(b, h, n, *x.shape[3:])
+    return x.gather(2, index)
+
+
+def left_align(x: torch.Tensor, pads: torch.Tensor) -> torch.Tensor:
+    """Row b of x [B, H, n, ...] shifted left by its `pads[b]` columns: its real columns from index 0. The tail
+    repeats the last column (any complete token does: it lies past the row's count and is never read)."""
+    n = x.shape[2]
+    if n == 0:
+        return x
+    columns = (torch.arange(n, device=x.device) + pads.view(-1, 1)).clamp_max(n - 1)
+    return _columns(x, columns)
+
+
+def column_align(x: torch.Tensor, pads: torch.Tensor) -> torch.Tensor:
+    """The inverse of `left_align`: row b's tokens back at columns [pads[b], n), zeros in its pad columns."""
+    n = x.shape[2]
+    columns = torch.arange(n, device=x.device) - pads.view(-1, 1)
+    out = _columns(x, columns.clamp_min(0))
+    return out.masked_fill((columns < 0).view(*columns.shape[:1], 1, n, *([1] * (x.dim() - 3))), 0)
 
 
 def _stores_count_on_device() -> bool:
@@ -486,14 +573,18 @@ def compressed_decode_attention(q: torch.Tensor, layer: StaticCompressedLayer, s
 
     PyTorch backend: dense attention over the unpacked stores and the ring (fixed shapes, capturable). Triton
     with static stores: the sparse op reads the length on the device (capturable). Triton without them: the op
-    reads the host mirror `store.length`, right eagerly but frozen in a captured graph (`capture_blocker`)."""
+    reads the host mirror `store.length`, right eagerly but frozen in a captured graph (`capture_blocker`); with
+    left-padded rows that one host count would overread the shorter rows, so those take the PyTorch path (only
+    output-aware keys have no device-counted stores)."""
     ks, vs = layer.stores["k"], layer.stores["v"]
-    if resolve_backend(kernel_backend(), q.device, q.shape[-1]) == "torch":
+    host_counted_pads = not layer.device_stores and any(layer.pads or ())
+    if host_counted_pads or resolve_backend(kernel_backend(), q.device, q.shape[-1]) == "torch":
         keys = torch.cat([unpack_fixed(ks), layer.ring_k], dim=2)
         values = torch.cat([unpack_fixed(vs), layer.ring_v], dim=2)
-        in_store = torch.arange(layer.capacity, device=q.device) < layer.stored
-        valid = torch.cat([in_store, torch.ones(layer.ring_k.shape[2], dtype=torch.bool, device=q.device)])
-        return masked_decode_attention(q, keys, values, valid, scale)[0]
+        b, w = q.shape[0], layer.ring_k.shape[2]
+        in_store = torch.arange(layer.capacity, device=q.device) < layer.stored.view(b, 1)  # each row's count
+        valid = torch.cat([in_store, torch.ones(b, w, dtype=torch.bool, device=q.device)], dim=1)
+        return masked_decode_attention(q, keys, values, valid.view(b, 1, 1, -1), scale)[0]
     return sparse_decode_attention(
         q, ks, vs, layer.ring_k, layer.ring_v, scale=scale, backend=kernel_backend()
     )
@@ -529,11 +620,16 @@ class StaticMustafarCache(MustafarCache):
         for layer in self.layers:
             layer.advance(steps)
 
+    def reset(self) -> None:
+        """Empty the cache for another batch of the same size, keeping every buffer (and so a captured graph)."""
+        for layer in self.layers:
+            layer.reset()
+
     def row_stats(self) -> list[CacheStats]:
         """Per-row `stats()`: each row's real tokens only, the counts `MustafarCache.row_stats` gives.
 
-        kv_bytes (allocated, capacity slack included) only for a batch of one; kv_payload_bytes is the static
-        stores' payload shared evenly (compressed rows are unpadded, so every row stores the same)."""
+        kv_bytes (allocated, capacity slack included) only for a batch of one; kv_payload_bytes is each row's own
+        stored tokens and its share of the ring."""
         layers = [layer for layer in self.layers if layer.is_initialized]
         if not layers:
             return []
@@ -552,7 +648,7 @@ class StaticMustafarCache(MustafarCache):
                 (layer.host_length - pad) * layer.heads * self.head_dim * layer.dtype.itemsize * 2
                 for layer in layers
             )
-            payload = sum(layer.nbytes(payload=True) for layer in layers) // batch if compressed else None
+            payload = sum(layer.row_payload_nbytes(b) for layer in layers) if compressed else None
             rows.append(
                 CacheStats(
                     k_kept=kept["k"],
@@ -603,21 +699,40 @@ def _model_reason(cfg) -> str | None:
 
 
 def static_reason(
-    model: torch.nn.Module, policy: KVConfig, prompt_len: int, padded: bool = False
+    model: torch.nn.Module,
+    policy: KVConfig,
+    prompt_len: int,
+    padded: bool = False,
+    shortest: int | None = None,
 ) -> str | None:
     """Why a static cache cannot serve `policy` on `model` for this prompt width (None when it can)."""
-    return unsupported_reason(policy, prompt_len, padded) or _model_reason(model.config)
+    return unsupported_reason(policy, prompt_len, padded, shortest) or _model_reason(model.config)
+
+
+def announce_fallback(reason: str) -> None:
+    say_once(f"mustafar: static cache unavailable ({reason}); using the dynamic cache")
 
 
 def static_cache(
-    model: torch.nn.Module, policy: KVConfig, prompt_len: int, max_new_tokens: int, padded: bool = False
+    model: torch.nn.Module,
+    policy: KVConfig,
+    prompt_len: int,
+    max_new_tokens: int,
+    padded: bool = False,
+    shortest: int | None = None,
+    capacity: int | None = None,
 ) -> MustafarCache:
-    """A static cache for prompts `prompt_len` tokens wide (left-padded rows when `padded`) and `max_new_tokens`
-    decode steps, or, outside the static scope, the dynamic `MustafarCache` (announced once per reason)."""
-    reason = static_reason(model, policy, prompt_len, padded)
+    """A static cache for prompts `prompt_len` tokens wide (left-padded rows when `padded`, the shortest with
+    `shortest` real tokens) and `max_new_tokens` decode steps, or, outside the static scope, the dynamic
+    `MustafarCache` (announced once per reason). `capacity` (default: exactly prompt + new tokens) may be larger,
+    so that one cache serves several batches (`mustafar.runner_pool`)."""
+    reason = static_reason(model, policy, prompt_len, padded, shortest)
     cfg = model.config
     if reason is not None:
-        say_once(f"mustafar: static cache unavailable ({reason}); using the dynamic cache")
+        announce_fallback(reason)
         return MustafarCache(policy, num_layers=cfg.num_hidden_layers)
     head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
-    return StaticMustafarCache(policy, cfg.num_hidden_layers, prompt_len + max_new_tokens, head_dim)
+    need = prompt_len + max_new_tokens
+    if capacity is not None and capacity < need:
+        raise ValueError(f"capacity={capacity} is below prompt + new tokens = {need}")
+    return StaticMustafarCache(policy, cfg.num_hidden_layers, capacity or need, head_dim)

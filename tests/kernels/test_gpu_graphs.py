@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import mustafar.runner_pool as runner_pool
 from mustafar.attention import attach
 from mustafar.config import KVConfig
 from mustafar.graphs import DecodeRunner, greedy
@@ -99,7 +100,7 @@ def test_generate_on_cuda_replays_graphs_and_equals_the_dynamic_path(tiny_cuda, 
             super().__init__(*args, **kwargs)
             runners.append(self)
 
-    monkeypatch.setattr(generation, "DecodeRunner", Recorded)
+    monkeypatch.setattr(runner_pool, "DecodeRunner", Recorded)
     g = torch.Generator().manual_seed(5)
     prompts = [torch.randint(1, 256, (n,), generator=g).tolist() for n in (37, 70, 101)]
     budgets = [NEW_TOKENS, 9, NEW_TOKENS - 3]
@@ -111,3 +112,42 @@ def test_generate_on_cuda_replays_graphs_and_equals_the_dynamic_path(tiny_cuda, 
     for d, s in zip(dynamic, graphed, strict=True):
         assert s.tokens == d.tokens
         assert s.stats == d.stats
+
+
+@pytest.mark.parametrize("name", ["mask-K0.5V0.5", "compressed-K0.5V0.5"])
+def test_batches_of_one_bucket_capture_once_and_equal_the_dynamic_path(tiny_cuda, monkeypatch, name):
+    """Two left-padded batches of different widths in one capacity bucket (`mustafar.runner_pool`): one cache,
+    one capture, the second batch replays the first one's graph after an in-place reset; both give the dynamic
+    eager path's tokens and per-row counts (fp32)."""
+    import copy
+
+    import mustafar.generation as generation
+
+    model = copy.deepcopy(tiny_cuda).float()
+    captures = []
+    real_begin = torch.cuda.CUDAGraph.capture_begin
+
+    def counted(self, *args, **kwargs):
+        captures.append(self)
+        return real_begin(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.cuda.CUDAGraph, "capture_begin", counted)
+    policy = POLICIES[name]
+    g = torch.Generator().manual_seed(9)
+    batches = [
+        [torch.randint(1, 256, (n,), generator=g).tolist() for n in lengths]
+        for lengths in ((37, 70), (90, 21))
+    ]
+    budgets = [[NEW_TOKENS, 9], [11, NEW_TOKENS]]
+    graphs = []
+    for prompts, n in zip(batches, budgets):
+        dynamic = generation.generate(model, policy, prompts, n, static=False)
+        graphed = generation.generate(model, policy, prompts, n)
+        (runner,) = runner_pool.pool_of(model).runners.values()
+        graphs.append(runner.graph)
+        for d, s in zip(dynamic, graphed, strict=True):
+            assert s.tokens == d.tokens
+            counts = ("k_kept", "k_judged", "v_kept", "v_judged", "dense_bytes")
+            assert [getattr(s.stats, c) for c in counts] == [getattr(d.stats, c) for c in counts]
+    assert len(captures) == 1 and graphs[0] is not None and graphs[1] is graphs[0]
+    assert runner_pool.pool_of(model).built == 1
