@@ -22,7 +22,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
-from mustafar.kernels.decode_staged import _copy_region, _finish, _softmax_step
+from mustafar.kernels.decode_staged import _copy_region, _finish, _softmax_step, _start
 
 
 @gluon.jit
@@ -122,15 +122,7 @@ def _sc_sparse_decode_kernel(
     b = gl.program_id(0)
     h = gl.program_id(1)
     s = gl.program_id(2)
-    rd = gl.arange(0, D, layout=gl.SliceLayout(1, op_b))
-    rh = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, op_b))
-    qt = gl.load(  # qᵀ [D, heads]
-        q_ptr + b.to(gl.int64) * sqb + gl.expand_dims(h * N_REP + rh, 0) * sqh + gl.expand_dims(rd, 1),
-        mask=gl.expand_dims(rh < N_REP, 0),
-        other=0.0,
-    )
-    m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=gl.SliceLayout(0, mma))
-    l_i = gl.zeros([BLOCK_H], gl.float32, layout=gl.SliceLayout(0, mma))
+    qt, m_i, l_i = _start(q_ptr, sqb, sqh, b, h, N_REP, D, BLOCK_H)
     acc = gl.zeros([D, BLOCK_H], gl.float32, layout=mma)  # (Vᵀ p) [D, heads]
 
     bh = b.to(gl.int64) * heads_kv + h
