@@ -441,6 +441,7 @@ def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
 
 # (block_n, num_warps) per decoder: the H100 sweeps' best at B >= 8 (results/kernels/NOTES.md, rounds 4-5)
 _DEFAULT_LAUNCH = {"scatter": (32, 1), "staged": (16, 1), "portable": (64, 4)}
+SCATTER_SIDES: int | None = None  # the scatter decoder's ring depth in sides; None: _scatter_ring's choice
 
 
 def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
@@ -461,16 +462,41 @@ def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedS
     )
 
 
+def _scatter_maxnreg(k_store: CompressedStore, v_store: CompressedStore) -> int:
+    """Register cap of the scatter decoder: left alone, ptxas spends ~244 registers on the unrolled walks (8
+    programs per SM); the cap is the least that compiles without spills at Llama shapes (offline sm_90)."""
+    return 200 if max(k_store.slot, v_store.slot) <= 48 else 224
+
+
+def _scatter_ring(tile: int, side: int) -> tuple[int, int, bool]:
+    """(sides in the staging ring, shared words of the ring's allocation, whether the ring has its own allocation)
+    for a ``tile``-byte dense tile and ``side``-byte staged sides.
+
+    Three sides: while one is decoded, the tile's other side and the next tile's first are in flight (the H200
+    sweep in results/kernels/NOTES.md, round 7: deeper rings gained nothing, shallower lost up to 15%). Gluon
+    allocations are powers of two and the larger goes first, so the ring either follows the tile in one
+    allocation or is an allocation at least as large as the tile's beside it: the smaller total wins."""
+    sides = SCATTER_SIDES or 3
+    shared = triton.next_power_of_2(tile + sides * side)
+    ring = triton.next_power_of_2(sides * side)
+    split = ring >= tile and ring + tile < shared
+    return sides, (ring if split else shared) // 4, split
+
+
 def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
-    """The staged decoder's constexprs with one tile and one staging region (one side at a time) and the
+    """The staged decoder's constexprs with one dense tile, a ring of staged sides (:func:`_scatter_ring`) and the
     scatter PTX of each side."""
     d = q.shape[-1]
-    region = block_n * (d // 8 + 2 * max(k_store.slot, v_store.slot))
+    slot_bytes = block_n * (d // 8 + 2 * max(k_store.slot, v_store.slot))
+    sides, words, split = _scatter_ring(block_n * d * 2, slot_bytes)
     return dict(
         _staged_constexprs(q, k_store, v_store, block_n),
-        SMEM_WORDS=triton.next_power_of_2((block_n * d * 2 + region) // 4),
+        SMEM_WORDS=words,
         K_ASM=scatter_asm(d, k_store.keep, k_store.slot),
         V_ASM=scatter_asm(d, v_store.keep, v_store.slot),
+        SIDES=sides,
+        SLOT_BYTES=slot_bytes,
+        SPLIT=split,
     )
 
 
@@ -569,9 +595,7 @@ def _new_config(
     occ = (q.device, q.dtype, decoder, num_warps, *(v for k, v in constexprs.items() if k != "DEVICE_LEN"))
     options = dict(num_warps=1) if staged else dict(num_warps=num_warps, num_stages=2)
     if decoder == "scatter":
-        # left alone, ptxas spends ~244 registers on unrolled walks (8 programs per SM); the cap is the least
-        # that compiles without spills at Llama shapes (offline sm_90): more resident programs hide more latency
-        options["maxnreg"] = 200 if max(k_store.slot, v_store.slot) <= 48 else 224
+        options["maxnreg"] = _scatter_maxnreg(k_store, v_store)
     kernel = {
         "scatter": _sc_sparse_decode_kernel,
         "staged": _st_sparse_decode_kernel,

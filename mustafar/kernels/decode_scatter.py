@@ -26,22 +26,22 @@ from mustafar.kernels.decode_staged import _copy_region, _finish, _softmax_step,
 
 
 @gluon.jit
-def _issue_side(region, bits_row, vals_row, t0, end, G: gl.constexpr, SLOT: gl.constexpr, BLOCK_N: gl.constexpr,
+def _issue_side(slot_off, bits_row, vals_row, t0, end, G: gl.constexpr, SLOT: gl.constexpr, BLOCK_N: gl.constexpr,
                 CH_P2: gl.constexpr, LC: gl.constexpr):  # fmt: skip
-    """Start copying one side of tile ``t0`` (its tokens before ``end``) to the staging region: the words, then
-    the value slots; one commit group."""
+    """Start copying one side of tile ``t0`` (its tokens before ``end``) to the ring slot at shared byte
+    ``slot_off``: the words, then the value slots; one commit group (empty past ``end``)."""
     n = gl.maximum(gl.minimum(end - t0, BLOCK_N), 0)
-    _copy_region(bits_row + t0 * G, region, n, BLOCK_N, BLOCK_N, 4 * G, LC)
-    _copy_region(vals_row + t0 * (SLOT // 2), region + BLOCK_N * G * 4, n * SLOT // 8, BLOCK_N * SLOT // 8, CH_P2,
+    _copy_region(bits_row + t0 * G, slot_off, n, BLOCK_N, BLOCK_N, 4 * G, LC)
+    _copy_region(vals_row + t0 * (SLOT // 2), slot_off + BLOCK_N * G * 4, n * SLOT // 8, BLOCK_N * SLOT // 8, CH_P2,
                  16, LC)  # fmt: skip
     async_copy.commit_group()
 
 
 @gluon.jit
-def _scatter_side(tile, region, n_tok, ASM: gl.constexpr, DT: gl.constexpr, SLOT: gl.constexpr, D: gl.constexpr,
-                  BLOCK_N: gl.constexpr, LC: gl.constexpr):  # fmt: skip
-    """Zero the tile, then scatter the staged side into it (one token per lane); tokens at or past ``n_tok`` stay
-    zero. Leaves the staging region free."""
+def _scatter_side(tile, words_off, vals_off, n_tok, ASM: gl.constexpr, DT: gl.constexpr, SLOT: gl.constexpr,
+                  D: gl.constexpr, BLOCK_N: gl.constexpr, TILE_OFF: gl.constexpr, LC: gl.constexpr):  # fmt: skip
+    """Zero the tile, then scatter one staged side (words at shared byte ``words_off``, value slots at
+    ``vals_off``) into it, one token per lane; tokens at or past ``n_tok`` stay zero."""
     zl: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // D, D // 8], [1, 1], [1, 0])
     tile.store(gl.zeros([BLOCK_N, D], DT, layout=zl))
     gl.thread_barrier()
@@ -51,9 +51,9 @@ def _scatter_side(tile, region, n_tok, ASM: gl.constexpr, DT: gl.constexpr, SLOT
         ASM,
         "=r,r,r,r,r,r",
         [
-            region + r * (4 * G),
-            region + BLOCK_N * G * 4 + r * (2 * SLOT),
-            r * (2 * D),  # the tile sits at shared offset 0
+            words_off + r * (4 * G),
+            vals_off + r * (2 * SLOT),
+            TILE_OFF + r * (2 * D),
             (r % 8) * 8,
             (r < n_tok).to(gl.int32),
         ],
@@ -105,6 +105,9 @@ def _sc_sparse_decode_kernel(
     DEVICE_LEN: gl.constexpr,
     K_ASM: gl.constexpr,
     V_ASM: gl.constexpr,
+    SIDES: gl.constexpr,
+    SLOT_BYTES: gl.constexpr,
+    SPLIT: gl.constexpr,
 ):
     G: gl.constexpr = D // 32
     DT: gl.constexpr = q_ptr.dtype.element_ty
@@ -112,12 +115,22 @@ def _sc_sparse_decode_kernel(
     op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
     lc: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
-    # one allocation (so at shared offset 0; SMEM_WORDS a power of two): the dense tile at the layout the scatter
-    # PTX addresses, then the staging region, which only the PTX addresses (from REGION)
+    # the PTX addresses shared memory from global_smem: the staging ring at byte REGION, the dense tile at TILE_OFF.
+    # Gluon allocations are powers of two and the allocator puts the larger one first, so either the ring is its
+    # own (larger) allocation at 0 and the tile follows it, or both share one allocation, tile first
     TILE_W: gl.constexpr = BLOCK_N * D // 2
-    REGION: gl.constexpr = 4 * TILE_W
-    smem = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    tile = smem.slice(0, TILE_W)._reinterpret(DT, [BLOCK_N, D], gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
+    flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+    if SPLIT:
+        smem = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], flat)
+        tbuf = gl.allocate_shared_memory(gl.int32, [TILE_W], flat)
+        REGION: gl.constexpr = 0
+        TILE_OFF: gl.constexpr = 4 * SMEM_WORDS
+    else:
+        smem = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], flat)
+        tbuf = smem.slice(0, TILE_W)
+        REGION: gl.constexpr = 4 * TILE_W
+        TILE_OFF: gl.constexpr = 0
+    tile = tbuf._reinterpret(DT, [BLOCK_N, D], gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
 
     b = gl.program_id(0)
     h = gl.program_id(1)
@@ -135,23 +148,53 @@ def _sc_sparse_decode_kernel(
     start = s * tokens_per_split
     end = gl.minimum(start + tokens_per_split, T)
     ts_l: gl.constexpr = gl.SliceLayout(1, mma)
-    _issue_side(REGION, kb_row, kv_row, start, end, G, K_SLOT, BLOCK_N, K_CH_P2, lc)
+    # the ring holds SIDES slots, side n (K of tile n // 2 when n is even, else its V) in slot n % SIDES; before
+    # side n is decoded, side n + SIDES - 1 is issued into the slot side n - 1 just left
+    WB: gl.constexpr = BLOCK_N * G * 4
+    for j in gl.static_range(SIDES - 1):
+        if j % 2 == 0:
+            _issue_side(REGION + j * SLOT_BYTES, kb_row, kv_row, start + (j // 2) * BLOCK_N, end, G, K_SLOT, BLOCK_N,
+                        K_CH_P2, lc)  # fmt: skip
+        else:
+            _issue_side(REGION + j * SLOT_BYTES, vb_row, vv_row, start + (j // 2) * BLOCK_N, end, G, V_SLOT, BLOCK_N,
+                        V_CH_P2, lc)  # fmt: skip
+    n = 0
     for t0 in range(start, end, BLOCK_N):
+        ahead = REGION + ((n + SIDES - 1) % SIDES) * SLOT_BYTES
+        if SIDES % 2 == 1:  # side n + SIDES - 1 is a K side
+            _issue_side(
+                ahead, kb_row, kv_row, t0 + (SIDES // 2) * BLOCK_N, end, G, K_SLOT, BLOCK_N, K_CH_P2, lc
+            )
+        else:
+            _issue_side(
+                ahead, vb_row, vv_row, t0 + (SIDES // 2 - 1) * BLOCK_N, end, G, V_SLOT, BLOCK_N, V_CH_P2, lc
+            )
+        async_copy.wait_group(SIDES - 1)
+        gl.thread_barrier()  # K of this tile staged; every lane is done reading the dense tile (last P·V)
         n_tok = end - t0
-        async_copy.wait_group(0)
-        gl.thread_barrier()  # K staged; every lane is done reading the tile (last P·V)
-        _scatter_side(tile, REGION, n_tok, K_ASM, DT, K_SLOT, D, BLOCK_N, lc)
-        _issue_side(REGION, vb_row, vv_row, t0, end, G, V_SLOT, BLOCK_N, V_CH_P2, lc)
+        k_off = REGION + (n % SIDES) * SLOT_BYTES
+        _scatter_side(tile, k_off, k_off + WB, n_tok, K_ASM, DT, K_SLOT, D, BLOCK_N, TILE_OFF, lc)
         sc = mma_v2(tile.load(op_a), qt, gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=mma))
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
         p, m_i, l_i, acc = _softmax_step(sc, ts < end, m_i, l_i, acc, qk_scale)
-        async_copy.wait_group(0)
+        ahead = REGION + ((n + SIDES) % SIDES) * SLOT_BYTES
+        if SIDES % 2 == 1:  # side n + SIDES is a V side
+            _issue_side(
+                ahead, vb_row, vv_row, t0 + (SIDES // 2) * BLOCK_N, end, G, V_SLOT, BLOCK_N, V_CH_P2, lc
+            )
+        else:
+            _issue_side(
+                ahead, kb_row, kv_row, t0 + (SIDES // 2) * BLOCK_N, end, G, K_SLOT, BLOCK_N, K_CH_P2, lc
+            )
+        async_copy.wait_group(SIDES - 1)
         gl.thread_barrier()  # V staged; every lane is done reading the K tile
-        _scatter_side(tile, REGION, n_tok, V_ASM, DT, V_SLOT, D, BLOCK_N, lc)
-        _issue_side(REGION, kb_row, kv_row, t0 + BLOCK_N, end, G, K_SLOT, BLOCK_N, K_CH_P2, lc)
+        v_off = REGION + ((n + 1) % SIDES) * SLOT_BYTES
+        _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, DT, V_SLOT, D, BLOCK_N, TILE_OFF, lc)
         acc = mma_v2(tile.permute((1, 0)).load(op_a), gl.convert_layout(p.to(DT), op_b), acc)
+        n += 2
     async_copy.wait_group(0)
     smem._keep_alive()
+    tbuf._keep_alive()
     _finish(
         kw_ptr, vw_ptr, o_ptr, lse_ptr, qt, m_i, l_i, acc, b, h, s, num_splits, skwb, skwh, skwt, svwb, svwh,
         svwt, heads_kv, W_WIN, qk_scale, N_REP, D, BLOCK_H, BLOCK_N,

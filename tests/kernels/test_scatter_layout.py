@@ -1,0 +1,62 @@
+"""The scatter decoder's shared-memory plan, checked without a GPU: the ring chosen for hand-worked sizes, and
+the compiled sm_90 kernel (Triton's bundled ptxas) placing the dense tile where the scatter PTX writes it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from mustafar.kernels import decode
+
+pytest.importorskip("triton.experimental.gluon")
+
+
+@pytest.mark.parametrize(
+    "tile,side,expect",
+    [
+        # D=128 s=0.7 (slot 40, 3 KB sides): 8 KB tile + 9 KB ring is 24 KB split, 32 KB in one allocation
+        (8192, 3072, (3, 4096, True)),
+        # D=128 s=0.9 (slot 16, 1.5 KB sides): a 4.5 KB ring rounds to 8 KB either way; a tie keeps one allocation
+        (8192, 1536, (3, 4096, False)),
+        # a ring smaller than the tile cannot go first: one allocation
+        (8192, 1024, (3, 4096, False)),
+    ],
+)
+def test_ring_takes_three_sides_in_the_smaller_layout(tile, side, expect):
+    assert decode._scatter_ring(tile, side) == expect
+
+
+def _compile_offline(head_dim: int, sparsity: float) -> dict:
+    """Compile in a fresh process: this test session may run Triton in interpret mode, which cannot compile."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "mustafar.bench.offline",
+        "--head-dim",
+        str(head_dim),
+        "--sparsity",
+        str(sparsity),
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.mark.parametrize("head_dim,sparsity", [(128, 0.7), (128, 0.5), (64, 0.7)])
+def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(head_dim, sparsity):
+    k = _compile_offline(head_dim, sparsity)
+    ring = 4 * k["smem_words"]
+    tile = k["block_n"] * head_dim * 2
+    assert k["sides"] * k["slot_bytes"] <= (ring if k["split"] else ring - tile)
+    if k["split"]:  # the ring's allocation first (offset 0), the tile's after it: the PTX's TILE_OFF
+        assert k["shared_offsets"] == [ring]
+        assert k["shared_bytes"] == ring + tile
+    else:  # one allocation: the tile at 0, the ring after it
+        assert k["shared_offsets"] == []
+        assert k["shared_bytes"] == ring
+    assert k["spill_bytes"] == 0
