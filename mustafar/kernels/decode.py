@@ -45,7 +45,7 @@ from triton.language.extra import libdevice
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.decode_scatter import _sc_sparse_decode_kernel
 from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
-from mustafar.kernels.scatter_ptx import TOKENS_PER_TILE, scatter_asm
+from mustafar.kernels.scatter_ptx import TOKENS_PER_TILE, scatter_asm, score_asm
 from mustafar.kernels.support import interpreting
 
 _LOG2E = 1.4426950408889634
@@ -492,7 +492,9 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     return dict(
         _staged_constexprs(q, k_store, v_store, block_n),
         SMEM_WORDS=words,
-        K_ASM=scatter_asm(d, k_store.keep, k_store.slot),
+        K_ASM=score_asm(
+            d, k_store.keep, k_store.slot, q.shape[1] // k_store.heads, q.dtype == torch.bfloat16
+        ),
         V_ASM=scatter_asm(d, v_store.keep, v_store.slot),
         SIDES=sides,
         SLOT_BYTES=slot_bytes,

@@ -22,7 +22,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
-from mustafar.kernels.decode_staged import _copy_region, _finish, _softmax_step, _start
+from mustafar.kernels.decode_staged import _copy_region, _finish, _join8, _softmax_step, _start
 
 
 @gluon.jit
@@ -62,6 +62,37 @@ def _scatter_side(tile, words_off, vals_off, n_tok, ASM: gl.constexpr, DT: gl.co
         pack=1,
     )
     gl.thread_barrier()
+
+
+@gluon.jit
+def _q_pair(q_row, sqh, h0: gl.constexpr, word: gl.constexpr, N_REP: gl.constexpr, D: gl.constexpr,
+            LC: gl.constexpr):  # fmt: skip
+    """Query heads ``h0``, ``h0 + 1`` of the group at channel ``32·word + lane``, packed in one 32-bit lane
+    register (low half first; heads past the group and words past ``D`` are zero)."""
+    c = word * 32 + gl.arange(0, 32, layout=LC)
+    lo = gl.load(q_row + h0 * sqh + c, mask=(c < D) & (h0 < N_REP), other=0.0)
+    hi = gl.load(q_row + (h0 + 1) * sqh + c, mask=(c < D) & (h0 + 1 < N_REP), other=0.0)
+    lo = lo.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+    return lo | (hi.to(gl.int16, bitcast=True).to(gl.int32) << 16)
+
+
+@gluon.jit
+def _score_side(words_off, vals_off, n_tok, qp, ASM: gl.constexpr, SLOT: gl.constexpr, D: gl.constexpr,
+                BLOCK_N: gl.constexpr, LC: gl.constexpr):  # fmt: skip
+    """Scores [tokens, 8 heads] of one staged K side, one token per lane (:func:`scatter_ptx.score_asm`); ``qp``
+    the group's 16 query-pair lane registers (4 words x 4 pairs; zero past ``D``)."""
+    G: gl.constexpr = D // 32
+    r = gl.arange(0, BLOCK_N, layout=LC)
+    s0, s1, s2, s3, s4, s5, s6, s7 = gl.inline_asm_elementwise(
+        ASM,
+        "=f,=f,=f,=f,=f,=f,=f,=f,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r",
+        [words_off + r * (4 * G), vals_off + r * (2 * SLOT), (r < n_tok).to(gl.int32), qp[0], qp[1], qp[2], qp[3],
+         qp[4], qp[5], qp[6], qp[7], qp[8], qp[9], qp[10], qp[11], qp[12], qp[13], qp[14], qp[15]],
+        dtype=(gl.float32,) * 8,
+        is_pure=False,
+        pack=1,
+    )  # fmt: skip
+    return gl.reshape(_join8(s0, s1, s2, s3, s4, s5, s6, s7), [BLOCK_N, 8])  # head h at column h
 
 
 @gluon.jit
@@ -137,6 +168,17 @@ def _sc_sparse_decode_kernel(
     s = gl.program_id(2)
     qt, m_i, l_i = _start(q_ptr, sqb, sqh, b, h, N_REP, D, BLOCK_H)
     acc = gl.zeros([D, BLOCK_H], gl.float32, layout=mma)  # (Vᵀ p) [D, heads]
+    q_row = q_ptr + b.to(gl.int64) * sqb + (h * N_REP).to(gl.int64) * sqh
+    qp = (
+        _q_pair(q_row, sqh, 0, 0, N_REP, D, lc), _q_pair(q_row, sqh, 2, 0, N_REP, D, lc),
+        _q_pair(q_row, sqh, 4, 0, N_REP, D, lc), _q_pair(q_row, sqh, 6, 0, N_REP, D, lc),
+        _q_pair(q_row, sqh, 0, 1, N_REP, D, lc), _q_pair(q_row, sqh, 2, 1, N_REP, D, lc),
+        _q_pair(q_row, sqh, 4, 1, N_REP, D, lc), _q_pair(q_row, sqh, 6, 1, N_REP, D, lc),
+        _q_pair(q_row, sqh, 0, 2, N_REP, D, lc), _q_pair(q_row, sqh, 2, 2, N_REP, D, lc),
+        _q_pair(q_row, sqh, 4, 2, N_REP, D, lc), _q_pair(q_row, sqh, 6, 2, N_REP, D, lc),
+        _q_pair(q_row, sqh, 0, 3, N_REP, D, lc), _q_pair(q_row, sqh, 2, 3, N_REP, D, lc),
+        _q_pair(q_row, sqh, 4, 3, N_REP, D, lc), _q_pair(q_row, sqh, 6, 3, N_REP, D, lc),
+    )  # fmt: skip
 
     bh = b.to(gl.int64) * heads_kv + h
     kb_row = k_bits + bh * k_cap * G
@@ -173,8 +215,7 @@ def _sc_sparse_decode_kernel(
         gl.thread_barrier()  # K of this tile staged; every lane is done reading the dense tile (last P·V)
         n_tok = end - t0
         k_off = REGION + (n % SIDES) * SLOT_BYTES
-        _scatter_side(tile, k_off, k_off + WB, n_tok, K_ASM, DT, K_SLOT, D, BLOCK_N, TILE_OFF, lc)
-        sc = mma_v2(tile.load(op_a), qt, gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=mma))
+        sc = gl.convert_layout(_score_side(k_off, k_off + WB, n_tok, qp, K_ASM, K_SLOT, D, BLOCK_N, lc), mma)
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
         p, m_i, l_i, acc = _softmax_step(sc, ts < end, m_i, l_i, acc, qk_scale)
         ahead = REGION + ((n + SIDES) % SIDES) * SLOT_BYTES

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.reference import decode_attention_reference, pack_reference, topk_pack_reference
-from mustafar.kernels.scatter_ptx import store_quotas
+from mustafar.kernels.scatter_ptx import SCORE_HEADS, store_quotas
 from mustafar.kernels.support import HEAD_DIMS, gluon_capable
 
 BACKENDS = ("auto", "triton", "torch")
@@ -37,7 +37,7 @@ def resolve_backend(backend: str, device: torch.device, head_dim: int) -> str:
 def decoder_for(q: Tensor, k_store: CompressedStore, v_store: CompressedStore) -> str:
     """The Triton decoder for these inputs: ``"scatter"`` (its decode work scales with the kept values,
     :mod:`mustafar.kernels.decode_scatter`) where the staged decoder applies and both stores hold word quotas
-    (``keep_rule="word"``); ``"staged"`` (Gluon, :mod:`mustafar.kernels.decode_staged`) on a compiled sm_80+ GPU
+    (``keep_rule="word"``) and the GQA group has at most 8 query heads; ``"staged"`` (Gluon, :mod:`mustafar.kernels.decode_staged`) on a compiled sm_80+ GPU
     with fixed layouts on both sides, fp16/bf16, a supported head dim and a GQA group of at most 16 query heads;
     ``"portable"`` (plain Triton, also runs in the interpreter) for everything else."""
     staged = (
@@ -50,7 +50,8 @@ def decoder_for(q: Tensor, k_store: CompressedStore, v_store: CompressedStore) -
     )
     if not staged:
         return "portable"
-    return "scatter" if store_quotas(k_store) and store_quotas(v_store) else "staged"
+    scatter = store_quotas(k_store) and store_quotas(v_store) and q.shape[1] // k_store.heads <= SCORE_HEADS
+    return "scatter" if scatter else "staged"
 
 
 def pack_into(store: CompressedStore, rows: Tensor, mask: Tensor, backend: str = "auto") -> None:

@@ -73,3 +73,74 @@ def scatter_asm(head_dim: int, keep: int, slot: int) -> str:
         first += q
     lines += ["mov.u32 $0, 0;", "}"]
     return "\n".join(lines)
+
+
+SCORE_HEADS = 8  # score outputs of :func:`score_asm` (a GQA group of at most 8 query heads; the rest are 0)
+
+
+@functools.cache
+def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool) -> str:
+    """PTX that scores one token's kept keys against the group's queries without a dense tile.
+
+    Lane ``j`` holds ``q[32g + j]`` of every word ``g`` for all query heads (packed in pairs); walking its token's
+    kept bits like :func:`scatter_asm`, the lane fetches ``q`` at each kept channel from the lane that holds it
+    (``shfl.sync.idx``: conflict-free, where the scatter's 2-byte shared stores collide on banks) and accumulates
+    ``k·q`` in fp32. Every lane runs every step (the shuffles need the whole warp); invalid lanes walk zero words
+    and their scores are discarded by the caller.
+
+    Operands: ``$0 .. $7`` the scores of heads 0..7 (heads at or past ``n_rep``: 0); ``$8`` the token's bitmap
+    words and ``$9`` its value slots (byte offsets in the kernel's shared allocation); ``$10`` nonzero when the
+    token is valid; then ``q`` pairs, word-major: ``$11 + 4g + k`` holds heads ``2k, 2k+1`` at channel
+    ``32g + lane``."""
+    if not 1 <= n_rep <= SCORE_HEADS:
+        raise ValueError(f"score_asm serves GQA groups of 1 to {SCORE_HEADS} query heads, got {n_rep}")
+    quotas = word_quotas(head_dim, keep)
+    words = head_dim // 32
+    regs = slot // 2
+    pairs = (n_rep + 1) // 2
+    cvt = "cvt.f32.bf16" if bf16 else "cvt.f32.f16"
+    wvec = "{" + ", ".join(f"w{g}" for g in range(words)) + "}"
+    lines = [
+        "{",
+        ".reg .pred p;",
+        f".reg .b32 w<{words}>, v<{regs}>, x<{pairs}>, i, m, t, base;",
+        f".reg .f32 s<{n_rep}>, f, kf;",
+        ".reg .b16 lo, hi;",
+        "setp.ne.u32 p, $10, 0;",
+        "mov.u32 base, global_smem;",
+    ]
+    lines += [f"mov.b32 w{g}, 0;" for g in range(words)] + [
+        f"mov.f32 s{h}, 0f00000000;" for h in range(n_rep)
+    ]
+    lines += [
+        "add.u32 t, base, $8;",
+        f"@p ld.shared.v{words}.b32 {wvec}, [t];" if words > 1 else "@p ld.shared.b32 w0, [t];",
+        "add.u32 t, base, $9;",
+    ]
+    for c in range(regs // 4):
+        vec = "{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}"
+        lines.append(f"@p ld.shared.v4.b32 {vec}, [t+{16 * c}];")
+    first = 0
+    for g, q in enumerate(quotas):
+        for step in range(q):
+            j = first + q - 1 - step
+            lines += [
+                f"bfind.u32 i, w{g};",
+                "shl.b32 m, 1, i;",
+                f"xor.b32 w{g}, w{g}, m;",
+                f"mov.b32 {{lo, hi}}, v{j // 2};",
+                f"{cvt} kf, {'hi' if j % 2 else 'lo'};",
+            ]
+            for k in range(pairs):
+                lines += [
+                    f"shfl.sync.idx.b32 x{k}, ${11 + 4 * g + k}, i, 31, -1;",
+                    f"mov.b32 {{lo, hi}}, x{k};",
+                ]
+                for half, h in (("lo", 2 * k), ("hi", 2 * k + 1)):
+                    if h < n_rep:
+                        lines += [f"{cvt} f, {half};", f"fma.rn.f32 s{h}, kf, f, s{h};"]
+        first += q
+    lines += [f"mov.f32 ${h}, s{h};" for h in range(n_rep)]
+    lines += [f"mov.f32 ${h}, 0f00000000;" for h in range(n_rep, SCORE_HEADS)]
+    lines.append("}")
+    return "\n".join(lines)

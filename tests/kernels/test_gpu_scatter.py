@@ -56,7 +56,7 @@ def test_scatter_decode_matches_reference_on_gpu(poison, case, dtype, data):
 
     d, k_keep, v_keep = CASES[case]
     torch.manual_seed(hash(case) % 1000)
-    for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32)):
+    for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32), (1, 2, 7, 130, 3)):
         ks = _store(_rows(b, hkv, t, d, dtype, data), k_keep)
         vs = _store(_rows(b, hkv, t, d, dtype, data), v_keep)
         q = torch.randn(b, hkv * n_rep, d, device="cuda", dtype=dtype)

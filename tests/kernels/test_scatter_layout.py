@@ -54,9 +54,11 @@ def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(head_dim, sparsity
     tile = k["block_n"] * head_dim * 2
     assert k["sides"] * k["slot_bytes"] <= (ring if k["split"] else ring - tile)
     if k["split"]:  # the ring's allocation first (offset 0), the tile's after it: the PTX's TILE_OFF
-        assert k["shared_offsets"] == [ring]
-        assert k["shared_bytes"] == ring + tile
+        assert k["shared_offsets"][0] == ring
+        used = ring + tile
     else:  # one allocation: the tile at 0, the ring after it
-        assert k["shared_offsets"] == []
-        assert k["shared_bytes"] == ring
+        used = ring
+    # anything else the compiler allocates (the scores' layout conversion) lies past the tile and the ring
+    assert all(off >= used for off in k["shared_offsets"] if off != ring or not k["split"])
+    assert k["shared_bytes"] >= used
     assert k["spill_bytes"] == 0

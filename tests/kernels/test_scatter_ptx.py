@@ -16,7 +16,7 @@ import torch
 from mustafar.formats import CompressedStore
 from mustafar.formats.bitmap import pack_bitmap, padded_keep
 from mustafar.kernels import dispatch
-from mustafar.kernels.scatter_ptx import scatter_asm, store_quotas
+from mustafar.kernels.scatter_ptx import SCORE_HEADS, scatter_asm, score_asm, store_quotas
 from mustafar.pruning.keep import word_quotas, word_topk_mask
 
 SMEM_BASE = 0x400  # where the interpreter puts global_smem: a nonzero base catches a missing add
@@ -94,6 +94,79 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray) -> None:
 _parse_cached = functools.cache(_parse)
 
 
+def _f32(x: float) -> float:
+    return float(np.float32(x))
+
+
+def _half_to_f32(bits: int, bf16: bool) -> float:
+    if bf16:
+        return float(np.array([bits << 16], dtype=np.uint32).view(np.float32)[0])
+    return float(np.array([bits], dtype=np.uint16).view(np.float16)[0])
+
+
+def run_warp(asm: str, operands: list[list[int]], smem: np.ndarray) -> list[list[float]]:
+    """Execute ``asm`` for 32 lanes in lockstep (it has no branches; ``shfl.sync`` reads the other lanes'
+    registers); ``operands[lane]`` are that lane's inputs. Returns each lane's float outputs ``$0 ..``."""
+    n_out = 1 + max(int(x) for x in __import__("re").findall(r"mov\.f32 \$(\d+)", asm))
+    regs = [{"global_smem": SMEM_BASE} for _ in range(32)]
+    preds = [{} for _ in range(32)]
+    outs = [[0.0] * n_out for _ in range(32)]
+
+    def val(lane: int, x: str):
+        if x[0] == "$":
+            return operands[lane][int(x[1:]) - n_out]
+        if x.startswith("0f"):
+            return float(np.array([int(x[2:], 16)], dtype=np.uint32).view(np.float32)[0])
+        if x.lstrip("-")[0].isdigit():
+            return int(x)
+        return regs[lane].get(x, 0)
+
+    def addr(lane: int, x: str) -> int:
+        base, _, off = x.strip("[]").partition("+")
+        return val(lane, base) + int(off or 0) - SMEM_BASE
+
+    for guard, op, a in _parse_cached(asm):
+        if op.startswith("shfl.sync.idx"):
+            src = [val(lane, a[1]) for lane in range(32)]
+            for lane in range(32):
+                regs[lane][a[0]] = src[val(lane, a[2]) & 31]
+            continue
+        for lane in range(32):
+            r = regs[lane]
+            if guard and not preds[lane][guard]:
+                continue
+            if op.startswith("ld.shared"):
+                names, at = (a[0], a[1]) if isinstance(a[0], list) else ([a[0]], a[1])
+                words = smem[addr(lane, at) : addr(lane, at) + 4 * len(names)].view(np.uint32)
+                r.update({n: int(w) for n, w in zip(names, words)})
+            elif op == "mov.b32" and isinstance(a[0], list):
+                r[a[0][0]], r[a[0][1]] = val(lane, a[1]) & 0xFFFF, val(lane, a[1]) >> 16
+            elif op == "setp.ne.u32":
+                preds[lane][a[0]] = val(lane, a[1]) != val(lane, a[2])
+            elif op in ("mov.u32", "mov.b32", "mov.f32"):
+                if a[0][0] == "$":
+                    outs[lane][int(a[0][1:])] = val(lane, a[1])
+                else:
+                    r[a[0]] = val(lane, a[1])
+            elif op == "add.u32":
+                r[a[0]] = (val(lane, a[1]) + val(lane, a[2])) & 0xFFFFFFFF
+            elif op == "xor.b32":
+                r[a[0]] = val(lane, a[1]) ^ val(lane, a[2])
+            elif op == "shl.b32":
+                n = val(lane, a[2])
+                r[a[0]] = (val(lane, a[1]) << n) & 0xFFFFFFFF if n < 32 else 0
+            elif op == "bfind.u32":
+                v = val(lane, a[1])
+                r[a[0]] = v.bit_length() - 1 if v else 0xFFFFFFFF
+            elif op in ("cvt.f32.f16", "cvt.f32.bf16"):
+                r[a[0]] = _half_to_f32(val(lane, a[1]), op.endswith("bf16"))
+            elif op == "fma.rn.f32":
+                r[a[0]] = _f32(val(lane, a[1]) * val(lane, a[2]) + val(lane, a[3]))
+            else:
+                raise NotImplementedError(f"PTX op {op} {a}")
+    return outs
+
+
 def swizzled_offset(r: int, c: int, d: int) -> int:
     """Byte offset of element (r, c) of a [tokens, d] 2-byte tile in SwizzledSharedLayout(8, 1, 8, [1, 0]):
     8-element vectors, the vector index XORed with r mod 8."""
@@ -141,3 +214,54 @@ def test_dispatch_picks_scatter_only_for_word_quota_stores(monkeypatch):
     assert dispatch.decoder_for(q, quota, quota) == "scatter"
     assert dispatch.decoder_for(q, quota, plain) == "staged"
     assert dispatch.decoder_for(q.float(), quota, quota) == "portable"
+    # a GQA group of more than 8 query heads has no scatter scores: the staged decoder serves it
+    assert dispatch.decoder_for(torch.zeros(1, 18, 128, dtype=torch.float16), quota, quota) == "staged"
+
+
+@pytest.mark.parametrize(
+    "d,keep,n_rep,dtype",
+    [
+        (128, 38, 4, torch.float16),
+        (128, 64, 3, torch.float16),
+        (128, 38, 8, torch.bfloat16),
+        (64, 19, 1, torch.float16),
+        (64, 32, 7, torch.bfloat16),
+    ],
+)
+def test_score_ptx_equals_dense_keys_times_queries(d, keep, n_rep, dtype):
+    torch.manual_seed(d + keep + n_rep)
+    tokens, valid = 32, 27  # lanes >= valid walk zero words; their scores are not read
+    rows = torch.randn(tokens, d, dtype=dtype)
+    rows[5] = 0.0  # an all-zero token keeps `keep` zeros
+    q = torch.randn(n_rep, d, dtype=dtype)
+    mask = word_topk_mask(rows.float().abs(), keep)
+    slot = padded_keep(keep, 2)
+    words = pack_bitmap(mask).numpy().view(np.uint32)
+    vals = np.zeros((tokens, slot), dtype=np.uint16)
+    bits16 = rows.view(torch.int16).numpy().view(np.uint16)
+    for t in range(tokens):
+        vals[t, :keep] = bits16[t][mask[t].numpy()]
+    smem = np.zeros(words.nbytes + vals.nbytes, dtype=np.uint8)
+    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
+    smem[words.nbytes :] = vals.reshape(-1).view(np.uint8)
+    q16 = np.zeros((SCORE_HEADS, 128), dtype=np.uint16)
+    q16[:n_rep, :d] = q.view(torch.int16).numpy().view(np.uint16)
+    pairs = [
+        [
+            int(q16[2 * k, 32 * g + lane]) | int(q16[2 * k + 1, 32 * g + lane]) << 16
+            for g in range(4)
+            for k in range(4)
+        ]
+        for lane in range(32)
+    ]
+    ops = [[r * 4 * (d // 32), words.nbytes + r * 2 * slot, int(r < valid)] + pairs[r] for r in range(32)]
+    out = np.array(run_warp(score_asm(d, keep, slot, n_rep, dtype == torch.bfloat16), ops, smem))
+    dense = torch.where(mask, rows, torch.zeros_like(rows)).double()
+    expect = dense @ q.double().T
+    np.testing.assert_allclose(out[:valid, :n_rep], expect[:valid].numpy(), rtol=1e-5, atol=1e-5)
+    assert (out[:, n_rep:] == 0).all()
+
+
+def test_score_ptx_refuses_groups_over_eight_heads():
+    with pytest.raises(ValueError, match="1 to 8 query heads, got 9"):
+        score_asm(128, 38, 40, 9, False)
