@@ -1,19 +1,20 @@
 """The scatter sparse decoder (Gluon, "v7"): decode work proportional to the kept values, for word-quota stores.
 
 The default decoder for stores packed under the ``word`` keep rule (:func:`mustafar.kernels.dispatch.decoder_for`).
-Each program is one warp over 32-token tiles, one token per lane. Per tile and side (K, then V) it
+Each program is one warp over 32-token tiles, one token per lane:
 
-* copies the side's bitmap words and value slots (contiguous in the fixed layout) into one shared staging region
-  with ``cp.async``; the copy of V overlaps the K scores, the copy of the next tile's K overlaps P·V;
-* zeroes one dense [32, D] tile and scatters every lane's kept values into it: for bitmap word ``g`` exactly
-  ``q_g`` steps (highest set bit, clear it, one 2-byte shared store at the swizzled address), the PTX of
-  :mod:`mustafar.kernels.scatter_ptx` — about six instructions per kept value instead of five per dense element;
-* reads the tile back as the MMA operand (tokens on M, the GQA group padded to N = 8, as the staged decoder).
+* a ring of three staged sides (K or V of one tile: bitmap words and value slots, contiguous in the fixed layout),
+  filled by ``cp.async``: while one side is decoded the next two are in flight;
+* K is scored in registers: every lane walks its token's kept bits (compile-time trip counts per bitmap word) and
+  fetches the group's queries at each kept channel from the lane that holds them (``shfl.sync``), accumulating
+  ``k·q`` in fp32 (:func:`mustafar.kernels.scatter_ptx.score_asm`). No dense K tile, no shared-memory traffic
+  beyond the staged bytes: the kernel was bound by the shared-memory pipe (results/kernels/NOTES.md, round 7);
+* V is scattered into one zeroed, swizzled dense [32, D] tile (:func:`~mustafar.kernels.scatter_ptx.scatter_asm`)
+  that the P·V MMA reads (tokens on the MMA's K side, the GQA group padded to N = 8, as the staged decoder).
 
-One tile buffer and one staging region keep shared memory at 16 KB per program (D = 128), so up to 14 programs
-share an SM and hide each other's latency. Split/merge scheme, dense window and device-side length of static stores
-as in :mod:`mustafar.kernels.decode_staged`, whose window/output code it shares. Fixed layouts, fp16/bf16, head_dim
-64/128, GPU only.
+Split/merge scheme, dense window and device-side length of static stores as in
+:mod:`mustafar.kernels.decode_staged`, whose window/output code it shares. Fixed layouts, fp16/bf16, head_dim
+64/128, GQA groups of at most 8 query heads, GPU only.
 """
 
 from __future__ import annotations
