@@ -150,13 +150,15 @@ class CompressedStore:
             return [min(int(n), self.capacity) for n in self._length_dev.tolist()]
         return [self._length] * self.batch
 
-    def check_word_counts(self) -> None:
+    def check_word_counts(self, row_lengths: list[int] | None = None) -> None:
         """Raise unless every stored token of every row keeps exactly :attr:`quotas` entries per bitmap word (the
-        scatter decoder's invariant). Reads the whole store: for tests and debugging, not the hot path."""
+        scatter decoder's invariant). ``row_lengths``: tokens per batch row when a caller counts them itself (a
+        host-counted store of a padded static cache), default :meth:`row_lengths`. Reads the whole store: for
+        tests and debugging, not the hot path."""
         if self.quotas is None:
             raise ValueError("this store holds no word quotas (create it with word_quota=True)")
         want = torch.tensor(self.quotas, device=self.device)
-        for b, n in enumerate(self.row_lengths()):
+        for b, n in enumerate(self.row_lengths() if row_lengths is None else row_lengths):
             counts = unpack_bitmap(self.bits[b, :, :n], self.head_dim).view(self.heads, n, -1, 32).sum(-1)
             bad = (counts != want).any(-1).nonzero()
             if bad.numel():
