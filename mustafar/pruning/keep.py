@@ -58,8 +58,10 @@ def word_topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tenso
     words = s.reshape(*s.shape[:-1], n // 32, 32)
     order = torch.sort(words, dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(32, device=score.device).expand_as(order))
-    quota = torch.tensor(word_quotas(n, keep), device=score.device).unsqueeze(-1)
-    return (rank < quota).reshape(s.shape).movedim(-1, dim)
+    # the quotas of word_quotas, built on the device (no host copy: the static caches capture this in a CUDA graph)
+    w = n // 32
+    quota = (torch.arange(w, device=score.device) < keep % w).to(torch.int64) + keep // w
+    return (rank < quota.unsqueeze(-1)).reshape(s.shape).movedim(-1, dim)
 
 
 def fixed_count_mask(score: torch.Tensor, keep: int, word: bool, dim: int = -1) -> torch.Tensor:

@@ -17,6 +17,7 @@ from mustafar.graphs import DecodeRunner
 from mustafar.pruning import word_topk_mask
 from mustafar.runner_pool import release
 from mustafar.static_cache import StaticCompressedLayer, StaticMustafarCache, static_cache, static_reason
+from tests.unit.test_static_cache import _buffer_addresses, _forbid_host_reads
 
 WORD = [
     KVConfig(k_sparsity=0.7, v_sparsity=0.7, keep_rule="word"),
@@ -123,6 +124,31 @@ def test_static_equals_dynamic_step_by_step(tiny_llama, mode, policy, batch):
         assert ((k != 0).sum(-1) <= (38 if policy.k_sparsity == 0.7 else 32)).all()
     if mode == "compressed":
         assert check_stores(cache, policy) > 0
+
+
+@pytest.mark.parametrize("mode", ["mask", "compressed"])
+@pytest.mark.parametrize("policy", WORD[:3], ids=_id)
+def test_word_decode_step_is_capturable(tiny_llama, monkeypatch, mode, policy):
+    """The word selection inside a static decode step reads nothing on the host, indexes with no boolean mask and
+    keeps every buffer in place (what a CUDA graph needs; the check of tests/unit/test_static_cache.py)."""
+    policy = KVConfig(**{**policy.to_dict(), "mode": mode, "window": 4})
+    g = torch.Generator().manual_seed(11)
+    prompt, feed = torch.randint(0, 256, (2, 12), generator=g), torch.randint(0, 256, (2, 3), generator=g)
+    cache = static_cache(tiny_llama, policy, 12, 4)
+    with torch.inference_mode(), attach(tiny_llama, cache):
+        tiny_llama(input_ids=prompt, past_key_values=cache, use_cache=True, logits_to_keep=1)
+        runner = DecodeRunner(tiny_llama, cache, graphs=False)
+        before = _buffer_addresses(cache)
+        _forbid_host_reads(monkeypatch)
+        real_tensor = torch.tensor
+        monkeypatch.setattr(
+            torch, "tensor", lambda *a, **kw: pytest.fail("torch.tensor: a host-to-device copy")
+        )
+        for i in range(3):
+            runner.step(feed[:, i : i + 1], torch.full((2, 1), 12 + i))
+        monkeypatch.undo()
+    assert torch.tensor is real_tensor
+    assert _buffer_addresses(cache) == before
 
 
 @pytest.mark.parametrize("policy", WORD[:3], ids=_id)
