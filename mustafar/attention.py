@@ -16,7 +16,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from mustafar.architectures import compressed_refusal, text_config
+from mustafar.architectures import compressed_refusal, head_dim, text_config
 from mustafar.cache import CompressedLayer, MustafarCache, MustafarLayer, kernel_backend
 from mustafar.pruning import Observation, scores
 from mustafar.static_cache import StaticLayer
@@ -194,6 +194,11 @@ def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCac
         refusal = compressed_refusal(model.config, type(model).__name__, str(model.device))
         if refusal:
             raise ValueError(refusal)
+    if cache.policy.keep_rule == "word" and head_dim(model.config) % 32:
+        raise ValueError(
+            f"kv.keep_rule='word' splits each token into 32-channel words, but {type(model).__name__} has "
+            f"head_dim={head_dim(model.config)}, not a multiple of 32; use kv.keep_rule=exact"
+        )
     previous = model.config._attn_implementation
     modules = attention_modules(model)
     if len(cache.layers) < len(modules):

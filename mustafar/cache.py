@@ -19,7 +19,7 @@ from mustafar.config import KVConfig
 from mustafar.formats import CompressedStore
 from mustafar.formats.bitmap import fixed_token_nbytes, unpack_bitmap, variable_token_nbytes
 from mustafar.kernels import pack_into, topk_pack_into
-from mustafar.pruning import Observation, RowPruner, SidePruner, topk_mask
+from mustafar.pruning import Observation, RowPruner, SidePruner, fixed_count_mask
 
 
 class UnsupportedCacheOperation(RuntimeError):
@@ -41,6 +41,12 @@ def kernel_backend() -> str:
     MUSTAFAR_KERNEL_BACKEND=triton with TRITON_INTERPRET=1 runs the real kernels on a CPU (slow; for tests).
     """
     return os.environ.get("MUSTAFAR_KERNEL_BACKEND", "auto")
+
+
+def word_quota(policy: KVConfig, side: str) -> bool:
+    """Whether `side`'s stores hold word quotas: pruned sides under `keep_rule=word` (a side with sparsity 0 keeps
+    every entry, so its stores stay plain and the decoder choice follows from the pruned sides)."""
+    return policy.keep_rule == "word" and getattr(policy, side).active
 
 
 class MustafarLayer(DynamicLayer):
@@ -134,7 +140,13 @@ class CompressedLayer(MustafarLayer):
         b, h, _, d = key_states.shape
         self.stores = {
             side: CompressedStore(
-                b, h, d, key_states.dtype, key_states.device, keep=self.pruners[side].keep_for(d)
+                b,
+                h,
+                d,
+                key_states.dtype,
+                key_states.device,
+                keep=self.pruners[side].keep_for(d),
+                word_quota=word_quota(self.policy, side),
             )
             for side in ("k", "v")
         }
@@ -191,7 +203,8 @@ class CompressedLayer(MustafarLayer):
                 if mask is None:
                     lo = n + sum(c for c, _ in list(queue)[:i])
                     rows = tail[:, :, lo : lo + count]
-                    mask = topk_mask(rows.abs(), self.pruners[side].keep_for(rows.shape[-1]))
+                    keep = self.pruners[side].keep_for(rows.shape[-1])
+                    mask = fixed_count_mask(rows.abs(), keep, self.stores[side].word_quota)
                     rows.masked_fill_(~mask, 0)
                     queue[i] = (count, mask)
         if n:

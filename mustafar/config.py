@@ -7,7 +7,7 @@ from typing import Any
 
 DIRECTIONS = ("token", "channel")
 SCORERS = ("magnitude", "output_aware", "think")
-KEEP_RULES = ("exact", "reference")
+KEEP_RULES = ("exact", "reference", "word")
 MODES = ("mask", "compressed")
 ID_OPTIONAL: tuple[str, ...] = ()  # KVConfig fields left out of to_dict (hence job ids) at their default
 CHANNEL_GROUP = 32  # tokens per per-channel pruning group (docs/method.md §1)
@@ -82,6 +82,17 @@ class KVConfig:
                 object.__setattr__(self, f"{side}_direction", "token")
                 object.__setattr__(self, f"{side}_scorer", "magnitude")
         _choice("kv.keep_rule", self.keep_rule, KEEP_RULES)
+        if self.keep_rule == "word":
+            for side in ("k", "v"):
+                rule = getattr(self, side)
+                if rule.active and rule.direction != "token":
+                    # per-channel groups and ThinK rank over tokens or whole channels: no per-token words to split
+                    raise ConfigError(
+                        f"kv.keep_rule='word' splits each token's keep count over its 32-channel words and needs "
+                        f"per-token rules, but kv.{side}_direction={rule.direction!r} (kv.{side}_scorer="
+                        f"{rule.scorer!r}); allowed with word: kv.{side}_direction=token and kv.{side}_scorer="
+                        "magnitude or output_aware (or keep_rule exact/reference)"
+                    )
         _choice("kv.mode", self.mode, MODES)
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
             raise ConfigError(f"kv.window={self.window!r} must be an integer >= 0")
@@ -114,7 +125,7 @@ class KVConfig:
             ]
             parts.append(f"{side}{rule.sparsity:g}" + (f"[{tag}]" if tag else ""))
         suffix = f" w{self.window}" if self.window != 32 else ""
-        suffix += " ref" if self.keep_rule == "reference" else ""
+        suffix += {"exact": "", "reference": " ref", "word": " word"}[self.keep_rule]
         return " ".join(parts) + suffix
 
     def to_dict(self) -> dict[str, Any]:

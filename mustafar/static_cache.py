@@ -31,12 +31,19 @@ import warnings
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-from mustafar.cache import CacheStats, MustafarCache, MustafarLayer, UnattachedCacheError, kernel_backend
+from mustafar.cache import (
+    CacheStats,
+    MustafarCache,
+    MustafarLayer,
+    UnattachedCacheError,
+    kernel_backend,
+    word_quota,
+)
 from mustafar.config import KVConfig, PruneRule
 from mustafar.formats import CompressedStore, pack_bitmap, unpack_bitmap
 from mustafar.formats.bitmap import fixed_token_nbytes
 from mustafar.kernels import pack_into, resolve_backend, sparse_decode_attention, topk_pack_into
-from mustafar.pruning import Observation, SidePruner, keep_mask, scores, topk_mask
+from mustafar.pruning import Observation, SidePruner, fixed_count_mask, keep_mask, scores
 
 _SAID: set[str] = set()
 
@@ -81,7 +88,7 @@ def unsupported_reason(
                 "kv.v: output-aware values need attention weights, which the sparse decode op does not return"
             )
         for side, rule in (("k", policy.k), ("v", policy.v)):
-            if rule.active and rule.scorer == "magnitude" and policy.keep_rule != "exact":
+            if rule.active and rule.scorer == "magnitude" and policy.keep_rule == "reference":
                 return (
                     f"kv.{side}: the published magnitude threshold keeps a varying count per token; "
                     "the static store needs a fixed count"
@@ -402,7 +409,15 @@ class StaticCompressedLayer(StaticLayer):
         extra = {"static": True} if self.device_stores else {}
         self.stores = {
             s: CompressedStore(
-                batch, heads, head_dim, self.dtype, self.device, self.keep[s], capacity=self.capacity, **extra
+                batch,
+                heads,
+                head_dim,
+                self.dtype,
+                self.device,
+                self.keep[s],
+                capacity=self.capacity,
+                word_quota=word_quota(self.policy, s),
+                **extra,
             )
             for s in ("k", "v")
         }
@@ -452,7 +467,8 @@ class StaticCompressedLayer(StaticLayer):
             if self.device_stores:  # the Triton pack writes at the store's device length and advances it
                 topk_pack_into(self.stores[side], row, self.keep[side], kernel_backend())
                 continue
-            mask = topk_mask(self.leaving_score(side, row, slot), self.keep[side])
+            score = self.leaving_score(side, row, slot)
+            mask = fixed_count_mask(score, self.keep[side], self.stores[side].word_quota)
             pack_token_at(self.stores[side], row, self.keep[side], self.stored, mask)  # at each row's count
             self.stores[side].length += 1  # host mirror: the widest row's count
         self.stored += 1
@@ -525,9 +541,9 @@ def pack_token_at(
     store: CompressedStore, row: torch.Tensor, keep: int, at: torch.Tensor, mask: torch.Tensor | None = None
 ) -> None:
     """`row` [B, H, 1, D] under `mask` (`keep` entries per token; default: top-`keep` by |x|, ties to the lower
-    channel) into fixed-layout slot `at` (device: [1] for every batch row, or [B], one slot per row). The layout
-    equals `pack_into`'s; the slot index stays on the device (capturable)."""
-    mask = topk_mask(row.abs(), keep) if mask is None else mask
+    channel, per word on a `word_quota` store) into fixed-layout slot `at` (device: [1] for every batch row, or
+    [B], one slot per row). The layout equals `pack_into`'s; the slot index stays on the device (capturable)."""
+    mask = fixed_count_mask(row.abs(), keep, store.word_quota) if mask is None else mask
     kept_channels = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices[..., :keep]
     vals = torch.zeros(*row.shape[:3], store.slot, dtype=store.dtype, device=row.device)
     vals[..., :keep] = row.gather(-1, kept_channels)

@@ -26,6 +26,7 @@ CAPTIONS = {
     "value_pruning": "Value pruning (K dense): ThinK-V, per-channel magnitude / output-aware, per-token magnitude",
     "main_grid": "Main grid: per-token magnitude pruning of K, V or both vs dense and ThinK",
     "compression_accuracy": "Accuracy vs KV size: per-token magnitude K+V (Mustafar) vs ThinK K+V channels",
+    "word_quota": "Keep rules: exact top-k per token vs the word rule (the same count, per-32-channel-word quotas)",
 }
 NOTES = (
     "Average = `avg`: the paper's mean of the English task scores (Chinese tasks never enter it). "

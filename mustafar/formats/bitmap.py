@@ -17,6 +17,11 @@ needs 96 B at keep 38 (s = 0.7) and 144 B at keep 64 (s = 0.5), against 256 B de
 The store is data: it lays out, grows and accounts for its buffers, appends tokens that are already packed and
 unpacks them again. Pruning rows and packing them into a store is :mod:`mustafar.kernels`' job.
 
+**Word-quota stores** (``word_quota=True``, fixed layout only; the ``word`` keep rule): every token additionally
+keeps exactly ``quotas[g]`` entries in bitmap word ``g`` (:func:`mustafar.pruning.keep.word_quotas`), which lets the
+scatter decoder walk each word with a trip count known at compile time. The writers guarantee it; the store checks
+it only on demand (:meth:`CompressedStore.check_word_counts`), never on the append path.
+
 **Static stores** (``static=True``, fixed layout only) are what a CUDA graph can capture: their buffers are allocated
 once at ``capacity`` and never grow, and the token count lives on the device, in ``length_tensor`` (int32 [B], one
 count per batch row), instead of on the host. The Triton top-k pack writes each row's new tokens at that row's
@@ -31,6 +36,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+from mustafar.pruning.keep import word_quotas
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _ALIGN_BYTES = 16
@@ -131,6 +138,35 @@ class CompressedStore:
     @property
     def fixed(self) -> bool:
         return self.keep is not None
+
+    @property
+    def quotas(self) -> tuple[int, ...] | None:
+        """Entries every token keeps per 32-channel bitmap word when the store guarantees them (``word_quota``)."""
+        return word_quotas(self.head_dim, self.keep) if self.word_quota else None
+
+    def row_lengths(self) -> list[int]:
+        """Tokens held by each batch row (a static store's per-row device counts; a host synchronisation)."""
+        if self.static:
+            return [min(int(n), self.capacity) for n in self._length_dev.tolist()]
+        return [self._length] * self.batch
+
+    def check_word_counts(self, row_lengths: list[int] | None = None) -> None:
+        """Raise unless every stored token of every row keeps exactly :attr:`quotas` entries per bitmap word (the
+        scatter decoder's invariant). ``row_lengths``: tokens per batch row when a caller counts them itself (a
+        host-counted store of a padded static cache), default :meth:`row_lengths`. Reads the whole store: for
+        tests and debugging, not the hot path."""
+        if self.quotas is None:
+            raise ValueError("this store holds no word quotas (create it with word_quota=True)")
+        want = torch.tensor(self.quotas, device=self.device)
+        for b, n in enumerate(self.row_lengths() if row_lengths is None else row_lengths):
+            counts = unpack_bitmap(self.bits[b, :, :n], self.head_dim).view(self.heads, n, -1, 32).sum(-1)
+            bad = (counts != want).any(-1).nonzero()
+            if bad.numel():
+                h, t = bad[0].tolist()
+                raise ValueError(
+                    f"row {b}, head {h}, token {t} keeps {counts[h, t].tolist()} entries per word; "
+                    f"the store's quotas are {list(self.quotas)}"
+                )
 
     @property
     def capacity(self) -> int:

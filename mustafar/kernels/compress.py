@@ -2,11 +2,13 @@
 
 Two kernels:
 
-* ``_prune_pack_kernel`` (plain Triton; the CPU interpreter, fp32, variable layouts, unaligned rows), in two modes
-  (constexpr ``TOPK``): exact per-token top-``keep`` by |x| (a bitwise binary search for the threshold over the
-  integer key ``bits(x) & 0x7FFF`` (0x7FFFFFFF for fp32), which orders |x| exactly for finite values; entries
-  above the threshold are kept, ties at the threshold in channel order until the row holds ``keep``), or a given
-  kept pattern (any count in the variable layout).
+* ``_prune_pack_kernel`` (plain Triton; the CPU interpreter, fp32, variable layouts, unaligned rows, word-quota
+  stores), in two modes (constexpr ``TOPK``): exact per-token top-``keep`` by |x| (a bitwise binary search for the
+  threshold over the integer key ``bits(x) & 0x7FFF`` (0x7FFFFFFF for fp32), which orders |x| exactly for finite
+  values; entries above the threshold are kept, ties at the threshold in channel order until the row holds
+  ``keep``), or a given kept pattern (any count in the variable layout). With constexpr ``WORD`` (stores made with
+  ``word_quota=True``) the same search runs per 32-channel word against that word's quota, so the kernel packs the
+  ``word`` rule's pattern directly, also at a static store's per-row device counts.
 * ``_topk_pack_ptx_kernel`` (GPU, fixed layout, fp16/bf16, 16-byte aligned rows: every store a cache makes): the
   same top-k as one generated PTX program per row (:mod:`mustafar.kernels._topk_ptx`).
 
@@ -76,6 +78,7 @@ def _prune_pack_kernel(
     BLOCK_R: tl.constexpr,
     SWAR: tl.constexpr,
     DEVICE_OFF: tl.constexpr,
+    WORD: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     bh = tl.program_id(1)
@@ -91,7 +94,23 @@ def _prune_pack_kernel(
     x_off = b.to(tl.int64) * sxb + h.to(tl.int64) * sxh + r[:, None].to(tl.int64) * sxt + c[None, :]
     x = tl.load(x_ptr + x_off, mask=rmask[:, None], other=0.0)
 
-    if TOPK:
+    if TOPK and WORD:
+        # per 32-channel word g: top-q_g, q_g = KEEP // G (+1 for the first KEEP % G words), ties to the lower channel
+        G: tl.constexpr = D // 32
+        key = tl.reshape(_abs_key(x, KEY_BITS), [BLOCK_R, G, 32])
+        g = tl.arange(0, G)
+        quota = (KEEP // G + (g < KEEP % G).to(tl.int32))[None, :]
+        thr = tl.zeros([BLOCK_R, G], dtype=tl.int32)
+        for i in tl.static_range(KEY_BITS):
+            cand = thr | (1 << (KEY_BITS - 1 - i))
+            cnt = tl.sum((key >= cand[:, :, None]).to(tl.int32), axis=2)
+            thr = tl.where(cnt >= quota, cand, thr)
+        gt = key > thr[:, :, None]
+        eq = key == thr[:, :, None]
+        need = quota - tl.sum(gt.to(tl.int32), axis=2)
+        tie_rank = tl.cumsum(eq.to(tl.int32), axis=2)
+        keep = tl.reshape(gt | (eq & (tie_rank <= need[:, :, None])), [BLOCK_R, D])
+    elif TOPK:
         key = _abs_key(x, KEY_BITS)
         thr = tl.zeros([BLOCK_R], dtype=tl.int32)
         if SWAR:
@@ -206,10 +225,12 @@ def _topk_pack_ptx_kernel(
 
 
 def _ptx_ok(store: CompressedStore, rows: Tensor) -> bool:
-    """The PTX kernel's domain: a compiled sm_80+ GPU, the fixed layout, fp16/bf16, 16-byte aligned rows."""
+    """The PTX kernel's domain: a compiled sm_80+ GPU, the fixed layout without word quotas, fp16/bf16, 16-byte
+    aligned rows."""
     return (
         gluon_capable(rows.device)
         and store.fixed
+        and not store.word_quota
         and store.dtype in (torch.float16, torch.bfloat16)
         and rows.stride(-1) == 1
         and rows.data_ptr() % 16 == 0
@@ -287,13 +308,15 @@ def _launch_plain(
         BLOCK_R=_BLOCK_R,
         SWAR=store.dtype != torch.float32,
         DEVICE_OFF=device_off,
+        WORD=mask is None and store.word_quota,
         num_warps=_NUM_WARPS,
     )
 
 
 def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:
     """Fused exact top-``keep`` prune and pack of ``rows`` [B, H, n, D] into ``store`` (inputs validated by the
-    dispatcher): the PTX kernel where it applies, the plain-Triton one elsewhere. A static store is written at its
+    dispatcher; per-word quotas on a ``word_quota`` store): the PTX kernel where it applies, the plain-Triton one
+    elsewhere. A static store is written at its
     device count, which then advances on the device: no host synchronisation, capturable."""
     if rows.stride(-1) != 1:
         rows = rows.contiguous()

@@ -70,7 +70,8 @@ def pack_into(store: CompressedStore, rows: Tensor, mask: Tensor, backend: str =
 
 def topk_pack_into(store: CompressedStore, rows: Tensor, keep: int, backend: str = "auto") -> None:
     """Prune ``rows`` [B, H, n, D] to their per-token top-``keep`` by |x| (ties: lower channel first) and append
-    them to ``store``."""
+    them to ``store``; on a ``word_quota`` store the top-k runs per 32-channel word against the store's quotas
+    (the ``word`` keep rule)."""
     kind = resolve_backend(backend, rows.device, store.head_dim)
     store.check_rows(rows)
     if not 0 < keep <= store.head_dim:

@@ -6,7 +6,7 @@ import torch
 from torch import Tensor
 
 from mustafar.formats.bitmap import CompressedStore, pack_bitmap
-from mustafar.pruning.keep import topk_mask
+from mustafar.pruning.keep import fixed_count_mask
 
 
 def pack_reference(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
@@ -15,8 +15,9 @@ def pack_reference(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
 
 
 def topk_pack_reference(store: CompressedStore, rows: Tensor, keep: int) -> None:
-    """Exact per-token top-``keep`` by |x| (ties: lower channel first), then the reference pack."""
-    pack_reference(store, rows, topk_mask(rows.abs(), keep))
+    """Exact per-token top-``keep`` by |x| (ties: lower channel first; per-word quotas on a ``word_quota``
+    store), then the reference pack."""
+    pack_reference(store, rows, fixed_count_mask(rows.abs(), keep, store.word_quota))
 
 
 def decode_attention_reference(

@@ -2,11 +2,14 @@
 
 from mustafar.pruning.keep import (
     exact_keep,
+    fixed_count_mask,
     keep_mask,
     reference_think_keep,
     reference_topk_keep,
     threshold_mask,
     topk_mask,
+    word_quotas,
+    word_topk_mask,
 )
 from mustafar.pruning.pruner import Observation, RowPruner, SidePruner
 
@@ -15,9 +18,12 @@ __all__ = [
     "RowPruner",
     "SidePruner",
     "exact_keep",
+    "fixed_count_mask",
     "keep_mask",
     "reference_think_keep",
     "reference_topk_keep",
     "threshold_mask",
     "topk_mask",
+    "word_quotas",
+    "word_topk_mask",
 ]

@@ -1,7 +1,8 @@
-"""How many entries survive, and which: the two keep rules of docs/method.md §4.
+"""How many entries survive, and which: the three keep rules of docs/method.md §4.
 
 `exact` keeps round((1-s)·n) entries with a strict top-k whose ties go to the lower index, so every token (or
-channel group) holds the same count. `reference` reproduces the published code: magnitude rules keep every entry
+channel group) holds the same count. `word` keeps the same count per token, split into fixed quotas per 32-entry
+bitmap word (top-k within each word), which the scatter decoder's fixed trip counts need (per-token rules only). `reference` reproduces the published code: magnitude rules keep every entry
 >= the int(s·n)-th smallest |x| (n − int(s·n) + 1 plus ties), output-aware rules keep int(n·(1−s)), and ThinK
 drops the int(n·s) lowest channels, keeping n − int(n·s) (one more than int(n·(1−s)) when n·s is fractional).
 """
@@ -57,8 +58,16 @@ def word_topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tenso
     words = s.reshape(*s.shape[:-1], n // 32, 32)
     order = torch.sort(words, dim=-1, descending=True, stable=True).indices
     rank = torch.empty_like(order).scatter_(-1, order, torch.arange(32, device=score.device).expand_as(order))
-    quota = torch.tensor(word_quotas(n, keep), device=score.device).unsqueeze(-1)
-    return (rank < quota).reshape(s.shape).movedim(-1, dim)
+    # the quotas of word_quotas, built on the device (no host copy: the static caches capture this in a CUDA graph)
+    w = n // 32
+    quota = (torch.arange(w, device=score.device) < keep % w).to(torch.int64) + keep // w
+    return (rank < quota.unsqueeze(-1)).reshape(s.shape).movedim(-1, dim)
+
+
+def fixed_count_mask(score: torch.Tensor, keep: int, word: bool, dim: int = -1) -> torch.Tensor:
+    """``keep`` entries per set along ``dim``: the per-word quotas (``word``) or a plain top-k; what a fixed-layout
+    store holds, so the caches pick the variant from their store's ``word_quota``."""
+    return word_topk_mask(score, keep, dim) if word else topk_mask(score, keep, dim)
 
 
 def threshold_mask(magnitude: torch.Tensor, sparsity: float, dim: int = -1) -> torch.Tensor:
@@ -80,8 +89,8 @@ def keep_mask(
     n = score.shape[dim]
     if sparsity <= 0.0:
         return torch.ones_like(score, dtype=torch.bool)
-    if keep_rule == "exact":
-        return topk_mask(score, exact_keep(n, sparsity), dim)
+    if keep_rule in ("exact", "word"):
+        return fixed_count_mask(score, exact_keep(n, sparsity), keep_rule == "word", dim)
     if thresholded:
         return threshold_mask(score, sparsity, dim)
     return topk_mask(score, reference_topk_keep(n, sparsity), dim)

@@ -100,7 +100,7 @@ class SidePruner:
             return head_dim
         if self.rule.direction == "channel" and self.rule.scorer != "think":
             return None
-        if self.keep_rule == "exact":
+        if self.keep_rule in ("exact", "word"):  # word: the same count, split into per-word quotas
             return exact_keep(head_dim, self.rule.sparsity)
         if self.rule.scorer == "magnitude":
             return None
@@ -115,12 +115,13 @@ class SidePruner:
 
     @property
     def packs_topk(self) -> bool:
-        """True when the pattern is plain per-token magnitude top-k, which a store can prune and pack in one pass."""
+        """True when the pattern is plain per-token magnitude top-k (per word under ``word``, which the store
+        knows from its ``word_quota``), which a store can prune and pack in one pass."""
         return (
             self.rule.active
             and self.rule.direction == "token"
             and self.rule.scorer == "magnitude"
-            and self.keep_rule == "exact"
+            and self.keep_rule in ("exact", "word")
         )
 
     def step(
