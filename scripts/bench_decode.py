@@ -62,6 +62,9 @@ STATIC_FORMATS = {  # static caches, decoded eagerly and graph-replayed
     "dense-static": KVConfig(),
     "K0.5V0.5-static": KVConfig(k_sparsity=0.5, v_sparsity=0.5, mode="compressed"),
     "K0.7V0.7-static": KVConfig(k_sparsity=0.7, v_sparsity=0.7, mode="compressed"),
+    # the word keep rule: same keep counts, quotas per 32-channel word; the scatter decoder reads it
+    "K0.5V0.5-word-static": KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", mode="compressed"),
+    "K0.7V0.7-word-static": KVConfig(k_sparsity=0.7, v_sparsity=0.7, keep_rule="word", mode="compressed"),
 }
 ACTIVATION_RESERVE_GIB = (
     6.0  # left free when estimating the largest static batch (logits, scratch, graph pool)
@@ -388,7 +391,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--model", default="llama3_8b", choices=sorted(ARCHS))
     ap.add_argument("--context", type=int, default=16384)
     ap.add_argument("--batches", default="1,8,16")
-    ap.add_argument("--formats", default=",".join([*FORMATS, *STATIC_FORMATS]))
+    ap.add_argument(
+        "--formats", default=None, help="comma-separated; default: all (--quick: the static ones)"
+    )
     ap.add_argument("--steps", type=int, default=16)
     ap.add_argument("--max-batch", action="store_true", help="search each format's largest batch")
     ap.add_argument("--out", default="results/decode")
@@ -399,7 +404,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = ap.parse_args(argv)
     if args.quick:
-        args.formats, args.batches, args.steps, args.max_batch = ",".join(STATIC_FORMATS), "1,8", 8, True
+        args.formats = args.formats or ",".join(STATIC_FORMATS)
+        args.batches, args.steps, args.max_batch = "1,8", 8, True
+    args.formats = args.formats or ",".join([*FORMATS, *STATIC_FORMATS])
     if not torch.cuda.is_available():
         print(
             "bench_decode needs a CUDA GPU: speed and memory are never measured on the CPU or in mask mode.",
