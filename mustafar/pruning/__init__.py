@@ -2,6 +2,7 @@
 
 from mustafar.pruning.keep import (
     exact_keep,
+    head_topk_mask,
     keep_mask,
     reference_think_keep,
     reference_topk_keep,
@@ -15,6 +16,7 @@ __all__ = [
     "RowPruner",
     "SidePruner",
     "exact_keep",
+    "head_topk_mask",
     "keep_mask",
     "reference_think_keep",
     "reference_topk_keep",
