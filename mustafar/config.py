@@ -117,6 +117,8 @@ class KVConfig:
                 object.__setattr__(self, f"{side}_scorer", "magnitude")
         _choice("kv.keep_rule", self.keep_rule, KEEP_RULES)
         _choice("kv.mode", self.mode, MODES)
+        if self.k_sparsity == 0.0 and self.v_sparsity == 0.0:
+            object.__setattr__(self, "allocation", "uniform")  # nothing to allocate: one dense job id
         if self.allocation != "uniform":
             for side in ("k", "v"):
                 rule = getattr(self, side)
