@@ -125,10 +125,11 @@ def test_error_allocation_of_three_layers_equals_the_rule_computed_by_hand(mode)
     assert errors[0] < errors[1] < errors[2]
     expected = reference_keeps(errors, budget, exact_keep(32, 0.95), d)
     assert sum(expected) == 3 * budget and len(set(expected)) == 3
-    for layer, keep, k in zip(cache.layers, expected, keys):
+    for layer, keep in zip(cache.layers, expected):
         pruner = layer.pruners["k"]
         assert pruner.keeps.tolist() == [[keep]]
-        assert (pruner.kept, pruner.judged) == (n * keep, n * d)  # the layer's measured sparsity is 1 - keep/d
+        # the layer's measured sparsity is 1 - keep/d
+        assert (pruner.kept, pruner.judged) == (n * keep, n * d)
         pruned, _ = layer.dense_view()
         assert torch.equal((pruned[0, 0, :n] != 0).sum(-1), torch.full((n,), keep))
     stats = cache.stats()
