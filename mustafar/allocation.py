@@ -13,15 +13,26 @@ layer prunes its prompt with its own keeps (:class:`Allocator`).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
 from mustafar.config import KVConfig
 from mustafar.pruning import Observation, exact_keep
 
-if TYPE_CHECKING:
-    from mustafar.cache import MustafarLayer
+
+class AllocatedLayer(Protocol):
+    """What the allocator needs of a cache layer (`mustafar.cache.MustafarLayer`)."""
+
+    layer_idx: int
+    keys: torch.Tensor
+    values: torch.Tensor
+    pads: list[int] | None
+
+    def set_keeps(self, side: str, keeps: torch.Tensor) -> None: ...
+
+    def prune(self, obs: Observation) -> None: ...
+
 
 MAX_SPARSITY = 0.95  # no unit is pruned beyond this (its keep never drops below exact_keep(D, 0.95))
 
@@ -89,7 +100,7 @@ def _allocate_row(e: torch.Tensor, budget: int, lo: int, hi: int) -> torch.Tenso
 class Allocator:
     """Collects every layer's prefill errors, decides the keeps, then lets each layer prune its prompt."""
 
-    def __init__(self, policy: KVConfig, layers: list[MustafarLayer]):
+    def __init__(self, policy: KVConfig, layers: list[AllocatedLayer]):
         self.policy, self.layers = policy, layers
         self.decided = False
         self.reports: dict[int, tuple[Observation, dict[str, tuple[torch.Tensor, torch.Tensor]]]] = {}
@@ -101,7 +112,7 @@ class Allocator:
     def uniform_keep(self, side: str, head_dim: int) -> int:
         return exact_keep(head_dim, getattr(self.policy, side).sparsity)
 
-    def report(self, layer: MustafarLayer, obs: Observation) -> None:
+    def report(self, layer: AllocatedLayer, obs: Observation) -> None:
         """Layer `layer`'s prefill: measure its errors and hold its pruning until every layer has reported."""
         keys, values = layer.keys, layer.values
         n = max(0, keys.shape[2] - self.policy.window)  # the prompt tokens prefill prunes
