@@ -120,7 +120,8 @@ class Allocator:
         for side, tensor in (("k", keys), ("v", values)):
             if side in self.sides():
                 keep = self.uniform_keep(side, tensor.shape[-1])
-                terms[side] = pruning_error_terms(tensor[:, :, :n], keep, layer.pads)
+                # on the host: layers may live on different devices (device_map=auto)
+                terms[side] = tuple(t.cpu() for t in pruning_error_terms(tensor[:, :, :n], keep, layer.pads))
         self.reports[layer.layer_idx] = (obs, terms)
         if len(self.reports) == len(self.layers):
             self._decide()

@@ -105,6 +105,9 @@ class KVConfig:
                     f"kv.{side}_sparsity at 0 (it is set to the list's mean)"
                 )
             object.__setattr__(self, f"{side}_sparsity", mean)
+            if len(set(layers)) == 1:  # one value for every layer is the uniform policy: the same job id
+                object.__setattr__(self, key, ())
+                object.__setattr__(self, f"{side}_sparsity", layers[0])
         for side in ("k", "v"):
             _choice(f"kv.{side}_direction", getattr(self, f"{side}_direction"), DIRECTIONS)
             _choice(f"kv.{side}_scorer", getattr(self, f"{side}_scorer"), SCORERS)

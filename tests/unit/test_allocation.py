@@ -162,4 +162,6 @@ def test_existing_job_ids_do_not_change_and_dense_ignores_the_allocation():
     data = KVConfig(k_sparsity=0.7, v_sparsity=0.7).to_dict()
     assert not {"k_layer_sparsity", "v_layer_sparsity", "allocation"} & set(data)
     assert KVConfig(allocation="error") == KVConfig()
+    same = KVConfig(k_layer_sparsity=[0.7, 0.7], v_layer_sparsity=[0.0, 0.0])
+    assert same == KVConfig(k_sparsity=0.7) and same.to_dict() == KVConfig(k_sparsity=0.7).to_dict()
     assert KVConfig(k_sparsity=0.7, allocation="error").to_dict()["allocation"] == "error"
