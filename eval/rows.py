@@ -78,6 +78,10 @@ class ResultRow:
     ci_high: float | None
     samples: list[float] | None = None  # task rows: per-sample scores in sample order
     pruning_inactive: bool = False  # a pruned policy measured 0 sparsity (window covers every sequence)
+    # KVConfig fields added later (left out of rows, like job ids, at their default)
+    k_layer_sparsity: list[float] | None = None
+    v_layer_sparsity: list[float] | None = None
+    allocation: str = "uniform"
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResultRow:

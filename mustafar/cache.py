@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
 
+from mustafar.allocation import Allocator
 from mustafar.config import KVConfig
 from mustafar.formats import CompressedStore
 from mustafar.formats.bitmap import fixed_token_nbytes, unpack_bitmap, variable_token_nbytes
@@ -54,14 +55,15 @@ class MustafarLayer(DynamicLayer):
 
     is_croppable = False
 
-    def __init__(self, policy: KVConfig):
+    def __init__(self, policy: KVConfig, layer_idx: int = 0):
         super().__init__()
-        self.policy = policy
+        self.policy, self.layer_idx = policy, layer_idx
+        self.rules = {side: policy.layer_rule(side, layer_idx) for side in ("k", "v")}  # this layer's rules
         self.bound = False  # set by `mustafar.attach`: only the mustafar attention function prunes
         self.pruners = {
-            "k": SidePruner(policy.k, "k", policy.keep_rule, policy.window),
-            "v": SidePruner(policy.v, "v", policy.keep_rule, policy.window),
+            side: SidePruner(rule, side, policy.keep_rule, policy.window) for side, rule in self.rules.items()
         }
+        self.allocator: Allocator | None = None  # set by MustafarCache when kv.allocation is not uniform
         self.pads: list[int] | None = None  # left-pad columns per row, see set_padding
         self.pad_columns: torch.Tensor | None = None  # the same on the cache's device
 
@@ -71,7 +73,7 @@ class MustafarLayer(DynamicLayer):
             raise RuntimeError("set_padding must be called before the prompt is pruned")
         self.pads = list(pads)
         self.pad_columns = torch.tensor(self.pads, dtype=torch.long, device=device)
-        for side, rule in (("k", self.policy.k), ("v", self.policy.v)):
+        for side, rule in self.rules.items():
             if rule.active and rule.direction == "channel":  # ThinK included: its direction is "channel"
                 self.pruners[side] = RowPruner(
                     rule, side, self.policy.keep_rule, self.policy.window, self.pads
@@ -98,7 +100,18 @@ class MustafarLayer(DynamicLayer):
         return {p.needs for p in self.pruners.values() if p.needs}
 
     def after_attention(self, obs: Observation) -> None:
+        """Prune after an attention call; under an allocation the prompt waits until every layer has reported."""
+        if self.allocator is not None and not self.allocator.decided:
+            self.allocator.report(self, obs)
+        else:
+            self.prune(obs)
+
+    def prune(self, obs: Observation) -> None:
         raise NotImplementedError
+
+    def set_keeps(self, side: str, keeps: torch.Tensor) -> None:
+        """Per-(row, KV head) keep counts [B, H] of `side`, from the allocation."""
+        self.pruners[side].set_keeps(keeps)
 
     def crop(self, tokens_to_remove: int) -> None:
         raise UnsupportedCacheOperation("a pruned KV cache cannot be cropped (assisted/speculative decoding)")
@@ -113,7 +126,7 @@ class MustafarLayer(DynamicLayer):
 class MaskedLayer(MustafarLayer):
     """Pruned entries are zeros in the dense cache (`self.keys`, `self.values` as in DynamicLayer)."""
 
-    def after_attention(self, obs: Observation) -> None:
+    def prune(self, obs: Observation) -> None:
         for side, tensor in (("k", self.keys), ("v", self.values)):
             pruner = self.pruners[side]
             start = pruner.final
@@ -162,7 +175,17 @@ class CompressedLayer(MustafarLayer):
     def stored(self) -> int:
         return self.stores["k"].length if self.is_initialized else 0
 
-    def after_attention(self, obs: Observation) -> None:
+    def set_keeps(self, side: str, keeps: torch.Tensor) -> None:
+        """As MustafarLayer's; the (still empty) store of `side` is rebuilt for the new keep (None: one keep per
+        (row, head) is not shared, so the variable layout)."""
+        super().set_keeps(side, keeps)
+        old = self.stores[side]
+        keep = self.pruners[side].keep_for(old.head_dim)
+        self.stores[side] = CompressedStore(
+            old.batch, old.heads, old.head_dim, old.dtype, old.device, keep=keep
+        )
+
+    def prune(self, obs: Observation) -> None:
         if self.policy.dense:  # nothing to compress: the tail is the whole (dense) cache
             return
         for side, tail in (("k", self.keys), ("v", self.values)):
@@ -281,9 +304,14 @@ class MustafarCache(Cache):
     """A `Cache` of pruning layers for `model.generate(past_key_values=...)`; attach it with `mustafar.attach` (or use `mustafar.prune`)."""
 
     def __init__(self, policy: KVConfig, num_layers: int):
+        policy.check_layers(num_layers)
         layer_cls = MaskedLayer if policy.mode == "mask" else CompressedLayer
-        super().__init__(layers=[layer_cls(policy) for _ in range(num_layers)])
+        super().__init__(layers=[layer_cls(policy, i) for i in range(num_layers)])
         self.policy = policy
+        if policy.allocation != "uniform":
+            allocator = Allocator(policy, self.layers)
+            for layer in self.layers:
+                layer.allocator = allocator
 
     def set_padding(self, pads: list[int], device: torch.device | str = "cpu") -> None:
         """Declare the left-pad columns of each row before the prompt enters (`mustafar.generate` does this).

@@ -9,7 +9,9 @@ DIRECTIONS = ("token", "channel")
 SCORERS = ("magnitude", "output_aware", "think")
 KEEP_RULES = ("exact", "reference", "word")
 MODES = ("mask", "compressed")
-ID_OPTIONAL: tuple[str, ...] = ()  # KVConfig fields left out of to_dict (hence job ids) at their default
+ALLOCATIONS = ("uniform", "error", "error_head")
+# KVConfig fields left out of to_dict (hence job ids) at their default
+ID_OPTIONAL: tuple[str, ...] = ("k_layer_sparsity", "v_layer_sparsity", "allocation")
 CHANNEL_GROUP = 32  # tokens per per-channel pruning group (docs/method.md §1)
 
 
@@ -32,6 +34,15 @@ def _sparsity(key: str, value: Any) -> float:
             f"{key}={value!r} is outside [0, 1): sparsity is the fraction of entries set to zero"
         )
     return s
+
+
+def _layer_list(key: str, value: Any) -> tuple[float, ...]:
+    """A per-layer sparsity list as a tuple (hashable, serialisable), each entry checked like a sparsity."""
+    if value is None:
+        return ()
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise ConfigError(f"{key}={value!r} must be a list of sparsities, one per layer, each in [0, 1)")
+    return tuple(_sparsity(f"{key}[{i}]", v) for i, v in enumerate(value))
 
 
 @dataclass(frozen=True)
@@ -67,10 +78,36 @@ class KVConfig:
     window: int = 32
     keep_rule: str = "exact"
     mode: str = "mask"
+    k_layer_sparsity: tuple[float, ...] = ()  # one K sparsity per layer; k_sparsity becomes their mean
+    v_layer_sparsity: tuple[float, ...] = ()
+    allocation: str = "uniform"  # how the K/V budget is spread over layers or heads (mustafar.allocation)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k_sparsity", _sparsity("kv.k_sparsity", self.k_sparsity))
         object.__setattr__(self, "v_sparsity", _sparsity("kv.v_sparsity", self.v_sparsity))
+        _choice("kv.allocation", self.allocation, ALLOCATIONS)
+        for side in ("k", "v"):
+            key = f"{side}_layer_sparsity"
+            layers = _layer_list(f"kv.{key}", getattr(self, key))
+            object.__setattr__(self, key, layers)
+            if not layers:
+                continue
+            if self.allocation != "uniform":
+                raise ConfigError(
+                    f"kv.{key} and kv.allocation={self.allocation!r} are mutually exclusive: give explicit "
+                    "per-layer lists or an allocation rule (uniform, error, error_head), not both"
+                )
+            mean = sum(layers) / len(layers)
+            given = getattr(self, f"{side}_sparsity")
+            if given != 0.0 and abs(given - mean) > 1e-9:
+                raise ConfigError(
+                    f"kv.{side}_sparsity={given!r} disagrees with the mean {mean:g} of kv.{key}; leave "
+                    f"kv.{side}_sparsity at 0 (it is set to the list's mean)"
+                )
+            object.__setattr__(self, f"{side}_sparsity", mean)
+            if len(set(layers)) == 1:  # one value for every layer is the uniform policy: the same job id
+                object.__setattr__(self, key, ())
+                object.__setattr__(self, f"{side}_sparsity", layers[0])
         for side in ("k", "v"):
             _choice(f"kv.{side}_direction", getattr(self, f"{side}_direction"), DIRECTIONS)
             _choice(f"kv.{side}_scorer", getattr(self, f"{side}_scorer"), SCORERS)
@@ -94,8 +131,40 @@ class KVConfig:
                         "magnitude or output_aware (or keep_rule exact/reference)"
                     )
         _choice("kv.mode", self.mode, MODES)
+        if self.k_sparsity == 0.0 and self.v_sparsity == 0.0:
+            object.__setattr__(self, "allocation", "uniform")  # nothing to allocate: one dense job id
+        if self.allocation != "uniform":
+            for side in ("k", "v"):
+                rule = getattr(self, side)
+                if rule.active and (rule.direction != "token" or rule.scorer == "think"):
+                    raise ConfigError(
+                        f"kv.allocation={self.allocation!r} needs per-token rules, got kv.{side}: {rule.label()} "
+                        "(allowed scorers: magnitude, output_aware with direction token)"
+                    )
+            if self.keep_rule != "exact":
+                raise ConfigError(
+                    f"kv.allocation={self.allocation!r} needs kv.keep_rule=exact (one keep count per token), "
+                    f"got {self.keep_rule!r}"
+                )
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
             raise ConfigError(f"kv.window={self.window!r} must be an integer >= 0")
+
+    def layer_rule(self, side: str, layer: int) -> PruneRule:
+        """Layer `layer`'s rule for `side` ("k" or "v"): its list entry if lists are given, else the shared rule."""
+        rule = getattr(self, side)
+        layers = getattr(self, f"{side}_layer_sparsity")
+        if not layers:
+            return rule
+        return PruneRule(layers[layer], rule.direction, rule.scorer)
+
+    def check_layers(self, num_layers: int) -> None:
+        """Raise unless every per-layer list has one entry per layer of the model."""
+        for side in ("k", "v"):
+            layers = getattr(self, f"{side}_layer_sparsity")
+            if layers and len(layers) != num_layers:
+                raise ConfigError(
+                    f"kv.{side}_layer_sparsity has {len(layers)} entries but the model has {num_layers} layers"
+                )
 
     @property
     def k(self) -> PruneRule:
@@ -126,6 +195,8 @@ class KVConfig:
             parts.append(f"{side}{rule.sparsity:g}" + (f"[{tag}]" if tag else ""))
         suffix = f" w{self.window}" if self.window != 32 else ""
         suffix += {"exact": "", "reference": " ref", "word": " word"}[self.keep_rule]
+        suffix += " per-layer" if self.k_layer_sparsity or self.v_layer_sparsity else ""
+        suffix += f" alloc-{self.allocation}" if self.allocation != "uniform" else ""
         return " ".join(parts) + suffix
 
     def to_dict(self) -> dict[str, Any]:

@@ -74,6 +74,11 @@ def unsupported_reason(
     real tokens) cannot use a static cache (None when it can)."""
     if policy.dense:
         return None
+    if policy.allocation != "uniform":
+        return (
+            f"kv.allocation={policy.allocation} decides each layer's keep from the whole prompt at prefill, "
+            "after the static stores are sized"
+        )
     if padded and any(rule.active and rule.scorer == "think" for rule in (policy.k, policy.v)):
         return "ThinK decides each padded row separately (per-row channel scores)"
     for side, rule in (("k", policy.k), ("v", policy.v)):
@@ -119,8 +124,8 @@ def masked_decode_attention(
 class StaticLayer(MustafarLayer):
     """Common part: capacity, the device length and its host mirror, prefill through the dynamic schedule."""
 
-    def __init__(self, policy: KVConfig, capacity: int):
-        super().__init__(policy)
+    def __init__(self, policy: KVConfig, capacity: int, layer_idx: int = 0):
+        super().__init__(policy, layer_idx)
         self.capacity = capacity
         self.host_length = 0  # host mirror of `length`; `mustafar.graphs` advances it for replayed steps
 
@@ -182,7 +187,7 @@ class StaticLayer(MustafarLayer):
         self.host_length = 0
         self.pruners = {
             s: SidePruner(rule, s, self.policy.keep_rule, self.policy.window)
-            for s, rule in (("k", self.policy.k), ("v", self.policy.v))
+            for s, rule in self.rules.items()
         }
         self.pads = None  # `pad_columns` stays: the buffer `set_padding` refills
         for value in list(vars(self).values()):
@@ -629,7 +634,9 @@ class StaticMustafarCache(MustafarCache):
             layer_cls = StaticDenseLayer
         else:
             layer_cls = StaticMaskLayer if policy.mode == "mask" else StaticCompressedLayer
-        super(MustafarCache, self).__init__(layers=[layer_cls(policy, capacity) for _ in range(num_layers)])
+        policy.check_layers(num_layers)
+        layers = [layer_cls(policy, capacity, i) for i in range(num_layers)]
+        super(MustafarCache, self).__init__(layers=layers)
         self.policy, self.capacity, self.head_dim = policy, capacity, head_dim
 
     def advance(self, steps: int = 1) -> None:

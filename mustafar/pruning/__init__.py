@@ -3,6 +3,7 @@
 from mustafar.pruning.keep import (
     exact_keep,
     fixed_count_mask,
+    head_topk_mask,
     keep_mask,
     reference_think_keep,
     reference_topk_keep,
@@ -19,6 +20,7 @@ __all__ = [
     "SidePruner",
     "exact_keep",
     "fixed_count_mask",
+    "head_topk_mask",
     "keep_mask",
     "reference_think_keep",
     "reference_topk_keep",

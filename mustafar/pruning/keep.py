@@ -41,6 +41,15 @@ def topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tensor:
     return mask.scatter_(dim, order.narrow(dim, 0, keep), True)
 
 
+def head_topk_mask(score: torch.Tensor, keeps: torch.Tensor) -> torch.Tensor:
+    """Per-token top-k of `score` [B, H, n, D] keeping `keeps[b, h]` entries in row b, head h (ties to the lower
+    channel, as :func:`topk_mask`)."""
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+    ranks = torch.arange(score.shape[-1], device=score.device).expand_as(order)
+    rank = torch.empty_like(order).scatter_(-1, order, ranks)
+    return rank < keeps.view(*keeps.shape, 1, 1)
+
+
 def word_quotas(head_dim: int, keep: int) -> tuple[int, ...]:
     """Entries each 32-channel word keeps under the ``word`` rule: keep // W, one more for the first keep mod W
     words (W = head_dim / 32)."""

@@ -32,7 +32,14 @@ import torch
 
 from mustafar.config import CHANNEL_GROUP, PruneRule
 from mustafar.pruning import scores
-from mustafar.pruning.keep import exact_keep, keep_mask, reference_think_keep, reference_topk_keep, topk_mask
+from mustafar.pruning.keep import (
+    exact_keep,
+    head_topk_mask,
+    keep_mask,
+    reference_think_keep,
+    reference_topk_keep,
+    topk_mask,
+)
 
 
 @dataclass
@@ -67,6 +74,19 @@ class SidePruner:
         # entries kept / judged per row, for the measured sparsity; accumulated on the device (no sync per step)
         self._kept: int | torch.Tensor = 0
         self._judged: int | torch.Tensor = 0
+        # per-token keep per (row, KV head) [B, H] from an allocation (mustafar.allocation); None: the rule's keep
+        self.keeps: torch.Tensor | None = None
+        self._one_keep: int | None = None  # that keep when every (row, head) shares it
+
+    def set_keeps(self, keeps: torch.Tensor) -> None:
+        """Per-(row, KV head) keep counts for per-token exact rules, decided before the prompt is pruned."""
+        if self.prefilled or self.rule.direction != "token" or self.keep_rule != "exact":
+            raise RuntimeError(
+                "keeps are set before prefill pruning, for per-token rules under keep_rule=exact"
+            )
+        self.keeps = keeps.long()
+        first = int(self.keeps.flatten()[0])
+        self._one_keep = first if bool((self.keeps == first).all()) else None
 
     @property
     def kept(self) -> int:
@@ -98,6 +118,8 @@ class SidePruner:
         per-channel groups and the published magnitude threshold (which keeps ties) give varying counts."""
         if not self.rule.active:
             return head_dim
+        if self.keeps is not None:
+            return self._one_keep
         if self.rule.direction == "channel" and self.rule.scorer != "think":
             return None
         if self.keep_rule in ("exact", "word"):  # word: the same count, split into per-word quotas
@@ -122,6 +144,7 @@ class SidePruner:
             and self.rule.direction == "token"
             and self.rule.scorer == "magnitude"
             and self.keep_rule in ("exact", "word")
+            and (self.keeps is None or self._one_keep is not None)
         )
 
     def step(
@@ -148,10 +171,12 @@ class SidePruner:
             return 0, None
         rows = tail[:, :, :n]
         if not want_mask and self.packs_topk:
-            self._finish(n, None, rows=rows, keep=exact_keep(rows.shape[-1], self.rule.sparsity))
+            self._finish(n, None, rows=rows, keep=self.keep_for(rows.shape[-1]))
             return n, None
         score = self._score(rows, n)
-        if self.rule.direction == "token":
+        if self.keeps is not None:
+            mask = head_topk_mask(score, self.keeps)
+        elif self.rule.direction == "token":
             mask = keep_mask(score, self.rule.sparsity, self.keep_rule, self._thresholded)
         elif prefill and self.ranks_prompt:
             mask = keep_mask(score, self.rule.sparsity, self.keep_rule, self._thresholded, dim=2)

@@ -1,0 +1,150 @@
+"""Spreading a K/V sparsity budget over layers or KV heads by their measured pruning error (docs/method.md §7).
+
+`kv.allocation=error` gives every layer, `error_head` every (layer, KV head), its own per-token keep count,
+decided once per sample at prefill: each unit's relative Frobenius error of magnitude top-k pruning at the
+uniform keep is measured on the prompt tokens that prefill prunes, and the units share the budget (the uniform
+keep times the number of units) in proportion to that error, clamped and rounded by :func:`allocate_keeps`.
+Each row of a batch is decided from its own real tokens, so it gets the keeps it would get alone.
+
+Layers run one after another, but the decision needs every layer's error: a layer's prefill pruning is therefore
+deferred until the last layer has reported (prefill attention is dense anyway, so no output changes), then every
+layer prunes its prompt with its own keeps (:class:`Allocator`).
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import torch
+
+from mustafar.config import KVConfig
+from mustafar.pruning import Observation, exact_keep
+
+
+class AllocatedLayer(Protocol):
+    """What the allocator needs of a cache layer (`mustafar.cache.MustafarLayer`)."""
+
+    layer_idx: int
+    keys: torch.Tensor
+    values: torch.Tensor
+    pads: list[int] | None
+
+    def set_keeps(self, side: str, keeps: torch.Tensor) -> None: ...
+
+    def prune(self, obs: Observation) -> None: ...
+
+
+MAX_SPARSITY = 0.95  # no unit is pruned beyond this (its keep never drops below exact_keep(D, 0.95))
+
+
+def pruning_error_terms(
+    rows: torch.Tensor, keep: int, pads: list[int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Squared Frobenius norms per (row, head) [B, H] of what per-token top-`keep` magnitude pruning drops from
+    `rows` [B, H, n, D], and of `rows` itself; columns before a row's `pads` entry are left out."""
+    sq = rows.float().square()
+    total = sq.sum(-1)
+    dropped = (total - sq.topk(min(keep, sq.shape[-1]), dim=-1).values.sum(-1)).clamp_min(0)
+    if pads is not None:
+        columns = torch.arange(rows.shape[2], device=rows.device)
+        real = columns.unsqueeze(0) >= torch.tensor(pads, device=rows.device).unsqueeze(1)  # [B, n]
+        dropped, total = dropped * real.unsqueeze(1), total * real.unsqueeze(1)
+    return dropped.sum(-1).double(), total.sum(-1).double()
+
+
+def relative_error(dropped: torch.Tensor, total: torch.Tensor) -> torch.Tensor:
+    """sqrt(dropped / total), 0 where nothing was measured."""
+    return torch.where(total > 0, dropped / total.clamp_min(1e-300), torch.zeros_like(total)).sqrt()
+
+
+def allocate_keeps(errors: torch.Tensor, budget: int, lo: int, hi: int) -> torch.Tensor:
+    """Integer keeps [R, N] for the N units of each row of `errors` [R, N]: each row sums to exactly N·budget,
+    every keep lies in [lo, hi], and a larger error never gets a smaller keep.
+
+    Targets t_i = clamp(c·e_i, lo, hi) with the scale c chosen so that Σ t_i = N·budget (found by bisection;
+    Σ t_i grows with c). Every target is then floored and the missing units (N·budget minus the floors) go, one
+    each, to the largest fractional parts (ties to the lower index). A row whose errors are all zero, or too few
+    of them nonzero to absorb the budget at `hi`, gives its zero-error units an equal share of the rest.
+    """
+    if not lo <= budget <= hi:
+        raise ValueError(f"budget {budget} is outside [lo={lo}, hi={hi}]")
+    e = errors.double().clamp_min(0).cpu()
+    return torch.stack([_allocate_row(row, budget, lo, hi) for row in e]).to(errors.device)
+
+
+def _allocate_row(e: torch.Tensor, budget: int, lo: int, hi: int) -> torch.Tensor:
+    n = e.numel()
+    total = float(n * budget)
+    positive = e > 0
+    ceiling = float(torch.where(positive, float(hi), float(lo)).sum())
+    if ceiling <= total:  # even c = ∞ cannot spend the budget: zero-error units share what is left
+        target = torch.where(
+            positive, float(hi), (total - hi * int(positive.sum())) / max(1, int((~positive).sum()))
+        )
+    else:
+        low, high = 0.0, hi / float(e[positive].min())  # at `high` every positive unit sits at hi
+        for _ in range(200):
+            mid = (low + high) / 2
+            if float((mid * e).clamp(lo, hi).sum()) < total:
+                low = mid
+            else:
+                high = mid
+        target = (high * e).clamp(lo, hi)
+    keeps = target.floor()
+    missing = int(round(total - float(keeps.sum())))
+    order = torch.sort(-(target - keeps), stable=True).indices  # largest fraction first, ties to lower index
+    keeps[order[:missing]] += 1
+    return keeps.long()
+
+
+class Allocator:
+    """Collects every layer's prefill errors, decides the keeps, then lets each layer prune its prompt."""
+
+    def __init__(self, policy: KVConfig, layers: list[AllocatedLayer]):
+        self.policy, self.layers = policy, layers
+        self.decided = False
+        self.reports: dict[int, tuple[Observation, dict[str, tuple[torch.Tensor, torch.Tensor]]]] = {}
+        self.keeps: dict[str, torch.Tensor] = {}  # side -> [B, L, H] keeps decided for this batch
+
+    def sides(self) -> list[str]:
+        return [s for s in ("k", "v") if getattr(self.policy, s).active]
+
+    def uniform_keep(self, side: str, head_dim: int) -> int:
+        return exact_keep(head_dim, getattr(self.policy, side).sparsity)
+
+    def report(self, layer: AllocatedLayer, obs: Observation) -> None:
+        """Layer `layer`'s prefill: measure its errors and hold its pruning until every layer has reported."""
+        keys, values = layer.keys, layer.values
+        n = max(0, keys.shape[2] - self.policy.window)  # the prompt tokens prefill prunes
+        terms = {}
+        for side, tensor in (("k", keys), ("v", values)):
+            if side in self.sides():
+                keep = self.uniform_keep(side, tensor.shape[-1])
+                # on the host: layers may live on different devices (device_map=auto)
+                terms[side] = tuple(t.cpu() for t in pruning_error_terms(tensor[:, :, :n], keep, layer.pads))
+        self.reports[layer.layer_idx] = (obs, terms)
+        if len(self.reports) == len(self.layers):
+            self._decide()
+
+    def _decide(self) -> None:
+        head_dim = self.layers[0].keys.shape[-1]
+        for side in self.sides():
+            dropped = torch.stack([self.reports[i][1][side][0] for i in range(len(self.layers))], dim=1)
+            total = torch.stack([self.reports[i][1][side][1] for i in range(len(self.layers))], dim=1)
+            b, n_layers, heads = dropped.shape  # [B, L, H]
+            budget = self.uniform_keep(side, head_dim)
+            lo = min(exact_keep(head_dim, MAX_SPARSITY), budget)
+            if self.policy.allocation == "error":
+                err = relative_error(dropped.sum(-1), total.sum(-1))  # [B, L]
+                keeps = allocate_keeps(err, budget, lo, head_dim).unsqueeze(-1).expand(b, n_layers, heads)
+            else:
+                err = relative_error(dropped, total).reshape(b, n_layers * heads)
+                keeps = allocate_keeps(err, budget, lo, head_dim).view(b, n_layers, heads)
+            self.keeps[side] = keeps.contiguous()
+        self.decided = True
+        for i, layer in enumerate(self.layers):
+            for side, keeps in self.keeps.items():
+                layer.set_keeps(side, keeps[:, i].to(layer.keys.device))
+        reports, self.reports = self.reports, {}
+        for i, layer in enumerate(self.layers):
+            layer.prune(reports[i][0])
