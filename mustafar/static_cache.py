@@ -619,7 +619,8 @@ def capture_blocker(cache: StaticMustafarCache, device: torch.device) -> str | N
     if compressed and resolve_backend(kernel_backend(), device, cache.head_dim) == "triton":
         if not _stores_count_on_device():
             return "the sparse decode op reads the store length on the host (no static CompressedStore yet)"
-        if not all(layer.device_stores for layer in compressed):
+        # what StaticCompressedLayer.allocate decides for `device_stores`, known before the prompt allocates it
+        if any(_output_aware(rule) for rule in (cache.policy.k, cache.policy.v)):
             return "output-aware keys are packed by a PyTorch op at a host-counted store length"
     return None
 

@@ -312,3 +312,23 @@ def test_fallback_is_announced_once(tiny_llama):
         for _ in range(3):
             static_cache(tiny_llama, policy, 40, 4)
     assert sum("static cache unavailable" in str(w.message) for w in seen) == 1
+
+
+@pytest.mark.parametrize(
+    "fields,blocked",
+    [
+        (dict(k_sparsity=0.7, v_sparsity=0.7), None),
+        (dict(k_sparsity=0.7, v_sparsity=0.7, keep_rule="word"), None),
+        (dict(k_sparsity=0.5, k_scorer="output_aware"), "output-aware keys"),
+    ],
+)
+def test_capture_blocker_judges_a_cache_before_its_prompt(monkeypatch, fields, blocked):
+    """A runner is built before the prompt allocates the layers' stores (one cache per capacity bucket): the
+    verdict comes from the policy, as the stores will be on a CUDA device with the Triton kernels."""
+    import mustafar.static_cache as sc
+
+    monkeypatch.setattr(sc, "resolve_backend", lambda backend, device, head_dim: "triton")
+    monkeypatch.setattr(sc, "_stores_count_on_device", lambda: True)
+    cache = sc.StaticMustafarCache(KVConfig(mode="compressed", **fields), num_layers=2, capacity=64, head_dim=64)
+    reason = sc.capture_blocker(cache, torch.device("cuda"))
+    assert reason is None if blocked is None else blocked in reason
