@@ -29,6 +29,21 @@ def store_quotas(store: CompressedStore) -> tuple[int, ...] | None:
     return word_quotas(store.head_dim, store.keep)
 
 
+def _load_token(words: int, regs: int, words_at: str, vals_at: str) -> list[str]:
+    """PTX loading a valid (``p``) token's bitmap words into ``w*`` and its value slots into ``v*`` (shared byte
+    offsets ``words_at``, ``vals_at`` from ``global_smem`` in ``base``)."""
+    wvec = "{" + ", ".join(f"w{g}" for g in range(words)) + "}"
+    lines = [
+        f"add.u32 t, base, {words_at};",
+        f"@p ld.shared.v{words}.b32 {wvec}, [t];" if words > 1 else "@p ld.shared.b32 w0, [t];",
+        f"add.u32 t, base, {vals_at};",
+    ]
+    for c in range(regs // 4):
+        vec = "{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}"
+        lines.append(f"@p ld.shared.v4.b32 {vec}, [t+{16 * c}];")
+    return lines
+
+
 @functools.cache
 def scatter_asm(head_dim: int, keep: int, slot: int) -> str:
     """PTX that scatters one token's kept values into a zeroed, swizzled dense tile row.
@@ -39,7 +54,6 @@ def scatter_asm(head_dim: int, keep: int, slot: int) -> str:
     quotas = word_quotas(head_dim, keep)
     words = head_dim // 32
     regs = slot // 2
-    wvec = "{" + ", ".join(f"w{g}" for g in range(words)) + "}"
     lines = [
         "{",
         ".reg .pred p;",
@@ -47,14 +61,9 @@ def scatter_asm(head_dim: int, keep: int, slot: int) -> str:
         ".reg .b16 lo, hi;",
         "setp.ne.u32 p, $5, 0;",
         "mov.u32 base, global_smem;",
-        "add.u32 t, base, $1;",
-        f"@p ld.shared.v{words}.b32 {wvec}, [t];" if words > 1 else "@p ld.shared.b32 w0, [t];",
-        "add.u32 t, base, $2;",
+        *_load_token(words, regs, "$1", "$2"),
+        "add.u32 row, base, $3;",
     ]
-    for c in range(regs // 4):
-        vec = "{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}"
-        lines.append(f"@p ld.shared.v4.b32 {vec}, [t+{16 * c}];")
-    lines.append("add.u32 row, base, $3;")
     first = 0
     for g, q in enumerate(quotas):
         lines.append(f"xor.b32 s, $4, {32 * g};")
@@ -99,7 +108,6 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool) -> st
     regs = slot // 2
     pairs = (n_rep + 1) // 2
     cvt = "cvt.f32.bf16" if bf16 else "cvt.f32.f16"
-    wvec = "{" + ", ".join(f"w{g}" for g in range(words)) + "}"
     lines = [
         "{",
         ".reg .pred p;",
@@ -112,14 +120,7 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool) -> st
     lines += [f"mov.b32 w{g}, 0;" for g in range(words)] + [
         f"mov.f32 s{h}, 0f00000000;" for h in range(n_rep)
     ]
-    lines += [
-        "add.u32 t, base, $8;",
-        f"@p ld.shared.v{words}.b32 {wvec}, [t];" if words > 1 else "@p ld.shared.b32 w0, [t];",
-        "add.u32 t, base, $9;",
-    ]
-    for c in range(regs // 4):
-        vec = "{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}"
-        lines.append(f"@p ld.shared.v4.b32 {vec}, [t+{16 * c}];")
+    lines += _load_token(words, regs, "$8", "$9")
     first = 0
     for g, q in enumerate(quotas):
         for step in range(q):
