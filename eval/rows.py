@@ -78,6 +78,12 @@ class ResultRow:
     ci_high: float | None
     samples: list[float] | None = None  # task rows: per-sample scores in sample order
     pruning_inactive: bool = False  # a pruned policy measured 0 sparsity (window covers every sequence)
+    # token eviction (KVConfig fields after `mode`; absent from rows of policies that do not evict)
+    evict: str = "none"
+    token_budget: int = 0
+    evict_window: int = 32
+    evict_pool: int = 7
+    kv_evicted_bytes: int = 0  # dense bytes of the evicted prompt tokens (not in kv_bytes nor dense_kv_bytes)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResultRow:
