@@ -205,3 +205,19 @@ def test_static_caches_decline_eviction():
     with pytest.raises(ValueError, match="kv.evict"):
         StaticMustafarCache(policy, 2, 128, 64)
     assert isinstance(MustafarCache(policy, 2), MustafarCache)
+
+
+def test_hf_generate_evicts_like_mustafar_generate(tiny_llama):
+    """`model.generate` (one unpadded prompt) gives `mustafar.generate`'s tokens: positions continue the prompt."""
+    import mustafar
+
+    torch.manual_seed(6)
+    prompt = torch.randint(0, 256, (1, 70))
+    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=8, evict="snapkv", token_budget=40, evict_window=16)
+    ours = generate(tiny_llama, policy, [prompt[0].tolist()], 10)[0].tokens
+    with mustafar.prune(tiny_llama, policy) as cache:
+        out = tiny_llama.generate(
+            prompt, max_new_tokens=10, min_new_tokens=10, do_sample=False, **cache_kwargs(tiny_llama, cache)
+        )
+    assert out[0, 70:].tolist() == ours
+    assert cache.layers[0].get_seq_length() == 40 + 9
