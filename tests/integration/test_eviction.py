@@ -213,7 +213,9 @@ def test_hf_generate_evicts_like_mustafar_generate(tiny_llama):
 
     torch.manual_seed(6)
     prompt = torch.randint(0, 256, (1, 70))
-    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=8, evict="snapkv", token_budget=40, evict_window=16)
+    policy = KVConfig(
+        k_sparsity=0.5, v_sparsity=0.5, window=8, evict="snapkv", token_budget=40, evict_window=16
+    )
     ours = generate(tiny_llama, policy, [prompt[0].tolist()], 10)[0].tokens
     with mustafar.prune(tiny_llama, policy) as cache:
         out = tiny_llama.generate(
