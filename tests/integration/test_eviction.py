@@ -223,3 +223,22 @@ def test_hf_generate_evicts_like_mustafar_generate(tiny_llama):
         )
     assert out[0, 70:].tolist() == ours
     assert cache.layers[0].get_seq_length() == 40 + 9
+
+
+@pytest.mark.skipif(
+    not torch.cuda.is_available(), reason="needs CUDA: the Triton prune+pack and decode kernels"
+)
+def test_compressed_equals_mask_mode_with_eviction_on_the_gpu(tiny_llama):
+    """The real kernels read stores that hold only survivors (fp16, padded batch)."""
+    model = tiny_llama.to("cuda", torch.float16)
+    try:
+        torch.manual_seed(7)
+        prompts = [torch.randint(0, 256, (n,)).tolist() for n in (200, 150)]
+        base = dict(k_sparsity=0.5, v_sparsity=0.5, evict="snapkv", token_budget=96)
+        mask = generate(model, KVConfig(mode="mask", **base), prompts, 16, static=False)
+        comp = generate(model, KVConfig(mode="compressed", **base), prompts, 16, static=False)
+        for m, c in zip(mask, comp):
+            assert m.tokens == c.tokens
+            assert (m.stats.k_kept, m.stats.evicted_bytes) == (c.stats.k_kept, c.stats.evicted_bytes)
+    finally:
+        tiny_llama.to("cpu", torch.float32)
