@@ -64,14 +64,12 @@ def main(sweep: str, pairs: list[str]) -> None:
         for t in tasks:
             s = j["samples"][t]
             lo, hi = bootstrap_ci({t: s})
-            cells.append(f"{100 * sum(s) / len(s):.1f} [{100 * lo:.1f}, {100 * hi:.1f}]")
+            cells.append(f"{sum(s) / len(s):.1f} [{lo:.1f}, {hi:.1f}]")
         lo, hi = bootstrap_ci(j["samples"])
         avg = sum(sum(s) / len(s) for s in j["samples"].values()) / len(j["samples"])
         n = min(len(s) for s in j["samples"].values())
         print(
-            f"| {name} | "
-            + " | ".join(cells)
-            + f" | {100 * avg:.1f} [{100 * lo:.1f}, {100 * hi:.1f}] | {n} | "
+            f"| {name} | " + " | ".join(cells) + f" | {avg:.1f} [{lo:.1f}, {hi:.1f}] | {n} | "
             f"{j['kept_tokens']:.3f} | {j['kv_size']:.3f} |"
         )
     for pair in pairs:
@@ -79,7 +77,7 @@ def main(sweep: str, pairs: list[str]) -> None:
         if a in jobs and b in jobs:
             p = paired_test(jobs[a]["samples"], jobs[b]["samples"])
             print(
-                f"\n{a} − {b}: {100 * p.diff:+.1f} [{100 * p.low:+.1f}, {100 * p.high:+.1f}] points, "
+                f"\n{a} − {b}: {p.diff:+.1f} [{p.low:+.1f}, {p.high:+.1f}] points, "
                 f"p = {p.p_value:.3f}, {'within noise' if p.within_noise else 'a real difference'} (n = {p.n})"
             )
 
