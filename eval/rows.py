@@ -82,6 +82,12 @@ class ResultRow:
     k_layer_sparsity: list[float] | None = None
     v_layer_sparsity: list[float] | None = None
     allocation: str = "uniform"
+    # token eviction (KVConfig fields after `mode`; absent from rows of policies that do not evict)
+    evict: str = "none"
+    token_budget: int = 0
+    evict_window: int = 32
+    evict_pool: int = 7
+    kv_evicted_bytes: int = 0  # dense bytes of the evicted prompt tokens (not in kv_bytes nor dense_kv_bytes)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResultRow:

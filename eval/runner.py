@@ -81,6 +81,7 @@ class GenerationStats:
             "kv_bytes": c.kv_bytes if compressed else None,
             "kv_payload_bytes": c.kv_payload_bytes if compressed else None,
             "dense_kv_bytes": c.dense_bytes,
+            "kv_evicted_bytes": c.evicted_bytes,
             "prompt_tokens": self.prompt_tokens,
             "new_tokens": self.new_tokens,
             "generation_seconds": round(self.seconds, 2),

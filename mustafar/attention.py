@@ -89,7 +89,10 @@ def mustafar_attention(
         )  # a left-padded prompt from `model.generate`: prune rows as if alone
         if any(pads):
             layer.set_padding(pads, query.device)
-    layer.after_attention(_observe(layer, query, key, attention_mask, scaling, softcap))
+    obs = _observe(layer, query, key, attention_mask, scaling, softcap)
+    if layer.policy.evict != "none":
+        layer.evict(query, scaling, softcap, obs)
+    layer.after_attention(obs)
     return out, None
 
 

@@ -17,6 +17,7 @@ from transformers.cache_utils import Cache, DynamicLayer
 
 from mustafar.allocation import Allocator
 from mustafar.config import KVConfig
+from mustafar.eviction import snapkv_keep
 from mustafar.formats import CompressedStore
 from mustafar.formats.bitmap import fixed_token_nbytes, unpack_bitmap, variable_token_nbytes
 from mustafar.kernels import pack_into, topk_pack_into
@@ -66,6 +67,9 @@ class MustafarLayer(DynamicLayer):
         self.allocator: Allocator | None = None  # set by MustafarCache when kv.allocation is not uniform
         self.pads: list[int] | None = None  # left-pad columns per row, see set_padding
         self.pad_columns: torch.Tensor | None = None  # the same on the cache's device
+        self.evicted: list[int] | None = (
+            None  # prompt tokens evicted per row (set at the first attention call)
+        )
 
     def set_padding(self, pads: list[int], device: torch.device | str) -> None:
         """Left-pad columns per row of the coming prompt: pruning then treats each row as if it ran alone."""
@@ -112,6 +116,46 @@ class MustafarLayer(DynamicLayer):
     def set_keeps(self, side: str, keeps: torch.Tensor) -> None:
         """Per-(row, KV head) keep counts [B, H] of `side`, from the allocation."""
         self.pruners[side].set_keeps(keeps)
+
+    def evict(self, query: torch.Tensor, scaling: float, softcap: float | None, obs: Observation) -> None:
+        """Remove the prompt tokens `policy.evict` does not keep, before they are pruned (first attention call).
+
+        The survivors of each row are right-aligned (rows keep equal lengths; a row with fewer survivors gets new
+        left pad columns, zeros that `set_padding` keeps out of attention and counts). Keys are cached after
+        RoPE, so a survivor keeps its original position. Only a prompt prefilled in one call is evicted from.
+        """
+        if self.policy.evict == "none" or self.evicted is not None or self.pruned_any:
+            return
+        b, _, t, _ = self.keys.shape
+        self.evicted = [0] * b
+        if query.shape[2] != t:  # a chunked prompt or a decode step: nothing is evicted
+            return
+        pads = self.pads or [0] * b
+        kept = snapkv_keep(query, self.keys, scaling, self.policy, pads, softcap)
+        self.evicted = [t - pad - k.shape[-1] for pad, k in zip(pads, kept)]
+        if not any(self.evicted):
+            return
+        n = max(k.shape[-1] for k in kept)
+        new_pads = [n - k.shape[-1] for k in kept]
+        index = torch.stack([torch.nn.functional.pad(k, (p, 0)) for k, p in zip(kept, new_pads)])  # [B, H, n]
+        real = torch.arange(n, device=index.device).view(1, 1, n) >= torch.tensor(
+            new_pads, device=index.device
+        ).view(b, 1, 1)
+        d = self.keys.shape[-1]
+        gather = index.unsqueeze(-1).expand(-1, -1, -1, d)
+        self.keys = self.keys.gather(2, gather).masked_fill(~real.unsqueeze(-1), 0)
+        self.values = self.values.gather(2, gather).masked_fill(~real.unsqueeze(-1), 0)
+        if obs.attention_stat is not None:
+            obs.attention_stat = obs.attention_stat.gather(2, index).masked_fill(~real, 0)
+        if self.pads is not None or any(new_pads):
+            self.set_padding(new_pads, self.keys.device)
+
+    def evicted_bytes(self, row: int | None = None) -> int:
+        """Dense bytes of the evicted prompt tokens (K and V) of `row`, or of every row."""
+        if not self.evicted:
+            return 0
+        tokens = sum(self.evicted) if row is None else self.evicted[row]
+        return tokens * self.keys.shape[1] * self.keys.shape[3] * self.keys.element_size() * 2
 
     def crop(self, tokens_to_remove: int) -> None:
         raise UnsupportedCacheOperation("a pruned KV cache cannot be cropped (assisted/speculative decoding)")
@@ -273,6 +317,9 @@ class CacheStats:
     kv_bytes: int | None  # allocated compressed + dense-tail bytes (compressed mode only)
     kv_payload_bytes: int | None  # the same without capacity slack (what a perfectly sized store needs)
     dense_bytes: int  # the same tokens in a dense cache of the same dtype
+    evicted_bytes: int = (
+        0  # dense bytes of the prompt tokens evicted (kv.evict): not in the cache, not in dense_bytes
+    )
 
     @property
     def k_sparsity(self) -> float | None:
@@ -297,6 +344,7 @@ def add_stats(a: CacheStats, b: CacheStats) -> CacheStats:
         kv_bytes=_add(a.kv_bytes, b.kv_bytes),
         kv_payload_bytes=_add(a.kv_payload_bytes, b.kv_payload_bytes),
         dense_bytes=a.dense_bytes + b.dense_bytes,
+        evicted_bytes=a.evicted_bytes + b.evicted_bytes,
     )
 
 
@@ -357,6 +405,7 @@ class MustafarCache(Cache):
                     kv_bytes=allocated,
                     kv_payload_bytes=payload,
                     dense_bytes=dense,
+                    evicted_bytes=sum(layer.evicted_bytes(b) for layer in layers),
                 )
             )
         return rows
@@ -385,4 +434,15 @@ class MustafarCache(Cache):
             kv_bytes=kv_bytes,
             kv_payload_bytes=payload,
             dense_bytes=dense,
+            evicted_bytes=sum(layer.evicted_bytes() for layer in layers),
         )
+
+    def prompt_mask(self, mask: torch.Tensor) -> torch.Tensor:
+        """The [B, T] attention mask of the cached prompt after prefill: `mask`, or after eviction each row's
+        survivors (right-aligned, its new pads 0). Decode steps extend this mask, not the prompt's."""
+        layer = self.layers[0]
+        if not getattr(layer, "evicted", None) or not any(layer.evicted):
+            return mask
+        n = layer.get_seq_length()
+        pads = torch.tensor(layer.pads or [0] * mask.shape[0], device=mask.device)
+        return (torch.arange(n, device=mask.device).unsqueeze(0) >= pads.unsqueeze(1)).to(mask.dtype)

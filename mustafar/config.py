@@ -10,8 +10,17 @@ SCORERS = ("magnitude", "output_aware", "think")
 KEEP_RULES = ("exact", "reference", "word")
 MODES = ("mask", "compressed")
 ALLOCATIONS = ("uniform", "error", "error_head")
+EVICTIONS = ("none", "snapkv")
 # KVConfig fields left out of to_dict (hence job ids) at their default
-ID_OPTIONAL: tuple[str, ...] = ("k_layer_sparsity", "v_layer_sparsity", "allocation")
+ID_OPTIONAL: tuple[str, ...] = (
+    "k_layer_sparsity",
+    "v_layer_sparsity",
+    "allocation",
+    "evict",
+    "token_budget",
+    "evict_window",
+    "evict_pool",
+)
 CHANNEL_GROUP = 32  # tokens per per-channel pruning group (docs/method.md §1)
 
 
@@ -81,6 +90,10 @@ class KVConfig:
     k_layer_sparsity: tuple[float, ...] = ()  # one K sparsity per layer; k_sparsity becomes their mean
     v_layer_sparsity: tuple[float, ...] = ()
     allocation: str = "uniform"  # how the K/V budget is spread over layers or heads (mustafar.allocation)
+    evict: str = "none"  # token eviction at the end of prefill, before pruning (mustafar/eviction.py)
+    token_budget: int = 0  # prompt tokens kept per KV head (observation window included) when evict != none
+    evict_window: int = 32  # last prompt queries whose attention scores the tokens (SnapKV's window)
+    evict_pool: int = 7  # odd max-pooling kernel over the scores (SnapKV keeps a kept token's neighbours)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k_sparsity", _sparsity("kv.k_sparsity", self.k_sparsity))
@@ -148,6 +161,31 @@ class KVConfig:
                 )
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
             raise ConfigError(f"kv.window={self.window!r} must be an integer >= 0")
+        self._check_eviction()
+
+    def _check_eviction(self) -> None:
+        _choice("kv.evict", self.evict, EVICTIONS)
+        if self.evict == "none":  # the knobs are moot: equal policies get equal job ids
+            for key in ("token_budget", "evict_window", "evict_pool"):
+                object.__setattr__(self, key, self.__dataclass_fields__[key].default)
+            return
+        for key in ("token_budget", "evict_window", "evict_pool"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"kv.{key}={value!r} must be an integer >= 1 with kv.evict={self.evict}")
+        if self.evict_pool % 2 == 0:
+            raise ConfigError(f"kv.evict_pool={self.evict_pool} must be odd (a centred pooling kernel)")
+        if self.token_budget <= self.evict_window:
+            raise ConfigError(
+                f"kv.token_budget={self.token_budget} must be > kv.evict_window={self.evict_window}: "
+                "the budget includes the observation window, which is always kept"
+            )
+        channel = [s for s in ("k", "v") if getattr(self, f"{s}_direction") != "token"]
+        if channel:
+            raise ConfigError(
+                f"kv.{channel[0]}_direction={getattr(self, f'{channel[0]}_direction')!r} with kv.evict="
+                f"{self.evict}: eviction composes with per-token rules only (allowed: token)"
+            )
 
     def layer_rule(self, side: str, layer: int) -> PruneRule:
         """Layer `layer`'s rule for `side` ("k" or "v"): its list entry if lists are given, else the shared rule."""
@@ -179,9 +217,17 @@ class KVConfig:
         return not (self.k.active or self.v.active)
 
     def label(self) -> str:
-        """A short human name for tables: 'dense', 'K0.5 V0.5', 'ThinK-K0.5', 'K0.7(oa) V0(…)'."""
+        """A short human name for tables: 'dense', 'K0.5 V0.5', 'ThinK-K0.5', 'K0.7(oa) V0(…)', 'snapkv1024 K0.5 V0.5'."""
+        if self.evict != "none":
+            rest = "" if self.dense else " " + self._prune_label()
+            extra = f"/w{self.evict_window}" if self.evict_window != 32 else ""
+            extra += f"/p{self.evict_pool}" if self.evict_pool != 7 else ""
+            return f"{self.evict}{self.token_budget}{extra}{rest}"
         if self.dense:
             return "dense"
+        return self._prune_label()
+
+    def _prune_label(self) -> str:
         parts = []
         for side, rule in (("K", self.k), ("V", self.v)):
             if not rule.active:

@@ -162,6 +162,7 @@ def generate(
         runner = DecodeRunner(model, cache, graphs=device.type == "cuda")
     with attach(model, cache):
         logits = prefill(model, cache, batch)
+        mask = cache.prompt_mask(mask)  # eviction (kv.evict) shortened the cached prompt
         banned = _stop_mask(stops, logits.shape[-1], device)  # chosen only once min_new_tokens are out
         for row in range(n):  # a zero budget stops before the first token
             if budget[row] == 0:

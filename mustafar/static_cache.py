@@ -72,6 +72,8 @@ def unsupported_reason(
 ) -> str | None:
     """Why `policy` with a `prompt_len`-token prompt (left-padded rows when `padded`, the shortest with `shortest`
     real tokens) cannot use a static cache (None when it can)."""
+    if policy.evict != "none":
+        return f"kv.evict={policy.evict} shortens each row's cache at prefill; the static cache has fixed columns"
     if policy.dense:
         return None
     if policy.allocation != "uniform":
@@ -631,6 +633,9 @@ class StaticMustafarCache(MustafarCache):
     def __init__(self, policy: KVConfig, num_layers: int, capacity: int, head_dim: int):
         if capacity <= 0:
             raise ValueError(f"capacity must be positive, got {capacity}")
+        reason = unsupported_reason(policy, 1) if policy.evict != "none" else None
+        if reason:
+            raise ValueError(f"no static cache for this policy: {reason}")
         if policy.dense:
             layer_cls = StaticDenseLayer
         else:

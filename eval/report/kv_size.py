@@ -6,6 +6,8 @@ sparsity, in fp16 (the GPU dtype), window excluded, i.e. the long-context limit:
 - per-token rules: the fixed per-token bitmap layout (D-bit bitmap + keep values padded to 16 bytes);
 - per-channel rules (a variable count per token): the variable layout (bitmap + int32 offset + values);
 - ThinK: the kept channels stored dense (channel indices per head are negligible).
+Token eviction (`kv.evict`) scales either figure by the cached share of the tokens, dense_kv_bytes /
+(dense_kv_bytes + kv_evicted_bytes): the evicted tokens are part of the dense reference, not of the cache.
 """
 
 from __future__ import annotations
@@ -34,12 +36,15 @@ def side_fraction(nominal: float, measured: float, direction: str, scorer: str, 
 def kv_fraction(row: Mapping[str, Any]) -> tuple[float, str]:
     """(KV bytes / dense KV bytes, MEASURED or COMPUTED) for one job's row."""
     kv_bytes, dense = row.get("kv_bytes"), row.get("dense_kv_bytes")
+    evicted = row.get("kv_evicted_bytes")
+    evicted = evicted if _number(evicted) else 0
     if row.get("mode") == "compressed" and _number(kv_bytes) and _number(dense) and dense > 0:
-        return kv_bytes / dense, MEASURED
+        return kv_bytes / (dense + evicted), MEASURED
+    cached = dense / (dense + evicted) if _number(dense) and dense > 0 else 1.0
     d = int(row["head_dim"])
     k = side_fraction(row["k_sparsity"], row["k_sparsity_measured"], row["k_direction"], row["k_scorer"], d)
     v = side_fraction(row["v_sparsity"], row["v_sparsity_measured"], row["v_direction"], row["v_scorer"], d)
-    return (k + v) / 2, COMPUTED
+    return cached * (k + v) / 2, COMPUTED
 
 
 def _number(x: Any) -> bool:

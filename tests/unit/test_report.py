@@ -113,6 +113,10 @@ def test_kv_size_closed_forms_and_measured_bytes():
         0.6,
         MEASURED,
     )
+    # eviction: a quarter of the dense reference was evicted, so every figure covers 3/4 of the tokens
+    evicted = {**row, "dense_kv_bytes": 750, "kv_evicted_bytes": 250}
+    assert kv_fraction(evicted) == (pytest.approx(0.75 * (0.375 + 1) / 2), COMPUTED)
+    assert kv_fraction({**evicted, "mode": "compressed", "kv_bytes": 300}) == (0.3, MEASURED)
     assert policy_key({**row, "k_sparsity": 0.0, "k_scorer": "think"}) == policy_key(
         {**row, "k_sparsity": 0.0}
     )

@@ -329,6 +329,8 @@ def test_capture_blocker_judges_a_cache_before_its_prompt(monkeypatch, fields, b
 
     monkeypatch.setattr(sc, "resolve_backend", lambda backend, device, head_dim: "triton")
     monkeypatch.setattr(sc, "_stores_count_on_device", lambda: True)
-    cache = sc.StaticMustafarCache(KVConfig(mode="compressed", **fields), num_layers=2, capacity=64, head_dim=64)
+    cache = sc.StaticMustafarCache(
+        KVConfig(mode="compressed", **fields), num_layers=2, capacity=64, head_dim=64
+    )
     reason = sc.capture_blocker(cache, torch.device("cuda"))
     assert reason is None if blocked is None else blocked in reason

@@ -1,0 +1,86 @@
+"""Accuracy vs bytes per token for the eviction experiment (experiments/eviction/README.md).
+
+Reads every job of a sweep folder (result.json and each task's .stats.json) and prints one row per policy: the
+task scores with their 95% bootstrap CIs, the measured kept token fraction (cached / (cached + evicted) tokens),
+and the KV size as a fraction of the full dense fp16 cache: the fp16 per-token bitmap format's bytes (docs/formats.md
+§2) of the tokens that were pruned, plus dense bytes for the cached tokens that were not (the window, decode tokens
+still in it), over the dense bytes of every token seen (evicted ones included). Counts are the measured ones (mask
+mode stores zeros, so the bytes follow from them; compressed jobs' stores give the same counts). Then the paired
+differences of the equal-byte pairs named on the command line (A=B, same prompts).
+
+python scripts/eviction_table.py results/eviction "snapkv1493 K0.5 V0.5=K0.7 V0.7" "snapkv1080=K0.5 V0.5"
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from eval.stats import bootstrap_ci, paired_test
+from mustafar.formats.bitmap import fixed_token_nbytes
+from mustafar.pruning.keep import exact_keep
+
+FP16 = 2
+
+
+def _job(folder: Path) -> dict:
+    result = json.loads((folder / "result.json").read_text())
+    rows = [r for r in result["rows"] if r["kind"] == "task"]
+    first = rows[0]
+    d, itemsize = first["head_dim"], 4 if first["dtype"] == "float32" else 2
+    judged = {"k": 0, "v": 0}
+    cached = evicted = 0  # token-heads summed over layers
+    for stats in sorted((folder / "predictions").glob("*.stats.json")):
+        c = json.loads(stats.read_text())["cache"]
+        judged["k"] += c["k_judged"] // d
+        judged["v"] += c["v_judged"] // d
+        cached += c["dense_bytes"] // (d * itemsize * 2)
+        evicted += c.get("evicted_bytes", 0) // (d * itemsize * 2)
+    dense_side = d * FP16
+    size = 0
+    for side in ("k", "v"):
+        s = first[f"{side}_sparsity"]
+        per_token = fixed_token_nbytes(d, exact_keep(d, s), FP16) if s > 0 else dense_side
+        size += judged[side] * per_token + (cached - judged[side]) * dense_side
+    return {
+        "policy": first["policy"],
+        "samples": {r["task"]: r["samples"] for r in rows},
+        "kept_tokens": cached / (cached + evicted),
+        "kv_size": size / (2 * dense_side * (cached + evicted)),
+    }
+
+
+def main(sweep: str, pairs: list[str]) -> None:
+    jobs = {
+        j["policy"]: j
+        for j in (_job(f) for f in sorted(Path(sweep).glob("*/")) if (f / "result.json").exists())
+    }
+    tasks = sorted({t for j in jobs.values() for t in j["samples"]})
+    print("| policy | " + " | ".join(tasks) + " | avg | n/task | kept tokens | KV size / dense |")
+    print("|---" * (len(tasks) + 5) + "|")
+    for name, j in sorted(jobs.items(), key=lambda kv: -kv[1]["kv_size"]):
+        cells = []
+        for t in tasks:
+            s = j["samples"][t]
+            lo, hi = bootstrap_ci({t: s})
+            cells.append(f"{sum(s) / len(s):.1f} [{lo:.1f}, {hi:.1f}]")
+        lo, hi = bootstrap_ci(j["samples"])
+        avg = sum(sum(s) / len(s) for s in j["samples"].values()) / len(j["samples"])
+        n = min(len(s) for s in j["samples"].values())
+        print(
+            f"| {name} | " + " | ".join(cells) + f" | {avg:.1f} [{lo:.1f}, {hi:.1f}] | {n} | "
+            f"{j['kept_tokens']:.3f} | {j['kv_size']:.3f} |"
+        )
+    for pair in pairs:
+        a, b = pair.split("=")
+        if a in jobs and b in jobs:
+            p = paired_test(jobs[a]["samples"], jobs[b]["samples"])
+            print(
+                f"\n{a} − {b}: {p.diff:+.1f} [{p.low:+.1f}, {p.high:+.1f}] points, "
+                f"p = {p.p_value:.3f}, {'within noise' if p.within_noise else 'a real difference'} (n = {p.n})"
+            )
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2:])
