@@ -19,7 +19,8 @@ from mustafar.allocation import Allocator
 from mustafar.config import KVConfig
 from mustafar.eviction import snapkv_keep
 from mustafar.formats import CompressedStore
-from mustafar.formats.bitmap import fixed_token_nbytes, unpack_bitmap, variable_token_nbytes
+from mustafar.formats.bitmap import unpack_bitmap, variable_token_nbytes
+from mustafar.formats.fp8 import fake_quantize
 from mustafar.kernels import pack_into, topk_pack_into
 from mustafar.pruning import Observation, RowPruner, SidePruner, fixed_count_mask
 
@@ -70,6 +71,7 @@ class MustafarLayer(DynamicLayer):
         self.evicted: list[int] | None = (
             None  # prompt tokens evicted per row (set at the first attention call)
         )
+        self.rounded = 0  # mask mode with fp8 values: columns already given the stores' rounding
 
     def set_padding(self, pads: list[int], device: torch.device | str) -> None:
         """Left-pad columns per row of the coming prompt: pruning then treats each row as if it ran alone."""
@@ -177,6 +179,17 @@ class MaskedLayer(MustafarLayer):
             n, mask = pruner.step(tensor[:, :, start:], obs)
             if mask is not None:
                 tensor[:, :, start : start + n].masked_fill_(~mask, 0)
+        if self.policy.value_dtype == "fp8":
+            self.round_stored()
+
+    def round_stored(self) -> None:
+        """Give the columns compressed mode would have moved into its fp8 stores (final on both sides: past the
+        window) the stores' rounding, on K and V alike."""
+        end = min(p.final for p in self.pruners.values())
+        if end > self.rounded:
+            for tensor in (self.keys, self.values):
+                tensor[:, :, self.rounded : end] = fake_quantize(tensor[:, :, self.rounded : end])
+            self.rounded = end
 
     def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys, self.values
@@ -204,6 +217,7 @@ class CompressedLayer(MustafarLayer):
                 key_states.device,
                 keep=self.pruners[side].keep_for(d),
                 word_quota=word_quota(self.policy, side),
+                value_dtype=self.policy.value_dtype,
             )
             for side in ("k", "v")
         }
@@ -295,7 +309,7 @@ class CompressedLayer(MustafarLayer):
         for store in self.stores.values():
             tokens = max(0, store.length - pad)
             if store.fixed:
-                total += store.heads * tokens * fixed_token_nbytes(store.head_dim, store.keep, store.itemsize)
+                total += store.heads * tokens * store.token_nbytes
                 continue
             bits = store.bits[b, :, store.length - tokens : store.length]
             nnz = int(unpack_bitmap(bits, store.head_dim).sum())

@@ -11,6 +11,7 @@ KEEP_RULES = ("exact", "reference", "word")
 MODES = ("mask", "compressed")
 ALLOCATIONS = ("uniform", "error", "error_head")
 EVICTIONS = ("none", "snapkv")
+VALUE_DTYPES = ("native", "fp8")
 # KVConfig fields left out of to_dict (hence job ids) at their default
 ID_OPTIONAL: tuple[str, ...] = (
     "k_layer_sparsity",
@@ -20,6 +21,7 @@ ID_OPTIONAL: tuple[str, ...] = (
     "token_budget",
     "evict_window",
     "evict_pool",
+    "value_dtype",
 )
 CHANNEL_GROUP = 32  # tokens per per-channel pruning group (docs/method.md §1)
 
@@ -94,6 +96,7 @@ class KVConfig:
     token_budget: int = 0  # prompt tokens kept per KV head (observation window included) when evict != none
     evict_window: int = 32  # last prompt queries whose attention scores the tokens (SnapKV's window)
     evict_pool: int = 7  # odd max-pooling kernel over the scores (SnapKV keeps a kept token's neighbours)
+    value_dtype: str = "native"  # "fp8": stored (past-window) values as e4m3 with a power-of-two scale per token
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k_sparsity", _sparsity("kv.k_sparsity", self.k_sparsity))
@@ -162,6 +165,29 @@ class KVConfig:
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
             raise ConfigError(f"kv.window={self.window!r} must be an integer >= 0")
         self._check_eviction()
+        self._check_value_dtype()
+
+    def _check_value_dtype(self) -> None:
+        _choice("kv.value_dtype", self.value_dtype, VALUE_DTYPES)
+        if self.value_dtype == "native":
+            return
+        if self.dense:
+            raise ConfigError(
+                f"kv.value_dtype={self.value_dtype!r} stores the values of pruned tokens, but nothing is pruned "
+                "(kv.k_sparsity=kv.v_sparsity=0): set a sparsity"
+            )
+        for side in ("k", "v"):
+            rule = getattr(self, side)
+            if rule.active and rule.direction != "token":
+                raise ConfigError(
+                    f"kv.value_dtype={self.value_dtype!r} quantises each token as it leaves the window and needs "
+                    f"per-token rules, but kv.{side}_direction={rule.direction!r} (kv.{side}_scorer={rule.scorer!r})"
+                )
+        if self.allocation != "uniform":
+            raise ConfigError(
+                f"kv.value_dtype={self.value_dtype!r} needs the fixed layout (one keep count per layer), but "
+                f"kv.allocation={self.allocation!r} gives each row and head its own"
+            )
 
     def _check_eviction(self) -> None:
         _choice("kv.evict", self.evict, EVICTIONS)
@@ -243,6 +269,7 @@ class KVConfig:
         suffix += {"exact": "", "reference": " ref", "word": " word"}[self.keep_rule]
         suffix += " per-layer" if self.k_layer_sparsity or self.v_layer_sparsity else ""
         suffix += f" alloc-{self.allocation}" if self.allocation != "uniform" else ""
+        suffix += f" {self.value_dtype}" if self.value_dtype != "native" else ""
         return " ".join(parts) + suffix
 
     def to_dict(self) -> dict[str, Any]:

@@ -41,7 +41,7 @@ from mustafar.cache import (
 )
 from mustafar.config import KVConfig, PruneRule
 from mustafar.formats import CompressedStore, pack_bitmap, unpack_bitmap
-from mustafar.formats.bitmap import fixed_token_nbytes
+from mustafar.formats.fp8 import dequantize, fake_quantize, quantize
 from mustafar.kernels import pack_into, resolve_backend, sparse_decode_attention, topk_pack_into
 from mustafar.pruning import Observation, SidePruner, fixed_count_mask, keep_mask, scores
 
@@ -360,6 +360,10 @@ class StaticDenseLayer(StaticLayer):
             n, mask = self.pruners[side].step(tensor[:, :, : self.host_length], obs)
             if mask is not None:
                 tensor[:, :, :n].masked_fill_(~mask, 0)
+        if self.policy.value_dtype == "fp8":  # the columns past the window: what fp8 stores would hold
+            end = min(p.final for p in self.pruners.values())
+            for tensor in (self.keys, self.values):
+                tensor[:, :, :end] = fake_quantize(tensor[:, :, :end])
 
     def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[:, :, : self.host_length], self.values[:, :, : self.host_length]
@@ -378,17 +382,22 @@ class StaticMaskLayer(StaticDenseLayer):
         counted = inside if self.pad_columns is None else inside & (leaving >= self.pad_columns)  # [B]: real
         at = leaving.clamp_min(0).view(1)
         slot = (self.length % (self.policy.window + 1)).view(1)
+        fp8 = self.policy.value_dtype == "fp8"
         for side, tensor in (("k", self.keys), ("v", self.values)):
             rule = self.pruners[side].rule
-            if not (rule.active and _decides_per_token(rule)):
+            pruned = rule.active and _decides_per_token(rule)
+            if not (pruned or fp8):
                 continue
             row = tensor.index_select(2, at)
-            score = self.leaving_score(side, row, slot)
-            thresholded = rule.scorer == "magnitude"
-            keep = keep_mask(score, rule.sparsity, self.policy.keep_rule, thresholded)
-            drop = ~keep & inside
-            tensor.index_copy_(2, at, row.masked_fill(drop, 0))
-            self.decode_kept[side] += torch.where(counted, keep.sum(dim=(1, 2, 3)), 0)
+            if pruned:
+                score = self.leaving_score(side, row, slot)
+                thresholded = rule.scorer == "magnitude"
+                keep = keep_mask(score, rule.sparsity, self.policy.keep_rule, thresholded)
+                row = row.masked_fill(~keep & inside, 0)
+                self.decode_kept[side] += torch.where(counted, keep.sum(dim=(1, 2, 3)), 0)
+            if fp8:  # the stores' rounding, once the token has left the window
+                row = torch.where(inside.view(-1, 1, 1, 1), fake_quantize(row), row)
+            tensor.index_copy_(2, at, row)
 
     def row_decode_counts(self, row: int) -> dict[str, tuple[int, int]]:
         counts = {}
@@ -424,6 +433,7 @@ class StaticCompressedLayer(StaticLayer):
                 self.keep[s],
                 capacity=self.capacity,
                 word_quota=word_quota(self.policy, s),
+                value_dtype=self.policy.value_dtype,
                 **extra,
             )
             for s in ("k", "v")
@@ -523,10 +533,7 @@ class StaticCompressedLayer(StaticLayer):
     def row_payload_nbytes(self, row: int) -> int:
         """Row `row`'s stored tokens (fixed layout) and its share of the ring."""
         tokens = self.row_tokens(row)
-        stores = sum(
-            st.heads * tokens * fixed_token_nbytes(st.head_dim, st.keep, st.itemsize)
-            for st in self.stores.values()
-        )
+        stores = sum(st.heads * tokens * st.token_nbytes for st in self.stores.values())
         return stores + self.ring_k.numel() * self.ring_k.element_size() * 2 // self.batch
 
     def nbytes(self, payload: bool = False) -> int:
@@ -541,7 +548,8 @@ def unpack_fixed(store: CompressedStore) -> torch.Tensor:
     fixed shapes, unlike `CompressedStore.to_dense`, so it captures in a graph."""
     mask = unpack_bitmap(store.bits, store.head_dim)
     rank = (mask.to(torch.int64).cumsum(-1) - 1).clamp(0, store.slot - 1)
-    return store.vals.gather(-1, rank).masked_fill(~mask, 0)
+    vals = dequantize(store.vals, store.scales, store.dtype) if store.fp8 else store.vals
+    return vals.gather(-1, rank).masked_fill(~mask, 0)
 
 
 def pack_token_at(
@@ -552,10 +560,14 @@ def pack_token_at(
     [B], one slot per row). The layout equals `pack_into`'s; the slot index stays on the device (capturable)."""
     mask = fixed_count_mask(row.abs(), keep, store.word_quota) if mask is None else mask
     kept_channels = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices[..., :keep]
-    vals = torch.zeros(*row.shape[:3], store.slot, dtype=store.dtype, device=row.device)
-    vals[..., :keep] = row.gather(-1, kept_channels)
+    kept = row.gather(-1, kept_channels)
     b, h = row.shape[:2]
     slot = at.to(torch.int64).view(-1, 1, 1, 1)
+    if store.fp8:
+        kept, scale = quantize(kept)
+        store.scales.scatter_(2, slot.view(-1, 1, 1).expand(b, h, 1), scale)
+    vals = torch.zeros(*row.shape[:3], store.slot, dtype=store.vals.dtype, device=row.device)
+    vals[..., :keep] = kept
     store.bits.scatter_(2, slot.expand(b, h, 1, store.bits.shape[3]), pack_bitmap(mask))
     store.vals.scatter_(2, slot.expand(b, h, 1, store.slot), vals)
 

@@ -22,6 +22,11 @@ keeps exactly ``quotas[g]`` entries in bitmap word ``g`` (:func:`mustafar.prunin
 scatter decoder walk each word with a trip count known at compile time. The writers guarantee it; the store checks
 it only on demand (:meth:`CompressedStore.check_word_counts`), never on the append path.
 
+**FP8 stores** (``value_dtype="fp8"``, fixed layout only; ``kv.value_dtype=fp8``): the value slots hold e4m3
+codes (uint8 bit patterns, the slot padded to 8 bytes) and ``scales`` an fp32 power-of-two scale per token
+(:mod:`mustafar.formats.fp8`): ``4·D/32 + padded8(keep) + 4`` bytes per token, 60 B at D = 128, s = 0.7. ``dtype``
+stays the model's (what rows come in as and ``to_dense`` returns).
+
 **Static stores** (``static=True``, fixed layout only) are what a CUDA graph can capture: their buffers are allocated
 once at ``capacity`` and never grow, and the token count lives on the device, in ``length_tensor`` (int32 [B], one
 count per batch row), instead of on the host. The Triton top-k pack writes each row's new tokens at that row's
@@ -37,15 +42,20 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mustafar.formats.fp8 import FP8_ALIGN, SCALE_BYTES, dequantize, quantize
 from mustafar.pruning.keep import word_quotas
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _ALIGN_BYTES = 16
 
 
-def padded_keep(keep: int, itemsize: int) -> int:
-    """Value slots per token in the fixed layout: ``keep`` rounded up to a 16-byte multiple."""
-    per_line = _ALIGN_BYTES // itemsize
+VALUE_DTYPES = ("native", "fp8")
+
+
+def padded_keep(keep: int, itemsize: int, align: int = _ALIGN_BYTES) -> int:
+    """Value slots per token in the fixed layout: ``keep`` rounded up to an ``align``-byte multiple (16; 8 for
+    fp8 codes)."""
+    per_line = align // itemsize
     return -(-keep // per_line) * per_line
 
 
@@ -53,8 +63,11 @@ def bitmap_words(head_dim: int) -> int:
     return head_dim // 32
 
 
-def fixed_token_nbytes(head_dim: int, keep: int, itemsize: int) -> int:
-    """Bytes one token of one (batch, head) row takes in the fixed layout."""
+def fixed_token_nbytes(head_dim: int, keep: int, itemsize: int, value_dtype: str = "native") -> int:
+    """Bytes one token of one (batch, head) row takes in the fixed layout (``itemsize``: the native values';
+    fp8: one byte per slot, 8-byte padding, plus the token's scale)."""
+    if value_dtype == "fp8":
+        return 4 * bitmap_words(head_dim) + padded_keep(keep, 1, FP8_ALIGN) + SCALE_BYTES
     return 4 * bitmap_words(head_dim) + padded_keep(keep, itemsize) * itemsize
 
 
@@ -100,6 +113,7 @@ class CompressedStore:
         capacity: int = 0,
         static: bool = False,
         word_quota: bool = False,
+        value_dtype: str = "native",
     ) -> None:
         if head_dim <= 0 or head_dim % 32:
             raise ValueError(f"head_dim must be a positive multiple of 32, got {head_dim}")
@@ -120,14 +134,25 @@ class CompressedStore:
         if word_quota and keep is None:
             raise ValueError("word_quota stores need the fixed layout (keep=int), got keep=None")
         self.word_quota = word_quota
+        if value_dtype not in VALUE_DTYPES:
+            raise ValueError(f"value_dtype must be one of {VALUE_DTYPES}, got {value_dtype!r}")
+        if value_dtype == "fp8" and keep is None:
+            raise ValueError("fp8 stores need the fixed layout (keep=int), got keep=None")
+        self.value_dtype = value_dtype
         self._views: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
         self._length = 0
         # static stores count their tokens on the device (one count per batch row), dynamic ones on the host
         self._length_dev = torch.zeros(batch, dtype=torch.int32, device=self.device) if static else None
-        self.slot = padded_keep(keep, self.itemsize) if keep is not None else 0
+        if keep is None:
+            self.slot = 0
+        else:
+            self.slot = padded_keep(keep, 1, FP8_ALIGN) if self.fp8 else padded_keep(keep, self.itemsize)
         words = bitmap_words(head_dim)
         self.bits = torch.zeros(batch, heads, capacity, words, dtype=torch.int32, device=self.device)
-        if keep is not None:
+        if self.fp8:
+            self.vals = torch.zeros(batch, heads, capacity, self.slot, dtype=torch.uint8, device=self.device)
+            self.scales = torch.ones(batch, heads, capacity, dtype=torch.float32, device=self.device)
+        elif keep is not None:
             self.vals = torch.zeros(batch, heads, capacity, self.slot, dtype=dtype, device=self.device)
         else:
             self.vals = torch.zeros(batch, heads, 0, dtype=dtype, device=self.device)
@@ -138,6 +163,18 @@ class CompressedStore:
     @property
     def fixed(self) -> bool:
         return self.keep is not None
+
+    @property
+    def fp8(self) -> bool:
+        """Values held as e4m3 codes with a per-token scale (module docstring)."""
+        return self.value_dtype == "fp8"
+
+    @property
+    def token_nbytes(self) -> int:
+        """Bytes one token of one (batch, head) row takes (fixed layout)."""
+        if not self.fixed:
+            raise ValueError("the variable layout has no fixed bytes per token; see payload_nbytes")
+        return fixed_token_nbytes(self.head_dim, self.keep, self.itemsize, self.value_dtype)
 
     @property
     def quotas(self) -> tuple[int, ...] | None:
@@ -220,13 +257,14 @@ class CompressedStore:
     @property
     def nbytes(self) -> int:
         bufs = [self.bits, self.vals] + ([] if self.fixed else [self.offs, self.row_nnz])
+        bufs += [self.scales] if self.fp8 else []
         return sum(b.numel() * b.element_size() for b in bufs)
 
     @property
     def payload_nbytes(self) -> int:
         rows = self.batch * self.heads * self.length
         if self.fixed:
-            return rows * fixed_token_nbytes(self.head_dim, self.keep, self.itemsize)
+            return rows * self.token_nbytes
         nnz = int(self.row_nnz.sum())
         return rows * variable_token_nbytes(self.head_dim, 0, self.itemsize) + nnz * self.itemsize
 
@@ -281,6 +319,8 @@ class CompressedStore:
         self.bits = self._grow(self.bits, 2, self.length, need)
         if self.fixed:
             self.vals = self._grow(self.vals, 2, self.length, need)
+            if self.fp8:
+                self.scales = self._grow(self.scales, 2, self.length, need)
         else:
             self.offs = self._grow(self.offs, 2, self.length, need)
             used = int(self.row_nnz.max())
@@ -321,28 +361,41 @@ class CompressedStore:
             self._length += tokens
         return first
 
-    def append_packed(self, bits: Tensor, values: Tensor) -> None:
+    def append_packed(self, bits: Tensor, values: Tensor, scales: Tensor | None = None) -> None:
         """Append packed tokens: ``bits`` int32 [B, H, n, D/32] (the kept channels) and ``values``, the kept values
-        of all n tokens flattened in (batch, head, token, channel) order, as ``rows[mask]`` lists them."""
+        of all n tokens flattened in (batch, head, token, channel) order, as ``rows[mask]`` lists them; on an fp8
+        store ``values`` are e4m3 codes (uint8) and ``scales`` fp32 [B, H, n] their tokens' scales."""
         b, h, w = self.batch, self.heads, bitmap_words(self.head_dim)
         if bits.dim() != 4 or bits.shape[:2] != (b, h) or bits.shape[3] != w or bits.dtype != torch.int32:
             raise ValueError(f"bits must be int32 [{b}, {h}, n, {w}], got {bits.dtype} {tuple(bits.shape)}")
-        if values.dim() != 1 or values.dtype != self.dtype:
-            raise ValueError(f"values must be 1-D {self.dtype}, got {values.dtype} {tuple(values.shape)}")
+        want = torch.uint8 if self.fp8 else self.dtype
+        if values.dim() != 1 or values.dtype != want:
+            raise ValueError(f"values must be 1-D {want}, got {values.dtype} {tuple(values.shape)}")
+        if self.fp8 and (scales is None or scales.shape != bits.shape[:3] or scales.dtype != torch.float32):
+            got = None if scales is None else (scales.dtype, tuple(scales.shape))
+            raise ValueError(f"an fp8 store needs fp32 scales of shape {tuple(bits.shape[:3])}, got {got}")
         mask = unpack_bitmap(bits, self.head_dim)
         n = bits.shape[2]
         t0 = self.extend(n, mask.sum(-1))
         self.bits[:, :, t0 : t0 + n] = bits
         if self.fixed:
             self.vals[:, :, t0 : t0 + n].zero_()
+        if self.fp8:
+            self.scales[:, :, t0 : t0 + n] = scales
         self.vals.view(-1)[_value_index(self, mask, t0)[mask]] = values
 
     # ------------------------------------------------------------------ reading back
     def to_dense(self) -> Tensor:
         """[B, H, T, D] with zeros at pruned entries (exact round trip of the appended rows)."""
-        mask = unpack_bitmap(self.bits[:, :, : self.length], self.head_dim)
+        n = self.length
+        mask = unpack_bitmap(self.bits[:, :, :n], self.head_dim)
+        if self.fp8:  # a token's slots dequantised with its scale, the kept ones placed by rank
+            slots = dequantize(self.vals[:, :, :n], self.scales[:, :, :n], self.dtype)
+            rank = (mask.to(torch.int64).cumsum(-1) - 1).clamp(0, self.slot - 1)
+            return slots.gather(-1, rank).masked_fill(~mask, 0)
         out = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
-        out[mask] = self.vals.reshape(-1)[_value_index(self, mask, 0)[mask]]
+        index = _value_index(self, mask, 0)
+        out[mask] = self.vals.reshape(-1)[index[mask]]
         return out
 
 

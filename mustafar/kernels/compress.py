@@ -9,7 +9,9 @@ Two kernels:
   ``keep``), or a given kept pattern (any count in the variable layout). With constexpr ``WORD`` (stores made with
   ``word_quota=True``) the same search runs per 32-channel word against that word's quota, so the kernel packs the
   ``word`` rule's pattern directly, also at a static store's per-row device counts.
-* ``_topk_pack_ptx_kernel`` (GPU, fixed layout, fp16/bf16, 16-byte aligned rows: every store a cache makes): the
+  With constexpr ``FP8`` (``value_dtype="fp8"`` stores) the kept values go in as e4m3 codes and each token's
+  power-of-two scale into ``scales`` (:mod:`mustafar.formats.fp8`).
+* ``_topk_pack_ptx_kernel`` (GPU, fixed layout without fp8 codes, fp16/bf16, 16-byte aligned rows: every store a cache makes): the
   same top-k as one generated PTX program per row (:mod:`mustafar.kernels._topk_ptx`).
 
 Destination: fixed layout ``vals[b, h, t0 + r, :]``; variable layout ``vals[b, h, offs[b, h, t0 + r]:]`` (offsets
@@ -50,12 +52,28 @@ def _abs_key(x, KEY_BITS: tl.constexpr):
 
 
 @triton.jit
+def _e4m3(y):
+    """fp32 ``y`` (|y| <= 448) as its e4m3 bit pattern (int32), round to nearest even: integer arithmetic, so the
+    interpreter (whose float8 conversion does not round to nearest even) and the GPU agree with PyTorch."""
+    ub = y.to(tl.int32, bitcast=True) & 0x7FFFFFFF
+    normal = (ub - (120 << 23) + 0x7FFFF + ((ub >> 20) & 1)) >> 20  # rebias 127 -> 7, round to 3 mantissa bits
+    v = y.to(tl.int32, bitcast=True)
+    t = tl.abs(y) * 512.0  # below 2^-6: multiples of 2^-9 (subnormals; 8 is the smallest normal, 0x08)
+    n = t.to(tl.int32)
+    r = t - n.to(tl.float32)
+    n = n + ((r > 0.5) | ((r == 0.5) & ((n & 1) == 1))).to(tl.int32)
+    code = tl.where(ub >= (121 << 23), normal, n)
+    return code | ((v >> 24) & 0x80)
+
+
+@triton.jit
 def _prune_pack_kernel(
     x_ptr,
     mask_ptr,
     bits_ptr,
     vals_ptr,
     offs_ptr,
+    scale_ptr,
     n_tok,
     heads,
     sxb,
@@ -79,6 +97,7 @@ def _prune_pack_kernel(
     SWAR: tl.constexpr,
     DEVICE_OFF: tl.constexpr,
     WORD: tl.constexpr,
+    FP8: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     bh = tl.program_id(1)
@@ -142,6 +161,16 @@ def _prune_pack_kernel(
     keep_i = keep.to(tl.int32)
     pos = tl.cumsum(keep_i, axis=1) - 1
     slot = bh.to(tl.int64) * cap + t0 + r
+    if FP8:
+        # e4m3 codes with the token's power-of-two scale (mustafar.formats.fp8.pow2_scale, same integer math)
+        xf = x.to(tl.float32)
+        amax = tl.max(tl.where(keep, tl.abs(xf), 0.0), axis=1)
+        abits = amax.to(tl.int32, bitcast=True)
+        k = ((abits >> 23) & 0xFF) - 135 + ((abits & 0x7FFFFF) > 0x600000).to(tl.int32)
+        k = tl.minimum(tl.maximum(tl.where(amax > 0, k, 0), -126), 126)
+        tl.store(scale_ptr + slot, ((k + 127) << 23).to(tl.float32, bitcast=True), mask=rmask)
+        inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k: the division is exact
+        x = _e4m3(xf * inv[:, None]).to(tl.uint8)
     if VARIABLE:
         base = bh.to(tl.int64) * val_cap + tl.load(offs_ptr + slot, mask=rmask, other=0)
     else:
@@ -225,12 +254,13 @@ def _topk_pack_ptx_kernel(
 
 
 def _ptx_ok(store: CompressedStore, rows: Tensor) -> bool:
-    """The PTX kernel's domain: a compiled sm_80+ GPU, the fixed layout without word quotas, fp16/bf16, 16-byte
-    aligned rows."""
+    """The PTX kernel's domain: a compiled sm_80+ GPU, the fixed layout without word quotas or fp8 codes,
+    fp16/bf16, 16-byte aligned rows."""
     return (
         gluon_capable(rows.device)
         and store.fixed
         and not store.word_quota
+        and not store.fp8
         and store.dtype in (torch.float16, torch.bfloat16)
         and rows.stride(-1) == 1
         and rows.data_ptr() % 16 == 0
@@ -290,6 +320,7 @@ def _launch_plain(
         store.bits,
         store.vals,
         store.bits if store.fixed else store.offs,
+        store.scales if store.fp8 else store.bits,
         n,
         store.heads,
         *rows.stride()[:3],
@@ -309,6 +340,7 @@ def _launch_plain(
         SWAR=store.dtype != torch.float32,
         DEVICE_OFF=device_off,
         WORD=mask is None and store.word_quota,
+        FP8=store.fp8,
         num_warps=_NUM_WARPS,
     )
 

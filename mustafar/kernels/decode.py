@@ -103,7 +103,7 @@ def _bit(word, J: tl.constexpr):
 @triton.jit
 def _gather_bit(row_ptr, idx, word, J: tl.constexpr):
     bit = _bit(word, J)
-    v = tl.load(row_ptr + idx, mask=bit, other=0.0)
+    v = tl.load(row_ptr + idx, mask=bit, other=0)
     return v, idx + bit.to(tl.int32)
 
 
@@ -139,10 +139,22 @@ def _expand8(row_ptr, idx, word, ASM: tl.constexpr):
 
 
 @triton.jit
+def _e4m3_to_f32(c):
+    """e4m3 bit patterns (uint8) as fp32, by bit arithmetic (exact; the interpreter has no fp8 conversion)."""
+    c = c.to(tl.int32)
+    e = (c >> 3) & 0xF
+    m = c & 7
+    normal = ((c & 0x80) << 24) | ((e + 120) << 23) | (m << 20)
+    sub = m.to(tl.float32) * 0.001953125  # exponent field 0: m · 2^-9
+    return tl.where(e == 0, tl.where((c & 0x80) != 0, -sub, sub), normal.to(tl.float32, bitcast=True))
+
+
+@triton.jit
 def _decode_tile(
     bits_ptr,
     vals_ptr,
     offs_ptr,
+    scale_ptr,
     row,
     val_row,
     tok,
@@ -153,8 +165,10 @@ def _decode_tile(
     VAR: tl.constexpr,
     HW: tl.constexpr,
     ASM: tl.constexpr,
+    FP8: tl.constexpr,
 ):
-    """Dense [BLOCK_N, D] tile of compressed tokens ``tok`` of one (batch, head) row; zeros where masked.
+    """Dense [BLOCK_N, D] tile of compressed tokens ``tok`` of one (batch, head) row; zeros where masked (fp32
+    with ``FP8``: the codes decoded and multiplied by their token's scale, exact in the model's dtype).
 
     Tiles are [G, BLOCK_N] (G = D/32 words) with the word index fastest so the lanes of a warp share a token's value
     row (few cache lines per gather). One 64-bit row pointer per program, 32-bit in-row value indices advanced by
@@ -183,7 +197,10 @@ def _decode_tile(
     y = tl.permute(tl.join(y0, y1), (0, 1, 5, 2, 3, 4))
     x = tl.permute(tl.join(x, y), (0, 1, 6, 2, 3, 4, 5))
     x = tl.permute(x, (1, 0, 2, 3, 4, 5, 6))
-    return tl.reshape(x, [tok.shape[0], D])
+    x = tl.reshape(x, [tok.shape[0], D])
+    if FP8:
+        x = _e4m3_to_f32(x) * tl.load(scale_ptr + row + tok, mask=tmask, other=0.0)[:, None]
+    return x
 
 
 @triton.jit
@@ -229,6 +246,8 @@ def _sparse_decode_kernel(
     v_bits,
     v_vals,
     v_offs,
+    k_scales,
+    v_scales,
     kw_ptr,
     vw_ptr,
     o_ptr,
@@ -260,6 +279,10 @@ def _sparse_decode_kernel(
     V_SLOT: tl.constexpr,
     K_VAR: tl.constexpr,
     V_VAR: tl.constexpr,
+    K_FP8: tl.constexpr,
+    V_FP8: tl.constexpr,
+    K_VB: tl.constexpr,
+    V_VB: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_N: tl.constexpr,
     F32: tl.constexpr,
@@ -294,19 +317,21 @@ def _sparse_decode_kernel(
             p0 = t0 + PREFETCH * BLOCK_N
             n_tok = tl.minimum(end - p0, BLOCK_N)
             if n_tok > 0:
-                _prefetch(k_vals + (bh * k_cap + p0) * K_SLOT, n_tok * K_SLOT * 2, NL_VALS)
-                _prefetch(v_vals + (bh * v_cap + p0) * V_SLOT, n_tok * V_SLOT * 2, NL_VALS)
+                _prefetch(k_vals + (bh * k_cap + p0) * K_SLOT, n_tok * K_SLOT * K_VB, NL_VALS)
+                _prefetch(v_vals + (bh * v_cap + p0) * V_SLOT, n_tok * V_SLOT * V_VB, NL_VALS)
                 _prefetch(k_bits + (bh * k_cap + p0) * (D // 32), n_tok * (D // 8), NL_BITS)
                 _prefetch(v_bits + (bh * v_cap + p0) * (D // 32), n_tok * (D // 8), NL_BITS)
         tok = t0 + tl.arange(0, BLOCK_N)
         valid = tok < end
         k = _decode_tile(
-            k_bits, k_vals, k_offs, bh * k_cap, bh * k_vcap, tok, valid, gstride, D, K_SLOT, K_VAR, HW, ASM
-        )
+            k_bits, k_vals, k_offs, k_scales, bh * k_cap, bh * k_vcap, tok, valid, gstride, D, K_SLOT, K_VAR, HW,
+            ASM and not K_FP8, K_FP8,
+        ).to(q.dtype)  # fmt: skip
         p, m_i, l_i, acc = _scores(q, k, valid, m_i, l_i, acc, qk_scale, F32)
         v = _decode_tile(
-            v_bits, v_vals, v_offs, bh * v_cap, bh * v_vcap, tok, valid, gstride, D, V_SLOT, V_VAR, HW, ASM
-        )
+            v_bits, v_vals, v_offs, v_scales, bh * v_cap, bh * v_vcap, tok, valid, gstride, D, V_SLOT, V_VAR, HW,
+            ASM and not V_FP8, V_FP8,
+        ).to(q.dtype)  # fmt: skip
         acc += _dot(p.to(v.dtype), v, F32)
     if s == num_splits - 1:
         # the dense window rides on the last split: no extra program per (batch, head) in the grid
@@ -513,6 +538,10 @@ def _portable_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compresse
         V_SLOT=v_store.slot,
         K_VAR=not k_store.fixed,
         V_VAR=not v_store.fixed,
+        K_FP8=k_store.fp8,
+        V_FP8=v_store.fp8,
+        K_VB=k_store.vals.element_size(),
+        V_VB=v_store.vals.element_size(),
         BLOCK_H=max(16, triton.next_power_of_2(n_rep)),
         BLOCK_N=block_n,
         F32=q.dtype == torch.float32 or (interp and q.dtype == torch.bfloat16),
@@ -520,7 +549,9 @@ def _portable_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compresse
         ASM=not interp and q.dtype != torch.float32,
         # prefetch of the bitmaps and value rows 2 tiles ahead into L2 (fixed layouts, GPU)
         PREFETCH=2 if (not interp and k_store.fixed and v_store.fixed) else 0,
-        NL_VALS=triton.next_power_of_2(triton.cdiv(block_n * max(k_store.slot, v_store.slot) * 2, 128)),
+        NL_VALS=triton.next_power_of_2(
+            triton.cdiv(block_n * max(st.slot * st.vals.element_size() for st in (k_store, v_store)), 128)
+        ),
         NL_BITS=triton.next_power_of_2(triton.cdiv(block_n * d // 8, 128)),
         DEVICE_LEN=k_store.static,
     )
@@ -564,6 +595,8 @@ def _configure(
         k_store.static,
         k_store.keep,
         v_store.keep,
+        k_store.value_dtype,
+        v_store.value_dtype,
         decoder,
         block_n,
         num_warps,
@@ -801,8 +834,8 @@ def _launch(
     o_part, lse_part = _partials(b, hq, num_splits, d, device, stream)
     out = _empty(q.shape, q.dtype, device) if out is None else out
     staged = cfg.decoder in ("staged", "scatter")
-    vals_dtype = torch.int32 if staged else q.dtype
-    k_vals, v_vals = k_store.vals_as(vals_dtype), v_store.vals_as(vals_dtype)
+    # the staged decoders stage value slots as int32 words; the portable one reads them as stored
+    k_vals, v_vals = (k_store.vals_as(torch.int32), v_store.vals_as(torch.int32)) if staged else (k_store.vals, v_store.vals)
     if not (k_cap and v_cap):  # empty buffers have no address: stand-ins (never read)
         k_bits, v_bits, k_vals, v_vals = _arg(k_bits), _arg(v_bits), _arg(k_vals), _arg(v_vals)
     k_len, v_len = (k_store.length_tensor, v_store.length_tensor) if static else (k_bits, k_bits)
@@ -825,9 +858,14 @@ def _launch(
             0 if k_store.keep is not None else k_vals.shape[-1],
             0 if v_store.keep is not None else v_vals.shape[-1],
         )
-        tensors = (q, k_bits, k_vals, k_offs, v_bits, v_vals, v_offs, kw, vw, o_part, lse_part, k_len, v_len)
+        k_sc = k_store.scales if k_store.fp8 else k_bits
+        v_sc = v_store.scales if v_store.fp8 else k_bits
+        tensors = (
+            q, k_bits, k_vals, k_offs, v_bits, v_vals, v_offs, _arg(k_sc), _arg(v_sc), kw, vw, o_part, lse_part,
+            k_len, v_len,
+        )  # fmt: skip
         args = (
-            *tensors[:11], *strides, tokens, k_len, v_len, *caps, *vcaps, tokens_per_split, num_splits, qk_scale, 1,
+            *tensors[:13], *strides, tokens, k_len, v_len, *caps, *vcaps, tokens_per_split, num_splits, qk_scale, 1,
         )  # fmt: skip
         ints = (*strides, *caps, *vcaps, num_splits)
     key = _spec_key(tensors, ints, (tokens, tokens_per_split))

@@ -38,7 +38,8 @@ def decoder_for(q: Tensor, k_store: CompressedStore, v_store: CompressedStore) -
     """The Triton decoder for these inputs: ``"scatter"`` (its decode work scales with the kept values,
     :mod:`mustafar.kernels.decode_scatter`) where the staged decoder applies and both stores hold word quotas
     (``keep_rule="word"``) and the GQA group has at most 8 query heads; ``"staged"`` (Gluon, :mod:`mustafar.kernels.decode_staged`) on a compiled sm_80+ GPU
-    with fixed layouts on both sides, fp16/bf16, a supported head dim and a GQA group of at most 16 query heads;
+    with fixed layouts on both sides, fp16/bf16 values (no fp8 codes), a supported head dim and a GQA group of at
+    most 16 query heads;
     ``"portable"`` (plain Triton, also runs in the interpreter) for everything else."""
     staged = (
         gluon_capable(q.device)
@@ -47,6 +48,7 @@ def decoder_for(q: Tensor, k_store: CompressedStore, v_store: CompressedStore) -
         and q.dtype in (torch.float16, torch.bfloat16)
         and q.shape[-1] in HEAD_DIMS
         and q.shape[1] // k_store.heads <= 16
+        and not (k_store.fp8 or v_store.fp8)
     )
     if not staged:
         return "portable"

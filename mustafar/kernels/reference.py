@@ -6,11 +6,17 @@ import torch
 from torch import Tensor
 
 from mustafar.formats.bitmap import CompressedStore, pack_bitmap
+from mustafar.formats.fp8 import quantize
 from mustafar.pruning.keep import fixed_count_mask
 
 
 def pack_reference(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
-    """Append ``rows`` under ``mask`` to ``store``: the bitmap words and the kept values in order."""
+    """Append ``rows`` under ``mask`` to ``store``: the bitmap words and the kept values in order (on an fp8 store
+    their e4m3 codes and each token's scale)."""
+    if store.fp8:
+        codes, scales = quantize(rows, mask)
+        store.append_packed(pack_bitmap(mask), codes[mask], scales)
+        return
     store.append_packed(pack_bitmap(mask), rows[mask])
 
 

@@ -33,6 +33,8 @@ POLICIES = [
     KVConfig(k_sparsity=0.5, v_sparsity=0.5),
     KVConfig(k_sparsity=0.7, v_sparsity=0.7, window=0),
     KVConfig(k_sparsity=0.7, v_sparsity=0.7, k_scorer="output_aware", v_scorer="output_aware"),
+    KVConfig(k_sparsity=0.7, v_sparsity=0.5, value_dtype="fp8"),
+    KVConfig(k_sparsity=0.5, k_scorer="output_aware", value_dtype="fp8", window=8),
 ]
 
 
@@ -109,6 +111,8 @@ COMPRESSED = [
     KVConfig(k_sparsity=0.5, v_sparsity=0.7, mode="compressed"),
     KVConfig(k_sparsity=0.7, v_sparsity=0.5, mode="compressed", window=0),
     KVConfig(k_sparsity=0.7, v_sparsity=0.5, mode="compressed", window=8, k_scorer="output_aware"),
+    KVConfig(k_sparsity=0.7, v_sparsity=0.5, mode="compressed", value_dtype="fp8"),
+    KVConfig(k_sparsity=0.5, mode="compressed", window=8, k_scorer="output_aware", value_dtype="fp8"),
 ]
 
 

@@ -1,0 +1,53 @@
+"""FP8 kept values (``kv.value_dtype=fp8``): e4m3 codes with one power-of-two scale per token (per token-head).
+
+A token's kept values ``x`` are stored as ``codes = fp8_e4m3(x / s)`` (round to nearest even) with
+``s = 2^k`` the smallest power of two such that ``max|x| / s <= 448`` (e4m3's largest finite value; ``s = 1`` for
+an all-zero token). A power of two makes the division exact, so every implementation (this reference, the
+Triton pack, mask mode's simulated rounding) produces the same codes, and ``codes · s`` is exactly representable
+in fp16 and bf16 (3 mantissa bits, exponent shifted): dequantising is exact in any of the model dtypes and the
+kernels may apply ``s`` anywhere in their fp32 math (a K score or a P·V weight). Relative error per entry is at
+most 2^-4 (half an e4m3 ulp), entries below ``2^-9 · s`` flush towards e4m3's subnormals.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+FP8_MAX = 448.0
+FP8_ALIGN = 8  # bytes a token's fp8 value slot is padded to (an 8-byte cp.async chunk)
+SCALE_BYTES = 4  # one fp32 scale per token-head
+
+
+def pow2_scale(amax: Tensor) -> Tensor:
+    """fp32 ``2^k``, the smallest power of two with ``amax / 2^k <= 448`` (1 where ``amax`` is 0).
+
+    Integer arithmetic on the fp32 bits: ``amax = m·2^e`` with ``m`` in [1, 2) needs ``k = e - 8`` when
+    ``m <= 1.75`` (448 = 1.75·2^8) and ``k = e - 7`` otherwise (the Triton pack computes the same)."""
+    a = amax.float()
+    bits = a.view(torch.int32)
+    exp = ((bits >> 23) & 0xFF) - 127
+    k = exp - 8 + ((bits & 0x7FFFFF) > 0x600000).to(torch.int32)
+    k = torch.where(a > 0, k, torch.zeros_like(k)).clamp(-126, 127)
+    return ((k + 127) << 23).view(torch.float32)
+
+
+def quantize(x: Tensor, kept: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    """Per-token e4m3 codes (uint8 bit patterns, same shape as ``x`` [..., D]) and fp32 scales [...]; the scale
+    covers the ``kept`` entries (default: all; pruned entries are zeros and do not move the maximum)."""
+    xf = x.float()
+    mag = xf.abs() if kept is None else xf.abs().masked_fill(~kept, 0)
+    scale = pow2_scale(mag.amax(-1))
+    codes = (xf / scale.unsqueeze(-1)).to(torch.float8_e4m3fn).view(torch.uint8)
+    return codes, scale
+
+
+def dequantize(codes: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:
+    """``codes`` (uint8 e4m3 bit patterns [..., n]) times their token's ``scale`` [...] in ``dtype`` (exact)."""
+    return (codes.view(torch.float8_e4m3fn).float() * scale.unsqueeze(-1)).to(dtype)
+
+
+def fake_quantize(x: Tensor) -> Tensor:
+    """``x`` [..., D] (pruned entries already zero) as the fp8 store would return it: mask mode's rounding."""
+    codes, scale = quantize(x)
+    return dequantize(codes, scale, x.dtype)
