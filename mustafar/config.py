@@ -96,7 +96,9 @@ class KVConfig:
     token_budget: int = 0  # prompt tokens kept per KV head (observation window included) when evict != none
     evict_window: int = 32  # last prompt queries whose attention scores the tokens (SnapKV's window)
     evict_pool: int = 7  # odd max-pooling kernel over the scores (SnapKV keeps a kept token's neighbours)
-    value_dtype: str = "native"  # "fp8": stored (past-window) values as e4m3 with a power-of-two scale per token
+    value_dtype: str = (
+        "native"  # "fp8": stored (past-window) values as e4m3 with a power-of-two scale per token
+    )
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k_sparsity", _sparsity("kv.k_sparsity", self.k_sparsity))

@@ -42,7 +42,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from mustafar.formats.fp8 import FP8_ALIGN, SCALE_BYTES, dequantize, quantize
+from mustafar.formats.fp8 import FP8_ALIGN, SCALE_BYTES, dequantize
 from mustafar.pruning.keep import word_quotas
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)

@@ -56,7 +56,9 @@ def _e4m3(y):
     """fp32 ``y`` (|y| <= 448) as its e4m3 bit pattern (int32), round to nearest even: integer arithmetic, so the
     interpreter (whose float8 conversion does not round to nearest even) and the GPU agree with PyTorch."""
     ub = y.to(tl.int32, bitcast=True) & 0x7FFFFFFF
-    normal = (ub - (120 << 23) + 0x7FFFF + ((ub >> 20) & 1)) >> 20  # rebias 127 -> 7, round to 3 mantissa bits
+    normal = (
+        ub - (120 << 23) + 0x7FFFF + ((ub >> 20) & 1)
+    ) >> 20  # rebias 127 -> 7, round to 3 mantissa bits
     v = y.to(tl.int32, bitcast=True)
     t = tl.abs(y) * 512.0  # below 2^-6: multiples of 2^-9 (subnormals; 8 is the smallest normal, 0x08)
     n = t.to(tl.int32)

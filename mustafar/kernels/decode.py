@@ -835,7 +835,11 @@ def _launch(
     out = _empty(q.shape, q.dtype, device) if out is None else out
     staged = cfg.decoder in ("staged", "scatter")
     # the staged decoders stage value slots as int32 words; the portable one reads them as stored
-    k_vals, v_vals = (k_store.vals_as(torch.int32), v_store.vals_as(torch.int32)) if staged else (k_store.vals, v_store.vals)
+    k_vals, v_vals = (
+        (k_store.vals_as(torch.int32), v_store.vals_as(torch.int32))
+        if staged
+        else (k_store.vals, v_store.vals)
+    )
     if not (k_cap and v_cap):  # empty buffers have no address: stand-ins (never read)
         k_bits, v_bits, k_vals, v_vals = _arg(k_bits), _arg(v_bits), _arg(k_vals), _arg(v_vals)
     k_len, v_len = (k_store.length_tensor, v_store.length_tensor) if static else (k_bits, k_bits)

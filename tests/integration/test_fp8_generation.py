@@ -65,7 +65,9 @@ def test_fp8_bytes_are_measured_from_the_stores(tiny_llama):
     ids = torch.randint(1, 256, (1, 90), generator=torch.Generator().manual_seed(6))
     _, native = run(tiny_llama, ids, KVConfig(k_sparsity=0.7, v_sparsity=0.7, mode="compressed", window=16))
     _, fp8 = run(
-        tiny_llama, ids, KVConfig(k_sparsity=0.7, v_sparsity=0.7, mode="compressed", window=16, value_dtype="fp8")
+        tiny_llama,
+        ids,
+        KVConfig(k_sparsity=0.7, v_sparsity=0.7, mode="compressed", window=16, value_dtype="fp8"),
     )
     layer = fp8.layers[0]
     stored, tail, h, d = layer.stored, layer.keys.shape[2], 2, 64

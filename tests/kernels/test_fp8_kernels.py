@@ -28,7 +28,9 @@ def test_pack_writes_the_reference_codes(dtype, word):
     x = _rows(2, 3, 11, 64, dtype=dtype, seed=1)
     x[0, 0, 0] = 0  # an all-zero token: scale 1, codes 0
     x[1, 2, 3, :8] *= 1000  # a token with a large outlier
-    stores = [CompressedStore(2, 3, 64, dtype, "cpu", keep=19, word_quota=word, value_dtype="fp8") for _ in "ab"]
+    stores = [
+        CompressedStore(2, 3, 64, dtype, "cpu", keep=19, word_quota=word, value_dtype="fp8") for _ in "ab"
+    ]
     topk_pack_into(stores[0], x, 19, backend="triton")
     topk_pack_into(stores[1], x, 19, backend="torch")
     for name in ("bits", "vals", "scales"):
@@ -45,7 +47,9 @@ def test_pack_with_a_given_mask_and_static_device_counts():
     pack_into(given[1], x, mask, backend="torch")
     assert torch.equal(given[0].vals, given[1].vals) and torch.equal(given[0].scales, given[1].scales)
     assert torch.equal(given[0].to_dense(), fake_quantize(x.masked_fill(~mask, 0)))
-    static = CompressedStore(2, 2, 64, torch.float16, "cpu", keep=19, capacity=8, static=True, value_dtype="fp8")
+    static = CompressedStore(
+        2, 2, 64, torch.float16, "cpu", keep=19, capacity=8, static=True, value_dtype="fp8"
+    )
     static.length_tensor.copy_(torch.tensor([1, 3], dtype=torch.int32))  # rows at different counts
     topk_pack_into(static, x[:, :, :2], 19, backend="triton")
     ref = CompressedStore(2, 2, 64, torch.float16, "cpu", keep=19, value_dtype="fp8")
@@ -82,6 +86,8 @@ def test_portable_decode_reads_fp8_stores(poison, dtype, d, n_rep, k_fp8, v_fp8)
     # float64 attention over the dequantised stores (independent of the kernels' order of operations)
     keys = torch.cat([stores[0].to_dense(), kw], 2).double().repeat_interleave(n_rep, 1)
     values = torch.cat([stores[1].to_dense(), vw], 2).double().repeat_interleave(n_rep, 1)
-    ref = torch.einsum("bht,bhtd->bhd", (torch.einsum("bhd,bhtd->bht", q.double(), keys) * scale).softmax(-1), values)
+    ref = torch.einsum(
+        "bht,bhtd->bhd", (torch.einsum("bhd,bhtd->bht", q.double(), keys) * scale).softmax(-1), values
+    )
     rel = ((out.double() - ref).norm() / ref.norm()).item()
     assert rel <= (1e-5 if dtype == torch.float32 else 1e-2)

@@ -59,14 +59,18 @@ def test_pow2_scale_is_the_smallest_that_fits():
 def test_rounding_is_round_to_nearest_even_against_the_table():
     g = torch.Generator().manual_seed(0)
     x = torch.randn(64, 128, generator=g) * torch.logspace(-3, 3, 64).unsqueeze(1)
-    x[0, :8] = torch.tensor([0.0, 1.0625, -1.0625, 100.0, 127.0, 2.0**-10, 3 * 2.0**-10, 5.0])  # ties, subnormals
+    x[0, :8] = torch.tensor(
+        [0.0, 1.0625, -1.0625, 100.0, 127.0, 2.0**-10, 3 * 2.0**-10, 5.0]
+    )  # ties, subnormals
     codes, scale = quantize(x)
     y = x.double() / scale.double().unsqueeze(-1)
     assert torch.equal(codes.long(), nearest_even(y))
     back = dequantize(codes, scale, torch.float32)
     assert torch.equal(back.double(), e4m3_table()[codes.long()] * scale.double().unsqueeze(-1))
     rel = ((back - x).abs() / x.abs().amax(-1, keepdim=True)).max()
-    assert rel <= 2.0**-4 * 2.0**-8 * 448 + 1e-9  # at most half an ulp of the largest binade, relative to amax
+    assert (
+        rel <= 2.0**-4 * 2.0**-8 * 448 + 1e-9
+    )  # at most half an ulp of the largest binade, relative to amax
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
