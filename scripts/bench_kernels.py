@@ -168,7 +168,10 @@ def decode_row(
     dense_us = time_us(dense)
     dense_graph = graph_time(dense)
     del dense
-    inp = decode_inputs(SHAPE, b, t, keep, word_quota=rule == "word")
+    fp8 = rule.endswith("-fp8")  # word-fp8 / exact-fp8: the same stores with e4m3 codes and per-token scales
+    inp = decode_inputs(
+        SHAPE, b, t, keep, word_quota=rule.startswith("word"), value_dtype="fp8" if fp8 else "native"
+    )
     default = decode_call(inp, {})
     us = time_us(default)  # first: the launch measures its occupancy, which the plan below then uses
     launch = default_launch(inp)
@@ -363,7 +366,8 @@ def main() -> None:
     ap.add_argument(
         "--keep-rules",
         default="exact,word",
-        help="stores to decode: exact (top-k per token: the staged decoder) and/or word (word quotas: scatter)",
+        help="stores to decode: exact (top-k per token: the staged decoder), word (word quotas: scatter); "
+        "suffix -fp8 for fp8 values (word-fp8: scatter, exact-fp8: portable)",
     )
     ap.add_argument("--skip-compress", action="store_true", help="decode only")
     ap.add_argument("--check-only", action="store_true", help="GPU correctness checks only")

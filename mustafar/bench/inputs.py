@@ -46,14 +46,24 @@ def build_stores(
     seed: int = 0,
     chunk: int = 4096,
     word_quota: bool = False,
+    value_dtype: str = "native",
 ) -> tuple[CompressedStore, CompressedStore]:
     """K and V stores of N(0, 1) rows pruned and packed by the default prune+pack (``word_quota``: the word
-    rule's stores, which the scatter decoder reads), in chunks (bounded memory)."""
+    rule's stores, which the scatter decoder reads; ``value_dtype="fp8"``: e4m3 codes), in chunks (bounded
+    memory)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     stores = []
     for _ in range(2):
         st = CompressedStore(
-            batch, shape.heads_kv, shape.head_dim, dtype, "cuda", keep, capacity=tokens, word_quota=word_quota
+            batch,
+            shape.heads_kv,
+            shape.head_dim,
+            dtype,
+            "cuda",
+            keep,
+            capacity=tokens,
+            word_quota=word_quota,
+            value_dtype=value_dtype,
         )
         for a in range(0, tokens, chunk):
             n = min(chunk, tokens - a)
@@ -77,11 +87,14 @@ def decode_inputs(
     window: int = WINDOW,
     seed: int = 0,
     word_quota: bool = False,
+    value_dtype: str = "native",
 ) -> DecodeInputs:
     """One decode step's inputs: q [B, H_q, D], stores of ``tokens`` compressed tokens, dense windows."""
     torch.manual_seed(seed)
     q = torch.randn(batch, shape.heads_q, shape.head_dim, device="cuda", dtype=dtype)
-    ks, vs = build_stores(shape, batch, tokens, keep, dtype, seed, word_quota=word_quota)
+    ks, vs = build_stores(
+        shape, batch, tokens, keep, dtype, seed, word_quota=word_quota, value_dtype=value_dtype
+    )
     kw, vw = (
         torch.randn(batch, shape.heads_kv, window, shape.head_dim, device="cuda", dtype=dtype) for _ in "kv"
     )

@@ -47,7 +47,9 @@ def _signature(constexprs: dict, dtype: torch.dtype, static: bool) -> dict[str, 
             sig[name] = "constexpr"
         elif name in ("q_ptr", "kw_ptr", "vw_ptr"):
             sig[name] = "*" + _TYPES[dtype]
-        elif name in ("k_bits", "k_vals", "v_bits", "v_vals") or (static and name in ("k_len", "v_len")):
+        elif name in ("k_bits", "k_vals", "v_bits", "v_vals", "k_scales", "v_scales") or (
+            static and name in ("k_len", "v_len")
+        ):
             sig[name] = "*i32"
         elif name in ("o_ptr", "lse_ptr"):
             sig[name] = "*fp32"
@@ -62,10 +64,22 @@ def compile_scatter(
     dtype: torch.dtype = torch.float16,
     n_rep: int = 4,
     static: bool = False,
+    value_dtype: str = "native",
 ) -> OfflineKernel:
     """Compile the scatter decoder for word-quota stores of this shape with the default launch's constexprs."""
     keep = exact_keep(head_dim, sparsity)
-    store = CompressedStore(1, 8, head_dim, dtype, "cpu", keep, capacity=64, static=static, word_quota=True)
+    store = CompressedStore(
+        1,
+        8,
+        head_dim,
+        dtype,
+        "cpu",
+        keep,
+        capacity=64,
+        static=static,
+        word_quota=True,
+        value_dtype=value_dtype,
+    )
     q = torch.zeros(1, 8 * n_rep, 1, head_dim, dtype=dtype)
     constexprs = decode._scatter_constexprs(q, store, store, decode.TOKENS_PER_TILE)
     sig = _signature(constexprs, dtype, static)
@@ -123,9 +137,11 @@ def main() -> None:
     ap.add_argument("--head-dim", type=int, default=128)
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16")
+    ap.add_argument("--value-dtype", choices=("native", "fp8"), default="native")
     args = ap.parse_args()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    print(json.dumps(summary(compile_scatter(args.head_dim, args.sparsity, dtype))))
+    kernel = compile_scatter(args.head_dim, args.sparsity, dtype, value_dtype=args.value_dtype)
+    print(json.dumps(summary(kernel)))
 
 
 if __name__ == "__main__":

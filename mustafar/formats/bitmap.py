@@ -139,7 +139,7 @@ class CompressedStore:
         if value_dtype == "fp8" and keep is None:
             raise ValueError("fp8 stores need the fixed layout (keep=int), got keep=None")
         self.value_dtype = value_dtype
-        self._views: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
+        self._views: dict[torch.dtype | str, tuple[Tensor, Tensor]] = {}
         self._length = 0
         # static stores count their tokens on the device (one count per batch row), dynamic ones on the host
         self._length_dev = torch.zeros(batch, dtype=torch.int32, device=self.device) if static else None
@@ -151,7 +151,9 @@ class CompressedStore:
         self.bits = torch.zeros(batch, heads, capacity, words, dtype=torch.int32, device=self.device)
         if self.fp8:
             self.vals = torch.zeros(batch, heads, capacity, self.slot, dtype=torch.uint8, device=self.device)
-            self.scales = torch.ones(batch, heads, capacity, dtype=torch.float32, device=self.device)
+            self.scales = _with_spare(
+                torch.ones(batch, heads, capacity, dtype=torch.float32, device=self.device)
+            )
         elif keep is not None:
             self.vals = torch.zeros(batch, heads, capacity, self.slot, dtype=dtype, device=self.device)
         else:
@@ -282,6 +284,14 @@ class CompressedStore:
             cached = self._views[dtype] = (self.vals, self.vals.view(dtype))
         return cached[1]
 
+    def scale_words(self) -> Tensor:
+        """``scales`` viewed as int32 (the scatter decoder stages them with ``cp.async``), cached like
+        :meth:`vals_as`."""
+        cached = self._views.get("scales")
+        if cached is None or cached[0] is not self.scales:
+            cached = self._views["scales"] = (self.scales, self.scales.view(torch.int32))
+        return cached[1]
+
     def check_rows(self, rows: Tensor, mask: Tensor | None = None) -> None:
         """Raise unless ``rows`` are [B, H, n, D] of this store's dtype (and ``mask`` a bool tensor like them)."""
         b, h, d = self.batch, self.heads, self.head_dim
@@ -320,7 +330,8 @@ class CompressedStore:
         if self.fixed:
             self.vals = self._grow(self.vals, 2, self.length, need)
             if self.fp8:
-                self.scales = self._grow(self.scales, 2, self.length, need)
+                grown = self._grow(self.scales, 2, self.length, need)
+                self.scales = self.scales if grown is self.scales else _with_spare(grown)
         else:
             self.offs = self._grow(self.offs, 2, self.length, need)
             used = int(self.row_nnz.max())
@@ -397,6 +408,16 @@ class CompressedStore:
         index = _value_index(self, mask, 0)
         out[mask] = self.vals.reshape(-1)[index[mask]]
         return out
+
+
+SPARE_SCALES = 2  # allocated past the last token's scale: the scatter decoder copies scales in 8-byte pairs
+
+
+def _with_spare(scales: Tensor) -> Tensor:
+    """``scales`` in a buffer with :data:`SPARE_SCALES` more entries after it (the view keeps its shape)."""
+    buf = torch.ones(scales.numel() + SPARE_SCALES, dtype=scales.dtype, device=scales.device)
+    buf[: scales.numel()].copy_(scales.reshape(-1))
+    return buf[: scales.numel()].view(scales.shape)
 
 
 def _value_index(store: CompressedStore, mask: Tensor, start: int) -> Tensor:

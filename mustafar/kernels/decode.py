@@ -487,10 +487,22 @@ def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedS
     )
 
 
+def _slot_bytes(store: CompressedStore) -> int:
+    return store.slot * store.vals.element_size()
+
+
+def _value_registers(store: CompressedStore) -> int:
+    """32-bit registers a lane holds one token's values in: the slot, or fp8 codes plus their fp16 widening."""
+    if store.fp8:
+        return -(-store.keep // 2) + 2 * -(-store.keep // 8)
+    return _slot_bytes(store) // 4
+
+
 def _scatter_maxnreg(k_store: CompressedStore, v_store: CompressedStore) -> int:
     """Register cap of the scatter decoder: left alone, ptxas spends ~244 registers on the unrolled walks (8
-    programs per SM); the cap is the least that compiles without spills at Llama shapes (offline sm_90)."""
-    return 200 if max(k_store.slot, v_store.slot) <= 48 else 224
+    programs per SM); the cap is the least that compiles without spills at Llama shapes (offline sm_90: s = 0.7
+    at 200, fp16 and fp8; s = 0.5 needs 224)."""
+    return 200 if max(_value_registers(k_store), _value_registers(v_store)) <= 30 else 224
 
 
 def _scatter_ring(tile: int, side: int) -> tuple[int, int, bool]:
@@ -509,18 +521,32 @@ def _scatter_ring(tile: int, side: int) -> tuple[int, int, bool]:
 
 
 def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
-    """The staged decoder's constexprs with one dense tile, a ring of staged sides (:func:`_scatter_ring`) and the
-    scatter PTX of each side."""
+    """One dense tile, a ring of staged sides (:func:`_scatter_ring`: each side's words, value slots and, fp8, its
+    scales) and the scatter PTX of each side; in the kernel's declaration order."""
     d = q.shape[-1]
-    slot_bytes = block_n * (d // 8 + 2 * max(k_store.slot, v_store.slot))
+    n_rep = q.shape[1] // k_store.heads
+    k_sb, v_sb = _slot_bytes(k_store), _slot_bytes(v_store)
+    fp8 = k_store.fp8 or v_store.fp8
+    slot_bytes = block_n * (d // 8 + max(k_sb, v_sb) + (4 if fp8 else 0))
     sides, words, split = _scatter_ring(block_n * d * 2, slot_bytes)
+    k_ck, v_ck = (16 if sb % 16 == 0 else 8 for sb in (k_sb, v_sb))
     return dict(
-        _staged_constexprs(q, k_store, v_store, block_n),
+        N_REP=n_rep,
+        D=d,
+        K_SB=k_sb,
+        V_SB=v_sb,
+        K_CK=k_ck,
+        V_CK=v_ck,
+        K_FP8=k_store.fp8,
+        V_FP8=v_store.fp8,
+        BLOCK_H=max(8, triton.next_power_of_2(n_rep)),
+        BLOCK_N=block_n,
         SMEM_WORDS=words,
-        K_ASM=score_asm(
-            d, k_store.keep, k_store.slot, q.shape[1] // k_store.heads, q.dtype == torch.bfloat16
-        ),
-        V_ASM=scatter_asm(d, v_store.keep, v_store.slot),
+        K_CH_P2=triton.next_power_of_2(block_n * k_sb // k_ck),
+        V_CH_P2=triton.next_power_of_2(block_n * v_sb // v_ck),
+        DEVICE_LEN=k_store.static,
+        K_ASM=score_asm(d, k_store.keep, k_store.slot, n_rep, q.dtype == torch.bfloat16, k_store.fp8),
+        V_ASM=scatter_asm(d, v_store.keep, v_store.slot, v_store.fp8),
         SIDES=sides,
         SLOT_BYTES=slot_bytes,
         SPLIT=split,
@@ -850,9 +876,12 @@ def _launch(
     caps = (w, k_cap, v_cap)
     qk_scale = scale * _LOG2E
     if staged:
-        tensors = (q, k_bits, k_vals, v_bits, v_vals, kw, vw, o_part, lse_part, k_len, v_len)
+        scales = ()
+        if cfg.decoder == "scatter":  # int32 views of the fp8 scales (stand-ins where a side has none)
+            scales = tuple(_arg(st.scale_words()) if st.fp8 else k_bits for st in (k_store, v_store))
+        tensors = (q, k_bits, k_vals, v_bits, v_vals, *scales, kw, vw, o_part, lse_part, k_len, v_len)
         args = (
-            *tensors[:9], *strides, tokens, k_len, v_len, *caps, tokens_per_split, num_splits, qk_scale,
+            *tensors[:-2], *strides, tokens, k_len, v_len, *caps, tokens_per_split, num_splits, qk_scale,
         )  # fmt: skip
         ints = (*strides, *caps, num_splits)
     else:

@@ -23,23 +23,34 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
-from mustafar.kernels.decode_staged import _copy_region, _finish, _join8, _softmax_step, _start
+from mustafar.kernels.decode_staged import (
+    _LOAD_SHARED_ASM,
+    _copy_region,
+    _finish,
+    _join8,
+    _softmax_step,
+    _start,
+)
 
 
 @gluon.jit
-def _issue_side(slot_off, bits_row, vals_row, t0, end, G: gl.constexpr, SLOT: gl.constexpr, BLOCK_N: gl.constexpr,
-                CH_P2: gl.constexpr, LC: gl.constexpr):  # fmt: skip
+def _issue_side(slot_off, bits_row, vals_row, scales_row, t0, end, G: gl.constexpr, SB: gl.constexpr,
+                CK: gl.constexpr, FP8: gl.constexpr, BLOCK_N: gl.constexpr, CH_P2: gl.constexpr,
+                LC: gl.constexpr):  # fmt: skip
     """Start copying one side of tile ``t0`` (its tokens before ``end``) to the ring slot at shared byte
-    ``slot_off``: the words, then the value slots; one commit group (empty past ``end``)."""
+    ``slot_off``: the words, then the value slots (``SB`` bytes per token, ``CK``-byte chunks) and, fp8, the
+    tokens' scales; one commit group (empty past ``end``)."""
     n = gl.maximum(gl.minimum(end - t0, BLOCK_N), 0)
     _copy_region(bits_row + t0 * G, slot_off, n, BLOCK_N, BLOCK_N, 4 * G, LC)
-    _copy_region(vals_row + t0 * (SLOT // 2), slot_off + BLOCK_N * G * 4, n * SLOT // 8, BLOCK_N * SLOT // 8, CH_P2,
-                 16, LC)  # fmt: skip
+    vals_at = slot_off + BLOCK_N * G * 4
+    _copy_region(vals_row + t0 * (SB // 4), vals_at, n * SB // CK, BLOCK_N * SB // CK, CH_P2, CK, LC)
+    if FP8:  # 8-byte chunks: an odd count reads one scale past the last token (the store allocates a spare)
+        _copy_region(scales_row + t0, vals_at + BLOCK_N * SB, (n + 1) // 2, BLOCK_N // 2, BLOCK_N // 2, 8, LC)
     async_copy.commit_group()
 
 
 @gluon.jit
-def _scatter_side(tile, words_off, vals_off, n_tok, ASM: gl.constexpr, DT: gl.constexpr, SLOT: gl.constexpr,
+def _scatter_side(tile, words_off, vals_off, n_tok, ASM: gl.constexpr, DT: gl.constexpr, SB: gl.constexpr,
                   D: gl.constexpr, BLOCK_N: gl.constexpr, TILE_OFF: gl.constexpr, LC: gl.constexpr):  # fmt: skip
     """Zero the tile, then scatter one staged side (words at shared byte ``words_off``, value slots at
     ``vals_off``) into it, one token per lane; tokens at or past ``n_tok`` stay zero."""
@@ -53,7 +64,7 @@ def _scatter_side(tile, words_off, vals_off, n_tok, ASM: gl.constexpr, DT: gl.co
         "=r,r,r,r,r,r",
         [
             words_off + r * (4 * G),
-            vals_off + r * (2 * SLOT),
+            vals_off + r * SB,
             TILE_OFF + r * (2 * D),
             (r % 8) * 8,
             (r < n_tok).to(gl.int32),
@@ -63,6 +74,16 @@ def _scatter_side(tile, words_off, vals_off, n_tok, ASM: gl.constexpr, DT: gl.co
         pack=1,
     )
     gl.thread_barrier()
+
+
+@gluon.jit
+def _load_scales(at, BLOCK_N: gl.constexpr, LC: gl.constexpr):
+    """The staged fp32 scales of a side's tokens (shared byte ``at``), one per lane."""
+    r = gl.arange(0, BLOCK_N, layout=LC)
+    w = gl.inline_asm_elementwise(
+        _LOAD_SHARED_ASM, "=r,r", [at + 4 * r], dtype=gl.int32, is_pure=False, pack=1
+    )
+    return w.to(gl.float32, bitcast=True)
 
 
 @gluon.jit
@@ -78,7 +99,7 @@ def _q_pair(q_row, sqh, h0: gl.constexpr, word: gl.constexpr, N_REP: gl.constexp
 
 
 @gluon.jit
-def _score_side(words_off, vals_off, n_tok, qp, ASM: gl.constexpr, SLOT: gl.constexpr, D: gl.constexpr,
+def _score_side(words_off, vals_off, n_tok, qp, ASM: gl.constexpr, SB: gl.constexpr, D: gl.constexpr,
                 BLOCK_N: gl.constexpr, LC: gl.constexpr):  # fmt: skip
     """Scores [tokens, 8 heads] of one staged K side, one token per lane (:func:`scatter_ptx.score_asm`); ``qp``
     the group's 16 query-pair lane registers (4 words x 4 pairs; zero past ``D``)."""
@@ -87,7 +108,7 @@ def _score_side(words_off, vals_off, n_tok, qp, ASM: gl.constexpr, SLOT: gl.cons
     s0, s1, s2, s3, s4, s5, s6, s7 = gl.inline_asm_elementwise(
         ASM,
         "=f,=f,=f,=f,=f,=f,=f,=f,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r",
-        [words_off + r * (4 * G), vals_off + r * (2 * SLOT), (r < n_tok).to(gl.int32), qp[0], qp[1], qp[2], qp[3],
+        [words_off + r * (4 * G), vals_off + r * SB, (r < n_tok).to(gl.int32), qp[0], qp[1], qp[2], qp[3],
          qp[4], qp[5], qp[6], qp[7], qp[8], qp[9], qp[10], qp[11], qp[12], qp[13], qp[14], qp[15]],
         dtype=(gl.float32,) * 8,
         is_pure=False,
@@ -103,6 +124,8 @@ def _sc_sparse_decode_kernel(
     k_vals,
     v_bits,
     v_vals,
+    k_scales,
+    v_scales,
     kw_ptr,
     vw_ptr,
     o_ptr,
@@ -127,8 +150,12 @@ def _sc_sparse_decode_kernel(
     qk_scale,
     N_REP: gl.constexpr,
     D: gl.constexpr,
-    K_SLOT: gl.constexpr,
-    V_SLOT: gl.constexpr,
+    K_SB: gl.constexpr,
+    V_SB: gl.constexpr,
+    K_CK: gl.constexpr,
+    V_CK: gl.constexpr,
+    K_FP8: gl.constexpr,
+    V_FP8: gl.constexpr,
     BLOCK_H: gl.constexpr,
     BLOCK_N: gl.constexpr,
     SMEM_WORDS: gl.constexpr,
@@ -143,6 +170,7 @@ def _sc_sparse_decode_kernel(
 ):
     G: gl.constexpr = D // 32
     DT: gl.constexpr = q_ptr.dtype.element_ty
+    VT: gl.constexpr = gl.float16 if V_FP8 else DT  # the dense V tile (fp8 codes widen to fp16)
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
@@ -162,7 +190,7 @@ def _sc_sparse_decode_kernel(
         tbuf = smem.slice(0, TILE_W)
         REGION: gl.constexpr = 4 * TILE_W
         TILE_OFF: gl.constexpr = 0
-    tile = tbuf._reinterpret(DT, [BLOCK_N, D], gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
+    tile = tbuf._reinterpret(VT, [BLOCK_N, D], gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
 
     b = gl.program_id(0)
     h = gl.program_id(1)
@@ -184,8 +212,10 @@ def _sc_sparse_decode_kernel(
     bh = b.to(gl.int64) * heads_kv + h
     kb_row = k_bits + bh * k_cap * G
     vb_row = v_bits + bh * v_cap * G
-    kv_row = k_vals + bh * k_cap * (K_SLOT // 2)
-    vv_row = v_vals + bh * v_cap * (V_SLOT // 2)
+    kv_row = k_vals + bh * k_cap * (K_SB // 4)
+    vv_row = v_vals + bh * v_cap * (V_SB // 4)
+    ks_row = k_scales + bh * k_cap
+    vs_row = v_scales + bh * v_cap
     if DEVICE_LEN:
         T = gl.minimum(gl.minimum(gl.load(k_len + b), gl.load(v_len + b)), T)
     start = s * tokens_per_split
@@ -196,43 +226,62 @@ def _sc_sparse_decode_kernel(
     WB: gl.constexpr = BLOCK_N * G * 4
     for j in gl.static_range(SIDES - 1):
         if j % 2 == 0:
-            _issue_side(REGION + j * SLOT_BYTES, kb_row, kv_row, start + (j // 2) * BLOCK_N, end, G, K_SLOT, BLOCK_N,
-                        K_CH_P2, lc)  # fmt: skip
+            _issue_side(REGION + j * SLOT_BYTES, kb_row, kv_row, ks_row, start + (j // 2) * BLOCK_N, end, G, K_SB,
+                        K_CK, K_FP8, BLOCK_N, K_CH_P2, lc)  # fmt: skip
         else:
-            _issue_side(REGION + j * SLOT_BYTES, vb_row, vv_row, start + (j // 2) * BLOCK_N, end, G, V_SLOT, BLOCK_N,
-                        V_CH_P2, lc)  # fmt: skip
+            _issue_side(REGION + j * SLOT_BYTES, vb_row, vv_row, vs_row, start + (j // 2) * BLOCK_N, end, G, V_SB,
+                        V_CK, V_FP8, BLOCK_N, V_CH_P2, lc)  # fmt: skip
     n = 0
     for t0 in range(start, end, BLOCK_N):
         ahead = REGION + ((n + SIDES - 1) % SIDES) * SLOT_BYTES
         if SIDES % 2 == 1:  # side n + SIDES - 1 is a K side
             _issue_side(
-                ahead, kb_row, kv_row, t0 + (SIDES // 2) * BLOCK_N, end, G, K_SLOT, BLOCK_N, K_CH_P2, lc
-            )
+                ahead, kb_row, kv_row, ks_row, t0 + (SIDES // 2) * BLOCK_N, end, G, K_SB, K_CK, K_FP8, BLOCK_N,
+                K_CH_P2, lc,
+            )  # fmt: skip
         else:
             _issue_side(
-                ahead, vb_row, vv_row, t0 + (SIDES // 2 - 1) * BLOCK_N, end, G, V_SLOT, BLOCK_N, V_CH_P2, lc
-            )
+                ahead, vb_row, vv_row, vs_row, t0 + (SIDES // 2 - 1) * BLOCK_N, end, G, V_SB, V_CK, V_FP8,
+                BLOCK_N, V_CH_P2, lc,
+            )  # fmt: skip
         async_copy.wait_group(SIDES - 1)
         gl.thread_barrier()  # K of this tile staged; every lane is done reading the dense tile (last P·V)
         n_tok = end - t0
         k_off = REGION + (n % SIDES) * SLOT_BYTES
-        sc = gl.convert_layout(_score_side(k_off, k_off + WB, n_tok, qp, K_ASM, K_SLOT, D, BLOCK_N, lc), mma)
+        sc = gl.convert_layout(_score_side(k_off, k_off + WB, n_tok, qp, K_ASM, K_SB, D, BLOCK_N, lc), mma)
+        if K_FP8:  # the codes' scores times each token's scale (staged after its value slots)
+            ksc = _load_scales(k_off + WB + BLOCK_N * K_SB, BLOCK_N, lc)
+            sc = sc * gl.expand_dims(gl.convert_layout(ksc, ts_l), 1)
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
         p, m_i, l_i, acc = _softmax_step(sc, ts < end, m_i, l_i, acc, qk_scale)
         ahead = REGION + ((n + SIDES) % SIDES) * SLOT_BYTES
         if SIDES % 2 == 1:  # side n + SIDES is a V side
             _issue_side(
-                ahead, vb_row, vv_row, t0 + (SIDES // 2) * BLOCK_N, end, G, V_SLOT, BLOCK_N, V_CH_P2, lc
-            )
+                ahead, vb_row, vv_row, vs_row, t0 + (SIDES // 2) * BLOCK_N, end, G, V_SB, V_CK, V_FP8, BLOCK_N,
+                V_CH_P2, lc,
+            )  # fmt: skip
         else:
             _issue_side(
-                ahead, kb_row, kv_row, t0 + (SIDES // 2) * BLOCK_N, end, G, K_SLOT, BLOCK_N, K_CH_P2, lc
-            )
+                ahead, kb_row, kv_row, ks_row, t0 + (SIDES // 2) * BLOCK_N, end, G, K_SB, K_CK, K_FP8, BLOCK_N,
+                K_CH_P2, lc,
+            )  # fmt: skip
         async_copy.wait_group(SIDES - 1)
         gl.thread_barrier()  # V staged; every lane is done reading the K tile
         v_off = REGION + ((n + 1) % SIDES) * SLOT_BYTES
-        _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, DT, V_SLOT, D, BLOCK_N, TILE_OFF, lc)
-        acc = mma_v2(tile.permute((1, 0)).load(op_a), gl.convert_layout(p.to(DT), op_b), acc)
+        _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, VT, V_SB, D, BLOCK_N, TILE_OFF, lc)
+        if V_FP8:
+            # P weighs the unscaled codes by each token's scale relative to the tile's largest (a power of two, so
+            # dividing the accumulator by it and multiplying back is exact): fp16 P keeps its precision
+            vsc = gl.where(gl.arange(0, BLOCK_N, layout=lc) < n_tok, _load_scales(v_off + WB + BLOCK_N * V_SB,
+                                                                                   BLOCK_N, lc), 0.0)  # fmt: skip
+            top = gl.max(vsc, axis=0)
+            pw = p * gl.expand_dims(gl.convert_layout(vsc / top, ts_l), 1)
+            acc = mma_v2(
+                tile.permute((1, 0)).load(op_a), gl.convert_layout(pw.to(VT), op_b), acc * (1.0 / top)
+            )
+            acc = acc * top
+        else:
+            acc = mma_v2(tile.permute((1, 0)).load(op_a), gl.convert_layout(p.to(DT), op_b), acc)
         n += 2
     async_copy.wait_group(0)
     smem._keep_alive()

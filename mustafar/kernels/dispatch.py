@@ -18,7 +18,7 @@ from torch import Tensor
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.reference import decode_attention_reference, pack_reference, topk_pack_reference
 from mustafar.kernels.scatter_ptx import SCORE_HEADS, store_quotas
-from mustafar.kernels.support import HEAD_DIMS, gluon_capable
+from mustafar.kernels.support import HEAD_DIMS, fp8_convert_capable, gluon_capable
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -35,25 +35,27 @@ def resolve_backend(backend: str, device: torch.device, head_dim: int) -> str:
 
 
 def decoder_for(q: Tensor, k_store: CompressedStore, v_store: CompressedStore) -> str:
-    """The Triton decoder for these inputs: ``"scatter"`` (its decode work scales with the kept values,
-    :mod:`mustafar.kernels.decode_scatter`) where the staged decoder applies and both stores hold word quotas
-    (``keep_rule="word"``) and the GQA group has at most 8 query heads; ``"staged"`` (Gluon, :mod:`mustafar.kernels.decode_staged`) on a compiled sm_80+ GPU
+    """The Triton decoder for these inputs: ``"scatter"`` (its decode work scales with the kept values; fp8 codes
+    too, :mod:`mustafar.kernels.decode_scatter`) on a compiled sm_80+ GPU with fixed layouts, fp16/bf16 queries, a
+    supported head dim, both stores holding word quotas (``keep_rule="word"``) and a GQA group of at most 8 query
+    heads (fp8 codes: sm_89+); ``"staged"`` (Gluon, :mod:`mustafar.kernels.decode_staged`) on a compiled sm_80+ GPU
     with fixed layouts on both sides, fp16/bf16 values (no fp8 codes), a supported head dim and a GQA group of at
     most 16 query heads;
     ``"portable"`` (plain Triton, also runs in the interpreter) for everything else."""
-    staged = (
+    compiled = (
         gluon_capable(q.device)
         and k_store.fixed
         and v_store.fixed
         and q.dtype in (torch.float16, torch.bfloat16)
         and q.shape[-1] in HEAD_DIMS
-        and q.shape[1] // k_store.heads <= 16
-        and not (k_store.fp8 or v_store.fp8)
     )
-    if not staged:
-        return "portable"
-    scatter = store_quotas(k_store) and store_quotas(v_store) and q.shape[1] // k_store.heads <= SCORE_HEADS
-    return "scatter" if scatter else "staged"
+    n_rep = q.shape[1] // k_store.heads
+    fp8_ok = not (k_store.fp8 or v_store.fp8) or fp8_convert_capable(q.device)
+    if compiled and store_quotas(k_store) and store_quotas(v_store) and n_rep <= SCORE_HEADS and fp8_ok:
+        return "scatter"
+    if compiled and n_rep <= 16 and not (k_store.fp8 or v_store.fp8):
+        return "staged"
+    return "portable"
 
 
 def pack_into(store: CompressedStore, rows: Tensor, mask: Tensor, backend: str = "auto") -> None:

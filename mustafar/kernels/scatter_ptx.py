@@ -29,39 +29,63 @@ def store_quotas(store: CompressedStore) -> tuple[int, ...] | None:
     return word_quotas(store.head_dim, store.keep)
 
 
-def _load_token(words: int, regs: int, words_at: str, vals_at: str) -> list[str]:
+def _load_token(words: int, regs: int, words_at: str, vals_at: str, fp8: bool = False) -> list[str]:
     """PTX loading a valid (``p``) token's bitmap words into ``w*`` and its value slots into ``v*`` (shared byte
-    offsets ``words_at``, ``vals_at`` from ``global_smem`` in ``base``)."""
+    offsets ``words_at``, ``vals_at`` from ``global_smem`` in ``base``); ``regs``: 32-bit registers of 16-bit
+    values. fp8 slots (8-byte aligned: 8-byte loads) are loaded into ``e*`` and widened to fp16 pairs in ``v*``
+    (``cvt.rn.f16x2.e4m3x2``: byte 2i of a half-word pair to the low half), unscaled."""
     wvec = "{" + ", ".join(f"w{g}" for g in range(words)) + "}"
     lines = [
         f"add.u32 t, base, {words_at};",
         f"@p ld.shared.v{words}.b32 {wvec}, [t];" if words > 1 else "@p ld.shared.b32 w0, [t];",
         f"add.u32 t, base, {vals_at};",
     ]
-    for c in range(regs // 4):
-        vec = "{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}"
-        lines.append(f"@p ld.shared.v4.b32 {vec}, [t+{16 * c}];")
+    if not fp8:
+        for c in range(regs // 4):
+            vec = "{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}"
+            lines.append(f"@p ld.shared.v4.b32 {vec}, [t+{16 * c}];")
+        return lines
+    for c in range(-(-regs // 4)):  # fp8 registers: half as many, two per 8-byte load
+        lines.append(f"@p ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [t+{8 * c}];")
+    for i in range(regs):
+        half = "hi" if i % 2 else "lo"
+        if i % 2 == 0:
+            lines.append(f"mov.b32 {{lo, hi}}, e{i // 2};")
+        lines.append(f"cvt.rn.f16x2.e4m3x2 v{i}, {half};")
     return lines
 
 
+def _fp8_regs(regs: int) -> str:
+    """Declarations of the fp8 slot registers behind ``regs`` fp16-pair registers (rounded to whole loads)."""
+    return f".reg .b32 e<{2 * -(-regs // 4)}>;"
+
+
+def _value_regs(keep: int, slot: int, fp8: bool) -> int:
+    """32-bit registers holding a token's values as 16-bit pairs: the whole slot (fp16/bf16) or, fp8, its kept
+    codes widened (the padding after ``keep`` is never read)."""
+    return -(-keep // 2) if fp8 else slot // 2
+
+
 @functools.cache
-def scatter_asm(head_dim: int, keep: int, slot: int) -> str:
+def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
     """PTX that scatters one token's kept values into a zeroed, swizzled dense tile row.
 
     Operands: ``$0`` a dummy output; ``$1`` the token's bitmap words and ``$2`` its value slots (byte offsets in
     the kernel's shared allocation); ``$3`` the row's byte offset in the tile; ``$4`` the row's swizzle
-    ``(r mod 8) << 3``; ``$5`` nonzero when the token is valid (invalid lanes store nothing)."""
+    ``(r mod 8) << 3``; ``$5`` nonzero when the token is valid (invalid lanes store nothing). ``fp8``: the slot
+    holds e4m3 codes (``slot`` bytes), stored into an fp16 tile unscaled (the caller weighs P by the scales)."""
     quotas = word_quotas(head_dim, keep)
     words = head_dim // 32
-    regs = slot // 2
+    regs = _value_regs(keep, slot, fp8)
     lines = [
         "{",
         ".reg .pred p;",
         f".reg .b32 w<{words}>, v<{regs}>, i, m, t, a, s, base, row;",
+        *([_fp8_regs(regs)] if fp8 else []),
         ".reg .b16 lo, hi;",
         "setp.ne.u32 p, $5, 0;",
         "mov.u32 base, global_smem;",
-        *_load_token(words, regs, "$1", "$2"),
+        *_load_token(words, regs, "$1", "$2", fp8),
         "add.u32 row, base, $3;",
     ]
     first = 0
@@ -88,7 +112,7 @@ SCORE_HEADS = 8  # score outputs of :func:`score_asm` (a GQA group of at most 8 
 
 
 @functools.cache
-def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool) -> str:
+def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool, fp8: bool = False) -> str:
     """PTX that scores one token's kept keys against the group's queries without a dense tile.
 
     Lane ``j`` holds ``q[32g + j]`` of every word ``g`` for all query heads (packed in pairs); walking its token's
@@ -100,18 +124,21 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool) -> st
     Operands: ``$0 .. $7`` the scores of heads 0..7 (heads at or past ``n_rep``: 0); ``$8`` the token's bitmap
     words and ``$9`` its value slots (byte offsets in the kernel's shared allocation); ``$10`` nonzero when the
     token is valid; then ``q`` pairs, word-major: ``$11 + 4g + k`` holds heads ``2k, 2k+1`` at channel
-    ``32g + lane``."""
+    ``32g + lane``. ``fp8``: the slot holds e4m3 codes (``slot`` bytes); the scores come out unscaled (the
+    caller multiplies each token's by its scale)."""
     if not 1 <= n_rep <= SCORE_HEADS:
         raise ValueError(f"score_asm serves GQA groups of 1 to {SCORE_HEADS} query heads, got {n_rep}")
     quotas = word_quotas(head_dim, keep)
     words = head_dim // 32
-    regs = slot // 2
+    regs = _value_regs(keep, slot, fp8)
     pairs = (n_rep + 1) // 2
     cvt = "cvt.f32.bf16" if bf16 else "cvt.f32.f16"
+    k_cvt = "cvt.f32.f16" if fp8 else cvt
     lines = [
         "{",
         ".reg .pred p;",
         f".reg .b32 w<{words}>, v<{regs}>, x<{pairs}>, i, m, t, base;",
+        *([_fp8_regs(regs)] if fp8 else []),
         f".reg .f32 s<{n_rep}>, f, kf;",
         ".reg .b16 lo, hi;",
         "setp.ne.u32 p, $10, 0;",
@@ -120,7 +147,7 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool) -> st
     lines += [f"mov.b32 w{g}, 0;" for g in range(words)] + [
         f"mov.f32 s{h}, 0f00000000;" for h in range(n_rep)
     ]
-    lines += _load_token(words, regs, "$8", "$9")
+    lines += _load_token(words, regs, "$8", "$9", fp8)
     first = 0
     for g, q in enumerate(quotas):
         for step in range(q):
@@ -130,7 +157,7 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool) -> st
                 "shl.b32 m, 1, i;",
                 f"xor.b32 w{g}, w{g}, m;",
                 f"mov.b32 {{lo, hi}}, v{j // 2};",
-                f"{cvt} kf, {'hi' if j % 2 else 'lo'};",
+                f"{k_cvt} kf, {'hi' if j % 2 else 'lo'};",
             ]
             for k in range(pairs):
                 lines += [

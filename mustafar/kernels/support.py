@@ -25,3 +25,9 @@ def gluon_capable(device: torch.device) -> bool:
 @functools.cache
 def _capability(index: int | None) -> tuple[int, int]:
     return torch.cuda.get_device_capability(index)
+
+
+def fp8_convert_capable(device: torch.device) -> bool:
+    """Whether the scatter decoder's ``cvt.rn.f16x2.e4m3x2`` (fp8 codes to fp16 in registers) exists on
+    ``device``: compute capability 8.9 or newer (Ada, Hopper)."""
+    return gluon_capable(device) and _capability(device.index) >= (8, 9)

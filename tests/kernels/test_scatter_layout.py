@@ -30,7 +30,7 @@ def test_ring_takes_three_sides_in_the_smaller_layout(tile, side, expect):
     assert decode._scatter_ring(tile, side) == expect
 
 
-def _compile_offline(head_dim: int, sparsity: float) -> dict:
+def _compile_offline(head_dim: int, sparsity: float, value_dtype: str = "native") -> dict:
     """Compile in a fresh process: this test session may run Triton in interpret mode, which cannot compile."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [
@@ -41,15 +41,20 @@ def _compile_offline(head_dim: int, sparsity: float) -> dict:
         str(head_dim),
         "--sparsity",
         str(sparsity),
+        "--value-dtype",
+        value_dtype,
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     return json.loads(done.stdout.splitlines()[-1])
 
 
-@pytest.mark.parametrize("head_dim,sparsity", [(128, 0.7), (128, 0.5), (64, 0.7)])
-def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(head_dim, sparsity):
-    k = _compile_offline(head_dim, sparsity)
+@pytest.mark.parametrize(
+    "head_dim,sparsity,value_dtype",
+    [(128, 0.7, "native"), (128, 0.5, "native"), (64, 0.7, "native"), (128, 0.7, "fp8"), (128, 0.5, "fp8")],
+)
+def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(head_dim, sparsity, value_dtype):
+    k = _compile_offline(head_dim, sparsity, value_dtype)
     ring = 4 * k["smem_words"]
     tile = k["block_n"] * head_dim * 2
     assert k["sides"] * k["slot_bytes"] <= (ring if k["split"] else ring - tile)

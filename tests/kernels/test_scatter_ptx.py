@@ -15,6 +15,7 @@ import torch
 
 from mustafar.formats import CompressedStore
 from mustafar.formats.bitmap import pack_bitmap, padded_keep
+from mustafar.formats.fp8 import quantize
 from mustafar.kernels import dispatch
 from mustafar.kernels.scatter_ptx import SCORE_HEADS, scatter_asm, score_asm, store_quotas
 from mustafar.pruning.keep import word_quotas, word_topk_mask
@@ -87,11 +88,21 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray) -> None:
         elif op == "bfind.u32":
             v = val(a[1])
             regs[a[0]] = v.bit_length() - 1 if v else 0xFFFFFFFF
+        elif op == "cvt.rn.f16x2.e4m3x2":
+            regs[a[0]] = _e4m3x2_to_f16x2(val(a[1]))
         else:
             raise NotImplementedError(f"PTX op {op} {a}")
 
 
 _parse_cached = functools.cache(_parse)
+
+
+def _e4m3x2_to_f16x2(b16: int) -> int:
+    """``cvt.rn.f16x2.e4m3x2``: the low byte to the low fp16 half, the high byte to the high half (exact)."""
+    pair = np.array([b16 & 0xFF, b16 >> 8], dtype=np.uint8)
+    halves = torch.from_numpy(pair).view(torch.float8_e4m3fn).to(torch.float16).view(torch.int16).numpy()
+    lo, hi = (int(h) & 0xFFFF for h in halves)
+    return lo | hi << 16
 
 
 def _f32(x: float) -> float:
@@ -158,6 +169,8 @@ def run_warp(asm: str, operands: list[list[int]], smem: np.ndarray) -> list[list
             elif op == "bfind.u32":
                 v = val(lane, a[1])
                 r[a[0]] = v.bit_length() - 1 if v else 0xFFFFFFFF
+            elif op == "cvt.rn.f16x2.e4m3x2":
+                r[a[0]] = _e4m3x2_to_f16x2(val(lane, a[1]))
             elif op in ("cvt.f32.f16", "cvt.f32.bf16"):
                 r[a[0]] = _half_to_f32(val(lane, a[1]), op.endswith("bf16"))
             elif op == "fma.rn.f32":
@@ -265,3 +278,71 @@ def test_score_ptx_equals_dense_keys_times_queries(d, keep, n_rep, dtype):
 def test_score_ptx_refuses_groups_over_eight_heads():
     with pytest.raises(ValueError, match="1 to 8 query heads, got 9"):
         score_asm(128, 38, 40, 9, False)
+
+
+def _fp8_slots(rows: torch.Tensor, mask: torch.Tensor, keep: int) -> tuple[np.ndarray, torch.Tensor, int]:
+    """Each token's kept values as e4m3 codes in an 8-byte-padded slot, and the codes' unscaled values."""
+    codes, _ = quantize(rows, mask)
+    slot = padded_keep(keep, 1, 8)
+    vals = np.zeros((rows.shape[0], slot), dtype=np.uint8)
+    for t in range(rows.shape[0]):
+        vals[t, :keep] = codes[t][mask[t]].numpy()
+    unscaled = codes.view(torch.float8_e4m3fn).float().masked_fill(~mask, 0)
+    return vals, unscaled, slot
+
+
+@pytest.mark.parametrize("d,keep", [(128, 38), (128, 64), (64, 19), (64, 3)])
+def test_scatter_ptx_fp8_writes_the_unscaled_codes_as_fp16(d, keep):
+    torch.manual_seed(keep + 1)
+    tokens, valid, tile = 10, 9, 8192
+    rows = torch.randn(tokens, d, dtype=torch.float16) * 7
+    mask = word_topk_mask(rows.abs(), keep)
+    vals, unscaled, slot = _fp8_slots(rows, mask, keep)
+    words = pack_bitmap(mask).numpy().view(np.uint32)
+    smem = np.zeros(tile + tokens * d * 2, dtype=np.uint8)
+    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
+    voff = words.nbytes
+    smem[voff : voff + vals.nbytes] = vals.reshape(-1)
+    asm = scatter_asm(d, keep, slot, fp8=True)
+    for r in range(tokens):
+        run_ptx(
+            asm, [r * 4 * (d // 32), voff + r * slot, tile + r * 2 * d, (r % 8) * 8, int(r < valid)], smem
+        )
+    expect = np.zeros(tokens * d * 2, dtype=np.uint8)
+    dense = unscaled.to(torch.float16).numpy()
+    for r in range(valid):
+        for c in range(d):
+            o = swizzled_offset(r, c, d)
+            expect[o : o + 2] = dense[r, c : c + 1].view(np.uint8)
+    assert np.array_equal(smem[tile:], expect)
+
+
+@pytest.mark.parametrize(
+    "d,keep,n_rep,dtype",
+    [(128, 38, 4, torch.float16), (128, 64, 8, torch.bfloat16), (64, 19, 2, torch.bfloat16)],
+)
+def test_score_ptx_fp8_scores_the_unscaled_codes(d, keep, n_rep, dtype):
+    torch.manual_seed(d + keep)
+    tokens, valid = 32, 29
+    rows = torch.randn(tokens, d, dtype=dtype) * 3
+    q = torch.randn(n_rep, d, dtype=dtype)
+    mask = word_topk_mask(rows.float().abs(), keep)
+    vals, unscaled, slot = _fp8_slots(rows, mask, keep)
+    words = pack_bitmap(mask).numpy().view(np.uint32)
+    smem = np.zeros(words.nbytes + vals.nbytes, dtype=np.uint8)
+    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
+    smem[words.nbytes :] = vals.reshape(-1)
+    q16 = np.zeros((SCORE_HEADS, 128), dtype=np.uint16)
+    q16[:n_rep, :d] = q.view(torch.int16).numpy().view(np.uint16)
+    pairs = [
+        [
+            int(q16[2 * k, 32 * g + lane]) | int(q16[2 * k + 1, 32 * g + lane]) << 16
+            for g in range(4)
+            for k in range(4)
+        ]
+        for lane in range(32)
+    ]
+    ops = [[r * 4 * (d // 32), words.nbytes + r * slot, int(r < valid)] + pairs[r] for r in range(32)]
+    out = np.array(run_warp(score_asm(d, keep, slot, n_rep, dtype == torch.bfloat16, fp8=True), ops, smem))
+    expect = unscaled.double() @ q.double().T
+    np.testing.assert_allclose(out[:valid, :n_rep], expect[:valid].numpy(), rtol=1e-5, atol=1e-5)
