@@ -151,9 +151,7 @@ class CompressedStore:
         self.bits = torch.zeros(batch, heads, capacity, words, dtype=torch.int32, device=self.device)
         if self.fp8:
             self.vals = torch.zeros(batch, heads, capacity, self.slot, dtype=torch.uint8, device=self.device)
-            self.scales = _with_spare(
-                torch.ones(batch, heads, capacity, dtype=torch.float32, device=self.device)
-            )
+            self.scales = torch.ones(batch, heads, capacity, dtype=torch.float32, device=self.device)
         elif keep is not None:
             self.vals = torch.zeros(batch, heads, capacity, self.slot, dtype=dtype, device=self.device)
         else:
@@ -330,8 +328,7 @@ class CompressedStore:
         if self.fixed:
             self.vals = self._grow(self.vals, 2, self.length, need)
             if self.fp8:
-                grown = self._grow(self.scales, 2, self.length, need)
-                self.scales = self.scales if grown is self.scales else _with_spare(grown)
+                self.scales = self._grow(self.scales, 2, self.length, need)
         else:
             self.offs = self._grow(self.offs, 2, self.length, need)
             used = int(self.row_nnz.max())
@@ -408,16 +405,6 @@ class CompressedStore:
         index = _value_index(self, mask, 0)
         out[mask] = self.vals.reshape(-1)[index[mask]]
         return out
-
-
-SPARE_SCALES = 2  # allocated past the last token's scale: the scatter decoder copies scales in 8-byte pairs
-
-
-def _with_spare(scales: Tensor) -> Tensor:
-    """``scales`` in a buffer with :data:`SPARE_SCALES` more entries after it (the view keeps its shape)."""
-    buf = torch.ones(scales.numel() + SPARE_SCALES, dtype=scales.dtype, device=scales.device)
-    buf[: scales.numel()].copy_(scales.reshape(-1))
-    return buf[: scales.numel()].view(scales.shape)
 
 
 def _value_index(store: CompressedStore, mask: Tensor, start: int) -> Tensor:

@@ -44,8 +44,8 @@ def _issue_side(slot_off, bits_row, vals_row, scales_row, t0, end, G: gl.constex
     _copy_region(bits_row + t0 * G, slot_off, n, BLOCK_N, BLOCK_N, 4 * G, LC)
     vals_at = slot_off + BLOCK_N * G * 4
     _copy_region(vals_row + t0 * (SB // 4), vals_at, n * SB // CK, BLOCK_N * SB // CK, CH_P2, CK, LC)
-    if FP8:  # 8-byte chunks: an odd count reads one scale past the last token (the store allocates a spare)
-        _copy_region(scales_row + t0, vals_at + BLOCK_N * SB, (n + 1) // 2, BLOCK_N // 2, BLOCK_N // 2, 8, LC)
+    if FP8:  # one 4-byte chunk per token: a (batch, head) row of scales starts 4-byte aligned only
+        _copy_region(scales_row + t0, vals_at + BLOCK_N * SB, n, BLOCK_N, BLOCK_N, 4, LC)
     async_copy.commit_group()
 
 
@@ -78,7 +78,8 @@ def _scatter_side(tile, words_off, vals_off, n_tok, ASM: gl.constexpr, DT: gl.co
 
 @gluon.jit
 def _load_scales(at, BLOCK_N: gl.constexpr, LC: gl.constexpr):
-    """The staged fp32 scales of a side's tokens (shared byte ``at``), one per lane."""
+    """The staged fp32 scales of a side's tokens (shared byte ``at``) in layout ``LC`` (the scores' token slice:
+    no layout conversion, each lane reads the tokens of its rows)."""
     r = gl.arange(0, BLOCK_N, layout=LC)
     w = gl.inline_asm_elementwise(
         _LOAD_SHARED_ASM, "=r,r", [at + 4 * r], dtype=gl.int32, is_pure=False, pack=1
@@ -250,8 +251,7 @@ def _sc_sparse_decode_kernel(
         k_off = REGION + (n % SIDES) * SLOT_BYTES
         sc = gl.convert_layout(_score_side(k_off, k_off + WB, n_tok, qp, K_ASM, K_SB, D, BLOCK_N, lc), mma)
         if K_FP8:  # the codes' scores times each token's scale (staged after its value slots)
-            ksc = _load_scales(k_off + WB + BLOCK_N * K_SB, BLOCK_N, lc)
-            sc = sc * gl.expand_dims(gl.convert_layout(ksc, ts_l), 1)
+            sc = sc * gl.expand_dims(_load_scales(k_off + WB + BLOCK_N * K_SB, BLOCK_N, ts_l), 1)
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
         p, m_i, l_i, acc = _softmax_step(sc, ts < end, m_i, l_i, acc, qk_scale)
         ahead = REGION + ((n + SIDES) % SIDES) * SLOT_BYTES
@@ -272,10 +272,10 @@ def _sc_sparse_decode_kernel(
         if V_FP8:
             # P weighs the unscaled codes by each token's scale relative to the tile's largest (a power of two, so
             # dividing the accumulator by it and multiplying back is exact): fp16 P keeps its precision
-            vsc = gl.where(gl.arange(0, BLOCK_N, layout=lc) < n_tok, _load_scales(v_off + WB + BLOCK_N * V_SB,
-                                                                                   BLOCK_N, lc), 0.0)  # fmt: skip
+            at = v_off + WB + BLOCK_N * V_SB
+            vsc = gl.where(gl.arange(0, BLOCK_N, layout=ts_l) < n_tok, _load_scales(at, BLOCK_N, ts_l), 0.0)
             top = gl.max(vsc, axis=0)
-            pw = p * gl.expand_dims(gl.convert_layout(vsc / top, ts_l), 1)
+            pw = p * gl.expand_dims(vsc / top, 1)
             acc = mma_v2(
                 tile.permute((1, 0)).load(op_a), gl.convert_layout(pw.to(VT), op_b), acc * (1.0 / top)
             )

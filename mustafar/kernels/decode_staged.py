@@ -67,6 +67,10 @@ _CP_ASYNC8_ASM: gl.constexpr = gl.constexpr(  # 8-byte chunks (a head_dim-64 tok
     "{ .reg .b32 a; .reg .pred p; mov.u32 a, global_smem; add.u32 a, a, $1; setp.ne.b32 p, $3, 0;\n"
     "@p cp.async.ca.shared.global [a], [$2], 8; mov.u32 $0, 0; }"
 )
+_CP_ASYNC4_ASM: gl.constexpr = gl.constexpr(  # 4-byte chunks (fp8 stores' per-token scales), via L1
+    "{ .reg .b32 a; .reg .pred p; mov.u32 a, global_smem; add.u32 a, a, $1; setp.ne.b32 p, $3, 0;\n"
+    "@p cp.async.ca.shared.global [a], [$2], 4; mov.u32 $0, 0; }"
+)
 _LOAD_SHARED_ASM: gl.constexpr = gl.constexpr(
     "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b32 $0, [a]; }"
 )
@@ -76,11 +80,11 @@ _LOAD_SHARED_ASM: gl.constexpr = gl.constexpr(
 def _copy_region(
     src, dst_off, n_valid, NCH: gl.constexpr, NCH_P2: gl.constexpr, CHUNK: gl.constexpr, LC: gl.constexpr
 ):
-    """Start cp.async copies of the first ``NCH`` ``CHUNK``-byte (16 or 8) chunks at ``src`` (an int32 pointer) to
+    """Start cp.async copies of the first ``NCH`` ``CHUNK``-byte (16, 8 or 4) chunks at ``src`` (an int32 pointer) to
     shared byte ``dst_off``; chunks at or past ``n_valid`` are skipped (the decoder zeroes the tokens they hold)."""
     c = gl.arange(0, NCH_P2, layout=LC)
     gl.inline_asm_elementwise(
-        _CP_ASYNC_ASM if CHUNK == 16 else _CP_ASYNC8_ASM,
+        _CP_ASYNC_ASM if CHUNK == 16 else (_CP_ASYNC8_ASM if CHUNK == 8 else _CP_ASYNC4_ASM),
         "=r,r,l,r",
         [
             dst_off + c * CHUNK,
