@@ -65,6 +65,13 @@ STATIC_FORMATS = {  # static caches, decoded eagerly and graph-replayed
     # the word keep rule: same keep counts, quotas per 32-channel word; the scatter decoder reads it
     "K0.5V0.5-word-static": KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", mode="compressed"),
     "K0.7V0.7-word-static": KVConfig(k_sparsity=0.7, v_sparsity=0.7, keep_rule="word", mode="compressed"),
+    # fp8 kept values (e4m3 + a power-of-two scale per token-head) in the word stores: the scatter decoder's fp8 path
+    "K0.5V0.5-word-fp8-static": KVConfig(
+        k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", mode="compressed", value_dtype="fp8"
+    ),
+    "K0.7V0.7-word-fp8-static": KVConfig(
+        k_sparsity=0.7, v_sparsity=0.7, keep_rule="word", mode="compressed", value_dtype="fp8"
+    ),
 }
 ACTIVATION_RESERVE_GIB = (
     6.0  # left free when estimating the largest static batch (logits, scratch, graph pool)
@@ -129,7 +136,7 @@ def cache_storages(cache) -> list[torch.Tensor]:
         else:
             out += [getattr(layer, "k_buf", layer.keys), getattr(layer, "v_buf", layer.values)]
         for store in getattr(layer, "stores", {}).values():
-            out += [getattr(store, n) for n in ("bits", "vals", "offs", "row_nnz") if hasattr(store, n)]
+            out += [getattr(store, n) for n in ("bits", "vals", "offs", "row_nnz", "scales") if hasattr(store, n)]
     return out
 
 
