@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mustafar.attention import attach, new_cache
 from mustafar.config import KVConfig
 from mustafar.formats.fp8 import fake_quantize
+from tests.integration.test_compressed_mode import generate
 
 POLICIES = [
     dict(k_sparsity=0.7, v_sparsity=0.7),
@@ -16,23 +16,11 @@ POLICIES = [
     dict(k_sparsity=0.7, k_scorer="output_aware", window=8),  # V dense: its stored tokens are fp8 too
     dict(v_sparsity=0.7, k_layer_sparsity=(0.5, 0.7), evict="snapkv", token_budget=50),
 ]
-WINDOW_GENERATE = 12
+NEW_TOKENS = 12
 
 
 def run(model, ids, policy):
-    cache = new_cache(model, policy)
-    with attach(model, cache), torch.inference_mode():
-        out = model.generate(
-            ids,
-            past_key_values=cache,
-            max_new_tokens=WINDOW_GENERATE,
-            min_new_tokens=WINDOW_GENERATE,
-            do_sample=False,
-            pad_token_id=0,
-            output_logits=True,
-            return_dict_in_generate=True,
-        )
-    return out, cache
+    return generate(model, ids, policy, NEW_TOKENS)
 
 
 def on_grid(x: torch.Tensor) -> bool:

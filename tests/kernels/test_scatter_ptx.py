@@ -180,6 +180,21 @@ def run_warp(asm: str, operands: list[list[int]], smem: np.ndarray) -> list[list
     return outs
 
 
+def query_pairs(q: torch.Tensor, d: int) -> list[list[int]]:
+    """Each lane's 16 packed query-pair registers for score_asm: word-major, heads 2k, 2k+1 at channel
+    32g + lane (zero past the group and past d)."""
+    q16 = np.zeros((SCORE_HEADS, 128), dtype=np.uint16)
+    q16[: q.shape[0], :d] = q.view(torch.int16).numpy().view(np.uint16)
+    return [
+        [
+            int(q16[2 * k, 32 * g + lane]) | int(q16[2 * k + 1, 32 * g + lane]) << 16
+            for g in range(4)
+            for k in range(4)
+        ]
+        for lane in range(32)
+    ]
+
+
 def swizzled_offset(r: int, c: int, d: int) -> int:
     """Byte offset of element (r, c) of a [tokens, d] 2-byte tile in SwizzledSharedLayout(8, 1, 8, [1, 0]):
     8-element vectors, the vector index XORed with r mod 8."""
@@ -257,16 +272,7 @@ def test_score_ptx_equals_dense_keys_times_queries(d, keep, n_rep, dtype):
     smem = np.zeros(words.nbytes + vals.nbytes, dtype=np.uint8)
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
     smem[words.nbytes :] = vals.reshape(-1).view(np.uint8)
-    q16 = np.zeros((SCORE_HEADS, 128), dtype=np.uint16)
-    q16[:n_rep, :d] = q.view(torch.int16).numpy().view(np.uint16)
-    pairs = [
-        [
-            int(q16[2 * k, 32 * g + lane]) | int(q16[2 * k + 1, 32 * g + lane]) << 16
-            for g in range(4)
-            for k in range(4)
-        ]
-        for lane in range(32)
-    ]
+    pairs = query_pairs(q, d)
     ops = [[r * 4 * (d // 32), words.nbytes + r * 2 * slot, int(r < valid)] + pairs[r] for r in range(32)]
     out = np.array(run_warp(score_asm(d, keep, slot, n_rep, dtype == torch.bfloat16), ops, smem))
     dense = torch.where(mask, rows, torch.zeros_like(rows)).double()
@@ -332,16 +338,7 @@ def test_score_ptx_fp8_scores_the_unscaled_codes(d, keep, n_rep, dtype):
     smem = np.zeros(words.nbytes + vals.nbytes, dtype=np.uint8)
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
     smem[words.nbytes :] = vals.reshape(-1)
-    q16 = np.zeros((SCORE_HEADS, 128), dtype=np.uint16)
-    q16[:n_rep, :d] = q.view(torch.int16).numpy().view(np.uint16)
-    pairs = [
-        [
-            int(q16[2 * k, 32 * g + lane]) | int(q16[2 * k + 1, 32 * g + lane]) << 16
-            for g in range(4)
-            for k in range(4)
-        ]
-        for lane in range(32)
-    ]
+    pairs = query_pairs(q, d)
     ops = [[r * 4 * (d // 32), words.nbytes + r * slot, int(r < valid)] + pairs[r] for r in range(32)]
     out = np.array(run_warp(score_asm(d, keep, slot, n_rep, dtype == torch.bfloat16, fp8=True), ops, smem))
     expect = unscaled.double() @ q.double().T
