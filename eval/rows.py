@@ -87,6 +87,7 @@ class ResultRow:
     token_budget: int = 0
     evict_window: int = 32
     evict_pool: int = 7
+    value_dtype: str = "native"  # kv.value_dtype (fp8: stored values as e4m3 + a per-token scale)
     kv_evicted_bytes: int = 0  # dense bytes of the evicted prompt tokens (not in kv_bytes nor dense_kv_bytes)
 
     @classmethod

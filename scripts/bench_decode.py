@@ -136,7 +136,9 @@ def cache_storages(cache) -> list[torch.Tensor]:
         else:
             out += [getattr(layer, "k_buf", layer.keys), getattr(layer, "v_buf", layer.values)]
         for store in getattr(layer, "stores", {}).values():
-            out += [getattr(store, n) for n in ("bits", "vals", "offs", "row_nnz", "scales") if hasattr(store, n)]
+            out += [
+                getattr(store, n) for n in ("bits", "vals", "offs", "row_nnz", "scales") if hasattr(store, n)
+            ]
     return out
 
 

@@ -5,7 +5,9 @@ Computed ("closed form"): the bytes the framework's layouts need for the *pruned
 sparsity, in fp16 (the GPU dtype), window excluded, i.e. the long-context limit:
 - per-token rules: the fixed per-token bitmap layout (D-bit bitmap + keep values padded to 16 bytes);
 - per-channel rules (a variable count per token): the variable layout (bitmap + int32 offset + values);
-- ThinK: the kept channels stored dense (channel indices per head are negligible).
+- ThinK: the kept channels stored dense (channel indices per head are negligible);
+- `kv.value_dtype=fp8`: the fp8 fixed layout (bitmap + one byte per kept value padded to 8 + a 4-byte scale), on
+  both sides (a side with sparsity 0 is stored too, with every value kept).
 Token eviction (`kv.evict`) scales either figure by the cached share of the tokens, dense_kv_bytes /
 (dense_kv_bytes + kv_evicted_bytes): the evicted tokens are part of the dense reference, not of the cache.
 """
@@ -21,11 +23,16 @@ FP16 = 2
 MEASURED, COMPUTED = "measured", "closed-form"
 
 
-def side_fraction(nominal: float, measured: float, direction: str, scorer: str, head_dim: int) -> float:
+def side_fraction(
+    nominal: float, measured: float, direction: str, scorer: str, head_dim: int, value_dtype: str = "native"
+) -> float:
     """Bytes of one pruned token of K (or V) over its dense fp16 bytes."""
+    dense = head_dim * FP16
+    if value_dtype == "fp8":  # per-token rules only (the config refuses others)
+        keep = round((1.0 - measured) * head_dim) if nominal else head_dim
+        return fixed_token_nbytes(head_dim, keep, FP16, "fp8") / dense
     if nominal == 0:
         return 1.0
-    dense = head_dim * FP16
     if scorer == "think":
         return 1.0 - measured
     if direction == "token":
@@ -42,8 +49,13 @@ def kv_fraction(row: Mapping[str, Any]) -> tuple[float, str]:
         return kv_bytes / (dense + evicted), MEASURED
     cached = dense / (dense + evicted) if _number(dense) and dense > 0 else 1.0
     d = int(row["head_dim"])
-    k = side_fraction(row["k_sparsity"], row["k_sparsity_measured"], row["k_direction"], row["k_scorer"], d)
-    v = side_fraction(row["v_sparsity"], row["v_sparsity_measured"], row["v_direction"], row["v_scorer"], d)
+    fp8 = row.get("value_dtype", "native")
+    k = side_fraction(
+        row["k_sparsity"], row["k_sparsity_measured"], row["k_direction"], row["k_scorer"], d, fp8
+    )
+    v = side_fraction(
+        row["v_sparsity"], row["v_sparsity_measured"], row["v_direction"], row["v_scorer"], d, fp8
+    )
     return cached * (k + v) / 2, COMPUTED
 
 

@@ -106,6 +106,9 @@ def test_kv_size_closed_forms_and_measured_bytes():
     assert side_fraction(0.7, 0.7, "token", "magnitude", 128) == 0.375  # keep 38 in a 40-value slot
     assert side_fraction(0.7, 0.7, "channel", "think", 128) == pytest.approx(0.3)
     assert side_fraction(0.0, 0.0, "token", "magnitude", 128) == 1.0
+    # fp8 values: bitmap 16 + 40 code bytes + a 4-byte scale = 60 of 256 (docs/formats.md §2); a dense side stored too
+    assert side_fraction(0.7, 0.7, "token", "magnitude", 128, "fp8") == 60 / 256
+    assert side_fraction(0.0, 0.0, "token", "magnitude", 64, "fp8") == (8 + 64 + 4) / 128
     row = {**POLICY, "k_scorer": "magnitude", "v_scorer": "magnitude", "head_dim": 128, "mode": "mask"}
     row |= {"k_sparsity": 0.7, "k_sparsity_measured": 0.7, "v_sparsity_measured": 0.0}
     assert kv_fraction(row) == (pytest.approx((0.375 + 1) / 2), COMPUTED)

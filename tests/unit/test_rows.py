@@ -69,3 +69,15 @@ def test_every_consumer_reads_fields_the_schema_has():
 
     for fields in (layout.JOB_FIELDS, policies.KEY_FIELDS, IDENTITY_FIELDS, POLICY_ORDER):
         assert set(fields) <= set(COLUMNS), set(fields) - set(COLUMNS)
+
+
+def test_every_policy_field_has_a_row_field():
+    """A job writes every KVConfig field into its rows: a new kv knob needs its ResultRow field (else the job fails
+    at its end, after the generation has run)."""
+    from dataclasses import fields
+
+    from eval.rows import ResultRow
+    from mustafar.config import KVConfig
+
+    missing = {f.name for f in fields(KVConfig)} - {f.name for f in fields(ResultRow)}
+    assert not missing, f"KVConfig fields without a ResultRow field: {sorted(missing)}"
