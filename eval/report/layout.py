@@ -44,6 +44,8 @@ JOB_FIELDS = [
     "v_sparsity_measured",
     "kv_bytes",
     "dense_kv_bytes",
+    "kv_evicted_bytes",  # the KV size of an evicting job counts its evicted tokens as dense reference
+    "value_dtype",  # fp8 jobs are priced in the fp8 layout
 ]
 AVERAGE = "Average"
 VERSUS = "Δ vs dense"  # the Average's paired difference to the dense job on the same prompts
