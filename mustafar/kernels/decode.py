@@ -520,21 +520,32 @@ def _scatter_ring(tile: int, side: int) -> tuple[int, int, bool]:
     return sides, (ring if split else shared) // 4, split
 
 
+def _staged_stride(slot_bytes: int, chunk: int) -> int:
+    """Shared-memory bytes between two staged tokens' value slots: the slot, plus one chunk when the slot is an even
+    number of chunks. Each lane loads its own token's slot in ``chunk``-byte vectors; an odd stride in chunks walks
+    the 32 lanes over every bank group, an even one folds them onto a few (a 128-byte slot puts all 32 lanes on the
+    same four banks: 32-way conflicts per load, where 4 wavefronts suffice)."""
+    return slot_bytes + chunk if (slot_bytes // chunk) % 2 == 0 else slot_bytes
+
+
 def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
     """One dense tile, a ring of staged sides (:func:`_scatter_ring`: each side's words, value slots and, fp8, its
     scales) and the scatter PTX of each side; in the kernel's declaration order."""
     d = q.shape[-1]
     n_rep = q.shape[1] // k_store.heads
     k_sb, v_sb = _slot_bytes(k_store), _slot_bytes(v_store)
-    fp8 = k_store.fp8 or v_store.fp8
-    slot_bytes = block_n * (d // 8 + max(k_sb, v_sb) + (4 if fp8 else 0))
-    sides, words, split = _scatter_ring(block_n * d * 2, slot_bytes)
     k_ck, v_ck = (16 if sb % 16 == 0 else 8 for sb in (k_sb, v_sb))
+    k_sp, v_sp = _staged_stride(k_sb, k_ck), _staged_stride(v_sb, v_ck)
+    fp8 = k_store.fp8 or v_store.fp8
+    slot_bytes = block_n * (d // 8 + max(k_sp, v_sp) + (4 if fp8 else 0))
+    sides, words, split = _scatter_ring(block_n * d * 2, slot_bytes)
     return dict(
         N_REP=n_rep,
         D=d,
         K_SB=k_sb,
         V_SB=v_sb,
+        K_SP=k_sp,
+        V_SP=v_sp,
         K_CK=k_ck,
         V_CK=v_ck,
         K_FP8=k_store.fp8,

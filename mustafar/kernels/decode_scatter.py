@@ -24,6 +24,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from mustafar.kernels.decode_staged import (
+    _CP_ASYNC8_ASM,
+    _CP_ASYNC_ASM,
     _LOAD_SHARED_ASM,
     _copy_region,
     _finish,
@@ -34,18 +36,42 @@ from mustafar.kernels.decode_staged import (
 
 
 @gluon.jit
+def _copy_slots(src, dst_off, n_valid, NCH: gl.constexpr, NCH_P2: gl.constexpr, CK: gl.constexpr,
+                CPT: gl.constexpr, SP: gl.constexpr, LC: gl.constexpr):  # fmt: skip
+    """``_copy_region`` of value slots that lands token ``t``'s ``CPT`` chunks at shared byte ``dst_off + t·SP``
+    (``SP``: the slot's bytes plus padding that spreads the lanes' slot loads over the banks)."""
+    c = gl.arange(0, NCH_P2, layout=LC)
+    gl.inline_asm_elementwise(
+        _CP_ASYNC_ASM if CK == 16 else _CP_ASYNC8_ASM,
+        "=r,r,l,r",
+        [
+            dst_off + (c // CPT) * SP + (c % CPT) * CK,
+            (src + c * (CK // 4)).to(gl.int64, bitcast=True),
+            ((c < NCH) & (c < n_valid)).to(gl.int32),
+        ],
+        dtype=gl.int32,
+        is_pure=False,
+        pack=1,
+    )
+
+
+@gluon.jit
 def _issue_side(slot_off, bits_row, vals_row, scales_row, t0, end, G: gl.constexpr, SB: gl.constexpr,
-                CK: gl.constexpr, FP8: gl.constexpr, BLOCK_N: gl.constexpr, CH_P2: gl.constexpr,
+                SP: gl.constexpr, CK: gl.constexpr, FP8: gl.constexpr, BLOCK_N: gl.constexpr, CH_P2: gl.constexpr,
                 LC: gl.constexpr):  # fmt: skip
     """Start copying one side of tile ``t0`` (its tokens before ``end``) to the ring slot at shared byte
-    ``slot_off``: the words, then the value slots (``SB`` bytes per token, ``CK``-byte chunks) and, fp8, the
-    tokens' scales; one commit group (empty past ``end``)."""
+    ``slot_off``: the words, then the value slots (``SB`` bytes per token in ``CK``-byte chunks, at a stride of
+    ``SP`` bytes) and, fp8, the tokens' scales; one commit group (empty past ``end``)."""
     n = gl.maximum(gl.minimum(end - t0, BLOCK_N), 0)
     _copy_region(bits_row + t0 * G, slot_off, n, BLOCK_N, BLOCK_N, 4 * G, LC)
     vals_at = slot_off + BLOCK_N * G * 4
-    _copy_region(vals_row + t0 * (SB // 4), vals_at, n * SB // CK, BLOCK_N * SB // CK, CH_P2, CK, LC)
+    if SP == SB:  # slots back to back: a plain copy (no per-chunk division)
+        _copy_region(vals_row + t0 * (SB // 4), vals_at, n * SB // CK, BLOCK_N * SB // CK, CH_P2, CK, LC)
+    else:
+        _copy_slots(vals_row + t0 * (SB // 4), vals_at, n * SB // CK, BLOCK_N * SB // CK, CH_P2, CK, SB // CK, SP,
+                    LC)  # fmt: skip
     if FP8:  # one 4-byte chunk per token: a (batch, head) row of scales starts 4-byte aligned only
-        _copy_region(scales_row + t0, vals_at + BLOCK_N * SB, n, BLOCK_N, BLOCK_N, 4, LC)
+        _copy_region(scales_row + t0, vals_at + BLOCK_N * SP, n, BLOCK_N, BLOCK_N, 4, LC)
     async_copy.commit_group()
 
 
@@ -153,6 +179,8 @@ def _sc_sparse_decode_kernel(
     D: gl.constexpr,
     K_SB: gl.constexpr,
     V_SB: gl.constexpr,
+    K_SP: gl.constexpr,
+    V_SP: gl.constexpr,
     K_CK: gl.constexpr,
     V_CK: gl.constexpr,
     K_FP8: gl.constexpr,
@@ -228,51 +256,51 @@ def _sc_sparse_decode_kernel(
     for j in gl.static_range(SIDES - 1):
         if j % 2 == 0:
             _issue_side(REGION + j * SLOT_BYTES, kb_row, kv_row, ks_row, start + (j // 2) * BLOCK_N, end, G, K_SB,
-                        K_CK, K_FP8, BLOCK_N, K_CH_P2, lc)  # fmt: skip
+                        K_SP, K_CK, K_FP8, BLOCK_N, K_CH_P2, lc)  # fmt: skip
         else:
             _issue_side(REGION + j * SLOT_BYTES, vb_row, vv_row, vs_row, start + (j // 2) * BLOCK_N, end, G, V_SB,
-                        V_CK, V_FP8, BLOCK_N, V_CH_P2, lc)  # fmt: skip
+                        V_SP, V_CK, V_FP8, BLOCK_N, V_CH_P2, lc)  # fmt: skip
     n = 0
     for t0 in range(start, end, BLOCK_N):
         ahead = REGION + ((n + SIDES - 1) % SIDES) * SLOT_BYTES
         if SIDES % 2 == 1:  # side n + SIDES - 1 is a K side
             _issue_side(
-                ahead, kb_row, kv_row, ks_row, t0 + (SIDES // 2) * BLOCK_N, end, G, K_SB, K_CK, K_FP8, BLOCK_N,
+                ahead, kb_row, kv_row, ks_row, t0 + (SIDES // 2) * BLOCK_N, end, G, K_SB, K_SP, K_CK, K_FP8, BLOCK_N,
                 K_CH_P2, lc,
             )  # fmt: skip
         else:
             _issue_side(
-                ahead, vb_row, vv_row, vs_row, t0 + (SIDES // 2 - 1) * BLOCK_N, end, G, V_SB, V_CK, V_FP8,
+                ahead, vb_row, vv_row, vs_row, t0 + (SIDES // 2 - 1) * BLOCK_N, end, G, V_SB, V_SP, V_CK, V_FP8,
                 BLOCK_N, V_CH_P2, lc,
             )  # fmt: skip
         async_copy.wait_group(SIDES - 1)
         gl.thread_barrier()  # K of this tile staged; every lane is done reading the dense tile (last P·V)
         n_tok = end - t0
         k_off = REGION + (n % SIDES) * SLOT_BYTES
-        sc = gl.convert_layout(_score_side(k_off, k_off + WB, n_tok, qp, K_ASM, K_SB, D, BLOCK_N, lc), mma)
+        sc = gl.convert_layout(_score_side(k_off, k_off + WB, n_tok, qp, K_ASM, K_SP, D, BLOCK_N, lc), mma)
         if K_FP8:  # the codes' scores times each token's scale (staged after its value slots)
-            sc = sc * gl.expand_dims(_load_scales(k_off + WB + BLOCK_N * K_SB, BLOCK_N, ts_l), 1)
+            sc = sc * gl.expand_dims(_load_scales(k_off + WB + BLOCK_N * K_SP, BLOCK_N, ts_l), 1)
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
         p, m_i, l_i, acc = _softmax_step(sc, ts < end, m_i, l_i, acc, qk_scale)
         ahead = REGION + ((n + SIDES) % SIDES) * SLOT_BYTES
         if SIDES % 2 == 1:  # side n + SIDES is a V side
             _issue_side(
-                ahead, vb_row, vv_row, vs_row, t0 + (SIDES // 2) * BLOCK_N, end, G, V_SB, V_CK, V_FP8, BLOCK_N,
+                ahead, vb_row, vv_row, vs_row, t0 + (SIDES // 2) * BLOCK_N, end, G, V_SB, V_SP, V_CK, V_FP8, BLOCK_N,
                 V_CH_P2, lc,
             )  # fmt: skip
         else:
             _issue_side(
-                ahead, kb_row, kv_row, ks_row, t0 + (SIDES // 2) * BLOCK_N, end, G, K_SB, K_CK, K_FP8, BLOCK_N,
+                ahead, kb_row, kv_row, ks_row, t0 + (SIDES // 2) * BLOCK_N, end, G, K_SB, K_SP, K_CK, K_FP8, BLOCK_N,
                 K_CH_P2, lc,
             )  # fmt: skip
         async_copy.wait_group(SIDES - 1)
         gl.thread_barrier()  # V staged; every lane is done reading the K tile
         v_off = REGION + ((n + 1) % SIDES) * SLOT_BYTES
-        _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, VT, V_SB, D, BLOCK_N, TILE_OFF, lc)
+        _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, VT, V_SP, D, BLOCK_N, TILE_OFF, lc)
         if V_FP8:
             # P weighs the unscaled codes by each token's scale relative to the tile's largest (a power of two, so
             # dividing the accumulator by it and multiplying back is exact): fp16 P keeps its precision
-            at = v_off + WB + BLOCK_N * V_SB
+            at = v_off + WB + BLOCK_N * V_SP
             vsc = gl.where(gl.arange(0, BLOCK_N, layout=ts_l) < n_tok, _load_scales(at, BLOCK_N, ts_l), 0.0)
             top = gl.max(vsc, axis=0)
             pw = p * gl.expand_dims(vsc / top, 1)
