@@ -4,7 +4,8 @@ The default decoder for stores packed under the ``word`` keep rule (:func:`musta
 Each program is one warp over 32-token tiles, one token per lane:
 
 * a ring of three staged sides (K or V of one tile: bitmap words and value slots, contiguous in the fixed layout),
-  filled by ``cp.async``: while one side is decoded the next two are in flight;
+  filled by ``cp.async``: while one side is decoded the next two are in flight; the slots land at a stride of an
+  odd number of copy chunks (``K_SP``/``V_SP``), so each lane's loads of its own slot do not share banks;
 * K is scored in registers: every lane walks its token's kept bits (compile-time trip counts per bitmap word) and
   fetches the group's queries at each kept channel from the lane that holds them (``shfl.sync``), accumulating
   ``k·q`` in fp32 (:func:`mustafar.kernels.scatter_ptx.score_asm`). No dense K tile, no shared-memory traffic
