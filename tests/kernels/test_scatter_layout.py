@@ -67,3 +67,25 @@ def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(head_dim, sparsity
     assert all(off >= used for off in k["shared_offsets"] if off != ring or not k["split"])
     assert k["shared_bytes"] >= used
     assert k["spill_bytes"] == 0
+
+
+@pytest.mark.parametrize(
+    "slot,chunk,stride",
+    [
+        (128, 16, 144),
+        (80, 16, 80),
+        (96, 16, 112),
+        (48, 16, 48),
+        (64, 16, 80),
+        (64, 8, 72),
+        (40, 8, 40),
+        (32, 8, 40),
+    ],
+)
+def test_staged_stride_spreads_the_lanes_slot_loads_over_the_banks(slot, chunk, stride):
+    """fp16 s 0.5 / 0.7 at D 128 (128, 80 B), D 64 (64 → as 16-byte chunks: 80), fp8 (64, 40, 24, 32 B in 8-byte
+    chunks): hand-worked strides, and the property they buy: the 32 lanes' first vectors (lane r at r·stride) fall
+    into as many distinct chunk-sized bank groups of a 128-byte bank row as a conflict-free load needs."""
+    assert decode._staged_stride(slot, chunk) == stride
+    groups = {(r * stride % 128) // chunk for r in range(32)}
+    assert len(groups) == 128 // chunk  # every group of the bank row: 32 lanes in the minimum of wavefronts
