@@ -190,6 +190,14 @@ class KVConfig:
                 f"kv.value_dtype={self.value_dtype!r} needs the fixed layout (one keep count per layer), but "
                 f"kv.allocation={self.allocation!r} gives each row and head its own"
             )
+        for side in ("k", "v"):
+            rule = getattr(self, side)
+            if rule.active and self.keep_rule == "reference" and rule.scorer == "magnitude":
+                raise ConfigError(
+                    f"kv.value_dtype={self.value_dtype!r} needs the fixed layout (one keep count per token), but "
+                    f"kv.keep_rule='reference' with kv.{side}_scorer='magnitude' keeps threshold ties (a varying "
+                    "count); use keep_rule=exact or word"
+                )
 
     def _check_eviction(self) -> None:
         _choice("kv.evict", self.evict, EVICTIONS)

@@ -124,3 +124,7 @@ def test_config_limits():
         KVConfig(k_sparsity=0.7, v_sparsity=0.5, v_direction="channel", value_dtype="fp8")
     with pytest.raises(ConfigError, match="kv.allocation='error'"):
         KVConfig(k_sparsity=0.7, allocation="error", value_dtype="fp8")
+    with pytest.raises(ConfigError, match="keep_rule='reference' with kv.v_scorer='magnitude'"):
+        KVConfig(v_sparsity=0.7, keep_rule="reference", value_dtype="fp8")
+    # the reference rule's output-aware count is fixed: allowed
+    KVConfig(k_sparsity=0.7, k_scorer="output_aware", keep_rule="reference", value_dtype="fp8")
