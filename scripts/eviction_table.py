@@ -2,8 +2,8 @@
 
 Reads every job of a sweep folder (result.json and each task's .stats.json) and prints one row per policy: the
 task scores with their 95% bootstrap CIs, the measured kept token fraction (cached / (cached + evicted) tokens),
-and the KV size as a fraction of the full dense fp16 cache: the fp16 per-token bitmap format's bytes (docs/formats.md
-§2) of the tokens that were pruned, plus dense bytes for the cached tokens that were not (the window, decode tokens
+and the KV size as a fraction of the full dense fp16 cache: the per-token bitmap format's bytes (docs/formats.md
+§2; fp16 values, or fp8 for `kv.value_dtype=fp8` jobs) of the tokens that were pruned, plus dense bytes for the cached tokens that were not (the window, decode tokens
 still in it), over the dense bytes of every token seen (evicted ones included). Counts are the measured ones (mask
 mode stores zeros, so the bytes follow from them; compressed jobs' stores give the same counts). Then the paired
 differences of the equal-byte pairs named on the command line (A=B, same prompts).
@@ -39,9 +39,10 @@ def _job(folder: Path) -> dict:
         evicted += c.get("evicted_bytes", 0) // (d * itemsize * 2)
     dense_side = d * FP16
     size = 0
+    value_dtype = first.get("value_dtype", "native")  # fp8: the pruned tokens in the fp8 layout
     for side in ("k", "v"):
         s = first[f"{side}_sparsity"]
-        per_token = fixed_token_nbytes(d, exact_keep(d, s), FP16) if s > 0 else dense_side
+        per_token = fixed_token_nbytes(d, exact_keep(d, s), FP16, value_dtype) if s > 0 else dense_side
         size += judged[side] * per_token + (cached - judged[side]) * dense_side
     return {
         "policy": first["policy"],
