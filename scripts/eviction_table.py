@@ -17,9 +17,11 @@ import json
 import sys
 from pathlib import Path
 
-from eval.stats import bootstrap_ci, paired_test
-from mustafar.formats.bitmap import fixed_token_nbytes
-from mustafar.pruning.keep import exact_keep
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from eval.stats import bootstrap_ci, paired_test  # noqa: E402
+from mustafar.formats.bitmap import fixed_token_nbytes  # noqa: E402
+from mustafar.pruning.keep import exact_keep  # noqa: E402
 
 FP16 = 2
 
