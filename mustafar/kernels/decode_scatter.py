@@ -25,8 +25,6 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.ampere import async_copy, mma_v2
 
 from mustafar.kernels.decode_staged import (
-    _CP_ASYNC8_ASM,
-    _CP_ASYNC_ASM,
     _LOAD_SHARED_ASM,
     _copy_region,
     _finish,
@@ -34,26 +32,6 @@ from mustafar.kernels.decode_staged import (
     _softmax_step,
     _start,
 )
-
-
-@gluon.jit
-def _copy_slots(src, dst_off, n_valid, NCH: gl.constexpr, NCH_P2: gl.constexpr, CK: gl.constexpr,
-                CPT: gl.constexpr, SP: gl.constexpr, LC: gl.constexpr):  # fmt: skip
-    """``_copy_region`` of value slots that lands token ``t``'s ``CPT`` chunks at shared byte ``dst_off + t·SP``
-    (``SP``: the slot's bytes plus padding that spreads the lanes' slot loads over the banks)."""
-    c = gl.arange(0, NCH_P2, layout=LC)
-    gl.inline_asm_elementwise(
-        _CP_ASYNC_ASM if CK == 16 else _CP_ASYNC8_ASM,
-        "=r,r,l,r",
-        [
-            dst_off + (c // CPT) * SP + (c % CPT) * CK,
-            (src + c * (CK // 4)).to(gl.int64, bitcast=True),
-            ((c < NCH) & (c < n_valid)).to(gl.int32),
-        ],
-        dtype=gl.int32,
-        is_pure=False,
-        pack=1,
-    )
 
 
 @gluon.jit
@@ -66,11 +44,9 @@ def _issue_side(slot_off, bits_row, vals_row, scales_row, t0, end, G: gl.constex
     n = gl.maximum(gl.minimum(end - t0, BLOCK_N), 0)
     _copy_region(bits_row + t0 * G, slot_off, n, BLOCK_N, BLOCK_N, 4 * G, LC)
     vals_at = slot_off + BLOCK_N * G * 4
-    if SP == SB:  # slots back to back: a plain copy (no per-chunk division)
-        _copy_region(vals_row + t0 * (SB // 4), vals_at, n * SB // CK, BLOCK_N * SB // CK, CH_P2, CK, LC)
-    else:
-        _copy_slots(vals_row + t0 * (SB // 4), vals_at, n * SB // CK, BLOCK_N * SB // CK, CH_P2, CK, SB // CK, SP,
-                    LC)  # fmt: skip
+    _copy_region(
+        vals_row + t0 * (SB // 4), vals_at, n * SB // CK, BLOCK_N * SB // CK, CH_P2, CK, LC, SB // CK, SP
+    )
     if FP8:  # one 4-byte chunk per token: a (batch, head) row of scales starts 4-byte aligned only
         _copy_region(scales_row + t0, vals_at + BLOCK_N * SP, n, BLOCK_N, BLOCK_N, 4, LC)
     async_copy.commit_group()

@@ -78,19 +78,28 @@ _LOAD_SHARED_ASM: gl.constexpr = gl.constexpr(
 
 @gluon.jit
 def _copy_region(
-    src, dst_off, n_valid, NCH: gl.constexpr, NCH_P2: gl.constexpr, CHUNK: gl.constexpr, LC: gl.constexpr
+    src,
+    dst_off,
+    n_valid,
+    NCH: gl.constexpr,
+    NCH_P2: gl.constexpr,
+    CHUNK: gl.constexpr,
+    LC: gl.constexpr,
+    CPT: gl.constexpr = 1,
+    SP: gl.constexpr = 0,
 ):
     """Start cp.async copies of the first ``NCH`` ``CHUNK``-byte (16, 8 or 4) chunks at ``src`` (an int32 pointer) to
-    shared byte ``dst_off``; chunks at or past ``n_valid`` are skipped (the decoder zeroes the tokens they hold)."""
+    shared byte ``dst_off``; chunks at or past ``n_valid`` are skipped (the decoder zeroes the tokens they hold).
+    Back to back by default; with ``SP`` a token's ``CPT`` chunks land at ``dst_off + t·SP`` (padded slots)."""
     c = gl.arange(0, NCH_P2, layout=LC)
+    if SP == 0 or SP == CPT * CHUNK:  # contiguous: no per-chunk division
+        at = dst_off + c * CHUNK
+    else:
+        at = dst_off + (c // CPT) * SP + (c % CPT) * CHUNK
     gl.inline_asm_elementwise(
         _CP_ASYNC_ASM if CHUNK == 16 else (_CP_ASYNC8_ASM if CHUNK == 8 else _CP_ASYNC4_ASM),
         "=r,r,l,r",
-        [
-            dst_off + c * CHUNK,
-            (src + c * (CHUNK // 4)).to(gl.int64, bitcast=True),
-            ((c < NCH) & (c < n_valid)).to(gl.int32),
-        ],
+        [at, (src + c * (CHUNK // 4)).to(gl.int64, bitcast=True), ((c < NCH) & (c < n_valid)).to(gl.int32)],
         dtype=gl.int32,
         is_pure=False,
         pack=1,
