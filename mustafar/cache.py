@@ -119,6 +119,15 @@ class MustafarLayer(DynamicLayer):
         """Per-(row, KV head) keep counts [B, H] of `side`, from the allocation."""
         self.pruners[side].set_keeps(keeps)
 
+    def round_stored(self) -> None:
+        """Mask modes with fp8 values: give the columns compressed mode would have moved into its fp8 stores (final
+        on both sides: past the window) the stores' rounding, on K and V alike."""
+        end = min(p.final for p in self.pruners.values())
+        if end > self.rounded:
+            for tensor in (self.keys, self.values):
+                tensor[:, :, self.rounded : end] = fake_quantize(tensor[:, :, self.rounded : end])
+            self.rounded = end
+
     def evict(self, query: torch.Tensor, scaling: float, softcap: float | None, obs: Observation) -> None:
         """Remove the prompt tokens `policy.evict` does not keep, before they are pruned (first attention call).
 
@@ -181,15 +190,6 @@ class MaskedLayer(MustafarLayer):
                 tensor[:, :, start : start + n].masked_fill_(~mask, 0)
         if self.policy.value_dtype == "fp8":
             self.round_stored()
-
-    def round_stored(self) -> None:
-        """Give the columns compressed mode would have moved into its fp8 stores (final on both sides: past the
-        window) the stores' rounding, on K and V alike."""
-        end = min(p.final for p in self.pruners.values())
-        if end > self.rounded:
-            for tensor in (self.keys, self.values):
-                tensor[:, :, self.rounded : end] = fake_quantize(tensor[:, :, self.rounded : end])
-            self.rounded = end
 
     def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys, self.values

@@ -187,6 +187,7 @@ class StaticLayer(MustafarLayer):
         """Forget the batch for the next one of the same shape: host counters and pruners start afresh, every
         buffer is zeroed in place (a captured graph keeps reading the same addresses), padding is undeclared."""
         self.host_length = 0
+        self.rounded = 0
         self.pruners = {
             s: SidePruner(rule, s, self.policy.keep_rule, self.policy.window)
             for s, rule in self.rules.items()
@@ -198,8 +199,8 @@ class StaticLayer(MustafarLayer):
                     item.zero_()
                 elif isinstance(item, CompressedStore):
                     item.reset()
-                    item.bits.zero_()
-                    item.vals.zero_()
+                    for buf in (item.bits, item.vals, *((item.scales,) if item.fp8 else ())):
+                        buf.zero_()
 
     def set_padding(self, pads: list[int], device: torch.device | str) -> None:
         held = self.pad_columns
@@ -360,10 +361,8 @@ class StaticDenseLayer(StaticLayer):
             n, mask = self.pruners[side].step(tensor[:, :, : self.host_length], obs)
             if mask is not None:
                 tensor[:, :, :n].masked_fill_(~mask, 0)
-        if self.policy.value_dtype == "fp8":  # the columns past the window: what fp8 stores would hold
-            end = min(p.final for p in self.pruners.values())
-            for tensor in (self.keys, self.values):
-                tensor[:, :, :end] = fake_quantize(tensor[:, :, :end])
+        if self.policy.value_dtype == "fp8":
+            self.round_stored()
 
     def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[:, :, : self.host_length], self.values[:, :, : self.host_length]

@@ -402,8 +402,7 @@ class CompressedStore:
             rank = (mask.to(torch.int64).cumsum(-1) - 1).clamp(0, self.slot - 1)
             return slots.gather(-1, rank).masked_fill(~mask, 0)
         out = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
-        index = _value_index(self, mask, 0)
-        out[mask] = self.vals.reshape(-1)[index[mask]]
+        out[mask] = self.vals.reshape(-1)[_value_index(self, mask, 0)[mask]]
         return out
 
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-FP8_MAX = 448.0
 FP8_ALIGN = 8  # bytes a token's fp8 value slot is padded to (an 8-byte cp.async chunk)
 SCALE_BYTES = 4  # one fp32 scale per token-head
 

@@ -50,10 +50,11 @@ def decoder_for(q: Tensor, k_store: CompressedStore, v_store: CompressedStore) -
         and q.shape[-1] in HEAD_DIMS
     )
     n_rep = q.shape[1] // k_store.heads
-    fp8_ok = not (k_store.fp8 or v_store.fp8) or fp8_convert_capable(q.device)
+    fp8 = k_store.fp8 or v_store.fp8
+    fp8_ok = not fp8 or fp8_convert_capable(q.device)
     if compiled and store_quotas(k_store) and store_quotas(v_store) and n_rep <= SCORE_HEADS and fp8_ok:
         return "scatter"
-    if compiled and n_rep <= 16 and not (k_store.fp8 or v_store.fp8):
+    if compiled and n_rep <= 16 and not fp8:
         return "staged"
     return "portable"
 

@@ -117,3 +117,21 @@ def test_a_copied_model_starts_with_an_empty_pool(model):
     generate(model, KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=4), prompts((20, 9), 8), 2, static=True)
     assert pool_of(model).built == 1
     assert pool_of(copy.deepcopy(model)).runners == {}
+
+
+def test_a_reused_fp8_mask_cache_rounds_every_batch(model):
+    """fp8 values in a static mask cache reused across batches: each batch's columns past the window lie on the fp8
+    grid (the reset forgets how far the previous batch had rounded), the window's do not."""
+    from mustafar.formats.fp8 import fake_quantize
+
+    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=8, value_dtype="fp8")
+    pool = pool_of(model)
+    for ps in (prompts((30, 52), 1), prompts((61, 17), 2)):
+        generate(model, policy, ps, 1, static=True)
+        (runner,) = pool.runners.values()
+        for layer in runner.cache.layers:
+            past = layer.host_length - policy.window - 1  # the last step's leaving column is rounded too
+            for tensor in (layer.keys, layer.values):
+                assert torch.equal(fake_quantize(tensor[:, :, :past]), tensor[:, :, :past])
+                window = tensor[:, :, past + 1 : layer.host_length]
+                assert not torch.equal(fake_quantize(window), window)
