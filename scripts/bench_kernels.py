@@ -19,6 +19,7 @@ Usage: python3 scripts/bench_kernels.py --out DIR [--quick] [--default-only] [--
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import functools
 import json
 import math
@@ -43,7 +44,7 @@ from mustafar.bench.inputs import (  # noqa: E402
     time_us,
 )
 from mustafar.bench.sass import main_loop_instructions  # noqa: E402
-from mustafar.bench.shapes import attention_shape  # noqa: E402
+from mustafar.bench.shapes import AttentionShape, attention_shape  # noqa: E402
 from mustafar.formats import CompressedStore  # noqa: E402
 from mustafar.kernels import pack_into, sparse_decode_attention, topk_pack_into  # noqa: E402
 from mustafar.pruning.keep import exact_keep, threshold_mask, topk_mask, word_topk_mask  # noqa: E402
@@ -161,16 +162,24 @@ def fmt(d: dict) -> str:
 
 
 def decode_row(
-    s: float, b: int, t: int, roof_tbs: float, sweep: bool, baseline: dict, rule: str = "exact"
+    s: float,
+    b: int,
+    t: int,
+    roof_tbs: float,
+    sweep: bool,
+    baseline: dict,
+    rule: str = "exact",
+    shape: AttentionShape = SHAPE,
+    dtype: torch.dtype = torch.float16,
 ) -> dict:
-    keep = exact_keep(SHAPE.head_dim, s)
-    dense = dense_decode_call(SHAPE, b, t + WINDOW)
+    keep = exact_keep(shape.head_dim, s)
+    dense = dense_decode_call(shape, b, t + WINDOW, dtype)
     dense_us = time_us(dense)
     dense_graph = graph_time(dense)
     del dense
     fp8 = rule.endswith("-fp8")  # word-fp8 / exact-fp8: the same stores with e4m3 codes and per-token scales
     inp = decode_inputs(
-        SHAPE, b, t, keep, word_quota=rule.startswith("word"), value_dtype="fp8" if fp8 else "native"
+        shape, b, t, keep, dtype, word_quota=rule.startswith("word"), value_dtype="fp8" if fp8 else "native"
     )
     default = decode_call(inp, {})
     us = time_us(default)  # first: the launch measures its occupancy, which the plan below then uses
@@ -178,7 +187,7 @@ def decode_row(
     sparse_graph = graph_time(default)
     sass = default_kernel_sass(inp)
     comp_bytes = inp.k_store.payload_nbytes + inp.v_store.payload_nbytes + 2 * inp.k_window.numel() * 2
-    dense_bytes = 2 * b * SHAPE.heads_kv * (t + WINDOW) * SHAPE.head_dim * 2
+    dense_bytes = 2 * b * shape.heads_kv * (t + WINDOW) * shape.head_dim * 2
     row = dict(
         sparsity=s,
         keep_rule=rule,
@@ -302,6 +311,9 @@ def to_markdown(meta: dict, roof: float, decode: list[dict], comp: list[dict], c
         "",
         f"Device: {meta['device']}; torch {meta['torch']}, triton {meta['triton']}. Command: `{meta['command']}`",
         "",
+        f"Decode shapes: Llama-3-8B attention heads (32 query, 8 KV), head_dim {meta.get('head_dim', 128)}, "
+        f"{meta.get('dtype', 'fp16')}.",
+        "",
         f"Copy roof (D2D, read+write): **{roof:.2f} TB/s**. Correctness on GPU: {len(checks)} checks passed "
         f"(max rel err {max(c['rel_err'] for c in checks):.2e}).",
         "",
@@ -369,6 +381,15 @@ def main() -> None:
         help="stores to decode: exact (top-k per token: the staged decoder), word (word quotas: scatter); "
         "suffix -fp8 for fp8 values (word-fp8: scatter, exact-fp8: portable)",
     )
+    ap.add_argument(
+        "--dtype", choices=("fp16", "bf16"), default="fp16", help="queries, windows, dense K/V, values"
+    )
+    ap.add_argument(
+        "--head-dim",
+        type=int,
+        default=SHAPE.head_dim,
+        help="decode at Llama-3-8B's heads with another head_dim",
+    )
     ap.add_argument("--skip-compress", action="store_true", help="decode only")
     ap.add_argument("--check-only", action="store_true", help="GPU correctness checks only")
     ap.add_argument("--compress-only", action="store_true", help="correctness + copy roof + compression only")
@@ -381,7 +402,11 @@ def main() -> None:
         torch=torch.__version__,
         triton=triton.__version__,
         command="python3 " + " ".join(sys.argv),
+        dtype=args.dtype,
+        head_dim=args.head_dim,
     )
+    shape = dataclasses.replace(SHAPE, head_dim=args.head_dim)
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     print(meta, flush=True)
     checks = check_correctness()
     print(f"correctness: {len(checks)} ok, max rel err {max(c['rel_err'] for c in checks):.2e}", flush=True)
@@ -403,12 +428,12 @@ def main() -> None:
         sweep = not args.default_only
         rules = args.keep_rules.split(",")
         decode = [
-            decode_row(s, b, t, roof, sweep and rule == "exact", base_decode, rule)
+            decode_row(s, b, t, roof, sweep and rule == "exact", base_decode, rule, shape, dtype)
             for s, b, t in sizes
             for rule in rules
         ]
         # timed again: run-to-run spread
-        repeat = [decode_row(0.7, 8, 16384, roof, False, base_decode, rule) for rule in rules]
+        repeat = [decode_row(0.7, 8, 16384, roof, False, base_decode, rule, shape, dtype) for rule in rules]
     result = dict(meta=meta, copy_roof_tbs=roof, checks=checks, decode=decode, repeat=repeat, compress=comp)
     result["wall_s"] = time.time() - t0
     (args.out / "bench.json").write_text(json.dumps(result, indent=1))

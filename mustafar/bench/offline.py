@@ -85,7 +85,7 @@ def compile_scatter(
     sig = _signature(constexprs, dtype, static)
     names = _sc_sparse_decode_kernel.arg_names
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*")}
-    maxnreg = decode._scatter_maxnreg(store, store)
+    maxnreg = decode._scatter_plan(store, store, constexprs["SLOT_BYTES"])[0]
     compiled = triton.compile(
         GluonASTSource(_sc_sparse_decode_kernel, sig, constexprs, attrs),
         target=GPUTarget("cuda", 90, 32),
@@ -118,7 +118,7 @@ def compile_scatter(
 
 def summary(kernel: OfflineKernel) -> dict:
     """What the notes and the layout test read: ring plan, registers, shared bytes, constant shared offsets."""
-    keys = ("SIDES", "SLOT_BYTES", "SPLIT", "SMEM_WORDS", "BLOCK_N")
+    keys = ("SIDES", "SLOT_BYTES", "SMEM_WORDS", "BLOCK_N")
     return dict(
         {k.lower(): kernel.constexprs[k] for k in keys},
         registers=kernel.registers,

@@ -466,7 +466,7 @@ def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
 
 # (block_n, num_warps) per decoder: the H100 sweeps' best at B >= 8 (results/kernels/NOTES.md, rounds 4-5)
 _DEFAULT_LAUNCH = {"scatter": (32, 1), "staged": (16, 1), "portable": (64, 4)}
-SCATTER_SIDES: int | None = None  # the scatter decoder's ring depth in sides; None: _scatter_ring's choice
+SCATTER_SIDES: int | None = None  # the scatter decoder's ring depth in sides; None: _scatter_plan's choice
 
 
 def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
@@ -491,33 +491,33 @@ def _slot_bytes(store: CompressedStore) -> int:
     return store.slot * store.vals.element_size()
 
 
-def _value_registers(store: CompressedStore) -> int:
-    """32-bit registers a lane holds one token's values in: the slot, or fp8 codes plus their fp16 widening."""
-    if store.fp8:
-        return -(-store.keep // 2) + 2 * -(-store.keep // 8)
-    return _slot_bytes(store) // 4
+def _scatter_plan(k_store: CompressedStore, v_store: CompressedStore, side: int) -> tuple[int, int]:
+    """(register cap, sides in the staging ring) of the scatter decoder for these stores and ``side``-byte staged
+    sides.
+
+    Registers are what bound its resident warps: each scheduler's quarter of the register file holds two warps at
+    the 200-224 registers ptxas settles on and three at 168 (results/kernels/NOTES.md, round 10: the H200 A/B).
+    168 costs some spilling; where the values are few (fp16/bf16 slots of at most 20 registers: s >= 0.69 at D 128,
+    s >= 0.5 at D 64; every fp8 store, whose codes are loaded and widened chunk by chunk) the third warp
+    wins (3-8 % at D 128), where they are many (fp16 s 0.5: 400 bytes of spills) it loses 35-60 % and the cap
+    stays at 224. The ring keeps three sides (round 7) except for fp16/bf16 values at 168 registers with sides of
+    3 KB or more: two sides in flight per warp already cover the latency, and the smaller footprint leaves L1 room
+    for the spills (fp16 s 0.7: 3 % faster than three). fp8 stores keep three (two spill more at s 0.5, 372 against
+    240 bytes, and ran 8 % slower; equal at s 0.7)."""
+    fp8 = k_store.fp8 or v_store.fp8
+    few_values = (k_store.fp8 or _slot_bytes(k_store) <= 80) and (v_store.fp8 or _slot_bytes(v_store) <= 80)
+    if not few_values:
+        return 224, SCATTER_SIDES or 3
+    return 168, SCATTER_SIDES or (2 if side >= 3072 and not fp8 else 3)
 
 
-def _scatter_maxnreg(k_store: CompressedStore, v_store: CompressedStore) -> int:
-    """Register cap of the scatter decoder: left alone, ptxas spends ~244 registers on the unrolled walks (8
-    programs per SM); the cap is the least that compiles without spills at Llama shapes (offline sm_90: s = 0.7
-    at 200, fp16 and fp8; s = 0.5 needs 224)."""
-    return 200 if max(_value_registers(k_store), _value_registers(v_store)) <= 30 else 224
-
-
-def _scatter_ring(tile: int, side: int) -> tuple[int, int, bool]:
-    """(sides in the staging ring, shared words of the ring's allocation, whether the ring has its own allocation)
-    for a ``tile``-byte dense tile and ``side``-byte staged sides.
-
-    Three sides: while one is decoded, the tile's other side and the next tile's first are in flight (the H200
-    sweep in results/kernels/NOTES.md, round 7: deeper rings gained nothing, shallower lost up to 15%). Gluon
-    allocations are powers of two and the larger goes first, so the ring either follows the tile in one
-    allocation or is an allocation at least as large as the tile's beside it: the smaller total wins."""
-    sides = SCATTER_SIDES or 3
-    shared = triton.next_power_of_2(tile + sides * side)
-    ring = triton.next_power_of_2(sides * side)
-    split = ring >= tile and ring + tile < shared
-    return sides, (ring if split else shared) // 4, split
+def _scatter_ring(tile: int, side: int, sides: int) -> int:
+    """Shared words of the staging ring's allocation: exactly ``sides`` sides (rounding it to a power of two, 16 KB
+    for the 9 KB ring at D 128 s 0.7, cost resident programs once registers allowed more: round 10), 256 bytes
+    more where it would tie with the ``tile``-byte dense tile's (the kernel places the larger allocation first;
+    sides are whole multiples of 256 bytes, which keeps the second allocation aligned)."""
+    words = sides * side // 4
+    return words + 64 * (words == tile // 4)
 
 
 def _staged_stride(slot_bytes: int, chunk: int) -> int:
@@ -529,8 +529,8 @@ def _staged_stride(slot_bytes: int, chunk: int) -> int:
 
 
 def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
-    """One dense tile, a ring of staged sides (:func:`_scatter_ring`: each side's words, value slots and, fp8, its
-    scales) and the scatter PTX of each side; in the kernel's declaration order."""
+    """One dense tile, a ring of staged sides (:func:`_scatter_plan`, :func:`_scatter_ring`: each side's words,
+    value slots and, fp8, its scales) and the scatter PTX of each side; in the kernel's declaration order."""
     d = q.shape[-1]
     n_rep = q.shape[1] // k_store.heads
     k_sb, v_sb = _slot_bytes(k_store), _slot_bytes(v_store)
@@ -538,7 +538,8 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     k_sp, v_sp = _staged_stride(k_sb, k_ck), _staged_stride(v_sb, v_ck)
     fp8 = k_store.fp8 or v_store.fp8
     slot_bytes = block_n * (d // 8 + max(k_sp, v_sp) + (4 if fp8 else 0))
-    sides, words, split = _scatter_ring(block_n * d * 2, slot_bytes)
+    sides = _scatter_plan(k_store, v_store, slot_bytes)[1]
+    words = _scatter_ring(block_n * d * 2, slot_bytes, sides)
     return dict(
         N_REP=n_rep,
         D=d,
@@ -560,7 +561,6 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         V_ASM=scatter_asm(d, v_store.keep, v_store.slot, v_store.fp8),
         SIDES=sides,
         SLOT_BYTES=slot_bytes,
-        SPLIT=split,
     )
 
 
@@ -667,7 +667,7 @@ def _new_config(
     occ = (q.device, q.dtype, decoder, num_warps, *(v for k, v in constexprs.items() if k != "DEVICE_LEN"))
     options = dict(num_warps=1) if staged else dict(num_warps=num_warps, num_stages=2)
     if decoder == "scatter":
-        options["maxnreg"] = _scatter_maxnreg(k_store, v_store)
+        options["maxnreg"] = _scatter_plan(k_store, v_store, constexprs["SLOT_BYTES"])[0]
     kernel = {
         "scatter": _sc_sparse_decode_kernel,
         "staged": _st_sparse_decode_kernel,

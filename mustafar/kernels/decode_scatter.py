@@ -122,6 +122,16 @@ def _score_side(words_off, vals_off, n_tok, qp, ASM: gl.constexpr, SB: gl.conste
 
 
 @gluon.jit
+def _pv(tile, p, acc, op_a: gl.constexpr, op_b: gl.constexpr, BLOCK_N: gl.constexpr):
+    """``acc + Vᵀ p`` over the dense tile in two 16-token halves: the whole tile as one MMA operand held 64
+    registers at D 128, which capped the resident warps at two per scheduler (round 10)."""
+    H: gl.constexpr = BLOCK_N // 2
+    p0, p1 = gl.split(gl.permute(gl.reshape(p, [2, H, p.shape[1]]), (1, 2, 0)))
+    acc = mma_v2(tile.slice(0, H).permute((1, 0)).load(op_a), gl.convert_layout(p0, op_b), acc)
+    return mma_v2(tile.slice(H, H).permute((1, 0)).load(op_a), gl.convert_layout(p1, op_b), acc)
+
+
+@gluon.jit
 def _sc_sparse_decode_kernel(
     q_ptr,
     k_bits,
@@ -172,7 +182,6 @@ def _sc_sparse_decode_kernel(
     V_ASM: gl.constexpr,
     SIDES: gl.constexpr,
     SLOT_BYTES: gl.constexpr,
-    SPLIT: gl.constexpr,
 ):
     G: gl.constexpr = D // 32
     DT: gl.constexpr = q_ptr.dtype.element_ty
@@ -181,21 +190,15 @@ def _sc_sparse_decode_kernel(
     op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
     lc: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
-    # the PTX addresses shared memory from global_smem: the staging ring at byte REGION, the dense tile at TILE_OFF.
-    # Gluon allocations are powers of two and the allocator puts the larger one first, so either the ring is its
-    # own (larger) allocation at 0 and the tile follows it, or both share one allocation, tile first
+    # the PTX addresses shared memory from global_smem. The dense tile (a power of two: Gluon's layouts need one)
+    # and the ring (exact: :func:`mustafar.kernels.decode._scatter_ring`) are two allocations; the allocator puts
+    # the larger first and never makes them tie
     TILE_W: gl.constexpr = BLOCK_N * D // 2
     flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-    if SPLIT:
-        smem = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], flat)
-        tbuf = gl.allocate_shared_memory(gl.int32, [TILE_W], flat)
-        REGION: gl.constexpr = 0
-        TILE_OFF: gl.constexpr = 4 * SMEM_WORDS
-    else:
-        smem = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], flat)
-        tbuf = smem.slice(0, TILE_W)
-        REGION: gl.constexpr = 4 * TILE_W
-        TILE_OFF: gl.constexpr = 0
+    smem = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], flat)
+    tbuf = gl.allocate_shared_memory(gl.int32, [TILE_W], flat)
+    REGION: gl.constexpr = 0 if SMEM_WORDS > TILE_W else 4 * TILE_W
+    TILE_OFF: gl.constexpr = 4 * SMEM_WORDS if SMEM_WORDS > TILE_W else 0
     tile = tbuf._reinterpret(VT, [BLOCK_N, D], gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
 
     b = gl.program_id(0)
@@ -281,12 +284,9 @@ def _sc_sparse_decode_kernel(
             vsc = gl.where(gl.arange(0, BLOCK_N, layout=ts_l) < n_tok, _load_scales(at, BLOCK_N, ts_l), 0.0)
             top = gl.max(vsc, axis=0)
             pw = p * gl.expand_dims(vsc / top, 1)
-            acc = mma_v2(
-                tile.permute((1, 0)).load(op_a), gl.convert_layout(pw.to(VT), op_b), acc * (1.0 / top)
-            )
-            acc = acc * top
+            acc = _pv(tile, pw.to(VT), acc * (1.0 / top), op_a, op_b, BLOCK_N) * top
         else:
-            acc = mma_v2(tile.permute((1, 0)).load(op_a), gl.convert_layout(p.to(DT), op_b), acc)
+            acc = _pv(tile, p.to(DT), acc, op_a, op_b, BLOCK_N)
         n += 2
     async_copy.wait_group(0)
     smem._keep_alive()

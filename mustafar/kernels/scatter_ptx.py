@@ -29,30 +29,51 @@ def store_quotas(store: CompressedStore) -> tuple[int, ...] | None:
     return word_quotas(store.head_dim, store.keep)
 
 
-def _load_token(words: int, regs: int, words_at: str, vals_at: str, fp8: bool = False) -> list[str]:
-    """PTX loading a valid (``p``) token's bitmap words into ``w*`` and its value slots into ``v*`` (shared byte
-    offsets ``words_at``, ``vals_at`` from ``global_smem`` in ``base``); ``regs``: 32-bit registers of 16-bit
-    values. fp8 slots (8-byte aligned: 8-byte loads) are loaded into ``e*`` and widened to fp16 pairs in ``v*``
-    (``cvt.rn.f16x2.e4m3x2``: byte 2i of a half-word pair to the low half), unscaled."""
+CHUNK_VALUES = 8  # values per staged load: one 16-byte vector of fp16/bf16, one 8-byte vector of fp8 codes
+
+
+def _load_words(words: int, words_at: str, vals_at: str) -> list[str]:
+    """PTX loading a valid (``p``) token's bitmap words into ``w*`` and pointing ``va`` at its value slots (shared
+    byte offsets ``words_at``, ``vals_at`` from ``global_smem`` in ``base``)."""
     wvec = "{" + ", ".join(f"w{g}" for g in range(words)) + "}"
-    lines = [
+    return [
         f"add.u32 t, base, {words_at};",
         f"@p ld.shared.v{words}.b32 {wvec}, [t];" if words > 1 else "@p ld.shared.b32 w0, [t];",
-        f"add.u32 t, base, {vals_at};",
+        f"add.u32 va, base, {vals_at};",
     ]
+
+
+def _load_chunk(c: int, regs: int, fp8: bool) -> list[str]:
+    """PTX loading value chunk ``c`` (values ``8c .. 8c + 7``) of a valid token into the 16-bit pair registers
+    ``v4c .. v4c+3``; fp8 codes are loaded into ``e*`` and widened to fp16 pairs (``cvt.rn.f16x2.e4m3x2``: byte 2i
+    of a half-word pair to the low half), unscaled."""
     if not fp8:
-        for c in range(regs // 4):
-            vec = "{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}"
-            lines.append(f"@p ld.shared.v4.b32 {vec}, [t+{16 * c}];")
-        return lines
-    for c in range(-(-regs // 4)):  # fp8 registers: half as many, two per 8-byte load
-        lines.append(f"@p ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [t+{8 * c}];")
-    for i in range(regs):
-        half = "hi" if i % 2 else "lo"
+        vec = "{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}"
+        return [f"@p ld.shared.v4.b32 {vec}, [va+{16 * c}];"]
+    lines = [f"@p ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [va+{8 * c}];"]
+    for i in range(4 * c, min(4 * c + 4, regs)):
         if i % 2 == 0:
             lines.append(f"mov.b32 {{lo, hi}}, e{i // 2};")
-        lines.append(f"cvt.rn.f16x2.e4m3x2 v{i}, {half};")
+        lines.append(f"cvt.rn.f16x2.e4m3x2 v{i}, {'hi' if i % 2 else 'lo'};")
     return lines
+
+
+def _chunks_before_word(quotas: tuple[int, ...], regs: int, fp8: bool) -> list[list[str]]:
+    """Per bitmap word, the loads of the value chunks its walk is the first to read. Loading each chunk just
+    before its first use keeps about one word's values live instead of the whole slot (s 0.5, D 128: 32
+    registers), which is what bounds the resident warps per SM; chunks past ``keep`` (slot padding) are never
+    loaded."""
+    loaded: set[int] = set()
+    out, first = [], 0
+    for q in quotas:
+        lines = []
+        for c in range(first // CHUNK_VALUES, (first + q - 1) // CHUNK_VALUES + 1 if q else 0):
+            if c not in loaded:
+                loaded.add(c)
+                lines += _load_chunk(c, regs, fp8)
+        out.append(lines)
+        first += q
+    return out
 
 
 def _fp8_regs(regs: int) -> str:
@@ -80,16 +101,18 @@ def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
     lines = [
         "{",
         ".reg .pred p;",
-        f".reg .b32 w<{words}>, v<{regs}>, i, m, t, a, s, base, row;",
+        f".reg .b32 w<{words}>, v<{regs}>, i, m, t, a, s, va, base, row;",
         *([_fp8_regs(regs)] if fp8 else []),
         ".reg .b16 lo, hi;",
         "setp.ne.u32 p, $5, 0;",
         "mov.u32 base, global_smem;",
-        *_load_token(words, regs, "$1", "$2", fp8),
+        *_load_words(words, "$1", "$2"),
         "add.u32 row, base, $3;",
     ]
+    loads = _chunks_before_word(quotas, regs, fp8)
     first = 0
     for g, q in enumerate(quotas):
+        lines += loads[g]
         lines.append(f"xor.b32 s, $4, {32 * g};")
         for step in range(q):
             j = first + q - 1 - step
@@ -137,7 +160,7 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool, fp8: 
     lines = [
         "{",
         ".reg .pred p;",
-        f".reg .b32 w<{words}>, v<{regs}>, x<{pairs}>, i, m, t, base;",
+        f".reg .b32 w<{words}>, v<{regs}>, x<{pairs}>, i, m, t, va, base;",
         *([_fp8_regs(regs)] if fp8 else []),
         f".reg .f32 s<{n_rep}>, f, kf;",
         ".reg .b16 lo, hi;",
@@ -147,9 +170,11 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool, fp8: 
     lines += [f"mov.b32 w{g}, 0;" for g in range(words)] + [
         f"mov.f32 s{h}, 0f00000000;" for h in range(n_rep)
     ]
-    lines += _load_token(words, regs, "$8", "$9", fp8)
+    lines += _load_words(words, "$8", "$9")
+    loads = _chunks_before_word(quotas, regs, fp8)
     first = 0
     for g, q in enumerate(quotas):
+        lines += loads[g]
         for step in range(q):
             j = first + q - 1 - step
             lines += [
