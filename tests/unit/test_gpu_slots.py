@@ -4,7 +4,6 @@ each own one (fake) GPU. No GPU is needed: the pinning only sets CUDA_VISIBLE_DE
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import textwrap
@@ -38,7 +37,12 @@ from hydra.core.hydra_config import HydraConfig
 
 @hydra.main(config_path={conf!r}, config_name="config", version_base="1.3")
 def main(cfg):
-    print("JOB", HydraConfig.get().job.num, os.getpid(), os.environ["CUDA_VISIBLE_DEVICES"], flush=True)
+    # each job records itself in a file: a loky worker's stdout reached the test only sometimes (a full-suite run
+    # saw one of four jobs' lines while all four ran)
+    jobs = os.path.join(cfg.results_dir, "jobs")
+    os.makedirs(jobs, exist_ok=True)
+    with open(os.path.join(jobs, str(HydraConfig.get().job.num)), "w") as f:
+        f.write("%d %s" % (os.getpid(), os.environ["CUDA_VISIBLE_DEVICES"]))
     started = os.path.join(cfg.results_dir, "started")  # a barrier: both workers must be running jobs
     os.makedirs(started, exist_ok=True)
     open(os.path.join(started, str(os.getpid())), "w").close()
@@ -73,9 +77,9 @@ def test_joblib_sweep_gives_each_worker_its_own_gpu(tmp_path):
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "Joblib.Parallel(n_jobs=2," in proc.stderr + proc.stdout  # the default: one job per visible GPU
-    jobs = re.findall(r"^JOB (\d+) (\d+) (\S+)$", proc.stdout, flags=re.M)
-    assert sorted(int(j) for j, _, _ in jobs) == [0, 1, 2, 3]
+    records = {int(f.name): f.read_text().split() for f in (tmp_path / "jobs").iterdir()}
+    assert sorted(records) == [0, 1, 2, 3]
     gpu_of = {}
-    for _, pid, gpu in jobs:
+    for pid, gpu in records.values():
         assert gpu_of.setdefault(pid, gpu) == gpu  # a worker keeps its GPU from job to job
     assert sorted(gpu_of.values()) == ["3", "5"]  # two workers, one GPU each
