@@ -3,15 +3,17 @@
 The default decoder for stores packed under the ``word`` keep rule (:func:`mustafar.kernels.dispatch.decoder_for`).
 Each program is one warp over 32-token tiles, one token per lane:
 
-* a ring of three staged sides (K or V of one tile: bitmap words and value slots, contiguous in the fixed layout),
-  filled by ``cp.async``: while one side is decoded the next two are in flight; the slots land at a stride of an
-  odd number of copy chunks (``K_SP``/``V_SP``), so each lane's loads of its own slot do not share banks;
+* a ring of staged sides (K or V of one tile: bitmap words and value slots, contiguous in the fixed layout),
+  filled by ``cp.async``: while one side is decoded the next one or two are in flight (``SIDES``, with the
+  register cap from :func:`mustafar.kernels.decode._scatter_plan`); the slots land at a stride of an odd number of
+  copy chunks (``K_SP``/``V_SP``), so each lane's loads of its own slot do not share banks;
 * K is scored in registers: every lane walks its token's kept bits (compile-time trip counts per bitmap word) and
   fetches the group's queries at each kept channel from the lane that holds them (``shfl.sync``), accumulating
   ``k·q`` in fp32 (:func:`mustafar.kernels.scatter_ptx.score_asm`). No dense K tile, no shared-memory traffic
   beyond the staged bytes: the kernel was bound by the shared-memory pipe (results/kernels/NOTES.md, round 7);
 * V is scattered into one zeroed, swizzled dense [32, D] tile (:func:`~mustafar.kernels.scatter_ptx.scatter_asm`)
-  that the P·V MMA reads (tokens on the MMA's K side, the GQA group padded to N = 8, as the staged decoder).
+  that the P·V MMA reads in two 16-token halves (tokens on the MMA's K side, the GQA group padded to N = 8, as the
+  staged decoder).
 
 Split/merge scheme, dense window and device-side length of static stores as in
 :mod:`mustafar.kernels.decode_staged`, whose window/output code it shares. Fixed layouts, fp16/bf16, head_dim
@@ -191,8 +193,8 @@ def _sc_sparse_decode_kernel(
     op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
     lc: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     # the PTX addresses shared memory from global_smem. The dense tile (a power of two: Gluon's layouts need one)
-    # and the ring (exact: :func:`mustafar.kernels.decode._scatter_ring`) are two allocations; the allocator puts
-    # the larger first and never makes them tie
+    # and the ring (exact: :func:`mustafar.kernels.decode._scatter_ring`, never the tile's size) are two
+    # allocations; the allocator puts the larger first
     TILE_W: gl.constexpr = BLOCK_N * D // 2
     flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
     smem = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], flat)
