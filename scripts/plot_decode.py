@@ -155,10 +155,27 @@ def plot_static(report: dict, out: Path) -> None:
     plt.close(fig)
 
 
+def merged_reports(reports: list[dict]) -> dict:
+    """One report holding every run's points and largest batches (the first run's model, context, device)."""
+    if any((r["model"], r["context"]) != (reports[0]["model"], reports[0]["context"]) for r in reports):
+        raise ValueError("bench_decode runs to plot together must share the model and the context")
+    merged = dict(reports[0], points=[p for r in reports for p in r["points"]], max_batch={})
+    for r in reports:
+        merged["max_batch"].update(r.get("max_batch", {}))
+    return merged
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--results", default="results/decode")
     ap.add_argument("--contexts", default="1024,2048,4096,8192,16384,32768")
+    ap.add_argument(
+        "--bench",
+        nargs="+",
+        type=Path,
+        help="bench_decode JSON files to plot together (runs of one model and context, e.g. one format per "
+        "session); default: RESULTS/bench_decode.json",
+    )
     args = ap.parse_args()
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
@@ -170,9 +187,9 @@ def main() -> None:
             f"context {r['context']:>6}: dense {r['dense_gib']:.3f} GiB, "
             + ", ".join(f"{n} {r[f'{n}_gib']:.3f} GiB ({r[f'{n}_fraction']:.3f})" for n in POLICIES)
         )
-    bench = out / "bench_decode.json"
-    if bench.exists():
-        report = json.loads(bench.read_text())
+    benches = [b for b in (args.bench or [out / "bench_decode.json"]) if b.exists()]
+    if benches:
+        report = merged_reports([json.loads(b.read_text()) for b in benches])
         if any(p.get("graph_tokens_per_s") for p in report["points"]):
             plot_static(report, out / "static_throughput.png")
         if any(p["fmt"] in COLORS for p in report["points"]):
