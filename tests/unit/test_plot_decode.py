@@ -1,0 +1,55 @@
+"""scripts/plot_decode.py's merge of several bench_decode runs (one format per device session) into one report."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "plot_decode.py"
+
+
+def _module():
+    spec = importlib.util.spec_from_file_location("plot_decode", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _report(fmt: str, batches: list[int], largest: int, context: int = 16384, device: str = "GPU A") -> dict:
+    points = [dict(fmt=fmt, batch=b, oom=False) for b in batches]
+    return dict(
+        model="llama3_8b",
+        context=context,
+        device=device,
+        points=points,
+        max_batch={fmt: dict(batch=largest, point=dict(fmt=fmt, batch=largest, oom=False))},
+    )
+
+
+def test_merge_keeps_every_runs_points_and_largest_batches():
+    merged = _module().merged_reports(
+        [
+            _report("dense-static", [1, 8], 56),
+            _report("K0.7V0.7-word-fp8-static", [1, 8], 196, device="GPU B"),
+        ]
+    )
+    assert [(p["fmt"], p["batch"]) for p in merged["points"]] == [
+        ("dense-static", 1),
+        ("dense-static", 8),
+        ("K0.7V0.7-word-fp8-static", 1),
+        ("K0.7V0.7-word-fp8-static", 8),
+    ]
+    assert {k: v["batch"] for k, v in merged["max_batch"].items()} == {
+        "dense-static": 56,
+        "K0.7V0.7-word-fp8-static": 196,
+    }
+    assert merged["device"] == "GPU A" and merged["context"] == 16384
+
+
+def test_runs_of_another_context_are_refused():
+    with pytest.raises(ValueError, match="share the model and the context"):
+        _module().merged_reports(
+            [_report("dense-static", [1], 56), _report("K0.7V0.7", [1], 73, context=8192)]
+        )
