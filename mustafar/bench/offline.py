@@ -85,7 +85,7 @@ def compile_scatter(
     sig = _signature(constexprs, dtype, static)
     names = _sc_sparse_decode_kernel.arg_names
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*")}
-    maxnreg = decode._scatter_plan(store, store, constexprs["SLOT_BYTES"])[0]
+    maxnreg = decode._scatter_plan(store, store, constexprs["SLOT_BYTES"], n_rep)[0]
     compiled = triton.compile(
         GluonASTSource(_sc_sparse_decode_kernel, sig, constexprs, attrs),
         target=GPUTarget("cuda", 90, 32),

@@ -491,9 +491,11 @@ def _slot_bytes(store: CompressedStore) -> int:
     return store.slot * store.vals.element_size()
 
 
-def _scatter_plan(k_store: CompressedStore, v_store: CompressedStore, side: int) -> tuple[int, int]:
-    """(register cap, sides in the staging ring) of the scatter decoder for these stores and ``side``-byte staged
-    sides.
+def _scatter_plan(
+    k_store: CompressedStore, v_store: CompressedStore, side: int, n_rep: int
+) -> tuple[int, int]:
+    """(register cap, sides in the staging ring) of the scatter decoder for these stores, ``side``-byte staged
+    sides and GQA groups of ``n_rep`` query heads.
 
     Registers are what bound its resident warps: each scheduler's quarter of the register file holds two warps at
     the 200-224 registers ptxas settles on and three at 168 (results/kernels/NOTES.md, round 10: the H200 A/B).
@@ -503,10 +505,11 @@ def _scatter_plan(k_store: CompressedStore, v_store: CompressedStore, side: int)
     stays at 224. The ring keeps three sides (round 7) except for fp16/bf16 values at 168 registers with sides of
     3 KB or more: two sides in flight per warp already cover the latency, and the smaller footprint leaves L1 room
     for the spills (fp16 s 0.7: 3 % faster than three). fp8 stores keep three (two spill more at s 0.5, 372 against
-    240 bytes, and ran 8 % slower; equal at s 0.7)."""
+    240 bytes, and ran 8 % slower; equal at s 0.7). Groups of more than 4 query heads (Qwen2-7B's 7) hold twice
+    the query pairs per lane and spill 220-384 bytes at 168 (offline sm_90): they keep 224 until measured."""
     fp8 = k_store.fp8 or v_store.fp8
     few_values = (k_store.fp8 or _slot_bytes(k_store) <= 80) and (v_store.fp8 or _slot_bytes(v_store) <= 80)
-    if not few_values:
+    if not few_values or n_rep > 4:
         return 224, SCATTER_SIDES or 3
     return 168, SCATTER_SIDES or (2 if side >= 3072 and not fp8 else 3)
 
@@ -538,7 +541,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     k_sp, v_sp = _staged_stride(k_sb, k_ck), _staged_stride(v_sb, v_ck)
     fp8 = k_store.fp8 or v_store.fp8
     slot_bytes = block_n * (d // 8 + max(k_sp, v_sp) + (4 if fp8 else 0))
-    sides = _scatter_plan(k_store, v_store, slot_bytes)[1]
+    sides = _scatter_plan(k_store, v_store, slot_bytes, n_rep)[1]
     words = _scatter_ring(block_n * d * 2, slot_bytes, sides)
     return dict(
         N_REP=n_rep,
@@ -667,7 +670,7 @@ def _new_config(
     occ = (q.device, q.dtype, decoder, num_warps, *(v for k, v in constexprs.items() if k != "DEVICE_LEN"))
     options = dict(num_warps=1) if staged else dict(num_warps=num_warps, num_stages=2)
     if decoder == "scatter":
-        options["maxnreg"] = _scatter_plan(k_store, v_store, constexprs["SLOT_BYTES"])[0]
+        options["maxnreg"] = _scatter_plan(k_store, v_store, constexprs["SLOT_BYTES"], constexprs["N_REP"])[0]
     kernel = {
         "scatter": _sc_sparse_decode_kernel,
         "staged": _st_sparse_decode_kernel,

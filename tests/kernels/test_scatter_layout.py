@@ -56,7 +56,13 @@ def _store(keep: int, value_dtype: str = "native", d: int = 128) -> CompressedSt
 )
 def test_register_cap_and_ring_depth_follow_the_value_slots(keep, value_dtype, d, side, expect):
     st = _store(keep, value_dtype, d)
-    assert decode._scatter_plan(st, st, side) == expect
+    assert decode._scatter_plan(st, st, side, 4) == expect
+
+
+@pytest.mark.parametrize("n_rep,expect", [(1, (168, 2)), (4, (168, 2)), (7, (224, 3)), (8, (224, 3))])
+def test_groups_over_four_query_heads_keep_224_registers(n_rep, expect):
+    st = _store(38)  # D 128 s 0.7: the 168 cap with four heads or fewer
+    assert decode._scatter_plan(st, st, 3072, n_rep) == expect
 
 
 def _compile_offline(head_dim: int, sparsity: float, value_dtype: str = "native") -> dict:
