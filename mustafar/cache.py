@@ -121,7 +121,9 @@ class MustafarLayer(DynamicLayer):
 
     def round_stored(self) -> None:
         """Mask modes with fp8 values: give the columns compressed mode would have moved into its fp8 stores (final
-        on both sides: past the window) the stores' rounding, on K and V alike."""
+        on both sides: past the window) the stores' rounding, on K and V alike (nothing with native values)."""
+        if self.policy.value_dtype != "fp8":
+            return
         end = min(p.final for p in self.pruners.values())
         if end > self.rounded:
             for tensor in (self.keys, self.values):
@@ -188,8 +190,7 @@ class MaskedLayer(MustafarLayer):
             n, mask = pruner.step(tensor[:, :, start:], obs)
             if mask is not None:
                 tensor[:, :, start : start + n].masked_fill_(~mask, 0)
-        if self.policy.value_dtype == "fp8":
-            self.round_stored()
+        self.round_stored()
 
     def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys, self.values

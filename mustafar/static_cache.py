@@ -361,8 +361,7 @@ class StaticDenseLayer(StaticLayer):
             n, mask = self.pruners[side].step(tensor[:, :, : self.host_length], obs)
             if mask is not None:
                 tensor[:, :, :n].masked_fill_(~mask, 0)
-        if self.policy.value_dtype == "fp8":
-            self.round_stored()
+        self.round_stored()
 
     def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[:, :, : self.host_length], self.values[:, :, : self.host_length]

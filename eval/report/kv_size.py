@@ -49,12 +49,12 @@ def kv_fraction(row: Mapping[str, Any]) -> tuple[float, str]:
         return kv_bytes / (dense + evicted), MEASURED
     cached = dense / (dense + evicted) if _number(dense) and dense > 0 else 1.0
     d = int(row["head_dim"])
-    fp8 = row.get("value_dtype", "native")
+    value_dtype = row.get("value_dtype", "native")
     k = side_fraction(
-        row["k_sparsity"], row["k_sparsity_measured"], row["k_direction"], row["k_scorer"], d, fp8
+        row["k_sparsity"], row["k_sparsity_measured"], row["k_direction"], row["k_scorer"], d, value_dtype
     )
     v = side_fraction(
-        row["v_sparsity"], row["v_sparsity_measured"], row["v_direction"], row["v_scorer"], d, fp8
+        row["v_sparsity"], row["v_sparsity_measured"], row["v_direction"], row["v_scorer"], d, value_dtype
     )
     return cached * (k + v) / 2, COMPUTED
 

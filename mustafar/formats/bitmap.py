@@ -42,14 +42,12 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from mustafar.config import VALUE_DTYPES
 from mustafar.formats.fp8 import FP8_ALIGN, SCALE_BYTES, dequantize
 from mustafar.pruning.keep import word_quotas
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _ALIGN_BYTES = 16
-
-
-VALUE_DTYPES = ("native", "fp8")
 
 
 def padded_keep(keep: int, itemsize: int, align: int = _ALIGN_BYTES) -> int:

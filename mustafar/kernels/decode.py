@@ -590,7 +590,7 @@ def _portable_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compresse
         # prefetch of the bitmaps and value rows 2 tiles ahead into L2 (fixed layouts, GPU)
         PREFETCH=2 if (not interp and k_store.fixed and v_store.fixed) else 0,
         NL_VALS=triton.next_power_of_2(
-            triton.cdiv(block_n * max(st.slot * st.vals.element_size() for st in (k_store, v_store)), 128)
+            triton.cdiv(block_n * max(_slot_bytes(k_store), _slot_bytes(v_store)), 128)
         ),
         NL_BITS=triton.next_power_of_2(triton.cdiv(block_n * d // 8, 128)),
         DEVICE_LEN=k_store.static,
