@@ -59,8 +59,9 @@ def _scatter_side(tile, words_off, vals_off, n_tok, ASM: gl.constexpr, DT: gl.co
                   D: gl.constexpr, BLOCK_N: gl.constexpr, TILE_OFF: gl.constexpr, LC: gl.constexpr):  # fmt: skip
     """Zero the tile, then scatter one staged side (words at shared byte ``words_off``, value slots at
     ``vals_off``) into it, one token per lane; tokens at or past ``n_tok`` stay zero."""
-    zl: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // D, D // 8], [1, 1], [1, 0])
-    tile.store(gl.zeros([BLOCK_N, D], DT, layout=zl))
+    HN: gl.constexpr = BLOCK_N // 2
+    zl: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // HN, HN // 8], [1, 1], [1, 0])
+    tile.store(gl.zeros([2 * D, HN], DT, layout=zl))
     gl.thread_barrier()
     G: gl.constexpr = D // 32
     r = gl.arange(0, BLOCK_N, layout=LC)
@@ -70,8 +71,8 @@ def _scatter_side(tile, words_off, vals_off, n_tok, ASM: gl.constexpr, DT: gl.co
         [
             words_off + r * (4 * G),
             vals_off + r * SB,
-            TILE_OFF + r * (2 * D),
-            (r % 8) * 8,
+            TILE_OFF + (r // HN) * (D * 2 * HN) + (r % 8) * 2,
+            ((r // 8) % 2) * 4,
             (r < n_tok).to(gl.int32),
         ],
         dtype=gl.int32,
@@ -124,13 +125,14 @@ def _score_side(words_off, vals_off, n_tok, qp, ASM: gl.constexpr, SB: gl.conste
 
 
 @gluon.jit
-def _pv(tile, p, acc, op_a: gl.constexpr, op_b: gl.constexpr, BLOCK_N: gl.constexpr):
-    """``acc + Vᵀ p`` over the dense tile in two 16-token halves: the whole tile as one MMA operand held 64
-    registers at D 128, which capped the resident warps at two per scheduler (round 10)."""
+def _pv(tile, p, acc, op_a: gl.constexpr, op_b: gl.constexpr, BLOCK_N: gl.constexpr, D: gl.constexpr):
+    """``acc + Vᵀ p`` over the dense tile's two 16-token halves (each Vᵀ [D, 16], the MMA's A operand as stored):
+    the whole tile as one operand held 64 registers at D 128, which capped the resident warps at two per
+    scheduler (round 10)."""
     H: gl.constexpr = BLOCK_N // 2
     p0, p1 = gl.split(gl.permute(gl.reshape(p, [2, H, p.shape[1]]), (1, 2, 0)))
-    acc = mma_v2(tile.slice(0, H).permute((1, 0)).load(op_a), gl.convert_layout(p0, op_b), acc)
-    return mma_v2(tile.slice(H, H).permute((1, 0)).load(op_a), gl.convert_layout(p1, op_b), acc)
+    acc = mma_v2(tile.slice(0, D).load(op_a), gl.convert_layout(p0, op_b), acc)
+    return mma_v2(tile.slice(D, D).load(op_a), gl.convert_layout(p1, op_b), acc)
 
 
 @gluon.jit
@@ -201,7 +203,9 @@ def _sc_sparse_decode_kernel(
     tbuf = gl.allocate_shared_memory(gl.int32, [TILE_W], flat)
     REGION: gl.constexpr = 0 if SMEM_WORDS > TILE_W else 4 * TILE_W
     TILE_OFF: gl.constexpr = 4 * SMEM_WORDS if SMEM_WORDS > TILE_W else 0
-    tile = tbuf._reinterpret(VT, [BLOCK_N, D], gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
+    # Vᵀ of the tile's two 16-token halves, one below the other: [2D, 16] (32-byte rows; the swizzle keeps
+    # ldmatrix's eight rows on distinct banks)
+    tile = tbuf._reinterpret(VT, [2 * D, BLOCK_N // 2], gl.SwizzledSharedLayout(8, 4, 2, [1, 0]))
 
     b = gl.program_id(0)
     h = gl.program_id(1)
@@ -286,9 +290,9 @@ def _sc_sparse_decode_kernel(
             vsc = gl.where(gl.arange(0, BLOCK_N, layout=ts_l) < n_tok, _load_scales(at, BLOCK_N, ts_l), 0.0)
             top = gl.max(vsc, axis=0)
             pw = p * gl.expand_dims(vsc / top, 1)
-            acc = _pv(tile, pw.to(VT), acc * (1.0 / top), op_a, op_b, BLOCK_N) * top
+            acc = _pv(tile, pw.to(VT), acc * (1.0 / top), op_a, op_b, BLOCK_N, D) * top
         else:
-            acc = _pv(tile, p.to(DT), acc, op_a, op_b, BLOCK_N)
+            acc = _pv(tile, p.to(DT), acc, op_a, op_b, BLOCK_N, D)
         n += 2
     async_copy.wait_group(0)
     smem._keep_alive()

@@ -7,9 +7,13 @@ highest set bit (``bfind``), clear it, store the matching value (walking down: s
 at its address in the dense tile. About six instructions per *kept* value, where the staged decoder's walk costs
 about five per *dense* element.
 
-The tile layout is ``SwizzledSharedLayout(8, 1, 8, [1, 0])``: element (r, c) sits at byte
-``r·2D + (2c XOR ((r mod 8) << 4))``, which the PTX computes as ``R_r + 2·(c XOR ((r mod 8) << 3))`` with
-``c = 32g + i`` (tests/kernels/test_scatter_ptx.py runs the PTX on the CPU; the GPU tests check the layout).
+The tile holds Vᵀ of the 32 tokens' two 16-token halves one below the other, [2D, 16] in
+``SwizzledSharedLayout(8, 4, 2, [1, 0])``: token r's channel c sits at byte
+``32·(hD + c) + 16·(b XOR ((c >> 2) & 1)) + 2·(r mod 8)`` with ``h = r div 16``, ``b = (r >> 3) & 1``. A lane
+owns one column, so the 32 lanes' stores of a step land on banks set by their token more than by their random
+channels: about 11 % fewer shared-memory wavefronts per scatter than the token-major tile (results/kernels/NOTES.md,
+round 10), for one instruction more per kept value. tests/kernels/test_scatter_ptx.py runs the PTX on the CPU;
+the GPU tests check the layout.
 """
 
 from __future__ import annotations
@@ -88,11 +92,11 @@ def _value_regs(keep: int, slot: int, fp8: bool) -> int:
 
 @functools.cache
 def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
-    """PTX that scatters one token's kept values into a zeroed, swizzled dense tile row.
+    """PTX that scatters one token's kept values into its column of a zeroed, swizzled dense Vᵀ tile.
 
     Operands: ``$0`` a dummy output; ``$1`` the token's bitmap words and ``$2`` its value slots (byte offsets in
-    the kernel's shared allocation); ``$3`` the row's byte offset in the tile; ``$4`` the row's swizzle
-    ``(r mod 8) << 3``; ``$5`` nonzero when the token is valid (invalid lanes store nothing). ``fp8``: the slot
+    the kernel's shared allocation); ``$3`` the byte offset of the lane's column in the tile
+    (``tile + 32·D·h + 2·(r mod 8)``); ``$4`` the column's swizzle ``4·b``; ``$5`` nonzero when the token is valid (invalid lanes store nothing). ``fp8``: the slot
     holds e4m3 codes (``slot`` bytes), stored into an fp16 tile unscaled (the caller weighs P by the scales)."""
     quotas = word_quotas(head_dim, keep)
     words = head_dim // 32
@@ -112,7 +116,7 @@ def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
     first = 0
     for g, q in enumerate(quotas):
         lines += loads[g]
-        lines.append(f"xor.b32 s, $4, {32 * g};")
+        lines.append(f"add.u32 s, row, {32 * 32 * g};")
         for step in range(q):
             j = first + q - 1 - step
             half = "hi" if j % 2 else "lo"
@@ -120,8 +124,10 @@ def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
                 f"bfind.u32 i, w{g};",
                 "shl.b32 m, 1, i;",
                 f"xor.b32 w{g}, w{g}, m;",
-                "xor.b32 t, i, s;",
-                "mad.lo.u32 a, t, 2, row;",
+                "and.b32 t, i, 4;",
+                "xor.b32 t, t, $4;",
+                "mad.lo.u32 a, i, 32, s;",
+                "mad.lo.u32 a, t, 4, a;",
                 f"mov.b32 {{lo, hi}}, v{j // 2};",
                 f"@p st.shared.b16 [a], {half};",
             ]

@@ -80,6 +80,8 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray) -> None:
             regs[a[0]] = (val(a[1]) + val(a[2])) & 0xFFFFFFFF
         elif op == "xor.b32":
             regs[a[0]] = val(a[1]) ^ val(a[2])
+        elif op == "and.b32":
+            regs[a[0]] = val(a[1]) & val(a[2])
         elif op == "shl.b32":  # PTX: shifts of 32 or more give 0
             n = val(a[2])
             regs[a[0]] = (val(a[1]) << n) & 0xFFFFFFFF if n < 32 else 0
@@ -196,15 +198,22 @@ def query_pairs(q: torch.Tensor, d: int) -> list[list[int]]:
 
 
 def swizzled_offset(r: int, c: int, d: int) -> int:
-    """Byte offset of element (r, c) of a [tokens, d] 2-byte tile in SwizzledSharedLayout(8, 1, 8, [1, 0]):
-    8-element vectors, the vector index XORed with r mod 8."""
-    return 2 * (r * d + ((c // 8) ^ (r % 8)) * 8 + c % 8)
+    """Byte offset of token r's channel c in the [2d, 16] 2-byte Vᵀ tile (tokens 0-15's Vᵀ above 16-31's) in
+    SwizzledSharedLayout(8, 4, 2, [1, 0]): row i = (r div 16)·d + c, column j = r mod 16, 8-element vectors,
+    the vector index XORed with (i div 4) mod 2."""
+    i, j = (r // 16) * d + c, r % 16
+    return 2 * (i * 16 + ((j // 8) ^ ((i // 4) % 2)) * 8 + j % 8)
+
+
+def column_operands(r: int, tile: int, d: int) -> list[int]:
+    """scatter_asm's $3, $4 for token r: its column's byte offset and swizzle (as the kernel computes them)."""
+    return [tile + (r // 16) * d * 32 + (r % 8) * 2, ((r // 8) % 2) * 4]
 
 
 @pytest.mark.parametrize("d,keep", [(128, 38), (128, 64), (128, 37), (128, 3), (64, 19), (64, 32), (64, 64)])
 def test_scatter_ptx_writes_the_decoded_token_at_swizzled_addresses(d, keep):
     torch.manual_seed(keep)
-    tokens = 10
+    tokens = 32
     rows = torch.randn(tokens, d, dtype=torch.float16)
     rows[3] = 0.0  # an all-zero token still keeps `keep` entries (ties to the lower channel)
     mask = word_topk_mask(rows.abs(), keep)
@@ -221,7 +230,7 @@ def test_scatter_ptx_writes_the_decoded_token_at_swizzled_addresses(d, keep):
     smem[voff : voff + vals.nbytes] = vals.reshape(-1).view(np.uint8)
     asm = scatter_asm(d, keep, slot)
     for r in range(tokens):
-        ops = [r * 4 * (d // 32), voff + r * 2 * slot, tile + r * 2 * d, (r % 8) * 8, int(r < valid)]
+        ops = [r * 4 * (d // 32), voff + r * 2 * slot, *column_operands(r, tile, d), int(r < valid)]
         run_ptx(asm, ops, smem)
     expect = np.zeros(tokens * d * 2, dtype=np.uint8)
     dense = torch.where(mask, rows, torch.zeros_like(rows)).numpy()  # no -0.0 from unkept negatives
@@ -300,7 +309,7 @@ def _fp8_slots(rows: torch.Tensor, mask: torch.Tensor, keep: int) -> tuple[np.nd
 @pytest.mark.parametrize("d,keep", [(128, 38), (128, 64), (64, 19), (64, 3)])
 def test_scatter_ptx_fp8_writes_the_unscaled_codes_as_fp16(d, keep):
     torch.manual_seed(keep + 1)
-    tokens, valid, tile = 10, 9, 8192
+    tokens, valid, tile = 32, 29, 8192
     rows = torch.randn(tokens, d, dtype=torch.float16) * 7
     mask = word_topk_mask(rows.abs(), keep)
     vals, unscaled, slot = _fp8_slots(rows, mask, keep)
@@ -311,9 +320,7 @@ def test_scatter_ptx_fp8_writes_the_unscaled_codes_as_fp16(d, keep):
     smem[voff : voff + vals.nbytes] = vals.reshape(-1)
     asm = scatter_asm(d, keep, slot, fp8=True)
     for r in range(tokens):
-        run_ptx(
-            asm, [r * 4 * (d // 32), voff + r * slot, tile + r * 2 * d, (r % 8) * 8, int(r < valid)], smem
-        )
+        run_ptx(asm, [r * 4 * (d // 32), voff + r * slot, *column_operands(r, tile, d), int(r < valid)], smem)
     expect = np.zeros(tokens * d * 2, dtype=np.uint8)
     dense = unscaled.to(torch.float16).numpy()
     for r in range(valid):
