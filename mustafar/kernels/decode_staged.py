@@ -218,20 +218,26 @@ def _softmax_step(sc, valid, m_i, l_i, acc, qk_scale):
 
 
 @gluon.jit
-def _start(q_ptr, sqb, sqh, b, h, N_REP: gl.constexpr, D: gl.constexpr, BLOCK_H: gl.constexpr):
-    """qᵀ [D, heads] of the program's GQA group (padded heads zero) and the empty online-softmax state."""
+def _q_tile(q_ptr, sqb, sqh, b, h, N_REP: gl.constexpr, D: gl.constexpr, BLOCK_H: gl.constexpr):
+    """qᵀ [D, heads] of the program's GQA group (padded heads zero), the dense window's MMA operand."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
     rd = gl.arange(0, D, layout=gl.SliceLayout(1, op_b))
     rh = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, op_b))
-    qt = gl.load(
+    return gl.load(
         q_ptr + b.to(gl.int64) * sqb + gl.expand_dims(h * N_REP + rh, 0) * sqh + gl.expand_dims(rd, 1),
         mask=gl.expand_dims(rh < N_REP, 0),
         other=0.0,
     )
+
+
+@gluon.jit
+def _softmax_state(BLOCK_H: gl.constexpr):
+    """The empty online-softmax state (running max, running sum) per head."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     m_i = gl.full([BLOCK_H], float("-inf"), gl.float32, layout=gl.SliceLayout(0, mma))
     l_i = gl.zeros([BLOCK_H], gl.float32, layout=gl.SliceLayout(0, mma))
-    return qt, m_i, l_i
+    return m_i, l_i
 
 
 @gluon.jit
@@ -364,7 +370,8 @@ def _st_sparse_decode_kernel(
     b = gl.program_id(0)
     h = gl.program_id(1)
     s = gl.program_id(2)
-    qt, m_i, l_i = _start(q_ptr, sqb, sqh, b, h, N_REP, D, BLOCK_H)
+    qt = _q_tile(q_ptr, sqb, sqh, b, h, N_REP, D, BLOCK_H)
+    m_i, l_i = _softmax_state(BLOCK_H)
     acc = gl.zeros([D, BLOCK_H], gl.float32, layout=mma)  # (V ᵀ p) [D, heads]
 
     bh = b.to(gl.int64) * heads_kv + h
