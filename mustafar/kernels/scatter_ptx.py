@@ -11,8 +11,9 @@ The tile holds Vᵀ of the 32 tokens' two 16-token halves one below the other, [
 ``SwizzledSharedLayout(8, 4, 2, [1, 0])``: token r's channel c sits at byte
 ``32·(hD + c) + 16·(b XOR ((c >> 2) & 1)) + 2·(r mod 8)`` with ``h = r div 16``, ``b = (r >> 3) & 1``. A lane
 owns one column, so the 32 lanes' stores of a step land on banks set by their token more than by their random
-channels: about 11 % fewer shared-memory wavefronts per scatter than the token-major tile (results/kernels/NOTES.md,
-round 10), for one instruction more per kept value. tests/kernels/test_scatter_ptx.py runs the PTX on the CPU;
+channels: 8-9 % fewer shared-store wavefronts than the token-major tile (Nsight Compute), for one instruction
+more per kept value; alone it lost 1-2 % at s 0.7, together with the late q tile it gained 2-4 % everywhere
+(results/kernels/NOTES.md, round 11). tests/kernels/test_scatter_ptx.py runs the PTX on the CPU;
 the GPU tests check the layout.
 """
 

@@ -8,12 +8,14 @@ from triton.experimental.gluon import language as gl
 
 
 @gluon.jit
-def _store_and_read(out_ptr, R: gl.constexpr, C: gl.constexpr):
+def _store_and_read(out_ptr, D: gl.constexpr):
+    R: gl.constexpr = 2 * D
+    C: gl.constexpr = 16
     lay: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // C, C // 8], [1, 1], [1, 0])
-    r = gl.arange(0, R, layout=gl.SliceLayout(1, lay))
-    c = gl.arange(0, C, layout=gl.SliceLayout(0, lay))
-    idx = (gl.expand_dims(r, 1) * C + gl.expand_dims(c, 0)).to(gl.int16)
-    sm = gl.allocate_shared_memory(gl.int16, [R, C], gl.SwizzledSharedLayout(8, 1, 8, [1, 0]))
+    i = gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(1, lay)), 1)
+    j = gl.expand_dims(gl.arange(0, C, layout=gl.SliceLayout(0, lay)), 0)
+    idx = (((i // D) * C + j) * D + i % D).to(gl.int16)  # token (i div D)·16 + j, channel i mod D
+    sm = gl.allocate_shared_memory(gl.int16, [R, C], gl.SwizzledSharedLayout(8, 4, 2, [1, 0]))
     sm.store(idx)
     gl.thread_barrier()
     k = gl.arange(0, R * C, layout=gl.BlockedLayout([1], [32], [1], [0]))
@@ -29,8 +31,9 @@ def _store_and_read(out_ptr, R: gl.constexpr, C: gl.constexpr):
     sm._keep_alive()
 
 
-def read_swizzled_tile(rows: int, cols: int) -> list[int]:
-    """Element numbers r·cols + c stored through SwizzledSharedLayout(8, 1, 8, [1, 0]), in shared-memory order."""
-    out = torch.zeros(rows * cols, dtype=torch.int16, device="cuda")
-    _store_and_read[(1,)](out, rows, cols, num_warps=1)
+def read_swizzled_tile(d: int) -> list[int]:
+    """The scatter decoder's dense Vᵀ tile ([2d, 16]: tokens 0-15 above 16-31, SwizzledSharedLayout(8, 4, 2,
+    [1, 0])) holding token r's channel c as the number r·d + c, in shared-memory order."""
+    out = torch.zeros(32 * d, dtype=torch.int16, device="cuda")
+    _store_and_read[(1,)](out, d, num_warps=1)
     return out.tolist()
