@@ -89,6 +89,10 @@ class ResultRow:
     evict_pool: int = 7
     value_dtype: str = "native"  # kv.value_dtype (fp8: stored values as e4m3 + a per-token scale)
     kv_evicted_bytes: int = 0  # dense bytes of the evicted prompt tokens (not in kv_bytes nor dense_kv_bytes)
+    # K / V entries the pruning rule judged (kept or dropped), summed over samples, layers and heads: with
+    # dense_kv_bytes they price a job's cache at its measured counts (scripts/eviction_table.py); None in older rows
+    k_judged: int | None = None
+    v_judged: int | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResultRow:

@@ -82,6 +82,8 @@ class GenerationStats:
             "kv_payload_bytes": c.kv_payload_bytes if compressed else None,
             "dense_kv_bytes": c.dense_bytes,
             "kv_evicted_bytes": c.evicted_bytes,
+            "k_judged": c.k_judged,
+            "v_judged": c.v_judged,
             "prompt_tokens": self.prompt_tokens,
             "new_tokens": self.new_tokens,
             "generation_seconds": round(self.seconds, 2),

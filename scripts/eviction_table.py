@@ -1,12 +1,14 @@
 """Accuracy vs bytes per token for the eviction experiment (experiments/eviction/README.md).
 
-Reads every job of a sweep folder (result.json and each task's .stats.json) and prints one row per policy: the
-task scores with their 95% bootstrap CIs, the measured kept token fraction (cached / (cached + evicted) tokens),
-and the KV size as a fraction of the full dense fp16 cache: the per-token bitmap format's bytes (docs/formats.md
-§2; fp16 values, or fp8 for `kv.value_dtype=fp8` jobs) of the tokens that were pruned, plus dense bytes for the cached tokens that were not (the window, decode tokens
-still in it), over the dense bytes of every token seen (evicted ones included). Counts are the measured ones (mask
-mode stores zeros, so the bytes follow from them; compressed jobs' stores give the same counts). Then the paired
-differences of the equal-byte pairs named on the command line (A=B, same prompts).
+Reads every job of a sweep folder (``<job>/result.json``, or ``jobs/<job>.json`` as results/paper commits them) and
+prints one row per policy: the task scores with their 95% bootstrap CIs, the measured kept token fraction (cached /
+(cached + evicted) tokens), and the KV size as a fraction of the full dense fp16 cache: the per-token bitmap
+format's bytes (docs/formats.md §2; fp16 values, or fp8 for `kv.value_dtype=fp8` jobs) of the tokens that were
+pruned, plus dense bytes for the cached tokens that were not (the window, decode tokens still in it), over the dense
+bytes of every token seen (evicted ones included). Counts are the measured ones the rows carry (`k_judged`,
+`v_judged`, `dense_kv_bytes`, `kv_evicted_bytes`; mask mode stores zeros, so the bytes follow from them; compressed
+jobs' stores give the same counts). Then the paired differences of the equal-byte pairs named on the command line
+(A=B, same prompts).
 
 python scripts/eviction_table.py results/eviction "snapkv1493 K0.5 V0.5=K0.7 V0.7" "snapkv1080=K0.5 V0.5"
 """
@@ -26,19 +28,17 @@ from mustafar.pruning.keep import exact_keep  # noqa: E402
 FP16 = 2
 
 
-def _job(folder: Path) -> dict:
-    result = json.loads((folder / "result.json").read_text())
-    rows = [r for r in result["rows"] if r["kind"] == "task"]
+def _job(path: Path) -> dict:
+    rows = [r for r in json.loads(path.read_text())["rows"] if r["kind"] == "task"]
     first = rows[0]
+    if first.get("k_judged") is None:
+        raise SystemExit(
+            f"{path}: its rows carry no k_judged/v_judged counts (written before they were recorded); re-run the job"
+        )
     d, itemsize = first["head_dim"], 4 if first["dtype"] == "float32" else 2
-    judged = {"k": 0, "v": 0}
-    cached = evicted = 0  # token-heads summed over layers
-    for stats in sorted((folder / "predictions").glob("*.stats.json")):
-        c = json.loads(stats.read_text())["cache"]
-        judged["k"] += c["k_judged"] // d
-        judged["v"] += c["v_judged"] // d
-        cached += c["dense_bytes"] // (d * itemsize * 2)
-        evicted += c.get("evicted_bytes", 0) // (d * itemsize * 2)
+    judged = {side: first[f"{side}_judged"] // d for side in ("k", "v")}  # token-heads summed over layers
+    cached = first["dense_kv_bytes"] // (d * itemsize * 2)
+    evicted = first["kv_evicted_bytes"] // (d * itemsize * 2)
     dense_side = d * FP16
     size = 0
     value_dtype = first.get("value_dtype", "native")  # fp8: the pruned tokens in the fp8 layout
@@ -54,11 +54,15 @@ def _job(folder: Path) -> dict:
     }
 
 
+def _result_files(sweep: Path) -> list[Path]:
+    files = sorted(sweep.glob("*/result.json")) + sorted(sweep.glob("jobs/*.json"))
+    if not files:
+        raise SystemExit(f"no result.json under {sweep} (nor jobs/*.json)")
+    return files
+
+
 def main(sweep: str, pairs: list[str]) -> None:
-    jobs = {
-        j["policy"]: j
-        for j in (_job(f) for f in sorted(Path(sweep).glob("*/")) if (f / "result.json").exists())
-    }
+    jobs = {j["policy"]: j for j in (_job(f) for f in _result_files(Path(sweep)))}
     tasks = sorted({t for j in jobs.values() for t in j["samples"]})
     print("| policy | " + " | ".join(tasks) + " | avg | n/task | kept tokens | KV size / dense |")
     print("|---" * (len(tasks) + 5) + "|")

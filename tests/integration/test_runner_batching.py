@@ -54,6 +54,8 @@ def test_records_and_stats_do_not_depend_on_batch_size(tiny_llama):
     kept = s1.cache.k_kept
     assert s1.measured("mask")["k_sparsity_measured"] == round(1 - kept / s1.cache.k_judged, 4) == 0.5
     assert all(r["k_sparsity_measured"] == 0.5 for r in one)  # exact keep: every sample prunes half of K
+    # the rows carry the judged counts (eviction_table prices caches with them): twice the kept at s 0.5
+    assert s1.measured("mask")["k_judged"] == 2 * kept > 0
 
 
 def test_stats_round_trip_through_json(tiny_llama):
