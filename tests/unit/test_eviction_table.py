@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "eviction_table.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("eviction_table", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.unit.script_module import load_script
 
 
 def _write(path: Path, **row) -> Path:
@@ -33,7 +25,7 @@ def test_kv_size_from_the_rows_counts_matches_a_hand_worked_value(tmp_path):
     per_token_head = 64 * 4 * 2  # fp32 K + V
     path = _write(tmp_path / "jobs" / "a.json", k_judged=100 * 64, v_judged=100 * 64,
                   dense_kv_bytes=150 * per_token_head, kv_evicted_bytes=50 * per_token_head)  # fmt: skip
-    job = _module()._job(path)
+    job = load_script("eviction_table")._job(path)
     assert job["kept_tokens"] == pytest.approx(0.75)
     assert job["kv_size"] == pytest.approx(0.53125)
 
@@ -41,9 +33,9 @@ def test_kv_size_from_the_rows_counts_matches_a_hand_worked_value(tmp_path):
 def test_rows_without_counts_are_refused_by_name(tmp_path):
     path = _write(tmp_path / "old" / "result.json", dense_kv_bytes=1, kv_evicted_bytes=0)
     with pytest.raises(SystemExit, match="result.json.*k_judged"):
-        _module()._job(path)
+        load_script("eviction_table")._job(path)
 
 
 def test_a_folder_without_results_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="no result.json"):
-        _module()._result_files(tmp_path)
+        load_script("eviction_table")._result_files(tmp_path)

@@ -2,19 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "plot_decode.py"
-
-
-def _module():
-    spec = importlib.util.spec_from_file_location("plot_decode", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.unit.script_module import load_script
 
 
 def _report(fmt: str, batches: list[int], largest: int, context: int = 16384, device: str = "GPU A") -> dict:
@@ -29,7 +19,7 @@ def _report(fmt: str, batches: list[int], largest: int, context: int = 16384, de
 
 
 def test_merge_keeps_every_runs_points_and_largest_batches():
-    merged = _module().merged_reports(
+    merged = load_script("plot_decode").merged_reports(
         [
             _report("dense-static", [1, 8], 56),
             _report("K0.7V0.7-word-fp8-static", [1, 8], 196, device="GPU B"),
@@ -50,6 +40,6 @@ def test_merge_keeps_every_runs_points_and_largest_batches():
 
 def test_runs_of_another_context_are_refused():
     with pytest.raises(ValueError, match="share the model and the context"):
-        _module().merged_reports(
+        load_script("plot_decode").merged_reports(
             [_report("dense-static", [1], 56), _report("K0.7V0.7", [1], 73, context=8192)]
         )

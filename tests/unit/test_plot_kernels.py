@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import matplotlib.image as mpimg
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "plot_kernels.py"
+from tests.unit.script_module import load_script
 
 
 def test_plot_writes_a_png_beside_the_benchmark(tmp_path):
@@ -20,9 +18,7 @@ def test_plot_writes_a_png_beside_the_benchmark(tmp_path):
     ]
     bench = tmp_path / "bench.json"
     bench.write_text(json.dumps(dict(meta=dict(device="test GPU"), decode=rows)))
-    spec = importlib.util.spec_from_file_location("plot_kernels", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_script("plot_kernels")
     out = module.plot(bench)
     assert out == tmp_path / "speedup.png"
     image = mpimg.imread(out)
