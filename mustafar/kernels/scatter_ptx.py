@@ -4,8 +4,8 @@ Stores packed under the ``word`` keep rule (``CompressedStore(..., word_quota=Tr
 of entries ``q_g`` in every 32-channel bitmap word (:func:`mustafar.pruning.keep.word_quotas`), so a lane that owns
 one token can walk exactly its kept bits with trip counts known at compile time: for word ``g``, ``q_g`` times the
 highest set bit (``bfind``), clear it, store the matching value (walking down: slot ``first_g + q_g - 1 - step``)
-at its address in the dense tile. About six instructions per *kept* value, where the staged decoder's walk costs
-about five per *dense* element.
+at its address in the dense tile. About seven instructions per *kept* value, where the staged decoder's walk
+costs about five per *dense* element.
 
 The tile holds Vᵀ of the 32 tokens' two 16-token halves one below the other, [2D, 16] in
 ``SwizzledSharedLayout(8, 4, 2, [1, 0])``: token r's channel c sits at byte
@@ -97,8 +97,9 @@ def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
 
     Operands: ``$0`` a dummy output; ``$1`` the token's bitmap words and ``$2`` its value slots (byte offsets in
     the kernel's shared allocation); ``$3`` the byte offset of the lane's column in the tile
-    (``tile + 32·D·h + 2·(r mod 8)``); ``$4`` the column's swizzle ``4·b``; ``$5`` nonzero when the token is valid (invalid lanes store nothing). ``fp8``: the slot
-    holds e4m3 codes (``slot`` bytes), stored into an fp16 tile unscaled (the caller weighs P by the scales)."""
+    (``tile + 32·D·h + 2·(r mod 8)``); ``$4`` the column's swizzle ``4·b``; ``$5`` nonzero when the token is
+    valid (invalid lanes store nothing). ``fp8``: the slot holds e4m3 codes (``slot`` bytes), stored into an fp16
+    tile unscaled (the caller weighs P by the scales)."""
     quotas = word_quotas(head_dim, keep)
     words = head_dim // 32
     regs = _value_regs(keep, slot, fp8)
