@@ -62,7 +62,12 @@ def _result_files(sweep: Path) -> list[Path]:
 
 
 def main(sweep: str, pairs: list[str]) -> None:
-    jobs = {j["policy"]: j for j in (_job(f) for f in _result_files(Path(sweep)))}
+    jobs, source = {}, {}
+    for f in _result_files(Path(sweep)):
+        j = _job(f)
+        if j["policy"] in jobs:  # one row per policy: two jobs of one label would collapse into it
+            raise SystemExit(f"two jobs of policy {j['policy']!r}: {source[j['policy']]} and {f}")
+        jobs[j["policy"]], source[j["policy"]] = j, f
     tasks = sorted({t for j in jobs.values() for t in j["samples"]})
     print("| policy | " + " | ".join(tasks) + " | avg | n/task | kept tokens | KV size / dense |")
     print("|---" * (len(tasks) + 5) + "|")

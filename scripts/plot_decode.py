@@ -159,6 +159,12 @@ def merged_reports(reports: list[dict]) -> dict:
     """One report holding every run's points and largest batches (the first run's model, context, device)."""
     if any((r["model"], r["context"]) != (reports[0]["model"], reports[0]["context"]) for r in reports):
         raise ValueError("bench_decode runs to plot together must share the model and the context")
+    seen: set[str] = set()
+    for r in reports:  # one format's points from two runs would draw as one series
+        fmts = {p["fmt"] for p in r["points"]}
+        if fmts & seen:
+            raise ValueError(f"format(s) {sorted(fmts & seen)} appear in more than one bench_decode run")
+        seen |= fmts
     merged = dict(reports[0], points=[p for r in reports for p in r["points"]], max_batch={})
     for r in reports:
         merged["max_batch"].update(r.get("max_batch", {}))
@@ -177,6 +183,9 @@ def main() -> None:
         "session); default: RESULTS/bench_decode.json",
     )
     args = ap.parse_args()
+    missing = [str(b) for b in args.bench or [] if not b.exists()]
+    if missing:
+        raise SystemExit(f"--bench: no such file(s): {', '.join(missing)}")
     out = Path(args.results)
     out.mkdir(parents=True, exist_ok=True)
     mem = kv_memory([int(c) for c in args.contexts.split(",")])
@@ -187,7 +196,7 @@ def main() -> None:
             f"context {r['context']:>6}: dense {r['dense_gib']:.3f} GiB, "
             + ", ".join(f"{n} {r[f'{n}_gib']:.3f} GiB ({r[f'{n}_fraction']:.3f})" for n in POLICIES)
         )
-    benches = [b for b in (args.bench or [out / "bench_decode.json"]) if b.exists()]
+    benches = args.bench or [b for b in [out / "bench_decode.json"] if b.exists()]
     if benches:
         report = merged_reports([json.loads(b.read_text()) for b in benches])
         if any(p.get("graph_tokens_per_s") for p in report["points"]):

@@ -41,13 +41,7 @@ def _store(keep: int, value_dtype: str = "native", d: int = 128) -> CompressedSt
 @pytest.mark.parametrize(
     "keep,value_dtype,d,side,expect",
     [
-        (
-            38,
-            "native",
-            128,
-            3072,
-            (168, 2),
-        ),  # s 0.7: 80-byte slots, three warps per scheduler, two 3-KB sides
+        (38, "native", 128, 3072, (168, 2)),  # s 0.7: 80-byte slots, a third warp, two 3-KB sides
         (64, "native", 128, 5120, (224, 3)),  # s 0.5: 128-byte slots spill at 168, two warps
         (38, "fp8", 128, 1920, (168, 3)),  # fp8 s 0.7: small sides keep three in flight
         (64, "fp8", 128, 3200, (168, 3)),  # fp8 s 0.5: 3.2-KB sides, but two spill more than three

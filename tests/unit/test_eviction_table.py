@@ -39,3 +39,11 @@ def test_rows_without_counts_are_refused_by_name(tmp_path):
 def test_a_folder_without_results_is_an_error(tmp_path):
     with pytest.raises(SystemExit, match="no result.json"):
         load_script("eviction_table")._result_files(tmp_path)
+
+
+def test_two_jobs_of_one_policy_are_refused_by_name(tmp_path):
+    counts = dict(k_judged=64, v_judged=64, dense_kv_bytes=512, kv_evicted_bytes=0)
+    _write(tmp_path / "a" / "result.json", **counts)
+    _write(tmp_path / "jobs" / "b.json", **counts)
+    with pytest.raises(SystemExit, match="two jobs of policy 'p'"):
+        load_script("eviction_table").main(str(tmp_path), [])

@@ -43,3 +43,10 @@ def test_runs_of_another_context_are_refused():
         load_script("plot_decode").merged_reports(
             [_report("dense-static", [1], 56), _report("K0.7V0.7", [1], 73, context=8192)]
         )
+
+
+def test_a_format_in_two_runs_is_refused():
+    with pytest.raises(ValueError, match=r"\['dense-static'\] appear in more than one"):
+        load_script("plot_decode").merged_reports(
+            [_report("dense-static", [1], 56), _report("dense-static", [8], 56)]
+        )
