@@ -55,6 +55,16 @@ def _issue_side(slot_off, bits_row, vals_row, scales_row, t0, end, G: gl.constex
     async_copy.commit_group()
 
 
+@gluon.constexpr_function
+def _vt_tile_layout(D):
+    """The dense tile: Vᵀ of the 32 tokens as four [D, 8] blocks of 8 tokens (16-byte rows, blocks one after the
+    other), seen as [2D, 16] (tokens 0-15 above 16-31). Block k's channel c sits at row c XOR 4·(k mod 2): the
+    ldmatrix eight-row reads stay one contiguous 128 bytes, and odd blocks' stores move to other banks.
+    (offset bit → [row, column] it addresses; scatter_ptx computes the same address.)"""
+    channels = [[1 << k, 0] for k in range(D.bit_length() - 1)]
+    return gl.SharedLinearLayout(offset_bases=[[0, 1], [0, 2], [0, 4], *channels, [4, 8], [D, 0]])
+
+
 @gluon.jit
 def _scatter_side(tile, words_off, vals_off, n_tok, ASM: gl.constexpr, DT: gl.constexpr, SB: gl.constexpr,
                   D: gl.constexpr, BLOCK_N: gl.constexpr, TILE_OFF: gl.constexpr, LC: gl.constexpr):  # fmt: skip
@@ -72,7 +82,7 @@ def _scatter_side(tile, words_off, vals_off, n_tok, ASM: gl.constexpr, DT: gl.co
         [
             words_off + r * (4 * G),
             vals_off + r * SB,
-            TILE_OFF + (r // HN) * (D * 2 * HN) + (r % 8) * 2,
+            TILE_OFF + (r // 8) * (16 * D) + (r % 8) * 2,
             ((r // 8) % 2) * 4,
             (r < n_tok).to(gl.int32),
         ],
@@ -204,9 +214,7 @@ def _sc_sparse_decode_kernel(
     tbuf = gl.allocate_shared_memory(gl.int32, [TILE_W], flat)
     REGION: gl.constexpr = 0 if SMEM_WORDS > TILE_W else 4 * TILE_W
     TILE_OFF: gl.constexpr = 4 * SMEM_WORDS if SMEM_WORDS > TILE_W else 0
-    # Vᵀ of the tile's two 16-token halves, one below the other: [2D, 16] (32-byte rows; the swizzle keeps
-    # ldmatrix's eight rows on distinct banks)
-    tile = tbuf._reinterpret(VT, [2 * D, BLOCK_N // 2], gl.SwizzledSharedLayout(8, 4, 2, [1, 0]))
+    tile = tbuf._reinterpret(VT, [2 * D, BLOCK_N // 2], _vt_tile_layout(D))
 
     b = gl.program_id(0)
     h = gl.program_id(1)

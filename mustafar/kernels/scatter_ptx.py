@@ -4,17 +4,16 @@ Stores packed under the ``word`` keep rule (``CompressedStore(..., word_quota=Tr
 of entries ``q_g`` in every 32-channel bitmap word (:func:`mustafar.pruning.keep.word_quotas`), so a lane that owns
 one token can walk exactly its kept bits with trip counts known at compile time: for word ``g``, ``q_g`` times the
 highest set bit (``bfind``), clear it, store the matching value (walking down: slot ``first_g + q_g - 1 - step``)
-at its address in the dense tile. About seven instructions per *kept* value, where the staged decoder's walk
+at its address in the dense tile. About six instructions per *kept* value, where the staged decoder's walk
 costs about five per *dense* element.
 
-The tile holds Vᵀ of the 32 tokens' two 16-token halves one below the other, [2D, 16] in
-``SwizzledSharedLayout(8, 4, 2, [1, 0])``: token r's channel c sits at byte
-``32·(hD + c) + 16·(b XOR ((c >> 2) & 1)) + 2·(r mod 8)`` with ``h = r div 16``, ``b = (r >> 3) & 1``. A lane
-owns one column, so the 32 lanes' stores of a step land on banks set by their token more than by their random
-channels: 8-9 % fewer shared-store wavefronts than the token-major tile (Nsight Compute), for one instruction
-more per kept value; alone it lost 1-2 % at s 0.7, together with the late q tile it gained 2-4 % everywhere
-(results/kernels/NOTES.md, round 11). tests/kernels/test_scatter_ptx.py runs the PTX on the CPU;
-the GPU tests check the layout.
+The tile holds Vᵀ of the 32 tokens as four [D, 8] blocks of 8 tokens with 16-byte rows
+(:func:`mustafar.kernels.decode_scatter._vt_tile_layout`): token r's channel c sits at byte
+``16·D·k + 16·(c XOR 4·(k mod 2)) + 2·(r mod 8)`` with ``k = r div 8``, two instructions per kept value (``xor``,
+``mad``). A lane owns one column, so the 32 lanes' stores of a step land on banks set by their token more than by
+their random channels; the XOR moves odd blocks' stores to other banks, and ldmatrix's eight rows stay one
+contiguous 128 bytes. tests/kernels/test_scatter_ptx.py runs the PTX on the CPU against this formula and checks
+that it is the layout the kernel gives Gluon; the GPU tests check Gluon's reading of that layout.
 """
 
 from __future__ import annotations
@@ -97,9 +96,9 @@ def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
 
     Operands: ``$0`` a dummy output; ``$1`` the token's bitmap words and ``$2`` its value slots (byte offsets in
     the kernel's shared allocation); ``$3`` the byte offset of the lane's column in the tile
-    (``tile + 32·D·h + 2·(r mod 8)``); ``$4`` the column's swizzle ``4·b``; ``$5`` nonzero when the token is
-    valid (invalid lanes store nothing). ``fp8``: the slot holds e4m3 codes (``slot`` bytes), stored into an fp16
-    tile unscaled (the caller weighs P by the scales)."""
+    (``tile + 16·D·k + 2·(r mod 8)``); ``$4`` its block's channel XOR ``4·(k mod 2)``; ``$5`` nonzero when the
+    token is valid (invalid lanes store nothing). ``fp8``: the slot holds e4m3 codes (``slot`` bytes), stored into
+    an fp16 tile unscaled (the caller weighs P by the scales)."""
     quotas = word_quotas(head_dim, keep)
     words = head_dim // 32
     regs = _value_regs(keep, slot, fp8)
@@ -118,7 +117,7 @@ def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
     first = 0
     for g, q in enumerate(quotas):
         lines += loads[g]
-        lines.append(f"add.u32 s, row, {32 * 32 * g};")
+        lines.append(f"add.u32 s, row, {16 * 32 * g};")
         for step in range(q):
             j = first + q - 1 - step
             half = "hi" if j % 2 else "lo"
@@ -126,10 +125,8 @@ def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
                 f"bfind.u32 i, w{g};",
                 "shl.b32 m, 1, i;",
                 f"xor.b32 w{g}, w{g}, m;",
-                "and.b32 t, i, 4;",
-                "xor.b32 t, t, $4;",
-                "mad.lo.u32 a, i, 32, s;",
-                "mad.lo.u32 a, t, 4, a;",
+                "xor.b32 t, i, $4;",
+                "mad.lo.u32 a, t, 16, s;",
                 f"mov.b32 {{lo, hi}}, v{j // 2};",
                 f"@p st.shared.b16 [a], {half};",
             ]

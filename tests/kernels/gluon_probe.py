@@ -6,6 +6,8 @@ import torch
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
+from mustafar.kernels.decode_scatter import _vt_tile_layout
+
 
 @gluon.jit
 def _store_and_read(out_ptr, D: gl.constexpr):
@@ -15,7 +17,7 @@ def _store_and_read(out_ptr, D: gl.constexpr):
     i = gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(1, lay)), 1)
     j = gl.expand_dims(gl.arange(0, C, layout=gl.SliceLayout(0, lay)), 0)
     idx = (((i // D) * C + j) * D + i % D).to(gl.int16)  # token (i div D)·16 + j, channel i mod D
-    sm = gl.allocate_shared_memory(gl.int16, [R, C], gl.SwizzledSharedLayout(8, 4, 2, [1, 0]))
+    sm = gl.allocate_shared_memory(gl.int16, [R, C], _vt_tile_layout(D))
     sm.store(idx)
     gl.thread_barrier()
     k = gl.arange(0, R * C, layout=gl.BlockedLayout([1], [32], [1], [0]))
@@ -31,9 +33,9 @@ def _store_and_read(out_ptr, D: gl.constexpr):
     sm._keep_alive()
 
 
-def read_swizzled_tile(d: int) -> list[int]:
-    """The scatter decoder's dense Vᵀ tile ([2d, 16]: tokens 0-15 above 16-31, SwizzledSharedLayout(8, 4, 2,
-    [1, 0])) holding token r's channel c as the number r·d + c, in shared-memory order."""
+def read_vt_tile(d: int) -> list[int]:
+    """The scatter decoder's dense Vᵀ tile (its layout, seen as [2d, 16]: tokens 0-15 above 16-31) holding token
+    r's channel c as the number r·d + c, in shared-memory order."""
     out = torch.zeros(32 * d, dtype=torch.int16, device="cuda")
     _store_and_read[(1,)](out, d, num_warps=1)
     return out.tolist()

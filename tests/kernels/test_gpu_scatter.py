@@ -132,14 +132,13 @@ def test_scatter_static_graph_replay_on_gpu(head_dim, keep):
 
 
 @pytest.mark.parametrize("cols", [64, 128])
-def test_swizzled_tile_addresses_on_gpu(cols):
-    """The address formula the scatter PTX uses is the one Gluon gives the decoder's Vᵀ tile layout
-    (SwizzledSharedLayout(8, 4, 2, [1, 0]) over [2d, 16]): store a tile of element numbers through the layout, read
-    shared memory back byte-linearly."""
-    from tests.kernels.gluon_probe import read_swizzled_tile
-    from tests.kernels.test_scatter_ptx import swizzled_offset
+def test_vt_tile_addresses_on_gpu(cols):
+    """The address formula the scatter PTX uses is the one Gluon gives the decoder's Vᵀ tile layout: store a tile
+    of element numbers through the layout, read shared memory back byte-linearly."""
+    from tests.kernels.gluon_probe import read_vt_tile
+    from tests.kernels.test_scatter_ptx import tile_offset
 
-    raw = read_swizzled_tile(cols)
+    raw = read_vt_tile(cols)
     for r in range(32):
         for c in range(cols):
-            assert raw[swizzled_offset(r, c, cols) // 2] == r * cols + c, (r, c)
+            assert raw[tile_offset(r, c, cols) // 2] == r * cols + c, (r, c)

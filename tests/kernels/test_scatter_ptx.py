@@ -1,5 +1,5 @@
 """The scatter decoder's PTX, executed on the CPU by a small interpreter of the instructions it uses, against the
-swizzled dense tile written from the plain-PyTorch decode; and the dispatcher's choice of decoder.
+dense tile written from the plain-PyTorch decode; and the dispatcher's choice of decoder.
 
 The GPU tests (tests/kernels/test_gpu_scatter.py) check the compiled kernel end to end; this one pins the walk,
 the slot order and the address arithmetic without a GPU.
@@ -197,21 +197,40 @@ def query_pairs(q: torch.Tensor, d: int) -> list[list[int]]:
     ]
 
 
-def swizzled_offset(r: int, c: int, d: int) -> int:
-    """Byte offset of token r's channel c in the [2d, 16] 2-byte Vᵀ tile (tokens 0-15's Vᵀ above 16-31's) in
-    SwizzledSharedLayout(8, 4, 2, [1, 0]): row i = (r div 16)·d + c, column j = r mod 16, 8-element vectors,
-    the vector index XORed with (i div 4) mod 2."""
-    i, j = (r // 16) * d + c, r % 16
-    return 2 * (i * 16 + ((j // 8) ^ ((i // 4) % 2)) * 8 + j % 8)
+def tile_offset(r: int, c: int, d: int) -> int:
+    """Byte offset of token r's channel c in the dense Vᵀ tile: four [d, 8] blocks of 8 tokens with 16-byte rows,
+    block k = r div 8 holding channel c at row c XOR 4·(k mod 2)."""
+    k = r // 8
+    return 2 * (k * 8 * d + 8 * (c ^ (4 * (k % 2))) + r % 8)
 
 
 def column_operands(r: int, tile: int, d: int) -> list[int]:
-    """scatter_asm's $3, $4 for token r: its column's byte offset and swizzle (as the kernel computes them)."""
-    return [tile + (r // 16) * d * 32 + (r % 8) * 2, ((r // 8) % 2) * 4]
+    """scatter_asm's $3, $4 for token r: its column's byte offset and channel XOR (as the kernel computes them)."""
+    return [tile + (r // 8) * 16 * d + (r % 8) * 2, ((r // 8) % 2) * 4]
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_tile_offsets_are_the_layout_the_kernel_gives_gluon(d):
+    """The kernel's shared layout maps each offset bit to a [row, column] of the [2d, 16] Vᵀ view (row = the
+    16-token half·d + channel, column = token mod 16), combined by XOR; every element it places must sit where
+    the PTX (tile_offset) stores it. tests/kernels/test_gpu_scatter.py checks the convention on a GPU."""
+    from mustafar.kernels.decode_scatter import _vt_tile_layout
+
+    bases = _vt_tile_layout(d).offset_bases
+    seen = set()
+    for offset in range(32 * d):
+        row = col = 0
+        for bit, (dr, dc) in enumerate(bases):
+            if offset >> bit & 1:
+                row, col = row ^ dr, col ^ dc
+        r, c = (row // d) * 16 + col, row % d
+        assert tile_offset(r, c, d) == 2 * offset, (offset, r, c)
+        seen.add((r, c))
+    assert len(seen) == 32 * d
 
 
 @pytest.mark.parametrize("d,keep", [(128, 38), (128, 64), (128, 37), (128, 3), (64, 19), (64, 32), (64, 64)])
-def test_scatter_ptx_writes_the_decoded_token_at_swizzled_addresses(d, keep):
+def test_scatter_ptx_writes_the_decoded_token_at_its_tile_addresses(d, keep):
     torch.manual_seed(keep)
     tokens = 32
     rows = torch.randn(tokens, d, dtype=torch.float16)
@@ -236,7 +255,7 @@ def test_scatter_ptx_writes_the_decoded_token_at_swizzled_addresses(d, keep):
     dense = torch.where(mask, rows, torch.zeros_like(rows)).numpy()  # no -0.0 from unkept negatives
     for r in range(valid):
         for c in range(d):
-            o = swizzled_offset(r, c, d)
+            o = tile_offset(r, c, d)
             expect[o : o + 2] = dense[r, c : c + 1].view(np.uint8)
     assert np.array_equal(smem[tile:], expect)
 
@@ -325,7 +344,7 @@ def test_scatter_ptx_fp8_writes_the_unscaled_codes_as_fp16(d, keep):
     dense = unscaled.to(torch.float16).numpy()
     for r in range(valid):
         for c in range(d):
-            o = swizzled_offset(r, c, d)
+            o = tile_offset(r, c, d)
             expect[o : o + 2] = dense[r, c : c + 1].view(np.uint8)
     assert np.array_equal(smem[tile:], expect)
 
