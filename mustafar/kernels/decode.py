@@ -543,7 +543,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     fp8 = k_store.fp8 or v_store.fp8
     slot_bytes = block_n * (d // 8 + max(k_sp, v_sp) + (4 if fp8 else 0))
     sides = _scatter_plan(k_store, v_store, slot_bytes, n_rep)[1]
-    words = _scatter_ring(block_n * d * 2, slot_bytes, sides)
+    words = _scatter_ring(block_n * d * (1 if v_store.fp8 else 2), slot_bytes, sides)  # fp8: an e4m3 tile
     return dict(
         N_REP=n_rep,
         D=d,

@@ -65,27 +65,38 @@ def _vt_tile_layout(D):
     return gl.SharedLinearLayout(offset_bases=[[0, 1], [0, 2], [0, 4], *channels, [4, 8], [D, 0]])
 
 
+@gluon.constexpr_function
+def _vt8_tile_layout(D):
+    """The e4m3 tile of fp8 stores: Vᵀ [D, 32] of codes as two [D, 16] blocks of 16 tokens (16-byte rows, blocks
+    one after the other); block k holds channel c at row c XOR 4·k. The same 16-byte rows as the fp16 tile, so
+    the scatter's address is the same two instructions; zeroing and ldmatrix move half the bytes."""
+    channels = [[1 << k, 0] for k in range(D.bit_length() - 1)]
+    return gl.SharedLinearLayout(offset_bases=[[0, 1], [0, 2], [0, 4], [0, 8], *channels, [4, 16]])
+
+
 @gluon.jit
 def _scatter_side(tile, words_off, vals_off, n_tok, ASM: gl.constexpr, DT: gl.constexpr, SB: gl.constexpr,
                   D: gl.constexpr, BLOCK_N: gl.constexpr, TILE_OFF: gl.constexpr, LC: gl.constexpr):  # fmt: skip
     """Zero the tile, then scatter one staged side (words at shared byte ``words_off``, value slots at
     ``vals_off``) into it, one token per lane; tokens at or past ``n_tok`` stay zero."""
-    HN: gl.constexpr = BLOCK_N // 2
-    zl: gl.constexpr = gl.BlockedLayout([1, 8], [32 * 8 // HN, HN // 8], [1, 1], [1, 0])
-    tile.store(gl.zeros([2 * D, HN], DT, layout=zl))
+    R: gl.constexpr = tile.shape[0]
+    C: gl.constexpr = tile.shape[1]
+    V: gl.constexpr = 128 // DT.primitive_bitwidth  # elements per 16-byte store
+    zl: gl.constexpr = gl.BlockedLayout([1, V], [32 * V // C, C // V], [1, 1], [1, 0])
+    tile.store(gl.zeros([R, C], DT, layout=zl))
     gl.thread_barrier()
     G: gl.constexpr = D // 32
     r = gl.arange(0, BLOCK_N, layout=LC)
+    if DT.primitive_bitwidth == 8:  # _vt8_tile_layout: blocks of 16 tokens, one byte each
+        col = TILE_OFF + (r // 16) * (16 * D) + r % 16
+        xor = (r // 16) * 4
+    else:  # _vt_tile_layout: blocks of 8 tokens, two bytes each
+        col = TILE_OFF + (r // 8) * (16 * D) + (r % 8) * 2
+        xor = ((r // 8) % 2) * 4
     gl.inline_asm_elementwise(
         ASM,
         "=r,r,r,r,r,r",
-        [
-            words_off + r * (4 * G),
-            vals_off + r * SB,
-            TILE_OFF + (r // 8) * (16 * D) + (r % 8) * 2,
-            ((r // 8) % 2) * 4,
-            (r < n_tok).to(gl.int32),
-        ],
+        [words_off + r * (4 * G), vals_off + r * SB, col, xor, (r < n_tok).to(gl.int32)],
         dtype=gl.int32,
         is_pure=False,
         pack=1,
@@ -147,6 +158,17 @@ def _pv(tile, p, acc, op_a: gl.constexpr, op_b: gl.constexpr, BLOCK_N: gl.conste
 
 
 @gluon.jit
+def _pv8(tile, pw, acc, mma: gl.constexpr):
+    """``acc + Vᵀ pw`` over the e4m3 tile: ldmatrix reads the codes (half the bytes of an fp16 tile), which are
+    widened to fp16 in registers (exact) for fp16 MMAs with P in fp16, as before. Both operands use the 8-bit
+    element order (``k_width=4``), so the widened codes need no layout conversion (an e4m3 MMA would need P in
+    e4m3, and sm_90 runs ``mma.sync`` e4m3 as these same conversions plus fp16 MMAs)."""
+    op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=4)
+    op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=4)
+    return mma_v2(tile.load(op_a).to(gl.float16), gl.convert_layout(pw.to(gl.float16), op_b), acc)
+
+
+@gluon.jit
 def _sc_sparse_decode_kernel(
     q_ptr,
     k_bits,
@@ -200,7 +222,7 @@ def _sc_sparse_decode_kernel(
 ):
     G: gl.constexpr = D // 32
     DT: gl.constexpr = q_ptr.dtype.element_ty
-    VT: gl.constexpr = gl.float16 if V_FP8 else DT  # the dense V tile (fp8 codes widen to fp16)
+    VT: gl.constexpr = gl.float8e4nv if V_FP8 else DT  # the dense V tile (fp8: the codes as stored)
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
@@ -208,13 +230,16 @@ def _sc_sparse_decode_kernel(
     # the PTX addresses shared memory from global_smem. The dense tile (a power of two: Gluon's layouts need one)
     # and the ring (exact: :func:`mustafar.kernels.decode._scatter_ring`, never the tile's size) are two
     # allocations; the allocator puts the larger first
-    TILE_W: gl.constexpr = BLOCK_N * D // 2
+    TILE_W: gl.constexpr = BLOCK_N * D * VT.primitive_bitwidth // 32
     flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
     smem = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], flat)
     tbuf = gl.allocate_shared_memory(gl.int32, [TILE_W], flat)
     REGION: gl.constexpr = 0 if SMEM_WORDS > TILE_W else 4 * TILE_W
     TILE_OFF: gl.constexpr = 4 * SMEM_WORDS if SMEM_WORDS > TILE_W else 0
-    tile = tbuf._reinterpret(VT, [2 * D, BLOCK_N // 2], _vt_tile_layout(D))
+    if V_FP8:
+        tile = tbuf._reinterpret(VT, [D, BLOCK_N], _vt8_tile_layout(D))
+    else:
+        tile = tbuf._reinterpret(VT, [2 * D, BLOCK_N // 2], _vt_tile_layout(D))
 
     b = gl.program_id(0)
     h = gl.program_id(1)
@@ -299,7 +324,7 @@ def _sc_sparse_decode_kernel(
             vsc = gl.where(gl.arange(0, BLOCK_N, layout=ts_l) < n_tok, _load_scales(at, BLOCK_N, ts_l), 0.0)
             top = gl.max(vsc, axis=0)
             pw = p * gl.expand_dims(vsc / top, 1)
-            acc = _pv(tile, pw.to(VT), acc * (1.0 / top), op_a, op_b, BLOCK_N, D) * top
+            acc = _pv8(tile, pw, acc * (1.0 / top), mma) * top
         else:
             acc = _pv(tile, p.to(DT), acc, op_a, op_b, BLOCK_N, D)
         n += 2

@@ -92,47 +92,72 @@ def _value_regs(keep: int, slot: int, fp8: bool) -> int:
 
 @functools.cache
 def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
-    """PTX that scatters one token's kept values into its column of a zeroed, swizzled dense Vᵀ tile.
+    """PTX that scatters one token's kept values into its column of a zeroed dense Vᵀ tile.
 
     Operands: ``$0`` a dummy output; ``$1`` the token's bitmap words and ``$2`` its value slots (byte offsets in
-    the kernel's shared allocation); ``$3`` the byte offset of the lane's column in the tile
-    (``tile + 16·D·k + 2·(r mod 8)``); ``$4`` its block's channel XOR ``4·(k mod 2)``; ``$5`` nonzero when the
-    token is valid (invalid lanes store nothing). ``fp8``: the slot holds e4m3 codes (``slot`` bytes), stored into
-    an fp16 tile unscaled (the caller weighs P by the scales)."""
+    the kernel's shared allocation); ``$3`` the byte offset of the lane's column in the tile; ``$4`` its block's
+    channel XOR; ``$5`` nonzero when the token is valid (invalid lanes store nothing). Both tiles have 16-byte
+    rows, so channel c of word g sits at ``$3 + 512·g + 16·(i XOR $4)``. fp16/bf16: ``$3 = tile + 16·D·k +
+    2·(r mod 8)``, ``$4 = 4·(k mod 2)`` with ``k = r div 8`` (:func:`mustafar.kernels.decode_scatter._vt_tile_layout`).
+    ``fp8``: the slot holds e4m3 codes (``slot`` bytes), stored unconverted, one byte each, into the e4m3 tile
+    (``$3 = tile + 16·D·k + r mod 16``, ``$4 = 4·k`` with ``k = r div 16``: ``_vt8_tile_layout``); the caller
+    weighs P by the scales."""
     quotas = word_quotas(head_dim, keep)
     words = head_dim // 32
-    regs = _value_regs(keep, slot, fp8)
+    regs = -(-slot // 4) if fp8 else _value_regs(keep, slot, fp8)  # fp8: the codes, four per register
     lines = [
         "{",
         ".reg .pred p;",
-        f".reg .b32 w<{words}>, v<{regs}>, i, m, t, a, s, va, base, row;",
-        *([_fp8_regs(regs)] if fp8 else []),
-        ".reg .b16 lo, hi;",
+        f".reg .b32 w<{words}>, {'e' if fp8 else 'v'}<{regs}>, i, m, t, a, s, x, va, base, row;",
+        *([] if fp8 else [".reg .b16 lo, hi;"]),
         "setp.ne.u32 p, $5, 0;",
         "mov.u32 base, global_smem;",
         *_load_words(words, "$1", "$2"),
         "add.u32 row, base, $3;",
     ]
-    loads = _chunks_before_word(quotas, regs, fp8)
+    loads = _code_chunks_before_word(quotas) if fp8 else _chunks_before_word(quotas, regs, fp8)
     first = 0
     for g, q in enumerate(quotas):
         lines += loads[g]
         lines.append(f"add.u32 s, row, {16 * 32 * g};")
         for step in range(q):
             j = first + q - 1 - step
-            half = "hi" if j % 2 else "lo"
             lines += [
                 f"bfind.u32 i, w{g};",
                 "shl.b32 m, 1, i;",
                 f"xor.b32 w{g}, w{g}, m;",
                 "xor.b32 t, i, $4;",
                 "mad.lo.u32 a, t, 16, s;",
-                f"mov.b32 {{lo, hi}}, v{j // 2};",
-                f"@p st.shared.b16 [a], {half};",
             ]
+            if fp8:  # code j is byte j mod 4 of e[j div 4]; st.b8 stores a register's low byte
+                byte = j % 4
+                src = "x" if byte else f"e{j // 4}"
+                lines += [f"shr.b32 x, e{j // 4}, {8 * byte};"] if byte else []
+                lines.append(f"@p st.shared.b8 [a], {src};")
+            else:
+                lines += [
+                    f"mov.b32 {{lo, hi}}, v{j // 2};",
+                    f"@p st.shared.b16 [a], {'hi' if j % 2 else 'lo'};",
+                ]
         first += q
     lines += ["mov.u32 $0, 0;", "}"]
     return "\n".join(lines)
+
+
+def _code_chunks_before_word(quotas: tuple[int, ...]) -> list[list[str]]:
+    """Per bitmap word, the 8-byte loads of the e4m3 codes its walk is the first to read (as
+    :func:`_chunks_before_word`; codes ``8c .. 8c + 7`` in ``e2c``, ``e2c+1``)."""
+    loaded: set[int] = set()
+    out, first = [], 0
+    for q in quotas:
+        lines = []
+        for c in range(first // CHUNK_VALUES, (first + q - 1) // CHUNK_VALUES + 1 if q else 0):
+            if c not in loaded:
+                loaded.add(c)
+                lines.append(f"@p ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [va+{8 * c}];")
+        out.append(lines)
+        first += q
+    return out
 
 
 SCORE_HEADS = 8  # score outputs of :func:`score_asm` (a GQA group of at most 8 query heads; the rest are 0)

@@ -142,3 +142,15 @@ def test_vt_tile_addresses_on_gpu(cols):
     for r in range(32):
         for c in range(cols):
             assert raw[tile_offset(r, c, cols) // 2] == r * cols + c, (r, c)
+
+
+@pytest.mark.parametrize("cols", [64, 128])
+def test_vt8_tile_addresses_on_gpu(cols):
+    """The same for the e4m3 tile of fp8 stores (element order; the PTX stores one byte per element)."""
+    from tests.kernels.gluon_probe import read_vt8_tile
+    from tests.kernels.test_scatter_ptx import tile8_offset
+
+    raw = read_vt8_tile(cols)
+    for r in range(32):
+        for c in range(cols):
+            assert raw[tile8_offset(r, c, cols)] == r * cols + c, (r, c)

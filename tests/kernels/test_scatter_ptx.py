@@ -69,6 +69,10 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray) -> None:
             regs.update({n: int(w) for n, w in zip(names, words)})
         elif op == "st.shared.b16":
             smem[addr(a[0]) : addr(a[0]) + 2].view(np.uint16)[0] = regs[a[1]]
+        elif op == "st.shared.b8":  # a wider register's low byte
+            smem[addr(a[0])] = regs[a[1]] & 0xFF
+        elif op == "shr.b32":
+            regs[a[0]] = val(a[1]) >> val(a[2])
         elif op == "mov.b32" and isinstance(a[0], list):
             regs[a[0][0]], regs[a[0][1]] = val(a[1]) & 0xFFFF, val(a[1]) >> 16
         elif op == "setp.ne.u32":
@@ -204,29 +208,50 @@ def tile_offset(r: int, c: int, d: int) -> int:
     return 2 * (k * 8 * d + 8 * (c ^ (4 * (k % 2))) + r % 8)
 
 
+def tile8_offset(r: int, c: int, d: int) -> int:
+    """Byte offset of token r's channel c in the e4m3 tile of fp8 stores: two [d, 16] blocks of 16 tokens with
+    16-byte rows, block k = r div 16 holding channel c at row c XOR 4·k."""
+    k = r // 16
+    return k * 16 * d + 16 * (c ^ (4 * k)) + r % 16
+
+
+def column8_operands(r: int, tile: int, d: int) -> list[int]:
+    """scatter_asm(fp8=True)'s $3, $4 for token r (as the kernel computes them)."""
+    return [tile + (r // 16) * 16 * d + r % 16, (r // 16) * 4]
+
+
 def column_operands(r: int, tile: int, d: int) -> list[int]:
     """scatter_asm's $3, $4 for token r: its column's byte offset and channel XOR (as the kernel computes them)."""
     return [tile + (r // 8) * 16 * d + (r % 8) * 2, ((r // 8) % 2) * 4]
 
 
-@pytest.mark.parametrize("d", [64, 128])
-def test_tile_offsets_are_the_layout_the_kernel_gives_gluon(d):
-    """The kernel's shared layout maps each offset bit to a [row, column] of the [2d, 16] Vᵀ view (row = the
-    16-token half·d + channel, column = token mod 16), combined by XOR; every element it places must sit where
-    the PTX (tile_offset) stores it. tests/kernels/test_gpu_scatter.py checks the convention on a GPU."""
-    from mustafar.kernels.decode_scatter import _vt_tile_layout
+def _layout_coordinates(bases: list[list[int]], offset: int) -> tuple[int, int]:
+    """The [row, column] a linear shared layout places at element ``offset``: its offset bits' bases XORed."""
+    row = col = 0
+    for bit, (dr, dc) in enumerate(bases):
+        if offset >> bit & 1:
+            row, col = row ^ dr, col ^ dc
+    return row, col
 
-    bases = _vt_tile_layout(d).offset_bases
-    seen = set()
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_tile_offsets_are_the_layouts_the_kernel_gives_gluon(d):
+    """The kernel's shared layouts map each offset bit to a [row, column] (fp16: the [2d, 16] view, row = the
+    16-token half·d + channel, column = token mod 16; e4m3: [d, 32], channel × token), combined by XOR; every
+    element they place must sit where the PTX (tile_offset, tile8_offset) stores it.
+    tests/kernels/test_gpu_scatter.py checks the convention on a GPU."""
+    from mustafar.kernels.decode_scatter import _vt8_tile_layout, _vt_tile_layout
+
+    seen, seen8 = set(), set()
     for offset in range(32 * d):
-        row = col = 0
-        for bit, (dr, dc) in enumerate(bases):
-            if offset >> bit & 1:
-                row, col = row ^ dr, col ^ dc
+        row, col = _layout_coordinates(_vt_tile_layout(d).offset_bases, offset)
         r, c = (row // d) * 16 + col, row % d
         assert tile_offset(r, c, d) == 2 * offset, (offset, r, c)
         seen.add((r, c))
-    assert len(seen) == 32 * d
+        c8, r8 = _layout_coordinates(_vt8_tile_layout(d).offset_bases, offset)
+        assert tile8_offset(r8, c8, d) == offset, (offset, r8, c8)
+        seen8.add((r8, c8))
+    assert len(seen) == len(seen8) == 32 * d
 
 
 @pytest.mark.parametrize("d,keep", [(128, 38), (128, 64), (128, 37), (128, 3), (64, 19), (64, 32), (64, 64)])
@@ -326,7 +351,7 @@ def _fp8_slots(rows: torch.Tensor, mask: torch.Tensor, keep: int) -> tuple[np.nd
 
 
 @pytest.mark.parametrize("d,keep", [(128, 38), (128, 64), (64, 19), (64, 3)])
-def test_scatter_ptx_fp8_writes_the_unscaled_codes_as_fp16(d, keep):
+def test_scatter_ptx_fp8_writes_the_codes_into_the_e4m3_tile(d, keep):
     torch.manual_seed(keep + 1)
     tokens, valid, tile = 32, 29, 8192
     rows = torch.randn(tokens, d, dtype=torch.float16) * 7
@@ -339,13 +364,14 @@ def test_scatter_ptx_fp8_writes_the_unscaled_codes_as_fp16(d, keep):
     smem[voff : voff + vals.nbytes] = vals.reshape(-1)
     asm = scatter_asm(d, keep, slot, fp8=True)
     for r in range(tokens):
-        run_ptx(asm, [r * 4 * (d // 32), voff + r * slot, *column_operands(r, tile, d), int(r < valid)], smem)
-    expect = np.zeros(tokens * d * 2, dtype=np.uint8)
-    dense = unscaled.to(torch.float16).numpy()
+        run_ptx(
+            asm, [r * 4 * (d // 32), voff + r * slot, *column8_operands(r, tile, d), int(r < valid)], smem
+        )
+    expect = np.zeros(tokens * d * 2, dtype=np.uint8)  # the e4m3 tile takes the first half; the rest stays 0
+    codes = unscaled.to(torch.float8_e4m3fn).view(torch.uint8).numpy()  # exact: the unscaled codes' values
     for r in range(valid):
         for c in range(d):
-            o = tile_offset(r, c, d)
-            expect[o : o + 2] = dense[r, c : c + 1].view(np.uint8)
+            expect[tile8_offset(r, c, d)] = codes[r, c]
     assert np.array_equal(smem[tile:], expect)
 
 
