@@ -41,15 +41,24 @@ def token_blocks(r: int, c: int, d: int) -> int:
     return 2 * (k * 8 * d + 8 * (c ^ (4 * (k % 2))) + r % 8)
 
 
+def e4m3_token_blocks(r: int, c: int, d: int) -> int:
+    """Round 13, fp8 stores: the codes' Vᵀ as two [D, 16] blocks of 16 tokens (one byte each), block k's
+    channels XOR 4·k."""
+    k = r // 16
+    return k * 16 * d + 16 * (c ^ (4 * k)) + r % 16
+
+
 LAYOUTS: dict[str, Layout] = {
     "row-major swizzled (rounds 7-10)": row_major_swizzled,
     "transposed halves (round 11)": transposed_halves,
     "token blocks (round 12)": token_blocks,
+    "e4m3 token blocks (round 13, fp8 stores)": e4m3_token_blocks,
 }
 
 
 def store_wavefronts(offsets: list[int]) -> int:
-    """Wavefronts of one warp-wide 2-byte shared store: the most distinct 4-byte words in any of the 32 banks."""
+    """Wavefronts of one warp-wide 1- or 2-byte shared store: the most distinct 4-byte words in any of the 32
+    banks."""
     banks: dict[int, set[int]] = {}
     for offset in offsets:
         word = offset // 4

@@ -1,8 +1,8 @@
-"""scripts/scatter_banks.py: the bank model on hand-worked stores, and its round-12 layout is the kernel's."""
+"""scripts/scatter_banks.py: the bank model on hand-worked stores, and its round-12/13 layouts are the kernel's."""
 
 from __future__ import annotations
 
-from tests.kernels.test_scatter_ptx import tile_offset
+from tests.kernels.test_scatter_ptx import tile8_offset, tile_offset
 from tests.unit.script_module import load_script
 
 
@@ -20,5 +20,9 @@ def test_layouts_are_permutations_and_round_12_is_the_kernels():
     for d in (64, 128):
         for layout in banks.LAYOUTS.values():
             offsets = {layout(r, c, d) for r in range(32) for c in range(d)}
-            assert offsets == set(range(0, 64 * d, 2))
+            step = 1 if layout is banks.e4m3_token_blocks else 2
+            assert offsets == set(range(0, 32 * d * step, step))
         assert all(banks.token_blocks(r, c, d) == tile_offset(r, c, d) for r in range(32) for c in range(d))
+        assert all(
+            banks.e4m3_token_blocks(r, c, d) == tile8_offset(r, c, d) for r in range(32) for c in range(d)
+        )
