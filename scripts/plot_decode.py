@@ -156,7 +156,8 @@ def plot_static(report: dict, out: Path) -> None:
 
 
 def merged_reports(reports: list[dict]) -> dict:
-    """One report holding every run's points and largest batches (the first run's model, context, device)."""
+    """One report holding every run's points and largest batches (their shared model and context; every
+    device the runs name, so a plot of runs from two machines does not credit one)."""
     if any((r["model"], r["context"]) != (reports[0]["model"], reports[0]["context"]) for r in reports):
         raise ValueError("bench_decode runs to plot together must share the model and the context")
     seen: set[str] = set()
@@ -165,7 +166,8 @@ def merged_reports(reports: list[dict]) -> dict:
         if fmts & seen:
             raise ValueError(f"format(s) {sorted(fmts & seen)} appear in more than one bench_decode run")
         seen |= fmts
-    merged = dict(reports[0], points=[p for r in reports for p in r["points"]], max_batch={})
+    devices = " + ".join(dict.fromkeys(r["device"] for r in reports))
+    merged = dict(reports[0], device=devices, points=[p for r in reports for p in r["points"]], max_batch={})
     for r in reports:
         merged["max_batch"].update(r.get("max_batch", {}))
     return merged

@@ -35,7 +35,14 @@ def test_merge_keeps_every_runs_points_and_largest_batches():
         "dense-static": 56,
         "K0.7V0.7-word-fp8-static": 196,
     }
-    assert merged["device"] == "GPU A" and merged["context"] == 16384
+    assert merged["device"] == "GPU A + GPU B" and merged["context"] == 16384
+
+
+def test_runs_of_one_device_name_it_once():
+    merged = load_script("plot_decode").merged_reports(
+        [_report("dense-static", [1], 56), _report("K0.7V0.7", [1], 73)]
+    )
+    assert merged["device"] == "GPU A"
 
 
 def test_runs_of_another_context_are_refused():
