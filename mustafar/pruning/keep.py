@@ -9,6 +9,7 @@ drops the int(n·s) lowest channels, keeping n − int(n·s) (one more than int(
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -50,6 +51,7 @@ def head_topk_mask(score: torch.Tensor, keeps: torch.Tensor) -> torch.Tensor:
     return rank < keeps.view(*keeps.shape, 1, 1)
 
 
+@functools.cache  # asked on every decode call (the dispatcher checks the stores' quotas)
 def word_quotas(head_dim: int, keep: int) -> tuple[int, ...]:
     """Entries each 32-channel word keeps under the ``word`` rule: keep // W, one more for the first keep mod W
     words (W = head_dim / 32)."""

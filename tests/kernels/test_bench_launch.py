@@ -27,3 +27,12 @@ def test_imports_light_and_refuses_on_cpu(tmp_path):
     proc = subprocess.run([sys.executable, "-c", script, str(tmp_path)], capture_output=True, text=True)
     assert proc.returncode == 1, proc.stderr
     assert proc.stderr.strip().endswith("bench_launch.py needs a CUDA GPU")
+
+
+def test_unknown_keep_rule_is_named():
+    script = RUN.format(path=str(ROOT / "scripts" / "bench_launch.py")).replace(
+        "'--out', sys.argv[1]]", "'--out', sys.argv[1], '--keep-rules', 'word,wrod']"
+    )
+    proc = subprocess.run([sys.executable, "-c", script, "/nonexistent"], capture_output=True, text=True)
+    assert proc.returncode == 1, proc.stderr
+    assert "unknown rule(s) ['wrod']" in proc.stderr
