@@ -19,6 +19,7 @@ that it is the layout the kernel gives Gluon; the GPU tests check Gluon's readin
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.pruning.keep import word_quotas
@@ -62,10 +63,11 @@ def _load_chunk(c: int, regs: int, fp8: bool) -> list[str]:
     return lines
 
 
-def _chunks_before_word(quotas: tuple[int, ...], regs: int, fp8: bool) -> list[list[str]]:
-    """Per bitmap word, the loads of the value chunks its walk is the first to read: a chunk is loaded just before
-    its first use rather than the whole slot up front, so only about a word's values need to be live at once
-    (round 10 measured this together with the P·V halves: 1-3 % faster on the H200, not separately)."""
+def _chunks_before_word(quotas: tuple[int, ...], load: Callable[[int], list[str]]) -> list[list[str]]:
+    """Per bitmap word, the loads (``load(c)``: the PTX loading value chunk ``c``) of the chunks its walk is the
+    first to read: a chunk is loaded just before its first use rather than the whole slot up front, so only about a
+    word's values need to be live at once (round 10 measured this together with the P·V halves: 1-3 % faster on
+    the H200, not separately)."""
     loaded: set[int] = set()
     out, first = [], 0
     for q in quotas:
@@ -73,7 +75,7 @@ def _chunks_before_word(quotas: tuple[int, ...], regs: int, fp8: bool) -> list[l
         for c in range(first // CHUNK_VALUES, (first + q - 1) // CHUNK_VALUES + 1 if q else 0):
             if c not in loaded:
                 loaded.add(c)
-                lines += _load_chunk(c, regs, fp8)
+                lines += load(c)
         out.append(lines)
         first += q
     return out
@@ -115,7 +117,9 @@ def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
         *_load_words(words, "$1", "$2"),
         "add.u32 row, base, $3;",
     ]
-    loads = _code_chunks_before_word(quotas) if fp8 else _chunks_before_word(quotas, regs, fp8)
+    loads = _chunks_before_word(
+        quotas, _code_load if fp8 else functools.partial(_load_chunk, regs=regs, fp8=fp8)
+    )
     first = 0
     for g, q in enumerate(quotas):
         lines += loads[g]
@@ -144,20 +148,9 @@ def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _code_chunks_before_word(quotas: tuple[int, ...]) -> list[list[str]]:
-    """Per bitmap word, the 8-byte loads of the e4m3 codes its walk is the first to read (as
-    :func:`_chunks_before_word`; codes ``8c .. 8c + 7`` in ``e2c``, ``e2c+1``)."""
-    loaded: set[int] = set()
-    out, first = [], 0
-    for q in quotas:
-        lines = []
-        for c in range(first // CHUNK_VALUES, (first + q - 1) // CHUNK_VALUES + 1 if q else 0):
-            if c not in loaded:
-                loaded.add(c)
-                lines.append(f"@p ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [va+{8 * c}];")
-        out.append(lines)
-        first += q
-    return out
+def _code_load(c: int) -> list[str]:
+    """The 8-byte load of e4m3 codes ``8c .. 8c + 7`` into ``e2c``, ``e2c+1`` (scattered as stored)."""
+    return [f"@p ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [va+{8 * c}];"]
 
 
 SCORE_HEADS = 8  # score outputs of :func:`score_asm` (a GQA group of at most 8 query heads; the rest are 0)
@@ -200,7 +193,7 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool, fp8: 
         f"mov.f32 s{h}, 0f00000000;" for h in range(n_rep)
     ]
     lines += _load_words(words, "$8", "$9")
-    loads = _chunks_before_word(quotas, regs, fp8)
+    loads = _chunks_before_word(quotas, functools.partial(_load_chunk, regs=regs, fp8=fp8))
     first = 0
     for g, q in enumerate(quotas):
         lines += loads[g]
