@@ -10,6 +10,21 @@ from mustafar.kernels.decode_scatter import _vt8_tile_layout, _vt_tile_layout
 
 
 @gluon.jit
+def _read_back(out_ptr, N: gl.constexpr):
+    """Copy the first ``N`` 16-bit elements of shared memory, in address order, to ``out_ptr``."""
+    k = gl.arange(0, N, layout=gl.BlockedLayout([1], [32], [1], [0]))
+    raw = gl.inline_asm_elementwise(
+        "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b16 $0, [a]; }",
+        "=h,r",
+        [k * 2],
+        dtype=gl.int16,
+        is_pure=False,
+        pack=1,
+    )
+    gl.store(out_ptr + k, raw)
+
+
+@gluon.jit
 def _store_and_read(out_ptr, D: gl.constexpr):
     R: gl.constexpr = 2 * D
     C: gl.constexpr = 16
@@ -20,16 +35,7 @@ def _store_and_read(out_ptr, D: gl.constexpr):
     sm = gl.allocate_shared_memory(gl.int16, [R, C], _vt_tile_layout(D))
     sm.store(idx)
     gl.thread_barrier()
-    k = gl.arange(0, R * C, layout=gl.BlockedLayout([1], [32], [1], [0]))
-    raw = gl.inline_asm_elementwise(
-        "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b16 $0, [a]; }",
-        "=h,r",
-        [k * 2],
-        dtype=gl.int16,
-        is_pure=False,
-        pack=1,
-    )
-    gl.store(out_ptr + k, raw)
+    _read_back(out_ptr, R * C)
     sm._keep_alive()
 
 
@@ -51,16 +57,7 @@ def _store_and_read8(out_ptr, D: gl.constexpr):
     sm = gl.allocate_shared_memory(gl.int16, [D, 32], _vt8_tile_layout(D))
     sm.store((r * D + c).to(gl.int16))
     gl.thread_barrier()
-    k = gl.arange(0, 32 * D, layout=gl.BlockedLayout([1], [32], [1], [0]))
-    raw = gl.inline_asm_elementwise(
-        "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b16 $0, [a]; }",
-        "=h,r",
-        [k * 2],
-        dtype=gl.int16,
-        is_pure=False,
-        pack=1,
-    )
-    gl.store(out_ptr + k, raw)
+    _read_back(out_ptr, 32 * D)
     sm._keep_alive()
 
 
