@@ -18,7 +18,8 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from mustafar.architectures import compressed_refusal, head_dim, text_config
 from mustafar.cache import CompressedLayer, MustafarCache, MustafarLayer, kernel_backend
-from mustafar.pruning import Observation, scores
+from mustafar.pruning import Observation, exact_keep, scores
+from mustafar.pruning.keep import NM_GROUPS
 from mustafar.static_cache import StaticLayer
 
 ATTN_NAME = "mustafar"
@@ -189,6 +190,20 @@ def new_cache(model: torch.nn.Module, policy) -> MustafarCache:
     return MustafarCache(policy, num_layers=text_config(model.config).num_hidden_layers)
 
 
+def _check_nm(policy, d: int) -> None:
+    """Refuse, before any token is pruned, an N:M rule whose sparsity keeps no whole count per group."""
+    group = NM_GROUPS[policy.keep_rule]
+    for side in ("k", "v"):
+        for s in getattr(policy, f"{side}_layer_sparsity") or (getattr(policy, side).sparsity,):
+            keep = exact_keep(d, s)
+            if s > 0 and (d % group or (keep * group) % d):
+                raise ValueError(
+                    f"kv.keep_rule={policy.keep_rule!r} keeps the same count in every {group}-channel group, but "
+                    f"kv.{side} sparsity {s:g} keeps {keep} of head_dim={d} ({keep * group / d:g} per group); "
+                    f"sparsities with whole groups: {', '.join(f'{1 - j / group:g}' for j in range(1, group))}"
+                )
+
+
 @contextmanager
 def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCache]:
     """Route the model's attention through mustafar and bind each layer of `cache` for the duration."""
@@ -202,6 +217,8 @@ def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCac
             f"kv.keep_rule='word' splits each token into 32-channel words, but {type(model).__name__} has "
             f"head_dim={head_dim(model.config)}, not a multiple of 32; use kv.keep_rule=exact"
         )
+    if cache.policy.keep_rule in NM_GROUPS:
+        _check_nm(cache.policy, head_dim(model.config))
     previous = model.config._attn_implementation
     modules = attention_modules(model)
     if len(cache.layers) < len(modules):

@@ -7,7 +7,7 @@ from typing import Any
 
 DIRECTIONS = ("token", "channel")
 SCORERS = ("magnitude", "output_aware", "think")
-KEEP_RULES = ("exact", "reference", "word")
+KEEP_RULES = ("exact", "reference", "word", "nm4", "nm8")
 MODES = ("mask", "compressed")
 ALLOCATIONS = ("uniform", "error", "error_head")
 EVICTIONS = ("none", "snapkv")
@@ -137,17 +137,24 @@ class KVConfig:
                 object.__setattr__(self, f"{side}_direction", "token")
                 object.__setattr__(self, f"{side}_scorer", "magnitude")
         _choice("kv.keep_rule", self.keep_rule, KEEP_RULES)
-        if self.keep_rule == "word":
+        if self.keep_rule in ("word", "nm4", "nm8"):
+            unit = "32-channel words" if self.keep_rule == "word" else f"{self.keep_rule[2:]}-channel groups"
             for side in ("k", "v"):
                 rule = getattr(self, side)
                 if rule.active and rule.direction != "token":
                     # per-channel groups and ThinK rank over tokens or whole channels: no per-token words to split
                     raise ConfigError(
-                        f"kv.keep_rule='word' splits each token's keep count over its 32-channel words and needs "
+                        f"kv.keep_rule={self.keep_rule!r} splits each token's keep count over its {unit} and needs "
                         f"per-token rules, but kv.{side}_direction={rule.direction!r} (kv.{side}_scorer="
-                        f"{rule.scorer!r}); allowed with word: kv.{side}_direction=token and kv.{side}_scorer="
-                        "magnitude or output_aware (or keep_rule exact/reference)"
+                        f"{rule.scorer!r}); allowed with {self.keep_rule}: kv.{side}_direction=token and "
+                        f"kv.{side}_scorer=magnitude or output_aware (or keep_rule exact/reference)"
                     )
+        if self.keep_rule in ("nm4", "nm8") and self.mode == "compressed":
+            # the stores' pack kernels split top-k per 32-channel word at most; no decoder reads N:M groups yet
+            raise ConfigError(
+                f"kv.keep_rule={self.keep_rule!r} (N:M groups) is a mask-mode rule for accuracy studies: no "
+                "compressed store packs N:M groups yet; use kv.mode=mask, or keep_rule=word for compressed mode"
+            )
         _choice("kv.mode", self.mode, MODES)
         if self.k_sparsity == 0.0 and self.v_sparsity == 0.0:
             object.__setattr__(self, "allocation", "uniform")  # nothing to allocate: one dense job id
@@ -276,7 +283,9 @@ class KVConfig:
             ]
             parts.append(f"{side}{rule.sparsity:g}" + (f"[{tag}]" if tag else ""))
         suffix = f" w{self.window}" if self.window != 32 else ""
-        suffix += {"exact": "", "reference": " ref", "word": " word"}[self.keep_rule]
+        suffix += {"exact": "", "reference": " ref", "word": " word", "nm4": " nm4", "nm8": " nm8"}[
+            self.keep_rule
+        ]
         suffix += " per-layer" if self.k_layer_sparsity or self.v_layer_sparsity else ""
         suffix += f" alloc-{self.allocation}" if self.allocation != "uniform" else ""
         suffix += f" {self.value_dtype}" if self.value_dtype != "native" else ""

@@ -75,6 +75,34 @@ def word_topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tenso
     return (rank < quota.unsqueeze(-1)).reshape(s.shape).movedim(-1, dim)
 
 
+NM_GROUPS = {"nm4": 4, "nm8": 8}  # the N:M keep rules: group size M per rule name
+
+
+def nm_topk_mask(score: torch.Tensor, keep: int, group: int, dim: int = -1) -> torch.Tensor:
+    """The N:M rules (``nm4``, ``nm8``): the N = keep·M/n largest scores of every ``group`` = M consecutive
+    entries along ``dim`` (ties to the lower index), ``keep`` in all. Semi-structured like the 2:4 patterns sparse
+    tensor cores read; N must be whole."""
+    n = score.shape[dim]
+    if n % group:
+        raise ValueError(
+            f"the nm{group} keep rule splits {group}-entry groups, but there are {n} entries along dim {dim}"
+        )
+    if (keep * group) % n:
+        whole = ", ".join(f"{1 - j / group:g}" for j in range(1, group))
+        raise ValueError(
+            f"the nm{group} keep rule keeps the same count in every {group}-entry group, but keeping {keep} of {n} "
+            f"entries is {keep * group / n:g} per group; sparsities with whole groups: {whole}"
+        )
+    per = keep * group // n
+    s = score.movedim(dim, -1)
+    groups = s.reshape(*s.shape[:-1], n // group, group)
+    order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
+    rank = torch.empty_like(order).scatter_(
+        -1, order, torch.arange(group, device=score.device).expand_as(order)
+    )
+    return (rank < per).reshape(s.shape).movedim(-1, dim)
+
+
 def fixed_count_mask(score: torch.Tensor, keep: int, word: bool, dim: int = -1) -> torch.Tensor:
     """``keep`` entries per set along ``dim``: the per-word quotas (``word``) or a plain top-k; what a fixed-layout
     store holds, so the caches pick the variant from their store's ``word_quota``."""
@@ -102,6 +130,8 @@ def keep_mask(
         return torch.ones_like(score, dtype=torch.bool)
     if keep_rule in ("exact", "word"):
         return fixed_count_mask(score, exact_keep(n, sparsity), keep_rule == "word", dim)
+    if keep_rule in NM_GROUPS:
+        return nm_topk_mask(score, exact_keep(n, sparsity), NM_GROUPS[keep_rule], dim)
     if thresholded:
         return threshold_mask(score, sparsity, dim)
     return topk_mask(score, reference_topk_keep(n, sparsity), dim)

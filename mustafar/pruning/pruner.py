@@ -122,7 +122,12 @@ class SidePruner:
             return self._one_keep
         if self.rule.direction == "channel" and self.rule.scorer != "think":
             return None
-        if self.keep_rule in ("exact", "word"):  # word: the same count, split into per-word quotas
+        if self.keep_rule in (
+            "exact",
+            "word",
+            "nm4",
+            "nm8",
+        ):  # the same count, split into quotas under word/nm
             return exact_keep(head_dim, self.rule.sparsity)
         if self.rule.scorer == "magnitude":
             return None
