@@ -192,7 +192,7 @@ def new_cache(model: torch.nn.Module, policy) -> MustafarCache:
 
 def _check_nm(policy, d: int) -> None:
     """Refuse, before any token is pruned, an N:M rule whose sparsity keeps no whole count per group."""
-    group = NM_GROUPS[policy.keep_rule]
+    group = NM_GROUPS[policy.keep_rule][0]
     for side in ("k", "v"):
         for s in getattr(policy, f"{side}_layer_sparsity") or (getattr(policy, side).sparsity,):
             keep = exact_keep(d, s)

@@ -7,11 +7,12 @@ from typing import Any
 
 DIRECTIONS = ("token", "channel")
 SCORERS = ("magnitude", "output_aware", "think")
-KEEP_RULES = ("exact", "reference", "word", "nm4", "nm8")
+KEEP_RULES = ("exact", "reference", "word", "nm4", "nm8", "nm4s", "nm8s")  # nm*: N:M groups
 MODES = ("mask", "compressed")
 ALLOCATIONS = ("uniform", "error", "error_head")
 EVICTIONS = ("none", "snapkv")
 VALUE_DTYPES = ("native", "fp8")
+NM_RULES = KEEP_RULES[3:]
 # KVConfig fields left out of to_dict (hence job ids) at their default
 ID_OPTIONAL: tuple[str, ...] = (
     "k_layer_sparsity",
@@ -137,8 +138,8 @@ class KVConfig:
                 object.__setattr__(self, f"{side}_direction", "token")
                 object.__setattr__(self, f"{side}_scorer", "magnitude")
         _choice("kv.keep_rule", self.keep_rule, KEEP_RULES)
-        if self.keep_rule in ("word", "nm4", "nm8"):
-            unit = "32-channel words" if self.keep_rule == "word" else f"{self.keep_rule[2:]}-channel groups"
+        if self.keep_rule in ("word", *NM_RULES):
+            unit = "32-channel words" if self.keep_rule == "word" else f"{self.keep_rule[2]}-channel groups"
             for side in ("k", "v"):
                 rule = getattr(self, side)
                 if rule.active and rule.direction != "token":
@@ -149,7 +150,7 @@ class KVConfig:
                         f"{rule.scorer!r}); allowed with {self.keep_rule}: kv.{side}_direction=token and "
                         f"kv.{side}_scorer=magnitude or output_aware (or keep_rule exact/reference)"
                     )
-        if self.keep_rule in ("nm4", "nm8") and self.mode == "compressed":
+        if self.keep_rule in NM_RULES and self.mode == "compressed":
             # the stores' pack kernels split top-k per 32-channel word at most; no decoder reads N:M groups yet
             raise ConfigError(
                 f"kv.keep_rule={self.keep_rule!r} (N:M groups) is a mask-mode rule for accuracy studies: no "
@@ -283,9 +284,7 @@ class KVConfig:
             ]
             parts.append(f"{side}{rule.sparsity:g}" + (f"[{tag}]" if tag else ""))
         suffix = f" w{self.window}" if self.window != 32 else ""
-        suffix += {"exact": "", "reference": " ref", "word": " word", "nm4": " nm4", "nm8": " nm8"}[
-            self.keep_rule
-        ]
+        suffix += {"exact": "", "reference": " ref"}.get(self.keep_rule, f" {self.keep_rule}")
         suffix += " per-layer" if self.k_layer_sparsity or self.v_layer_sparsity else ""
         suffix += f" alloc-{self.allocation}" if self.allocation != "uniform" else ""
         suffix += f" {self.value_dtype}" if self.value_dtype != "native" else ""

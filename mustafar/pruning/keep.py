@@ -75,13 +75,17 @@ def word_topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tenso
     return (rank < quota.unsqueeze(-1)).reshape(s.shape).movedim(-1, dim)
 
 
-NM_GROUPS = {"nm4": 4, "nm8": 8}  # the N:M keep rules: group size M per rule name
+# the N:M keep rules: (group size M, strided) per rule name; strided groups take every (D/M)-th channel
+NM_GROUPS = {"nm4": (4, False), "nm8": (8, False), "nm4s": (4, True), "nm8s": (8, True)}
 
 
-def nm_topk_mask(score: torch.Tensor, keep: int, group: int, dim: int = -1) -> torch.Tensor:
-    """The N:M rules (``nm4``, ``nm8``): the N = keep·M/n largest scores of every ``group`` = M consecutive
-    entries along ``dim`` (ties to the lower index), ``keep`` in all. Semi-structured like the 2:4 patterns sparse
-    tensor cores read; N must be whole."""
+def nm_topk_mask(
+    score: torch.Tensor, keep: int, group: int, dim: int = -1, strided: bool = False
+) -> torch.Tensor:
+    """The N:M rules: the N = keep·M/n largest scores of every group of M = ``group`` entries along ``dim`` (ties
+    to the lower index), ``keep`` in all. Groups are M consecutive entries (``nm4``, ``nm8``: the 2:4 pattern sparse
+    tensor cores read) or, ``strided``, the entries j, j + n/M, j + 2n/M, ... (``nm4s``, ``nm8s``: the same
+    pattern after a fixed permutation of the channels, which leaves q·k unchanged). N must be whole."""
     n = score.shape[dim]
     if n % group:
         raise ValueError(
@@ -95,12 +99,14 @@ def nm_topk_mask(score: torch.Tensor, keep: int, group: int, dim: int = -1) -> t
         )
     per = keep * group // n
     s = score.movedim(dim, -1)
-    groups = s.reshape(*s.shape[:-1], n // group, group)
+    if strided:  # [M, n/M] puts channel j + i·n/M at [i, j]: its transpose has one group per row
+        groups = s.reshape(*s.shape[:-1], group, n // group).transpose(-1, -2)
+    else:
+        groups = s.reshape(*s.shape[:-1], n // group, group)
     order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(
-        -1, order, torch.arange(group, device=score.device).expand_as(order)
-    )
-    return (rank < per).reshape(s.shape).movedim(-1, dim)
+    arange = torch.arange(group, device=score.device).expand_as(order)
+    kept = torch.empty_like(order).scatter_(-1, order, arange) < per
+    return (kept.transpose(-1, -2) if strided else kept).reshape(s.shape).movedim(-1, dim)
 
 
 def fixed_count_mask(score: torch.Tensor, keep: int, word: bool, dim: int = -1) -> torch.Tensor:
@@ -131,7 +137,8 @@ def keep_mask(
     if keep_rule in ("exact", "word"):
         return fixed_count_mask(score, exact_keep(n, sparsity), keep_rule == "word", dim)
     if keep_rule in NM_GROUPS:
-        return nm_topk_mask(score, exact_keep(n, sparsity), NM_GROUPS[keep_rule], dim)
+        group, strided = NM_GROUPS[keep_rule]
+        return nm_topk_mask(score, exact_keep(n, sparsity), group, dim, strided)
     if thresholded:
         return threshold_mask(score, sparsity, dim)
     return topk_mask(score, reference_topk_keep(n, sparsity), dim)

@@ -122,12 +122,7 @@ class SidePruner:
             return self._one_keep
         if self.rule.direction == "channel" and self.rule.scorer != "think":
             return None
-        if self.keep_rule in (
-            "exact",
-            "word",
-            "nm4",
-            "nm8",
-        ):  # the same count, split into quotas under word/nm
+        if self.keep_rule != "reference":  # exact's count; word and nm* split it into quotas
             return exact_keep(head_dim, self.rule.sparsity)
         if self.rule.scorer == "magnitude":
             return None

@@ -1,4 +1,4 @@
-"""The N:M keep rules (`nm4`, `nm8`): masks against a per-element Python reference, their errors, the policy's
+"""The N:M keep rules (`nm4`, `nm8`, and `nm4s`, `nm8s` over strided groups): masks against a per-element Python reference, their errors, the policy's
 refusals, and layer 0 of a real model in mask mode against the stock cache pruned by hand."""
 
 from __future__ import annotations
@@ -12,15 +12,21 @@ from mustafar.config import ConfigError, KVConfig
 from mustafar.pruning import exact_keep, keep_mask, nm_topk_mask
 
 
-def hand_nm_mask(score: torch.Tensor, per: int, group: int) -> torch.Tensor:
-    """Per element: in each run of `group` consecutive entries of a row keep the `per` highest scores, ties to the
-    lower index."""
+def hand_nm_mask(score: torch.Tensor, per: int, group: int, strided: bool = False) -> torch.Tensor:
+    """Per element: in each group of a row keep the `per` highest scores, ties to the lower index; a group is
+    `group` consecutive entries, or (`strided`) the entries j, j + d/group, j + 2d/group, ..."""
     d = score.shape[-1]
+    stride = d // group
+    members = (
+        [list(range(j, d, stride)) for j in range(stride)]
+        if strided
+        else [list(range(start, start + group)) for start in range(0, d, group)]
+    )
     out = []
     for row in score.reshape(-1, d).tolist():
         kept = [False] * d
-        for start in range(0, d, group):
-            for c in sorted(range(start, start + group), key=lambda c: (-row[c], c))[:per]:
+        for channels in members:
+            for c in sorted(channels, key=lambda c: (-row[c], c))[:per]:
                 kept[c] = True
         out.append(kept)
     return torch.tensor(out).view(score.shape)
@@ -29,7 +35,8 @@ def hand_nm_mask(score: torch.Tensor, per: int, group: int) -> torch.Tensor:
 @pytest.mark.parametrize("group", [4, 8])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("data", ["gauss", "ties"])
-def test_nm_mask_equals_the_hand_loop(group, head_dim, data):
+@pytest.mark.parametrize("strided", [False, True])
+def test_nm_mask_equals_the_hand_loop(group, head_dim, data, strided):
     g = torch.Generator().manual_seed(group + head_dim)
     if data == "ties":  # few distinct values: most groups tie at their threshold
         score = torch.randint(0, 3, (2, 3, 5, head_dim), generator=g).float()
@@ -38,11 +45,13 @@ def test_nm_mask_equals_the_hand_loop(group, head_dim, data):
         score = torch.randn(2, 3, 5, head_dim, generator=g).abs()
     for per in range(1, group):
         keep = per * head_dim // group
-        mask = nm_topk_mask(score, keep, group)
-        assert torch.equal(mask, hand_nm_mask(score, per, group))
+        mask = nm_topk_mask(score, keep, group, strided=strided)
+        assert torch.equal(mask, hand_nm_mask(score, per, group, strided))
         assert (mask.sum(-1) == keep).all()
-        if data == "ties":
-            assert torch.equal(mask[0, 0, 0], (torch.arange(head_dim) % group) < per)
+        if data == "ties":  # a row of equal scores: each group's first `per` members
+            channel = torch.arange(head_dim)
+            first = channel // (head_dim // group) if strided else channel % group
+            assert torch.equal(mask[0, 0, 0], first < per)
 
 
 def test_nm_mask_along_another_dim_and_through_keep_mask():
@@ -52,6 +61,11 @@ def test_nm_mask_along_another_dim_and_through_keep_mask():
     rows = score.transpose(2, 3)
     assert torch.equal(keep_mask(rows, 0.5, "nm4", thresholded=True), hand_nm_mask(rows, 2, 4))
     assert torch.equal(keep_mask(rows, 0.75, "nm8", thresholded=True), hand_nm_mask(rows, 2, 8))
+    assert torch.equal(keep_mask(rows, 0.5, "nm4s", thresholded=True), hand_nm_mask(rows, 2, 4, strided=True))
+    assert torch.equal(
+        keep_mask(rows, 0.75, "nm8s", thresholded=True), hand_nm_mask(rows, 2, 8, strided=True)
+    )
+    assert not torch.equal(keep_mask(rows, 0.5, "nm4s", thresholded=True), keep_mask(rows, 0.5, "nm4", True))
     assert torch.equal(keep_mask(rows, 0.0, "nm4", thresholded=True), torch.ones_like(rows, dtype=torch.bool))
 
 
@@ -69,13 +83,18 @@ def test_policy_label_refusals_and_job_identity():
     assert policy.to_dict() != KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="nm8").to_dict()
     with pytest.raises(ConfigError, match=r"kv.keep_rule='nm8' \(N:M groups\) is a mask-mode rule"):
         KVConfig(k_sparsity=0.5, keep_rule="nm8", mode="compressed")
-    with pytest.raises(ConfigError, match=r"kv.keep_rule='nm4' splits each token's keep count over its 4-channel"):
+    with pytest.raises(
+        ConfigError, match=r"kv.keep_rule='nm4' splits each token's keep count over its 4-channel"
+    ):
         KVConfig(v_sparsity=0.5, v_direction="channel", keep_rule="nm4")
 
 
 def test_attach_refuses_a_sparsity_without_whole_groups(tiny_llama):
     for policy, named in [
-        (KVConfig(k_sparsity=0.5, v_sparsity=0.7, keep_rule="nm4"), "kv.v sparsity 0.7 keeps 19 of head_dim=64"),
+        (
+            KVConfig(k_sparsity=0.5, v_sparsity=0.7, keep_rule="nm4"),
+            "kv.v sparsity 0.7 keeps 19 of head_dim=64",
+        ),
         (
             KVConfig(k_layer_sparsity=(0.5, 0.6), v_sparsity=0.5, keep_rule="nm8"),
             "kv.k sparsity 0.6 keeps 26 of head_dim=64",
@@ -86,8 +105,8 @@ def test_attach_refuses_a_sparsity_without_whole_groups(tiny_llama):
                 pass
 
 
-@pytest.mark.parametrize("rule, group", [("nm4", 4), ("nm8", 8)])
-def test_layer0_cache_equals_the_stock_cache_pruned_by_hand(tiny_llama, rule, group):
+@pytest.mark.parametrize("rule, group, strided", [("nm4", 4, False), ("nm8", 8, False), ("nm4s", 4, True)])
+def test_layer0_cache_equals_the_stock_cache_pruned_by_hand(tiny_llama, rule, group, strided):
     """Layer 0's K/V depend only on the tokens: the mask-mode cache must equal the stock one with each token that
     left the window pruned to its N:M groups (K0.5: 2:4 or 4:8; V0.75: 1:4 or 2:8)."""
     ids = torch.randint(1, 256, (1, 60), generator=torch.Generator().manual_seed(5))  # no pad id (0) inside
@@ -105,5 +124,5 @@ def test_layer0_cache_equals_the_stock_cache_pruned_by_hand(tiny_llama, rule, gr
         (cache.layers[0].values, stock.layers[0].values, exact_keep(d, 0.75)),
     ):
         expected = ref.clone()
-        expected[:, :, :n] *= hand_nm_mask(ref[:, :, :n].abs(), keep * group // d, group)
+        expected[:, :, :n] *= hand_nm_mask(ref[:, :, :n].abs(), keep * group // d, group, strided)
         torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
