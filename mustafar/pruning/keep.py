@@ -42,13 +42,17 @@ def topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tensor:
     return mask.scatter_(dim, order.narrow(dim, 0, keep), True)
 
 
+def _ranks(score: torch.Tensor) -> torch.Tensor:
+    """Each entry's rank along the last dim: 0 for the largest, equal scores ranked by index (lower first)."""
+    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
+    arange = torch.arange(score.shape[-1], device=score.device).expand_as(order)
+    return torch.empty_like(order).scatter_(-1, order, arange)
+
+
 def head_topk_mask(score: torch.Tensor, keeps: torch.Tensor) -> torch.Tensor:
     """Per-token top-k of `score` [B, H, n, D] keeping `keeps[b, h]` entries in row b, head h (ties to the lower
     channel, as :func:`topk_mask`)."""
-    order = torch.sort(score, dim=-1, descending=True, stable=True).indices
-    ranks = torch.arange(score.shape[-1], device=score.device).expand_as(order)
-    rank = torch.empty_like(order).scatter_(-1, order, ranks)
-    return rank < keeps.view(*keeps.shape, 1, 1)
+    return _ranks(score) < keeps.view(*keeps.shape, 1, 1)
 
 
 @functools.cache  # asked on every decode call (the dispatcher checks the stores' quotas)
@@ -67,8 +71,7 @@ def word_topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tenso
         raise ValueError(f"the word rule needs a multiple of 32 entries along dim {dim}, got {n}")
     s = score.movedim(dim, -1)
     words = s.reshape(*s.shape[:-1], n // 32, 32)
-    order = torch.sort(words, dim=-1, descending=True, stable=True).indices
-    rank = torch.empty_like(order).scatter_(-1, order, torch.arange(32, device=score.device).expand_as(order))
+    rank = _ranks(words)
     # the quotas of word_quotas, built on the device (no host copy: the static caches capture this in a CUDA graph)
     w = n // 32
     quota = (torch.arange(w, device=score.device) < keep % w).to(torch.int64) + keep // w
@@ -103,9 +106,7 @@ def nm_topk_mask(
         groups = s.reshape(*s.shape[:-1], group, n // group).transpose(-1, -2)
     else:
         groups = s.reshape(*s.shape[:-1], n // group, group)
-    order = torch.sort(groups, dim=-1, descending=True, stable=True).indices
-    arange = torch.arange(group, device=score.device).expand_as(order)
-    kept = torch.empty_like(order).scatter_(-1, order, arange) < per
+    kept = _ranks(groups) < per
     return (kept.transpose(-1, -2) if strided else kept).reshape(s.shape).movedim(-1, dim)
 
 
