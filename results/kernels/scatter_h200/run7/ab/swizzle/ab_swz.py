@@ -1,0 +1,36 @@
+"""Round-12 A/B driver: python3 ab3.py ROOT TAG [CAP SIDES] -- times the scatter decoder of the tree at ROOT."""
+import json, math, os, sys
+from pathlib import Path
+root = Path(sys.argv[1]).resolve(); tag = sys.argv[2]
+cap = int(sys.argv[3]) if len(sys.argv) > 3 else None
+sides = int(sys.argv[4]) if len(sys.argv) > 4 else None
+sys.path.insert(0, str(root)); sys.path.insert(0, str(root / "scripts"))
+import torch
+from mustafar.bench.inputs import WINDOW, decode_call, dense_decode_call, decode_inputs, rel_err
+from mustafar.bench.shapes import attention_shape
+from mustafar.kernels import sparse_decode_attention, decode
+from mustafar.pruning.keep import exact_keep
+from bench_kernels import graph_time
+assert decode.__file__.startswith(str(root)), decode.__file__
+cases = [("native", 0.5), ("native", 0.7), ("fp8", 0.5)]
+if cap is not None:
+    orig = decode._scatter_plan
+    decode._scatter_plan = lambda k, v, side, n: (cap, sides or orig(k, v, side, n)[1])
+    cases = [("native", 0.5)]
+shape = attention_shape("llama3_8b")
+sizes = [(8, 32768), (32, 16384), (32, 32768)]
+for vd, s in cases:
+    keep = exact_keep(shape.head_dim, s)
+    small = decode_inputs(shape, 2, 1000, keep, word_quota=True, value_dtype=vd, window=17)
+    ref = sparse_decode_attention(small.q, small.k_store, small.v_store, small.k_window, small.v_window, small.scale, backend="torch")
+    o = decode_call(small, {}, out=torch.full_like(small.q, math.nan))()
+    err = math.inf if o.isnan().any() else rel_err(o, ref)
+    for b, t in sizes:
+        dense = graph_time(dense_decode_call(shape, b, t + WINDOW))
+        inp = decode_inputs(shape, b, t, keep, word_quota=True, value_dtype=vd)
+        call = decode_call(inp, {}); call(); torch.cuda.synchronize()
+        us = graph_time(call)
+        row = dict(tag=tag, vd=vd, s=s, b=b, t=t, dense=round(dense, 1), us=round(us, 1), err=float(f"{err:.2e}"),
+                   occ=list(decode._OCCUPANCY.values()))
+        print(json.dumps(row), flush=True)
+        del inp; torch.cuda.empty_cache()
