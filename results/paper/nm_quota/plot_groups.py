@@ -1,0 +1,46 @@
+"""Bar chart of the nm_quota jobs: RULER average by keep rule at K+V 0.5 and 0.75, with 95% CIs.
+python results/paper/nm_quota/plot_groups.py  -> results/paper/nm_quota/accuracy_by_group.png"""
+
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+here = Path(__file__).resolve().parent
+rows = {}
+for f in sorted((here / "jobs").glob("*.json")):
+    avg = next(r for r in json.loads(f.read_text())["rows"] if r["task"] == "avg")
+    rows[avg["policy"]] = (avg["value"], avg["ci_low"], avg["ci_high"])
+rules = [  # (x label, policy suffix); at s 0.5 a group of M keeps M/2, at s 0.75 M/4
+    ("exact\n(no groups)", ""),
+    ("word\n(32-channel words)", " word"),
+    ("groups of 8\nstrided", " nm8s"),
+    ("groups of 4\nstrided", " nm4s"),
+    ("groups of 8\nconsecutive", " nm8"),
+    ("groups of 4\nconsecutive", " nm4"),
+]
+fig, ax = plt.subplots(figsize=(8.5, 3.9))
+width = 0.38
+for i, (sparsity, color) in enumerate([("K0.5 V0.5", "tab:blue"), ("K0.75 V0.75", "tab:orange")]):
+    xs, ys, errs = [], [], [[], []]
+    for j, (_, suffix) in enumerate(rules):
+        if sparsity + suffix not in rows:
+            ax.text(j + (i - 0.5) * width, 1, "not run", rotation=90, ha="center", va="bottom", fontsize=7)
+            continue
+        v, lo, hi = rows[sparsity + suffix]
+        xs.append(j + (i - 0.5) * width)
+        ys.append(v)
+        errs[0].append(v - lo)
+        errs[1].append(hi - v)
+    ax.bar(xs, ys, width, yerr=errs, capsize=3, color=color, label=sparsity)
+ax.axhline(rows["dense"][0], color="gray", linestyle="--", linewidth=1, label="dense")
+ax.set_xticks(range(len(rules)), [name for name, _ in rules])
+ax.set_ylabel("RULER 1K average (%)")
+ax.set_title("Per-token magnitude pruning by keep rule (SmolLM2-135M, 60 prompts per bar)", fontsize=10)
+ax.legend(fontsize=8)
+fig.tight_layout()
+fig.savefig(here / "accuracy_by_group.png", dpi=130)
+print(here / "accuracy_by_group.png")
