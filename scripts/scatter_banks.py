@@ -66,13 +66,25 @@ def store_wavefronts(offsets: list[int]) -> int:
     return max(len(words) for words in banks.values())
 
 
-def tile_wavefronts(layout: Layout, head_dim: int, keep: int, trials: int, seed: int = 0) -> float:
-    """Mean scatter wavefronts per 32-token tile."""
+Order = Callable[
+    [int, np.ndarray, np.random.Generator], np.ndarray
+]  # (token r, its bits high first, rng) -> walk
+
+
+def descending(r: int, bits: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The kernel's walk: highest kept bit first (``bfind``)."""
+    return bits
+
+
+def tile_wavefronts(
+    layout: Layout, head_dim: int, keep: int, trials: int, seed: int = 0, order: Order = descending
+) -> float:
+    """Mean scatter wavefronts per 32-token tile, each lane storing its kept values in ``order``."""
     rng = np.random.default_rng(seed)
     total = 0
     for _ in range(trials):
         for g, q in enumerate(word_quotas(head_dim, keep)):
-            bits = [np.sort(rng.choice(32, q, replace=False))[::-1] for _ in range(32)]
+            bits = [order(r, np.sort(rng.choice(32, q, replace=False))[::-1], rng) for r in range(32)]
             for step in range(q):
                 total += store_wavefronts(
                     [layout(r, 32 * g + int(bits[r][step]), head_dim) for r in range(32)]

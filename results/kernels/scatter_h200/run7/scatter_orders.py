@@ -13,18 +13,12 @@ root = Path(__file__).resolve().parents[4]
 sys.path[:0] = [str(root), str(root / "scripts")]
 import scatter_banks as sb  # noqa: E402
 
-from mustafar.pruning.keep import exact_keep, word_quotas  # noqa: E402
+from mustafar.pruning.keep import exact_keep  # noqa: E402
 
 
 def ordered(order, s, trials=200, d=128):
     """Wavefronts when lane r stores its kept values in ``order(r, descending bits, rng)``."""
-    keep, rng, total = exact_keep(d, s), np.random.default_rng(0), 0
-    for _ in range(trials):
-        for g, q in enumerate(word_quotas(d, keep)):
-            bits = [order(r, np.sort(rng.choice(32, q, replace=False))[::-1], rng) for r in range(32)]
-            for step in range(q):
-                total += sb.store_wavefronts([sb.token_blocks(r, 32 * g + int(bits[r][step]), d) for r in range(32)])
-    return total / trials
+    return sb.tile_wavefronts(sb.token_blocks, d, exact_keep(d, s), trials, order=order)
 
 
 ORDERS = {

@@ -1,4 +1,5 @@
-"""Round-12 A/B driver: python3 ab3.py ROOT TAG [CAP SIDES] -- times the scatter decoder of the tree at ROOT."""
+"""Round-12 A/B driver: python3 ab3.py ROOT TAG [CAP SIDES] -- times the scatter decoder of the tree at ROOT.
+AB_CASES=native:0.5,fp8:0.5 (values:sparsity) narrows the cases (default: fp16 and fp8 values at 0.5 and 0.7)."""
 import json, math, os, sys
 from pathlib import Path
 root = Path(sys.argv[1]).resolve(); tag = sys.argv[2]
@@ -13,6 +14,8 @@ from mustafar.pruning.keep import exact_keep
 from bench_kernels import graph_time
 assert decode.__file__.startswith(str(root)), decode.__file__
 cases = [(vd, s) for vd in ("native", "fp8") for s in (0.5, 0.7)]
+if os.environ.get("AB_CASES"):
+    cases = [(vd, float(s)) for vd, s in (c.split(":") for c in os.environ["AB_CASES"].split(","))]
 if cap is not None:
     orig = decode._scatter_plan
     decode._scatter_plan = lambda k, v, side, n: (cap, sides or orig(k, v, side, n)[1])
