@@ -19,7 +19,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from mustafar.architectures import compressed_refusal, head_dim, text_config
 from mustafar.cache import CompressedLayer, MustafarCache, MustafarLayer, kernel_backend
 from mustafar.pruning import Observation, exact_keep, scores
-from mustafar.pruning.keep import NM_GROUPS
+from mustafar.pruning.keep import NM_GROUPS, nm_whole_sparsities
 from mustafar.static_cache import StaticLayer
 
 ATTN_NAME = "mustafar"
@@ -200,7 +200,7 @@ def _check_nm(policy, d: int) -> None:
                 raise ValueError(
                     f"kv.keep_rule={policy.keep_rule!r} keeps the same count in every {group}-channel group, but "
                     f"kv.{side} sparsity {s:g} keeps {keep} of head_dim={d} ({keep * group / d:g} per group); "
-                    f"sparsities with whole groups: {', '.join(f'{1 - j / group:g}' for j in range(1, group))}"
+                    f"sparsities with whole groups: {nm_whole_sparsities(group)}"
                 )
 
 

@@ -7,12 +7,12 @@ from typing import Any
 
 DIRECTIONS = ("token", "channel")
 SCORERS = ("magnitude", "output_aware", "think")
-KEEP_RULES = ("exact", "reference", "word", "nm4", "nm8", "nm4s", "nm8s")  # nm*: N:M groups
+NM_RULES = ("nm4", "nm8", "nm4s", "nm8s")  # N:M groups (mustafar.pruning.keep.NM_GROUPS)
+KEEP_RULES = ("exact", "reference", "word", *NM_RULES)
 MODES = ("mask", "compressed")
 ALLOCATIONS = ("uniform", "error", "error_head")
 EVICTIONS = ("none", "snapkv")
 VALUE_DTYPES = ("native", "fp8")
-NM_RULES = KEEP_RULES[3:]
 # KVConfig fields left out of to_dict (hence job ids) at their default
 ID_OPTIONAL: tuple[str, ...] = (
     "k_layer_sparsity",

@@ -504,8 +504,8 @@ def _scatter_plan(
     wins (3-6 % at D 128), where they are many (fp16 s 0.5) it loses 23-65 % and the cap stays at 224: not
     the spills (about 5 % of the L1 traffic) but lost instruction-level parallelism, each warp stalling twice as
     long on shared-memory results while shared memory admits one program more per SM, not four (Nsight
-    Compute, NOTES round 13). The ring keeps three sides (round 7) except for fp16/bf16 values at 168 registers with sides of
-    3 KB or more: two sides in flight per warp already cover the latency, and the smaller footprint leaves L1 room
+    Compute, NOTES round 13). The ring keeps three sides (round 7) except for fp16/bf16 values at 168 registers
+    with sides of 3 KB or more: two sides in flight per warp already cover the latency, and the smaller footprint leaves L1 room
     for the spills (fp16 s 0.7: 3 % faster than three). fp8 stores keep three (two spill more at s 0.5, 372 against
     240 bytes, and ran 8 % slower; equal at s 0.7). Groups of more than 4 query heads (Qwen2-7B's 7) hold twice
     the query pairs per lane and spill 220-384 bytes at 168 (offline sm_90): they keep 224 until measured."""

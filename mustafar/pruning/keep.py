@@ -82,6 +82,11 @@ def word_topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tenso
 NM_GROUPS = {"nm4": (4, False), "nm8": (8, False), "nm4s": (4, True), "nm8s": (8, True)}
 
 
+def nm_whole_sparsities(group: int) -> str:
+    """The sparsities whose count splits evenly over ``group``-entry groups (1 − j/M), for error messages."""
+    return ", ".join(f"{1 - j / group:g}" for j in range(1, group))
+
+
 def nm_topk_mask(
     score: torch.Tensor, keep: int, group: int, dim: int = -1, strided: bool = False
 ) -> torch.Tensor:
@@ -95,10 +100,9 @@ def nm_topk_mask(
             f"the nm{group} keep rule splits {group}-entry groups, but there are {n} entries along dim {dim}"
         )
     if (keep * group) % n:
-        whole = ", ".join(f"{1 - j / group:g}" for j in range(1, group))
         raise ValueError(
             f"the nm{group} keep rule keeps the same count in every {group}-entry group, but keeping {keep} of {n} "
-            f"entries is {keep * group / n:g} per group; sparsities with whole groups: {whole}"
+            f"entries is {keep * group / n:g} per group; sparsities with whole groups: {nm_whole_sparsities(group)}"
         )
     per = keep * group // n
     s = score.movedim(dim, -1)
