@@ -45,7 +45,7 @@ from triton.language.extra import libdevice
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.decode_scatter import _sc_sparse_decode_kernel
 from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
-from mustafar.kernels.scatter_ptx import TOKENS_PER_TILE, scatter_asm, score_asm
+from mustafar.kernels.scatter_ptx import TOKENS_PER_TILE, scatter_asm, score_asm, swizzled_slots
 from mustafar.kernels.support import interpreting
 
 _LOG2E = 1.4426950408889634
@@ -529,7 +529,10 @@ def _staged_stride(slot_bytes: int, chunk: int) -> int:
     """Shared-memory bytes between two staged tokens' value slots: the slot, plus one chunk when the slot is an even
     number of chunks. Each lane loads its own token's slot in ``chunk``-byte vectors; an odd stride in chunks walks
     the 32 lanes over every bank group, an even one folds them onto a few (a 128-byte slot puts all 32 lanes on the
-    same four banks: 32-way conflicts per load, where 4 wavefronts suffice)."""
+    same four banks: 32-way conflicts per load, where 4 wavefronts suffice). Whole 128-byte slots are swizzled
+    instead (:func:`mustafar.kernels.scatter_ptx.swizzled_slots`): no padding."""
+    if swizzled_slots(slot_bytes, chunk):
+        return slot_bytes
     return slot_bytes + chunk if (slot_bytes // chunk) % 2 == 0 else slot_bytes
 
 

@@ -48,12 +48,27 @@ def _load_words(words: int, words_at: str, vals_at: str) -> list[str]:
     ]
 
 
-def _load_chunk(c: int, regs: int, fp8: bool) -> list[str]:
+def swizzled_slots(slot_bytes: int, chunk: int) -> bool:
+    """Whether staged slots of ``slot_bytes`` in ``chunk``-byte copies are stored unpadded with token t's chunk k at
+    chunk k XOR (t mod 8) of its 128-byte rows: whole 128-byte slots of 16-byte chunks. Each copied line then lands
+    in one shared row, and a lane's loads of its own slot still spread over all the banks (padding the stride to an
+    odd number of chunks did that at twice the copies' wavefronts: results/kernels/NOTES.md, round 13)."""
+    return chunk == 16 and slot_bytes % 128 == 0
+
+
+def _lane_swizzle() -> list[str]:
+    """``xs`` = 16·(lane mod 8): the byte XOR of a lane's chunk offsets in swizzled slots (lane = token)."""
+    return ["mov.u32 xs, %laneid;", "and.b32 xs, xs, 7;", "shl.b32 xs, xs, 4;"]
+
+
+def _load_chunk(c: int, regs: int, fp8: bool, swizzled: bool = False) -> list[str]:
     """PTX loading value chunk ``c`` (values ``8c .. 8c + 7``) of a valid token into the 16-bit pair registers
     ``v4c .. v4c+3``; fp8 codes are loaded into ``e*`` and widened to fp16 pairs (``cvt.rn.f16x2.e4m3x2``: byte 2i
     of a half-word pair to the low half), unscaled."""
     if not fp8:
         vec = "{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}"
+        if swizzled:  # chunk c at byte 16c XOR 16·(lane mod 8)
+            return [f"xor.b32 ca, xs, {16 * c};", "add.u32 ca, va, ca;", f"@p ld.shared.v4.b32 {vec}, [ca];"]
         return [f"@p ld.shared.v4.b32 {vec}, [va+{16 * c}];"]
     lines = [f"@p ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [va+{8 * c}];"]
     for i in range(4 * c, min(4 * c + 4, regs)):
@@ -110,15 +125,18 @@ def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
     lines = [
         "{",
         ".reg .pred p;",
-        f".reg .b32 w<{words}>, {'e' if fp8 else 'v'}<{regs}>, i, m, t, a, s, x, va, base, row;",
+        f".reg .b32 w<{words}>, {'e' if fp8 else 'v'}<{regs}>, i, m, t, a, s, x, va, base, row, xs, ca;",
         *([] if fp8 else [".reg .b16 lo, hi;"]),
         "setp.ne.u32 p, $5, 0;",
         "mov.u32 base, global_smem;",
         *_load_words(words, "$1", "$2"),
         "add.u32 row, base, $3;",
     ]
+    swizzled = not fp8 and swizzled_slots(2 * slot, 16)
+    lines += _lane_swizzle() if swizzled else []
     loads = _chunks_before_word(
-        quotas, _code_load if fp8 else functools.partial(_load_chunk, regs=regs, fp8=fp8)
+        quotas,
+        _code_load if fp8 else functools.partial(_load_chunk, regs=regs, fp8=fp8, swizzled=swizzled),
     )
     first = 0
     for g, q in enumerate(quotas):
@@ -182,7 +200,7 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool, fp8: 
     lines = [
         "{",
         ".reg .pred p;",
-        f".reg .b32 w<{words}>, v<{regs}>, x<{pairs}>, i, m, t, va, base;",
+        f".reg .b32 w<{words}>, v<{regs}>, x<{pairs}>, i, m, t, va, base, xs, ca;",
         *([_fp8_regs(regs)] if fp8 else []),
         f".reg .f32 s<{n_rep}>, f, kf;",
         ".reg .b16 lo, hi;",
@@ -193,7 +211,9 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool, fp8: 
         f"mov.f32 s{h}, 0f00000000;" for h in range(n_rep)
     ]
     lines += _load_words(words, "$8", "$9")
-    loads = _chunks_before_word(quotas, functools.partial(_load_chunk, regs=regs, fp8=fp8))
+    swizzled = not fp8 and swizzled_slots(2 * slot, 16)
+    lines += _lane_swizzle() if swizzled else []
+    loads = _chunks_before_word(quotas, functools.partial(_load_chunk, regs=regs, fp8=fp8, swizzled=swizzled))
     first = 0
     for g, q in enumerate(quotas):
         lines += loads[g]

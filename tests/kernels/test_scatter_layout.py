@@ -112,7 +112,8 @@ def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(head_dim, sparsity
 @pytest.mark.parametrize(
     "slot,chunk,stride",
     [
-        (128, 16, 144),
+        (128, 16, 128),  # whole 128-byte slots: unpadded, swizzled
+        (256, 16, 256),
         (80, 16, 80),
         (96, 16, 112),
         (48, 16, 48),
@@ -124,8 +125,10 @@ def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(head_dim, sparsity
 )
 def test_staged_stride_spreads_the_lanes_slot_loads_over_the_banks(slot, chunk, stride):
     """fp16 s 0.5 / 0.7 at D 128 (128, 80 B), D 64 (64 → as 16-byte chunks: 80), fp8 (64, 40, 24, 32 B in 8-byte
-    chunks): hand-worked strides, and the property they buy: the 32 lanes' first vectors (lane r at r·stride) fall
-    into as many distinct chunk-sized bank groups of a 128-byte bank row as a conflict-free load needs."""
+    chunks): hand-worked strides, and the property they buy: the 32 lanes' first vectors (lane r at r·stride, or in
+    a swizzled 128-byte slot at chunk 0 XOR (r mod 8)) fall into as many distinct chunk-sized bank groups of a
+    128-byte bank row as a conflict-free load needs."""
     assert decode._staged_stride(slot, chunk) == stride
-    groups = {(r * stride % 128) // chunk for r in range(32)}
+    swizzled = chunk == 16 and slot % 128 == 0
+    groups = {(r * stride + (16 * (r % 8) if swizzled else 0)) % 128 // chunk for r in range(32)}
     assert len(groups) == 128 // chunk  # every group of the bank row: 32 lanes in the minimum of wavefronts

@@ -44,9 +44,10 @@ def _parse(asm: str) -> list[tuple[str | None, str, list[str]]]:
     return out
 
 
-def run_ptx(asm: str, operands: list[int], smem: np.ndarray) -> None:
-    """Execute ``asm`` for one lane: ``$1..`` from ``operands``, shared memory ``smem`` (bytes, at SMEM_BASE)."""
-    regs: dict[str, int] = {"global_smem": SMEM_BASE}
+def run_ptx(asm: str, operands: list[int], smem: np.ndarray, lane: int = 0) -> None:
+    """Execute ``asm`` for one lane (``%laneid`` = ``lane``): ``$1..`` from ``operands``, shared memory ``smem``
+    (bytes, at SMEM_BASE)."""
+    regs: dict[str, int] = {"global_smem": SMEM_BASE, "%laneid": lane}
     preds: dict[str, bool] = {}
 
     def val(x: str) -> int:
@@ -125,7 +126,7 @@ def run_warp(asm: str, operands: list[list[int]], smem: np.ndarray) -> list[list
     """Execute ``asm`` for 32 lanes in lockstep (it has no branches; ``shfl.sync`` reads the other lanes'
     registers); ``operands[lane]`` are that lane's inputs. Returns each lane's float outputs ``$0 ..``."""
     n_out = 1 + max(int(x) for x in __import__("re").findall(r"mov\.f32 \$(\d+)", asm))
-    regs = [{"global_smem": SMEM_BASE} for _ in range(32)]
+    regs = [{"global_smem": SMEM_BASE, "%laneid": lane} for lane in range(32)]
     preds = [{} for _ in range(32)]
     outs = [[0.0] * n_out for _ in range(32)]
 
@@ -169,6 +170,8 @@ def run_warp(asm: str, operands: list[list[int]], smem: np.ndarray) -> list[list
                 r[a[0]] = (val(lane, a[1]) + val(lane, a[2])) & 0xFFFFFFFF
             elif op == "xor.b32":
                 r[a[0]] = val(lane, a[1]) ^ val(lane, a[2])
+            elif op == "and.b32":
+                r[a[0]] = val(lane, a[1]) & val(lane, a[2])
             elif op == "shl.b32":
                 n = val(lane, a[2])
                 r[a[0]] = (val(lane, a[1]) << n) & 0xFFFFFFFF if n < 32 else 0
@@ -184,6 +187,21 @@ def run_warp(asm: str, operands: list[list[int]], smem: np.ndarray) -> list[list
             else:
                 raise NotImplementedError(f"PTX op {op} {a}")
     return outs
+
+
+def staged_slots(slots: np.ndarray) -> np.ndarray:
+    """The staged value slots [tokens, bytes] as the ring holds them: whole 128-byte slots swizzled, token t's
+    16-byte chunk k at chunk k XOR (t mod 8) of its row of 8 chunks; other slots as they are (the tests place
+    them at their own stride)."""
+    tokens, nbytes = slots.shape
+    if nbytes % 128:
+        return slots
+    out = np.empty_like(slots)
+    for t in range(tokens):
+        for k in range(nbytes // 16):
+            j = (k & ~7) | ((k & 7) ^ (t % 8))
+            out[t, 16 * j : 16 * j + 16] = slots[t, 16 * k : 16 * k + 16]
+    return out
 
 
 def query_pairs(q: torch.Tensor, d: int) -> list[list[int]]:
@@ -271,11 +289,11 @@ def test_scatter_ptx_writes_the_decoded_token_at_its_tile_addresses(d, keep):
     smem = np.zeros(tile + tokens * d * 2, dtype=np.uint8)
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
     voff = words.nbytes
-    smem[voff : voff + vals.nbytes] = vals.reshape(-1).view(np.uint8)
+    smem[voff : voff + vals.nbytes] = staged_slots(vals.view(np.uint8)).reshape(-1)
     asm = scatter_asm(d, keep, slot)
     for r in range(tokens):
         ops = [r * 4 * (d // 32), voff + r * 2 * slot, *column_operands(r, tile, d), int(r < valid)]
-        run_ptx(asm, ops, smem)
+        run_ptx(asm, ops, smem, lane=r)
     expect = np.zeros(tokens * d * 2, dtype=np.uint8)
     dense = torch.where(mask, rows, torch.zeros_like(rows)).numpy()  # no -0.0 from unkept negatives
     for r in range(valid):
@@ -324,7 +342,7 @@ def test_score_ptx_equals_dense_keys_times_queries(d, keep, n_rep, dtype):
         vals[t, :keep] = bits16[t][mask[t].numpy()]
     smem = np.zeros(words.nbytes + vals.nbytes, dtype=np.uint8)
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
-    smem[words.nbytes :] = vals.reshape(-1).view(np.uint8)
+    smem[words.nbytes :] = staged_slots(vals.view(np.uint8)).reshape(-1)
     pairs = query_pairs(q, d)
     ops = [[r * 4 * (d // 32), words.nbytes + r * 2 * slot, int(r < valid)] + pairs[r] for r in range(32)]
     out = np.array(run_warp(score_asm(d, keep, slot, n_rep, dtype == torch.bfloat16), ops, smem))
