@@ -47,9 +47,16 @@ from mustafar.bench.sass import main_loop_instructions  # noqa: E402
 from mustafar.bench.shapes import AttentionShape, attention_shape  # noqa: E402
 from mustafar.formats import CompressedStore  # noqa: E402
 from mustafar.kernels import pack_into, sparse_decode_attention, topk_pack_into  # noqa: E402
-from mustafar.pruning.keep import exact_keep, threshold_mask, topk_mask, word_topk_mask  # noqa: E402
+from mustafar.pruning.keep import (  # noqa: E402
+    exact_keep,
+    nm_topk_mask,
+    threshold_mask,
+    topk_mask,
+    word_topk_mask,
+)
 
 SHAPE = attention_shape("llama3_8b")
+KEEP_RULES = ("exact", "word", "exact-fp8", "word-fp8", "word-nm4v")
 CONFIGS = {  # name -> private launch options, timed next to the default launch (round 5 sweeps: NOTES.md)
     "staged n32": dict(decoder="staged", block_n=32),
     "portable n64 w4": dict(decoder="portable", block_n=64, num_warps=4),
@@ -72,15 +79,20 @@ def graph_time(fn, rep: int = REP) -> float:
     return time_us(graph.replay, rep)
 
 
-def _check_case(i: int, b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep, word=False) -> list[dict]:
+def _check_case(
+    i: int, b, hkv, n_rep, t, w, d, dtype, k_keep, v_keep, word=False, v_nm_group=0
+) -> list[dict]:
     torch.manual_seed(i)
     q = torch.randn(b, hkv * n_rep, d, device="cuda", dtype=dtype)
     stores = []
-    for keep in (k_keep, v_keep):
+    for keep, group in ((k_keep, 0), (v_keep, v_nm_group)):
         rows = torch.randn(b, hkv, t, d, device="cuda", dtype=dtype)
-        st = CompressedStore(b, hkv, d, dtype, "cuda", keep, word_quota=word)
+        extra = {"nm_group": group} if group else {}
+        st = CompressedStore(b, hkv, d, dtype, "cuda", keep, word_quota=word, **extra)
         if keep is None:  # variable layout: the published magnitude rule at s 0.6
             pack_into(st, rows, threshold_mask(rows.abs(), 0.6))
+        elif group:
+            pack_into(st, rows, nm_topk_mask(rows.abs(), keep, group))
         elif word:
             pack_into(st, rows, word_topk_mask(rows.abs(), keep))
         else:
@@ -144,6 +156,8 @@ def check_correctness() -> list[dict]:
         out += _check_case(i, *case)
     for i, case in enumerate(c for c in cases if None not in c[-2:] and c[6] != torch.float32):
         out += _check_case(100 + i, *case, word=True)  # word-quota stores: the scatter decoder
+        if case[-1] == case[5] // 2:  # V two of every four channels: the scatter decoder's expanded V
+            out += _check_case(200 + i, *case, word=True, v_nm_group=4)
     for d, dtype, keep in ((128, torch.float16, 38), (128, torch.bfloat16, 64), (64, torch.float16, 19)):
         _check_prune_pack(2, 4, 333, d, dtype, keep)
     return out
@@ -179,7 +193,14 @@ def decode_row(
     del dense
     fp8 = rule.endswith("-fp8")  # word-fp8 / exact-fp8: the same stores with e4m3 codes and per-token scales
     inp = decode_inputs(
-        shape, b, t, keep, dtype, word_quota=rule.startswith("word"), value_dtype="fp8" if fp8 else "native"
+        shape,
+        b,
+        t,
+        keep,
+        dtype,
+        word_quota=rule.startswith("word"),
+        value_dtype="fp8" if fp8 else "native",
+        v_nm_group=4 if rule == "word-nm4v" else 0,  # V two of every four channels: expanded, not scattered
     )
     default = decode_call(inp, {})
     us = time_us(default)  # first: the launch measures its occupancy, which the plan below then uses
@@ -379,7 +400,8 @@ def main() -> None:
         "--keep-rules",
         default="exact,word",
         help="stores to decode: exact (top-k per token: the staged decoder), word (word quotas: scatter); "
-        "suffix -fp8 for fp8 values (word-fp8: scatter, exact-fp8: portable)",
+        "suffix -fp8 for fp8 values (word-fp8: scatter, exact-fp8: portable); word-nm4v: K word, V two of every "
+        "four channels (expanded by the scatter decoder; s 0.5 only, other sparsities skipped)",
     )
     ap.add_argument(
         "--dtype", choices=("fp16", "bf16"), default="fp16", help="queries, windows, dense K/V, values"
@@ -427,13 +449,22 @@ def main() -> None:
     if not args.compress_only:
         sweep = not args.default_only
         rules = args.keep_rules.split(",")
+        bad = sorted(set(rules) - set(KEEP_RULES))
+        if bad:
+            raise SystemExit(f"--keep-rules: unknown {bad}; known: {', '.join(KEEP_RULES)}")
         decode = [
             decode_row(s, b, t, roof, sweep and rule == "exact", base_decode, rule, shape, dtype)
             for s, b, t in sizes
             for rule in rules
+            if rule != "word-nm4v" or exact_keep(shape.head_dim, s) * 2 == shape.head_dim
         ]
         # timed again: run-to-run spread
-        repeat = [decode_row(0.7, 8, 16384, roof, False, base_decode, rule, shape, dtype) for rule in rules]
+        repeat = [
+            decode_row(
+                0.5 if rule == "word-nm4v" else 0.7, 8, 16384, roof, False, base_decode, rule, shape, dtype
+            )
+            for rule in rules
+        ]
     result = dict(meta=meta, copy_roof_tbs=roof, checks=checks, decode=decode, repeat=repeat, compress=comp)
     result["wall_s"] = time.time() - t0
     (args.out / "bench.json").write_text(json.dumps(result, indent=1))

@@ -18,7 +18,7 @@ from mustafar.formats import CompressedStore
 from mustafar.kernels import pack_into, sparse_decode_attention, topk_pack_into
 from mustafar.kernels.decode import _DEFAULT_LAUNCH, _launch, _planned_splits
 from mustafar.kernels.dispatch import decoder_for
-from mustafar.pruning.keep import word_topk_mask
+from mustafar.pruning.keep import nm_topk_mask, word_topk_mask
 
 WINDOW = 32  # dense window tokens next to the compressed ones
 LAUNCH_OPTIONS = ("decoder", "block_n", "num_warps", "num_splits")  # the knobs of the private launch
@@ -47,13 +47,14 @@ def build_stores(
     chunk: int = 4096,
     word_quota: bool = False,
     value_dtype: str = "native",
+    v_nm_group: int = 0,
 ) -> tuple[CompressedStore, CompressedStore]:
     """K and V stores of N(0, 1) rows pruned and packed by the default prune+pack (``word_quota``: the word
-    rule's stores, which the scatter decoder reads; ``value_dtype="fp8"``: e4m3 codes), in chunks (bounded
-    memory)."""
+    rule's stores, which the scatter decoder reads; ``value_dtype="fp8"``: e4m3 codes; ``v_nm_group``: V kept
+    per consecutive group of that many channels), in chunks (bounded memory)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     stores = []
-    for _ in range(2):
+    for group in (0, v_nm_group):
         st = CompressedStore(
             batch,
             shape.heads_kv,
@@ -64,13 +65,16 @@ def build_stores(
             capacity=tokens,
             word_quota=word_quota,
             value_dtype=value_dtype,
+            **({"nm_group": group} if group else {}),
         )
         for a in range(0, tokens, chunk):
             n = min(chunk, tokens - a)
             rows = torch.randn(
                 batch, shape.heads_kv, n, shape.head_dim, device="cuda", dtype=dtype, generator=g
             )
-            if word_quota:
+            if group:
+                pack_into(st, rows, nm_topk_mask(rows.abs(), keep, group))
+            elif word_quota:
                 pack_into(st, rows, word_topk_mask(rows.abs(), keep))
             else:
                 topk_pack_into(st, rows, keep)
@@ -88,12 +92,21 @@ def decode_inputs(
     seed: int = 0,
     word_quota: bool = False,
     value_dtype: str = "native",
+    v_nm_group: int = 0,
 ) -> DecodeInputs:
     """One decode step's inputs: q [B, H_q, D], stores of ``tokens`` compressed tokens, dense windows."""
     torch.manual_seed(seed)
     q = torch.randn(batch, shape.heads_q, shape.head_dim, device="cuda", dtype=dtype)
     ks, vs = build_stores(
-        shape, batch, tokens, keep, dtype, seed, word_quota=word_quota, value_dtype=value_dtype
+        shape,
+        batch,
+        tokens,
+        keep,
+        dtype,
+        seed,
+        word_quota=word_quota,
+        value_dtype=value_dtype,
+        v_nm_group=v_nm_group,
     )
     kw, vw = (
         torch.randn(batch, shape.heads_kv, window, shape.head_dim, device="cuda", dtype=dtype) for _ in "kv"

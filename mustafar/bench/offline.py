@@ -65,27 +65,33 @@ def compile_scatter(
     n_rep: int = 4,
     static: bool = False,
     value_dtype: str = "native",
+    v_nm_group: int = 0,
 ) -> OfflineKernel:
-    """Compile the scatter decoder for word-quota stores of this shape with the default launch's constexprs."""
+    """Compile the scatter decoder for word-quota stores of this shape with the default launch's constexprs
+    (``v_nm_group``: V kept per consecutive group of that many channels)."""
     keep = exact_keep(head_dim, sparsity)
-    store = CompressedStore(
-        1,
-        8,
-        head_dim,
-        dtype,
-        "cpu",
-        keep,
-        capacity=64,
-        static=static,
-        word_quota=True,
-        value_dtype=value_dtype,
+    k_store, v_store = (
+        CompressedStore(
+            1,
+            8,
+            head_dim,
+            dtype,
+            "cpu",
+            keep,
+            capacity=64,
+            static=static,
+            word_quota=True,
+            value_dtype=value_dtype,
+            **({"nm_group": group} if group else {}),
+        )
+        for group in (0, v_nm_group)
     )
     q = torch.zeros(1, 8 * n_rep, 1, head_dim, dtype=dtype)
-    constexprs = decode._scatter_constexprs(q, store, store, decode.TOKENS_PER_TILE)
+    constexprs = decode._scatter_constexprs(q, k_store, v_store, decode.TOKENS_PER_TILE)
     sig = _signature(constexprs, dtype, static)
     names = _sc_sparse_decode_kernel.arg_names
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*")}
-    maxnreg = decode._scatter_plan(store, store, constexprs["SLOT_BYTES"], n_rep)[0]
+    maxnreg = decode._scatter_plan(k_store, v_store, constexprs["SLOT_BYTES"], n_rep)[0]
     compiled = triton.compile(
         GluonASTSource(_sc_sparse_decode_kernel, sig, constexprs, attrs),
         target=GPUTarget("cuda", 90, 32),
@@ -138,9 +144,12 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16")
     ap.add_argument("--value-dtype", choices=("native", "fp8"), default="native")
+    ap.add_argument("--v-nm-group", type=int, choices=(0, 4, 8), default=0, help="V kept per N-channel group")
     args = ap.parse_args()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
-    kernel = compile_scatter(args.head_dim, args.sparsity, dtype, value_dtype=args.value_dtype)
+    kernel = compile_scatter(
+        args.head_dim, args.sparsity, dtype, value_dtype=args.value_dtype, v_nm_group=args.v_nm_group
+    )
     print(json.dumps(summary(kernel)))
 
 

@@ -45,7 +45,14 @@ from triton.language.extra import libdevice
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.decode_scatter import _sc_sparse_decode_kernel
 from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
-from mustafar.kernels.scatter_ptx import TOKENS_PER_TILE, scatter_asm, score_asm, swizzled_slots
+from mustafar.kernels.scatter_ptx import (
+    TOKENS_PER_TILE,
+    expand_asm,
+    expand_keep,
+    scatter_asm,
+    score_asm,
+    swizzled_slots,
+)
 from mustafar.kernels.support import interpreting
 
 _LOG2E = 1.4426950408889634
@@ -536,6 +543,12 @@ def _staged_stride(slot_bytes: int, chunk: int) -> int:
     return slot_bytes + chunk if (slot_bytes // chunk) % 2 == 0 else slot_bytes
 
 
+def expands_values(store: CompressedStore) -> bool:
+    """Whether the scatter decoder expands this V store's rows in registers (:func:`scatter_ptx.expand_asm`)
+    instead of scattering its values: two of every four consecutive channels kept, fp16/bf16 values."""
+    return getattr(store, "nm_group", 0) == 4 and store.keep == expand_keep(store.head_dim) and not store.fp8
+
+
 def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
     """One dense tile, a ring of staged sides (:func:`_scatter_plan`, :func:`_scatter_ring`: each side's words,
     value slots and, fp8, its scales) and the scatter PTX of each side; in the kernel's declaration order."""
@@ -548,6 +561,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     slot_bytes = block_n * (d // 8 + max(k_sp, v_sp) + (4 if fp8 else 0))
     sides = _scatter_plan(k_store, v_store, slot_bytes, n_rep)[1]
     words = _scatter_ring(block_n * d * (1 if v_store.fp8 else 2), slot_bytes, sides)  # fp8: an e4m3 tile
+    v_nm = expands_values(v_store)
     return dict(
         N_REP=n_rep,
         D=d,
@@ -566,9 +580,12 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         V_CH_P2=triton.next_power_of_2(block_n * v_sb // v_ck),
         DEVICE_LEN=k_store.static,
         K_ASM=score_asm(d, k_store.keep, k_store.slot, n_rep, q.dtype == torch.bfloat16, k_store.fp8),
-        V_ASM=scatter_asm(d, v_store.keep, v_store.slot, v_store.fp8),
+        V_ASM=expand_asm(d, v_store.slot)
+        if v_nm
+        else scatter_asm(d, v_store.keep, v_store.slot, v_store.fp8),
         SIDES=sides,
         SLOT_BYTES=slot_bytes,
+        V_NM=v_nm,
     )
 
 
@@ -642,6 +659,7 @@ def _configure(
         v_store.keep,
         k_store.value_dtype,
         v_store.value_dtype,
+        expands_values(v_store),
         decoder,
         block_n,
         num_warps,

@@ -104,6 +104,42 @@ def _scatter_side(tile, words_off, vals_off, n_tok, ASM: gl.constexpr, DT: gl.co
     gl.thread_barrier()
 
 
+@gluon.constexpr_function
+def _v_rows_layout():
+    """The dense V tile of two-of-four stores: [tokens, D] rows, 16-byte chunk k of row r at chunk k XOR (r mod 8).
+    Each lane writes its token's row in whole chunks, and the eight lanes of a store phase cover all 32 banks; the
+    P·V step reads it transposed (ldmatrix .trans), eight rows of one chunk column, as conflict-free."""
+    return gl.SwizzledSharedLayout(8, 1, 8, [1, 0])
+
+
+@gluon.jit
+def _expand_side(words_off, vals_off, n_tok, ASM: gl.constexpr, SB: gl.constexpr, D: gl.constexpr,
+                 BLOCK_N: gl.constexpr, TILE_OFF: gl.constexpr, LC: gl.constexpr):  # fmt: skip
+    """Write one staged two-of-four side as the dense rows of the tile, one token per lane
+    (:func:`~mustafar.kernels.scatter_ptx.expand_asm`); rows at or past ``n_tok`` are written zero."""
+    G: gl.constexpr = D // 32
+    r = gl.arange(0, BLOCK_N, layout=LC)
+    gl.inline_asm_elementwise(
+        ASM,
+        "=r,r,r,r,r",
+        [words_off + r * (4 * G), vals_off + r * SB, TILE_OFF + r * (2 * D), (r < n_tok).to(gl.int32)],
+        dtype=gl.int32,
+        is_pure=False,
+        pack=1,
+    )
+    gl.thread_barrier()
+
+
+@gluon.jit
+def _pv_rows(tile, p, acc, op_a: gl.constexpr, op_b: gl.constexpr, BLOCK_N: gl.constexpr):
+    """``acc + Vᵀ p`` over the [tokens, D] row tile of two-of-four stores, in two 16-token halves as :func:`_pv`
+    (each half read transposed as the MMA's A operand)."""
+    H: gl.constexpr = BLOCK_N // 2
+    p0, p1 = gl.split(gl.permute(gl.reshape(p, [2, H, p.shape[1]]), (1, 2, 0)))
+    acc = mma_v2(tile.slice(0, H).permute((1, 0)).load(op_a), gl.convert_layout(p0, op_b), acc)
+    return mma_v2(tile.slice(H, H).permute((1, 0)).load(op_a), gl.convert_layout(p1, op_b), acc)
+
+
 @gluon.jit
 def _load_scales(at, BLOCK_N: gl.constexpr, LC: gl.constexpr):
     """The staged fp32 scales of a side's tokens (shared byte ``at``) in layout ``LC`` (the scores' token slice:
@@ -219,6 +255,7 @@ def _sc_sparse_decode_kernel(
     V_ASM: gl.constexpr,
     SIDES: gl.constexpr,
     SLOT_BYTES: gl.constexpr,
+    V_NM: gl.constexpr,
 ):
     G: gl.constexpr = D // 32
     DT: gl.constexpr = q_ptr.dtype.element_ty
@@ -236,7 +273,9 @@ def _sc_sparse_decode_kernel(
     tbuf = gl.allocate_shared_memory(gl.int32, [TILE_W], flat)
     REGION: gl.constexpr = 0 if SMEM_WORDS > TILE_W else 4 * TILE_W
     TILE_OFF: gl.constexpr = 4 * SMEM_WORDS if SMEM_WORDS > TILE_W else 0
-    if V_FP8:
+    if V_NM:
+        tile = tbuf._reinterpret(VT, [BLOCK_N, D], _v_rows_layout())
+    elif V_FP8:
         tile = tbuf._reinterpret(VT, [D, BLOCK_N], _vt8_tile_layout(D))
     else:
         tile = tbuf._reinterpret(VT, [2 * D, BLOCK_N // 2], _vt_tile_layout(D))
@@ -316,8 +355,11 @@ def _sc_sparse_decode_kernel(
         async_copy.wait_group(SIDES - 1)
         gl.thread_barrier()  # V staged; every lane is done reading the K tile
         v_off = REGION + ((n + 1) % SIDES) * SLOT_BYTES
-        _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, VT, V_SP, D, BLOCK_N, TILE_OFF, lc)
-        if V_FP8:
+        if V_NM:
+            _expand_side(v_off, v_off + WB, n_tok, V_ASM, V_SP, D, BLOCK_N, TILE_OFF, lc)
+            acc = _pv_rows(tile, p.to(DT), acc, op_a, op_b, BLOCK_N)
+        elif V_FP8:
+            _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, VT, V_SP, D, BLOCK_N, TILE_OFF, lc)
             # P weighs the unscaled codes by each token's scale relative to the tile's largest (a power of two, so
             # dividing the accumulator by it and multiplying back is exact): fp16 P keeps its precision
             at = v_off + WB + BLOCK_N * V_SP
@@ -326,6 +368,7 @@ def _sc_sparse_decode_kernel(
             pw = p * gl.expand_dims(vsc / top, 1)
             acc = _pv8(tile, pw, acc * (1.0 / top), mma) * top
         else:
+            _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, VT, V_SP, D, BLOCK_N, TILE_OFF, lc)
             acc = _pv(tile, p.to(DT), acc, op_a, op_b, BLOCK_N, D)
         n += 2
     async_copy.wait_group(0)

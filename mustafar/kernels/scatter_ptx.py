@@ -166,6 +166,99 @@ def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
     return "\n".join(lines)
 
 
+# Selector bytes of the two-of-four expansion, indexed by the kept bits of a group's two position pairs. A group's
+# two values sit in one 32-bit register (the first kept in the low half), byte pair 0x10 = its low value, 0x32 = its
+# high value, 0x44 = the zero register's bytes. Pair (0, 1) by i = b0 + 2·b1: position 0 from byte i of ``_LO0``,
+# position 1 from byte i of ``_LO1``; pair (2, 3) by j = b2 + 2·b3 from ``_HI2``/``_HI3``: with two kept per group, a
+# lone kept position 2 or 3 is the group's second value.
+_LO0, _LO1, _HI2, _HI3 = 0x10441044, 0x32104444, 0x10443244, 0x32324444
+
+
+def expand_keep(head_dim: int) -> int:
+    """The keep of the stores :func:`expand_asm` reads: two of every four consecutive channels."""
+    return head_dim // 2
+
+
+@functools.cache
+def expand_asm(head_dim: int, slot: int) -> str:
+    """PTX that expands one token's values, kept two of every four consecutive channels (``nm_group=4`` stores at
+    s 0.5), into its dense row of the V tile: no zeroing, no per-value stores, no bank conflicts.
+
+    The group's two values are one register of the slot, so its four dense channels are two ``prmt`` of that
+    register and the zero register, whose selectors are looked up (``prmt`` of two constant registers) by the
+    group's kept bits; the lookup indices of a word's eight groups come from four ``and`` + ``mad`` on the word.
+    About six instructions per four channels; the row is written in 16-byte stores.
+
+    Operands: ``$0`` a dummy output; ``$1`` the token's bitmap words and ``$2`` its value slots (byte offsets in
+    the kernel's shared allocation; slots swizzled as :func:`swizzled_slots` when whole 128-byte slots); ``$3`` the
+    byte offset of its tile row; ``$4`` nonzero when the token is valid (an invalid token's row is written zero).
+    The tile is [tokens, D] with 16-byte chunk k of row r at chunk ``k XOR (r mod 8)``
+    (:func:`mustafar.kernels.decode_scatter._v_rows_layout`); the lane is the token, so that XOR is the slots'."""
+    if head_dim % 32 or slot * 2 < head_dim:
+        raise ValueError(
+            f"expand_asm needs head_dim a multiple of 32 and a slot of head_dim/2, got {head_dim}, {slot}"
+        )
+    words = head_dim // 32
+    swizzled = swizzled_slots(2 * slot, 16)
+    lines = [
+        "{",
+        ".reg .pred p;",
+        f".reg .b32 w<{words}>, v<4>, e<4>, x<4>, s, t, va, base, row, xs, ca, zero, lo0, lo1, hi2, hi3;",
+        "setp.ne.u32 p, $4, 0;",
+        "mov.u32 base, global_smem;",
+        "mov.u32 zero, 0;",
+        *(f"mov.b32 w{g}, 0;" for g in range(words)),
+        *_load_words(words, "$1", "$2"),
+        "add.u32 row, base, $3;",
+        f"mov.b32 lo0, {_LO0:#x};",
+        f"mov.b32 lo1, {_LO1:#x};",
+        f"mov.b32 hi2, {_HI2:#x};",
+        f"mov.b32 hi3, {_HI3:#x};",
+        *_lane_swizzle(),
+    ]
+    for g in range(words):
+        # byte k of x0/x1 (x2/x3): i (j) of group 2k / 2k+1 of the word as the lookup's two nibbles (i, i + 4)
+        for n, shift in enumerate((0, 4, 2, 6)):
+            src = f"w{g}"
+            if shift:
+                lines.append(f"shr.b32 t, w{g}, {shift};")
+                src = "t"
+            lines += [f"and.b32 t, {src}, 0x03030303;", f"mad.lo.u32 x{n}, t, 0x11, 0x40404040;"]
+        for h in range(2):  # value chunk 2g + h: groups 8g + 4h .. + 3, one register each
+            c = 2 * g + h
+            if swizzled:
+                lines += [
+                    f"xor.b32 ca, xs, {16 * c};",
+                    "add.u32 ca, va, ca;",
+                    "ld.shared.v4.b32 {v0, v1, v2, v3}, [ca];",
+                ]
+            else:
+                lines.append(f"ld.shared.v4.b32 {{v0, v1, v2, v3}}, [va+{16 * c}];")
+            for m in range(2):  # the dense 16-byte chunk 4g + 2h + m: groups 4h + 2m, 4h + 2m + 1 of the word
+                for q in range(2):
+                    n = 4 * h + 2 * m + q
+                    byte = n // 2
+                    for half, (x, ta, tb) in enumerate(
+                        ((f"x{n % 2}", "lo0", "lo1"), (f"x{2 + n % 2}", "hi2", "hi3"))
+                    ):
+                        sel = x
+                        if byte:
+                            lines.append(f"shr.b32 t, {x}, {8 * byte};")
+                            sel = "t"
+                        lines += [
+                            f"prmt.b32 s, {ta}, {tb}, {sel};",
+                            f"prmt.b32 e{2 * q + half}, v{2 * m + q}, zero, s;",
+                        ]
+                k = 4 * g + 2 * h + m
+                lines += [
+                    f"xor.b32 ca, xs, {16 * k};",
+                    "add.u32 ca, row, ca;",
+                    "st.shared.v4.b32 [ca], {e0, e1, e2, e3};",
+                ]
+    lines += ["mov.u32 $0, 0;", "}"]
+    return "\n".join(lines)
+
+
 def _code_load(c: int) -> list[str]:
     """The 8-byte load of e4m3 codes ``8c .. 8c + 7`` into ``e2c``, ``e2c+1`` (scattered as stored)."""
     return [f"@p ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [va+{8 * c}];"]

@@ -15,7 +15,7 @@ import torch
 from mustafar.formats import CompressedStore
 from mustafar.kernels import pack_into, sparse_decode_attention
 from mustafar.kernels.dispatch import decoder_for
-from mustafar.pruning.keep import word_quotas, word_topk_mask
+from mustafar.pruning.keep import nm_topk_mask, word_quotas, word_topk_mask
 
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
@@ -73,6 +73,73 @@ def test_scatter_decode_matches_reference_on_gpu(poison, case, dtype, data):
             assert got is out and not out.isnan().any()
             err = _rel(out, ref)
             assert err <= 1e-2, f"{case} B{b} T{t} W{w} group {n_rep}, splits {splits}: rel err {err:.2e}"
+
+
+def _nm4_store(rows, **kw):
+    b, h, t, d = rows.shape
+    st = CompressedStore(b, h, d, rows.dtype, "cuda", d // 2, word_quota=True, nm_group=4, **kw)
+    pack_into(st, rows, nm_topk_mask(rows.abs(), d // 2, 4))
+    return st
+
+
+@pytest.mark.parametrize("data", ["gauss", "ties"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d,k_keep", [(128, 64), (128, 38), (64, 32), (64, 19)])
+def test_expanded_values_match_reference_on_gpu(poison, d, k_keep, dtype, data):
+    """V kept two of every four channels: the decoder expands its rows in registers (expand_asm) instead of
+    scattering; same shapes, poisoned buffers and forced splits as above."""
+    from mustafar.kernels.decode import _launch, expands_values
+
+    torch.manual_seed(d + k_keep)
+    for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32), (1, 2, 7, 130, 3)):
+        ks = _store(_rows(b, hkv, t, d, dtype, data), k_keep)
+        vs = _nm4_store(_rows(b, hkv, t, d, dtype, data))
+        assert expands_values(vs)
+        q = torch.randn(b, hkv * n_rep, d, device="cuda", dtype=dtype)
+        kw, vw = (torch.randn(b, hkv, w, d, device="cuda", dtype=dtype) for _ in "kv")
+        scale = d**-0.5
+        assert decoder_for(q, ks, vs) == "scatter"
+        ref = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")
+        for splits in (None, 3):
+            out = torch.full_like(q, math.nan)
+            if splits is None:
+                got = sparse_decode_attention(q, ks, vs, kw, vw, scale, out=out)
+            else:
+                got = _launch(q, ks, vs, kw, vw, scale, "scatter", out=out, num_splits=splits)
+            assert got is out and not out.isnan().any()
+            err = _rel(out, ref)
+            assert err <= 1e-2, f"D{d} B{b} T{t} W{w} group {n_rep}, splits {splits}: rel err {err:.2e}"
+
+
+def test_expanded_values_static_graph_replay_on_gpu():
+    """Static stores with two-of-four values under one CUDA graph, replayed as they grow."""
+    b, hkv, n_rep, cap, w, d = 2, 2, 4, 300, 32, 128
+    dtype = torch.float16
+    k_rows, v_rows = (_rows(b, hkv, cap, d, dtype, "gauss") for _ in "kv")
+    ks = CompressedStore(b, hkv, d, dtype, "cuda", 64, capacity=cap, static=True, word_quota=True)
+    vs = CompressedStore(b, hkv, d, dtype, "cuda", 64, capacity=cap, static=True, word_quota=True, nm_group=4)
+    q = torch.randn(b, hkv * n_rep, d, device="cuda", dtype=dtype)
+    kw, vw = (torch.randn(b, hkv, w, d, device="cuda", dtype=dtype) for _ in "kv")
+    out = torch.empty_like(q)
+
+    def pack(lo, hi):
+        pack_into(ks, k_rows[:, :, lo:hi], word_topk_mask(k_rows[:, :, lo:hi].abs(), 64))
+        pack_into(vs, v_rows[:, :, lo:hi], nm_topk_mask(v_rows[:, :, lo:hi].abs(), 64, 4))
+
+    pack(0, 40)
+    sparse_decode_attention(q, ks, vs, kw, vw, d**-0.5, out=out)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        sparse_decode_attention(q, ks, vs, kw, vw, d**-0.5, out=out)
+    n = 40
+    for grow in (0, 1, 31, 100, cap - 172):
+        pack(n, n + grow)
+        n += grow
+        graph.replay()
+        ref_k = _store(k_rows[:, :, :n].contiguous(), 64)
+        ref_v = _nm4_store(v_rows[:, :, :n].contiguous())
+        ref = sparse_decode_attention(q, ref_k, ref_v, kw, vw, d**-0.5, backend="torch")
+        assert _rel(out, ref) <= 1e-2, f"length {n}"
 
 
 def test_word_quota_layout_on_gpu():

@@ -17,8 +17,15 @@ from mustafar.formats import CompressedStore
 from mustafar.formats.bitmap import pack_bitmap, padded_keep
 from mustafar.formats.fp8 import quantize
 from mustafar.kernels import dispatch
-from mustafar.kernels.scatter_ptx import SCORE_HEADS, scatter_asm, score_asm, store_quotas
-from mustafar.pruning.keep import word_quotas, word_topk_mask
+from mustafar.kernels.scatter_ptx import (
+    SCORE_HEADS,
+    expand_asm,
+    expand_keep,
+    scatter_asm,
+    score_asm,
+    store_quotas,
+)
+from mustafar.pruning.keep import nm_topk_mask, word_quotas, word_topk_mask
 
 SMEM_BASE = 0x400  # where the interpreter puts global_smem: a nonzero base catches a missing add
 
@@ -38,6 +45,9 @@ def _parse(asm: str) -> list[tuple[str | None, str, list[str]]]:
         if args.startswith("{"):  # a register list first: ld.shared.v* or mov.b32 {lo, hi}
             names, rest = args[1:].split("}", 1)
             ops = [[n.strip() for n in names.split(",")], rest.lstrip(", ").strip()]
+        elif "{" in args:  # an address, then a register list: st.shared.v*
+            at, names = args.split(",", 1)
+            ops = [at.strip(), [n.strip() for n in names.strip().strip("{}").split(",")]]
         else:
             ops = [a.strip() for a in args.split(",")]
         out.append((guard, op, ops))
@@ -54,7 +64,7 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray, lane: int = 0) -> N
         if x[0] == "$":
             return operands[int(x[1:]) - 1]
         if x[0].isdigit():
-            return int(x)
+            return int(x, 0)
         return regs.get(x, 0)  # an unwritten register (an invalid lane skipped its loads)
 
     def addr(x: str) -> int:
@@ -68,6 +78,11 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray, lane: int = 0) -> N
             names, at = (a[0], a[1]) if isinstance(a[0], list) else ([a[0]], a[1])
             words = smem[addr(at) : addr(at) + 4 * len(names)].view(np.uint32)
             regs.update({n: int(w) for n, w in zip(names, words)})
+        elif op.startswith("st.shared.v"):
+            at = addr(a[0])
+            smem[at : at + 4 * len(a[1])].view(np.uint32)[:] = [regs[n] for n in a[1]]
+        elif op == "prmt.b32":
+            regs[a[0]] = _prmt(val(a[1]), val(a[2]), val(a[3]))
         elif op == "st.shared.b16":
             smem[addr(a[0]) : addr(a[0]) + 2].view(np.uint16)[0] = regs[a[1]]
         elif op == "st.shared.b8":  # a wider register's low byte
@@ -102,6 +117,20 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray, lane: int = 0) -> N
 
 
 _parse_cached = functools.cache(_parse)
+
+
+def _prmt(a: int, b: int, c: int) -> int:
+    """``prmt.b32`` (default mode): result byte i is byte ``c[4i+2:4i]`` of the eight bytes {b, a} (a the low
+    four), or that byte's sign replicated when ``c[4i+3]`` is set."""
+    src = a | b << 32
+    out = 0
+    for i in range(4):
+        sel = c >> 4 * i & 0xF
+        byte = src >> 8 * (sel & 7) & 0xFF
+        if sel & 8:
+            byte = 0xFF if byte & 0x80 else 0
+        out |= byte << 8 * i
+    return out
 
 
 def _e4m3x2_to_f16x2(b16: int) -> int:
@@ -301,6 +330,61 @@ def test_scatter_ptx_writes_the_decoded_token_at_its_tile_addresses(d, keep):
             o = tile_offset(r, c, d)
             expect[o : o + 2] = dense[r, c : c + 1].view(np.uint8)
     assert np.array_equal(smem[tile:], expect)
+
+
+def test_prmt_picks_bytes_as_the_ptx_manual_says():
+    a, b = 0x33221100, 0x77665544
+    assert _prmt(a, b, 0x5410) == 0x55441100  # the low halves of a and b
+    assert _prmt(a, b, 0x3276) == 0x33227766
+    assert _prmt(0x80, 0, 0x4448) == 0x000000FF  # sign of byte 0 replicated; bytes of a zero b
+    assert _prmt(a, 0, 0x4444) == 0
+
+
+def v_rows_offset(r: int, c: int, d: int) -> int:
+    """Byte offset of token r's channel c in the dense V tile of two-of-four stores: [tokens, d] rows with 16-byte
+    chunk k of row r at chunk k XOR (r mod 8)."""
+    return 2 * d * r + 16 * ((c // 8) ^ (r % 8)) + 2 * (c % 8)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_expand_ptx_writes_each_token_as_its_dense_row(d, dtype):
+    """expand_asm against the plain-PyTorch dense rows (two of every four consecutive channels kept, ties to the
+    lower channel); invalid tokens' rows come out zero whatever their stale slots hold."""
+    torch.manual_seed(d)
+    tokens, keep = 32, expand_keep(d)
+    rows = torch.randn(tokens, d).to(dtype)
+    rows[3] = 0.0  # ties: the lower two channels of every group
+    rows[5, :8] = torch.tensor([1.0, -1.0, 1.0, -1.0, -2.0, 2.0, 0.5, -0.5]).to(dtype)  # ties within groups
+    mask = nm_topk_mask(rows.abs(), keep, 4)
+    slot = padded_keep(keep, 2)
+    words = pack_bitmap(mask).numpy().view(np.uint32)
+    vals = np.zeros((tokens, slot), dtype=np.uint16)
+    for t in range(tokens):
+        vals[t, :keep] = rows[t][mask[t]].view(torch.int16).numpy().view(np.uint16)
+    vals[tokens - 1] = 0x7E00  # a stale slot behind an invalid token (NaN as fp16)
+    tile, valid = 8192, tokens - 1
+    smem = np.full(tile + tokens * d * 2, 0xFF, dtype=np.uint8)  # the tile starts as garbage (NaN)
+    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
+    voff = words.nbytes
+    smem[voff : voff + vals.nbytes] = staged_slots(vals.view(np.uint8)).reshape(-1)
+    asm = expand_asm(d, slot)
+    for r in range(tokens):
+        run_ptx(asm, [r * 4 * (d // 32), voff + r * 2 * slot, tile + r * 2 * d, int(r < valid)], smem, lane=r)
+    dense = torch.where(mask, rows, torch.zeros_like(rows))
+    dense[valid:] = 0
+    bits = dense.view(torch.int16).numpy().view(np.uint16)
+    expect = np.zeros(tokens * d * 2, dtype=np.uint8)
+    for r in range(tokens):
+        for c in range(d):
+            o = v_rows_offset(r, c, d)
+            expect[o : o + 2] = bits[r, c : c + 1].view(np.uint8)
+    assert np.array_equal(smem[tile:], expect)
+
+
+def test_expand_ptx_refuses_other_slots():
+    with pytest.raises(ValueError, match="slot of head_dim/2"):
+        expand_asm(128, 19)
 
 
 def test_dispatch_picks_scatter_only_for_word_quota_stores(monkeypatch):
