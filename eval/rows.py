@@ -88,6 +88,8 @@ class ResultRow:
     evict_window: int = 32
     evict_pool: int = 7
     value_dtype: str = "native"  # kv.value_dtype (fp8: stored values as e4m3 + a per-token scale)
+    k_keep_rule: str = ""  # kv.k_keep_rule / kv.v_keep_rule: a side's own keep rule ("": keep_rule)
+    v_keep_rule: str = ""
     kv_evicted_bytes: int = 0  # dense bytes of the evicted prompt tokens (not in kv_bytes nor dense_kv_bytes)
     # K / V entries the pruning rule judged (kept or dropped), summed over samples, layers and heads: with
     # dense_kv_bytes they price a job's cache at its measured counts (scripts/eviction_table.py); None in older rows

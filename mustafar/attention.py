@@ -18,6 +18,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from mustafar.architectures import compressed_refusal, head_dim, text_config
 from mustafar.cache import CompressedLayer, MustafarCache, MustafarLayer, kernel_backend
+from mustafar.config import KVConfig
 from mustafar.pruning import Observation, exact_keep, scores
 from mustafar.pruning.keep import NM_GROUPS, nm_whole_sparsities
 from mustafar.static_cache import StaticLayer
@@ -190,15 +191,25 @@ def new_cache(model: torch.nn.Module, policy) -> MustafarCache:
     return MustafarCache(policy, num_layers=text_config(model.config).num_hidden_layers)
 
 
-def _check_nm(policy, d: int) -> None:
-    """Refuse, before any token is pruned, an N:M rule whose sparsity keeps no whole count per group."""
-    group = NM_GROUPS[policy.keep_rule][0]
+def _check_keep_rules(policy: KVConfig, model: torch.nn.Module) -> None:
+    """Refuse, before any token is pruned, a side whose keep rule does not fit the head dim: `word` needs whole
+    32-channel words, an N:M rule a whole count per group at every sparsity of that side."""
+    d = head_dim(model.config)
     for side in ("k", "v"):
+        rule, key = policy.side_keep_rule(side), policy.keep_rule_key(side)
+        if rule == "word" and d % 32:
+            raise ValueError(
+                f"{key}='word' splits each token into 32-channel words, but {type(model).__name__} has "
+                f"head_dim={d}, not a multiple of 32; use {key.removeprefix('kv.')}=exact"
+            )
+        if rule not in NM_GROUPS:
+            continue
+        group = NM_GROUPS[rule][0]
         for s in getattr(policy, f"{side}_layer_sparsity") or (getattr(policy, side).sparsity,):
             keep = exact_keep(d, s)
             if s > 0 and (d % group or (keep * group) % d):
                 raise ValueError(
-                    f"kv.keep_rule={policy.keep_rule!r} keeps the same count in every {group}-channel group, but "
+                    f"{key}={rule!r} keeps the same count in every {group}-channel group, but "
                     f"kv.{side} sparsity {s:g} keeps {keep} of head_dim={d} ({keep * group / d:g} per group); "
                     f"sparsities with whole groups: {nm_whole_sparsities(group)}"
                 )
@@ -212,13 +223,7 @@ def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCac
         refusal = compressed_refusal(model.config, type(model).__name__, str(model.device))
         if refusal:
             raise ValueError(refusal)
-    if cache.policy.keep_rule == "word" and head_dim(model.config) % 32:
-        raise ValueError(
-            f"kv.keep_rule='word' splits each token into 32-channel words, but {type(model).__name__} has "
-            f"head_dim={head_dim(model.config)}, not a multiple of 32; use kv.keep_rule=exact"
-        )
-    if cache.policy.keep_rule in NM_GROUPS:
-        _check_nm(cache.policy, head_dim(model.config))
+    _check_keep_rules(cache.policy, model)
     previous = model.config._attn_implementation
     modules = attention_modules(model)
     if len(cache.layers) < len(modules):

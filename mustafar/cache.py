@@ -47,9 +47,17 @@ def kernel_backend() -> str:
 
 
 def word_quota(policy: KVConfig, side: str) -> bool:
-    """Whether `side`'s stores hold word quotas: pruned sides under `keep_rule=word` (a side with sparsity 0 keeps
-    every entry, so its stores stay plain and the decoder choice follows from the pruned sides)."""
-    return policy.keep_rule == "word" and getattr(policy, side).active
+    """Whether `side`'s stores hold word quotas: pruned sides under `word`, `nm4` or `nm8` (consecutive groups of 4
+    or 8 hold a fixed count per 32-channel word too). A side with sparsity 0 keeps every entry, so its stores stay
+    plain and the decoder choice follows from the pruned sides."""
+    return policy.side_keep_rule(side) in ("word", "nm4", "nm8") and getattr(policy, side).active
+
+
+def nm_group(policy: KVConfig, side: str) -> int:
+    """Consecutive channels per N:M group of `side`'s stores: 4 (`nm4`) or 8 (`nm8`) on a pruned side, else 0."""
+    if not getattr(policy, side).active:
+        return 0
+    return {"nm4": 4, "nm8": 8}.get(policy.side_keep_rule(side), 0)
 
 
 class MustafarLayer(DynamicLayer):
@@ -63,7 +71,8 @@ class MustafarLayer(DynamicLayer):
         self.rules = {side: policy.layer_rule(side, layer_idx) for side in ("k", "v")}  # this layer's rules
         self.bound = False  # set by `mustafar.attach`: only the mustafar attention function prunes
         self.pruners = {
-            side: SidePruner(rule, side, policy.keep_rule, policy.window) for side, rule in self.rules.items()
+            side: SidePruner(rule, side, policy.side_keep_rule(side), policy.window)
+            for side, rule in self.rules.items()
         }
         self.allocator: Allocator | None = None  # set by MustafarCache when kv.allocation is not uniform
         self.pads: list[int] | None = None  # left-pad columns per row, see set_padding
@@ -82,7 +91,7 @@ class MustafarLayer(DynamicLayer):
         for side, rule in self.rules.items():
             if rule.active and rule.direction == "channel":  # ThinK included: its direction is "channel"
                 self.pruners[side] = RowPruner(
-                    rule, side, self.policy.keep_rule, self.policy.window, self.pads
+                    rule, side, self.policy.side_keep_rule(side), self.policy.window, self.pads
                 )
             else:
                 self.pruners[side].pads = self.pad_columns
@@ -218,6 +227,7 @@ class CompressedLayer(MustafarLayer):
                 key_states.device,
                 keep=self.pruners[side].keep_for(d),
                 word_quota=word_quota(self.policy, side),
+                nm_group=nm_group(self.policy, side),
                 value_dtype=self.policy.value_dtype,
             )
             for side in ("k", "v")
@@ -286,7 +296,8 @@ class CompressedLayer(MustafarLayer):
                     lo = n + sum(c for c, _ in list(queue)[:i])
                     rows = tail[:, :, lo : lo + count]
                     keep = self.pruners[side].keep_for(rows.shape[-1])
-                    mask = fixed_count_mask(rows.abs(), keep, self.stores[side].word_quota)
+                    store = self.stores[side]
+                    mask = fixed_count_mask(rows.abs(), keep, store.word_quota, group=store.nm_group)
                     rows.masked_fill_(~mask, 0)
                     queue[i] = (count, mask)
         if n:

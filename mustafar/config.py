@@ -8,6 +8,7 @@ from typing import Any
 DIRECTIONS = ("token", "channel")
 SCORERS = ("magnitude", "output_aware", "think")
 NM_RULES = ("nm4", "nm8", "nm4s", "nm8s")  # N:M groups (mustafar.pruning.keep.NM_GROUPS)
+STRIDED_NM_RULES = ("nm4s", "nm8s")  # strided groups: no compressed store packs them (mask mode only)
 KEEP_RULES = ("exact", "reference", "word", *NM_RULES)
 MODES = ("mask", "compressed")
 ALLOCATIONS = ("uniform", "error", "error_head")
@@ -23,8 +24,11 @@ ID_OPTIONAL: tuple[str, ...] = (
     "evict_window",
     "evict_pool",
     "value_dtype",
+    "k_keep_rule",
+    "v_keep_rule",
 )
 CHANNEL_GROUP = 32  # tokens per per-channel pruning group (docs/method.md §1)
+_RULE_TAGS = {"reference": "ref"}  # keep rules' short names in labels (the others appear as they are)
 
 
 class ConfigError(ValueError):
@@ -100,6 +104,8 @@ class KVConfig:
     value_dtype: str = (
         "native"  # "fp8": stored (past-window) values as e4m3 with a power-of-two scale per token
     )
+    k_keep_rule: str = ""  # K's own keep rule; "" follows keep_rule (see side_keep_rule)
+    v_keep_rule: str = ""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "k_sparsity", _sparsity("kv.k_sparsity", self.k_sparsity))
@@ -138,25 +144,16 @@ class KVConfig:
                 object.__setattr__(self, f"{side}_direction", "token")
                 object.__setattr__(self, f"{side}_scorer", "magnitude")
         _choice("kv.keep_rule", self.keep_rule, KEEP_RULES)
-        if self.keep_rule in ("word", *NM_RULES):
-            unit = "32-channel words" if self.keep_rule == "word" else f"{self.keep_rule[2]}-channel groups"
-            for side in ("k", "v"):
-                rule = getattr(self, side)
-                if rule.active and rule.direction != "token":
-                    # per-channel groups and ThinK rank over tokens or whole channels: no per-token words to split
-                    raise ConfigError(
-                        f"kv.keep_rule={self.keep_rule!r} splits each token's keep count over its {unit} and needs "
-                        f"per-token rules, but kv.{side}_direction={rule.direction!r} (kv.{side}_scorer="
-                        f"{rule.scorer!r}); allowed with {self.keep_rule}: kv.{side}_direction=token and "
-                        f"kv.{side}_scorer=magnitude or output_aware (or keep_rule exact/reference)"
-                    )
-        if self.keep_rule in NM_RULES and self.mode == "compressed":
-            # the stores' pack kernels split top-k per 32-channel word at most; no decoder reads N:M groups yet
-            raise ConfigError(
-                f"kv.keep_rule={self.keep_rule!r} (N:M groups) is a mask-mode rule for accuracy studies: no "
-                "compressed store packs N:M groups yet; use kv.mode=mask, or keep_rule=word for compressed mode"
-            )
+        self._check_keep_rules()
         _choice("kv.mode", self.mode, MODES)
+        for side in ("k", "v"):
+            rule = self.side_keep_rule(side)
+            if rule in STRIDED_NM_RULES and self.mode == "compressed":
+                raise ConfigError(
+                    f"{self.keep_rule_key(side)}={rule!r} (N:M groups strided over the head dim) is a mask-mode "
+                    "rule: no compressed store packs strided groups; use kv.mode=mask, or nm4/nm8 (consecutive "
+                    "groups) or word for compressed mode"
+                )
         if self.k_sparsity == 0.0 and self.v_sparsity == 0.0:
             object.__setattr__(self, "allocation", "uniform")  # nothing to allocate: one dense job id
         if self.allocation != "uniform":
@@ -167,15 +164,58 @@ class KVConfig:
                         f"kv.allocation={self.allocation!r} needs per-token rules, got kv.{side}: {rule.label()} "
                         "(allowed scorers: magnitude, output_aware with direction token)"
                     )
-            if self.keep_rule != "exact":
-                raise ConfigError(
-                    f"kv.allocation={self.allocation!r} needs kv.keep_rule=exact (one keep count per token), "
-                    f"got {self.keep_rule!r}"
-                )
+            for side in ("k", "v"):
+                if self.side_keep_rule(side) != "exact":
+                    raise ConfigError(
+                        f"kv.allocation={self.allocation!r} needs {self.keep_rule_key(side)}=exact (one keep count "
+                        f"per token), got {self.side_keep_rule(side)!r}"
+                    )
         if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 0:
             raise ConfigError(f"kv.window={self.window!r} must be an integer >= 0")
         self._check_eviction()
         self._check_value_dtype()
+        if self.k_keep_rule and self.v_keep_rule:
+            # both sides carry their own rule, so keep_rule decides nothing: K's takes its place (one spelling,
+            # hence one job id, per effective policy)
+            object.__setattr__(self, "keep_rule", self.k_keep_rule)
+            object.__setattr__(self, "k_keep_rule", "")
+            if self.v_keep_rule == self.keep_rule:
+                object.__setattr__(self, "v_keep_rule", "")
+
+    def _check_keep_rules(self) -> None:
+        """The per-side rules: each a keep rule or "" (follow kv.keep_rule); word and N:M only on per-token sides.
+        A side that prunes nothing, or repeats kv.keep_rule, is recorded as "": equal policies, equal job ids."""
+        for side in ("k", "v"):
+            key = f"{side}_keep_rule"
+            value = getattr(self, key)
+            if value != "" and value not in KEEP_RULES:
+                raise ConfigError(
+                    f"kv.{key}={value!r} is not allowed; choose one of {', '.join(KEEP_RULES)}, or '' to follow "
+                    "kv.keep_rule"
+                )
+            if not getattr(self, side).active or value == self.keep_rule:
+                object.__setattr__(self, key, "")
+        for side in ("k", "v"):
+            rule, keep, key = getattr(self, side), self.side_keep_rule(side), self.keep_rule_key(side)
+            if keep in ("word", *NM_RULES) and rule.active and rule.direction != "token":
+                # per-channel groups and ThinK rank over tokens or whole channels: no per-token words to split
+                unit = "32-channel words" if keep == "word" else f"{keep[2]}-channel groups"
+                raise ConfigError(
+                    f"{key}={keep!r} splits each token's keep count over its {unit} and needs per-token rules, but "
+                    f"kv.{side}_direction={rule.direction!r} (kv.{side}_scorer={rule.scorer!r}); allowed with "
+                    f"{keep}: kv.{side}_direction=token and kv.{side}_scorer=magnitude or output_aware (or "
+                    f"{key.removeprefix('kv.')} exact/reference)"
+                )
+
+    def side_keep_rule(self, side: str) -> str:
+        """The keep rule `side` ("k" or "v") prunes with: its own kv.<side>_keep_rule, else kv.keep_rule."""
+        if side not in ("k", "v"):
+            raise ValueError(f"side must be 'k' or 'v', got {side!r}")
+        return getattr(self, f"{side}_keep_rule") or self.keep_rule
+
+    def keep_rule_key(self, side: str) -> str:
+        """The key that set `side`'s keep rule, for error messages: kv.<side>_keep_rule or kv.keep_rule."""
+        return f"kv.{side}_keep_rule" if getattr(self, f"{side}_keep_rule") else "kv.keep_rule"
 
     def _check_value_dtype(self) -> None:
         _choice("kv.value_dtype", self.value_dtype, VALUE_DTYPES)
@@ -200,11 +240,12 @@ class KVConfig:
             )
         for side in ("k", "v"):
             rule = getattr(self, side)
-            if rule.active and self.keep_rule == "reference" and rule.scorer == "magnitude":
+            if rule.active and self.side_keep_rule(side) == "reference" and rule.scorer == "magnitude":
+                key = self.keep_rule_key(side)
                 raise ConfigError(
                     f"kv.value_dtype={self.value_dtype!r} needs the fixed layout (one keep count per token), but "
-                    f"kv.keep_rule='reference' with kv.{side}_scorer='magnitude' keeps threshold ties (a varying "
-                    "count); use keep_rule=exact or word"
+                    f"{key}='reference' with kv.{side}_scorer='magnitude' keeps threshold ties (a varying "
+                    f"count); use {key.removeprefix('kv.')}=exact or word"
                 )
 
     def _check_eviction(self) -> None:
@@ -284,7 +325,12 @@ class KVConfig:
             ]
             parts.append(f"{side}{rule.sparsity:g}" + (f"[{tag}]" if tag else ""))
         suffix = f" w{self.window}" if self.window != 32 else ""
-        suffix += {"exact": "", "reference": " ref"}.get(self.keep_rule, f" {self.keep_rule}")
+        rules = {s: self.side_keep_rule(s) for s in ("k", "v") if getattr(self, s).active}
+        if len(set(rules.values())) > 1:  # the sides prune under different rules: name both
+            suffix += "".join(f" {s}-{_RULE_TAGS.get(r, r)}" for s, r in rules.items())
+        else:
+            rule = next(iter(rules.values()), self.keep_rule)
+            suffix += {"exact": "", "reference": " ref"}.get(rule, f" {rule}")
         suffix += " per-layer" if self.k_layer_sparsity or self.v_layer_sparsity else ""
         suffix += f" alloc-{self.allocation}" if self.allocation != "uniform" else ""
         suffix += f" {self.value_dtype}" if self.value_dtype != "native" else ""

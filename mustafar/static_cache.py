@@ -37,6 +37,7 @@ from mustafar.cache import (
     MustafarLayer,
     UnattachedCacheError,
     kernel_backend,
+    nm_group,
     word_quota,
 )
 from mustafar.config import KVConfig, PruneRule
@@ -95,7 +96,7 @@ def unsupported_reason(
                 "kv.v: output-aware values need attention weights, which the sparse decode op does not return"
             )
         for side, rule in (("k", policy.k), ("v", policy.v)):
-            if rule.active and rule.scorer == "magnitude" and policy.keep_rule == "reference":
+            if rule.active and rule.scorer == "magnitude" and policy.side_keep_rule(side) == "reference":
                 return (
                     f"kv.{side}: the published magnitude threshold keeps a varying count per token; "
                     "the static store needs a fixed count"
@@ -189,7 +190,7 @@ class StaticLayer(MustafarLayer):
         self.host_length = 0
         self.rounded = 0
         self.pruners = {
-            s: SidePruner(rule, s, self.policy.keep_rule, self.policy.window)
+            s: SidePruner(rule, s, self.policy.side_keep_rule(s), self.policy.window)
             for s, rule in self.rules.items()
         }
         self.pads = None  # `pad_columns` stays: the buffer `set_padding` refills
@@ -390,7 +391,7 @@ class StaticMaskLayer(StaticDenseLayer):
             if pruned:
                 score = self.leaving_score(side, row, slot)
                 thresholded = rule.scorer == "magnitude"
-                keep = keep_mask(score, rule.sparsity, self.policy.keep_rule, thresholded)
+                keep = keep_mask(score, rule.sparsity, self.policy.side_keep_rule(side), thresholded)
                 row = row.masked_fill(~keep & inside, 0)
                 self.decode_kept[side] += torch.where(counted, keep.sum(dim=(1, 2, 3)), 0)
             if fp8:  # the stores' rounding, once the token has left the window
@@ -431,6 +432,7 @@ class StaticCompressedLayer(StaticLayer):
                 self.keep[s],
                 capacity=self.capacity,
                 word_quota=word_quota(self.policy, s),
+                nm_group=nm_group(self.policy, s),
                 value_dtype=self.policy.value_dtype,
                 **extra,
             )
@@ -483,9 +485,10 @@ class StaticCompressedLayer(StaticLayer):
                 topk_pack_into(self.stores[side], row, self.keep[side], kernel_backend())
                 continue
             score = self.leaving_score(side, row, slot)
-            mask = fixed_count_mask(score, self.keep[side], self.stores[side].word_quota)
-            pack_token_at(self.stores[side], row, self.keep[side], self.stored, mask)  # at each row's count
-            self.stores[side].length += 1  # host mirror: the widest row's count
+            store = self.stores[side]
+            mask = fixed_count_mask(score, self.keep[side], store.word_quota, group=store.nm_group)
+            pack_token_at(store, row, self.keep[side], self.stored, mask)  # at each row's count
+            store.length += 1  # host mirror: the widest row's count
         self.stored += 1
 
     def advance(self, steps: int) -> None:
@@ -554,9 +557,11 @@ def pack_token_at(
     store: CompressedStore, row: torch.Tensor, keep: int, at: torch.Tensor, mask: torch.Tensor | None = None
 ) -> None:
     """`row` [B, H, 1, D] under `mask` (`keep` entries per token; default: top-`keep` by |x|, ties to the lower
-    channel, per word on a `word_quota` store) into fixed-layout slot `at` (device: [1] for every batch row, or
-    [B], one slot per row). The layout equals `pack_into`'s; the slot index stays on the device (capturable)."""
-    mask = fixed_count_mask(row.abs(), keep, store.word_quota) if mask is None else mask
+    channel, per word on a `word_quota` store, per group on an `nm_group` one) into fixed-layout slot `at` (device:
+    [1] for every batch row, or [B], one slot per row). The layout equals `pack_into`'s; the slot index stays on the
+    device (capturable)."""
+    if mask is None:
+        mask = fixed_count_mask(row.abs(), keep, store.word_quota, group=store.nm_group)
     kept_channels = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices[..., :keep]
     kept = row.gather(-1, kept_channels)
     b, h = row.shape[:2]

@@ -22,6 +22,11 @@ keeps exactly ``quotas[g]`` entries in bitmap word ``g`` (:func:`mustafar.prunin
 scatter decoder walk each word with a trip count known at compile time. The writers guarantee it; the store checks
 it only on demand (:meth:`CompressedStore.check_word_counts`), never on the append path.
 
+**N:M stores** (``nm_group=4`` or ``8``, fixed layout only; the ``nm4`` / ``nm8`` keep rules): every group of
+``nm_group`` consecutive channels of a token keeps exactly ``keep·nm_group/D`` entries (2 of 4 at D = 64, keep 32),
+so each kept value's channel lies in a known small range, which a decoder can expand in registers without a
+scatter. Such a group count is also a fixed count per 32-channel word, so these stores are word-quota stores too.
+
 **FP8 stores** (``value_dtype="fp8"``, fixed layout only; ``kv.value_dtype=fp8``): the value slots hold e4m3
 codes (uint8 bit patterns, the slot padded to 8 bytes) and ``scales`` an fp32 power-of-two scale per token
 (:mod:`mustafar.formats.fp8`): ``4·D/32 + padded8(keep) + 4`` bytes per token, 60 B at D = 128, s = 0.7. ``dtype``
@@ -112,6 +117,7 @@ class CompressedStore:
         static: bool = False,
         word_quota: bool = False,
         value_dtype: str = "native",
+        nm_group: int = 0,
     ) -> None:
         if head_dim <= 0 or head_dim % 32:
             raise ValueError(f"head_dim must be a positive multiple of 32, got {head_dim}")
@@ -131,7 +137,15 @@ class CompressedStore:
         self.static = static
         if word_quota and keep is None:
             raise ValueError("word_quota stores need the fixed layout (keep=int), got keep=None")
-        self.word_quota = word_quota
+        if nm_group not in (0, 4, 8):
+            raise ValueError(f"nm_group must be 0 (none), 4 or 8 consecutive channels, got {nm_group!r}")
+        if nm_group and (keep is None or keep * nm_group % head_dim):
+            raise ValueError(
+                f"nm_group={nm_group} keeps the same whole count in every {nm_group}-channel group, which needs the "
+                f"fixed layout with keep * nm_group % head_dim == 0; got keep={keep}, head_dim={head_dim}"
+            )
+        self.nm_group = nm_group
+        self.word_quota = word_quota or nm_group > 0  # a fixed count per group is one per 32-channel word too
         if value_dtype not in VALUE_DTYPES:
             raise ValueError(f"value_dtype must be one of {VALUE_DTYPES}, got {value_dtype!r}")
         if value_dtype == "fp8" and keep is None:
@@ -187,21 +201,29 @@ class CompressedStore:
 
     def check_word_counts(self, row_lengths: list[int] | None = None) -> None:
         """Raise unless every stored token of every row keeps exactly :attr:`quotas` entries per bitmap word (the
-        scatter decoder's invariant). ``row_lengths``: tokens per batch row when a caller counts them itself (a
-        host-counted store of a padded static cache), default :meth:`row_lengths`. Reads the whole store: for
+        scatter decoder's invariant) and, on an ``nm_group`` store, ``keep·nm_group/D`` in every group of
+        ``nm_group`` consecutive channels. ``row_lengths``: tokens per batch row when a caller counts them itself
+        (a host-counted store of a padded static cache), default :meth:`row_lengths`. Reads the whole store: for
         tests and debugging, not the hot path."""
         if self.quotas is None:
             raise ValueError("this store holds no word quotas (create it with word_quota=True)")
-        want = torch.tensor(self.quotas, device=self.device)
+        units = [("word", 32, torch.tensor(self.quotas, device=self.device))]
+        if self.nm_group:
+            per = self.keep * self.nm_group // self.head_dim
+            units.append(
+                (f"{self.nm_group}-channel group", self.nm_group, torch.tensor(per, device=self.device))
+            )
         for b, n in enumerate(self.row_lengths() if row_lengths is None else row_lengths):
-            counts = unpack_bitmap(self.bits[b, :, :n], self.head_dim).view(self.heads, n, -1, 32).sum(-1)
-            bad = (counts != want).any(-1).nonzero()
-            if bad.numel():
-                h, t = bad[0].tolist()
-                raise ValueError(
-                    f"row {b}, head {h}, token {t} keeps {counts[h, t].tolist()} entries per word; "
-                    f"the store's quotas are {list(self.quotas)}"
-                )
+            mask = unpack_bitmap(self.bits[b, :, :n], self.head_dim)
+            for unit, size, want in units:
+                counts = mask.view(self.heads, n, -1, size).sum(-1)
+                bad = (counts != want).any(-1).nonzero()
+                if bad.numel():
+                    h, t = bad[0].tolist()
+                    raise ValueError(
+                        f"row {b}, head {h}, token {t} keeps {counts[h, t].tolist()} entries per {unit}; the "
+                        f"store's quotas are {want.expand(counts.shape[-1]).tolist()}"
+                    )
 
     @property
     def capacity(self) -> int:

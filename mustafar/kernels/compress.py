@@ -8,7 +8,9 @@ Two kernels:
   values; entries above the threshold are kept, ties at the threshold in channel order until the row holds
   ``keep``), or a given kept pattern (any count in the variable layout). With constexpr ``WORD`` (stores made with
   ``word_quota=True``) the same search runs per 32-channel word against that word's quota, so the kernel packs the
-  ``word`` rule's pattern directly, also at a static store's per-row device counts.
+  ``word`` rule's pattern directly, also at a static store's per-row device counts. With constexpr ``NM`` (stores
+  made with ``nm_group=4`` or ``8``) every group of ``NM`` consecutive channels keeps its top ``KEEP·NM/D`` by
+  rank within the group (the ``nm4``/``nm8`` rules' pattern; ties to the lower channel).
   With constexpr ``FP8`` (``value_dtype="fp8"`` stores) the kept values go in as e4m3 codes and each token's
   power-of-two scale into ``scales`` (:mod:`mustafar.formats.fp8`).
 * ``_topk_pack_ptx_kernel`` (GPU, fixed layout without fp8 codes, fp16/bf16, 16-byte aligned rows: every store a cache makes): the
@@ -100,6 +102,7 @@ def _prune_pack_kernel(
     DEVICE_OFF: tl.constexpr,
     WORD: tl.constexpr,
     FP8: tl.constexpr,
+    NM: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     bh = tl.program_id(1)
@@ -115,7 +118,19 @@ def _prune_pack_kernel(
     x_off = b.to(tl.int64) * sxb + h.to(tl.int64) * sxh + r[:, None].to(tl.int64) * sxt + c[None, :]
     x = tl.load(x_ptr + x_off, mask=rmask[:, None], other=0.0)
 
-    if TOPK and WORD:
+    if TOPK and NM > 0:
+        # per group of NM consecutive channels: keep the entries of rank < PER, where entry i's rank counts the
+        # group's entries j that beat it (a larger key, or an equal one at a lower channel: nm_topk_mask's ties)
+        G_NM: tl.constexpr = D // NM
+        PER: tl.constexpr = KEEP * NM // D
+        key = tl.reshape(_abs_key(x, KEY_BITS), [BLOCK_R, G_NM, NM])
+        ki = tl.expand_dims(key, 3)  # [BLOCK_R, G_NM, NM (i), 1]
+        kj = tl.expand_dims(key, 2)  # [BLOCK_R, G_NM, 1, NM (j)]
+        lane = tl.arange(0, NM)
+        lower = (lane[None, :] < lane[:, None])[None, None, :, :]  # j < i
+        rank = tl.sum(((kj > ki) | ((kj == ki) & lower)).to(tl.int32), axis=3)
+        keep = tl.reshape(rank < PER, [BLOCK_R, D])
+    elif TOPK and WORD:
         # per 32-channel word g: top-q_g, q_g = KEEP // G (+1 for the first KEEP % G words), ties to the lower channel
         G: tl.constexpr = D // 32
         key = tl.reshape(_abs_key(x, KEY_BITS), [BLOCK_R, G, 32])
@@ -343,15 +358,16 @@ def _launch_plain(
         DEVICE_OFF=device_off,
         WORD=mask is None and store.word_quota,
         FP8=store.fp8,
+        NM=store.nm_group if mask is None else 0,
         num_warps=_NUM_WARPS,
     )
 
 
 def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:
     """Fused exact top-``keep`` prune and pack of ``rows`` [B, H, n, D] into ``store`` (inputs validated by the
-    dispatcher; per-word quotas on a ``word_quota`` store): the PTX kernel where it applies, the plain-Triton one
-    elsewhere. A static store is written at its
-    device count, which then advances on the device: no host synchronisation, capturable."""
+    dispatcher; per-word quotas on a ``word_quota`` store, per-group counts on an ``nm_group`` one): the PTX kernel
+    where it applies (neither), the plain-Triton one elsewhere. A static store is written at its device count,
+    which then advances on the device: no host synchronisation, capturable."""
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     n = rows.shape[2]

@@ -22,8 +22,8 @@ def pack_reference(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
 
 def topk_pack_reference(store: CompressedStore, rows: Tensor, keep: int) -> None:
     """Exact per-token top-``keep`` by |x| (ties: lower channel first; per-word quotas on a ``word_quota``
-    store), then the reference pack."""
-    pack_reference(store, rows, fixed_count_mask(rows.abs(), keep, store.word_quota))
+    store, per consecutive group on an ``nm_group`` one), then the reference pack."""
+    pack_reference(store, rows, fixed_count_mask(rows.abs(), keep, store.word_quota, group=store.nm_group))
 
 
 def decode_attention_reference(

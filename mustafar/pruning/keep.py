@@ -114,9 +114,14 @@ def nm_topk_mask(
     return (kept.transpose(-1, -2) if strided else kept).reshape(s.shape).movedim(-1, dim)
 
 
-def fixed_count_mask(score: torch.Tensor, keep: int, word: bool, dim: int = -1) -> torch.Tensor:
-    """``keep`` entries per set along ``dim``: the per-word quotas (``word``) or a plain top-k; what a fixed-layout
-    store holds, so the caches pick the variant from their store's ``word_quota``."""
+def fixed_count_mask(
+    score: torch.Tensor, keep: int, word: bool, dim: int = -1, group: int = 0
+) -> torch.Tensor:
+    """``keep`` entries per set along ``dim``: the same count in every ``group`` consecutive entries (``group`` >
+    0: the ``nm4``/``nm8`` rules), the per-word quotas (``word``) or a plain top-k; what a fixed-layout store holds,
+    so the caches pick the variant from their store's ``nm_group`` and ``word_quota``."""
+    if group:
+        return nm_topk_mask(score, keep, group, dim, strided=False)
     return word_topk_mask(score, keep, dim) if word else topk_mask(score, keep, dim)
 
 

@@ -137,13 +137,14 @@ class SidePruner:
 
     @property
     def packs_topk(self) -> bool:
-        """True when the pattern is plain per-token magnitude top-k (per word under ``word``, which the store
-        knows from its ``word_quota``), which a store can prune and pack in one pass."""
+        """True when the pattern is plain per-token magnitude top-k (per word under ``word``, per consecutive
+        group under ``nm4``/``nm8``, which the store knows from its ``word_quota`` and ``nm_group``), which a store
+        can prune and pack in one pass."""
         return (
             self.rule.active
             and self.rule.direction == "token"
             and self.rule.scorer == "magnitude"
-            and self.keep_rule in ("exact", "word")
+            and self.keep_rule in ("exact", "word", "nm4", "nm8")
             and (self.keeps is None or self._one_keep is not None)
         )
 

@@ -81,8 +81,11 @@ def test_policy_label_refusals_and_job_identity():
     policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="nm4")
     assert policy.label() == "K0.5 V0.5 nm4"
     assert policy.to_dict() != KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="nm8").to_dict()
-    with pytest.raises(ConfigError, match=r"kv.keep_rule='nm8' \(N:M groups\) is a mask-mode rule"):
-        KVConfig(k_sparsity=0.5, keep_rule="nm8", mode="compressed")
+    with pytest.raises(
+        ConfigError, match=r"kv.keep_rule='nm8s' \(N:M groups strided .*\) is a mask-mode rule"
+    ):
+        KVConfig(k_sparsity=0.5, keep_rule="nm8s", mode="compressed")
+    KVConfig(k_sparsity=0.5, keep_rule="nm8", mode="compressed")  # consecutive groups: the stores pack them
     with pytest.raises(
         ConfigError, match=r"kv.keep_rule='nm4' splits each token's keep count over its 4-channel"
     ):

@@ -1,0 +1,165 @@
+"""Per-side keep rules inside a real model (tiny random Llama, head_dim 64, fp32, CPU): mask mode prunes each side
+by its own rule (against the stock cache pruned by hand), and compressed mode, whose V stores pack 2:4 or 2:8
+consecutive groups, equals mask mode for the dynamic and the static caches (tokens, counts, teacher-forced logits
+and dense views), batch 1 and left-padded batch 2; every stored token keeps its word and group counts."""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from mustafar.attention import attach, new_cache
+from mustafar.cache import MustafarCache, nm_group, word_quota
+from mustafar.config import KVConfig
+from mustafar.generation import generate
+from mustafar.runner_pool import release
+from mustafar.static_cache import StaticCompressedLayer, StaticMustafarCache, static_cache, static_reason
+from tests.integration.test_word_rule_in_models import _drive, assert_same_outputs, prompts
+from tests.unit.test_nm_rule import hand_nm_mask
+from tests.unit.test_word_rule import hand_word_mask
+
+POLICIES = [
+    KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", v_keep_rule="nm4"),  # conf/kv/k50v50_word_vnm4
+    KVConfig(k_sparsity=0.5, k_scorer="output_aware", v_sparsity=0.75, v_keep_rule="nm8", window=8),
+    KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8", window=0),  # V exact: a plain store
+]
+LENGTHS = (37, 70)  # left pads 33 and 0 in one batch
+BUDGETS = (6, 9)
+
+
+def _id(policy: KVConfig) -> str:
+    return f"{policy.label()}-w{policy.window}".replace(" ", "_")
+
+
+def _compressed(policy: KVConfig) -> KVConfig:
+    return KVConfig(**{**policy.to_dict(), "mode": "compressed"})
+
+
+def check_stores(cache, policy: KVConfig) -> int:
+    """Each side's stores carry its rule's word quotas and group size, and every stored token keeps them; returns
+    the tokens checked."""
+    checked = 0
+    for layer in cache.layers:
+        for side in ("k", "v"):
+            store = layer.stores[side]
+            assert (store.word_quota, store.nm_group) == (word_quota(policy, side), nm_group(policy, side))
+            if store.word_quota:
+                static = isinstance(layer, StaticCompressedLayer)
+                rows = layer.stored.tolist() if static else store.row_lengths()
+                store.check_word_counts(rows)
+                checked += sum(rows)
+    return checked
+
+
+def test_mask_mode_prunes_each_side_by_its_rule(tiny_llama):
+    """Layer 0's K/V depend only on the tokens: the mask-mode cache equals the stock one with every token that left
+    the window pruned to K's word quotas (32 of 64: 16 + 16) and V's 2:4 groups."""
+    ids = torch.randint(1, 256, (1, 50), generator=torch.Generator().manual_seed(2))
+    window = 16
+    cache = new_cache(tiny_llama, KVConfig(**{**POLICIES[0].to_dict(), "window": window}))
+    with attach(tiny_llama, cache):
+        out = tiny_llama.generate(
+            ids, past_key_values=cache, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0
+        )
+    stock = DynamicCache(config=tiny_llama.config)
+    with torch.no_grad():
+        tiny_llama(out[:, :-1], past_key_values=stock)
+    n = out.shape[1] - 1 - window
+    keys, values = stock.layers[0].keys.clone(), stock.layers[0].values.clone()
+    keys[:, :, :n] *= hand_word_mask(keys[:, :, :n].abs(), 32)
+    values[:, :, :n] *= hand_nm_mask(values[:, :, :n].abs(), 2, 4)
+    torch.testing.assert_close(cache.layers[0].keys, keys, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.layers[0].values, values, rtol=1e-5, atol=1e-5)
+
+
+def test_attach_names_the_side_whose_sparsity_has_no_whole_groups(tiny_llama):
+    policy = KVConfig(k_sparsity=0.7, v_sparsity=0.7, keep_rule="word", v_keep_rule="nm4")
+    with pytest.raises(
+        ValueError, match=r"kv.v_keep_rule='nm4' .* kv.v sparsity 0.7 keeps 19 of head_dim=64"
+    ):
+        with attach(tiny_llama, new_cache(tiny_llama, policy)):
+            pass
+
+
+@pytest.mark.parametrize("policy", POLICIES, ids=_id)
+@pytest.mark.parametrize("lengths", [LENGTHS[1:], LENGTHS], ids=["batch1", "batch2-padded"])
+def test_dynamic_compressed_equals_mask_mode(tiny_llama, policy, lengths):
+    ps = prompts(lengths)
+    budgets = list(BUDGETS[-len(ps) :])
+    masked = generate(tiny_llama, policy, ps, budgets, static=False)
+    cache = MustafarCache(_compressed(policy), tiny_llama.config.num_hidden_layers)
+    compressed = generate(tiny_llama, _compressed(policy), ps, budgets, cache=cache, static=False)
+    assert_same_outputs(masked, compressed)
+    assert check_stores(cache, policy) > 0
+
+
+@pytest.mark.parametrize("mode", ["mask", "compressed"])
+@pytest.mark.parametrize("policy", POLICIES[:2], ids=_id)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_static_equals_dynamic_mask_mode_step_by_step(tiny_llama, mode, policy, batch):
+    """Teacher-forced logits and every layer's logical cache after each call: the static cache (mask or compressed)
+    against the dynamic mask-mode cache."""
+    g = torch.Generator().manual_seed(7 + batch)
+    prompt, feed = (
+        torch.randint(0, 256, (batch, 40), generator=g),
+        torch.randint(0, 256, (batch, 5), generator=g),
+    )
+    n_layers = tiny_llama.config.num_hidden_layers
+    ref = _drive(tiny_llama, MustafarCache(policy, n_layers), prompt, feed)
+    under = KVConfig(**{**policy.to_dict(), "mode": mode})
+    assert static_reason(tiny_llama, under, 40) is None
+    cache = static_cache(tiny_llama, under, 40, 6)
+    assert isinstance(cache, StaticMustafarCache)
+    got = _drive(tiny_llama, cache, prompt, feed)
+    for step, (lr, lg) in enumerate(zip(ref[0], got[0], strict=True)):
+        torch.testing.assert_close(lg, lr, atol=1e-5, rtol=1e-5, msg=f"logits differ at call {step}")
+    for views_ref, views_got in zip(ref[1], got[1], strict=True):
+        for (kr, vr), (kg, vg) in zip(views_ref, views_got, strict=True):
+            torch.testing.assert_close(kg, kr, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(vg, vr, atol=1e-5, rtol=1e-5)
+    if mode == "compressed":
+        assert check_stores(cache, policy) > 0
+
+
+def test_static_padded_batch_equals_mask_mode(tiny_llama):
+    """A left-padded static compressed batch: mask mode's tokens and counts, pads never stored, every row's stored
+    tokens in count."""
+    release(tiny_llama)
+    policy = POLICIES[0]
+    ps = prompts()
+    cache = static_cache(
+        tiny_llama, _compressed(policy), max(LENGTHS), max(BUDGETS), padded=True, shortest=min(LENGTHS)
+    )
+    assert isinstance(cache.layers[0], StaticCompressedLayer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # no fallback to the dynamic cache
+        batch = generate(tiny_llama, _compressed(policy), ps, list(BUDGETS), cache=cache)
+    assert_same_outputs(generate(tiny_llama, policy, ps, list(BUDGETS), static=False), batch)
+    assert check_stores(cache, policy) > 0
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("triton_interpreter")
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_triton_kernels_equal_mask_mode(tiny_llama, monkeypatch, static):
+    """The Triton group and word prune+pack (static: at each padded row's device count) and the sparse decode op,
+    interpreted on the CPU, give mask mode's tokens; the stores keep their counts."""
+    release(tiny_llama)
+    monkeypatch.setenv("MUSTAFAR_KERNEL_BACKEND", "triton")
+    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", v_keep_rule="nm4", window=8)
+    ps, budgets = prompts((13, 30), seed=3), [3, 4]
+    cache = (
+        static_cache(tiny_llama, _compressed(policy), 30, 4, padded=True, shortest=13)
+        if static
+        else MustafarCache(_compressed(policy), tiny_llama.config.num_hidden_layers)
+    )
+    got = generate(
+        tiny_llama, _compressed(policy), ps, budgets, cache=cache, static=None if static else False
+    )
+    assert_same_outputs(generate(tiny_llama, policy, ps, budgets, static=False), got)
+    assert check_stores(cache, policy) > 0
+    if static:
+        assert cache.layers[0].device_stores  # the Triton pack wrote at the per-row device counts

@@ -1,0 +1,149 @@
+"""Per-side keep rules (`kv.k_keep_rule`, `kv.v_keep_rule`): the effective rule of each side, the validation of
+each side under its own key, the label, one spelling per effective policy, and unchanged job ids of policies that
+do not use them (recomputed from committed result files)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from mustafar.cache import nm_group, word_quota
+from mustafar.config import ConfigError, KVConfig, PruneRule
+from mustafar.pruning import Observation, SidePruner
+from tests.unit.test_nm_rule import hand_nm_mask
+from tests.unit.test_word_rule import hand_word_mask
+
+ROOT = Path(__file__).resolve().parents[2]
+MIXED = KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", v_keep_rule="nm4")
+
+
+def test_side_keep_rule_follows_keep_rule_unless_a_side_has_its_own():
+    plain = KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word")
+    assert (plain.side_keep_rule("k"), plain.side_keep_rule("v")) == ("word", "word")
+    assert (MIXED.side_keep_rule("k"), MIXED.side_keep_rule("v")) == ("word", "nm4")
+    assert (MIXED.keep_rule_key("k"), MIXED.keep_rule_key("v")) == ("kv.keep_rule", "kv.v_keep_rule")
+    assert MIXED.keep_rule == "word"  # the shared key is untouched
+    with pytest.raises(ValueError, match="side must be 'k' or 'v', got 'q'"):
+        MIXED.side_keep_rule("q")
+
+
+def test_label_names_both_rules_only_when_they_differ():
+    assert MIXED.label() == "K0.5 V0.5 k-word v-nm4"
+    assert (
+        KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="reference").label() == "K0.5 V0.5 k-ref v-exact"
+    )
+    assert KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="nm4").label() == "K0.5 V0.5 nm4"
+    assert KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="reference").label() == "K0.5 V0.5 ref"
+    # one pruned side: its own rule, in the shared-rule form
+    assert KVConfig(v_sparsity=0.5, v_keep_rule="nm4").label() == "V0.5 nm4"
+    assert KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=8, v_keep_rule="word").label() == (
+        "K0.5 V0.5 w8 k-exact v-word"
+    )
+
+
+def test_one_spelling_per_effective_policy():
+    # a side that prunes nothing, or repeats keep_rule, records ""
+    assert KVConfig(k_sparsity=0.5, v_keep_rule="nm4") == KVConfig(k_sparsity=0.5)
+    assert KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", k_keep_rule="word") == KVConfig(
+        k_sparsity=0.5, v_sparsity=0.5, keep_rule="word"
+    )
+    # both sides with their own rule: keep_rule decides nothing and takes K's
+    both = KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="exact", k_keep_rule="word", v_keep_rule="nm4")
+    assert both == MIXED and both.to_dict() == MIXED.to_dict()
+    same = KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8", v_keep_rule="nm8")
+    assert same == KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="nm8")
+    assert KVConfig.from_mapping(MIXED.to_dict()) == MIXED
+    assert MIXED.to_dict()["v_keep_rule"] == "nm4" and "k_keep_rule" not in MIXED.to_dict()
+
+
+def test_policies_without_the_new_keys_keep_their_job_ids():
+    """Every committed nm_quota / word_quota job: its stored policy rebuilt by this KVConfig gives the same kv dict,
+    hence the same hash of its identity (the job id's suffix)."""
+    files = sorted((ROOT / "results/paper").glob("*_quota/jobs/*.json"))
+    assert len(files) >= 10
+    for path in files:
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        identity = stored["identity"]
+        rebuilt = {**identity, "kv": KVConfig(**identity["kv"]).to_dict()}
+        assert rebuilt["kv"] == identity["kv"], path.name
+        digest = hashlib.sha1(json.dumps(rebuilt, sort_keys=True, default=str).encode()).hexdigest()[:8]
+        assert stored["job_id"].endswith(f"_{digest}"), path.name
+    assert "k_keep_rule" not in KVConfig(k_sparsity=0.5).to_dict()
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        (
+            {"v_keep_rule": "words"},
+            "kv.v_keep_rule='words' is not allowed; choose one of exact, reference, word, nm4, nm8, nm4s, nm8s, "
+            "or '' to follow kv.keep_rule",
+        ),
+        (
+            {"v_direction": "channel", "v_keep_rule": "nm4"},
+            "kv.v_keep_rule='nm4' splits each token's keep count over its 4-channel groups and needs per-token "
+            "rules, but kv.v_direction='channel'",
+        ),
+        (
+            {"k_scorer": "think", "k_keep_rule": "word"},
+            "kv.k_keep_rule='word' splits each token's keep count over its 32-channel words",
+        ),
+        (
+            {"v_keep_rule": "nm4s", "mode": "compressed"},
+            "kv.v_keep_rule='nm4s' (N:M groups strided over the head dim) is a mask-mode rule: no compressed "
+            "store packs strided groups",
+        ),
+        (
+            {"keep_rule": "nm8s", "v_keep_rule": "nm4", "mode": "compressed"},
+            "kv.keep_rule='nm8s' (N:M groups strided",
+        ),
+        ({"allocation": "error", "v_keep_rule": "word"}, "kv.allocation='error' needs kv.v_keep_rule=exact"),
+        (
+            {"value_dtype": "fp8", "k_keep_rule": "reference"},
+            "kv.k_keep_rule='reference' with kv.k_scorer='magnitude' keeps threshold ties",
+        ),
+    ],
+)
+def test_each_side_is_validated_under_its_own_key(fields, message):
+    with pytest.raises(ConfigError) as err:
+        KVConfig(**{"k_sparsity": 0.5, "v_sparsity": 0.5, **fields})
+    assert message in str(err.value)
+
+
+def test_consecutive_groups_are_allowed_in_compressed_mode_and_a_channel_side_keeps_its_own_rule():
+    KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", v_keep_rule="nm4", mode="compressed")
+    KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="nm8", mode="compressed")
+    # per-channel V under exact while K takes word: the side rules are checked apart
+    KVConfig(k_sparsity=0.5, v_sparsity=0.5, v_direction="channel", keep_rule="exact", k_keep_rule="word")
+    with pytest.raises(ConfigError, match="kv.keep_rule='word'.*kv.v_direction='channel'"):
+        KVConfig(k_sparsity=0.5, v_sparsity=0.5, v_direction="channel", keep_rule="word")
+
+
+def test_store_flags_per_side():
+    assert (word_quota(MIXED, "k"), word_quota(MIXED, "v")) == (True, True)
+    assert (nm_group(MIXED, "k"), nm_group(MIXED, "v")) == (0, 4)
+    nm8_k = KVConfig(k_sparsity=0.5, k_keep_rule="nm8")
+    assert (nm_group(nm8_k, "k"), nm_group(nm8_k, "v")) == (8, 0)  # V prunes nothing: a plain store
+    assert not word_quota(nm8_k, "v")
+    strided = KVConfig(k_sparsity=0.5, keep_rule="nm4s")
+    assert (nm_group(strided, "k"), word_quota(strided, "k")) == (0, False)
+
+
+@pytest.mark.parametrize("rule, fused", [("nm4", True), ("nm8", True), ("nm4s", False), ("word", True)])
+def test_side_pruner_fuses_consecutive_groups(rule, fused):
+    """The pack kernels prune consecutive groups themselves (packs_topk); a mask, when asked for, follows the
+    side's rule."""
+    pruner = SidePruner(PruneRule(0.5, "token", "magnitude"), "v", rule, window=0)
+    assert pruner.packs_topk == fused
+    tail = torch.randn(1, 2, 5, 64, generator=torch.Generator().manual_seed(4))
+    n, mask = pruner.step(tail, Observation(q_len=5))
+    assert n == 5
+    if rule == "word":
+        assert torch.equal(mask, hand_word_mask(tail.abs(), 32))
+    else:
+        group = int(rule[2])
+        assert torch.equal(mask, hand_nm_mask(tail.abs(), group // 2, group, strided=rule.endswith("s")))
