@@ -72,6 +72,18 @@ STATIC_FORMATS = {  # static caches, decoded eagerly and graph-replayed
     "K0.7V0.7-word-fp8-static": KVConfig(
         k_sparsity=0.7, v_sparsity=0.7, keep_rule="word", mode="compressed", value_dtype="fp8"
     ),
+    # V kept two of every four consecutive channels: the scatter decoder expands its rows instead of scattering
+    "K0.5V0.5-word-nm4v-static": KVConfig(
+        k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", v_keep_rule="nm4", mode="compressed"
+    ),
+    "K0.5V0.5-word-fp8-nm4v-static": KVConfig(
+        k_sparsity=0.5,
+        v_sparsity=0.5,
+        keep_rule="word",
+        v_keep_rule="nm4",
+        mode="compressed",
+        value_dtype="fp8",
+    ),
 }
 ACTIVATION_RESERVE_GIB = (
     6.0  # left free when estimating the largest static batch (logits, scratch, graph pool)

@@ -56,7 +56,7 @@ from mustafar.pruning.keep import (  # noqa: E402
 )
 
 SHAPE = attention_shape("llama3_8b")
-KEEP_RULES = ("exact", "word", "exact-fp8", "word-fp8", "word-nm4v")
+KEEP_RULES = ("exact", "word", "exact-fp8", "word-fp8", "word-nm4v", "word-fp8-nm4v")
 CONFIGS = {  # name -> private launch options, timed next to the default launch (round 5 sweeps: NOTES.md)
     "staged n32": dict(decoder="staged", block_n=32),
     "portable n64 w4": dict(decoder="portable", block_n=64, num_warps=4),
@@ -191,7 +191,7 @@ def decode_row(
     dense_us = time_us(dense)
     dense_graph = graph_time(dense)
     del dense
-    fp8 = rule.endswith("-fp8")  # word-fp8 / exact-fp8: the same stores with e4m3 codes and per-token scales
+    fp8 = "-fp8" in rule  # word-fp8 / exact-fp8: the same stores with e4m3 codes and per-token scales
     inp = decode_inputs(
         shape,
         b,
@@ -200,7 +200,9 @@ def decode_row(
         dtype,
         word_quota=rule.startswith("word"),
         value_dtype="fp8" if fp8 else "native",
-        v_nm_group=4 if rule == "word-nm4v" else 0,  # V two of every four channels: expanded, not scattered
+        v_nm_group=4
+        if rule.endswith("-nm4v")
+        else 0,  # V two of every four channels: expanded, not scattered
     )
     default = decode_call(inp, {})
     us = time_us(default)  # first: the launch measures its occupancy, which the plan below then uses
@@ -401,7 +403,8 @@ def main() -> None:
         default="exact,word",
         help="stores to decode: exact (top-k per token: the staged decoder), word (word quotas: scatter); "
         "suffix -fp8 for fp8 values (word-fp8: scatter, exact-fp8: portable); word-nm4v: K word, V two of every "
-        "four channels (expanded by the scatter decoder; s 0.5 only, other sparsities skipped)",
+        "four channels (expanded by the scatter decoder; s 0.5 only, other sparsities skipped), word-fp8-nm4v the "
+        "same with fp8 values",
     )
     ap.add_argument(
         "--dtype", choices=("fp16", "bf16"), default="fp16", help="queries, windows, dense K/V, values"
@@ -456,12 +459,12 @@ def main() -> None:
             decode_row(s, b, t, roof, sweep and rule == "exact", base_decode, rule, shape, dtype)
             for s, b, t in sizes
             for rule in rules
-            if rule != "word-nm4v" or exact_keep(shape.head_dim, s) * 2 == shape.head_dim
+            if not rule.endswith("-nm4v") or exact_keep(shape.head_dim, s) * 2 == shape.head_dim
         ]
         # timed again: run-to-run spread
         repeat = [
             decode_row(
-                0.5 if rule == "word-nm4v" else 0.7, 8, 16384, roof, False, base_decode, rule, shape, dtype
+                0.5 if rule.endswith("-nm4v") else 0.7, 8, 16384, roof, False, base_decode, rule, shape, dtype
             )
             for rule in rules
         ]

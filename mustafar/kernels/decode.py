@@ -515,8 +515,13 @@ def _scatter_plan(
     with sides of 3 KB or more: two sides in flight per warp already cover the latency, and the smaller footprint leaves L1 room
     for the spills (fp16 s 0.7: 3 % faster than three). fp8 stores keep three (two spill more at s 0.5, 372 against
     240 bytes, and ran 8 % slower; equal at s 0.7). Groups of more than 4 query heads (Qwen2-7B's 7) hold twice
-    the query pairs per lane and spill 220-384 bytes at 168 (offline sm_90): they keep 224 until measured."""
+    the query pairs per lane and spill 220-384 bytes at 168 (offline sm_90): they keep 224 until measured.
+    V stores whose rows are expanded (:func:`expands_values`) hold no scatter chains: at 168 registers and two
+    sides (12 programs per SM) they run 4-8 % faster than at 224 / three sides (8), three sides at 168 (9, shared
+    memory binds) 12-16 % slower (H200 A/B, NOTES round 15)."""
     fp8 = k_store.fp8 or v_store.fp8
+    if expands_values(v_store) and n_rep <= 4:
+        return 168, SCATTER_SIDES or 2
     few_values = (k_store.fp8 or _slot_bytes(k_store) <= 80) and (v_store.fp8 or _slot_bytes(v_store) <= 80)
     if not few_values or n_rep > 4:
         return 224, SCATTER_SIDES or 3
@@ -545,8 +550,9 @@ def _staged_stride(slot_bytes: int, chunk: int) -> int:
 
 def expands_values(store: CompressedStore) -> bool:
     """Whether the scatter decoder expands this V store's rows in registers (:func:`scatter_ptx.expand_asm`)
-    instead of scattering its values: two of every four consecutive channels kept, fp16/bf16 values."""
-    return getattr(store, "nm_group", 0) == 4 and store.keep == expand_keep(store.head_dim) and not store.fp8
+    instead of scattering its values: two of every four consecutive channels kept (fp16/bf16 values or fp8
+    codes, which it widens to an fp16 tile)."""
+    return getattr(store, "nm_group", 0) == 4 and store.keep == expand_keep(store.head_dim)
 
 
 def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
@@ -560,8 +566,9 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     fp8 = k_store.fp8 or v_store.fp8
     slot_bytes = block_n * (d // 8 + max(k_sp, v_sp) + (4 if fp8 else 0))
     sides = _scatter_plan(k_store, v_store, slot_bytes, n_rep)[1]
-    words = _scatter_ring(block_n * d * (1 if v_store.fp8 else 2), slot_bytes, sides)  # fp8: an e4m3 tile
     v_nm = expands_values(v_store)
+    tile = block_n * d * (1 if v_store.fp8 and not v_nm else 2)  # scattered fp8: an e4m3 tile
+    words = _scatter_ring(tile, slot_bytes, sides)
     return dict(
         N_REP=n_rep,
         D=d,
@@ -580,9 +587,11 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         V_CH_P2=triton.next_power_of_2(block_n * v_sb // v_ck),
         DEVICE_LEN=k_store.static,
         K_ASM=score_asm(d, k_store.keep, k_store.slot, n_rep, q.dtype == torch.bfloat16, k_store.fp8),
-        V_ASM=expand_asm(d, v_store.slot)
-        if v_nm
-        else scatter_asm(d, v_store.keep, v_store.slot, v_store.fp8),
+        V_ASM=(
+            expand_asm(d, v_store.slot, v_store.fp8)
+            if v_nm
+            else scatter_asm(d, v_store.keep, v_store.slot, v_store.fp8)
+        ),
         SIDES=sides,
         SLOT_BYTES=slot_bytes,
         V_NM=v_nm,

@@ -259,7 +259,8 @@ def _sc_sparse_decode_kernel(
 ):
     G: gl.constexpr = D // 32
     DT: gl.constexpr = q_ptr.dtype.element_ty
-    VT: gl.constexpr = gl.float8e4nv if V_FP8 else DT  # the dense V tile (fp8: the codes as stored)
+    # the dense V tile: fp8 codes as stored when scattered, widened to fp16 when rows are expanded
+    VT: gl.constexpr = (gl.float16 if V_NM else gl.float8e4nv) if V_FP8 else DT
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
@@ -357,18 +358,22 @@ def _sc_sparse_decode_kernel(
         v_off = REGION + ((n + 1) % SIDES) * SLOT_BYTES
         if V_NM:
             _expand_side(v_off, v_off + WB, n_tok, V_ASM, V_SP, D, BLOCK_N, TILE_OFF, lc)
-            acc = _pv_rows(tile, p.to(DT), acc, op_a, op_b, BLOCK_N)
-        elif V_FP8:
+        else:
             _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, VT, V_SP, D, BLOCK_N, TILE_OFF, lc)
+        if V_FP8:
             # P weighs the unscaled codes by each token's scale relative to the tile's largest (a power of two, so
             # dividing the accumulator by it and multiplying back is exact): fp16 P keeps its precision
             at = v_off + WB + BLOCK_N * V_SP
             vsc = gl.where(gl.arange(0, BLOCK_N, layout=ts_l) < n_tok, _load_scales(at, BLOCK_N, ts_l), 0.0)
             top = gl.max(vsc, axis=0)
             pw = p * gl.expand_dims(vsc / top, 1)
-            acc = _pv8(tile, pw, acc * (1.0 / top), mma) * top
+            if V_NM:
+                acc = _pv_rows(tile, pw.to(gl.float16), acc * (1.0 / top), op_a, op_b, BLOCK_N) * top
+            else:
+                acc = _pv8(tile, pw, acc * (1.0 / top), mma) * top
+        elif V_NM:
+            acc = _pv_rows(tile, p.to(DT), acc, op_a, op_b, BLOCK_N)
         else:
-            _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, VT, V_SP, D, BLOCK_N, TILE_OFF, lc)
             acc = _pv(tile, p.to(DT), acc, op_a, op_b, BLOCK_N, D)
         n += 2
     async_copy.wait_group(0)

@@ -180,14 +180,16 @@ def expand_keep(head_dim: int) -> int:
 
 
 @functools.cache
-def expand_asm(head_dim: int, slot: int) -> str:
+def expand_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
     """PTX that expands one token's values, kept two of every four consecutive channels (``nm_group=4`` stores at
     s 0.5), into its dense row of the V tile: no zeroing, no per-value stores, no bank conflicts.
 
     The group's two values are one register of the slot, so its four dense channels are two ``prmt`` of that
     register and the zero register, whose selectors are looked up (``prmt`` of two constant registers) by the
     group's kept bits; the lookup indices of a word's eight groups come from four ``and`` + ``mad`` on the word.
-    About six instructions per four channels; the row is written in 16-byte stores.
+    About six instructions per four channels; the row is written in 16-byte stores. ``fp8``: the slot holds e4m3
+    codes, widened to fp16 pairs first (one ``cvt`` per group, exact, unscaled: the caller weighs P by the scales)
+    and the tile is fp16.
 
     Operands: ``$0`` a dummy output; ``$1`` the token's bitmap words and ``$2`` its value slots (byte offsets in
     the kernel's shared allocation; slots swizzled as :func:`swizzled_slots` when whole 128-byte slots); ``$3`` the
@@ -199,11 +201,13 @@ def expand_asm(head_dim: int, slot: int) -> str:
             f"expand_asm needs head_dim a multiple of 32 and a slot of head_dim/2, got {head_dim}, {slot}"
         )
     words = head_dim // 32
-    swizzled = swizzled_slots(2 * slot, 16)
+    swizzled = not fp8 and swizzled_slots(2 * slot, 16)
+    regs = head_dim // 4 if fp8 else 4  # fp8: every chunk's widened pairs; fp16: one chunk's, reloaded
     lines = [
         "{",
         ".reg .pred p;",
-        f".reg .b32 w<{words}>, v<4>, e<4>, x<4>, s, t, va, base, row, xs, ca, zero, lo0, lo1, hi2, hi3;",
+        f".reg .b32 w<{words}>, v<{regs}>, o<4>, x<4>, s, t, va, base, row, xs, ca, zero, lo0, lo1, hi2, hi3;",
+        *([_fp8_regs(regs), ".reg .b16 lo, hi;"] if fp8 else []),
         "setp.ne.u32 p, $4, 0;",
         "mov.u32 base, global_smem;",
         "mov.u32 zero, 0;",
@@ -226,7 +230,9 @@ def expand_asm(head_dim: int, slot: int) -> str:
             lines += [f"and.b32 t, {src}, 0x03030303;", f"mad.lo.u32 x{n}, t, 0x11, 0x40404040;"]
         for h in range(2):  # value chunk 2g + h: groups 8g + 4h .. + 3, one register each
             c = 2 * g + h
-            if swizzled:
+            if fp8:
+                lines += _load_chunk(c, regs, fp8=True)
+            elif swizzled:
                 lines += [
                     f"xor.b32 ca, xs, {16 * c};",
                     "add.u32 ca, va, ca;",
@@ -234,6 +240,7 @@ def expand_asm(head_dim: int, slot: int) -> str:
                 ]
             else:
                 lines.append(f"ld.shared.v4.b32 {{v0, v1, v2, v3}}, [va+{16 * c}];")
+            first = 4 * c if fp8 else 0
             for m in range(2):  # the dense 16-byte chunk 4g + 2h + m: groups 4h + 2m, 4h + 2m + 1 of the word
                 for q in range(2):
                     n = 4 * h + 2 * m + q
@@ -247,13 +254,13 @@ def expand_asm(head_dim: int, slot: int) -> str:
                             sel = "t"
                         lines += [
                             f"prmt.b32 s, {ta}, {tb}, {sel};",
-                            f"prmt.b32 e{2 * q + half}, v{2 * m + q}, zero, s;",
+                            f"prmt.b32 o{2 * q + half}, v{first + 2 * m + q}, zero, s;",
                         ]
                 k = 4 * g + 2 * h + m
                 lines += [
                     f"xor.b32 ca, xs, {16 * k};",
                     "add.u32 ca, row, ca;",
-                    "st.shared.v4.b32 [ca], {e0, e1, e2, e3};",
+                    "st.shared.v4.b32 [ca], {o0, o1, o2, o3};",
                 ]
     lines += ["mov.u32 $0, 0;", "}"]
     return "\n".join(lines)

@@ -82,18 +82,19 @@ def _nm4_store(rows, **kw):
     return st
 
 
+@pytest.mark.parametrize("values", ["native", "fp8"])
 @pytest.mark.parametrize("data", ["gauss", "ties"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d,k_keep", [(128, 64), (128, 38), (64, 32), (64, 19)])
-def test_expanded_values_match_reference_on_gpu(poison, d, k_keep, dtype, data):
+def test_expanded_values_match_reference_on_gpu(poison, d, k_keep, dtype, data, values):
     """V kept two of every four channels: the decoder expands its rows in registers (expand_asm) instead of
-    scattering; same shapes, poisoned buffers and forced splits as above."""
+    scattering (fp8: both sides' values as e4m3 codes); same shapes, poisoned buffers and forced splits as above."""
     from mustafar.kernels.decode import _launch, expands_values
 
     torch.manual_seed(d + k_keep)
     for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32), (1, 2, 7, 130, 3)):
-        ks = _store(_rows(b, hkv, t, d, dtype, data), k_keep)
-        vs = _nm4_store(_rows(b, hkv, t, d, dtype, data))
+        ks = _store(_rows(b, hkv, t, d, dtype, data), k_keep, value_dtype=values)
+        vs = _nm4_store(_rows(b, hkv, t, d, dtype, data), value_dtype=values)
         assert expands_values(vs)
         q = torch.randn(b, hkv * n_rep, d, device="cuda", dtype=dtype)
         kw, vw = (torch.randn(b, hkv, w, d, device="cuda", dtype=dtype) for _ in "kv")

@@ -347,31 +347,40 @@ def v_rows_offset(r: int, c: int, d: int) -> int:
 
 
 @pytest.mark.parametrize("d", [64, 128])
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_expand_ptx_writes_each_token_as_its_dense_row(d, dtype):
+@pytest.mark.parametrize("values", ["fp16", "bf16", "fp8"])
+def test_expand_ptx_writes_each_token_as_its_dense_row(d, values):
     """expand_asm against the plain-PyTorch dense rows (two of every four consecutive channels kept, ties to the
-    lower channel); invalid tokens' rows come out zero whatever their stale slots hold."""
+    lower channel; fp8: the codes' unscaled values in fp16); invalid tokens' rows come out zero whatever their
+    stale slots hold."""
     torch.manual_seed(d)
-    tokens, keep = 32, expand_keep(d)
-    rows = torch.randn(tokens, d).to(dtype)
+    tokens, keep, fp8 = 32, expand_keep(d), values == "fp8"
+    rows = torch.randn(tokens, d).to(torch.bfloat16 if values == "bf16" else torch.float16)
     rows[3] = 0.0  # ties: the lower two channels of every group
-    rows[5, :8] = torch.tensor([1.0, -1.0, 1.0, -1.0, -2.0, 2.0, 0.5, -0.5]).to(dtype)  # ties within groups
+    rows[5, :8] = torch.tensor([1.0, -1.0, 1.0, -1.0, -2.0, 2.0, 0.5, -0.5]).to(
+        rows.dtype
+    )  # ties within groups
     mask = nm_topk_mask(rows.abs(), keep, 4)
-    slot = padded_keep(keep, 2)
+    if fp8:
+        vals, dense, slot = _fp8_slots(rows, mask, keep)
+        vals[tokens - 1] = 0x7F  # a stale slot behind an invalid token (NaN as e4m3)
+        stride, dense = slot, dense.to(torch.float16)
+    else:
+        slot = stride = padded_keep(keep, 2)
+        vals = np.zeros((tokens, slot), dtype=np.uint16)
+        for t in range(tokens):
+            vals[t, :keep] = rows[t][mask[t]].view(torch.int16).numpy().view(np.uint16)
+        vals[tokens - 1] = 0x7E00  # a stale slot behind an invalid token (NaN as fp16)
+        vals, stride = staged_slots(vals.view(np.uint8)), 2 * slot
+        dense = torch.where(mask, rows, torch.zeros_like(rows))
     words = pack_bitmap(mask).numpy().view(np.uint32)
-    vals = np.zeros((tokens, slot), dtype=np.uint16)
-    for t in range(tokens):
-        vals[t, :keep] = rows[t][mask[t]].view(torch.int16).numpy().view(np.uint16)
-    vals[tokens - 1] = 0x7E00  # a stale slot behind an invalid token (NaN as fp16)
     tile, valid = 8192, tokens - 1
     smem = np.full(tile + tokens * d * 2, 0xFF, dtype=np.uint8)  # the tile starts as garbage (NaN)
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
     voff = words.nbytes
-    smem[voff : voff + vals.nbytes] = staged_slots(vals.view(np.uint8)).reshape(-1)
-    asm = expand_asm(d, slot)
+    smem[voff : voff + vals.nbytes] = vals.reshape(-1)
+    asm = expand_asm(d, slot, fp8)
     for r in range(tokens):
-        run_ptx(asm, [r * 4 * (d // 32), voff + r * 2 * slot, tile + r * 2 * d, int(r < valid)], smem, lane=r)
-    dense = torch.where(mask, rows, torch.zeros_like(rows))
+        run_ptx(asm, [r * 4 * (d // 32), voff + r * stride, tile + r * 2 * d, int(r < valid)], smem, lane=r)
     dense[valid:] = 0
     bits = dense.view(torch.int16).numpy().view(np.uint16)
     expect = np.zeros(tokens * d * 2, dtype=np.uint8)

@@ -7,7 +7,9 @@ from mustafar.bench.shapes import attention_shape
 from mustafar.pruning.keep import exact_keep
 shape = attention_shape("llama3_8b")
 s = float(sys.argv[1]); vd = sys.argv[2] if len(sys.argv) > 2 else "native"
-inp = decode_inputs(shape, 32, 32768, exact_keep(128, s), word_quota=True, value_dtype=vd)
+extra = {"v_nm_group": 4} if vd.endswith("nm4v") else {}  # round 15: V kept two of every four channels
+inp = decode_inputs(shape, 32, 32768, exact_keep(128, s), word_quota=True,
+                    value_dtype=vd.removesuffix("nm4v") or "native", **extra)
 call = decode_call(inp, {})
 for _ in range(4):
     call()

@@ -1,5 +1,6 @@
 """Round-12 A/B driver: python3 ab3.py ROOT TAG [CAP SIDES] -- times the scatter decoder of the tree at ROOT.
-AB_CASES=native:0.5,fp8:0.5 (values:sparsity) narrows the cases (default: fp16 and fp8 values at 0.5 and 0.7)."""
+AB_CASES=native:0.5,fp8:0.5 (values:sparsity) narrows the cases (default: fp16 and fp8 values at 0.5 and 0.7);
+values nm4v / fp8nm4v: fp16 / fp8 values, V kept two of every four channels (round 15)."""
 import json, math, os, sys
 from pathlib import Path
 root = Path(sys.argv[1]).resolve(); tag = sys.argv[2]
@@ -19,18 +20,20 @@ if os.environ.get("AB_CASES"):
 if cap is not None:
     orig = decode._scatter_plan
     decode._scatter_plan = lambda k, v, side, n: (cap, sides or orig(k, v, side, n)[1])
-    cases = [("native", 0.5)]
+    cases = cases if os.environ.get("AB_CASES") else [("native", 0.5)]
 shape = attention_shape("llama3_8b")
 sizes = [(8, 32768), (32, 16384), (32, 32768)]
 for vd, s in cases:
     keep = exact_keep(shape.head_dim, s)
-    small = decode_inputs(shape, 2, 1000, keep, word_quota=True, value_dtype=vd, window=17)
+    extra = {"v_nm_group": 4} if vd.endswith("nm4v") else {}
+    values = vd.removesuffix("nm4v") or "native"
+    small = decode_inputs(shape, 2, 1000, keep, word_quota=True, value_dtype=values, window=17, **extra)
     ref = sparse_decode_attention(small.q, small.k_store, small.v_store, small.k_window, small.v_window, small.scale, backend="torch")
     o = decode_call(small, {}, out=torch.full_like(small.q, math.nan))()
     err = math.inf if o.isnan().any() else rel_err(o, ref)
     for b, t in sizes:
         dense = graph_time(dense_decode_call(shape, b, t + WINDOW))
-        inp = decode_inputs(shape, b, t, keep, word_quota=True, value_dtype=vd)
+        inp = decode_inputs(shape, b, t, keep, word_quota=True, value_dtype=values, **extra)
         call = decode_call(inp, {}); call(); torch.cuda.synchronize()
         us = graph_time(call)
         row = dict(tag=tag, vd=vd, s=s, b=b, t=t, dense=round(dense, 1), us=round(us, 1), err=float(f"{err:.2e}"),
