@@ -21,8 +21,9 @@ rules = [  # (x label, policy suffix); at s 0.5 a group of M keeps M/2, at s 0.7
     ("groups of 4\nstrided", " nm4s"),
     ("groups of 8\nconsecutive", " nm8"),
     ("groups of 4\nconsecutive", " nm4"),
+    ("K word,\nV groups of 4", " k-word v-nm4"),  # per-side keep rules
 ]
-fig, ax = plt.subplots(figsize=(8.5, 3.9))
+fig, ax = plt.subplots(figsize=(9.5, 3.9))
 width = 0.38
 for i, (sparsity, color) in enumerate([("K0.5 V0.5", "tab:blue"), ("K0.75 V0.75", "tab:orange")]):
     xs, ys, errs = [], [], [[], []]
