@@ -517,8 +517,8 @@ def _scatter_plan(
     240 bytes, and ran 8 % slower; equal at s 0.7). Groups of more than 4 query heads (Qwen2-7B's 7) hold twice
     the query pairs per lane and spill 220-384 bytes at 168 (offline sm_90): they keep 224 until measured.
     V stores whose rows are expanded (:func:`expands_values`) hold no scatter chains: at 168 registers and two
-    sides (12 programs per SM) they run 4-8 % faster than at 224 / three sides (8), three sides at 168 (9, shared
-    memory binds) 12-16 % slower (H200 A/B, NOTES round 15)."""
+    sides (12 programs per SM) they run 4-5 % faster than at 224 / three sides (8), three sides at 168 (9, shared
+    memory binds) 12-19 % slower (H200 A/B, NOTES round 15)."""
     fp8 = k_store.fp8 or v_store.fp8
     if expands_values(v_store) and n_rep <= 4:
         return 168, SCATTER_SIDES or 2

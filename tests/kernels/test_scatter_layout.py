@@ -53,13 +53,43 @@ def test_register_cap_and_ring_depth_follow_the_value_slots(keep, value_dtype, d
     assert decode._scatter_plan(st, st, side, 4) == expect
 
 
+@pytest.mark.parametrize(
+    "value_dtype,d,keep,n_rep,expect",
+    [
+        (
+            "native",
+            128,
+            64,
+            4,
+            (168, 2),
+        ),  # s 0.5 fp16: no V scatter chains, 168 / two sides (224 / three with word V)
+        ("fp8", 128, 64, 4, (168, 2)),
+        ("native", 64, 32, 1, (168, 2)),
+        ("native", 128, 64, 7, (224, 3)),  # larger GQA groups keep 224 as the walk's queries need
+    ],
+)
+def test_expanded_values_launch_at_168_registers_and_two_sides(value_dtype, d, keep, n_rep, expect):
+    k = _store(keep, value_dtype, d)
+    v = CompressedStore(1, 1, d, torch.float16, "cpu", keep, capacity=32, nm_group=4, value_dtype=value_dtype)
+    assert decode.expands_values(v) and not decode.expands_values(k)
+    assert decode._scatter_plan(k, v, 5120, n_rep) == expect
+
+
+def test_only_two_of_four_value_stores_are_expanded():
+    one_of_four = CompressedStore(1, 1, 128, torch.float16, "cpu", 32, capacity=32, nm_group=4)
+    two_of_eight = CompressedStore(1, 1, 128, torch.float16, "cpu", 64, capacity=32, nm_group=8)
+    assert not decode.expands_values(one_of_four) and not decode.expands_values(two_of_eight)
+
+
 @pytest.mark.parametrize("n_rep,expect", [(1, (168, 2)), (4, (168, 2)), (7, (224, 3)), (8, (224, 3))])
 def test_groups_over_four_query_heads_keep_224_registers(n_rep, expect):
     st = _store(38)  # D 128 s 0.7: the 168 cap with four heads or fewer
     assert decode._scatter_plan(st, st, 3072, n_rep) == expect
 
 
-def _compile_offline(head_dim: int, sparsity: float, value_dtype: str = "native") -> dict:
+def _compile_offline(
+    head_dim: int, sparsity: float, value_dtype: str = "native", v_nm_group: int = 0
+) -> dict:
     """Compile in a fresh process: this test session may run Triton in interpret mode, which cannot compile."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     cmd = [
@@ -72,6 +102,8 @@ def _compile_offline(head_dim: int, sparsity: float, value_dtype: str = "native"
         str(sparsity),
         "--value-dtype",
         value_dtype,
+        "--v-nm-group",
+        str(v_nm_group),
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -79,20 +111,23 @@ def _compile_offline(head_dim: int, sparsity: float, value_dtype: str = "native"
 
 
 @pytest.mark.parametrize(
-    "head_dim,sparsity,value_dtype",
+    "head_dim,sparsity,value_dtype,v_nm_group",
     [
-        (128, 0.7, "native"),
-        (128, 0.5, "native"),
-        (64, 0.7, "native"),
-        (128, 0.9, "native"),  # a ring smaller than the tile: the tile's allocation first
-        (128, 0.7, "fp8"),
-        (128, 0.5, "fp8"),
+        (128, 0.7, "native", 0),
+        (128, 0.5, "native", 0),
+        (64, 0.7, "native", 0),
+        (128, 0.9, "native", 0),  # a ring smaller than the tile: the tile's allocation first
+        (128, 0.7, "fp8", 0),
+        (128, 0.5, "fp8", 0),
+        (128, 0.5, "native", 4),  # V kept 2:4: rows expanded into a [tokens, D] tile
+        (128, 0.5, "fp8", 4),  # codes widened into the same fp16 tile
     ],
 )
-def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(head_dim, sparsity, value_dtype):
-    k = _compile_offline(head_dim, sparsity, value_dtype)
+def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(head_dim, sparsity, value_dtype, v_nm_group):
+    k = _compile_offline(head_dim, sparsity, value_dtype, v_nm_group)
     ring = 4 * k["smem_words"]
-    tile = k["block_n"] * head_dim * (1 if value_dtype == "fp8" else 2)  # fp8: the e4m3 tile
+    e4m3 = value_dtype == "fp8" and not v_nm_group
+    tile = k["block_n"] * head_dim * (1 if e4m3 else 2)  # scattered fp8: the e4m3 tile
     assert k["sides"] * k["slot_bytes"] <= ring
     # the larger allocation at 0, the other right after it (the kernel's REGION and TILE_OFF). Only the tile's
     # accesses are compiled code (the ring is addressed by the PTX): a ring first shows the tile at offset ``ring``;
