@@ -16,8 +16,8 @@ from mustafar.cache import MustafarCache, nm_group, word_quota
 from mustafar.config import KVConfig
 from mustafar.generation import generate
 from mustafar.runner_pool import release
-from mustafar.static_cache import StaticCompressedLayer, StaticMustafarCache, static_cache, static_reason
-from tests.integration.test_word_rule_in_models import _drive, assert_same_outputs, prompts
+from mustafar.static_cache import StaticCompressedLayer, static_cache
+from tests.integration.test_word_rule_in_models import assert_same_outputs, prompts, static_matches_dynamic
 from tests.unit.test_nm_rule import hand_nm_mask
 from tests.unit.test_word_rule import hand_word_mask
 
@@ -102,24 +102,8 @@ def test_dynamic_compressed_equals_mask_mode(tiny_llama, policy, lengths):
 def test_static_equals_dynamic_mask_mode_step_by_step(tiny_llama, mode, policy, batch):
     """Teacher-forced logits and every layer's logical cache after each call: the static cache (mask or compressed)
     against the dynamic mask-mode cache."""
-    g = torch.Generator().manual_seed(7 + batch)
-    prompt, feed = (
-        torch.randint(0, 256, (batch, 40), generator=g),
-        torch.randint(0, 256, (batch, 5), generator=g),
-    )
-    n_layers = tiny_llama.config.num_hidden_layers
-    ref = _drive(tiny_llama, MustafarCache(policy, n_layers), prompt, feed)
     under = KVConfig(**{**policy.to_dict(), "mode": mode})
-    assert static_reason(tiny_llama, under, 40) is None
-    cache = static_cache(tiny_llama, under, 40, 6)
-    assert isinstance(cache, StaticMustafarCache)
-    got = _drive(tiny_llama, cache, prompt, feed)
-    for step, (lr, lg) in enumerate(zip(ref[0], got[0], strict=True)):
-        torch.testing.assert_close(lg, lr, atol=1e-5, rtol=1e-5, msg=f"logits differ at call {step}")
-    for views_ref, views_got in zip(ref[1], got[1], strict=True):
-        for (kr, vr), (kg, vg) in zip(views_ref, views_got, strict=True):
-            torch.testing.assert_close(kg, kr, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(vg, vr, atol=1e-5, rtol=1e-5)
+    cache, _ = static_matches_dynamic(tiny_llama, policy, under, batch)
     if mode == "compressed":
         assert check_stores(cache, policy) > 0
 
@@ -139,27 +123,3 @@ def test_static_padded_batch_equals_mask_mode(tiny_llama):
         batch = generate(tiny_llama, _compressed(policy), ps, list(BUDGETS), cache=cache)
     assert_same_outputs(generate(tiny_llama, policy, ps, list(BUDGETS), static=False), batch)
     assert check_stores(cache, policy) > 0
-
-
-@pytest.mark.slow
-@pytest.mark.usefixtures("triton_interpreter")
-@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
-def test_triton_kernels_equal_mask_mode(tiny_llama, monkeypatch, static):
-    """The Triton group and word prune+pack (static: at each padded row's device count) and the sparse decode op,
-    interpreted on the CPU, give mask mode's tokens; the stores keep their counts."""
-    release(tiny_llama)
-    monkeypatch.setenv("MUSTAFAR_KERNEL_BACKEND", "triton")
-    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", v_keep_rule="nm4", window=8)
-    ps, budgets = prompts((13, 30), seed=3), [3, 4]
-    cache = (
-        static_cache(tiny_llama, _compressed(policy), 30, 4, padded=True, shortest=13)
-        if static
-        else MustafarCache(_compressed(policy), tiny_llama.config.num_hidden_layers)
-    )
-    got = generate(
-        tiny_llama, _compressed(policy), ps, budgets, cache=cache, static=None if static else False
-    )
-    assert_same_outputs(generate(tiny_llama, policy, ps, budgets, static=False), got)
-    assert check_stores(cache, policy) > 0
-    if static:
-        assert cache.layers[0].device_stores  # the Triton pack wrote at the per-row device counts

@@ -94,28 +94,39 @@ def _drive(model, cache, prompt: torch.Tensor, feed: torch.Tensor):
     return logits, views
 
 
-@pytest.mark.parametrize("mode", ["mask", "compressed"])
-@pytest.mark.parametrize("policy", WORD[:3], ids=_id)
-@pytest.mark.parametrize("batch", [1, 2])
-def test_static_equals_dynamic_step_by_step(tiny_llama, mode, policy, batch):
-    policy = KVConfig(**{**policy.to_dict(), "mode": mode})
+def static_matches_dynamic(model, policy: KVConfig, under: KVConfig, batch: int):
+    """Drive a 40-token prompt and 5 fed tokens through the dynamic cache of `policy` and a static cache of `under`;
+    assert each call's logits and every layer's logical K and V agree; return (static cache, its drive)."""
     g = torch.Generator().manual_seed(7 + batch)
     prompt, feed = (
         torch.randint(0, 256, (batch, 40), generator=g),
         torch.randint(0, 256, (batch, 5), generator=g),
     )
-    n_layers = tiny_llama.config.num_hidden_layers
-    ref = _drive(tiny_llama, MustafarCache(policy, n_layers), prompt, feed)
-    assert static_reason(tiny_llama, policy, 40) is None
-    cache = static_cache(tiny_llama, policy, 40, 6)
+    ref = _drive(model, MustafarCache(policy, model.config.num_hidden_layers), prompt, feed)
+    assert static_reason(model, under, 40) is None
+    cache = static_cache(model, under, 40, 6)
     assert isinstance(cache, StaticMustafarCache)
-    got = _drive(tiny_llama, cache, prompt, feed)
-    for step, (lr, lg) in enumerate(zip(ref[0], got[0])):
+    got = _drive(model, cache, prompt, feed)
+    assert_same_drive(ref, got)
+    return cache, got
+
+
+def assert_same_drive(ref, got) -> None:
+    """Two `_drive` results agree: each call's logits and every layer's logical K and V after it."""
+    for step, (lr, lg) in enumerate(zip(ref[0], got[0], strict=True)):
         torch.testing.assert_close(lg, lr, atol=1e-5, rtol=1e-5, msg=f"logits differ at call {step}")
-    for vr, vg in zip(ref[1], got[1]):
-        for (kr, vr_), (kg, vg_) in zip(vr, vg):
+    for views_ref, views_got in zip(ref[1], got[1], strict=True):
+        for (kr, vr), (kg, vg) in zip(views_ref, views_got, strict=True):
             torch.testing.assert_close(kg, kr, atol=1e-5, rtol=1e-5)
-            torch.testing.assert_close(vg_, vr_, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(vg, vr, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("mode", ["mask", "compressed"])
+@pytest.mark.parametrize("policy", WORD[:3], ids=_id)
+@pytest.mark.parametrize("batch", [1, 2])
+def test_static_equals_dynamic_step_by_step(tiny_llama, mode, policy, batch):
+    policy = KVConfig(**{**policy.to_dict(), "mode": mode})
+    cache, got = static_matches_dynamic(tiny_llama, policy, policy, batch)
     # the pruned tokens of the final logical cache follow the word rule (magnitude sides: from the values alone)
     final = 40 + 5 - policy.window
     k = got[1][-1][0][0][:, :, :final]
@@ -176,14 +187,23 @@ def test_static_padded_batch_equals_mask_mode_and_each_row_alone(tiny_llama, pol
 @pytest.mark.slow
 @pytest.mark.usefixtures("triton_interpreter")
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
-def test_triton_kernels_equal_mask_mode(tiny_llama, monkeypatch, static):
-    """The Triton per-word prune+pack (static: at each padded row's own device count) and the sparse decode op,
-    interpreted on the CPU, give mask mode's tokens; the stores keep the quotas."""
+@pytest.mark.parametrize(
+    "policy",
+    [
+        KVConfig(k_sparsity=0.7, v_sparsity=0.5, keep_rule="word", window=8),
+        KVConfig(
+            k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", v_keep_rule="nm4", window=8
+        ),  # V 2:4 groups
+    ],
+    ids=["word", "word-v-nm4"],
+)
+def test_triton_kernels_equal_mask_mode(tiny_llama, monkeypatch, static, policy):
+    """The Triton per-word (and per-group) prune+pack (static: at each padded row's own device count) and the
+    sparse decode op, interpreted on the CPU, give mask mode's tokens; the stores keep the quotas."""
     import mustafar.static_cache as sc
 
     release(tiny_llama)
     monkeypatch.setenv("MUSTAFAR_KERNEL_BACKEND", "triton")
-    policy = KVConfig(k_sparsity=0.7, v_sparsity=0.5, keep_rule="word", window=8)
     compressed = KVConfig(**{**policy.to_dict(), "mode": "compressed"})
     ps, budgets = prompts((13, 30), seed=3), [3, 4]
     cache = (

@@ -37,6 +37,28 @@ def _rel(out, ref):
     return ((out.float() - ref.float()).norm() / ref.float().norm()).item()
 
 
+def _check_scatter(ks, vs, n_rep, w, label):
+    """The scatter decoder on these stores (a random query group and dense windows of ``w`` tokens), by the default
+    launch and at 3 forced splits, into NaN-filled outputs, against the PyTorch reference."""
+    from mustafar.kernels.decode import _launch
+
+    b, hkv, d, dtype = ks.batch, ks.heads, ks.head_dim, ks.dtype
+    q = torch.randn(b, hkv * n_rep, d, device="cuda", dtype=dtype)
+    kw, vw = (torch.randn(b, hkv, w, d, device="cuda", dtype=dtype) for _ in "kv")
+    scale = d**-0.5
+    assert decoder_for(q, ks, vs) == "scatter"
+    ref = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")
+    for splits in (None, 3):
+        out = torch.full_like(q, math.nan)
+        if splits is None:
+            got = sparse_decode_attention(q, ks, vs, kw, vw, scale, out=out)
+        else:
+            got = _launch(q, ks, vs, kw, vw, scale, "scatter", out=out, num_splits=splits)
+        assert got is out and not out.isnan().any()
+        err = _rel(out, ref)
+        assert err <= 1e-2, f"{label}, splits {splits}: rel err {err:.2e}"
+
+
 CASES = {  # id -> (head_dim, k_keep, v_keep)
     "d128-s0.7": (128, 38, 38),
     "d128-s0.5": (128, 64, 64),
@@ -52,27 +74,12 @@ CASES = {  # id -> (head_dim, k_keep, v_keep)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", list(CASES))
 def test_scatter_decode_matches_reference_on_gpu(poison, case, dtype, data):
-    from mustafar.kernels.decode import _launch
-
     d, k_keep, v_keep = CASES[case]
     torch.manual_seed(hash(case) % 1000)
     for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32), (1, 2, 7, 130, 3)):
         ks = _store(_rows(b, hkv, t, d, dtype, data), k_keep)
         vs = _store(_rows(b, hkv, t, d, dtype, data), v_keep)
-        q = torch.randn(b, hkv * n_rep, d, device="cuda", dtype=dtype)
-        kw, vw = (torch.randn(b, hkv, w, d, device="cuda", dtype=dtype) for _ in "kv")
-        scale = d**-0.5
-        assert decoder_for(q, ks, vs) == "scatter"
-        ref = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")
-        for splits in (None, 3):
-            out = torch.full_like(q, math.nan)
-            if splits is None:
-                got = sparse_decode_attention(q, ks, vs, kw, vw, scale, out=out)
-            else:
-                got = _launch(q, ks, vs, kw, vw, scale, "scatter", out=out, num_splits=splits)
-            assert got is out and not out.isnan().any()
-            err = _rel(out, ref)
-            assert err <= 1e-2, f"{case} B{b} T{t} W{w} group {n_rep}, splits {splits}: rel err {err:.2e}"
+        _check_scatter(ks, vs, n_rep, w, f"{case} B{b} T{t} W{w} group {n_rep}")
 
 
 def _nm4_store(rows, **kw):
@@ -89,27 +96,14 @@ def _nm4_store(rows, **kw):
 def test_expanded_values_match_reference_on_gpu(poison, d, k_keep, dtype, data, values):
     """V kept two of every four channels: the decoder expands its rows in registers (expand_asm) instead of
     scattering (fp8: both sides' values as e4m3 codes); same shapes, poisoned buffers and forced splits as above."""
-    from mustafar.kernels.decode import _launch, expands_values
+    from mustafar.kernels.decode import expands_values
 
     torch.manual_seed(d + k_keep)
     for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32), (1, 2, 7, 130, 3)):
         ks = _store(_rows(b, hkv, t, d, dtype, data), k_keep, value_dtype=values)
         vs = _nm4_store(_rows(b, hkv, t, d, dtype, data), value_dtype=values)
         assert expands_values(vs)
-        q = torch.randn(b, hkv * n_rep, d, device="cuda", dtype=dtype)
-        kw, vw = (torch.randn(b, hkv, w, d, device="cuda", dtype=dtype) for _ in "kv")
-        scale = d**-0.5
-        assert decoder_for(q, ks, vs) == "scatter"
-        ref = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")
-        for splits in (None, 3):
-            out = torch.full_like(q, math.nan)
-            if splits is None:
-                got = sparse_decode_attention(q, ks, vs, kw, vw, scale, out=out)
-            else:
-                got = _launch(q, ks, vs, kw, vw, scale, "scatter", out=out, num_splits=splits)
-            assert got is out and not out.isnan().any()
-            err = _rel(out, ref)
-            assert err <= 1e-2, f"D{d} B{b} T{t} W{w} group {n_rep}, splits {splits}: rel err {err:.2e}"
+        _check_scatter(ks, vs, n_rep, w, f"D{d} B{b} T{t} W{w} group {n_rep}")
 
 
 def test_expanded_values_static_graph_replay_on_gpu():

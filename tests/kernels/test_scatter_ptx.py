@@ -8,6 +8,7 @@ the slot order and the address arithmetic without a GPU.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -323,13 +324,21 @@ def test_scatter_ptx_writes_the_decoded_token_at_its_tile_addresses(d, keep):
     for r in range(tokens):
         ops = [r * 4 * (d // 32), voff + r * 2 * slot, *column_operands(r, tile, d), int(r < valid)]
         run_ptx(asm, ops, smem, lane=r)
-    expect = np.zeros(tokens * d * 2, dtype=np.uint8)
-    dense = torch.where(mask, rows, torch.zeros_like(rows)).numpy()  # no -0.0 from unkept negatives
-    for r in range(valid):
+    dense = torch.where(mask, rows, torch.zeros_like(rows))  # no -0.0 from unkept negatives
+    dense[valid:] = 0
+    assert np.array_equal(smem[tile:], _tile_image(dense, tile_offset))
+
+
+def _tile_image(dense: torch.Tensor, offset: Callable[[int, int, int], int]) -> np.ndarray:
+    """The bytes of a 16-bit dense tile holding ``dense`` [tokens, d], element (r, c) at byte ``offset(r, c, d)``."""
+    tokens, d = dense.shape
+    bits = dense.view(torch.int16).numpy().view(np.uint16)
+    image = np.zeros(tokens * d * 2, dtype=np.uint8)
+    for r in range(tokens):
         for c in range(d):
-            o = tile_offset(r, c, d)
-            expect[o : o + 2] = dense[r, c : c + 1].view(np.uint8)
-    assert np.array_equal(smem[tile:], expect)
+            o = offset(r, c, d)
+            image[o : o + 2] = bits[r, c : c + 1].view(np.uint8)
+    return image
 
 
 def test_prmt_picks_bytes_as_the_ptx_manual_says():
@@ -382,13 +391,7 @@ def test_expand_ptx_writes_each_token_as_its_dense_row(d, values):
     for r in range(tokens):
         run_ptx(asm, [r * 4 * (d // 32), voff + r * stride, tile + r * 2 * d, int(r < valid)], smem, lane=r)
     dense[valid:] = 0
-    bits = dense.view(torch.int16).numpy().view(np.uint16)
-    expect = np.zeros(tokens * d * 2, dtype=np.uint8)
-    for r in range(tokens):
-        for c in range(d):
-            o = v_rows_offset(r, c, d)
-            expect[o : o + 2] = bits[r, c : c + 1].view(np.uint8)
-    assert np.array_equal(smem[tile:], expect)
+    assert np.array_equal(smem[tile:], _tile_image(dense, v_rows_offset))
 
 
 def test_expand_ptx_refuses_other_slots():
