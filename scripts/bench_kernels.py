@@ -56,7 +56,16 @@ from mustafar.pruning.keep import (  # noqa: E402
 )
 
 SHAPE = attention_shape("llama3_8b")
-KEEP_RULES = ("exact", "word", "exact-fp8", "word-fp8", "word-nm4v", "word-fp8-nm4v")
+KEEP_RULES = (
+    "exact",
+    "word",
+    "exact-fp8",
+    "word-fp8",
+    "word-nm4v",
+    "word-fp8-nm4v",
+    "nm8k-nm4v",
+    "nm8sk-nm4v",
+)
 CONFIGS = {  # name -> private launch options, timed next to the default launch (round 5 sweeps: NOTES.md)
     "staged n32": dict(decoder="staged", block_n=32),
     "portable n64 w4": dict(decoder="portable", block_n=64, num_warps=4),
@@ -198,11 +207,13 @@ def decode_row(
         t,
         keep,
         dtype,
-        word_quota=rule.startswith("word"),
+        word_quota=rule.startswith(("word", "nm")),
         value_dtype="fp8" if fp8 else "native",
         v_nm_group=4
         if rule.endswith("-nm4v")
         else 0,  # V two of every four channels: expanded, not scattered
+        k_nm_group=8 if rule.startswith("nm8") else 0,  # K four of every eight: expanded, scored by an MMA
+        k_strided=rule.startswith("nm8sk"),
     )
     default = decode_call(inp, {})
     us = time_us(default)  # first: the launch measures its occupancy, which the plan below then uses
@@ -404,7 +415,8 @@ def main() -> None:
         help="stores to decode: exact (top-k per token: the staged decoder), word (word quotas: scatter); "
         "suffix -fp8 for fp8 values (word-fp8: scatter, exact-fp8: portable); word-nm4v: K word, V two of every "
         "four channels (expanded by the scatter decoder; s 0.5 only, other sparsities skipped), word-fp8-nm4v the "
-        "same with fp8 values",
+        "same with fp8 values; nm8sk-nm4v: K four of every eight strided channels, V two of every four (both "
+        "expanded; nm8k-nm4v: K groups consecutive, the same kernel)",
     )
     ap.add_argument(
         "--dtype", choices=("fp16", "bf16"), default="fp16", help="queries, windows, dense K/V, values"

@@ -48,13 +48,16 @@ def build_stores(
     word_quota: bool = False,
     value_dtype: str = "native",
     v_nm_group: int = 0,
+    k_nm_group: int = 0,
+    k_strided: bool = False,
 ) -> tuple[CompressedStore, CompressedStore]:
     """K and V stores of N(0, 1) rows pruned and packed by the default prune+pack (``word_quota``: the word
-    rule's stores, which the scatter decoder reads; ``value_dtype="fp8"``: e4m3 codes; ``v_nm_group``: V kept
-    per consecutive group of that many channels), in chunks (bounded memory)."""
+    rule's stores, which the scatter decoder reads; ``value_dtype="fp8"``: e4m3 codes; ``v_nm_group`` /
+    ``k_nm_group``: V / K kept per group of that many channels, consecutive or, ``k_strided``, strided), in chunks
+    (bounded memory)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     stores = []
-    for group in (0, v_nm_group):
+    for group, strided in ((k_nm_group, k_strided), (v_nm_group, False)):
         st = CompressedStore(
             batch,
             shape.heads_kv,
@@ -66,6 +69,7 @@ def build_stores(
             word_quota=word_quota,
             value_dtype=value_dtype,
             **({"nm_group": group} if group else {}),
+            **({"nm_strided": True} if strided else {}),
         )
         for a in range(0, tokens, chunk):
             n = min(chunk, tokens - a)
@@ -73,7 +77,7 @@ def build_stores(
                 batch, shape.heads_kv, n, shape.head_dim, device="cuda", dtype=dtype, generator=g
             )
             if group:
-                pack_into(st, rows, nm_topk_mask(rows.abs(), keep, group))
+                pack_into(st, rows, nm_topk_mask(rows.abs(), keep, group, strided=strided))
             elif word_quota:
                 pack_into(st, rows, word_topk_mask(rows.abs(), keep))
             else:
@@ -93,6 +97,8 @@ def decode_inputs(
     word_quota: bool = False,
     value_dtype: str = "native",
     v_nm_group: int = 0,
+    k_nm_group: int = 0,
+    k_strided: bool = False,
 ) -> DecodeInputs:
     """One decode step's inputs: q [B, H_q, D], stores of ``tokens`` compressed tokens, dense windows."""
     torch.manual_seed(seed)
@@ -107,6 +113,8 @@ def decode_inputs(
         word_quota=word_quota,
         value_dtype=value_dtype,
         v_nm_group=v_nm_group,
+        k_nm_group=k_nm_group,
+        k_strided=k_strided,
     )
     kw, vw = (
         torch.randn(batch, shape.heads_kv, window, shape.head_dim, device="cuda", dtype=dtype) for _ in "kv"

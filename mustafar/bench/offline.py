@@ -66,9 +66,10 @@ def compile_scatter(
     static: bool = False,
     value_dtype: str = "native",
     v_nm_group: int = 0,
+    k_nm_group: int = 0,
 ) -> OfflineKernel:
     """Compile the scatter decoder for word-quota stores of this shape with the default launch's constexprs
-    (``v_nm_group``: V kept per consecutive group of that many channels)."""
+    (``k_nm_group`` / ``v_nm_group``: K / V kept per consecutive group of that many channels)."""
     keep = exact_keep(head_dim, sparsity)
     k_store, v_store = (
         CompressedStore(
@@ -84,7 +85,7 @@ def compile_scatter(
             value_dtype=value_dtype,
             **({"nm_group": group} if group else {}),
         )
-        for group in (0, v_nm_group)
+        for group in (k_nm_group, v_nm_group)
     )
     q = torch.zeros(1, 8 * n_rep, 1, head_dim, dtype=dtype)
     constexprs = decode._scatter_constexprs(q, k_store, v_store, decode.TOKENS_PER_TILE)
@@ -145,10 +146,16 @@ def main() -> None:
     ap.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16")
     ap.add_argument("--value-dtype", choices=("native", "fp8"), default="native")
     ap.add_argument("--v-nm-group", type=int, choices=(0, 4, 8), default=0, help="V kept per N-channel group")
+    ap.add_argument("--k-nm-group", type=int, choices=(0, 4, 8), default=0, help="K kept per N-channel group")
     args = ap.parse_args()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     kernel = compile_scatter(
-        args.head_dim, args.sparsity, dtype, value_dtype=args.value_dtype, v_nm_group=args.v_nm_group
+        args.head_dim,
+        args.sparsity,
+        dtype,
+        value_dtype=args.value_dtype,
+        v_nm_group=args.v_nm_group,
+        k_nm_group=args.k_nm_group,
     )
     print(json.dumps(summary(kernel)))
 

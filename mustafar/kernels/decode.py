@@ -47,6 +47,7 @@ from mustafar.kernels.decode_scatter import _sc_sparse_decode_kernel
 from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
 from mustafar.kernels.scatter_ptx import (
     TOKENS_PER_TILE,
+    expand8_asm,
     expand_asm,
     expand_keep,
     scatter_asm,
@@ -555,6 +556,19 @@ def expands_values(store: CompressedStore) -> bool:
     return getattr(store, "nm_group", 0) == 4 and store.keep == expand_keep(store.head_dim)
 
 
+def expands_keys(k_store: CompressedStore, v_store: CompressedStore) -> bool:
+    """Whether the scatter decoder expands this K store's rows (:func:`scatter_ptx.expand8_asm`) and scores them
+    with an MMA instead of walking its bits: four of every eight channels kept in the store's order (consecutive,
+    or strided under a fixed permutation that q takes too), fp16/bf16, with V's rows expanded too (K's rows use
+    V's row tile between two of the loop's barriers)."""
+    return (
+        getattr(k_store, "nm_group", 0) == 8
+        and k_store.keep == k_store.head_dim // 2
+        and not (k_store.fp8 or v_store.fp8)
+        and expands_values(v_store)
+    )
+
+
 def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
     """One dense tile, a ring of staged sides (:func:`_scatter_plan`, :func:`_scatter_ring`: each side's words,
     value slots and, fp8, its scales) and the scatter PTX of each side; in the kernel's declaration order."""
@@ -566,7 +580,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     fp8 = k_store.fp8 or v_store.fp8
     slot_bytes = block_n * (d // 8 + max(k_sp, v_sp) + (4 if fp8 else 0))
     sides = _scatter_plan(k_store, v_store, slot_bytes, n_rep)[1]
-    v_nm = expands_values(v_store)
+    v_nm, k_nm = expands_values(v_store), expands_keys(k_store, v_store)
     tile = block_n * d * (1 if v_store.fp8 and not v_nm else 2)  # scattered fp8: an e4m3 tile
     words = _scatter_ring(tile, slot_bytes, sides)
     return dict(
@@ -586,7 +600,11 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         K_CH_P2=triton.next_power_of_2(block_n * k_sb // k_ck),
         V_CH_P2=triton.next_power_of_2(block_n * v_sb // v_ck),
         DEVICE_LEN=k_store.static,
-        K_ASM=score_asm(d, k_store.keep, k_store.slot, n_rep, q.dtype == torch.bfloat16, k_store.fp8),
+        K_ASM=(
+            expand8_asm(d, k_store.slot)
+            if k_nm
+            else score_asm(d, k_store.keep, k_store.slot, n_rep, q.dtype == torch.bfloat16, k_store.fp8)
+        ),
         V_ASM=(
             expand_asm(d, v_store.slot, v_store.fp8)
             if v_nm
@@ -595,6 +613,8 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         SIDES=sides,
         SLOT_BYTES=slot_bytes,
         V_NM=v_nm,
+        K_NM=k_nm,
+        K_PERM=k_store.nm_group if k_nm and getattr(k_store, "nm_strided", False) else 0,
     )
 
 
@@ -669,6 +689,8 @@ def _configure(
         k_store.value_dtype,
         v_store.value_dtype,
         expands_values(v_store),
+        expands_keys(k_store, v_store),
+        getattr(k_store, "nm_strided", False),
         decoder,
         block_n,
         num_warps,

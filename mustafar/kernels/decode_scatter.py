@@ -256,6 +256,8 @@ def _sc_sparse_decode_kernel(
     SIDES: gl.constexpr,
     SLOT_BYTES: gl.constexpr,
     V_NM: gl.constexpr,
+    K_NM: gl.constexpr,
+    K_PERM: gl.constexpr,
 ):
     G: gl.constexpr = D // 32
     DT: gl.constexpr = q_ptr.dtype.element_ty
@@ -274,7 +276,7 @@ def _sc_sparse_decode_kernel(
     tbuf = gl.allocate_shared_memory(gl.int32, [TILE_W], flat)
     REGION: gl.constexpr = 0 if SMEM_WORDS > TILE_W else 4 * TILE_W
     TILE_OFF: gl.constexpr = 4 * SMEM_WORDS if SMEM_WORDS > TILE_W else 0
-    if V_NM:
+    if V_NM:  # expanded K rows, where K is expanded, use the same tile: the loop's barriers order them
         tile = tbuf._reinterpret(VT, [BLOCK_N, D], _v_rows_layout())
     elif V_FP8:
         tile = tbuf._reinterpret(VT, [D, BLOCK_N], _vt8_tile_layout(D))
@@ -287,6 +289,8 @@ def _sc_sparse_decode_kernel(
     m_i, l_i = _softmax_state(BLOCK_H)
     acc = gl.zeros([D, BLOCK_H], gl.float32, layout=mma)  # (Vᵀ p) [D, heads]
     q_row = q_ptr + b.to(gl.int64) * sqb + (h * N_REP).to(gl.int64) * sqh
+    if K_NM:  # qᵀ as the scores' MMA operand, its channels in the K store's order
+        qk = _q_tile(q_ptr, sqb, sqh, b, h, N_REP, D, BLOCK_H, K_PERM)
     qp = (
         _q_pair(q_row, sqh, 0, 0, N_REP, D, lc), _q_pair(q_row, sqh, 2, 0, N_REP, D, lc),
         _q_pair(q_row, sqh, 4, 0, N_REP, D, lc), _q_pair(q_row, sqh, 6, 0, N_REP, D, lc),
@@ -337,7 +341,13 @@ def _sc_sparse_decode_kernel(
         gl.thread_barrier()  # K of this tile staged; every lane is done reading the dense tile (last P·V)
         n_tok = end - t0
         k_off = REGION + (n % SIDES) * SLOT_BYTES
-        sc = gl.convert_layout(_score_side(k_off, k_off + WB, n_tok, qp, K_ASM, K_SP, D, BLOCK_N, lc), mma)
+        if K_NM:  # K's rows expanded into the tile, scored by one MMA against q in the store's channel order
+            _expand_side(k_off, k_off + WB, n_tok, K_ASM, K_SP, D, BLOCK_N, TILE_OFF, lc)
+            sc = mma_v2(tile.load(op_a), qk, gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=mma))
+        else:
+            sc = gl.convert_layout(
+                _score_side(k_off, k_off + WB, n_tok, qp, K_ASM, K_SP, D, BLOCK_N, lc), mma
+            )
         if K_FP8:  # the codes' scores times each token's scale (staged after its value slots)
             sc = sc * gl.expand_dims(_load_scales(k_off + WB + BLOCK_N * K_SP, BLOCK_N, ts_l), 1)
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)

@@ -266,6 +266,87 @@ def expand_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
     return "\n".join(lines)
 
 
+def _group8_selectors(g: int, k: int) -> list[str]:
+    """PTX computing, for byte ``k`` of word ``g`` (one 4:8 group's kept bits b0..b7), the ``prmt`` selectors
+    ``s0..s3`` and zero masks ``z0..z3`` of its four output registers (dense positions 2m, 2m + 1).
+
+    Position p holds the value of rank R_p = popc(bits below p), whose bytes are 2R_p, 2R_p + 1 of the group's two
+    value registers, so with the ranks one per byte (the bits spread to bytes by a multiply, then summed by
+    another) the selectors of two pairs are one ``mad``: ``R·0x22 + 0x10`` per byte. Absent positions (whatever
+    their selector picks) are cleared by the masks: bytes 0xFF per kept position spread to its 16-bit half."""
+    lines = [f"shr.b32 t, w{g}, {8 * k};" if k else f"mov.b32 t, w{g};"]
+    lines += ["and.b32 lo, t, 15;", "shr.b32 hi, t, 4;", *([] if k == 3 else ["and.b32 hi, hi, 15;"])]
+    for nib in ("lo", "hi"):  # byte p of b<nib> = b_p of that half
+        lines += [f"mul.lo.u32 b{nib}, {nib}, 0x00204081;", f"and.b32 b{nib}, b{nib}, 0x01010101;"]
+    lines += [
+        "mul.lo.u32 t, blo, 0x01010100;",  # exclusive ranks of positions 0..3
+        "mad.lo.u32 s0, t, 0x22, 0x10101010;",
+        "shr.b32 s1, s0, 16;",
+        "popc.b32 t, lo;",
+        "mul.lo.u32 t, t, 0x01010101;",
+        "mad.lo.u32 t, bhi, 0x01010100, t;",  # positions 4..7: the low half's count plus their own prefix
+        "mad.lo.u32 s2, t, 0x22, 0x10101010;",
+        "shr.b32 s3, s2, 16;",
+    ]
+    for half, nib in enumerate(("lo", "hi")):
+        lines += [
+            f"mul.lo.u32 b{nib}, b{nib}, 0xFF;",
+            f"prmt.b32 z{2 * half}, b{nib}, zero, 0x1100;",
+            f"prmt.b32 z{2 * half + 1}, b{nib}, zero, 0x3322;",
+        ]
+    return lines
+
+
+@functools.cache
+def expand8_asm(head_dim: int, slot: int) -> str:
+    """PTX that expands one token's values, kept four of every eight consecutive channels in the store's order
+    (``nm_group=8`` stores at s 0.5; a strided store's order is a fixed permutation of the channels, which the
+    caller applies to q), into its dense row of a [tokens, D] tile (:func:`expand_asm`'s layout and operands).
+
+    A group's four values are two registers of the slot; each pair of dense positions is one ``prmt`` of the two
+    (selector from the ranks, :func:`_group8_selectors`) and an ``and`` with its zero mask; one 16-byte store per
+    group. About 33 instructions per eight channels, where the key walk spends about 17 per kept value."""
+    if head_dim % 32 or slot * 2 < head_dim:
+        raise ValueError(
+            f"expand8_asm needs head_dim a multiple of 32 and a slot of head_dim/2, got {head_dim}, {slot}"
+        )
+    words = head_dim // 32
+    swizzled = swizzled_slots(2 * slot, 16)
+    lines = [
+        "{",
+        ".reg .pred p;",
+        f".reg .b32 w<{words}>, v<4>, o<4>, s<4>, z<4>, lo, hi, blo, bhi, t, va, base, row, xs, ca, zero;",
+        "setp.ne.u32 p, $4, 0;",
+        "mov.u32 base, global_smem;",
+        "mov.u32 zero, 0;",
+        *(f"mov.b32 w{g}, 0;" for g in range(words)),
+        *_load_words(words, "$1", "$2"),
+        "add.u32 row, base, $3;",
+        *_lane_swizzle(),
+    ]
+    for c in range(head_dim // 16):  # value chunk c: groups 2c, 2c + 1, two registers each
+        if swizzled:
+            lines += [
+                f"xor.b32 ca, xs, {16 * c};",
+                "add.u32 ca, va, ca;",
+                "ld.shared.v4.b32 {v0, v1, v2, v3}, [ca];",
+            ]
+        else:
+            lines.append(f"ld.shared.v4.b32 {{v0, v1, v2, v3}}, [va+{16 * c}];")
+        for q in range(2):
+            n = 2 * c + q  # the group; its dense 16-byte chunk is chunk n of the row
+            lines += _group8_selectors(n // 4, n % 4)
+            for m in range(4):
+                lines += [f"prmt.b32 o{m}, v{2 * q}, v{2 * q + 1}, s{m};", f"and.b32 o{m}, o{m}, z{m};"]
+            lines += [
+                f"xor.b32 ca, xs, {16 * n};",
+                "add.u32 ca, row, ca;",
+                "st.shared.v4.b32 [ca], {o0, o1, o2, o3};",
+            ]
+    lines += ["mov.u32 $0, 0;", "}"]
+    return "\n".join(lines)
+
+
 def _code_load(c: int) -> list[str]:
     """The 8-byte load of e4m3 codes ``8c .. 8c + 7`` into ``e2c``, ``e2c+1`` (scattered as stored)."""
     return [f"@p ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [va+{8 * c}];"]

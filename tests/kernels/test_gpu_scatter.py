@@ -106,6 +106,26 @@ def test_expanded_values_match_reference_on_gpu(poison, d, k_keep, dtype, data, 
         _check_scatter(ks, vs, n_rep, w, f"D{d} B{b} T{t} W{w} group {n_rep}")
 
 
+@pytest.mark.parametrize("strided", [False, True], ids=["consecutive", "strided"])
+@pytest.mark.parametrize("data", ["gauss", "ties"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [128, 64])
+def test_expanded_keys_match_reference_on_gpu(poison, d, dtype, data, strided):
+    """K kept four of every eight channels (consecutive, or strided: stored in the permuted order, q permuted
+    alike) and V two of every four: both sides' rows expanded, the scores one MMA."""
+    from mustafar.kernels.decode import expands_keys
+
+    torch.manual_seed(d + strided)
+    for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32), (1, 2, 7, 130, 3)):
+        rows = _rows(b, hkv, t, d, dtype, data)
+        extra = {"nm_strided": True} if strided else {}
+        ks = CompressedStore(b, hkv, d, dtype, "cuda", d // 2, word_quota=True, nm_group=8, **extra)
+        pack_into(ks, rows, nm_topk_mask(rows.abs(), d // 2, 8, strided=strided))
+        vs = _nm4_store(_rows(b, hkv, t, d, dtype, data))
+        assert expands_keys(ks, vs)
+        _check_scatter(ks, vs, n_rep, w, f"D{d} B{b} T{t} W{w} group {n_rep}")
+
+
 def test_expanded_values_static_graph_replay_on_gpu():
     """Static stores with two-of-four values under one CUDA graph, replayed as they grow."""
     b, hkv, n_rep, cap, w, d = 2, 2, 4, 300, 32, 128

@@ -20,8 +20,8 @@ from mustafar.formats.fp8 import quantize
 from mustafar.kernels import dispatch
 from mustafar.kernels.scatter_ptx import (
     SCORE_HEADS,
+    expand8_asm,
     expand_asm,
-    expand_keep,
     scatter_asm,
     score_asm,
     store_quotas,
@@ -106,6 +106,10 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray, lane: int = 0) -> N
         elif op == "shl.b32":  # PTX: shifts of 32 or more give 0
             n = val(a[2])
             regs[a[0]] = (val(a[1]) << n) & 0xFFFFFFFF if n < 32 else 0
+        elif op == "mul.lo.u32":
+            regs[a[0]] = (val(a[1]) * val(a[2])) & 0xFFFFFFFF
+        elif op == "popc.b32":
+            regs[a[0]] = bin(val(a[1])).count("1")
         elif op == "mad.lo.u32":
             regs[a[0]] = (val(a[1]) * val(a[2]) + val(a[3])) & 0xFFFFFFFF
         elif op == "bfind.u32":
@@ -356,19 +360,19 @@ def v_rows_offset(r: int, c: int, d: int) -> int:
 
 
 @pytest.mark.parametrize("d", [64, 128])
-@pytest.mark.parametrize("values", ["fp16", "bf16", "fp8"])
-def test_expand_ptx_writes_each_token_as_its_dense_row(d, values):
-    """expand_asm against the plain-PyTorch dense rows (two of every four consecutive channels kept, ties to the
-    lower channel; fp8: the codes' unscaled values in fp16); invalid tokens' rows come out zero whatever their
-    stale slots hold."""
-    torch.manual_seed(d)
-    tokens, keep, fp8 = 32, expand_keep(d), values == "fp8"
+@pytest.mark.parametrize("values,group", [("fp16", 4), ("bf16", 4), ("fp8", 4), ("fp16", 8), ("bf16", 8)])
+def test_expand_ptx_writes_each_token_as_its_dense_row(d, values, group):
+    """expand_asm (two of every four consecutive channels kept) and expand8_asm (four of every eight) against the
+    plain-PyTorch dense rows (ties to the lower channel; fp8: the codes' unscaled values in fp16); invalid tokens'
+    rows come out zero whatever their stale slots hold."""
+    torch.manual_seed(d + group)
+    tokens, keep, fp8 = 32, d // 2, values == "fp8"
     rows = torch.randn(tokens, d).to(torch.bfloat16 if values == "bf16" else torch.float16)
-    rows[3] = 0.0  # ties: the lower two channels of every group
-    rows[5, :8] = torch.tensor([1.0, -1.0, 1.0, -1.0, -2.0, 2.0, 0.5, -0.5]).to(
-        rows.dtype
-    )  # ties within groups
-    mask = nm_topk_mask(rows.abs(), keep, 4)
+    rows[3] = 0.0  # ties: the lower channels of every group
+    ties = [[1.0, -1.0, 1.0, -1.0, -2.0, 2.0, 0.5, -0.5], [0, 0, 0, 0, 1, 2, 3, 4], [5, 0, 6, 0, 7, 0, 8, 0]]
+    for t, row in enumerate(ties):  # ties within groups; a group's upper half; alternate channels
+        rows[5 + t, 8 * t : 8 * t + 8] = torch.tensor(row).to(rows.dtype)
+    mask = nm_topk_mask(rows.abs(), keep, group)
     if fp8:
         vals, dense, slot = _fp8_slots(rows, mask, keep)
         vals[tokens - 1] = 0x7F  # a stale slot behind an invalid token (NaN as e4m3)
@@ -387,7 +391,7 @@ def test_expand_ptx_writes_each_token_as_its_dense_row(d, values):
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
     voff = words.nbytes
     smem[voff : voff + vals.nbytes] = vals.reshape(-1)
-    asm = expand_asm(d, slot, fp8)
+    asm = expand_asm(d, slot, fp8) if group == 4 else expand8_asm(d, slot)
     for r in range(tokens):
         run_ptx(asm, [r * 4 * (d // 32), voff + r * stride, tile + r * 2 * d, int(r < valid)], smem, lane=r)
     dense[valid:] = 0
