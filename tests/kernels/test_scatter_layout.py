@@ -88,7 +88,7 @@ def test_groups_over_four_query_heads_keep_224_registers(n_rep, expect):
 
 
 def _compile_offline(
-    head_dim: int, sparsity: float, value_dtype: str = "native", v_nm_group: int = 0
+    head_dim: int, sparsity: float, value_dtype: str = "native", v_nm_group: int = 0, k_nm_group: int = 0
 ) -> dict:
     """Compile in a fresh process: this test session may run Triton in interpret mode, which cannot compile."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
@@ -104,6 +104,8 @@ def _compile_offline(
         value_dtype,
         "--v-nm-group",
         str(v_nm_group),
+        "--k-nm-group",
+        str(k_nm_group),
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -111,20 +113,23 @@ def _compile_offline(
 
 
 @pytest.mark.parametrize(
-    "head_dim,sparsity,value_dtype,v_nm_group",
+    "head_dim,sparsity,value_dtype,v_nm_group,k_nm_group",
     [
-        (128, 0.7, "native", 0),
-        (128, 0.5, "native", 0),
-        (64, 0.7, "native", 0),
-        (128, 0.9, "native", 0),  # a ring smaller than the tile: the tile's allocation first
-        (128, 0.7, "fp8", 0),
-        (128, 0.5, "fp8", 0),
-        (128, 0.5, "native", 4),  # V kept 2:4: rows expanded into a [tokens, D] tile
-        (128, 0.5, "fp8", 4),  # codes widened into the same fp16 tile
+        (128, 0.7, "native", 0, 0),
+        (128, 0.5, "native", 0, 0),
+        (64, 0.7, "native", 0, 0),
+        (128, 0.9, "native", 0, 0),  # a ring smaller than the tile: the tile's allocation first
+        (128, 0.7, "fp8", 0, 0),
+        (128, 0.5, "fp8", 0, 0),
+        (128, 0.5, "native", 4, 0),  # V kept 2:4: rows expanded into a [tokens, D] tile
+        (128, 0.5, "fp8", 4, 0),  # codes widened into the same fp16 tile
+        (128, 0.5, "native", 4, 8),  # K kept 4:8 too: its rows expanded into the same tile
     ],
 )
-def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(head_dim, sparsity, value_dtype, v_nm_group):
-    k = _compile_offline(head_dim, sparsity, value_dtype, v_nm_group)
+def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(
+    head_dim, sparsity, value_dtype, v_nm_group, k_nm_group
+):
+    k = _compile_offline(head_dim, sparsity, value_dtype, v_nm_group, k_nm_group)
     ring = 4 * k["smem_words"]
     e4m3 = value_dtype == "fp8" and not v_nm_group
     tile = k["block_n"] * head_dim * (1 if e4m3 else 2)  # scattered fp8: the e4m3 tile
