@@ -23,6 +23,7 @@ from mustafar.formats.bitmap import unpack_bitmap, variable_token_nbytes
 from mustafar.formats.fp8 import fake_quantize
 from mustafar.kernels import pack_into, topk_pack_into
 from mustafar.pruning import Observation, RowPruner, SidePruner, fixed_count_mask
+from mustafar.pruning.keep import NM_GROUPS
 
 
 class UnsupportedCacheOperation(RuntimeError):
@@ -47,17 +48,25 @@ def kernel_backend() -> str:
 
 
 def word_quota(policy: KVConfig, side: str) -> bool:
-    """Whether `side`'s stores hold word quotas: pruned sides under `word`, `nm4` or `nm8` (consecutive groups of 4
-    or 8 hold a fixed count per 32-channel word too). A side with sparsity 0 keeps every entry, so its stores stay
-    plain and the decoder choice follows from the pruned sides."""
-    return policy.side_keep_rule(side) in ("word", "nm4", "nm8") and getattr(policy, side).active
+    """Whether `side`'s stores hold word quotas: pruned sides under `word` or an N:M rule (groups of 4 or 8, in
+    the stored order, hold a fixed count per 32-position word too). A side with sparsity 0 keeps every entry, so
+    its stores stay plain and the decoder choice follows from the pruned sides."""
+    return (policy.side_keep_rule(side) == "word" or nm_group(policy, side) > 0) and getattr(
+        policy, side
+    ).active
 
 
 def nm_group(policy: KVConfig, side: str) -> int:
-    """Consecutive channels per N:M group of `side`'s stores: 4 (`nm4`) or 8 (`nm8`) on a pruned side, else 0."""
+    """Channels per N:M group of `side`'s stores: 4 (`nm4`, `nm4s`) or 8 (`nm8`, `nm8s`) on a pruned side, else 0."""
     if not getattr(policy, side).active:
         return 0
-    return {"nm4": 4, "nm8": 8}.get(policy.side_keep_rule(side), 0)
+    return NM_GROUPS.get(policy.side_keep_rule(side), (0, False))[0]
+
+
+def nm_strided(policy: KVConfig, side: str) -> bool:
+    """Whether `side`'s stores hold strided N:M groups (`nm4s`, `nm8s` on a pruned side) in the stored order of
+    `mustafar.formats.bitmap.stored_channels`."""
+    return nm_group(policy, side) > 0 and NM_GROUPS[policy.side_keep_rule(side)][1]
 
 
 class MustafarLayer(DynamicLayer):
@@ -228,6 +237,7 @@ class CompressedLayer(MustafarLayer):
                 keep=self.pruners[side].keep_for(d),
                 word_quota=word_quota(self.policy, side),
                 nm_group=nm_group(self.policy, side),
+                nm_strided=nm_strided(self.policy, side),
                 value_dtype=self.policy.value_dtype,
             )
             for side in ("k", "v")
@@ -297,7 +307,9 @@ class CompressedLayer(MustafarLayer):
                     rows = tail[:, :, lo : lo + count]
                     keep = self.pruners[side].keep_for(rows.shape[-1])
                     store = self.stores[side]
-                    mask = fixed_count_mask(rows.abs(), keep, store.word_quota, group=store.nm_group)
+                    mask = fixed_count_mask(
+                        rows.abs(), keep, store.word_quota, group=store.nm_group, strided=store.nm_strided
+                    )
                     rows.masked_fill_(~mask, 0)
                     queue[i] = (count, mask)
         if n:

@@ -8,7 +8,6 @@ from typing import Any
 DIRECTIONS = ("token", "channel")
 SCORERS = ("magnitude", "output_aware", "think")
 NM_RULES = ("nm4", "nm8", "nm4s", "nm8s")  # N:M groups (mustafar.pruning.keep.NM_GROUPS)
-STRIDED_NM_RULES = ("nm4s", "nm8s")  # strided groups: no compressed store packs them (mask mode only)
 KEEP_RULES = ("exact", "reference", "word", *NM_RULES)
 MODES = ("mask", "compressed")
 ALLOCATIONS = ("uniform", "error", "error_head")
@@ -146,14 +145,6 @@ class KVConfig:
         _choice("kv.keep_rule", self.keep_rule, KEEP_RULES)
         self._check_keep_rules()
         _choice("kv.mode", self.mode, MODES)
-        for side in ("k", "v"):
-            rule = self.side_keep_rule(side)
-            if rule in STRIDED_NM_RULES and self.mode == "compressed":
-                raise ConfigError(
-                    f"{self.keep_rule_key(side)}={rule!r} (N:M groups strided over the head dim) is a mask-mode "
-                    "rule: no compressed store packs strided groups; use kv.mode=mask, or nm4/nm8 (consecutive "
-                    "groups) or word for compressed mode"
-                )
         if self.k_sparsity == 0.0 and self.v_sparsity == 0.0:
             object.__setattr__(self, "allocation", "uniform")  # nothing to allocate: one dense job id
         if self.allocation != "uniform":

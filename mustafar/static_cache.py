@@ -38,6 +38,7 @@ from mustafar.cache import (
     UnattachedCacheError,
     kernel_backend,
     nm_group,
+    nm_strided,
     word_quota,
 )
 from mustafar.config import KVConfig, PruneRule
@@ -433,6 +434,7 @@ class StaticCompressedLayer(StaticLayer):
                 capacity=self.capacity,
                 word_quota=word_quota(self.policy, s),
                 nm_group=nm_group(self.policy, s),
+                nm_strided=nm_strided(self.policy, s),
                 value_dtype=self.policy.value_dtype,
                 **extra,
             )
@@ -486,7 +488,9 @@ class StaticCompressedLayer(StaticLayer):
                 continue
             score = self.leaving_score(side, row, slot)
             store = self.stores[side]
-            mask = fixed_count_mask(score, self.keep[side], store.word_quota, group=store.nm_group)
+            mask = fixed_count_mask(
+                score, self.keep[side], store.word_quota, group=store.nm_group, strided=store.nm_strided
+            )
             pack_token_at(store, row, self.keep[side], self.stored, mask)  # at each row's count
             store.length += 1  # host mirror: the widest row's count
         self.stored += 1
@@ -545,23 +549,26 @@ class StaticCompressedLayer(StaticLayer):
 
 
 def unpack_fixed(store: CompressedStore) -> torch.Tensor:
-    """A fixed-layout store's whole capacity as dense [B, H, capacity, D] (zeros where nothing is stored);
-    fixed shapes, unlike `CompressedStore.to_dense`, so it captures in a graph."""
+    """A fixed-layout store's whole capacity as dense [B, H, capacity, D] in channel order (zeros where nothing is
+    stored); fixed shapes, unlike `CompressedStore.to_dense`, so it captures in a graph."""
     mask = unpack_bitmap(store.bits, store.head_dim)
     rank = (mask.to(torch.int64).cumsum(-1) - 1).clamp(0, store.slot - 1)
     vals = dequantize(store.vals, store.scales, store.dtype) if store.fp8 else store.vals
-    return vals.gather(-1, rank).masked_fill(~mask, 0)
+    return store.to_channels(vals.gather(-1, rank).masked_fill(~mask, 0))
 
 
 def pack_token_at(
     store: CompressedStore, row: torch.Tensor, keep: int, at: torch.Tensor, mask: torch.Tensor | None = None
 ) -> None:
-    """`row` [B, H, 1, D] under `mask` (`keep` entries per token; default: top-`keep` by |x|, ties to the lower
-    channel, per word on a `word_quota` store, per group on an `nm_group` one) into fixed-layout slot `at` (device:
-    [1] for every batch row, or [B], one slot per row). The layout equals `pack_into`'s; the slot index stays on the
-    device (capturable)."""
+    """`row` [B, H, 1, D] under `mask` (both in channel order; `keep` entries per token; default: top-`keep` by
+    |x|, ties to the lower channel, per word on a `word_quota` store, per consecutive or strided group on an
+    `nm_group` one) into fixed-layout slot `at` (device: [1] for every batch row, or [B], one slot per row). The
+    layout equals `pack_into`'s (stored order); the slot index stays on the device (capturable)."""
     if mask is None:
-        mask = fixed_count_mask(row.abs(), keep, store.word_quota, group=store.nm_group)
+        mask = fixed_count_mask(
+            row.abs(), keep, store.word_quota, group=store.nm_group, strided=store.nm_strided
+        )
+    row, mask = store.to_stored(row), store.to_stored(mask)
     kept_channels = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices[..., :keep]
     kept = row.gather(-1, kept_channels)
     b, h = row.shape[:2]

@@ -7,6 +7,7 @@ from mustafar.formats.bitmap import (
     fixed_token_nbytes,
     pack_bitmap,
     padded_keep,
+    stored_channels,
     unpack_bitmap,
     variable_token_nbytes,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "fixed_token_nbytes",
     "pack_bitmap",
     "padded_keep",
+    "stored_channels",
     "unpack_bitmap",
     "variable_token_nbytes",
 ]

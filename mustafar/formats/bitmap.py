@@ -26,6 +26,11 @@ it only on demand (:meth:`CompressedStore.check_word_counts`), never on the appe
 ``nm_group`` consecutive channels of a token keeps exactly ``keep·nm_group/D`` entries (2 of 4 at D = 64, keep 32),
 so each kept value's channel lies in a known small range, which a decoder can expand in registers without a
 scatter. Such a group count is also a fixed count per 32-channel word, so these stores are word-quota stores too.
+With ``nm_strided=True`` (the ``nm4s`` / ``nm8s`` rules, groups of channels g, g + D/M, g + 2D/M, ...) a token's
+channels are held in the **stored order** of :func:`stored_channels`: stored position ``p = M·g + j`` holds channel
+``g + (D/M)·j``, so each strided group occupies M consecutive positions and the store is an N:M store of
+consecutive groups in that order. Bitmap bits and packed values follow the stored order; everything that takes or
+returns channel-space rows (the packs, :meth:`CompressedStore.to_dense`) permutes at the boundary.
 
 **FP8 stores** (``value_dtype="fp8"``, fixed layout only; ``kv.value_dtype=fp8``): the value slots hold e4m3
 codes (uint8 bit patterns, the slot padded to 8 bytes) and ``scales`` an fp32 power-of-two scale per token
@@ -79,6 +84,22 @@ def variable_token_nbytes(head_dim: int, nnz: int, itemsize: int) -> int:
     return 4 * bitmap_words(head_dim) + 4 + nnz * itemsize
 
 
+def stored_channels(head_dim: int, nm_group: int, strided: bool) -> list[int]:
+    """The original channel held at each stored position of a token: the identity, or (``strided``) position
+    ``p = M·g + j`` holds channel ``g + (D/M)·j`` (M = ``nm_group``), which puts strided group g at positions
+    M·g ... M·g + M − 1 in ascending channel order, so ties to the lower position are ties to the lower channel. A
+    kernel computes it as ``(p % M)·(D/M) + p // M``."""
+    if not strided:
+        return list(range(head_dim))
+    if nm_group not in (4, 8) or head_dim <= 0 or head_dim % nm_group:
+        raise ValueError(
+            f"strided N:M groups need nm_group 4 or 8 dividing a positive head_dim, got nm_group={nm_group!r}, "
+            f"head_dim={head_dim}"
+        )
+    stride = head_dim // nm_group
+    return [(p % nm_group) * stride + p // nm_group for p in range(head_dim)]
+
+
 def pack_bitmap(mask: Tensor) -> Tensor:
     """bool [..., D] -> int32 [..., D // 32], LSB first."""
     d = mask.shape[-1]
@@ -102,7 +123,8 @@ class CompressedStore:
     fixed: ``vals`` [B, H, cap, padded_keep]; variable: ``vals`` [B, H, val_cap], ``offs`` int32 [B, H, cap].
 
     Writers either hand over packed tokens (:meth:`append_packed`) or claim slots (:meth:`extend`) and fill them
-    in place (the prune+pack kernels). ``static=True``: fixed capacity, device-side token count (module docstring).
+    in place (the prune+pack kernels). ``static=True``: fixed capacity, device-side token count; ``nm_strided``:
+    channels held in the stored order of :func:`stored_channels` (module docstring).
     """
 
     def __init__(
@@ -118,6 +140,7 @@ class CompressedStore:
         word_quota: bool = False,
         value_dtype: str = "native",
         nm_group: int = 0,
+        nm_strided: bool = False,
     ) -> None:
         if head_dim <= 0 or head_dim % 32:
             raise ValueError(f"head_dim must be a positive multiple of 32, got {head_dim}")
@@ -144,7 +167,19 @@ class CompressedStore:
                 f"nm_group={nm_group} keeps the same whole count in every {nm_group}-channel group, which needs the "
                 f"fixed layout with keep * nm_group % head_dim == 0; got keep={keep}, head_dim={head_dim}"
             )
-        self.nm_group = nm_group
+        if nm_strided and not nm_group:
+            raise ValueError(
+                f"nm_strided=True holds strided N:M groups and needs nm_group 4 or 8, got nm_group={nm_group!r}"
+            )
+        self.nm_group, self.nm_strided = nm_group, nm_strided
+        # stored position -> channel (CPU), and the device indices that permute rows into / out of the stored order
+        self._order: Tensor | None = None
+        self._to_stored: Tensor | None = None
+        self._to_channels: Tensor | None = None
+        if nm_strided:
+            self._order = torch.tensor(stored_channels(head_dim, nm_group, True), dtype=torch.int64)
+            self._to_stored = self._order.to(self.device)
+            self._to_channels = torch.argsort(self._order).to(self.device)
         self.word_quota = word_quota or nm_group > 0  # a fixed count per group is one per 32-channel word too
         if value_dtype not in VALUE_DTYPES:
             raise ValueError(f"value_dtype must be one of {VALUE_DTYPES}, got {value_dtype!r}")
@@ -189,6 +224,21 @@ class CompressedStore:
         return fixed_token_nbytes(self.head_dim, self.keep, self.itemsize, self.value_dtype)
 
     @property
+    def channel_order(self) -> Tensor | None:
+        """int64 [D] CPU: the original channel of each stored position (:func:`stored_channels`); None when the
+        store holds channels in their own order."""
+        return self._order
+
+    def to_stored(self, x: Tensor) -> Tensor:
+        """``x`` [..., D] in channel order, permuted into the store's stored order (``x`` itself when identity)."""
+        return x if self._to_stored is None else x.index_select(-1, self._to_stored.to(x.device))
+
+    def to_channels(self, x: Tensor) -> Tensor:
+        """``x`` [..., D] in the store's stored order, permuted back into channel order (the inverse of
+        :meth:`to_stored`)."""
+        return x if self._to_channels is None else x.index_select(-1, self._to_channels.to(x.device))
+
+    @property
     def quotas(self) -> tuple[int, ...] | None:
         """Entries every token keeps per 32-channel bitmap word when the store guarantees them (``word_quota``)."""
         return word_quotas(self.head_dim, self.keep) if self.word_quota else None
@@ -202,7 +252,8 @@ class CompressedStore:
     def check_word_counts(self, row_lengths: list[int] | None = None) -> None:
         """Raise unless every stored token of every row keeps exactly :attr:`quotas` entries per bitmap word (the
         scatter decoder's invariant) and, on an ``nm_group`` store, ``keep·nm_group/D`` in every group of
-        ``nm_group`` consecutive channels. ``row_lengths``: tokens per batch row when a caller counts them itself
+        ``nm_group`` consecutive positions (words and groups of the stored order: on an ``nm_strided`` store each
+        group is one strided channel group). ``row_lengths``: tokens per batch row when a caller counts them itself
         (a host-counted store of a padded static cache), default :meth:`row_lengths`. Reads the whole store: for
         tests and debugging, not the hot path."""
         if self.quotas is None:
@@ -210,9 +261,8 @@ class CompressedStore:
         units = [("word", 32, torch.tensor(self.quotas, device=self.device))]
         if self.nm_group:
             per = self.keep * self.nm_group // self.head_dim
-            units.append(
-                (f"{self.nm_group}-channel group", self.nm_group, torch.tensor(per, device=self.device))
-            )
+            unit = f"{'strided ' if self.nm_strided else ''}{self.nm_group}-channel group"
+            units.append((unit, self.nm_group, torch.tensor(per, device=self.device)))
         for b, n in enumerate(self.row_lengths() if row_lengths is None else row_lengths):
             mask = unpack_bitmap(self.bits[b, :, :n], self.head_dim)
             for unit, size, want in units:
@@ -390,9 +440,10 @@ class CompressedStore:
         return first
 
     def append_packed(self, bits: Tensor, values: Tensor, scales: Tensor | None = None) -> None:
-        """Append packed tokens: ``bits`` int32 [B, H, n, D/32] (the kept channels) and ``values``, the kept values
-        of all n tokens flattened in (batch, head, token, channel) order, as ``rows[mask]`` lists them; on an fp8
-        store ``values`` are e4m3 codes (uint8) and ``scales`` fp32 [B, H, n] their tokens' scales."""
+        """Append packed tokens: ``bits`` int32 [B, H, n, D/32] (the kept positions) and ``values``, the kept values
+        of all n tokens flattened in (batch, head, token, position) order, as ``rows[mask]`` lists them, both in the
+        store's stored order (:meth:`to_stored`; the channel order unless ``nm_strided``); on an fp8 store
+        ``values`` are e4m3 codes (uint8) and ``scales`` fp32 [B, H, n] their tokens' scales."""
         b, h, w = self.batch, self.heads, bitmap_words(self.head_dim)
         if bits.dim() != 4 or bits.shape[:2] != (b, h) or bits.shape[3] != w or bits.dtype != torch.int32:
             raise ValueError(f"bits must be int32 [{b}, {h}, n, {w}], got {bits.dtype} {tuple(bits.shape)}")
@@ -414,16 +465,16 @@ class CompressedStore:
 
     # ------------------------------------------------------------------ reading back
     def to_dense(self) -> Tensor:
-        """[B, H, T, D] with zeros at pruned entries (exact round trip of the appended rows)."""
+        """[B, H, T, D] in channel order with zeros at pruned entries (exact round trip of the appended rows)."""
         n = self.length
         mask = unpack_bitmap(self.bits[:, :, :n], self.head_dim)
         if self.fp8:  # a token's slots dequantised with its scale, the kept ones placed by rank
             slots = dequantize(self.vals[:, :, :n], self.scales[:, :, :n], self.dtype)
             rank = (mask.to(torch.int64).cumsum(-1) - 1).clamp(0, self.slot - 1)
-            return slots.gather(-1, rank).masked_fill(~mask, 0)
+            return self.to_channels(slots.gather(-1, rank).masked_fill(~mask, 0))
         out = torch.zeros(mask.shape, dtype=self.dtype, device=self.device)
         out[mask] = self.vals.reshape(-1)[_value_index(self, mask, 0)[mask]]
-        return out
+        return self.to_channels(out)
 
 
 def _value_index(store: CompressedStore, mask: Tensor, start: int) -> Tensor:

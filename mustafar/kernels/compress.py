@@ -10,7 +10,10 @@ Two kernels:
   ``word_quota=True``) the same search runs per 32-channel word against that word's quota, so the kernel packs the
   ``word`` rule's pattern directly, also at a static store's per-row device counts. With constexpr ``NM`` (stores
   made with ``nm_group=4`` or ``8``) every group of ``NM`` consecutive channels keeps its top ``KEEP·NM/D`` by
-  rank within the group (the ``nm4``/``nm8`` rules' pattern; ties to the lower channel).
+  rank within the group (the ``nm4``/``nm8`` rules' pattern; ties to the lower channel). With constexpr ``PERM``
+  M (stores made with ``nm_strided=True``) the kernel reads each row's position p from column
+  ``(p % M)·(D/M) + p // M`` (:func:`mustafar.formats.bitmap.stored_channels`), the given mask likewise, and then
+  packs the permuted row as above: the ``nm4s``/``nm8s`` rules' pattern in the store's stored order.
   With constexpr ``FP8`` (``value_dtype="fp8"`` stores) the kept values go in as e4m3 codes and each token's
   power-of-two scale into ``scales`` (:mod:`mustafar.formats.fp8`).
 * ``_topk_pack_ptx_kernel`` (GPU, fixed layout without fp8 codes, fp16/bf16, 16-byte aligned rows: every store a cache makes): the
@@ -103,6 +106,7 @@ def _prune_pack_kernel(
     WORD: tl.constexpr,
     FP8: tl.constexpr,
     NM: tl.constexpr,
+    PERM: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     bh = tl.program_id(1)
@@ -115,6 +119,8 @@ def _prune_pack_kernel(
         t0 = tl.load(len_ptr + b)
         rmask = rmask & (t0 + r < cap)
     c = tl.arange(0, D)
+    if PERM > 0:  # a strided N:M store: position c holds channel (c % PERM)·(D/PERM) + c // PERM
+        c = (c % PERM) * (D // PERM) + c // PERM
     x_off = b.to(tl.int64) * sxb + h.to(tl.int64) * sxh + r[:, None].to(tl.int64) * sxt + c[None, :]
     x = tl.load(x_ptr + x_off, mask=rmask[:, None], other=0.0)
 
@@ -271,8 +277,8 @@ def _topk_pack_ptx_kernel(
 
 
 def _ptx_ok(store: CompressedStore, rows: Tensor) -> bool:
-    """The PTX kernel's domain: a compiled sm_80+ GPU, the fixed layout without word quotas or fp8 codes,
-    fp16/bf16, 16-byte aligned rows."""
+    """The PTX kernel's domain: a compiled sm_80+ GPU, the fixed layout without word quotas (so no N:M groups,
+    strided or not) or fp8 codes, fp16/bf16, 16-byte aligned rows."""
     return (
         gluon_capable(rows.device)
         and store.fixed
@@ -359,15 +365,17 @@ def _launch_plain(
         WORD=mask is None and store.word_quota,
         FP8=store.fp8,
         NM=store.nm_group if mask is None else 0,
+        PERM=store.nm_group if store.nm_strided else 0,
         num_warps=_NUM_WARPS,
     )
 
 
 def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:
     """Fused exact top-``keep`` prune and pack of ``rows`` [B, H, n, D] into ``store`` (inputs validated by the
-    dispatcher; per-word quotas on a ``word_quota`` store, per-group counts on an ``nm_group`` one): the PTX kernel
-    where it applies (neither), the plain-Triton one elsewhere. A static store is written at its device count,
-    which then advances on the device: no host synchronisation, capturable."""
+    dispatcher; per-word quotas on a ``word_quota`` store, per-group counts on an ``nm_group`` one, strided groups
+    in the stored order on an ``nm_strided`` one): the PTX kernel where it applies (none of these), the
+    plain-Triton one elsewhere. A static store is written at its device count, which then advances on the device:
+    no host synchronisation, capturable."""
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     n = rows.shape[2]
@@ -382,6 +390,7 @@ def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:
 
 
 def pack_triton(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
-    """Pack ``rows`` under a given ``mask`` into ``store`` (inputs validated by the dispatcher)."""
+    """Pack ``rows`` under a given ``mask`` (both in channel order) into ``store`` (inputs validated by the
+    dispatcher)."""
     t0 = store.extend(rows.shape[2], mask.sum(-1))
     _launch_plain(store, rows, mask, store.keep or 0, t0)

@@ -11,8 +11,9 @@ from mustafar.pruning.keep import fixed_count_mask
 
 
 def pack_reference(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
-    """Append ``rows`` under ``mask`` to ``store``: the bitmap words and the kept values in order (on an fp8 store
-    their e4m3 codes and each token's scale)."""
+    """Append ``rows`` under ``mask`` (both in channel order) to ``store``: the bitmap words and the kept values in
+    the store's stored order (on an fp8 store their e4m3 codes and each token's scale)."""
+    rows, mask = store.to_stored(rows), store.to_stored(mask)
     if store.fp8:
         codes, scales = quantize(rows, mask)
         store.append_packed(pack_bitmap(mask), codes[mask], scales)
@@ -22,8 +23,11 @@ def pack_reference(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
 
 def topk_pack_reference(store: CompressedStore, rows: Tensor, keep: int) -> None:
     """Exact per-token top-``keep`` by |x| (ties: lower channel first; per-word quotas on a ``word_quota``
-    store, per consecutive group on an ``nm_group`` one), then the reference pack."""
-    pack_reference(store, rows, fixed_count_mask(rows.abs(), keep, store.word_quota, group=store.nm_group))
+    store, per consecutive or strided group on an ``nm_group`` one), then the reference pack."""
+    mask = fixed_count_mask(
+        rows.abs(), keep, store.word_quota, group=store.nm_group, strided=store.nm_strided
+    )
+    pack_reference(store, rows, mask)
 
 
 def decode_attention_reference(

@@ -115,13 +115,16 @@ def nm_topk_mask(
 
 
 def fixed_count_mask(
-    score: torch.Tensor, keep: int, word: bool, dim: int = -1, group: int = 0
+    score: torch.Tensor, keep: int, word: bool, dim: int = -1, group: int = 0, strided: bool = False
 ) -> torch.Tensor:
-    """``keep`` entries per set along ``dim``: the same count in every ``group`` consecutive entries (``group`` >
-    0: the ``nm4``/``nm8`` rules), the per-word quotas (``word``) or a plain top-k; what a fixed-layout store holds,
-    so the caches pick the variant from their store's ``nm_group`` and ``word_quota``."""
+    """``keep`` entries per set along ``dim``: the same count in every ``group`` entries (``group`` > 0: the N:M
+    rules, consecutive or ``strided`` groups), the per-word quotas (``word``) or a plain top-k; what a fixed-layout
+    store holds, so the caches pick the variant from their store's ``nm_group``, ``nm_strided`` and
+    ``word_quota``."""
+    if strided and not group:
+        raise ValueError(f"strided groups need a group size (4 or 8), got group={group}")
     if group:
-        return nm_topk_mask(score, keep, group, dim, strided=False)
+        return nm_topk_mask(score, keep, group, dim, strided=strided)
     return word_topk_mask(score, keep, dim) if word else topk_mask(score, keep, dim)
 
 

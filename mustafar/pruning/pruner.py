@@ -33,6 +33,7 @@ import torch
 from mustafar.config import CHANNEL_GROUP, PruneRule
 from mustafar.pruning import scores
 from mustafar.pruning.keep import (
+    NM_GROUPS,
     exact_keep,
     head_topk_mask,
     keep_mask,
@@ -137,14 +138,14 @@ class SidePruner:
 
     @property
     def packs_topk(self) -> bool:
-        """True when the pattern is plain per-token magnitude top-k (per word under ``word``, per consecutive
-        group under ``nm4``/``nm8``, which the store knows from its ``word_quota`` and ``nm_group``), which a store
+        """True when the pattern is plain per-token magnitude top-k (per word under ``word``, per group under the
+        N:M rules, which the store knows from its ``word_quota``, ``nm_group`` and ``nm_strided``), which a store
         can prune and pack in one pass."""
         return (
             self.rule.active
             and self.rule.direction == "token"
             and self.rule.scorer == "magnitude"
-            and self.keep_rule in ("exact", "word", "nm4", "nm8")
+            and self.keep_rule in ("exact", "word", *NM_GROUPS)
             and (self.keeps is None or self._one_keep is not None)
         )
 

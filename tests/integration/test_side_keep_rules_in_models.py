@@ -1,7 +1,8 @@
 """Per-side keep rules inside a real model (tiny random Llama, head_dim 64, fp32, CPU): mask mode prunes each side
-by its own rule (against the stock cache pruned by hand), and compressed mode, whose V stores pack 2:4 or 2:8
-consecutive groups, equals mask mode for the dynamic and the static caches (tokens, counts, teacher-forced logits
-and dense views), batch 1 and left-padded batch 2; every stored token keeps its word and group counts."""
+by its own rule (against the stock cache pruned by hand), and compressed mode, whose stores pack 2:4 or 2:8
+consecutive groups and 4:8 or 2:4 strided ones (in the stores' stored order), equals mask mode for the dynamic and
+the static caches (tokens, counts, teacher-forced logits and dense views), batch 1 and left-padded batch 2; every
+stored token keeps its word and group counts."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from transformers import DynamicCache
 
 from mustafar.attention import attach, new_cache
-from mustafar.cache import MustafarCache, nm_group, word_quota
+from mustafar.cache import MustafarCache, nm_group, nm_strided, word_quota
 from mustafar.config import KVConfig
 from mustafar.generation import generate
 from mustafar.runner_pool import release
@@ -25,7 +26,19 @@ POLICIES = [
     KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", v_keep_rule="nm4"),  # conf/kv/k50v50_word_vnm4
     KVConfig(k_sparsity=0.5, k_scorer="output_aware", v_sparsity=0.75, v_keep_rule="nm8", window=8),
     KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8", window=0),  # V exact: a plain store
+    # conf/kv/k50v50_kn8s_vnm4: K 4:8 strided groups (the fused top-k pack), V 2:4 consecutive
+    KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", k_keep_rule="nm8s", v_keep_rule="nm4"),
+    # output-aware K packed from its 2:4 strided mask, V 2:8 strided groups
+    KVConfig(
+        k_sparsity=0.5,
+        k_scorer="output_aware",
+        k_keep_rule="nm4s",
+        v_sparsity=0.75,
+        v_keep_rule="nm8s",
+        window=8,
+    ),
 ]
+STATIC = [POLICIES[0], POLICIES[1], POLICIES[3], POLICIES[4]]
 LENGTHS = (37, 70)  # left pads 33 and 0 in one batch
 BUDGETS = (6, 9)
 
@@ -45,7 +58,8 @@ def check_stores(cache, policy: KVConfig) -> int:
     for layer in cache.layers:
         for side in ("k", "v"):
             store = layer.stores[side]
-            assert (store.word_quota, store.nm_group) == (word_quota(policy, side), nm_group(policy, side))
+            flags = (word_quota(policy, side), nm_group(policy, side), nm_strided(policy, side))
+            assert (store.word_quota, store.nm_group, store.nm_strided) == flags
             if store.word_quota:
                 static = isinstance(layer, StaticCompressedLayer)
                 rows = layer.stored.tolist() if static else store.row_lengths()
@@ -97,7 +111,7 @@ def test_dynamic_compressed_equals_mask_mode(tiny_llama, policy, lengths):
 
 
 @pytest.mark.parametrize("mode", ["mask", "compressed"])
-@pytest.mark.parametrize("policy", POLICIES[:2], ids=_id)
+@pytest.mark.parametrize("policy", STATIC, ids=_id)
 @pytest.mark.parametrize("batch", [1, 2])
 def test_static_equals_dynamic_mask_mode_step_by_step(tiny_llama, mode, policy, batch):
     """Teacher-forced logits and every layer's logical cache after each call: the static cache (mask or compressed)
@@ -108,11 +122,11 @@ def test_static_equals_dynamic_mask_mode_step_by_step(tiny_llama, mode, policy, 
         assert check_stores(cache, policy) > 0
 
 
-def test_static_padded_batch_equals_mask_mode(tiny_llama):
+@pytest.mark.parametrize("policy", [POLICIES[0], POLICIES[3]], ids=_id)
+def test_static_padded_batch_equals_mask_mode(tiny_llama, policy):
     """A left-padded static compressed batch: mask mode's tokens and counts, pads never stored, every row's stored
     tokens in count."""
     release(tiny_llama)
-    policy = POLICIES[0]
     ps = prompts()
     cache = static_cache(
         tiny_llama, _compressed(policy), max(LENGTHS), max(BUDGETS), padded=True, shortest=min(LENGTHS)

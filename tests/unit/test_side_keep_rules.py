@@ -10,8 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
 
-from mustafar.cache import nm_group, word_quota
+from mustafar.cache import nm_group, nm_strided, word_quota
 from mustafar.config import ConfigError, KVConfig, PruneRule
 from mustafar.pruning import Observation, SidePruner
 from tests.unit.test_nm_rule import hand_nm_mask
@@ -60,6 +62,30 @@ def test_one_spelling_per_effective_policy():
     assert MIXED.to_dict()["v_keep_rule"] == "nm4" and "k_keep_rule" not in MIXED.to_dict()
 
 
+def test_strided_k_preset_is_accepted_in_compressed_mode_with_a_stable_label_and_identity():
+    """conf/kv/k50v50_kn8s_vnm4 (K nm8s, V nm4): the shared keep_rule decides nothing and takes K's rule, and the
+    compressed policy differs from the mask one only in its mode."""
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        kv = OmegaConf.to_container(compose("config", overrides=["kv=k50v50_kn8s_vnm4"]).kv)
+    preset = KVConfig.from_mapping(kv)
+    assert preset == KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8s", v_keep_rule="nm4")
+    compressed = KVConfig(**{**kv, "mode": "compressed"})
+    assert preset.label() == compressed.label() == "K0.5 V0.5 k-nm8s v-nm4"
+    assert compressed.to_dict() == {
+        "k_sparsity": 0.5,
+        "v_sparsity": 0.5,
+        "k_direction": "token",
+        "v_direction": "token",
+        "k_scorer": "magnitude",
+        "v_scorer": "magnitude",
+        "window": 32,
+        "keep_rule": "nm8s",
+        "mode": "compressed",
+        "v_keep_rule": "nm4",
+    }
+    assert {**preset.to_dict(), "mode": "compressed"} == compressed.to_dict()
+
+
 def test_policies_without_the_new_keys_keep_their_job_ids():
     """Every committed nm_quota / word_quota job: its stored policy rebuilt by this KVConfig gives the same kv dict,
     hence the same hash of its identity (the job id's suffix)."""
@@ -92,15 +118,6 @@ def test_policies_without_the_new_keys_keep_their_job_ids():
             {"k_scorer": "think", "k_keep_rule": "word"},
             "kv.k_keep_rule='word' splits each token's keep count over its 32-channel words",
         ),
-        (
-            {"v_keep_rule": "nm4s", "mode": "compressed"},
-            "kv.v_keep_rule='nm4s' (N:M groups strided over the head dim) is a mask-mode rule: no compressed "
-            "store packs strided groups",
-        ),
-        (
-            {"keep_rule": "nm8s", "v_keep_rule": "nm4", "mode": "compressed"},
-            "kv.keep_rule='nm8s' (N:M groups strided",
-        ),
         ({"allocation": "error", "v_keep_rule": "word"}, "kv.allocation='error' needs kv.v_keep_rule=exact"),
         (
             {"value_dtype": "fp8", "k_keep_rule": "reference"},
@@ -114,9 +131,18 @@ def test_each_side_is_validated_under_its_own_key(fields, message):
     assert message in str(err.value)
 
 
-def test_consecutive_groups_are_allowed_in_compressed_mode_and_a_channel_side_keeps_its_own_rule():
+def test_nm_groups_are_allowed_in_compressed_mode_and_a_channel_side_keeps_its_own_rule():
     KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", v_keep_rule="nm4", mode="compressed")
     KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="nm8", mode="compressed")
+    KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="nm4s", mode="compressed")
+    KVConfig(
+        k_sparsity=0.5,
+        v_sparsity=0.5,
+        keep_rule="word",
+        k_keep_rule="nm8s",
+        v_keep_rule="nm4",
+        mode="compressed",
+    )
     # per-channel V under exact while K takes word: the side rules are checked apart
     KVConfig(k_sparsity=0.5, v_sparsity=0.5, v_direction="channel", keep_rule="exact", k_keep_rule="word")
     with pytest.raises(ConfigError, match="kv.keep_rule='word'.*kv.v_direction='channel'"):
@@ -129,16 +155,23 @@ def test_store_flags_per_side():
     nm8_k = KVConfig(k_sparsity=0.5, k_keep_rule="nm8")
     assert (nm_group(nm8_k, "k"), nm_group(nm8_k, "v")) == (8, 0)  # V prunes nothing: a plain store
     assert not word_quota(nm8_k, "v")
+    assert not (nm_strided(MIXED, "k") or nm_strided(MIXED, "v") or nm_strided(nm8_k, "k"))
     strided = KVConfig(k_sparsity=0.5, keep_rule="nm4s")
-    assert (nm_group(strided, "k"), word_quota(strided, "k")) == (0, False)
+    assert (nm_group(strided, "k"), word_quota(strided, "k"), nm_strided(strided, "k")) == (4, True, True)
+    assert (nm_group(strided, "v"), word_quota(strided, "v"), nm_strided(strided, "v")) == (0, False, False)
+    k8s = KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", k_keep_rule="nm8s", v_keep_rule="nm4")
+    assert [(nm_group(k8s, s), nm_strided(k8s, s), word_quota(k8s, s)) for s in "kv"] == [
+        (8, True, True),
+        (4, False, True),
+    ]
 
 
-@pytest.mark.parametrize("rule, fused", [("nm4", True), ("nm8", True), ("nm4s", False), ("word", True)])
-def test_side_pruner_fuses_consecutive_groups(rule, fused):
-    """The pack kernels prune consecutive groups themselves (packs_topk); a mask, when asked for, follows the
-    side's rule."""
+@pytest.mark.parametrize("rule", ["nm4", "nm8", "nm4s", "nm8s", "word"])
+def test_side_pruner_fuses_quota_rules(rule):
+    """The pack kernels prune word quotas and N:M groups (consecutive or strided) themselves (packs_topk); a mask,
+    when asked for, follows the side's rule."""
     pruner = SidePruner(PruneRule(0.5, "token", "magnitude"), "v", rule, window=0)
-    assert pruner.packs_topk == fused
+    assert pruner.packs_topk
     tail = torch.randn(1, 2, 5, 64, generator=torch.Generator().manual_seed(4))
     n, mask = pruner.step(tail, Observation(q_len=5))
     assert n == 5
