@@ -76,6 +76,15 @@ STATIC_FORMATS = {  # static caches, decoded eagerly and graph-replayed
     "K0.5V0.5-word-nm4v-static": KVConfig(
         k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", v_keep_rule="nm4", mode="compressed"
     ),
+    # K kept four of every eight strided channels too: keys expanded and scored by an MMA (round 16)
+    "K0.5V0.5-nm8sk-nm4v-static": KVConfig(
+        k_sparsity=0.5,
+        v_sparsity=0.5,
+        keep_rule="word",
+        k_keep_rule="nm8s",
+        v_keep_rule="nm4",
+        mode="compressed",
+    ),
     "K0.5V0.5-word-fp8-nm4v-static": KVConfig(
         k_sparsity=0.5,
         v_sparsity=0.5,

@@ -49,7 +49,8 @@ from mustafar.kernels.scatter_ptx import (
     TOKENS_PER_TILE,
     expand8_asm,
     expand_asm,
-    expand_keep,
+    expands_keys,
+    expands_values,
     scatter_asm,
     score_asm,
     swizzled_slots,
@@ -547,26 +548,6 @@ def _staged_stride(slot_bytes: int, chunk: int) -> int:
     if swizzled_slots(slot_bytes, chunk):
         return slot_bytes
     return slot_bytes + chunk if (slot_bytes // chunk) % 2 == 0 else slot_bytes
-
-
-def expands_values(store: CompressedStore) -> bool:
-    """Whether the scatter decoder expands this V store's rows in registers (:func:`scatter_ptx.expand_asm`)
-    instead of scattering its values: two of every four consecutive channels kept (fp16/bf16 values or fp8
-    codes, which it widens to an fp16 tile)."""
-    return getattr(store, "nm_group", 0) == 4 and store.keep == expand_keep(store.head_dim)
-
-
-def expands_keys(k_store: CompressedStore, v_store: CompressedStore) -> bool:
-    """Whether the scatter decoder expands this K store's rows (:func:`scatter_ptx.expand8_asm`) and scores them
-    with an MMA instead of walking its bits: four of every eight channels kept in the store's order (consecutive,
-    or strided under a fixed permutation that q takes too), fp16/bf16, with V's rows expanded too (K's rows use
-    V's row tile between two of the loop's barriers)."""
-    return (
-        getattr(k_store, "nm_group", 0) == 8
-        and k_store.keep == k_store.head_dim // 2
-        and not (k_store.fp8 or v_store.fp8)
-        and expands_values(v_store)
-    )
 
 
 def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:

@@ -17,7 +17,7 @@ from torch import Tensor
 
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.reference import decode_attention_reference, pack_reference, topk_pack_reference
-from mustafar.kernels.scatter_ptx import SCORE_HEADS, store_quotas
+from mustafar.kernels.scatter_ptx import SCORE_HEADS, expands_keys, store_quotas
 from mustafar.kernels.support import HEAD_DIMS, fp8_convert_capable, gluon_capable
 
 BACKENDS = ("auto", "triton", "torch")
@@ -163,6 +163,26 @@ def sparse_decode_attention(
         k_window = k_window.contiguous()
     if v_window.stride(-1) != 1:
         v_window = v_window.contiguous()
-    return decode._launch(
-        q, k_store, v_store, k_window, v_window, scale, decoder_for(q, k_store, v_store), out=out
+    decoder = decoder_for(q, k_store, v_store)
+    _check_store_order(k_store, v_store, decoder)
+    return decode._launch(q, k_store, v_store, k_window, v_window, scale, decoder, out=out)
+
+
+def _check_store_order(k_store: CompressedStore, v_store: CompressedStore, decoder: str) -> None:
+    """Refuse strided N:M stores (channels held in the groups' order) that the chosen decoder would read as if in
+    channel order: only the scatter decoder's expanded keys (q loaded in the K store's order) read them."""
+    if not (k_store.nm_strided or v_store.nm_strided):
+        return
+    if decoder == "scatter" and not v_store.nm_strided and expands_keys(k_store, v_store):
+        return
+    got = ", ".join(
+        f"{side} nm_group={st.nm_group} keep={st.keep} of {st.head_dim}{' fp8' if st.fp8 else ''}"
+        for side, st in (("K", k_store), ("V", v_store))
+        if st.nm_strided
+    )
+    raise ValueError(
+        f"strided N:M stores ({got}) are read by the Triton decoders only as keys kept four of every eight "
+        "channels at half the head dim, fp16/bf16, with values kept two of every four consecutive channels, on a "
+        f"GPU that runs the scatter decoder (this call: the {decoder} decoder); use backend='torch' "
+        "(MUSTAFAR_KERNEL_BACKEND=torch), kv.mode=mask, or kv=k50v50_kn8s_vnm4"
     )

@@ -34,6 +34,26 @@ def store_quotas(store: CompressedStore) -> tuple[int, ...] | None:
     return word_quotas(store.head_dim, store.keep)
 
 
+def expands_values(store: CompressedStore) -> bool:
+    """Whether the scatter decoder expands this V store's rows in registers (:func:`expand_asm`)
+    instead of scattering its values: two of every four consecutive channels kept (fp16/bf16 values or fp8
+    codes, which it widens to an fp16 tile), in channel order (a strided store's rows would come out permuted)."""
+    return store.nm_group == 4 and not store.nm_strided and store.keep == expand_keep(store.head_dim)
+
+
+def expands_keys(k_store: CompressedStore, v_store: CompressedStore) -> bool:
+    """Whether the scatter decoder expands this K store's rows (:func:`expand8_asm`) and scores them
+    with an MMA instead of walking its bits: four of every eight channels kept in the store's order (consecutive,
+    or strided under a fixed permutation that q takes too), fp16/bf16, with V's rows expanded too (K's rows use
+    V's row tile between two of the loop's barriers)."""
+    return (
+        k_store.nm_group == 8
+        and k_store.keep == k_store.head_dim // 2
+        and not (k_store.fp8 or v_store.fp8)
+        and expands_values(v_store)
+    )
+
+
 CHUNK_VALUES = 8  # values per staged load: one 16-byte vector of fp16/bf16, one 8-byte vector of fp8 codes
 
 

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from mustafar.formats import CompressedStore
-from mustafar.kernels import pack_into, sparse_decode_attention
+from mustafar.kernels import pack_into, sparse_decode_attention, topk_pack_into
 from mustafar.kernels.dispatch import decoder_for
 from mustafar.pruning.keep import nm_topk_mask, word_quotas, word_topk_mask
 
@@ -124,6 +124,24 @@ def test_expanded_keys_match_reference_on_gpu(poison, d, dtype, data, strided):
         vs = _nm4_store(_rows(b, hkv, t, d, dtype, data))
         assert expands_keys(ks, vs)
         _check_scatter(ks, vs, n_rep, w, f"D{d} B{b} T{t} W{w} group {n_rep}")
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
+def test_strided_group_prune_pack_on_gpu(dtype, static):
+    """The compiled prune+pack of strided 4:8 stores (channels loaded in the store's order) equals the PyTorch
+    one byte for byte, in two calls and at static stores' device counts."""
+    for d in (64, 128):
+        rows = _rows(2, 4, 300, d, dtype, "ties")
+        kw = dict(capacity=400, static=True) if static else {}
+        got, ref = (
+            CompressedStore(2, 4, d, dtype, "cuda", d // 2, nm_group=8, nm_strided=True, **kw) for _ in "ab"
+        )
+        topk_pack_into(got, rows[:, :, :123], d // 2, "triton")
+        topk_pack_into(got, rows[:, :, 123:], d // 2, "triton")
+        topk_pack_into(ref, rows, d // 2, "torch")
+        assert torch.equal(got.bits[:, :, :300], ref.bits[:, :, :300])
+        assert torch.equal(got.vals[:, :, :300], ref.vals[:, :, :300])
 
 
 def test_expanded_values_static_graph_replay_on_gpu():

@@ -403,6 +403,32 @@ def test_expand_ptx_refuses_other_slots():
         expand_asm(128, 19)
 
 
+def _group_store(
+    keep: int, group: int, strided: bool = False, value_dtype: str = "native"
+) -> CompressedStore:
+    return CompressedStore(
+        1, 2, 128, torch.float16, "cpu", keep, nm_group=group, nm_strided=strided, value_dtype=value_dtype
+    )
+
+
+def test_strided_stores_reach_only_the_decoder_that_reads_their_order():
+    """Strided N:M stores hold channels in the groups' order: only the scatter decoder's expanded keys (q loaded
+    in that order) may read them; anything else is refused rather than decoded as if in channel order."""
+    keys, values = _group_store(64, 8, strided=True), _group_store(64, 4)
+    dispatch._check_store_order(keys, values, "scatter")  # the one supported pairing
+    dispatch._check_store_order(_group_store(64, 8), values, "portable")  # consecutive groups: channel order
+    refused = [
+        (keys, values, "portable"),  # no q permutation there
+        (keys, values, "staged"),
+        (_group_store(64, 4, strided=True), values, "scatter"),  # 2:4 strided keys: the word walk
+        (keys, _group_store(64, 8, strided=True), "scatter"),  # strided values: the output would be permuted
+        (keys, _group_store(64, 4, value_dtype="fp8"), "scatter"),
+    ]
+    for k, v, decoder in refused:
+        with pytest.raises(ValueError, match="strided N:M stores .* nm_group="):
+            dispatch._check_store_order(k, v, decoder)
+
+
 def test_dispatch_picks_scatter_only_for_word_quota_stores(monkeypatch):
     monkeypatch.setattr(dispatch, "gluon_capable", lambda device: True)
     q = torch.zeros(1, 8, 128, dtype=torch.float16)
