@@ -199,6 +199,20 @@ def expand_keep(head_dim: int) -> int:
     return head_dim // 2
 
 
+def _load_rows_chunk(c: int, swizzled: bool) -> list[str]:
+    """PTX loading fp16/bf16 value chunk ``c`` into ``v0 .. v3`` for the row expansions: unpredicated (an invalid
+    token's zero words select no value) and into the same four registers each time, which measured fewer spills
+    and instructions than predicated loads into one register set per chunk (offline sm_90: 49.3 against 51.5
+    instructions per token-head)."""
+    if swizzled:  # chunk c at byte 16c XOR 16·(lane mod 8)
+        return [
+            f"xor.b32 ca, xs, {16 * c};",
+            "add.u32 ca, va, ca;",
+            "ld.shared.v4.b32 {v0, v1, v2, v3}, [ca];",
+        ]
+    return [f"ld.shared.v4.b32 {{v0, v1, v2, v3}}, [va+{16 * c}];"]
+
+
 @functools.cache
 def expand_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
     """PTX that expands one token's values, kept two of every four consecutive channels (``nm_group=4`` stores at
@@ -250,16 +264,7 @@ def expand_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
             lines += [f"and.b32 t, {src}, 0x03030303;", f"mad.lo.u32 x{n}, t, 0x11, 0x40404040;"]
         for h in range(2):  # value chunk 2g + h: groups 8g + 4h .. + 3, one register each
             c = 2 * g + h
-            if fp8:
-                lines += _load_chunk(c, regs, fp8=True)
-            elif swizzled:
-                lines += [
-                    f"xor.b32 ca, xs, {16 * c};",
-                    "add.u32 ca, va, ca;",
-                    "ld.shared.v4.b32 {v0, v1, v2, v3}, [ca];",
-                ]
-            else:
-                lines.append(f"ld.shared.v4.b32 {{v0, v1, v2, v3}}, [va+{16 * c}];")
+            lines += _load_chunk(c, regs, fp8=True) if fp8 else _load_rows_chunk(c, swizzled)
             first = 4 * c if fp8 else 0
             for m in range(2):  # the dense 16-byte chunk 4g + 2h + m: groups 4h + 2m, 4h + 2m + 1 of the word
                 for q in range(2):
@@ -345,14 +350,7 @@ def expand8_asm(head_dim: int, slot: int) -> str:
         *_lane_swizzle(),
     ]
     for c in range(head_dim // 16):  # value chunk c: groups 2c, 2c + 1, two registers each
-        if swizzled:
-            lines += [
-                f"xor.b32 ca, xs, {16 * c};",
-                "add.u32 ca, va, ca;",
-                "ld.shared.v4.b32 {v0, v1, v2, v3}, [ca];",
-            ]
-        else:
-            lines.append(f"ld.shared.v4.b32 {{v0, v1, v2, v3}}, [va+{16 * c}];")
+        lines += _load_rows_chunk(c, swizzled)
         for q in range(2):
             n = 2 * c + q  # the group; its dense 16-byte chunk is chunk n of the row
             lines += _group8_selectors(n // 4, n % 4)
