@@ -15,6 +15,11 @@ Each program is one warp over 32-token tiles, one token per lane:
   that the P·V MMA reads in two 16-token halves (tokens on the MMA's K side, the GQA group padded to N = 8, as the
   staged decoder).
 
+Stores with fixed groups take a faster path on each side: V kept two of every four consecutive channels is
+expanded into a [tokens, D] row tile in registers (:func:`~mustafar.kernels.scatter_ptx.expand_asm`, no zeroing,
+16-byte stores), and then K kept four of every eight (consecutive, or strided with q loaded in the store's order)
+is expanded into the same tile and scored by one MMA (:func:`~mustafar.kernels.scatter_ptx.expand8_asm`).
+
 Split/merge scheme, dense window and device-side length of static stores as in
 :mod:`mustafar.kernels.decode_staged`, whose window/output code it shares. Fixed layouts, fp16/bf16, head_dim
 64/128, GQA groups of at most 8 query heads, GPU only.

@@ -1,4 +1,6 @@
-"""The scatter decoder's per-lane PTX and the word quotas it relies on (import-light: no Triton).
+"""The scatter decoder's per-lane PTX and the word quotas it relies on (import-light: no Triton). Besides the
+walk below, stores with fixed groups are expanded into dense rows instead (:func:`expand_asm`,
+:func:`expand8_asm`; which stores, :func:`expands_values` and :func:`expands_keys`).
 
 Stores packed under the ``word`` keep rule (``CompressedStore(..., word_quota=True)``) keep a fixed, known number
 of entries ``q_g`` in every 32-channel bitmap word (:func:`mustafar.pruning.keep.word_quotas`), so a lane that owns
