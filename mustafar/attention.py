@@ -215,6 +215,43 @@ def _check_keep_rules(policy: KVConfig, model: torch.nn.Module) -> None:
                 )
 
 
+def _check_store_orders(policy: KVConfig, model: torch.nn.Module) -> None:
+    """Refuse, before prefill, compressed strided N:M sides that the Triton decoders cannot read in their stored
+    order (the same check the decode call makes, on stores shaped as the caches will make them): only keys kept
+    four of every eight strided channels at s 0.5 with values kept two of every four are read that way."""
+    from mustafar.cache import nm_group, nm_strided, word_quota
+    from mustafar.formats import CompressedStore
+    from mustafar.kernels.dispatch import _check_store_order, decoder_for, resolve_backend
+
+    if policy.mode != "compressed" or not (nm_strided(policy, "k") or nm_strided(policy, "v")):
+        return
+    d, cfg = head_dim(model.config), text_config(model.config)
+    if resolve_backend(kernel_backend(), model.device, d) != "triton":
+        return  # the PyTorch path decodes through to_dense, in channel order
+    n_rep = cfg.num_attention_heads // getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
+    n = max(len(policy.k_layer_sparsity), len(policy.v_layer_sparsity), 1)
+    ks = policy.k_layer_sparsity or (policy.k_sparsity,) * n
+    vs = policy.v_layer_sparsity or (policy.v_sparsity,) * n
+    for k_s, v_s in set(zip(ks, vs)):
+        k, v = (
+            CompressedStore(
+                1,
+                1,
+                d,
+                model.dtype,
+                "cpu",
+                exact_keep(d, s) if s else d,
+                word_quota=word_quota(policy, side),
+                nm_group=nm_group(policy, side),
+                nm_strided=nm_strided(policy, side),
+                value_dtype=policy.value_dtype,
+            )  # fmt: skip
+            for side, s in (("k", k_s), ("v", v_s))
+        )
+        q = torch.zeros(1, n_rep, d, dtype=model.dtype, device=model.device)
+        _check_store_order(k, v, decoder_for(q, k, v))
+
+
 @contextmanager
 def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCache]:
     """Route the model's attention through mustafar and bind each layer of `cache` for the duration."""
@@ -224,6 +261,7 @@ def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCac
         if refusal:
             raise ValueError(refusal)
     _check_keep_rules(cache.policy, model)
+    _check_store_orders(cache.policy, model)
     previous = model.config._attn_implementation
     modules = attention_modules(model)
     if len(cache.layers) < len(modules):

@@ -137,3 +137,39 @@ def test_static_padded_batch_equals_mask_mode(tiny_llama, policy):
         batch = generate(tiny_llama, _compressed(policy), ps, list(BUDGETS), cache=cache)
     assert_same_outputs(generate(tiny_llama, policy, ps, list(BUDGETS), static=False), batch)
     assert check_stores(cache, policy) > 0
+
+
+@pytest.mark.parametrize(
+    "policy,refused",
+    [
+        (
+            KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="nm8s", mode="compressed"),
+            True,
+        ),  # strided values
+        (
+            KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", k_keep_rule="nm4s", mode="compressed"),
+            True,
+        ),
+        (
+            KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", v_keep_rule="nm4", mode="compressed"),
+            False,
+        ),
+    ],
+    ids=["nm8s", "k-nm4s", "k-word-v-nm4"],
+)
+def test_attach_refuses_strided_stores_the_triton_decoder_cannot_read(
+    tiny_llama, monkeypatch, policy, refused
+):
+    """On the Triton path (here the interpreter's portable decoder, which reads no strided order) a compressed
+    strided side is refused when the model is attached, before any prefill; the PyTorch path reads every order."""
+    monkeypatch.setenv("MUSTAFAR_KERNEL_BACKEND", "triton")
+    cache = new_cache(tiny_llama, policy)
+    if refused:
+        with pytest.raises(ValueError, match="strided N:M stores"), attach(tiny_llama, cache):
+            pass
+    else:
+        with attach(tiny_llama, cache):
+            pass
+    monkeypatch.setenv("MUSTAFAR_KERNEL_BACKEND", "torch")
+    with attach(tiny_llama, new_cache(tiny_llama, policy)):
+        pass
