@@ -595,7 +595,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         SLOT_BYTES=slot_bytes,
         V_NM=v_nm,
         K_NM=k_nm,
-        K_PERM=k_store.nm_group if k_nm and getattr(k_store, "nm_strided", False) else 0,
+        K_PERM=k_store.nm_group if k_nm and k_store.nm_strided else 0,
     )
 
 
@@ -669,9 +669,10 @@ def _configure(
         v_store.keep,
         k_store.value_dtype,
         v_store.value_dtype,
-        expands_values(v_store),
-        expands_keys(k_store, v_store),
-        getattr(k_store, "nm_strided", False),
+        k_store.nm_group,
+        v_store.nm_group,
+        k_store.nm_strided,
+        v_store.nm_strided,
         decoder,
         block_n,
         num_warps,
