@@ -43,7 +43,7 @@ ax.axhline(rows["dense"][0], color="gray", linestyle="--", linewidth=1, label="d
 ax.set_xticks(range(len(rules)), [name for name, _ in rules])
 ax.set_ylabel("RULER 1K average (%)")
 ax.set_title("Per-token magnitude pruning by keep rule (SmolLM2-135M, 60 prompts per bar)", fontsize=10)
-ax.legend(fontsize=8)
+ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
 fig.tight_layout()
 fig.savefig(here / "accuracy_by_group.png", dpi=130)
 print(here / "accuracy_by_group.png")
