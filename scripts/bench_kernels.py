@@ -96,8 +96,7 @@ def _check_case(
     stores = []
     for keep, group in ((k_keep, 0), (v_keep, v_nm_group)):
         rows = torch.randn(b, hkv, t, d, device="cuda", dtype=dtype)
-        extra = {"nm_group": group} if group else {}
-        st = CompressedStore(b, hkv, d, dtype, "cuda", keep, word_quota=word, **extra)
+        st = CompressedStore(b, hkv, d, dtype, "cuda", keep, word_quota=word, nm_group=group)
         if keep is None:  # variable layout: the published magnitude rule at s 0.6
             pack_into(st, rows, threshold_mask(rows.abs(), 0.6))
         elif group:

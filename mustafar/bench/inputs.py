@@ -68,8 +68,8 @@ def build_stores(
             capacity=tokens,
             word_quota=word_quota,
             value_dtype=value_dtype,
-            **({"nm_group": group} if group else {}),
-            **({"nm_strided": True} if strided else {}),
+            nm_group=group,
+            nm_strided=strided,
         )
         for a in range(0, tokens, chunk):
             n = min(chunk, tokens - a)

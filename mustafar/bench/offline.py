@@ -83,7 +83,7 @@ def compile_scatter(
             static=static,
             word_quota=True,
             value_dtype=value_dtype,
-            **({"nm_group": group} if group else {}),
+            nm_group=group,
         )
         for group in (k_nm_group, v_nm_group)
     )

@@ -173,7 +173,7 @@ def _check_store_order(k_store: CompressedStore, v_store: CompressedStore, decod
     channel order: only the scatter decoder's expanded keys (q loaded in the K store's order) read them."""
     if not (k_store.nm_strided or v_store.nm_strided):
         return
-    if decoder == "scatter" and not v_store.nm_strided and expands_keys(k_store, v_store):
+    if decoder == "scatter" and expands_keys(k_store, v_store):  # its V rows are in channel order
         return
     got = ", ".join(
         f"{side} nm_group={st.nm_group} keep={st.keep} of {st.head_dim}{' fp8' if st.fp8 else ''}"

@@ -50,7 +50,7 @@ def expands_keys(k_store: CompressedStore, v_store: CompressedStore) -> bool:
     V's row tile between two of the loop's barriers)."""
     return (
         k_store.nm_group == 8
-        and k_store.keep == k_store.head_dim // 2
+        and k_store.keep == expand_keep(k_store.head_dim)
         and not (k_store.fp8 or v_store.fp8)
         and expands_values(v_store)
     )
@@ -201,6 +201,30 @@ def expand_keep(head_dim: int) -> int:
     return head_dim // 2
 
 
+def _row_setup(name: str, head_dim: int, slot: int) -> list[str]:
+    """The row expansions' common start after their register declarations: check the slot holds half the head dim,
+    read the valid flag, zero the words (an invalid token expands to a zero row), load a valid token's words,
+    point ``va`` at its slots and ``row`` at its tile row."""
+    if head_dim % 32 or slot * 2 < head_dim:
+        raise ValueError(
+            f"{name} needs head_dim a multiple of 32 and a slot of head_dim/2, got {head_dim}, {slot}"
+        )
+    words = head_dim // 32
+    return [
+        "setp.ne.u32 p, $4, 0;",
+        "mov.u32 base, global_smem;",
+        "mov.u32 zero, 0;",
+        *(f"mov.b32 w{g}, 0;" for g in range(words)),
+        *_load_words(words, "$1", "$2"),
+        "add.u32 row, base, $3;",
+    ]
+
+
+def _store_row_chunk(k: int) -> list[str]:
+    """Store ``o0 .. o3`` as 16-byte chunk ``k`` of the token's tile row (at chunk k XOR (row mod 8))."""
+    return [f"xor.b32 ca, xs, {16 * k};", "add.u32 ca, row, ca;", "st.shared.v4.b32 [ca], {o0, o1, o2, o3};"]
+
+
 def _load_rows_chunk(c: int, swizzled: bool) -> list[str]:
     """PTX loading fp16/bf16 value chunk ``c`` into ``v0 .. v3`` for the row expansions: unpredicated (an invalid
     token's zero words select no value) and into the same four registers each time, which measured fewer spills
@@ -232,10 +256,7 @@ def expand_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
     byte offset of its tile row; ``$4`` nonzero when the token is valid (an invalid token's row is written zero).
     The tile is [tokens, D] with 16-byte chunk k of row r at chunk ``k XOR (r mod 8)``
     (:func:`mustafar.kernels.decode_scatter._v_rows_layout`); the lane is the token, so that XOR is the slots'."""
-    if head_dim % 32 or slot * 2 < head_dim:
-        raise ValueError(
-            f"expand_asm needs head_dim a multiple of 32 and a slot of head_dim/2, got {head_dim}, {slot}"
-        )
+    setup = _row_setup("expand_asm", head_dim, slot)
     words = head_dim // 32
     swizzled = not fp8 and swizzled_slots(2 * slot, 16)
     regs = head_dim // 4 if fp8 else 4  # fp8: every chunk's widened pairs; fp16: one chunk's, reloaded
@@ -244,12 +265,7 @@ def expand_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
         ".reg .pred p;",
         f".reg .b32 w<{words}>, v<{regs}>, o<4>, x<4>, s, t, va, base, row, xs, ca, zero, lo0, lo1, hi2, hi3;",
         *([_fp8_regs(regs), ".reg .b16 lo, hi;"] if fp8 else []),
-        "setp.ne.u32 p, $4, 0;",
-        "mov.u32 base, global_smem;",
-        "mov.u32 zero, 0;",
-        *(f"mov.b32 w{g}, 0;" for g in range(words)),
-        *_load_words(words, "$1", "$2"),
-        "add.u32 row, base, $3;",
+        *setup,
         f"mov.b32 lo0, {_LO0:#x};",
         f"mov.b32 lo1, {_LO1:#x};",
         f"mov.b32 hi2, {_HI2:#x};",
@@ -283,12 +299,7 @@ def expand_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
                             f"prmt.b32 s, {ta}, {tb}, {sel};",
                             f"prmt.b32 o{2 * q + half}, v{first + 2 * m + q}, zero, s;",
                         ]
-                k = 4 * g + 2 * h + m
-                lines += [
-                    f"xor.b32 ca, xs, {16 * k};",
-                    "add.u32 ca, row, ca;",
-                    "st.shared.v4.b32 [ca], {o0, o1, o2, o3};",
-                ]
+                lines += _store_row_chunk(4 * g + 2 * h + m)
     lines += ["mov.u32 $0, 0;", "}"]
     return "\n".join(lines)
 
@@ -333,22 +344,13 @@ def expand8_asm(head_dim: int, slot: int) -> str:
     A group's four values are two registers of the slot; each pair of dense positions is one ``prmt`` of the two
     (selector from the ranks, :func:`_group8_selectors`) and an ``and`` with its zero mask; one 16-byte store per
     group. About 33 instructions per eight channels, where the key walk spends about 17 per kept value."""
-    if head_dim % 32 or slot * 2 < head_dim:
-        raise ValueError(
-            f"expand8_asm needs head_dim a multiple of 32 and a slot of head_dim/2, got {head_dim}, {slot}"
-        )
-    words = head_dim // 32
+    setup = _row_setup("expand8_asm", head_dim, slot)
     swizzled = swizzled_slots(2 * slot, 16)
     lines = [
         "{",
         ".reg .pred p;",
-        f".reg .b32 w<{words}>, v<4>, o<4>, s<4>, z<4>, lo, hi, blo, bhi, t, va, base, row, xs, ca, zero;",
-        "setp.ne.u32 p, $4, 0;",
-        "mov.u32 base, global_smem;",
-        "mov.u32 zero, 0;",
-        *(f"mov.b32 w{g}, 0;" for g in range(words)),
-        *_load_words(words, "$1", "$2"),
-        "add.u32 row, base, $3;",
+        f".reg .b32 w<{head_dim // 32}>, v<4>, o<4>, s<4>, z<4>, lo, hi, blo, bhi, t, va, base, row, xs, ca, zero;",
+        *setup,
         *_lane_swizzle(),
     ]
     for c in range(head_dim // 16):  # value chunk c: groups 2c, 2c + 1, two registers each
@@ -358,11 +360,7 @@ def expand8_asm(head_dim: int, slot: int) -> str:
             lines += _group8_selectors(n // 4, n % 4)
             for m in range(4):
                 lines += [f"prmt.b32 o{m}, v{2 * q}, v{2 * q + 1}, s{m};", f"and.b32 o{m}, o{m}, z{m};"]
-            lines += [
-                f"xor.b32 ca, xs, {16 * n};",
-                "add.u32 ca, row, ca;",
-                "st.shared.v4.b32 [ca], {o0, o1, o2, o3};",
-            ]
+            lines += _store_row_chunk(n)
     lines += ["mov.u32 $0, 0;", "}"]
     return "\n".join(lines)
 

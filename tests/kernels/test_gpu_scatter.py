@@ -118,8 +118,9 @@ def test_expanded_keys_match_reference_on_gpu(poison, d, dtype, data, strided):
     torch.manual_seed(d + strided)
     for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32), (1, 2, 7, 130, 3)):
         rows = _rows(b, hkv, t, d, dtype, data)
-        extra = {"nm_strided": True} if strided else {}
-        ks = CompressedStore(b, hkv, d, dtype, "cuda", d // 2, word_quota=True, nm_group=8, **extra)
+        ks = CompressedStore(
+            b, hkv, d, dtype, "cuda", d // 2, word_quota=True, nm_group=8, nm_strided=strided
+        )
         pack_into(ks, rows, nm_topk_mask(rows.abs(), d // 2, 8, strided=strided))
         vs = _nm4_store(_rows(b, hkv, t, d, dtype, data))
         assert expands_keys(ks, vs)
