@@ -22,7 +22,7 @@ from mustafar.formats import CompressedStore
 from mustafar.formats.bitmap import unpack_bitmap, variable_token_nbytes
 from mustafar.formats.fp8 import fake_quantize
 from mustafar.kernels import pack_into, topk_pack_into
-from mustafar.pruning import Observation, RowPruner, SidePruner, fixed_count_mask
+from mustafar.pruning import Observation, RowPruner, SidePruner
 from mustafar.pruning.keep import NM_GROUPS
 
 
@@ -306,10 +306,7 @@ class CompressedLayer(MustafarLayer):
                     lo = n + sum(c for c, _ in list(queue)[:i])
                     rows = tail[:, :, lo : lo + count]
                     keep = self.pruners[side].keep_for(rows.shape[-1])
-                    store = self.stores[side]
-                    mask = fixed_count_mask(
-                        rows.abs(), keep, store.word_quota, group=store.nm_group, strided=store.nm_strided
-                    )
+                    mask = self.stores[side].kept_mask(rows.abs(), keep)
                     rows.masked_fill_(~mask, 0)
                     queue[i] = (count, mask)
         if n:

@@ -45,7 +45,7 @@ from mustafar.config import KVConfig, PruneRule
 from mustafar.formats import CompressedStore, pack_bitmap, unpack_bitmap
 from mustafar.formats.fp8 import dequantize, fake_quantize, quantize
 from mustafar.kernels import pack_into, resolve_backend, sparse_decode_attention, topk_pack_into
-from mustafar.pruning import Observation, SidePruner, fixed_count_mask, keep_mask, scores
+from mustafar.pruning import Observation, SidePruner, keep_mask, scores
 
 _SAID: set[str] = set()
 
@@ -488,9 +488,7 @@ class StaticCompressedLayer(StaticLayer):
                 continue
             score = self.leaving_score(side, row, slot)
             store = self.stores[side]
-            mask = fixed_count_mask(
-                score, self.keep[side], store.word_quota, group=store.nm_group, strided=store.nm_strided
-            )
+            mask = store.kept_mask(score, self.keep[side])
             pack_token_at(store, row, self.keep[side], self.stored, mask)  # at each row's count
             store.length += 1  # host mirror: the widest row's count
         self.stored += 1
@@ -565,9 +563,7 @@ def pack_token_at(
     `nm_group` one) into fixed-layout slot `at` (device: [1] for every batch row, or [B], one slot per row). The
     layout equals `pack_into`'s (stored order); the slot index stays on the device (capturable)."""
     if mask is None:
-        mask = fixed_count_mask(
-            row.abs(), keep, store.word_quota, group=store.nm_group, strided=store.nm_strided
-        )
+        mask = store.kept_mask(row.abs(), keep)
     row, mask = store.to_stored(row), store.to_stored(mask)
     kept_channels = torch.sort((~mask).to(torch.int8), dim=-1, stable=True).indices[..., :keep]
     kept = row.gather(-1, kept_channels)

@@ -54,7 +54,7 @@ from torch import Tensor
 
 from mustafar.config import VALUE_DTYPES
 from mustafar.formats.fp8 import FP8_ALIGN, SCALE_BYTES, dequantize
-from mustafar.pruning.keep import word_quotas
+from mustafar.pruning.keep import fixed_count_mask, word_quotas
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _ALIGN_BYTES = 16
@@ -237,6 +237,12 @@ class CompressedStore:
         """``x`` [..., D] in the store's stored order, permuted back into channel order (the inverse of
         :meth:`to_stored`)."""
         return x if self._to_channels is None else x.index_select(-1, self._to_channels.to(x.device))
+
+    def kept_mask(self, score: Tensor, keep: int) -> Tensor:
+        """The pattern this fixed-layout store holds for ``score`` [..., D] (channel order): ``keep`` entries per
+        token, top-|score| per 32-channel word on a ``word_quota`` store, per consecutive or strided group on an
+        ``nm_group`` one, ties to the lower channel; what every writer that prunes for this store applies."""
+        return fixed_count_mask(score, keep, self.word_quota, group=self.nm_group, strided=self.nm_strided)
 
     @property
     def quotas(self) -> tuple[int, ...] | None:

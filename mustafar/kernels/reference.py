@@ -7,7 +7,6 @@ from torch import Tensor
 
 from mustafar.formats.bitmap import CompressedStore, pack_bitmap
 from mustafar.formats.fp8 import quantize
-from mustafar.pruning.keep import fixed_count_mask
 
 
 def pack_reference(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
@@ -24,10 +23,7 @@ def pack_reference(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
 def topk_pack_reference(store: CompressedStore, rows: Tensor, keep: int) -> None:
     """Exact per-token top-``keep`` by |x| (ties: lower channel first; per-word quotas on a ``word_quota``
     store, per consecutive or strided group on an ``nm_group`` one), then the reference pack."""
-    mask = fixed_count_mask(
-        rows.abs(), keep, store.word_quota, group=store.nm_group, strided=store.nm_strided
-    )
-    pack_reference(store, rows, mask)
+    pack_reference(store, rows, store.kept_mask(rows.abs(), keep))
 
 
 def decode_attention_reference(
