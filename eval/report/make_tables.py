@@ -49,7 +49,8 @@ class Report:
 
 
 def _caption(group: Group, experiment: str, sweep: str) -> str:
-    n = int(group.jobs["n"].min())
+    lo, hi = int(group.jobs["n"].min()), int(group.jobs["n"].max())
+    n = f"{lo}" if lo == hi else f"{lo}–{hi} (each job's in its row)"
     head = CAPTIONS.get(experiment, f"Sweep {sweep}")
     paper = (
         " Rows 'paper': the published Llama-3-8B-Instruct LongBench numbers (eval/report/paper_numbers.json)."

@@ -211,3 +211,21 @@ def test_compare_cli_pairs_the_same_samples(tmp_path, capsys):
     fake_job(tmp_path, "other", dense, k_sparsity=0.7, policy="K0.7", samples_id="p2", seed=1)
     with pytest.raises(ValueError, match="not asked the same prompts"):
         compare(tmp_path, "K0.7", "dense")
+
+
+def test_caption_names_each_sample_size_of_a_mixed_sweep():
+    """A sweep whose jobs ran at different sample counts must not be captioned with one of them."""
+    from types import SimpleNamespace
+
+    from eval.report.make_tables import _caption
+
+    def group(ns):
+        jobs = pd.DataFrame({"n": ns})
+        return SimpleNamespace(
+            model="smollm2", bench="ruler-1024", tasks=["a", "b"], jobs=jobs, paper_match=False
+        )
+
+    assert "n = 20 samples per task, 3 jobs" in _caption(group([20, 20, 20]), "x", "s")
+    assert "n = 20–60 (each job's in its row) samples per task, 3 jobs" in _caption(
+        group([20, 60, 20]), "x", "s"
+    )
