@@ -85,6 +85,15 @@ STATIC_FORMATS = {  # static caches, decoded eagerly and graph-replayed
         v_keep_rule="nm4",
         mode="compressed",
     ),
+    "K0.5V0.5-nm8sk-fp8-nm4v-static": KVConfig(
+        k_sparsity=0.5,
+        v_sparsity=0.5,
+        keep_rule="word",
+        k_keep_rule="nm8s",
+        v_keep_rule="nm4",
+        mode="compressed",
+        value_dtype="fp8",
+    ),
     "K0.5V0.5-word-fp8-nm4v-static": KVConfig(
         k_sparsity=0.5,
         v_sparsity=0.5,

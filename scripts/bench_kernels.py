@@ -65,6 +65,7 @@ KEEP_RULES = (
     "word-fp8-nm4v",
     "nm8k-nm4v",
     "nm8sk-nm4v",
+    "nm8sk-fp8-nm4v",
 )
 CONFIGS = {  # name -> private launch options, timed next to the default launch (round 5 sweeps: NOTES.md)
     "staged n32": dict(decoder="staged", block_n=32),
@@ -415,7 +416,7 @@ def main() -> None:
         "suffix -fp8 for fp8 values (word-fp8: scatter, exact-fp8: portable); word-nm4v: K word, V two of every "
         "four channels (expanded by the scatter decoder; s 0.5 only, other sparsities skipped), word-fp8-nm4v the "
         "same with fp8 values; nm8sk-nm4v: K four of every eight strided channels, V two of every four (both "
-        "expanded; nm8k-nm4v: K groups consecutive, the same kernel)",
+        "expanded; nm8k-nm4v: K groups consecutive, the same kernel), nm8sk-fp8-nm4v the same with fp8 values",
     )
     ap.add_argument(
         "--dtype", choices=("fp16", "bf16"), default="fp16", help="queries, windows, dense K/V, values"

@@ -582,7 +582,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         V_CH_P2=triton.next_power_of_2(block_n * v_sb // v_ck),
         DEVICE_LEN=k_store.static,
         K_ASM=(
-            expand8_asm(d, k_store.slot)
+            expand8_asm(d, k_store.slot, k_store.fp8)
             if k_nm
             else score_asm(d, k_store.keep, k_store.slot, n_rep, q.dtype == torch.bfloat16, k_store.fp8)
         ),

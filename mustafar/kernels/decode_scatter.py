@@ -18,7 +18,8 @@ Each program is one warp over 32-token tiles, one token per lane:
 Stores with fixed groups take a faster path on each side: V kept two of every four consecutive channels is
 expanded into a [tokens, D] row tile in registers (:func:`~mustafar.kernels.scatter_ptx.expand_asm`, no zeroing,
 16-byte stores), and then K kept four of every eight (consecutive, or strided with q loaded in the store's order)
-is expanded into the same tile and scored by one MMA (:func:`~mustafar.kernels.scatter_ptx.expand8_asm`).
+is expanded into the same tile and scored by one MMA (:func:`~mustafar.kernels.scatter_ptx.expand8_asm`); fp8
+codes are widened to an fp16 tile on both sides, the scores and P weighed by the tokens' scales.
 
 Split/merge scheme, dense window and device-side length of static stores as in
 :mod:`mustafar.kernels.decode_staged`, whose window/output code it shares. Fixed layouts, fp16/bf16, head_dim
@@ -37,6 +38,7 @@ from mustafar.kernels.decode_staged import (
     _finish,
     _join8,
     _q_tile,
+    _softmax_probs,
     _softmax_state,
     _softmax_step,
 )
@@ -293,9 +295,13 @@ def _sc_sparse_decode_kernel(
     s = gl.program_id(2)
     m_i, l_i = _softmax_state(BLOCK_H)
     acc = gl.zeros([D, BLOCK_H], gl.float32, layout=mma)  # (Vᵀ p) [D, heads]
+    if V_FP8:  # acc holds (Vᵀ p) / frame, frame the last tile's largest V scale (a power of two: exact)
+        frame = gl.max(gl.full([BLOCK_N], 1.0, gl.float32, layout=gl.SliceLayout(1, mma)), axis=0)
     q_row = q_ptr + b.to(gl.int64) * sqb + (h * N_REP).to(gl.int64) * sqh
     if K_NM:  # qᵀ as the scores' MMA operand, its channels in the K store's order
         qk = _q_tile(q_ptr, sqb, sqh, b, h, N_REP, D, BLOCK_H, K_PERM)
+        if K_FP8:  # the widened codes' tile is fp16 (bf16 queries convert exactly in fp16's normal range)
+            qk = qk.to(gl.float16)
     qp = (
         _q_pair(q_row, sqh, 0, 0, N_REP, D, lc), _q_pair(q_row, sqh, 2, 0, N_REP, D, lc),
         _q_pair(q_row, sqh, 4, 0, N_REP, D, lc), _q_pair(q_row, sqh, 6, 0, N_REP, D, lc),
@@ -356,7 +362,10 @@ def _sc_sparse_decode_kernel(
         if K_FP8:  # the codes' scores times each token's scale (staged after its value slots)
             sc = sc * gl.expand_dims(_load_scales(k_off + WB + BLOCK_N * K_SP, BLOCK_N, ts_l), 1)
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
-        p, m_i, l_i, acc = _softmax_step(sc, ts < end, m_i, l_i, acc, qk_scale)
+        if V_FP8:  # the accumulator's rescale waits for V's scales, to fold the frame change into it
+            p, m_i, l_i, alpha = _softmax_probs(sc, ts < end, m_i, l_i, qk_scale)
+        else:
+            p, m_i, l_i, acc = _softmax_step(sc, ts < end, m_i, l_i, acc, qk_scale)
         ahead = REGION + ((n + SIDES) % SIDES) * SLOT_BYTES
         if SIDES % 2 == 1:  # side n + SIDES is a V side
             _issue_side(
@@ -376,16 +385,19 @@ def _sc_sparse_decode_kernel(
         else:
             _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, VT, V_SP, D, BLOCK_N, TILE_OFF, lc)
         if V_FP8:
-            # P weighs the unscaled codes by each token's scale relative to the tile's largest (a power of two, so
-            # dividing the accumulator by it and multiplying back is exact): fp16 P keeps its precision
+            # P weighs the unscaled codes by each token's scale relative to the tile's largest, so fp16 P keeps its
+            # precision; the accumulator moves to that scale's frame in the softmax's own rescale (one multiply
+            # per tile where dividing and multiplying back took three: round 17)
             at = v_off + WB + BLOCK_N * V_SP
             vsc = gl.where(gl.arange(0, BLOCK_N, layout=ts_l) < n_tok, _load_scales(at, BLOCK_N, ts_l), 0.0)
             top = gl.max(vsc, axis=0)
             pw = p * gl.expand_dims(vsc / top, 1)
+            acc = acc * gl.expand_dims(alpha * (frame / top), 0)
+            frame = top
             if V_NM:
-                acc = _pv_rows(tile, pw.to(gl.float16), acc * (1.0 / top), op_a, op_b, BLOCK_N) * top
+                acc = _pv_rows(tile, pw.to(gl.float16), acc, op_a, op_b, BLOCK_N)
             else:
-                acc = _pv8(tile, pw, acc * (1.0 / top), mma) * top
+                acc = _pv8(tile, pw, acc, mma)
         elif V_NM:
             acc = _pv_rows(tile, p.to(DT), acc, op_a, op_b, BLOCK_N)
         else:
@@ -394,6 +406,8 @@ def _sc_sparse_decode_kernel(
     async_copy.wait_group(0)
     smem._keep_alive()
     tbuf._keep_alive()
+    if V_FP8:
+        acc = acc * frame
     # q's MMA tile is loaded for the dense window only now: held through the loop it took 16 registers, and
     # moving it measured 2-4 % faster together with the transposed tile (results/kernels/NOTES.md, round 11)
     qt = _q_tile(q_ptr, sqb, sqh, b, h, N_REP, D, BLOCK_H)

@@ -212,13 +212,22 @@ def _staged_tile(
 
 
 @gluon.jit
-def _softmax_step(sc, valid, m_i, l_i, acc, qk_scale):
-    """Online-softmax update for scores ``sc`` [tokens, heads] (log2 domain); returns p and the new state."""
+def _softmax_probs(sc, valid, m_i, l_i, qk_scale):
+    """Online-softmax update for scores ``sc`` [tokens, heads] (log2 domain): p, the new running max and sum, and
+    the factor ``alpha`` [heads] the accumulator must be multiplied by (left to the caller, which may fold more
+    into that one multiply)."""
     sc = gl.where(gl.expand_dims(valid, 1), sc * qk_scale, float("-inf"))
     m_new = gl.maximum(m_i, gl.max(sc, axis=0))
     alpha = gl.exp2(m_i - m_new)
     p = gl.exp2(sc - gl.expand_dims(m_new, 0))
-    return p, m_new, l_i * alpha + gl.sum(p, axis=0), acc * gl.expand_dims(alpha, 0)
+    return p, m_new, l_i * alpha + gl.sum(p, axis=0), alpha
+
+
+@gluon.jit
+def _softmax_step(sc, valid, m_i, l_i, acc, qk_scale):
+    """:func:`_softmax_probs` with the accumulator rescaled: p and the new state."""
+    p, m_new, l_new, alpha = _softmax_probs(sc, valid, m_i, l_i, qk_scale)
+    return p, m_new, l_new, acc * gl.expand_dims(alpha, 0)
 
 
 @gluon.jit

@@ -182,7 +182,8 @@ def _check_store_order(k_store: CompressedStore, v_store: CompressedStore, decod
     )
     raise ValueError(
         f"strided N:M stores ({got}) are read by the Triton decoders only as keys kept four of every eight "
-        "channels at half the head dim, fp16/bf16, with values kept two of every four consecutive channels, on a "
+        "channels at half the head dim, with values kept two of every four consecutive channels in the same value "
+        "type (both fp16/bf16 or both fp8), on a "
         f"GPU that runs the scatter decoder (this call: the {decoder} decoder); use backend='torch' "
         "(MUSTAFAR_KERNEL_BACKEND=torch), kv.mode=mask, or kv=k50v50_kn8s_vnm4"
     )

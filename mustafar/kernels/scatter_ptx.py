@@ -46,12 +46,13 @@ def expands_values(store: CompressedStore) -> bool:
 def expands_keys(k_store: CompressedStore, v_store: CompressedStore) -> bool:
     """Whether the scatter decoder expands this K store's rows (:func:`expand8_asm`) and scores them
     with an MMA instead of walking its bits: four of every eight channels kept in the store's order (consecutive,
-    or strided under a fixed permutation that q takes too), fp16/bf16, with V's rows expanded too (K's rows use
-    V's row tile between two of the loop's barriers)."""
+    or strided under a fixed permutation that q takes too), with V's rows expanded too (K's rows use V's row tile
+    between two of the loop's barriers, so both sides hold the same value type: fp16/bf16 values, or fp8 codes
+    on both, widened to an fp16 tile)."""
     return (
         k_store.nm_group == 8
         and k_store.keep == expand_keep(k_store.head_dim)
-        and not (k_store.fp8 or v_store.fp8)
+        and k_store.fp8 == v_store.fp8
         and expands_values(v_store)
     )
 
@@ -83,20 +84,21 @@ def _lane_swizzle() -> list[str]:
     return ["mov.u32 xs, %laneid;", "and.b32 xs, xs, 7;", "shl.b32 xs, xs, 4;"]
 
 
-def _load_chunk(c: int, regs: int, fp8: bool, swizzled: bool = False) -> list[str]:
+def _load_chunk(c: int, regs: int, fp8: bool, swizzled: bool = False, pair: str = "lo, hi") -> list[str]:
     """PTX loading value chunk ``c`` (values ``8c .. 8c + 7``) of a valid token into the 16-bit pair registers
     ``v4c .. v4c+3``; fp8 codes are loaded into ``e*`` and widened to fp16 pairs (``cvt.rn.f16x2.e4m3x2``: byte 2i
-    of a half-word pair to the low half), unscaled."""
+    of a half-word pair to the low half), unscaled, through the two 16-bit registers ``pair``."""
     if not fp8:
         vec = "{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}"
         if swizzled:  # chunk c at byte 16c XOR 16·(lane mod 8)
             return [f"xor.b32 ca, xs, {16 * c};", "add.u32 ca, va, ca;", f"@p ld.shared.v4.b32 {vec}, [ca];"]
         return [f"@p ld.shared.v4.b32 {vec}, [va+{16 * c}];"]
     lines = [f"@p ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [va+{8 * c}];"]
+    lo, hi = pair.split(", ")
     for i in range(4 * c, min(4 * c + 4, regs)):
         if i % 2 == 0:
-            lines.append(f"mov.b32 {{lo, hi}}, e{i // 2};")
-        lines.append(f"cvt.rn.f16x2.e4m3x2 v{i}, {'hi' if i % 2 else 'lo'};")
+            lines.append(f"mov.b32 {{{pair}}}, e{i // 2};")
+        lines.append(f"cvt.rn.f16x2.e4m3x2 v{i}, {hi if i % 2 else lo};")
     return lines
 
 
@@ -336,30 +338,37 @@ def _group8_selectors(g: int, k: int) -> list[str]:
 
 
 @functools.cache
-def expand8_asm(head_dim: int, slot: int) -> str:
+def expand8_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
     """PTX that expands one token's values, kept four of every eight consecutive channels in the store's order
     (``nm_group=8`` stores at s 0.5; a strided store's order is a fixed permutation of the channels, which the
     caller applies to q), into its dense row of a [tokens, D] tile (:func:`expand_asm`'s layout and operands).
 
     A group's four values are two registers of the slot; each pair of dense positions is one ``prmt`` of the two
     (selector from the ranks, :func:`_group8_selectors`) and an ``and`` with its zero mask; one 16-byte store per
-    group. About 33 instructions per eight channels, where the key walk spends about 17 per kept value."""
+    group. About 33 instructions per eight channels, where the key walk spends about 17 per kept value. ``fp8``:
+    the slot holds e4m3 codes, each group's four widened to two fp16 pairs first (two ``cvt``, exact, unscaled:
+    the caller scales the scores) and the tile is fp16."""
     setup = _row_setup("expand8_asm", head_dim, slot)
-    swizzled = swizzled_slots(2 * slot, 16)
+    swizzled = not fp8 and swizzled_slots(2 * slot, 16)
+    regs = head_dim // 4 if fp8 else 4  # fp8: every chunk's widened pairs; fp16: one chunk's, reloaded
     lines = [
         "{",
         ".reg .pred p;",
-        f".reg .b32 w<{head_dim // 32}>, v<4>, o<4>, s<4>, z<4>, lo, hi, blo, bhi, t, va, base, row, xs, ca, zero;",
+        f".reg .b32 w<{head_dim // 32}>, v<{regs}>, o<4>, s<4>, z<4>, lo, hi, blo, bhi, t, va, base, row, xs, ca,"
+        " zero;",
+        *([_fp8_regs(regs), ".reg .b16 clo, chi;"] if fp8 else []),
         *setup,
         *_lane_swizzle(),
     ]
     for c in range(head_dim // 16):  # value chunk c: groups 2c, 2c + 1, two registers each
-        lines += _load_rows_chunk(c, swizzled)
+        lines += _load_chunk(c, regs, fp8=True, pair="clo, chi") if fp8 else _load_rows_chunk(c, swizzled)
+        first = 4 * c if fp8 else 0
         for q in range(2):
             n = 2 * c + q  # the group; its dense 16-byte chunk is chunk n of the row
             lines += _group8_selectors(n // 4, n % 4)
+            a, b = f"v{first + 2 * q}", f"v{first + 2 * q + 1}"
             for m in range(4):
-                lines += [f"prmt.b32 o{m}, v{2 * q}, v{2 * q + 1}, s{m};", f"and.b32 o{m}, o{m}, z{m};"]
+                lines += [f"prmt.b32 o{m}, {a}, {b}, s{m};", f"and.b32 o{m}, o{m}, z{m};"]
             lines += _store_row_chunk(n)
     lines += ["mov.u32 $0, 0;", "}"]
     return "\n".join(lines)

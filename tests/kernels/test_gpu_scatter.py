@@ -106,43 +106,49 @@ def test_expanded_values_match_reference_on_gpu(poison, d, k_keep, dtype, data, 
         _check_scatter(ks, vs, n_rep, w, f"D{d} B{b} T{t} W{w} group {n_rep}")
 
 
+@pytest.mark.parametrize("values", ["native", "fp8"])
 @pytest.mark.parametrize("strided", [False, True], ids=["consecutive", "strided"])
 @pytest.mark.parametrize("data", ["gauss", "ties"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d", [128, 64])
-def test_expanded_keys_match_reference_on_gpu(poison, d, dtype, data, strided):
+def test_expanded_keys_match_reference_on_gpu(poison, d, dtype, data, strided, values):
     """K kept four of every eight channels (consecutive, or strided: stored in the permuted order, q permuted
-    alike) and V two of every four: both sides' rows expanded, the scores one MMA."""
+    alike) and V two of every four: both sides' rows expanded, the scores one MMA (fp8: both sides' codes
+    widened to an fp16 tile, the scores and P scaled per token)."""
     from mustafar.kernels.decode import expands_keys
 
     torch.manual_seed(d + strided)
     for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32), (1, 2, 7, 130, 3)):
         rows = _rows(b, hkv, t, d, dtype, data)
         ks = CompressedStore(
-            b, hkv, d, dtype, "cuda", d // 2, word_quota=True, nm_group=8, nm_strided=strided
+            b, hkv, d, dtype, "cuda", d // 2, word_quota=True, nm_group=8, nm_strided=strided, value_dtype=values
         )
         pack_into(ks, rows, nm_topk_mask(rows.abs(), d // 2, 8, strided=strided))
-        vs = _nm4_store(_rows(b, hkv, t, d, dtype, data))
+        vs = _nm4_store(_rows(b, hkv, t, d, dtype, data), value_dtype=values)
         assert expands_keys(ks, vs)
         _check_scatter(ks, vs, n_rep, w, f"D{d} B{b} T{t} W{w} group {n_rep}")
 
 
+@pytest.mark.parametrize("values", ["native", "fp8"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])
-def test_strided_group_prune_pack_on_gpu(dtype, static):
+def test_strided_group_prune_pack_on_gpu(dtype, static, values):
     """The compiled prune+pack of strided 4:8 stores (channels loaded in the store's order) equals the PyTorch
-    one byte for byte, in two calls and at static stores' device counts."""
+    one byte for byte (fp8: codes and scales too), in two calls and at static stores' device counts."""
     for d in (64, 128):
         rows = _rows(2, 4, 300, d, dtype, "ties")
         kw = dict(capacity=400, static=True) if static else {}
         got, ref = (
-            CompressedStore(2, 4, d, dtype, "cuda", d // 2, nm_group=8, nm_strided=True, **kw) for _ in "ab"
+            CompressedStore(2, 4, d, dtype, "cuda", d // 2, nm_group=8, nm_strided=True, value_dtype=values, **kw)
+            for _ in "ab"
         )
         topk_pack_into(got, rows[:, :, :123], d // 2, "triton")
         topk_pack_into(got, rows[:, :, 123:], d // 2, "triton")
         topk_pack_into(ref, rows, d // 2, "torch")
         assert torch.equal(got.bits[:, :, :300], ref.bits[:, :, :300])
         assert torch.equal(got.vals[:, :, :300], ref.vals[:, :, :300])
+        if values == "fp8":
+            assert torch.equal(got.scales[:, :, :300], ref.scales[:, :, :300])
 
 
 def test_expanded_values_static_graph_replay_on_gpu():

@@ -360,7 +360,9 @@ def v_rows_offset(r: int, c: int, d: int) -> int:
 
 
 @pytest.mark.parametrize("d", [64, 128])
-@pytest.mark.parametrize("values,group", [("fp16", 4), ("bf16", 4), ("fp8", 4), ("fp16", 8), ("bf16", 8)])
+@pytest.mark.parametrize(
+    "values,group", [("fp16", 4), ("bf16", 4), ("fp8", 4), ("fp16", 8), ("bf16", 8), ("fp8", 8)]
+)
 def test_expand_ptx_writes_each_token_as_its_dense_row(d, values, group):
     """expand_asm (two of every four consecutive channels kept) and expand8_asm (four of every eight) against the
     plain-PyTorch dense rows (ties to the lower channel; fp8: the codes' unscaled values in fp16); invalid tokens'
@@ -391,7 +393,7 @@ def test_expand_ptx_writes_each_token_as_its_dense_row(d, values, group):
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
     voff = words.nbytes
     smem[voff : voff + vals.nbytes] = vals.reshape(-1)
-    asm = expand_asm(d, slot, fp8) if group == 4 else expand8_asm(d, slot)
+    asm = expand_asm(d, slot, fp8) if group == 4 else expand8_asm(d, slot, fp8)
     for r in range(tokens):
         run_ptx(asm, [r * 4 * (d // 32), voff + r * stride, tile + r * 2 * d, int(r < valid)], smem, lane=r)
     dense[valid:] = 0
@@ -415,14 +417,17 @@ def test_strided_stores_reach_only_the_decoder_that_reads_their_order():
     """Strided N:M stores hold channels in the groups' order: only the scatter decoder's expanded keys (q loaded
     in that order) may read them; anything else is refused rather than decoded as if in channel order."""
     keys, values = _group_store(64, 8, strided=True), _group_store(64, 4)
-    dispatch._check_store_order(keys, values, "scatter")  # the one supported pairing
+    dispatch._check_store_order(keys, values, "scatter")  # the supported pairing, in fp16/bf16 or fp8
+    fp8_keys = _group_store(64, 8, strided=True, value_dtype="fp8")
+    dispatch._check_store_order(fp8_keys, _group_store(64, 4, value_dtype="fp8"), "scatter")
     dispatch._check_store_order(_group_store(64, 8), values, "portable")  # consecutive groups: channel order
     refused = [
         (keys, values, "portable"),  # no q permutation there
         (keys, values, "staged"),
         (_group_store(64, 4, strided=True), values, "scatter"),  # 2:4 strided keys: the word walk
         (keys, _group_store(64, 8, strided=True), "scatter"),  # strided values: the output would be permuted
-        (keys, _group_store(64, 4, value_dtype="fp8"), "scatter"),
+        (keys, _group_store(64, 4, value_dtype="fp8"), "scatter"),  # fp8 values, fp16 keys: two tile types
+        (_group_store(64, 8, strided=True, value_dtype="fp8"), values, "scatter"),
     ]
     for k, v, decoder in refused:
         with pytest.raises(ValueError, match="strided N:M stores .* nm_group="):
