@@ -121,7 +121,16 @@ def test_expanded_keys_match_reference_on_gpu(poison, d, dtype, data, strided, v
     for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32), (1, 2, 7, 130, 3)):
         rows = _rows(b, hkv, t, d, dtype, data)
         ks = CompressedStore(
-            b, hkv, d, dtype, "cuda", d // 2, word_quota=True, nm_group=8, nm_strided=strided, value_dtype=values
+            b,
+            hkv,
+            d,
+            dtype,
+            "cuda",
+            d // 2,
+            word_quota=True,
+            nm_group=8,
+            nm_strided=strided,
+            value_dtype=values,
         )
         pack_into(ks, rows, nm_topk_mask(rows.abs(), d // 2, 8, strided=strided))
         vs = _nm4_store(_rows(b, hkv, t, d, dtype, data), value_dtype=values)
@@ -139,7 +148,9 @@ def test_strided_group_prune_pack_on_gpu(dtype, static, values):
         rows = _rows(2, 4, 300, d, dtype, "ties")
         kw = dict(capacity=400, static=True) if static else {}
         got, ref = (
-            CompressedStore(2, 4, d, dtype, "cuda", d // 2, nm_group=8, nm_strided=True, value_dtype=values, **kw)
+            CompressedStore(
+                2, 4, d, dtype, "cuda", d // 2, nm_group=8, nm_strided=True, value_dtype=values, **kw
+            )
             for _ in "ab"
         )
         topk_pack_into(got, rows[:, :, :123], d // 2, "triton")
