@@ -91,11 +91,14 @@ def _copy_region(
     """Start cp.async copies of the first ``NCH`` ``CHUNK``-byte (16, 8 or 4) chunks at ``src`` (an int32 pointer) to
     shared byte ``dst_off``; chunks at or past ``n_valid`` are skipped (the decoder zeroes the tokens they hold).
     Back to back by default; with ``SP`` a token's ``CPT`` chunks land at ``dst_off + t·SP`` (padded slots), or, for
-    whole 128-byte slots of 16-byte chunks, token t's chunk k at chunk k XOR (t mod 8)
+    unpadded slots of 16-byte chunks that fill whole 128-byte rows (``CPT`` a multiple of 8, or 2 or 4: two or four
+    tokens to a row), XOR-swizzled: a slot's (or a row's) chunk k at chunk k XOR (slot or row mod 8)
     (:func:`mustafar.kernels.scatter_ptx.swizzled_slots`)."""
     c = gl.arange(0, NCH_P2, layout=LC)
-    if SP != 0 and CHUNK == 16 and SP == CPT * CHUNK and CPT % 8 == 0:  # swizzled whole slots
-        at = dst_off + (c ^ ((c // CPT) % 8)) * CHUNK
+    if SP != 0 and CHUNK == 16 and SP == CPT * CHUNK and (CPT % 8 == 0 or CPT == 2 or CPT == 4):  # swizzled
+        # chunks that one XOR pattern spans: a slot, or a row of slots
+        RC: gl.constexpr = CPT if CPT > 8 else 8
+        at = dst_off + (c ^ ((c // RC) % 8)) * CHUNK
     elif SP == 0 or SP == CPT * CHUNK:  # contiguous: no per-chunk division
         at = dst_off + c * CHUNK
     else:

@@ -72,16 +72,49 @@ def _load_words(words: int, words_at: str, vals_at: str) -> list[str]:
 
 
 def swizzled_slots(slot_bytes: int, chunk: int) -> bool:
-    """Whether staged slots of ``slot_bytes`` in ``chunk``-byte copies are stored unpadded with token t's chunk k at
-    chunk k XOR (t mod 8) of its 128-byte rows: whole 128-byte slots of 16-byte chunks. Each copied line then lands
-    in one shared row, and a lane's loads of its own slot still spread over all the banks (padding the stride to an
-    odd number of chunks did that at twice the copies' wavefronts: results/kernels/NOTES.md, round 13)."""
-    return chunk == 16 and slot_bytes % 128 == 0
+    """Whether staged slots of ``slot_bytes`` in ``chunk``-byte copies are stored unpadded and XOR-swizzled by
+    16-byte chunk within 128-byte rows: whole 128-byte slots (token t's chunk k at chunk k XOR (t mod 8) of its
+    rows), or 32- and 64-byte slots, four or two tokens to a row (the row's chunk j at j XOR (row mod 8)). Each
+    copied line then lands in one shared row, and a lane's loads of its own slot still spread over all the banks
+    (padding the stride to an odd number of chunks did that at two to three times the copies' wavefronts:
+    results/kernels/NOTES.md, rounds 13 and 18)."""
+    return chunk == 16 and (slot_bytes % 128 == 0 or slot_bytes in (32, 64))
 
 
 def _lane_swizzle() -> list[str]:
-    """``xs`` = 16·(lane mod 8): the byte XOR of a lane's chunk offsets in swizzled slots (lane = token)."""
+    """``xs`` = 16·(lane mod 8): the byte XOR of a lane's chunk offsets in its 128-byte tile row (lane = token)."""
     return ["mov.u32 xs, %laneid;", "and.b32 xs, xs, 7;", "shl.b32 xs, xs, 4;"]
+
+
+def _slot_swizzle(slot_bytes: int) -> list[str]:
+    """PTX setting ``xv``, the byte XOR of the lane's chunk offsets in its swizzled slot (:func:`swizzled_slots`;
+    lane = token), after ``va`` points at the slot. Slots smaller than a row share it with their row's other
+    tokens: ``va`` moves back to the row's start and ``xv`` also carries the slot's place in the row (chunk
+    offsets and that place use different address bits, so one XOR does both; scratch: ``ca``)."""
+    if slot_bytes % 128 == 0:
+        return ["mov.u32 xv, %laneid;", "and.b32 xv, xv, 7;", "shl.b32 xv, xv, 4;"]
+    per_row = 128 // slot_bytes
+    return [
+        "mov.u32 xv, %laneid;",
+        f"and.b32 ca, xv, {per_row - 1};",
+        f"shr.b32 xv, xv, {per_row.bit_length() - 1};",
+        "and.b32 xv, xv, 7;",
+        "shl.b32 xv, xv, 4;",
+        f"shl.b32 ca, ca, {slot_bytes.bit_length() - 1};",
+        "xor.b32 xv, xv, ca;",
+        "sub.u32 va, va, ca;",
+    ]
+
+
+def _slot_load(vec: str, offset: int, swizzled: bool, pred: bool = True) -> list[str]:
+    """PTX loading ``vec`` from byte ``offset`` of the lane's staged slot (at most 16 bytes, inside one chunk)."""
+    at = "@p " if pred else ""
+    width = vec.count(",") + 1
+    op = f"ld.shared.v{width}.b32" if width > 1 else "ld.shared.b32"
+    if not swizzled:
+        return [f"{at}{op} {vec}, [va+{offset}];"]
+    chunk, within = offset // 16 * 16, offset % 16
+    return [f"xor.b32 ca, xv, {chunk};", "add.u32 ca, va, ca;", f"{at}{op} {vec}, [ca+{within}];"]
 
 
 def _load_chunk(c: int, regs: int, fp8: bool, swizzled: bool = False, pair: str = "lo, hi") -> list[str]:
@@ -89,11 +122,8 @@ def _load_chunk(c: int, regs: int, fp8: bool, swizzled: bool = False, pair: str 
     ``v4c .. v4c+3``; fp8 codes are loaded into ``e*`` and widened to fp16 pairs (``cvt.rn.f16x2.e4m3x2``: byte 2i
     of a half-word pair to the low half), unscaled, through the two 16-bit registers ``pair``."""
     if not fp8:
-        vec = "{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}"
-        if swizzled:  # chunk c at byte 16c XOR 16·(lane mod 8)
-            return [f"xor.b32 ca, xs, {16 * c};", "add.u32 ca, va, ca;", f"@p ld.shared.v4.b32 {vec}, [ca];"]
-        return [f"@p ld.shared.v4.b32 {vec}, [va+{16 * c}];"]
-    lines = [f"@p ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [va+{8 * c}];"]
+        return _slot_load("{" + ", ".join(f"v{4 * c + k}" for k in range(4)) + "}", 16 * c, swizzled)
+    lines = _slot_load(f"{{e{2 * c}, e{2 * c + 1}}}", 8 * c, swizzled)
     lo, hi = pair.split(", ")
     for i in range(4 * c, min(4 * c + 4, regs)):
         if i % 2 == 0:
@@ -149,18 +179,21 @@ def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
     lines = [
         "{",
         ".reg .pred p;",
-        f".reg .b32 w<{words}>, {'e' if fp8 else 'v'}<{regs}>, i, m, t, a, s, x, va, base, row, xs, ca;",
+        f".reg .b32 w<{words}>, {'e' if fp8 else 'v'}<{regs}>, i, m, t, a, s, x, va, base, row, xv, ca;",
         *([] if fp8 else [".reg .b16 lo, hi;"]),
         "setp.ne.u32 p, $5, 0;",
         "mov.u32 base, global_smem;",
         *_load_words(words, "$1", "$2"),
         "add.u32 row, base, $3;",
     ]
-    swizzled = not fp8 and swizzled_slots(2 * slot, 16)
-    lines += _lane_swizzle() if swizzled else []
+    slot_bytes = slot if fp8 else 2 * slot
+    swizzled = swizzled_slots(slot_bytes, 16)
+    lines += _slot_swizzle(slot_bytes) if swizzled else []
     loads = _chunks_before_word(
         quotas,
-        _code_load if fp8 else functools.partial(_load_chunk, regs=regs, fp8=fp8, swizzled=swizzled),
+        functools.partial(_code_load, swizzled=swizzled)
+        if fp8
+        else functools.partial(_load_chunk, regs=regs, fp8=fp8, swizzled=swizzled),
     )
     first = 0
     for g, q in enumerate(quotas):
@@ -232,13 +265,7 @@ def _load_rows_chunk(c: int, swizzled: bool) -> list[str]:
     token's zero words select no value) and into the same four registers each time, which measured fewer spills
     and instructions than predicated loads into one register set per chunk (offline sm_90: 49.3 against 51.5
     instructions per token-head)."""
-    if swizzled:  # chunk c at byte 16c XOR 16·(lane mod 8)
-        return [
-            f"xor.b32 ca, xs, {16 * c};",
-            "add.u32 ca, va, ca;",
-            "ld.shared.v4.b32 {v0, v1, v2, v3}, [ca];",
-        ]
-    return [f"ld.shared.v4.b32 {{v0, v1, v2, v3}}, [va+{16 * c}];"]
+    return _slot_load("{v0, v1, v2, v3}", 16 * c, swizzled, pred=False)
 
 
 @functools.cache
@@ -260,12 +287,13 @@ def expand_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
     (:func:`mustafar.kernels.decode_scatter._v_rows_layout`); the lane is the token, so that XOR is the slots'."""
     setup = _row_setup("expand_asm", head_dim, slot)
     words = head_dim // 32
-    swizzled = not fp8 and swizzled_slots(2 * slot, 16)
+    slot_bytes = slot if fp8 else 2 * slot
+    swizzled = swizzled_slots(slot_bytes, 16)
     regs = head_dim // 4 if fp8 else 4  # fp8: every chunk's widened pairs; fp16: one chunk's, reloaded
     lines = [
         "{",
         ".reg .pred p;",
-        f".reg .b32 w<{words}>, v<{regs}>, o<4>, x<4>, s, t, va, base, row, xs, ca, zero, lo0, lo1, hi2, hi3;",
+        f".reg .b32 w<{words}>, v<{regs}>, o<4>, x<4>, s, t, va, base, row, xs, xv, ca, zero, lo0, lo1, hi2, hi3;",
         *([_fp8_regs(regs), ".reg .b16 lo, hi;"] if fp8 else []),
         *setup,
         f"mov.b32 lo0, {_LO0:#x};",
@@ -273,6 +301,7 @@ def expand_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
         f"mov.b32 hi2, {_HI2:#x};",
         f"mov.b32 hi3, {_HI3:#x};",
         *_lane_swizzle(),
+        *(_slot_swizzle(slot_bytes) if swizzled else []),
     ]
     for g in range(words):
         # byte k of x0/x1 (x2/x3): i (j) of group 2k / 2k+1 of the word as the lookup's two nibbles (i, i + 4)
@@ -284,7 +313,7 @@ def expand_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
             lines += [f"and.b32 t, {src}, 0x03030303;", f"mad.lo.u32 x{n}, t, 0x11, 0x40404040;"]
         for h in range(2):  # value chunk 2g + h: groups 8g + 4h .. + 3, one register each
             c = 2 * g + h
-            lines += _load_chunk(c, regs, fp8=True) if fp8 else _load_rows_chunk(c, swizzled)
+            lines += _load_chunk(c, regs, True, swizzled) if fp8 else _load_rows_chunk(c, swizzled)
             first = 4 * c if fp8 else 0
             for m in range(2):  # the dense 16-byte chunk 4g + 2h + m: groups 4h + 2m, 4h + 2m + 1 of the word
                 for q in range(2):
@@ -349,19 +378,21 @@ def expand8_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
     the slot holds e4m3 codes, each group's four widened to two fp16 pairs first (two ``cvt``, exact, unscaled:
     the caller scales the scores) and the tile is fp16."""
     setup = _row_setup("expand8_asm", head_dim, slot)
-    swizzled = not fp8 and swizzled_slots(2 * slot, 16)
+    slot_bytes = slot if fp8 else 2 * slot
+    swizzled = swizzled_slots(slot_bytes, 16)
     regs = head_dim // 4 if fp8 else 4  # fp8: every chunk's widened pairs; fp16: one chunk's, reloaded
     lines = [
         "{",
         ".reg .pred p;",
-        f".reg .b32 w<{head_dim // 32}>, v<{regs}>, o<4>, s<4>, z<4>, lo, hi, blo, bhi, t, va, base, row, xs, ca,"
-        " zero;",
+        f".reg .b32 w<{head_dim // 32}>, v<{regs}>, o<4>, s<4>, z<4>, lo, hi, blo, bhi, t, va, base, row, xs, xv,"
+        " ca, zero;",
         *([_fp8_regs(regs), ".reg .b16 clo, chi;"] if fp8 else []),
         *setup,
         *_lane_swizzle(),
+        *(_slot_swizzle(slot_bytes) if swizzled else []),
     ]
     for c in range(head_dim // 16):  # value chunk c: groups 2c, 2c + 1, two registers each
-        lines += _load_chunk(c, regs, fp8=True, pair="clo, chi") if fp8 else _load_rows_chunk(c, swizzled)
+        lines += _load_chunk(c, regs, True, swizzled, "clo, chi") if fp8 else _load_rows_chunk(c, swizzled)
         first = 4 * c if fp8 else 0
         for q in range(2):
             n = 2 * c + q  # the group; its dense 16-byte chunk is chunk n of the row
@@ -374,9 +405,9 @@ def expand8_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
     return "\n".join(lines)
 
 
-def _code_load(c: int) -> list[str]:
+def _code_load(c: int, swizzled: bool = False) -> list[str]:
     """The 8-byte load of e4m3 codes ``8c .. 8c + 7`` into ``e2c``, ``e2c+1`` (scattered as stored)."""
-    return [f"@p ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [va+{8 * c}];"]
+    return _slot_load(f"{{e{2 * c}, e{2 * c + 1}}}", 8 * c, swizzled)
 
 
 SCORE_HEADS = 8  # score outputs of :func:`score_asm` (a GQA group of at most 8 query heads; the rest are 0)
@@ -408,7 +439,7 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool, fp8: 
     lines = [
         "{",
         ".reg .pred p;",
-        f".reg .b32 w<{words}>, v<{regs}>, x<{pairs}>, i, m, t, va, base, xs, ca;",
+        f".reg .b32 w<{words}>, v<{regs}>, x<{pairs}>, i, m, t, va, base, xv, ca;",
         *([_fp8_regs(regs)] if fp8 else []),
         f".reg .f32 s<{n_rep}>, f, kf;",
         ".reg .b16 lo, hi;",
@@ -419,8 +450,9 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool, fp8: 
         f"mov.f32 s{h}, 0f00000000;" for h in range(n_rep)
     ]
     lines += _load_words(words, "$8", "$9")
-    swizzled = not fp8 and swizzled_slots(2 * slot, 16)
-    lines += _lane_swizzle() if swizzled else []
+    slot_bytes = slot if fp8 else 2 * slot
+    swizzled = swizzled_slots(slot_bytes, 16)
+    lines += _slot_swizzle(slot_bytes) if swizzled else []
     loads = _chunks_before_word(quotas, functools.partial(_load_chunk, regs=regs, fp8=fp8, swizzled=swizzled))
     first = 0
     for g, q in enumerate(quotas):

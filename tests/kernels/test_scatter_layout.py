@@ -157,18 +157,22 @@ def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(
         (80, 16, 80),
         (96, 16, 112),
         (48, 16, 48),
-        (64, 16, 80),
+        (64, 16, 64),  # two tokens to a 128-byte row, swizzled (fp16 D 64 s 0.5, fp8 D 128 s 0.5)
+        (32, 16, 32),  # four to a row
         (64, 8, 72),
         (40, 8, 40),
         (32, 8, 40),
     ],
 )
 def test_staged_stride_spreads_the_lanes_slot_loads_over_the_banks(slot, chunk, stride):
-    """fp16 s 0.5 / 0.7 at D 128 (128, 80 B), D 64 (64 → as 16-byte chunks: 80), fp8 (64, 40, 24, 32 B in 8-byte
-    chunks): hand-worked strides, and the property they buy: the 32 lanes' first vectors (lane r at r·stride, or in
-    a swizzled 128-byte slot at chunk 0 XOR (r mod 8)) fall into as many distinct chunk-sized bank groups of a
-    128-byte bank row as a conflict-free load needs."""
+    """fp16 s 0.5 / 0.7 at D 128 (128, 80 B), D 64 (64 B), fp8 (64, 40, 24, 32 B; 8-byte chunks where 16 do not
+    divide): hand-worked strides, and the property they buy: the 32 lanes' first vectors (lane r at r·stride, or in
+    swizzled slots at its row's chunk XOR (row mod 8), a row being a 128-byte slot or 128 / slot tokens) fall into
+    as many distinct chunk-sized bank groups of a 128-byte bank row as a conflict-free load needs."""
     assert decode._staged_stride(slot, chunk) == stride
-    swizzled = chunk == 16 and slot % 128 == 0
-    groups = {(r * stride + (16 * (r % 8) if swizzled else 0)) % 128 // chunk for r in range(32)}
+    per_row = max(128 // slot, 1) if chunk == 16 and (slot % 128 == 0 or slot in (32, 64)) else 0
+    if per_row:  # chunk 0 of lane r: its place in the row, XOR the row's index mod 8
+        groups = {((r % per_row) * slot // 16) ^ ((r // per_row) % 8) for r in range(32)}
+    else:
+        groups = {r * stride % 128 // chunk for r in range(32)}
     assert len(groups) == 128 // chunk  # every group of the bank row: 32 lanes in the minimum of wavefronts

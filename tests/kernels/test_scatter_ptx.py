@@ -99,6 +99,8 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray, lane: int = 0) -> N
                 regs[a[0]] = val(a[1])
         elif op == "add.u32":
             regs[a[0]] = (val(a[1]) + val(a[2])) & 0xFFFFFFFF
+        elif op == "sub.u32":
+            regs[a[0]] = (val(a[1]) - val(a[2])) & 0xFFFFFFFF
         elif op == "xor.b32":
             regs[a[0]] = val(a[1]) ^ val(a[2])
         elif op == "and.b32":
@@ -202,6 +204,8 @@ def run_warp(asm: str, operands: list[list[int]], smem: np.ndarray) -> list[list
                     r[a[0]] = val(lane, a[1])
             elif op == "add.u32":
                 r[a[0]] = (val(lane, a[1]) + val(lane, a[2])) & 0xFFFFFFFF
+            elif op == "sub.u32":
+                r[a[0]] = (val(lane, a[1]) - val(lane, a[2])) & 0xFFFFFFFF
             elif op == "xor.b32":
                 r[a[0]] = val(lane, a[1]) ^ val(lane, a[2])
             elif op == "and.b32":
@@ -209,6 +213,8 @@ def run_warp(asm: str, operands: list[list[int]], smem: np.ndarray) -> list[list
             elif op == "shl.b32":
                 n = val(lane, a[2])
                 r[a[0]] = (val(lane, a[1]) << n) & 0xFFFFFFFF if n < 32 else 0
+            elif op == "shr.b32":
+                r[a[0]] = val(lane, a[1]) >> val(lane, a[2])
             elif op == "bfind.u32":
                 v = val(lane, a[1])
                 r[a[0]] = v.bit_length() - 1 if v else 0xFFFFFFFF
@@ -224,18 +230,22 @@ def run_warp(asm: str, operands: list[list[int]], smem: np.ndarray) -> list[list
 
 
 def staged_slots(slots: np.ndarray) -> np.ndarray:
-    """The staged value slots [tokens, bytes] as the ring holds them: whole 128-byte slots swizzled, token t's
-    16-byte chunk k at chunk k XOR (t mod 8) of its row of 8 chunks; other slots as they are (the tests place
+    """The staged value slots [tokens, bytes] as the ring holds them (scatter_ptx.swizzled_slots): whole 128-byte
+    slots swizzled, token t's 16-byte chunk k at chunk k XOR (t mod 8) of its row of 8 chunks; 32- and 64-byte slots
+    packed four or two to a 128-byte row, row r's chunk j at chunk j XOR (r mod 8) (chunks move between the row's
+    tokens, so read the result as one flat region at the slot's stride); other slots as they are (the tests place
     them at their own stride)."""
     tokens, nbytes = slots.shape
-    if nbytes % 128:
+    if nbytes % 128 and nbytes not in (32, 64):
         return slots
-    out = np.empty_like(slots)
-    for t in range(tokens):
-        for k in range(nbytes // 16):
-            j = (k & ~7) | ((k & 7) ^ (t % 8))
-            out[t, 16 * j : 16 * j + 16] = slots[t, 16 * k : 16 * k + 16]
-    return out
+    step = max(nbytes, 128)  # bytes one XOR pattern spans: a slot, or a row of slots
+    flat = slots.reshape(-1, step)
+    out = np.empty_like(flat)
+    for r in range(flat.shape[0]):
+        for k in range(step // 16):
+            j = (k & ~7) | ((k & 7) ^ (r % 8))
+            out[r, 16 * j : 16 * j + 16] = flat[r, 16 * k : 16 * k + 16]
+    return out.reshape(tokens, nbytes)
 
 
 def query_pairs(q: torch.Tensor, d: int) -> list[list[int]]:
@@ -378,7 +388,7 @@ def test_expand_ptx_writes_each_token_as_its_dense_row(d, values, group):
     if fp8:
         vals, dense, slot = _fp8_slots(rows, mask, keep)
         vals[tokens - 1] = 0x7F  # a stale slot behind an invalid token (NaN as e4m3)
-        stride, dense = slot, dense.to(torch.float16)
+        vals, stride, dense = staged_slots(vals), slot, dense.to(torch.float16)
     else:
         slot = stride = padded_keep(keep, 2)
         vals = np.zeros((tokens, slot), dtype=np.uint16)
@@ -510,11 +520,14 @@ def test_scatter_ptx_fp8_writes_the_codes_into_the_e4m3_tile(d, keep):
     smem = np.zeros(tile + tokens * d * 2, dtype=np.uint8)
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
     voff = words.nbytes
-    smem[voff : voff + vals.nbytes] = vals.reshape(-1)
+    smem[voff : voff + vals.nbytes] = staged_slots(vals).reshape(-1)
     asm = scatter_asm(d, keep, slot, fp8=True)
     for r in range(tokens):
         run_ptx(
-            asm, [r * 4 * (d // 32), voff + r * slot, *column8_operands(r, tile, d), int(r < valid)], smem
+            asm,
+            [r * 4 * (d // 32), voff + r * slot, *column8_operands(r, tile, d), int(r < valid)],
+            smem,
+            lane=r,
         )
     expect = np.zeros(tokens * d * 2, dtype=np.uint8)  # the e4m3 tile takes the first half; the rest stays 0
     codes = unscaled.to(torch.float8_e4m3fn).view(torch.uint8).numpy()  # exact: the unscaled codes' values
@@ -538,7 +551,7 @@ def test_score_ptx_fp8_scores_the_unscaled_codes(d, keep, n_rep, dtype):
     words = pack_bitmap(mask).numpy().view(np.uint32)
     smem = np.zeros(words.nbytes + vals.nbytes, dtype=np.uint8)
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
-    smem[words.nbytes :] = vals.reshape(-1)
+    smem[words.nbytes :] = staged_slots(vals).reshape(-1)
     pairs = query_pairs(q, d)
     ops = [[r * 4 * (d // 32), words.nbytes + r * slot, int(r < valid)] + pairs[r] for r in range(32)]
     out = np.array(run_warp(score_asm(d, keep, slot, n_rep, dtype == torch.bfloat16, fp8=True), ops, smem))
