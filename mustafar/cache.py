@@ -48,7 +48,7 @@ def kernel_backend() -> str:
 
 
 def word_quota(policy: KVConfig, side: str) -> bool:
-    """Whether `side`'s stores hold word quotas: pruned sides under `word` or an N:M rule (groups of 4 or 8, in
+    """Whether `side`'s stores hold word quotas: pruned sides under `word` or an N:M rule (groups of 4, 8 or 16, in
     the stored order, hold a fixed count per 32-position word too). A side with sparsity 0 keeps every entry, so
     its stores stay plain and the decoder choice follows from the pruned sides."""
     return (policy.side_keep_rule(side) == "word" or nm_group(policy, side) > 0) and getattr(
@@ -57,7 +57,8 @@ def word_quota(policy: KVConfig, side: str) -> bool:
 
 
 def nm_group(policy: KVConfig, side: str) -> int:
-    """Channels per N:M group of `side`'s stores: 4 (`nm4`, `nm4s`) or 8 (`nm8`, `nm8s`) on a pruned side, else 0."""
+    """Channels per N:M group of `side`'s stores on a pruned side (4: `nm4`, `nm4s`; 8: `nm8`, `nm8s`; 16:
+    `nm16`), else 0."""
     if not getattr(policy, side).active:
         return 0
     return NM_GROUPS.get(policy.side_keep_rule(side), (0, False))[0]

@@ -7,7 +7,7 @@ from typing import Any
 
 DIRECTIONS = ("token", "channel")
 SCORERS = ("magnitude", "output_aware", "think")
-NM_RULES = ("nm4", "nm8", "nm4s", "nm8s")  # N:M groups (mustafar.pruning.keep.NM_GROUPS)
+NM_RULES = ("nm4", "nm8", "nm16", "nm4s", "nm8s")  # N:M groups (mustafar.pruning.keep.NM_GROUPS)
 KEEP_RULES = ("exact", "reference", "word", *NM_RULES)
 MODES = ("mask", "compressed")
 ALLOCATIONS = ("uniform", "error", "error_head")
@@ -190,7 +190,7 @@ class KVConfig:
             rule, keep, key = getattr(self, side), self.side_keep_rule(side), self.keep_rule_key(side)
             if keep in ("word", *NM_RULES) and rule.active and rule.direction != "token":
                 # per-channel groups and ThinK rank over tokens or whole channels: no per-token words to split
-                unit = "32-channel words" if keep == "word" else f"{keep[2]}-channel groups"
+                unit = "32-channel words" if keep == "word" else f"{keep[2:].rstrip('s')}-channel groups"
                 raise ConfigError(
                     f"{key}={keep!r} splits each token's keep count over its {unit} and needs per-token rules, but "
                     f"kv.{side}_direction={rule.direction!r} (kv.{side}_scorer={rule.scorer!r}); allowed with "

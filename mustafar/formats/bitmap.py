@@ -22,11 +22,12 @@ keeps exactly ``quotas[g]`` entries in bitmap word ``g`` (:func:`mustafar.prunin
 scatter decoder walk each word with a trip count known at compile time. The writers guarantee it; the store checks
 it only on demand (:meth:`CompressedStore.check_word_counts`), never on the append path.
 
-**N:M stores** (``nm_group=4`` or ``8``, fixed layout only; the ``nm4`` / ``nm8`` keep rules): every group of
-``nm_group`` consecutive channels of a token keeps exactly ``keep·nm_group/D`` entries (2 of 4 at D = 64, keep 32),
-so each kept value's channel lies in a known small range, which a decoder can expand in registers without a
-scatter. Such a group count is also a fixed count per 32-channel word, so these stores are word-quota stores too.
-With ``nm_strided=True`` (the ``nm4s`` / ``nm8s`` rules, groups of channels g, g + D/M, g + 2D/M, ...) a token's
+**N:M stores** (``nm_group=4``, ``8`` or ``16``, fixed layout only; the ``nm4`` / ``nm8`` / ``nm16`` keep rules):
+every group of ``nm_group`` consecutive channels of a token keeps exactly ``keep·nm_group/D`` entries (2 of 4 at
+D = 64, keep 32), so each kept value's channel lies in a known small range, which a decoder can expand in registers
+without a scatter. A 32-channel word holds whole groups, so a group count is also a fixed count per word and these
+stores are word-quota stores too (the scatter decoder reads any of them as one). With ``nm_strided=True`` (groups
+of 4 or 8 only: the ``nm4s`` / ``nm8s`` rules, groups of channels g, g + D/M, g + 2D/M, ...) a token's
 channels are held in the **stored order** of :func:`stored_channels`: stored position ``p = M·g + j`` holds channel
 ``g + (D/M)·j``, so each strided group occupies M consecutive positions and the store is an N:M store of
 consecutive groups in that order. Bitmap bits and packed values follow the stored order; everything that takes or
@@ -160,14 +161,14 @@ class CompressedStore:
         self.static = static
         if word_quota and keep is None:
             raise ValueError("word_quota stores need the fixed layout (keep=int), got keep=None")
-        if nm_group not in (0, 4, 8):
-            raise ValueError(f"nm_group must be 0 (none), 4 or 8 consecutive channels, got {nm_group!r}")
+        if nm_group not in (0, 4, 8, 16):
+            raise ValueError(f"nm_group must be 0 (none), 4, 8 or 16 consecutive channels, got {nm_group!r}")
         if nm_group and (keep is None or keep * nm_group % head_dim):
             raise ValueError(
                 f"nm_group={nm_group} keeps the same whole count in every {nm_group}-channel group, which needs the "
                 f"fixed layout with keep * nm_group % head_dim == 0; got keep={keep}, head_dim={head_dim}"
             )
-        if nm_strided and not nm_group:
+        if nm_strided and nm_group not in (4, 8):
             raise ValueError(
                 f"nm_strided=True holds strided N:M groups and needs nm_group 4 or 8, got nm_group={nm_group!r}"
             )

@@ -79,7 +79,7 @@ def word_topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tenso
 
 
 # the N:M keep rules: (group size M, strided) per rule name; strided groups take every (D/M)-th channel
-NM_GROUPS = {"nm4": (4, False), "nm8": (8, False), "nm4s": (4, True), "nm8s": (8, True)}
+NM_GROUPS = {"nm4": (4, False), "nm8": (8, False), "nm16": (16, False), "nm4s": (4, True), "nm8s": (8, True)}
 
 
 def nm_whole_sparsities(group: int) -> str:
@@ -91,9 +91,9 @@ def nm_topk_mask(
     score: torch.Tensor, keep: int, group: int, dim: int = -1, strided: bool = False
 ) -> torch.Tensor:
     """The N:M rules: the N = keep·M/n largest scores of every group of M = ``group`` entries along ``dim`` (ties
-    to the lower index), ``keep`` in all. Groups are M consecutive entries (``nm4``, ``nm8``: the 2:4 pattern sparse
-    tensor cores read) or, ``strided``, the entries j, j + n/M, j + 2n/M, ... (``nm4s``, ``nm8s``: the same
-    pattern after a fixed permutation of the channels, which leaves q·k unchanged). N must be whole."""
+    to the lower index), ``keep`` in all. Groups are M consecutive entries (``nm4``, ``nm8``, ``nm16``: 2:4 is the
+    pattern sparse tensor cores read) or, ``strided``, the entries j, j + n/M, j + 2n/M, ... (``nm4s``, ``nm8s``:
+    the same pattern after a fixed permutation of the channels, which leaves q·k unchanged). N must be whole."""
     n = score.shape[dim]
     if n % group:
         raise ValueError(
@@ -122,7 +122,7 @@ def fixed_count_mask(
     store holds, so the caches pick the variant from their store's ``nm_group``, ``nm_strided`` and
     ``word_quota``."""
     if strided and not group:
-        raise ValueError(f"strided groups need a group size (4 or 8), got group={group}")
+        raise ValueError(f"strided groups need a group size (the stores hold 4 or 8), got group={group}")
     if group:
         return nm_topk_mask(score, keep, group, dim, strided=strided)
     return word_topk_mask(score, keep, dim) if word else topk_mask(score, keep, dim)

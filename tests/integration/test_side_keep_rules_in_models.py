@@ -1,5 +1,5 @@
 """Per-side keep rules inside a real model (tiny random Llama, head_dim 64, fp32, CPU): mask mode prunes each side
-by its own rule (against the stock cache pruned by hand), and compressed mode, whose stores pack 2:4 or 2:8
+by its own rule (against the stock cache pruned by hand), and compressed mode, whose stores pack 2:4, 2:8 or 5:16
 consecutive groups and 4:8 or 2:4 strided ones (in the stores' stored order), equals mask mode for the dynamic and
 the static caches (tokens, counts, teacher-forced logits and dense views), batch 1 and left-padded batch 2; every
 stored token keeps its word and group counts."""
@@ -37,8 +37,10 @@ POLICIES = [
         v_keep_rule="nm8s",
         window=8,
     ),
+    # K word at 0.7 (19 of 64: 10 + 9), V 5 of every 16 consecutive channels (20 of 64 at 0.6875: 10 per word)
+    KVConfig(k_sparsity=0.7, v_sparsity=0.6875, keep_rule="word", v_keep_rule="nm16"),
 ]
-STATIC = [POLICIES[0], POLICIES[1], POLICIES[3], POLICIES[4]]
+STATIC = [POLICIES[0], POLICIES[1], POLICIES[3], POLICIES[4], POLICIES[5]]
 LENGTHS = (37, 70)  # left pads 33 and 0 in one batch
 BUDGETS = (6, 9)
 
@@ -89,11 +91,21 @@ def test_mask_mode_prunes_each_side_by_its_rule(tiny_llama):
     torch.testing.assert_close(cache.layers[0].values, values, rtol=1e-5, atol=1e-5)
 
 
-def test_attach_names_the_side_whose_sparsity_has_no_whole_groups(tiny_llama):
-    policy = KVConfig(k_sparsity=0.7, v_sparsity=0.7, keep_rule="word", v_keep_rule="nm4")
-    with pytest.raises(
-        ValueError, match=r"kv.v_keep_rule='nm4' .* kv.v sparsity 0.7 keeps 19 of head_dim=64"
-    ):
+@pytest.mark.parametrize(
+    "rule, named",
+    [
+        ("nm4", r"kv.v_keep_rule='nm4' .* kv.v sparsity 0.7 keeps 19 of head_dim=64"),
+        (
+            "nm16",
+            r"kv.v_keep_rule='nm16' keeps the same count in every 16-channel group, but kv.v sparsity 0.7 keeps 19 "
+            r"of head_dim=64 \(4.75 per group\); sparsities with whole groups: 0.9375, .*, 0.75, 0.6875, 0.625, ",
+        ),
+    ],
+    ids=["nm4", "nm16"],
+)
+def test_attach_names_the_side_whose_sparsity_has_no_whole_groups(tiny_llama, rule, named):
+    policy = KVConfig(k_sparsity=0.7, v_sparsity=0.7, keep_rule="word", v_keep_rule=rule)
+    with pytest.raises(ValueError, match=named):
         with attach(tiny_llama, new_cache(tiny_llama, policy)):
             pass
 

@@ -194,8 +194,11 @@ def test_static_padded_batch_equals_mask_mode_and_each_row_alone(tiny_llama, pol
         KVConfig(
             k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", v_keep_rule="nm4", window=8
         ),  # V 2:4 groups
+        KVConfig(
+            k_sparsity=0.7, v_sparsity=0.6875, keep_rule="word", v_keep_rule="nm16", window=8
+        ),  # V 5:16 groups
     ],
-    ids=["word", "word-v-nm4"],
+    ids=["word", "word-v-nm4", "word-v-nm16"],
 )
 def test_triton_kernels_equal_mask_mode(tiny_llama, monkeypatch, static, policy):
     """The Triton per-word (and per-group) prune+pack (static: at each padded row's own device count) and the

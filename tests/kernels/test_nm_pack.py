@@ -1,4 +1,4 @@
-"""N:M stores (`CompressedStore(..., nm_group=4|8)`): their validation and group-count check, and the fused
+"""N:M stores (`CompressedStore(..., nm_group=4|8|16)`): their validation and group-count check, and the fused
 prune+pack of consecutive groups (the Triton kernel under the interpreter, and the PyTorch reference) against the
 per-element Python masks packed by the plain PyTorch pack."""
 
@@ -37,8 +37,17 @@ def test_nm_group_validation_names_the_values():
     store = CompressedStore(1, 1, 64, torch.float16, "cpu", 32, nm_group=4)
     assert store.nm_group == 4 and store.word_quota and store.quotas == (16, 16)
     assert CompressedStore(1, 1, 64, torch.float16, "cpu", 32).nm_group == 0
-    with pytest.raises(ValueError, match="nm_group must be 0 \\(none\\), 4 or 8 consecutive channels, got 2"):
+    # 5 of every 16 channels (D = 128, s 0.6875): 10 per 32-channel word, what the scatter decoder reads
+    sixteen = CompressedStore(1, 1, 128, torch.float16, "cpu", 40, nm_group=16)
+    assert sixteen.nm_group == 16 and sixteen.word_quota and sixteen.quotas == (10, 10, 10, 10)
+    with pytest.raises(
+        ValueError, match="nm_group must be 0 \\(none\\), 4, 8 or 16 consecutive channels, got 2"
+    ):
         CompressedStore(1, 1, 64, torch.float16, "cpu", 32, nm_group=2)
+    with pytest.raises(ValueError, match="got 32"):
+        CompressedStore(1, 1, 64, torch.float16, "cpu", 32, nm_group=32)
+    with pytest.raises(ValueError, match="keep \\* nm_group % head_dim == 0; got keep=38, head_dim=128"):
+        CompressedStore(1, 1, 128, torch.float16, "cpu", 38, nm_group=16)
     with pytest.raises(ValueError, match="keep \\* nm_group % head_dim == 0; got keep=19, head_dim=64"):
         CompressedStore(1, 1, 64, torch.float16, "cpu", 19, nm_group=4)
     with pytest.raises(ValueError, match="nm_group=8 .*got keep=None, head_dim=128"):
@@ -54,12 +63,19 @@ def test_check_word_counts_sees_a_group_out_of_count():
     pack_into(bad, rows, word_topk_mask(rows.abs(), 32), "torch")
     with pytest.raises(ValueError, match=r"entries per 4-channel group; the store's quotas are \[2, 2, 2"):
         bad.check_word_counts()
+    # 10 per 32-channel word under both rules, but the word rule's 10 need not split 5 + 5 over its two halves
+    rows16 = _rows(torch.float32, 128)
+    bad16 = CompressedStore(2, 2, 128, torch.float32, "cpu", 40, nm_group=16)
+    pack_into(bad16, rows16, word_topk_mask(rows16.abs(), 40), "torch")
+    with pytest.raises(ValueError, match=r"entries per 16-channel group; the store's quotas are \[5, 5, 5"):
+        bad16.check_word_counts()
 
 
 def test_fixed_count_mask_picks_the_group_rule():
     score = _rows(torch.float32, 128).abs()
     assert torch.equal(fixed_count_mask(score, 64, word=True, group=8), hand_nm_mask(score, 4, 8))
     assert torch.equal(fixed_count_mask(score, 32, word=False, group=4), hand_nm_mask(score, 1, 4))
+    assert torch.equal(fixed_count_mask(score, 40, word=True, group=16), hand_nm_mask(score, 5, 16))
     along = fixed_count_mask(score.transpose(2, 3), 64, word=True, dim=2, group=4)
     assert torch.equal(along.transpose(2, 3), hand_nm_mask(score, 2, 4))
 
@@ -67,7 +83,17 @@ def test_fixed_count_mask_picks_the_group_rule():
 @pytest.mark.parametrize("backend", ["torch", "triton"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize(
-    "head_dim, group, keep", [(64, 4, 32), (64, 4, 16), (64, 8, 40), (128, 8, 32), (128, 4, 96)]
+    "head_dim, group, keep",
+    [
+        (64, 4, 32),
+        (64, 4, 16),
+        (64, 8, 40),
+        (128, 8, 32),
+        (128, 4, 96),
+        (64, 16, 20),
+        (128, 16, 40),
+        (128, 16, 96),
+    ],
 )
 def test_fused_pack_equals_the_hand_mask_packed(backend, dtype, head_dim, group, keep):
     """Bitmaps and value slots byte for byte, over two appends."""

@@ -84,10 +84,15 @@ def test_stored_channels_is_the_hand_permutation():
 def test_strided_validation_names_the_values():
     with pytest.raises(ValueError, match=r"nm_strided=True .* needs nm_group 4 or 8, got nm_group=0"):
         CompressedStore(1, 1, 64, torch.float16, "cpu", 32, nm_strided=True)
-    with pytest.raises(ValueError, match="nm_group must be 0 \\(none\\), 4 or 8 consecutive channels, got 2"):
+    with pytest.raises(
+        ValueError, match="nm_group must be 0 \\(none\\), 4, 8 or 16 consecutive channels, got 2"
+    ):
         CompressedStore(1, 1, 64, torch.float16, "cpu", 32, nm_group=2, nm_strided=True)
-    with pytest.raises(ValueError, match="got nm_group=2, head_dim=64"):
-        stored_channels(64, 2, strided=True)
+    with pytest.raises(ValueError, match=r"nm_strided=True .* needs nm_group 4 or 8, got nm_group=16"):
+        CompressedStore(1, 1, 64, torch.float16, "cpu", 32, nm_group=16, nm_strided=True)
+    for group in (2, 16):
+        with pytest.raises(ValueError, match=f"got nm_group={group}, head_dim=64"):
+            stored_channels(64, group, strided=True)
     with pytest.raises(ValueError, match="got nm_group=8, head_dim=60"):
         stored_channels(60, 8, strided=True)
 

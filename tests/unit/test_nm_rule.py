@@ -1,6 +1,6 @@
-"""The N:M keep rules (`nm4`, `nm8`, and `nm4s`, `nm8s` over strided groups): masks against a per-element Python
-reference, their errors, the policy's refusals, and layer 0 of a real model in mask mode against the stock cache
-pruned by hand."""
+"""The N:M keep rules (`nm4`, `nm8`, `nm16`, and `nm4s`, `nm8s` over strided groups): masks against a per-element
+Python reference, their errors, the policy's refusals, and layer 0 of a real model in mask mode against the stock
+cache pruned by hand."""
 
 from __future__ import annotations
 
@@ -33,10 +33,9 @@ def hand_nm_mask(score: torch.Tensor, per: int, group: int, strided: bool = Fals
     return torch.tensor(out).view(score.shape)
 
 
-@pytest.mark.parametrize("group", [4, 8])
+@pytest.mark.parametrize("group, strided", [(4, False), (8, False), (16, False), (4, True), (8, True)])
 @pytest.mark.parametrize("head_dim", [64, 128])
 @pytest.mark.parametrize("data", ["gauss", "ties"])
-@pytest.mark.parametrize("strided", [False, True])
 def test_nm_mask_equals_the_hand_loop(group, head_dim, data, strided):
     g = torch.Generator().manual_seed(group + head_dim)
     if data == "ties":  # few distinct values: most groups tie at their threshold
@@ -62,6 +61,7 @@ def test_nm_mask_along_another_dim_and_through_keep_mask():
     rows = score.transpose(2, 3)
     assert torch.equal(keep_mask(rows, 0.5, "nm4", thresholded=True), hand_nm_mask(rows, 2, 4))
     assert torch.equal(keep_mask(rows, 0.75, "nm8", thresholded=True), hand_nm_mask(rows, 2, 8))
+    assert torch.equal(keep_mask(rows, 0.6875, "nm16", thresholded=True), hand_nm_mask(rows, 5, 16))
     assert torch.equal(keep_mask(rows, 0.5, "nm4s", thresholded=True), hand_nm_mask(rows, 2, 4, strided=True))
     assert torch.equal(
         keep_mask(rows, 0.75, "nm8s", thresholded=True), hand_nm_mask(rows, 2, 8, strided=True)
@@ -76,6 +76,10 @@ def test_nm_mask_errors_name_the_values():
         keep_mask(score, 0.7, "nm4", thresholded=True)
     with pytest.raises(ValueError, match="splits 8-entry groups, but there are 60 entries"):
         nm_topk_mask(torch.rand(1, 60), 30, 8)
+    with pytest.raises(
+        ValueError, match=r"keeping 19 of 64 entries is 4.75 per group; .*0.75, 0.6875, 0.625"
+    ):
+        keep_mask(score, 0.7, "nm16", thresholded=True)
 
 
 def test_policy_label_refusals_and_job_identity():
@@ -106,10 +110,12 @@ def test_attach_refuses_a_sparsity_without_whole_groups(tiny_llama):
                 pass
 
 
-@pytest.mark.parametrize("rule, group, strided", [("nm4", 4, False), ("nm8", 8, False), ("nm4s", 4, True)])
+@pytest.mark.parametrize(
+    "rule, group, strided", [("nm4", 4, False), ("nm8", 8, False), ("nm16", 16, False), ("nm4s", 4, True)]
+)
 def test_layer0_cache_equals_the_stock_cache_pruned_by_hand(tiny_llama, rule, group, strided):
     """Layer 0's K/V depend only on the tokens: the mask-mode cache must equal the stock one with each token that
-    left the window pruned to its N:M groups (K0.5: 2:4 or 4:8; V0.75: 1:4 or 2:8)."""
+    left the window pruned to its N:M groups (K0.5: 2:4, 4:8 or 8:16; V0.75: 1:4, 2:8 or 4:16)."""
     ids = torch.randint(1, 256, (1, 60), generator=torch.Generator().manual_seed(5))  # no pad id (0) inside
     window, d = 16, 64
     cache = new_cache(tiny_llama, KVConfig(k_sparsity=0.5, v_sparsity=0.75, window=window, keep_rule=rule))

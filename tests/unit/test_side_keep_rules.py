@@ -16,6 +16,7 @@ from omegaconf import OmegaConf
 from mustafar.cache import nm_group, nm_strided, word_quota
 from mustafar.config import ConfigError, KVConfig, PruneRule
 from mustafar.pruning import Observation, SidePruner
+from mustafar.pruning.keep import NM_GROUPS
 from tests.unit.test_nm_rule import hand_nm_mask
 from tests.unit.test_word_rule import hand_word_mask
 
@@ -106,13 +107,21 @@ def test_policies_without_the_new_keys_keep_their_job_ids():
     [
         (
             {"v_keep_rule": "words"},
-            "kv.v_keep_rule='words' is not allowed; choose one of exact, reference, word, nm4, nm8, nm4s, nm8s, "
+            "kv.v_keep_rule='words' is not allowed; choose one of exact, reference, word, nm4, nm8, nm16, nm4s, nm8s, "
             "or '' to follow kv.keep_rule",
         ),
         (
             {"v_direction": "channel", "v_keep_rule": "nm4"},
             "kv.v_keep_rule='nm4' splits each token's keep count over its 4-channel groups and needs per-token "
             "rules, but kv.v_direction='channel'",
+        ),
+        (
+            {"v_direction": "channel", "v_keep_rule": "nm16"},
+            "kv.v_keep_rule='nm16' splits each token's keep count over its 16-channel groups",
+        ),
+        (
+            {"k_direction": "channel", "k_keep_rule": "nm8s"},
+            "kv.k_keep_rule='nm8s' splits each token's keep count over its 8-channel groups",
         ),
         (
             {"k_scorer": "think", "k_keep_rule": "word"},
@@ -154,6 +163,11 @@ def test_store_flags_per_side():
     assert (nm_group(MIXED, "k"), nm_group(MIXED, "v")) == (0, 4)
     nm8_k = KVConfig(k_sparsity=0.5, k_keep_rule="nm8")
     assert (nm_group(nm8_k, "k"), nm_group(nm8_k, "v")) == (8, 0)  # V prunes nothing: a plain store
+    v16 = KVConfig(k_sparsity=0.7, v_sparsity=0.6875, keep_rule="word", v_keep_rule="nm16")
+    assert [(nm_group(v16, s), nm_strided(v16, s), word_quota(v16, s)) for s in "kv"] == [
+        (0, False, True),
+        (16, False, True),
+    ]
     assert not word_quota(nm8_k, "v")
     assert not (nm_strided(MIXED, "k") or nm_strided(MIXED, "v") or nm_strided(nm8_k, "k"))
     strided = KVConfig(k_sparsity=0.5, keep_rule="nm4s")
@@ -166,7 +180,7 @@ def test_store_flags_per_side():
     ]
 
 
-@pytest.mark.parametrize("rule", ["nm4", "nm8", "nm4s", "nm8s", "word"])
+@pytest.mark.parametrize("rule", ["nm4", "nm8", "nm16", "nm4s", "nm8s", "word"])
 def test_side_pruner_fuses_quota_rules(rule):
     """The pack kernels prune word quotas and N:M groups (consecutive or strided) themselves (packs_topk); a mask,
     when asked for, follows the side's rule."""
@@ -178,5 +192,5 @@ def test_side_pruner_fuses_quota_rules(rule):
     if rule == "word":
         assert torch.equal(mask, hand_word_mask(tail.abs(), 32))
     else:
-        group = int(rule[2])
-        assert torch.equal(mask, hand_nm_mask(tail.abs(), group // 2, group, strided=rule.endswith("s")))
+        group, strided = NM_GROUPS[rule]
+        assert torch.equal(mask, hand_nm_mask(tail.abs(), group // 2, group, strided=strided))
