@@ -1,6 +1,7 @@
 """Round-12 A/B driver: python3 ab3.py ROOT TAG [CAP SIDES] -- times the scatter decoder of the tree at ROOT.
 AB_CASES=native:0.5,fp8:0.5 (values:sparsity) narrows the cases (default: fp16 and fp8 values at 0.5 and 0.7);
-values nm4v / fp8nm4v: fp16 / fp8 values, V kept two of every four channels (round 15)."""
+values nm4v / fp8nm4v: fp16 / fp8 values, V kept two of every four channels (round 15); nm8sk / nm8skfp8: K kept
+four of every eight strided channels too (round 18's register-cap A/B, results/kernels/scatter_h200/run9/ab/)."""
 import json, math, os, sys
 from pathlib import Path
 root = Path(sys.argv[1]).resolve(); tag = sys.argv[2]
@@ -26,7 +27,9 @@ sizes = [(8, 32768), (32, 16384), (32, 32768)]
 for vd, s in cases:
     keep = exact_keep(shape.head_dim, s)
     extra = {"v_nm_group": 4} if vd.endswith("nm4v") else {}
-    values = vd.removesuffix("nm4v") or "native"
+    if vd.startswith("nm8sk"):  # K four of every eight strided channels, V two of every four (rounds 16-17)
+        extra = {"v_nm_group": 4, "k_nm_group": 8, "k_strided": True}
+    values = vd.removesuffix("nm4v").removeprefix("nm8sk") or "native"
     small = decode_inputs(shape, 2, 1000, keep, word_quota=True, value_dtype=values, window=17, **extra)
     ref = sparse_decode_attention(small.q, small.k_store, small.v_store, small.k_window, small.v_window, small.scale, backend="torch")
     o = decode_call(small, {}, out=torch.full_like(small.q, math.nan))()
