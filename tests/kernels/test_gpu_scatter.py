@@ -162,6 +162,25 @@ def test_strided_group_prune_pack_on_gpu(dtype, static, values):
             assert torch.equal(got.scales[:, :, :300], ref.scales[:, :, :300])
 
 
+@pytest.mark.parametrize("values", ["native", "fp8"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_sixteen_channel_groups_pack_and_decode_on_gpu(poison, dtype, values):
+    """V kept five (D 128) or four (D 64 at keep 16) of every sixteen consecutive channels: the compiled prune+pack
+    equals the PyTorch one byte for byte, and the scatter decoder reads the store as equal per-word quotas."""
+    torch.manual_seed(16)
+    for d, keep in ((128, 40), (64, 16)):
+        rows = _rows(2, 2, 300, d, dtype, "ties")
+        got, ref = (
+            CompressedStore(2, 2, d, dtype, "cuda", keep, nm_group=16, value_dtype=values) for _ in "ab"
+        )
+        topk_pack_into(got, rows, keep, "triton")
+        topk_pack_into(ref, rows, keep, "torch")
+        assert torch.equal(got.bits[:, :, :300], ref.bits[:, :, :300])
+        assert torch.equal(got.vals[:, :, :300], ref.vals[:, :, :300])
+        ks = _store(_rows(2, 2, 300, d, dtype, "gauss"), keep, value_dtype=values)
+        _check_scatter(ks, got, 4, 9, f"D{d} keep {keep} {values}")
+
+
 def test_expanded_values_static_graph_replay_on_gpu():
     """Static stores with two-of-four values under one CUDA graph, replayed as they grow."""
     b, hkv, n_rep, cap, w, d = 2, 2, 4, 300, 32, 128
