@@ -9,8 +9,8 @@ Two kernels:
   ``keep``), or a given kept pattern (any count in the variable layout). With constexpr ``WORD`` (stores made with
   ``word_quota=True``) the same search runs per 32-channel word against that word's quota, so the kernel packs the
   ``word`` rule's pattern directly, also at a static store's per-row device counts. With constexpr ``NM`` (stores
-  made with ``nm_group=4`` or ``8``) every group of ``NM`` consecutive channels keeps its top ``KEEP·NM/D`` by
-  rank within the group (the ``nm4``/``nm8`` rules' pattern; ties to the lower channel). With constexpr ``PERM``
+  made with ``nm_group=4``, ``8`` or ``16``) every group of ``NM`` consecutive channels keeps its top ``KEEP·NM/D``
+  by rank within the group (the ``nm4``/``nm8``/``nm16`` rules' pattern; ties to the lower channel). With constexpr ``PERM``
   M (stores made with ``nm_strided=True``) the kernel reads each row's position p from column
   ``(p % M)·(D/M) + p // M`` (:func:`mustafar.formats.bitmap.stored_channels`), the given mask likewise, and then
   packs the permuted row as above: the ``nm4s``/``nm8s`` rules' pattern in the store's stored order.
