@@ -39,8 +39,17 @@ POLICIES = [
     ),
     # K word at 0.7 (19 of 64: 10 + 9), V 5 of every 16 consecutive channels (20 of 64 at 0.6875: 10 per word)
     KVConfig(k_sparsity=0.7, v_sparsity=0.6875, keep_rule="word", v_keep_rule="nm16"),
+    # conf/kv/k50v50_kn8s_vnm4_fp8: the strided-key format with fp8 codes on both sides (mask mode simulates them)
+    KVConfig(
+        k_sparsity=0.5,
+        v_sparsity=0.5,
+        keep_rule="word",
+        k_keep_rule="nm8s",
+        v_keep_rule="nm4",
+        value_dtype="fp8",
+    ),
 ]
-STATIC = [POLICIES[0], POLICIES[1], POLICIES[3], POLICIES[4], POLICIES[5]]
+STATIC = [POLICIES[0], POLICIES[1], POLICIES[3], POLICIES[4], POLICIES[5], POLICIES[6]]
 LENGTHS = (37, 70)  # left pads 33 and 0 in one batch
 BUDGETS = (6, 9)
 
