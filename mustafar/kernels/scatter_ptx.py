@@ -281,10 +281,10 @@ def expand_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
     and the tile is fp16.
 
     Operands: ``$0`` a dummy output; ``$1`` the token's bitmap words and ``$2`` its value slots (byte offsets in
-    the kernel's shared allocation; slots swizzled as :func:`swizzled_slots` when whole 128-byte slots); ``$3`` the
+    the kernel's shared allocation; slots swizzled where :func:`swizzled_slots` says); ``$3`` the
     byte offset of its tile row; ``$4`` nonzero when the token is valid (an invalid token's row is written zero).
     The tile is [tokens, D] with 16-byte chunk k of row r at chunk ``k XOR (r mod 8)``
-    (:func:`mustafar.kernels.decode_scatter._v_rows_layout`); the lane is the token, so that XOR is the slots'."""
+    (:func:`mustafar.kernels.decode_scatter._v_rows_layout`; the lane is the token)."""
     setup = _row_setup("expand_asm", head_dim, slot)
     words = head_dim // 32
     slot_bytes = slot if fp8 else 2 * slot
