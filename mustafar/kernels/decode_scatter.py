@@ -5,8 +5,9 @@ Each program is one warp over 32-token tiles, one token per lane:
 
 * a ring of staged sides (K or V of one tile: bitmap words and value slots, contiguous in the fixed layout),
   filled by ``cp.async``: while one side is decoded the next one or two are in flight (``SIDES``, with the
-  register cap from :func:`mustafar.kernels.decode._scatter_plan`); the slots land at a stride of an odd number of
-  copy chunks (``K_SP``/``V_SP``), so each lane's loads of its own slot do not share banks;
+  register cap from :func:`mustafar.kernels.decode._scatter_plan`); the slots land XOR-swizzled in whole 128-byte
+  rows (:func:`mustafar.kernels.scatter_ptx.swizzled_slots`) or at a stride of an odd number of copy chunks
+  (``K_SP``/``V_SP``), so each lane's loads of its own slot do not share banks;
 * K is scored in registers: every lane walks its token's kept bits (compile-time trip counts per bitmap word) and
   fetches the group's queries at each kept channel from the lane that holds them (``shfl.sync``), accumulating
   ``k·q`` in fp32 (:func:`mustafar.kernels.scatter_ptx.score_asm`). No dense K tile, no shared-memory traffic
