@@ -543,8 +543,9 @@ def _staged_stride(slot_bytes: int, chunk: int) -> int:
     """Shared-memory bytes between two staged tokens' value slots: the slot, plus one chunk when the slot is an even
     number of chunks. Each lane loads its own token's slot in ``chunk``-byte vectors; an odd stride in chunks walks
     the 32 lanes over every bank group, an even one folds them onto a few (a 128-byte slot puts all 32 lanes on the
-    same four banks: 32-way conflicts per load, where 4 wavefronts suffice). Whole 128-byte slots are swizzled
-    instead (:func:`mustafar.kernels.scatter_ptx.swizzled_slots`): no padding."""
+    same four banks: 32-way conflicts per load, where 4 wavefronts suffice). Slots that fill whole 128-byte rows
+    (whole 128-byte slots, or 32- and 64-byte ones) are swizzled instead
+    (:func:`mustafar.kernels.scatter_ptx.swizzled_slots`): no padding."""
     if swizzled_slots(slot_bytes, chunk):
         return slot_bytes
     return slot_bytes + chunk if (slot_bytes // chunk) % 2 == 0 else slot_bytes

@@ -106,6 +106,14 @@ def _slot_swizzle(slot_bytes: int) -> list[str]:
     ]
 
 
+def _staged_slot(slot: int, fp8: bool) -> tuple[list[str], bool]:
+    """For a lane whose ``va`` points at its staged slot of ``slot`` values: the PTX that prepares the swizzled
+    loads (:func:`_slot_swizzle`, nothing where the slot is not swizzled) and whether it is swizzled."""
+    slot_bytes = slot if fp8 else 2 * slot
+    swizzled = swizzled_slots(slot_bytes, 16)
+    return (_slot_swizzle(slot_bytes) if swizzled else []), swizzled
+
+
 def _slot_load(vec: str, offset: int, swizzled: bool, pred: bool = True) -> list[str]:
     """PTX loading ``vec`` from byte ``offset`` of the lane's staged slot (at most 16 bytes, inside one chunk)."""
     at = "@p " if pred else ""
@@ -186,9 +194,8 @@ def scatter_asm(head_dim: int, keep: int, slot: int, fp8: bool = False) -> str:
         *_load_words(words, "$1", "$2"),
         "add.u32 row, base, $3;",
     ]
-    slot_bytes = slot if fp8 else 2 * slot
-    swizzled = swizzled_slots(slot_bytes, 16)
-    lines += _slot_swizzle(slot_bytes) if swizzled else []
+    swizzle, swizzled = _staged_slot(slot, fp8)
+    lines += swizzle
     loads = _chunks_before_word(
         quotas,
         functools.partial(_code_load, swizzled=swizzled)
@@ -236,23 +243,29 @@ def expand_keep(head_dim: int) -> int:
     return head_dim // 2
 
 
-def _row_setup(name: str, head_dim: int, slot: int) -> list[str]:
+def _row_setup(name: str, head_dim: int, slot: int, fp8: bool) -> tuple[list[str], bool, int]:
     """The row expansions' common start after their register declarations: check the slot holds half the head dim,
     read the valid flag, zero the words (an invalid token expands to a zero row), load a valid token's words,
-    point ``va`` at its slots and ``row`` at its tile row."""
+    point ``va`` at its slots and ``row`` at its tile row, set the row tile's and the slot's XORs. Returns those
+    lines, whether the slot is swizzled and the value registers to declare (fp8: every chunk's widened pairs;
+    fp16/bf16: one chunk's, reloaded)."""
     if head_dim % 32 or slot * 2 < head_dim:
         raise ValueError(
             f"{name} needs head_dim a multiple of 32 and a slot of head_dim/2, got {head_dim}, {slot}"
         )
     words = head_dim // 32
-    return [
+    swizzle, swizzled = _staged_slot(slot, fp8)
+    lines = [
         "setp.ne.u32 p, $4, 0;",
         "mov.u32 base, global_smem;",
         "mov.u32 zero, 0;",
         *(f"mov.b32 w{g}, 0;" for g in range(words)),
         *_load_words(words, "$1", "$2"),
         "add.u32 row, base, $3;",
+        *_lane_swizzle(),
+        *swizzle,
     ]
+    return lines, swizzled, head_dim // 4 if fp8 else 4
 
 
 def _store_row_chunk(k: int) -> list[str]:
@@ -285,11 +298,8 @@ def expand_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
     byte offset of its tile row; ``$4`` nonzero when the token is valid (an invalid token's row is written zero).
     The tile is [tokens, D] with 16-byte chunk k of row r at chunk ``k XOR (r mod 8)``
     (:func:`mustafar.kernels.decode_scatter._v_rows_layout`; the lane is the token)."""
-    setup = _row_setup("expand_asm", head_dim, slot)
+    setup, swizzled, regs = _row_setup("expand_asm", head_dim, slot, fp8)
     words = head_dim // 32
-    slot_bytes = slot if fp8 else 2 * slot
-    swizzled = swizzled_slots(slot_bytes, 16)
-    regs = head_dim // 4 if fp8 else 4  # fp8: every chunk's widened pairs; fp16: one chunk's, reloaded
     lines = [
         "{",
         ".reg .pred p;",
@@ -300,8 +310,6 @@ def expand_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
         f"mov.b32 lo1, {_LO1:#x};",
         f"mov.b32 hi2, {_HI2:#x};",
         f"mov.b32 hi3, {_HI3:#x};",
-        *_lane_swizzle(),
-        *(_slot_swizzle(slot_bytes) if swizzled else []),
     ]
     for g in range(words):
         # byte k of x0/x1 (x2/x3): i (j) of group 2k / 2k+1 of the word as the lookup's two nibbles (i, i + 4)
@@ -377,10 +385,7 @@ def expand8_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
     group. About 33 instructions per eight channels, where the key walk spends about 17 per kept value. ``fp8``:
     the slot holds e4m3 codes, each group's four widened to two fp16 pairs first (two ``cvt``, exact, unscaled:
     the caller scales the scores) and the tile is fp16."""
-    setup = _row_setup("expand8_asm", head_dim, slot)
-    slot_bytes = slot if fp8 else 2 * slot
-    swizzled = swizzled_slots(slot_bytes, 16)
-    regs = head_dim // 4 if fp8 else 4  # fp8: every chunk's widened pairs; fp16: one chunk's, reloaded
+    setup, swizzled, regs = _row_setup("expand8_asm", head_dim, slot, fp8)
     lines = [
         "{",
         ".reg .pred p;",
@@ -388,8 +393,6 @@ def expand8_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
         " ca, zero;",
         *([_fp8_regs(regs), ".reg .b16 clo, chi;"] if fp8 else []),
         *setup,
-        *_lane_swizzle(),
-        *(_slot_swizzle(slot_bytes) if swizzled else []),
     ]
     for c in range(head_dim // 16):  # value chunk c: groups 2c, 2c + 1, two registers each
         lines += _load_chunk(c, regs, True, swizzled, "clo, chi") if fp8 else _load_rows_chunk(c, swizzled)
@@ -450,9 +453,8 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool, fp8: 
         f"mov.f32 s{h}, 0f00000000;" for h in range(n_rep)
     ]
     lines += _load_words(words, "$8", "$9")
-    slot_bytes = slot if fp8 else 2 * slot
-    swizzled = swizzled_slots(slot_bytes, 16)
-    lines += _slot_swizzle(slot_bytes) if swizzled else []
+    swizzle, swizzled = _staged_slot(slot, fp8)
+    lines += swizzle
     loads = _chunks_before_word(quotas, functools.partial(_load_chunk, regs=regs, fp8=fp8, swizzled=swizzled))
     first = 0
     for g, q in enumerate(quotas):
