@@ -28,7 +28,7 @@ import statistics
 import sys
 import time
 from contextlib import nullcontext
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 # Every format is measured with expandable segments: without them the caching allocator fragments (persistent
@@ -58,51 +58,33 @@ FORMATS = {
     "K0.5V0.5": KVConfig(k_sparsity=0.5, v_sparsity=0.5, mode="compressed"),
     "K0.7V0.7": KVConfig(k_sparsity=0.7, v_sparsity=0.7, mode="compressed"),
 }
-STATIC_FORMATS = {  # static caches, decoded eagerly and graph-replayed
-    "dense-static": KVConfig(),
-    "K0.5V0.5-static": KVConfig(k_sparsity=0.5, v_sparsity=0.5, mode="compressed"),
-    "K0.7V0.7-static": KVConfig(k_sparsity=0.7, v_sparsity=0.7, mode="compressed"),
-    # the word keep rule: same keep counts, quotas per 32-channel word; the scatter decoder reads it
-    "K0.5V0.5-word-static": KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", mode="compressed"),
-    "K0.7V0.7-word-static": KVConfig(k_sparsity=0.7, v_sparsity=0.7, keep_rule="word", mode="compressed"),
-    # fp8 kept values (e4m3 + a power-of-two scale per token-head) in the word stores: the scatter decoder's fp8 path
-    "K0.5V0.5-word-fp8-static": KVConfig(
-        k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", mode="compressed", value_dtype="fp8"
-    ),
-    "K0.7V0.7-word-fp8-static": KVConfig(
-        k_sparsity=0.7, v_sparsity=0.7, keep_rule="word", mode="compressed", value_dtype="fp8"
-    ),
-    # V kept two of every four consecutive channels: the scatter decoder expands its rows instead of scattering
-    "K0.5V0.5-word-nm4v-static": KVConfig(
-        k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", v_keep_rule="nm4", mode="compressed"
-    ),
-    # K kept four of every eight strided channels too: keys expanded and scored by an MMA (round 16)
-    "K0.5V0.5-nm8sk-nm4v-static": KVConfig(
-        k_sparsity=0.5,
-        v_sparsity=0.5,
-        keep_rule="word",
-        k_keep_rule="nm8s",
-        v_keep_rule="nm4",
-        mode="compressed",
-    ),
-    "K0.5V0.5-nm8sk-fp8-nm4v-static": KVConfig(
-        k_sparsity=0.5,
-        v_sparsity=0.5,
-        keep_rule="word",
-        k_keep_rule="nm8s",
-        v_keep_rule="nm4",
-        mode="compressed",
-        value_dtype="fp8",
-    ),
-    "K0.5V0.5-word-fp8-nm4v-static": KVConfig(
-        k_sparsity=0.5,
-        v_sparsity=0.5,
-        keep_rule="word",
-        v_keep_rule="nm4",
-        mode="compressed",
-        value_dtype="fp8",
-    ),
-}
+
+
+def _static_formats() -> dict[str, KVConfig]:
+    """Static caches, decoded eagerly and graph-replayed: each compressed format in fp16/bf16 values and, for the
+    scatter decoder's stores, with fp8 kept values too (e4m3 + a power-of-two scale per token-head; `-fp8`)."""
+    word = dict(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", mode="compressed")
+    formats = {
+        "dense-static": KVConfig(),
+        "K0.5V0.5-static": KVConfig(k_sparsity=0.5, v_sparsity=0.5, mode="compressed"),
+        "K0.7V0.7-static": KVConfig(k_sparsity=0.7, v_sparsity=0.7, mode="compressed"),
+    }
+    scatter = {
+        # the word keep rule: same keep counts, quotas per 32-channel word; the scatter decoder reads it
+        ("K0.5V0.5-word", "-static"): KVConfig(**word),
+        ("K0.7V0.7-word", "-static"): KVConfig(**{**word, "k_sparsity": 0.7, "v_sparsity": 0.7}),
+        # V kept two of every four consecutive channels: the scatter decoder expands its rows instead of scattering
+        ("K0.5V0.5-word", "-nm4v-static"): KVConfig(**word, v_keep_rule="nm4"),
+        # K kept four of every eight strided channels too: keys expanded and scored by an MMA (round 16)
+        ("K0.5V0.5-nm8sk", "-nm4v-static"): KVConfig(**word, k_keep_rule="nm8s", v_keep_rule="nm4"),
+    }
+    for (head, tail), policy in scatter.items():
+        formats[head + tail] = policy
+        formats[f"{head}-fp8{tail}"] = replace(policy, value_dtype="fp8")
+    return formats
+
+
+STATIC_FORMATS = _static_formats()
 ACTIVATION_RESERVE_GIB = (
     6.0  # left free when estimating the largest static batch (logits, scratch, graph pool)
 )
