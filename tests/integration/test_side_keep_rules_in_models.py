@@ -13,12 +13,17 @@ import torch
 from transformers import DynamicCache
 
 from mustafar.attention import attach, new_cache
-from mustafar.cache import MustafarCache, nm_group, nm_strided, word_quota
+from mustafar.cache import nm_group, nm_strided, word_quota
 from mustafar.config import KVConfig
 from mustafar.generation import generate
 from mustafar.runner_pool import release
 from mustafar.static_cache import StaticCompressedLayer, static_cache
-from tests.integration.test_word_rule_in_models import assert_same_outputs, prompts, static_matches_dynamic
+from tests.integration.test_word_rule_in_models import (
+    assert_same_outputs,
+    compressed_matches_mask,
+    prompts,
+    static_matches_dynamic,
+)
 from tests.unit.test_nm_rule import hand_nm_mask
 from tests.unit.test_word_rule import hand_word_mask
 
@@ -122,12 +127,7 @@ def test_attach_names_the_side_whose_sparsity_has_no_whole_groups(tiny_llama, ru
 @pytest.mark.parametrize("policy", POLICIES, ids=_id)
 @pytest.mark.parametrize("lengths", [LENGTHS[1:], LENGTHS], ids=["batch1", "batch2-padded"])
 def test_dynamic_compressed_equals_mask_mode(tiny_llama, policy, lengths):
-    ps = prompts(lengths)
-    budgets = list(BUDGETS[-len(ps) :])
-    masked = generate(tiny_llama, policy, ps, budgets, static=False)
-    cache = MustafarCache(_compressed(policy), tiny_llama.config.num_hidden_layers)
-    compressed = generate(tiny_llama, _compressed(policy), ps, budgets, cache=cache, static=False)
-    assert_same_outputs(masked, compressed)
+    cache, _ = compressed_matches_mask(tiny_llama, policy, lengths, list(BUDGETS[-len(lengths) :]))
     assert check_stores(cache, policy) > 0
 
 

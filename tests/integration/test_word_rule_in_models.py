@@ -62,17 +62,25 @@ def assert_same_outputs(ref, got):
             assert getattr(g.stats, c) == getattr(r.stats, c)
 
 
+def compressed_matches_mask(model, policy: KVConfig, lengths, budgets):
+    """Generate `lengths`' prompts with the dynamic cache in mask mode and in compressed mode; assert equal tokens
+    and kept counts; return the compressed cache and the prompts' outputs in mask mode."""
+    ps = prompts(lengths)
+    masked = generate(model, policy, ps, budgets, static=False)
+    compressed_policy = KVConfig(**{**policy.to_dict(), "mode": "compressed"})
+    cache = MustafarCache(compressed_policy, model.config.num_hidden_layers)
+    compressed = generate(model, compressed_policy, ps, budgets, cache=cache, static=False)
+    assert_same_outputs(masked, compressed)
+    return cache, masked
+
+
 @pytest.mark.parametrize("policy", WORD, ids=_id)
 @pytest.mark.parametrize("lengths", [LENGTHS[1:], LENGTHS], ids=["batch1", "batch2-padded"])
 def test_dynamic_compressed_equals_mask_mode(tiny_llama, policy, lengths):
-    ps = prompts(lengths)
-    budgets = list(BUDGETS[-len(ps) :])
-    masked = generate(tiny_llama, policy, ps, budgets, static=False)
-    compressed_policy = KVConfig(**{**policy.to_dict(), "mode": "compressed"})
-    cache = MustafarCache(compressed_policy, tiny_llama.config.num_hidden_layers)
-    compressed = generate(tiny_llama, compressed_policy, ps, budgets, cache=cache, static=False)
-    assert_same_outputs(masked, compressed)
+    budgets = list(BUDGETS[-len(lengths) :])
+    cache, masked = compressed_matches_mask(tiny_llama, policy, lengths, budgets)
     assert check_stores(cache, policy) > 0
+    ps = prompts(lengths)
     exact = generate(
         tiny_llama, KVConfig(**{**policy.to_dict(), "keep_rule": "exact"}), ps, budgets, static=False
     )
