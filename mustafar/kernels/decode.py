@@ -47,7 +47,7 @@ from mustafar.kernels.decode_scatter import _sc_sparse_decode_kernel
 from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
 from mustafar.kernels.scatter_ptx import (
     TOKENS_PER_TILE,
-    expand8_asm,
+    expand8_frag_asm,
     expand_asm,
     expands_keys,
     expands_values,
@@ -583,7 +583,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         V_CH_P2=triton.next_power_of_2(block_n * v_sb // v_ck),
         DEVICE_LEN=k_store.static,
         K_ASM=(
-            expand8_asm(d, k_store.slot, k_store.fp8)
+            expand8_frag_asm(k_store.fp8)
             if k_nm
             else score_asm(d, k_store.keep, k_store.slot, n_rep, q.dtype == torch.bfloat16, k_store.fp8)
         ),

@@ -19,8 +19,9 @@ Each program is one warp over 32-token tiles, one token per lane:
 Stores with fixed groups take a faster path on each side: V kept two of every four consecutive channels is
 expanded into a [tokens, D] row tile in registers (:func:`~mustafar.kernels.scatter_ptx.expand_asm`, no zeroing,
 16-byte stores), and then K kept four of every eight (consecutive, or strided with q loaded in the store's order)
-is expanded into the same tile and scored by one MMA (:func:`~mustafar.kernels.scatter_ptx.expand8_asm`); fp8
-codes are widened to an fp16 tile on both sides, the scores and P weighed by the tokens' scales.
+is expanded straight into the registers of the scores' MMA operand, 64 channels at a time, each lane expanding the
+fragment it owns (:func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm`, :func:`_expand_k_half`: no tile); fp8
+codes are widened to fp16 on both sides, the scores and P weighed by the tokens' scales.
 
 Split/merge scheme, dense window and device-side length of static stores as in
 :mod:`mustafar.kernels.decode_staged`, whose window/output code it shares. Fixed layouts, fp16/bf16, head_dim
@@ -123,7 +124,7 @@ def _v_rows_layout():
 @gluon.jit
 def _expand_side(words_off, vals_off, n_tok, ASM: gl.constexpr, SB: gl.constexpr, D: gl.constexpr,
                  BLOCK_N: gl.constexpr, TILE_OFF: gl.constexpr, LC: gl.constexpr):  # fmt: skip
-    """Write one staged two-of-four side as the dense rows of the tile, one token per lane
+    """Write one staged two-of-four V side as the dense rows of the tile, one token per lane
     (:func:`~mustafar.kernels.scatter_ptx.expand_asm`); rows at or past ``n_tok`` are written zero."""
     G: gl.constexpr = D // 32
     r = gl.arange(0, BLOCK_N, layout=LC)
@@ -146,6 +147,82 @@ def _pv_rows(tile, p, acc, op_a: gl.constexpr, op_b: gl.constexpr, BLOCK_N: gl.c
     p0, p1 = gl.split(gl.permute(gl.reshape(p, [2, H, p.shape[1]]), (1, 2, 0)))
     acc = mma_v2(tile.slice(0, H).permute((1, 0)).load(op_a), gl.convert_layout(p0, op_b), acc)
     return mma_v2(tile.slice(H, H).permute((1, 0)).load(op_a), gl.convert_layout(p1, op_b), acc)
+
+
+@gluon.constexpr_function
+def _k_frag_layout():
+    """The register layout of :func:`_expand_k_half`'s [tokens, 64] result: the scores' MMA A operand
+    (``DotOperandLayout(0, mma, k_width=2)`` of [32, 64]) with its registers reordered so that each lane's
+    ``FRAG_PACK`` consecutive elements are one token's 16 channels (one PTX call); converting it to the operand
+    moves no data."""
+    return gl.DistributedLinearLayout(
+        reg_bases=[[0, 1], [0, 8], [0, 16], [0, 32], [8, 0], [16, 0]],
+        lane_bases=[[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]],
+        warp_bases=[],
+        block_bases=[],
+        shape=[32, 64],
+    )
+
+
+@gluon.jit
+def _staged_at(t, x, SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr):
+    """Shared byte offset, within a staged side's value region, of byte ``x`` of token ``t``'s slot (``SB`` bytes
+    copied in ``CK``-byte chunks at a stride of ``SP``): :func:`~mustafar.kernels.decode_staged._copy_region`'s
+    placement."""
+    CPT: gl.constexpr = SB // CK
+    if CK == 16 and SP == SB and (CPT % 8 == 0 or CPT == 2 or CPT == 4):  # swizzled 128-byte rows
+        RC: gl.constexpr = CPT if CPT > 8 else 8
+        c = t * CPT + x // 16
+        return (c ^ ((c // RC) % 8)) * 16 + x % 16
+    return t * SP + x
+
+
+@gluon.jit
+def _expand_k_half(words_off, vals_off, n_tok, HH: gl.constexpr, ASM: gl.constexpr, DT: gl.constexpr,
+                   SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr, FP8: gl.constexpr, D: gl.constexpr,
+                   BLOCK_N: gl.constexpr):  # fmt: skip
+    """Channels ``64·HH .. 64·HH + 63`` (store order) of one staged four-of-eight K side as the scores' MMA operand
+    [tokens, 64], expanded in registers (:func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm`): lane L holds
+    tokens L div 4 + 8j and, for its K positions 2i, 2i + 1, 2i + 8, ... (i = L mod 4), the store's channels
+    64·HH + 16i .. + 15 in order (:func:`_q_frag` gives q the same order). Tokens at or past ``n_tok`` are zero."""
+    L: gl.constexpr = _k_frag_layout()
+    t = gl.expand_dims(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, L)), 1)
+    i = gl.expand_dims((gl.arange(0, 64, layout=gl.SliceLayout(0, L)) // 2) % 4, 0)
+    ch = 64 * HH + 16 * i  # the lane's first channel, in the store's order
+    waddr = words_off + t * (D // 8) + (ch // 32) * 4
+    vaddr = vals_off + _staged_at(
+        t, ch // 2 if FP8 else ch, SB, SP, CK
+    )  # four of every eight kept: value ch // 2
+    out = gl.inline_asm_elementwise(
+        ASM,
+        "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 64,
+        [waddr, vaddr, ch % 32, (t < n_tok).to(gl.int32)],
+        dtype=DT.value,
+        is_pure=False,
+        pack=16,
+    )
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    return gl.convert_layout(out, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
+
+
+@gluon.jit
+def _q_frag(q_ptr, sqb, sqh, b, h, HH: gl.constexpr, N_REP: gl.constexpr, D: gl.constexpr,
+            BLOCK_H: gl.constexpr, PERM: gl.constexpr):  # fmt: skip
+    """qᵀ [64, heads] against :func:`_expand_k_half`'s operand for half ``HH``: K position k holds the store's
+    channel 64·HH + 16·((k div 2) mod 4) + 2·(k div 8) + k mod 2, mapped to q's channel by ``PERM`` as
+    :func:`~mustafar.kernels.decode_staged._q_tile`."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    k = gl.arange(0, 64, layout=gl.SliceLayout(1, op_b))
+    rd = 64 * HH + 16 * ((k // 2) % 4) + 2 * (k // 8) + k % 2
+    if PERM:
+        rd = (rd % PERM) * (D // PERM) + rd // PERM
+    rh = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, op_b))
+    return gl.load(
+        q_ptr + b.to(gl.int64) * sqb + gl.expand_dims(h * N_REP + rh, 0) * sqh + gl.expand_dims(rd, 1),
+        mask=gl.expand_dims(rh < N_REP, 0),
+        other=0.0,
+    )
 
 
 @gluon.jit
@@ -299,10 +376,14 @@ def _sc_sparse_decode_kernel(
     if V_FP8:  # acc holds (Vᵀ p) / frame, frame the last tile's largest V scale (a power of two: exact)
         frame = gl.max(gl.full([BLOCK_N], 1.0, gl.float32, layout=gl.SliceLayout(1, mma)), axis=0)
     q_row = q_ptr + b.to(gl.int64) * sqb + (h * N_REP).to(gl.int64) * sqh
-    if K_NM:  # qᵀ as the scores' MMA operand, its channels in the K store's order
-        qk = _q_tile(q_ptr, sqb, sqh, b, h, N_REP, D, BLOCK_H, K_PERM)
-        if K_FP8:  # the widened codes' tile is fp16 (bf16 queries convert exactly in fp16's normal range)
-            qk = qk.to(gl.float16)
+    if K_NM:  # qᵀ as the scores' MMA operand in two halves (D 128), its channels in the K operand's order
+        qk0 = _q_frag(q_ptr, sqb, sqh, b, h, 0, N_REP, D, BLOCK_H, K_PERM)
+        if D == 128:
+            qk1 = _q_frag(q_ptr, sqb, sqh, b, h, 1, N_REP, D, BLOCK_H, K_PERM)
+        if K_FP8:  # the widened codes are fp16 (bf16 queries convert exactly in fp16's normal range)
+            qk0 = qk0.to(gl.float16)
+            if D == 128:
+                qk1 = qk1.to(gl.float16)
     qp = (
         _q_pair(q_row, sqh, 0, 0, N_REP, D, lc), _q_pair(q_row, sqh, 2, 0, N_REP, D, lc),
         _q_pair(q_row, sqh, 4, 0, N_REP, D, lc), _q_pair(q_row, sqh, 6, 0, N_REP, D, lc),
@@ -353,9 +434,21 @@ def _sc_sparse_decode_kernel(
         gl.thread_barrier()  # K of this tile staged; every lane is done reading the dense tile (last P·V)
         n_tok = end - t0
         k_off = REGION + (n % SIDES) * SLOT_BYTES
-        if K_NM:  # K's rows expanded into the tile, scored by one MMA against q in the store's channel order
-            _expand_side(k_off, k_off + WB, n_tok, K_ASM, K_SP, D, BLOCK_N, TILE_OFF, lc)
-            sc = mma_v2(tile.load(op_a), qk, gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=mma))
+        if K_NM:  # K expanded straight into the MMA's registers, 64 channels at a time
+            KT: gl.constexpr = gl.float16 if K_FP8 else DT
+            sc = mma_v2(
+                _expand_k_half(k_off, k_off + WB, n_tok, 0, K_ASM, KT, K_SB, K_SP, K_CK, K_FP8, D, BLOCK_N),
+                qk0,
+                gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=mma),
+            )
+            if D == 128:
+                sc = mma_v2(
+                    _expand_k_half(
+                        k_off, k_off + WB, n_tok, 1, K_ASM, KT, K_SB, K_SP, K_CK, K_FP8, D, BLOCK_N
+                    ),
+                    qk1,
+                    sc,
+                )
         else:
             sc = gl.convert_layout(
                 _score_side(k_off, k_off + WB, n_tok, qp, K_ASM, K_SP, D, BLOCK_N, lc), mma

@@ -1,6 +1,7 @@
 """The scatter decoder's per-lane PTX and the word quotas it relies on (import-light: no Triton). Besides the
-walk below, stores with fixed groups are expanded into dense rows instead (:func:`expand_asm`,
-:func:`expand8_asm`; which stores, :func:`expands_values` and :func:`expands_keys`).
+walk below, stores with fixed groups are expanded instead: values into dense rows (:func:`expand_asm`), keys
+straight into the scores' MMA operand (:func:`expand8_frag_asm`); which stores, :func:`expands_values` and
+:func:`expands_keys`.
 
 Stores packed under the ``word`` keep rule (``CompressedStore(..., word_quota=True)``) keep a fixed, known number
 of entries ``q_g`` in every 32-channel bitmap word (:func:`mustafar.pruning.keep.word_quotas`), so a lane that owns
@@ -44,11 +45,11 @@ def expands_values(store: CompressedStore) -> bool:
 
 
 def expands_keys(k_store: CompressedStore, v_store: CompressedStore) -> bool:
-    """Whether the scatter decoder expands this K store's rows (:func:`expand8_asm`) and scores them
-    with an MMA instead of walking its bits: four of every eight channels kept in the store's order (consecutive,
-    or strided under a fixed permutation that q takes too), with V's rows expanded too (K's rows use V's row tile
-    between two of the loop's barriers, so both sides hold the same value type: fp16/bf16 values, or fp8 codes
-    on both, widened to an fp16 tile)."""
+    """Whether the scatter decoder expands this K store into the scores' MMA operand
+    (:func:`expand8_frag_asm`) and scores it with MMAs instead of walking its bits: four of every eight channels
+    kept in the store's order (consecutive, or strided under a fixed permutation that q takes too), with V's rows
+    expanded too and of the same value type (fp16/bf16 values, or fp8 codes on both sides: the pairings a
+    ``KVConfig`` builds, one ``value_dtype`` for both, and the GPU tests cover)."""
     return (
         k_store.nm_group == 8
         and k_store.keep == expand_keep(k_store.head_dim)
@@ -374,37 +375,51 @@ def _group8_selectors(g: int, k: int) -> list[str]:
     return lines
 
 
+FRAG_PACK = 16  # the elements of one :func:`expand8_frag_asm` call: a token's 16 channels of one K half
+
+
 @functools.cache
-def expand8_asm(head_dim: int, slot: int, fp8: bool = False) -> str:
-    """PTX that expands one token's values, kept four of every eight consecutive channels in the store's order
-    (``nm_group=8`` stores at s 0.5; a strided store's order is a fixed permutation of the channels, which the
-    caller applies to q), into its dense row of a [tokens, D] tile (:func:`expand_asm`'s layout and operands).
+def expand8_frag_asm(fp8: bool = False) -> str:
+    """PTX that expands 16 channels of one token's keys, kept four of every eight (two groups), straight into a
+    lane's registers of the scores' MMA operand: the eight registers hold the dense channel pairs 0-1 .. 14-15 in
+    order (the caller maps them onto the MMA's K positions and gives q the same order). No tile, so none of a row
+    tile's shared-memory stores and ldmatrix reads (results/kernels/NOTES.md, round 20).
 
     A group's four values are two registers of the slot; each pair of dense positions is one ``prmt`` of the two
-    (selector from the ranks, :func:`_group8_selectors`) and an ``and`` with its zero mask; one 16-byte store per
-    group. About 33 instructions per eight channels, where the key walk spends about 17 per kept value. ``fp8``:
-    the slot holds e4m3 codes, each group's four widened to two fp16 pairs first (two ``cvt``, exact, unscaled:
-    the caller scales the scores) and the tile is fp16."""
-    setup, swizzled, regs = _row_setup("expand8_asm", head_dim, slot, fp8)
+    (selector from the ranks, :func:`_group8_selectors`) and an ``and`` with its zero mask: about 33 instructions
+    per eight channels, where the key walk spends about 17 per kept value. ``fp8``: the eight e4m3 codes are
+    widened to fp16 pairs first (exact, unscaled: the caller scales the scores). Operands (``FRAG_PACK`` copies of each input, the first read): ``$0..$7`` the pairs; ``$8``
+    the byte offset of the bitmap word holding the 16 channels, ``$24`` of their first kept value (both from
+    ``global_smem``, the values 16 bytes, fp8 8, inside one staged chunk), ``$40`` the channels' bit offset in the
+    word (0 or 16), ``$56`` nonzero when the token is valid (an invalid token's pairs come out zero)."""
     lines = [
         "{",
         ".reg .pred p;",
-        f".reg .b32 w<{head_dim // 32}>, v<{regs}>, o<4>, s<4>, z<4>, lo, hi, blo, bhi, t, va, base, row, xs, xv,"
-        " ca, zero;",
-        *([_fp8_regs(regs), ".reg .b16 clo, chi;"] if fp8 else []),
-        *setup,
+        ".reg .b32 w0, v<4>, s<4>, z<4>, lo, hi, blo, bhi, t, ta, zero;",
+        *([".reg .b32 e<2>;", ".reg .b16 clo, chi;"] if fp8 else []),
+        "setp.ne.u32 p, $56, 0;",
+        "mov.u32 zero, 0;",
+        "mov.b32 w0, 0;",
+        "mov.u32 ta, global_smem;",
+        "add.u32 ta, ta, $8;",
+        "@p ld.shared.b32 w0, [ta];",
+        "shr.b32 w0, w0, $40;",
+        "mov.u32 ta, global_smem;",
+        "add.u32 ta, ta, $24;",
     ]
-    for c in range(head_dim // 16):  # value chunk c: groups 2c, 2c + 1, two registers each
-        lines += _load_chunk(c, regs, True, swizzled, "clo, chi") if fp8 else _load_rows_chunk(c, swizzled)
-        first = 4 * c if fp8 else 0
-        for q in range(2):
-            n = 2 * c + q  # the group; its dense 16-byte chunk is chunk n of the row
-            lines += _group8_selectors(n // 4, n % 4)
-            a, b = f"v{first + 2 * q}", f"v{first + 2 * q + 1}"
-            for m in range(4):
-                lines += [f"prmt.b32 o{m}, {a}, {b}, s{m};", f"and.b32 o{m}, o{m}, z{m};"]
-            lines += _store_row_chunk(n)
-    lines += ["mov.u32 $0, 0;", "}"]
+    if fp8:
+        lines.append("ld.shared.v2.b32 {e0, e1}, [ta];")
+        for i in range(4):
+            if i % 2 == 0:
+                lines.append(f"mov.b32 {{clo, chi}}, e{i // 2};")
+            lines.append(f"cvt.rn.f16x2.e4m3x2 v{i}, {'chi' if i % 2 else 'clo'};")
+    else:
+        lines.append("ld.shared.v4.b32 {v0, v1, v2, v3}, [ta];")
+    for q in range(2):
+        lines += _group8_selectors(0, q)
+        for m in range(4):
+            lines += [f"prmt.b32 t, v{2 * q}, v{2 * q + 1}, s{m};", f"and.b32 ${4 * q + m}, t, z{m};"]
+    lines.append("}")
     return "\n".join(lines)
 
 

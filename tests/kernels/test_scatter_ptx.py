@@ -19,8 +19,9 @@ from mustafar.formats.bitmap import pack_bitmap, padded_keep
 from mustafar.formats.fp8 import quantize
 from mustafar.kernels import dispatch
 from mustafar.kernels.scatter_ptx import (
+    FRAG_PACK,
     SCORE_HEADS,
-    expand8_asm,
+    expand8_frag_asm,
     expand_asm,
     scatter_asm,
     score_asm,
@@ -55,9 +56,9 @@ def _parse(asm: str) -> list[tuple[str | None, str, list[str]]]:
     return out
 
 
-def run_ptx(asm: str, operands: list[int], smem: np.ndarray, lane: int = 0) -> None:
+def run_ptx(asm: str, operands: list[int], smem: np.ndarray, lane: int = 0) -> dict[str, int]:
     """Execute ``asm`` for one lane (``%laneid`` = ``lane``): ``$1..`` from ``operands``, shared memory ``smem``
-    (bytes, at SMEM_BASE)."""
+    (bytes, at SMEM_BASE); returns the registers, outputs written by ``and`` under their ``$`` names."""
     regs: dict[str, int] = {"global_smem": SMEM_BASE, "%laneid": lane}
     preds: dict[str, bool] = {}
 
@@ -121,6 +122,7 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray, lane: int = 0) -> N
             regs[a[0]] = _e4m3x2_to_f16x2(val(a[1]))
         else:
             raise NotImplementedError(f"PTX op {op} {a}")
+    return regs
 
 
 _parse_cached = functools.cache(_parse)
@@ -316,6 +318,41 @@ def test_tile_offsets_are_the_layouts_the_kernel_gives_gluon(d):
     assert len(seen) == len(seen8) == 32 * d
 
 
+def test_k_fragments_are_the_mma_operand_with_one_token_per_ptx_call():
+    """The register layout the K expansion produces (decode_scatter._k_frag_layout) is the scores' MMA A operand
+    as Triton lays it out, registers reordered only (the conversion moves no data); each lane's FRAG_PACK
+    consecutive registers are one token (row L div 4 + 8j) and, in order, the 16 channels its PTX call expands,
+    16·(L mod 4) + e, under the K-position-to-channel map q's tile uses (decode_scatter._q_frag)."""
+    import triton.experimental.gluon.language as gl
+    from triton._C.libtriton import gluon_ir, ir
+
+    from mustafar.kernels.decode_scatter import _k_frag_layout
+
+    ctx = ir.context()
+    ir.load_dialects(ctx)
+    builder = gluon_ir.GluonOpBuilder(ctx)
+    mma = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    op_a = builder.to_linear_layout(gl.DotOperandLayout(0, mma, k_width=2)._to_ir(builder), [32, 64])
+    frag = _k_frag_layout()
+    assert sorted(map(tuple, frag.reg_bases)) == sorted(map(tuple, op_a.reg_bases))
+    assert frag.lane_bases == op_a.lane_bases and frag.shape == [32, 64]
+
+    def q_channel(k: int) -> int:  # _q_frag's K position -> channel, half 0
+        return 16 * ((k // 2) % 4) + 2 * (k // 8) + k % 2
+
+    seen = set()
+    for lane in range(32):
+        for reg in range(64):
+            row, col = _layout_coordinates(frag.reg_bases, reg)
+            lr, lc = _layout_coordinates(frag.lane_bases, lane)
+            row, col = row ^ lr, col ^ lc
+            call, e = divmod(reg, FRAG_PACK)
+            assert row == lane // 4 + 8 * (call % 2) + 16 * (call // 2), (lane, reg)
+            assert q_channel(col) == 16 * (lane % 4) + e, (lane, reg)
+            seen.add((row, col))
+    assert len(seen) == 32 * 64
+
+
 @pytest.mark.parametrize("d,keep", [(128, 38), (128, 64), (128, 37), (128, 3), (64, 19), (64, 32), (64, 64)])
 def test_scatter_ptx_writes_the_decoded_token_at_its_tile_addresses(d, keep):
     torch.manual_seed(keep)
@@ -370,21 +407,18 @@ def v_rows_offset(r: int, c: int, d: int) -> int:
 
 
 @pytest.mark.parametrize("d", [64, 128])
-@pytest.mark.parametrize(
-    "values,group", [("fp16", 4), ("bf16", 4), ("fp8", 4), ("fp16", 8), ("bf16", 8), ("fp8", 8)]
-)
-def test_expand_ptx_writes_each_token_as_its_dense_row(d, values, group):
-    """expand_asm (two of every four consecutive channels kept) and expand8_asm (four of every eight) against the
-    plain-PyTorch dense rows (ties to the lower channel; fp8: the codes' unscaled values in fp16); invalid tokens'
+@pytest.mark.parametrize("values", ["fp16", "bf16", "fp8"])
+def test_expand_ptx_writes_each_token_as_its_dense_row(d, values):
+    """expand_asm (two of every four consecutive channels kept) against the plain-PyTorch dense rows (ties to the lower channel; fp8: the codes' unscaled values in fp16); invalid tokens'
     rows come out zero whatever their stale slots hold."""
-    torch.manual_seed(d + group)
+    torch.manual_seed(d)
     tokens, keep, fp8 = 32, d // 2, values == "fp8"
     rows = torch.randn(tokens, d).to(torch.bfloat16 if values == "bf16" else torch.float16)
     rows[3] = 0.0  # ties: the lower channels of every group
     ties = [[1.0, -1.0, 1.0, -1.0, -2.0, 2.0, 0.5, -0.5], [0, 0, 0, 0, 1, 2, 3, 4], [5, 0, 6, 0, 7, 0, 8, 0]]
     for t, row in enumerate(ties):  # ties within groups; a group's upper half; alternate channels
         rows[5 + t, 8 * t : 8 * t + 8] = torch.tensor(row).to(rows.dtype)
-    mask = nm_topk_mask(rows.abs(), keep, group)
+    mask = nm_topk_mask(rows.abs(), keep, 4)
     if fp8:
         vals, dense, slot = _fp8_slots(rows, mask, keep)
         vals[tokens - 1] = 0x7F  # a stale slot behind an invalid token (NaN as e4m3)
@@ -403,11 +437,62 @@ def test_expand_ptx_writes_each_token_as_its_dense_row(d, values, group):
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
     voff = words.nbytes
     smem[voff : voff + vals.nbytes] = vals.reshape(-1)
-    asm = expand_asm(d, slot, fp8) if group == 4 else expand8_asm(d, slot, fp8)
+    asm = expand_asm(d, slot, fp8)
     for r in range(tokens):
         run_ptx(asm, [r * 4 * (d // 32), voff + r * stride, tile + r * 2 * d, int(r < valid)], smem, lane=r)
     dense[valid:] = 0
     assert np.array_equal(smem[tile:], _tile_image(dense, v_rows_offset))
+
+
+def _staged_position(t: int, x: int, slot_bytes: int) -> int:
+    """Where byte ``x`` of token ``t``'s slot lands in the staged region (the image :func:`staged_slots` builds)."""
+    index = np.arange(32 * slot_bytes, dtype=np.int64).reshape(32, slot_bytes)
+    return int(np.flatnonzero(staged_slots(index).reshape(-1) == t * slot_bytes + x)[0])
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("values", ["fp16", "bf16", "fp8"])
+def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values):
+    """expand8_frag_asm against the plain-PyTorch dense keys (four of every eight kept, ties to the lower
+    channel): for every token and 16-channel block, the eight registers are the block's dense pairs in order,
+    low half the even channel; invalid tokens give zeros whatever their stale slots hold."""
+    torch.manual_seed(d)
+    tokens, keep, fp8, valid = 32, d // 2, values == "fp8", 29
+    rows = torch.randn(tokens, d).to(torch.bfloat16 if values == "bf16" else torch.float16)
+    rows[2, :8] = torch.tensor([1.0, -1.0, 1.0, -1.0, -2.0, 2.0, 0.5, -0.5]).to(rows.dtype)
+    rows[4] = 0.0
+    mask = nm_topk_mask(rows.abs(), keep, 8)
+    if fp8:
+        vals, dense, slot = _fp8_slots(rows, mask, keep)
+        dense, slot_bytes = dense.to(torch.float16), slot
+    else:
+        slot = padded_keep(keep, 2)
+        vals = np.zeros((tokens, slot), dtype=np.uint16)
+        for t in range(tokens):
+            vals[t, :keep] = rows[t][mask[t]].view(torch.int16).numpy().view(np.uint16)
+        vals, slot_bytes = vals.view(np.uint8), 2 * slot
+        dense = torch.where(mask, rows, torch.zeros_like(rows))
+    vals[valid:] = 0x7E  # stale slots behind invalid tokens
+    words = pack_bitmap(mask).numpy().view(np.uint32)
+    smem = np.zeros(words.nbytes + vals.nbytes, dtype=np.uint8)
+    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
+    smem[words.nbytes :] = staged_slots(vals).reshape(-1)
+    bits = dense.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
+    asm = expand8_frag_asm(fp8)
+    for t in range(tokens):
+        for ch in range(0, d, 16):
+            x = (ch // 2) * (1 if fp8 else 2)
+            ops = [0] * (8 + 4 * FRAG_PACK)
+            ops[7], ops[7 + FRAG_PACK], ops[7 + 2 * FRAG_PACK], ops[7 + 3 * FRAG_PACK] = (
+                t * d // 8 + 4 * (ch // 32),
+                words.nbytes + _staged_position(t, x, slot_bytes),
+                ch % 32,
+                int(t < valid),
+            )
+            regs = run_ptx(asm, ops, smem)
+            got = [regs[f"${j}"] for j in range(8)]
+            want = [int(bits[t, ch + 2 * j]) | int(bits[t, ch + 2 * j + 1]) << 16 for j in range(8)]
+            assert got == (want if t < valid else [0] * 8), (t, ch)
 
 
 def test_expand_ptx_refuses_other_slots():
