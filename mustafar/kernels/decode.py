@@ -46,6 +46,7 @@ from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.decode_scatter import _sc_sparse_decode_kernel
 from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
 from mustafar.kernels.scatter_ptx import (
+    SELECTOR_TABLE_BYTES,
     TOKENS_PER_TILE,
     expand8_frag_asm,
     expand_asm,
@@ -530,12 +531,13 @@ def _scatter_plan(
     return 168, SCATTER_SIDES or (2 if side >= 3072 and not fp8 else 3)
 
 
-def _scatter_ring(tile: int, side: int, sides: int) -> int:
+def _scatter_ring(tile: int, side: int, sides: int, extra: int = 0) -> int:
     """Shared words of the staging ring's allocation: exactly ``sides`` sides (rounding it to a power of two, 16 KB
-    for the 9 KB ring at D 128 s 0.7, cost resident programs once registers allowed more: round 10), 256 bytes
-    more where it would tie with the ``tile``-byte dense tile's (the kernel places the larger allocation first;
-    sides are whole multiples of 256 bytes, which keeps the second allocation aligned)."""
-    words = sides * side // 4
+    for the 9 KB ring at D 128 s 0.7, cost resident programs once registers allowed more: round 10) and ``extra``
+    bytes after them (the fp8 key selector table), 256 bytes more where it would tie with the ``tile``-byte dense
+    tile's (the kernel places the larger allocation first; sides are whole multiples of 256 bytes, which keeps the
+    second allocation aligned)."""
+    words = (sides * side + extra) // 4
     return words + 64 * (words == tile // 4)
 
 
@@ -564,7 +566,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     sides = _scatter_plan(k_store, v_store, slot_bytes, n_rep)[1]
     v_nm, k_nm = expands_values(v_store), expands_keys(k_store, v_store)
     tile = block_n * d * (1 if v_store.fp8 and not v_nm else 2)  # scattered fp8: an e4m3 tile
-    words = _scatter_ring(tile, slot_bytes, sides)
+    words = _scatter_ring(tile, slot_bytes, sides, SELECTOR_TABLE_BYTES if k_nm and k_store.fp8 else 0)
     return dict(
         N_REP=n_rep,
         D=d,

@@ -180,11 +180,12 @@ def _staged_at(t, x, SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr):
 @gluon.jit
 def _expand_k_half(words_off, vals_off, n_tok, HH: gl.constexpr, ASM: gl.constexpr, DT: gl.constexpr,
                    SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr, FP8: gl.constexpr, D: gl.constexpr,
-                   BLOCK_N: gl.constexpr):  # fmt: skip
+                   BLOCK_N: gl.constexpr, TAB: gl.constexpr):  # fmt: skip
     """Channels ``64·HH .. 64·HH + 63`` (store order) of one staged four-of-eight K side as the scores' MMA operand
     [tokens, 64], expanded in registers (:func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm`): lane L holds
     tokens L div 4 + 8j and, for its K positions 2i, 2i + 1, 2i + 8, ... (i = L mod 4), the store's channels
-    64·HH + 16i .. + 15 in order (:func:`_q_frag` gives q the same order). Tokens at or past ``n_tok`` are zero."""
+    64·HH + 16i .. + 15 in order (:func:`_q_frag` gives q the same order). Tokens at or past ``n_tok`` are zero;
+    fp8 codes are selected through the table at shared byte ``TAB`` (:func:`_fill_selector_table`)."""
     L: gl.constexpr = _k_frag_layout()
     t = gl.expand_dims(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, L)), 1)
     i = gl.expand_dims((gl.arange(0, 64, layout=gl.SliceLayout(0, L)) // 2) % 4, 0)
@@ -195,14 +196,39 @@ def _expand_k_half(words_off, vals_off, n_tok, HH: gl.constexpr, ASM: gl.constex
     )  # four of every eight kept: value ch // 2
     out = gl.inline_asm_elementwise(
         ASM,
-        "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 64,
-        [waddr, vaddr, ch % 32, (t < n_tok).to(gl.int32)],
+        "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 80,
+        [waddr, vaddr, ch % 32, (t < n_tok).to(gl.int32), gl.full([BLOCK_N, 64], TAB, gl.int32, layout=L)],
         dtype=DT.value,
         is_pure=False,
         pack=16,
     )
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     return gl.convert_layout(out, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
+
+
+_STORE_SHARED_ASM: gl.constexpr = gl.constexpr(
+    "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; st.shared.b32 [a], $2; mov.u32 $0, 0; }"
+)
+
+
+@gluon.jit
+def _fill_selector_table(TAB: gl.constexpr):
+    """Write the fp8 key selector table at shared byte ``TAB``: for each of the 256 kept-bit patterns of a
+    4:8 group, the ``prmt`` nibble of each position (its rank's code byte, or 4, the zero register's, where the
+    position is not kept) at bit 4p: positions 0-3 in the low half-word, 4-7 in the high one
+    (:func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm`). Once per program, eight entries per lane; the
+    loop's first barrier publishes it."""
+    L: gl.constexpr = gl.BlockedLayout([8], [32], [1], [0])
+    g = gl.arange(0, 256, layout=L)
+    entry = gl.zeros([256], gl.int32, layout=L)
+    rank = gl.zeros([256], gl.int32, layout=L)
+    for p in gl.static_range(8):
+        kept = (g >> p) & 1
+        entry = entry | (gl.where(kept == 1, rank, 4) << (4 * p))
+        rank = rank + kept
+    gl.inline_asm_elementwise(
+        _STORE_SHARED_ASM, "=r,r,r", [TAB + 4 * g, entry], dtype=gl.int32, is_pure=False, pack=1
+    )
 
 
 @gluon.jit
@@ -376,6 +402,9 @@ def _sc_sparse_decode_kernel(
     if V_FP8:  # acc holds (Vᵀ p) / frame, frame the last tile's largest V scale (a power of two: exact)
         frame = gl.max(gl.full([BLOCK_N], 1.0, gl.float32, layout=gl.SliceLayout(1, mma)), axis=0)
     q_row = q_ptr + b.to(gl.int64) * sqb + (h * N_REP).to(gl.int64) * sqh
+    TAB: gl.constexpr = REGION + SIDES * SLOT_BYTES  # fp8 expanded keys: the selector table after the ring
+    if K_NM and K_FP8:
+        _fill_selector_table(TAB)
     if K_NM:  # qᵀ as the scores' MMA operand in two halves (D 128), its channels in the K operand's order
         qk0 = _q_frag(q_ptr, sqb, sqh, b, h, 0, N_REP, D, BLOCK_H, K_PERM)
         if D == 128:
@@ -437,14 +466,16 @@ def _sc_sparse_decode_kernel(
         if K_NM:  # K expanded straight into the MMA's registers, 64 channels at a time
             KT: gl.constexpr = gl.float16 if K_FP8 else DT
             sc = mma_v2(
-                _expand_k_half(k_off, k_off + WB, n_tok, 0, K_ASM, KT, K_SB, K_SP, K_CK, K_FP8, D, BLOCK_N),
+                _expand_k_half(
+                    k_off, k_off + WB, n_tok, 0, K_ASM, KT, K_SB, K_SP, K_CK, K_FP8, D, BLOCK_N, TAB
+                ),
                 qk0,
                 gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=mma),
             )
             if D == 128:
                 sc = mma_v2(
                     _expand_k_half(
-                        k_off, k_off + WB, n_tok, 1, K_ASM, KT, K_SB, K_SP, K_CK, K_FP8, D, BLOCK_N
+                        k_off, k_off + WB, n_tok, 1, K_ASM, KT, K_SB, K_SP, K_CK, K_FP8, D, BLOCK_N, TAB
                     ),
                     qk1,
                     sc,

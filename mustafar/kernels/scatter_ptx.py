@@ -376,6 +376,7 @@ def _group8_selectors(g: int, k: int) -> list[str]:
 
 
 FRAG_PACK = 16  # the elements of one :func:`expand8_frag_asm` call: a token's 16 channels of one K half
+SELECTOR_TABLE_BYTES = 1024  # fp8 keys' selector table: one 32-bit entry per 4:8 group's kept bits
 
 
 @functools.cache
@@ -385,13 +386,21 @@ def expand8_frag_asm(fp8: bool = False) -> str:
     order (the caller maps them onto the MMA's K positions and gives q the same order). No tile, so none of a row
     tile's shared-memory stores and ldmatrix reads (results/kernels/NOTES.md, round 20).
 
-    A group's four values are two registers of the slot; each pair of dense positions is one ``prmt`` of the two
-    (selector from the ranks, :func:`_group8_selectors`) and an ``and`` with its zero mask: about 33 instructions
-    per eight channels, where the key walk spends about 17 per kept value. ``fp8``: the eight e4m3 codes are
-    widened to fp16 pairs first (exact, unscaled: the caller scales the scores). Operands (``FRAG_PACK`` copies of each input, the first read): ``$0..$7`` the pairs; ``$8``
-    the byte offset of the bitmap word holding the 16 channels, ``$24`` of their first kept value (both from
-    ``global_smem``, the values 16 bytes, fp8 8, inside one staged chunk), ``$40`` the channels' bit offset in the
-    word (0 or 16), ``$56`` nonzero when the token is valid (an invalid token's pairs come out zero)."""
+    fp16/bf16: a group's four values are two registers of the slot; each pair of dense positions is one ``prmt``
+    of the two (selector from the ranks, :func:`_group8_selectors`) and an ``and`` with its zero mask, about 33
+    instructions per eight channels. fp8: a group's four codes are one register, so its eight positions are two
+    ``prmt`` of that register and the zero register, each followed by two widening ``cvt`` (exact, unscaled: the
+    caller scales the scores); the selectors are one shared-memory load from a 256-entry table indexed by the
+    group's kept bits (built once per program, :func:`mustafar.kernels.decode_scatter._fill_selector_table`: for
+    position p, the ``prmt`` nibble of its rank's code, or 4, a zero byte, where p is not kept, at bit 4p: one
+    half-word per ``prmt``), about 13 instructions per eight channels where computing them took 30 and the kernel
+    was bound by its ALU pipe (NOTES, round 21).
+
+    Operands (``FRAG_PACK`` copies of each input, the first read): ``$0..$7`` the pairs; ``$8`` the byte offset of
+    the bitmap word holding the 16 channels, ``$24`` of their first kept value (both from ``global_smem``, the
+    values 16 bytes, fp8 8, inside one staged chunk), ``$40`` the channels' bit offset in the word (0 or 16),
+    ``$56`` nonzero when the token is valid (an invalid token's pairs come out zero), ``$72`` the selector table's
+    byte offset (fp8)."""
     lines = [
         "{",
         ".reg .pred p;",
@@ -408,17 +417,29 @@ def expand8_frag_asm(fp8: bool = False) -> str:
         "add.u32 ta, ta, $24;",
     ]
     if fp8:
-        lines.append("ld.shared.v2.b32 {e0, e1}, [ta];")
-        for i in range(4):
-            if i % 2 == 0:
-                lines.append(f"mov.b32 {{clo, chi}}, e{i // 2};")
-            lines.append(f"cvt.rn.f16x2.e4m3x2 v{i}, {'chi' if i % 2 else 'clo'};")
+        lines += ["ld.shared.v2.b32 {e0, e1}, [ta];", "mov.u32 ta, global_smem;", "add.u32 ta, ta, $72;"]
+        for q in range(2):  # the group's kept bits times 4: the entry's byte offset
+            lines += [
+                "shl.b32 t, w0, 2;" if q == 0 else "shr.b32 t, w0, 6;",
+                "and.b32 t, t, 0x3FC;",
+                "add.u32 t, ta, t;",
+                "ld.shared.b32 s0, [t];",
+                "shr.b32 s1, s0, 16;",
+            ]
+            for half in range(2):  # positions 4·half .. + 3: codes of ranks 0-3, or the zero register's bytes
+                out = 4 * q + 2 * half
+                lines += [
+                    f"prmt.b32 t, e{q}, zero, s{half};",
+                    "mov.b32 {clo, chi}, t;",
+                    f"cvt.rn.f16x2.e4m3x2 ${out}, clo;",
+                    f"cvt.rn.f16x2.e4m3x2 ${out + 1}, chi;",
+                ]
     else:
         lines.append("ld.shared.v4.b32 {v0, v1, v2, v3}, [ta];")
-    for q in range(2):
-        lines += _group8_selectors(0, q)
-        for m in range(4):
-            lines += [f"prmt.b32 t, v{2 * q}, v{2 * q + 1}, s{m};", f"and.b32 ${4 * q + m}, t, z{m};"]
+        for q in range(2):
+            lines += _group8_selectors(0, q)
+            for m in range(4):
+                lines += [f"prmt.b32 t, v{2 * q}, v{2 * q + 1}, s{m};", f"and.b32 ${4 * q + m}, t, z{m};"]
     lines.append("}")
     return "\n".join(lines)
 

@@ -18,18 +18,20 @@ pytest.importorskip("triton.experimental.gluon")
 
 
 @pytest.mark.parametrize(
-    "tile,side,sides,words",
+    "tile,side,sides,extra,words",
     [
         # D=128 s=0.7 (slot 40, 3 KB sides): 9 KB exactly (2304 words), where a power of two took 16 KB
-        (8192, 3072, 3, 2304),
+        (8192, 3072, 3, 0, 2304),
         # D=128 s=0.5 (slot 128 staged at 144: 5 KB sides)
-        (8192, 5120, 3, 3840),
+        (8192, 5120, 3, 0, 3840),
         # a ring as large as the tile gets 256 bytes more: the kernel puts the larger allocation first
-        (8192, 4096, 2, 2112),
+        (8192, 4096, 2, 0, 2112),
+        # fp8 K 4:8 + V 2:4 at D=128: two 2,688-byte sides and the 1 KB selector table after them
+        (8192, 2688, 2, 1024, 1600),
     ],
 )
-def test_ring_holds_its_sides_exactly(tile, side, sides, words):
-    assert decode._scatter_ring(tile, side, sides) == words
+def test_ring_holds_its_sides_exactly(tile, side, sides, extra, words):
+    assert decode._scatter_ring(tile, side, sides, extra) == words
 
 
 def _store(keep: int, value_dtype: str = "native", d: int = 128) -> CompressedStore:

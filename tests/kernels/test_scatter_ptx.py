@@ -450,12 +450,22 @@ def _staged_position(t: int, x: int, slot_bytes: int) -> int:
     return int(np.flatnonzero(staged_slots(index).reshape(-1) == t * slot_bytes + x)[0])
 
 
+def _selector_entry(bits: int) -> int:
+    """The fp8 key selector table's entry for one 4:8 group's kept bits, as expand8_frag_asm documents it: position
+    p's prmt nibble (the byte of its code, its rank among the kept, or 4, a zero byte, where it is not kept) at
+    bit 4p: positions 0-3 in the low half-word, 4-7 in the high one."""
+    kept = [p for p in range(8) if bits >> p & 1]
+    nibbles = [kept.index(p) if p in kept else 4 for p in range(8)]
+    return sum(n << 4 * p for p, n in enumerate(nibbles))
+
+
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("values", ["fp16", "bf16", "fp8"])
 def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values):
     """expand8_frag_asm against the plain-PyTorch dense keys (four of every eight kept, ties to the lower
     channel): for every token and 16-channel block, the eight registers are the block's dense pairs in order,
-    low half the even channel; invalid tokens give zeros whatever their stale slots hold."""
+    low half the even channel; invalid tokens give zeros whatever their stale slots hold (fp8: through the
+    selector table, placed after the slots)."""
     torch.manual_seed(d)
     tokens, keep, fp8, valid = 32, d // 2, values == "fp8", 29
     rows = torch.randn(tokens, d).to(torch.bfloat16 if values == "bf16" else torch.float16)
@@ -474,20 +484,29 @@ def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values):
         dense = torch.where(mask, rows, torch.zeros_like(rows))
     vals[valid:] = 0x7E  # stale slots behind invalid tokens
     words = pack_bitmap(mask).numpy().view(np.uint32)
-    smem = np.zeros(words.nbytes + vals.nbytes, dtype=np.uint8)
+    table = np.array([_selector_entry(g) for g in range(256)], dtype=np.uint32)
+    smem = np.zeros(words.nbytes + vals.nbytes + table.nbytes, dtype=np.uint8)
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
-    smem[words.nbytes :] = staged_slots(vals).reshape(-1)
+    smem[words.nbytes : words.nbytes + vals.nbytes] = staged_slots(vals).reshape(-1)
+    smem[words.nbytes + vals.nbytes :] = table.view(np.uint8)
     bits = dense.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
     asm = expand8_frag_asm(fp8)
     for t in range(tokens):
         for ch in range(0, d, 16):
             x = (ch // 2) * (1 if fp8 else 2)
-            ops = [0] * (8 + 4 * FRAG_PACK)
-            ops[7], ops[7 + FRAG_PACK], ops[7 + 2 * FRAG_PACK], ops[7 + 3 * FRAG_PACK] = (
+            ops = [0] * (8 + 5 * FRAG_PACK)
+            (
+                ops[7],
+                ops[7 + FRAG_PACK],
+                ops[7 + 2 * FRAG_PACK],
+                ops[7 + 3 * FRAG_PACK],
+                ops[7 + 4 * FRAG_PACK],
+            ) = (
                 t * d // 8 + 4 * (ch // 32),
                 words.nbytes + _staged_position(t, x, slot_bytes),
                 ch % 32,
                 int(t < valid),
+                words.nbytes + vals.nbytes,
             )
             regs = run_ptx(asm, ops, smem)
             got = [regs[f"${j}"] for j in range(8)]
