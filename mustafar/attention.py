@@ -20,7 +20,7 @@ from mustafar.architectures import compressed_refusal, head_dim, text_config
 from mustafar.cache import CompressedLayer, MustafarCache, MustafarLayer, kernel_backend
 from mustafar.config import KVConfig
 from mustafar.pruning import Observation, exact_keep, scores
-from mustafar.pruning.keep import NM_GROUPS, nm_whole_sparsities
+from mustafar.pruning.keep import CALIBRATED_GROUPS, NM_GROUPS, nm_whole_sparsities
 from mustafar.static_cache import StaticLayer
 
 ATTN_NAME = "mustafar"
@@ -202,9 +202,9 @@ def _check_keep_rules(policy: KVConfig, model: torch.nn.Module) -> None:
                 f"{key}='word' splits each token into 32-channel words, but {type(model).__name__} has "
                 f"head_dim={d}, not a multiple of 32; use {key.removeprefix('kv.')}=exact"
             )
-        if rule not in NM_GROUPS:
+        if rule not in NM_GROUPS and rule not in CALIBRATED_GROUPS:
             continue
-        group = NM_GROUPS[rule][0]
+        group = NM_GROUPS[rule][0] if rule in NM_GROUPS else CALIBRATED_GROUPS[rule]
         for s in getattr(policy, f"{side}_layer_sparsity") or (getattr(policy, side).sparsity,):
             keep = exact_keep(d, s)
             if s > 0 and (d % group or (keep * group) % d):

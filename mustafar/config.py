@@ -7,7 +7,7 @@ from typing import Any
 
 DIRECTIONS = ("token", "channel")
 SCORERS = ("magnitude", "output_aware", "think")
-NM_RULES = ("nm4", "nm8", "nm16", "nm4s", "nm8s")  # N:M groups (mustafar.pruning.keep.NM_GROUPS)
+NM_RULES = ("nm4", "nm8", "nm16", "nm4s", "nm8s", "nm8c")  # N:M groups (keep.NM_GROUPS, CALIBRATED_GROUPS)
 KEEP_RULES = ("exact", "reference", "word", *NM_RULES)
 MODES = ("mask", "compressed")
 ALLOCATIONS = ("uniform", "error", "error_head")
@@ -145,6 +145,14 @@ class KVConfig:
         _choice("kv.keep_rule", self.keep_rule, KEEP_RULES)
         self._check_keep_rules()
         _choice("kv.mode", self.mode, MODES)
+        for side in ("k", "v"):
+            keep = self.side_keep_rule(side)
+            if self.mode == "compressed" and keep == "nm8c" and getattr(self, side).active:
+                raise ConfigError(
+                    f"{self.keep_rule_key(side)}='nm8c' groups each prompt's channels by their measured "
+                    "magnitudes, an order the compressed stores and decoders do not hold; run it with kv.mode=mask, "
+                    "or use nm8s (4:8 groups in a fixed order) in compressed mode"
+                )
         if self.k_sparsity == 0.0 and self.v_sparsity == 0.0:
             object.__setattr__(self, "allocation", "uniform")  # nothing to allocate: one dense job id
         if self.allocation != "uniform":
@@ -190,7 +198,7 @@ class KVConfig:
             rule, keep, key = getattr(self, side), self.side_keep_rule(side), self.keep_rule_key(side)
             if keep in ("word", *NM_RULES) and rule.active and rule.direction != "token":
                 # per-channel groups and ThinK rank over tokens or whole channels: no per-token words to split
-                unit = "32-channel words" if keep == "word" else f"{keep[2:].rstrip('s')}-channel groups"
+                unit = "32-channel words" if keep == "word" else f"{keep[2:].rstrip('sc')}-channel groups"
                 raise ConfigError(
                     f"{key}={keep!r} splits each token's keep count over its {unit} and needs per-token rules, but "
                     f"kv.{side}_direction={rule.direction!r} (kv.{side}_scorer={rule.scorer!r}); allowed with "

@@ -46,6 +46,7 @@ from mustafar.formats import CompressedStore, pack_bitmap, unpack_bitmap
 from mustafar.formats.fp8 import dequantize, fake_quantize, quantize
 from mustafar.kernels import pack_into, resolve_backend, sparse_decode_attention, topk_pack_into
 from mustafar.pruning import Observation, SidePruner, keep_mask, scores
+from mustafar.pruning.keep import CALIBRATED_GROUPS
 
 _SAID: set[str] = set()
 
@@ -83,6 +84,11 @@ def unsupported_reason(
             f"kv.allocation={policy.allocation} decides each layer's keep from the whole prompt at prefill, "
             "after the static stores are sized"
         )
+    for side, rule in (("k", policy.k), ("v", policy.v)):
+        if rule.active and policy.side_keep_rule(side) in CALIBRATED_GROUPS:
+            return (
+                f"{policy.keep_rule_key(side)}={policy.side_keep_rule(side)} calibrates its groups per prompt"
+            )
     if padded and any(rule.active and rule.scorer == "think" for rule in (policy.k, policy.v)):
         return "ThinK decides each padded row separately (per-row channel scores)"
     for side, rule in (("k", policy.k), ("v", policy.v)):

@@ -80,6 +80,38 @@ def word_topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tenso
 
 # the N:M keep rules: (group size M, strided) per rule name; strided groups take every (D/M)-th channel
 NM_GROUPS = {"nm4": (4, False), "nm8": (8, False), "nm16": (16, False), "nm4s": (4, True), "nm8s": (8, True)}
+# N:M rules whose groups are calibrated per (row, KV head) from the prompt: group size M per rule name
+CALIBRATED_GROUPS = {"nm8c": 8}
+
+
+def balanced_groups(magnitude: torch.Tensor, group: int) -> torch.Tensor:
+    """A channel order per leading index from mean magnitudes ``[..., D]``: the channels, largest mean first, are
+    dealt in snake order over the D/M groups of ``group`` consecutive positions (group 0, 1, .., last, last, ..,
+    0, ...), so every group holds one channel of each rank band. Returns ``[..., D]``: position p holds channel
+    ``order[..., p]``. Large channels crowded into one group is what breaks consecutive groups on keys
+    (experiments/nm_quota); dealing them out keeps each group's top-N close to the token's own top-k."""
+    d = magnitude.shape[-1]
+    if d % group:
+        raise ValueError(
+            f"calibrated groups of {group} channels need a head dim divisible by {group}, got {d}"
+        )
+    groups = d // group
+    by_size = magnitude.argsort(dim=-1, descending=True, stable=True)
+    rank = torch.arange(d, device=magnitude.device)
+    band, pos = rank // groups, rank % groups
+    slot = torch.where(band % 2 == 0, pos, groups - 1 - pos) * group + band  # where rank r's channel goes
+    return torch.empty_like(by_size).scatter_(-1, slot.expand_as(by_size), by_size)
+
+
+def calibrated_nm_mask(
+    score: torch.Tensor, keep: int, group: int, order: torch.Tensor, dim: int = -1
+) -> torch.Tensor:
+    """The ``nm8c`` rule: :func:`nm_topk_mask` over consecutive groups of the channels taken in ``order``
+    (:func:`balanced_groups`, broadcast over ``score``'s other dims, channels along ``dim``)."""
+    s = score.movedim(dim, -1)
+    idx = order.expand(s.shape)
+    kept = nm_topk_mask(torch.gather(s, -1, idx), keep, group)
+    return torch.zeros_like(kept).scatter_(-1, idx, kept).movedim(-1, dim)
 
 
 def nm_whole_sparsities(group: int) -> str:
@@ -138,15 +170,25 @@ def threshold_mask(magnitude: torch.Tensor, sparsity: float, dim: int = -1) -> t
 
 
 def keep_mask(
-    score: torch.Tensor, sparsity: float, keep_rule: str, thresholded: bool, dim: int = -1
+    score: torch.Tensor,
+    sparsity: float,
+    keep_rule: str,
+    thresholded: bool,
+    dim: int = -1,
+    order: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mask of surviving entries along `dim` under a keep rule.
 
-    `thresholded` marks the published magnitude rules (kthvalue threshold) as opposed to its top-k rules.
+    `thresholded` marks the published magnitude rules (kthvalue threshold) as opposed to its top-k rules;
+    `order` is the calibrated rules' channel order (:func:`balanced_groups`).
     """
     n = score.shape[dim]
     if sparsity <= 0.0:
         return torch.ones_like(score, dtype=torch.bool)
+    if keep_rule in CALIBRATED_GROUPS:
+        if order is None:
+            raise ValueError(f"keep rule {keep_rule!r} needs the channel order calibrated at prefill")
+        return calibrated_nm_mask(score, exact_keep(n, sparsity), CALIBRATED_GROUPS[keep_rule], order, dim)
     if keep_rule in ("exact", "word"):
         return fixed_count_mask(score, exact_keep(n, sparsity), keep_rule == "word", dim)
     if keep_rule in NM_GROUPS:

@@ -33,7 +33,9 @@ import torch
 from mustafar.config import CHANNEL_GROUP, PruneRule
 from mustafar.pruning import scores
 from mustafar.pruning.keep import (
+    CALIBRATED_GROUPS,
     NM_GROUPS,
+    balanced_groups,
     exact_keep,
     head_topk_mask,
     keep_mask,
@@ -78,6 +80,8 @@ class SidePruner:
         # per-token keep per (row, KV head) [B, H] from an allocation (mustafar.allocation); None: the rule's keep
         self.keeps: torch.Tensor | None = None
         self._one_keep: int | None = None  # that keep when every (row, head) shares it
+        # calibrated N:M rules: the channel order per (row, KV head) [B, H, 1, D], measured on the prompt
+        self.order: torch.Tensor | None = None
 
     def set_keeps(self, keeps: torch.Tensor) -> None:
         """Per-(row, KV head) keep counts for per-token exact rules, decided before the prompt is pruned."""
@@ -165,6 +169,8 @@ class SidePruner:
         if self.rule.scorer == "think":
             return self._think(tail, obs, prefill)
         self._accumulate(tail, obs, total)
+        if prefill and self.keep_rule in CALIBRATED_GROUPS:
+            self._calibrate(tail)
         end = self._final_after(total, prefill)
         if prefill and self.ranks_prompt:
             self.group_start = end
@@ -179,7 +185,7 @@ class SidePruner:
         if self.keeps is not None:
             mask = head_topk_mask(score, self.keeps)
         elif self.rule.direction == "token":
-            mask = keep_mask(score, self.rule.sparsity, self.keep_rule, self._thresholded)
+            mask = keep_mask(score, self.rule.sparsity, self.keep_rule, self._thresholded, order=self.order)
         elif prefill and self.ranks_prompt:
             mask = keep_mask(score, self.rule.sparsity, self.keep_rule, self._thresholded, dim=2)
         else:
@@ -190,6 +196,17 @@ class SidePruner:
             )
         self._finish(n, mask, rows=rows)
         return n, mask
+
+    def _calibrate(self, prompt: torch.Tensor) -> None:
+        """The calibrated rule's channel order from the prompt's mean magnitude per channel (every prompt token,
+        the window included; a row's pad columns left out)."""
+        mag = prompt.abs().float()
+        real = torch.ones(prompt.shape[0], prompt.shape[2], device=prompt.device)
+        if self.pads is not None:
+            columns = torch.arange(prompt.shape[2], device=prompt.device)
+            real = (columns.unsqueeze(0) >= self.pads.unsqueeze(1)).float()
+        mean = (mag * real[:, None, :, None]).sum(2) / real.sum(1).clamp_min(1)[:, None, None]
+        self.order = balanced_groups(mean, CALIBRATED_GROUPS[self.keep_rule]).unsqueeze(2)
 
     def _final_after(self, total: int, prefill: bool) -> int:
         """Tokens [0, returned) have their final pattern once this call's `total` tokens are cached."""

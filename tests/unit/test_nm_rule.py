@@ -137,10 +137,12 @@ def test_layer0_cache_equals_the_stock_cache_pruned_by_hand(tiny_llama, rule, gr
 
 def test_the_policy_and_the_masks_know_the_same_nm_rules():
     from mustafar.config import NM_RULES
-    from mustafar.pruning.keep import NM_GROUPS
+    from mustafar.pruning.keep import CALIBRATED_GROUPS, NM_GROUPS
 
-    assert set(NM_RULES) == set(NM_GROUPS)
-    for rule in NM_RULES:  # every listed rule builds a mask with its own group (2 kept of 4 at s 0.5, D 64)
+    assert set(NM_RULES) == set(NM_GROUPS) | set(CALIBRATED_GROUPS)
+    for (
+        rule
+    ) in NM_GROUPS:  # every fixed-order rule builds a mask with its own group (2 kept of 4 at s 0.5, D 64)
         group, strided = NM_GROUPS[rule]
         score = torch.randn(1, 1, 3, 64, generator=torch.Generator().manual_seed(group)).abs()
         expected = hand_nm_mask(score, group // 2, group, strided)

@@ -1,0 +1,134 @@
+"""The calibrated N:M rule (`nm8c`): channels dealt to 4:8 groups per (row, KV head) by their mean magnitude over
+the prompt. The order against a hand-worked example and a per-element Python reference, the mask against a hand
+loop, layer 0 of a real model in mask mode against the stock cache pruned by hand, padded rows as if alone, and
+the refusals (compressed mode, static caches)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from transformers import DynamicCache
+
+from mustafar.attention import attach, new_cache
+from mustafar.config import ConfigError, KVConfig
+from mustafar.generation import generate
+from mustafar.pruning import exact_keep, keep_mask
+from mustafar.pruning.keep import balanced_groups, calibrated_nm_mask
+from mustafar.static_cache import static_reason
+
+
+def hand_order(magnitude: list[float], group: int) -> list[int]:
+    """Channels by decreasing magnitude (ties to the lower channel), the r-th dealt to group r mod G on even
+    passes and G - 1 - (r mod G) on odd ones (G = d / group), each group filled front to back."""
+    d = len(magnitude)
+    n_groups = d // group
+    groups: list[list[int]] = [[] for _ in range(n_groups)]
+    for r, c in enumerate(sorted(range(d), key=lambda c: (-magnitude[c], c))):
+        band, pos = divmod(r, n_groups)
+        groups[pos if band % 2 == 0 else n_groups - 1 - pos].append(c)
+    return [c for g in groups for c in g]
+
+
+def hand_mask(score: list[float], order: list[int], per: int, group: int) -> list[bool]:
+    """Each run of `group` positions of `order` keeps its `per` largest scores, ties to the earlier position."""
+    kept = [False] * len(score)
+    for start in range(0, len(order), group):
+        members = list(enumerate(order[start : start + group]))
+        for _, c in sorted(members, key=lambda pc: (-score[pc[1]], pc[0]))[:per]:
+            kept[c] = True
+    return kept
+
+
+def test_balanced_groups_deal_the_channels_in_snake_order():
+    # 16 channels, channel 0 largest: ranks 0..15 go to groups 0,1 | 1,0 | 0,1 | ...
+    order = balanced_groups(torch.arange(16, 0, -1).float(), 8)
+    assert order.tolist() == [0, 3, 4, 7, 8, 11, 12, 15, 1, 2, 5, 6, 9, 10, 13, 14]
+    mags = torch.rand(2, 3, 64, generator=torch.Generator().manual_seed(0))
+    mags[0, 0, :8] = 1.0  # ties: the lower channel ranks first
+    got = balanced_groups(mags, 8)
+    for row, m in zip(got.reshape(-1, 64).tolist(), mags.reshape(-1, 64).tolist()):
+        assert row == hand_order(m, 8)
+    with pytest.raises(ValueError, match="divisible by 8, got 60"):
+        balanced_groups(torch.rand(60), 8)
+
+
+@pytest.mark.parametrize("data", ["gauss", "ties"])
+def test_calibrated_mask_equals_the_hand_loop(data):
+    g = torch.Generator().manual_seed(1)
+    score = torch.randn(2, 3, 5, 64, generator=g).abs()
+    if data == "ties":
+        score = score.round()  # many equal scores inside a group
+    order = balanced_groups(torch.rand(2, 3, 64, generator=g), 8).unsqueeze(2)
+    mask = calibrated_nm_mask(score, 32, 8, order)
+    assert torch.equal(mask, keep_mask(score, 0.5, "nm8c", thresholded=True, order=order))
+    for b in range(2):
+        for h in range(3):
+            for t in range(5):
+                expect = hand_mask(score[b, h, t].tolist(), order[b, h, 0].tolist(), 4, 8)
+                assert mask[b, h, t].tolist() == expect
+    with pytest.raises(ValueError, match="'nm8c' needs the channel order"):
+        keep_mask(score, 0.5, "nm8c", thresholded=True)
+
+
+def test_layer0_cache_equals_the_stock_cache_pruned_by_hand(tiny_llama):
+    """Layer 0's keys depend only on the tokens: the mask-mode cache must equal the stock one with each token that
+    left the window pruned to 4 of every 8 channels of its head's order, the order dealt from the prompt's mean
+    |k| per channel (window included)."""
+    ids = torch.randint(1, 256, (1, 60), generator=torch.Generator().manual_seed(5))
+    window, d = 16, 64
+    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.0, window=window, k_keep_rule="nm8c")
+    cache = new_cache(tiny_llama, policy)
+    kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
+    with attach(tiny_llama, cache):
+        out = tiny_llama.generate(ids, past_key_values=cache, **kwargs)
+    stock = DynamicCache(config=tiny_llama.config)
+    with torch.no_grad():
+        tiny_llama(out[:, :-1], past_key_values=stock)
+    ref = stock.layers[0].keys
+    n = out.shape[1] - 1 - window  # tokens that left the window
+    expected = ref.clone()
+    per = exact_keep(d, 0.5) * 8 // d
+    for h in range(ref.shape[1]):
+        order = hand_order(ref[0, h, : ids.shape[1]].abs().mean(0).tolist(), 8)
+        for t in range(n):
+            kept = hand_mask(ref[0, h, t].abs().tolist(), order, per, 8)
+            expected[0, h, t] *= torch.tensor(kept)
+    torch.testing.assert_close(cache.layers[0].keys, expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(cache.layers[0].values, stock.layers[0].values, rtol=1e-5, atol=1e-5)
+
+
+def test_padded_batch_decides_every_row_as_if_alone(tiny_llama):
+    """The order is measured on each row's own prompt: pad columns never enter its mean."""
+    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c", v_keep_rule="nm8c", window=8)
+    g = torch.Generator().manual_seed(2)
+    prompts = [torch.randint(1, 256, (n,), generator=g).tolist() for n in (37, 64, 90)]
+    batch_cache = new_cache(tiny_llama, policy)
+    batched = generate(tiny_llama, policy, prompts, 6, cache=batch_cache)
+    for b, prompt in enumerate(prompts):
+        cache = new_cache(tiny_llama, policy)
+        alone = generate(tiny_llama, policy, [prompt], 6, cache=cache)[0]
+        assert batched[b].tokens == alone.tokens
+        mine, theirs = batched[b].stats, alone.stats
+        assert (mine.k_kept, mine.k_judged, mine.v_kept, mine.v_judged) == (
+            theirs.k_kept, theirs.k_judged, theirs.v_kept, theirs.v_judged,
+        )  # fmt: skip
+        for layer, own in zip(batch_cache.layers, cache.layers):
+            for side in ("k", "v"):
+                assert torch.equal(layer.pruners[side].order[b], own.pruners[side].order[0])
+
+
+def test_compressed_mode_and_static_caches_refuse_it(tiny_llama):
+    with pytest.raises(ConfigError, match="kv.k_keep_rule='nm8c'.*kv.mode=mask"):
+        KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c", mode="compressed")
+    with pytest.raises(ConfigError, match="kv.keep_rule='nm8c'"):
+        KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="nm8c", mode="compressed")
+    KVConfig(
+        k_sparsity=0.0, v_sparsity=0.5, k_keep_rule="nm8c", v_keep_rule="nm4", mode="compressed"
+    )  # K dense
+    reason = static_reason(tiny_llama, KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c"), 70)
+    assert reason is not None and "nm8c" in reason
+    with pytest.raises(
+        ValueError, match="kv.k_keep_rule='nm8c' keeps the same count in every 8-channel group"
+    ):
+        with attach(tiny_llama, new_cache(tiny_llama, KVConfig(k_sparsity=0.6, k_keep_rule="nm8c"))):
+            pass
