@@ -132,3 +132,20 @@ def test_compressed_mode_and_static_caches_refuse_it(tiny_llama):
     ):
         with attach(tiny_llama, new_cache(tiny_llama, KVConfig(k_sparsity=0.6, k_keep_rule="nm8c"))):
             pass
+
+
+def test_preset_composes_to_the_rule_and_its_job_label():
+    """conf/kv/k50v50_kn8c_vnm4: K nm8c, V nm4, the label its experiment jobs carry; mask mode only."""
+    from pathlib import Path
+
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    conf = Path(__file__).resolve().parents[2] / "conf"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        kv = OmegaConf.to_container(compose("config", overrides=["kv=k50v50_kn8c_vnm4"]).kv)
+    preset = KVConfig.from_mapping(kv)
+    assert preset == KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c", v_keep_rule="nm4")
+    assert preset.label() == "K0.5 V0.5 k-nm8c v-nm4"
+    with pytest.raises(ConfigError, match="nm8c"):
+        KVConfig(**{**kv, "mode": "compressed"})

@@ -1,0 +1,52 @@
+"""How much each key keep rule at s 0.5 hurts the embedded model: the loss (mean negative log-likelihood per token) of
+a teacher-forced 256-token continuation read through a cache whose 1,536-token prefix was pruned in mask mode (keys
+only, values dense), on four stretches of RULER's essay haystack. A cheaper, denser signal than RULER's scores
+for comparing groupings (it ranks them as RULER does: nm8 far behind, then nm8s, then word and exact).
+python results/paper/nm_quota/continuation_nll.py  (CPU, ~2 min)"""
+
+import sys
+from pathlib import Path
+
+import torch
+from transformers import DynamicCache
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[3]))
+import mustafar  # noqa: E402
+from eval.ruler.essays import load_essays  # noqa: E402
+from mustafar.models import ModelConfig, load  # noqa: E402
+
+PREFIX, CONTINUATION = 1536, 256
+loaded = load(ModelConfig(), device="cpu")
+model, tok = loaded.model, loaded.tokenizer
+words = load_essays(None).words
+
+
+def continuation_nll(ids: torch.Tensor, rule: str | None) -> float:
+    """Mean NLL of ids[PREFIX + 1:] given everything before, the prefix cached under `rule` (None: dense)."""
+    with torch.no_grad():
+        if rule is None:
+            cache = DynamicCache(config=model.config)
+            model(ids[:, :PREFIX], past_key_values=cache)
+            logits = model(ids[:, PREFIX:], past_key_values=cache).logits
+        else:
+            with mustafar.prune(model, k_sparsity=0.5, v_sparsity=0.0, k_keep_rule=rule) as cache:
+                model(ids[:, :PREFIX], past_key_values=cache)
+                logits = model(ids[:, PREFIX:], past_key_values=cache).logits
+    logp = logits[0, :-1].float().log_softmax(-1)
+    return -logp.gather(-1, ids[0, PREFIX + 1 :, None]).mean().item()
+
+
+rules = {"dense": None, "exact": "exact", "word": "word", "nm8": "nm8", "nm8s": "nm8s", "nm8c": "nm8c"}
+stretches = []
+for start in range(0, 12000, 3000):
+    text = " ".join(words[start : start + 2000])
+    stretches.append(tok(text, return_tensors="pt").input_ids[:, : PREFIX + CONTINUATION])
+loss = {name: [continuation_nll(ids, rule) for ids in stretches] for name, rule in rules.items()}
+dense = loss["dense"]
+print(f"| K rule (s 0.5) | {' | '.join(f'stretch {i + 1}' for i in range(len(stretches)))} | mean | − dense |")
+print(f"|---|{'---|' * len(stretches)}---|---|")
+for name, values in loss.items():
+    mean = sum(values) / len(values)
+    extra = mean - sum(dense) / len(dense)
+    cells = " | ".join(f"{v:.4f}" for v in values)
+    print(f"| {name} | {cells} | {mean:.4f} | {'' if name == 'dense' else f'{extra:+.4f}'} |")
