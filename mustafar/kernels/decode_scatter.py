@@ -39,6 +39,7 @@ from mustafar.kernels.decode_staged import (
     _copy_region,
     _finish,
     _join8,
+    _q_rows,
     _q_tile,
     _softmax_probs,
     _softmax_state,
@@ -235,20 +236,15 @@ def _fill_selector_table(TAB: gl.constexpr):
 def _q_frag(q_ptr, sqb, sqh, b, h, HH: gl.constexpr, N_REP: gl.constexpr, D: gl.constexpr,
             BLOCK_H: gl.constexpr, PERM: gl.constexpr):  # fmt: skip
     """qᵀ [64, heads] against :func:`_expand_k_half`'s operand for half ``HH``: K position k holds the store's
-    channel 64·HH + 16·((k div 2) mod 4) + 2·(k div 8) + k mod 2, mapped to q's channel by ``PERM`` as
-    :func:`~mustafar.kernels.decode_staged._q_tile`."""
+    channel 64·HH + 16·((k div 2) mod 4) + 2·(k div 8) + k mod 2, which is q's channel, or, for a strided store
+    (``PERM`` M), q's channel (c mod M)·(D/M) + c div M of that store channel c."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
     k = gl.arange(0, 64, layout=gl.SliceLayout(1, op_b))
     rd = 64 * HH + 16 * ((k // 2) % 4) + 2 * (k // 8) + k % 2
     if PERM:
         rd = (rd % PERM) * (D // PERM) + rd // PERM
-    rh = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, op_b))
-    return gl.load(
-        q_ptr + b.to(gl.int64) * sqb + gl.expand_dims(h * N_REP + rh, 0) * sqh + gl.expand_dims(rd, 1),
-        mask=gl.expand_dims(rh < N_REP, 0),
-        other=0.0,
-    )
+    return _q_rows(q_ptr, sqb, sqh, b, h, rd, N_REP, BLOCK_H)
 
 
 @gluon.jit

@@ -234,22 +234,25 @@ def _softmax_step(sc, valid, m_i, l_i, acc, qk_scale):
 
 
 @gluon.jit
-def _q_tile(
-    q_ptr, sqb, sqh, b, h, N_REP: gl.constexpr, D: gl.constexpr, BLOCK_H: gl.constexpr, PERM: gl.constexpr = 0
-):
-    """qᵀ [D, heads] of the program's GQA group (padded heads zero), the dense window's MMA operand. ``PERM`` M:
-    row p holds channel (p mod M)·(D/M) + p div M, a strided N:M store's channel order."""
+def _q_rows(q_ptr, sqb, sqh, b, h, rd, N_REP: gl.constexpr, BLOCK_H: gl.constexpr):
+    """qᵀ [rows, heads] of the program's GQA group as an MMA's B operand, row p holding q's channel ``rd[p]``
+    (``rd`` in the operand's row slice; padded heads zero)."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
-    rd = gl.arange(0, D, layout=gl.SliceLayout(1, op_b))
-    if PERM:
-        rd = (rd % PERM) * (D // PERM) + rd // PERM
     rh = gl.arange(0, BLOCK_H, layout=gl.SliceLayout(0, op_b))
     return gl.load(
         q_ptr + b.to(gl.int64) * sqb + gl.expand_dims(h * N_REP + rh, 0) * sqh + gl.expand_dims(rd, 1),
         mask=gl.expand_dims(rh < N_REP, 0),
         other=0.0,
     )
+
+
+@gluon.jit
+def _q_tile(q_ptr, sqb, sqh, b, h, N_REP: gl.constexpr, D: gl.constexpr, BLOCK_H: gl.constexpr):
+    """qᵀ [D, heads] of the program's GQA group (padded heads zero), the dense window's MMA operand."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    return _q_rows(q_ptr, sqb, sqh, b, h, gl.arange(0, D, layout=gl.SliceLayout(1, op_b)), N_REP, BLOCK_H)
 
 
 @gluon.jit
