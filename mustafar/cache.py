@@ -23,7 +23,7 @@ from mustafar.formats.bitmap import unpack_bitmap, variable_token_nbytes
 from mustafar.formats.fp8 import fake_quantize
 from mustafar.kernels import pack_into, topk_pack_into
 from mustafar.pruning import Observation, RowPruner, SidePruner
-from mustafar.pruning.keep import NM_GROUPS
+from mustafar.pruning.keep import CALIBRATED_GROUPS, NM_GROUPS
 
 
 class UnsupportedCacheOperation(RuntimeError):
@@ -57,17 +57,18 @@ def word_quota(policy: KVConfig, side: str) -> bool:
 
 
 def nm_group(policy: KVConfig, side: str) -> int:
-    """Channels per N:M group of `side`'s stores on a pruned side (4: `nm4`, `nm4s`; 8: `nm8`, `nm8s`; 16:
-    `nm16`), else 0."""
+    """Channels per N:M group of `side`'s stores on a pruned side (4: `nm4`, `nm4s`; 8: `nm8`, `nm8s`, `nm8c`;
+    16: `nm16`), else 0."""
     if not getattr(policy, side).active:
         return 0
-    return NM_GROUPS.get(policy.side_keep_rule(side), (0, False))[0]
+    rule = policy.side_keep_rule(side)
+    return CALIBRATED_GROUPS.get(rule) or NM_GROUPS.get(rule, (0, False))[0]
 
 
 def nm_strided(policy: KVConfig, side: str) -> bool:
     """Whether `side`'s stores hold strided N:M groups (`nm4s`, `nm8s` on a pruned side) in the stored order of
     `mustafar.formats.bitmap.stored_channels`."""
-    return nm_group(policy, side) > 0 and NM_GROUPS[policy.side_keep_rule(side)][1]
+    return nm_group(policy, side) > 0 and NM_GROUPS.get(policy.side_keep_rule(side), (0, False))[1]
 
 
 class MustafarLayer(DynamicLayer):
@@ -272,6 +273,9 @@ class CompressedLayer(MustafarLayer):
             pruner = self.pruners[side]
             offset = pruner.final - self.stored  # tail index of this side's first undecided token
             n, mask = pruner.step(tail[:, :, offset:], obs, want_mask=not pruner.packs_topk)
+            store = self.stores[side]
+            if pruner.order is not None and store.head_order is None:  # calibrated at prefill
+                store.set_head_order(pruner.order[:, :, 0])
             if n == 0:
                 continue
             if mask is not None:

@@ -145,14 +145,6 @@ class KVConfig:
         _choice("kv.keep_rule", self.keep_rule, KEEP_RULES)
         self._check_keep_rules()
         _choice("kv.mode", self.mode, MODES)
-        for side in ("k", "v"):
-            keep = self.side_keep_rule(side)
-            if self.mode == "compressed" and keep == "nm8c" and getattr(self, side).active:
-                raise ConfigError(
-                    f"{self.keep_rule_key(side)}='nm8c' groups each prompt's channels by their measured "
-                    "magnitudes, an order the compressed stores and decoders do not hold; run it with kv.mode=mask, "
-                    "or use nm8s (4:8 groups in a fixed order) in compressed mode"
-                )
         if self.k_sparsity == 0.0 and self.v_sparsity == 0.0:
             object.__setattr__(self, "allocation", "uniform")  # nothing to allocate: one dense job id
         if self.allocation != "uniform":

@@ -55,7 +55,7 @@ from torch import Tensor
 
 from mustafar.config import VALUE_DTYPES
 from mustafar.formats.fp8 import FP8_ALIGN, SCALE_BYTES, dequantize
-from mustafar.pruning.keep import fixed_count_mask, word_quotas
+from mustafar.pruning.keep import calibrated_nm_mask, fixed_count_mask, word_quotas
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _ALIGN_BYTES = 16
@@ -177,6 +177,8 @@ class CompressedStore:
         self._order: Tensor | None = None
         self._to_stored: Tensor | None = None
         self._to_channels: Tensor | None = None
+        self._head_to_stored: Tensor | None = None  # per-head orders [B, H, 1, D] (set_head_order)
+        self._head_to_channels: Tensor | None = None
         if nm_strided:
             self._order = torch.tensor(stored_channels(head_dim, nm_group, True), dtype=torch.int64)
             self._to_stored = self._order.to(self.device)
@@ -227,22 +229,57 @@ class CompressedStore:
     @property
     def channel_order(self) -> Tensor | None:
         """int64 [D] CPU: the original channel of each stored position (:func:`stored_channels`); None when the
-        store holds channels in their own order."""
+        store holds channels in their own order or in a per-head order (:attr:`head_order`)."""
         return self._order
 
+    @property
+    def head_order(self) -> Tensor | None:
+        """int64 [B, H, D]: the channel of each stored position per (row, head) of a store whose N:M groups were
+        calibrated per head (:meth:`set_head_order`, the ``nm8c`` rule), else None."""
+        return None if self._head_to_stored is None else self._head_to_stored[:, :, 0]
+
+    def set_head_order(self, order: Tensor) -> None:
+        """Hold each (row, head)'s channels in ``order`` [B, H, D] (stored position -> channel: the calibrated
+        rule's groups are its consecutive runs of ``nm_group``), set once, before the first token is packed."""
+        if self.nm_strided or not self.nm_group:
+            raise ValueError("a per-head channel order needs an nm_group store with consecutive groups")
+        if self.length or self._head_to_stored is not None:
+            raise ValueError("the channel order is set once, before the first token is packed")
+        want = (self.batch, self.heads, self.head_dim)
+        if tuple(order.shape) != want:
+            raise ValueError(f"order must be [{want[0]}, {want[1]}, {want[2]}], got {tuple(order.shape)}")
+        order = order.to(self.device, torch.int64)
+        if not torch.equal(
+            order.sort(-1).values, torch.arange(self.head_dim, device=self.device).expand(want)
+        ):
+            raise ValueError("order must be a permutation of the channels for every (row, head)")
+        self._head_to_stored = order.unsqueeze(2)
+        self._head_to_channels = order.argsort(-1).unsqueeze(2)
+
+    def _permute(self, x: Tensor, fixed: Tensor | None, per_head: Tensor | None) -> Tensor:
+        if per_head is not None:
+            if x.dim() != 4 or x.shape[:2] != per_head.shape[:2]:
+                raise ValueError(f"a per-head order permutes [B, H, n, D] tensors, got {tuple(x.shape)}")
+            return x.gather(-1, per_head.to(x.device).expand(x.shape))
+        return x if fixed is None else x.index_select(-1, fixed.to(x.device))
+
     def to_stored(self, x: Tensor) -> Tensor:
-        """``x`` [..., D] in channel order, permuted into the store's stored order (``x`` itself when identity)."""
-        return x if self._to_stored is None else x.index_select(-1, self._to_stored.to(x.device))
+        """``x`` [..., D] in channel order ([B, H, n, D] under a per-head order), permuted into the store's stored
+        order (``x`` itself when identity)."""
+        return self._permute(x, self._to_stored, self._head_to_stored)
 
     def to_channels(self, x: Tensor) -> Tensor:
         """``x`` [..., D] in the store's stored order, permuted back into channel order (the inverse of
         :meth:`to_stored`)."""
-        return x if self._to_channels is None else x.index_select(-1, self._to_channels.to(x.device))
+        return self._permute(x, self._to_channels, self._head_to_channels)
 
     def kept_mask(self, score: Tensor, keep: int) -> Tensor:
         """The pattern this fixed-layout store holds for ``score`` [..., D] (channel order): ``keep`` entries per
-        token, top-|score| per 32-channel word on a ``word_quota`` store, per consecutive or strided group on an
-        ``nm_group`` one, ties to the lower channel; what every writer that prunes for this store applies."""
+        token, top-|score| per 32-channel word on a ``word_quota`` store, per consecutive, strided or per-head
+        (:attr:`head_order`) group on an ``nm_group`` one, ties to the lower stored position; what every writer
+        that prunes for this store applies."""
+        if self._head_to_stored is not None:
+            return calibrated_nm_mask(score, keep, self.nm_group, self._head_to_stored.to(score.device))
         return fixed_count_mask(score, keep, self.word_quota, group=self.nm_group, strided=self.nm_strided)
 
     @property

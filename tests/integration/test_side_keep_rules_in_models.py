@@ -1,6 +1,7 @@
 """Per-side keep rules inside a real model (tiny random Llama, head_dim 64, fp32, CPU): mask mode prunes each side
 by its own rule (against the stock cache pruned by hand), and compressed mode, whose stores pack 2:4, 2:8 or 5:16
-consecutive groups and 4:8 or 2:4 strided ones (in the stores' stored order), equals mask mode for the dynamic and
+consecutive groups, 4:8 or 2:4 strided ones and 4:8 groups calibrated per head (in the stores' stored order),
+equals mask mode for the dynamic and
 the static caches (tokens, counts, teacher-forced logits and dense views), batch 1 and left-padded batch 2; every
 stored token keeps its word and group counts."""
 
@@ -50,6 +51,17 @@ POLICIES = [
         v_sparsity=0.5,
         keep_rule="word",
         k_keep_rule="nm8s",
+        v_keep_rule="nm4",
+        value_dtype="fp8",
+    ),
+    # conf/kv/k50v50_kn8c_vnm4: K 4:8 groups calibrated per row and head (per-head store orders), V 2:4; and
+    # with fp8 codes
+    KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", k_keep_rule="nm8c", v_keep_rule="nm4"),
+    KVConfig(
+        k_sparsity=0.5,
+        v_sparsity=0.5,
+        keep_rule="word",
+        k_keep_rule="nm8c",
         v_keep_rule="nm4",
         value_dtype="fp8",
     ),

@@ -1,7 +1,7 @@
 """The calibrated N:M rule (`nm8c`): channels dealt to 4:8 groups per (row, KV head) by their mean magnitude over
 the prompt. The order against a hand-worked example and a per-element Python reference, the mask against a hand
 loop, layer 0 of a real model in mask mode against the stock cache pruned by hand, padded rows as if alone, and
-the refusals (compressed mode, static caches)."""
+compressed mode's per-head store orders and the refusals (Triton decoders, static caches)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import torch
 from transformers import DynamicCache
 
 from mustafar.attention import attach, new_cache
-from mustafar.config import ConfigError, KVConfig
+from mustafar.config import KVConfig
 from mustafar.generation import generate
 from mustafar.pruning import exact_keep, keep_mask
 from mustafar.pruning.keep import balanced_groups, calibrated_nm_mask
@@ -117,14 +117,27 @@ def test_padded_batch_decides_every_row_as_if_alone(tiny_llama):
                 assert torch.equal(layer.pruners[side].order[b], own.pruners[side].order[0])
 
 
-def test_compressed_mode_and_static_caches_refuse_it(tiny_llama):
-    with pytest.raises(ConfigError, match="kv.k_keep_rule='nm8c'.*kv.mode=mask"):
-        KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c", mode="compressed")
-    with pytest.raises(ConfigError, match="kv.keep_rule='nm8c'"):
-        KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="nm8c", mode="compressed")
-    KVConfig(
-        k_sparsity=0.0, v_sparsity=0.5, k_keep_rule="nm8c", v_keep_rule="nm4", mode="compressed"
-    )  # K dense
+def test_triton_decoders_and_static_caches_refuse_it(tiny_llama, monkeypatch):
+    """Compressed mode holds the order per (row, head) and decodes it on the PyTorch path; the Triton decoders read
+    fixed orders only, so attaching on that backend and decoding such stores through it are refused, and static
+    caches (sized before the prompt is seen) fall back to the dynamic one."""
+    from mustafar.formats import CompressedStore
+    from mustafar.kernels.dispatch import _check_store_order
+
+    policy = KVConfig(
+        k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c", v_keep_rule="nm4", mode="compressed"
+    )
+    monkeypatch.setenv("MUSTAFAR_KERNEL_BACKEND", "triton")
+    with pytest.raises(ValueError, match="keep_rule='nm8c' holds a per-head channel order"):
+        with attach(tiny_llama, new_cache(tiny_llama, policy)):
+            pass
+    k = CompressedStore(1, 2, 64, torch.float16, "cpu", 32, nm_group=8)
+    k.set_head_order(
+        torch.stack([torch.randperm(64, generator=torch.Generator().manual_seed(h)) for h in (0, 1)])[None]
+    )
+    v = CompressedStore(1, 2, 64, torch.float16, "cpu", 32, nm_group=4)
+    with pytest.raises(ValueError, match="the K store holds a per-head channel order"):
+        _check_store_order(k, v, "scatter")
     reason = static_reason(tiny_llama, KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c"), 70)
     assert reason is not None and "nm8c" in reason
     with pytest.raises(
@@ -134,8 +147,39 @@ def test_compressed_mode_and_static_caches_refuse_it(tiny_llama):
             pass
 
 
+def test_store_holds_each_heads_order():
+    """A store with per-head orders packs each (row, head)'s tokens in its order (bits and values of consecutive
+    groups of the order), keeps 4 of every 8 there, and reads back in channel order; the order is checked."""
+    from mustafar.formats import CompressedStore
+    from mustafar.kernels.reference import pack_reference
+
+    g = torch.Generator().manual_seed(3)
+    rows = torch.randn(2, 3, 5, 64, generator=g).to(torch.float16)
+    order = balanced_groups(torch.rand(2, 3, 64, generator=g), 8)
+    store = CompressedStore(2, 3, 64, torch.float16, "cpu", 32, nm_group=8, capacity=8)
+    store.set_head_order(order)
+    assert torch.equal(store.head_order, order) and store.channel_order is None
+    mask = store.kept_mask(rows.abs(), 32)
+    assert torch.equal(mask, calibrated_nm_mask(rows.abs(), 32, 8, order.unsqueeze(2)))
+    pack_reference(store, rows, mask)
+    torch.testing.assert_close(store.to_dense(), rows * mask, rtol=0, atol=0)
+    store.check_word_counts()  # 4 of every 8 consecutive stored positions, 16 per 32-position word
+    stored = store.to_stored(mask)
+    assert torch.equal(stored, torch.gather(mask, -1, order.unsqueeze(2).expand(mask.shape)))
+    assert bool((stored.view(2, 3, 5, 8, 8).sum(-1) == 4).all())
+    with pytest.raises(ValueError, match="set once, before the first token is packed"):
+        store.set_head_order(order)
+    fresh = CompressedStore(2, 3, 64, torch.float16, "cpu", 32, nm_group=8)
+    with pytest.raises(ValueError, match="must be a permutation"):
+        fresh.set_head_order(torch.zeros(2, 3, 64, dtype=torch.int64))
+    with pytest.raises(ValueError, match=r"order must be \[2, 3, 64\]"):
+        fresh.set_head_order(order[:1])
+    with pytest.raises(ValueError, match="consecutive groups"):
+        CompressedStore(2, 3, 64, torch.float16, "cpu", 32, nm_group=8, nm_strided=True).set_head_order(order)
+
+
 def test_preset_composes_to_the_rule_and_its_job_label():
-    """conf/kv/k50v50_kn8c_vnm4: K nm8c, V nm4, the label its experiment jobs carry; mask mode only."""
+    """conf/kv/k50v50_kn8c_vnm4: K nm8c, V nm4, the label its experiment jobs carry, in either mode."""
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
@@ -146,6 +190,4 @@ def test_preset_composes_to_the_rule_and_its_job_label():
         kv = OmegaConf.to_container(compose("config", overrides=["kv=k50v50_kn8c_vnm4"]).kv)
     preset = KVConfig.from_mapping(kv)
     assert preset == KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c", v_keep_rule="nm4")
-    assert preset.label() == "K0.5 V0.5 k-nm8c v-nm4"
-    with pytest.raises(ConfigError, match="nm8c"):
-        KVConfig(**{**kv, "mode": "compressed"})
+    assert preset.label() == KVConfig(**{**kv, "mode": "compressed"}).label() == "K0.5 V0.5 k-nm8c v-nm4"
