@@ -286,6 +286,7 @@ class RowPruner:
     def __init__(self, rule: PruneRule, side: str, keep_rule: str, window: int, pads: list[int]):
         self.pads = pads
         self.rows = [SidePruner(rule, side, keep_rule, window) for _ in pads]
+        self.order = None  # per-channel rules and ThinK: no calibrated channel order (per-token rules only)
         self.final = 0
         self.decided: list[list[torch.Tensor]] | None = None  # per row: masks of columns [final, row's final)
 
