@@ -117,10 +117,11 @@ def test_padded_batch_decides_every_row_as_if_alone(tiny_llama):
                 assert torch.equal(layer.pruners[side].order[b], own.pruners[side].order[0])
 
 
-def test_triton_decoders_and_static_caches_refuse_it(tiny_llama, monkeypatch):
+def test_triton_decoders_and_static_compressed_caches_refuse_it(tiny_llama, monkeypatch):
     """Compressed mode holds the order per (row, head) and decodes it on the PyTorch path; the Triton decoders read
-    fixed orders only, so attaching on that backend and decoding such stores through it are refused, and static
-    caches (sized before the prompt is seen) fall back to the dynamic one."""
+    fixed orders only, so attaching on that backend (the decode's own check, on stores shaped and ordered as the
+    prefill will make them) and decoding such stores through it are refused, and static compressed caches fall
+    back to the dynamic one (static mask caches take it)."""
     from mustafar.formats import CompressedStore
     from mustafar.kernels.dispatch import _check_store_order
 
@@ -128,8 +129,10 @@ def test_triton_decoders_and_static_caches_refuse_it(tiny_llama, monkeypatch):
         k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c", v_keep_rule="nm4", mode="compressed"
     )
     monkeypatch.setenv("MUSTAFAR_KERNEL_BACKEND", "triton")
-    with pytest.raises(ValueError, match="keep_rule='nm8c' holds a per-head channel order"):
-        with attach(tiny_llama, new_cache(tiny_llama, policy)):
+    with pytest.raises(
+        ValueError, match="the K store holds a per-head channel order .* the portable decoder"
+    ):
+        with attach(tiny_llama, new_cache(tiny_llama, policy)):  # a CPU: the portable decoder
             pass
     k = CompressedStore(1, 2, 64, torch.float16, "cpu", 32, nm_group=8)
     k.set_head_order(
