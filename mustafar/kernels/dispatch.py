@@ -65,7 +65,7 @@ def pack_into(store: CompressedStore, rows: Tensor, mask: Tensor, backend: str =
     store.check_rows(rows, mask)
     if rows.shape[2] == 0:
         return
-    if kind == "triton" and store.head_order is None:  # the kernels permute fixed orders only
+    if kind == "triton":
         from mustafar.kernels.compress import pack_triton
 
         pack_triton(store, rows, mask)
