@@ -218,8 +218,8 @@ def _check_keep_rules(policy: KVConfig, model: torch.nn.Module) -> None:
 def _check_store_orders(policy: KVConfig, model: torch.nn.Module) -> None:
     """Refuse, before prefill, compressed strided N:M sides that the Triton decoders cannot read in their stored
     order (the same check the decode call makes, on stores shaped as the caches will make them): only keys kept
-    four of every eight strided channels at s 0.5 with values kept two of every four are read that way; and
-    calibrated sides (per-head orders), which no Triton decoder reads yet."""
+    four of every eight strided channels at s 0.5 with values kept two of every four are read that way, and the
+    same keys under a calibrated per-head order."""
     from mustafar.cache import nm_group, nm_strided, word_quota
     from mustafar.formats import CompressedStore
     from mustafar.kernels.dispatch import _check_store_order, decoder_for, resolve_backend
@@ -234,12 +234,6 @@ def _check_store_orders(policy: KVConfig, model: torch.nn.Module) -> None:
     d, cfg = head_dim(model.config), text_config(model.config)
     if resolve_backend(kernel_backend(), model.device, d) != "triton":
         return  # the PyTorch path decodes through to_dense, in channel order
-    if calibrated:
-        key = policy.keep_rule_key(calibrated[0])
-        raise ValueError(
-            f"{key}={policy.side_keep_rule(calibrated[0])!r} holds a per-head channel order in compressed mode, which "
-            "the Triton decoders do not read yet; use MUSTAFAR_KERNEL_BACKEND=torch, kv.mode=mask, or nm8s"
-        )
     n_rep = cfg.num_attention_heads // getattr(cfg, "num_key_value_heads", cfg.num_attention_heads)
     n = max(len(policy.k_layer_sparsity), len(policy.v_layer_sparsity), 1)
     ks = policy.k_layer_sparsity or (policy.k_sparsity,) * n
@@ -260,6 +254,9 @@ def _check_store_orders(policy: KVConfig, model: torch.nn.Module) -> None:
             )  # fmt: skip
             for side, s in (("k", k_s), ("v", v_s))
         )
+        for side, st in (("k", k), ("v", v)):
+            if side in calibrated and st.nm_group:  # a per-head order as the prefill will set it
+                st.set_head_order(torch.arange(d).expand(1, 1, d))
         q = torch.zeros(1, n_rep, d, dtype=model.dtype, device=model.device)
         _check_store_order(k, v, decoder_for(q, k, v))
 

@@ -255,6 +255,13 @@ class CompressedStore:
             raise ValueError("order must be a permutation of the channels for every (row, head)")
         self._head_to_stored = order.unsqueeze(2)
         self._head_to_channels = order.argsort(-1).unsqueeze(2)
+        self._head_order_words = order.to(torch.int32).contiguous()
+
+    def head_order_words(self) -> Tensor:
+        """The per-head order as int32 [B, H, D] (a kernel argument; made once, with the order)."""
+        if self._head_to_stored is None:
+            raise ValueError("this store holds no per-head channel order")
+        return self._head_order_words
 
     def _permute(self, x: Tensor, fixed: Tensor | None, per_head: Tensor | None) -> Tensor:
         if per_head is not None:

@@ -391,6 +391,8 @@ def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:
 
 def pack_triton(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
     """Pack ``rows`` under a given ``mask`` (both in channel order) into ``store`` (inputs validated by the
-    dispatcher)."""
+    dispatcher; a per-head order is applied here, the kernel permutes fixed orders only)."""
+    if store.head_order is not None:
+        rows, mask = store.to_stored(rows), store.to_stored(mask)
     t0 = store.extend(rows.shape[2], mask.sum(-1))
     _launch_plain(store, rows, mask, store.keep or 0, t0)

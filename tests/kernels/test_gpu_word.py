@@ -106,6 +106,8 @@ def _forced_logits(model, policy: KVConfig, ids: torch.Tensor, prompt: int):
         {"k_sparsity": 0.5, "v_sparsity": 0.5},
         {"k_sparsity": 0.7, "v_sparsity": 0.7},
         {"k_sparsity": 0.5, "k_scorer": "output_aware", "v_sparsity": 0.7},
+        # K 4:8 calibrated per head (q gathered through each head's order), V 2:4: both expanded
+        {"k_sparsity": 0.5, "v_sparsity": 0.5, "k_keep_rule": "nm8c", "v_keep_rule": "nm4"},
     ],
 )
 def test_word_compressed_matches_mask_mode_through_the_scatter_decoder(monkeypatch, head_dim, dtype, kw):

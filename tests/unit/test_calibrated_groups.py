@@ -118,9 +118,10 @@ def test_padded_batch_decides_every_row_as_if_alone(tiny_llama):
 
 
 def test_triton_decoders_and_static_caches_refuse_it(tiny_llama, monkeypatch):
-    """Compressed mode holds the order per (row, head) and decodes it on the PyTorch path; the Triton decoders read
-    fixed orders only, so attaching on that backend and decoding such stores through it are refused, and static
-    caches (sized before the prompt is seen) fall back to the dynamic one."""
+    """Compressed mode holds the order per (row, head); the PyTorch path decodes it, and of the Triton decoders
+    only the scatter decoder's expanded keys (q gathered through the order, V kept 2:4): attaching where another
+    Triton decoder would run, and decoding such stores through it, are refused; static caches (sized before the
+    prompt is seen) fall back to the dynamic one."""
     from mustafar.formats import CompressedStore
     from mustafar.kernels.dispatch import _check_store_order
 
@@ -128,15 +129,21 @@ def test_triton_decoders_and_static_caches_refuse_it(tiny_llama, monkeypatch):
         k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c", v_keep_rule="nm4", mode="compressed"
     )
     monkeypatch.setenv("MUSTAFAR_KERNEL_BACKEND", "triton")
-    with pytest.raises(ValueError, match="keep_rule='nm8c' holds a per-head channel order"):
-        with attach(tiny_llama, new_cache(tiny_llama, policy)):
+    with pytest.raises(
+        ValueError, match="the K store holds a per-head channel order .* the portable decoder"
+    ):
+        with attach(tiny_llama, new_cache(tiny_llama, policy)):  # a CPU: the portable decoder
             pass
     k = CompressedStore(1, 2, 64, torch.float16, "cpu", 32, nm_group=8)
     k.set_head_order(
         torch.stack([torch.randperm(64, generator=torch.Generator().manual_seed(h)) for h in (0, 1)])[None]
     )
     v = CompressedStore(1, 2, 64, torch.float16, "cpu", 32, nm_group=4)
+    _check_store_order(k, v, "scatter")  # expanded keys: read through the order
     with pytest.raises(ValueError, match="the K store holds a per-head channel order"):
+        _check_store_order(k, v, "staged")
+    v.set_head_order(torch.arange(64).expand(1, 2, 64))
+    with pytest.raises(ValueError, match="the V store holds a per-head channel order"):
         _check_store_order(k, v, "scatter")
     reason = static_reason(tiny_llama, KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c"), 70)
     assert reason is not None and "nm8c" in reason
