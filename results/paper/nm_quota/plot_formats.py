@@ -34,9 +34,10 @@ formats = [  # (label, policy, bytes / dense at D 64)
     ("K 4:8 strided + V 2:4", "K0.5 V0.5 k-nm8s v-nm4", 0.5625),
     ("K 4:8 strided + V 2:4, fp8", "K0.5 V0.5 k-nm8s v-nm4 fp8", 0.344),
     ("K 4:8 calibrated + V 2:4", "K0.5 V0.5 k-nm8c v-nm4", 0.5625),
+    ("K 4:8 calibrated + V 2:4, fp8", "K0.5 V0.5 k-nm8c v-nm4 fp8", 0.344),
 ]
 dense = samples("dense")
-fig, ax = plt.subplots(figsize=(8.5, 3.6))
+fig, ax = plt.subplots(figsize=(8.5, 3.9))
 for i, (label, policy, size) in enumerate(formats):
     p = paired_test(samples(policy), dense)
     color = "tab:red" if p.high < 0 else "tab:blue"
