@@ -85,9 +85,10 @@ def unsupported_reason(
             "after the static stores are sized"
         )
     for side, rule in (("k", policy.k), ("v", policy.v)):
-        if rule.active and policy.side_keep_rule(side) in CALIBRATED_GROUPS:
+        if policy.mode == "compressed" and rule.active and policy.side_keep_rule(side) in CALIBRATED_GROUPS:
             return (
-                f"{policy.keep_rule_key(side)}={policy.side_keep_rule(side)} calibrates its groups per prompt"
+                f"{policy.keep_rule_key(side)}={policy.side_keep_rule(side)} calibrates its groups per prompt, an "
+                "order the static compressed stores do not hold yet"
             )
     if padded and any(rule.active and rule.scorer == "think" for rule in (policy.k, policy.v)):
         return "ThinK decides each padded row separately (per-row channel scores)"
@@ -381,6 +382,18 @@ class StaticMaskLayer(StaticDenseLayer):
     def allocate(self, batch: int, heads: int, head_dim: int) -> None:
         super().allocate(batch, heads, head_dim)
         self.decode_kept = {s: torch.zeros(batch, dtype=torch.long, device=self.device) for s in ("k", "v")}
+        # calibrated N:M sides: each (row, head)'s channel order, refilled in place at every prefill (a captured
+        # decode step keeps reading this buffer's address across batches)
+        self.orders = {
+            s: torch.zeros(batch, heads, 1, head_dim, dtype=torch.int64, device=self.device)
+            for s in ("k", "v")
+            if self.policy.side_keep_rule(s) in CALIBRATED_GROUPS and getattr(self.policy, s).active
+        }
+
+    def prune_prompt(self, obs: Observation) -> None:
+        super().prune_prompt(obs)
+        for side, order in self.orders.items():
+            order.copy_(self.pruners[side].order)
 
     def prune_leaving(self) -> None:
         leaving = self.length - 1 - self.policy.window
@@ -398,7 +411,8 @@ class StaticMaskLayer(StaticDenseLayer):
             if pruned:
                 score = self.leaving_score(side, row, slot)
                 thresholded = rule.scorer == "magnitude"
-                keep = keep_mask(score, rule.sparsity, self.policy.side_keep_rule(side), thresholded)
+                rule_name, order = self.policy.side_keep_rule(side), self.orders.get(side)
+                keep = keep_mask(score, rule.sparsity, rule_name, thresholded, order=order)
                 row = row.masked_fill(~keep & inside, 0)
                 self.decode_kept[side] += torch.where(counted, keep.sum(dim=(1, 2, 3)), 0)
             if fp8:  # the stores' rounding, once the token has left the window

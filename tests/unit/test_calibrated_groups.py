@@ -145,8 +145,9 @@ def test_triton_decoders_and_static_caches_refuse_it(tiny_llama, monkeypatch):
     v.set_head_order(torch.arange(64).expand(1, 2, 64))
     with pytest.raises(ValueError, match="the V store holds a per-head channel order"):
         _check_store_order(k, v, "scatter")
-    reason = static_reason(tiny_llama, KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c"), 70)
-    assert reason is not None and "nm8c" in reason
+    reason = static_reason(tiny_llama, policy, 70)
+    assert reason is not None and "nm8c" in reason and "static compressed" in reason
+    assert static_reason(tiny_llama, KVConfig(**{**policy.to_dict(), "mode": "mask"}), 70) is None
     with pytest.raises(
         ValueError, match="kv.k_keep_rule='nm8c' keeps the same count in every 8-channel group"
     ):
@@ -198,3 +199,30 @@ def test_preset_composes_to_the_rule_and_its_job_label():
     preset = KVConfig.from_mapping(kv)
     assert preset == KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c", v_keep_rule="nm4")
     assert preset.label() == KVConfig(**{**kv, "mode": "compressed"}).label() == "K0.5 V0.5 k-nm8c v-nm4"
+
+
+@pytest.mark.parametrize("batch", [1, 2])
+def test_static_mask_cache_equals_the_dynamic_one(tiny_llama, batch):
+    """Static mask mode measures the order at prefill into a buffer its decode steps read (refilled in place for
+    the next batch): each call's logits and every layer's logical cache equal the dynamic cache's, and a left-padded
+    static batch gives each row's tokens and counts alone."""
+    from mustafar.runner_pool import release
+    from mustafar.static_cache import StaticMaskLayer, static_cache
+    from tests.integration.test_word_rule_in_models import static_matches_dynamic
+
+    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", k_keep_rule="nm8c", v_keep_rule="nm4")
+    cache, _ = static_matches_dynamic(tiny_llama, policy, policy, batch)
+    assert isinstance(cache.layers[0], StaticMaskLayer) and set(cache.layers[0].orders) == {"k"}
+    release(tiny_llama)
+    g = torch.Generator().manual_seed(4)
+    prompts = [torch.randint(1, 256, (n,), generator=g).tolist() for n in (41, 66)]
+    cache = static_cache(tiny_llama, policy, 66, 7, padded=True, shortest=41)
+    assert isinstance(cache.layers[0], StaticMaskLayer)
+    batched = generate(tiny_llama, policy, prompts, 7, cache=cache)
+    for b, prompt in enumerate(prompts):
+        alone = generate(tiny_llama, policy, [prompt], 7, static=False)[0]
+        assert batched[b].tokens == alone.tokens
+        assert (batched[b].stats.k_kept, batched[b].stats.k_judged) == (
+            alone.stats.k_kept,
+            alone.stats.k_judged,
+        )
