@@ -17,10 +17,19 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from mustafar.architectures import compressed_refusal, head_dim, text_config
-from mustafar.cache import CompressedLayer, MustafarCache, MustafarLayer, kernel_backend
+from mustafar.cache import (
+    CompressedLayer,
+    MustafarCache,
+    MustafarLayer,
+    calibrated,
+    kernel_backend,
+    nm_group,
+    nm_strided,
+    word_quota,
+)
 from mustafar.config import KVConfig
 from mustafar.pruning import Observation, exact_keep, scores
-from mustafar.pruning.keep import CALIBRATED_GROUPS, NM_GROUPS, nm_whole_sparsities
+from mustafar.pruning.keep import nm_whole_sparsities
 from mustafar.static_cache import StaticLayer
 
 ATTN_NAME = "mustafar"
@@ -202,9 +211,9 @@ def _check_keep_rules(policy: KVConfig, model: torch.nn.Module) -> None:
                 f"{key}='word' splits each token into 32-channel words, but {type(model).__name__} has "
                 f"head_dim={d}, not a multiple of 32; use {key.removeprefix('kv.')}=exact"
             )
-        if rule not in NM_GROUPS and rule not in CALIBRATED_GROUPS:
+        group = nm_group(policy, side)
+        if not group:
             continue
-        group = NM_GROUPS[rule][0] if rule in NM_GROUPS else CALIBRATED_GROUPS[rule]
         for s in getattr(policy, f"{side}_layer_sparsity") or (getattr(policy, side).sparsity,):
             keep = exact_keep(d, s)
             if s > 0 and (d % group or (keep * group) % d):
@@ -219,17 +228,12 @@ def _check_store_orders(policy: KVConfig, model: torch.nn.Module) -> None:
     """Refuse, before prefill, compressed strided N:M sides that the Triton decoders cannot read in their stored
     order (the same check the decode call makes, on stores shaped as the caches will make them): only keys kept
     four of every eight strided channels at s 0.5 with values kept two of every four are read that way, and the
-    same keys under a calibrated per-head order."""
-    from mustafar.cache import nm_group, nm_strided, word_quota
+    same keys under a calibrated per-head order (set on these stores as the prefill will set it)."""
     from mustafar.formats import CompressedStore
     from mustafar.kernels.dispatch import _check_store_order, decoder_for, resolve_backend
 
-    calibrated = [
-        side
-        for side in ("k", "v")
-        if getattr(policy, side).active and policy.side_keep_rule(side) in CALIBRATED_GROUPS
-    ]
-    if policy.mode != "compressed" or not (calibrated or nm_strided(policy, "k") or nm_strided(policy, "v")):
+    ordered = [side for side in ("k", "v") if calibrated(policy, side) or nm_strided(policy, side)]
+    if policy.mode != "compressed" or not ordered:
         return
     d, cfg = head_dim(model.config), text_config(model.config)
     if resolve_backend(kernel_backend(), model.device, d) != "triton":
@@ -254,9 +258,9 @@ def _check_store_orders(policy: KVConfig, model: torch.nn.Module) -> None:
             )  # fmt: skip
             for side, s in (("k", k_s), ("v", v_s))
         )
-        for side, st in (("k", k), ("v", v)):
-            if side in calibrated and st.nm_group:  # a per-head order as the prefill will set it
-                st.set_head_order(torch.arange(d).expand(1, 1, d))
+        for side, store in (("k", k), ("v", v)):
+            if calibrated(policy, side):
+                store.set_head_order(torch.arange(d).expand(1, 1, d))
         q = torch.zeros(1, n_rep, d, dtype=model.dtype, device=model.device)
         _check_store_order(k, v, decoder_for(q, k, v))
 

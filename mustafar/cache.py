@@ -71,6 +71,11 @@ def nm_strided(policy: KVConfig, side: str) -> bool:
     return nm_group(policy, side) > 0 and NM_GROUPS.get(policy.side_keep_rule(side), (0, False))[1]
 
 
+def calibrated(policy: KVConfig, side: str) -> bool:
+    """Whether `side`'s N:M groups are calibrated per (row, KV head) at prefill (`nm8c` on a pruned side)."""
+    return getattr(policy, side).active and policy.side_keep_rule(side) in CALIBRATED_GROUPS
+
+
 class MustafarLayer(DynamicLayer):
     """Common schedule: pruners per side and the observation they need."""
 

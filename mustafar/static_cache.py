@@ -36,6 +36,7 @@ from mustafar.cache import (
     MustafarCache,
     MustafarLayer,
     UnattachedCacheError,
+    calibrated,
     kernel_backend,
     nm_group,
     nm_strided,
@@ -46,7 +47,6 @@ from mustafar.formats import CompressedStore, pack_bitmap, unpack_bitmap
 from mustafar.formats.fp8 import dequantize, fake_quantize, quantize
 from mustafar.kernels import pack_into, resolve_backend, sparse_decode_attention, topk_pack_into
 from mustafar.pruning import Observation, SidePruner, keep_mask, scores
-from mustafar.pruning.keep import CALIBRATED_GROUPS
 
 _SAID: set[str] = set()
 
@@ -84,8 +84,8 @@ def unsupported_reason(
             f"kv.allocation={policy.allocation} decides each layer's keep from the whole prompt at prefill, "
             "after the static stores are sized"
         )
-    for side, rule in (("k", policy.k), ("v", policy.v)):
-        if policy.mode == "compressed" and rule.active and policy.side_keep_rule(side) in CALIBRATED_GROUPS:
+    for side in ("k", "v"):
+        if policy.mode == "compressed" and calibrated(policy, side):
             return (
                 f"{policy.keep_rule_key(side)}={policy.side_keep_rule(side)} calibrates its groups per prompt, an "
                 "order the static compressed stores do not hold yet"
@@ -387,7 +387,7 @@ class StaticMaskLayer(StaticDenseLayer):
         self.orders = {
             s: torch.zeros(batch, heads, 1, head_dim, dtype=torch.int64, device=self.device)
             for s in ("k", "v")
-            if self.policy.side_keep_rule(s) in CALIBRATED_GROUPS and getattr(self.policy, s).active
+            if calibrated(self.policy, s)
         }
 
     def prune_prompt(self, obs: Observation) -> None:

@@ -44,6 +44,7 @@ from mustafar.kernels.decode_staged import (
     _softmax_probs,
     _softmax_state,
     _softmax_step,
+    _swizzled,
 )
 
 
@@ -169,9 +170,9 @@ def _k_frag_layout():
 def _staged_at(t, x, SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr):
     """Shared byte offset, within a staged side's value region, of byte ``x`` of token ``t``'s slot (``SB`` bytes
     copied in ``CK``-byte chunks at a stride of ``SP``): :func:`~mustafar.kernels.decode_staged._copy_region`'s
-    placement."""
+    placement, under the same rule (:func:`~mustafar.kernels.decode_staged._swizzled`)."""
     CPT: gl.constexpr = SB // CK
-    if CK == 16 and SP == SB and (CPT % 8 == 0 or CPT == 2 or CPT == 4):  # swizzled 128-byte rows
+    if _swizzled(SB, SP, CK):
         RC: gl.constexpr = CPT if CPT > 8 else 8
         c = t * CPT + x // 16
         return (c ^ ((c // RC) % 8)) * 16 + x % 16

@@ -76,6 +76,14 @@ _LOAD_SHARED_ASM: gl.constexpr = gl.constexpr(
 )
 
 
+@gluon.constexpr_function
+def _swizzled(SB, SP, CHUNK):
+    """Whether ``SB``-byte slots copied in ``CHUNK``-byte chunks at a stride of ``SP`` bytes are staged unpadded and
+    XOR-swizzled: :func:`mustafar.kernels.scatter_ptx.swizzled_slots`'s rule, restated here because Triton's
+    dependency scan refuses plain Python functions called from a kernel's constexpr functions."""
+    return SP == SB and CHUNK == 16 and (SB % 128 == 0 or SB in (32, 64))
+
+
 @gluon.jit
 def _copy_region(
     src,
@@ -95,9 +103,8 @@ def _copy_region(
     tokens to a row), XOR-swizzled: a slot's (or a row's) chunk k at chunk k XOR (slot or row mod 8)
     (:func:`mustafar.kernels.scatter_ptx.swizzled_slots`)."""
     c = gl.arange(0, NCH_P2, layout=LC)
-    if SP != 0 and CHUNK == 16 and SP == CPT * CHUNK and (CPT % 8 == 0 or CPT == 2 or CPT == 4):  # swizzled
-        # chunks that one XOR pattern spans: a slot, or a row of slots
-        RC: gl.constexpr = CPT if CPT > 8 else 8
+    if _swizzled(CPT * CHUNK, SP, CHUNK):
+        RC: gl.constexpr = CPT if CPT > 8 else 8  # chunks one XOR pattern spans: a slot, or a row of slots
         at = dst_off + (c ^ ((c // RC) % 8)) * CHUNK
     elif SP == 0 or SP == CPT * CHUNK:  # contiguous: no per-chunk division
         at = dst_off + c * CHUNK

@@ -201,10 +201,7 @@ class SidePruner:
         """The calibrated rule's channel order from the prompt's mean magnitude per channel (every prompt token,
         the window included; a row's pad columns left out)."""
         mag = prompt.abs().float()
-        real = torch.ones(prompt.shape[0], prompt.shape[2], device=prompt.device)
-        if self.pads is not None:
-            columns = torch.arange(prompt.shape[2], device=prompt.device)
-            real = (columns.unsqueeze(0) >= self.pads.unsqueeze(1)).float()
+        real = self._real_columns(0, prompt.shape[2], prompt.shape[0], prompt.device).float()
         mean = (mag * real[:, None, :, None]).sum(2) / real.sum(1).clamp_min(1)[:, None, None]
         self.order = balanced_groups(mean, CALIBRATED_GROUPS[self.keep_rule]).unsqueeze(2)
 
@@ -258,13 +255,18 @@ class SidePruner:
             return scores.key_output_aware(rows, mean)
         return scores.value_output_aware(rows, mean)
 
+    def _real_columns(self, start: int, n: int, batch: int, device: torch.device) -> torch.Tensor:
+        """[B, n] bool: which of the columns ``start .. start + n - 1`` hold each row's real tokens (not its
+        left pads)."""
+        if self.pads is None:
+            return torch.ones(batch, n, dtype=torch.bool, device=device)
+        columns = torch.arange(start, start + n, device=device)
+        return columns.unsqueeze(0) >= self.pads.unsqueeze(1)
+
     def _finish(self, n: int, mask: torch.Tensor | None, rows: torch.Tensor, keep: int = 0) -> None:
         """Count the n rows made final (mask None: `keep` entries per token and head) and drop their statistics."""
         b, h, _, d = rows.shape
-        real = torch.ones(b, n, dtype=torch.bool, device=rows.device)
-        if self.pads is not None:  # pad columns are decided with their row but never counted
-            columns = torch.arange(self.final, self.final + n, device=rows.device)
-            real = columns.unsqueeze(0) >= self.pads.unsqueeze(1)
+        real = self._real_columns(self.final, n, b, rows.device)  # pad columns are decided but never counted
         if mask is not None:
             kept = (mask & real.view(b, 1, n, 1)).sum(dim=(1, 2, 3))
         else:

@@ -11,7 +11,6 @@ import warnings
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 from mustafar.attention import attach, new_cache
 from mustafar.cache import nm_group, nm_strided, word_quota
@@ -25,7 +24,7 @@ from tests.integration.test_word_rule_in_models import (
     prompts,
     static_matches_dynamic,
 )
-from tests.unit.test_nm_rule import hand_nm_mask
+from tests.unit.test_nm_rule import generated_and_stock, hand_nm_mask
 from tests.unit.test_word_rule import hand_word_mask
 
 POLICIES = [
@@ -100,16 +99,8 @@ def test_mask_mode_prunes_each_side_by_its_rule(tiny_llama):
     """Layer 0's K/V depend only on the tokens: the mask-mode cache equals the stock one with every token that left
     the window pruned to K's word quotas (32 of 64: 16 + 16) and V's 2:4 groups."""
     ids = torch.randint(1, 256, (1, 50), generator=torch.Generator().manual_seed(2))
-    window = 16
-    cache = new_cache(tiny_llama, KVConfig(**{**POLICIES[0].to_dict(), "window": window}))
-    with attach(tiny_llama, cache):
-        out = tiny_llama.generate(
-            ids, past_key_values=cache, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0
-        )
-    stock = DynamicCache(config=tiny_llama.config)
-    with torch.no_grad():
-        tiny_llama(out[:, :-1], past_key_values=stock)
-    n = out.shape[1] - 1 - window
+    policy = KVConfig(**{**POLICIES[0].to_dict(), "window": 16})
+    cache, stock, n = generated_and_stock(tiny_llama, policy, ids, 6)
     keys, values = stock.layers[0].keys.clone(), stock.layers[0].values.clone()
     keys[:, :, :n] *= hand_word_mask(keys[:, :, :n].abs(), 32)
     values[:, :, :n] *= hand_nm_mask(values[:, :, :n].abs(), 2, 4)

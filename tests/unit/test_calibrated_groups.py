@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import DynamicCache
 
 from mustafar.attention import attach, new_cache
 from mustafar.config import KVConfig
@@ -15,6 +14,7 @@ from mustafar.generation import generate
 from mustafar.pruning import exact_keep, keep_mask
 from mustafar.pruning.keep import balanced_groups, calibrated_nm_mask
 from mustafar.static_cache import static_reason
+from tests.unit.test_nm_rule import generated_and_stock
 
 
 def hand_order(magnitude: list[float], group: int) -> list[int]:
@@ -75,17 +75,10 @@ def test_layer0_cache_equals_the_stock_cache_pruned_by_hand(tiny_llama):
     left the window pruned to 4 of every 8 channels of its head's order, the order dealt from the prompt's mean
     |k| per channel (window included)."""
     ids = torch.randint(1, 256, (1, 60), generator=torch.Generator().manual_seed(5))
-    window, d = 16, 64
-    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.0, window=window, k_keep_rule="nm8c")
-    cache = new_cache(tiny_llama, policy)
-    kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
-    with attach(tiny_llama, cache):
-        out = tiny_llama.generate(ids, past_key_values=cache, **kwargs)
-    stock = DynamicCache(config=tiny_llama.config)
-    with torch.no_grad():
-        tiny_llama(out[:, :-1], past_key_values=stock)
+    d = 64
+    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.0, window=16, k_keep_rule="nm8c")
+    cache, stock, n = generated_and_stock(tiny_llama, policy, ids, 8)
     ref = stock.layers[0].keys
-    n = out.shape[1] - 1 - window  # tokens that left the window
     expected = ref.clone()
     per = exact_keep(d, 0.5) * 8 // d
     for h in range(ref.shape[1]):
@@ -117,11 +110,11 @@ def test_padded_batch_decides_every_row_as_if_alone(tiny_llama):
                 assert torch.equal(layer.pruners[side].order[b], own.pruners[side].order[0])
 
 
-def test_triton_decoders_and_static_caches_refuse_it(tiny_llama, monkeypatch):
+def test_triton_decoders_and_static_compressed_caches_refuse_it(tiny_llama, monkeypatch):
     """Compressed mode holds the order per (row, head); the PyTorch path decodes it, and of the Triton decoders
     only the scatter decoder's expanded keys (q gathered through the order, V kept 2:4): attaching where another
-    Triton decoder would run, and decoding such stores through it, are refused; static caches (sized before the
-    prompt is seen) fall back to the dynamic one."""
+    Triton decoder would run, and decoding such stores through it, are refused; static compressed caches fall
+    back to the dynamic one (static mask caches take it)."""
     from mustafar.formats import CompressedStore
     from mustafar.kernels.dispatch import _check_store_order
 

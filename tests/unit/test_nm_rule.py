@@ -110,6 +110,20 @@ def test_attach_refuses_a_sparsity_without_whole_groups(tiny_llama):
                 pass
 
 
+def generated_and_stock(model, policy: KVConfig, ids: torch.Tensor, new_tokens: int):
+    """Generate `new_tokens` greedily after `ids` through a mask-mode cache of `policy`, and run the stock cache over
+    the same tokens; returns (that cache, the stock cache, the tokens that left the window). Layer 0's K/V depend
+    only on the tokens, so the stock layer 0 pruned by hand is what the mask-mode one must hold."""
+    cache = new_cache(model, policy)
+    kwargs = dict(max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
+    with attach(model, cache):
+        out = model.generate(ids, past_key_values=cache, **kwargs)
+    stock = DynamicCache(config=model.config)
+    with torch.no_grad():
+        model(out[:, :-1], past_key_values=stock)
+    return cache, stock, out.shape[1] - 1 - policy.window
+
+
 @pytest.mark.parametrize(
     "rule, group, strided", [("nm4", 4, False), ("nm8", 8, False), ("nm16", 16, False), ("nm4s", 4, True)]
 )
@@ -117,15 +131,9 @@ def test_layer0_cache_equals_the_stock_cache_pruned_by_hand(tiny_llama, rule, gr
     """Layer 0's K/V depend only on the tokens: the mask-mode cache must equal the stock one with each token that
     left the window pruned to its N:M groups (K0.5: 2:4, 4:8 or 8:16; V0.75: 1:4, 2:8 or 4:16)."""
     ids = torch.randint(1, 256, (1, 60), generator=torch.Generator().manual_seed(5))  # no pad id (0) inside
-    window, d = 16, 64
-    cache = new_cache(tiny_llama, KVConfig(k_sparsity=0.5, v_sparsity=0.75, window=window, keep_rule=rule))
-    kwargs = dict(max_new_tokens=8, min_new_tokens=8, do_sample=False, pad_token_id=0)
-    with attach(tiny_llama, cache):
-        out = tiny_llama.generate(ids, past_key_values=cache, **kwargs)
-    stock = DynamicCache(config=tiny_llama.config)
-    with torch.no_grad():
-        tiny_llama(out[:, :-1], past_key_values=stock)
-    n = out.shape[1] - 1 - window  # tokens that left the window
+    d = 64
+    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.75, window=16, keep_rule=rule)
+    cache, stock, n = generated_and_stock(tiny_llama, policy, ids, 8)
     for got, ref, keep in (
         (cache.layers[0].keys, stock.layers[0].keys, exact_keep(d, 0.5)),
         (cache.layers[0].values, stock.layers[0].values, exact_keep(d, 0.75)),
