@@ -677,6 +677,8 @@ def _configure(
         v_store.nm_group,
         k_store.nm_strided,
         v_store.nm_strided,
+        k_store.head_order is not None,
+        v_store.head_order is not None,
         decoder,
         block_n,
         num_warps,
