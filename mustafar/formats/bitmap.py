@@ -240,11 +240,15 @@ class CompressedStore:
 
     def set_head_order(self, order: Tensor) -> None:
         """Hold each (row, head)'s channels in ``order`` [B, H, D] (stored position -> channel: the calibrated
-        rule's groups are its consecutive runs of ``nm_group``), set once, before the first token is packed."""
+        rule's groups are its consecutive runs of ``nm_group``), set while the store is empty. Setting it again
+        (a static cache's next prompt, after :meth:`reset`) refills the same tensors in place: a captured decode
+        step keeps reading their addresses."""
         if self.nm_strided or not self.nm_group:
             raise ValueError("a per-head channel order needs an nm_group store with consecutive groups")
-        if self.length or self._head_to_stored is not None:
-            raise ValueError("the channel order is set once, before the first token is packed")
+        if self.length:
+            raise ValueError(
+                "the channel order is set while the store is empty (before packing, or after reset)"
+            )
         want = (self.batch, self.heads, self.head_dim)
         if tuple(order.shape) != want:
             raise ValueError(f"order must be [{want[0]}, {want[1]}, {want[2]}], got {tuple(order.shape)}")
@@ -253,9 +257,16 @@ class CompressedStore:
             order.sort(-1).values, torch.arange(self.head_dim, device=self.device).expand(want)
         ):
             raise ValueError("order must be a permutation of the channels for every (row, head)")
-        self._head_to_stored = order.unsqueeze(2)
-        self._head_to_channels = order.argsort(-1).unsqueeze(2)
-        self._head_order_words = order.to(torch.int32).contiguous()
+        held = (
+            order.unsqueeze(2).clone(),
+            order.argsort(-1).unsqueeze(2),
+            order.to(torch.int32).contiguous(),
+        )
+        if self._head_to_stored is None:
+            self._head_to_stored, self._head_to_channels, self._head_order_words = held
+            return
+        for buf, new in zip((self._head_to_stored, self._head_to_channels, self._head_order_words), held):
+            buf.copy_(new)
 
     def head_order_words(self) -> Tensor:
         """The per-head order as int32 [B, H, D] (a kernel argument; made once, with the order)."""
