@@ -147,13 +147,14 @@ class SidePruner:
     @property
     def packs_topk(self) -> bool:
         """True when the pattern is plain per-token magnitude top-k (per word under ``word``, per group under the
-        N:M rules, which the store knows from its ``word_quota``, ``nm_group`` and ``nm_strided``), which a store
-        can prune and pack in one pass."""
+        N:M rules, which the store knows from its ``word_quota``, ``nm_group``, ``nm_strided`` and, calibrated, the
+        head order the cache sets from :attr:`order`), which a store can prune and pack in one pass (no mask of the
+        whole prompt: under ``nm8c`` its gathers were transients several times the prompt's size)."""
         return (
             self.rule.active
             and self.rule.direction == "token"
             and self.rule.scorer == "magnitude"
-            and self.keep_rule in ("exact", "word", *NM_GROUPS)
+            and self.keep_rule in ("exact", "word", *NM_GROUPS, *CALIBRATED_GROUPS)
             and (self.keeps is None or self._one_keep is not None)
         )
 
