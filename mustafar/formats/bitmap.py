@@ -178,6 +178,7 @@ class CompressedStore:
         self._to_stored: Tensor | None = None
         self._to_channels: Tensor | None = None
         self._head_to_stored: Tensor | None = None  # per-head orders [B, H, 1, D] (set_head_order)
+        self._head_order: Tensor | None = None  # its [B, H, D] view, made once: launches ask for it every step
         self._head_to_channels: Tensor | None = None
         if nm_strided:
             self._order = torch.tensor(stored_channels(head_dim, nm_group, True), dtype=torch.int64)
@@ -236,7 +237,7 @@ class CompressedStore:
     def head_order(self) -> Tensor | None:
         """int64 [B, H, D]: the channel of each stored position per (row, head) of a store whose N:M groups were
         calibrated per head (:meth:`set_head_order`, the ``nm8c`` rule), else None."""
-        return None if self._head_to_stored is None else self._head_to_stored[:, :, 0]
+        return self._head_order
 
     def set_head_order(self, order: Tensor) -> None:
         """Hold each (row, head)'s channels in ``order`` [B, H, D] (stored position -> channel: the calibrated
@@ -264,6 +265,7 @@ class CompressedStore:
         )
         if self._head_to_stored is None:
             self._head_to_stored, self._head_to_channels, self._head_order_words = held
+            self._head_order = self._head_to_stored[:, :, 0]
             return
         for buf, new in zip((self._head_to_stored, self._head_to_channels, self._head_order_words), held):
             buf.copy_(new)
