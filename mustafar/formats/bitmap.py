@@ -178,9 +178,7 @@ class CompressedStore:
         self._to_stored: Tensor | None = None
         self._to_channels: Tensor | None = None
         self._head_to_stored: Tensor | None = None  # per-head orders [B, H, 1, D] (set_head_order)
-        self._head_order: Tensor | None = (
-            None  # its [B, H, D] view, made once: launches ask for it every step
-        )
+        self._head_order: Tensor | None = None  # its [B, H, D] view, made once (asked every step)
         self._head_to_channels: Tensor | None = None
         if nm_strided:
             self._order = torch.tensor(stored_channels(head_dim, nm_group, True), dtype=torch.int64)
