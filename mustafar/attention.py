@@ -227,9 +227,8 @@ def _check_keep_rules(policy: KVConfig, model: torch.nn.Module) -> None:
 def _check_store_orders(policy: KVConfig, model: torch.nn.Module) -> None:
     """Refuse, before prefill, compressed strided N:M sides that the Triton decoders cannot read in their stored
     order (the same check the decode call makes, on stores shaped as the caches will make them): only keys kept
-    four of every eight strided channels at s 0.5 with values kept two of every four are read that way; and
-    calibrated sides (per-head orders, set on these stores as the prefill will set them), which no Triton decoder
-    reads yet."""
+    four of every eight strided channels at s 0.5 with values kept two of every four are read that way, and the
+    same keys under a calibrated per-head order (set on these stores as the prefill will set it)."""
     from mustafar.formats import CompressedStore
     from mustafar.kernels.dispatch import _check_store_order, decoder_for, resolve_backend
 

@@ -84,12 +84,6 @@ def unsupported_reason(
             f"kv.allocation={policy.allocation} decides each layer's keep from the whole prompt at prefill, "
             "after the static stores are sized"
         )
-    for side in ("k", "v"):
-        if policy.mode == "compressed" and calibrated(policy, side):
-            return (
-                f"{policy.keep_rule_key(side)}={policy.side_keep_rule(side)} calibrates its groups per prompt, an "
-                "order the static compressed stores do not hold yet"
-            )
     if padded and any(rule.active and rule.scorer == "think" for rule in (policy.k, policy.v)):
         return "ThinK decides each padded row separately (per-row channel scores)"
     for side, rule in (("k", policy.k), ("v", policy.v)):
@@ -460,6 +454,14 @@ class StaticCompressedLayer(StaticLayer):
             )
             for s in ("k", "v")
         }
+        for (
+            side,
+            store,
+        ) in self.stores.items():  # calibrated groups: held from here on, refilled at each prefill
+            if calibrated(self.policy, side):
+                store.set_head_order(
+                    torch.arange(head_dim, device=self.device).expand(batch, heads, head_dim)
+                )
         self.stored = torch.zeros(batch, dtype=torch.long, device=self.device)  # tokens in each row's stores
         self.prompt_stored = 0
 
@@ -485,6 +487,8 @@ class StaticCompressedLayer(StaticLayer):
         counts = n - pads  # >= 0: every row is at least a window long (see scope)
         for side, prompt in zip(("k", "v"), self.prompt):
             _, mask = self.pruners[side].step(prompt, obs, want_mask=False)  # the schedule and its counts
+            if self.pruners[side].order is not None:  # this prompt's calibrated groups, in place
+                self.stores[side].set_head_order(self.pruners[side].order[:, :, 0])
             rows, keep = left_align(prompt[:, :, :n], pads), self.keep[side]
             if self.output_aware[side]:
                 mask = left_align(mask, pads)

@@ -77,6 +77,8 @@ def _static_formats() -> dict[str, KVConfig]:
         ("K0.5V0.5-word", "-nm4v-static"): KVConfig(**word, v_keep_rule="nm4"),
         # K kept four of every eight strided channels too: keys expanded and scored by an MMA (round 16)
         ("K0.5V0.5-nm8sk", "-nm4v-static"): KVConfig(**word, k_keep_rule="nm8s", v_keep_rule="nm4"),
+        # K 4:8 groups calibrated per (row, head) at prefill (`nm8c`): q gathered through each head's order
+        ("K0.5V0.5-nm8ck", "-nm4v-static"): KVConfig(**word, k_keep_rule="nm8c", v_keep_rule="nm4"),
     }
     for (head, tail), policy in scatter.items():
         formats[head + tail] = policy

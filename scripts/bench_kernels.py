@@ -66,6 +66,8 @@ KEEP_RULES = (
     "nm8k-nm4v",
     "nm8sk-nm4v",
     "nm8sk-fp8-nm4v",
+    "nm8ck-nm4v",
+    "nm8ck-fp8-nm4v",
 )
 CONFIGS = {  # name -> private launch options, timed next to the default launch (round 5 sweeps: NOTES.md)
     "staged n32": dict(decoder="staged", block_n=32),
@@ -214,6 +216,7 @@ def decode_row(
         else 0,  # V two of every four channels: expanded, not scattered
         k_nm_group=8 if rule.startswith("nm8") else 0,  # K four of every eight: expanded, scored by an MMA
         k_strided=rule.startswith("nm8sk"),
+        k_calibrated=rule.startswith("nm8ck"),  # each (row, head) in its own order: q gathered through it
     )
     default = decode_call(inp, {})
     us = time_us(default)  # first: the launch measures its occupancy, which the plan below then uses
@@ -416,7 +419,8 @@ def main() -> None:
         "suffix -fp8 for fp8 values (word-fp8: scatter, exact-fp8: portable); word-nm4v: K word, V two of every "
         "four channels (expanded by the scatter decoder; s 0.5 only, other sparsities skipped), word-fp8-nm4v the "
         "same with fp8 values; nm8sk-nm4v: K four of every eight strided channels, V two of every four (both "
-        "expanded; nm8k-nm4v: K groups consecutive, the same kernel), nm8sk-fp8-nm4v the same with fp8 values",
+        "expanded; nm8k-nm4v: K groups consecutive, nm8ck-nm4v: K groups calibrated per head, q gathered through "
+        "each head's order, the same kernel), nm8sk-fp8-nm4v and nm8ck-fp8-nm4v the same with fp8 values",
     )
     ap.add_argument(
         "--dtype", choices=("fp16", "bf16"), default="fp16", help="queries, windows, dense K/V, values"

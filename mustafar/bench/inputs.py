@@ -18,7 +18,7 @@ from mustafar.formats import CompressedStore
 from mustafar.kernels import pack_into, sparse_decode_attention, topk_pack_into
 from mustafar.kernels.decode import _DEFAULT_LAUNCH, _launch, _planned_splits
 from mustafar.kernels.dispatch import decoder_for
-from mustafar.pruning.keep import nm_topk_mask, word_topk_mask
+from mustafar.pruning.keep import balanced_groups, word_topk_mask
 
 WINDOW = 32  # dense window tokens next to the compressed ones
 LAUNCH_OPTIONS = ("decoder", "block_n", "num_warps", "num_splits")  # the knobs of the private launch
@@ -50,14 +50,16 @@ def build_stores(
     v_nm_group: int = 0,
     k_nm_group: int = 0,
     k_strided: bool = False,
+    k_calibrated: bool = False,
 ) -> tuple[CompressedStore, CompressedStore]:
     """K and V stores of N(0, 1) rows pruned and packed by the default prune+pack (``word_quota``: the word
     rule's stores, which the scatter decoder reads; ``value_dtype="fp8"``: e4m3 codes; ``v_nm_group`` /
-    ``k_nm_group``: V / K kept per group of that many channels, consecutive or, ``k_strided``, strided), in chunks
-    (bounded memory)."""
+    ``k_nm_group``: V / K kept per group of that many channels, consecutive or, ``k_strided``, strided, or,
+    ``k_calibrated``, in each (row, head)'s order dealt from the first chunk's mean magnitudes, as a prefill
+    calibrates ``nm8c``), in chunks (bounded memory)."""
     g = torch.Generator(device="cuda").manual_seed(seed)
     stores = []
-    for group, strided in ((k_nm_group, k_strided), (v_nm_group, False)):
+    for group, strided, calibrated in ((k_nm_group, k_strided, k_calibrated), (v_nm_group, False, False)):
         st = CompressedStore(
             batch,
             shape.heads_kv,
@@ -76,8 +78,10 @@ def build_stores(
             rows = torch.randn(
                 batch, shape.heads_kv, n, shape.head_dim, device="cuda", dtype=dtype, generator=g
             )
+            if calibrated and st.head_order is None:
+                st.set_head_order(balanced_groups(rows.abs().float().mean(2), group))
             if group:
-                pack_into(st, rows, nm_topk_mask(rows.abs(), keep, group, strided=strided))
+                pack_into(st, rows, st.kept_mask(rows.abs(), keep))
             elif word_quota:
                 pack_into(st, rows, word_topk_mask(rows.abs(), keep))
             else:
@@ -99,6 +103,7 @@ def decode_inputs(
     v_nm_group: int = 0,
     k_nm_group: int = 0,
     k_strided: bool = False,
+    k_calibrated: bool = False,
 ) -> DecodeInputs:
     """One decode step's inputs: q [B, H_q, D], stores of ``tokens`` compressed tokens, dense windows."""
     torch.manual_seed(seed)
@@ -115,6 +120,7 @@ def decode_inputs(
         v_nm_group=v_nm_group,
         k_nm_group=k_nm_group,
         k_strided=k_strided,
+        k_calibrated=k_calibrated,
     )
     kw, vw = (
         torch.randn(batch, shape.heads_kv, window, shape.head_dim, device="cuda", dtype=dtype) for _ in "kv"

@@ -47,7 +47,7 @@ def _signature(constexprs: dict, dtype: torch.dtype, static: bool) -> dict[str, 
             sig[name] = "constexpr"
         elif name in ("q_ptr", "kw_ptr", "vw_ptr"):
             sig[name] = "*" + _TYPES[dtype]
-        elif name in ("k_bits", "k_vals", "v_bits", "v_vals", "k_scales", "v_scales") or (
+        elif name in ("k_bits", "k_vals", "v_bits", "v_vals", "k_scales", "v_scales", "k_order") or (
             static and name in ("k_len", "v_len")
         ):
             sig[name] = "*i32"

@@ -178,6 +178,7 @@ class CompressedStore:
         self._to_stored: Tensor | None = None
         self._to_channels: Tensor | None = None
         self._head_to_stored: Tensor | None = None  # per-head orders [B, H, 1, D] (set_head_order)
+        self._head_order: Tensor | None = None  # its [B, H, D] view, made once (asked every step)
         self._head_to_channels: Tensor | None = None
         if nm_strided:
             self._order = torch.tensor(stored_channels(head_dim, nm_group, True), dtype=torch.int64)
@@ -236,15 +237,19 @@ class CompressedStore:
     def head_order(self) -> Tensor | None:
         """int64 [B, H, D]: the channel of each stored position per (row, head) of a store whose N:M groups were
         calibrated per head (:meth:`set_head_order`, the ``nm8c`` rule), else None."""
-        return None if self._head_to_stored is None else self._head_to_stored[:, :, 0]
+        return self._head_order
 
     def set_head_order(self, order: Tensor) -> None:
         """Hold each (row, head)'s channels in ``order`` [B, H, D] (stored position -> channel: the calibrated
-        rule's groups are its consecutive runs of ``nm_group``), set once, before the first token is packed."""
+        rule's groups are its consecutive runs of ``nm_group``), set while the store is empty. Setting it again
+        (a static cache's next prompt, after :meth:`reset`) refills the same tensors in place: a captured decode
+        step keeps reading their addresses."""
         if self.nm_strided or not self.nm_group:
             raise ValueError("a per-head channel order needs an nm_group store with consecutive groups")
-        if self.length or self._head_to_stored is not None:
-            raise ValueError("the channel order is set once, before the first token is packed")
+        if self.length:
+            raise ValueError(
+                "the channel order is set while the store is empty (before packing, or after reset)"
+            )
         want = (self.batch, self.heads, self.head_dim)
         if tuple(order.shape) != want:
             raise ValueError(f"order must be [{want[0]}, {want[1]}, {want[2]}], got {tuple(order.shape)}")
@@ -253,8 +258,23 @@ class CompressedStore:
             order.sort(-1).values, torch.arange(self.head_dim, device=self.device).expand(want)
         ):
             raise ValueError("order must be a permutation of the channels for every (row, head)")
-        self._head_to_stored = order.unsqueeze(2)
-        self._head_to_channels = order.argsort(-1).unsqueeze(2)
+        held = (
+            order.unsqueeze(2).clone(),
+            order.argsort(-1).unsqueeze(2),
+            order.to(torch.int32).contiguous(),
+        )
+        if self._head_to_stored is None:
+            self._head_to_stored, self._head_to_channels, self._head_order_words = held
+            self._head_order = self._head_to_stored[:, :, 0]
+            return
+        for buf, new in zip((self._head_to_stored, self._head_to_channels, self._head_order_words), held):
+            buf.copy_(new)
+
+    def head_order_words(self) -> Tensor:
+        """The per-head order as int32 [B, H, D] (a kernel argument; made once, with the order)."""
+        if self._head_to_stored is None:
+            raise ValueError("this store holds no per-head channel order")
+        return self._head_order_words
 
     def _permute(self, x: Tensor, fixed: Tensor | None, per_head: Tensor | None) -> Tensor:
         if per_head is not None:

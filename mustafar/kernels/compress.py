@@ -13,7 +13,9 @@ Two kernels:
   by rank within the group (the ``nm4``/``nm8``/``nm16`` rules' pattern; ties to the lower channel). With constexpr ``PERM``
   M (stores made with ``nm_strided=True``) the kernel reads each row's position p from column
   ``(p % M)·(D/M) + p // M`` (:func:`mustafar.formats.bitmap.stored_channels`), the given mask likewise, and then
-  packs the permuted row as above: the ``nm4s``/``nm8s`` rules' pattern in the store's stored order.
+  packs the permuted row as above: the ``nm4s``/``nm8s`` rules' pattern in the store's stored order. With
+  constexpr ``ORDER`` (a store holding per-head orders, the calibrated ``nm8c`` rule) position p of row (b, h) is
+  read from column ``order[b, h, p]`` (the store's int32 :meth:`~CompressedStore.head_order_words`) instead.
   With constexpr ``FP8`` (``value_dtype="fp8"`` stores) the kept values go in as e4m3 codes and each token's
   power-of-two scale into ``scales`` (:mod:`mustafar.formats.fp8`).
 * ``_topk_pack_ptx_kernel`` (GPU, fixed layout without fp8 codes, fp16/bf16, 16-byte aligned rows: every store a cache makes): the
@@ -81,6 +83,7 @@ def _prune_pack_kernel(
     vals_ptr,
     offs_ptr,
     scale_ptr,
+    order_ptr,
     n_tok,
     heads,
     sxb,
@@ -107,6 +110,7 @@ def _prune_pack_kernel(
     FP8: tl.constexpr,
     NM: tl.constexpr,
     PERM: tl.constexpr,
+    ORDER: tl.constexpr,
 ):
     pid_r = tl.program_id(0)
     bh = tl.program_id(1)
@@ -121,6 +125,8 @@ def _prune_pack_kernel(
     c = tl.arange(0, D)
     if PERM > 0:  # a strided N:M store: position c holds channel (c % PERM)·(D/PERM) + c // PERM
         c = (c % PERM) * (D // PERM) + c // PERM
+    if ORDER:  # a per-head order: position c holds channel order[b, h, c]
+        c = tl.load(order_ptr + bh.to(tl.int64) * D + c)
     x_off = b.to(tl.int64) * sxb + h.to(tl.int64) * sxh + r[:, None].to(tl.int64) * sxt + c[None, :]
     x = tl.load(x_ptr + x_off, mask=rmask[:, None], other=0.0)
 
@@ -344,6 +350,7 @@ def _launch_plain(
         store.vals,
         store.bits if store.fixed else store.offs,
         store.scales if store.fp8 else store.bits,
+        store.head_order_words() if store.head_order is not None else store.bits,
         n,
         store.heads,
         *rows.stride()[:3],
@@ -366,6 +373,7 @@ def _launch_plain(
         FP8=store.fp8,
         NM=store.nm_group if mask is None else 0,
         PERM=store.nm_group if store.nm_strided else 0,
+        ORDER=store.head_order is not None,
         num_warps=_NUM_WARPS,
     )
 
@@ -373,9 +381,9 @@ def _launch_plain(
 def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:
     """Fused exact top-``keep`` prune and pack of ``rows`` [B, H, n, D] into ``store`` (inputs validated by the
     dispatcher; per-word quotas on a ``word_quota`` store, per-group counts on an ``nm_group`` one, strided groups
-    in the stored order on an ``nm_strided`` one): the PTX kernel where it applies (none of these), the
-    plain-Triton one elsewhere. A static store is written at its device count, which then advances on the device:
-    no host synchronisation, capturable."""
+    in the stored order on an ``nm_strided`` one or in each head's order on a store with a :attr:`head_order`):
+    the PTX kernel where it applies (none of these), the plain-Triton one elsewhere. A static store is written at
+    its device count, which then advances on the device: no host synchronisation, capturable."""
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     n = rows.shape[2]
@@ -391,8 +399,6 @@ def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:
 
 def pack_triton(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
     """Pack ``rows`` under a given ``mask`` (both in channel order) into ``store`` (inputs validated by the
-    dispatcher; a per-head order is applied here, the kernel permutes fixed orders only)."""
-    if store.head_order is not None:
-        rows, mask = store.to_stored(rows), store.to_stored(mask)
+    dispatcher)."""
     t0 = store.extend(rows.shape[2], mask.sum(-1))
     _launch_plain(store, rows, mask, store.keep or 0, t0)

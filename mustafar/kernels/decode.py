@@ -599,6 +599,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         V_NM=v_nm,
         K_NM=k_nm,
         K_PERM=k_store.nm_group if k_nm and k_store.nm_strided else 0,
+        K_ORDER=k_nm and k_store.head_order is not None,
     )
 
 
@@ -676,6 +677,8 @@ def _configure(
         v_store.nm_group,
         k_store.nm_strided,
         v_store.nm_strided,
+        k_store.head_order is not None,
+        v_store.head_order is not None,
         decoder,
         block_n,
         num_warps,
@@ -930,8 +933,9 @@ def _launch(
     qk_scale = scale * _LOG2E
     if staged:
         scales = ()
-        if cfg.decoder == "scatter":  # int32 views of the fp8 scales (stand-ins where a side has none)
+        if cfg.decoder == "scatter":  # int32 views of the fp8 scales and K's per-head order (else stand-ins)
             scales = tuple(_arg(st.scale_words()) if st.fp8 else k_bits for st in (k_store, v_store))
+            scales += (k_store.head_order_words() if k_store.head_order is not None else k_bits,)
         tensors = (q, k_bits, k_vals, v_bits, v_vals, *scales, kw, vw, o_part, lse_part, k_len, v_len)
         args = (
             *tensors[:-2], *strides, tokens, k_len, v_len, *caps, tokens_per_split, num_splits, qk_scale,

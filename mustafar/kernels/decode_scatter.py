@@ -234,17 +234,20 @@ def _fill_selector_table(TAB: gl.constexpr):
 
 
 @gluon.jit
-def _q_frag(q_ptr, sqb, sqh, b, h, HH: gl.constexpr, N_REP: gl.constexpr, D: gl.constexpr,
-            BLOCK_H: gl.constexpr, PERM: gl.constexpr):  # fmt: skip
+def _q_frag(q_ptr, order_row, sqb, sqh, b, h, HH: gl.constexpr, N_REP: gl.constexpr, D: gl.constexpr,
+            BLOCK_H: gl.constexpr, PERM: gl.constexpr, ORDER: gl.constexpr):  # fmt: skip
     """qᵀ [64, heads] against :func:`_expand_k_half`'s operand for half ``HH``: K position k holds the store's
-    channel 64·HH + 16·((k div 2) mod 4) + 2·(k div 8) + k mod 2, which is q's channel, or, for a strided store
-    (``PERM`` M), q's channel (c mod M)·(D/M) + c div M of that store channel c."""
+    position c = 64·HH + 16·((k div 2) mod 4) + 2·(k div 8) + k mod 2, which is q's channel c, or, for a strided
+    store (``PERM`` M), channel (c mod M)·(D/M) + c div M, or, for a store with a per-head order (``ORDER``),
+    channel ``order_row[c]`` (the program's (row, head) order, int32 [D])."""
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
     k = gl.arange(0, 64, layout=gl.SliceLayout(1, op_b))
     rd = 64 * HH + 16 * ((k // 2) % 4) + 2 * (k // 8) + k % 2
     if PERM:
         rd = (rd % PERM) * (D // PERM) + rd // PERM
+    if ORDER:
+        rd = gl.load(order_row + rd)
     return _q_rows(q_ptr, sqb, sqh, b, h, rd, N_REP, BLOCK_H)
 
 
@@ -321,6 +324,7 @@ def _sc_sparse_decode_kernel(
     v_vals,
     k_scales,
     v_scales,
+    k_order,
     kw_ptr,
     vw_ptr,
     o_ptr,
@@ -366,6 +370,7 @@ def _sc_sparse_decode_kernel(
     V_NM: gl.constexpr,
     K_NM: gl.constexpr,
     K_PERM: gl.constexpr,
+    K_ORDER: gl.constexpr,
 ):
     G: gl.constexpr = D // 32
     DT: gl.constexpr = q_ptr.dtype.element_ty
@@ -403,9 +408,10 @@ def _sc_sparse_decode_kernel(
     if K_NM and K_FP8:
         _fill_selector_table(TAB)
     if K_NM:  # qᵀ as the scores' MMA operand in two halves (D 128), its channels in the K operand's order
-        qk0 = _q_frag(q_ptr, sqb, sqh, b, h, 0, N_REP, D, BLOCK_H, K_PERM)
+        order_row = k_order + (b.to(gl.int64) * heads_kv + h) * D
+        qk0 = _q_frag(q_ptr, order_row, sqb, sqh, b, h, 0, N_REP, D, BLOCK_H, K_PERM, K_ORDER)
         if D == 128:
-            qk1 = _q_frag(q_ptr, sqb, sqh, b, h, 1, N_REP, D, BLOCK_H, K_PERM)
+            qk1 = _q_frag(q_ptr, order_row, sqb, sqh, b, h, 1, N_REP, D, BLOCK_H, K_PERM, K_ORDER)
         if K_FP8:  # the widened codes are fp16 (bf16 queries convert exactly in fp16's normal range)
             qk0 = qk0.to(gl.float16)
             if D == 128:

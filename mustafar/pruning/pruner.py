@@ -44,6 +44,10 @@ from mustafar.pruning.keep import (
     topk_mask,
 )
 
+CALIBRATION_CHUNK = (
+    4096  # prompt tokens per step of the calibration's magnitude sum (one step up to 4K tokens)
+)
+
 
 @dataclass
 class Observation:
@@ -143,13 +147,14 @@ class SidePruner:
     @property
     def packs_topk(self) -> bool:
         """True when the pattern is plain per-token magnitude top-k (per word under ``word``, per group under the
-        N:M rules, which the store knows from its ``word_quota``, ``nm_group`` and ``nm_strided``), which a store
-        can prune and pack in one pass."""
+        N:M rules, which the store knows from its ``word_quota``, ``nm_group``, ``nm_strided`` and, calibrated, the
+        head order the cache sets from :attr:`order`), which a store can prune and pack in one pass (no mask of the
+        whole prompt: under ``nm8c`` its gathers were transients several times the prompt's size)."""
         return (
             self.rule.active
             and self.rule.direction == "token"
             and self.rule.scorer == "magnitude"
-            and self.keep_rule in ("exact", "word", *NM_GROUPS)
+            and self.keep_rule in ("exact", "word", *NM_GROUPS, *CALIBRATED_GROUPS)
             and (self.keeps is None or self._one_keep is not None)
         )
 
@@ -199,10 +204,15 @@ class SidePruner:
 
     def _calibrate(self, prompt: torch.Tensor) -> None:
         """The calibrated rule's channel order from the prompt's mean magnitude per channel (every prompt token,
-        the window included; a row's pad columns left out)."""
-        mag = prompt.abs().float()
-        real = self._real_columns(0, prompt.shape[2], prompt.shape[0], prompt.device).float()
-        mean = (mag * real[:, None, :, None]).sum(2) / real.sum(1).clamp_min(1)[:, None, None]
+        the window included; a row's pad columns left out). Summed over chunks of tokens: fp32 magnitudes of a
+        whole long prompt would be a transient of twice its size, per layer."""
+        b, h, t, d = prompt.shape
+        real = self._real_columns(0, t, b, prompt.device).float()
+        total = torch.zeros(b, h, d, dtype=torch.float32, device=prompt.device)
+        for start in range(0, t, CALIBRATION_CHUNK):
+            part = prompt[:, :, start : start + CALIBRATION_CHUNK].abs().float()
+            total += (part * real[:, None, start : start + CALIBRATION_CHUNK, None]).sum(2)
+        mean = total / real.sum(1).clamp_min(1)[:, None, None]
         self.order = balanced_groups(mean, CALIBRATED_GROUPS[self.keep_rule]).unsqueeze(2)
 
     def _final_after(self, total: int, prefill: bool) -> int:

@@ -107,17 +107,18 @@ def test_expanded_values_match_reference_on_gpu(poison, d, k_keep, dtype, data, 
 
 
 @pytest.mark.parametrize("values", ["native", "fp8"])
-@pytest.mark.parametrize("strided", [False, True], ids=["consecutive", "strided"])
+@pytest.mark.parametrize("order", ["consecutive", "strided", "calibrated"])
 @pytest.mark.parametrize("data", ["gauss", "ties"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d", [128, 64])
-def test_expanded_keys_match_reference_on_gpu(poison, d, dtype, data, strided, values):
-    """K kept four of every eight channels (consecutive, or strided: stored in the permuted order, q permuted
-    alike) and V two of every four: both sides' rows expanded, the scores one MMA (fp8: both sides' codes
-    widened to an fp16 tile, the scores and P scaled per token)."""
+def test_expanded_keys_match_reference_on_gpu(poison, d, dtype, data, order, values):
+    """K kept four of every eight channels (consecutive; strided, stored in the permuted order, q permuted alike;
+    or calibrated, each (row, head) in its own order, q gathered through it) and V two of every four: both sides
+    expanded, the scores MMAs (fp8: both sides' codes widened to fp16, the scores and P scaled per token)."""
     from mustafar.kernels.decode import expands_keys
+    from mustafar.pruning.keep import balanced_groups
 
-    torch.manual_seed(d + strided)
+    torch.manual_seed(d + len(order))
     for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32), (1, 2, 7, 130, 3)):
         rows = _rows(b, hkv, t, d, dtype, data)
         ks = CompressedStore(
@@ -129,10 +130,12 @@ def test_expanded_keys_match_reference_on_gpu(poison, d, dtype, data, strided, v
             d // 2,
             word_quota=True,
             nm_group=8,
-            nm_strided=strided,
+            nm_strided=order == "strided",
             value_dtype=values,
         )
-        pack_into(ks, rows, nm_topk_mask(rows.abs(), d // 2, 8, strided=strided))
+        if order == "calibrated":  # the order of the rows' own mean magnitudes, as the prefill measures it
+            ks.set_head_order(balanced_groups(rows.abs().float().mean(2), 8))
+        pack_into(ks, rows, ks.kept_mask(rows.abs(), d // 2))
         vs = _nm4_store(_rows(b, hkv, t, d, dtype, data), value_dtype=values)
         assert expands_keys(ks, vs)
         _check_scatter(ks, vs, n_rep, w, f"D{d} B{b} T{t} W{w} group {n_rep}")

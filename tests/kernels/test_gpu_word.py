@@ -106,6 +106,8 @@ def _forced_logits(model, policy: KVConfig, ids: torch.Tensor, prompt: int):
         {"k_sparsity": 0.5, "v_sparsity": 0.5},
         {"k_sparsity": 0.7, "v_sparsity": 0.7},
         {"k_sparsity": 0.5, "k_scorer": "output_aware", "v_sparsity": 0.7},
+        # K 4:8 calibrated per head (q gathered through each head's order), V 2:4: both expanded
+        {"k_sparsity": 0.5, "v_sparsity": 0.5, "k_keep_rule": "nm8c", "v_keep_rule": "nm4"},
     ],
 )
 def test_word_compressed_matches_mask_mode_through_the_scatter_decoder(monkeypatch, head_dim, dtype, kw):
@@ -159,3 +161,47 @@ def test_word_generate_on_cuda_equals_mask_mode():
     for m, c in zip(masked, compressed, strict=True):
         assert c.tokens == m.tokens
         assert (c.stats.k_kept, c.stats.v_kept) == (m.stats.k_kept, m.stats.v_kept)
+
+
+@pytest.mark.parametrize("value_dtype", ["native", "fp8"])
+def test_calibrated_static_graph_replay(monkeypatch, value_dtype):
+    """K 4:8 in each (row, head)'s prefill order (`nm8c`) + V 2:4 in the static compressed cache, its decode step
+    captured (the top-k pack at the device count into the stores' in-place order, the scatter decoder gathering q
+    through it): the graph's tokens equal the eager static run's, the stores hold the prompt's orders and their
+    group counts; then `generate` on two left-padded batches of one shape (the pooled cache reset, its orders
+    refilled, the graph replayed) against mask mode on the dynamic path (which rounds values as the fp8 codes do):
+    the same greedy tokens and per-row counts."""
+    from mustafar.runner_pool import release
+
+    model = _model(128, torch.float16)
+    policy = KVConfig(
+        k_sparsity=0.5,
+        v_sparsity=0.5,
+        keep_rule="word",
+        k_keep_rule="nm8c",
+        v_keep_rule="nm4",
+        window=8,
+        mode="compressed",
+        value_dtype=value_dtype,
+    )
+    prompt = torch.randint(0, 512, (2, 60), generator=torch.Generator().manual_seed(3)).cuda()
+    used = _spy_decoders(monkeypatch)
+    eager, _, _ = greedy(model, policy, prompt, 24, static=True, graphs=False)
+    tokens, _, cache = greedy(model, policy, prompt, 24, static=True, graphs=True)
+    assert isinstance(cache, StaticMustafarCache) and capture_blocker(cache, prompt.device) is None
+    assert torch.equal(tokens, eager)
+    assert set(used) == {"scatter"}
+    for layer in cache.layers:
+        assert torch.equal(layer.stores["k"].head_order, layer.pruners["k"].order[:, :, 0])
+        for store in layer.stores.values():
+            store.check_word_counts()
+    g = torch.Generator().manual_seed(6)
+    mask = KVConfig(**{**policy.to_dict(), "mode": "mask"})
+    for lengths in ((70, 101), (90, 99)):
+        prompts = [torch.randint(1, 512, (n,), generator=g).tolist() for n in lengths]
+        masked = generate(model, mask, prompts, [12, 16], static=False)
+        compressed = generate(model, policy, prompts, [12, 16])
+        for m, c in zip(masked, compressed, strict=True):
+            assert c.tokens == m.tokens
+            assert (c.stats.k_kept, c.stats.v_kept) == (m.stats.k_kept, m.stats.v_kept)
+    release(model)

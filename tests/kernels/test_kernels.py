@@ -162,3 +162,44 @@ def test_occupancy_estimate_hand_worked():
     assert occupancy_estimate(96, 1, 32768, *h100) == 6
     assert occupancy_estimate(32, 1, 0, *h100) == 32
     assert occupancy_estimate(223, 4, 1024, *h100) == 2
+
+
+def test_cached_launch_configs_follow_every_store_property():
+    """The launch configuration is cached per shape: stores of one shape that the scatter decoder compiles
+    differently (consecutive, strided or per-head-ordered 4:8 keys, fp8 codes) must each get their own, never one
+    cached for another (a calibrated store's config reused for a consecutive one reads bitmap words as its order).
+    Each cached config against one built afresh, after all of them were cached."""
+    from mustafar.kernels.decode import _configure, _new_config
+    from mustafar.pruning.keep import balanced_groups
+
+    d = 128
+
+    def store(
+        group: int, strided: bool = False, order: bool = False, values: str = "native"
+    ) -> CompressedStore:
+        st = CompressedStore(
+            1, 2, d, torch.float16, "cpu", d // 2, word_quota=True, nm_group=group, nm_strided=strided,
+            value_dtype=values,
+        )  # fmt: skip
+        if order:
+            st.set_head_order(
+                balanced_groups(torch.rand(1, 2, d, generator=torch.Generator().manual_seed(0)), 8)
+            )
+        return st
+
+    q = torch.randn(1, 8, d, dtype=torch.float16)
+    v = store(4)
+    keys = [
+        store(8),
+        store(8, strided=True),
+        store(8, order=True),
+        store(8, order=True, values="fp8"),
+        store(0),
+    ]
+    for ks in keys:
+        _configure(q, ks, v, "scatter", None, None)
+    for ks in keys:
+        assert (
+            _configure(q, ks, v, "scatter", None, None).constexprs
+            == _new_config(q, ks, v, "scatter", None, None).constexprs
+        )

@@ -142,6 +142,32 @@ def test_masked_pack_into_a_store_with_per_head_orders(value_dtype):
         assert torch.equal(stores[1].to_dense(), rows * mask)
 
 
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("value_dtype", ["native", "fp8"])
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_fused_pack_into_a_store_with_per_head_orders(backend, value_dtype, static):
+    """The fused top-k pack of a per-head-order store (the static compressed cache's prefill and decode-step pack
+    under `nm8c`) equals the calibrated mask (`calibrated_nm_mask`, checked against a hand loop elsewhere) packed
+    by the PyTorch pack, byte for byte, over two appends; a static store at its device count."""
+    from mustafar.pruning.keep import balanced_groups, calibrated_nm_mask
+
+    rows = _rows(torch.float16, 64)
+    order = balanced_groups(rows.abs().float().mean(2), 8)
+    ref = CompressedStore(2, 2, 64, torch.float16, "cpu", 32, nm_group=8, value_dtype=value_dtype)
+    ref.set_head_order(order)
+    pack_into(ref, rows, calibrated_nm_mask(rows.abs(), 32, 8, order.unsqueeze(2)), "torch")
+    extra = {"capacity": 16, "static": True} if static else {}
+    store = CompressedStore(2, 2, 64, torch.float16, "cpu", 32, nm_group=8, value_dtype=value_dtype, **extra)
+    store.set_head_order(order)
+    topk_pack_into(store, rows[:, :, :4], 32, backend)
+    topk_pack_into(store, rows[:, :, 4:], 32, backend)
+    n = rows.shape[2]
+    assert store.length == n
+    for name in ("bits", "vals", "scales") if value_dtype == "fp8" else ("bits", "vals"):
+        assert torch.equal(getattr(store, name)[:, :, :n], getattr(ref, name)[:, :, :n]), name
+    store.check_word_counts()
+
+
 def test_triton_group_pack_at_per_row_device_counts():
     """A static store appends each batch row at its own device count (a padded static cache's rows)."""
     rows = _rows(torch.float16, 64, n=6, seed=5)

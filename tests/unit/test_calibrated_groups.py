@@ -1,7 +1,7 @@
 """The calibrated N:M rule (`nm8c`): channels dealt to 4:8 groups per (row, KV head) by their mean magnitude over
 the prompt. The order against a hand-worked example and a per-element Python reference, the mask against a hand
 loop, layer 0 of a real model in mask mode against the stock cache pruned by hand, padded rows as if alone, and
-compressed mode's per-head store orders and the refusals (Triton decoders, static caches)."""
+compressed mode's per-head store orders (refilled in place by static caches) and the Triton decoders' refusals."""
 
 from __future__ import annotations
 
@@ -110,11 +110,10 @@ def test_padded_batch_decides_every_row_as_if_alone(tiny_llama):
                 assert torch.equal(layer.pruners[side].order[b], own.pruners[side].order[0])
 
 
-def test_triton_decoders_and_static_compressed_caches_refuse_it(tiny_llama, monkeypatch):
-    """Compressed mode holds the order per (row, head) and decodes it on the PyTorch path; the Triton decoders read
-    fixed orders only, so attaching on that backend (the decode's own check, on stores shaped and ordered as the
-    prefill will make them) and decoding such stores through it are refused, and static compressed caches fall
-    back to the dynamic one (static mask caches take it)."""
+def test_triton_decoders_other_than_the_expanded_keys_refuse_it(tiny_llama, monkeypatch):
+    """Compressed mode holds the order per (row, head); the PyTorch path decodes it, and of the Triton decoders
+    only the scatter decoder's expanded keys (q gathered through the order, V kept 2:4): attaching where another
+    Triton decoder would run, and decoding such stores through it, are refused; both static caches take it."""
     from mustafar.formats import CompressedStore
     from mustafar.kernels.dispatch import _check_store_order
 
@@ -132,10 +131,13 @@ def test_triton_decoders_and_static_compressed_caches_refuse_it(tiny_llama, monk
         torch.stack([torch.randperm(64, generator=torch.Generator().manual_seed(h)) for h in (0, 1)])[None]
     )
     v = CompressedStore(1, 2, 64, torch.float16, "cpu", 32, nm_group=4)
+    _check_store_order(k, v, "scatter")  # expanded keys: read through the order
     with pytest.raises(ValueError, match="the K store holds a per-head channel order"):
+        _check_store_order(k, v, "staged")
+    v.set_head_order(torch.arange(64).expand(1, 2, 64))
+    with pytest.raises(ValueError, match="the V store holds a per-head channel order"):
         _check_store_order(k, v, "scatter")
-    reason = static_reason(tiny_llama, policy, 70)
-    assert reason is not None and "nm8c" in reason and "static compressed" in reason
+    assert static_reason(tiny_llama, policy, 70) is None
     assert static_reason(tiny_llama, KVConfig(**{**policy.to_dict(), "mode": "mask"}), 70) is None
     with pytest.raises(
         ValueError, match="kv.k_keep_rule='nm8c' keeps the same count in every 8-channel group"
@@ -164,8 +166,15 @@ def test_store_holds_each_heads_order():
     stored = store.to_stored(mask)
     assert torch.equal(stored, torch.gather(mask, -1, order.unsqueeze(2).expand(mask.shape)))
     assert bool((stored.view(2, 3, 5, 8, 8).sum(-1) == 4).all())
-    with pytest.raises(ValueError, match="set once, before the first token is packed"):
+    with pytest.raises(ValueError, match="set while the store is empty"):
         store.set_head_order(order)
+    store.reset()  # a static cache's next prompt: the same tensors refilled (captured graphs read them)
+    held = store.head_order.data_ptr(), store.head_order_words().data_ptr()
+    store.set_head_order(order.flip(-1))
+    assert torch.equal(store.head_order, order.flip(-1))
+    assert torch.equal(store.head_order_words(), order.flip(-1).to(torch.int32))
+    assert (store.head_order.data_ptr(), store.head_order_words().data_ptr()) == held
+    assert torch.equal(store.to_channels(store.to_stored(rows)), rows)
     fresh = CompressedStore(2, 3, 64, torch.float16, "cpu", 32, nm_group=8)
     with pytest.raises(ValueError, match="must be a permutation"):
         fresh.set_head_order(torch.zeros(2, 3, 64, dtype=torch.int64))
@@ -190,23 +199,48 @@ def test_preset_composes_to_the_rule_and_its_job_label():
     assert preset.label() == KVConfig(**{**kv, "mode": "compressed"}).label() == "K0.5 V0.5 k-nm8c v-nm4"
 
 
+@pytest.mark.parametrize("mode", ["mask", "compressed"])
 @pytest.mark.parametrize("batch", [1, 2])
-def test_static_mask_cache_equals_the_dynamic_one(tiny_llama, batch):
-    """Static mask mode measures the order at prefill into a buffer its decode steps read (refilled in place for
-    the next batch): each call's logits and every layer's logical cache equal the dynamic cache's, and a left-padded
-    static batch gives each row's tokens and counts alone."""
+def test_static_cache_equals_the_dynamic_one(tiny_llama, batch, mode):
+    """Static caches measure the order at prefill into buffers their decode steps read (mask mode: a per-side
+    buffer; compressed: the stores' own order, set at allocation), refilled in place for the next batch: each
+    call's logits and every layer's logical cache equal the dynamic cache's, also for a second batch after
+    reset(), and a left-padded static batch gives each row's tokens and counts alone."""
     from mustafar.runner_pool import release
-    from mustafar.static_cache import StaticMaskLayer, static_cache
-    from tests.integration.test_word_rule_in_models import static_matches_dynamic
+    from mustafar.static_cache import StaticCompressedLayer, StaticMaskLayer, static_cache
+    from tests.integration.test_word_rule_in_models import assert_same_drive, static_matches_dynamic
+    from tests.unit.test_static_cache import _drive
 
-    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", k_keep_rule="nm8c", v_keep_rule="nm4")
+    policy = KVConfig(
+        k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", k_keep_rule="nm8c", v_keep_rule="nm4", mode=mode
+    )
+    layer_type = StaticMaskLayer if mode == "mask" else StaticCompressedLayer
     cache, _ = static_matches_dynamic(tiny_llama, policy, policy, batch)
-    assert isinstance(cache.layers[0], StaticMaskLayer) and set(cache.layers[0].orders) == {"k"}
+    layer = cache.layers[0]
+    assert isinstance(layer, layer_type)
+    if mode == "mask":
+        assert set(layer.orders) == {"k"}
+    else:
+        assert layer.stores["v"].head_order is None
+        held = layer.stores["k"].head_order.data_ptr()
+        assert torch.equal(layer.stores["k"].head_order, layer.pruners["k"].order[:, :, 0])
+        g = torch.Generator().manual_seed(9)
+        prompt, feed = (
+            torch.randint(0, 256, (batch, 40), generator=g),
+            torch.randint(0, 256, (batch, 5), generator=g),
+        )
+        with torch.inference_mode():  # as the runner pool resets it, inside generate
+            cache.reset()
+        got = _drive(tiny_llama, cache, prompt, feed)
+        ref = _drive(tiny_llama, new_cache(tiny_llama, policy), prompt, feed)
+        assert_same_drive(ref, got)
+        assert layer.stores["k"].head_order.data_ptr() == held
+        assert torch.equal(layer.stores["k"].head_order, layer.pruners["k"].order[:, :, 0])
     release(tiny_llama)
     g = torch.Generator().manual_seed(4)
     prompts = [torch.randint(1, 256, (n,), generator=g).tolist() for n in (41, 66)]
     cache = static_cache(tiny_llama, policy, 66, 7, padded=True, shortest=41)
-    assert isinstance(cache.layers[0], StaticMaskLayer)
+    assert isinstance(cache.layers[0], layer_type)
     batched = generate(tiny_llama, policy, prompts, 7, cache=cache)
     for b, prompt in enumerate(prompts):
         alone = generate(tiny_llama, policy, [prompt], 7, static=False)[0]

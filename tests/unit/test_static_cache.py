@@ -244,8 +244,19 @@ def test_pack_token_at_equals_topk_pack(keep):
         KVConfig(k_sparsity=0.7, v_sparsity=0.5, window=4, mode="compressed"),
         KVConfig(k_sparsity=0.7, v_sparsity=0.5, k_scorer="output_aware", v_scorer="output_aware", window=4),
         KVConfig(k_sparsity=0.7, v_sparsity=0.5, k_scorer="output_aware", window=4, mode="compressed"),
+        KVConfig(
+            k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c", v_keep_rule="nm4", window=4, mode="compressed"
+        ),
     ],
-    ids=["dense", "mask", "mask-reference", "compressed", "mask-output-aware", "compressed-output-aware"],
+    ids=[
+        "dense",
+        "mask",
+        "mask-reference",
+        "compressed",
+        "mask-output-aware",
+        "compressed-output-aware",
+        "compressed-calibrated",
+    ],
 )
 def test_decode_step_is_capturable(tiny_llama, monkeypatch, policy):
     """What graph capture needs of the whole model step, checked on the CPU: no host read of a device value
