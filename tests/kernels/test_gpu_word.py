@@ -126,20 +126,27 @@ def test_word_compressed_matches_mask_mode_through_the_scatter_decoder(monkeypat
     assert agree > 0.95, f"top-1 agreement {agree:.3f}"
 
 
-@pytest.mark.parametrize("mode", ["compressed", "mask"])
-@pytest.mark.parametrize("window", [8, 0])
-def test_word_static_graph_replay_equals_eager(monkeypatch, window, mode):
-    """The static caches under `word`, decode step captured once and replayed: compressed (the per-word pack at
-    the device count, the scatter decode; the stores keep their quotas) and mask (the word mask in place). The
-    tokens equal the eager static run's."""
-    model = _model(64, torch.float16)
-    policy = KVConfig(k_sparsity=0.7, v_sparsity=0.5, keep_rule="word", window=window, mode=mode)
+def _replayed_equals_eager(monkeypatch, model, policy: KVConfig):
+    """24 greedy tokens of a 2 x 60-token prompt through the static cache of ``policy``, eagerly and with the
+    decode step captured and replayed: the tokens must be equal. Returns the replayed run's cache and the decoders
+    both runs called."""
     prompt = torch.randint(0, 512, (2, 60), generator=torch.Generator().manual_seed(3)).cuda()
     used = _spy_decoders(monkeypatch)
     eager, _, _ = greedy(model, policy, prompt, 24, static=True, graphs=False)
     tokens, _, cache = greedy(model, policy, prompt, 24, static=True, graphs=True)
     assert isinstance(cache, StaticMustafarCache) and capture_blocker(cache, prompt.device) is None
     assert torch.equal(tokens, eager)
+    return cache, used
+
+
+@pytest.mark.parametrize("mode", ["compressed", "mask"])
+@pytest.mark.parametrize("window", [8, 0])
+def test_word_static_graph_replay_equals_eager(monkeypatch, window, mode):
+    """The static caches under `word`, decode step captured once and replayed: compressed (the per-word pack at
+    the device count, the scatter decode; the stores keep their quotas) and mask (the word mask in place). The
+    tokens equal the eager static run's."""
+    policy = KVConfig(k_sparsity=0.7, v_sparsity=0.5, keep_rule="word", window=window, mode=mode)
+    cache, used = _replayed_equals_eager(monkeypatch, _model(64, torch.float16), policy)
     if mode == "mask":
         assert not used
         return
@@ -184,12 +191,7 @@ def test_calibrated_static_graph_replay(monkeypatch, value_dtype):
         mode="compressed",
         value_dtype=value_dtype,
     )
-    prompt = torch.randint(0, 512, (2, 60), generator=torch.Generator().manual_seed(3)).cuda()
-    used = _spy_decoders(monkeypatch)
-    eager, _, _ = greedy(model, policy, prompt, 24, static=True, graphs=False)
-    tokens, _, cache = greedy(model, policy, prompt, 24, static=True, graphs=True)
-    assert isinstance(cache, StaticMustafarCache) and capture_blocker(cache, prompt.device) is None
-    assert torch.equal(tokens, eager)
+    cache, used = _replayed_equals_eager(monkeypatch, model, policy)
     assert set(used) == {"scatter"}
     for layer in cache.layers:
         assert torch.equal(layer.stores["k"].head_order, layer.pruners["k"].order[:, :, 0])
