@@ -65,7 +65,7 @@ POLICIES = [
         value_dtype="fp8",
     ),
 ]
-STATIC = [POLICIES[0], POLICIES[1], POLICIES[3], POLICIES[4], POLICIES[5], POLICIES[6]]
+STATIC = [POLICIES[0], POLICIES[1], *POLICIES[3:]]
 LENGTHS = (37, 70)  # left pads 33 and 0 in one batch
 BUDGETS = (6, 9)
 
@@ -146,7 +146,7 @@ def test_static_equals_dynamic_mask_mode_step_by_step(tiny_llama, mode, policy, 
         assert check_stores(cache, policy) > 0
 
 
-@pytest.mark.parametrize("policy", [POLICIES[0], POLICIES[3]], ids=_id)
+@pytest.mark.parametrize("policy", [POLICIES[0], POLICIES[3], POLICIES[7]], ids=_id)
 def test_static_padded_batch_equals_mask_mode(tiny_llama, policy):
     """A left-padded static compressed batch: mask mode's tokens and counts, pads never stored, every row's stored
     tokens in count."""

@@ -185,7 +185,8 @@ def test_store_holds_each_heads_order():
 
 
 def test_preset_composes_to_the_rule_and_its_job_label():
-    """conf/kv/k50v50_kn8c_vnm4: K nm8c, V nm4, the label its experiment jobs carry, in either mode."""
+    """conf/kv/k50v50_kn8c_vnm4: K nm8c, V nm4, the label its experiment jobs carry, in either mode; its fp8
+    variant."""
     from pathlib import Path
 
     from hydra import compose, initialize_config_dir
@@ -197,6 +198,10 @@ def test_preset_composes_to_the_rule_and_its_job_label():
     preset = KVConfig.from_mapping(kv)
     assert preset == KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_keep_rule="nm8c", v_keep_rule="nm4")
     assert preset.label() == KVConfig(**{**kv, "mode": "compressed"}).label() == "K0.5 V0.5 k-nm8c v-nm4"
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        fp8 = OmegaConf.to_container(compose("config", overrides=["kv=k50v50_kn8c_vnm4_fp8"]).kv)
+    # the fp8 preset: the same policy (and job ids) as the runs that spelled out kv.value_dtype=fp8
+    assert KVConfig.from_mapping(fp8) == KVConfig(**{**preset.to_dict(), "value_dtype": "fp8"})
 
 
 @pytest.mark.parametrize("mode", ["mask", "compressed"])
