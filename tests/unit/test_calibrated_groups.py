@@ -52,22 +52,26 @@ def test_balanced_groups_deal_the_channels_in_snake_order():
         balanced_groups(torch.rand(60), 8)
 
 
+@pytest.mark.parametrize("rule, group, sparsity, per", [("nm8c", 8, 0.5, 4), ("nm16c", 16, 0.6875, 5)])
 @pytest.mark.parametrize("data", ["gauss", "ties"])
-def test_calibrated_mask_equals_the_hand_loop(data):
+def test_calibrated_mask_equals_the_hand_loop(data, rule, group, sparsity, per):
     g = torch.Generator().manual_seed(1)
     score = torch.randn(2, 3, 5, 64, generator=g).abs()
     if data == "ties":
         score = score.round()  # many equal scores inside a group
-    order = balanced_groups(torch.rand(2, 3, 64, generator=g), 8).unsqueeze(2)
-    mask = calibrated_nm_mask(score, 32, 8, order)
-    assert torch.equal(mask, keep_mask(score, 0.5, "nm8c", thresholded=True, order=order))
+    mags = torch.rand(2, 3, 64, generator=g)
+    order = balanced_groups(mags, group).unsqueeze(2)
+    for row, m in zip(order.reshape(-1, 64).tolist(), mags.reshape(-1, 64).tolist()):
+        assert row == hand_order(m, group)
+    mask = calibrated_nm_mask(score, 64 * per // group, group, order)
+    assert torch.equal(mask, keep_mask(score, sparsity, rule, thresholded=True, order=order))
     for b in range(2):
         for h in range(3):
             for t in range(5):
-                expect = hand_mask(score[b, h, t].tolist(), order[b, h, 0].tolist(), 4, 8)
+                expect = hand_mask(score[b, h, t].tolist(), order[b, h, 0].tolist(), per, group)
                 assert mask[b, h, t].tolist() == expect
-    with pytest.raises(ValueError, match="'nm8c' needs the channel order"):
-        keep_mask(score, 0.5, "nm8c", thresholded=True)
+    with pytest.raises(ValueError, match=f"'{rule}' needs the channel order"):
+        keep_mask(score, sparsity, rule, thresholded=True)
 
 
 def test_layer0_cache_equals_the_stock_cache_pruned_by_hand(tiny_llama):
