@@ -141,6 +141,12 @@ def test_triton_decoders_other_than_the_expanded_keys_refuse_it(tiny_llama, monk
     v.set_head_order(torch.arange(64).expand(1, 2, 64))
     with pytest.raises(ValueError, match="the V store holds a per-head channel order"):
         _check_store_order(k, v, "scatter")
+    # nm16c keys (5 of 16 at s 0.6875): no expanding decoder reads them, so even the scatter decoder refuses
+    k16 = CompressedStore(1, 2, 64, torch.float16, "cpu", 20, nm_group=16)
+    k16.set_head_order(k.head_order)
+    v16 = CompressedStore(1, 2, 64, torch.float16, "cpu", 20, nm_group=16)
+    with pytest.raises(ValueError, match="the K store holds a per-head channel order .* the scatter decoder"):
+        _check_store_order(k16, v16, "scatter")
     assert static_reason(tiny_llama, policy, 70) is None
     assert static_reason(tiny_llama, KVConfig(**{**policy.to_dict(), "mode": "mask"}), 70) is None
     with pytest.raises(
