@@ -81,7 +81,7 @@ def word_topk_mask(score: torch.Tensor, keep: int, dim: int = -1) -> torch.Tenso
 # the N:M keep rules: (group size M, strided) per rule name; strided groups take every (D/M)-th channel
 NM_GROUPS = {"nm4": (4, False), "nm8": (8, False), "nm16": (16, False), "nm4s": (4, True), "nm8s": (8, True)}
 # N:M rules whose groups are calibrated per (row, KV head) from the prompt: group size M per rule name
-CALIBRATED_GROUPS = {"nm8c": 8}
+CALIBRATED_GROUPS = {"nm8c": 8, "nm16c": 16}
 
 
 def balanced_groups(magnitude: torch.Tensor, group: int) -> torch.Tensor:

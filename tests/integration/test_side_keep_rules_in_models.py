@@ -64,6 +64,8 @@ POLICIES = [
         v_keep_rule="nm4",
         value_dtype="fp8",
     ),
+    # K 5 of every 16 channels calibrated per row and head (nm16c), V 5 of every 16 consecutive ones (s 0.6875)
+    KVConfig(k_sparsity=0.6875, v_sparsity=0.6875, keep_rule="word", k_keep_rule="nm16c", v_keep_rule="nm16"),
 ]
 STATIC = [POLICIES[0], POLICIES[1], *POLICIES[3:]]
 LENGTHS = (37, 70)  # left pads 33 and 0 in one batch

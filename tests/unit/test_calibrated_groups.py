@@ -52,22 +52,26 @@ def test_balanced_groups_deal_the_channels_in_snake_order():
         balanced_groups(torch.rand(60), 8)
 
 
+@pytest.mark.parametrize("rule, group, sparsity, per", [("nm8c", 8, 0.5, 4), ("nm16c", 16, 0.6875, 5)])
 @pytest.mark.parametrize("data", ["gauss", "ties"])
-def test_calibrated_mask_equals_the_hand_loop(data):
+def test_calibrated_mask_equals_the_hand_loop(data, rule, group, sparsity, per):
     g = torch.Generator().manual_seed(1)
     score = torch.randn(2, 3, 5, 64, generator=g).abs()
     if data == "ties":
         score = score.round()  # many equal scores inside a group
-    order = balanced_groups(torch.rand(2, 3, 64, generator=g), 8).unsqueeze(2)
-    mask = calibrated_nm_mask(score, 32, 8, order)
-    assert torch.equal(mask, keep_mask(score, 0.5, "nm8c", thresholded=True, order=order))
+    mags = torch.rand(2, 3, 64, generator=g)
+    order = balanced_groups(mags, group).unsqueeze(2)
+    for row, m in zip(order.reshape(-1, 64).tolist(), mags.reshape(-1, 64).tolist()):
+        assert row == hand_order(m, group)
+    mask = calibrated_nm_mask(score, 64 * per // group, group, order)
+    assert torch.equal(mask, keep_mask(score, sparsity, rule, thresholded=True, order=order))
     for b in range(2):
         for h in range(3):
             for t in range(5):
-                expect = hand_mask(score[b, h, t].tolist(), order[b, h, 0].tolist(), 4, 8)
+                expect = hand_mask(score[b, h, t].tolist(), order[b, h, 0].tolist(), per, group)
                 assert mask[b, h, t].tolist() == expect
-    with pytest.raises(ValueError, match="'nm8c' needs the channel order"):
-        keep_mask(score, 0.5, "nm8c", thresholded=True)
+    with pytest.raises(ValueError, match=f"'{rule}' needs the channel order"):
+        keep_mask(score, sparsity, rule, thresholded=True)
 
 
 def test_layer0_cache_equals_the_stock_cache_pruned_by_hand(tiny_llama):
@@ -137,6 +141,12 @@ def test_triton_decoders_other_than_the_expanded_keys_refuse_it(tiny_llama, monk
     v.set_head_order(torch.arange(64).expand(1, 2, 64))
     with pytest.raises(ValueError, match="the V store holds a per-head channel order"):
         _check_store_order(k, v, "scatter")
+    # nm16c keys (5 of 16 at s 0.6875): no expanding decoder reads them, so even the scatter decoder refuses
+    k16 = CompressedStore(1, 2, 64, torch.float16, "cpu", 20, nm_group=16)
+    k16.set_head_order(k.head_order)
+    v16 = CompressedStore(1, 2, 64, torch.float16, "cpu", 20, nm_group=16)
+    with pytest.raises(ValueError, match="the K store holds a per-head channel order .* the scatter decoder"):
+        _check_store_order(k16, v16, "scatter")
     assert static_reason(tiny_llama, policy, 70) is None
     assert static_reason(tiny_llama, KVConfig(**{**policy.to_dict(), "mode": "mask"}), 70) is None
     with pytest.raises(
