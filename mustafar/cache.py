@@ -58,7 +58,7 @@ def word_quota(policy: KVConfig, side: str) -> bool:
 
 def nm_group(policy: KVConfig, side: str) -> int:
     """Channels per N:M group of `side`'s stores on a pruned side (4: `nm4`, `nm4s`; 8: `nm8`, `nm8s`, `nm8c`;
-    16: `nm16`), else 0."""
+    16: `nm16`, `nm16c`), else 0."""
     if not getattr(policy, side).active:
         return 0
     rule = policy.side_keep_rule(side)
@@ -72,7 +72,7 @@ def nm_strided(policy: KVConfig, side: str) -> bool:
 
 
 def calibrated(policy: KVConfig, side: str) -> bool:
-    """Whether `side`'s N:M groups are calibrated per (row, KV head) at prefill (`nm8c` on a pruned side)."""
+    """Whether `side`'s N:M groups are calibrated per (row, KV head) at prefill (`nm8c`, `nm16c` on a pruned side)."""
     return getattr(policy, side).active and policy.side_keep_rule(side) in CALIBRATED_GROUPS
 
 

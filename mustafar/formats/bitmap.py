@@ -236,7 +236,7 @@ class CompressedStore:
     @property
     def head_order(self) -> Tensor | None:
         """int64 [B, H, D]: the channel of each stored position per (row, head) of a store whose N:M groups were
-        calibrated per head (:meth:`set_head_order`, the ``nm8c`` rule), else None."""
+        calibrated per head (:meth:`set_head_order`, the ``nm8c``/``nm16c`` rules), else None."""
         return self._head_order
 
     def set_head_order(self, order: Tensor) -> None:

@@ -14,7 +14,7 @@ Two kernels:
   M (stores made with ``nm_strided=True``) the kernel reads each row's position p from column
   ``(p % M)·(D/M) + p // M`` (:func:`mustafar.formats.bitmap.stored_channels`), the given mask likewise, and then
   packs the permuted row as above: the ``nm4s``/``nm8s`` rules' pattern in the store's stored order. With
-  constexpr ``ORDER`` (a store holding per-head orders, the calibrated ``nm8c`` rule) position p of row (b, h) is
+  constexpr ``ORDER`` (a store holding per-head orders, the calibrated ``nm8c``/``nm16c`` rules) position p of row (b, h) is
   read from column ``order[b, h, p]`` (the store's int32 :meth:`~CompressedStore.head_order_words`) instead.
   With constexpr ``FP8`` (``value_dtype="fp8"`` stores) the kept values go in as e4m3 codes and each token's
   power-of-two scale into ``scales`` (:mod:`mustafar.formats.fp8`).

@@ -170,13 +170,14 @@ def sparse_decode_attention(
 
 def _check_store_order(k_store: CompressedStore, v_store: CompressedStore, decoder: str) -> None:
     """Refuse strided N:M stores (channels held in the groups' order) that the chosen decoder would read as if in
-    channel order: only the scatter decoder's expanded keys (q loaded in the K store's order) read them. Stores
-    with per-head orders (the calibrated ``nm8c`` rule) are read by the PyTorch decoder only."""
+    channel order: only the scatter decoder's expanded keys (q loaded in the K store's order) read them, and
+    the same keys under per-head orders (the calibrated ``nm8c`` rule); other per-head orders (values, ``nm16c``
+    keys) are read by the PyTorch decoder only."""
     keys_read = decoder == "scatter" and expands_keys(k_store, v_store)  # q loaded in the K store's order
     for side, st in (("K", k_store), ("V", v_store)):
         if st.head_order is not None and not (side == "K" and keys_read):
             raise ValueError(
-                f"the {side} store holds a per-head channel order (kv keep rule nm8c), which the Triton decoders "
+                f"the {side} store holds a per-head channel order (kv keep rule nm8c or nm16c), which the Triton decoders "
                 "read only for keys kept four of every eight channels at half the head dim with values kept two of "
                 f"every four, on a GPU that runs the scatter decoder (this call: the {decoder} decoder); use "
                 "backend='torch' (MUSTAFAR_KERNEL_BACKEND=torch), kv.mode=mask, or kv=k50v50_kn8c_vnm4"
