@@ -108,7 +108,7 @@ def test_policies_without_the_new_keys_keep_their_job_ids():
         (
             {"v_keep_rule": "words"},
             "kv.v_keep_rule='words' is not allowed; choose one of exact, reference, word, nm4, nm8, nm16, nm4s, nm8s, nm8c, "
-            "or '' to follow kv.keep_rule",
+            "nm16c, or '' to follow kv.keep_rule",
         ),
         (
             {"v_direction": "channel", "v_keep_rule": "nm4"},
