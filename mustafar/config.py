@@ -7,15 +7,8 @@ from typing import Any
 
 DIRECTIONS = ("token", "channel")
 SCORERS = ("magnitude", "output_aware", "think")
-NM_RULES = (
-    "nm4",
-    "nm8",
-    "nm16",
-    "nm4s",
-    "nm8s",
-    "nm8c",
-    "nm16c",
-)  # N:M groups (keep.NM_GROUPS, CALIBRATED_GROUPS)
+# N:M groups (keep.NM_GROUPS, CALIBRATED_GROUPS)
+NM_RULES = ("nm4", "nm8", "nm16", "nm4s", "nm8s", "nm8c", "nm16c")
 KEEP_RULES = ("exact", "reference", "word", *NM_RULES)
 MODES = ("mask", "compressed")
 ALLOCATIONS = ("uniform", "error", "error_head")

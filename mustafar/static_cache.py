@@ -454,14 +454,11 @@ class StaticCompressedLayer(StaticLayer):
             )
             for s in ("k", "v")
         }
-        for (
-            side,
-            store,
-        ) in self.stores.items():  # calibrated groups: held from here on, refilled at each prefill
+        # calibrated groups: an order held from here on, refilled in place at each prefill
+        identity = torch.arange(head_dim, device=self.device).expand(batch, heads, head_dim)
+        for side, store in self.stores.items():
             if calibrated(self.policy, side):
-                store.set_head_order(
-                    torch.arange(head_dim, device=self.device).expand(batch, heads, head_dim)
-                )
+                store.set_head_order(identity)
         self.stored = torch.zeros(batch, dtype=torch.long, device=self.device)  # tokens in each row's stores
         self.prompt_stored = 0
 

@@ -44,9 +44,8 @@ from mustafar.pruning.keep import (
     topk_mask,
 )
 
-CALIBRATION_CHUNK = (
-    4096  # prompt tokens per step of the calibration's magnitude sum (one step up to 4K tokens)
-)
+# prompt tokens per step of the calibration's magnitude sum (one step up to 4K tokens)
+CALIBRATION_CHUNK = 4096
 
 
 @dataclass
