@@ -232,7 +232,7 @@ def _check_store_orders(policy: KVConfig, model: torch.nn.Module) -> None:
     from mustafar.formats import CompressedStore
     from mustafar.kernels.dispatch import _check_store_order, decoder_for, resolve_backend
 
-    ordered = [side for side in ("k", "v") if calibrated(policy, side) or nm_strided(policy, side)]
+    ordered = any(calibrated(policy, side) or nm_strided(policy, side) for side in ("k", "v"))
     if policy.mode != "compressed" or not ordered:
         return
     d, cfg = head_dim(model.config), text_config(model.config)

@@ -177,14 +177,14 @@ def _check_store_order(k_store: CompressedStore, v_store: CompressedStore, decod
     for side, st in (("K", k_store), ("V", v_store)):
         if st.head_order is not None and not (side == "K" and keys_read):
             raise ValueError(
-                f"the {side} store holds a per-head channel order (kv keep rule nm8c or nm16c), which the Triton decoders "
-                "read only for keys kept four of every eight channels at half the head dim with values kept two of "
-                f"every four, on a GPU that runs the scatter decoder (this call: the {decoder} decoder); use "
+                f"the {side} store holds a per-head channel order (kv keep rule nm8c or nm16c), which the Triton "
+                "decoders read only for keys kept four of every eight channels at half the head dim with values kept "
+                f"two of every four, on a GPU that runs the scatter decoder (this call: the {decoder} decoder); use "
                 "backend='torch' (MUSTAFAR_KERNEL_BACKEND=torch), kv.mode=mask, or kv=k50v50_kn8c_vnm4"
             )
     if not (k_store.nm_strided or v_store.nm_strided):
         return
-    if decoder == "scatter" and expands_keys(k_store, v_store):  # its V rows are in channel order
+    if keys_read:  # its V rows are in channel order
         return
     got = ", ".join(
         f"{side} nm_group={st.nm_group} keep={st.keep} of {st.head_dim}{' fp8' if st.fp8 else ''}"

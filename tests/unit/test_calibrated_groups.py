@@ -224,7 +224,7 @@ def test_static_cache_equals_the_dynamic_one(tiny_llama, batch, mode):
     from mustafar.runner_pool import release
     from mustafar.static_cache import StaticCompressedLayer, StaticMaskLayer, static_cache
     from tests.integration.test_word_rule_in_models import assert_same_drive, static_matches_dynamic
-    from tests.unit.test_static_cache import _drive
+    from tests.unit.test_static_cache import _drive, _inputs
 
     policy = KVConfig(
         k_sparsity=0.5, v_sparsity=0.5, keep_rule="word", k_keep_rule="nm8c", v_keep_rule="nm4", mode=mode
@@ -239,11 +239,7 @@ def test_static_cache_equals_the_dynamic_one(tiny_llama, batch, mode):
         assert layer.stores["v"].head_order is None
         held = layer.stores["k"].head_order.data_ptr()
         assert torch.equal(layer.stores["k"].head_order, layer.pruners["k"].order[:, :, 0])
-        g = torch.Generator().manual_seed(9)
-        prompt, feed = (
-            torch.randint(0, 256, (batch, 40), generator=g),
-            torch.randint(0, 256, (batch, 5), generator=g),
-        )
+        prompt, feed = _inputs(batch, 40, 5)  # another batch than static_matches_dynamic's
         with torch.inference_mode():  # as the runner pool resets it, inside generate
             cache.reset()
         got = _drive(tiny_llama, cache, prompt, feed)
