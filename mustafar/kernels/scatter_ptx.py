@@ -444,6 +444,75 @@ def expand8_frag_asm(fp8: bool = False) -> str:
     return "\n".join(lines)
 
 
+@functools.cache
+def expand16_frag_asm() -> str:
+    """PTX that expands one token's 16 key channels kept five of every sixteen (one 5:16 group, fp8 codes) into a
+    lane's eight registers of the scores' MMA operand, as :func:`expand8_frag_asm` does for two 4:8 groups: the
+    registers hold the dense channel pairs 0-1 .. 14-15 as fp16 (unscaled codes). Not wired into a decoder yet
+    (results/kernels/NOTES.md round 22, "Next format").
+
+    Slot layout it reads: the group's codes 0-3 in one aligned word, its fifth code in a tail word shared with
+    three other groups. Positions 0-7: one ``prmt`` of (codes 0-3, fifth code) per four positions, selectors from
+    the 256-entry table indexed by the low 8 kept bits (position p's nibble: its rank, or 7 where it is not kept,
+    a byte that is zero in both sources: this kernel's fifth-code register, or the zero register of
+    :func:`expand8_frag_asm`, so one table serves both). Positions 8-15: the same table on the high 8 bits, the
+    codes shifted right by the low half's count (``shf.r.clamp``), so the ranks start at 0 again and the vacated
+    bytes are zero. Four ``prmt``, eight ``cvt``.
+
+    Operands (``FRAG_PACK`` copies of each input, the first read): ``$0..$7`` the pairs; ``$8`` the byte offset of
+    the bitmap word holding the 16 channels, ``$24`` of the word of codes 0-3, ``$40`` the channels' bit offset in
+    the bitmap word (0 or 16), ``$56`` nonzero when the token is valid (an invalid token's pairs come out zero),
+    ``$72`` the selector table's byte offset, ``$88`` the tail word's byte offset, ``$104`` the fifth code's bit
+    offset in it (8 times the group's index mod 4)."""
+    lines = [
+        "{",
+        ".reg .pred p;",
+        ".reg .b32 w0, a, tl, b, lo, hi, s0, s1, t, ta, n;",
+        ".reg .b16 clo, chi;",
+        "setp.ne.u32 p, $56, 0;",
+        "mov.b32 w0, 0;",
+        "mov.u32 ta, global_smem;",
+        "add.u32 ta, ta, $8;",
+        "@p ld.shared.b32 w0, [ta];",
+        "shr.b32 w0, w0, $40;",
+        "mov.u32 ta, global_smem;",
+        "add.u32 ta, ta, $24;",
+        "ld.shared.b32 a, [ta];",
+        "mov.u32 ta, global_smem;",
+        "add.u32 ta, ta, $88;",
+        "ld.shared.b32 tl, [ta];",
+        "shr.b32 b, tl, $104;",
+        "and.b32 b, b, 0xFF;",  # the fifth code, bytes 1-3 zero
+        "mov.u32 ta, global_smem;",
+        "add.u32 ta, ta, $72;",
+        "shl.b32 t, w0, 2;",  # the low 8 kept bits times 4: the table entry's byte offset
+        "and.b32 t, t, 0x3FC;",
+        "add.u32 t, ta, t;",
+        "ld.shared.b32 s0, [t];",
+        "shr.b32 t, w0, 6;",  # the high 8
+        "and.b32 t, t, 0x3FC;",
+        "add.u32 t, ta, t;",
+        "ld.shared.b32 s1, [t];",
+        "and.b32 n, w0, 0xFF;",
+        "popc.b32 n, n;",
+        "shl.b32 n, n, 3;",
+        "shf.r.clamp.b32 lo, a, b, n;",  # (b:a) >> 8·count: the high half's first code at byte 0
+        "shr.b32 hi, b, n;",
+    ]
+    for quarter, (src_lo, src_hi, sel) in enumerate((("a", "b", "s0"), ("a", "b", "s0"), ("lo", "hi", "s1"),
+                                                     ("lo", "hi", "s1"))):  # fmt: skip
+        if quarter % 2:
+            lines.append(f"shr.b32 {sel}, {sel}, 16;")
+        lines += [
+            f"prmt.b32 t, {src_lo}, {src_hi}, {sel};",
+            "mov.b32 {clo, chi}, t;",
+            f"cvt.rn.f16x2.e4m3x2 ${2 * quarter}, clo;",
+            f"cvt.rn.f16x2.e4m3x2 ${2 * quarter + 1}, chi;",
+        ]
+    lines.append("}")
+    return "\n".join(lines)
+
+
 def _code_load(c: int, swizzled: bool = False) -> list[str]:
     """The 8-byte load of e4m3 codes ``8c .. 8c + 7`` into ``e2c``, ``e2c+1`` (scattered as stored)."""
     return _slot_load(f"{{e{2 * c}, e{2 * c + 1}}}", 8 * c, swizzled)

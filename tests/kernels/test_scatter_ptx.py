@@ -22,6 +22,7 @@ from mustafar.kernels.scatter_ptx import (
     FRAG_PACK,
     SCORE_HEADS,
     expand8_frag_asm,
+    expand16_frag_asm,
     expand_asm,
     scatter_asm,
     score_asm,
@@ -91,6 +92,8 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray, lane: int = 0) -> d
             smem[addr(a[0])] = regs[a[1]] & 0xFF
         elif op == "shr.b32":
             regs[a[0]] = val(a[1]) >> val(a[2])
+        elif op == "shf.r.clamp.b32":  # (b:a) >> min(c, 32), the low word
+            regs[a[0]] = (val(a[1]) | val(a[2]) << 32) >> min(val(a[3]), 32) & 0xFFFFFFFF
         elif op == "mov.b32" and isinstance(a[0], list):
             regs[a[0][0]], regs[a[0][1]] = val(a[1]) & 0xFFFF, val(a[1]) >> 16
         elif op == "setp.ne.u32":
@@ -450,18 +453,19 @@ def _staged_position(t: int, x: int, slot_bytes: int) -> int:
     return int(np.flatnonzero(staged_slots(index).reshape(-1) == t * slot_bytes + x)[0])
 
 
-def _selector_entry(bits: int) -> int:
+def _selector_entry(bits: int, absent: int = 4) -> int:
     """The fp8 key selector table's entry for one 4:8 group's kept bits, as expand8_frag_asm documents it: position
-    p's prmt nibble (the byte of its code, its rank among the kept, or 4, a zero byte, where it is not kept) at
-    bit 4p: positions 0-3 in the low half-word, 4-7 in the high one."""
+    p's prmt nibble (the byte of its code, its rank among the kept, or ``absent``, a zero byte, where it is not
+    kept) at bit 4p: positions 0-3 in the low half-word, 4-7 in the high one. expand16_frag_asm's table has
+    ``absent`` 7, a byte that is zero for both."""
     kept = [p for p in range(8) if bits >> p & 1]
-    nibbles = [kept.index(p) if p in kept else 4 for p in range(8)]
+    nibbles = [kept.index(p) if p in kept else absent for p in range(8)]
     return sum(n << 4 * p for p, n in enumerate(nibbles))
 
 
 @pytest.mark.parametrize("d", [64, 128])
-@pytest.mark.parametrize("values", ["fp16", "bf16", "fp8"])
-def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values):
+@pytest.mark.parametrize("values, absent", [("fp16", 4), ("bf16", 4), ("fp8", 4), ("fp8", 7)])
+def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values, absent):
     """expand8_frag_asm against the plain-PyTorch dense keys (four of every eight kept, ties to the lower
     channel): for every token and 16-channel block, the eight registers are the block's dense pairs in order,
     low half the even channel; invalid tokens give zeros whatever their stale slots hold (fp8: through the
@@ -484,7 +488,7 @@ def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values):
         dense = torch.where(mask, rows, torch.zeros_like(rows))
     vals[valid:] = 0x7E  # stale slots behind invalid tokens
     words = pack_bitmap(mask).numpy().view(np.uint32)
-    table = np.array([_selector_entry(g) for g in range(256)], dtype=np.uint32)
+    table = np.array([_selector_entry(g, absent) for g in range(256)], dtype=np.uint32)
     smem = np.zeros(words.nbytes + vals.nbytes + table.nbytes, dtype=np.uint8)
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
     smem[words.nbytes : words.nbytes + vals.nbytes] = staged_slots(vals).reshape(-1)
@@ -512,6 +516,68 @@ def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values):
             got = [regs[f"${j}"] for j in range(8)]
             want = [int(bits[t, ch + 2 * j]) | int(bits[t, ch + 2 * j + 1]) << 16 for j in range(8)]
             assert got == (want if t < valid else [0] * 8), (t, ch)
+
+
+def _nm16_slots(codes: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    """5:16 fp8 slots in the layout :func:`expand16_frag_asm` reads: group g's codes 0-3 at bytes 4g .. 4g + 3,
+    its fifth code at byte 32 + g (D 128: eight groups, 40 bytes)."""
+    tokens, d = mask.shape
+    groups = d // 16
+    vals = np.zeros((tokens, padded_keep(5 * groups, 1, 8)), dtype=np.uint8)
+    for t in range(tokens):
+        kept = codes[t][mask[t]].numpy()
+        for g in range(groups):
+            vals[t, 4 * g : 4 * g + 4] = kept[5 * g : 5 * g + 4]
+            vals[t, 4 * groups + g] = kept[5 * g + 4]
+    return vals
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_expand16_frag_ptx_gives_each_lane_its_dense_channel_pairs(d):
+    """expand16_frag_asm against the plain-PyTorch dense codes (five of every sixteen kept, ties to the lower
+    channel, e4m3 unscaled): for every token and group, the eight registers are the group's dense pairs in order;
+    an invalid token gives zeros whatever its slot holds."""
+    torch.manual_seed(d + 16)
+    tokens, keep, valid = 24, 5 * d // 16, 21
+    rows = torch.randn(tokens, d, dtype=torch.float16) * 5
+    rows[1, :16] = torch.tensor([1.0, -1.0] * 8).to(rows.dtype)  # ties inside a group
+    rows[3] = 0.0
+    rows[5, 8:16] = 0.0  # all five in the low half of group 0
+    rows[6, :8] = 0.0  # all five in the high half
+    mask = nm_topk_mask(rows.abs(), keep, 16)
+    codes, _ = quantize(rows, mask)
+    dense = codes.view(torch.float8_e4m3fn).to(torch.float16).masked_fill(~mask, 0)
+    vals = _nm16_slots(codes, mask)
+    vals[valid:] = 0x7E  # stale slots behind invalid tokens
+    words = pack_bitmap(mask).numpy().view(np.uint32)
+    table = np.array([_selector_entry(g, 7) for g in range(256)], dtype=np.uint32)
+    voff, toff = words.nbytes, words.nbytes + vals.nbytes
+    smem = np.zeros(toff + table.nbytes, dtype=np.uint8)
+    smem[:voff] = words.reshape(-1).view(np.uint8)
+    smem[voff:toff] = vals.reshape(-1)
+    smem[toff:] = table.view(np.uint8)
+    bits = dense.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
+    asm = expand16_frag_asm()
+    slot, groups = vals.shape[1], d // 16
+    for t in range(tokens):
+        for g in range(groups):
+            ch = 16 * g
+            inputs = (
+                t * d // 8 + 4 * (ch // 32),
+                voff + t * slot + 4 * g,
+                ch % 32,
+                int(t < valid),
+                toff,
+                voff + t * slot + 4 * groups + 4 * (g // 4),
+                8 * (g % 4),
+            )
+            ops = [0] * (8 + len(inputs) * FRAG_PACK)
+            for i, x in enumerate(inputs):
+                ops[7 + i * FRAG_PACK] = x
+            regs = run_ptx(asm, ops, smem)
+            got = [regs[f"${j}"] for j in range(8)]
+            want = [int(bits[t, ch + 2 * j]) | int(bits[t, ch + 2 * j + 1]) << 16 for j in range(8)]
+            assert got == (want if t < valid else [0] * 8), (t, g)
 
 
 def test_expand_ptx_refuses_other_slots():
