@@ -83,6 +83,13 @@ def _static_formats() -> dict[str, KVConfig]:
     for (head, tail), policy in scatter.items():
         formats[head + tail] = policy
         formats[f"{head}-fp8{tail}"] = replace(policy, value_dtype="fp8")
+    # K 5:16 calibrated + V 5:16 in fp8 codes at s 0.6875 (kv=k69v69_kn16c_vnm16_fp8): both expanded (round 23)
+    formats["K0.6875V0.6875-nm16ck-fp8-nm16v-static"] = KVConfig(
+        **{**word, "k_sparsity": 0.6875, "v_sparsity": 0.6875},
+        k_keep_rule="nm16c",
+        v_keep_rule="nm16",
+        value_dtype="fp8",
+    )
     return formats
 
 

@@ -68,6 +68,8 @@ KEEP_RULES = (
     "nm8sk-fp8-nm4v",
     "nm8ck-nm4v",
     "nm8ck-fp8-nm4v",
+    "nm16k-fp8-nm16v",
+    "nm16ck-fp8-nm16v",
 )
 CONFIGS = {  # name -> private launch options, timed next to the default launch (round 5 sweeps: NOTES.md)
     "staged n32": dict(decoder="staged", block_n=32),
@@ -75,6 +77,18 @@ CONFIGS = {  # name -> private launch options, timed next to the default launch 
     "portable n32 w1": dict(decoder="portable", block_n=32, num_warps=1),
 }
 REP = 60  # ms of do_bench repetitions per timing
+
+
+def _rule_sparsity(rule: str) -> float:
+    """The one sparsity an expanded V rule's stores hold (two of four: 0.5; five of sixteen: 0.6875), else 0.7."""
+    return 0.5 if rule.endswith("-nm4v") else 0.6875 if rule.endswith("-nm16v") else 0.7
+
+
+def _fits(rule: str, s: float, head_dim: int) -> bool:
+    """Whether ``rule``'s stores exist at sparsity ``s`` (expanded V rules keep one fixed count)."""
+    if not rule.endswith(("-nm4v", "-nm16v")):
+        return True
+    return exact_keep(head_dim, s) == exact_keep(head_dim, _rule_sparsity(rule))
 
 
 def graph_time(fn, rep: int = REP) -> float:
@@ -211,12 +225,14 @@ def decode_row(
         dtype,
         word_quota=rule.startswith(("word", "nm")),
         value_dtype="fp8" if fp8 else "native",
-        v_nm_group=4
-        if rule.endswith("-nm4v")
-        else 0,  # V two of every four channels: expanded, not scattered
-        k_nm_group=8 if rule.startswith("nm8") else 0,  # K four of every eight: expanded, scored by an MMA
+        # V two of every four (or five of sixteen) channels: expanded, not scattered
+        v_nm_group=4 if rule.endswith("-nm4v") else 16 if rule.endswith("-nm16v") else 0,
+        # K four of every eight (or five of sixteen): expanded, scored by an MMA
+        k_nm_group=8 if rule.startswith("nm8") else 16 if rule.startswith("nm16") else 0,
         k_strided=rule.startswith("nm8sk"),
-        k_calibrated=rule.startswith("nm8ck"),  # each (row, head) in its own order: q gathered through it
+        k_calibrated=rule.startswith(
+            ("nm8ck", "nm16ck")
+        ),  # each (row, head) in its own order: q gathered through it
     )
     default = decode_call(inp, {})
     us = time_us(default)  # first: the launch measures its occupancy, which the plan below then uses
@@ -420,7 +436,9 @@ def main() -> None:
         "four channels (expanded by the scatter decoder; s 0.5 only, other sparsities skipped), word-fp8-nm4v the "
         "same with fp8 values; nm8sk-nm4v: K four of every eight strided channels, V two of every four (both "
         "expanded; nm8k-nm4v: K groups consecutive, nm8ck-nm4v: K groups calibrated per head, q gathered through "
-        "each head's order, the same kernel), nm8sk-fp8-nm4v and nm8ck-fp8-nm4v the same with fp8 values",
+        "each head's order, the same kernel), nm8sk-fp8-nm4v and nm8ck-fp8-nm4v the same with fp8 values; "
+        "nm16k-fp8-nm16v / nm16ck-fp8-nm16v: K and V five of every sixteen channels as fp8 codes, K groups "
+        "consecutive / calibrated (both expanded; s 0.6875 only)",
     )
     ap.add_argument(
         "--dtype", choices=("fp16", "bf16"), default="fp16", help="queries, windows, dense K/V, values"
@@ -475,13 +493,11 @@ def main() -> None:
             decode_row(s, b, t, roof, sweep and rule == "exact", base_decode, rule, shape, dtype)
             for s, b, t in sizes
             for rule in rules
-            if not rule.endswith("-nm4v") or exact_keep(shape.head_dim, s) * 2 == shape.head_dim
+            if _fits(rule, s, shape.head_dim)
         ]
         # timed again: run-to-run spread
         repeat = [
-            decode_row(
-                0.5 if rule.endswith("-nm4v") else 0.7, 8, 16384, roof, False, base_decode, rule, shape, dtype
-            )
+            decode_row(_rule_sparsity(rule), 8, 16384, roof, False, base_decode, rule, shape, dtype)
             for rule in rules
         ]
     result = dict(meta=meta, copy_roof_tbs=roof, checks=checks, decode=decode, repeat=repeat, compress=comp)

@@ -145,8 +145,12 @@ def main() -> None:
     ap.add_argument("--sparsity", type=float, default=0.7)
     ap.add_argument("--dtype", choices=("fp16", "bf16"), default="fp16")
     ap.add_argument("--value-dtype", choices=("native", "fp8"), default="native")
-    ap.add_argument("--v-nm-group", type=int, choices=(0, 4, 8), default=0, help="V kept per N-channel group")
-    ap.add_argument("--k-nm-group", type=int, choices=(0, 4, 8), default=0, help="K kept per N-channel group")
+    ap.add_argument(
+        "--v-nm-group", type=int, choices=(0, 4, 8, 16), default=0, help="V kept per N-channel group"
+    )
+    ap.add_argument(
+        "--k-nm-group", type=int, choices=(0, 4, 8, 16), default=0, help="K kept per N-channel group"
+    )
     args = ap.parse_args()
     dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[args.dtype]
     kernel = compile_scatter(

@@ -49,12 +49,15 @@ from mustafar.kernels.scatter_ptx import (
     SELECTOR_TABLE_BYTES,
     TOKENS_PER_TILE,
     expand8_frag_asm,
+    expand16_frag_asm,
+    expand16_rows_asm,
     expand_asm,
-    expands_keys,
     expands_values,
+    key_group,
     scatter_asm,
     score_asm,
     swizzled_slots,
+    value_group,
 )
 from mustafar.kernels.support import interpreting
 
@@ -553,6 +556,9 @@ def _staged_stride(slot_bytes: int, chunk: int) -> int:
     return slot_bytes + chunk if (slot_bytes // chunk) % 2 == 0 else slot_bytes
 
 
+KEY16_PAD = 8  # bytes added to the staged stride of 5:16 keys at D 128 (:func:`_scatter_constexprs`)
+
+
 def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
     """One dense tile, a ring of staged sides (:func:`_scatter_plan`, :func:`_scatter_ring`: each side's words,
     value slots and, fp8, its scales) and the scatter PTX of each side; in the kernel's declaration order."""
@@ -561,12 +567,17 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     k_sb, v_sb = _slot_bytes(k_store), _slot_bytes(v_store)
     k_ck, v_ck = (16 if sb % 16 == 0 else 8 for sb in (k_sb, v_sb))
     k_sp, v_sp = _staged_stride(k_sb, k_ck), _staged_stride(v_sb, v_ck)
+    if key_group(k_store, v_store) == 16 and (k_sp // 4) % 8 == 2:
+        # 5:16 keys: the eight tokens of one fragment load read four groups' words each, which a stride of 10
+        # words (D 128) folds onto shared banks; 12 words spread them over all 32
+        k_sp += KEY16_PAD
     fp8 = k_store.fp8 or v_store.fp8
     slot_bytes = block_n * (d // 8 + max(k_sp, v_sp) + (4 if fp8 else 0))
     sides = _scatter_plan(k_store, v_store, slot_bytes, n_rep)[1]
-    v_nm, k_nm = expands_values(v_store), expands_keys(k_store, v_store)
+    v_nm, k_nm = value_group(v_store), key_group(k_store, v_store)
     tile = block_n * d * (1 if v_store.fp8 and not v_nm else 2)  # scattered fp8: an e4m3 tile
-    words = _scatter_ring(tile, slot_bytes, sides, SELECTOR_TABLE_BYTES if k_nm and k_store.fp8 else 0)
+    table = (k_nm and k_store.fp8) or v_nm == 16  # fp8 selectors, after the ring
+    words = _scatter_ring(tile, slot_bytes, sides, SELECTOR_TABLE_BYTES if table else 0)
     return dict(
         N_REP=n_rep,
         D=d,
@@ -585,12 +596,16 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         V_CH_P2=triton.next_power_of_2(block_n * v_sb // v_ck),
         DEVICE_LEN=k_store.static,
         K_ASM=(
-            expand8_frag_asm(k_store.fp8)
+            expand16_frag_asm()
+            if k_nm == 16
+            else expand8_frag_asm(k_store.fp8)
             if k_nm
             else score_asm(d, k_store.keep, k_store.slot, n_rep, q.dtype == torch.bfloat16, k_store.fp8)
         ),
         V_ASM=(
-            expand_asm(d, v_store.slot, v_store.fp8)
+            expand16_rows_asm(d, v_store.slot)
+            if v_nm == 16
+            else expand_asm(d, v_store.slot, v_store.fp8)
             if v_nm
             else scatter_asm(d, v_store.keep, v_store.slot, v_store.fp8)
         ),
@@ -599,7 +614,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         V_NM=v_nm,
         K_NM=k_nm,
         K_PERM=k_store.nm_group if k_nm and k_store.nm_strided else 0,
-        K_ORDER=k_nm and k_store.head_order is not None,
+        K_ORDER=bool(k_nm) and k_store.head_order is not None,
     )
 
 

@@ -125,19 +125,33 @@ def _v_rows_layout():
 
 @gluon.jit
 def _expand_side(words_off, vals_off, n_tok, ASM: gl.constexpr, SB: gl.constexpr, D: gl.constexpr,
-                 BLOCK_N: gl.constexpr, TILE_OFF: gl.constexpr, LC: gl.constexpr):  # fmt: skip
-    """Write one staged two-of-four V side as the dense rows of the tile, one token per lane
-    (:func:`~mustafar.kernels.scatter_ptx.expand_asm`); rows at or past ``n_tok`` are written zero."""
+                 BLOCK_N: gl.constexpr, TILE_OFF: gl.constexpr, LC: gl.constexpr, V_NM: gl.constexpr,
+                 TAB: gl.constexpr):  # fmt: skip
+    """Write one staged V side kept two of every four channels (``V_NM`` 4,
+    :func:`~mustafar.kernels.scatter_ptx.expand_asm`) or five of every sixteen (16, fp8 codes through the selector
+    table at shared byte ``TAB``: :func:`~mustafar.kernels.scatter_ptx.expand16_rows_asm`) as the dense rows of the
+    tile, one token per lane; rows at or past ``n_tok`` are written zero."""
     G: gl.constexpr = D // 32
     r = gl.arange(0, BLOCK_N, layout=LC)
-    gl.inline_asm_elementwise(
-        ASM,
-        "=r,r,r,r,r",
-        [words_off + r * (4 * G), vals_off + r * SB, TILE_OFF + r * (2 * D), (r < n_tok).to(gl.int32)],
-        dtype=gl.int32,
-        is_pure=False,
-        pack=1,
-    )
+    if V_NM == 16:
+        gl.inline_asm_elementwise(
+            ASM,
+            "=r,r,r,r,r,r",
+            [words_off + r * (4 * G), vals_off + r * SB, TILE_OFF + r * (2 * D), (r < n_tok).to(gl.int32),
+             gl.full([BLOCK_N], TAB, gl.int32, layout=LC)],
+            dtype=gl.int32,
+            is_pure=False,
+            pack=1,
+        )  # fmt: skip
+    else:
+        gl.inline_asm_elementwise(
+            ASM,
+            "=r,r,r,r,r",
+            [words_off + r * (4 * G), vals_off + r * SB, TILE_OFF + r * (2 * D), (r < n_tok).to(gl.int32)],
+            dtype=gl.int32,
+            is_pure=False,
+            pack=1,
+        )
     gl.thread_barrier()
 
 
@@ -182,28 +196,44 @@ def _staged_at(t, x, SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr):
 @gluon.jit
 def _expand_k_half(words_off, vals_off, n_tok, HH: gl.constexpr, ASM: gl.constexpr, DT: gl.constexpr,
                    SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr, FP8: gl.constexpr, D: gl.constexpr,
-                   BLOCK_N: gl.constexpr, TAB: gl.constexpr):  # fmt: skip
-    """Channels ``64·HH .. 64·HH + 63`` (store order) of one staged four-of-eight K side as the scores' MMA operand
-    [tokens, 64], expanded in registers (:func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm`): lane L holds
-    tokens L div 4 + 8j and, for its K positions 2i, 2i + 1, 2i + 8, ... (i = L mod 4), the store's channels
-    64·HH + 16i .. + 15 in order (:func:`_q_frag` gives q the same order). Tokens at or past ``n_tok`` are zero;
-    fp8 codes are selected through the table at shared byte ``TAB`` (:func:`_fill_selector_table`)."""
+                   BLOCK_N: gl.constexpr, TAB: gl.constexpr, K_NM: gl.constexpr):  # fmt: skip
+    """Channels ``64·HH .. 64·HH + 63`` (store order) of one staged expanded K side (``K_NM`` 8: four of every
+    eight kept, :func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm`; 16: five of every sixteen as fp8 codes,
+    :func:`~mustafar.kernels.scatter_ptx.expand16_frag_asm`) as the scores' MMA operand [tokens, 64], expanded in
+    registers: lane L holds tokens L div 4 + 8j and, for its K positions 2i, 2i + 1, 2i + 8, ... (i = L mod 4), the
+    store's channels 64·HH + 16i .. + 15 in order (:func:`_q_frag` gives q the same order). Tokens at or past
+    ``n_tok`` are zero; fp8 codes are selected through the table at shared byte ``TAB``
+    (:func:`_fill_selector_table`)."""
     L: gl.constexpr = _k_frag_layout()
     t = gl.expand_dims(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, L)), 1)
     i = gl.expand_dims((gl.arange(0, 64, layout=gl.SliceLayout(0, L)) // 2) % 4, 0)
     ch = 64 * HH + 16 * i  # the lane's first channel, in the store's order
     waddr = words_off + t * (D // 8) + (ch // 32) * 4
-    vaddr = vals_off + _staged_at(
-        t, ch // 2 if FP8 else ch, SB, SP, CK
-    )  # four of every eight kept: value ch // 2
-    out = gl.inline_asm_elementwise(
-        ASM,
-        "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 80,
-        [waddr, vaddr, ch % 32, (t < n_tok).to(gl.int32), gl.full([BLOCK_N, 64], TAB, gl.int32, layout=L)],
-        dtype=DT.value,
-        is_pure=False,
-        pack=16,
-    )
+    valid = (t < n_tok).to(gl.int32)
+    tab = gl.full([BLOCK_N, 64], TAB, gl.int32, layout=L)
+    if K_NM == 16:  # the group's five codes from byte 5·g of the slot: the word holding it and the next
+        first = 5 * (ch // 16)
+        vaddr = vals_off + _staged_at(t, (first // 4) * 4, SB, SP, CK)
+        out = gl.inline_asm_elementwise(
+            ASM,
+            "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 96,
+            [waddr, vaddr, ch % 32, valid, tab, (first % 4) * 8],
+            dtype=DT.value,
+            is_pure=False,
+            pack=16,
+        )
+    else:
+        vaddr = vals_off + _staged_at(
+            t, ch // 2 if FP8 else ch, SB, SP, CK
+        )  # four of every eight kept: value ch // 2
+        out = gl.inline_asm_elementwise(
+            ASM,
+            "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 80,
+            [waddr, vaddr, ch % 32, valid, tab],
+            dtype=DT.value,
+            is_pure=False,
+            pack=16,
+        )
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     return gl.convert_layout(out, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
 
@@ -215,18 +245,19 @@ _STORE_SHARED_ASM: gl.constexpr = gl.constexpr(
 
 @gluon.jit
 def _fill_selector_table(TAB: gl.constexpr):
-    """Write the fp8 key selector table at shared byte ``TAB``: for each of the 256 kept-bit patterns of a
-    4:8 group, the ``prmt`` nibble of each position (its rank's code byte, or 4, the zero register's, where the
-    position is not kept) at bit 4p: positions 0-3 in the low half-word, 4-7 in the high one
-    (:func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm`). Once per program, eight entries per lane; the
-    loop's first barrier publishes it."""
+    """Write the fp8 selector table at shared byte ``TAB``: for each of the 256 kept-bit patterns of eight
+    channels, the ``prmt`` nibble of each position (its rank's code byte, or 7 where the position is not kept: a
+    byte that is zero in the second source of every expansion reading it) at bit 4p: positions 0-3 in the low
+    half-word, 4-7 in the high one (:func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm` for a 4:8 group,
+    :func:`~mustafar.kernels.scatter_ptx.expand16_frag_asm` and ``expand16_rows_asm`` for either half of a 5:16
+    one). Once per program, eight entries per lane; the loop's first barrier publishes it."""
     L: gl.constexpr = gl.BlockedLayout([8], [32], [1], [0])
     g = gl.arange(0, 256, layout=L)
     entry = gl.zeros([256], gl.int32, layout=L)
     rank = gl.zeros([256], gl.int32, layout=L)
     for p in gl.static_range(8):
         kept = (g >> p) & 1
-        entry = entry | (gl.where(kept == 1, rank, 4) << (4 * p))
+        entry = entry | (gl.where(kept == 1, rank, 7) << (4 * p))
         rank = rank + kept
     gl.inline_asm_elementwise(
         _STORE_SHARED_ASM, "=r,r,r", [TAB + 4 * g, entry], dtype=gl.int32, is_pure=False, pack=1
@@ -405,7 +436,7 @@ def _sc_sparse_decode_kernel(
         frame = gl.max(gl.full([BLOCK_N], 1.0, gl.float32, layout=gl.SliceLayout(1, mma)), axis=0)
     q_row = q_ptr + b.to(gl.int64) * sqb + (h * N_REP).to(gl.int64) * sqh
     TAB: gl.constexpr = REGION + SIDES * SLOT_BYTES  # fp8 expanded keys: the selector table after the ring
-    if K_NM and K_FP8:
+    if (K_NM and K_FP8) or V_NM == 16:
         _fill_selector_table(TAB)
     if K_NM:  # qᵀ as the scores' MMA operand in two halves (D 128), its channels in the K operand's order
         order_row = k_order + (b.to(gl.int64) * heads_kv + h) * D
@@ -470,7 +501,7 @@ def _sc_sparse_decode_kernel(
             KT: gl.constexpr = gl.float16 if K_FP8 else DT
             sc = mma_v2(
                 _expand_k_half(
-                    k_off, k_off + WB, n_tok, 0, K_ASM, KT, K_SB, K_SP, K_CK, K_FP8, D, BLOCK_N, TAB
+                    k_off, k_off + WB, n_tok, 0, K_ASM, KT, K_SB, K_SP, K_CK, K_FP8, D, BLOCK_N, TAB, K_NM
                 ),
                 qk0,
                 gl.zeros([BLOCK_N, BLOCK_H], gl.float32, layout=mma),
@@ -478,7 +509,7 @@ def _sc_sparse_decode_kernel(
             if D == 128:
                 sc = mma_v2(
                     _expand_k_half(
-                        k_off, k_off + WB, n_tok, 1, K_ASM, KT, K_SB, K_SP, K_CK, K_FP8, D, BLOCK_N, TAB
+                        k_off, k_off + WB, n_tok, 1, K_ASM, KT, K_SB, K_SP, K_CK, K_FP8, D, BLOCK_N, TAB, K_NM
                     ),
                     qk1,
                     sc,
@@ -509,7 +540,7 @@ def _sc_sparse_decode_kernel(
         gl.thread_barrier()  # V staged; every lane is done reading the K tile
         v_off = REGION + ((n + 1) % SIDES) * SLOT_BYTES
         if V_NM:
-            _expand_side(v_off, v_off + WB, n_tok, V_ASM, V_SP, D, BLOCK_N, TILE_OFF, lc)
+            _expand_side(v_off, v_off + WB, n_tok, V_ASM, V_SP, D, BLOCK_N, TILE_OFF, lc, V_NM, TAB)
         else:
             _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, VT, V_SP, D, BLOCK_N, TILE_OFF, lc)
         if V_FP8:

@@ -171,16 +171,17 @@ def sparse_decode_attention(
 def _check_store_order(k_store: CompressedStore, v_store: CompressedStore, decoder: str) -> None:
     """Refuse strided N:M stores (channels held in the groups' order) that the chosen decoder would read as if in
     channel order: only the scatter decoder's expanded keys (q loaded in the K store's order) read them, and
-    the same keys under per-head orders (the calibrated ``nm8c`` rule); other per-head orders (values, ``nm16c``
-    keys) are read by the PyTorch decoder only."""
+    the same keys under per-head orders (the calibrated ``nm8c`` and ``nm16c`` rules); per-head orders on values
+    are read by the PyTorch decoder only."""
     keys_read = decoder == "scatter" and expands_keys(k_store, v_store)  # q loaded in the K store's order
-    for side, st in (("K", k_store), ("V", v_store)):
+    for side, st in (("V", v_store), ("K", k_store)):  # a V order also stops its keys' expansion: name it
         if st.head_order is not None and not (side == "K" and keys_read):
             raise ValueError(
                 f"the {side} store holds a per-head channel order (kv keep rule nm8c or nm16c), which the Triton "
                 "decoders read only for keys kept four of every eight channels at half the head dim with values kept "
-                f"two of every four, on a GPU that runs the scatter decoder (this call: the {decoder} decoder); use "
-                "backend='torch' (MUSTAFAR_KERNEL_BACKEND=torch), kv.mode=mask, or kv=k50v50_kn8c_vnm4"
+                "two of every four, or five of every sixteen as fp8 codes beside values kept alike, on a GPU that "
+                f"runs the scatter decoder (this call: the {decoder} decoder); use backend='torch' "
+                "(MUSTAFAR_KERNEL_BACKEND=torch), kv.mode=mask, kv=k50v50_kn8c_vnm4 or kv=k69v69_kn16c_vnm16_fp8"
             )
     if not (k_store.nm_strided or v_store.nm_strided):
         return

@@ -28,6 +28,7 @@ from mustafar.formats.bitmap import CompressedStore
 from mustafar.pruning.keep import word_quotas
 
 TOKENS_PER_TILE = 32  # one token per lane of the decoder's single warp
+NM16_CODES = 5  # codes per 16-channel group that the 5:16 expansions read: keep 5·D/16 (s 0.6875)
 
 
 def store_quotas(store: CompressedStore) -> tuple[int, ...] | None:
@@ -37,25 +38,44 @@ def store_quotas(store: CompressedStore) -> tuple[int, ...] | None:
     return word_quotas(store.head_dim, store.keep)
 
 
+def value_group(store: CompressedStore) -> int:
+    """The group size of the V stores whose rows the scatter decoder expands in registers instead of scattering
+    their values, else 0: 4, two of every four consecutive channels kept (fp16/bf16 values or fp8 codes, widened
+    to an fp16 tile; :func:`expand_asm`), or 16, five of every sixteen as fp8 codes (:func:`expand16_rows_asm`);
+    in channel order (a strided or per-head order would come out permuted)."""
+    if store.nm_strided or store.head_order is not None:
+        return 0
+    if store.nm_group == 4 and store.keep == expand_keep(store.head_dim):
+        return 4
+    if store.nm_group == 16 and store.fp8 and store.keep == NM16_CODES * store.head_dim // 16:
+        return 16
+    return 0
+
+
 def expands_values(store: CompressedStore) -> bool:
-    """Whether the scatter decoder expands this V store's rows in registers (:func:`expand_asm`)
-    instead of scattering its values: two of every four consecutive channels kept (fp16/bf16 values or fp8
-    codes, which it widens to an fp16 tile), in channel order (a strided store's rows would come out permuted)."""
-    return store.nm_group == 4 and not store.nm_strided and store.keep == expand_keep(store.head_dim)
+    """Whether the scatter decoder expands this V store's rows in registers (:func:`value_group`)."""
+    return value_group(store) > 0
+
+
+def key_group(k_store: CompressedStore, v_store: CompressedStore) -> int:
+    """The group size of the K stores the scatter decoder expands into the scores' MMA operand and scores with
+    MMAs instead of walking their bits, else 0: 8, four of every eight channels kept (:func:`expand8_frag_asm`),
+    or 16, five of every sixteen as fp8 codes (:func:`expand16_frag_asm`); in the store's order (consecutive,
+    strided under a fixed permutation, or per head: q is loaded in the same order), with V's rows expanded too
+    and of the same value type (fp16/bf16 values, or fp8 codes on both sides: one ``value_dtype`` for both, as
+    a ``KVConfig`` builds them)."""
+    if k_store.fp8 != v_store.fp8 or not expands_values(v_store):
+        return 0
+    if k_store.nm_group == 8 and k_store.keep == expand_keep(k_store.head_dim):
+        return 8
+    if k_store.nm_group == 16 and k_store.fp8 and k_store.keep == NM16_CODES * k_store.head_dim // 16:
+        return 16
+    return 0
 
 
 def expands_keys(k_store: CompressedStore, v_store: CompressedStore) -> bool:
-    """Whether the scatter decoder expands this K store into the scores' MMA operand
-    (:func:`expand8_frag_asm`) and scores it with MMAs instead of walking its bits: four of every eight channels
-    kept in the store's order (consecutive, or strided under a fixed permutation that q takes too), with V's rows
-    expanded too and of the same value type (fp16/bf16 values, or fp8 codes on both sides: the pairings a
-    ``KVConfig`` builds, one ``value_dtype`` for both, and the GPU tests cover)."""
-    return (
-        k_store.nm_group == 8
-        and k_store.keep == expand_keep(k_store.head_dim)
-        and k_store.fp8 == v_store.fp8
-        and expands_values(v_store)
-    )
+    """Whether the scatter decoder expands this K store into the scores' MMA operand (:func:`key_group`)."""
+    return key_group(k_store, v_store) > 0
 
 
 CHUNK_VALUES = 8  # values per staged load: one 16-byte vector of fp16/bf16, one 8-byte vector of fp8 codes
@@ -392,7 +412,7 @@ def expand8_frag_asm(fp8: bool = False) -> str:
     ``prmt`` of that register and the zero register, each followed by two widening ``cvt`` (exact, unscaled: the
     caller scales the scores); the selectors are one shared-memory load from a 256-entry table indexed by the
     group's kept bits (built once per program, :func:`mustafar.kernels.decode_scatter._fill_selector_table`: for
-    position p, the ``prmt`` nibble of its rank's code, or 4, a zero byte, where p is not kept, at bit 4p: one
+    position p, the ``prmt`` nibble of its rank's code, or 7, a byte of the zero register, where p is not kept, at bit 4p: one
     half-word per ``prmt``), about 13 instructions per eight channels where computing them took 30 and the kernel
     was bound by its ALU pipe (NOTES, round 21).
 
@@ -444,56 +464,40 @@ def expand8_frag_asm(fp8: bool = False) -> str:
     return "\n".join(lines)
 
 
-@functools.cache
-def expand16_frag_asm() -> str:
-    """PTX that expands one token's 16 key channels kept five of every sixteen (one 5:16 group, fp8 codes) into a
-    lane's eight registers of the scores' MMA operand, as :func:`expand8_frag_asm` does for two 4:8 groups: the
-    registers hold the dense channel pairs 0-1 .. 14-15 as fp16 (unscaled codes). Not wired into a decoder yet
-    (results/kernels/NOTES.md round 22, "Next format").
+def nm16_code_word(group: int) -> tuple[int, int]:
+    """(byte offset of the 32-bit slot word holding the first code of 5:16 group ``group``, bit shift of that
+    code inside it): the group's five codes are slot bytes 5·g .. 5·g + 4 in ascending order, the store's own
+    layout, so they lie in that word and the next one."""
+    first = NM16_CODES * group
+    return 4 * (first // 4), 8 * (first % 4)
 
-    Slot layout it reads: the group's codes 0-3 in one aligned word, its fifth code in a tail word shared with
-    three other groups. Positions 0-7: one ``prmt`` of (codes 0-3, fifth code) per four positions, selectors from
-    the 256-entry table indexed by the low 8 kept bits (position p's nibble: its rank, or 7 where it is not kept,
-    a byte that is zero in both sources: this kernel's fifth-code register, or the zero register of
-    :func:`expand8_frag_asm`, so one table serves both). Positions 8-15: the same table on the high 8 bits, the
-    codes shifted right by the low half's count (``shf.r.clamp``), so the ranks start at 0 again and the vacated
-    bytes are zero. Four ``prmt``, eight ``cvt``.
 
-    Operands (``FRAG_PACK`` copies of each input, the first read): ``$0..$7`` the pairs; ``$8`` the byte offset of
-    the bitmap word holding the 16 channels, ``$24`` of the word of codes 0-3, ``$40`` the channels' bit offset in
-    the bitmap word (0 or 16), ``$56`` nonzero when the token is valid (an invalid token's pairs come out zero),
-    ``$72`` the selector table's byte offset, ``$88`` the tail word's byte offset, ``$104`` the fifth code's bit
-    offset in it (8 times the group's index mod 4)."""
-    lines = [
-        "{",
-        ".reg .pred p;",
-        ".reg .b32 w0, a, tl, b, lo, hi, s0, s1, t, ta, n;",
-        ".reg .b16 clo, chi;",
-        "setp.ne.u32 p, $56, 0;",
-        "mov.b32 w0, 0;",
-        "mov.u32 ta, global_smem;",
-        "add.u32 ta, ta, $8;",
-        "@p ld.shared.b32 w0, [ta];",
-        "shr.b32 w0, w0, $40;",
-        "mov.u32 ta, global_smem;",
-        "add.u32 ta, ta, $24;",
-        "ld.shared.b32 a, [ta];",
-        "mov.u32 ta, global_smem;",
-        "add.u32 ta, ta, $88;",
-        "ld.shared.b32 tl, [ta];",
-        "shr.b32 b, tl, $104;",
-        "and.b32 b, b, 0xFF;",  # the fifth code, bytes 1-3 zero
-        "mov.u32 ta, global_smem;",
-        "add.u32 ta, ta, $72;",
-        "shl.b32 t, w0, 2;",  # the low 8 kept bits times 4: the table entry's byte offset
+def _nm16_group(out: list[str], kept: str, x0: str, x1: str, shift: str, table: str) -> list[str]:
+    """PTX expanding one 5:16 group of fp8 codes into the eight fp16-pair registers ``out`` (dense channel pairs
+    0-1 .. 14-15, unscaled). ``kept``: a register whose low 16 bits are the group's kept bits (clobbered);
+    ``x0``, ``x1``: the slot words holding its codes from bit ``shift`` of ``x0`` on (a register or an immediate);
+    ``table``: a register holding the selector table's shared address.
+
+    The codes are funnel-shifted into ``a`` (codes 0-3) and ``b`` (the fifth, bytes 1-3 zero). Positions 0-7: one
+    ``prmt`` of (a, b) per four positions with selectors from the 256-entry table indexed by the low 8 kept bits
+    (position p's nibble: its rank, or 7 where it is not kept, a zero byte of b). Positions 8-15: the same table on
+    the high 8 bits, the codes shifted right by the low half's count (``shf.r.clamp``), so the ranks start at 0
+    again and the vacated bytes are zero. Scratch: a, b, lo, hi, s0, s1, t, n, clo, chi."""
+    lines = (
+        [f"shf.r.clamp.b32 a, {x0}, {x1}, {shift};", f"bfe.u32 b, {x1}, {shift}, 8;"]
+        if shift != "0"
+        else [f"mov.b32 a, {x0};", f"and.b32 b, {x1}, 0xFF;"]
+    )
+    lines += [
+        f"shl.b32 t, {kept}, 2;",  # the low 8 kept bits times 4: the table entry's byte offset
         "and.b32 t, t, 0x3FC;",
-        "add.u32 t, ta, t;",
+        f"add.u32 t, {table}, t;",
         "ld.shared.b32 s0, [t];",
-        "shr.b32 t, w0, 6;",  # the high 8
+        f"shr.b32 t, {kept}, 6;",  # the high 8
         "and.b32 t, t, 0x3FC;",
-        "add.u32 t, ta, t;",
+        f"add.u32 t, {table}, t;",
         "ld.shared.b32 s1, [t];",
-        "and.b32 n, w0, 0xFF;",
+        f"and.b32 n, {kept}, 0xFF;",
         "popc.b32 n, n;",
         "shl.b32 n, n, 3;",
         "shf.r.clamp.b32 lo, a, b, n;",  # (b:a) >> 8·count: the high half's first code at byte 0
@@ -506,10 +510,98 @@ def expand16_frag_asm() -> str:
         lines += [
             f"prmt.b32 t, {src_lo}, {src_hi}, {sel};",
             "mov.b32 {clo, chi}, t;",
-            f"cvt.rn.f16x2.e4m3x2 ${2 * quarter}, clo;",
-            f"cvt.rn.f16x2.e4m3x2 ${2 * quarter + 1}, chi;",
+            f"cvt.rn.f16x2.e4m3x2 {out[2 * quarter]}, clo;",
+            f"cvt.rn.f16x2.e4m3x2 {out[2 * quarter + 1]}, chi;",
         ]
-    lines.append("}")
+    return lines
+
+
+_NM16_REGS = ".reg .b32 a, b, lo, hi, s0, s1, t, n;"
+
+
+@functools.cache
+def expand16_frag_asm() -> str:
+    """PTX that expands one token's 16 key channels kept five of every sixteen (one 5:16 group, fp8 codes) into a
+    lane's eight registers of the scores' MMA operand, as :func:`expand8_frag_asm` does for two 4:8 groups: the
+    registers hold the dense channel pairs 0-1 .. 14-15 as fp16 (unscaled codes; :func:`_nm16_group`). About 31
+    instructions per 16 channels (4:8: 26) for 5/16 of the bytes instead of 8/16.
+
+    Operands (``FRAG_PACK`` copies of each input, the first read): ``$0..$7`` the pairs; ``$8`` the byte offset of
+    the bitmap word holding the 16 channels, ``$24`` of the slot word holding the group's first code
+    (:func:`nm16_code_word`; the next word is read too), ``$40`` the channels' bit offset in the bitmap word (0 or
+    16), ``$56`` nonzero when the token is valid (an invalid token's pairs come out zero), ``$72`` the selector
+    table's byte offset, ``$88`` the first code's bit shift in its word."""
+    lines = [
+        "{",
+        ".reg .pred p;",
+        ".reg .b32 w0, x0, x1, ta;",
+        _NM16_REGS,
+        ".reg .b16 clo, chi;",
+        "setp.ne.u32 p, $56, 0;",
+        "mov.b32 w0, 0;",
+        "mov.u32 ta, global_smem;",
+        "add.u32 ta, ta, $8;",
+        "@p ld.shared.b32 w0, [ta];",
+        "shr.b32 w0, w0, $40;",
+        "mov.u32 ta, global_smem;",
+        "add.u32 ta, ta, $24;",
+        "ld.shared.b32 x0, [ta];",
+        "ld.shared.b32 x1, [ta+4];",
+        "mov.u32 ta, global_smem;",
+        "add.u32 ta, ta, $72;",
+        *_nm16_group([f"${j}" for j in range(8)], "w0", "x0", "x1", "$88", "ta"),
+        "}",
+    ]
+    return "\n".join(lines)
+
+
+@functools.cache
+def expand16_rows_asm(head_dim: int, slot: int) -> str:
+    """PTX that expands one token's values kept five of every sixteen consecutive channels (fp8 codes, the
+    ``nm16`` rule at keep 5·D/16) into its dense fp16 row of the V tile, as :func:`expand_asm` does for two of
+    four: per group :func:`_nm16_group` (the key expansion's selectors and table), then two 16-byte stores.
+
+    Operands: ``$0`` a dummy output; ``$1`` the token's bitmap words and ``$2`` its code slot (byte offsets in the
+    kernel's shared allocation; the slot unswizzled and 8-byte aligned); ``$3`` the byte offset of its tile row;
+    ``$4`` nonzero when the token is valid (an invalid token's row is written zero); ``$5`` the selector table's
+    byte offset. The tile as :func:`expand_asm`'s: 16-byte chunk k of row r at chunk ``k XOR (r mod 8)``."""
+    groups = head_dim // 16
+    if head_dim % 32 or slot < NM16_CODES * groups or slot % 8 or swizzled_slots(slot, 16):
+        raise ValueError(
+            f"expand16_rows_asm needs head_dim a multiple of 32 and an unswizzled slot of at least 5·D/16 codes "
+            f"padded to 8 bytes, got head_dim={head_dim}, slot={slot}"
+        )
+    words = head_dim // 32
+    codes = slot // 4
+    lines = [
+        "{",
+        ".reg .pred p;",
+        f".reg .b32 w<{words}>, e<{codes}>, o<8>, k, va, base, row, xs, ca, tab;",
+        _NM16_REGS,
+        ".reg .b16 clo, chi;",
+        "setp.ne.u32 p, $4, 0;",
+        "mov.u32 base, global_smem;",
+        *(f"mov.b32 w{g}, 0;" for g in range(words)),
+        *_load_words(words, "$1", "$2"),
+        "add.u32 row, base, $3;",
+        "add.u32 tab, base, $5;",
+        *_lane_swizzle(),
+        # unpredicated: an invalid token's zero words select no code
+        *(f"ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [va+{8 * c}];" for c in range(codes // 2)),
+    ]
+    for g in range(groups):
+        at, shift = nm16_code_word(g)
+        lines.append(f"shr.b32 k, w{g // 2}, 16;" if g % 2 else f"mov.b32 k, w{g // 2};")
+        lines += _nm16_group(
+            [f"o{j}" for j in range(8)], "k", f"e{at // 4}", f"e{at // 4 + 1}", str(shift), "tab"
+        )
+        for h in range(2):
+            lines += [
+                f"xor.b32 ca, xs, {16 * (2 * g + h)};",
+                "add.u32 ca, row, ca;",
+                f"st.shared.v4.b32 [ca], {{o{4 * h}, o{4 * h + 1}, o{4 * h + 2}, o{4 * h + 3}}};",
+            ]
+    lines += ["mov.u32 $0, 0;", "}"]
     return "\n".join(lines)
 
 

@@ -141,6 +141,35 @@ def test_expanded_keys_match_reference_on_gpu(poison, d, dtype, data, order, val
         _check_scatter(ks, vs, n_rep, w, f"D{d} B{b} T{t} W{w} group {n_rep}")
 
 
+@pytest.mark.parametrize("v_group", [16, 4])
+@pytest.mark.parametrize("order", ["consecutive", "calibrated"])
+@pytest.mark.parametrize("data", ["gauss", "ties"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [128, 64])
+def test_five_of_sixteen_fp8_keys_match_reference_on_gpu(poison, d, dtype, data, order, v_group):
+    """K kept five of every sixteen channels as fp8 codes (consecutive groups, or calibrated per (row, head) with
+    q gathered through the order), expanded into the scores' MMA operand from the store's own slot layout (each
+    group's codes straddle two slot words), with V five of sixteen (rows expanded through the same selector
+    table) or two of four."""
+    from mustafar.kernels.decode import key_group, value_group
+    from mustafar.pruning.keep import balanced_groups
+
+    keep = 5 * d // 16
+    torch.manual_seed(d + len(order) + v_group)
+    for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32), (1, 2, 7, 130, 3)):
+        rows = _rows(b, hkv, t, d, dtype, data)
+        ks = CompressedStore(b, hkv, d, dtype, "cuda", keep, word_quota=True, nm_group=16, value_dtype="fp8")
+        if order == "calibrated":
+            ks.set_head_order(balanced_groups(rows.abs().float().mean(2), 16))
+        pack_into(ks, rows, ks.kept_mask(rows.abs(), keep))
+        v_keep = keep if v_group == 16 else d // 2
+        vs = CompressedStore(b, hkv, d, dtype, "cuda", v_keep, nm_group=v_group, value_dtype="fp8")
+        v_rows = _rows(b, hkv, t, d, dtype, data)
+        pack_into(vs, v_rows, vs.kept_mask(v_rows.abs(), v_keep))
+        assert key_group(ks, vs) == 16 and value_group(vs) == v_group
+        _check_scatter(ks, vs, n_rep, w, f"D{d} B{b} T{t} W{w} group {n_rep}")
+
+
 @pytest.mark.parametrize("values", ["native", "fp8"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("static", [False, True], ids=["dynamic", "static"])

@@ -108,6 +108,14 @@ def _forced_logits(model, policy: KVConfig, ids: torch.Tensor, prompt: int):
         {"k_sparsity": 0.5, "k_scorer": "output_aware", "v_sparsity": 0.7},
         # K 4:8 calibrated per head (q gathered through each head's order), V 2:4: both expanded
         {"k_sparsity": 0.5, "v_sparsity": 0.5, "k_keep_rule": "nm8c", "v_keep_rule": "nm4"},
+        # K 5:16 calibrated per head + V 5:16, fp8 codes: both expanded through the selector table
+        {
+            "k_sparsity": 0.6875,
+            "v_sparsity": 0.6875,
+            "k_keep_rule": "nm16c",
+            "v_keep_rule": "nm16",
+            "value_dtype": "fp8",
+        },
     ],
 )
 def test_word_compressed_matches_mask_mode_through_the_scatter_decoder(monkeypatch, head_dim, dtype, kw):
@@ -170,9 +178,13 @@ def test_word_generate_on_cuda_equals_mask_mode():
         assert (c.stats.k_kept, c.stats.v_kept) == (m.stats.k_kept, m.stats.v_kept)
 
 
-@pytest.mark.parametrize("value_dtype", ["native", "fp8"])
-def test_calibrated_static_graph_replay(monkeypatch, value_dtype):
-    """K 4:8 in each (row, head)'s prefill order (`nm8c`) + V 2:4 in the static compressed cache, its decode step
+@pytest.mark.parametrize(
+    "k_rule, v_rule, sparsity, value_dtype",
+    [("nm8c", "nm4", 0.5, "native"), ("nm8c", "nm4", 0.5, "fp8"), ("nm16c", "nm16", 0.6875, "fp8")],
+)
+def test_calibrated_static_graph_replay(monkeypatch, k_rule, v_rule, sparsity, value_dtype):
+    """K 4:8 in each (row, head)'s prefill order (`nm8c`) + V 2:4 (or K 5:16 calibrated + V 5:16 in fp8 codes) in
+    the static compressed cache, its decode step
     captured (the top-k pack at the device count into the stores' in-place order, the scatter decoder gathering q
     through it): the graph's tokens equal the eager static run's, the stores hold the prompt's orders and their
     group counts; then `generate` on two left-padded batches of one shape (the pooled cache reset, its orders
@@ -182,11 +194,11 @@ def test_calibrated_static_graph_replay(monkeypatch, value_dtype):
 
     model = _model(128, torch.float16)
     policy = KVConfig(
-        k_sparsity=0.5,
-        v_sparsity=0.5,
+        k_sparsity=sparsity,
+        v_sparsity=sparsity,
         keep_rule="word",
-        k_keep_rule="nm8c",
-        v_keep_rule="nm4",
+        k_keep_rule=k_rule,
+        v_keep_rule=v_rule,
         window=8,
         mode="compressed",
         value_dtype=value_dtype,

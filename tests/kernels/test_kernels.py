@@ -175,31 +175,35 @@ def test_cached_launch_configs_follow_every_store_property():
     d = 128
 
     def store(
-        group: int, strided: bool = False, order: bool = False, values: str = "native"
+        group: int, strided: bool = False, order: bool = False, values: str = "native", keep: int = d // 2
     ) -> CompressedStore:
         st = CompressedStore(
-            1, 2, d, torch.float16, "cpu", d // 2, word_quota=True, nm_group=group, nm_strided=strided,
+            1, 2, d, torch.float16, "cpu", keep, word_quota=True, nm_group=group, nm_strided=strided,
             value_dtype=values,
         )  # fmt: skip
         if order:
             st.set_head_order(
-                balanced_groups(torch.rand(1, 2, d, generator=torch.Generator().manual_seed(0)), 8)
+                balanced_groups(torch.rand(1, 2, d, generator=torch.Generator().manual_seed(0)), group)
             )
         return st
 
     q = torch.randn(1, 8, d, dtype=torch.float16)
-    v = store(4)
-    keys = [
-        store(8),
-        store(8, strided=True),
-        store(8, order=True),
-        store(8, order=True, values="fp8"),
-        store(0),
+    v, v16 = store(4), store(16, values="fp8", keep=40)
+    pairs = [
+        (store(8), v),
+        (store(8, strided=True), v),
+        (store(8, order=True), v),
+        (store(8, order=True, values="fp8"), v),
+        (store(0), v),
+        # five of sixteen: consecutive or per-head keys and their V (fp8 codes; 40 of 128 kept on both sides)
+        (store(16, values="fp8", keep=40), v16),
+        (store(16, order=True, values="fp8", keep=40), v16),
+        (store(0, values="fp8", keep=40), v16),
     ]
-    for ks in keys:
-        _configure(q, ks, v, "scatter", None, None)
-    for ks in keys:
+    for ks, vs in pairs:
+        _configure(q, ks, vs, "scatter", None, None)
+    for ks, vs in pairs:
         assert (
-            _configure(q, ks, v, "scatter", None, None).constexprs
-            == _new_config(q, ks, v, "scatter", None, None).constexprs
+            _configure(q, ks, vs, "scatter", None, None).constexprs
+            == _new_config(q, ks, vs, "scatter", None, None).constexprs
         )

@@ -23,7 +23,9 @@ from mustafar.kernels.scatter_ptx import (
     SCORE_HEADS,
     expand8_frag_asm,
     expand16_frag_asm,
+    expand16_rows_asm,
     expand_asm,
+    nm16_code_word,
     scatter_asm,
     score_asm,
     store_quotas,
@@ -92,6 +94,8 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray, lane: int = 0) -> d
             smem[addr(a[0])] = regs[a[1]] & 0xFF
         elif op == "shr.b32":
             regs[a[0]] = val(a[1]) >> val(a[2])
+        elif op == "bfe.u32":  # bits [b, b + c) of a, zero-extended
+            regs[a[0]] = val(a[1]) >> val(a[2]) & (1 << val(a[3])) - 1
         elif op == "shf.r.clamp.b32":  # (b:a) >> min(c, 32), the low word
             regs[a[0]] = (val(a[1]) | val(a[2]) << 32) >> min(val(a[3]), 32) & 0xFFFFFFFF
         elif op == "mov.b32" and isinstance(a[0], list):
@@ -453,19 +457,22 @@ def _staged_position(t: int, x: int, slot_bytes: int) -> int:
     return int(np.flatnonzero(staged_slots(index).reshape(-1) == t * slot_bytes + x)[0])
 
 
-def _selector_entry(bits: int, absent: int = 4) -> int:
-    """The fp8 key selector table's entry for one 4:8 group's kept bits, as expand8_frag_asm documents it: position
-    p's prmt nibble (the byte of its code, its rank among the kept, or ``absent``, a zero byte, where it is not
-    kept) at bit 4p: positions 0-3 in the low half-word, 4-7 in the high one. expand16_frag_asm's table has
-    ``absent`` 7, a byte that is zero for both."""
+def _selector_entry(bits: int) -> int:
+    """The fp8 selector table's entry for eight channels' kept bits, as _fill_selector_table documents it: position
+    p's prmt nibble (the byte of its code, its rank among the kept, or 7, a byte that is zero in every expansion's
+    second source, where it is not kept) at bit 4p: positions 0-3 in the low half-word, 4-7 in the high one."""
     kept = [p for p in range(8) if bits >> p & 1]
-    nibbles = [kept.index(p) if p in kept else absent for p in range(8)]
+    nibbles = [kept.index(p) if p in kept else 7 for p in range(8)]
     return sum(n << 4 * p for p, n in enumerate(nibbles))
 
 
+def _selector_table() -> np.ndarray:
+    return np.array([_selector_entry(g) for g in range(256)], dtype=np.uint32)
+
+
 @pytest.mark.parametrize("d", [64, 128])
-@pytest.mark.parametrize("values, absent", [("fp16", 4), ("bf16", 4), ("fp8", 4), ("fp8", 7)])
-def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values, absent):
+@pytest.mark.parametrize("values", ["fp16", "bf16", "fp8"])
+def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values):
     """expand8_frag_asm against the plain-PyTorch dense keys (four of every eight kept, ties to the lower
     channel): for every token and 16-channel block, the eight registers are the block's dense pairs in order,
     low half the even channel; invalid tokens give zeros whatever their stale slots hold (fp8: through the
@@ -488,7 +495,7 @@ def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values, abs
         dense = torch.where(mask, rows, torch.zeros_like(rows))
     vals[valid:] = 0x7E  # stale slots behind invalid tokens
     words = pack_bitmap(mask).numpy().view(np.uint32)
-    table = np.array([_selector_entry(g, absent) for g in range(256)], dtype=np.uint32)
+    table = _selector_table()
     smem = np.zeros(words.nbytes + vals.nbytes + table.nbytes, dtype=np.uint8)
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
     smem[words.nbytes : words.nbytes + vals.nbytes] = staged_slots(vals).reshape(-1)
@@ -518,39 +525,34 @@ def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values, abs
             assert got == (want if t < valid else [0] * 8), (t, ch)
 
 
-def _nm16_slots(codes: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-    """5:16 fp8 slots in the layout :func:`expand16_frag_asm` reads: group g's codes 0-3 at bytes 4g .. 4g + 3,
-    its fifth code at byte 32 + g (D 128: eight groups, 40 bytes)."""
-    tokens, d = mask.shape
-    groups = d // 16
-    vals = np.zeros((tokens, padded_keep(5 * groups, 1, 8)), dtype=np.uint8)
-    for t in range(tokens):
-        kept = codes[t][mask[t]].numpy()
-        for g in range(groups):
-            vals[t, 4 * g : 4 * g + 4] = kept[5 * g : 5 * g + 4]
-            vals[t, 4 * groups + g] = kept[5 * g + 4]
-    return vals
+def _nm16_rows(d: int, tokens: int, seed: int) -> tuple[torch.Tensor, np.ndarray, int]:
+    """Rows kept five of every sixteen channels (ties to the lower channel) as e4m3 codes: their unscaled dense
+    fp16 values, the store's 8-byte-padded slots (codes in ascending channel order) and the slot's bytes. Ties
+    inside a group, all five in a group's low or high half, a zero row."""
+    torch.manual_seed(seed)
+    keep = 5 * d // 16
+    rows = torch.randn(tokens, d, dtype=torch.float16) * 5
+    rows[1, :16] = torch.tensor([1.0, -1.0] * 8).to(rows.dtype)
+    rows[3] = 0.0
+    rows[5, 8:16] = 0.0  # all five in the low half of group 0
+    rows[6, :8] = 0.0  # all five in the high half
+    rows[7, 16:24] = 0.0  # group 1: its codes straddle two slot words
+    mask = nm_topk_mask(rows.abs(), keep, 16)
+    vals, unscaled, slot = _fp8_slots(rows, mask, keep)
+    return unscaled.to(torch.float16), vals, slot
 
 
 @pytest.mark.parametrize("d", [64, 128])
 def test_expand16_frag_ptx_gives_each_lane_its_dense_channel_pairs(d):
-    """expand16_frag_asm against the plain-PyTorch dense codes (five of every sixteen kept, ties to the lower
-    channel, e4m3 unscaled): for every token and group, the eight registers are the group's dense pairs in order;
-    an invalid token gives zeros whatever its slot holds."""
-    torch.manual_seed(d + 16)
-    tokens, keep, valid = 24, 5 * d // 16, 21
-    rows = torch.randn(tokens, d, dtype=torch.float16) * 5
-    rows[1, :16] = torch.tensor([1.0, -1.0] * 8).to(rows.dtype)  # ties inside a group
-    rows[3] = 0.0
-    rows[5, 8:16] = 0.0  # all five in the low half of group 0
-    rows[6, :8] = 0.0  # all five in the high half
-    mask = nm_topk_mask(rows.abs(), keep, 16)
-    codes, _ = quantize(rows, mask)
-    dense = codes.view(torch.float8_e4m3fn).to(torch.float16).masked_fill(~mask, 0)
-    vals = _nm16_slots(codes, mask)
+    """expand16_frag_asm against the plain-PyTorch dense codes (five of every sixteen kept, e4m3 unscaled), reading
+    the store's own slot layout: for every token and group, the eight registers are the group's dense pairs in
+    order; an invalid token gives zeros whatever its slot holds."""
+    tokens, valid = 24, 21
+    dense, vals, slot = _nm16_rows(d, tokens, d + 16)
     vals[valid:] = 0x7E  # stale slots behind invalid tokens
-    words = pack_bitmap(mask).numpy().view(np.uint32)
-    table = np.array([_selector_entry(g, 7) for g in range(256)], dtype=np.uint32)
+    mask = dense != 0
+    words = pack_bitmap(nm_topk_mask(dense.abs(), 5 * d // 16, 16)).numpy().view(np.uint32)
+    table = _selector_table()
     voff, toff = words.nbytes, words.nbytes + vals.nbytes
     smem = np.zeros(toff + table.nbytes, dtype=np.uint8)
     smem[:voff] = words.reshape(-1).view(np.uint8)
@@ -558,18 +560,18 @@ def test_expand16_frag_ptx_gives_each_lane_its_dense_channel_pairs(d):
     smem[toff:] = table.view(np.uint8)
     bits = dense.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
     asm = expand16_frag_asm()
-    slot, groups = vals.shape[1], d // 16
+    assert mask.sum(-1).eq(5 * d // 16).sum() >= valid - 1  # only the zero row keeps zeros
     for t in range(tokens):
-        for g in range(groups):
+        for g in range(d // 16):
             ch = 16 * g
+            word, shift = nm16_code_word(g)
             inputs = (
                 t * d // 8 + 4 * (ch // 32),
-                voff + t * slot + 4 * g,
+                voff + t * slot + word,
                 ch % 32,
                 int(t < valid),
                 toff,
-                voff + t * slot + 4 * groups + 4 * (g // 4),
-                8 * (g % 4),
+                shift,
             )
             ops = [0] * (8 + len(inputs) * FRAG_PACK)
             for i, x in enumerate(inputs):
@@ -578,6 +580,34 @@ def test_expand16_frag_ptx_gives_each_lane_its_dense_channel_pairs(d):
             got = [regs[f"${j}"] for j in range(8)]
             want = [int(bits[t, ch + 2 * j]) | int(bits[t, ch + 2 * j + 1]) << 16 for j in range(8)]
             assert got == (want if t < valid else [0] * 8), (t, g)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_expand16_rows_ptx_writes_each_token_as_its_dense_row(d):
+    """expand16_rows_asm (values five of every sixteen, fp8 codes) against the plain-PyTorch dense rows, in the
+    row tile's swizzled layout; invalid tokens' rows come out zero whatever their stale slots hold."""
+    tokens, valid, tile = 32, 30, 8192
+    dense, vals, slot = _nm16_rows(d, tokens, d + 5)
+    vals[valid:] = 0x7F  # NaN codes behind invalid tokens
+    words = pack_bitmap(nm_topk_mask(dense.abs(), 5 * d // 16, 16)).numpy().view(np.uint32)
+    table = _selector_table()
+    toff = tile + tokens * d * 2
+    smem = np.full(toff + table.nbytes, 0xFF, dtype=np.uint8)  # the tile starts as garbage (NaN)
+    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
+    voff = words.nbytes
+    smem[voff : voff + vals.nbytes] = vals.reshape(-1)
+    smem[toff:] = table.view(np.uint8)
+    asm = expand16_rows_asm(d, slot)
+    for r in range(tokens):
+        ops = [r * 4 * (d // 32), voff + r * slot, tile + r * 2 * d, int(r < valid), toff]
+        run_ptx(asm, ops, smem, lane=r)
+    dense[valid:] = 0
+    assert np.array_equal(smem[tile:toff], _tile_image(dense, v_rows_offset))
+
+
+def test_expand16_rows_ptx_refuses_other_slots():
+    with pytest.raises(ValueError, match="slot=32"):
+        expand16_rows_asm(128, 32)
 
 
 def test_expand_ptx_refuses_other_slots():
@@ -611,6 +641,38 @@ def test_strided_stores_reach_only_the_decoder_that_reads_their_order():
     ]
     for k, v, decoder in refused:
         with pytest.raises(ValueError, match="strided N:M stores .* nm_group="):
+            dispatch._check_store_order(k, v, decoder)
+
+
+def test_expanded_groups_are_the_ones_the_ptx_reads():
+    """Which stores the scatter decoder expands: V two of four (any value type) or five of sixteen (fp8 codes),
+    in channel order; K four of eight or five of sixteen (fp8) only beside an expanded V of the same value type.
+    Everything else is walked or scattered by word (and a per-head V order is refused by dispatch)."""
+    from mustafar.kernels.scatter_ptx import key_group, value_group
+
+    def st(keep, group, values="fp8", order=False):
+        s = _group_store(keep, group, value_dtype=values)
+        if order:
+            s.set_head_order(torch.arange(128).repeat(1, 2, 1))
+        return s
+
+    assert value_group(st(64, 4, "native")) == value_group(st(64, 4)) == 4
+    assert value_group(st(40, 16)) == 16
+    assert value_group(st(40, 16, "native")) == 0  # fp16 5:16 rows: no expansion yet, scattered by word
+    assert value_group(st(32, 16)) == 0  # four of sixteen
+    assert value_group(st(40, 16, order=True)) == 0  # its rows would come out permuted
+    v16 = st(40, 16)
+    assert key_group(st(40, 16), v16) == key_group(st(40, 16, order=True), v16) == 16
+    assert key_group(st(40, 16), st(64, 4)) == 16  # any expanded V of the same value type
+    assert key_group(st(40, 16, "native"), st(64, 4, "native")) == 0
+    assert key_group(st(40, 16), st(40, 16, "native")) == 0
+    assert key_group(st(64, 8), st(64, 4)) == 8
+    dispatch._check_store_order(st(40, 16, order=True), v16, "scatter")
+    for k, v, decoder in (
+        (st(40, 16, order=True), v16, "staged"),
+        (st(40, 16), st(40, 16, order=True), "scatter"),
+    ):
+        with pytest.raises(ValueError, match="per-head channel order"):
             dispatch._check_store_order(k, v, decoder)
 
 

@@ -141,12 +141,17 @@ def test_triton_decoders_other_than_the_expanded_keys_refuse_it(tiny_llama, monk
     v.set_head_order(torch.arange(64).expand(1, 2, 64))
     with pytest.raises(ValueError, match="the V store holds a per-head channel order"):
         _check_store_order(k, v, "scatter")
-    # nm16c keys (5 of 16 at s 0.6875): no expanding decoder reads them, so even the scatter decoder refuses
-    k16 = CompressedStore(1, 2, 64, torch.float16, "cpu", 20, nm_group=16)
+    # nm16c keys (5 of 16 at s 0.6875): the scatter decoder expands them as fp8 codes only, so it refuses them
+    # with fp16 values and reads them with fp8 codes
+    k16, v16 = (CompressedStore(1, 2, 64, torch.float16, "cpu", 20, nm_group=16) for _ in "kv")
     k16.set_head_order(k.head_order)
-    v16 = CompressedStore(1, 2, 64, torch.float16, "cpu", 20, nm_group=16)
     with pytest.raises(ValueError, match="the K store holds a per-head channel order .* the scatter decoder"):
         _check_store_order(k16, v16, "scatter")
+    k16, v16 = (
+        CompressedStore(1, 2, 64, torch.float16, "cpu", 20, nm_group=16, value_dtype="fp8") for _ in "kv"
+    )
+    k16.set_head_order(k.head_order)
+    _check_store_order(k16, v16, "scatter")
     assert static_reason(tiny_llama, policy, 70) is None
     assert static_reason(tiny_llama, KVConfig(**{**policy.to_dict(), "mode": "mask"}), 70) is None
     with pytest.raises(
@@ -212,6 +217,10 @@ def test_preset_composes_to_the_rule_and_its_job_label():
         fp8 = OmegaConf.to_container(compose("config", overrides=["kv=k50v50_kn8c_vnm4_fp8"]).kv)
     # the fp8 preset: the same policy (and job ids) as the runs that spelled out kv.value_dtype=fp8
     assert KVConfig.from_mapping(fp8) == KVConfig(**{**preset.to_dict(), "value_dtype": "fp8"})
+    with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
+        kv16 = OmegaConf.to_container(compose("config", overrides=["kv=k69v69_kn16c_vnm16_fp8"]).kv)
+    # the 5:16 preset: the policy of experiments/nm_quota's fp8 nm16c run
+    assert KVConfig.from_mapping(kv16).label() == "K0.6875 V0.6875 k-nm16c v-nm16 fp8"
 
 
 @pytest.mark.parametrize("mode", ["mask", "compressed"])
