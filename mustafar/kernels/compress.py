@@ -41,6 +41,7 @@ from triton.experimental.gluon import language as gl
 
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels._topk_ptx import make_asm, warp_smem_bytes
+from mustafar.kernels.launch import CompiledLaunch, raw_stream
 from mustafar.kernels.support import gluon_capable
 
 _BLOCK_R = 8  # rows per program; with 2 warps the best of the H100 launch sweep (results/kernels)
@@ -297,6 +298,20 @@ def _ptx_ok(store: CompressedStore, rows: Tensor) -> bool:
     )
 
 
+_LAUNCHES: dict[tuple, CompiledLaunch] = {}
+
+
+def _launcher(kernel: object, constexprs: dict, num_warps: int, dtypes: tuple) -> CompiledLaunch:
+    """The cached launch of ``kernel`` under these constexprs and argument dtypes (the values' and the rows'):
+    a decode step packs every layer and side eagerly, and the JIT dispatcher's argument binding cost 54-84 µs of
+    host time per call (results/decode/round22_h200/pack_host.txt)."""
+    key = (kernel, num_warps, dtypes, *constexprs.values())
+    launch = _LAUNCHES.get(key)
+    if launch is None:
+        launch = _LAUNCHES[key] = CompiledLaunch(kernel, constexprs, dict(num_warps=num_warps))
+    return launch
+
+
 def _len_arg(store: CompressedStore) -> Tensor:
     """The device count static stores are written at (any int32 tensor otherwise: never read)."""
     return store.length_tensor if store.static else store.bits
@@ -308,23 +323,16 @@ def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, t0: int, device
     coalesced = x32.stride(2) == store.head_dim // 2  # a warp's rows: one contiguous block
     words = triton.next_power_of_2(_PTX_WARPS * warp_smem_bytes(store.head_dim, store.slot, coalesced) // 4)
     grid = (triton.cdiv(n, 32 * _PTX_WARPS), store.batch * store.heads)
-    _topk_pack_ptx_kernel[grid](
-        x32,
-        store.bits,
-        store.vals.view(torch.int32),
-        n,
-        store.heads,
-        *x32.stride()[:3],
-        t0,
-        _len_arg(store),
-        store.capacity,
+    constexprs = dict(
         SLOT=store.slot,
         D=store.head_dim,
         SMEM_WORDS=words,
         ASM=make_asm(store.head_dim, keep, store.slot, coalesced),
         DEVICE_OFF=device_off,
-        num_warps=_PTX_WARPS,
     )
+    args = (x32, store.bits, store.vals_as(torch.int32), n, store.heads, *x32.stride()[:3], t0, _len_arg(store),
+            store.capacity)  # fmt: skip
+    _launcher(_topk_pack_ptx_kernel, constexprs, _PTX_WARPS, ())(grid, args, raw_stream(rows.device))
 
 
 def _launch_plain(
@@ -343,22 +351,7 @@ def _launch_plain(
         m_strides = mask_arg.stride()[:3]
     slot = store.slot if store.fixed else 1
     grid = (triton.cdiv(n, _BLOCK_R), store.batch * store.heads)
-    _prune_pack_kernel[grid](
-        rows,
-        mask_arg,
-        store.bits,
-        store.vals,
-        store.bits if store.fixed else store.offs,
-        store.scales if store.fp8 else store.bits,
-        store.head_order_words() if store.head_order is not None else store.bits,
-        n,
-        store.heads,
-        *rows.stride()[:3],
-        *m_strides,
-        t0,
-        _len_arg(store),
-        store.capacity,
-        store.vals.shape[2],
+    constexprs = dict(
         KEEP=keep,
         SLOT=slot,
         SLOT_P2=triton.next_power_of_2(slot),
@@ -374,8 +367,26 @@ def _launch_plain(
         NM=store.nm_group if mask is None else 0,
         PERM=store.nm_group if store.nm_strided else 0,
         ORDER=store.head_order is not None,
-        num_warps=_NUM_WARPS,
     )
+    args = (
+        rows,
+        mask_arg,
+        store.bits,
+        store.vals,
+        store.bits if store.fixed else store.offs,
+        store.scales if store.fp8 else store.bits,
+        store.head_order_words() if store.head_order is not None else store.bits,
+        n,
+        store.heads,
+        *rows.stride()[:3],
+        *m_strides,
+        t0,
+        _len_arg(store),
+        store.capacity,
+        store.vals.shape[2],
+    )
+    launch = _launcher(_prune_pack_kernel, constexprs, _NUM_WARPS, (rows.dtype, store.vals.dtype))
+    launch(grid, args, raw_stream(rows.device))
 
 
 def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:

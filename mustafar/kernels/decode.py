@@ -23,7 +23,7 @@ Static stores (``CompressedStore(..., static=True)``): both decoders take the st
 (``k_len``/``v_len``, constexpr ``DEVICE_LEN``) and clamp them to ``T``, which is then the capacity the plan was
 made for; a split whose range starts at or past the length writes an empty partial (lse = -inf, o = 0) that the
 merge weighs by zero. Everything a launch needs besides the data is cached per shape (:class:`_Config`, the split
-plan, the partials, the compiled kernels behind :class:`_CompiledLaunch`), so an eager call costs two C-level
+plan, the partials, the compiled kernels behind :class:`CompiledLaunch`), so an eager call costs two C-level
 launches plus a few dict lookups.
 """
 
@@ -32,19 +32,18 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-import operator
 from dataclasses import dataclass
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
-from triton import knobs
 from triton.language.extra import libdevice
 
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.decode_scatter import _sc_sparse_decode_kernel
 from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
+from mustafar.kernels.launch import CompiledLaunch, raw_stream, spec_key
 from mustafar.kernels.scatter_ptx import (
     SELECTOR_TABLE_BYTES,
     TOKENS_PER_TILE,
@@ -657,7 +656,7 @@ class _Config:
     num_warps: int
     constexprs: dict
     occupancy_key: tuple
-    launcher: _CompiledLaunch
+    launcher: CompiledLaunch
 
 
 # per module load: the tests reload this module to switch between the interpreter and compiled kernels
@@ -733,7 +732,7 @@ def _new_config(
         "staged": _st_sparse_decode_kernel,
         "portable": _sparse_decode_kernel,
     }[decoder]
-    return _Config(decoder, block_n, num_warps, constexprs, occ, _CompiledLaunch(kernel, constexprs, options))
+    return _Config(decoder, block_n, num_warps, constexprs, occ, CompiledLaunch(kernel, constexprs, options))
 
 
 def _planned_splits(
@@ -762,81 +761,6 @@ def _splits_at(cfg: _Config, q: Tensor, tokens: int) -> int:
     return default_splits(
         q.shape[0], q.shape[1] // cfg.constexprs["N_REP"], tokens, cfg.block_n, q.device, per_sm
     )
-
-
-# ---------------------------------------------------------------------------------------------------------------------
-# Cheap launch
-# ---------------------------------------------------------------------------------------------------------------------
-
-
-class _CompiledLaunch:
-    """Launches one Triton/Gluon kernel without the JIT dispatcher's per-call argument binding.
-
-    The dispatcher binds and specialises every argument on every call (tens of µs for these kernels' ~30
-    arguments). Here the compiled kernel is cached under what Triton specialises on (each tensor's 16-byte
-    alignment, each int's value 1, divisibility by 16 and 32-bit range; argument dtypes and constexprs are fixed
-    per instance by its owner's cache key) and relaunched through its C launcher. A miss, a launch hook (a profiler)
-    or the interpreter goes through the dispatcher, which finds or compiles the kernel: this caches what Triton
-    would pick, nothing else. Runtime arguments are positional, in declaration order (the constexprs follow them
-    in every kernel here).
-    """
-
-    def __init__(self, fn: object, constexprs: dict, options: dict) -> None:
-        self.fn, self.constexprs, self.options = fn, constexprs, options
-        self.runtime_names = [n for n in fn.arg_names if n not in constexprs]
-        # the C launcher takes every parameter in declaration order, constexprs included (ignored)
-        self.tail = tuple(constexprs[n] for n in fn.arg_names if n in constexprs)
-        if list(fn.arg_names) != self.runtime_names + list(constexprs):
-            raise TypeError(f"{fn}: the constexpr parameters must follow the runtime ones")
-        self.kernels: dict[tuple, object] = {}
-
-    def __call__(
-        self, grid: tuple[int, int, int], args: tuple, stream: int, key: tuple | None = None
-    ) -> object:
-        """Launch with ``args``; ``key`` (from :func:`_spec_key`, when the caller knows which arguments are
-        tensors and which ints) saves the generic per-argument classification."""
-        if key is None:
-            key = tuple(
-                [
-                    a.data_ptr() % 16 == 0
-                    if isinstance(a, Tensor)
-                    else (a == 1, a % 16 == 0, -(2**31) <= a < 2**31)
-                    if type(a) is int
-                    else type(a)
-                    for a in args
-                ]
-            )
-        kernel = self.kernels.get(key)
-        if kernel is None or _hooked():
-            kernel = self.fn[grid](**dict(zip(self.runtime_names, args)), **self.constexprs, **self.options)
-            if kernel is not None and hasattr(kernel, "function"):  # the interpreter returns nothing to cache
-                self.kernels[key] = kernel
-            return kernel
-        kernel.run(
-            *grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *self.tail
-        )
-        return kernel
-
-
-def _spec_key(tensors: tuple, ints: tuple, lengths: tuple) -> tuple:
-    """A cache key at least as fine as Triton's specialisation of these arguments: whether every tensor is 16-byte
-    aligned (else each one's alignment), the ints as they are (shapes and strides: few distinct values) and, for
-    ``lengths`` (ints that change every step), only what Triton looks at (== 1, divisible by 16)."""
-    ptrs = functools.reduce(operator.or_, map(Tensor.data_ptr, tensors))
-    aligned = True if ptrs % 16 == 0 else tuple([t.data_ptr() % 16 == 0 for t in tensors])
-    return aligned, ints, tuple([(n == 1, n % 16 == 0) for n in lengths])
-
-
-def _hooked() -> bool:
-    """Whether a launch hook (e.g. Triton's profiler) is installed: those launches take the dispatcher's path."""
-    enter = knobs.runtime.launch_enter_hook
-    return enter is not None and bool(getattr(enter, "calls", True))
-
-
-def _raw_stream(device: torch.device) -> int:
-    """The current CUDA stream's handle (what Triton's dispatcher launches on; a graph's capture stream while
-    capturing); 0 off the GPU."""
-    return torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
 
 
 def _cdiv(a: int, b: int) -> int:
@@ -869,15 +793,15 @@ def _partials(
 
 
 _PARTIALS: dict[tuple, tuple[Tensor, Tensor]] = {}
-_MERGE: dict[tuple, _CompiledLaunch] = {}
+_MERGE: dict[tuple, CompiledLaunch] = {}
 _DUMMIES: dict[tuple, Tensor] = {}
 
 
-def _merge_launch(splits_p2: int, d: int, dtype: torch.dtype, device: torch.device) -> _CompiledLaunch:
+def _merge_launch(splits_p2: int, d: int, dtype: torch.dtype, device: torch.device) -> CompiledLaunch:
     key = (splits_p2, d, dtype, device)  # compiled kernels are loaded per device
     launch = _MERGE.get(key)
     if launch is None:
-        launch = _MERGE[key] = _CompiledLaunch(
+        launch = _MERGE[key] = CompiledLaunch(
             _merge_kernel, dict(SPLITS_P2=splits_p2, D=d), dict(num_warps=4)
         )
     return launch
@@ -927,7 +851,7 @@ def _launch(
     tokens = min(k_cap, v_cap) if static else k_store.length
     slots = (_sm_count(device.index) if device.type == "cuda" else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
     num_splits, tokens_per_split = _split_plan(b * hkv, tokens, cfg.block_n, slots, num_splits)
-    stream = _raw_stream(device)
+    stream = raw_stream(device)
     o_part, lse_part = _partials(b, hq, num_splits, d, device, stream)
     out = _empty(q.shape, q.dtype, device) if out is None else out
     staged = cfg.decoder in ("staged", "scatter")
@@ -973,7 +897,7 @@ def _launch(
             *tensors[:13], *strides, tokens, k_len, v_len, *caps, *vcaps, tokens_per_split, num_splits, qk_scale, 1,
         )  # fmt: skip
         ints = (*strides, *caps, *vcaps, num_splits)
-    key = _spec_key(tensors, ints, (tokens, tokens_per_split))
+    key = spec_key(tensors, ints, (tokens, tokens_per_split))
     kernel = cfg.launcher((b, hkv, num_splits), args, stream, key)
     if device.type == "cuda" and cfg.occupancy_key not in _OCCUPANCY:
         occ = _programs_per_sm(kernel, cfg.num_warps, device)

@@ -1,0 +1,81 @@
+"""Cheap kernel launches: a compiled Triton/Gluon kernel relaunched through its C launcher, without the JIT
+dispatcher's per-call argument binding (the decoders and the prune+pack kernels share it)."""
+
+from __future__ import annotations
+
+import functools
+import operator
+
+import torch
+from torch import Tensor
+from triton import knobs
+
+
+class CompiledLaunch:
+    """Launches one Triton/Gluon kernel without the JIT dispatcher's per-call argument binding.
+
+    The dispatcher binds and specialises every argument on every call (tens of µs for these kernels' ~30
+    arguments). Here the compiled kernel is cached under what Triton specialises on (each tensor's 16-byte
+    alignment, each int's value 1, divisibility by 16 and 32-bit range; argument dtypes and constexprs are fixed
+    per instance by its owner's cache key) and relaunched through its C launcher. A miss, a launch hook (a profiler)
+    or the interpreter goes through the dispatcher, which finds or compiles the kernel: this caches what Triton
+    would pick, nothing else. Runtime arguments are positional, in declaration order (the constexprs follow them
+    in every kernel here).
+    """
+
+    def __init__(self, fn: object, constexprs: dict, options: dict) -> None:
+        self.fn, self.constexprs, self.options = fn, constexprs, options
+        self.runtime_names = [n for n in fn.arg_names if n not in constexprs]
+        # the C launcher takes every parameter in declaration order, constexprs included (ignored)
+        self.tail = tuple(constexprs[n] for n in fn.arg_names if n in constexprs)
+        if list(fn.arg_names) != self.runtime_names + list(constexprs):
+            raise TypeError(f"{fn}: the constexpr parameters must follow the runtime ones")
+        self.kernels: dict[tuple, object] = {}
+
+    def __call__(
+        self, grid: tuple[int, int, int], args: tuple, stream: int, key: tuple | None = None
+    ) -> object:
+        """Launch with ``args``; ``key`` (from :func:`spec_key`, when the caller knows which arguments are
+        tensors and which ints) saves the generic per-argument classification."""
+        if key is None:
+            key = tuple(
+                [
+                    a.data_ptr() % 16 == 0
+                    if isinstance(a, Tensor)
+                    else (a == 1, a % 16 == 0, -(2**31) <= a < 2**31)
+                    if type(a) is int
+                    else type(a)
+                    for a in args
+                ]
+            )
+        kernel = self.kernels.get(key)
+        if kernel is None or hooked():
+            kernel = self.fn[grid](**dict(zip(self.runtime_names, args)), **self.constexprs, **self.options)
+            if kernel is not None and hasattr(kernel, "function"):  # the interpreter returns nothing to cache
+                self.kernels[key] = kernel
+            return kernel
+        kernel.run(
+            *grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *self.tail
+        )
+        return kernel
+
+
+def spec_key(tensors: tuple, ints: tuple, lengths: tuple) -> tuple:
+    """A cache key at least as fine as Triton's specialisation of these arguments: whether every tensor is 16-byte
+    aligned (else each one's alignment), the ints as they are (shapes and strides: few distinct values) and, for
+    ``lengths`` (ints that change every step), only what Triton looks at (== 1, divisible by 16)."""
+    ptrs = functools.reduce(operator.or_, map(Tensor.data_ptr, tensors))
+    aligned = True if ptrs % 16 == 0 else tuple([t.data_ptr() % 16 == 0 for t in tensors])
+    return aligned, ints, tuple([(n == 1, n % 16 == 0) for n in lengths])
+
+
+def hooked() -> bool:
+    """Whether a launch hook (e.g. Triton's profiler) is installed: those launches take the dispatcher's path."""
+    enter = knobs.runtime.launch_enter_hook
+    return enter is not None and bool(getattr(enter, "calls", True))
+
+
+def raw_stream(device: torch.device) -> int:
+    """The current CUDA stream's handle (what Triton's dispatcher launches on; a graph's capture stream while
+    capturing); 0 off the GPU."""
+    return torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
