@@ -322,7 +322,7 @@ def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, t0: int, device
     x32 = rows.view(torch.int32)
     coalesced = x32.stride(2) == store.head_dim // 2  # a warp's rows: one contiguous block
     words = triton.next_power_of_2(_PTX_WARPS * warp_smem_bytes(store.head_dim, store.slot, coalesced) // 4)
-    grid = (triton.cdiv(n, 32 * _PTX_WARPS), store.batch * store.heads)
+    grid = (triton.cdiv(n, 32 * _PTX_WARPS), store.batch * store.heads, 1)  # three: the C launcher takes all
     constexprs = dict(
         SLOT=store.slot,
         D=store.head_dim,
@@ -350,7 +350,7 @@ def _launch_plain(
         mask_arg = mask_arg.view(torch.int8)
         m_strides = mask_arg.stride()[:3]
     slot = store.slot if store.fixed else 1
-    grid = (triton.cdiv(n, _BLOCK_R), store.batch * store.heads)
+    grid = (triton.cdiv(n, _BLOCK_R), store.batch * store.heads, 1)
     constexprs = dict(
         KEEP=keep,
         SLOT=slot,

@@ -207,3 +207,15 @@ def test_cached_launch_configs_follow_every_store_property():
             _configure(q, ks, vs, "scatter", None, None).constexprs
             == _new_config(q, ks, vs, "scatter", None, None).constexprs
         )
+
+
+def test_compiled_launch_refuses_a_short_grid():
+    """The C launcher takes exactly three grid dimensions where Triton's dispatcher pads a shorter grid: a
+    two-dimensional grid reaching it shifted every argument by one (a GPU-only TypeError the interpreter never
+    meets), so the cached launch refuses it up front, naming the grid."""
+    from mustafar.kernels.compress import _prune_pack_kernel
+    from mustafar.kernels.launch import CompiledLaunch
+
+    launch = CompiledLaunch(_prune_pack_kernel, {}, {})
+    with pytest.raises(ValueError, match=r"three-dimensional grid, got \(4, 2\)"):
+        launch((4, 2), (), 0)
