@@ -96,7 +96,7 @@ def _nm4_store(rows, **kw):
 def test_expanded_values_match_reference_on_gpu(poison, d, k_keep, dtype, data, values):
     """V kept two of every four channels: the decoder expands its rows in registers (expand_asm) instead of
     scattering (fp8: both sides' values as e4m3 codes); same shapes, poisoned buffers and forced splits as above."""
-    from mustafar.kernels.decode import expands_values
+    from mustafar.kernels.scatter_ptx import expands_values
 
     torch.manual_seed(d + k_keep)
     for b, hkv, n_rep, t, w in ((2, 2, 4, 777, 9), (1, 3, 1, 45, 0), (3, 1, 8, 5, 32), (1, 2, 7, 130, 3)):
@@ -115,7 +115,7 @@ def test_expanded_keys_match_reference_on_gpu(poison, d, dtype, data, order, val
     """K kept four of every eight channels (consecutive; strided, stored in the permuted order, q permuted alike;
     or calibrated, each (row, head) in its own order, q gathered through it) and V two of every four: both sides
     expanded, the scores MMAs (fp8: both sides' codes widened to fp16, the scores and P scaled per token)."""
-    from mustafar.kernels.decode import expands_keys
+    from mustafar.kernels.scatter_ptx import expands_keys
     from mustafar.pruning.keep import balanced_groups
 
     torch.manual_seed(d + len(order))
@@ -151,7 +151,7 @@ def test_five_of_sixteen_fp8_keys_match_reference_on_gpu(poison, d, dtype, data,
     q gathered through the order), expanded into the scores' MMA operand from the store's own slot layout (each
     group's codes straddle two slot words), with V five of sixteen (rows expanded through the same selector
     table) or two of four."""
-    from mustafar.kernels.decode import key_group, value_group
+    from mustafar.kernels.scatter_ptx import key_group, value_group
     from mustafar.pruning.keep import balanced_groups
 
     keep = 5 * d // 16
