@@ -219,8 +219,12 @@ def test_preset_composes_to_the_rule_and_its_job_label():
     assert KVConfig.from_mapping(fp8) == KVConfig(**{**preset.to_dict(), "value_dtype": "fp8"})
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
         kv16 = OmegaConf.to_container(compose("config", overrides=["kv=k69v69_kn16c_vnm16_fp8"]).kv)
-    # the 5:16 preset: the policy of experiments/nm_quota's fp8 nm16c run
-    assert KVConfig.from_mapping(kv16).label() == "K0.6875 V0.6875 k-nm16c v-nm16 fp8"
+    # the 5:16 preset: the policy (and job id) of experiments/nm_quota's fp8 nm16c run, as its identity spells it
+    assert KVConfig.from_mapping(kv16).to_dict() == {
+        "k_sparsity": 0.6875, "v_sparsity": 0.6875, "k_direction": "token", "v_direction": "token",
+        "k_scorer": "magnitude", "v_scorer": "magnitude", "window": 32, "keep_rule": "nm16c", "mode": "mask",
+        "value_dtype": "fp8", "v_keep_rule": "nm16",
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize("mode", ["mask", "compressed"])
