@@ -37,7 +37,9 @@ class CompiledLaunch:
     ) -> object:
         """Launch a three-dimensional ``grid`` (the C launcher takes all three) with ``args``; ``key`` (from :func:`spec_key`, when the caller knows which arguments are
         tensors and which ints) saves the generic per-argument classification."""
-        if len(grid) != 3:  # the dispatcher pads a shorter grid; the C launcher would take it as too few arguments
+        if (
+            len(grid) != 3
+        ):  # the dispatcher pads a shorter grid; the C launcher would take it as too few arguments
             raise ValueError(f"CompiledLaunch needs a three-dimensional grid, got {grid}")
         if key is None:
             key = tuple(
