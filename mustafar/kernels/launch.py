@@ -35,11 +35,10 @@ class CompiledLaunch:
     def __call__(
         self, grid: tuple[int, int, int], args: tuple, stream: int, key: tuple | None = None
     ) -> object:
-        """Launch a three-dimensional ``grid`` (the C launcher takes all three) with ``args``; ``key`` (from :func:`spec_key`, when the caller knows which arguments are
-        tensors and which ints) saves the generic per-argument classification."""
-        if (
-            len(grid) != 3
-        ):  # the dispatcher pads a shorter grid; the C launcher would take it as too few arguments
+        """Launch a three-dimensional ``grid`` with ``args``; ``key`` (from :func:`spec_key`, when the caller knows
+        which arguments are tensors and which ints) saves the generic per-argument classification."""
+        # the dispatcher pads a shorter grid; the C launcher takes all three and would read the arguments shifted
+        if len(grid) != 3:
             raise ValueError(f"CompiledLaunch needs a three-dimensional grid, got {grid}")
         if key is None:
             key = tuple(
