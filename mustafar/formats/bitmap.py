@@ -228,6 +228,25 @@ class CompressedStore:
         return fixed_token_nbytes(self.head_dim, self.keep, self.itemsize, self.value_dtype)
 
     @property
+    def layout_key(self) -> tuple:
+        """Every property of the store a compiled decoder depends on (shape but not length, layout, value type,
+        groups, orders), for launch-configuration caches: a field a cache's own list forgot once made a consecutive
+        store reuse a calibrated store's kernel (results/kernels/NOTES.md, round 22)."""
+        return (
+            self.heads,
+            self.head_dim,
+            self.dtype,
+            self.keep,
+            self.slot,
+            self.static,
+            self.word_quota,
+            self.value_dtype,
+            self.nm_group,
+            self.nm_strided,
+            self._head_order is not None,
+        )
+
+    @property
     def channel_order(self) -> Tensor | None:
         """int64 [D] CPU: the original channel of each stored position (:func:`stored_channels`); None when the
         store holds channels in their own order or in a per-head order (:attr:`head_order`)."""

@@ -672,31 +672,8 @@ def _configure(
     num_warps: int | None,
 ) -> _Config:
     """The (cached) launch configuration of these inputs: tile size, warps, constexprs, occupancy-cache key."""
-    key = (
-        q.device,
-        q.dtype,
-        q.shape[1],
-        q.shape[2],
-        k_store.heads,
-        k_store.slot,
-        v_store.slot,
-        k_store.fixed,
-        v_store.fixed,
-        k_store.static,
-        k_store.keep,
-        v_store.keep,
-        k_store.value_dtype,
-        v_store.value_dtype,
-        k_store.nm_group,
-        v_store.nm_group,
-        k_store.nm_strided,
-        v_store.nm_strided,
-        k_store.head_order is not None,
-        v_store.head_order is not None,
-        decoder,
-        block_n,
-        num_warps,
-    )
+    key = (q.device, q.dtype, q.shape[1], q.shape[2], k_store.layout_key, v_store.layout_key, decoder, block_n,
+           num_warps)  # fmt: skip
     cfg = _CONFIGS.get(key)
     if cfg is None:
         cfg = _CONFIGS[key] = _new_config(q, k_store, v_store, decoder, block_n, num_warps)

@@ -176,3 +176,34 @@ def test_reset_and_cached_views():
     assert fixed.vals_as(torch.float16) is fixed.vals
     topk_pack_into(fixed, _rows(1, 2, 9, 64), 16, backend="torch")  # grows: a new buffer
     assert fixed.vals_as(torch.int32).data_ptr() == fixed.vals.data_ptr() != view.data_ptr()
+
+
+def test_layout_key_tells_apart_every_store_a_decoder_compiles_differently():
+    """Launch configurations are cached per ``layout_key``: stores that differ in any layout property (shape, dtype,
+    keep and slot, static, word quotas, value type, groups, strided or per-head orders) must never share a key,
+    and setting a per-head order changes it; the token count does not."""
+    from mustafar.formats import CompressedStore
+
+    base = dict(batch=1, heads=2, head_dim=128, dtype=torch.float16, device="cpu", keep=64, capacity=8)
+    variants = [
+        {},
+        {"heads": 4},
+        {"head_dim": 64, "keep": 32},
+        {"dtype": torch.bfloat16},
+        {"keep": 40},
+        {"static": True},
+        {"word_quota": True},
+        {"value_dtype": "fp8"},
+        {"nm_group": 8},
+        {"nm_group": 8, "nm_strided": True},
+        {"nm_group": 16, "keep": 40},
+    ]
+    keys = [CompressedStore(**{**base, **v}).layout_key for v in variants]
+    assert len(set(keys)) == len(keys)
+    ordered = CompressedStore(**{**base, "nm_group": 8})
+    plain = ordered.layout_key
+    ordered.set_head_order(torch.arange(128).repeat(1, 2, 1))
+    assert ordered.layout_key != plain
+    grown = CompressedStore(**base)
+    grown.extend(20, 64)  # past the capacity: the buffers grow
+    assert grown.length == 20 and grown.layout_key == keys[0]
