@@ -399,6 +399,20 @@ FRAG_PACK = 16  # the elements of one :func:`expand8_frag_asm` call: a token's 1
 SELECTOR_TABLE_BYTES = 1024  # fp8 keys' selector table: one 32-bit entry per 4:8 group's kept bits
 
 
+# The fragment expansions' common start: a valid token's bitmap word (``$8``) shifted to its 16 channels (``$40``),
+# zero for an invalid one (``$56``), and ``ta`` at its values (``$24``).
+_FRAG_PROLOGUE = (
+    "setp.ne.u32 p, $56, 0;",
+    "mov.b32 w0, 0;",
+    "mov.u32 ta, global_smem;",
+    "add.u32 ta, ta, $8;",
+    "@p ld.shared.b32 w0, [ta];",
+    "shr.b32 w0, w0, $40;",
+    "mov.u32 ta, global_smem;",
+    "add.u32 ta, ta, $24;",
+)
+
+
 @functools.cache
 def expand8_frag_asm(fp8: bool = False) -> str:
     """PTX that expands 16 channels of one token's keys, kept four of every eight (two groups), straight into a
@@ -426,15 +440,8 @@ def expand8_frag_asm(fp8: bool = False) -> str:
         ".reg .pred p;",
         ".reg .b32 w0, v<4>, s<4>, z<4>, lo, hi, blo, bhi, t, ta, zero;",
         *([".reg .b32 e<2>;", ".reg .b16 clo, chi;"] if fp8 else []),
-        "setp.ne.u32 p, $56, 0;",
+        *_FRAG_PROLOGUE,
         "mov.u32 zero, 0;",
-        "mov.b32 w0, 0;",
-        "mov.u32 ta, global_smem;",
-        "add.u32 ta, ta, $8;",
-        "@p ld.shared.b32 w0, [ta];",
-        "shr.b32 w0, w0, $40;",
-        "mov.u32 ta, global_smem;",
-        "add.u32 ta, ta, $24;",
     ]
     if fp8:
         lines += ["ld.shared.v2.b32 {e0, e1}, [ta];", "mov.u32 ta, global_smem;", "add.u32 ta, ta, $72;"]
@@ -537,14 +544,7 @@ def expand16_frag_asm() -> str:
         ".reg .b32 w0, x0, x1, ta;",
         _NM16_REGS,
         ".reg .b16 clo, chi;",
-        "setp.ne.u32 p, $56, 0;",
-        "mov.b32 w0, 0;",
-        "mov.u32 ta, global_smem;",
-        "add.u32 ta, ta, $8;",
-        "@p ld.shared.b32 w0, [ta];",
-        "shr.b32 w0, w0, $40;",
-        "mov.u32 ta, global_smem;",
-        "add.u32 ta, ta, $24;",
+        *_FRAG_PROLOGUE,
         "ld.shared.b32 x0, [ta];",
         "ld.shared.b32 x1, [ta+4];",
         "mov.u32 ta, global_smem;",
