@@ -21,7 +21,10 @@ expanded into a [tokens, D] row tile in registers (:func:`~mustafar.kernels.scat
 16-byte stores), and then K kept four of every eight (consecutive, or strided with q loaded in the store's order)
 is expanded straight into the registers of the scores' MMA operand, 64 channels at a time, each lane expanding the
 fragment it owns (:func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm`, :func:`_expand_k_half`: no tile); fp8
-codes are widened to fp16 on both sides, the scores and P weighed by the tokens' scales.
+codes are widened to fp16 on both sides, the scores and P weighed by the tokens' scales. fp8 stores kept five of
+every sixteen channels expand the same way on both sides, a lane's 16 MMA channels being one group
+(:func:`~mustafar.kernels.scatter_ptx.expand16_frag_asm`, :func:`~mustafar.kernels.scatter_ptx.expand16_rows_asm`;
+which stores expand: :func:`~mustafar.kernels.scatter_ptx.key_group`, ``value_group``).
 
 Split/merge scheme, dense window and device-side length of static stores as in
 :mod:`mustafar.kernels.decode_staged`, whose window/output code it shares. Fixed layouts, fp16/bf16, head_dim
