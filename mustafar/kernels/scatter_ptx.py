@@ -527,7 +527,7 @@ _NM16_REGS = ".reg .b32 a, b, lo, hi, s0, s1, t, n;"
 
 
 @functools.cache
-def expand16_frag_asm() -> str:
+def expand16_frag_asm(transposed: bool = False) -> str:
     """PTX that expands one token's 16 key channels kept five of every sixteen (one 5:16 group, fp8 codes) into a
     lane's eight registers of the scores' MMA operand, as :func:`expand8_frag_asm` does for two 4:8 groups: the
     registers hold the dense channel pairs 0-1 .. 14-15 as fp16 (unscaled codes; :func:`_nm16_group`). About 31
@@ -537,7 +537,13 @@ def expand16_frag_asm() -> str:
     the bitmap word holding the 16 channels, ``$24`` of the slot word holding the group's first code
     (:func:`nm16_code_word`; the next word is read too), ``$40`` the channels' bit offset in the bitmap word (0 or
     16), ``$56`` nonzero when the token is valid (an invalid token's pairs come out zero), ``$72`` the selector
-    table's byte offset, ``$88`` the first code's bit shift in its word."""
+    table's byte offset, ``$88`` the first code's bit shift in its word.
+
+    ``transposed`` (values into the P·V MMA's A operand, Vᵀ): the eight pairs r_0 .. r_7 of the lanes (token
+    L div 4 + 8j, pair m of group i = L mod 4) are, over the warp, eight 8 × 8 matrices [token, channel pair], and
+    ``movmatrix.trans`` turns register r_m into lane L's fragment of the transpose: channel row c = L div 4 (the
+    half's channel 16·(c div 2) + 2m + c mod 2), tokens 8j + 2(L mod 4), + 1. No row tile, stores or ldmatrix
+    (results/kernels/NOTES.md, round 23's design); warp-collective, so every lane runs it."""
     lines = [
         "{",
         ".reg .pred p;",
@@ -549,10 +555,15 @@ def expand16_frag_asm() -> str:
         "ld.shared.b32 x1, [ta+4];",
         "mov.u32 ta, global_smem;",
         "add.u32 ta, ta, $72;",
-        *_nm16_group([f"${j}" for j in range(8)], "w0", "x0", "x1", "$88", "ta"),
-        "}",
     ]
-    return "\n".join(lines)
+    if not transposed:
+        return "\n".join(
+            [*lines, *_nm16_group([f"${j}" for j in range(8)], "w0", "x0", "x1", "$88", "ta"), "}"]
+        )
+    lines.insert(1, ".reg .b32 r<8>;")
+    lines += _nm16_group([f"r{j}" for j in range(8)], "w0", "x0", "x1", "$88", "ta")
+    lines += [f"movmatrix.sync.aligned.m8n8.trans.b16 ${j}, r{j};" for j in range(8)]
+    return "\n".join([*lines, "}"])
 
 
 @functools.cache

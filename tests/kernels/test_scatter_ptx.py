@@ -94,6 +94,10 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray, lane: int = 0) -> d
             smem[addr(a[0])] = regs[a[1]] & 0xFF
         elif op == "shr.b32":
             regs[a[0]] = val(a[1]) >> val(a[2])
+        elif (
+            op == "movmatrix.sync.aligned.m8n8.trans.b16"
+        ):  # warp-collective: the caller transposes across lanes
+            regs[a[0]] = val(a[1])
         elif op == "bfe.u32":  # bits [b, b + c) of a, zero-extended
             regs[a[0]] = val(a[1]) >> val(a[2]) & (1 << val(a[3])) - 1
         elif op == "shf.r.clamp.b32":  # (b:a) >> min(c, 32), the low word
@@ -580,6 +584,66 @@ def test_expand16_frag_ptx_gives_each_lane_its_dense_channel_pairs(d):
             got = [regs[f"${j}"] for j in range(8)]
             want = [int(bits[t, ch + 2 * j]) | int(bits[t, ch + 2 * j + 1]) << 16 for j in range(8)]
             assert got == (want if t < valid else [0] * 8), (t, g)
+
+
+def _movmatrix_trans(regs: list[int]) -> list[int]:
+    """``movmatrix.sync.aligned.m8n8.trans.b16`` over a warp, as the PTX manual describes it: lane L holds row
+    L div 4, elements 2(L mod 4) and + 1 (low half first) of an 8 × 8 matrix, and receives the same fragment of
+    its transpose."""
+    m = [[regs[4 * r + c // 2] >> 16 * (c % 2) & 0xFFFF for c in range(8)] for r in range(8)]
+    return [m[2 * (lane % 4)][lane // 4] | m[2 * (lane % 4) + 1][lane // 4] << 16 for lane in range(32)]
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_expand16_transposed_ptx_gives_each_lane_its_vt_operand_fragment(d):
+    """expand16_frag_asm(transposed=True) over a warp (its per-lane part in the interpreter, movmatrix applied
+    across the lanes as documented) against the plain-PyTorch dense codes: for every half, token row j and pair m,
+    lane L's register m holds Vᵀ at the half's channel 16·(c div 2) + 2m + c mod 2 (c = L div 4) and tokens
+    8j + 2(L mod 4), + 1: the P·V MMA's A-operand fragment, channels in that fixed order. Invalid tokens are zero."""
+    tokens, valid = 32, 27
+    dense, vals, slot = _nm16_rows(d, tokens, d + 7)
+    vals[valid:] = 0x7E
+    words = pack_bitmap(nm_topk_mask(dense.abs(), 5 * d // 16, 16)).numpy().view(np.uint32)
+    table = _selector_table()
+    voff, toff = words.nbytes, words.nbytes + vals.nbytes
+    smem = np.zeros(toff + table.nbytes, dtype=np.uint8)
+    smem[:voff] = words.reshape(-1).view(np.uint8)
+    smem[voff:toff] = vals.reshape(-1)
+    smem[toff:] = table.view(np.uint8)
+    dense[valid:] = 0
+    bits = dense.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
+    asm = expand16_frag_asm(transposed=True)
+    for half in range(d // 64):
+        for j in range(4):
+            pre = []
+            for lane in range(32):
+                t, g = lane // 4 + 8 * j, 4 * half + lane % 4
+                word, shift = nm16_code_word(g)
+                ch = 16 * g
+                inputs = (
+                    t * d // 8 + 4 * (ch // 32),
+                    voff + t * slot + word,
+                    ch % 32,
+                    int(t < valid),
+                    toff,
+                    shift,
+                )
+                ops = [0] * (8 + len(inputs) * FRAG_PACK)
+                for i, x in enumerate(inputs):
+                    ops[7 + i * FRAG_PACK] = x
+                regs = run_ptx(asm, ops, smem, lane=lane)
+                pre.append([regs[f"${m}"] for m in range(8)])
+            for m in range(8):
+                got = _movmatrix_trans([pre[lane][m] for lane in range(32)])
+                for lane, reg in enumerate(got):
+                    c, tok = lane // 4, 8 * j + 2 * (lane % 4)
+                    channel = 64 * half + 16 * (c // 2) + 2 * m + c % 2
+                    assert reg == int(bits[tok, channel]) | int(bits[tok + 1, channel]) << 16, (
+                        half,
+                        j,
+                        m,
+                        lane,
+                    )
 
 
 @pytest.mark.parametrize("d", [64, 128])
