@@ -556,8 +556,8 @@ def _staged_stride(slot_bytes: int, chunk: int) -> int:
 
 
 KEY16_PAD = 8  # bytes added to the staged stride of sides read as MMA fragments at D 128 (:func:`_scatter_constexprs`)
-# 5:16 fp8 values expanded straight into the P·V MMA's operand (movmatrix) instead of a row tile: NOTES round 23's
-# design, not yet measured on a GPU
+# expanded values (2:4, 5:16 fp8) straight into the P·V MMA's operand (movmatrix) instead of a row tile: NOTES
+# round 23's design, not yet measured on a GPU
 VALUES_IN_OPERAND = True
 
 
@@ -570,7 +570,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     k_ck, v_ck = (16 if sb % 16 == 0 else 8 for sb in (k_sb, v_sb))
     k_sp, v_sp = _staged_stride(k_sb, k_ck), _staged_stride(v_sb, v_ck)
     v_nm, k_nm = value_group(v_store), key_group(k_store, v_store)
-    v_op = VALUES_IN_OPERAND and v_nm == 16  # 5:16 values into the P·V operand (movmatrix), no row tile
+    v_op = VALUES_IN_OPERAND and v_nm > 0  # expanded values into the P·V operand (movmatrix), no row tile
     # sides read in the MMA fragment's pattern (5:16 keys; values into the operand): the eight tokens of one load
     # read four groups' words each, which a stride of 10 words (D 128) folds onto shared banks; 12 spread them
     if k_nm == 16 and (k_sp // 4) % 8 == 2:
@@ -581,7 +581,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     slot_bytes = block_n * (d // 8 + max(k_sp, v_sp) + (4 if fp8 else 0))
     sides = _scatter_plan(k_store, v_store, slot_bytes, n_rep)[1]
     tile = block_n * d * (1 if v_store.fp8 and not v_nm else 2)  # scattered fp8: an e4m3 tile
-    table = (k_nm and k_store.fp8) or v_nm == 16  # fp8 selectors, after the ring
+    table = (k_nm and k_store.fp8) or v_nm == 16 or (v_op and v_store.fp8)  # fp8 selectors, after the ring
     words = _scatter_ring(tile, slot_bytes, sides, SELECTOR_TABLE_BYTES if table else 0)
     return dict(
         N_REP=n_rep,
@@ -609,6 +609,8 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         ),
         V_ASM=(
             expand16_frag_asm(transposed=True)
+            if v_op and v_nm == 16
+            else expand8_frag_asm(v_store.fp8, transposed=True)
             if v_op
             else expand16_rows_asm(d, v_store.slot)
             if v_nm == 16

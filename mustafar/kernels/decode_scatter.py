@@ -257,30 +257,77 @@ def _vt_frag_layout():
 
 
 @gluon.jit
-def _expand_v_operand(words_off, vals_off, n_tok, HH: gl.constexpr, ASM: gl.constexpr, SB: gl.constexpr,
-                      SP: gl.constexpr, CK: gl.constexpr, D: gl.constexpr, TAB: gl.constexpr):  # fmt: skip
-    """Vᵀ of channels ``64·HH .. 64·HH + 63`` of one staged five-of-sixteen fp8 V side as the P·V MMA's A operand
-    [64, 32 tokens], rows in :func:`_vt_frag_layout`'s channel order: each lane expands its token (L div 4 + 8j)
-    and group (L mod 4) as the keys do, then ``movmatrix`` transposes the pairs across the warp
-    (:func:`~mustafar.kernels.scatter_ptx.expand16_frag_asm` with ``transposed``). No row tile. Tokens at or past
-    ``n_tok`` are zero."""
+def _expand_v_operand(words_off, vals_off, n_tok, HH: gl.constexpr, ASM: gl.constexpr, DT: gl.constexpr,
+                      SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr, FP8: gl.constexpr, D: gl.constexpr,
+                      TAB: gl.constexpr, V_NM: gl.constexpr):  # fmt: skip
+    """Vᵀ of channels ``64·HH .. 64·HH + 63`` of one staged expanded V side (``V_NM`` 4: two of every four kept,
+    read as four of eight; 16: five of sixteen, fp8 codes) as the P·V MMA's A operand [64, 32 tokens], rows in
+    :func:`_vt_frag_layout`'s channel order: each lane expands its token (L div 4 + 8j) and 16 channels
+    (16·(L mod 4) onwards) as the keys do, then ``movmatrix`` transposes the pairs across the warp
+    (:func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm` / ``expand16_frag_asm`` with ``transposed``). No row
+    tile. Tokens at or past ``n_tok`` are zero."""
     L: gl.constexpr = _vt_frag_layout()
     row = gl.expand_dims(gl.arange(0, 64, layout=gl.SliceLayout(1, L)), 1)
     tok = gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, L)), 0)
     t = row % 8 + 8 * (tok // 8)  # the token this lane expands before the transpose
-    ch = 64 * HH + 16 * ((tok // 2) % 4)  # its group's first channel
-    first = 5 * (ch // 16)
-    out = gl.inline_asm_elementwise(
-        ASM,
-        "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 96,
-        [words_off + t * (D // 8) + (ch // 32) * 4, vals_off + _staged_at(t, (first // 4) * 4, SB, SP, CK),
-         ch % 32, (t < n_tok).to(gl.int32), gl.full([64, 32], TAB, gl.int32, layout=L), (first % 4) * 8],
-        dtype=gl.float16,
-        is_pure=False,
-        pack=16,
-    )  # fmt: skip
+    ch = 64 * HH + 16 * ((tok // 2) % 4)  # its first channel
+    waddr = words_off + t * (D // 8) + (ch // 32) * 4
+    valid = (t < n_tok).to(gl.int32)
+    tab = gl.full([64, 32], TAB, gl.int32, layout=L)
+    if V_NM == 16:
+        first = 5 * (ch // 16)
+        out = gl.inline_asm_elementwise(
+            ASM,
+            "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 96,
+            [
+                waddr,
+                vals_off + _staged_at(t, (first // 4) * 4, SB, SP, CK),
+                ch % 32,
+                valid,
+                tab,
+                (first % 4) * 8,
+            ],
+            dtype=DT.value,
+            is_pure=False,
+            pack=16,
+        )
+    else:
+        vaddr = vals_off + _staged_at(
+            t, ch // 2 if FP8 else ch, SB, SP, CK
+        )  # two of every four kept: value ch // 2
+        out = gl.inline_asm_elementwise(
+            ASM,
+            "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 80,
+            [waddr, vaddr, ch % 32, valid, tab],
+            dtype=DT.value,
+            is_pure=False,
+            pack=16,
+        )
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     return gl.convert_layout(out, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
+
+
+@gluon.jit
+def _pv_operand(words_off, vals_off, n_tok, p, acc_lo, acc_hi, ASM: gl.constexpr, VT: gl.constexpr,
+                SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr, FP8: gl.constexpr, D: gl.constexpr,
+                TAB: gl.constexpr, V_NM: gl.constexpr):  # fmt: skip
+    """``acc + Vᵀ p`` per 64-channel half with V expanded into the MMA's operand (:func:`_expand_v_operand`),
+    P [tokens, heads] in ``VT``; then a barrier: every lane is done reading the staged V side before the ring
+    reuses its slot."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    po = gl.convert_layout(p, op_b)
+    acc_lo = mma_v2(
+        _expand_v_operand(words_off, vals_off, n_tok, 0, ASM, VT, SB, SP, CK, FP8, D, TAB, V_NM), po, acc_lo
+    )
+    if D == 128:
+        acc_hi = mma_v2(
+            _expand_v_operand(words_off, vals_off, n_tok, 1, ASM, VT, SB, SP, CK, FP8, D, TAB, V_NM),
+            po,
+            acc_hi,
+        )
+    gl.thread_barrier()
+    return acc_lo, acc_hi
 
 
 @gluon.jit
@@ -497,7 +544,7 @@ def _sc_sparse_decode_kernel(
         frame = gl.max(gl.full([BLOCK_N], 1.0, gl.float32, layout=gl.SliceLayout(1, mma)), axis=0)
     q_row = q_ptr + b.to(gl.int64) * sqb + (h * N_REP).to(gl.int64) * sqh
     TAB: gl.constexpr = REGION + SIDES * SLOT_BYTES  # fp8 expanded keys: the selector table after the ring
-    if (K_NM and K_FP8) or V_NM == 16:
+    if (K_NM and K_FP8) or V_NM == 16 or (V_OP and V_FP8):
         _fill_selector_table(TAB)
     if K_NM:  # qᵀ as the scores' MMA operand in two halves (D 128), its channels in the K operand's order
         order_row = k_order + (b.to(gl.int64) * heads_kv + h) * D
@@ -582,7 +629,7 @@ def _sc_sparse_decode_kernel(
         if K_FP8:  # the codes' scores times each token's scale (staged after its value slots)
             sc = sc * gl.expand_dims(_load_scales(k_off + WB + BLOCK_N * K_SP, BLOCK_N, ts_l), 1)
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
-        if V_FP8:  # the accumulator's rescale waits for V's scales, to fold the frame change into it
+        if V_FP8 or V_OP:  # the accumulator's rescale waits (V's scales: the frame change folds into it)
             p, m_i, l_i, alpha = _softmax_probs(sc, ts < end, m_i, l_i, qk_scale)
         else:
             p, m_i, l_i, acc = _softmax_step(sc, ts < end, m_i, l_i, acc, qk_scale)
@@ -617,23 +664,17 @@ def _sc_sparse_decode_kernel(
             rescale = gl.expand_dims(alpha * (frame / top), 0)
             frame = top
             if V_OP:
-                pwo = gl.convert_layout(pw.to(gl.float16), op_b)
-                acc_lo = mma_v2(
-                    _expand_v_operand(v_off, v_off + WB, n_tok, 0, V_ASM, V_SB, V_SP, V_CK, D, TAB),
-                    pwo,
-                    acc_lo * rescale,
-                )
-                if D == 128:
-                    acc_hi = mma_v2(
-                        _expand_v_operand(v_off, v_off + WB, n_tok, 1, V_ASM, V_SB, V_SP, V_CK, D, TAB),
-                        pwo,
-                        acc_hi * rescale,
-                    )
-                gl.thread_barrier()  # every lane is done reading the V side before the ring reuses its slot
+                acc_lo, acc_hi = _pv_operand(v_off, v_off + WB, n_tok, pw.to(gl.float16), acc_lo * rescale,
+                                             acc_hi * rescale, V_ASM, gl.float16, V_SB, V_SP, V_CK, V_FP8, D, TAB,
+                                             V_NM)  # fmt: skip
             elif V_NM:
                 acc = _pv_rows(tile, pw.to(gl.float16), acc * rescale, op_a, op_b, BLOCK_N)
             else:
                 acc = _pv8(tile, pw, acc * rescale, mma)
+        elif V_OP:
+            rescale = gl.expand_dims(alpha, 0)
+            acc_lo, acc_hi = _pv_operand(v_off, v_off + WB, n_tok, p.to(DT), acc_lo * rescale, acc_hi * rescale,
+                                         V_ASM, DT, V_SB, V_SP, V_CK, V_FP8, D, TAB, V_NM)  # fmt: skip
         elif V_NM:
             acc = _pv_rows(tile, p.to(DT), acc, op_a, op_b, BLOCK_N)
         else:

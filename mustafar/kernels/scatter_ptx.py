@@ -414,7 +414,7 @@ _FRAG_PROLOGUE = (
 
 
 @functools.cache
-def expand8_frag_asm(fp8: bool = False) -> str:
+def expand8_frag_asm(fp8: bool = False, transposed: bool = False) -> str:
     """PTX that expands 16 channels of one token's keys, kept four of every eight (two groups), straight into a
     lane's registers of the scores' MMA operand: the eight registers hold the dense channel pairs 0-1 .. 14-15 in
     order (the caller maps them onto the MMA's K positions and gives q the same order). No tile, so none of a row
@@ -434,11 +434,17 @@ def expand8_frag_asm(fp8: bool = False) -> str:
     the bitmap word holding the 16 channels, ``$24`` of their first kept value (both from ``global_smem``, the
     values 16 bytes, fp8 8, inside one staged chunk), ``$40`` the channels' bit offset in the word (0 or 16),
     ``$56`` nonzero when the token is valid (an invalid token's pairs come out zero), ``$72`` the selector table's
-    byte offset (fp8)."""
+    byte offset (fp8).
+
+    A 2:4 pattern is a 4:8 one (four kept in every eight, values in rank order), so the same expansion reads values
+    kept two of every four; ``transposed`` hands them to the P·V MMA's A operand as
+    :func:`expand16_frag_asm` (``transposed``) does."""
+    out = [f"r{j}" if transposed else f"${j}" for j in range(8)]
     lines = [
         "{",
         ".reg .pred p;",
         ".reg .b32 w0, v<4>, s<4>, z<4>, lo, hi, blo, bhi, t, ta, zero;",
+        *([".reg .b32 r<8>;"] if transposed else []),
         *([".reg .b32 e<2>;", ".reg .b16 clo, chi;"] if fp8 else []),
         *_FRAG_PROLOGUE,
         "mov.u32 zero, 0;",
@@ -454,19 +460,21 @@ def expand8_frag_asm(fp8: bool = False) -> str:
                 "shr.b32 s1, s0, 16;",
             ]
             for half in range(2):  # positions 4·half .. + 3: codes of ranks 0-3, or the zero register's bytes
-                out = 4 * q + 2 * half
+                k = 4 * q + 2 * half
                 lines += [
                     f"prmt.b32 t, e{q}, zero, s{half};",
                     "mov.b32 {clo, chi}, t;",
-                    f"cvt.rn.f16x2.e4m3x2 ${out}, clo;",
-                    f"cvt.rn.f16x2.e4m3x2 ${out + 1}, chi;",
+                    f"cvt.rn.f16x2.e4m3x2 {out[k]}, clo;",
+                    f"cvt.rn.f16x2.e4m3x2 {out[k + 1]}, chi;",
                 ]
     else:
         lines.append("ld.shared.v4.b32 {v0, v1, v2, v3}, [ta];")
         for q in range(2):
             lines += _group8_selectors(0, q)
             for m in range(4):
-                lines += [f"prmt.b32 t, v{2 * q}, v{2 * q + 1}, s{m};", f"and.b32 ${4 * q + m}, t, z{m};"]
+                lines += [f"prmt.b32 t, v{2 * q}, v{2 * q + 1}, s{m};", f"and.b32 {out[4 * q + m]}, t, z{m};"]
+    if transposed:
+        lines += [f"movmatrix.sync.aligned.m8n8.trans.b16 ${j}, r{j};" for j in range(8)]
     lines.append("}")
     return "\n".join(lines)
 
