@@ -556,9 +556,9 @@ def _staged_stride(slot_bytes: int, chunk: int) -> int:
 
 
 KEY16_PAD = 8  # bytes added to the staged stride of sides read as MMA fragments at D 128 (:func:`_scatter_constexprs`)
-# expanded values (2:4, 5:16 fp8) straight into the P·V MMA's operand (movmatrix) instead of a row tile: NOTES
-# round 23's design, not yet measured on a GPU
-VALUES_IN_OPERAND = True
+# the value dtypes whose expanded values (2:4, 5:16 fp8) go straight into the P·V MMA's operand (movmatrix)
+# instead of a row tile: NOTES round 23's design, not yet measured on a GPU (an A/B per value dtype decides)
+VALUES_IN_OPERAND: frozenset[str] = frozenset({"fp8", "native"})
 
 
 def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
@@ -570,7 +570,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     k_ck, v_ck = (16 if sb % 16 == 0 else 8 for sb in (k_sb, v_sb))
     k_sp, v_sp = _staged_stride(k_sb, k_ck), _staged_stride(v_sb, v_ck)
     v_nm, k_nm = value_group(v_store), key_group(k_store, v_store)
-    v_op = VALUES_IN_OPERAND and v_nm > 0  # expanded values into the P·V operand (movmatrix), no row tile
+    v_op = v_nm > 0 and v_store.value_dtype in VALUES_IN_OPERAND  # into the P·V operand (movmatrix), no tile
     # sides read in the MMA fragment's pattern (5:16 keys; values into the operand): the eight tokens of one load
     # read four groups' words each, which a stride of 10 words (D 128) folds onto shared banks; 12 spread them
     if k_nm == 16 and (k_sp // 4) % 8 == 2:

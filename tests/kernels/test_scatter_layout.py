@@ -143,7 +143,9 @@ def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(
     offsets = k["shared_offsets"]
     from mustafar.kernels import decode
 
-    tile_used = not (v_nm_group and decode.VALUES_IN_OPERAND)  # expanded values into the MMA operand: no tile
+    tile_used = not (
+        v_nm_group and value_dtype in decode.VALUES_IN_OPERAND
+    )  # values in the MMA operand: no tile
     if ring > tile and tile_used:
         assert offsets[0] == ring
         offsets = offsets[1:]

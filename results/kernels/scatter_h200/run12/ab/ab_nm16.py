@@ -21,7 +21,7 @@ from mustafar.pruning.keep import exact_keep  # noqa: E402
 tag, pad = sys.argv[1], int(sys.argv[2])
 decode.KEY16_PAD = pad
 if len(sys.argv) > 3:
-    decode.VALUES_IN_OPERAND = bool(int(sys.argv[3]))
+    decode.VALUES_IN_OPERAND = frozenset({"fp8", "native"} if int(sys.argv[3]) else ())
 shape = attention_shape("llama3_8b")
 keep = exact_keep(shape.head_dim, 0.6875)
 extra = dict(word_quota=True, value_dtype="fp8", k_nm_group=16, v_nm_group=16, k_calibrated=True)
@@ -41,7 +41,7 @@ for b, t in ((8, 32768), (32, 16384), (32, 32768)):
     row = dict(
         tag=tag,
         pad=pad,
-        operand=decode.VALUES_IN_OPERAND,
+        operand="fp8" in decode.VALUES_IN_OPERAND,
         b=b,
         t=t,
         dense=round(dense, 1),
