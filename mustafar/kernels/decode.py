@@ -566,14 +566,14 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     k_sb, v_sb = _slot_bytes(k_store), _slot_bytes(v_store)
     k_ck, v_ck = (16 if sb % 16 == 0 else 8 for sb in (k_sb, v_sb))
     k_sp, v_sp = _staged_stride(k_sb, k_ck), _staged_stride(v_sb, v_ck)
-    if key_group(k_store, v_store) == 16 and (k_sp // 4) % 8 == 2:
+    v_nm, k_nm = value_group(v_store), key_group(k_store, v_store)
+    if k_nm == 16 and (k_sp // 4) % 8 == 2:
         # 5:16 keys: the eight tokens of one fragment load read four groups' words each, which a stride of 10
         # words (D 128) folds onto shared banks; 12 words spread them over all 32
         k_sp += KEY16_PAD
     fp8 = k_store.fp8 or v_store.fp8
     slot_bytes = block_n * (d // 8 + max(k_sp, v_sp) + (4 if fp8 else 0))
     sides = _scatter_plan(k_store, v_store, slot_bytes, n_rep)[1]
-    v_nm, k_nm = value_group(v_store), key_group(k_store, v_store)
     tile = block_n * d * (1 if v_store.fp8 and not v_nm else 2)  # scattered fp8: an e4m3 tile
     table = (k_nm and k_store.fp8) or v_nm == 16  # fp8 selectors, after the ring
     words = _scatter_ring(tile, slot_bytes, sides, SELECTOR_TABLE_BYTES if table else 0)
