@@ -301,11 +301,14 @@ def _ptx_ok(store: CompressedStore, rows: Tensor) -> bool:
 _LAUNCHES: dict[tuple, CompiledLaunch] = {}
 
 
-def _launcher(kernel: object, constexprs: dict, num_warps: int, dtypes: tuple) -> CompiledLaunch:
-    """The cached launch of ``kernel`` under these constexprs and argument dtypes (the values' and the rows'):
-    a decode step packs every layer and side eagerly, and the JIT dispatcher's argument binding cost 54-84 µs of
-    host time per call (results/decode/round22_h200/pack_host.txt)."""
-    key = (kernel, num_warps, dtypes, *constexprs.values())
+def _launcher(
+    kernel: object, constexprs: dict, num_warps: int, dtypes: tuple, device: torch.device
+) -> CompiledLaunch:
+    """The cached launch of ``kernel`` under these constexprs and argument dtypes (the values' and the rows') on
+    ``device`` (compiled kernels are loaded per device, as the decoders' are): a decode step packs every layer and
+    side eagerly, and the JIT dispatcher's argument binding cost 54-87 µs of host time per call
+    (results/decode/round22_h200/pack_host.txt)."""
+    key = (kernel, num_warps, dtypes, device, *constexprs.values())
     launch = _LAUNCHES.get(key)
     if launch is None:
         launch = _LAUNCHES[key] = CompiledLaunch(kernel, constexprs, dict(num_warps=num_warps))
@@ -332,7 +335,9 @@ def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, t0: int, device
     )
     args = (x32, store.bits, store.vals_as(torch.int32), n, store.heads, *x32.stride()[:3], t0, _len_arg(store),
             store.capacity)  # fmt: skip
-    _launcher(_topk_pack_ptx_kernel, constexprs, _PTX_WARPS, ())(grid, args, raw_stream(rows.device))
+    _launcher(_topk_pack_ptx_kernel, constexprs, _PTX_WARPS, (), rows.device)(
+        grid, args, raw_stream(rows.device)
+    )
 
 
 def _launch_plain(
@@ -385,7 +390,9 @@ def _launch_plain(
         store.capacity,
         store.vals.shape[2],
     )
-    launch = _launcher(_prune_pack_kernel, constexprs, _NUM_WARPS, (rows.dtype, store.vals.dtype))
+    launch = _launcher(
+        _prune_pack_kernel, constexprs, _NUM_WARPS, (rows.dtype, store.vals.dtype), rows.device
+    )
     launch(grid, args, raw_stream(rows.device))
 
 

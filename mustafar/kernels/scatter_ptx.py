@@ -38,6 +38,11 @@ def store_quotas(store: CompressedStore) -> tuple[int, ...] | None:
     return word_quotas(store.head_dim, store.keep)
 
 
+def _nm16_fp8(store: CompressedStore) -> bool:
+    """Five of every sixteen consecutive channels kept as fp8 codes: the stores the 5:16 expansions read."""
+    return store.nm_group == 16 and store.fp8 and store.keep == NM16_CODES * store.head_dim // 16
+
+
 def value_group(store: CompressedStore) -> int:
     """The group size of the V stores whose rows the scatter decoder expands in registers instead of scattering
     their values, else 0: 4, two of every four consecutive channels kept (fp16/bf16 values or fp8 codes, widened
@@ -47,9 +52,7 @@ def value_group(store: CompressedStore) -> int:
         return 0
     if store.nm_group == 4 and store.keep == expand_keep(store.head_dim):
         return 4
-    if store.nm_group == 16 and store.fp8 and store.keep == NM16_CODES * store.head_dim // 16:
-        return 16
-    return 0
+    return 16 if _nm16_fp8(store) else 0
 
 
 def expands_values(store: CompressedStore) -> bool:
@@ -68,9 +71,7 @@ def key_group(k_store: CompressedStore, v_store: CompressedStore) -> int:
         return 0
     if k_store.nm_group == 8 and k_store.keep == expand_keep(k_store.head_dim):
         return 8
-    if k_store.nm_group == 16 and k_store.fp8 and k_store.keep == NM16_CODES * k_store.head_dim // 16:
-        return 16
-    return 0
+    return 16 if _nm16_fp8(k_store) else 0
 
 
 def expands_keys(k_store: CompressedStore, v_store: CompressedStore) -> bool:

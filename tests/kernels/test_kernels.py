@@ -219,3 +219,17 @@ def test_compiled_launch_refuses_a_short_grid():
     launch = CompiledLaunch(_prune_pack_kernel, {}, {})
     with pytest.raises(ValueError, match=r"three-dimensional grid, got \(4, 2\)"):
         launch((4, 2), (), 0)
+
+
+def test_pack_launches_are_cached_per_device():
+    """A compiled kernel is loaded into one device's context, so the packs' cached launches are kept per device
+    (a launch cached on one GPU and reused on another would run a function handle of the wrong context), and
+    reused for the same device, kernel, constexprs and dtypes."""
+    from mustafar.kernels.compress import _launcher, _prune_pack_kernel
+
+    names = _prune_pack_kernel.arg_names
+    consts = dict.fromkeys(names[names.index("KEEP") :], 0)  # every constexpr, as the packs pass them
+    args = (_prune_pack_kernel, consts, 2, (torch.float16, torch.float16))
+    first = _launcher(*args, torch.device("cuda", 0))
+    assert _launcher(*args, torch.device("cuda", 0)) is first
+    assert _launcher(*args, torch.device("cuda", 1)) is not first
