@@ -2,7 +2,7 @@
 
 import pytest
 
-from mustafar.bench.sass import main_loop_instructions
+from mustafar.bench.sass import main_loop_instructions, main_loop_opcodes
 
 LISTING = """\
 --:-:-:-:1\tMOV R1, c[0x0][0x28];
@@ -34,3 +34,9 @@ def test_reads_the_plain_listing_style():
 def test_no_loop_is_an_error():
     with pytest.raises(ValueError, match="no loop"):
         main_loop_instructions(LISTING, marker="HMMA")
+
+
+def test_counts_the_loop_per_opcode():
+    # LBB1's body by mnemonic: the predicate and the modifiers (.U32, .L.U32, .U16) are not part of it
+    assert main_loop_opcodes(LISTING, marker="STS") == {"FLO": 1, "SHF": 1, "STS": 1, "BRA": 1}
+    assert main_loop_opcodes(LISTING.split("EXIT;")[1], marker="BRA") == {"IADD3": 1, "BRA": 1}
