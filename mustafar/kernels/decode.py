@@ -555,7 +555,10 @@ def _staged_stride(slot_bytes: int, chunk: int) -> int:
     return slot_bytes + chunk if (slot_bytes // chunk) % 2 == 0 else slot_bytes
 
 
-KEY16_PAD = 8  # bytes added to the staged stride of 5:16 keys at D 128 (:func:`_scatter_constexprs`)
+KEY16_PAD = 8  # bytes added to the staged stride of sides read as MMA fragments at D 128 (:func:`_scatter_constexprs`)
+# the value dtypes whose expanded values (2:4, 5:16 fp8) go straight into the P·V MMA's operand (movmatrix)
+# instead of a row tile: NOTES round 23's design, not yet measured on a GPU (an A/B per value dtype decides)
+VALUES_IN_OPERAND: frozenset[str] = frozenset({"fp8", "native"})
 
 
 def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
@@ -567,15 +570,18 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     k_ck, v_ck = (16 if sb % 16 == 0 else 8 for sb in (k_sb, v_sb))
     k_sp, v_sp = _staged_stride(k_sb, k_ck), _staged_stride(v_sb, v_ck)
     v_nm, k_nm = value_group(v_store), key_group(k_store, v_store)
+    v_op = v_nm > 0 and v_store.value_dtype in VALUES_IN_OPERAND  # into the P·V operand (movmatrix), no tile
+    # sides read in the MMA fragment's pattern (5:16 keys; values into the operand): the eight tokens of one load
+    # read four groups' words each, which a stride of 10 words (D 128) folds onto shared banks; 12 spread them
     if k_nm == 16 and (k_sp // 4) % 8 == 2:
-        # 5:16 keys: the eight tokens of one fragment load read four groups' words each, which a stride of 10
-        # words (D 128) folds onto shared banks; 12 words spread them over all 32
         k_sp += KEY16_PAD
+    if v_op and (v_sp // 4) % 8 == 2:
+        v_sp += KEY16_PAD
     fp8 = k_store.fp8 or v_store.fp8
     slot_bytes = block_n * (d // 8 + max(k_sp, v_sp) + (4 if fp8 else 0))
     sides = _scatter_plan(k_store, v_store, slot_bytes, n_rep)[1]
     tile = block_n * d * (1 if v_store.fp8 and not v_nm else 2)  # scattered fp8: an e4m3 tile
-    table = (k_nm and k_store.fp8) or v_nm == 16  # fp8 selectors, after the ring
+    table = (k_nm and k_store.fp8) or v_nm == 16 or (v_op and v_store.fp8)  # fp8 selectors, after the ring
     words = _scatter_ring(tile, slot_bytes, sides, SELECTOR_TABLE_BYTES if table else 0)
     return dict(
         N_REP=n_rep,
@@ -602,7 +608,11 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
             else score_asm(d, k_store.keep, k_store.slot, n_rep, q.dtype == torch.bfloat16, k_store.fp8)
         ),
         V_ASM=(
-            expand16_rows_asm(d, v_store.slot)
+            expand16_frag_asm(transposed=True)
+            if v_op and v_nm == 16
+            else expand8_frag_asm(v_store.fp8, transposed=True)
+            if v_op
+            else expand16_rows_asm(d, v_store.slot)
             if v_nm == 16
             else expand_asm(d, v_store.slot, v_store.fp8)
             if v_nm
@@ -614,6 +624,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         K_NM=k_nm,
         K_PERM=k_store.nm_group if k_nm and k_store.nm_strided else 0,
         K_ORDER=bool(k_nm) and k_store.head_order is not None,
+        V_OP=v_op,
     )
 
 

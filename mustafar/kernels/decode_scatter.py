@@ -241,6 +241,107 @@ def _expand_k_half(words_off, vals_off, n_tok, HH: gl.constexpr, ASM: gl.constex
     return gl.convert_layout(out, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
 
 
+@gluon.constexpr_function
+def _vt_frag_layout():
+    """The register layout of :func:`_expand_v_operand`'s Vᵀ [64 rows, 32 tokens]: the P·V MMA's A operand
+    (``DotOperandLayout(0, mma, k_width=2)``) with its registers reordered so that each lane's ``FRAG_PACK``
+    consecutive elements are one ``expand16_frag_asm(transposed=True)`` call; converting it to the operand moves
+    no data. Row R = 8m + c holds the half's channel 16·(c div 2) + 2m + c mod 2 (:func:`_vt_rows_to_channels`)."""
+    return gl.DistributedLinearLayout(
+        reg_bases=[[0, 1], [8, 0], [16, 0], [32, 0], [0, 8], [0, 16]],
+        lane_bases=[[0, 2], [0, 4], [1, 0], [2, 0], [4, 0]],
+        warp_bases=[],
+        block_bases=[],
+        shape=[64, 32],
+    )
+
+
+@gluon.jit
+def _expand_v_operand(words_off, vals_off, n_tok, HH: gl.constexpr, ASM: gl.constexpr, DT: gl.constexpr,
+                      SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr, FP8: gl.constexpr, D: gl.constexpr,
+                      TAB: gl.constexpr, V_NM: gl.constexpr):  # fmt: skip
+    """Vᵀ of channels ``64·HH .. 64·HH + 63`` of one staged expanded V side (``V_NM`` 4: two of every four kept,
+    read as four of eight; 16: five of sixteen, fp8 codes) as the P·V MMA's A operand [64, 32 tokens], rows in
+    :func:`_vt_frag_layout`'s channel order: each lane expands its token (L div 4 + 8j) and 16 channels
+    (16·(L mod 4) onwards) as the keys do, then ``movmatrix`` transposes the pairs across the warp
+    (:func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm` / ``expand16_frag_asm`` with ``transposed``). No row
+    tile. Tokens at or past ``n_tok`` are zero."""
+    L: gl.constexpr = _vt_frag_layout()
+    row = gl.expand_dims(gl.arange(0, 64, layout=gl.SliceLayout(1, L)), 1)
+    tok = gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, L)), 0)
+    t = row % 8 + 8 * (tok // 8)  # the token this lane expands before the transpose
+    ch = 64 * HH + 16 * ((tok // 2) % 4)  # its first channel
+    waddr = words_off + t * (D // 8) + (ch // 32) * 4
+    valid = (t < n_tok).to(gl.int32)
+    tab = gl.full([64, 32], TAB, gl.int32, layout=L)
+    if V_NM == 16:
+        first = 5 * (ch // 16)
+        out = gl.inline_asm_elementwise(
+            ASM,
+            "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 96,
+            [
+                waddr,
+                vals_off + _staged_at(t, (first // 4) * 4, SB, SP, CK),
+                ch % 32,
+                valid,
+                tab,
+                (first % 4) * 8,
+            ],
+            dtype=DT.value,
+            is_pure=False,
+            pack=16,
+        )
+    else:
+        vaddr = vals_off + _staged_at(
+            t, ch // 2 if FP8 else ch, SB, SP, CK
+        )  # two of every four kept: value ch // 2
+        out = gl.inline_asm_elementwise(
+            ASM,
+            "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 80,
+            [waddr, vaddr, ch % 32, valid, tab],
+            dtype=DT.value,
+            is_pure=False,
+            pack=16,
+        )
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    return gl.convert_layout(out, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
+
+
+@gluon.jit
+def _pv_operand(words_off, vals_off, n_tok, p, acc_lo, acc_hi, ASM: gl.constexpr, VT: gl.constexpr,
+                SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr, FP8: gl.constexpr, D: gl.constexpr,
+                TAB: gl.constexpr, V_NM: gl.constexpr):  # fmt: skip
+    """``acc + Vᵀ p`` per 64-channel half with V expanded into the MMA's operand (:func:`_expand_v_operand`),
+    P [tokens, heads] in ``VT``; then a barrier: every lane is done reading the staged V side before the ring
+    reuses its slot."""
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
+    po = gl.convert_layout(p, op_b)
+    acc_lo = mma_v2(
+        _expand_v_operand(words_off, vals_off, n_tok, 0, ASM, VT, SB, SP, CK, FP8, D, TAB, V_NM), po, acc_lo
+    )
+    if D == 128:
+        acc_hi = mma_v2(
+            _expand_v_operand(words_off, vals_off, n_tok, 1, ASM, VT, SB, SP, CK, FP8, D, TAB, V_NM),
+            po,
+            acc_hi,
+        )
+    gl.thread_barrier()
+    return acc_lo, acc_hi
+
+
+@gluon.jit
+def _vt_rows_to_channels(lo, hi, D: gl.constexpr, mma: gl.constexpr):
+    """The accumulator halves of :func:`_expand_v_operand`'s MMAs ([64, heads] each, row R = 8m + 2a + b holding
+    channel 16a + 2m + b of its half) as one [D, heads] accumulator in channel order; once per program."""
+    H: gl.constexpr = lo.shape[1]
+    out = gl.reshape(gl.permute(gl.reshape(lo, [8, 4, 2, H]), (1, 0, 2, 3)), [64, H])
+    if D == 128:
+        hi = gl.reshape(gl.permute(gl.reshape(hi, [8, 4, 2, H]), (1, 0, 2, 3)), [64, H])
+        out = gl.reshape(gl.permute(gl.join(out, hi), (2, 0, 1)), [D, H])
+    return gl.convert_layout(out, mma)
+
+
 _STORE_SHARED_ASM: gl.constexpr = gl.constexpr(
     "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; st.shared.b32 [a], $2; mov.u32 $0, 0; }"
 )
@@ -405,6 +506,7 @@ def _sc_sparse_decode_kernel(
     K_NM: gl.constexpr,
     K_PERM: gl.constexpr,
     K_ORDER: gl.constexpr,
+    V_OP: gl.constexpr,
 ):
     G: gl.constexpr = D // 32
     DT: gl.constexpr = q_ptr.dtype.element_ty
@@ -435,11 +537,14 @@ def _sc_sparse_decode_kernel(
     s = gl.program_id(2)
     m_i, l_i = _softmax_state(BLOCK_H)
     acc = gl.zeros([D, BLOCK_H], gl.float32, layout=mma)  # (Vᵀ p) [D, heads]
+    if V_OP:  # values expanded into the MMA's operand: one accumulator per 64-channel half, rows permuted
+        acc_lo = gl.zeros([64, BLOCK_H], gl.float32, layout=mma)
+        acc_hi = gl.zeros([64, BLOCK_H], gl.float32, layout=mma)
     if V_FP8:  # acc holds (Vᵀ p) / frame, frame the last tile's largest V scale (a power of two: exact)
         frame = gl.max(gl.full([BLOCK_N], 1.0, gl.float32, layout=gl.SliceLayout(1, mma)), axis=0)
     q_row = q_ptr + b.to(gl.int64) * sqb + (h * N_REP).to(gl.int64) * sqh
     TAB: gl.constexpr = REGION + SIDES * SLOT_BYTES  # fp8 expanded keys: the selector table after the ring
-    if (K_NM and K_FP8) or V_NM == 16:
+    if (K_NM and K_FP8) or V_NM == 16 or (V_OP and V_FP8):
         _fill_selector_table(TAB)
     if K_NM:  # qᵀ as the scores' MMA operand in two halves (D 128), its channels in the K operand's order
         order_row = k_order + (b.to(gl.int64) * heads_kv + h) * D
@@ -524,7 +629,7 @@ def _sc_sparse_decode_kernel(
         if K_FP8:  # the codes' scores times each token's scale (staged after its value slots)
             sc = sc * gl.expand_dims(_load_scales(k_off + WB + BLOCK_N * K_SP, BLOCK_N, ts_l), 1)
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
-        if V_FP8:  # the accumulator's rescale waits for V's scales, to fold the frame change into it
+        if V_FP8 or V_OP:  # the accumulator's rescale waits (V's scales: the frame change folds into it)
             p, m_i, l_i, alpha = _softmax_probs(sc, ts < end, m_i, l_i, qk_scale)
         else:
             p, m_i, l_i, acc = _softmax_step(sc, ts < end, m_i, l_i, acc, qk_scale)
@@ -542,7 +647,9 @@ def _sc_sparse_decode_kernel(
         async_copy.wait_group(SIDES - 1)
         gl.thread_barrier()  # V staged; every lane is done reading the K tile
         v_off = REGION + ((n + 1) % SIDES) * SLOT_BYTES
-        if V_NM:
+        if V_OP:
+            pass  # expanded into the operand below, after P
+        elif V_NM:
             _expand_side(v_off, v_off + WB, n_tok, V_ASM, V_SP, D, BLOCK_N, TILE_OFF, lc, V_NM, TAB)
         else:
             _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, VT, V_SP, D, BLOCK_N, TILE_OFF, lc)
@@ -554,12 +661,20 @@ def _sc_sparse_decode_kernel(
             vsc = gl.where(gl.arange(0, BLOCK_N, layout=ts_l) < n_tok, _load_scales(at, BLOCK_N, ts_l), 0.0)
             top = gl.max(vsc, axis=0)
             pw = p * gl.expand_dims(vsc / top, 1)
-            acc = acc * gl.expand_dims(alpha * (frame / top), 0)
+            rescale = gl.expand_dims(alpha * (frame / top), 0)
             frame = top
-            if V_NM:
-                acc = _pv_rows(tile, pw.to(gl.float16), acc, op_a, op_b, BLOCK_N)
+            if V_OP:
+                acc_lo, acc_hi = _pv_operand(v_off, v_off + WB, n_tok, pw.to(gl.float16), acc_lo * rescale,
+                                             acc_hi * rescale, V_ASM, gl.float16, V_SB, V_SP, V_CK, V_FP8, D, TAB,
+                                             V_NM)  # fmt: skip
+            elif V_NM:
+                acc = _pv_rows(tile, pw.to(gl.float16), acc * rescale, op_a, op_b, BLOCK_N)
             else:
-                acc = _pv8(tile, pw, acc, mma)
+                acc = _pv8(tile, pw, acc * rescale, mma)
+        elif V_OP:
+            rescale = gl.expand_dims(alpha, 0)
+            acc_lo, acc_hi = _pv_operand(v_off, v_off + WB, n_tok, p.to(DT), acc_lo * rescale, acc_hi * rescale,
+                                         V_ASM, DT, V_SB, V_SP, V_CK, V_FP8, D, TAB, V_NM)  # fmt: skip
         elif V_NM:
             acc = _pv_rows(tile, p.to(DT), acc, op_a, op_b, BLOCK_N)
         else:
@@ -568,6 +683,8 @@ def _sc_sparse_decode_kernel(
     async_copy.wait_group(0)
     smem._keep_alive()
     tbuf._keep_alive()
+    if V_OP:
+        acc = _vt_rows_to_channels(acc_lo, acc_hi, D, mma)
     if V_FP8:
         acc = acc * frame
     # q's MMA tile is loaded for the dense window only now: held through the loop it took 16 registers, and

@@ -415,7 +415,7 @@ _FRAG_PROLOGUE = (
 
 
 @functools.cache
-def expand8_frag_asm(fp8: bool = False) -> str:
+def expand8_frag_asm(fp8: bool = False, transposed: bool = False) -> str:
     """PTX that expands 16 channels of one token's keys, kept four of every eight (two groups), straight into a
     lane's registers of the scores' MMA operand: the eight registers hold the dense channel pairs 0-1 .. 14-15 in
     order (the caller maps them onto the MMA's K positions and gives q the same order). No tile, so none of a row
@@ -435,11 +435,17 @@ def expand8_frag_asm(fp8: bool = False) -> str:
     the bitmap word holding the 16 channels, ``$24`` of their first kept value (both from ``global_smem``, the
     values 16 bytes, fp8 8, inside one staged chunk), ``$40`` the channels' bit offset in the word (0 or 16),
     ``$56`` nonzero when the token is valid (an invalid token's pairs come out zero), ``$72`` the selector table's
-    byte offset (fp8)."""
+    byte offset (fp8).
+
+    A 2:4 pattern is a 4:8 one (four kept in every eight, values in rank order), so the same expansion reads values
+    kept two of every four; ``transposed`` hands them to the P·V MMA's A operand as
+    :func:`expand16_frag_asm` (``transposed``) does."""
+    out = [f"r{j}" if transposed else f"${j}" for j in range(8)]
     lines = [
         "{",
         ".reg .pred p;",
         ".reg .b32 w0, v<4>, s<4>, z<4>, lo, hi, blo, bhi, t, ta, zero;",
+        *([".reg .b32 r<8>;"] if transposed else []),
         *([".reg .b32 e<2>;", ".reg .b16 clo, chi;"] if fp8 else []),
         *_FRAG_PROLOGUE,
         "mov.u32 zero, 0;",
@@ -455,19 +461,21 @@ def expand8_frag_asm(fp8: bool = False) -> str:
                 "shr.b32 s1, s0, 16;",
             ]
             for half in range(2):  # positions 4·half .. + 3: codes of ranks 0-3, or the zero register's bytes
-                out = 4 * q + 2 * half
+                k = 4 * q + 2 * half
                 lines += [
                     f"prmt.b32 t, e{q}, zero, s{half};",
                     "mov.b32 {clo, chi}, t;",
-                    f"cvt.rn.f16x2.e4m3x2 ${out}, clo;",
-                    f"cvt.rn.f16x2.e4m3x2 ${out + 1}, chi;",
+                    f"cvt.rn.f16x2.e4m3x2 {out[k]}, clo;",
+                    f"cvt.rn.f16x2.e4m3x2 {out[k + 1]}, chi;",
                 ]
     else:
         lines.append("ld.shared.v4.b32 {v0, v1, v2, v3}, [ta];")
         for q in range(2):
             lines += _group8_selectors(0, q)
             for m in range(4):
-                lines += [f"prmt.b32 t, v{2 * q}, v{2 * q + 1}, s{m};", f"and.b32 ${4 * q + m}, t, z{m};"]
+                lines += [f"prmt.b32 t, v{2 * q}, v{2 * q + 1}, s{m};", f"and.b32 {out[4 * q + m]}, t, z{m};"]
+    if transposed:
+        lines += [f"movmatrix.sync.aligned.m8n8.trans.b16 ${j}, r{j};" for j in range(8)]
     lines.append("}")
     return "\n".join(lines)
 
@@ -528,7 +536,7 @@ _NM16_REGS = ".reg .b32 a, b, lo, hi, s0, s1, t, n;"
 
 
 @functools.cache
-def expand16_frag_asm() -> str:
+def expand16_frag_asm(transposed: bool = False) -> str:
     """PTX that expands one token's 16 key channels kept five of every sixteen (one 5:16 group, fp8 codes) into a
     lane's eight registers of the scores' MMA operand, as :func:`expand8_frag_asm` does for two 4:8 groups: the
     registers hold the dense channel pairs 0-1 .. 14-15 as fp16 (unscaled codes; :func:`_nm16_group`). About 31
@@ -538,7 +546,13 @@ def expand16_frag_asm() -> str:
     the bitmap word holding the 16 channels, ``$24`` of the slot word holding the group's first code
     (:func:`nm16_code_word`; the next word is read too), ``$40`` the channels' bit offset in the bitmap word (0 or
     16), ``$56`` nonzero when the token is valid (an invalid token's pairs come out zero), ``$72`` the selector
-    table's byte offset, ``$88`` the first code's bit shift in its word."""
+    table's byte offset, ``$88`` the first code's bit shift in its word.
+
+    ``transposed`` (values into the P·V MMA's A operand, Vᵀ): the eight pairs r_0 .. r_7 of the lanes (token
+    L div 4 + 8j, pair m of group i = L mod 4) are, over the warp, eight 8 × 8 matrices [token, channel pair], and
+    ``movmatrix.trans`` turns register r_m into lane L's fragment of the transpose: channel row c = L div 4 (the
+    half's channel 16·(c div 2) + 2m + c mod 2), tokens 8j + 2(L mod 4), + 1. No row tile, stores or ldmatrix
+    (results/kernels/NOTES.md, round 23's design); warp-collective, so every lane runs it."""
     lines = [
         "{",
         ".reg .pred p;",
@@ -550,10 +564,15 @@ def expand16_frag_asm() -> str:
         "ld.shared.b32 x1, [ta+4];",
         "mov.u32 ta, global_smem;",
         "add.u32 ta, ta, $72;",
-        *_nm16_group([f"${j}" for j in range(8)], "w0", "x0", "x1", "$88", "ta"),
-        "}",
     ]
-    return "\n".join(lines)
+    if not transposed:
+        return "\n".join(
+            [*lines, *_nm16_group([f"${j}" for j in range(8)], "w0", "x0", "x1", "$88", "ta"), "}"]
+        )
+    lines.insert(1, ".reg .b32 r<8>;")
+    lines += _nm16_group([f"r{j}" for j in range(8)], "w0", "x0", "x1", "$88", "ta")
+    lines += [f"movmatrix.sync.aligned.m8n8.trans.b16 ${j}, r{j};" for j in range(8)]
+    return "\n".join([*lines, "}"])
 
 
 @functools.cache

@@ -141,18 +141,27 @@ def test_expanded_keys_match_reference_on_gpu(poison, d, dtype, data, order, val
         _check_scatter(ks, vs, n_rep, w, f"D{d} B{b} T{t} W{w} group {n_rep}")
 
 
+@pytest.mark.parametrize("operand", [True, False], ids=["v-operand", "v-rows"])
 @pytest.mark.parametrize("v_group", [16, 4])
 @pytest.mark.parametrize("order", ["consecutive", "calibrated"])
 @pytest.mark.parametrize("data", ["gauss", "ties"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("d", [128, 64])
-def test_five_of_sixteen_fp8_keys_match_reference_on_gpu(poison, d, dtype, data, order, v_group):
+def test_five_of_sixteen_fp8_keys_match_reference_on_gpu(
+    poison, monkeypatch, d, dtype, data, order, v_group, operand
+):
     """K kept five of every sixteen channels as fp8 codes (consecutive groups, or calibrated per (row, head) with
     q gathered through the order), expanded into the scores' MMA operand from the store's own slot layout (each
-    group's codes straddle two slot words), with V five of sixteen (rows expanded through the same selector
-    table) or two of four."""
+    group's codes straddle two slot words), with V five of sixteen (expanded into the P·V operand through
+    movmatrix, or into a row tile: both launches) or two of four."""
+    from mustafar.kernels import decode
     from mustafar.kernels.scatter_ptx import key_group, value_group
     from mustafar.pruning.keep import balanced_groups
+
+    if not operand and v_group == 4:
+        pytest.skip("2:4 values have one expansion")
+    monkeypatch.setattr(decode, "VALUES_IN_OPERAND", frozenset({"fp8"} if operand else ()))
+    monkeypatch.setattr(decode, "_CONFIGS", {})
 
     keep = 5 * d // 16
     torch.manual_seed(d + len(order) + v_group)

@@ -94,6 +94,10 @@ def run_ptx(asm: str, operands: list[int], smem: np.ndarray, lane: int = 0) -> d
             smem[addr(a[0])] = regs[a[1]] & 0xFF
         elif op == "shr.b32":
             regs[a[0]] = val(a[1]) >> val(a[2])
+        elif (
+            op == "movmatrix.sync.aligned.m8n8.trans.b16"
+        ):  # warp-collective: the caller transposes across lanes
+            regs[a[0]] = val(a[1])
         elif op == "bfe.u32":  # bits [b, b + c) of a, zero-extended
             regs[a[0]] = val(a[1]) >> val(a[2]) & (1 << val(a[3])) - 1
         elif op == "shf.r.clamp.b32":  # (b:a) >> min(c, 32), the low word
@@ -580,6 +584,105 @@ def test_expand16_frag_ptx_gives_each_lane_its_dense_channel_pairs(d):
             got = [regs[f"${j}"] for j in range(8)]
             want = [int(bits[t, ch + 2 * j]) | int(bits[t, ch + 2 * j + 1]) << 16 for j in range(8)]
             assert got == (want if t < valid else [0] * 8), (t, g)
+
+
+def _movmatrix_trans(regs: list[int]) -> list[int]:
+    """``movmatrix.sync.aligned.m8n8.trans.b16`` over a warp, as the PTX manual describes it: lane L holds row
+    L div 4, elements 2(L mod 4) and + 1 (low half first) of an 8 × 8 matrix, and receives the same fragment of
+    its transpose."""
+    m = [[regs[4 * r + c // 2] >> 16 * (c % 2) & 0xFFFF for c in range(8)] for r in range(8)]
+    return [m[2 * (lane % 4)][lane // 4] | m[2 * (lane % 4) + 1][lane // 4] << 16 for lane in range(32)]
+
+
+def _check_transposed(
+    asm: str, inputs: Callable[[int, int], tuple], smem: np.ndarray, dense: torch.Tensor
+) -> None:
+    """Run a ``transposed`` fragment expansion over a warp (its per-lane part in the interpreter with
+    ``inputs(token, first channel)``, movmatrix applied across the lanes as documented) and check, for every half,
+    token row j and pair m, that lane L's register m holds Vᵀ at the half's channel 16·(c div 2) + 2m + c mod 2
+    (c = L div 4) and tokens 8j + 2(L mod 4), + 1: the P·V MMA's A-operand fragment in that fixed channel order."""
+    tokens, d = dense.shape
+    bits = dense.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
+    for half in range(d // 64):
+        for j in range(tokens // 8):
+            pre = []
+            for lane in range(32):
+                args = inputs(lane // 4 + 8 * j, 64 * half + 16 * (lane % 4))
+                ops = [0] * (8 + len(args) * FRAG_PACK)
+                for i, x in enumerate(args):
+                    ops[7 + i * FRAG_PACK] = x
+                regs = run_ptx(asm, ops, smem, lane=lane)
+                pre.append([regs[f"${m}"] for m in range(8)])
+            for m in range(8):
+                for lane, reg in enumerate(_movmatrix_trans([pre[lane][m] for lane in range(32)])):
+                    c, tok = lane // 4, 8 * j + 2 * (lane % 4)
+                    channel = 64 * half + 16 * (c // 2) + 2 * m + c % 2
+                    assert reg == int(bits[tok, channel]) | int(bits[tok + 1, channel]) << 16, (
+                        half,
+                        j,
+                        m,
+                        lane,
+                    )
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_expand16_transposed_ptx_gives_each_lane_its_vt_operand_fragment(d):
+    """expand16_frag_asm(transposed=True) against the plain-PyTorch dense codes (five of sixteen, e4m3 unscaled):
+    every lane's registers are its Vᵀ operand fragment (_check_transposed); invalid tokens are zero."""
+    tokens, valid = 32, 27
+    dense, vals, slot = _nm16_rows(d, tokens, d + 7)
+    vals[valid:] = 0x7E
+    words = pack_bitmap(nm_topk_mask(dense.abs(), 5 * d // 16, 16)).numpy().view(np.uint32)
+    table = _selector_table()
+    voff, toff = words.nbytes, words.nbytes + vals.nbytes
+    smem = np.zeros(toff + table.nbytes, dtype=np.uint8)
+    smem[:voff] = words.reshape(-1).view(np.uint8)
+    smem[voff:toff] = vals.reshape(-1)
+    smem[toff:] = table.view(np.uint8)
+    dense[valid:] = 0
+
+    def inputs(t: int, ch: int) -> tuple:
+        word, shift = nm16_code_word(ch // 16)
+        return (t * d // 8 + 4 * (ch // 32), voff + t * slot + word, ch % 32, int(t < valid), toff, shift)
+
+    _check_transposed(expand16_frag_asm(transposed=True), inputs, smem, dense)
+
+
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("values", ["fp16", "bf16", "fp8"])
+def test_expand8_transposed_ptx_gives_two_of_four_values_as_the_vt_operand(d, values):
+    """expand8_frag_asm(transposed=True) on values kept two of every four channels (a 2:4 row is a 4:8 row, its
+    values in rank order, in the store's staged slots) against the plain-PyTorch dense values (fp8: the unscaled
+    codes): every lane's registers are its Vᵀ operand fragment (_check_transposed); invalid tokens are zero."""
+    torch.manual_seed(d + 3)
+    tokens, keep, fp8, valid = 32, d // 2, values == "fp8", 30
+    rows = torch.randn(tokens, d).to(torch.bfloat16 if values == "bf16" else torch.float16)
+    rows[5, :8] = torch.tensor([1.0, -1.0, 1.0, -1.0, 0.0, 0.0, 0.5, -0.5]).to(rows.dtype)
+    mask = nm_topk_mask(rows.abs(), keep, 4)
+    if fp8:
+        vals, dense, slot = _fp8_slots(rows, mask, keep)
+        dense, slot_bytes = dense.to(torch.float16), slot
+    else:
+        slot = padded_keep(keep, 2)
+        vals = np.zeros((tokens, slot), dtype=np.uint16)
+        for t in range(tokens):
+            vals[t, :keep] = rows[t][mask[t]].view(torch.int16).numpy().view(np.uint16)
+        vals, slot_bytes = vals.view(np.uint8), 2 * slot
+        dense = torch.where(mask, rows, torch.zeros_like(rows))
+    vals[valid:] = 0x7E
+    dense[valid:] = 0
+    words = pack_bitmap(mask).numpy().view(np.uint32)
+    table = _selector_table()
+    smem = np.zeros(words.nbytes + vals.nbytes + table.nbytes, dtype=np.uint8)
+    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
+    smem[words.nbytes : words.nbytes + vals.nbytes] = staged_slots(vals).reshape(-1)
+    smem[words.nbytes + vals.nbytes :] = table.view(np.uint8)
+
+    def inputs(t: int, ch: int) -> tuple:
+        at = words.nbytes + _staged_position(t, (ch // 2) * (1 if fp8 else 2), slot_bytes)
+        return (t * d // 8 + 4 * (ch // 32), at, ch % 32, int(t < valid), words.nbytes + vals.nbytes)
+
+    _check_transposed(expand8_frag_asm(fp8, transposed=True), inputs, smem, dense)
 
 
 @pytest.mark.parametrize("d", [64, 128])

@@ -1,6 +1,8 @@
-"""Round-23 A/B: python3 ab_nm16.py TAG PAD -- graph-replayed times of the scatter decoder on fp8 K 5:16c + V 5:16
-stores (s 0.6875) with the 5:16 keys' staged stride padded by PAD bytes (decode.KEY16_PAD), at three sizes of
-Llama-3-8B attention; one JSON row per size. Run from the repository root."""
+"""Round-23 A/B: python3 ab_nm16.py TAG PAD [OPERAND] -- graph-replayed times of the scatter decoder on fp8 K 5:16c +
+V 5:16 stores (s 0.6875) with the 5:16 sides' staged stride padded by PAD bytes (decode.KEY16_PAD) and, OPERAND
+1 or 0 (default: the module's), the values expanded into the P·V operand or into a row tile
+(decode.VALUES_IN_OPERAND), at three sizes of Llama-3-8B attention; one JSON row per size. Run from the
+repository root."""
 
 import json
 import math
@@ -18,6 +20,8 @@ from mustafar.pruning.keep import exact_keep  # noqa: E402
 
 tag, pad = sys.argv[1], int(sys.argv[2])
 decode.KEY16_PAD = pad
+if len(sys.argv) > 3:
+    decode.VALUES_IN_OPERAND = frozenset({"fp8", "native"} if int(sys.argv[3]) else ())
 shape = attention_shape("llama3_8b")
 keep = exact_keep(shape.head_dim, 0.6875)
 extra = dict(word_quota=True, value_dtype="fp8", k_nm_group=16, v_nm_group=16, k_calibrated=True)
@@ -35,7 +39,15 @@ for b, t in ((8, 32768), (32, 16384), (32, 32768)):
     torch.cuda.synchronize()
     us = graph_time(call)
     row = dict(
-        tag=tag, pad=pad, b=b, t=t, dense=round(dense, 1), us=round(us, 1), x=round(dense / us, 3), err=err
+        tag=tag,
+        pad=pad,
+        operand="fp8" in decode.VALUES_IN_OPERAND,
+        b=b,
+        t=t,
+        dense=round(dense, 1),
+        us=round(us, 1),
+        x=round(dense / us, 3),
+        err=err,
     )
     print(json.dumps(row), flush=True)
     del inp
