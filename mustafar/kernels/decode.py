@@ -557,8 +557,10 @@ def _staged_stride(slot_bytes: int, chunk: int) -> int:
 
 KEY16_PAD = 8  # bytes added to the staged stride of sides read as MMA fragments at D 128 (:func:`_scatter_constexprs`)
 # the value dtypes whose expanded values (2:4, 5:16 fp8) go straight into the P·V MMA's operand (movmatrix)
-# instead of a row tile: NOTES round 23's design, not yet measured on a GPU (an A/B per value dtype decides)
-VALUES_IN_OPERAND: frozenset[str] = frozenset({"fp8", "native"})
+# instead of a row tile. Measured per dtype (results/kernels/scatter_h200/run13/ab/): fp8 codes 11-15 % faster
+# (their expansion is table lookups either way, and the tile's stores and ldmatrix go); 16-bit values 4-6 %
+# slower (the operand needs the selectors computed per pair, which outweighs the tile), so they keep the tile
+VALUES_IN_OPERAND: frozenset[str] = frozenset({"fp8"})
 
 
 def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
