@@ -44,6 +44,7 @@ from mustafar.kernels.decode_staged import (
     _join8,
     _q_rows,
     _q_tile,
+    _row_xor,
     _softmax_probs,
     _softmax_state,
     _softmax_step,
@@ -54,15 +55,25 @@ from mustafar.kernels.decode_staged import (
 @gluon.jit
 def _issue_side(slot_off, bits_row, vals_row, scales_row, t0, end, G: gl.constexpr, SB: gl.constexpr,
                 SP: gl.constexpr, CK: gl.constexpr, FP8: gl.constexpr, BLOCK_N: gl.constexpr, CH_P2: gl.constexpr,
-                LC: gl.constexpr):  # fmt: skip
+                LC: gl.constexpr, FRAG: gl.constexpr):  # fmt: skip
     """Start copying one side of tile ``t0`` (its tokens before ``end``) to the ring slot at shared byte
     ``slot_off``: the words, then the value slots (``SB`` bytes per token in ``CK``-byte chunks, at a stride of
-    ``SP`` bytes) and, fp8, the tokens' scales; one commit group (empty past ``end``)."""
+    ``SP`` bytes; ``FRAG``: swizzled for reads as MMA fragments) and, fp8, the tokens' scales; one commit group
+    (empty past ``end``)."""
     n = gl.maximum(gl.minimum(end - t0, BLOCK_N), 0)
     _copy_region(bits_row + t0 * G, slot_off, n, BLOCK_N, BLOCK_N, 4 * G, LC)
     vals_at = slot_off + BLOCK_N * G * 4
     _copy_region(
-        vals_row + t0 * (SB // 4), vals_at, n * SB // CK, BLOCK_N * SB // CK, CH_P2, CK, LC, SB // CK, SP
+        vals_row + t0 * (SB // 4),
+        vals_at,
+        n * SB // CK,
+        BLOCK_N * SB // CK,
+        CH_P2,
+        CK,
+        LC,
+        SB // CK,
+        SP,
+        FRAG,
     )
     if FP8:  # one 4-byte chunk per token: a (batch, head) row of scales starts 4-byte aligned only
         _copy_region(scales_row + t0, vals_at + BLOCK_N * SP, n, BLOCK_N, BLOCK_N, 4, LC)
@@ -186,13 +197,13 @@ def _k_frag_layout():
 @gluon.jit
 def _staged_at(t, x, SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr):
     """Shared byte offset, within a staged side's value region, of byte ``x`` of token ``t``'s slot (``SB`` bytes
-    copied in ``CK``-byte chunks at a stride of ``SP``): :func:`~mustafar.kernels.decode_staged._copy_region`'s
-    placement, under the same rule (:func:`~mustafar.kernels.decode_staged._swizzled`)."""
+    copied in ``CK``-byte chunks at a stride of ``SP``) when the side is read as MMA fragments (expanded keys,
+    values into the operand): :func:`~mustafar.kernels.decode_staged._copy_region`'s placement with ``FRAG``."""
     CPT: gl.constexpr = SB // CK
     if _swizzled(SB, SP, CK):
         RC: gl.constexpr = CPT if CPT > 8 else 8
         c = t * CPT + x // 16
-        return (c ^ ((c // RC) % 8)) * 16 + x % 16
+        return (c ^ _row_xor(c // RC, CPT, True)) * 16 + x % 16
     return t * SP + x
 
 
@@ -584,22 +595,22 @@ def _sc_sparse_decode_kernel(
     for j in gl.static_range(SIDES - 1):
         if j % 2 == 0:
             _issue_side(REGION + j * SLOT_BYTES, kb_row, kv_row, ks_row, start + (j // 2) * BLOCK_N, end, G, K_SB,
-                        K_SP, K_CK, K_FP8, BLOCK_N, K_CH_P2, lc)  # fmt: skip
+                        K_SP, K_CK, K_FP8, BLOCK_N, K_CH_P2, lc, K_NM > 0)  # fmt: skip
         else:
             _issue_side(REGION + j * SLOT_BYTES, vb_row, vv_row, vs_row, start + (j // 2) * BLOCK_N, end, G, V_SB,
-                        V_SP, V_CK, V_FP8, BLOCK_N, V_CH_P2, lc)  # fmt: skip
+                        V_SP, V_CK, V_FP8, BLOCK_N, V_CH_P2, lc, V_OP)  # fmt: skip
     n = 0
     for t0 in range(start, end, BLOCK_N):
         ahead = REGION + ((n + SIDES - 1) % SIDES) * SLOT_BYTES
         if SIDES % 2 == 1:  # side n + SIDES - 1 is a K side
             _issue_side(
                 ahead, kb_row, kv_row, ks_row, t0 + (SIDES // 2) * BLOCK_N, end, G, K_SB, K_SP, K_CK, K_FP8, BLOCK_N,
-                K_CH_P2, lc,
+                K_CH_P2, lc, K_NM > 0,
             )  # fmt: skip
         else:
             _issue_side(
                 ahead, vb_row, vv_row, vs_row, t0 + (SIDES // 2 - 1) * BLOCK_N, end, G, V_SB, V_SP, V_CK, V_FP8,
-                BLOCK_N, V_CH_P2, lc,
+                BLOCK_N, V_CH_P2, lc, V_OP,
             )  # fmt: skip
         async_copy.wait_group(SIDES - 1)
         gl.thread_barrier()  # K of this tile staged; every lane is done reading the dense tile (last P·V)
@@ -637,12 +648,12 @@ def _sc_sparse_decode_kernel(
         if SIDES % 2 == 1:  # side n + SIDES is a V side
             _issue_side(
                 ahead, vb_row, vv_row, vs_row, t0 + (SIDES // 2) * BLOCK_N, end, G, V_SB, V_SP, V_CK, V_FP8, BLOCK_N,
-                V_CH_P2, lc,
+                V_CH_P2, lc, V_OP,
             )  # fmt: skip
         else:
             _issue_side(
                 ahead, kb_row, kv_row, ks_row, t0 + (SIDES // 2) * BLOCK_N, end, G, K_SB, K_SP, K_CK, K_FP8, BLOCK_N,
-                K_CH_P2, lc,
+                K_CH_P2, lc, K_NM > 0,
             )  # fmt: skip
         async_copy.wait_group(SIDES - 1)
         gl.thread_barrier()  # V staged; every lane is done reading the K tile

@@ -85,6 +85,19 @@ def _swizzled(SB, SP, CHUNK):
 
 
 @gluon.jit
+def _row_xor(r, CPT: gl.constexpr, FRAG: gl.constexpr):
+    """The chunk XOR of swizzled row ``r`` (:func:`mustafar.kernels.scatter_ptx.row_xor`, restated for the same
+    reason as :func:`_swizzled`): r mod 8, or for sides read as MMA fragments (``FRAG``) its three bits rotated so
+    that the rows one fragment load pairs differ in the bit that separates their chunks."""
+    r = r % 8
+    if FRAG and CPT == 4:
+        r = ((r << 1) | (r >> 2)) & 7
+    elif FRAG and CPT == 8:
+        r = ((r >> 1) | (r << 2)) & 7
+    return r
+
+
+@gluon.jit
 def _copy_region(
     src,
     dst_off,
@@ -95,17 +108,18 @@ def _copy_region(
     LC: gl.constexpr,
     CPT: gl.constexpr = 1,
     SP: gl.constexpr = 0,
+    FRAG: gl.constexpr = False,
 ):
     """Start cp.async copies of the first ``NCH`` ``CHUNK``-byte (16, 8 or 4) chunks at ``src`` (an int32 pointer) to
     shared byte ``dst_off``; chunks at or past ``n_valid`` are skipped (the decoder zeroes the tokens they hold).
     Back to back by default; with ``SP`` a token's ``CPT`` chunks land at ``dst_off + t·SP`` (padded slots), or, for
     unpadded slots of 16-byte chunks that fill whole 128-byte rows (``CPT`` a multiple of 8, or 2 or 4: two or four
-    tokens to a row), XOR-swizzled: a slot's (or a row's) chunk k at chunk k XOR (slot or row mod 8)
-    (:func:`mustafar.kernels.scatter_ptx.swizzled_slots`)."""
+    tokens to a row), XOR-swizzled: a slot's (or a row's) chunk k at chunk k XOR :func:`_row_xor` of its slot or
+    row (``FRAG``: the pattern of slots read as MMA fragments; :func:`mustafar.kernels.scatter_ptx.swizzled_slots`)."""
     c = gl.arange(0, NCH_P2, layout=LC)
     if _swizzled(CPT * CHUNK, SP, CHUNK):
         RC: gl.constexpr = CPT if CPT > 8 else 8  # chunks one XOR pattern spans: a slot, or a row of slots
-        at = dst_off + (c ^ ((c // RC) % 8)) * CHUNK
+        at = dst_off + (c ^ _row_xor(c // RC, CPT, FRAG)) * CHUNK
     elif SP == 0 or SP == CPT * CHUNK:  # contiguous: no per-chunk division
         at = dst_off + c * CHUNK
     else:

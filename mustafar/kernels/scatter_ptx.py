@@ -103,6 +103,21 @@ def swizzled_slots(slot_bytes: int, chunk: int) -> bool:
     return chunk == 16 and (slot_bytes % 128 == 0 or slot_bytes in (32, 64))
 
 
+def row_xor(row: int, slot_bytes: int, fragments: bool = False) -> int:
+    """The chunk XOR of swizzled 128-byte row ``row`` (:func:`swizzled_slots`): row mod 8 for sides whose lanes
+    read their own token's slot. Sides read as MMA fragments (expanded keys, values into the P·V operand) have
+    each load take a few bytes of several tokens: at D 128 two rows' tokens share a load phase and, under row mod 8,
+    pairs of rows fold onto the same banks (2-way conflicts on every code load). Rotating the row's three bits
+    (left for 64-byte slots, right for 128-byte ones) makes the rows one phase pairs differ in the bit that moves
+    their chunks apart (results/kernels/NOTES.md, round 24)."""
+    r = row % 8
+    if fragments and slot_bytes == 64:
+        return ((r << 1) | (r >> 2)) & 7
+    if fragments and slot_bytes == 128:
+        return ((r >> 1) | (r << 2)) & 7
+    return r
+
+
 def _lane_swizzle() -> list[str]:
     """``xs`` = 16·(lane mod 8): the byte XOR of a lane's chunk offsets in its 128-byte tile row (lane = token)."""
     return ["mov.u32 xs, %laneid;", "and.b32 xs, xs, 7;", "shl.b32 xs, xs, 4;"]

@@ -26,6 +26,7 @@ from mustafar.kernels.scatter_ptx import (
     expand16_rows_asm,
     expand_asm,
     nm16_code_word,
+    row_xor,
     scatter_asm,
     score_asm,
     store_quotas,
@@ -242,12 +243,13 @@ def run_warp(asm: str, operands: list[list[int]], smem: np.ndarray) -> list[list
     return outs
 
 
-def staged_slots(slots: np.ndarray) -> np.ndarray:
+def staged_slots(slots: np.ndarray, fragments: bool = False) -> np.ndarray:
     """The staged value slots [tokens, bytes] as the ring holds them (scatter_ptx.swizzled_slots): whole 128-byte
     slots swizzled, token t's 16-byte chunk k at chunk k XOR (t mod 8) of its row of 8 chunks; 32- and 64-byte slots
     packed four or two to a 128-byte row, row r's chunk j at chunk j XOR (r mod 8) (chunks move between the row's
-    tokens, so read the result as one flat region at the slot's stride); other slots as they are (the tests place
-    them at their own stride)."""
+    tokens, so read the result as one flat region at the slot's stride); ``fragments``: the rows' XOR of sides
+    read as MMA fragments (scatter_ptx.row_xor); other slots as they are (the tests place them at their own
+    stride)."""
     tokens, nbytes = slots.shape
     if nbytes % 128 and nbytes not in (32, 64):
         return slots
@@ -256,7 +258,7 @@ def staged_slots(slots: np.ndarray) -> np.ndarray:
     out = np.empty_like(flat)
     for r in range(flat.shape[0]):
         for k in range(step // 16):
-            j = (k & ~7) | ((k & 7) ^ (r % 8))
+            j = (k & ~7) | ((k & 7) ^ row_xor(r, nbytes, fragments))
             out[r, 16 * j : 16 * j + 16] = flat[r, 16 * k : 16 * k + 16]
     return out.reshape(tokens, nbytes)
 
@@ -455,10 +457,11 @@ def test_expand_ptx_writes_each_token_as_its_dense_row(d, values):
     assert np.array_equal(smem[tile:], _tile_image(dense, v_rows_offset))
 
 
-def _staged_position(t: int, x: int, slot_bytes: int) -> int:
-    """Where byte ``x`` of token ``t``'s slot lands in the staged region (the image :func:`staged_slots` builds)."""
+def _staged_position(t: int, x: int, slot_bytes: int, fragments: bool = True) -> int:
+    """Where byte ``x`` of token ``t``'s slot lands in the staged region (the image :func:`staged_slots` builds; by
+    default as the fragment readers, its only users, see it)."""
     index = np.arange(32 * slot_bytes, dtype=np.int64).reshape(32, slot_bytes)
-    return int(np.flatnonzero(staged_slots(index).reshape(-1) == t * slot_bytes + x)[0])
+    return int(np.flatnonzero(staged_slots(index, fragments).reshape(-1) == t * slot_bytes + x)[0])
 
 
 def _selector_entry(bits: int) -> int:
@@ -502,7 +505,7 @@ def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values):
     table = _selector_table()
     smem = np.zeros(words.nbytes + vals.nbytes + table.nbytes, dtype=np.uint8)
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
-    smem[words.nbytes : words.nbytes + vals.nbytes] = staged_slots(vals).reshape(-1)
+    smem[words.nbytes : words.nbytes + vals.nbytes] = staged_slots(vals, fragments=True).reshape(-1)
     smem[words.nbytes + vals.nbytes :] = table.view(np.uint8)
     bits = dense.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
     asm = expand8_frag_asm(fp8)
@@ -675,7 +678,7 @@ def test_expand8_transposed_ptx_gives_two_of_four_values_as_the_vt_operand(d, va
     table = _selector_table()
     smem = np.zeros(words.nbytes + vals.nbytes + table.nbytes, dtype=np.uint8)
     smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
-    smem[words.nbytes : words.nbytes + vals.nbytes] = staged_slots(vals).reshape(-1)
+    smem[words.nbytes : words.nbytes + vals.nbytes] = staged_slots(vals, fragments=True).reshape(-1)
     smem[words.nbytes + vals.nbytes :] = table.view(np.uint8)
 
     def inputs(t: int, ch: int) -> tuple:
