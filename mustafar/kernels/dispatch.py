@@ -18,7 +18,7 @@ from torch import Tensor
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.reference import decode_attention_reference, pack_reference, topk_pack_reference
 from mustafar.kernels.scatter_ptx import SCORE_HEADS, expands_keys, store_quotas
-from mustafar.kernels.support import HEAD_DIMS, fp8_convert_capable, gluon_capable
+from mustafar.kernels.support import HEAD_DIMS, fp8_convert_capable, gluon_capable, interpreting
 
 BACKENDS = ("auto", "triton", "torch")
 
@@ -163,9 +163,26 @@ def sparse_decode_attention(
         k_window = k_window.contiguous()
     if v_window.stride(-1) != 1:
         v_window = v_window.contiguous()
-    decoder = decoder_for(q, k_store, v_store)
-    _check_store_order(k_store, v_store, decoder)
-    return decode._launch(q, k_store, v_store, k_window, v_window, scale, decoder, out=out)
+    return decode._launch(
+        q, k_store, v_store, k_window, v_window, scale, _checked_decoder(q, k_store, v_store), out=out
+    )
+
+
+# (device, q dtype, query heads, K and V layout keys, interpreter) -> the decoder, its store-order check passed
+_DECODERS: dict[tuple, str] = {}
+
+
+def _checked_decoder(q: Tensor, k_store: CompressedStore, v_store: CompressedStore) -> str:
+    """:func:`decoder_for` and :func:`_check_store_order`, once per layout: both read only what the key holds
+    (the stores' ``layout_key``), and per call they cost about a fifth of the op's host time
+    (results/kernels/scatter_h200/run13/host/). A refused layout is not cached: it raises on every call."""
+    key = (q.device, q.dtype, q.shape[1], k_store.layout_key, v_store.layout_key, interpreting())
+    decoder = _DECODERS.get(key)
+    if decoder is None:
+        decoder = decoder_for(q, k_store, v_store)
+        _check_store_order(k_store, v_store, decoder)
+        _DECODERS[key] = decoder
+    return decoder
 
 
 def _check_store_order(k_store: CompressedStore, v_store: CompressedStore, decoder: str) -> None:
