@@ -208,6 +208,41 @@ def _staged_at(t, x, SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr):
 
 
 @gluon.jit
+def _expand_operand(words_off, vals_off, t, ch, n_tok, tab, ASM: gl.constexpr, DT: gl.constexpr, SB: gl.constexpr,
+                    SP: gl.constexpr, CK: gl.constexpr, FP8: gl.constexpr, D: gl.constexpr, NM: gl.constexpr):  # fmt: skip
+    """One expansion call per lane and register group: token ``t``'s 16 channels from ``ch`` (store order) of a
+    staged side read as MMA fragments, kept four of every eight (``NM`` 4 or 8: the value of channel ch sits at
+    ch // 2) or five of every sixteen as fp8 codes (``NM`` 16: the group's codes from byte 5·g, read as the slot
+    word holding the first and the next), as the MMA's A operand (``ASM`` puts the pairs where the caller's layout
+    says). Tokens at or past ``n_tok`` are zero."""
+    waddr = words_off + t * (D // 8) + (ch // 32) * 4
+    valid = (t < n_tok).to(gl.int32)
+    if NM == 16:
+        first = 5 * (ch // 16)
+        vaddr = vals_off + _staged_at(t, (first // 4) * 4, SB, SP, CK)
+        out = gl.inline_asm_elementwise(
+            ASM,
+            "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 96,
+            [waddr, vaddr, ch % 32, valid, tab, (first % 4) * 8],
+            dtype=DT.value,
+            is_pure=False,
+            pack=16,
+        )
+    else:
+        vaddr = vals_off + _staged_at(t, ch // 2 if FP8 else ch, SB, SP, CK)
+        out = gl.inline_asm_elementwise(
+            ASM,
+            "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 80,
+            [waddr, vaddr, ch % 32, valid, tab],
+            dtype=DT.value,
+            is_pure=False,
+            pack=16,
+        )
+    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
+    return gl.convert_layout(out, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
+
+
+@gluon.jit
 def _expand_k_half(words_off, vals_off, n_tok, HH: gl.constexpr, ASM: gl.constexpr, DT: gl.constexpr,
                    SB: gl.constexpr, SP: gl.constexpr, CK: gl.constexpr, FP8: gl.constexpr, D: gl.constexpr,
                    BLOCK_N: gl.constexpr, TAB: gl.constexpr, K_NM: gl.constexpr):  # fmt: skip
@@ -222,34 +257,8 @@ def _expand_k_half(words_off, vals_off, n_tok, HH: gl.constexpr, ASM: gl.constex
     t = gl.expand_dims(gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, L)), 1)
     i = gl.expand_dims((gl.arange(0, 64, layout=gl.SliceLayout(0, L)) // 2) % 4, 0)
     ch = 64 * HH + 16 * i  # the lane's first channel, in the store's order
-    waddr = words_off + t * (D // 8) + (ch // 32) * 4
-    valid = (t < n_tok).to(gl.int32)
     tab = gl.full([BLOCK_N, 64], TAB, gl.int32, layout=L)
-    if K_NM == 16:  # the group's five codes from byte 5·g of the slot: the word holding it and the next
-        first = 5 * (ch // 16)
-        vaddr = vals_off + _staged_at(t, (first // 4) * 4, SB, SP, CK)
-        out = gl.inline_asm_elementwise(
-            ASM,
-            "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 96,
-            [waddr, vaddr, ch % 32, valid, tab, (first % 4) * 8],
-            dtype=DT.value,
-            is_pure=False,
-            pack=16,
-        )
-    else:
-        vaddr = vals_off + _staged_at(
-            t, ch // 2 if FP8 else ch, SB, SP, CK
-        )  # four of every eight kept: value ch // 2
-        out = gl.inline_asm_elementwise(
-            ASM,
-            "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 80,
-            [waddr, vaddr, ch % 32, valid, tab],
-            dtype=DT.value,
-            is_pure=False,
-            pack=16,
-        )
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
-    return gl.convert_layout(out, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
+    return _expand_operand(words_off, vals_off, t, ch, n_tok, tab, ASM, DT, SB, SP, CK, FP8, D, K_NM)
 
 
 @gluon.constexpr_function
@@ -282,40 +291,8 @@ def _expand_v_operand(words_off, vals_off, n_tok, HH: gl.constexpr, ASM: gl.cons
     tok = gl.expand_dims(gl.arange(0, 32, layout=gl.SliceLayout(0, L)), 0)
     t = row % 8 + 8 * (tok // 8)  # the token this lane expands before the transpose
     ch = 64 * HH + 16 * ((tok // 2) % 4)  # its first channel
-    waddr = words_off + t * (D // 8) + (ch // 32) * 4
-    valid = (t < n_tok).to(gl.int32)
     tab = gl.full([64, 32], TAB, gl.int32, layout=L)
-    if V_NM == 16:
-        first = 5 * (ch // 16)
-        out = gl.inline_asm_elementwise(
-            ASM,
-            "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 96,
-            [
-                waddr,
-                vals_off + _staged_at(t, (first // 4) * 4, SB, SP, CK),
-                ch % 32,
-                valid,
-                tab,
-                (first % 4) * 8,
-            ],
-            dtype=DT.value,
-            is_pure=False,
-            pack=16,
-        )
-    else:
-        vaddr = vals_off + _staged_at(
-            t, ch // 2 if FP8 else ch, SB, SP, CK
-        )  # two of every four kept: value ch // 2
-        out = gl.inline_asm_elementwise(
-            ASM,
-            "=r,=r,=r,=r,=r,=r,=r,=r" + ",r" * 80,
-            [waddr, vaddr, ch % 32, valid, tab],
-            dtype=DT.value,
-            is_pure=False,
-            pack=16,
-        )
-    mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
-    return gl.convert_layout(out, gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2))
+    return _expand_operand(words_off, vals_off, t, ch, n_tok, tab, ASM, DT, SB, SP, CK, FP8, D, V_NM)
 
 
 @gluon.jit

@@ -477,6 +477,32 @@ def _selector_table() -> np.ndarray:
     return np.array([_selector_entry(g) for g in range(256)], dtype=np.uint32)
 
 
+def _kept_slots(
+    rows: torch.Tensor, mask: torch.Tensor, keep: int, fp8: bool
+) -> tuple[np.ndarray, torch.Tensor, int]:
+    """The kept values of ``rows`` as the store's slots (uint8 [tokens, slot bytes]: fp16/bf16 values, or e4m3
+    codes), the dense rows the expansions must give (fp8: the unscaled codes as fp16) and the slot's bytes."""
+    if fp8:
+        vals, dense, slot = _fp8_slots(rows, mask, keep)
+        return vals, dense.to(torch.float16), slot
+    slot = padded_keep(keep, 2)
+    vals = np.zeros((rows.shape[0], slot), dtype=np.uint16)
+    for t in range(rows.shape[0]):
+        vals[t, :keep] = rows[t][mask[t]].view(torch.int16).numpy().view(np.uint16)
+    return vals.view(np.uint8), torch.where(mask, rows, torch.zeros_like(rows)), 2 * slot
+
+
+def _fragment_smem(words: np.ndarray, vals: np.ndarray) -> np.ndarray:
+    """Shared memory as the fragment expansions see it: the bitmap words, the value slots staged for fragment
+    reads (:func:`staged_slots`), the fp8 selector table after them."""
+    table = _selector_table()
+    smem = np.zeros(words.nbytes + vals.nbytes + table.nbytes, dtype=np.uint8)
+    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
+    smem[words.nbytes : words.nbytes + vals.nbytes] = staged_slots(vals, fragments=True).reshape(-1)
+    smem[words.nbytes + vals.nbytes :] = table.view(np.uint8)
+    return smem
+
+
 @pytest.mark.parametrize("d", [64, 128])
 @pytest.mark.parametrize("values", ["fp16", "bf16", "fp8"])
 def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values):
@@ -490,23 +516,10 @@ def test_expand8_frag_ptx_gives_each_lane_its_dense_channel_pairs(d, values):
     rows[2, :8] = torch.tensor([1.0, -1.0, 1.0, -1.0, -2.0, 2.0, 0.5, -0.5]).to(rows.dtype)
     rows[4] = 0.0
     mask = nm_topk_mask(rows.abs(), keep, 8)
-    if fp8:
-        vals, dense, slot = _fp8_slots(rows, mask, keep)
-        dense, slot_bytes = dense.to(torch.float16), slot
-    else:
-        slot = padded_keep(keep, 2)
-        vals = np.zeros((tokens, slot), dtype=np.uint16)
-        for t in range(tokens):
-            vals[t, :keep] = rows[t][mask[t]].view(torch.int16).numpy().view(np.uint16)
-        vals, slot_bytes = vals.view(np.uint8), 2 * slot
-        dense = torch.where(mask, rows, torch.zeros_like(rows))
+    vals, dense, slot_bytes = _kept_slots(rows, mask, keep, fp8)
     vals[valid:] = 0x7E  # stale slots behind invalid tokens
     words = pack_bitmap(mask).numpy().view(np.uint32)
-    table = _selector_table()
-    smem = np.zeros(words.nbytes + vals.nbytes + table.nbytes, dtype=np.uint8)
-    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
-    smem[words.nbytes : words.nbytes + vals.nbytes] = staged_slots(vals, fragments=True).reshape(-1)
-    smem[words.nbytes + vals.nbytes :] = table.view(np.uint8)
+    smem = _fragment_smem(words, vals)
     bits = dense.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
     asm = expand8_frag_asm(fp8)
     for t in range(tokens):
@@ -559,12 +572,8 @@ def test_expand16_frag_ptx_gives_each_lane_its_dense_channel_pairs(d):
     vals[valid:] = 0x7E  # stale slots behind invalid tokens
     mask = dense != 0
     words = pack_bitmap(nm_topk_mask(dense.abs(), 5 * d // 16, 16)).numpy().view(np.uint32)
-    table = _selector_table()
+    smem = _fragment_smem(words, vals)  # 40-byte slots: staged as they are
     voff, toff = words.nbytes, words.nbytes + vals.nbytes
-    smem = np.zeros(toff + table.nbytes, dtype=np.uint8)
-    smem[:voff] = words.reshape(-1).view(np.uint8)
-    smem[voff:toff] = vals.reshape(-1)
-    smem[toff:] = table.view(np.uint8)
     bits = dense.view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
     asm = expand16_frag_asm()
     assert mask.sum(-1).eq(5 * d // 16).sum() >= valid - 1  # only the zero row keeps zeros
@@ -636,12 +645,8 @@ def test_expand16_transposed_ptx_gives_each_lane_its_vt_operand_fragment(d):
     dense, vals, slot = _nm16_rows(d, tokens, d + 7)
     vals[valid:] = 0x7E
     words = pack_bitmap(nm_topk_mask(dense.abs(), 5 * d // 16, 16)).numpy().view(np.uint32)
-    table = _selector_table()
+    smem = _fragment_smem(words, vals)  # 40-byte slots: staged as they are
     voff, toff = words.nbytes, words.nbytes + vals.nbytes
-    smem = np.zeros(toff + table.nbytes, dtype=np.uint8)
-    smem[:voff] = words.reshape(-1).view(np.uint8)
-    smem[voff:toff] = vals.reshape(-1)
-    smem[toff:] = table.view(np.uint8)
     dense[valid:] = 0
 
     def inputs(t: int, ch: int) -> tuple:
@@ -662,24 +667,11 @@ def test_expand8_transposed_ptx_gives_two_of_four_values_as_the_vt_operand(d, va
     rows = torch.randn(tokens, d).to(torch.bfloat16 if values == "bf16" else torch.float16)
     rows[5, :8] = torch.tensor([1.0, -1.0, 1.0, -1.0, 0.0, 0.0, 0.5, -0.5]).to(rows.dtype)
     mask = nm_topk_mask(rows.abs(), keep, 4)
-    if fp8:
-        vals, dense, slot = _fp8_slots(rows, mask, keep)
-        dense, slot_bytes = dense.to(torch.float16), slot
-    else:
-        slot = padded_keep(keep, 2)
-        vals = np.zeros((tokens, slot), dtype=np.uint16)
-        for t in range(tokens):
-            vals[t, :keep] = rows[t][mask[t]].view(torch.int16).numpy().view(np.uint16)
-        vals, slot_bytes = vals.view(np.uint8), 2 * slot
-        dense = torch.where(mask, rows, torch.zeros_like(rows))
+    vals, dense, slot_bytes = _kept_slots(rows, mask, keep, fp8)
     vals[valid:] = 0x7E
     dense[valid:] = 0
     words = pack_bitmap(mask).numpy().view(np.uint32)
-    table = _selector_table()
-    smem = np.zeros(words.nbytes + vals.nbytes + table.nbytes, dtype=np.uint8)
-    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
-    smem[words.nbytes : words.nbytes + vals.nbytes] = staged_slots(vals, fragments=True).reshape(-1)
-    smem[words.nbytes + vals.nbytes :] = table.view(np.uint8)
+    smem = _fragment_smem(words, vals)
 
     def inputs(t: int, ch: int) -> tuple:
         at = words.nbytes + _staged_position(t, (ch // 2) * (1 if fp8 else 2), slot_bytes)
