@@ -12,13 +12,13 @@ for path in sys.argv[1:] or [here / "swizzle" / "bench.json", here / "bench.json
     print(f"== {Path(path).relative_to(Path.cwd()) if Path(path).is_absolute() else path}")
     by: dict = {}
     for r in json.loads(Path(path).read_text())["decode"]:
-        by.setdefault((r["keep_rule"], r["batch"]), {})[r["tokens"]] = r
-    for (rule, b), v in sorted(by.items()):
+        by.setdefault((r["keep_rule"], r["sparsity"], r["batch"]), {})[r["tokens"]] = r
+    for (rule, sp, b), v in sorted(by.items()):
         if {16384, 32768} <= set(v) and v[16384]["num_splits"] == v[32768]["num_splits"]:
             s1, s2 = v[16384]["sparse_graph_us"], v[32768]["sparse_graph_us"]
             d1, d2 = v[16384]["dense_graph_us"], v[32768]["dense_graph_us"]
             ks, kd = s2 - s1, d2 - d1
             print(
-                f"{rule:18s} B {b:<3d} splits {v[16384]['num_splits']:<4d} sparse fixed {s1 - ks:5.1f} µs + "
+                f"{rule:18s} s {sp:<6} B {b:<3d} splits {v[16384]['num_splits']:<4d} sparse fixed {s1 - ks:5.1f} µs + "
                 f"{ks:6.1f} per 16K | dense fixed {d1 - kd:5.1f} + {kd:6.1f} | per-token ratio {kd / ks:.2f}×"
             )
