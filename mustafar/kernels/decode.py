@@ -49,7 +49,6 @@ from mustafar.kernels.scatter_ptx import (
     TOKENS_PER_TILE,
     expand8_frag_asm,
     expand16_frag_asm,
-    expand16_rows_asm,
     expand_asm,
     expands_values,
     key_group,
@@ -556,10 +555,11 @@ def _staged_stride(slot_bytes: int, chunk: int) -> int:
 
 
 KEY16_PAD = 8  # bytes added to the staged stride of sides read as MMA fragments at D 128 (:func:`_scatter_constexprs`)
-# the value dtypes whose expanded values (2:4, 5:16 fp8) go straight into the P·V MMA's operand (movmatrix)
-# instead of a row tile. Measured per dtype (results/kernels/scatter_h200/run13/ab/): fp8 codes 11-15 % faster
-# (their expansion is table lookups either way, and the tile's stores and ldmatrix go); 16-bit values 4-6 %
-# slower (the operand needs the selectors computed per pair, which outweighs the tile), so they keep the tile
+# the value dtypes whose values kept 2:4 go straight into the P·V MMA's operand (movmatrix) instead of a row tile
+# (5:16 values, fp8 codes only, always do). Measured per dtype (results/kernels/scatter_h200/run13/ab/): fp8 codes
+# 11-15 % faster (their expansion is table lookups either way, and the tile's stores and ldmatrix go); 16-bit
+# values 4-6 % slower (the operand needs the selectors computed per pair, which outweighs the tile), so they keep
+# the tile
 VALUES_IN_OPERAND: frozenset[str] = frozenset({"fp8"})
 
 
@@ -572,7 +572,8 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     k_ck, v_ck = (16 if sb % 16 == 0 else 8 for sb in (k_sb, v_sb))
     k_sp, v_sp = _staged_stride(k_sb, k_ck), _staged_stride(v_sb, v_ck)
     v_nm, k_nm = value_group(v_store), key_group(k_store, v_store)
-    v_op = v_nm > 0 and v_store.value_dtype in VALUES_IN_OPERAND  # into the P·V operand (movmatrix), no tile
+    # values into the P·V operand, no tile
+    v_op = v_nm == 16 or (v_nm > 0 and v_store.value_dtype in VALUES_IN_OPERAND)
     # sides read in the MMA fragment's pattern (5:16 keys; values into the operand): the eight tokens of one load
     # read four groups' words each, which a stride of 10 words (D 128) folds onto shared banks; 12 spread them
     if k_nm == 16 and (k_sp // 4) % 8 == 2:
@@ -614,8 +615,6 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
             if v_op and v_nm == 16
             else expand8_frag_asm(v_store.fp8, transposed=True)
             if v_op
-            else expand16_rows_asm(d, v_store.slot)
-            if v_nm == 16
             else expand_asm(d, v_store.slot, v_store.fp8)
             if v_nm
             else scatter_asm(d, v_store.keep, v_store.slot, v_store.fp8)

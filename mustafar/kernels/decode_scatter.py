@@ -23,8 +23,9 @@ is expanded straight into the registers of the scores' MMA operand, 64 channels 
 fragment it owns (:func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm`, :func:`_expand_k_half`: no tile); fp8
 codes are widened to fp16 on both sides, the scores and P weighed by the tokens' scales. fp8 stores kept five of
 every sixteen channels expand the same way on both sides, a lane's 16 MMA channels being one group
-(:func:`~mustafar.kernels.scatter_ptx.expand16_frag_asm`, :func:`~mustafar.kernels.scatter_ptx.expand16_rows_asm`;
-which stores expand: :func:`~mustafar.kernels.scatter_ptx.key_group`, ``value_group``).
+(:func:`~mustafar.kernels.scatter_ptx.expand16_frag_asm`; which stores expand:
+:func:`~mustafar.kernels.scatter_ptx.key_group`, ``value_group``). Expanded fp8 values skip the tile: they go
+straight into the P·V MMA's operand (:func:`_pv_operand`, ``movmatrix``; ``decode.VALUES_IN_OPERAND``).
 
 Split/merge scheme, dense window and device-side length of static stores as in
 :mod:`mustafar.kernels.decode_staged`, whose window/output code it shares. Fixed layouts, fp16/bf16, head_dim
@@ -139,33 +140,19 @@ def _v_rows_layout():
 
 @gluon.jit
 def _expand_side(words_off, vals_off, n_tok, ASM: gl.constexpr, SB: gl.constexpr, D: gl.constexpr,
-                 BLOCK_N: gl.constexpr, TILE_OFF: gl.constexpr, LC: gl.constexpr, V_NM: gl.constexpr,
-                 TAB: gl.constexpr):  # fmt: skip
-    """Write one staged V side kept two of every four channels (``V_NM`` 4,
-    :func:`~mustafar.kernels.scatter_ptx.expand_asm`) or five of every sixteen (16, fp8 codes through the selector
-    table at shared byte ``TAB``: :func:`~mustafar.kernels.scatter_ptx.expand16_rows_asm`) as the dense rows of the
-    tile, one token per lane; rows at or past ``n_tok`` are written zero."""
+                 BLOCK_N: gl.constexpr, TILE_OFF: gl.constexpr, LC: gl.constexpr):  # fmt: skip
+    """Write one staged two-of-four V side as the dense rows of the tile, one token per lane
+    (:func:`~mustafar.kernels.scatter_ptx.expand_asm`); rows at or past ``n_tok`` are written zero."""
     G: gl.constexpr = D // 32
     r = gl.arange(0, BLOCK_N, layout=LC)
-    if V_NM == 16:
-        gl.inline_asm_elementwise(
-            ASM,
-            "=r,r,r,r,r,r",
-            [words_off + r * (4 * G), vals_off + r * SB, TILE_OFF + r * (2 * D), (r < n_tok).to(gl.int32),
-             gl.full([BLOCK_N], TAB, gl.int32, layout=LC)],
-            dtype=gl.int32,
-            is_pure=False,
-            pack=1,
-        )  # fmt: skip
-    else:
-        gl.inline_asm_elementwise(
-            ASM,
-            "=r,r,r,r,r",
-            [words_off + r * (4 * G), vals_off + r * SB, TILE_OFF + r * (2 * D), (r < n_tok).to(gl.int32)],
-            dtype=gl.int32,
-            is_pure=False,
-            pack=1,
-        )
+    gl.inline_asm_elementwise(
+        ASM,
+        "=r,r,r,r,r",
+        [words_off + r * (4 * G), vals_off + r * SB, TILE_OFF + r * (2 * D), (r < n_tok).to(gl.int32)],
+        dtype=gl.int32,
+        is_pure=False,
+        pack=1,
+    )
     gl.thread_barrier()
 
 
@@ -341,8 +328,7 @@ def _fill_selector_table(TAB: gl.constexpr):
     channels, the ``prmt`` nibble of each position (its rank's code byte, or 7 where the position is not kept: a
     byte that is zero in the second source of every expansion reading it) at bit 4p: positions 0-3 in the low
     half-word, 4-7 in the high one (:func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm` for a 4:8 group,
-    :func:`~mustafar.kernels.scatter_ptx.expand16_frag_asm` and ``expand16_rows_asm`` for either half of a 5:16
-    one). Once per program, eight entries per lane; the loop's first barrier publishes it."""
+    :func:`~mustafar.kernels.scatter_ptx.expand16_frag_asm` for either half of a 5:16 one). Once per program, eight entries per lane; the loop's first barrier publishes it."""
     L: gl.constexpr = gl.BlockedLayout([8], [32], [1], [0])
     g = gl.arange(0, 256, layout=L)
     entry = gl.zeros([256], gl.int32, layout=L)
@@ -638,7 +624,7 @@ def _sc_sparse_decode_kernel(
         if V_OP:
             pass  # expanded into the operand below, after P
         elif V_NM:
-            _expand_side(v_off, v_off + WB, n_tok, V_ASM, V_SP, D, BLOCK_N, TILE_OFF, lc, V_NM, TAB)
+            _expand_side(v_off, v_off + WB, n_tok, V_ASM, V_SP, D, BLOCK_N, TILE_OFF, lc)
         else:
             _scatter_side(tile, v_off, v_off + WB, n_tok, V_ASM, VT, V_SP, D, BLOCK_N, TILE_OFF, lc)
         if V_FP8:

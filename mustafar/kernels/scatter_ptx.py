@@ -45,9 +45,10 @@ def _nm16_fp8(store: CompressedStore) -> bool:
 
 def value_group(store: CompressedStore) -> int:
     """The group size of the V stores whose rows the scatter decoder expands in registers instead of scattering
-    their values, else 0: 4, two of every four consecutive channels kept (fp16/bf16 values or fp8 codes, widened
-    to an fp16 tile; :func:`expand_asm`), or 16, five of every sixteen as fp8 codes (:func:`expand16_rows_asm`);
-    in channel order (a strided or per-head order would come out permuted)."""
+    their values, else 0: 4, two of every four consecutive channels kept (fp16/bf16 values into an fp16 tile,
+    :func:`expand_asm`; fp8 codes into the P·V operand, :func:`expand8_frag_asm` ``transposed``), or 16, five of
+    every sixteen as fp8 codes (into the operand, :func:`expand16_frag_asm` ``transposed``); in channel order (a
+    strided or per-head order would come out permuted)."""
     if store.nm_strided or store.head_order is not None:
         return 0
     if store.nm_group == 4 and store.keep == expand_keep(store.head_dim):
@@ -568,8 +569,10 @@ def expand16_frag_asm(transposed: bool = False) -> str:
     ``movmatrix.trans`` turns register r_m into lane L's fragment of the transpose: channel row c = L div 4 (the
     half's channel 16·(c div 2) + 2m + c mod 2), tokens 8j + 2(L mod 4), + 1. No row tile, stores or ldmatrix
     (results/kernels/NOTES.md, round 23's design); warp-collective, so every lane runs it."""
+    out = [f"r{j}" if transposed else f"${j}" for j in range(8)]
     lines = [
         "{",
+        *([".reg .b32 r<8>;"] if transposed else []),
         ".reg .pred p;",
         ".reg .b32 w0, x0, x1, ta;",
         _NM16_REGS,
@@ -579,65 +582,11 @@ def expand16_frag_asm(transposed: bool = False) -> str:
         "ld.shared.b32 x1, [ta+4];",
         "mov.u32 ta, global_smem;",
         "add.u32 ta, ta, $72;",
+        *_nm16_group(out, "w0", "x0", "x1", "$88", "ta"),
     ]
-    if not transposed:
-        return "\n".join(
-            [*lines, *_nm16_group([f"${j}" for j in range(8)], "w0", "x0", "x1", "$88", "ta"), "}"]
-        )
-    lines.insert(1, ".reg .b32 r<8>;")
-    lines += _nm16_group([f"r{j}" for j in range(8)], "w0", "x0", "x1", "$88", "ta")
-    lines += [f"movmatrix.sync.aligned.m8n8.trans.b16 ${j}, r{j};" for j in range(8)]
+    if transposed:
+        lines += [f"movmatrix.sync.aligned.m8n8.trans.b16 ${j}, r{j};" for j in range(8)]
     return "\n".join([*lines, "}"])
-
-
-@functools.cache
-def expand16_rows_asm(head_dim: int, slot: int) -> str:
-    """PTX that expands one token's values kept five of every sixteen consecutive channels (fp8 codes, the
-    ``nm16`` rule at keep 5·D/16) into its dense fp16 row of the V tile, as :func:`expand_asm` does for two of
-    four: per group :func:`_nm16_group` (the key expansion's selectors and table), then two 16-byte stores.
-
-    Operands: ``$0`` a dummy output; ``$1`` the token's bitmap words and ``$2`` its code slot (byte offsets in the
-    kernel's shared allocation; the slot unswizzled and 8-byte aligned); ``$3`` the byte offset of its tile row;
-    ``$4`` nonzero when the token is valid (an invalid token's row is written zero); ``$5`` the selector table's
-    byte offset. The tile as :func:`expand_asm`'s: 16-byte chunk k of row r at chunk ``k XOR (r mod 8)``."""
-    groups = head_dim // 16
-    if head_dim % 32 or slot < NM16_CODES * groups or slot % 8 or swizzled_slots(slot, 16):
-        raise ValueError(
-            f"expand16_rows_asm needs head_dim a multiple of 32 and an unswizzled slot of at least 5·D/16 codes "
-            f"padded to 8 bytes, got head_dim={head_dim}, slot={slot}"
-        )
-    words = head_dim // 32
-    codes = slot // 4
-    lines = [
-        "{",
-        ".reg .pred p;",
-        f".reg .b32 w<{words}>, e<{codes}>, o<8>, k, va, base, row, xs, ca, tab;",
-        _NM16_REGS,
-        ".reg .b16 clo, chi;",
-        "setp.ne.u32 p, $4, 0;",
-        "mov.u32 base, global_smem;",
-        *(f"mov.b32 w{g}, 0;" for g in range(words)),
-        *_load_words(words, "$1", "$2"),
-        "add.u32 row, base, $3;",
-        "add.u32 tab, base, $5;",
-        *_lane_swizzle(),
-        # unpredicated: an invalid token's zero words select no code
-        *(f"ld.shared.v2.b32 {{e{2 * c}, e{2 * c + 1}}}, [va+{8 * c}];" for c in range(codes // 2)),
-    ]
-    for g in range(groups):
-        at, shift = nm16_code_word(g)
-        lines.append(f"shr.b32 k, w{g // 2}, 16;" if g % 2 else f"mov.b32 k, w{g // 2};")
-        lines += _nm16_group(
-            [f"o{j}" for j in range(8)], "k", f"e{at // 4}", f"e{at // 4 + 1}", str(shift), "tab"
-        )
-        for h in range(2):
-            lines += [
-                f"xor.b32 ca, xs, {16 * (2 * g + h)};",
-                "add.u32 ca, row, ca;",
-                f"st.shared.v4.b32 [ca], {{o{4 * h}, o{4 * h + 1}, o{4 * h + 2}, o{4 * h + 3}}};",
-            ]
-    lines += ["mov.u32 $0, 0;", "}"]
-    return "\n".join(lines)
 
 
 def _code_load(c: int, swizzled: bool = False) -> list[str]:

@@ -143,9 +143,8 @@ def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(
     offsets = k["shared_offsets"]
     from mustafar.kernels import decode
 
-    tile_used = not (
-        v_nm_group and value_dtype in decode.VALUES_IN_OPERAND
-    )  # values in the MMA operand: no tile
+    # values in the MMA operand (5:16 always, 2:4 per value type): no tile
+    tile_used = not (v_nm_group == 16 or (v_nm_group and value_dtype in decode.VALUES_IN_OPERAND))
     if ring > tile and tile_used:
         assert offsets[0] == ring
         offsets = offsets[1:]

@@ -23,7 +23,6 @@ from mustafar.kernels.scatter_ptx import (
     SCORE_HEADS,
     expand8_frag_asm,
     expand16_frag_asm,
-    expand16_rows_asm,
     expand_asm,
     nm16_code_word,
     row_xor,
@@ -678,34 +677,6 @@ def test_expand8_transposed_ptx_gives_two_of_four_values_as_the_vt_operand(d, va
         return (t * d // 8 + 4 * (ch // 32), at, ch % 32, int(t < valid), words.nbytes + vals.nbytes)
 
     _check_transposed(expand8_frag_asm(fp8, transposed=True), inputs, smem, dense)
-
-
-@pytest.mark.parametrize("d", [64, 128])
-def test_expand16_rows_ptx_writes_each_token_as_its_dense_row(d):
-    """expand16_rows_asm (values five of every sixteen, fp8 codes) against the plain-PyTorch dense rows, in the
-    row tile's swizzled layout; invalid tokens' rows come out zero whatever their stale slots hold."""
-    tokens, valid, tile = 32, 30, 8192
-    dense, vals, slot = _nm16_rows(d, tokens, d + 5)
-    vals[valid:] = 0x7F  # NaN codes behind invalid tokens
-    words = pack_bitmap(nm_topk_mask(dense.abs(), 5 * d // 16, 16)).numpy().view(np.uint32)
-    table = _selector_table()
-    toff = tile + tokens * d * 2
-    smem = np.full(toff + table.nbytes, 0xFF, dtype=np.uint8)  # the tile starts as garbage (NaN)
-    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
-    voff = words.nbytes
-    smem[voff : voff + vals.nbytes] = vals.reshape(-1)
-    smem[toff:] = table.view(np.uint8)
-    asm = expand16_rows_asm(d, slot)
-    for r in range(tokens):
-        ops = [r * 4 * (d // 32), voff + r * slot, tile + r * 2 * d, int(r < valid), toff]
-        run_ptx(asm, ops, smem, lane=r)
-    dense[valid:] = 0
-    assert np.array_equal(smem[tile:toff], _tile_image(dense, v_rows_offset))
-
-
-def test_expand16_rows_ptx_refuses_other_slots():
-    with pytest.raises(ValueError, match="slot=32"):
-        expand16_rows_asm(128, 32)
 
 
 def test_expand_ptx_refuses_other_slots():

@@ -21,7 +21,9 @@ from mustafar.pruning.keep import exact_keep  # noqa: E402
 tag, pad = sys.argv[1], int(sys.argv[2])
 decode.KEY16_PAD = pad
 if len(sys.argv) > 3:
-    decode.VALUES_IN_OPERAND = frozenset({"fp8", "native"} if int(sys.argv[3]) else ())
+    if not int(sys.argv[3]):  # after round 24's review 5:16 values always go into the operand
+        sys.exit("OPERAND 0: the row-tile path for 5:16 values was removed after round 24's A/B (NOTES round 24)")
+    decode.VALUES_IN_OPERAND = frozenset({"fp8", "native"})
 shape = attention_shape("llama3_8b")
 keep = exact_keep(shape.head_dim, 0.6875)
 extra = dict(word_quota=True, value_dtype="fp8", k_nm_group=16, v_nm_group=16, k_calibrated=True)
