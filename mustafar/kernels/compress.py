@@ -41,7 +41,7 @@ from triton.experimental.gluon import language as gl
 
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels._topk_ptx import make_asm, warp_smem_bytes
-from mustafar.kernels.launch import CompiledLaunch, raw_stream
+from mustafar.kernels.launch import cached_launch, raw_stream
 from mustafar.kernels.support import gluon_capable
 
 _BLOCK_R = 8  # rows per program; with 2 warps the best of the H100 launch sweep (results/kernels)
@@ -298,23 +298,6 @@ def _ptx_ok(store: CompressedStore, rows: Tensor) -> bool:
     )
 
 
-_LAUNCHES: dict[tuple, CompiledLaunch] = {}
-
-
-def _launcher(
-    kernel: object, constexprs: dict, num_warps: int, dtypes: tuple, device: torch.device
-) -> CompiledLaunch:
-    """The cached launch of ``kernel`` under these constexprs and argument dtypes (the values' and the rows') on
-    ``device`` (compiled kernels are loaded per device, as the decoders' are): a decode step packs every layer and
-    side eagerly, and the JIT dispatcher's argument binding cost 54-87 µs of host time per call
-    (results/decode/round22_h200/pack_host.txt)."""
-    key = (kernel, num_warps, dtypes, device, *constexprs.values())
-    launch = _LAUNCHES.get(key)
-    if launch is None:
-        launch = _LAUNCHES[key] = CompiledLaunch(kernel, constexprs, dict(num_warps=num_warps))
-    return launch
-
-
 def _len_arg(store: CompressedStore) -> Tensor:
     """The device count static stores are written at (any int32 tensor otherwise: never read)."""
     return store.length_tensor if store.static else store.bits
@@ -335,7 +318,7 @@ def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, t0: int, device
     )
     args = (x32, store.bits, store.vals_as(torch.int32), n, store.heads, *x32.stride()[:3], t0, _len_arg(store),
             store.capacity)  # fmt: skip
-    _launcher(_topk_pack_ptx_kernel, constexprs, _PTX_WARPS, (), rows.device)(
+    cached_launch(_topk_pack_ptx_kernel, constexprs, _PTX_WARPS, (), rows.device)(
         grid, args, raw_stream(rows.device)
     )
 
@@ -390,7 +373,7 @@ def _launch_plain(
         store.capacity,
         store.vals.shape[2],
     )
-    launch = _launcher(
+    launch = cached_launch(
         _prune_pack_kernel, constexprs, _NUM_WARPS, (rows.dtype, store.vals.dtype), rows.device
     )
     launch(grid, args, raw_stream(rows.device))

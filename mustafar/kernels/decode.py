@@ -43,7 +43,7 @@ from triton.language.extra import libdevice
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.decode_scatter import _sc_sparse_decode_kernel
 from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
-from mustafar.kernels.launch import CompiledLaunch, raw_stream, spec_key
+from mustafar.kernels.launch import CompiledLaunch, cached_launch, raw_stream, spec_key
 from mustafar.kernels.scatter_ptx import (
     SELECTOR_TABLE_BYTES,
     TOKENS_PER_TILE,
@@ -782,18 +782,11 @@ def _partials(
 
 
 _PARTIALS: dict[tuple, tuple[Tensor, Tensor]] = {}
-_MERGE: dict[tuple, CompiledLaunch] = {}
 _DUMMIES: dict[tuple, Tensor] = {}
 
 
 def _merge_launch(splits_p2: int, d: int, dtype: torch.dtype, device: torch.device) -> CompiledLaunch:
-    key = (splits_p2, d, dtype, device)  # compiled kernels are loaded per device
-    launch = _MERGE.get(key)
-    if launch is None:
-        launch = _MERGE[key] = CompiledLaunch(
-            _merge_kernel, dict(SPLITS_P2=splits_p2, D=d), dict(num_warps=4)
-        )
-    return launch
+    return cached_launch(_merge_kernel, dict(SPLITS_P2=splits_p2, D=d), 4, (dtype,), device)
 
 
 def _arg(t: Tensor) -> Tensor:

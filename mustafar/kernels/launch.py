@@ -63,6 +63,23 @@ class CompiledLaunch:
         return kernel
 
 
+_LAUNCHES: dict[tuple, CompiledLaunch] = {}
+
+
+def cached_launch(
+    kernel: object, constexprs: dict, num_warps: int, dtypes: tuple, device: torch.device
+) -> CompiledLaunch:
+    """The cached launch of ``kernel`` under these constexprs, warps and argument dtypes (those its owner does not
+    pin by constexprs) on ``device`` (compiled kernels are loaded per device): for the kernels launched eagerly
+    every step outside a configuration cache, the packs (the JIT dispatcher's argument binding cost them 54-87 µs
+    of host time per call, results/decode/round22_h200/pack_host.txt) and the decoders' split merge."""
+    key = (kernel, num_warps, dtypes, device, *constexprs.values())
+    launch = _LAUNCHES.get(key)
+    if launch is None:
+        launch = _LAUNCHES[key] = CompiledLaunch(kernel, constexprs, dict(num_warps=num_warps))
+    return launch
+
+
 def spec_key(tensors: tuple, ints: tuple, lengths: tuple) -> tuple:
     """A cache key at least as fine as Triton's specialisation of these arguments: whether every tensor is 16-byte
     aligned (else each one's alignment), the ints as they are (shapes and strides: few distinct values) and, for

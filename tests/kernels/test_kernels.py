@@ -222,14 +222,15 @@ def test_compiled_launch_refuses_a_short_grid():
 
 
 def test_pack_launches_are_cached_per_device():
-    """A compiled kernel is loaded into one device's context, so the packs' cached launches are kept per device
+    """A compiled kernel is loaded into one device's context, so the cached launches (packs, merge) are kept per device
     (a launch cached on one GPU and reused on another would run a function handle of the wrong context), and
     reused for the same device, kernel, constexprs and dtypes."""
-    from mustafar.kernels.compress import _launcher, _prune_pack_kernel
+    from mustafar.kernels.compress import _prune_pack_kernel
+    from mustafar.kernels.launch import cached_launch
 
     names = _prune_pack_kernel.arg_names
     consts = dict.fromkeys(names[names.index("KEEP") :], 0)  # every constexpr, as the packs pass them
     args = (_prune_pack_kernel, consts, 2, (torch.float16, torch.float16))
-    first = _launcher(*args, torch.device("cuda", 0))
-    assert _launcher(*args, torch.device("cuda", 0)) is first
-    assert _launcher(*args, torch.device("cuda", 1)) is not first
+    first = cached_launch(*args, torch.device("cuda", 0))
+    assert cached_launch(*args, torch.device("cuda", 0)) is first
+    assert cached_launch(*args, torch.device("cuda", 1)) is not first
