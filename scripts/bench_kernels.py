@@ -230,9 +230,8 @@ def decode_row(
         # K four of every eight (or five of sixteen): expanded, scored by an MMA
         k_nm_group=8 if rule.startswith("nm8") else 16 if rule.startswith("nm16") else 0,
         k_strided=rule.startswith("nm8sk"),
-        k_calibrated=rule.startswith(
-            ("nm8ck", "nm16ck")
-        ),  # each (row, head) in its own order: q gathered through it
+        # each (row, head) in its own order: q gathered through it
+        k_calibrated=rule.startswith(("nm8ck", "nm16ck")),
     )
     default = decode_call(inp, {})
     us = time_us(default)  # first: the launch measures its occupancy, which the plan below then uses
