@@ -583,7 +583,8 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
     fp8 = k_store.fp8 or v_store.fp8
     slot_bytes = block_n * (d // 8 + max(k_sp, v_sp) + (4 if fp8 else 0))
     sides = _scatter_plan(k_store, v_store, slot_bytes, n_rep)[1]
-    tile = block_n * d * (1 if v_store.fp8 and not v_nm else 2)  # scattered fp8: an e4m3 tile
+    # scattered fp8: an e4m3 tile; values into the operand: none
+    tile = 0 if v_op else block_n * d * (1 if v_store.fp8 and not v_nm else 2)
     table = (k_nm and k_store.fp8) or v_nm == 16 or (v_op and v_store.fp8)  # fp8 selectors, after the ring
     words = _scatter_ring(tile, slot_bytes, sides, SELECTOR_TABLE_BYTES if table else 0)
     return dict(

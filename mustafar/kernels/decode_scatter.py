@@ -492,19 +492,21 @@ def _sc_sparse_decode_kernel(
     lc: gl.constexpr = gl.BlockedLayout([1], [32], [1], [0])
     # the PTX addresses shared memory from global_smem. The dense tile (a power of two: Gluon's layouts need one)
     # and the ring (exact: :func:`mustafar.kernels.decode._scatter_ring`, never the tile's size) are two
-    # allocations; the allocator puts the larger first
-    TILE_W: gl.constexpr = BLOCK_N * D * VT.primitive_bitwidth // 32
+    # allocations; the allocator puts the larger first. Values expanded into the P·V operand need no tile (8 KB
+    # per program at D 128 that would only shrink L1)
+    TILE_W: gl.constexpr = 0 if V_OP else BLOCK_N * D * VT.primitive_bitwidth // 32
     flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
     smem = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], flat)
-    tbuf = gl.allocate_shared_memory(gl.int32, [TILE_W], flat)
     REGION: gl.constexpr = 0 if SMEM_WORDS > TILE_W else 4 * TILE_W
     TILE_OFF: gl.constexpr = 4 * SMEM_WORDS if SMEM_WORDS > TILE_W else 0
-    if V_NM:  # expanded K rows, where K is expanded, use the same tile: the loop's barriers order them
-        tile = tbuf._reinterpret(VT, [BLOCK_N, D], _v_rows_layout())
-    elif V_FP8:
-        tile = tbuf._reinterpret(VT, [D, BLOCK_N], _vt8_tile_layout(D))
-    else:
-        tile = tbuf._reinterpret(VT, [2 * D, BLOCK_N // 2], _vt_tile_layout(D))
+    if not V_OP:
+        tbuf = gl.allocate_shared_memory(gl.int32, [TILE_W], flat)
+        if V_NM:
+            tile = tbuf._reinterpret(VT, [BLOCK_N, D], _v_rows_layout())
+        elif V_FP8:
+            tile = tbuf._reinterpret(VT, [D, BLOCK_N], _vt8_tile_layout(D))
+        else:
+            tile = tbuf._reinterpret(VT, [2 * D, BLOCK_N // 2], _vt_tile_layout(D))
 
     b = gl.program_id(0)
     h = gl.program_id(1)
@@ -656,7 +658,8 @@ def _sc_sparse_decode_kernel(
         n += 2
     async_copy.wait_group(0)
     smem._keep_alive()
-    tbuf._keep_alive()
+    if not V_OP:
+        tbuf._keep_alive()
     if V_OP:
         acc = _vt_rows_to_channels(acc_lo, acc_hi, D, mma)
     if V_FP8:

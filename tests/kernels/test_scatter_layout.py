@@ -145,6 +145,7 @@ def test_compiled_kernel_puts_the_tile_where_the_ptx_scatters(
 
     # values in the MMA operand (5:16 always, 2:4 per value type): no tile
     tile_used = not (v_nm_group == 16 or (v_nm_group and value_dtype in decode.VALUES_IN_OPERAND))
+    tile = tile if tile_used else 0  # not allocated either
     if ring > tile and tile_used:
         assert offsets[0] == ring
         offsets = offsets[1:]
