@@ -468,9 +468,11 @@ def expand8_frag_asm(fp8: bool = False, transposed: bool = False) -> str:
     ]
     if fp8:
         lines += ["ld.shared.v2.b32 {e0, e1}, [ta];", "mov.u32 ta, global_smem;", "add.u32 ta, ta, $72;"]
-        for q in range(2):  # the group's kept bits (byte q of the word) index the table's 4-byte entries
+        for q in range(2):  # the group's kept bits times 4: the entry's byte offset
             lines += [
-                *_table_entry("t", "w0", q, "ta"),
+                "shl.b32 t, w0, 2;" if q == 0 else "shr.b32 t, w0, 6;",
+                "and.b32 t, t, 0x3FC;",
+                "add.u32 t, ta, t;",
                 "ld.shared.b32 s0, [t];",
                 "shr.b32 s1, s0, 16;",
             ]
@@ -492,14 +494,6 @@ def expand8_frag_asm(fp8: bool = False, transposed: bool = False) -> str:
         lines += [f"movmatrix.sync.aligned.m8n8.trans.b16 ${j}, r{j};" for j in range(8)]
     lines.append("}")
     return "\n".join(lines)
-
-
-def _table_entry(dst: str, bits: str, byte: int, table: str) -> list[str]:
-    """PTX setting ``dst`` to the shared address of the selector-table entry indexed by byte ``byte`` of ``bits``
-    (a 4:8 group's or half a 5:16 group's kept bits): the byte zero-extended by one ``prmt`` (or ``and``) and
-    scaled onto the table by one ``mad``, where shift, mask and add took three instructions."""
-    pick = f"and.b32 {dst}, {bits}, 0xFF;" if byte == 0 else f"prmt.b32 {dst}, {bits}, 0, 0x444{byte};"
-    return [pick, f"mad.lo.u32 {dst}, {dst}, 4, {table};"]
 
 
 def nm16_code_word(group: int) -> tuple[int, int]:
@@ -527,9 +521,13 @@ def _nm16_group(out: list[str], kept: str, x0: str, x1: str, shift: str, table: 
         else [f"mov.b32 a, {x0};", f"and.b32 b, {x1}, 0xFF;"]
     )
     lines += [
-        *_table_entry("t", kept, 0, table),  # the low 8 kept bits' entry
+        f"shl.b32 t, {kept}, 2;",  # the low 8 kept bits times 4: the table entry's byte offset
+        "and.b32 t, t, 0x3FC;",
+        f"add.u32 t, {table}, t;",
         "ld.shared.b32 s0, [t];",
-        *_table_entry("t", kept, 1, table),  # the high 8
+        f"shr.b32 t, {kept}, 6;",  # the high 8
+        "and.b32 t, t, 0x3FC;",
+        f"add.u32 t, {table}, t;",
         "ld.shared.b32 s1, [t];",
         f"and.b32 n, {kept}, 0xFF;",
         "popc.b32 n, n;",
