@@ -280,7 +280,7 @@ class CompressedLayer(MustafarLayer):
             n, mask = pruner.step(tail[:, :, offset:], obs, want_mask=not pruner.packs_topk)
             store = self.stores[side]
             if pruner.order is not None and store.head_order is None:  # calibrated at prefill
-                store.set_head_order(pruner.order[:, :, 0])
+                store.set_head_order(pruner.order[:, :, 0], checked=False)
             if n == 0:
                 continue
             if mask is not None:

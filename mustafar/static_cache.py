@@ -458,7 +458,7 @@ class StaticCompressedLayer(StaticLayer):
         identity = torch.arange(head_dim, device=self.device).expand(batch, heads, head_dim)
         for side, store in self.stores.items():
             if calibrated(self.policy, side):
-                store.set_head_order(identity)
+                store.set_head_order(identity, checked=False)
         self.stored = torch.zeros(batch, dtype=torch.long, device=self.device)  # tokens in each row's stores
         self.prompt_stored = 0
 
@@ -485,7 +485,7 @@ class StaticCompressedLayer(StaticLayer):
         for side, prompt in zip(("k", "v"), self.prompt):
             _, mask = self.pruners[side].step(prompt, obs, want_mask=False)  # the schedule and its counts
             if self.pruners[side].order is not None:  # this prompt's calibrated groups, in place
-                self.stores[side].set_head_order(self.pruners[side].order[:, :, 0])
+                self.stores[side].set_head_order(self.pruners[side].order[:, :, 0], checked=False)
             rows, keep = left_align(prompt[:, :, :n], pads), self.keep[side]
             if self.output_aware[side]:
                 mask = left_align(mask, pads)

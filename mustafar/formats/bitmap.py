@@ -258,11 +258,14 @@ class CompressedStore:
         calibrated per head (:meth:`set_head_order`, the ``nm8c``/``nm16c`` rules), else None."""
         return self._head_order
 
-    def set_head_order(self, order: Tensor) -> None:
+    def set_head_order(self, order: Tensor, checked: bool = True) -> None:
         """Hold each (row, head)'s channels in ``order`` [B, H, D] (stored position -> channel: the calibrated
         rule's groups are its consecutive runs of ``nm_group``), set while the store is empty. Setting it again
         (a static cache's next prompt, after :meth:`reset`) refills the same tensors in place: a captured decode
-        step keeps reading their addresses."""
+        step keeps reading their addresses. ``checked=False`` skips the check that ``order`` permutes the
+        channels, a host synchronisation on the GPU, for the caches' own orders (the calibrated rule's
+        :func:`~mustafar.pruning.keep.balanced_groups` and the identity: permutations by construction), which
+        would otherwise stall every layer of every prefill."""
         if self.nm_strided or not self.nm_group:
             raise ValueError("a per-head channel order needs an nm_group store with consecutive groups")
         if self.length:
@@ -273,7 +276,7 @@ class CompressedStore:
         if tuple(order.shape) != want:
             raise ValueError(f"order must be [{want[0]}, {want[1]}, {want[2]}], got {tuple(order.shape)}")
         order = order.to(self.device, torch.int64)
-        if not torch.equal(
+        if checked and not torch.equal(
             order.sort(-1).values, torch.arange(self.head_dim, device=self.device).expand(want)
         ):
             raise ValueError("order must be a permutation of the channels for every (row, head)")

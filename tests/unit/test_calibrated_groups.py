@@ -10,6 +10,7 @@ import torch
 
 from mustafar.attention import attach, new_cache
 from mustafar.config import KVConfig
+from mustafar.formats import CompressedStore
 from mustafar.generation import generate
 from mustafar.pruning import exact_keep, keep_mask
 from mustafar.pruning.keep import balanced_groups, calibrated_nm_mask
@@ -197,6 +198,22 @@ def test_store_holds_each_heads_order():
         fresh.set_head_order(order[:1])
     with pytest.raises(ValueError, match="consecutive groups"):
         CompressedStore(2, 3, 64, torch.float16, "cpu", 32, nm_group=8, nm_strided=True).set_head_order(order)
+
+
+@pytest.mark.parametrize("group", [8, 16])
+def test_the_caches_own_orders_are_permutations_so_they_skip_the_check(group):
+    """The caches set their calibrated orders unchecked (the check is a host sync per layer and prefill on the GPU):
+    that holds only while balanced_groups returns a permutation for any magnitudes, ties and zeros included."""
+    torch.manual_seed(0)
+    mags = torch.cat([torch.rand(2, 3, 128), torch.zeros(1, 3, 128), torch.ones(1, 3, 128).round()])
+    mags[0, 0, ::3] = 0.5  # ties
+    order = balanced_groups(mags, group)
+    assert torch.equal(order.sort(-1).values, torch.arange(128).expand(order.shape))
+    checked, unchecked = (CompressedStore(4, 3, 128, torch.float16, "cpu", 64, nm_group=group) for _ in "ab")
+    checked.set_head_order(order)
+    unchecked.set_head_order(order, checked=False)
+    assert torch.equal(checked.head_order, unchecked.head_order)
+    assert torch.equal(checked.head_order_words(), unchecked.head_order_words())
 
 
 def test_preset_composes_to_the_rule_and_its_job_label():
