@@ -91,6 +91,30 @@ def _fits(rule: str, s: float, head_dim: int) -> bool:
     return exact_keep(head_dim, s) == exact_keep(head_dim, _rule_sparsity(rule))
 
 
+def rule_inputs(
+    rule: str, s: float, b: int, t: int, shape: AttentionShape = SHAPE, dtype: torch.dtype = torch.float16, **extra
+):
+    """One decode step's inputs for keep rule ``rule`` (:data:`KEEP_RULES`) at sparsity ``s`` (``extra``: more
+    :func:`~mustafar.bench.inputs.decode_inputs` options, e.g. a shorter window)."""
+    return decode_inputs(
+        shape,
+        b,
+        t,
+        exact_keep(shape.head_dim, s),
+        dtype,
+        word_quota=rule.startswith(("word", "nm")),
+        value_dtype="fp8" if "-fp8" in rule else "native",  # the same stores with e4m3 codes and per-token scales
+        # V two of every four (or five of sixteen) channels: expanded, not scattered
+        v_nm_group=4 if rule.endswith("-nm4v") else 16 if rule.endswith("-nm16v") else 0,
+        # K four of every eight (or five of sixteen): expanded, scored by an MMA
+        k_nm_group=8 if rule.startswith("nm8") else 16 if rule.startswith("nm16") else 0,
+        k_strided=rule.startswith("nm8sk"),
+        # each (row, head) in its own order: q gathered through it
+        k_calibrated=rule.startswith(("nm8ck", "nm16ck")),
+        **extra,
+    )
+
+
 def graph_time(fn, rep: int = REP) -> float:
     """Median of CUDA-graph replays of one call (no Python launch overhead; L2 still flushed by do_bench)."""
     fn()
@@ -216,23 +240,7 @@ def decode_row(
     dense_us = time_us(dense)
     dense_graph = graph_time(dense)
     del dense
-    fp8 = "-fp8" in rule  # word-fp8 / exact-fp8: the same stores with e4m3 codes and per-token scales
-    inp = decode_inputs(
-        shape,
-        b,
-        t,
-        keep,
-        dtype,
-        word_quota=rule.startswith(("word", "nm")),
-        value_dtype="fp8" if fp8 else "native",
-        # V two of every four (or five of sixteen) channels: expanded, not scattered
-        v_nm_group=4 if rule.endswith("-nm4v") else 16 if rule.endswith("-nm16v") else 0,
-        # K four of every eight (or five of sixteen): expanded, scored by an MMA
-        k_nm_group=8 if rule.startswith("nm8") else 16 if rule.startswith("nm16") else 0,
-        k_strided=rule.startswith("nm8sk"),
-        # each (row, head) in its own order: q gathered through it
-        k_calibrated=rule.startswith(("nm8ck", "nm16ck")),
-    )
+    inp = rule_inputs(rule, s, b, t, shape, dtype)
     default = decode_call(inp, {})
     us = time_us(default)  # first: the launch measures its occupancy, which the plan below then uses
     launch = default_launch(inp)

@@ -10,11 +10,10 @@ cap = int(sys.argv[3]) if len(sys.argv) > 3 else None
 sides = int(sys.argv[4]) if len(sys.argv) > 4 else None
 sys.path.insert(0, str(root)); sys.path.insert(0, str(root / "scripts"))
 import torch
-from mustafar.bench.inputs import WINDOW, decode_call, dense_decode_call, decode_inputs, rel_err
+from mustafar.bench.inputs import WINDOW, decode_call, dense_decode_call, rel_err
 from mustafar.bench.shapes import attention_shape
 from mustafar.kernels import decode, sparse_decode_attention
-from mustafar.pruning.keep import exact_keep
-from bench_kernels import _rule_sparsity, graph_time
+from bench_kernels import _rule_sparsity, graph_time, rule_inputs
 
 assert decode.__file__.startswith(str(root)), decode.__file__
 if cap is not None:
@@ -26,14 +25,7 @@ shape = attention_shape("llama3_8b")
 
 
 def inputs(rule, b, t):
-    keep = exact_keep(shape.head_dim, _rule_sparsity(rule))
-    return decode_inputs(
-        shape, b, t, keep, word_quota=True, value_dtype="fp8" if "-fp8" in rule else "native",
-        v_nm_group=4 if rule.endswith("-nm4v") else 16 if rule.endswith("-nm16v") else 0,
-        k_nm_group=8 if rule.startswith("nm8") else 16 if rule.startswith("nm16") else 0,
-        k_strided=rule.startswith("nm8sk"), k_calibrated=rule.startswith(("nm8ck", "nm16ck")),
-        **({"window": 17} if b == 2 else {}),
-    )
+    return rule_inputs(rule, _rule_sparsity(rule), b, t, shape, **({"window": 17} if b == 2 else {}))
 
 
 dense = {(b, t): graph_time(dense_decode_call(shape, b, t + WINDOW)) for b, t in sizes}

@@ -14,25 +14,15 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[5] / "scripts"))
-from bench_kernels import _rule_sparsity, graph_time  # noqa: E402
+from bench_kernels import _rule_sparsity, graph_time, rule_inputs  # noqa: E402
 
-from mustafar.bench.inputs import WINDOW, decode_call, decode_inputs, default_launch, dense_decode_call  # noqa: E402
+from mustafar.bench.inputs import WINDOW, decode_call, default_launch, dense_decode_call  # noqa: E402
 from mustafar.bench.shapes import attention_shape  # noqa: E402
-from mustafar.pruning.keep import exact_keep  # noqa: E402
 
 SHAPE = attention_shape("llama3_8b")
 RULES = ("nm8ck-fp8-nm4v", "word")
 SIZES = ((8, 64), (8, 16384), (8, 32768), (32, 64), (32, 16384), (32, 32768))
 FLUSH = torch.empty(512 * 2**20, dtype=torch.int8, device="cuda")
-
-
-def inputs(rule: str, b: int, t: int):
-    keep = exact_keep(SHAPE.head_dim, _rule_sparsity(rule))
-    return decode_inputs(
-        SHAPE, b, t, keep, word_quota=True, value_dtype="fp8" if "-fp8" in rule else "native",
-        v_nm_group=4 if rule.endswith("-nm4v") else 0, k_nm_group=8 if rule.startswith("nm8") else 0,
-        k_calibrated=rule.startswith("nm8ck"),
-    )  # fmt: skip
 
 
 def kernel_us(fn, n: int = 30) -> dict[str, float]:
@@ -61,7 +51,7 @@ for b, t in SIZES:
     emit(what="dense", b=b, t=t, graph_us=round(graph_time(dense), 1), kernels=kernel_us(dense))
     del dense
     for rule in RULES:
-        inp = inputs(rule, b, t)
+        inp = rule_inputs(rule, _rule_sparsity(rule), b, t, SHAPE)
         call = decode_call(inp, {})
         call()
         torch.cuda.synchronize()
