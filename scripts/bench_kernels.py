@@ -92,7 +92,13 @@ def _fits(rule: str, s: float, head_dim: int) -> bool:
 
 
 def rule_inputs(
-    rule: str, s: float, b: int, t: int, shape: AttentionShape = SHAPE, dtype: torch.dtype = torch.float16, **extra
+    rule: str,
+    s: float,
+    b: int,
+    t: int,
+    shape: AttentionShape = SHAPE,
+    dtype: torch.dtype = torch.float16,
+    **extra,
 ):
     """One decode step's inputs for keep rule ``rule`` (:data:`KEEP_RULES`) at sparsity ``s`` (``extra``: more
     :func:`~mustafar.bench.inputs.decode_inputs` options, e.g. a shorter window)."""
@@ -103,7 +109,8 @@ def rule_inputs(
         exact_keep(shape.head_dim, s),
         dtype,
         word_quota=rule.startswith(("word", "nm")),
-        value_dtype="fp8" if "-fp8" in rule else "native",  # the same stores with e4m3 codes and per-token scales
+        # word-fp8, nm8ck-fp8-...: the same stores with e4m3 codes and per-token scales
+        value_dtype="fp8" if "-fp8" in rule else "native",
         # V two of every four (or five of sixteen) channels: expanded, not scattered
         v_nm_group=4 if rule.endswith("-nm4v") else 16 if rule.endswith("-nm16v") else 0,
         # K four of every eight (or five of sixteen): expanded, scored by an MMA
