@@ -328,7 +328,8 @@ def _fill_selector_table(TAB: gl.constexpr):
     channels, the ``prmt`` nibble of each position (its rank's code byte, or 7 where the position is not kept: a
     byte that is zero in the second source of every expansion reading it) at bit 4p: positions 0-3 in the low
     half-word, 4-7 in the high one (:func:`~mustafar.kernels.scatter_ptx.expand8_frag_asm` for a 4:8 group,
-    :func:`~mustafar.kernels.scatter_ptx.expand16_frag_asm` for either half of a 5:16 one). Once per program, eight entries per lane; the loop's first barrier publishes it."""
+    :func:`~mustafar.kernels.scatter_ptx.expand16_frag_asm` for either half of a 5:16 one). Once per program,
+    eight entries per lane; the loop's first barrier publishes it."""
     L: gl.constexpr = gl.BlockedLayout([8], [32], [1], [0])
     g = gl.arange(0, 256, layout=L)
     entry = gl.zeros([256], gl.int32, layout=L)
@@ -493,7 +494,7 @@ def _sc_sparse_decode_kernel(
     # the PTX addresses shared memory from global_smem. The dense tile (a power of two: Gluon's layouts need one)
     # and the ring (exact: :func:`mustafar.kernels.decode._scatter_ring`, never the tile's size) are two
     # allocations; the allocator puts the larger first. Values expanded into the P·V operand need no tile (8 KB
-    # per program at D 128 that would only shrink L1)
+    # per program at D 128 that would only shrink L1): the ring is then the only one
     TILE_W: gl.constexpr = 0 if V_OP else BLOCK_N * D * VT.primitive_bitwidth // 32
     flat: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
     smem = gl.allocate_shared_memory(gl.int32, [SMEM_WORDS], flat)
@@ -658,10 +659,10 @@ def _sc_sparse_decode_kernel(
         n += 2
     async_copy.wait_group(0)
     smem._keep_alive()
-    if not V_OP:
-        tbuf._keep_alive()
     if V_OP:
         acc = _vt_rows_to_channels(acc_lo, acc_hi, D, mma)
+    else:
+        tbuf._keep_alive()
     if V_FP8:
         acc = acc * frame
     # q's MMA tile is loaded for the dense window only now: held through the loop it took 16 registers, and
