@@ -108,6 +108,8 @@ class Job:
             )
             if refusal:
                 raise ConfigError(refusal)
+        # before any skip: a finished job must not answer for a list that does not fit the model
+        policy.check_layers(models.peek_num_layers(model))
         registry.validate(cfg["benchmark"], models.peek_context_length(model))
         wandb_log.validate(cfg["logger"])
         sweep = str(cfg.get("sweep", "default"))

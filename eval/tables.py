@@ -201,7 +201,8 @@ def display_value(value: object) -> object:
 
 
 def render(table: pd.DataFrame, current: str | None = None) -> str:
-    """Markdown, one table per benchmark; `current` marks the job just run with `*`."""
+    """Markdown, one table per benchmark; `current` marks this command's job with `*` (run now, or found
+    finished and skipped: the run prints which)."""
     if table.empty:
         return "(no finished jobs)"
     out = []
@@ -221,5 +222,5 @@ def render(table: pd.DataFrame, current: str | None = None) -> str:
             f"[paired-bootstrap 95% CI], {NOISE_MARK} = within noise (the CI covers 0 or the sign-flip p >= 0.05)"
         )
     if current:
-        legend += "; * = the job just run"
+        legend += "; * = this command's job (run now, or already finished and skipped)"
     return "\n\n".join(out) + "\n\n" + legend

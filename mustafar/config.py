@@ -111,12 +111,16 @@ class KVConfig:
         object.__setattr__(self, "k_sparsity", _sparsity("kv.k_sparsity", self.k_sparsity))
         object.__setattr__(self, "v_sparsity", _sparsity("kv.v_sparsity", self.v_sparsity))
         _choice("kv.allocation", self.allocation, ALLOCATIONS)
+        # the lists' lengths as given, checked against the model (check_layers) even where a uniform list
+        # collapses below; not a field: no part of the job id
+        object.__setattr__(self, "_given_layers", {})
         for side in ("k", "v"):
             key = f"{side}_layer_sparsity"
             layers = _layer_list(f"kv.{key}", getattr(self, key))
             object.__setattr__(self, key, layers)
             if not layers:
                 continue
+            self._given_layers[side] = len(layers)
             if self.allocation != "uniform":
                 raise ConfigError(
                     f"kv.{key} and kv.allocation={self.allocation!r} are mutually exclusive: give explicit "
@@ -273,12 +277,13 @@ class KVConfig:
         return PruneRule(layers[layer], rule.direction, rule.scorer)
 
     def check_layers(self, num_layers: int) -> None:
-        """Raise unless every per-layer list has one entry per layer of the model."""
+        """Raise unless every per-layer list has one entry per layer of the model (a uniform list too, though it
+        runs as the uniform policy)."""
         for side in ("k", "v"):
-            layers = getattr(self, f"{side}_layer_sparsity")
-            if layers and len(layers) != num_layers:
+            given = len(getattr(self, f"{side}_layer_sparsity")) or self._given_layers.get(side, 0)
+            if given and given != num_layers:
                 raise ConfigError(
-                    f"kv.{side}_layer_sparsity has {len(layers)} entries but the model has {num_layers} layers"
+                    f"kv.{side}_layer_sparsity has {given} entries but the model has {num_layers} layers"
                 )
 
     @property

@@ -330,6 +330,10 @@ def peek_context_length(cfg: ModelConfig) -> int:
     return int(architectures.text_config(_peek_config(cfg)).max_position_embeddings)
 
 
+def peek_num_layers(cfg: ModelConfig) -> int:
+    return int(architectures.text_config(_peek_config(cfg)).num_hidden_layers)
+
+
 def peek_head_dim(cfg: ModelConfig) -> int:
     return architectures.head_dim(_peek_config(cfg))
 

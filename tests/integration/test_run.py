@@ -68,6 +68,9 @@ def test_experiments_compose_with_a_sweep():
         ("benchmark.tasks=[niah_single_1,bogus]", "unknown RULER task 'bogus'"),
         ("benchmark.n=0", "benchmark.n=0 must be an integer >= 1"),
         ("logger.mode=sometimes", "logger.mode='sometimes' is not allowed"),
+        # a uniform list runs as the uniform policy (one job id), but must still fit the tiny model's 2 layers
+        ("kv.k_layer_sparsity=[0.5,0.5,0.5]", "kv.k_layer_sparsity has 3 entries but the model has 2 layers"),
+        ("kv.v_layer_sparsity=[0.3,0.7,0.5]", "kv.v_layer_sparsity has 3 entries but the model has 2 layers"),
     ],
 )
 def test_bad_values_fail_before_model_work(override, message):
