@@ -157,7 +157,8 @@ def test_layer_lists_validate_and_set_the_mean():
     with pytest.raises(ConfigError, match="kv.k_layer_sparsity has 2 entries but the model has 3 layers"):
         MustafarCache(KVConfig(k_layer_sparsity=[0.5, 0.7]), num_layers=3)
     with pytest.raises(ConfigError, match="kv.v_layer_sparsity has 2 entries but the model has 3 layers"):
-        MustafarCache(KVConfig(v_layer_sparsity=[0.5, 0.5]), num_layers=3)  # uniform, so collapsed, still checked
+        # uniform, so it runs as the uniform policy, and is still checked
+        MustafarCache(KVConfig(v_layer_sparsity=[0.5, 0.5]), num_layers=3)
 
 
 def test_existing_job_ids_do_not_change_and_dense_ignores_the_allocation():
