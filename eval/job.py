@@ -33,6 +33,7 @@ from eval.rows import ResultRow, score_rows
 from eval.runner import GenerationStats, generate_task
 from mustafar import models
 from mustafar.architectures import compressed_refusal
+from mustafar.attention import check_keep_rules
 from mustafar.config import ConfigError, KVConfig
 
 git_sha()  # pin the code version when the job module is loaded, before any job runs
@@ -108,8 +109,10 @@ class Job:
             )
             if refusal:
                 raise ConfigError(refusal)
-        # before any skip: a finished job must not answer for a list that does not fit the model
+        # before any skip (a finished job must not answer for a policy that does not fit the model) and before the
+        # model loads
         policy.check_layers(models.peek_num_layers(model))
+        check_keep_rules(policy, models.peek_head_dim(model))
         registry.validate(cfg["benchmark"], models.peek_context_length(model))
         wandb_log.validate(cfg["logger"])
         sweep = str(cfg.get("sweep", "default"))

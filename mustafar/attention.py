@@ -27,7 +27,7 @@ from mustafar.cache import (
     nm_strided,
     word_quota,
 )
-from mustafar.config import KVConfig
+from mustafar.config import ConfigError, KVConfig
 from mustafar.pruning import Observation, exact_keep, scores
 from mustafar.pruning.keep import nm_whole_sparsities
 from mustafar.static_cache import StaticLayer
@@ -200,16 +200,16 @@ def new_cache(model: torch.nn.Module, policy) -> MustafarCache:
     return MustafarCache(policy, num_layers=text_config(model.config).num_hidden_layers)
 
 
-def _check_keep_rules(policy: KVConfig, model: torch.nn.Module) -> None:
-    """Refuse, before any token is pruned, a side whose keep rule does not fit the head dim: `word` needs whole
-    32-channel words, an N:M rule a whole count per group at every sparsity of that side."""
-    d = head_dim(model.config)
+def check_keep_rules(policy: KVConfig, d: int) -> None:
+    """Refuse a side whose keep rule does not fit head dim ``d``: `word` needs whole 32-channel words, an N:M rule
+    a whole count per group at every sparsity of that side. Called when a cache is bound to a model (before any
+    token is pruned) and by a job before it loads its model (the head dim read from the model's config)."""
     for side in ("k", "v"):
         rule, key = policy.side_keep_rule(side), policy.keep_rule_key(side)
         if rule == "word" and d % 32:
-            raise ValueError(
-                f"{key}='word' splits each token into 32-channel words, but {type(model).__name__} has "
-                f"head_dim={d}, not a multiple of 32; use {key.removeprefix('kv.')}=exact"
+            raise ConfigError(
+                f"{key}='word' splits each token into 32-channel words, but the model has head_dim={d}, not a "
+                f"multiple of 32; use {key.removeprefix('kv.')}=exact"
             )
         group = nm_group(policy, side)
         if not group:
@@ -217,7 +217,7 @@ def _check_keep_rules(policy: KVConfig, model: torch.nn.Module) -> None:
         for s in getattr(policy, f"{side}_layer_sparsity") or (getattr(policy, side).sparsity,):
             keep = exact_keep(d, s)
             if s > 0 and (d % group or (keep * group) % d):
-                raise ValueError(
+                raise ConfigError(
                     f"{key}={rule!r} keeps the same count in every {group}-channel group, but "
                     f"kv.{side} sparsity {s:g} keeps {keep} of head_dim={d} ({keep * group / d:g} per group); "
                     f"sparsities with whole groups: {nm_whole_sparsities(group)}"
@@ -273,7 +273,7 @@ def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCac
         refusal = compressed_refusal(model.config, type(model).__name__, str(model.device))
         if refusal:
             raise ValueError(refusal)
-    _check_keep_rules(cache.policy, model)
+    check_keep_rules(cache.policy, head_dim(model.config))
     _check_store_orders(cache.policy, model)
     previous = model.config._attn_implementation
     modules = attention_modules(model)

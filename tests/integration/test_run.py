@@ -71,10 +71,20 @@ def test_experiments_compose_with_a_sweep():
         # a uniform list runs as the uniform policy (one job id), but must still fit the tiny model's 2 layers
         ("kv.k_layer_sparsity=[0.5,0.5,0.5]", "kv.k_layer_sparsity has 3 entries but the model has 2 layers"),
         ("kv.v_layer_sparsity=[0.3,0.7,0.5]", "kv.v_layer_sparsity has 3 entries but the model has 2 layers"),
+        # keep rules against the head dim read from the model's config (tiny: 64)
+        (
+            "kv.k_sparsity=0.7 kv.keep_rule=nm4",
+            "kv.keep_rule='nm4' keeps the same count in every 4-channel group, but kv.k sparsity 0.7 keeps 19 of "
+            "head_dim=64 (1.1875 per group)",
+        ),
+        (
+            "kv.v_sparsity=0.7 kv.keep_rule=word model.architecture.head_dim=48 model.architecture.hidden_size=192",
+            "kv.keep_rule='word' splits each token into 32-channel words, but the model has head_dim=48",
+        ),
     ],
 )
 def test_bad_values_fail_before_model_work(override, message):
-    cfg = to_dict(composed(["model=tiny", "logger=wandb", override]))
+    cfg = to_dict(composed(["model=tiny", "logger=wandb", *override.split()]))
     cfg.pop("hydra", None)
     with pytest.raises(ValueError) as err:
         Job.from_config(cfg)
