@@ -10,6 +10,7 @@ Launch knobs (split count, tile size, warps) are chosen per shape inside :mod:`m
 from __future__ import annotations
 
 import importlib
+import math
 import sys
 
 import torch
@@ -152,6 +153,8 @@ def sparse_decode_attention(
     empty window gives NaN: that cannot be checked without reading the device).
     """
     _check_decode_inputs(q, k_store, v_store, k_window, v_window, out)
+    if not math.isfinite(scale):
+        raise ValueError(f"scale={scale!r} must be a finite number (the scores' factor, usually head_dim ** -0.5)")
     if resolve_backend(backend, q.device, q.shape[-1]) == "torch":
         ref = decode_attention_reference(q, k_store, v_store, k_window, v_window, scale)
         return ref if out is None else out.copy_(ref)

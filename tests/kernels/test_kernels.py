@@ -141,6 +141,8 @@ def test_bad_decode_input_raises():
         sparse_decode_attention(q, empty, empty, kw[:, :, :0], vw[:, :, :0], 0.1)
     with pytest.raises(ValueError, match="out must be"):
         sparse_decode_attention(q, ks, vs, kw, vw, 0.1, out=torch.empty(1, 2, 32, dtype=torch.float16))
+    with pytest.raises(ValueError, match="scale=nan must be a finite number"):
+        sparse_decode_attention(q, ks, vs, kw, vw, math.nan)
 
 
 def test_decoder_and_pack_choice_on_cpu():
