@@ -154,7 +154,9 @@ def sparse_decode_attention(
     """
     _check_decode_inputs(q, k_store, v_store, k_window, v_window, out)
     if not math.isfinite(scale):
-        raise ValueError(f"scale={scale!r} must be a finite number (the scores' factor, usually head_dim ** -0.5)")
+        raise ValueError(
+            f"scale={scale!r} must be a finite number (the scores' factor, usually head_dim ** -0.5)"
+        )
     if resolve_backend(backend, q.device, q.shape[-1]) == "torch":
         ref = decode_attention_reference(q, k_store, v_store, k_window, v_window, scale)
         return ref if out is None else out.copy_(ref)
