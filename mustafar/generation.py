@@ -68,6 +68,21 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device
     return Batch(ids, mask, pads)
 
 
+def _check_vocabulary(batch: Batch, vocab: int) -> None:
+    """Refuse token ids outside the embedding table, naming the prompt and id (or the pad id), where the embedding
+    lookup would fail with a bare index error (on a GPU, a device-side assert)."""
+    ids = batch.input_ids
+    if int(ids.min()) >= 0 and int(ids.max()) < vocab:
+        return
+    row, col = ((ids < 0) | (ids >= vocab)).nonzero()[0].tolist()
+    what = (
+        f"pad_id={int(ids[row, col])} is"
+        if col < batch.pads[row]
+        else f"prompt {row} holds token id {int(ids[row, col])}"
+    )
+    raise ValueError(f"{what} outside the model's vocabulary of {vocab} ids")
+
+
 def prefill(model: torch.nn.Module, cache: MustafarCache, batch: Batch) -> torch.Tensor:
     """Run the prompts through the (attached) cache; logits of each row's next token [B, V]."""
     out = model(
@@ -143,6 +158,7 @@ def generate(
 
     device = next(model.parameters()).device
     batch = left_pad(prompts, pad_id, device)
+    _check_vocabulary(batch, model.get_input_embeddings().num_embeddings)
     runner = None
     if cache is None:
         runner = _static_runner(model, policy, batch, max(budget), static)

@@ -127,6 +127,15 @@ def test_bad_arguments_are_named(tiny_llama):
         generate(tiny_llama, KVConfig(), [[1, 2]], [3, 4])
     with pytest.raises(ValueError, match="at least one token"):
         generate(tiny_llama, KVConfig(), [[1, 2], []], 3)
+    vocab = tiny_llama.get_input_embeddings().num_embeddings
+    with pytest.raises(
+        ValueError, match=f"prompt 1 holds token id {vocab} outside the model's vocabulary of {vocab}"
+    ):
+        generate(tiny_llama, KVConfig(), [[1, 2], [3, vocab, 4]], 3)
+    with pytest.raises(ValueError, match="prompt 0 holds token id -1 outside"):
+        generate(tiny_llama, KVConfig(), [[-1, 2]], 3)
+    with pytest.raises(ValueError, match=f"pad_id={vocab + 5} is outside"):
+        generate(tiny_llama, KVConfig(), [[1, 2], [3]], 3, pad_id=vocab + 5)
 
 
 def test_hf_generate_on_a_left_padded_batch_prunes_rows_as_if_alone(tiny_llama):
