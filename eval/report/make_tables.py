@@ -158,7 +158,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("sweeps", nargs="+", help="sweep names under --results (decode_speed: Table 14)")
     parser.add_argument("--results", type=Path, default=Path("results"))
     parser.add_argument("--out", type=Path, help="write each sweep's report to OUT/<sweep>/")
-    parser.add_argument("--experiment", help="table layout to use (default: the sweep name)")
+    parser.add_argument(
+        "--experiment", choices=sorted(CAPTIONS), help="table layout to use (default: the sweep name)"
+    )
     parser.add_argument("--per-task", action="store_true", help="LongBench: also the 16-task table")
     parser.add_argument("--no-noise", action="store_true", help="skip the CIs and paired tests (faster)")
     parser.add_argument("--wandb", choices=["offline", "online"], help="log a summary run per sweep")
@@ -166,15 +168,18 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logger = {"name": "wandb", "mode": args.wandb, "project": args.project} if args.wandb else None
     for sweep in tqdm(args.sweeps, desc="reports", disable=len(args.sweeps) < 2):
-        report = make_tables(
-            args.results,
-            sweep,
-            out_dir=args.out / sweep if args.out else None,
-            experiment=args.experiment,
-            per_task=args.per_task,
-            logger=logger,
-            noise=not args.no_noise,
-        )
+        try:
+            report = make_tables(
+                args.results,
+                sweep,
+                out_dir=args.out / sweep if args.out else None,
+                experiment=args.experiment,
+                per_task=args.per_task,
+                logger=logger,
+                noise=not args.no_noise,
+            )
+        except (FileNotFoundError, ValueError) as err:  # the user's input: one line, not a traceback
+            parser.exit(2, f"error: {err}\n")
         print(f"== {sweep}: {len(report.files)} files in {report.out_dir}")
         for name, table in report.tables.items():
             print(f"\n{name}\n{render.markdown(table, '').strip()}\n")

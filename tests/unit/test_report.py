@@ -229,3 +229,19 @@ def test_caption_names_each_sample_size_of_a_mixed_sweep():
     assert "n = 20–60 (each job's in its row) samples per task, 3 jobs" in _caption(
         group([20, 60, 20]), "x", "s"
     )
+
+
+def test_make_tables_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
+    """A sweep with no finished jobs and an unknown layout name: exit status 2 and a one-line error naming them."""
+    from eval.report.make_tables import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["nothing_here", "--results", str(tmp_path)])
+    assert exit_.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == f"error: no finished jobs under {tmp_path / 'nothing_here'} (run the sweep first)\n"
+    )
+    with pytest.raises(SystemExit) as exit_:
+        main(["nothing_here", "--results", str(tmp_path), "--experiment", "main_grd"])
+    assert exit_.value.code == 2 and "invalid choice: 'main_grd'" in capsys.readouterr().err
