@@ -95,4 +95,10 @@ def main(sweep: str, pairs: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2:])
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sweep", help="a sweep folder (its <job>/result.json or jobs/<job>.json)")
+    ap.add_argument("pairs", nargs="*", help='equal-byte pairs to compare, "A=B" by policy label')
+    args = ap.parse_args()
+    main(args.sweep, args.pairs)
