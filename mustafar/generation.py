@@ -72,9 +72,10 @@ def _check_vocabulary(batch: Batch, vocab: int) -> None:
     """Refuse token ids outside the embedding table, naming the prompt and id (or the pad id), where the embedding
     lookup would fail with a bare index error (on a GPU, a device-side assert)."""
     ids = batch.input_ids
-    if int(ids.min()) >= 0 and int(ids.max()) < vocab:
+    outside = (ids < 0) | (ids >= vocab)
+    if not outside.any():
         return
-    row, col = ((ids < 0) | (ids >= vocab)).nonzero()[0].tolist()
+    row, col = outside.nonzero()[0].tolist()
     what = (
         f"pad_id={int(ids[row, col])} is"
         if col < batch.pads[row]

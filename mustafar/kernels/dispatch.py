@@ -100,10 +100,15 @@ def _check_decode_inputs(
     v_store: CompressedStore,
     k_window: Tensor,
     v_window: Tensor,
+    scale: float,
     out: Tensor | None,
 ) -> None:
-    """Shapes, dtypes and layouts only: never a device value (a static store's length stays on the device, so
-    its emptiness and the K/V agreement of its counts are the caller's to keep)."""
+    """Shapes, dtypes, layouts and the scale only: never a device value (a static store's length stays on the
+    device, so its emptiness and the K/V agreement of its counts are the caller's to keep)."""
+    if not math.isfinite(scale):
+        raise ValueError(
+            f"scale={scale!r} must be a finite number (the scores' factor, usually head_dim ** -0.5)"
+        )
     if q.dim() != 3:
         raise ValueError(f"q must be [B, H_q, D], got shape {tuple(q.shape)}")
     b, hq, d = q.shape
@@ -152,11 +157,7 @@ def sparse_decode_attention(
     counts equal (the kernels attend to the smaller) and the attended set non-empty (an empty static store with an
     empty window gives NaN: that cannot be checked without reading the device).
     """
-    _check_decode_inputs(q, k_store, v_store, k_window, v_window, out)
-    if not math.isfinite(scale):
-        raise ValueError(
-            f"scale={scale!r} must be a finite number (the scores' factor, usually head_dim ** -0.5)"
-        )
+    _check_decode_inputs(q, k_store, v_store, k_window, v_window, scale, out)
     if resolve_backend(backend, q.device, q.shape[-1]) == "torch":
         ref = decode_attention_reference(q, k_store, v_store, k_window, v_window, scale)
         return ref if out is None else out.copy_(ref)
