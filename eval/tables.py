@@ -28,6 +28,7 @@ IDENTITY_FIELDS = (
     "model_path", "dtype", "device", "layers", "q_heads", "kv_heads", "head_dim", "max_length", "seed",
     "window", "keep_rule",
 )  # fmt: skip
+TABLE_WIDE = ("benchmark.tasks",)  # shown whenever it differs between any two jobs of a table
 HEADLINE = "avg"  # the summary column compared against dense
 NOISE_MARK = "≈"
 
@@ -50,14 +51,17 @@ def jobs_frame(rows: pd.DataFrame) -> pd.DataFrame:
 
 
 def distinguishing(jobs: pd.DataFrame) -> list[str]:
-    """Identity columns whose value differs between jobs that share a (model, label), then run_id if needed."""
+    """Identity columns whose value differs between jobs that share a (model, label), and the task list wherever
+    it differs (averages over other tasks are other numbers), then run_id if needed."""
     candidates = [*IDENTITY_FIELDS, *(c for c in jobs.columns if c.startswith("benchmark."))]
     shown = []
     for column in candidates:
         if column not in jobs:
             continue
         values = jobs[column].astype(str)
-        if (values.groupby([jobs["model"], jobs["label"]]).nunique() > 1).any():
+        if (values.groupby([jobs["model"], jobs["label"]]).nunique() > 1).any() or (
+            column in TABLE_WIDE and values.nunique() > 1
+        ):
             shown.append(column)
     keys = jobs[["model", "label", *shown]].astype(str)
     if keys.duplicated().any():
@@ -70,15 +74,20 @@ def _samples(rows: pd.DataFrame) -> dict[str, list[float]]:
     return {t: s for t, s in zip(tasks["task"], tasks["samples"]) if isinstance(s, list) and s}
 
 
-def _dense_partner(jobs: pd.DataFrame, run_id: str) -> str | None:
-    """The dense job asked the same prompts (mask mode preferred), or None."""
+def dense_jobs(jobs: pd.DataFrame) -> pd.Series:
+    """Which jobs keep the whole cache: nothing pruned and nothing evicted (a SnapKV-only job prunes nothing but is
+    no reference; `evict` is missing from rows written before eviction existed)."""
+    evict = jobs["evict"] if "evict" in jobs else pd.Series(None, index=jobs.index)
+    return (jobs["k_sparsity"] == 0) & (jobs["v_sparsity"] == 0) & (evict.isna() | (evict == "none"))
+
+
+def dense_partner(jobs: pd.DataFrame, run_id: str) -> str | None:
+    """The dense job (:func:`dense_jobs`) asked the same prompts (mask mode preferred), or None; ``jobs``
+    indexed by run_id."""
     job = jobs.loc[run_id]
-    same = jobs[
-        (jobs["samples_id"] == job["samples_id"])
-        & (jobs["k_sparsity"] == 0)
-        & (jobs["v_sparsity"] == 0)
-        & jobs["samples_id"].notna()
-    ]
+    if pd.isna(job["samples_id"]):
+        return None
+    same = jobs[(jobs["samples_id"] == job["samples_id"]) & dense_jobs(jobs)]
     same = same.sort_values("mode", key=lambda m: m != "mask", kind="stable")
     return None if same.empty or run_id in same.index else str(same.index[0])
 
@@ -99,7 +108,7 @@ def summary_frame(rows: pd.DataFrame) -> pd.DataFrame:
             mine = rows[rows["run_id"] == run_id]
             tasks = mine[mine["kind"] == "task"]
             summary = mine[mine["kind"] == "summary"]
-            partner = _dense_partner(part, run_id)
+            partner = dense_partner(part, run_id)
             for _, r in pd.concat([tasks, summary]).iterrows():
                 line = {
                     "bench": bench,
@@ -191,8 +200,11 @@ def _wide(part: pd.DataFrame, current: str | None) -> pd.DataFrame:
         line["V sparsity"] = _num(first["v_sparsity_measured"], 3)
         lines.append(line)
     wide = pd.DataFrame(lines).fillna("")
+    scores = [*dict.fromkeys(part.loc[part["kind"] == "task", "column"]), *dict.fromkeys(
+        part.loc[part["kind"] != "task", "column"])]  # fmt: skip
     tail = [c for c in ("n", f"Δ {HEADLINE} vs dense", "K sparsity", "V sparsity") if c in wide]
-    return wide[[c for c in wide.columns if c not in tail] + tail]
+    head = [c for c in wide.columns if c not in tail and c not in scores]
+    return wide[head + [c for c in scores if c in wide] + tail]
 
 
 def display_value(value: object) -> object:

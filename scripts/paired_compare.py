@@ -16,19 +16,28 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from eval.stats import paired_test  # noqa: E402
 
 
-def task_samples(path: Path) -> tuple[str, dict[str, list[float]]]:
-    """(policy label, {task: per-sample scores}) of one result.json."""
-    rows = [r for r in json.loads(path.read_text())["rows"] if r.get("kind") == "task"]
+def task_samples(path: Path) -> tuple[str, str | None, dict[str, list[float]]]:
+    """(policy label, samples_id, {task: per-sample scores}) of one result.json; LongBench-E's length-bucket rows
+    (metric ``<name>@<bucket>``) are parts of a task, not tasks."""
+    rows = [
+        r
+        for r in json.loads(path.read_text())["rows"]
+        if r.get("kind") == "task" and "@" not in str(r.get("metric", ""))
+    ]
     if not rows:
         raise SystemExit(f"{path}: no task rows (is it a finished job's result.json?)")
-    return rows[0]["policy"], {r["task"]: r["samples"] for r in rows}
+    return rows[0]["policy"], rows[0].get("samples_id"), {r["task"]: r["samples"] for r in rows}
 
 
 def main(argv: list[str]) -> None:
     if len(argv) < 2 or len(argv) % 2:
         raise SystemExit(__doc__)
     for a, b in zip(argv[::2], argv[1::2]):
-        (la, sa), (lb, sb) = task_samples(Path(a)), task_samples(Path(b))
+        (la, ia, sa), (lb, ib, sb) = task_samples(Path(a)), task_samples(Path(b))
+        if ia != ib:
+            raise SystemExit(
+                f"error: {a} and {b} were not asked the same prompts (samples_id {ia} vs {ib}): no paired test"
+            )
         p = paired_test(sa, sb)
         print(f"{la} − {lb}: {p.diff:+.2f} [{p.low:+.2f}, {p.high:+.2f}], p = {p.p_value:.3f}, n = {p.n}")
 

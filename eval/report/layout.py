@@ -20,8 +20,8 @@ from eval.averages import weights
 from eval.report import paper, policies
 from eval.report.kv_size import kv_fraction
 from eval.report.samples import sample_scores
-from eval.rows import benchmark_columns, frame
-from eval.tables import display_value, distinguishing
+from eval.rows import benchmark_columns, exact_score, frame
+from eval.tables import dense_partner, display_value, distinguishing
 
 JOB_FIELDS = [
     "run_id",
@@ -40,6 +40,7 @@ JOB_FIELDS = [
     "keep_rule",
     "policy",
     *policies.KEY_FIELDS,
+    *(f for f in policies.VARIANT_FIELDS if f not in ("keep_rule", "value_dtype")),
     "k_sparsity_measured",
     "v_sparsity_measured",
     "kv_bytes",
@@ -61,6 +62,12 @@ class Group:
     tasks: list[str]
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # {run_id: {task: per-sample}}
     shown: list[str] = field(default_factory=list)  # identity columns that tell apart jobs sharing a label
+    exact: pd.DataFrame | None = None  # unrounded task scores (run_id x task), where the averages come from
+
+    def mean(self, run_id: str, weights: dict[str, float]) -> float:
+        """A weighted mean of one job's unrounded task scores (its rounded ones when none are stored)."""
+        scores = self.exact if self.exact is not None else self.jobs.set_index("run_id")
+        return sum(w * scores.loc[run_id, t] for t, w in weights.items())
 
     @property
     def benchmark(self) -> str:
@@ -83,17 +90,11 @@ class Group:
 
     def versus_dense(self, run_id: str) -> stats.Paired | None:
         """Paired test of the Average against the dense job that saw the same prompts (mask mode preferred)."""
-        jobs = self.jobs.set_index("run_id")
-        job = jobs.loc[run_id]
-        if pd.isna(job["samples_id"]):
-            return None
-        dense = jobs[
-            (jobs["samples_id"] == job["samples_id"]) & (jobs["k_sparsity"] == 0) & (jobs["v_sparsity"] == 0)
-        ].sort_values("mode", key=lambda m: m != "mask", kind="stable")
-        if dense.empty or run_id in dense.index:
+        partner = dense_partner(self.jobs.set_index("run_id"), run_id)
+        if partner is None:
             return None
         w = self.average_weights()
-        a, b = self.samples.get(run_id, {}), self.samples.get(str(dense.index[0]), {})
+        a, b = self.samples.get(run_id, {}), self.samples.get(partner, {})
         if not all(a.get(t) and b.get(t) for t in w):
             return None
         try:
@@ -132,14 +133,14 @@ def groups(rows: pd.DataFrame, sweep_dir: Path | None = None, noise: bool = True
     for (model, bench), part in tasks_rows.groupby(["model", "bench"], sort=False):
         tasks = list(dict.fromkeys(part["task"]))
         scores = part.pivot_table(index="run_id", columns="task", values="value", aggfunc="first")[tasks]
+        unrounded = part.assign(value=[exact_score(v, s) for v, s in zip(part["value"], part["samples"])])
+        exact = unrounded.pivot_table(index="run_id", columns="task", values="value", aggfunc="first")[tasks]
         bench_fields = [c for c in part.columns if c.startswith("benchmark.")]
         jobs = part.groupby("run_id", sort=False)[[*JOB_FIELDS[1:], *bench_fields]].first()
         jobs["n"] = part.groupby("run_id")["n"].min()
         jobs = jobs.join(scores)
-        group = Group(str(model), str(bench), jobs, tasks)
-        jobs[AVERAGE] = [
-            sum(w * job[t] for t, w in group.average_weights().items()) for _, job in jobs.iterrows()
-        ]
+        group = Group(str(model), str(bench), jobs, tasks, exact=exact)
+        jobs[AVERAGE] = [group.mean(run_id, group.average_weights()) for run_id in jobs.index]
         jobs["key"] = [policies.policy_key(r) for _, r in jobs.iterrows()]
         fractions = [kv_fraction(r) for _, r in jobs.iterrows()]
         jobs["kv_fraction"] = [f for f, _ in fractions]
@@ -206,7 +207,12 @@ def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.
         record = {"policy": job["label"], **{c: _text(job[c]) for c in group.shown}}
         record |= {"method": policies.family(job["key"]), "K": job["k_sparsity"], "V": job["v_sparsity"]}
         for column, tasks in [*columns.items(), (AVERAGE, list(group.average_weights()))]:
-            record[column] = job[AVERAGE] if column == AVERAGE else job[tasks].mean()
+            if column == AVERAGE:
+                record[column] = job[AVERAGE]
+            else:  # one task: its reported score; a category: the mean of the unrounded ones
+                record[column] = (
+                    job[tasks[0]] if len(tasks) == 1 else group.mean(job["run_id"], _equal(tasks))
+                )
             if noise:
                 record[f"{column} lo"], record[f"{column} hi"] = group.ci(job["run_id"], tasks)
         if noise:
@@ -243,6 +249,10 @@ def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.
     table = pd.DataFrame(records)
     numeric = [c for c in table if c.endswith((" lo", " hi")) or c in (*columns, AVERAGE, VERSUS, "p")]
     return table.astype({c: float for c in numeric})
+
+
+def _equal(tasks: list[str]) -> dict[str, float]:
+    return {t: 1 / len(tasks) for t in tasks}
 
 
 def _text(value: object) -> str:

@@ -10,7 +10,7 @@ from .common_words import CweGenerator
 from .essays import EssayCorpus, load_essays, sentence_splitter
 from .freq_words import FweGenerator
 from .generate import GenContext, PromptWrapper, TaskGenerator
-from .metrics import METRICS, metric_name, postprocess
+from .metrics import METRICS, metric_name, postprocess, sample_scores
 from .niah import NIAH_TASKS, NiahGenerator
 from .qa import QA_TASKS, QaData, QaGenerator, load_qa
 from .variable_tracking import VtGenerator
@@ -116,7 +116,7 @@ class RulerBenchmark(Benchmark):
         preds = [postprocess(p["pred"]) for p in predictions]
         refs = [list(p["answers"]) for p in predictions]
         metric = metric_name(task)
-        per_sample = [METRICS[metric]([p], [r]) for p, r in zip(preds, refs)]
+        per_sample = sample_scores(metric, preds, refs)
         return [Score(task, metric, METRICS[metric](preds, refs), len(preds), per_sample)]
 
     def provenance(self) -> dict[str, Any]:

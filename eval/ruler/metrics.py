@@ -22,18 +22,33 @@ def _check(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> None:
         raise ValueError("every sample needs at least one reference answer")
 
 
+def _match_all(pred: str, refs: Sequence[str]) -> float:
+    return sum(r.lower() in pred.lower() for r in refs) / len(refs)
+
+
+def _match_part(pred: str, refs: Sequence[str]) -> float:
+    return max(float(r.lower() in pred.lower()) for r in refs)
+
+
 def string_match_all(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
-    """Mean over samples of the fraction of references contained in the prediction, x100, rounded to 2."""
+    """Mean over samples of the fraction of references contained in the prediction, x100, rounded to 2 (in
+    RULER's order, mean then x100, so ties round as its scores do)."""
     _check(preds, refs)
-    per_sample = [sum(r.lower() in p.lower() for r in rs) / len(rs) for p, rs in zip(preds, refs)]
-    return round(100 * sum(per_sample) / len(per_sample), 2)
+    return round(sum(_match_all(p, rs) for p, rs in zip(preds, refs)) / len(preds) * 100, 2)
 
 
 def string_match_part(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> float:
     """Mean over samples of whether any reference is contained in the prediction, x100, rounded to 2."""
     _check(preds, refs)
-    per_sample = [max(float(r.lower() in p.lower()) for r in rs) for p, rs in zip(preds, refs)]
-    return round(100 * sum(per_sample) / len(per_sample), 2)
+    return round(sum(_match_part(p, rs) for p, rs in zip(preds, refs)) / len(preds) * 100, 2)
+
+
+def sample_scores(metric: str, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> list[float]:
+    """Each sample's score x100, unrounded (1/3 of the references is 33.33…): what CIs, paired tests and the
+    averages are computed from."""
+    _check(preds, refs)
+    one = {"string_match_all": _match_all, "string_match_part": _match_part}[metric]
+    return [100 * one(p, rs) for p, rs in zip(preds, refs)]
 
 
 METRICS = {"string_match_all": string_match_all, "string_match_part": string_match_part}

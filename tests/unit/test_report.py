@@ -17,6 +17,7 @@ from eval.report.make_tables import make_tables
 from eval.report.policies import policy_key
 from eval.results import SCHEMA_VERSION
 from tests.unit.fake_results import fake_job
+from tests.unit.script_module import load_script
 
 ROOT = Path(__file__).resolve().parents[2]
 GRID = {r["name"]: r for r in paper.table_rows("main_grid")}
@@ -99,6 +100,29 @@ def test_longbench_categories_and_paper_side_by_side(llama3_key_sweep):
     ]  # fmt: skip
     per_task = report.tables["key_pruning_llama3_longbench_per_task"]
     assert per_task.loc[0, "narrativeqa"] == 23.39 and per_task.loc[1, "narrativeqa"] == 23.39
+
+
+def test_variants_of_a_paper_policy_get_neither_its_paper_row_nor_its_family(llama3_key_sweep):
+    """SnapKV alone is not Dense, and fp8 values or N:M groups are not the paper's plain per-token magnitude
+    pruning: no paper row under them, no shared plot line, and Δ vs dense against the real dense job."""
+    sweep = llama3_key_sweep / "key_pruning"
+    tasks = {k: v for k, v in GRID["K0.5 V0.0"]["values"].items() if k != "Average"}
+    _longbench_job(sweep, "snapkv840", {"evict": "snapkv", "token_budget": 840}, tasks)
+    _longbench_job(sweep, "K0.5 fp8", {"k_sparsity": 0.5, "value_dtype": "fp8"}, tasks)
+    _longbench_job(sweep, "K0.5 nm4", {"k_sparsity": 0.5, "keep_rule": "nm4"}, tasks)
+    _longbench_job(sweep, "K0.5 ref", {"k_sparsity": 0.5, "keep_rule": "reference"}, tasks)
+    table = make_tables(llama3_key_sweep, "key_pruning").tables["key_pruning_llama3_longbench"]
+    ours = table[table["source"] == "ours"].set_index("policy")
+    assert ours.loc["snapkv840", "method"] == "snapkv840"
+    assert ours.loc["K0.5 fp8", "method"] == "K Magnitude (per-token), fp8"
+    assert ours.loc["K0.5 nm4", "method"] == "K Magnitude (per-token), nm4"
+    assert (
+        ours.loc["K0.5 ref", "method"] == "K Magnitude (per-token)"
+    )  # the published code's counts: same rule
+    source, policy = list(table["source"]), list(table["policy"])
+    assert [p for p, s, nxt in zip(policy, source, [*source[1:], None]) if s == "ours" and nxt == "paper"] == [
+        "Dense", "ThinK0.5", "K0.5 V0.0", "K0.5 ref", "ThinK0.7", "K0.7 V0.0"
+    ]  # fmt: skip
 
 
 def test_kv_size_closed_forms_and_measured_bytes():
@@ -245,3 +269,27 @@ def test_make_tables_cli_refuses_bad_input_in_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["nothing_here", "--results", str(tmp_path), "--experiment", "main_grd"])
     assert exit_.value.code == 2 and "invalid choice: 'main_grd'" in capsys.readouterr().err
+
+
+def test_paired_compare_script_pairs_whole_tasks_of_the_same_prompts(tmp_path, capsys):
+    """scripts/paired_compare.py: a LongBench-E length bucket (metric name@bucket, same task name) is part of a task,
+    never its samples; jobs asked different prompts are refused, not paired."""
+    paired_compare = load_script("paired_compare")
+
+    def job(name: str, overall: list[float], bucket: list[float], samples_id: str = "p1") -> Path:
+        base = {"kind": "task", "task": "hotpotqa", "policy": name, "samples_id": samples_id}
+        rows = [
+            {**base, "metric": "qa_f1_score", "samples": overall},
+            {**base, "metric": "qa_f1_score@8k+", "samples": bucket},
+        ]
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"rows": rows}))
+        return path
+
+    dense, pruned = job("dense", [50.0] * 4, [50.0, 50.0]), job("K0.5", [0.0] * 4, [50.0, 50.0])
+    paired_compare.main([str(pruned), str(dense)])
+    out = capsys.readouterr().out
+    assert out.startswith("K0.5 − dense: -50.00 [") and out.rstrip().endswith("n = 4")
+    other = job("K0.7", [0.0] * 4, [0.0, 0.0], samples_id="p2")
+    with pytest.raises(SystemExit, match="not asked the same prompts"):
+        paired_compare.main([str(other), str(dense)])

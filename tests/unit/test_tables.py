@@ -73,3 +73,31 @@ def test_delta_within_noise_is_marked_and_other_prompts_are_not_paired(tmp_path)
     assert avg.loc["k5", "within_noise"] and pd.isna(avg.loc["k5b", "delta"])
     row = next(line for line in render(table).splitlines() if "K0.5" in line and "| 42 " in line)
     assert "+0.00" in row and "≈" in row
+
+
+def test_an_eviction_only_job_is_not_the_dense_reference(tmp_path):
+    """A SnapKV job prunes nothing (k = v = 0) but drops tokens: it gets its own Δ against the real dense job, and
+    with no dense job in the sweep nobody is paired against it."""
+    fake_job(
+        tmp_path, "snap", {"vt": [100.0, 0.0, 0.0, 0.0]}, evict="snapkv", token_budget=840, policy="snapkv840"
+    )
+    fake_job(tmp_path, "k5", {"vt": [100.0, 100.0, 0.0, 0.0]}, k_sparsity=0.5, policy="K0.5")
+    alone = write_summary(tmp_path)
+    assert "delta" not in alone  # no job was paired
+    fake_job(tmp_path, "dense", {"vt": [100.0, 100.0, 100.0, 0.0]})
+    avg = write_summary(tmp_path).query("column == 'avg'").set_index("run_id")
+    assert avg.loc["snap", "dense_run_id"] == "dense" and avg.loc["snap", "delta"] == pytest.approx(-50.0)
+    assert avg.loc["k5", "dense_run_id"] == "dense" and avg.loc["k5", "delta"] == pytest.approx(-25.0)
+
+
+def test_jobs_over_other_task_lists_show_them_and_tasks_precede_averages(tmp_path):
+    """An average over other tasks is another number: the task list becomes a column wherever it differs in a
+    table, and every task column comes before the averages whichever job ran which tasks."""
+    fake_job(tmp_path, "dense", {"vt": [100.0, 100.0]})
+    fake_job(tmp_path, "k5", {"vt": [100.0, 100.0], "cwe": [0.0, 0.0]}, k_sparsity=0.5, policy="K0.5")
+    header = next(
+        line for line in render(write_summary(tmp_path)).splitlines() if line.startswith("| policy")
+    )
+    columns = [c.strip() for c in header.strip("|").split("|")]
+    assert "benchmark.tasks" in columns
+    assert columns.index("vt") < columns.index("cwe") < columns.index("avg")
