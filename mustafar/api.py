@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -23,8 +23,15 @@ def prune(model: torch.nn.Module, policy: KVConfig | None = None, **fields: Any)
     """
     if policy is not None and fields:
         raise TypeError("give mustafar.prune either a KVConfig or its fields, not both")
-    if policy is None:
+    if isinstance(policy, Mapping):
+        policy = KVConfig.from_mapping(policy)
+    elif policy is None:
         policy = KVConfig.from_mapping(fields)
+    elif not isinstance(policy, KVConfig):
+        raise TypeError(
+            f"mustafar.prune takes a KVConfig, a mapping of its fields or the fields as keywords, got "
+            f"{type(policy).__name__} {policy!r}"
+        )
     cache = new_cache(model, policy)
     with attach(model, cache):
         yield cache

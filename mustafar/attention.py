@@ -8,6 +8,7 @@ attention, as in the paper. transformers never passes the cache to attention fun
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -27,9 +28,9 @@ from mustafar.cache import (
     nm_strided,
     word_quota,
 )
-from mustafar.config import ConfigError, KVConfig
+from mustafar.config import CHANNEL_GROUP, ConfigError, KVConfig
 from mustafar.pruning import Observation, exact_keep, scores
-from mustafar.pruning.keep import nm_whole_sparsities
+from mustafar.pruning.keep import nm_whole_sparsities, reference_think_keep, reference_topk_keep
 from mustafar.static_cache import StaticLayer
 
 ATTN_NAME = "mustafar"
@@ -205,6 +206,7 @@ def check_keep_rules(policy: KVConfig, d: int) -> None:
     a whole count per group at every sparsity of that side. Called when a cache is bound to a model (before any
     token is pruned) and by a job before it loads its model (the head dim read from the model's config)."""
     for side in ("k", "v"):
+        _check_keeps_one(policy, side, d)
         rule, key = policy.side_keep_rule(side), policy.keep_rule_key(side)
         if rule == "word" and d % 32:
             raise ConfigError(
@@ -222,6 +224,30 @@ def check_keep_rules(policy: KVConfig, d: int) -> None:
                     f"kv.{side} sparsity {s:g} keeps {keep} of head_dim={d} ({keep * group / d:g} per group); "
                     f"sparsities with whole groups: {nm_whole_sparsities(group)}"
                 )
+
+
+def _check_keeps_one(policy: KVConfig, side: str, d: int) -> None:
+    """Refuse a sparsity so close to 1 that its rule keeps nothing of what it ranks (a token's head_dim entries,
+    ThinK's channels, a channel's 32-token group): mask mode would zero the side whole, compressed mode cannot
+    store a token."""
+    rule, keep_rule = getattr(policy, side), policy.side_keep_rule(side)
+    if not rule.active:
+        return
+    per_channel = rule.direction == "channel" and rule.scorer != "think"
+    n = CHANNEL_GROUP if per_channel else d
+    if keep_rule == "reference":
+        count, largest = (
+            (reference_think_keep, 1.0) if rule.scorer == "think" else (reference_topk_keep, 1 - 1 / n)
+        )
+    else:
+        count, largest = exact_keep, 1 - 0.5 / n
+    unit = f"each channel's {n}-token group" if per_channel else f"head_dim={d}"
+    for s in getattr(policy, f"{side}_layer_sparsity") or (rule.sparsity,):
+        if count(n, s) < 1:
+            raise ConfigError(
+                f"kv.{side}_sparsity={s:g} keeps {count(n, s)} of {unit} under {policy.keep_rule_key(side)}="
+                f"{keep_rule!r}: nothing would be kept; use a sparsity of at most {math.floor(largest * 1e4) / 1e4:g}"
+            )
 
 
 def _check_store_orders(policy: KVConfig, model: torch.nn.Module) -> None:

@@ -335,20 +335,44 @@ class CompressedLayer(MustafarLayer):
         return getattr(self.stores["k"], attr) + getattr(self.stores["v"], attr) + tail
 
     def row_payload_nbytes(self, b: int, pad: int) -> int:
-        """`nbytes(payload=True)` of row `b` alone: its stored real tokens (bitmap popcount) and dense tail."""
+        """`nbytes(payload=True)` of row `b` alone: its stored real tokens (bitmap popcount), the tokens it has
+        decided on both sides that the batch still holds in the tail (alone, they would be stored), and the rest
+        of its tail dense."""
+        waiting, kept = self._row_waiting(b, pad)
         total = 0
-        for store in self.stores.values():
+        for side, store in self.stores.items():
             tokens = max(0, store.length - pad)
             if store.fixed:
-                total += store.heads * tokens * store.token_nbytes
+                total += store.heads * (tokens + waiting) * store.token_nbytes
                 continue
             bits = store.bits[b, :, store.length - tokens : store.length]
-            nnz = int(unpack_bitmap(bits, store.head_dim).sum())
-            total += store.heads * tokens * variable_token_nbytes(store.head_dim, 0, store.itemsize)
+            nnz = int(unpack_bitmap(bits, store.head_dim).sum()) + kept.get(side, 0)
+            total += (
+                store.heads * (tokens + waiting) * variable_token_nbytes(store.head_dim, 0, store.itemsize)
+            )
             total += nnz * store.itemsize
         _, h, t, d = self.keys.shape
-        tail_tokens = min(t, t + self.stored - pad)
+        tail_tokens = min(t, t + self.stored - pad) - waiting
         return total + 2 * h * tail_tokens * d * self.keys.element_size()
+
+    def _row_waiting(self, b: int, pad: int) -> tuple[int, dict[str, int]]:
+        """Row `b`'s real tokens that it has decided on both sides but the batch keeps in the tail, and each side's
+        kept entries among them. Rules that start each row's groups at its own first token (`RowPruner`) release a
+        column only once every row has decided it; one pruner for the whole batch decides every row alike."""
+        masks = {}
+        for side in ("k", "v"):
+            pruner = self.pruners[side]
+            if not isinstance(pruner, RowPruner) or pruner.decided is None:
+                return 0, {}
+            # the tail's columns from the first unstored one: released and waiting for the other side, then
+            # decided by this row alone
+            chunks = [m[b : b + 1] for _, m in self.pending[side]] + pruner.decided[b]
+            masks[side] = torch.cat(chunks, dim=2)
+        ready = min(m.shape[2] for m in masks.values())
+        first = max(0, pad - self.stored)  # the row's pads are no tokens of it
+        if ready <= first:
+            return 0, {}
+        return ready - first, {side: int(m[:, :, first:ready].sum()) for side, m in masks.items()}
 
 
 @dataclass
@@ -397,6 +421,10 @@ class MustafarCache(Cache):
     """A `Cache` of pruning layers for `model.generate(past_key_values=...)`; attach it with `mustafar.attach` (or use `mustafar.prune`)."""
 
     def __init__(self, policy: KVConfig, num_layers: int):
+        if not isinstance(policy, KVConfig):
+            raise TypeError(
+                f"a MustafarCache takes a KVConfig as its policy, got {type(policy).__name__} {policy!r}"
+            )
         policy.check_layers(num_layers)
         layer_cls = MaskedLayer if policy.mode == "mask" else CompressedLayer
         super().__init__(layers=[layer_cls(policy, i) for i in range(num_layers)])

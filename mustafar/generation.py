@@ -20,7 +20,8 @@ per-row statistics equal the dynamic path. The cache reaches the model under the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -119,14 +120,64 @@ def decode_step(
     return out.logits[:, -1]
 
 
+def _integer(value: object) -> int | None:
+    """``value`` as a Python int when it is an integer of any kind (numpy, a 0-d tensor), else None."""
+    if isinstance(value, bool) or (isinstance(value, torch.Tensor) and value.dim()):
+        return None
+    try:
+        return operator.index(value)
+    except TypeError:
+        return None
+
+
 def _per_row(value: int | Sequence[int], n: int, name: str) -> list[int]:
-    values = [value] * n if isinstance(value, int) else list(value)
+    one = _integer(value)
+    if one is not None:
+        values = [one] * n
+    elif isinstance(value, Iterable) and not isinstance(value, str | bytes):
+        values = [_integer(v) if _integer(v) is not None else v for v in value]
+    else:
+        raise ValueError(f"{name}={value!r} must be an integer >= 0 or one per prompt")
     if len(values) != n:
         raise ValueError(f"{name} has {len(values)} entries for {n} prompts")
-    bad = [v for v in values if isinstance(v, bool) or not isinstance(v, int) or v < 0]
+    bad = [v for v in values if not isinstance(v, int) or isinstance(v, bool) or v < 0]
     if bad:
         raise ValueError(f"{name}={bad[0]!r} must be an integer >= 0")
     return values
+
+
+def _id_set(ids: object, what: str) -> set[int]:
+    """A collection of token ids as ints (numpy or tensor ids included); anything else named in the error (a
+    tokenizer without an EOS id gives None)."""
+    if isinstance(ids, torch.Tensor):
+        ids = ids.reshape(-1).tolist()
+    if not isinstance(ids, Iterable) or isinstance(ids, str | bytes):
+        raise ValueError(f"{what}={ids!r} must be a collection of token ids")
+    out = set()
+    for i in ids:
+        value = _integer(i)
+        if value is None:
+            raise ValueError(f"{what} holds {i!r}, not a token id (a tokenizer without an EOS id gives None)")
+        out.add(value)
+    return out
+
+
+def _stop_sets(stop_ids: object, n: int) -> list[set[int]]:
+    """One set of stop ids per prompt, from one id, one collection shared by every prompt, or one per prompt."""
+    if stop_ids is None or isinstance(stop_ids, str | bytes):
+        raise ValueError(
+            f"stop_ids={stop_ids!r} must be token ids: one, a collection, or one collection per prompt"
+        )
+    if _integer(stop_ids) is not None:
+        return [{_integer(stop_ids)}] * n
+    if not isinstance(stop_ids, Iterable) or (isinstance(stop_ids, torch.Tensor) and stop_ids.dim() < 2):
+        return [_id_set(stop_ids, "stop_ids")] * n
+    items = list(stop_ids)  # a 2-d tensor or array: one row of ids per prompt
+    if all(_integer(i) is not None or i is None for i in items):
+        return [_id_set(items, "stop_ids")] * n
+    if len(items) != n:
+        raise ValueError(f"stop_ids has {len(items)} entries for {n} prompts")
+    return [_id_set(s, f"stop_ids[{b}]") for b, s in enumerate(items)]
 
 
 @torch.inference_mode()
@@ -149,13 +200,12 @@ def generate(
     `static`: decode through a static cache (CUDA graphs on a GPU); None picks it on CUDA when the policy and
     model allow it, True falls back to the dynamic cache (said once) where they do not.
     """
+    if not isinstance(policy, KVConfig):
+        raise TypeError(f"generate takes a KVConfig as its policy, got {type(policy).__name__} {policy!r}")
     n = len(prompts)
     budget = _per_row(max_new_tokens, n, "max_new_tokens")
     minimum = _per_row(min_new_tokens, n, "min_new_tokens")
-    shared = len(stop_ids) == 0 or isinstance(next(iter(stop_ids)), int)
-    stops = [set(stop_ids)] * n if shared else [set(s) for s in stop_ids]
-    if len(stops) != n:
-        raise ValueError(f"stop_ids has {len(stops)} entries for {n} prompts")
+    stops = _stop_sets(stop_ids, n)
 
     device = next(model.parameters()).device
     batch = left_pad(prompts, pad_id, device)

@@ -555,10 +555,14 @@ class StaticCompressedLayer(StaticLayer):
         return max(0, self.host_length - self.policy.window - pad)
 
     def row_payload_nbytes(self, row: int) -> int:
-        """Row `row`'s stored tokens (fixed layout) and its share of the ring."""
+        """Row `row`'s stored tokens (fixed layout) and its real tokens in the window, dense: the ring's spare
+        slot holds a token already stored, and a short row's empty slots hold nothing (as the dynamic cache's tail)."""
         tokens = self.row_tokens(row)
         stores = sum(st.heads * tokens * st.token_nbytes for st in self.stores.values())
-        return stores + self.ring_k.numel() * self.ring_k.element_size() * 2 // self.batch
+        pad = self.pads[row] if self.pads else 0
+        live = min(self.policy.window, max(0, self.host_length - pad))
+        _, h, _, d = self.ring_k.shape
+        return stores + 2 * h * live * d * self.ring_k.element_size()
 
     def nbytes(self, payload: bool = False) -> int:
         if payload:

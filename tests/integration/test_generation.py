@@ -3,6 +3,7 @@ sample alone (tokens, measured sparsity, the pruned cache itself) for every poli
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -77,7 +78,13 @@ POLICIES = {
 }  # fmt: skip
 CASES = [(name, "mask") for name in POLICIES] + [
     (name, "compressed")
-    for name in ("token-magnitude", "token-reference-rule-w0", "channel-output-aware-w0", "think-k")
+    for name in (
+        "token-magnitude",
+        "token-reference-rule-w0",
+        "channel-magnitude",
+        "channel-output-aware-w0",
+        "think-k",
+    )
 ]
 
 
@@ -136,6 +143,32 @@ def test_bad_arguments_are_named(tiny_llama):
         generate(tiny_llama, KVConfig(), [[-1, 2]], 3)
     with pytest.raises(ValueError, match=f"pad_id={vocab + 5} is outside"):
         generate(tiny_llama, KVConfig(), [[1, 2], [3]], 3, pad_id=vocab + 5)
+    with pytest.raises(ValueError, match="max_new_tokens=2.0 must be an integer >= 0"):
+        generate(tiny_llama, KVConfig(), [[1, 2]], 2.0)
+    with pytest.raises(ValueError, match="stop_ids holds None, not a token id"):
+        generate(tiny_llama, KVConfig(), [[1, 2]], 2, stop_ids=[None])  # a tokenizer without an EOS id
+    with pytest.raises(ValueError, match="stop_ids=None must be token ids"):
+        generate(tiny_llama, KVConfig(), [[1, 2]], 2, stop_ids=None)
+    with pytest.raises(TypeError, match="generate takes a KVConfig as its policy, got dict"):
+        generate(tiny_llama, {"k_sparsity": 0.5}, [[1, 2]], 2)
+
+
+def test_integer_arguments_of_any_kind_mean_the_same(tiny_llama):
+    """numpy and tensor integers, one stop id, a tensor of stop ids, a 2-d array of one row per prompt: the same
+    tokens as plain ints (stop at the second generated token's id)."""
+    ps = prompts()[:2]
+    first = generate(tiny_llama, KVConfig(), ps, 6)
+    stop = first[0].tokens[1]
+    want = [o.tokens for o in generate(tiny_llama, KVConfig(), ps, [6, 6], stop_ids=[stop])]
+    assert want[0] == first[0].tokens[: first[0].tokens.index(stop) + 1] and len(want[0]) < 6
+    for budget, stops in [
+        (np.int64(6), np.array([stop])),
+        (torch.tensor(6), torch.tensor([stop])),
+        ([np.int64(6), 6], stop),
+        (6, np.array([[stop], [stop]])),
+        (6, [[stop], [np.int64(stop)]]),
+    ]:
+        assert [o.tokens for o in generate(tiny_llama, KVConfig(), ps, budget, stop_ids=stops)] == want
 
 
 def test_hf_generate_on_a_left_padded_batch_prunes_rows_as_if_alone(tiny_llama):

@@ -76,3 +76,20 @@ def test_prune_rejects_bad_fields(tiny_llama):
     with pytest.raises(ConfigError, match="unknown kv key"):
         with mustafar.prune(tiny_llama, sparsity=0.5):
             pass
+
+
+def test_prune_takes_a_policy_a_mapping_or_keywords_and_names_anything_else(tiny_llama):
+    """The three spellings of a policy give the same cache policy; a bare number or a string is refused naming
+    its type, before anything is attached."""
+    spellings = [mustafar.KVConfig(k_sparsity=0.5), {"k_sparsity": 0.5}]
+    policies = []
+    for spelling in spellings:
+        with mustafar.prune(tiny_llama, spelling) as cache:
+            policies.append(cache.policy)
+    with mustafar.prune(tiny_llama, k_sparsity=0.5) as cache:
+        policies.append(cache.policy)
+    assert policies[0] == policies[1] == policies[2]
+    for bad in (0.5, "k50v50"):
+        with pytest.raises(TypeError, match=f"got {type(bad).__name__}"):
+            with mustafar.prune(tiny_llama, bad):
+                pass

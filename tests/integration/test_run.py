@@ -81,6 +81,17 @@ def test_experiments_compose_with_a_sweep():
             "kv.v_sparsity=0.7 kv.keep_rule=word model.architecture.head_dim=48 model.architecture.hidden_size=192",
             "kv.keep_rule='word' splits each token into 32-channel words, but the model has head_dim=48",
         ),
+        # a sparsity whose rule keeps nothing: round(0.005 · 64) = 0 entries a token, round(0.01 · 32) = 0 of a
+        # channel's 32-token group
+        (
+            "kv.k_sparsity=0.995",
+            "kv.k_sparsity=0.995 keeps 0 of head_dim=64 under kv.keep_rule='exact': nothing would be kept; use a "
+            "sparsity of at most 0.9921",
+        ),
+        (
+            "kv.v_sparsity=0.99 kv.v_direction=channel",
+            "kv.v_sparsity=0.99 keeps 0 of each channel's 32-token group",
+        ),
     ],
 )
 def test_bad_values_fail_before_model_work(override, message):
