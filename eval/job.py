@@ -59,6 +59,13 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.]+", "-", text).strip("-")
 
 
+def _force(value: Any) -> bool:
+    """Only a boolean: `force=no` is a non-empty string, and would have meant true."""
+    if not isinstance(value, bool):
+        raise ConfigError(f"force={value!r} must be true or false")
+    return value
+
+
 def _seed(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ConfigError(f"seed={value!r} must be an integer")
@@ -127,7 +134,7 @@ class Job:
             sweep=sweep,
             seed=seed,
             device=device,
-            force=bool(cfg.get("force", False)),
+            force=_force(cfg.get("force", False)),
         )
 
     @property
@@ -254,7 +261,14 @@ class Job:
             "rows": [r.to_dict() for r in rows],
         }
         write_json(self.result_path, result)
-        wandb_log.log_job(self.logger, self.results_dir, self.sweep, self.job_id, self.identity, rows)
+        try:
+            wandb_log.log_job(self.logger, self.results_dir, self.sweep, self.job_id, self.identity, rows)
+        except Exception as err:  # the result is saved: a logging failure must not mark the job failed
+            warn(
+                f"{self.job_id}: W&B logging failed ({err.__class__.__name__}: {str(err).splitlines()[0]}); the "
+                f"result is saved in {self.result_path}; log the sweep later with `python scripts/make_tables.py "
+                f"{self.sweep} --results {self.results_dir} --wandb {self.logger.get('mode', 'offline')}`"
+            )
         return self.result_path
 
     def _preflight_benchmark(self) -> None:
@@ -292,36 +306,56 @@ class Job:
             )
 
     def _predictions(self, loaded, bench, task: str, stats: GenerationStats) -> list[dict[str, Any]]:
-        """Generate a task's predictions, or reuse them if an interrupted run already wrote them."""
+        """Generate a task's predictions, or reuse them if an interrupted run of this job already wrote them."""
         path = self.dir / "predictions" / f"{task}.jsonl"
         stats_path = path.with_suffix(".stats.json")
-        resumed = self._resumed_predictions(path, stats_path) if not self.force else None
+        samples = bench.samples(task)
+        resumed = None if self.force else self._resumed_predictions(path, stats_path, task, samples)
         if resumed is not None:
             records, task_stats = resumed
         else:
             task_stats = GenerationStats()
             batch_size = self.benchmark.get("batch_size", "auto")
             records = generate_task(
-                loaded, self.policy, bench.samples(task), task_stats, desc=f"{task}", batch_size=batch_size
+                loaded, self.policy, samples, task_stats, desc=f"{task}", batch_size=batch_size
             )
             write_jsonl(path, records)
-            write_json(stats_path, task_stats.to_dict())
+            stamp = {"job_id": self.job_id, "schema": SCHEMA_VERSION, "stats": task_stats.to_dict()}
+            write_json(stats_path, stamp)
         stats.add(task_stats)
         return records
 
-    @staticmethod
     def _resumed_predictions(
-        path: Path, stats_path: Path
+        self, path: Path, stats_path: Path, task: str, samples: list
     ) -> tuple[list[dict[str, Any]], GenerationStats] | None:
-        """An interrupted run's predictions for a task, or None (regenerate) when missing or corrupt."""
+        """An interrupted run's predictions for a task, or None (regenerate) when missing, corrupt, written for
+        another job (its stats file carries the job id: a folder copied or reused under another id) or not one
+        record per sample of the task (a file cut at a line boundary)."""
         if not (path.exists() and stats_path.exists()):
             return None
         try:
             records = read_predictions(path)
             try:
-                task_stats = GenerationStats(**json.loads(stats_path.read_text(encoding="utf-8")))
-            except (ValueError, TypeError) as err:
+                stamp = json.loads(stats_path.read_text(encoding="utf-8"))
+                if not isinstance(stamp, dict) or "job_id" not in stamp:
+                    raise InvalidResult(
+                        f"{stats_path} carries no job id (written before predictions had one)"
+                    )
+                if stamp["job_id"] != self.job_id or stamp.get("schema") != SCHEMA_VERSION:
+                    raise InvalidResult(
+                        f"{stats_path} belongs to job {stamp['job_id']!r} (schema {stamp.get('schema')!r}), not "
+                        f"{self.job_id!r}"
+                    )
+                task_stats = GenerationStats(**stamp["stats"])
+            except InvalidResult:
+                raise
+            except (ValueError, TypeError, KeyError) as err:
                 raise InvalidResult(f"{stats_path} is corrupt ({err.__class__.__name__}: {err})") from None
+            got = [(r.get("task"), r.get("index")) for r in records]
+            if got != [(task, s.index) for s in samples]:
+                raise InvalidResult(
+                    f"{path} holds {len(records)} records, not one per sample of the task's {len(samples)} in order"
+                )
         except InvalidResult as err:
             warn(f"{err}; regenerating that task")
             return None

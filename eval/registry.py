@@ -24,9 +24,12 @@ def validate(cfg: dict[str, Any], context_length: int | None) -> None:
     if name not in BENCHMARKS:
         raise ValueError(f"benchmark.name={name!r} is not allowed; choose one of {', '.join(BENCHMARKS)}")
     tasks = cfg.get("tasks")
-    if tasks is not None and (isinstance(tasks, str) or not all(isinstance(t, str) for t in tasks)):
+    if tasks is not None and (
+        isinstance(tasks, str) or not tasks or not all(isinstance(t, str) for t in tasks)
+    ):
         raise ValueError(
-            f"benchmark.tasks={tasks!r} must be a list of task names, e.g. benchmark.tasks=[vt,cwe]"
+            f"benchmark.tasks={tasks!r} must be a non-empty list of task names, e.g. benchmark.tasks=[vt,cwe] "
+            "(null: the benchmark's default tasks)"
         )
     n = cfg.get("n")
     if n is not None and (not isinstance(n, int) or isinstance(n, bool) or n < 1):

@@ -122,7 +122,14 @@ def run_job(cfg: dict[str, Any], multirun: bool) -> tuple[int, str | None]:
     if multirun:
         watch_parent()
     try:
-        job.run()
+        written = job.run()
+        if written is None and not multirun and not job.done:  # a multirun lists it in its summary instead
+            print(
+                f"error: {job.job_id} is running elsewhere: no result yet; run again when that process ends",
+                file=sys.stderr,
+                flush=True,
+            )
+            return 1, job.job_id
     except _user_errors() as err:
         print(f"error: {job.job_id}: {err}", file=sys.stderr, flush=True)
         return 2, job.job_id

@@ -170,6 +170,10 @@ class KVConfig:
             raise ConfigError(f"kv.window={self.window!r} must be an integer >= 0")
         self._check_eviction()
         self._check_value_dtype()
+        if self.dense:
+            # nothing is pruned: the window and the keep rule are moot, so every dense spelling is one job id
+            object.__setattr__(self, "window", KVConfig.window)
+            object.__setattr__(self, "keep_rule", KVConfig.keep_rule)
         if self.k_keep_rule and self.v_keep_rule:
             # both sides carry their own rule, so keep_rule decides nothing: K's takes its place (one spelling,
             # hence one job id, per effective policy)

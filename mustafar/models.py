@@ -36,6 +36,13 @@ class ModelUnavailable(RuntimeError):
     pass
 
 
+# sizes of the random model (model=tiny) that must be positive integers; other keys pass to transformers' config
+ARCHITECTURE_SIZES = (
+    "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
+    "head_dim", "vocab_size", "max_position_embeddings",
+)  # fmt: skip
+
+
 @dataclass
 class ModelConfig:
     """Hydra group `model`. `path` is a hub id (hub), a folder (local), or unused (gguf, random)."""
@@ -68,6 +75,11 @@ class ModelConfig:
             raise ValueError(
                 f"model.arch={self.arch!r} is not allowed; choose one of {', '.join(architectures.ARCHS)}"
             )
+        for key, value in self.architecture.items():
+            if key in ARCHITECTURE_SIZES and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise ValueError(f"model.architecture.{key}={value!r} must be an integer >= 1")
         if self.source in ("hub", "local") and not self.path:
             raise ValueError(f"model.path is required for model.source={self.source}")
         if self.source == "local" and self.name == "smollm2":

@@ -20,6 +20,7 @@ from eval import averages, stats
 from eval.common import Score
 from eval.longbench.benchmark import score_records, summarize
 from eval.longbench.data import ALL_TASKS
+from eval.rows import exact_score
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
@@ -72,7 +73,9 @@ def summary_table(scores: list[Score]) -> pd.DataFrame:
     """Category means and averages (eval.averages: `avg` = the paper's English task mean, `avg_categories` = the
     leaderboard's mean of category means, `avg_zh`) with 95% CIs (resampling within each task) and n."""
     overall = {s.task: s for s in scores if "@" not in s.metric}
-    values = summarize({t: s.value for t, s in overall.items()})
+    values = summarize(
+        {t: exact_score(s.value, s.samples) for t, s in overall.items()}
+    )  # unrounded, as the rows
     rows = {}
     for column, weights in averages.weights("longbench", overall).items():
         low, high = stats.bootstrap_ci({t: overall[t].samples for t in weights}, weights)
@@ -90,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         "--longbench-e", action="store_true", help="also score the LongBench-E length buckets"
     )
     args = parser.parse_args(argv)
-    scores = score_predictions(args.job_dir, args.longbench_e)
+    try:
+        scores = score_predictions(args.job_dir, args.longbench_e)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     with pd.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
         print(score_table(scores).to_string(float_format=lambda v: f"{v:.2f}"))
         print()

@@ -232,7 +232,9 @@ def test_score_cli_prints_task_and_category_table(tmp_path, capsys):
     }
     # trec's two samples score 100 and 0: resample means 0, 50, 100 with P 1/4, 1/2, 1/4 -> CI [0, 100]
     assert summary["Few-shot"] == ["50.00", "0.00", "100.00", "2"]
-    assert summary["avg"][0] == summary["avg_categories"][0] == "58.34"  # round((66.67 + 50) / 2, 2)
+    # over the unrounded task scores (docs/evaluation.md): round((200 / 3 + 50) / 2, 2), where the rounded 66.67
+    # would give 58.34
+    assert summary["avg"][0] == summary["avg_categories"][0] == "58.33"
     assert summary["avg"][3] == "2"  # the fewest samples of its tasks
 
 
@@ -245,6 +247,12 @@ def test_score_cli_as_module_and_missing_dir(tmp_path):
     assert "classification_score" in result.stdout
     with pytest.raises(FileNotFoundError, match="no predictions folder"):
         score_predictions(tmp_path / "empty")
+    missing = subprocess.run(
+        [sys.executable, "-m", "eval.longbench.score", str(tmp_path / "empty")], cwd=REPO, capture_output=True,
+        text=True,
+    )  # fmt: skip
+    assert missing.returncode == 2 and missing.stderr.startswith("error: no predictions folder")
+    assert "Traceback" not in missing.stderr
 
 
 def test_empty_bucket_prints_as_nan(tmp_path, capsys):

@@ -93,6 +93,31 @@ def test_corrupt_stats_file_is_regenerated(finished, tmp_path, capsys):
     json.loads(stats.read_text())
 
 
+def test_another_jobs_folder_is_regenerated_not_rescored_under_this_id(finished, tmp_path, capsys):
+    """A dense job's folder copied under a pruned job's id: its result.json is refused, and so are its
+    predictions (their stats file names the job they belong to), so the pruned job really runs."""
+    pruned = job("kv.k_sparsity=0.5", results_dir=tmp_path)
+    shutil.copytree(finished.dir, pruned.dir)
+    assert pruned.run() == pruned.result_path
+    err = capsys.readouterr().err
+    assert f"belongs to job {finished.job_id!r}" in err and "regenerating that task" in err
+    rows = read_result(pruned.result_path, pruned.job_id)["rows"]
+    assert all(r["k_sparsity_measured"] > 0 for r in rows)
+
+
+def test_predictions_cut_at_a_line_boundary_are_regenerated(tmp_path, capsys):
+    two = job("benchmark.n=2", results_dir=tmp_path)
+    two.run()
+    predictions = two.dir / "predictions" / "vt.jsonl"
+    good = predictions.read_text()
+    predictions.write_text(good.splitlines(keepends=True)[0])  # one whole record of two
+    two.result_path.unlink()
+    assert two.run() == two.result_path
+    assert f"{predictions} holds 1 records, not one per sample of the task's 2" in capsys.readouterr().err
+    assert predictions.read_text() == good
+    assert {r["n"] for r in read_result(two.result_path, two.job_id)["rows"]} == {2}
+
+
 # item 4: pruning that never happened, one seed, device and dtype in the identity
 
 
@@ -269,6 +294,9 @@ def test_job_locked_by_a_live_process_is_skipped_and_reported(tmp_path, no_model
         assert f"running elsewhere (pid {other.pid} on {platform.node()}" in capsys.readouterr().out
         (item,) = unfinished([PlannedJob([], job=busy)])
         assert item.state == "running elsewhere" and str(other.pid) in item.detail
+        # a single run (no multirun summary to list it) says so and exits non-zero: it has no result to show
+        assert run_job(config(results_dir=tmp_path), multirun=False) == (1, busy.job_id)
+        assert f"error: {busy.job_id} is running elsewhere" in capsys.readouterr().err
     finally:
         other.kill()
         other.wait()
@@ -292,6 +320,29 @@ def test_cuda_without_cuda_is_one_line_naming_the_key(tmp_path, monkeypatch):
     monkeypatch.setattr(models, "cuda_available", lambda: False)
     with pytest.raises(ConfigError, match="device=cuda but this machine has no CUDA device"):
         job("device=cuda", results_dir=tmp_path)
+
+
+@pytest.mark.parametrize("value", ["no", "off", "'false'", "1"])
+def test_force_is_a_boolean_only(tmp_path, value):
+    """`force=no` is a non-empty string: read as a truth value it meant force=true and redid finished jobs."""
+    with pytest.raises(ConfigError, match="must be true or false"):
+        job(f"force={value}", results_dir=tmp_path)
+
+
+def test_a_wandb_failure_keeps_the_result_and_fails_nothing(tmp_path, monkeypatch, capsys):
+    """The result is written before W&B is called: a logging failure is a warning naming how to log later, not a
+    failed job next to a valid result."""
+    from eval import wandb_log
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no W&B credentials\nsecond line")
+
+    monkeypatch.setattr(wandb_log, "log_job", broken)
+    logged = job("logger=wandb", results_dir=tmp_path)
+    assert logged.run() == logged.result_path and logged.done
+    assert not (logged.dir / "failed.json").exists()
+    err = capsys.readouterr().err
+    assert "W&B logging failed (RuntimeError: no W&B credentials)" in err and "--wandb offline" in err
 
 
 def test_non_integer_seed_names_the_key(tmp_path):

@@ -168,3 +168,16 @@ def test_existing_job_ids_do_not_change_and_dense_ignores_the_allocation():
     same = KVConfig(k_layer_sparsity=[0.7, 0.7], v_layer_sparsity=[0.0, 0.0])
     assert same == KVConfig(k_sparsity=0.7) and same.to_dict() == KVConfig(k_sparsity=0.7).to_dict()
     assert KVConfig(k_sparsity=0.7, allocation="error").to_dict()["allocation"] == "error"
+
+
+def test_dense_ignores_the_window_and_the_keep_rule():
+    """Nothing pruned: the window and the keep rule change nothing, so a sweep over them runs its dense point once
+    (they stay part of a pruned policy); bad values are still refused."""
+    assert (
+        KVConfig(window=64) == KVConfig(keep_rule="word") == KVConfig(window=0, keep_rule="nm4") == KVConfig()
+    )
+    assert KVConfig(evict="snapkv", token_budget=100, window=8) == KVConfig(evict="snapkv", token_budget=100)
+    assert KVConfig(k_sparsity=0.5, window=64).window == 64
+    assert KVConfig(k_sparsity=0.5, keep_rule="word").keep_rule == "word"
+    with pytest.raises(ConfigError, match="kv.window=-1"):
+        KVConfig(window=-1)
