@@ -69,7 +69,10 @@ def test_experiments_compose_with_a_sweep():
         ("benchmark.n=0", "benchmark.n=0 must be an integer >= 1"),
         ("benchmark.tasks=[]", "benchmark.tasks=[] must be a non-empty list of task names"),
         ("model.architecture.head_dim=0", "model.architecture.head_dim=0 must be an integer >= 1"),
-        ("model.architecture.hidden_size=abc", "model.architecture.hidden_size='abc' must be an integer >= 1"),
+        (
+            "model.architecture.hidden_size=abc",
+            "model.architecture.hidden_size='abc' must be an integer >= 1",
+        ),
         ("logger.mode=sometimes", "logger.mode='sometimes' is not allowed"),
         # a uniform list runs as the uniform policy (one job id), but must still fit the tiny model's 2 layers
         ("kv.k_layer_sparsity=[0.5,0.5,0.5]", "kv.k_layer_sparsity has 3 entries but the model has 2 layers"),
