@@ -1,4 +1,7 @@
-"""Around a multirun. At the start: validate every job's config before any model loads, and make local parallel
+"""Around a run: before Hydra creates its output folder under `results_dir`, refuse a results_dir that cannot take
+a file (one error line, exit 2, instead of Hydra's traceback).
+
+Around a multirun. At the start: validate every job's config before any model loads, and make local parallel
 workers exit with the sweep. At the end: print the sweep's table with every job that has no result (failed,
 invalid, running elsewhere), write the paper-style report, log a W&B summary run, and exit non-zero when a job
 of this sweep has no result.
@@ -13,6 +16,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -27,11 +31,30 @@ from eval.tables import render, write_summary
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 
 
+def check_results_dir(results_dir: str) -> None:
+    """Exit 2 naming `results_dir` when a folder cannot be made there or cannot take a file."""
+    try:
+        Path(results_dir).mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=results_dir):
+            pass
+    except OSError as err:
+        print(
+            f"error: results_dir={results_dir!r} is not writable ({err.__class__.__name__}: {err})",
+            file=sys.stderr,
+            flush=True,
+        )
+        raise SystemExit(2) from None
+
+
 class SweepSummary(Callback):
     def __init__(self) -> None:
         self.planned: list[PlannedJob] | None = None
 
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_results_dir(str(config.results_dir))
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        check_results_dir(str(config.results_dir))
         # inherited by the launcher's worker processes, which then exit when this process dies
         os.environ[SWEEP_PARENT_ENV] = f"{os.getpid()}@{platform.node()}"
         self.planned = plan(config)

@@ -95,6 +95,7 @@ class ResultRow:
     # dense_kv_bytes they price a job's cache at its measured counts (scripts/eviction_table.py); None in older rows
     k_judged: int | None = None
     v_judged: int | None = None
+    model_arch: str | None = None  # the decoder's family (model.arch names); None in older rows
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResultRow:

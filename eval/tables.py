@@ -25,7 +25,7 @@ from eval.rows import benchmark_columns, frame
 POLICY_ORDER = ("k_sparsity", "v_sparsity", "k_scorer", "v_scorer", "k_direction", "v_direction")
 # fields that can tell apart jobs sharing a (model, policy) label, in display order (benchmark.* added per table)
 IDENTITY_FIELDS = (
-    "model_path", "dtype", "device", "layers", "q_heads", "kv_heads", "head_dim", "max_length", "seed",
+    "model_arch", "model_path", "dtype", "device", "layers", "q_heads", "kv_heads", "head_dim", "max_length", "seed",
     "window", "keep_rule",
 )  # fmt: skip
 TABLE_WIDE = ("benchmark.tasks",)  # shown whenever it differs between any two jobs of a table

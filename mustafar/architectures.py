@@ -60,6 +60,12 @@ def text_config(config):
     return config.get_text_config() if hasattr(config, "get_text_config") else config
 
 
+def family(config) -> str:
+    """The `model.arch` name of a model's decoder (its transformers model_type when it is not one of ARCHS)."""
+    model_type = text_config(config).model_type
+    return next((arch for arch, t in MODEL_TYPES.items() if t == model_type), model_type)
+
+
 def head_dim(config) -> int:
     c = text_config(config)
     return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)

@@ -114,6 +114,7 @@ class LoadedModel:
         return {
             "model": self.config.name,
             "model_source": self.config.source,
+            "model_arch": architectures.family(self.model.config),
             "model_path": self.config.path
             or (self.config.gguf_file if self.config.source == "gguf" else None),
             "dtype": str(self.model.dtype).replace("torch.", ""),

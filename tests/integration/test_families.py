@@ -228,6 +228,13 @@ def test_every_family_composes_as_the_tiny_model(arch):
     assert peek_head_dim(job.model) == 96
 
 
+@pytest.mark.parametrize("arch", ARCHS)
+def test_a_loaded_model_names_its_family_for_the_result_rows(arch):
+    """Two `model=tiny` jobs of different families share every other model fact, so rows must carry the family."""
+    loaded = load(ModelConfig(**{**job_config()["model"], "arch": arch}), "cpu")
+    assert loaded.describe()["model_arch"] == arch
+
+
 def test_device_map_auto_shards_a_random_model_and_keeps_its_tokens():
     """On a CPU-only host `auto` places every layer on the CPU; the dispatched model must generate what the plain
     one does, with each cache layer on its layer's device."""

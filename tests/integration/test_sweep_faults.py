@@ -365,6 +365,20 @@ def run_py(*args: str, **kwargs) -> subprocess.CompletedProcess:
     )
 
 
+@pytest.mark.parametrize("multirun", [False, True])
+def test_run_py_refuses_an_unwritable_results_dir_before_hydra_writes_there(tmp_path, multirun):
+    """Hydra makes its own run folder under results_dir before any job code runs; a path under a file made it
+    print a NotADirectoryError traceback."""
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    proc = run_py(*(["-m"] if multirun else []), *FAST, f"results_dir={blocker / 'results'}", timeout=120)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert proc.stderr.strip().splitlines() == [
+        f"error: results_dir='{blocker / 'results'}' is not writable (NotADirectoryError: [Errno 20] Not a "
+        f"directory: '{blocker / 'results'}')"
+    ]
+
+
 @pytest.mark.slow
 def test_bad_job_in_the_middle_of_a_sweep(tmp_path):
     proc = run_py("-m", *FAST, f"results_dir={tmp_path}", "sweep=s", "kv.k_sparsity=0,1.5,0.5", timeout=600)

@@ -32,6 +32,14 @@ def test_identical_labels_with_no_shown_difference_get_their_job_id(tmp_path):
     assert "| a " in render(table) or " a |" in render(table)
 
 
+def test_tiny_models_of_two_families_show_their_family(tmp_path):
+    fake_job(tmp_path, "llama", {"vt": [100, 0]}, model_arch="llama", samples_id="p1")
+    fake_job(tmp_path, "mistral", {"vt": [0, 0]}, model_arch="mistral", samples_id="p2")
+    table = write_summary(tmp_path)
+    assert sorted(table.loc[table["column"] == "vt", "model_arch"]) == ["llama", "mistral"]
+    assert "job" not in table and "| mistral " in render(table)
+
+
 def test_benchmarks_and_lengths_get_separate_tables(tmp_path):
     fake_job(tmp_path, "r1", {"vt": [100, 0]})
     fake_job(tmp_path, "r2", {"vt": [100, 0]}, benchmark_length=2048, benchmark_config={"length": 2048})
