@@ -6,8 +6,8 @@ Usage: python scripts/plot_kernels.py results/kernels/scatter_h200/run4/bench.js
 
 from __future__ import annotations
 
+import argparse
 import json
-import sys
 from pathlib import Path
 
 import matplotlib
@@ -46,6 +46,9 @@ def plot(bench: Path) -> Path:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) != 2:
-        raise SystemExit(__doc__)
-    print(plot(Path(sys.argv[1])))
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("bench", type=Path, help="a bench.json written by scripts/bench_kernels.py")
+    args = parser.parse_args()
+    if not args.bench.is_file():
+        parser.error(f"no benchmark file at {args.bench}")
+    print(plot(args.bench))
