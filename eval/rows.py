@@ -139,12 +139,6 @@ def _text(value: Any) -> Any:
     return value
 
 
-def exact_score(value: float, samples: list[float] | None) -> float:
-    """A task's unrounded score, the mean of its per-sample scores where it has them (its reported value is
-    rounded to 2 decimals): what averages are computed from, so they do not carry the tasks' rounding."""
-    return sum(samples) / len(samples) if isinstance(samples, list) and samples else value
-
-
 def score_rows(job: dict[str, Any], benchmark: str, scores: list[Score]) -> list[ResultRow]:
     """A job's rows: one per Score (with its per-sample values and CI), then one per summary column of the
     overall task scores (eval.averages), its CI from resampling within each task."""
@@ -165,7 +159,7 @@ def score_rows(job: dict[str, Any], benchmark: str, scores: list[Score]) -> list
             )
         )
     overall = {s.task: s for s in scores if "@" not in s.metric}
-    values = averages.summarize(benchmark, {t: exact_score(s.value, s.samples) for t, s in overall.items()})
+    values = averages.summarize(benchmark, {t: s.value for t, s in overall.items()})
     for column, weights in averages.weights(benchmark, overall).items():
         have_samples = all(overall[t].samples for t in weights)
         ci = (

@@ -46,7 +46,9 @@ def plot(bench: Path) -> Path:
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("bench", type=Path, help="a bench.json written by scripts/bench_kernels.py")
     args = parser.parse_args()
     if not args.bench.is_file():

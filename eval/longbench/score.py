@@ -20,7 +20,6 @@ from eval import averages, stats
 from eval.common import Score
 from eval.longbench.benchmark import score_records, summarize
 from eval.longbench.data import ALL_TASKS
-from eval.rows import exact_score
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
@@ -73,9 +72,7 @@ def summary_table(scores: list[Score]) -> pd.DataFrame:
     """Category means and averages (eval.averages: `avg` = the paper's English task mean, `avg_categories` = the
     leaderboard's mean of category means, `avg_zh`) with 95% CIs (resampling within each task) and n."""
     overall = {s.task: s for s in scores if "@" not in s.metric}
-    values = summarize(
-        {t: exact_score(s.value, s.samples) for t, s in overall.items()}
-    )  # unrounded, as the rows
+    values = summarize({t: s.value for t, s in overall.items()})  # the reported task scores, as the rows
     rows = {}
     for column, weights in averages.weights("longbench", overall).items():
         low, high = stats.bootstrap_ci({t: overall[t].samples for t in weights}, weights)

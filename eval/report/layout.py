@@ -20,7 +20,7 @@ from eval.averages import weights
 from eval.report import paper, policies
 from eval.report.kv_size import kv_fraction
 from eval.report.samples import sample_scores
-from eval.rows import benchmark_columns, exact_score, frame
+from eval.rows import benchmark_columns, frame
 from eval.tables import dense_partner, display_value, distinguishing
 
 JOB_FIELDS = [
@@ -62,12 +62,6 @@ class Group:
     tasks: list[str]
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # {run_id: {task: per-sample}}
     shown: list[str] = field(default_factory=list)  # identity columns that tell apart jobs sharing a label
-    exact: pd.DataFrame | None = None  # unrounded task scores (run_id x task), where the averages come from
-
-    def mean(self, run_id: str, weights: dict[str, float]) -> float:
-        """A weighted mean of one job's unrounded task scores (its rounded ones when none are stored)."""
-        scores = self.exact if self.exact is not None else self.jobs.set_index("run_id")
-        return sum(w * scores.loc[run_id, t] for t, w in weights.items())
 
     @property
     def benchmark(self) -> str:
@@ -133,14 +127,13 @@ def groups(rows: pd.DataFrame, sweep_dir: Path | None = None, noise: bool = True
     for (model, bench), part in tasks_rows.groupby(["model", "bench"], sort=False):
         tasks = list(dict.fromkeys(part["task"]))
         scores = part.pivot_table(index="run_id", columns="task", values="value", aggfunc="first")[tasks]
-        unrounded = part.assign(value=[exact_score(v, s) for v, s in zip(part["value"], part["samples"])])
-        exact = unrounded.pivot_table(index="run_id", columns="task", values="value", aggfunc="first")[tasks]
         bench_fields = [c for c in part.columns if c.startswith("benchmark.")]
         jobs = part.groupby("run_id", sort=False)[[*JOB_FIELDS[1:], *bench_fields]].first()
         jobs["n"] = part.groupby("run_id")["n"].min()
         jobs = jobs.join(scores)
-        group = Group(str(model), str(bench), jobs, tasks, exact=exact)
-        jobs[AVERAGE] = [group.mean(run_id, group.average_weights()) for run_id in jobs.index]
+        group = Group(str(model), str(bench), jobs, tasks)
+        # over the reported (2-decimal) task scores, as LongBench's and RULER's averages are taken
+        jobs[AVERAGE] = [_weighted(job, group.average_weights()) for _, job in jobs.iterrows()]
         jobs["key"] = [policies.policy_key(r) for _, r in jobs.iterrows()]
         fractions = [kv_fraction(r) for _, r in jobs.iterrows()]
         jobs["kv_fraction"] = [f for f, _ in fractions]
@@ -209,10 +202,8 @@ def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.
         for column, tasks in [*columns.items(), (AVERAGE, list(group.average_weights()))]:
             if column == AVERAGE:
                 record[column] = job[AVERAGE]
-            else:  # one task: its reported score; a category: the mean of the unrounded ones
-                record[column] = (
-                    job[tasks[0]] if len(tasks) == 1 else group.mean(job["run_id"], _equal(tasks))
-                )
+            else:  # one task: its score; a category: the mean of its tasks' scores
+                record[column] = _weighted(job, _equal(tasks))
             if noise:
                 record[f"{column} lo"], record[f"{column} hi"] = group.ci(job["run_id"], tasks)
         if noise:
@@ -253,6 +244,10 @@ def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.
 
 def _equal(tasks: list[str]) -> dict[str, float]:
     return {t: 1 / len(tasks) for t in tasks}
+
+
+def _weighted(job: pd.Series, weights: dict[str, float]) -> float:
+    return sum(w * job[t] for t, w in weights.items())
 
 
 def _text(value: object) -> str:

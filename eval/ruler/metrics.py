@@ -44,8 +44,8 @@ def string_match_part(preds: Sequence[str], refs: Sequence[Sequence[str]]) -> fl
 
 
 def sample_scores(metric: str, preds: Sequence[str], refs: Sequence[Sequence[str]]) -> list[float]:
-    """Each sample's score x100, unrounded (1/3 of the references is 33.33…): what CIs, paired tests and the
-    averages are computed from."""
+    """Each sample's score x100, unrounded (1/3 of the references is 33.33…): what the task score (rounded once,
+    at the end), CIs and paired tests are computed from."""
     _check(preds, refs)
     one = {"string_match_all": _match_all, "string_match_part": _match_part}[metric]
     return [100 * one(p, rs) for p, rs in zip(preds, refs)]

@@ -83,17 +83,18 @@ def test_every_policy_field_has_a_row_field():
     assert not missing, f"KVConfig fields without a ResultRow field: {sorted(missing)}"
 
 
-def test_per_sample_scores_and_averages_are_unrounded_task_scores_rounded_as_ruler_does():
-    """A sample that finds one of three references scores 100/3 (not 33.33), an average is taken over unrounded
-    task scores ((200/3 + 100) / 2 = 83.33, where the rounded 66.67 would give 83.34), and a task score rounds
-    as RULER's `round(sum / n * 100, 2)` does even where the other order's float lands across a tie."""
+def test_per_sample_scores_are_unrounded_and_averages_take_the_reported_task_scores():
+    """A sample that finds one of three references scores 100/3 (not 33.33); an average is the mean of the
+    reported 2-decimal task scores, as LongBench and RULER average them ((66.67 + 100) / 2 -> 83.34, where
+    the per-sample means would give 83.33); a task score rounds as RULER's `round(sum / n * 100, 2)` does even
+    where the other order's float lands across a tie."""
     preds = [{"pred": "a", "answers": ["a", "b", "c"]}]
     (third,) = RulerBenchmark.score(object.__new__(RulerBenchmark), "vt", preds)
     assert third.samples == pytest.approx([100 / 3], rel=1e-12) and third.value == 33.33
     job = {**JOB, "run_id": "j", "samples_id": "p", "benchmark_config": {"name": "ruler"}}
     scores = [Score("vt", "m", 66.67, 3, [100.0, 100.0, 0.0]), Score("cwe", "m", 100.0, 3, [100.0] * 3)]
     avg = next(r for r in score_rows(job, "ruler", scores) if r.task == "avg")
-    assert avg.value == 83.33
+    assert avg.value == 83.34
     kept = [3, 1, 4, 4, 2, 1, 1, 1, 0, 1, 1, 0, 2, 1, 1, 2, 4, 0, 2, 1, 2, 1, 3, 3, 4, 0, 3, 1, 4, 1, 2, 3, 1, 1, 3,
             1, 2, 1, 4, 1]  # fmt: skip
     refs = [4, 3, 4, 4, 3, 4, 3, 4, 4, 2, 2, 4, 3, 2, 3, 3, 4, 4, 3, 2, 3, 4, 4, 4, 4, 4, 4, 2, 4, 4, 3, 4, 2, 2, 4,
