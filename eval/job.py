@@ -40,6 +40,8 @@ git_sha()  # pin the code version when the job module is loaded, before any job 
 
 PACKAGES = ("torch", "transformers", "triton", "numpy")
 NOT_IDENTITY = ("batch_size",)  # benchmark keys that change speed, never results
+# benchmark keys added after jobs were recorded: left out of the identity at this default, so older ids hold
+LATER_DEFAULTS = {"squad_path": None, "hotpot_path": None}
 SEEDED_BENCHMARKS = (
     "ruler",
 )  # benchmarks whose samples depend on `seed` (LongBench is fixed data, decoding greedy)
@@ -145,7 +147,11 @@ class Job:
         identity = {
             "model": {**asdict(self.model), "dtype": models.resolved_dtype(self.model.dtype, self.device)},
             "kv": self.policy.to_dict(),
-            "benchmark": {k: v for k, v in self.benchmark.items() if k not in NOT_IDENTITY},
+            "benchmark": {
+                k: v
+                for k, v in self.benchmark.items()
+                if k not in NOT_IDENTITY and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])
+            },
             "device": self.device,
         }
         if self.benchmark["name"] in SEEDED_BENCHMARKS:

@@ -43,6 +43,11 @@ def validate(cfg: dict[str, Any], context_length: int | None) -> None:
             check_task(task)
         if any(t in ESSAY_TASKS for t in tasks or []) or (tasks is None and cfg.get("essay_path")):
             load_essays(cfg.get("essay_path"))  # a missing corpus fails now, not after the model has loaded
+        from eval.ruler.qa import QA_TASKS, load_qa
+
+        for task, key in zip(QA_TASKS, ("squad_path", "hotpot_path"), strict=True):
+            if task in (tasks or []) or (tasks is None and cfg.get(key)):
+                load_qa(task, cfg.get(key))  # missing or malformed data fails before the model loads
         length = cfg.get("length")
         if not isinstance(length, int) or length < MIN_LENGTH:
             raise ValueError(f"benchmark.length={length!r} must be an integer >= {MIN_LENGTH}")
@@ -76,6 +81,8 @@ def build(cfg: dict[str, Any], loaded: LoadedModel, seed: int) -> Benchmark:
             seed=cfg.get("seed", seed),
             chat_template=chat,
             essay_path=cfg.get("essay_path"),
+            squad_path=cfg.get("squad_path"),
+            hotpot_path=cfg.get("hotpot_path"),
         )
     from eval.longbench.benchmark import LongBenchBenchmark
 

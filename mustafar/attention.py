@@ -231,8 +231,8 @@ def _check_keeps_one(policy: KVConfig, side: str, d: int) -> None:
     ThinK's channels, a channel's 32-token group): mask mode would zero the side whole, compressed mode cannot
     store a token."""
     rule, keep_rule = getattr(policy, side), policy.side_keep_rule(side)
-    if not rule.active:
-        return
+    if not rule.active or (keep_rule == "reference" and rule.scorer == "magnitude"):
+        return  # the published magnitude threshold keeps n - int(s·n) + 1 >= 2 entries at any s < 1
     per_channel = rule.direction == "channel" and rule.scorer != "think"
     n = CHANNEL_GROUP if per_channel else d
     if keep_rule == "reference":

