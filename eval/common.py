@@ -56,6 +56,35 @@ class Benchmark(ABC):
         return {}
 
 
+def check_records(
+    task: str, records: list[dict[str, Any]], needed: tuple[str, ...] = ("pred", "answers")
+) -> None:
+    """Refuse prediction records a metric would score silently wrong: a string `answers` is iterated letter by
+    letter (as if each letter were an answer), a null `pred` fails deep inside a metric."""
+    for i, r in enumerate(records):
+        if not isinstance(r, dict):
+            raise ValueError(f"{task} prediction record {i} is {type(r).__name__}, not an object")
+        missing = [k for k in needed if k not in r]
+        if missing:
+            raise ValueError(f"{task} prediction record {i} lacks {missing} (has {sorted(r)})")
+        if not isinstance(r["pred"], str):
+            raise ValueError(f"{task} prediction record {i}: pred={r['pred']!r} must be a string")
+        answers = r["answers"]
+        if not isinstance(answers, list) or not answers or not all(isinstance(a, str) for a in answers):
+            raise ValueError(
+                f"{task} prediction record {i}: answers={answers!r} must be a non-empty list of strings"
+            )
+        classes = r.get("all_classes")
+        if classes is not None and not (
+            isinstance(classes, list) and all(isinstance(c, str) for c in classes)
+        ):
+            raise ValueError(
+                f"{task} prediction record {i}: all_classes={classes!r} must be a list of strings"
+            )
+        if "length" in needed and (not isinstance(r["length"], int) or isinstance(r["length"], bool)):
+            raise ValueError(f"{task} prediction record {i}: length={r['length']!r} must be an integer")
+
+
 def prediction_record(sample: Sample, pred: str, n_new_tokens: int) -> dict[str, Any]:
     """What is kept per generated answer, so a run can be re-scored without regenerating."""
     return {

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from eval import averages
-from eval.common import Benchmark, Sample, Score
+from eval.common import Benchmark, Sample, Score, check_records
 from eval.longbench import data, metrics
 from eval.longbench.prompts import (
     MAXLEN,
@@ -43,11 +43,7 @@ def score_records(task: str, records: list[dict[str, Any]], longbench_e: bool = 
         raise ValueError(f"unknown LongBench task {task!r}; allowed: {list(data.ALL_TASKS)}")
     if not records:
         raise ValueError(f"no prediction records to score for LongBench task {task!r}")
-    needed = ("pred", "answers", "length") if longbench_e else ("pred", "answers")
-    for i, r in enumerate(records):
-        missing = [k for k in needed if k not in r]
-        if missing:
-            raise ValueError(f"{task} prediction record {i} lacks {missing} (has {sorted(r)})")
+    check_records(task, records, ("pred", "answers", "length") if longbench_e else ("pred", "answers"))
     per_sample = [metrics.sample_score(task, r["pred"], r["answers"], r.get("all_classes")) for r in records]
     name = metrics.metric_name(task)
     scores = [Score(task, name, metrics.task_score(per_sample), len(records), [100 * x for x in per_sample])]

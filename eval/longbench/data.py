@@ -188,22 +188,22 @@ def load_task(
         raise ValueError(f"n must be a positive number of samples per task, got {n}")
     path = task_file(data_dir, task, longbench_e)
     records: list[dict[str, Any]] = []
-    with path.open(encoding="utf-8") as f:
-        line_no = 0
-        try:
-            for line_no, line in enumerate(f, start=1):
-                if n is not None and len(records) >= n:
-                    break
-                if not line.strip():
-                    continue
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    raise ValueError(f"{path}:{line_no}: not valid JSON ({exc})") from exc
-                validate_record(record, path, line_no)
-                records.append(record)
-        except UnicodeDecodeError as exc:
-            raise ValueError(f"{path}:{line_no + 1}: not UTF-8 text ({exc})") from None
+    with path.open("rb") as f:  # decoded line by line, so a bad byte is reported on its own line
+        for line_no, raw in enumerate(f, start=1):
+            if n is not None and len(records) >= n:
+                break
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise ValueError(f"{path}:{line_no}: not UTF-8 text ({exc})") from None
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"{path}:{line_no}: not valid JSON ({exc})") from exc
+            validate_record(record, path, line_no)
+            records.append(record)
     if not records:
         raise ValueError(f"LongBench data file {path} holds no records")
     expected = (EXPECTED_COUNTS_E if longbench_e else EXPECTED_COUNTS)[task]

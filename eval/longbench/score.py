@@ -51,7 +51,13 @@ def score_predictions(job_dir: str | Path, longbench_e: bool = False) -> list[Sc
     tasks = [t for t in ALL_TASKS if t in files]
     if not tasks:
         raise FileNotFoundError(f"no LongBench prediction files (<task>.jsonl) in {pred_dir}")
-    return [s for t in tasks for s in score_records(t, read_predictions(files[t]), longbench_e)]
+    scores = []
+    for t in tasks:
+        try:
+            scores += score_records(t, read_predictions(files[t]), longbench_e)
+        except ValueError as err:
+            raise ValueError(f"{files[t]}: {err}") from None
+    return scores
 
 
 def score_table(scores: list[Score]) -> pd.DataFrame:

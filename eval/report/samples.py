@@ -12,9 +12,11 @@ from eval.results import read_jsonl
 
 def _score(benchmark: str, task: str, record: dict) -> float:
     if benchmark == "ruler":
-        from eval.ruler.metrics import METRICS, metric_name, postprocess
+        from eval.ruler.metrics import metric_name, postprocess
+        from eval.ruler.metrics import sample_scores as ruler_sample_scores
 
-        return METRICS[metric_name(task)]([postprocess(record["pred"])], [record["answers"]])
+        (score,) = ruler_sample_scores(metric_name(task), [postprocess(record["pred"])], [record["answers"]])
+        return score  # unrounded, as the result rows store it
     if benchmark == "longbench":
         from eval.longbench.metrics import sample_score
 

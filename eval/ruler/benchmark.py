@@ -5,7 +5,7 @@ from __future__ import annotations
 from importlib import metadata
 from typing import Any
 
-from ..common import Benchmark, Sample, Score
+from ..common import Benchmark, Sample, Score, check_records
 from .common_words import CweGenerator
 from .essays import EssayCorpus, load_essays, sentence_splitter
 from .freq_words import FweGenerator
@@ -113,6 +113,7 @@ class RulerBenchmark(Benchmark):
 
     def score(self, task: str, predictions: list[dict[str, Any]]) -> list[Score]:
         check_task(task)
+        check_records(task, predictions)
         preds = [postprocess(p["pred"]) for p in predictions]
         refs = [list(p["answers"]) for p in predictions]
         metric = metric_name(task)

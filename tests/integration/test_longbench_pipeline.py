@@ -238,6 +238,14 @@ def test_score_cli_prints_task_and_category_table(tmp_path, capsys):
     assert summary["avg"][3] == "2"  # the fewest samples of its tasks
 
 
+def test_score_cli_names_the_file_of_a_malformed_record(tmp_path):
+    job = _job_dir(tmp_path)
+    trec = job / "predictions" / "trec.jsonl"
+    trec.write_text(json.dumps({"pred": "City", "answers": "City"}) + "\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=f"{trec}: trec prediction record 0: answers='City' must be"):
+        score_predictions(job)
+
+
 def test_score_cli_as_module_and_missing_dir(tmp_path):
     job = _job_dir(tmp_path)
     result = subprocess.run(

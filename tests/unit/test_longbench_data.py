@@ -155,6 +155,14 @@ def test_invalid_json_and_empty_file(tmp_path):
         data.load_task(tmp_path, "samsum")
 
 
+def test_a_line_that_is_not_utf8_is_named_by_its_own_number(tmp_path):
+    good = (FIXTURES / "hotpotqa.jsonl").read_bytes().splitlines()[0]
+    path = tmp_path / "trec.jsonl"
+    path.write_bytes(b"\n".join([good, good, good, b"\xff\xfe", good]) + b"\n")
+    with pytest.raises(ValueError, match=f"{re.escape(str(path))}:4: not UTF-8 text"):
+        data.load_task(tmp_path, "trec")
+
+
 # ---- download path (mocked: tests never touch the network) ----------------------------------------------------
 
 

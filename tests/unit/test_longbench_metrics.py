@@ -268,3 +268,26 @@ def test_score_records_names_missing_fields():
         score_records("hotpotqa", [{"pred": "x", "answers": ["x"]}], longbench_e=True)
     with pytest.raises(ValueError, match="no prediction records"):
         score_records("hotpotqa", [])
+
+
+@pytest.mark.parametrize(
+    ("record", "match"),
+    [
+        # a string is iterated letter by letter: "Paris" scored 0 against the answers P, a, r, i, s
+        ({"pred": "Paris", "answers": "Paris"}, r"answers='Paris' must be a non-empty list of strings"),
+        ({"pred": None, "answers": ["Paris"]}, r"pred=None must be a string"),
+        ({"pred": "Paris", "answers": []}, r"answers=\[\] must be a non-empty list"),
+        (
+            {"pred": "Paris", "answers": ["Paris"], "all_classes": "Paris"},
+            r"all_classes='Paris' must be a list",
+        ),
+    ],
+)
+def test_malformed_prediction_records_are_refused_by_name(record, match):
+    from eval.ruler.benchmark import RulerBenchmark
+
+    with pytest.raises(ValueError, match=f"narrativeqa prediction record 1: {match}"):
+        score_records("narrativeqa", [{"pred": "a", "answers": ["a"]}, record])
+    ruler = object.__new__(RulerBenchmark)  # scoring needs no tokenizer
+    with pytest.raises(ValueError, match=f"vt prediction record 1: {match}"):
+        ruler.score("vt", [{"pred": "a", "answers": ["a"]}, record])

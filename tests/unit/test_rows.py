@@ -107,3 +107,16 @@ def test_per_sample_scores_are_unrounded_and_averages_take_the_reported_task_sco
     assert round(100 * sum(fractions) / 40, 2) != round(sum(fractions) / 40 * 100, 2)  # a float tie case
     (score,) = RulerBenchmark.score(object.__new__(RulerBenchmark), "vt", preds)
     assert score.value == round(sum(fractions) / 40 * 100, 2)
+
+
+def test_rescored_ruler_samples_are_unrounded_like_the_rows(tmp_path):
+    """Jobs whose rows lack per-sample scores are re-scored from predictions; a sample naming 1 of 3 references
+    must score 100/3 there too, not the rounded 33.33."""
+    import json
+
+    from eval.report.samples import sample_scores
+
+    (tmp_path / "predictions").mkdir()
+    record = {"task": "fwe", "index": 0, "pred": "a x y", "answers": ["a", "b", "c"]}
+    (tmp_path / "predictions" / "fwe.jsonl").write_text(json.dumps(record) + "\n")
+    assert sample_scores(tmp_path, "ruler")["score"].tolist() == pytest.approx([100 / 3], rel=1e-12)
