@@ -50,6 +50,9 @@ it are dropped, never out of bounds).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 import torch
 from torch import Tensor
 
@@ -491,6 +494,22 @@ class CompressedStore:
             self.vals = self._grow(self.vals, 2, used, used + values_per_row)
 
     # ------------------------------------------------------------------ appending
+    @contextmanager
+    def rollback_on_error(self) -> Iterator[None]:
+        """Undo an append whose kernel launch fails: its claimed slots would otherwise decode as empty tokens. A
+        static store advances only after its launch, so it has nothing to undo."""
+        if self.static:
+            yield
+            return
+        length, nnz = self._length, None if self.fixed else self.row_nnz.clone()
+        try:
+            yield
+        except BaseException:
+            self._length = length
+            if nnz is not None:
+                self.row_nnz = nnz
+            raise
+
     def extend(self, tokens: int, counts: Tensor | int) -> int:
         """Claim slots for ``tokens`` more tokens holding ``counts`` kept values each ([B, H, tokens], or one count
         for all) and return the first one's index; the caller writes their bitmap words and values.
@@ -550,9 +569,10 @@ class CompressedStore:
         self.vals.view(-1)[_value_index(self, mask, t0)[mask]] = values
 
     # ------------------------------------------------------------------ reading back
-    def to_dense(self) -> Tensor:
-        """[B, H, T, D] in channel order with zeros at pruned entries (exact round trip of the appended rows)."""
-        n = self.length
+    def to_dense(self, tokens: int | None = None) -> Tensor:
+        """[B, H, T, D] in channel order with zeros at pruned entries (exact round trip of the appended rows); the
+        first ``tokens`` slots when given (a static store's rows may hold different counts)."""
+        n = self.length if tokens is None else tokens
         mask = unpack_bitmap(self.bits[:, :, :n], self.head_dim)
         if self.fp8:  # a token's slots dequantised with its scale, the kept ones placed by rank
             slots = dequantize(self.vals[:, :, :n], self.scales[:, :, :n], self.dtype)

@@ -388,12 +388,13 @@ def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
     n = rows.shape[2]
-    # every token holds `keep` values: offsets are arithmetic
-    t0 = 0 if store.static else store.extend(n, keep)
-    if _ptx_ok(store, rows):
-        _launch_ptx(store, rows, keep, t0, store.static)
-    else:
-        _launch_plain(store, rows, None, keep, t0, store.static)
+    with store.rollback_on_error():
+        # every token holds `keep` values: offsets are arithmetic
+        t0 = 0 if store.static else store.extend(n, keep)
+        if _ptx_ok(store, rows):
+            _launch_ptx(store, rows, keep, t0, store.static)
+        else:
+            _launch_plain(store, rows, None, keep, t0, store.static)
     if store.static:
         store.advance(n)
 
@@ -401,5 +402,6 @@ def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:
 def pack_triton(store: CompressedStore, rows: Tensor, mask: Tensor) -> None:
     """Pack ``rows`` under a given ``mask`` (both in channel order) into ``store`` (inputs validated by the
     dispatcher)."""
-    t0 = store.extend(rows.shape[2], mask.sum(-1))
-    _launch_plain(store, rows, mask, store.keep or 0, t0)
+    with store.rollback_on_error():
+        t0 = store.extend(rows.shape[2], mask.sum(-1))
+        _launch_plain(store, rows, mask, store.keep or 0, t0)

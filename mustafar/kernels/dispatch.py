@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import importlib
 import math
+import numbers
+import operator
 import sys
 
 import torch
@@ -22,6 +24,8 @@ from mustafar.kernels.scatter_ptx import SCORE_HEADS, expands_keys, store_quotas
 from mustafar.kernels.support import HEAD_DIMS, fp8_convert_capable, gluon_capable, interpreting
 
 BACKENDS = ("auto", "triton", "torch")
+_LOG2E = 1.4426950408889634  # the kernels' softmax runs in base 2 on scale·log2(e)
+_FP32_MAX = float(torch.finfo(torch.float32).max)
 
 
 def resolve_backend(backend: str, device: torch.device, head_dim: int) -> str:
@@ -32,6 +36,11 @@ def resolve_backend(backend: str, device: torch.device, head_dim: int) -> str:
         return "triton" if device.type == "cuda" and head_dim in HEAD_DIMS else "torch"
     if backend == "triton" and head_dim not in HEAD_DIMS:
         raise ValueError(f"Triton kernels support head_dim {HEAD_DIMS}, got {head_dim}")
+    if backend == "triton" and device.type != "cuda" and not interpreting():
+        raise ValueError(
+            f"backend='triton' on {device.type} tensors runs only under the Triton interpreter "
+            "(TRITON_INTERPRET=1); use backend='torch' or CUDA tensors"
+        )
     return backend
 
 
@@ -64,6 +73,8 @@ def pack_into(store: CompressedStore, rows: Tensor, mask: Tensor, backend: str =
     """Append ``rows`` [B, H, n, D] to ``store`` keeping the entries where ``mask`` is True (kept zeros stay)."""
     kind = resolve_backend(backend, rows.device, store.head_dim)
     store.check_rows(rows, mask)
+    _check_device("rows", rows, store)
+    _check_device("mask", mask, store)
     if rows.shape[2] == 0:
         return
     if kind == "triton":
@@ -80,6 +91,11 @@ def topk_pack_into(store: CompressedStore, rows: Tensor, keep: int, backend: str
     (the ``word`` keep rule)."""
     kind = resolve_backend(backend, rows.device, store.head_dim)
     store.check_rows(rows)
+    _check_device("rows", rows, store)
+    try:
+        keep = operator.index(keep)  # numpy and 0-d tensor integers too; never a float
+    except TypeError:
+        raise ValueError(f"keep must be an integer count of kept values per token, got {keep!r}") from None
     if not 0 < keep <= store.head_dim:
         raise ValueError(f"keep must be in [1, {store.head_dim}], got {keep}")
     if store.fixed and keep != store.keep:
@@ -94,6 +110,29 @@ def topk_pack_into(store: CompressedStore, rows: Tensor, keep: int, backend: str
         topk_pack_reference(store, rows, keep)
 
 
+def _check_device(name: str, t: Tensor, store: CompressedStore) -> None:
+    if t.device != store.bits.device:
+        raise ValueError(f"{name} is on {t.device}, the store on {store.bits.device}: put them on one device")
+
+
+def _scale(scale: object) -> float:
+    """The scores' factor as a Python float (numpy and 0-d tensor scalars too), finite and small enough that
+    the kernels' scale·log2(e) stays a finite fp32."""
+    if isinstance(scale, bool) or not (
+        isinstance(scale, numbers.Real) or (isinstance(scale, Tensor) and scale.numel() == 1)
+    ):
+        raise ValueError(
+            f"scale={scale!r} must be a real number (the scores' factor, usually head_dim ** -0.5)"
+        )
+    value = float(scale)
+    if not math.isfinite(value) or abs(value) * _LOG2E > _FP32_MAX:
+        raise ValueError(
+            f"scale={value!r} must be a finite number below {_FP32_MAX / _LOG2E:.3g} in magnitude (the scores' "
+            "factor, usually head_dim ** -0.5)"
+        )
+    return value
+
+
 def _check_decode_inputs(
     q: Tensor,
     k_store: CompressedStore,
@@ -103,12 +142,8 @@ def _check_decode_inputs(
     scale: float,
     out: Tensor | None,
 ) -> None:
-    """Shapes, dtypes, layouts and the scale only: never a device value (a static store's length stays on the
+    """Shapes, dtypes, devices and layouts only: never a device value (a static store's length stays on the
     device, so its emptiness and the K/V agreement of its counts are the caller's to keep)."""
-    if not math.isfinite(scale):
-        raise ValueError(
-            f"scale={scale!r} must be a finite number (the scores' factor, usually head_dim ** -0.5)"
-        )
     if q.dim() != 3:
         raise ValueError(f"q must be [B, H_q, D], got shape {tuple(q.shape)}")
     b, hq, d = q.shape
@@ -117,6 +152,8 @@ def _check_decode_inputs(
             raise ValueError(f"{name} is [{st.batch}, {st.heads}, T, {st.head_dim}], q is {tuple(q.shape)}")
         if st.dtype != q.dtype:
             raise ValueError(f"{name} dtype {st.dtype} does not match q dtype {q.dtype}")
+        if st.bits.device != q.device:
+            raise ValueError(f"{name} is on {st.bits.device}, q on {q.device}: put them on one device")
     if hq % k_store.heads:
         raise ValueError(f"H_q={hq} is not a multiple of H_kv={k_store.heads}")
     if k_store.static != v_store.static:
@@ -132,10 +169,14 @@ def _check_decode_inputs(
             raise ValueError(f"{name} must be {[b, k_store.heads, w, d]}, got {tuple(s)}")
         if win.dtype != q.dtype:
             raise ValueError(f"{name} dtype {win.dtype} does not match q dtype {q.dtype}")
+        if win.device != q.device:
+            raise ValueError(f"{name} is on {win.device}, q on {q.device}: put them on one device")
     if w == 0 and (k_store.capacity == 0 if k_store.static else k_store.length == 0):
         raise ValueError("nothing to attend to: the stores and the window are both empty")
-    if out is not None and (out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous()):
-        raise ValueError(f"out must be a contiguous {q.dtype} tensor of shape {tuple(q.shape)}")
+    if out is not None and (
+        out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous() or out.device != q.device
+    ):
+        raise ValueError(f"out must be a contiguous {q.dtype} tensor of shape {tuple(q.shape)} on {q.device}")
 
 
 def sparse_decode_attention(
@@ -157,6 +198,7 @@ def sparse_decode_attention(
     counts equal (the kernels attend to the smaller) and the attended set non-empty (an empty static store with an
     empty window gives NaN: that cannot be checked without reading the device).
     """
+    scale = _scale(scale)
     _check_decode_inputs(q, k_store, v_store, k_window, v_window, scale, out)
     if resolve_backend(backend, q.device, q.shape[-1]) == "torch":
         ref = decode_attention_reference(q, k_store, v_store, k_window, v_window, scale)

@@ -34,13 +34,31 @@ def decode_attention_reference(
     v_window: Tensor,
     scale: float,
 ) -> Tensor:
-    """softmax(scale·q·[K_c; K_w]ᵀ)·[V_c; V_w] over the decompressed stores, fp32 math (fp64 for fp64 inputs)."""
+    """softmax(scale·q·[K_c; K_w]ᵀ)·[V_c; V_w] over the decompressed stores, fp32 math (fp64 for fp64 inputs).
+
+    Static stores are read as the kernels read them: each row up to its own count, the smaller of K's and V's (a
+    row with nothing to attend to gives NaN)."""
     acc = torch.float64 if q.dtype == torch.float64 else torch.float32
-    keys = torch.cat([k_store.to_dense().to(acc), k_window.to(acc)], dim=2)
-    values = torch.cat([v_store.to_dense().to(acc), v_window.to(acc)], dim=2)
+    counts = None
+    if k_store.static:
+        counts = torch.minimum(k_store.length_tensor, v_store.length_tensor).to(torch.int64)
+        stored = int(counts.max())
+        k_dense, v_dense = k_store.to_dense(stored), v_store.to_dense(stored)
+    else:
+        k_dense, v_dense = k_store.to_dense(), v_store.to_dense()
+    keys = torch.cat([k_dense.to(acc), k_window.to(acc)], dim=2)
+    values = torch.cat([v_dense.to(acc), v_window.to(acc)], dim=2)
     b, hq, d = q.shape
+    if (
+        keys.shape[2] == 0
+    ):  # nothing stored in any row and no window: softmax over nothing, as the kernels give
+        return torch.full_like(q, float("nan"))
     hkv = keys.shape[1]
     qg = q.to(acc).view(b, hkv, hq // hkv, d)
     scores = torch.einsum("bgrd,bgtd->bgrt", qg, keys) * scale
+    if counts is not None:  # slots past a row's count hold nothing it appended
+        slot = torch.arange(keys.shape[2], device=keys.device)
+        beyond = (slot[None, :] >= counts[:, None]) & (slot[None, :] < k_dense.shape[2])
+        scores = scores.masked_fill(beyond[:, None, None, :], float("-inf"))
     out = torch.einsum("bgrt,bgtd->bgrd", scores.softmax(dim=-1), values)
     return out.reshape(b, hq, d).to(q.dtype)

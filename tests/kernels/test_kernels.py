@@ -145,6 +145,105 @@ def test_bad_decode_input_raises():
         sparse_decode_attention(q, ks, vs, kw, vw, math.nan)
 
 
+def test_decode_refuses_tensors_on_another_device():
+    """A meta q against CPU stores was decoded by the reference from uninitialised memory (a finite, different
+    result each call); a meta `out` was filled and the result thrown away."""
+    q, ks, vs, kw, vw = _case(1, 1, 2, 8, 2, 64, torch.float32, 16, 16, seed=1)
+    with pytest.raises(ValueError, match="k_store is on cpu, q on meta"):
+        sparse_decode_attention(q.to("meta"), ks, vs, kw, vw, 0.1, backend="torch")
+    with pytest.raises(ValueError, match="k_window is on meta, q on cpu"):
+        sparse_decode_attention(q, ks, vs, kw.to("meta"), vw, 0.1)
+    with pytest.raises(ValueError, match="out must be .* on cpu"):
+        sparse_decode_attention(q, ks, vs, kw, vw, 0.1, out=torch.empty(1, 2, 64, device="meta"))
+    with pytest.raises(ValueError, match="rows is on meta, the store on cpu"):
+        topk_pack_into(ks, torch.empty(1, 1, 2, 64, device="meta"), 16, backend="torch")
+
+
+@pytest.mark.parametrize("backend", ["torch", "triton"])
+def test_scale_and_keep_take_any_scalar_type_and_refuse_the_rest(backend):
+    import numpy as np
+
+    q, ks, vs, kw, vw = _case(1, 1, 2, 8, 2, 64, torch.float32, 16, 16, seed=1)
+    want = _plain_attention(q, ks, vs, kw, vw, 0.125)
+    for scale in (np.float32(0.125), torch.tensor(0.125), 0.125):
+        out = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend=backend)
+        assert _rel(out, want) < TOL[torch.float32]
+    # scale·log2(e) would overflow fp32 inside the kernels (NaN outputs)
+    with pytest.raises(ValueError, match="scale=3e\\+38 must be a finite number below 2.36e\\+38"):
+        sparse_decode_attention(q, ks, vs, kw, vw, 3e38, backend=backend)
+    with pytest.raises(ValueError, match="scale=True must be a real number"):
+        sparse_decode_attention(q, ks, vs, kw, vw, True, backend=backend)
+    rows = _randn(1, 1, 3, 64, dtype=torch.float32, seed=9)
+    for keep in (np.int64(16), torch.tensor(16)):
+        topk_pack_into(ks, rows, keep, backend=backend)
+    assert ks.length == 14
+    with pytest.raises(ValueError, match="keep must be an integer count .* got 16.0"):
+        topk_pack_into(ks, rows, 16.0, backend=backend)
+
+
+def test_triton_backend_on_cpu_needs_the_interpreter(monkeypatch):
+    import mustafar.kernels.dispatch as dispatch
+
+    q, ks, vs, kw, vw = _case(1, 1, 2, 8, 2, 64, torch.float32, 16, 16, seed=1)
+    monkeypatch.setattr(dispatch, "interpreting", lambda: False)
+    with pytest.raises(
+        ValueError, match="backend='triton' on cpu tensors runs only under the Triton interpreter"
+    ):
+        sparse_decode_attention(q, ks, vs, kw, vw, 0.1, backend="triton")
+
+
+@pytest.mark.parametrize("variable", [False, True])
+def test_a_failed_pack_launch_leaves_the_store_as_it_was(monkeypatch, variable):
+    """The Triton packs claim their slots before the launch: a launch that raised left tokens with empty bitmaps
+    that every later decode attended to as zeros."""
+    import mustafar.kernels.compress as compress
+
+    q, ks, vs, kw, vw = _case(1, 1, 2, 8, 2, 64, torch.float32, None if variable else 16, 16, seed=1)
+    before = sparse_decode_attention(q, ks, vs, kw, vw, 0.1, backend="torch")
+    nnz = None if ks.fixed else ks.row_nnz.clone()
+
+    def fail(*args, **kwargs):
+        raise RuntimeError("launch failed")
+
+    monkeypatch.setattr(compress, "_launch_plain", fail)
+    monkeypatch.setattr(compress, "_launch_ptx", fail)
+    rows = _randn(1, 1, 3, 64, dtype=torch.float32, seed=9)
+    with pytest.raises(RuntimeError, match="launch failed"):
+        if variable:
+            pack_into(ks, rows, threshold_mask(rows.abs(), 0.6), backend="triton")
+        else:
+            topk_pack_into(ks, rows, 16, backend="triton")
+    assert ks.length == 8 and (nnz is None or torch.equal(ks.row_nnz, nnz))
+    after = sparse_decode_attention(q, ks, vs, kw, vw, 0.1, backend="torch")
+    assert torch.equal(after, before)
+
+
+def test_static_stores_on_the_torch_path_read_each_rows_count_as_the_kernels_do():
+    """Rows holding different counts were refused, K and V counts that differ crashed in einsum, and an empty
+    store with no window gave zeros where the kernels give NaN."""
+    d, keep = 64, 16
+    rows = _randn(2, 1, 6, d, dtype=torch.float32, seed=3)
+    stores = [CompressedStore(2, 1, d, torch.float32, "cpu", keep, capacity=8, static=True) for _ in range(2)]
+    for st in stores:
+        topk_pack_into(st, rows, keep, backend="torch")
+    ks, vs = stores
+    ks.length_tensor.copy_(torch.tensor([6, 4], dtype=torch.int32))  # row 1 holds 4 tokens
+    vs.length_tensor.copy_(torch.tensor([5, 4], dtype=torch.int32))  # V of row 0 holds 5: 5 are attended
+    q = _randn(2, 2, d, dtype=torch.float32, seed=4)
+    kw, vw = _randn(2, 1, 1, d, dtype=torch.float32, seed=5), _randn(2, 1, 1, d, dtype=torch.float32, seed=6)
+    out = sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="torch")
+    for b, n in ((0, 5), (1, 4)):
+        k = CompressedStore(1, 1, d, torch.float32, "cpu", keep)
+        v = CompressedStore(1, 1, d, torch.float32, "cpu", keep)
+        topk_pack_into(k, rows[b : b + 1, :, :n], keep, backend="torch")
+        topk_pack_into(v, rows[b : b + 1, :, :n], keep, backend="torch")
+        want = _plain_attention(q[b : b + 1], k, v, kw[b : b + 1], vw[b : b + 1], 0.125)
+        assert _rel(out[b : b + 1], want) < TOL[torch.float32]
+    empty = [CompressedStore(2, 1, d, torch.float32, "cpu", keep, capacity=8, static=True) for _ in range(2)]
+    nothing = sparse_decode_attention(q, *empty, kw[:, :, :0], vw[:, :, :0], 0.125, backend="torch")
+    assert nothing.isnan().all()
+
+
 def test_decoder_and_pack_choice_on_cpu():
     """The Gluon/PTX kernels are GPU-only: CPU tensors (the interpreter) always take the portable kernels."""
     q, ks, vs, _, _ = _case(1, 1, 2, 8, 2, 64, torch.float16, 16, 16, seed=1)
