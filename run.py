@@ -28,4 +28,10 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    from eval.choices import bad_choice
+
+    error = bad_choice(sys.argv[1:], Path(__file__).resolve().parent / "conf")
+    if error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)
     main()

@@ -39,6 +39,18 @@ from mustafar.config import ConfigError, KVConfig
 git_sha()  # pin the code version when the job module is loaded, before any job runs
 
 PACKAGES = ("torch", "transformers", "triton", "numpy")
+TOP_LEVEL_KEYS = {
+    "model",
+    "kv",
+    "benchmark",
+    "logger",
+    "results_dir",
+    "sweep",
+    "force",
+    "seed",
+    "device",
+    "hydra",
+}
 NOT_IDENTITY = ("batch_size",)  # benchmark keys that change speed, never results
 # benchmark keys added after jobs were recorded: left out of the identity at this default, so older ids hold
 LATER_DEFAULTS = {"squad_path": None, "hotpot_path": None}
@@ -72,9 +84,12 @@ def _seed(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int | str):
         raise ConfigError(f"seed={value!r} must be an integer")
     try:
-        return int(value)
+        seed = int(value)
     except ValueError:
         raise ConfigError(f"seed={value!r} must be an integer") from None
+    if not 0 <= seed < 2**32:  # numpy's RandomState, which generates the RULER samples, takes no other seed
+        raise ConfigError(f"seed={seed} must be in [0, 2**32 - 1]")
+    return seed
 
 
 def _device(value: Any) -> str:
@@ -101,6 +116,11 @@ class Job:
     @classmethod
     def from_config(cls, cfg: dict[str, Any]) -> Job:
         """Validate everything that can be checked without loading a model."""
+        unknown = sorted(set(cfg) - TOP_LEVEL_KEYS)
+        if unknown:  # `+foo=1` adds a key nothing reads: a typo would otherwise run the default silently
+            raise ConfigError(
+                f"unknown top-level key(s) {unknown}; the keys are {', '.join(sorted(TOP_LEVEL_KEYS))}"
+            )
         policy = KVConfig.from_mapping(cfg["kv"])
         try:
             model = models.ModelConfig(**cfg["model"])

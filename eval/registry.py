@@ -58,7 +58,9 @@ def validate(cfg: dict[str, Any], context_length: int | None) -> None:
     else:
         from eval.longbench.data import resolve_data_dir, resolve_tasks, task_file
 
-        longbench_e = bool(cfg.get("longbench_e"))
+        longbench_e = cfg.get("longbench_e", False)
+        if not isinstance(longbench_e, bool):  # "maybe" is a non-empty string: it read as true
+            raise ValueError(f"benchmark.longbench_e={longbench_e!r} must be true or false")
         names = resolve_tasks(tasks, longbench_e)
         if (
             cfg.get("data_dir") is not None

@@ -24,10 +24,11 @@ SWEEP_PARENT_ENV = "MUSTAFAR_SWEEP_PARENT"  # "<pid>@<host>" of the process that
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Errors that are the user's input, not a bug: one line, no traceback."""
+    from eval.longbench.data import DataUnavailable
     from mustafar.config import ConfigError
     from mustafar.models import ModelUnavailable
 
-    return (ConfigError, ModelUnavailable, FileNotFoundError)
+    return (ConfigError, ModelUnavailable, DataUnavailable, FileNotFoundError)
 
 
 @dataclass

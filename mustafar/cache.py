@@ -89,6 +89,7 @@ class MustafarLayer(DynamicLayer):
         # so the window is held back here (it stays dense and in the model's dtype, as in a pruned layer)
         self.prunes = any(rule.active for rule in self.rules.values())
         self.bound = False  # set by `mustafar.attach`: only the mustafar attention function prunes
+        self.awaiting = False  # keys arrived and the mustafar attention function has not run on them yet
         self.pruners = {
             side: SidePruner(rule, side, policy.side_keep_rule(side), policy.window)
             for side, rule in self.rules.items()
@@ -122,6 +123,13 @@ class MustafarLayer(DynamicLayer):
                 "this MustafarCache is not attached to the model, so it would prune nothing: generate inside "
                 "`with mustafar.prune(model, ...) as cache:` or `with mustafar.attach(model, cache):`"
             )
+        if self.awaiting:  # a model the cache is not attached to runs its own attention, which never prunes
+            raise UnattachedCacheError(
+                f"layer {self.layer_idx} of this MustafarCache got new keys twice without mustafar attention "
+                "running in between: the cache is used by a model it is not attached to (attach it to that model "
+                "with `mustafar.prune(model, ...)` or `mustafar.attach(model, cache)`), or an earlier call failed"
+            )
+        self.awaiting = True
         return super().update(key_states, value_states, *args, **kwargs)
 
     @property
@@ -135,6 +143,7 @@ class MustafarLayer(DynamicLayer):
 
     def after_attention(self, obs: Observation) -> None:
         """Prune after an attention call; under an allocation the prompt waits until every layer has reported."""
+        self.awaiting = False
         if self.allocator is not None and not self.allocator.decided:
             self.allocator.report(self, obs)
         else:
@@ -364,21 +373,33 @@ class CompressedLayer(MustafarLayer):
     def _row_waiting(self, b: int, pad: int) -> tuple[int, dict[str, int]]:
         """Row `b`'s real tokens that it has decided on both sides but the batch keeps in the tail, and each side's
         kept entries among them. Rules that start each row's groups at its own first token (`RowPruner`) release a
-        column only once every row has decided it; one pruner for the whole batch decides every row alike."""
-        masks = {}
+        column only once every row has decided it; a side with one pruner for the whole batch (a per-token rule, or
+        no pruning) decides every row alike, so only its released columns count."""
+        if not any(isinstance(p, RowPruner) for p in self.pruners.values()):
+            return 0, {}
+        kept = {}  # per side: kept entries of each tail column from the first unstored one, for row b
         for side in ("k", "v"):
             pruner = self.pruners[side]
-            if not isinstance(pruner, RowPruner) or pruner.decided is None:
+            if isinstance(pruner, RowPruner) and pruner.decided is None:
                 return 0, {}
-            # the tail's columns from the first unstored one: released and waiting for the other side, then
-            # decided by this row alone
-            chunks = [m[b : b + 1] for _, m in self.pending[side]] + pruner.decided[b]
-            masks[side] = torch.cat(chunks, dim=2)
-        ready = min(m.shape[2] for m in masks.values())
+            chunks = [self._column_kept(side, n, m, b) for n, m in self.pending[side]]
+            if isinstance(pruner, RowPruner):  # then decided by this row alone
+                chunks += [m.sum(dim=(0, 1, 3)) for m in pruner.decided[b]]
+            kept[side] = (
+                torch.cat(chunks) if chunks else torch.zeros(0, dtype=torch.int64, device=self.keys.device)
+            )
+        ready = min(len(c) for c in kept.values())
         first = max(0, pad - self.stored)  # the row's pads are no tokens of it
         if ready <= first:
             return 0, {}
-        return ready - first, {side: int(m[:, :, first:ready].sum()) for side, m in masks.items()}
+        return ready - first, {side: int(c[first:ready].sum()) for side, c in kept.items()}
+
+    def _column_kept(self, side: str, n: int, mask: torch.Tensor | None, b: int) -> torch.Tensor:
+        """Kept entries per column of row `b` in a pending chunk of `n` columns (None: the store packs the top-k)."""
+        if mask is not None:
+            return mask[b : b + 1].sum(dim=(0, 1, 3))
+        keep = self.pruners[side].keep_for(self.stores[side].head_dim)
+        return torch.full((n,), self.stores[side].heads * keep, dtype=torch.int64, device=self.keys.device)
 
 
 @dataclass

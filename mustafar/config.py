@@ -250,16 +250,18 @@ class KVConfig:
 
     def _check_eviction(self) -> None:
         _choice("kv.evict", self.evict, EVICTIONS)
+        for key in ("token_budget", "evict_window", "evict_pool"):  # bad values fail even where they are moot
+            value, least = getattr(self, key), 1 if self.evict != "none" or key != "token_budget" else 0
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise ConfigError(
+                    f"kv.{key}={value!r} must be an integer >= {least} with kv.evict={self.evict}"
+                )
+        if self.evict_pool % 2 == 0:
+            raise ConfigError(f"kv.evict_pool={self.evict_pool} must be odd (a centred pooling kernel)")
         if self.evict == "none":  # the knobs are moot: equal policies get equal job ids
             for key in ("token_budget", "evict_window", "evict_pool"):
                 object.__setattr__(self, key, self.__dataclass_fields__[key].default)
             return
-        for key in ("token_budget", "evict_window", "evict_pool"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ConfigError(f"kv.{key}={value!r} must be an integer >= 1 with kv.evict={self.evict}")
-        if self.evict_pool % 2 == 0:
-            raise ConfigError(f"kv.evict_pool={self.evict_pool} must be odd (a centred pooling kernel)")
         if self.token_budget <= self.evict_window:
             raise ConfigError(
                 f"kv.token_budget={self.token_budget} must be > kv.evict_window={self.evict_window}: "

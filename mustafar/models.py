@@ -214,7 +214,14 @@ def load_tokenizer(name_or_path: str):
 
     if name_or_path == "smollm2":
         return AutoTokenizer.from_pretrained(converted_gguf(SMOLLM2_PACKAGE, SMOLLM2_GGUF))
-    return AutoTokenizer.from_pretrained(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(name_or_path)
+    except OSError as err:  # not a folder, not in the hub cache, no network: the user's setup, one line
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+        raise ModelUnavailable(
+            f"model.tokenizer={name_or_path!r} cannot be loaded ({reason}): use smollm2 (embedded), a local "
+            "tokenizer folder, or a hub id in the local cache"
+        ) from None
 
 
 def _random_model(cfg: ModelConfig, tokenizer, dtype: torch.dtype):

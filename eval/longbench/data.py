@@ -123,6 +123,10 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", "~/.cache")).expanduser() / "mustafar" / "longbench"
 
 
+class DataUnavailable(RuntimeError):
+    """The LongBench data could not be fetched: the user's setup (network, a local copy), not a bug."""
+
+
 def download_data(cache_dir: Path | None = None) -> Path:
     """Download data.zip from the hub and unpack it once; returns the folder holding the jsonl files."""
     cache_dir = cache_dir or default_cache_dir()
@@ -134,8 +138,9 @@ def download_data(cache_dir: Path | None = None) -> Path:
 
         archive = hf_hub_download(repo_id=HF_REPO_ID, filename=HF_FILENAME, repo_type="dataset")
     except Exception as exc:  # network, auth, missing package: all leave the user with the same manual route
-        raise RuntimeError(
-            f"could not download LongBench {HF_FILENAME} from {HF_REPO_ID}: {exc}\n{DOWNLOAD_HINT}"
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise DataUnavailable(
+            f"could not download LongBench {HF_FILENAME} from {HF_REPO_ID} ({reason})\n{DOWNLOAD_HINT}"
         ) from exc
     cache_dir.mkdir(parents=True, exist_ok=True)
     with zipfile.ZipFile(archive) as zf:

@@ -75,6 +75,9 @@ POLICIES = {
         v_sparsity=0.5, v_direction="channel", v_scorer="output_aware", keep_rule="reference"
     ),
     "think-k": KVConfig(k_sparsity=0.5, k_scorer="think", v_sparsity=0.5),
+    # one side per channel, the other per token or unpruned (one pruner for the whole batch)
+    "channel-v-only": KVConfig(v_sparsity=0.5, v_direction="channel"),
+    "token-k-channel-v": KVConfig(k_sparsity=0.5, v_sparsity=0.5, v_direction="channel"),
 }  # fmt: skip
 CASES = [(name, "mask") for name in POLICIES] + [
     (name, "compressed")
@@ -84,6 +87,8 @@ CASES = [(name, "mask") for name in POLICIES] + [
         "channel-magnitude",
         "channel-output-aware-w0",
         "think-k",
+        "channel-v-only",
+        "token-k-channel-v",
     )
 ]
 

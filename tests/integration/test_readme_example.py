@@ -61,6 +61,20 @@ def test_unattached_cache_fails_loudly(tiny_llama):
         tiny_llama.generate(ids, past_key_values=cache, max_new_tokens=2, do_sample=False, pad_token_id=0)
 
 
+def test_a_cache_attached_to_one_model_fails_loudly_in_another(tiny_llama):
+    """Attached to model A and passed to model B, the cache was filled by B's own attention, which prunes
+    nothing (k_judged 0), without a word."""
+    import copy
+
+    from transformers import LlamaForCausalLM
+
+    other = LlamaForCausalLM(copy.deepcopy(tiny_llama.config)).eval()  # its own config: sdpa attention
+    ids = torch.randint(0, 256, (1, 40))
+    with mustafar.prune(tiny_llama, k_sparsity=0.5) as cache:
+        with pytest.raises(UnattachedCacheError, match="used by a model it is not attached to"):
+            other.generate(ids, past_key_values=cache, max_new_tokens=3, do_sample=False, pad_token_id=0)
+
+
 def test_cache_is_unbound_after_the_block(tiny_llama):
     ids = torch.randint(0, 256, (1, 40))
     with mustafar.prune(tiny_llama, k_sparsity=0.5) as cache:

@@ -75,6 +75,15 @@ def test_experiments_compose_with_a_sweep():
             "model.architecture.hidden_size='abc' must be an integer >= 1",
         ),
         ("logger.mode=sometimes", "logger.mode='sometimes' is not allowed"),
+        ("seed=-1", "seed=-1 must be in [0, 2**32 - 1]"),
+        ("+sede=7", "unknown top-level key(s) ['sede']"),
+        ("kv.evict_pool=4", "kv.evict_pool=4 must be odd"),  # checked even without eviction (moot, still bad)
+        ("kv.evict_window=-3", "kv.evict_window=-3 must be an integer >= 1 with kv.evict=none"),
+        (
+            "benchmark=longbench benchmark.longbench_e=maybe",
+            "benchmark.longbench_e='maybe' must be true or false",
+        ),
+        ("seed=4294967296", "seed=4294967296 must be in [0, 2**32 - 1]"),
         # a uniform list runs as the uniform policy (one job id), but must still fit the tiny model's 2 layers
         ("kv.k_layer_sparsity=[0.5,0.5,0.5]", "kv.k_layer_sparsity has 3 entries but the model has 2 layers"),
         ("kv.v_layer_sparsity=[0.3,0.7,0.5]", "kv.v_layer_sparsity has 3 entries but the model has 2 layers"),

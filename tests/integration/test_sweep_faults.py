@@ -262,6 +262,35 @@ def test_unwritable_results_dir_fails_before_the_model_loads(tmp_path, no_model)
         doomed.run()
 
 
+def test_an_unloadable_tokenizer_is_one_error(tmp_path, monkeypatch, capsys):
+    """model.tokenizer=foo offline was a 113-line OSError traceback from the hub client."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    code, _ = run_job(config("model.tokenizer=foo", results_dir=tmp_path), multirun=False)
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and "model.tokenizer='foo' cannot be loaded" in line
+
+
+def test_longbench_without_data_or_network_is_one_error_before_the_model_loads(
+    tmp_path, no_model, monkeypatch, capsys
+):
+    """No data_dir and no network: the download's failure was a traceback and exit 1 (a bug's treatment)."""
+    import huggingface_hub
+
+    def offline(**kwargs):
+        raise OSError("network is unreachable\nmore detail")
+
+    monkeypatch.setattr(huggingface_hub, "hf_hub_download", offline)
+    monkeypatch.setenv("MUSTAFAR_LONGBENCH_CACHE", str(tmp_path / "cache"))
+    cfg = config("benchmark=longbench", "benchmark.tasks=[trec]", "benchmark.n=1", results_dir=tmp_path)
+    code, job_id = run_job(cfg, multirun=False)
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith(
+        f"error: {job_id}: could not download LongBench data.zip from THUDM/LongBench (network"
+    )
+    assert "Traceback" not in err and "more detail" not in err
+
+
 @pytest.mark.parametrize(
     ("damage", "message"),
     [(b'{"input": "q", "context": ', "not valid JSON"), (b"\xff\xfe\x00bad", "not UTF-8")],

@@ -1,0 +1,35 @@
+"""Unknown config-group names are one error line from run.py (Hydra printed a multi-line listing and exit 1)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+from eval.choices import bad_choice
+
+ROOT = Path(__file__).resolve().parents[2]
+CONF = ROOT / "conf"
+
+
+def test_known_choices_sweeps_and_other_keys_pass():
+    args = ["model=tiny", "kv=dense,k50v50", "+experiment=quickstart", "hydra/launcher=joblib", "kv.window=8"]
+    assert bad_choice(args, CONF) is None
+    assert bad_choice(["kv=glob(k5*)"], CONF) is None  # Hydra's sweep functions are Hydra's to expand
+
+
+def test_the_first_unknown_name_is_reported_with_the_allowed_ones():
+    error = bad_choice(["model=tiny", "kv=dense,k50v5", "logger=foo"], CONF)
+    assert error.startswith("kv='k50v5' is not a config in conf/kv/; choose one of dense, k50, k50v50,")
+    assert bad_choice(["+experiment=nope"], CONF).startswith("experiment='nope' is not a config")
+
+
+def test_run_py_exits_2_with_one_line():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), "model=nonexistent"], capture_output=True, text=True, cwd=ROOT
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.splitlines() == [
+        "error: model='nonexistent' is not a config in conf/model/; choose one of gemma2_9b, gemma3_4b, llama2_7b, "
+        "llama3, llama31, llama31_70b, mistral, phi3_mini, qwen25_7b, qwen3_8b, smollm2, tiny"
+    ]
