@@ -13,6 +13,7 @@ paired-bootstrap CI, marked "≈" (within noise) when that CI covers 0 or the si
 from __future__ import annotations
 
 import math
+from dataclasses import MISSING, fields
 from pathlib import Path
 
 import pandas as pd
@@ -20,15 +21,20 @@ import pandas as pd
 from eval import stats
 from eval.averages import weights
 from eval.results import atomic_write_text, load_rows
-from eval.rows import benchmark_columns, frame
+from eval.rows import ResultRow, benchmark_columns, frame
 
 POLICY_ORDER = ("k_sparsity", "v_sparsity", "k_scorer", "v_scorer", "k_direction", "v_direction")
 # fields that can tell apart jobs sharing a (model, policy) label, in display order (benchmark.* added per table)
 IDENTITY_FIELDS = (
     "model_arch", "model_path", "dtype", "device", "layers", "q_heads", "kv_heads", "head_dim", "max_length", "seed",
-    "window", "keep_rule",
+    "window", "keep_rule", "k_keep_rule", "v_keep_rule", "k_layer_sparsity", "v_layer_sparsity", "allocation",
+    "value_dtype", "evict", "token_budget", "evict_window", "evict_pool", "mode",
 )  # fmt: skip
 TABLE_WIDE = ("benchmark.tasks",)  # shown whenever it differs between any two jobs of a table
+# benchmark keys that change speed, never results (eval.job.NOT_IDENTITY): they tell no jobs apart
+SPEED_ONLY = ("benchmark.batch_size",)
+# the value a row older than a field stands for (the field's default): such a job differs from no new one in it
+DEFAULTS = {f.name: f.default for f in fields(ResultRow) if f.default is not MISSING}
 HEADLINE = "avg"  # the summary column compared against dense
 NOISE_MARK = "≈"
 
@@ -50,15 +56,34 @@ def jobs_frame(rows: pd.DataFrame) -> pd.DataFrame:
     return rows.groupby("run_id", sort=False).first()
 
 
+def identity_columns(jobs: pd.DataFrame) -> list[str]:
+    """The columns of `jobs` that can tell jobs apart: the identity fields and the benchmark's keys (not those
+    that change speed only), in display order."""
+    benchmark = [c for c in jobs.columns if c.startswith("benchmark.") and c not in SPEED_ONLY]
+    return [c for c in (*IDENTITY_FIELDS, *benchmark) if c in jobs]
+
+
+def comparable(values: pd.Series) -> pd.Series:
+    """An identity column as text to compare and show: lists readable, a missing value (rows older than the field)
+    as the field's default, null as ""."""
+    default = DEFAULTS.get(str(values.name))
+    return values.map(lambda v: _shown(default if _missing(v) else v))
+
+
+def _shown(value: object) -> str:
+    return "" if _missing(value) else str(display_value(value))
+
+
+def _missing(value: object) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
 def distinguishing(jobs: pd.DataFrame) -> list[str]:
     """Identity columns whose value differs between jobs that share a (model, label), and the task list wherever
     it differs (averages over other tasks are other numbers), then run_id if needed."""
-    candidates = [*IDENTITY_FIELDS, *(c for c in jobs.columns if c.startswith("benchmark."))]
     shown = []
-    for column in candidates:
-        if column not in jobs:
-            continue
-        values = jobs[column].astype(str)
+    for column in identity_columns(jobs):
+        values = comparable(jobs[column])
         if (values.groupby([jobs["model"], jobs["label"]]).nunique() > 1).any() or (
             column in TABLE_WIDE and values.nunique() > 1
         ):
@@ -208,7 +233,10 @@ def _wide(part: pd.DataFrame, current: str | None) -> pd.DataFrame:
 
 
 def display_value(value: object) -> object:
-    """Integers that a missing value in another benchmark's rows turned into floats print as integers."""
+    """Integers that a missing value in another benchmark's rows turned into floats print as integers; a list (a
+    per-layer sparsity) as its values, comma-joined like the benchmark's task lists."""
+    if isinstance(value, list | tuple):
+        return ",".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return int(value) if isinstance(value, float) and value.is_integer() else value
 
 

@@ -20,8 +20,11 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is no package: its paired_compare.py
 
-from eval.stats import bootstrap_ci, paired_test  # noqa: E402
+from paired_compare import paired_or_refuse, refuse  # noqa: E402
+
+from eval.stats import Paired, bootstrap_ci  # noqa: E402
 from mustafar.formats.bitmap import fixed_token_nbytes  # noqa: E402
 from mustafar.pruning.keep import exact_keep  # noqa: E402
 
@@ -32,7 +35,7 @@ def _job(path: Path) -> dict:
     rows = [r for r in json.loads(path.read_text())["rows"] if r["kind"] == "task"]
     first = rows[0]
     if first.get("k_judged") is None:
-        raise SystemExit(
+        refuse(
             f"{path}: its rows carry no k_judged/v_judged counts (written before they were recorded); re-run the job"
         )
     d, itemsize = first["head_dim"], 4 if first["dtype"] == "float32" else 2
@@ -48,6 +51,8 @@ def _job(path: Path) -> dict:
         size += judged[side] * per_token + (cached - judged[side]) * dense_side
     return {
         "policy": first["policy"],
+        "path": path,
+        "samples_id": first.get("samples_id"),
         "samples": {r["task"]: r["samples"] for r in rows},
         "kept_tokens": cached / (cached + evicted),
         "kv_size": size / (2 * dense_side * (cached + evicted)),
@@ -57,17 +62,50 @@ def _job(path: Path) -> dict:
 def _result_files(sweep: Path) -> list[Path]:
     files = sorted(sweep.glob("*/result.json")) + sorted(sweep.glob("jobs/*.json"))
     if not files:
-        raise SystemExit(f"no result.json under {sweep} (nor jobs/*.json)")
+        refuse(f"no result.json under {sweep} (nor jobs/*.json)")
     return files
 
 
-def main(sweep: str, pairs: list[str]) -> None:
-    jobs, source = {}, {}
-    for f in _result_files(Path(sweep)):
+def _load(sweep: Path) -> dict[str, dict]:
+    """{policy: job} of the sweep folder; one row per policy, so two jobs of one label are refused."""
+    jobs: dict[str, dict] = {}
+    for f in _result_files(sweep):
         j = _job(f)
-        if j["policy"] in jobs:  # one row per policy: two jobs of one label would collapse into it
-            raise SystemExit(f"two jobs of policy {j['policy']!r}: {source[j['policy']]} and {f}")
-        jobs[j["policy"]], source[j["policy"]] = j, f
+        if j["policy"] in jobs:
+            refuse(f"two jobs of policy {j['policy']!r}: {jobs[j['policy']]['path']} and {f}")
+        jobs[j["policy"]] = j
+    return jobs
+
+
+def _check_same_tasks(jobs: dict[str, dict]) -> None:
+    """Refuse jobs of different task lists: their averages (and pairs) would be over different tasks."""
+    first, *rest = jobs.values()
+    for j in rest:
+        if set(j["samples"]) != set(first["samples"]):
+            refuse(
+                f"{first['path']} and {j['path']} ran different tasks ({', '.join(sorted(first['samples']))} vs "
+                f"{', '.join(sorted(j['samples']))}): give a folder of jobs of one task list"
+            )
+
+
+def _pair(pair: str, jobs: dict[str, dict]) -> tuple[str, str, Paired]:
+    """(A, B, A − B) of an "A=B" argument, refused when it is no A=B, names no job, or its jobs were not asked the
+    same prompts (paired_compare.py's rule)."""
+    if pair.count("=") != 1:
+        refuse(f"pair {pair!r} is not A=B (two policy labels joined by one '=')")
+    a, b = pair.split("=")
+    for label in (a, b):
+        if label not in jobs:
+            refuse(
+                f"pair {pair!r}: no job of policy {label!r} (policies: {', '.join(map(repr, sorted(jobs)))})"
+            )
+    ja, jb = jobs[a], jobs[b]
+    name_a, name_b = f"{a!r} ({ja['path']})", f"{b!r} ({jb['path']})"
+    p = paired_or_refuse(name_a, ja["samples_id"], ja["samples"], name_b, jb["samples_id"], jb["samples"])
+    return a, b, p
+
+
+def _print_table(jobs: dict[str, dict]) -> None:
     tasks = sorted({t for j in jobs.values() for t in j["samples"]})
     print("| policy | " + " | ".join(tasks) + " | avg | n/task | kept tokens | KV size / dense |")
     print("|---" * (len(tasks) + 5) + "|")
@@ -84,14 +122,18 @@ def main(sweep: str, pairs: list[str]) -> None:
             f"| {name} | " + " | ".join(cells) + f" | {avg:.1f} [{lo:.1f}, {hi:.1f}] | {n} | "
             f"{j['kept_tokens']:.3f} | {j['kv_size']:.3f} |"
         )
-    for pair in pairs:
-        a, b = pair.split("=")
-        if a in jobs and b in jobs:
-            p = paired_test(jobs[a]["samples"], jobs[b]["samples"])
-            print(
-                f"\n{a} − {b}: {p.diff:+.1f} [{p.low:+.1f}, {p.high:+.1f}] points, "
-                f"p = {p.p_value:.3f}, {'within noise' if p.within_noise else 'a real difference'} (n = {p.n})"
-            )
+
+
+def main(sweep: str, pairs: list[str]) -> None:
+    jobs = _load(Path(sweep))
+    _check_same_tasks(jobs)
+    tested = [_pair(pair, jobs) for pair in pairs]  # every refusal before any output
+    _print_table(jobs)
+    for a, b, p in tested:
+        print(
+            f"\n{a} − {b}: {p.diff:+.1f} [{p.low:+.1f}, {p.high:+.1f}] points, "
+            f"p = {p.p_value:.3f}, {'within noise' if p.within_noise else 'a real difference'} (n = {p.n})"
+        )
 
 
 if __name__ == "__main__":

@@ -10,23 +10,56 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from eval.stats import paired_test  # noqa: E402
+from eval.stats import Paired, Samples, paired_test  # noqa: E402
+
+
+def refuse(message: str) -> NoReturn:
+    """Print `error: message` and exit 2, as argparse does for a usage error: the user's input is wrong, so one
+    line, not a traceback. The SystemExit carries the line too, for callers and tests."""
+    line = f"error: {message}"
+    print(line, file=sys.stderr)
+    err = SystemExit(line)
+    err.code = 2
+    raise err
+
+
+def _rows(path: Path) -> list[dict]:
+    """The result rows of `path`, refusing a missing file, a folder or a file that is no result.json."""
+    try:
+        rows = json.loads(path.read_text())["rows"]
+    except FileNotFoundError:
+        refuse(f"{path}: no such file")
+    except IsADirectoryError:
+        refuse(f"{path}: a folder, not a result.json (give <job>/result.json)")
+    except OSError as err:
+        refuse(f"{path}: cannot read it ({err.strerror})")
+    except (ValueError, KeyError, TypeError):
+        refuse(f"{path}: not a result.json (no rows)")
+    return rows
 
 
 def task_samples(path: Path) -> tuple[str, str | None, dict[str, list[float]]]:
     """(policy label, samples_id, {task: per-sample scores}) of one result.json; LongBench-E's length-bucket rows
     (metric ``<name>@<bucket>``) are parts of a task, not tasks."""
-    rows = [
-        r
-        for r in json.loads(path.read_text())["rows"]
-        if r.get("kind") == "task" and "@" not in str(r.get("metric", ""))
-    ]
+    rows = [r for r in _rows(path) if r.get("kind") == "task" and "@" not in str(r.get("metric", ""))]
     if not rows:
-        raise SystemExit(f"{path}: no task rows (is it a finished job's result.json?)")
+        refuse(f"{path}: no task rows (is it a finished job's result.json?)")
     return rows[0]["policy"], rows[0].get("samples_id"), {r["task"]: r["samples"] for r in rows}
+
+
+def paired_or_refuse(a: str, id_a: str | None, sa: Samples, b: str, id_b: str | None, sb: Samples) -> Paired:
+    """paired_test(sa, sb) of jobs `a` and `b`, refused unless both were asked the same prompts: the same
+    samples_id, the same tasks and the same number of samples per task (scripts/eviction_table.py shares it)."""
+    if id_a != id_b:
+        refuse(f"{a} and {b} were not asked the same prompts (samples_id {id_a} vs {id_b}): no paired test")
+    try:
+        return paired_test(sa, sb)
+    except ValueError as err:  # different task lists or sample counts
+        refuse(f"{a} and {b}: {err}")
 
 
 def main(argv: list[str]) -> None:
@@ -34,11 +67,7 @@ def main(argv: list[str]) -> None:
         raise SystemExit(__doc__)
     for a, b in zip(argv[::2], argv[1::2]):
         (la, ia, sa), (lb, ib, sb) = task_samples(Path(a)), task_samples(Path(b))
-        if ia != ib:
-            raise SystemExit(
-                f"error: {a} and {b} were not asked the same prompts (samples_id {ia} vs {ib}): no paired test"
-            )
-        p = paired_test(sa, sb)
+        p = paired_or_refuse(a, ia, sa, b, ib, sb)
         print(f"{la} − {lb}: {p.diff:+.2f} [{p.low:+.2f}, {p.high:+.2f}], p = {p.p_value:.3f}, n = {p.n}")
 
 

@@ -1,5 +1,5 @@
 """Result rows of a sweep -> the paper's table layout: one row per job, score columns with 95% CIs, the paired
-difference to dense, and the paper's numbers side by side when the model and benchmark are the paper's.
+difference to dense, and the paper's numbers beside the jobs that ran the paper's setting (paper.matches).
 
 Scores: RULER and other benchmarks show their tasks; LongBench shows the six English categories (the mean of their
 present tasks) or, with `per_task`, every task. "Average" is `avg` of eval.averages: the paper's mean of the
@@ -10,8 +10,10 @@ stored is re-scored from its predictions.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -21,7 +23,7 @@ from eval.report import paper, policies
 from eval.report.kv_size import kv_fraction
 from eval.report.samples import sample_scores
 from eval.rows import benchmark_columns, frame
-from eval.tables import dense_partner, display_value, distinguishing
+from eval.tables import IDENTITY_FIELDS, dense_partner, display_value, distinguishing
 
 JOB_FIELDS = [
     "run_id",
@@ -48,20 +50,24 @@ JOB_FIELDS = [
     "kv_evicted_bytes",  # the KV size of an evicting job counts its evicted tokens as dense reference
     "value_dtype",  # fp8 jobs are priced in the fp8 layout
 ]
+# what tells jobs apart, as the sweep tables tell them apart
+JOB_FIELDS += [f for f in IDENTITY_FIELDS if f not in JOB_FIELDS]
 AVERAGE = "Average"
 VERSUS = "Δ vs dense"  # the Average's paired difference to the dense job on the same prompts
 
 
 @dataclass
 class Group:
-    """The jobs of one (model, benchmark) in a sweep: one row per job with its task scores as columns."""
+    """The jobs of one (model, benchmark) in a sweep that ran the same tasks: one row per job with its task scores
+    as columns."""
 
     model: str
-    bench: str  # e.g. "ruler-1024", "longbench"
+    bench: str  # e.g. "ruler-1024", "longbench"; + the task list's name where other jobs ran other tasks
     jobs: pd.DataFrame
     tasks: list[str]
     samples: dict[str, dict[str, list[float]]] = field(default_factory=dict)  # {run_id: {task: per-sample}}
     shown: list[str] = field(default_factory=list)  # identity columns that tell apart jobs sharing a label
+    task_list: str = ""  # the tasks, where other jobs of (model, bench) ran others: it names the table
 
     @property
     def benchmark(self) -> str:
@@ -69,8 +75,18 @@ class Group:
 
     @property
     def paper_match(self) -> bool:
-        path = self.jobs["model_path"].iloc[0]
-        return paper.matches(self.model, path if isinstance(path, str) else None, self.benchmark)
+        """Some job ran the paper's setting (paper.matches): the paper's numbers may sit beside it."""
+        return any(paper.matches(job, self.tasks) for _, job in self.jobs.iterrows())
+
+    def published(self, experiment: str) -> dict[str, dict[str, Any]]:
+        """{run_id: the paper's entry (paper.lookup)} of the jobs that ran the paper's setting with a policy the
+        paper published."""
+        lookup = paper.lookup(experiment)
+        return {
+            job["run_id"]: lookup[job["key"]]
+            for _, job in self.jobs.iterrows()
+            if job["key"] in lookup and paper.matches(job, self.tasks)
+        }
 
     def ci(self, run_id: str, tasks: list[str]) -> tuple[float, float]:
         """95% CI of the mean of `tasks`' scores of one job; NaN when its per-sample scores are unknown."""
@@ -111,7 +127,8 @@ def _rescored(sweep_dir: Path, run_id: str, benchmark: str) -> dict[str, list[fl
 
 
 def groups(rows: pd.DataFrame, sweep_dir: Path | None = None, noise: bool = True) -> list[Group]:
-    """Split a sweep's long-format rows into (model, benchmark) groups of one row per job.
+    """Split a sweep's long-format rows into (model, benchmark, task list) groups of one row per job: an Average
+    over other tasks is another number, so jobs that ran other task lists get their own table.
 
     `noise`: keep per-sample scores for CIs (from the rows; re-scored from `sweep_dir`'s predictions for jobs
     that did not store them)."""
@@ -122,38 +139,57 @@ def groups(rows: pd.DataFrame, sweep_dir: Path | None = None, noise: bool = True
     rows["bench"] = rows["benchmark"] + rows["benchmark_length"].map(
         lambda x: f"-{int(x)}" if pd.notna(x) else ""
     )
-    tasks_rows = rows[(rows["kind"] == "task") & ~rows["metric"].str.contains("@", regex=False)]
-    out = []
-    for (model, bench), part in tasks_rows.groupby(["model", "bench"], sort=False):
-        tasks = list(dict.fromkeys(part["task"]))
-        scores = part.pivot_table(index="run_id", columns="task", values="value", aggfunc="first")[tasks]
-        bench_fields = [c for c in part.columns if c.startswith("benchmark.")]
-        jobs = part.groupby("run_id", sort=False)[[*JOB_FIELDS[1:], *bench_fields]].first()
-        jobs["n"] = part.groupby("run_id")["n"].min()
-        jobs = jobs.join(scores)
-        group = Group(str(model), str(bench), jobs, tasks)
-        # over the reported (2-decimal) task scores, as LongBench's and RULER's averages are taken
-        jobs[AVERAGE] = [_weighted(job, group.average_weights()) for _, job in jobs.iterrows()]
-        jobs["key"] = [policies.policy_key(r) for _, r in jobs.iterrows()]
-        fractions = [kv_fraction(r) for _, r in jobs.iterrows()]
-        jobs["kv_fraction"] = [f for f, _ in fractions]
-        jobs["kv_source"] = [s for _, s in fractions]
-        jobs["label"] = [
-            p + (" [compressed]" if m == "compressed" else "") for p, m in zip(jobs["policy"], jobs["mode"])
-        ]
-        group.jobs = jobs.reset_index()
-        group.shown = distinguishing(jobs)
-        if noise:
-            group.samples = _stored_samples(part)
-            for run_id, benchmark in zip(jobs.index, jobs["benchmark"]):
-                if run_id not in group.samples and sweep_dir is not None:
-                    group.samples[run_id] = _rescored(sweep_dir, run_id, benchmark)
-            average = list(group.average_weights())
-            cis = [group.ci(r, average) for r in jobs.index]
-            group.jobs[f"{AVERAGE} lo"] = [lo for lo, _ in cis]
-            group.jobs[f"{AVERAGE} hi"] = [hi for _, hi in cis]
-        out.append(group)
-    return out
+    tasks_rows = rows[(rows["kind"] == "task") & ~rows["metric"].str.contains("@", regex=False)].copy()
+    ran = tasks_rows.groupby("run_id", sort=False)["task"].agg(lambda tasks: tuple(sorted(set(tasks))))
+    tasks_rows["_ran"] = tasks_rows["run_id"].map(ran)
+    lists = tasks_rows.groupby(["model", "bench"], sort=False)["_ran"].nunique()
+    return [
+        _group(str(model), str(bench), part.drop(columns="_ran"), lists[(model, bench)] > 1, sweep_dir, noise)
+        for (model, bench, _), part in tasks_rows.groupby(["model", "bench", "_ran"], sort=False)
+    ]
+
+
+def _group(
+    model: str, bench: str, part: pd.DataFrame, named: bool, sweep_dir: Path | None, noise: bool
+) -> Group:
+    """One group's jobs from its task rows; `named`: other jobs of (model, bench) ran other tasks."""
+    tasks = list(dict.fromkeys(part["task"]))
+    scores = part.pivot_table(index="run_id", columns="task", values="value", aggfunc="first")[tasks]
+    bench_fields = [c for c in part.columns if c.startswith("benchmark.")]
+    jobs = part.groupby("run_id", sort=False)[[*JOB_FIELDS[1:], *bench_fields]].first()
+    jobs["n"] = part.groupby("run_id")["n"].min()
+    jobs = jobs.join(scores)
+    group = Group(model, f"{bench}-{_list_name(tasks)}" if named else bench, jobs, tasks)
+    group.task_list = ",".join(tasks) if named else ""
+    # over the reported (2-decimal) task scores, as LongBench's and RULER's averages are taken
+    jobs[AVERAGE] = [_weighted(job, group.average_weights()) for _, job in jobs.iterrows()]
+    jobs["key"] = [policies.policy_key(r) for _, r in jobs.iterrows()]
+    fractions = [kv_fraction(r) for _, r in jobs.iterrows()]
+    jobs["kv_fraction"] = [f for f, _ in fractions]
+    jobs["kv_source"] = [s for _, s in fractions]
+    jobs["label"] = [
+        p + (" [compressed]" if m == "compressed" else "") for p, m in zip(jobs["policy"], jobs["mode"])
+    ]
+    group.jobs = jobs.reset_index()
+    group.shown = distinguishing(jobs)
+    if noise:
+        group.samples = _stored_samples(part)
+        for run_id, benchmark in zip(jobs.index, jobs["benchmark"]):
+            if run_id not in group.samples and sweep_dir is not None:
+                group.samples[run_id] = _rescored(sweep_dir, run_id, benchmark)
+        average = list(group.average_weights())
+        cis = [group.ci(r, average) for r in jobs.index]
+        group.jobs[f"{AVERAGE} lo"] = [lo for lo, _ in cis]
+        group.jobs[f"{AVERAGE} hi"] = [hi for _, hi in cis]
+    return group
+
+
+def _list_name(tasks: list[str]) -> str:
+    """A task list as part of file names: its tasks, or their count and a digest when that is too long."""
+    joined = "+".join(tasks)
+    if len(joined) <= 40:
+        return joined
+    return f"{len(tasks)}tasks-{hashlib.sha1(','.join(sorted(tasks)).encode()).hexdigest()[:6]}"
 
 
 def ordered(group: Group, experiment: str) -> pd.DataFrame:
@@ -189,15 +225,17 @@ def score_columns(group: Group, per_task: bool) -> dict[str, list[str]]:
 
 
 def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.DataFrame:
-    """One row per job (+ the paper's row under it when the model matches): label, what tells apart jobs of the
-    same label, method, nominal K/V sparsity, score columns and Average each with `<column> lo`/`hi` (95% CI),
-    the paired Δ vs dense, measured sparsity, KV size, samples per task."""
+    """One row per job (+ the paper's row under it when the job ran the paper's setting): label, what tells apart
+    jobs of the same label, the task list when it names the table, method, nominal K/V sparsity, score columns
+    and Average each with `<column> lo`/`hi` (95% CI), the paired Δ vs dense, measured sparsity, KV size, samples
+    per task."""
     columns = score_columns(group, per_task)
-    published = paper.lookup(experiment) if group.paper_match else {}
+    published = group.published(experiment)
     noise = any(group.samples.values())
     records = []
     for _, job in ordered(group, experiment).iterrows():
         record = {"policy": job["label"], **{c: _text(job[c]) for c in group.shown}}
+        record |= {"tasks": group.task_list} if group.task_list else {}
         record |= {"method": policies.family(job["key"]), "K": job["k_sparsity"], "V": job["v_sparsity"]}
         for column, tasks in [*columns.items(), (AVERAGE, list(group.average_weights()))]:
             if column == AVERAGE:
@@ -225,8 +263,8 @@ def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.
         if published:
             record = {"source": "ours", **record}
         records.append(record)
-        if job["key"] in published:
-            entry = published[job["key"]]
+        if job["run_id"] in published:
+            entry = published[job["run_id"]]
             records.append(
                 {
                     "source": "paper",

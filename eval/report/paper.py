@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Collection, Mapping
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-from eval.report.policies import PolicyKey, policy_key
+from eval.longbench.data import DEFAULT_TASKS
+from eval.report.policies import PLAIN_RULES, PolicyKey, keep_rules, policy_key
 
 PATH = Path(__file__).with_name("paper_numbers.json")
 
@@ -17,10 +21,49 @@ def numbers() -> dict[str, Any]:
     return json.loads(PATH.read_text(encoding="utf-8"))
 
 
-def matches(model: str, model_path: str | None, benchmark: str) -> bool:
-    """Paper numbers are shown only for the paper's model on the paper's benchmark."""
+@dataclass(frozen=True)
+class Setting:
+    """What the paper ran. Its numbers sit only beside a job that ran all of it: any other model, data, task list,
+    window or keep rule is another experiment, whose numbers the paper's say nothing about."""
+
+    model: str  # the model config's name (conf/model)
+    model_path: str  # the hub weights it loads
+    benchmark: str
+    tasks: tuple[str, ...]  # the 16 English LongBench tasks; the paper's Average is their mean
+    window: int  # recent tokens kept dense
+    keep_rules: tuple[str, ...]  # per-token counts of the paper's rule (reference: its code's rounding)
+
+
+@cache
+def setting() -> Setting:
+    """The paper's setting; its model is read from paper_numbers.json (`model_aliases`: the config name and the hub
+    id, the one with an owner/ prefix)."""
     data = numbers()
-    return benchmark == data["benchmark"] and bool({model, model_path} & set(data["model_aliases"]))
+    path = next(a for a in data["model_aliases"] if "/" in a)
+    name = next(a for a in data["model_aliases"] if a != path)
+    return Setting(name, path, data["benchmark"], DEFAULT_TASKS, 32, PLAIN_RULES)
+
+
+def matches(job: Mapping[str, Any], tasks: Collection[str]) -> bool:
+    """Whether `job` (a job's fields, `benchmark.<key>` flattened) ran the paper's setting over `tasks`: the paper's
+    model by name and weights, standard LongBench (not LongBench-E) on the full data of all its tasks, the paper's
+    window and keep rules."""
+    paper = setting()
+    return (
+        job.get("model") == paper.model
+        and job.get("model_path") == paper.model_path
+        and job.get("benchmark") == paper.benchmark
+        and not _given(job.get("benchmark.longbench_e"))
+        and not _given(job.get("benchmark.n"))  # a number: a subset of each task
+        and set(paper.tasks) <= set(tasks)
+        and job.get("window") == paper.window
+        and all(rule in paper.keep_rules for rule in keep_rules(job))
+    )
+
+
+def _given(value: Any) -> bool:
+    """A config value that is set (not null, missing or false)."""
+    return not (value is None or (isinstance(value, float) and math.isnan(value))) and bool(value)
 
 
 def table_rows(table: str) -> list[dict[str, Any]]:

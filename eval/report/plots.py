@@ -10,21 +10,36 @@ matplotlib.use("Agg")  # files only; never a window (headless runs, callbacks)
 import matplotlib.pyplot as plt  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from eval.report import paper, policies  # noqa: E402
+from eval.report import policies  # noqa: E402
 from eval.report.kv_size import MEASURED  # noqa: E402
 from eval.report.layout import AVERAGE, Group, ordered  # noqa: E402
+from eval.tables import comparable, dense_jobs, dense_partner, identity_columns  # noqa: E402
 
 
 def _lines(group: Group, experiment: str) -> dict[str, pd.DataFrame]:
-    """{family: its jobs (mask and compressed) with the dense job(s) prepended}, in table order."""
+    """{label: one line's jobs with their dense partners, by x}, in table order. A line is one policy family swept
+    over sparsity: its jobs agree on every identity field the tables tell jobs apart by (the label names those that
+    differ between lines), and its dense point is the dense job asked the same prompts (a job with other prompts,
+    seed or model is another experiment). With no pruned job, the dense jobs are the lines."""
     jobs = ordered(group, experiment)
-    jobs["family"] = [policies.family(k) for k in jobs["key"]]
     jobs["x"] = [policies.sparsity(k) for k in jobs["key"]]
-    dense = jobs[jobs["family"] == "Dense"]
-    return {
-        fam: pd.concat([dense, part]).sort_values("x", kind="stable")
-        for fam, part in jobs[jobs["family"] != "Dense"].groupby("family", sort=False)
-    } or ({"Dense": dense} if len(dense) else {})
+    dense = dense_jobs(jobs)
+    swept = jobs[~dense] if (~dense).any() else jobs
+    family = pd.Series([policies.family(k) for k in swept["key"]], index=swept.index, name="family")
+    differ = _differing(swept)
+    by_run = jobs.set_index("run_id", drop=False)
+    lines = {}
+    for key, line in swept.groupby([family, *(differ[c] for c in differ)], sort=False):
+        partners = dict.fromkeys(p for r in line["run_id"] if (p := dense_partner(by_run, r)) is not None)
+        label = ", ".join([key[0], *(f"{c}={v}" for c, v in zip(differ, key[1:]) if v)])
+        lines[label] = pd.concat([by_run.loc[list(partners)], line]).sort_values("x", kind="stable")
+    return lines
+
+
+def _differing(jobs: pd.DataFrame) -> pd.DataFrame:
+    """The identity fields (eval.tables) in which `jobs` differ, as comparable text."""
+    values = pd.DataFrame({c: comparable(jobs[c]) for c in identity_columns(jobs)}, index=jobs.index)
+    return values[[c for c in values if values[c].nunique() > 1]]
 
 
 def _title(group: Group, sweep: str) -> str:
@@ -34,7 +49,7 @@ def _title(group: Group, sweep: str) -> str:
 
 def accuracy_vs_sparsity(group: Group, experiment: str, sweep: str, path: Path) -> Path:
     fig, ax = plt.subplots(figsize=(7.5, 4.8), dpi=130)
-    published = paper.lookup(experiment) if group.paper_match else {}
+    published = group.published(experiment)
     for i, (family, line) in enumerate(_lines(group, experiment).items()):
         color = f"C{i % 10}"
         ci = None
@@ -42,7 +57,9 @@ def accuracy_vs_sparsity(group: Group, experiment: str, sweep: str, path: Path) 
             ci = [line[AVERAGE] - line[f"{AVERAGE} lo"], line[f"{AVERAGE} hi"] - line[AVERAGE]]
         ax.errorbar(line["x"], line[AVERAGE], yerr=ci, color=color, marker="o", capsize=3, label=family)
         ref = [
-            (policies.sparsity(k), published[k]["values"].get(AVERAGE)) for k in line["key"] if k in published
+            (x, published[r]["values"].get(AVERAGE))
+            for x, r in zip(line["x"], line["run_id"])
+            if r in published
         ]
         if ref:
             xs, ys = zip(*ref)

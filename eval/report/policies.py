@@ -34,6 +34,12 @@ def _field(row: Mapping[str, Any], name: str, default: Any) -> Any:
     return value
 
 
+def keep_rules(row: Mapping[str, Any]) -> list[str]:
+    """The keep rule of each pruned side (its own rule, else keep_rule): an unpruned side's rule changes nothing."""
+    active = [s for s in ("k", "v") if float(_field(row, f"{s}_sparsity", 0.0)) > 0]
+    return [_field(row, f"{s}_keep_rule", "") or _field(row, "keep_rule", "exact") for s in active]
+
+
 def variant(row: Mapping[str, Any]) -> str:
     """Everything besides the six pruning fields that changes what a job's cache holds, as a short name: token
     eviction, keep rules other than the paper's, fp8 values, a per-layer allocation; "" for a plain policy (the
@@ -47,8 +53,7 @@ def variant(row: Mapping[str, Any]) -> str:
         )
         name += f"/p{int(_field(row, 'evict_pool', 7))}" if int(_field(row, "evict_pool", 7)) != 7 else ""
         parts.append(name)
-    active = [s for s in ("k", "v") if float(_field(row, f"{s}_sparsity", 0.0)) > 0]
-    rules = [_field(row, f"{s}_keep_rule", "") or _field(row, "keep_rule", "exact") for s in active]
+    rules = keep_rules(row)
     if any(r not in PLAIN_RULES for r in rules):
         parts.append("/".join(dict.fromkeys(rules)))
     if _field(row, "value_dtype", "native") != "native":

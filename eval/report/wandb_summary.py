@@ -1,10 +1,13 @@
 """One W&B summary run per sweep (group = sweep name): the aggregated tables and the plots.
 
-Offline by default, like the per-job runs (`wandb sync results/wandb/offline-run-*` uploads later).
+Offline by default, like the per-job runs (`wandb sync results/wandb/offline-run-*` uploads later). The run's id is
+fixed by the sweep's results folder and name, so a re-log (make_tables --wandb, the end-of-multirun callback)
+resumes that run; offline, each re-log is another offline-run-* folder of the same id, synced into the one run.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -16,6 +19,13 @@ def enabled(logger: Mapping[str, Any] | None) -> bool:
     return bool(logger) and logger.get("name") == "wandb" and logger.get("mode", "offline") != "disabled"
 
 
+def summary_run_id(results_dir: Path, sweep: str) -> str:
+    """The summary run's id: the same for every re-log of one sweep, different for another sweep or results folder
+    (W&B ids allow no '/', so a digest)."""
+    digest = hashlib.sha256(f"{Path(results_dir).resolve()}\0{sweep}".encode()).hexdigest()[:16]
+    return f"summary-{digest}"
+
+
 def log_summary(
     logger: Mapping[str, Any],
     results_dir: Path,
@@ -23,7 +33,8 @@ def log_summary(
     tables: Mapping[str, pd.DataFrame],
     images: list[Path],
 ) -> str | None:
-    """Log `tables` as wandb.Table and `images` as wandb.Image into run '<sweep>-summary'; returns its dir."""
+    """Log `tables` as wandb.Table and `images` as wandb.Image into the sweep's run '<sweep>-summary' (resumed when
+    it exists); returns its dir."""
     if not enabled(logger):
         return None
     import wandb
@@ -34,6 +45,8 @@ def log_summary(
         mode=logger.get("mode", "offline"),
         group=sweep,
         name=f"{sweep}-summary",
+        id=summary_run_id(results_dir, sweep),
+        resume="allow",
         job_type="summary",
         dir=str(results_dir),
         reinit="finish_previous",
