@@ -16,7 +16,6 @@ from __future__ import annotations
 import os
 import platform
 import sys
-import tempfile
 import traceback
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
+from eval.results import unwritable
 from eval.sweep import SWEEP_PARENT_ENV, PlannedJob, plan, report_unfinished, unfinished
 from eval.tables import render, write_summary
 
@@ -33,17 +33,10 @@ EXPERIMENTS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
 
 def check_results_dir(results_dir: str) -> None:
     """Exit 2 naming `results_dir` when a folder cannot be made there or cannot take a file."""
-    try:
-        Path(results_dir).mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=results_dir):
-            pass
-    except OSError as err:
-        print(
-            f"error: results_dir={results_dir!r} is not writable ({err.__class__.__name__}: {err})",
-            file=sys.stderr,
-            flush=True,
-        )
-        raise SystemExit(2) from None
+    error = unwritable(Path(results_dir), results_dir)
+    if error:
+        print(f"error: {error}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
 
 
 class SweepSummary(Callback):

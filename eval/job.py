@@ -6,7 +6,6 @@ import hashlib
 import json
 import platform
 import re
-import tempfile
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -24,12 +23,13 @@ from eval.results import (
     git_sha,
     read_predictions,
     read_result,
+    unwritable,
     valid_result,
     warn,
     write_json,
     write_jsonl,
 )
-from eval.rows import ResultRow, score_rows
+from eval.rows import NOT_IDENTITY, ResultRow, score_rows
 from eval.runner import GenerationStats, generate_task
 from mustafar import models
 from mustafar.architectures import compressed_refusal
@@ -51,7 +51,6 @@ TOP_LEVEL_KEYS = {
     "device",
     "hydra",
 }
-NOT_IDENTITY = ("batch_size",)  # benchmark keys that change speed, never results
 # benchmark keys added after jobs were recorded: left out of the identity at this default, so older ids hold
 LATER_DEFAULTS = {"squad_path": None, "hotpot_path": None}
 SEEDED_BENCHMARKS = (
@@ -208,9 +207,7 @@ class Job:
         self.check_writable()
         lock = JobLock(self.dir)
         if not lock.acquire():
-            owner = lock.owner()
-            held = owner.describe() if owner else "another process"
-            print(f"[mustafar] skip {self.job_id}: running elsewhere ({held}; lock {lock.path})")
+            print(f"[mustafar] skip {self.job_id}: running elsewhere ({lock.holder()})")
             return None
         try:
             if not self.force and self._finished_elsewhere():
@@ -237,14 +234,9 @@ class Job:
 
     def check_writable(self) -> None:
         """Fail before the model loads when the results folder cannot take a file."""
-        try:
-            self.dir.mkdir(parents=True, exist_ok=True)
-            with tempfile.TemporaryFile(dir=self.dir):
-                pass
-        except OSError as err:
-            raise ConfigError(
-                f"results_dir={str(self.results_dir)!r} is not writable ({err.__class__.__name__}: {err})"
-            ) from None
+        error = unwritable(self.dir, self.results_dir)
+        if error:
+            raise ConfigError(error)
 
     def _record_failure(self, err: BaseException) -> None:
         failure = {

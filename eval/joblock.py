@@ -97,6 +97,11 @@ class JobLock:
     def owner(self) -> LockOwner | None:
         return live_owner(self.path)
 
+    def holder(self) -> str:
+        """Who holds the lock and where it lies, for a "running elsewhere" line."""
+        owner = self.owner()
+        return f"{owner.describe() if owner else 'another process'}; lock {self.path}"
+
     def release(self) -> None:
         if self.held:
             self._stop.set()

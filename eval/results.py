@@ -142,3 +142,15 @@ def load_rows(sweep_dir: Path) -> pd.DataFrame:
         if result is not None:
             rows.extend(result["rows"])
     return pd.DataFrame(rows)
+
+
+def unwritable(folder: Path, results_dir: str | Path) -> str | None:
+    """Why `folder` (results_dir or a folder under it) cannot be made or take a file, naming results_dir; None
+    when it can."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as err:
+        return f"results_dir={str(results_dir)!r} is not writable ({err.__class__.__name__}: {err})"
+    return None

@@ -17,6 +17,7 @@ from eval import averages, stats
 from eval.common import Score
 from eval.results import SCHEMA_VERSION
 
+NOT_IDENTITY = ("batch_size",)  # benchmark keys that change speed, never results: no part of a job's identity
 SCHEMA = SCHEMA_VERSION  # result.json["schema"]; 2: ResultRow (per-sample scores, CIs, benchmark config, samples_id)
 
 

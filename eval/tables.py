@@ -21,7 +21,7 @@ import pandas as pd
 from eval import stats
 from eval.averages import weights
 from eval.results import atomic_write_text, load_rows
-from eval.rows import ResultRow, benchmark_columns, frame
+from eval.rows import NOT_IDENTITY, ResultRow, benchmark_columns, frame
 
 POLICY_ORDER = ("k_sparsity", "v_sparsity", "k_scorer", "v_scorer", "k_direction", "v_direction")
 # fields that can tell apart jobs sharing a (model, policy) label, in display order (benchmark.* added per table)
@@ -31,15 +31,16 @@ IDENTITY_FIELDS = (
     "value_dtype", "evict", "token_budget", "evict_window", "evict_pool", "mode",
 )  # fmt: skip
 TABLE_WIDE = ("benchmark.tasks",)  # shown whenever it differs between any two jobs of a table
-# benchmark keys that change speed, never results (eval.job.NOT_IDENTITY): they tell no jobs apart
-SPEED_ONLY = ("benchmark.batch_size",)
+# benchmark keys that change speed, never results: they tell no jobs apart
+SPEED_ONLY = tuple(f"benchmark.{key}" for key in NOT_IDENTITY)
 # the value a row older than a field stands for (the field's default): such a job differs from no new one in it
 DEFAULTS = {f.name: f.default for f in fields(ResultRow) if f.default is not MISSING}
 HEADLINE = "avg"  # the summary column compared against dense
 NOISE_MARK = "≈"
 
 
-def _label(rows: pd.DataFrame) -> pd.Series:
+def labels(rows: pd.DataFrame) -> pd.Series:
+    """Each row's display label: its policy, marked when it ran compressed."""
     return rows["policy"].where(rows["mode"] != "compressed", rows["policy"] + " [compressed]")
 
 
@@ -51,7 +52,7 @@ def jobs_frame(rows: pd.DataFrame) -> pd.DataFrame:
     """One line per job (index run_id): its fields, `benchmark.<key>` columns, display label and bench."""
     rows = frame(rows)
     rows = pd.concat([rows, benchmark_columns(rows)], axis=1)
-    rows["label"] = _label(rows)
+    rows["label"] = labels(rows)
     rows["bench"] = _bench(rows)
     return rows.groupby("run_id", sort=False).first()
 
@@ -67,10 +68,11 @@ def comparable(values: pd.Series) -> pd.Series:
     """An identity column as text to compare and show: lists readable, a missing value (rows older than the field)
     as the field's default, null as ""."""
     default = DEFAULTS.get(str(values.name))
-    return values.map(lambda v: _shown(default if _missing(v) else v))
+    return values.map(lambda v: display_text(default if _missing(v) else v))
 
 
-def _shown(value: object) -> str:
+def display_text(value: object) -> str:
+    """An identity value as text ("" for null; a seed 7 stays "7", never the score format "7.00")."""
     return "" if _missing(value) else str(display_value(value))
 
 

@@ -23,7 +23,7 @@ from eval.report import paper, policies
 from eval.report.kv_size import kv_fraction
 from eval.report.samples import sample_scores
 from eval.rows import benchmark_columns, frame
-from eval.tables import IDENTITY_FIELDS, dense_partner, display_value, distinguishing
+from eval.tables import IDENTITY_FIELDS, dense_partner, display_text, distinguishing, labels
 
 JOB_FIELDS = [
     "run_id",
@@ -167,9 +167,7 @@ def _group(
     fractions = [kv_fraction(r) for _, r in jobs.iterrows()]
     jobs["kv_fraction"] = [f for f, _ in fractions]
     jobs["kv_source"] = [s for _, s in fractions]
-    jobs["label"] = [
-        p + (" [compressed]" if m == "compressed" else "") for p, m in zip(jobs["policy"], jobs["mode"])
-    ]
+    jobs["label"] = labels(jobs)
     group.jobs = jobs.reset_index()
     group.shown = distinguishing(jobs)
     if noise:
@@ -234,7 +232,7 @@ def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.
     noise = any(group.samples.values())
     records = []
     for _, job in ordered(group, experiment).iterrows():
-        record = {"policy": job["label"], **{c: _text(job[c]) for c in group.shown}}
+        record = {"policy": job["label"], **{c: display_text(job[c]) for c in group.shown}}
         record |= {"tasks": group.task_list} if group.task_list else {}
         record |= {"method": policies.family(job["key"]), "K": job["k_sparsity"], "V": job["v_sparsity"]}
         for column, tasks in [*columns.items(), (AVERAGE, list(group.average_weights()))]:
@@ -286,8 +284,3 @@ def _equal(tasks: list[str]) -> dict[str, float]:
 
 def _weighted(job: pd.Series, weights: dict[str, float]) -> float:
     return sum(w * job[t] for t, w in weights.items())
-
-
-def _text(value: object) -> str:
-    """Identity values as labels (a seed 7 stays "7", never the score format "7.00")."""
-    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(display_value(value))

@@ -77,9 +77,7 @@ def _copy_locked(origin: Path, target: Path) -> bool:
     meanwhile is kept. Returns whether it copied."""
     lock = JobLock(target)
     if not lock.acquire():
-        owner = lock.owner()
-        held = owner.describe() if owner else "another process"
-        print(f"[reuse] skip {target.name}: running elsewhere ({held}; lock {lock.path})")
+        print(f"[reuse] skip {target.name}: running elsewhere ({lock.holder()})")
         return False
     try:
         if _finished(target):
