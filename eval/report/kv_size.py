@@ -1,6 +1,8 @@
 """KV-cache size relative to dense, per job: measured where a compressed-mode job measured it, else computed.
 
-Measured: `kv_bytes / dense_kv_bytes` of a `kv.mode=compressed` job (allocated buffers, dense window included).
+Measured: `kv_payload_bytes / dense_kv_bytes` of a `kv.mode=compressed` job (the stored tokens' bytes, dense window
+included). Payload is each sample's own and so the same at any batch size, where allocated `kv_bytes` is recorded only
+for one-sample batches (a GPU job, batch 16, has none); rows written before payload was recorded use `kv_bytes`.
 Computed ("closed form"): the bytes the framework's layouts need for the *pruned* tokens at the job's measured
 sparsity, in fp16 (the GPU dtype), window excluded, i.e. the long-context limit:
 - per-token rules: the fixed per-token bitmap layout (D-bit bitmap + keep values padded to 16 bytes);
@@ -42,11 +44,13 @@ def side_fraction(
 
 def kv_fraction(row: Mapping[str, Any]) -> tuple[float, str]:
     """(KV bytes / dense KV bytes, MEASURED or COMPUTED) for one job's row."""
-    kv_bytes, dense = row.get("kv_bytes"), row.get("dense_kv_bytes")
+    stored, dense = row.get("kv_payload_bytes"), row.get("dense_kv_bytes")
+    if not _number(stored):  # a row from before kv_payload_bytes
+        stored = row.get("kv_bytes")
     evicted = row.get("kv_evicted_bytes")
     evicted = evicted if _number(evicted) else 0
-    if row.get("mode") == "compressed" and _number(kv_bytes) and _number(dense) and dense > 0:
-        return kv_bytes / (dense + evicted), MEASURED
+    if row.get("mode") == "compressed" and _number(stored) and _number(dense) and dense > 0:
+        return stored / (dense + evicted), MEASURED
     cached = dense / (dense + evicted) if _number(dense) and dense > 0 else 1.0
     d = int(row["head_dim"])
     value_dtype = row.get("value_dtype", "native")

@@ -45,7 +45,8 @@ JOB_FIELDS = [
     *(f for f in policies.VARIANT_FIELDS if f not in ("keep_rule", "value_dtype")),
     "k_sparsity_measured",
     "v_sparsity_measured",
-    "kv_bytes",
+    "kv_bytes",  # the measured KV size of rows that predate kv_payload_bytes
+    "kv_payload_bytes",  # the measured KV size (any batch size)
     "dense_kv_bytes",
     "kv_evicted_bytes",  # the KV size of an evicting job counts its evicted tokens as dense reference
     "value_dtype",  # fp8 jobs are priced in the fp8 layout

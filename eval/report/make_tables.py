@@ -34,8 +34,8 @@ NOTES = (
     "seeded). Δ vs dense = Average minus the dense job's on the same prompts, with a paired-bootstrap 95% CI and a "
     "sign-flip permutation p-value; 'within noise' when that CI covers 0 or p >= 0.05. K, V = nominal sparsity; K/V meas. = "
     "measured over the pruned tokens. KV size = KV bytes / dense: 'measured' from kv.mode=compressed jobs "
-    "(allocated, window included), 'closed-form' = fp16 layout bytes of the pruned tokens at the measured sparsity "
-    "(computed, not measured)."
+    "(stored payload, window included; allocated bytes in rows that predate payload), 'closed-form' = fp16 layout "
+    "bytes of the pruned tokens at the measured sparsity (computed, not measured)."
 )
 
 

@@ -61,18 +61,21 @@ def _abs_key(x, KEY_BITS: tl.constexpr):
 
 @triton.jit
 def _e4m3(y):
-    """fp32 ``y`` (|y| <= 448) as its e4m3 bit pattern (int32), round to nearest even: integer arithmetic, so the
-    interpreter (whose float8 conversion does not round to nearest even) and the GPU agree with PyTorch."""
+    """fp32 ``y`` (|y| <= 448, or NaN) as its e4m3 bit pattern (int32), round to nearest even, NaN as e4m3fn's NaN
+    0x7f with its sign: integer arithmetic, so the interpreter (whose float8 conversion does not round to nearest
+    even) and the GPU agree with PyTorch."""
     ub = y.to(tl.int32, bitcast=True) & 0x7FFFFFFF
     normal = (
         ub - (120 << 23) + 0x7FFFF + ((ub >> 20) & 1)
     ) >> 20  # rebias 127 -> 7, round to 3 mantissa bits
     v = y.to(tl.int32, bitcast=True)
-    t = tl.abs(y) * 512.0  # below 2^-6: multiples of 2^-9 (subnormals; 8 is the smallest normal, 0x08)
+    tiny = ub < (121 << 23)
+    # below 2^-6: multiples of 2^-9 (subnormals; 8 is the smallest normal, 0x08); NaN never reaches the int cast
+    t = tl.where(tiny, tl.abs(y), 0.0) * 512.0
     n = t.to(tl.int32)
     r = t - n.to(tl.float32)
     n = n + ((r > 0.5) | ((r == 0.5) & ((n & 1) == 1))).to(tl.int32)
-    code = tl.where(ub >= (121 << 23), normal, n)
+    code = tl.where(ub > 0x7F800000, 0x7F, tl.where(tiny, n, normal))  # above inf's bits: NaN
     return code | ((v >> 24) & 0x80)
 
 
@@ -195,9 +198,11 @@ def _prune_pack_kernel(
         # e4m3 codes with the token's power-of-two scale (mustafar.formats.fp8.pow2_scale, same integer math)
         xf = x.to(tl.float32)
         amax = tl.max(tl.where(keep, tl.abs(xf), 0.0), axis=1)
+        # tl.max skips NaN; the reference's amax is NaN there, which pow2_scale turns into scale 1
+        nan = tl.sum((keep & (xf != xf)).to(tl.int32), axis=1)
         abits = amax.to(tl.int32, bitcast=True)
         k = ((abits >> 23) & 0xFF) - 135 + ((abits & 0x7FFFFF) > 0x600000).to(tl.int32)
-        k = tl.minimum(tl.maximum(tl.where(amax > 0, k, 0), -126), 126)
+        k = tl.minimum(tl.maximum(tl.where((amax > 0) & (nan == 0), k, 0), -126), 126)
         tl.store(scale_ptr + slot, ((k + 127) << 23).to(tl.float32, bitcast=True), mask=rmask)
         inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k: the division is exact
         x = _e4m3(xf * inv[:, None]).to(tl.uint8)

@@ -60,6 +60,33 @@ def test_pack_with_a_given_mask_and_static_device_counts():
         assert torch.equal(static.scales[b, :, t0 : t0 + 2], ref.scales[b, :, :2])
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+@pytest.mark.parametrize("given", [False, True])
+def test_pack_keeps_nan_as_the_reference_does(dtype, given):
+    """A kept NaN is e4m3fn's NaN (0x7f, 0xff when negative) and its token gets the reference's scale 1 (the
+    Triton pack wrote a finite code and scaled the token by its other values)."""
+    x = _rows(1, 2, 3, 64, dtype=dtype, seed=6)
+    x[0, 0, 0, 5], x[0, 0, 1, 7], x[0, 1, 2, 9] = math.nan, math.nan, math.nan
+    bits = x.view(torch.int16 if x.element_size() == 2 else torch.int32)
+    bits[0, 0, 1, 7] |= torch.iinfo(bits.dtype).min  # a negative NaN (bf16 drops -nan's sign)
+    mask = torch.zeros_like(x, dtype=torch.bool)
+    mask[..., :19] = True
+    x[0, 1, 0, 40] = math.nan  # NaN ranks first in top-k; the given mask prunes it (not stored nor scaled)
+    stores = [CompressedStore(1, 2, 64, dtype, "cpu", keep=19, value_dtype="fp8") for _ in "ab"]
+    for store, backend in zip(stores, ("triton", "torch")):
+        if given:
+            pack_into(store, x, mask, backend=backend)
+        else:
+            topk_pack_into(store, x, 19, backend=backend)
+    for name in ("bits", "vals", "scales"):
+        assert torch.equal(getattr(stores[0], name), getattr(stores[1], name)), name
+    codes = stores[0].vals
+    assert (codes == 0x7F).sum() == 2 + (not given) and (codes == 0xFF).sum() == 1
+    assert stores[0].scales[0, 0, :2].tolist() == [1.0, 1.0] and stores[0].scales[0, 1, 2] == 1.0
+    kept_nan = x.isnan() & (mask if given else True)
+    assert torch.equal(stores[0].to_dense().isnan(), kept_nan)
+
+
 @pytest.mark.parametrize(
     "dtype,d,n_rep,k_fp8,v_fp8",
     [
