@@ -41,15 +41,18 @@ def pruning_error_terms(
     rows: torch.Tensor, keep: int, pads: list[int] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Squared Frobenius norms per (row, head) [B, H] of what per-token top-`keep` magnitude pruning drops from
-    `rows` [B, H, n, D], and of `rows` itself; columns before a row's `pads` entry are left out."""
+    `rows` [B, H, n, D], and of `rows` itself; columns before a row's `pads` entry are left out. The terms are
+    fp32 squares summed in fp64 (docs/method.md §7), the dropped ones directly: total minus kept in fp32 cancelled
+    to noise when little is dropped (a keep near D with large channels)."""
     sq = rows.float().square()
-    total = sq.sum(-1)
-    dropped = (total - sq.topk(min(keep, sq.shape[-1]), dim=-1).values.sum(-1)).clamp_min(0)
+    total = sq.sum(-1, dtype=torch.float64)
+    dropped = sq.topk(sq.shape[-1] - min(keep, sq.shape[-1]), dim=-1, largest=False).values
+    dropped = dropped.sum(-1, dtype=torch.float64)
     if pads is not None:
         columns = torch.arange(rows.shape[2], device=rows.device)
         real = columns.unsqueeze(0) >= torch.tensor(pads, device=rows.device).unsqueeze(1)  # [B, n]
         dropped, total = dropped * real.unsqueeze(1), total * real.unsqueeze(1)
-    return dropped.sum(-1).double(), total.sum(-1).double()
+    return dropped.sum(-1), total.sum(-1)
 
 
 def relative_error(dropped: torch.Tensor, total: torch.Tensor) -> torch.Tensor:

@@ -160,8 +160,8 @@ class KVConfig:
                         f"kv.allocation={self.allocation!r} needs per-token rules, got kv.{side}: {rule.label()} "
                         "(allowed scorers: magnitude, output_aware with direction token)"
                     )
-            for side in ("k", "v"):
-                if self.side_keep_rule(side) != "exact":
+            for side in ("k", "v"):  # a side that prunes nothing has no keep to allocate: its rule is moot
+                if getattr(self, side).active and self.side_keep_rule(side) != "exact":
                     raise ConfigError(
                         f"kv.allocation={self.allocation!r} needs {self.keep_rule_key(side)}=exact (one keep count "
                         f"per token), got {self.side_keep_rule(side)!r}"
