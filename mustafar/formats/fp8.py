@@ -6,7 +6,8 @@ an all-zero token). A power of two makes the division exact, so every implementa
 Triton pack, mask mode's simulated rounding) produces the same codes, and ``codes · s`` is exactly representable
 in fp16 and bf16 (3 mantissa bits, exponent shifted): dequantising is exact in any of the model dtypes and the
 kernels may apply ``s`` anywhere in their fp32 math (a K score or a P·V weight). Relative error per entry is at
-most 2^-4 (half an e4m3 ulp), entries below ``2^-9 · s`` flush towards e4m3's subnormals.
+most 2^-4 (half an e4m3 ulp) for entries of at least ``2^-6 · s`` (e4m3's smallest normal); below that they fall
+to e4m3's subnormals, multiples of ``2^-9 · s``.
 """
 
 from __future__ import annotations
