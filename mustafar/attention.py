@@ -307,8 +307,11 @@ def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCac
         raise ValueError(
             f"cache has {len(cache.layers)} layers but the model has {len(modules)} attention modules"
         )
+    outer = {m: getattr(m, _BOUND, None) for m in modules}  # an enclosing attach's layers (nested blocks)
     model.set_attn_implementation(ATTN_NAME)
     for m in modules:
+        if outer[m] is not None:
+            outer[m].bound = False
         setattr(m, _BOUND, cache.layers[m.layer_idx])
         cache.layers[m.layer_idx].bound = True
     try:
@@ -316,5 +319,9 @@ def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCac
     finally:
         for m in modules:
             getattr(m, _BOUND).bound = False
-            delattr(m, _BOUND)
+            if outer[m] is None:
+                delattr(m, _BOUND)
+            else:  # give the enclosing block its binding back
+                setattr(m, _BOUND, outer[m])
+                outer[m].bound = True
         model.set_attn_implementation(previous)

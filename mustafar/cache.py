@@ -19,7 +19,7 @@ from mustafar.allocation import Allocator
 from mustafar.config import KVConfig
 from mustafar.eviction import snapkv_keep
 from mustafar.formats import CompressedStore
-from mustafar.formats.bitmap import unpack_bitmap, variable_token_nbytes
+from mustafar.formats.bitmap import fixed_token_nbytes, unpack_bitmap, variable_token_nbytes
 from mustafar.formats.fp8 import fake_quantize
 from mustafar.kernels import pack_into, topk_pack_into
 from mustafar.pruning import Observation, RowPruner, SidePruner
@@ -209,6 +209,13 @@ class MustafarLayer(DynamicLayer):
         tokens = sum(self.evicted) if row is None else self.evicted[row]
         return tokens * self.keys.shape[1] * self.keys.shape[3] * self.keys.element_size() * 2
 
+    def reset(self) -> None:
+        """Forget the batch (`Cache.reset`): no tokens, fresh pruners, padding undeclared; the binding stays.
+        Zeroing the tensors alone would leave the pruners' positions and counts of the old batch in place."""
+        bound = self.bound
+        MustafarLayer.__init__(self, self.policy, self.layer_idx)
+        self.bound = bound
+
     def crop(self, tokens_to_remove: int) -> None:
         raise UnsupportedCacheOperation("a pruned KV cache cannot be cropped (assisted/speculative decoding)")
 
@@ -357,8 +364,12 @@ class CompressedLayer(MustafarLayer):
         total = 0
         for side, store in self.stores.items():
             tokens = max(0, store.length - pad)
-            if store.fixed:
-                total += store.heads * (tokens + waiting) * store.token_nbytes
+            row_keep = self._row_keep(side, b)
+            if store.fixed or row_keep is not None:  # alone, the row's store has the fixed layout
+                token = store.token_nbytes if store.fixed else fixed_token_nbytes(
+                    store.head_dim, row_keep, store.itemsize, store.value_dtype
+                )  # fmt: skip
+                total += store.heads * (tokens + waiting) * token
                 continue
             bits = store.bits[b, :, store.length - tokens : store.length]
             nnz = int(unpack_bitmap(bits, store.head_dim).sum()) + kept.get(side, 0)
@@ -369,6 +380,14 @@ class CompressedLayer(MustafarLayer):
         _, h, t, d = self.keys.shape
         tail_tokens = min(t, t + self.stored - pad) - waiting
         return total + 2 * h * tail_tokens * d * self.keys.element_size()
+
+    def _row_keep(self, side: str, b: int) -> int | None:
+        """The keep all of row `b`'s heads share under an allocation (alone, its store would have the fixed layout,
+        whatever other rows of the batch keep), else None."""
+        keeps = getattr(self.pruners[side], "keeps", None)  # [B, H]
+        if keeps is None or not bool((keeps[b] == keeps[b, 0]).all()):
+            return None
+        return int(keeps[b, 0])
 
     def _row_waiting(self, b: int, pad: int) -> tuple[int, dict[str, int]]:
         """Row `b`'s real tokens that it has decided on both sides but the batch keeps in the tail, and each side's
@@ -458,6 +477,14 @@ class MustafarCache(Cache):
         self.policy = policy
         if policy.allocation != "uniform":
             allocator = Allocator(policy, self.layers)
+            for layer in self.layers:
+                layer.allocator = allocator
+
+    def reset(self) -> None:
+        """Empty the cache for another batch: every layer and, under an allocation, the allocator start afresh."""
+        super().reset()
+        if self.policy.allocation != "uniform":
+            allocator = Allocator(self.policy, self.layers)
             for layer in self.layers:
                 layer.allocator = allocator
 

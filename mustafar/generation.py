@@ -59,9 +59,38 @@ class Batch:
         return (self.attention_mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
+def _prompt_lists(prompts: object) -> list[list[int]]:
+    """The prompts as lists of ints (a 2-d tensor or array: one prompt per row); anything that is not a collection
+    of token-id collections is named in the error (a flat list of ids, text, float ids), before the model runs."""
+    if hasattr(prompts, "tolist") and not isinstance(prompts, list):  # a tensor or an array
+        prompts = prompts.tolist()
+    if not isinstance(prompts, Iterable) or isinstance(prompts, str | bytes):
+        raise ValueError(f"prompts={prompts!r:.80} must be a list of prompts, each a list of token ids")
+    out = []
+    for i, prompt in enumerate(prompts):
+        if hasattr(prompt, "tolist") and not isinstance(prompt, list):
+            prompt = prompt.tolist()
+        if not isinstance(prompt, Iterable) or isinstance(prompt, str | bytes):
+            raise ValueError(
+                f"prompts[{i}]={prompt!r:.80} is not a list of token ids (prompts is a list of prompts, each a "
+                "list of token ids; wrap a single prompt in a list)"
+            )
+        ids = [_integer(t) for t in prompt]
+        if None in ids:
+            bad = list(prompt)[ids.index(None)]
+            raise ValueError(f"prompt {i} holds {bad!r}, not a token id")
+        out.append(ids)
+    return out
+
+
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> Batch:
+    prompts = _prompt_lists(prompts)
     if not prompts or any(len(p) == 0 for p in prompts):
         raise ValueError("generate needs at least one prompt and every prompt needs at least one token")
+    if _integer(pad_id) is None:
+        raise ValueError(
+            f"pad_id={pad_id!r} is not a token id (pads are masked out: any id in the vocabulary will do, e.g. 0)"
+        )
     width = max(len(p) for p in prompts)
     pads = [width - len(p) for p in prompts]
     ids = torch.tensor([[pad_id] * pad + list(p) for pad, p in zip(pads, prompts)], device=device)
@@ -202,6 +231,7 @@ def generate(
     """
     if not isinstance(policy, KVConfig):
         raise TypeError(f"generate takes a KVConfig as its policy, got {type(policy).__name__} {policy!r}")
+    prompts = _prompt_lists(prompts)
     n = len(prompts)
     budget = _per_row(max_new_tokens, n, "max_new_tokens")
     minimum = _per_row(min_new_tokens, n, "min_new_tokens")
@@ -214,10 +244,14 @@ def generate(
     if cache is None:
         runner = _static_runner(model, policy, batch, max(budget), static)
         cache = runner.cache if runner is not None else new_cache(model, policy)
+    elif not isinstance(cache, MustafarCache):
+        raise TypeError(f"cache= takes a MustafarCache (or None for a new one), got {type(cache).__name__}")
     elif static:
         raise ValueError("static=True builds its own cache: pass cache=None")
     elif cache.policy != policy or cache.get_seq_length() > 0:
         raise ValueError("generate needs an empty cache built for the same policy")
+    elif isinstance(cache, StaticMustafarCache):  # the caller's own: sized and scoped for some other batch
+        _check_static_fits(model, cache, batch, max(budget))
     if any(batch.pads) or not isinstance(cache, StaticMustafarCache):  # static layers: no pads, no RowPruners
         cache.set_padding(batch.pads, device)
 
@@ -277,6 +311,27 @@ def _static_runner(
         announce_fallback(reason)
         return None
     return pool_of(model).runner(model, policy, len(batch.pads), width, max_new_tokens, padded, shortest)
+
+
+def _check_static_fits(
+    model: torch.nn.Module, cache: StaticMustafarCache, batch: Batch, max_new_tokens: int
+) -> None:
+    """Refuse, before the prompt runs, a batch the caller's static cache cannot hold (capacity) or serve (a
+    compressed row shorter than the window: `static_reason`)."""
+    width, padded = batch.input_ids.shape[1], any(batch.pads)
+    reason = static_reason(model, cache.policy, width, padded, width - max(batch.pads))
+    if reason is not None:
+        raise ValueError(f"this static cache cannot serve the batch: {reason}; pass cache=None")
+    held = next((layer.batch for layer in cache.layers if layer.is_initialized), None)  # kept through reset()
+    if held is not None and held != len(batch.pads):
+        raise ValueError(
+            f"this static cache holds {held} rows, the batch has {len(batch.pads)}; pass cache=None"
+        )
+    if width + max(0, max_new_tokens - 1) > cache.capacity:  # the last token is chosen, never cached
+        raise ValueError(
+            f"this static cache holds {cache.capacity} tokens per row, the batch needs {width} prompt columns + "
+            f"max_new_tokens={max_new_tokens} - 1; pass cache=None"
+        )
 
 
 def _stop_mask(stops: list[set[int]], vocab: int, device: torch.device) -> torch.Tensor:

@@ -692,6 +692,7 @@ class StaticMustafarCache(MustafarCache):
         for layer in self.layers:
             layer.advance(steps)
 
+    @torch.inference_mode()  # generate allocates the buffers as inference tensors: zeroed in place only in it
     def reset(self) -> None:
         """Empty the cache for another batch of the same size, keeping every buffer (and so a captured graph)."""
         for layer in self.layers:
