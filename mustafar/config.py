@@ -41,6 +41,8 @@ def _choice(key: str, value: Any, allowed: tuple[str, ...]) -> None:
 
 
 def _sparsity(key: str, value: Any) -> float:
+    if isinstance(value, bool):  # float(True) is 1.0 and float(False) 0.0: a flag, not a fraction
+        raise ConfigError(f"{key}={value!r} is a boolean, not a number; sparsity must be in [0, 1)")
     try:
         s = float(value)
     except (TypeError, ValueError):

@@ -237,9 +237,16 @@ def generate(
     minimum = _per_row(min_new_tokens, n, "min_new_tokens")
     stops = _stop_sets(stop_ids, n)
 
+    if static not in (None, True, False):  # "yes", 1.0 or "false" would be read by truth value
+        raise TypeError(f"static={static!r} must be True, False or None")
     device = next(model.parameters()).device
     batch = left_pad(prompts, pad_id, device)
-    _check_vocabulary(batch, model.get_input_embeddings().num_embeddings)
+    vocab = model.get_input_embeddings().num_embeddings
+    _check_vocabulary(batch, vocab)
+    for b, row in enumerate(stops):
+        outside = sorted(i for i in row if not 0 <= i < vocab)
+        if outside:  # such an id can never be generated: the row would silently never stop on it
+            raise ValueError(f"stop id {outside[0]} (row {b}) is outside the model's vocabulary [0, {vocab})")
     runner = None
     if cache is None:
         runner = _static_runner(model, policy, batch, max(budget), static)

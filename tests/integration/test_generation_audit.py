@@ -197,3 +197,19 @@ def test_a_callers_static_cache_refuses_a_batch_it_cannot_serve_and_resets_outsi
     want = generate(tiny_llama, policy, other, [11, 4, 7], static=False)
     assert [o.tokens for o in got] == [o.tokens for o in want]
     assert [counts(o.stats) for o in got] == [counts(o.stats) for o in want]
+
+
+def test_unusable_stop_ids_and_static_flags_are_refused(tiny_llama):
+    """A stop id outside the vocabulary can never be generated (the row would silently never stop on it), and a
+    non-boolean `static` was read by its truth value ("false" meant True)."""
+    vocab = tiny_llama.get_input_embeddings().num_embeddings
+    policy = KVConfig()
+    for bad in (-1, vocab):
+        with pytest.raises(ValueError, match=rf"stop id {bad} \(row 0\) is outside the model's vocabulary"):
+            generate(tiny_llama, policy, [[1, 2, 3]], 3, stop_ids=[2, bad])
+    with pytest.raises(ValueError, match=rf"stop id {vocab} \(row 1\)"):
+        generate(tiny_llama, policy, [[1, 2], [3, 4]], 3, stop_ids=[[2], [vocab]])
+    for bad in ("yes", "false", 0.5):
+        with pytest.raises(TypeError, match="must be True, False or None"):
+            generate(tiny_llama, policy, [[1, 2, 3]], 3, static=bad)
+    assert len(generate(tiny_llama, policy, [[1, 2, 3]], 3, stop_ids=[vocab - 1], static=False)[0].tokens) <= 3

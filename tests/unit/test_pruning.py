@@ -222,6 +222,8 @@ def test_measured_sparsity_counts_only_final_tokens():
     [
         ({"k_sparsity": 1.0}, "kv.k_sparsity=1.0 is outside [0, 1)"),
         ({"v_sparsity": -0.1}, "kv.v_sparsity=-0.1 is outside [0, 1)"),
+        ({"k_sparsity": True}, "kv.k_sparsity=True is a boolean, not a number"),  # float(True) is 1.0
+        ({"v_sparsity": False}, "kv.v_sparsity=False is a boolean, not a number"),  # and False read as 0
         ({"k_scorer": "random"}, "kv.k_scorer='random' is not allowed"),
         ({"v_direction": "diagonal"}, "kv.v_direction='diagonal' is not allowed"),
         ({"window": -1}, "kv.window=-1 must be an integer >= 0"),
