@@ -212,4 +212,6 @@ def test_unusable_stop_ids_and_static_flags_are_refused(tiny_llama):
     for bad in ("yes", "false", 0.5):
         with pytest.raises(TypeError, match="must be True, False or None"):
             generate(tiny_llama, policy, [[1, 2, 3]], 3, static=bad)
-    assert len(generate(tiny_llama, policy, [[1, 2, 3]], 3, stop_ids=[vocab - 1], static=False)[0].tokens) <= 3
+    assert (
+        len(generate(tiny_llama, policy, [[1, 2, 3]], 3, stop_ids=[vocab - 1], static=False)[0].tokens) <= 3
+    )
