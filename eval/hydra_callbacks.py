@@ -73,21 +73,26 @@ class SweepSummary(Callback):
             raise SystemExit(1)
 
     def _summarise(self, config: DictConfig) -> int:
-        sweep_dir = Path(config.results_dir) / config.sweep
         missing = unfinished(self.planned) if self.planned is not None else []
-        if not sweep_dir.is_dir() and not missing:
-            return 0
-        table = write_summary(sweep_dir) if sweep_dir.is_dir() else None
-        text = render(table) if table is not None else "(no finished jobs)"
-        print(f"\n== {config.sweep}: {sweep_dir}/summary.md ==\n{text}\n", flush=True)
-        report_unfinished(sweep_dir, text, missing)
-        self._report(config, table)
+        # the folders this multirun's jobs write to: several when `sweep` or `results_dir` is swept (each gets its
+        # own table); the config's own folder when no job could be planned
+        planned = [e.job.dir.parent for e in self.planned or [] if e.job is not None]
+        folders = list(dict.fromkeys(planned)) or [Path(config.results_dir) / config.sweep]
+        for i, sweep_dir in enumerate(folders):
+            mine = [u for u in missing if u.folder == sweep_dir or (u.folder is None and i == 0)]
+            if not sweep_dir.is_dir() and not mine:
+                continue
+            table = write_summary(sweep_dir) if sweep_dir.is_dir() else None
+            text = render(table) if table is not None else "(no finished jobs)"
+            print(f"\n== {sweep_dir.name}: {sweep_dir}/summary.md ==\n{text}\n", flush=True)
+            report_unfinished(sweep_dir, text, mine)
+            self._report(config, table, sweep_dir)
         return len(missing)
 
-    def _report(self, config: DictConfig, table: pd.DataFrame | None) -> None:
+    def _report(self, config: DictConfig, table: pd.DataFrame | None, sweep_dir: Path) -> None:
         if table is None:
             return
-        experiment = OmegaConf.select(config, "hydra.runtime.choices.experiment") or config.sweep
+        experiment = OmegaConf.select(config, "hydra.runtime.choices.experiment") or sweep_dir.name
         logger = OmegaConf.to_container(config.logger, resolve=True)
         from eval.report.wandb_summary import enabled
 
@@ -95,7 +100,7 @@ class SweepSummary(Callback):
             return
         from eval.report.make_tables import make_tables
 
-        report = make_tables(Path(config.results_dir), config.sweep, experiment=experiment, logger=logger)
+        report = make_tables(sweep_dir.parent, sweep_dir.name, experiment=experiment, logger=logger)
         print(f"== report: {len(report.files)} files in {report.out_dir}", flush=True)
         if report.wandb_dir:
             print(f"== W&B summary run: {report.wandb_dir}", flush=True)

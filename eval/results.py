@@ -95,8 +95,11 @@ def read_result(path: Path, job_id: str | None = None) -> dict[str, Any]:
         raise InvalidResult(f"{path} has schema={schema!r}, this code reads schema={SCHEMA_VERSION}")
     if job_id is not None and result.get("job_id") != job_id:
         raise InvalidResult(f"{path} belongs to job {result.get('job_id')!r}, not {job_id!r}")
-    if not isinstance(result.get("rows"), list):
+    rows = result.get("rows")
+    if not isinstance(rows, list):
         raise InvalidResult(f"{path} has no list of rows")
+    if not rows or not all(isinstance(r, dict) for r in rows):  # a finished job always has a row per score
+        raise InvalidResult(f"{path} holds no result rows (rows must be a non-empty list of objects)")
     return result
 
 

@@ -147,6 +147,7 @@ class Unfinished:
     label: str
     state: str  # invalid config | failed | running elsewhere | not finished
     detail: str
+    folder: Path | None = None  # the sweep folder the job writes to (None: an invalid config, no job)
 
 
 def unfinished(planned: list[PlannedJob]) -> list[Unfinished]:
@@ -160,19 +161,31 @@ def unfinished(planned: list[PlannedJob]) -> list[Unfinished]:
         if job.job_id in seen:
             continue
         seen.add(job.job_id)
+        failed = job.dir / FAILED_NAME
         try:
             read_result(job.result_path, job.job_id)
+            # force=true asked for a redo: failed.json (removed when an attempt starts) says the last one failed,
+            # and the result is an earlier run's
+            if job.force and failed.exists():
+                out.append(
+                    Unfinished(
+                        job.job_id,
+                        "failed",
+                        f"{_failure_line(failed)}; force=true did not redo it: {job.result_path} is an earlier "
+                        "run's",
+                        job.dir.parent,
+                    )
+                )
             continue
         except ValueError as err:
             why = str(err) if job.result_path.exists() else "no result.json"
         owner = live_owner(job.dir / LOCK_NAME)
-        failed = job.dir / FAILED_NAME
         if owner is not None:
-            out.append(Unfinished(job.job_id, "running elsewhere", owner.describe()))
+            out.append(Unfinished(job.job_id, "running elsewhere", owner.describe(), job.dir.parent))
         elif failed.exists():
-            out.append(Unfinished(job.job_id, "failed", _failure_line(failed)))
+            out.append(Unfinished(job.job_id, "failed", _failure_line(failed), job.dir.parent))
         else:
-            out.append(Unfinished(job.job_id, "not finished", why))
+            out.append(Unfinished(job.job_id, "not finished", why, job.dir.parent))
     return out
 
 
