@@ -50,6 +50,7 @@ it are dropped, never out of bounds).
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -62,6 +63,17 @@ from mustafar.pruning.keep import calibrated_nm_mask, fixed_count_mask, word_quo
 
 SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _ALIGN_BYTES = 16
+
+
+def _count(name: str, value: object) -> int:
+    """``value`` as a Python int (numpy and 0-d tensor integers too), or one ValueError naming it: never a float or
+    a bool, which would otherwise reach the buffer shapes as an opaque TypeError or a wrong size."""
+    if isinstance(value, bool):
+        raise ValueError(f"{name} must be an integer, got {value!r}")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise ValueError(f"{name} must be an integer, got {value!r}") from None
 
 
 def padded_keep(keep: int, itemsize: int, align: int = _ALIGN_BYTES) -> int:
@@ -78,6 +90,8 @@ def bitmap_words(head_dim: int) -> int:
 def fixed_token_nbytes(head_dim: int, keep: int, itemsize: int, value_dtype: str = "native") -> int:
     """Bytes one token of one (batch, head) row takes in the fixed layout (``itemsize``: the native values';
     fp8: one byte per slot, 8-byte padding, plus the token's scale)."""
+    if value_dtype not in VALUE_DTYPES:
+        raise ValueError(f"value_dtype must be one of {VALUE_DTYPES}, got {value_dtype!r}")
     if value_dtype == "fp8":
         return 4 * bitmap_words(head_dim) + padded_keep(keep, 1, FP8_ALIGN) + SCALE_BYTES
     return 4 * bitmap_words(head_dim) + padded_keep(keep, itemsize) * itemsize
@@ -106,7 +120,11 @@ def stored_channels(head_dim: int, nm_group: int, strided: bool) -> list[int]:
 
 def pack_bitmap(mask: Tensor) -> Tensor:
     """bool [..., D] -> int32 [..., D // 32], LSB first."""
-    d = mask.shape[-1]
+    d = mask.shape[-1] if mask.dim() else 0
+    if mask.dtype != torch.bool or d <= 0 or d % 32:
+        raise ValueError(
+            f"mask must be bool [..., D] with D a positive multiple of 32, got {mask.dtype} {tuple(mask.shape)}"
+        )
     weights = torch.ones(32, dtype=torch.int64, device=mask.device) << torch.arange(32, device=mask.device)
     words = (mask.reshape(*mask.shape[:-1], d // 32, 32).to(torch.int64) * weights).sum(-1)
     return torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
@@ -114,6 +132,11 @@ def pack_bitmap(mask: Tensor) -> Tensor:
 
 def unpack_bitmap(words: Tensor, head_dim: int) -> Tensor:
     """int32 [..., D // 32] -> bool [..., D]."""
+    if words.dtype != torch.int32 or words.dim() == 0 or words.shape[-1] * 32 != head_dim:
+        raise ValueError(
+            f"words must be int32 [..., {head_dim} // 32] for head_dim={head_dim}, got {words.dtype} "
+            f"{tuple(words.shape)}"
+        )
     shifts = torch.arange(32, device=words.device, dtype=torch.int32)
     bits = (words.unsqueeze(-1) >> shifts) & 1
     return bits.reshape(*words.shape[:-1], head_dim).bool()
@@ -146,6 +169,9 @@ class CompressedStore:
         nm_group: int = 0,
         nm_strided: bool = False,
     ) -> None:
+        batch, heads, head_dim = _count("batch", batch), _count("heads", heads), _count("head_dim", head_dim)
+        capacity = _count("capacity", capacity)
+        keep = None if keep is None else _count("keep", keep)
         if head_dim <= 0 or head_dim % 32:
             raise ValueError(f"head_dim must be a positive multiple of 32, got {head_dim}")
         if dtype not in SUPPORTED_DTYPES:
@@ -384,6 +410,7 @@ class CompressedStore:
 
     @length.setter
     def length(self, tokens: int) -> None:
+        tokens = _count("length", tokens)
         if not 0 <= tokens <= self.capacity:
             raise ValueError(f"length must be in [0, {self.capacity}], got {tokens}")
         if self.static:
@@ -560,6 +587,10 @@ class CompressedStore:
             raise ValueError(f"an fp8 store needs fp32 scales of shape {tuple(bits.shape[:3])}, got {got}")
         mask = unpack_bitmap(bits, self.head_dim)
         n = bits.shape[2]
+        kept = int(mask.sum())
+        # checked before extend claims the slots: a failed append leaves no empty tokens behind
+        if values.numel() != kept:
+            raise ValueError(f"values hold {values.numel()} entries, the bitmaps keep {kept}")
         t0 = self.extend(n, mask.sum(-1))
         self.bits[:, :, t0 : t0 + n] = bits
         if self.fixed:
