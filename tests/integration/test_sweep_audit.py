@@ -16,14 +16,7 @@ from eval.job import Job
 from eval.results import InvalidResult, read_result
 from eval.sweep import PlannedJob, run_job, unfinished
 from eval.tables import render, write_summary
-from tests.integration.test_sweep_faults import config, job
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Job:
-    done = job(results_dir=tmp_path_factory.mktemp("results"))
-    assert done.run() == done.result_path
-    return done
+from tests.integration.sweep_jobs import config, job
 
 
 def copy_into(src: Job, dst: Job) -> Job:

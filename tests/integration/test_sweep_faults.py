@@ -24,31 +24,9 @@ from eval.results import read_result
 from eval.sweep import PlannedJob, plan, run_job, unfinished
 from mustafar import models
 from mustafar.config import ConfigError
+from tests.integration.sweep_jobs import CONF, FAST, ROOT, config, job
 
-ROOT = Path(__file__).resolve().parents[2]
-CONF = ROOT / "conf"
 FIXTURES = ROOT / "tests" / "fixtures" / "longbench" / "data"
-FAST = ["model=tiny", "logger=none", "benchmark.tasks=[vt]", "benchmark.n=1", "device=cpu"]
-
-
-def config(*overrides: str, results_dir: Path | None = None) -> dict:
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = OmegaConf.to_container(compose("config", overrides=[*FAST, *overrides]), resolve=True)
-    if results_dir is not None:
-        cfg["results_dir"] = str(results_dir)
-    return cfg
-
-
-def job(*overrides: str, results_dir: Path) -> Job:
-    return Job.from_config(config(*overrides, results_dir=results_dir))
-
-
-@pytest.fixture(scope="module")
-def finished(tmp_path_factory) -> Job:
-    """One dense job run to completion (its predictions let later tests re-run it in a second)."""
-    done = job(results_dir=tmp_path_factory.mktemp("results"))
-    assert done.run() == done.result_path
-    return done
 
 
 def copy_job(src: Job, tmp_path: Path) -> Job:
