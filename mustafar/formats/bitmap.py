@@ -43,9 +43,12 @@ once at ``capacity`` and never grow, and the token count lives on the device, in
 count per batch row), instead of on the host. The Triton top-k pack writes each row's new tokens at that row's
 device count and advances it on the device; the decoders read it there, with a launch plan fixed for ``capacity``
 (:mod:`mustafar.kernels.decode`). No host code needs the count, so nothing synchronises. Host reads of ``length``
-(accounting, ``to_dense``, the PyTorch references) still work on a static store: they copy the count to the host
-(a synchronisation) and raise if the rows differ or a device-side append ran past ``capacity`` (device writes past
-it are dropped, never out of bounds).
+(accounting, ``to_dense()`` without a token count, host appends such as the PyTorch pack references) still work on a
+static store: they copy the count to the host (a synchronisation) and raise if the rows differ or a device-side
+append ran past ``capacity`` (device writes past it are dropped, never out of bounds). Reads by per-row count do not
+raise on an overflowed store: ``row_lengths`` clamps each count to ``capacity``, and the PyTorch decode reference
+(:func:`mustafar.kernels.reference.decode_attention_reference`) reads each row up to the smaller of its count and
+``capacity``, as the decoders do.
 """
 
 from __future__ import annotations

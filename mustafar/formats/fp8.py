@@ -8,6 +8,18 @@ in fp16 and bf16 (3 mantissa bits, exponent shifted): dequantising is exact in a
 kernels may apply ``s`` anywhere in their fp32 math (a K score or a P·V weight). Relative error per entry is at
 most 2^-4 (half an e4m3 ulp) for entries of at least ``2^-6 · s`` (e4m3's smallest normal); below that they fall
 to e4m3's subnormals, multiples of ``2^-9 · s``.
+
+Non-finite kept values (the Triton pack does the same, bit for bit):
+
+* ``max|x|`` runs over the token's *finite* kept values only, so a kept ±inf never moves the scale: the token
+  ``[inf, 2, -1, 0.5]`` gets ``s = 2^-7`` (from 2) and codes ``0x7f, 0x78, 0xf0, 0x68``.
+* ±inf is stored as e4m3fn's NaN code with inf's sign (``0x7f``, ``0xff`` for -inf) and so dequantises to NaN.
+  e4m3fn has no inf; ``torch``'s own ``float8_e4m3fn`` conversion saturates inf to ±448 (``0x7e``/``0xfe``), which
+  would dequantise to the finite ``±448·s`` and silently turn an overflow into an ordinary large value, so the
+  store deliberately departs from torch here: a non-finite input stays non-finite (NaN) after the round trip.
+* A kept NaN is the NaN code with its sign (``0x7f``/``0xff``, as torch converts it), and a token holding one keeps
+  ``s = 1``; its other kept values are then encoded at scale 1 and, beyond e4m3's range, saturate to ±448 (as
+  torch's conversion does; the division never overflows otherwise).
 """
 
 from __future__ import annotations
@@ -23,7 +35,8 @@ def pow2_scale(amax: Tensor) -> Tensor:
     """fp32 ``2^k``, the smallest power of two with ``amax / 2^k <= 448`` (1 where ``amax`` is 0).
 
     Integer arithmetic on the fp32 bits: ``amax = m·2^e`` with ``m`` in [1, 2) needs ``k = e - 8`` when
-    ``m <= 1.75`` (448 = 1.75·2^8) and ``k = e - 7`` otherwise (the Triton pack computes the same)."""
+    ``m <= 1.75`` (448 = 1.75·2^8) and ``k = e - 7`` otherwise (the Triton pack computes the same). ``amax`` is
+    meant finite (:func:`quantize` passes the largest finite kept magnitude)."""
     a = amax.float()
     bits = a.view(torch.int32)
     exp = ((bits >> 23) & 0xFF) - 127
@@ -34,12 +47,16 @@ def pow2_scale(amax: Tensor) -> Tensor:
 
 def quantize(x: Tensor, kept: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-token e4m3 codes (uint8 bit patterns, same shape as ``x`` [..., D]) and fp32 scales [...]; the scale
-    covers the ``kept`` entries (default: all; pruned entries are zeros and do not move the maximum)."""
+    covers the finite ``kept`` entries (default: all; pruned entries are zeros and do not move the maximum). A
+    kept NaN makes its token's scale 1; ±inf and NaN are the NaN code with their sign (module docstring)."""
     xf = x.float()
-    mag = xf.abs() if kept is None else xf.abs().masked_fill(~kept, 0)
-    scale = pow2_scale(mag.amax(-1))
-    codes = (xf / scale.unsqueeze(-1)).to(torch.float8_e4m3fn).view(torch.uint8)
-    return codes, scale
+    finite, nan = xf.isfinite(), xf.isnan()
+    inside, nan = (finite, nan) if kept is None else (finite & kept, nan & kept)
+    scale = pow2_scale(xf.abs().masked_fill(~inside, 0).amax(-1))
+    scale = torch.where(nan.any(-1), torch.ones_like(scale), scale)
+    codes = (xf / scale.unsqueeze(-1)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).view(torch.uint8)
+    nan_code = torch.where(xf.signbit(), 0xFF, 0x7F).to(torch.uint8)
+    return torch.where(finite, codes, nan_code), scale
 
 
 def dequantize(codes: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:

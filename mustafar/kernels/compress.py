@@ -61,9 +61,9 @@ def _abs_key(x, KEY_BITS: tl.constexpr):
 
 @triton.jit
 def _e4m3(y):
-    """fp32 ``y`` (|y| <= 448, or NaN) as its e4m3 bit pattern (int32), round to nearest even, NaN as e4m3fn's NaN
-    0x7f with its sign: integer arithmetic, so the interpreter (whose float8 conversion does not round to nearest
-    even) and the GPU agree with PyTorch."""
+    """fp32 ``y`` as its e4m3 bit pattern (int32), round to nearest even, finite values beyond 448 saturated to
+    0x7e (as torch's conversion does), ±inf and NaN as e4m3fn's NaN 0x7f with ``y``'s sign: integer arithmetic, so
+    the interpreter (whose float8 conversion does not round to nearest even) and the GPU agree with PyTorch."""
     ub = y.to(tl.int32, bitcast=True) & 0x7FFFFFFF
     normal = (
         ub - (120 << 23) + 0x7FFFF + ((ub >> 20) & 1)
@@ -75,7 +75,7 @@ def _e4m3(y):
     n = t.to(tl.int32)
     r = t - n.to(tl.float32)
     n = n + ((r > 0.5) | ((r == 0.5) & ((n & 1) == 1))).to(tl.int32)
-    code = tl.where(ub > 0x7F800000, 0x7F, tl.where(tiny, n, normal))  # above inf's bits: NaN
+    code = tl.where(ub >= 0x7F800000, 0x7F, tl.where(tiny, n, tl.minimum(normal, 0x7E)))  # inf's bits up: NaN
     return code | ((v >> 24) & 0x80)
 
 
@@ -196,16 +196,19 @@ def _prune_pack_kernel(
     slot = bh.to(tl.int64) * cap + t0 + r
     if FP8:
         # e4m3 codes with the token's power-of-two scale (mustafar.formats.fp8.pow2_scale, same integer math)
+        # over the finite kept values only (a kept ±inf does not move it); a kept NaN makes the scale 1
         xf = x.to(tl.float32)
-        amax = tl.max(tl.where(keep, tl.abs(xf), 0.0), axis=1)
-        # tl.max skips NaN; the reference's amax is NaN there, which pow2_scale turns into scale 1
+        xb = xf.to(tl.int32, bitcast=True)
+        finite = (xb & 0x7FFFFFFF) < 0x7F800000
+        amax = tl.max(tl.where(keep & finite, tl.abs(xf), 0.0), axis=1)
         nan = tl.sum((keep & (xf != xf)).to(tl.int32), axis=1)
         abits = amax.to(tl.int32, bitcast=True)
         k = ((abits >> 23) & 0xFF) - 135 + ((abits & 0x7FFFFF) > 0x600000).to(tl.int32)
         k = tl.minimum(tl.maximum(tl.where((amax > 0) & (nan == 0), k, 0), -126), 126)
         tl.store(scale_ptr + slot, ((k + 127) << 23).to(tl.float32, bitcast=True), mask=rmask)
         inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k: the division is exact
-        x = _e4m3(xf * inv[:, None]).to(tl.uint8)
+        # ±inf and NaN: the NaN code with the input's own sign (not the product's: a GPU NaN may lose it)
+        x = tl.where(finite, _e4m3(xf * inv[:, None]), 0x7F | ((xb >> 24) & 0x80)).to(tl.uint8)
     if VARIABLE:
         base = bh.to(tl.int64) * val_cap + tl.load(offs_ptr + slot, mask=rmask, other=0)
     else:

@@ -151,13 +151,15 @@ def _expand8(row_ptr, idx, word, ASM: tl.constexpr):
 
 @triton.jit
 def _e4m3_to_f32(c):
-    """e4m3 bit patterns (uint8) as fp32, by bit arithmetic (exact; the interpreter has no fp8 conversion)."""
+    """e4m3fn bit patterns (uint8) as fp32, by bit arithmetic (exact; the interpreter has no fp8 conversion);
+    0x7f/0xff are NaN (the packs store NaN and ±inf so), as the GPU's conversion reads them."""
     c = c.to(tl.int32)
     e = (c >> 3) & 0xF
     m = c & 7
     normal = ((c & 0x80) << 24) | ((e + 120) << 23) | (m << 20)
     sub = m.to(tl.float32) * 0.001953125  # exponent field 0: m · 2^-9
-    return tl.where(e == 0, tl.where((c & 0x80) != 0, -sub, sub), normal.to(tl.float32, bitcast=True))
+    value = tl.where(e == 0, tl.where((c & 0x80) != 0, -sub, sub), normal.to(tl.float32, bitcast=True))
+    return tl.where((c & 0x7F) == 0x7F, float("nan"), value)
 
 
 @triton.jit

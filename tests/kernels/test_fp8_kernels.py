@@ -118,3 +118,25 @@ def test_portable_decode_reads_fp8_stores(poison, dtype, d, n_rep, k_fp8, v_fp8)
     )
     rel = ((out.double() - ref).norm() / ref.norm()).item()
     assert rel <= (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+@pytest.mark.parametrize("side", ["k", "v"])
+@pytest.mark.parametrize("code", [0x7F, 0xFF])
+def test_portable_decode_reads_the_nan_code_as_nan(side, code):
+    """A stored NaN code (a kept NaN or ±inf) gives the reference's NaNs and only those: the portable decoder read
+    0x7f as 480 (its exponent and mantissa as if finite)."""
+    b, hkv, t, d, keep = 2, 1, 5, 64, 19
+    stores = []
+    for i in range(2):
+        store = CompressedStore(b, hkv, d, torch.float16, "cpu", keep=keep, value_dtype="fp8")
+        topk_pack_into(store, _rows(b, hkv, t, d, dtype=torch.float16, seed=20 + i), keep, backend="torch")
+        stores.append(store)
+    stores["kv".index(side)].vals.view(b, hkv, -1)[0, 0, 2 * keep + 3] = code  # token 2 of row 0
+    q = _rows(b, hkv, d, dtype=torch.float16, seed=3, scale=1.0)
+    kw = vw = torch.zeros(b, hkv, 0, d, dtype=torch.float16)
+    out = sparse_decode_attention(q, *stores, kw, vw, d**-0.5, backend="triton")
+    ref = sparse_decode_attention(q, *stores, kw, vw, d**-0.5, backend="torch")
+    # a NaN key spoils its row's scores (every channel); a NaN value its own channel of the row's outputs
+    assert ref[0].isnan().any() and not ref[1].isnan().any()
+    assert torch.equal(out.isnan(), ref.isnan())
+    torch.testing.assert_close(out.nan_to_num(), ref.nan_to_num(), rtol=1e-2, atol=1e-3)
