@@ -109,10 +109,15 @@ def mustafar_attention(
 
 
 def _left_pads(mask: torch.Tensor) -> list[int]:
-    """Leading columns each row's last query may not see (boolean or additive [B, 1|H, q, T] mask)."""
-    last = mask[:, 0, -1]
-    visible = last if last.dtype == torch.bool else last == 0
-    return visible.int().argmax(dim=-1).tolist()  # the first visible column
+    """Leading columns no query of a row may see (boolean or additive [B, 1|H, q, T] mask of a prompt).
+
+    Not the last query's row alone: on a sliding-window layer it hides every column older than the window, which
+    are the row's tokens all the same (each real query sees itself). A row that sees every column is a pad query
+    whose fully masked row was unmasked, or a causal row that sees no pads: it says nothing about them."""
+    rows = mask[:, 0]
+    visible = rows if rows.dtype == torch.bool else rows == 0
+    visible = visible & ~visible.all(dim=-1, keepdim=True)
+    return visible.any(dim=1).int().argmax(dim=-1).tolist()  # the first column some query sees
 
 
 def _family_kwargs(
