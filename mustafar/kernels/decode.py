@@ -39,6 +39,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 from triton.language.extra import libdevice
+from triton.language.extra.cuda import gdc_wait
 
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.decode_scatter import _sc_sparse_decode_kernel
@@ -367,8 +368,14 @@ def _sparse_decode_kernel(
 
 
 @triton.jit(do_not_specialize=["splits"])
-def _merge_kernel(o_ptr, lse_ptr, out_ptr, splits, SPLITS_P2: tl.constexpr, D: tl.constexpr):
-    """out[row] = Σ_s 2^(lse_s − M) · o_s / Σ_s 2^(lse_s − M) for one (batch, query head) row."""
+def _merge_kernel(
+    o_ptr, lse_ptr, out_ptr, splits, SPLITS_P2: tl.constexpr, D: tl.constexpr, PDL: tl.constexpr
+):
+    """out[row] = Σ_s 2^(lse_s − M) · o_s / Σ_s 2^(lse_s − M) for one (batch, query head) row. ``PDL``: launched
+    as a programmatic dependent of the decoder (:func:`_merge_launch`), it waits here for the decoder's grid to
+    complete and its partials to be visible."""
+    if PDL:
+        gdc_wait()
     row = tl.program_id(0).to(tl.int64)
     sp = tl.arange(0, SPLITS_P2)
     d = tl.arange(0, D)
@@ -497,6 +504,7 @@ def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedS
         K_CH_P2=triton.next_power_of_2(block_n * k_store.slot // 8),
         V_CH_P2=triton.next_power_of_2(block_n * v_store.slot // 8),
         DEVICE_LEN=k_store.static,
+        PDL=_pdl(q.device),
     )
 
 
@@ -629,6 +637,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         K_PERM=k_store.nm_group if k_nm and k_store.nm_strided else 0,
         K_ORDER=bool(k_nm) and k_store.head_order is not None,
         V_OP=v_op,
+        PDL=_pdl(q.device),
     )
 
 
@@ -789,7 +798,19 @@ _DUMMIES: dict[tuple, Tensor] = {}
 
 
 def _merge_launch(splits_p2: int, d: int, dtype: torch.dtype, device: torch.device) -> CompiledLaunch:
-    return cached_launch(_merge_kernel, dict(SPLITS_P2=splits_p2, D=d), 4, (dtype,), device)
+    pdl = _pdl(device)
+    return cached_launch(_merge_kernel, dict(SPLITS_P2=splits_p2, D=d, PDL=pdl), 4, (dtype,), device, pdl)
+
+
+def _pdl(device: torch.device) -> bool:
+    """Whether the merge follows the decoder as a programmatic dependent launch (sm_90+, compiled kernels): its
+    launch then overlaps the decoder's tail, which the Gluon decoders let it do past their token loops."""
+    return device.type == "cuda" and not interpreting() and _capability(device.index) >= (9, 0)
+
+
+@functools.cache
+def _capability(index: int | None) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
 
 
 def _arg(t: Tensor) -> Tensor:

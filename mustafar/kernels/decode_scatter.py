@@ -482,6 +482,7 @@ def _sc_sparse_decode_kernel(
     K_PERM: gl.constexpr,
     K_ORDER: gl.constexpr,
     V_OP: gl.constexpr,
+    PDL: gl.constexpr,
 ):
     G: gl.constexpr = D // 32
     DT: gl.constexpr = q_ptr.dtype.element_ty
@@ -670,5 +671,5 @@ def _sc_sparse_decode_kernel(
     qt = _q_tile(q_ptr, sqb, sqh, b, h, N_REP, D, BLOCK_H)
     _finish(
         kw_ptr, vw_ptr, o_ptr, lse_ptr, qt, m_i, l_i, acc, b, h, s, num_splits, skwb, skwh, skwt, svwb, svwh,
-        svwt, heads_kv, W_WIN, qk_scale, N_REP, D, BLOCK_H, BLOCK_N,
+        svwt, heads_kv, W_WIN, qk_scale, N_REP, D, BLOCK_H, BLOCK_N, PDL,
     )  # fmt: skip

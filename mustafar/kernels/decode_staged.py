@@ -312,9 +312,17 @@ def _finish(
     D: gl.constexpr,
     BLOCK_H: gl.constexpr,
     BLOCK_N: gl.constexpr,
+    PDL: gl.constexpr,
 ):
     """The dense window (attended by the last split) and the split's partial output and log-sum-exp: shared by
-    the staged and the scatter decoders (their accumulators are laid out alike)."""
+    the staged and the scatter decoders (their accumulators are laid out alike). ``PDL``: the merge is launched as
+    a programmatic dependent (sm_90+, :func:`mustafar.kernels.decode._merge_launch`); each program lets it launch
+    here, past its token loop, so the merge's launch and block scheduling overlap the last programs' epilogues (the
+    merge still waits for this grid to complete before it reads a partial)."""
+    if PDL:
+        gl.inline_asm_elementwise(
+            "griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1
+        )
     mma: gl.constexpr = gl.NVMMADistributedLayout(version=[2, 0], warps_per_cta=[1, 1], instr_shape=[16, 8])
     op_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=mma, k_width=2)
     op_b: gl.constexpr = gl.DotOperandLayout(operand_index=1, parent=mma, k_width=2)
@@ -394,6 +402,7 @@ def _st_sparse_decode_kernel(
     K_CH_P2: gl.constexpr,
     V_CH_P2: gl.constexpr,
     DEVICE_LEN: gl.constexpr,
+    PDL: gl.constexpr,
 ):
     G: gl.constexpr = D // 32
     STAGE_B: gl.constexpr = BLOCK_N * (8 * G + 2 * (K_SLOT + V_SLOT))  # bytes per stage
@@ -477,5 +486,5 @@ def _st_sparse_decode_kernel(
     smem._keep_alive()
     _finish(
         kw_ptr, vw_ptr, o_ptr, lse_ptr, qt, m_i, l_i, acc, b, h, s, num_splits, skwb, skwh, skwt, svwb, svwh,
-        svwt, heads_kv, W_WIN, qk_scale, N_REP, D, BLOCK_H, BLOCK_N,
+        svwt, heads_kv, W_WIN, qk_scale, N_REP, D, BLOCK_H, BLOCK_N, PDL,
     )  # fmt: skip

@@ -67,16 +67,18 @@ _LAUNCHES: dict[tuple, CompiledLaunch] = {}
 
 
 def cached_launch(
-    kernel: object, constexprs: dict, num_warps: int, dtypes: tuple, device: torch.device
+    kernel: object, constexprs: dict, num_warps: int, dtypes: tuple, device: torch.device, pdl: bool = False
 ) -> CompiledLaunch:
     """The cached launch of ``kernel`` under these constexprs, warps and argument dtypes (those its owner does not
     pin by constexprs) on ``device`` (compiled kernels are loaded per device): for the kernels launched eagerly
     every step outside a configuration cache, the packs (the JIT dispatcher's argument binding cost them 54-87 µs
-    of host time per call, results/decode/round22_h200/pack_host.txt) and the decoders' split merge."""
-    key = (kernel, num_warps, dtypes, device, *constexprs.values())
+    of host time per call, results/decode/round22_h200/pack_host.txt) and the decoders' split merge. ``pdl``:
+    launched as a programmatic dependent of the previous kernel on the stream (the kernel waits for it itself)."""
+    key = (kernel, num_warps, dtypes, device, pdl, *constexprs.values())
     launch = _LAUNCHES.get(key)
     if launch is None:
-        launch = _LAUNCHES[key] = CompiledLaunch(kernel, constexprs, dict(num_warps=num_warps))
+        options = dict(num_warps=num_warps, launch_pdl=True) if pdl else dict(num_warps=num_warps)
+        launch = _LAUNCHES[key] = CompiledLaunch(kernel, constexprs, options)
     return launch
 
 

@@ -308,3 +308,25 @@ def test_static_decode_graph_replay_on_gpu():
         assert _rel(out, ref) <= 1e-2, f"replay {i} at length {dk.length}: {_rel(out, ref):.2e}"
     assert lengths[-1] == cap and lengths[0] == prompt + 1
     assert torch.equal(ks.to_dense(), dk.to_dense()) and torch.equal(vs.to_dense(), dv.to_dense())
+
+
+@pytest.mark.parametrize("decoder,keeps", [("staged", (38, 64)), ("portable", (38, 64))])
+def test_back_to_back_merges_read_their_own_partials_on_gpu(decoder, keeps):
+    """On sm_90+ the split merge is a programmatic dependent launch that may start before the decoder ends: calls
+    queued back to back (new queries each, one set of partial buffers) must each merge their own decoder's
+    partials, never the previous call's or half-written ones."""
+    from mustafar.kernels.decode import _launch, _merge_launch, _pdl
+
+    torch.manual_seed(5)
+    q, ks, vs, kw, vw = _case(4, 2, 4, 4000, 5, 128, torch.float16, keeps)
+    queries = [torch.randn_like(q) for _ in range(24)]
+    outs = [torch.full_like(q, math.nan) for _ in queries]
+    for qi, out in zip(queries, outs):  # no synchronisation between the calls
+        _launch(qi, ks, vs, kw, vw, 0.09, decoder, out=out, num_splits=48)
+    torch.cuda.synchronize()
+    for qi, out in zip(queries, outs):
+        ref = sparse_decode_attention(qi, ks, vs, kw, vw, 0.09, backend="torch")
+        assert _rel(out, ref) <= 1e-2
+    merge = _merge_launch(64, 128, torch.float16, q.device)
+    assert _pdl(q.device) == (torch.cuda.get_device_capability() >= (9, 0))
+    assert all(k.metadata.launch_pdl == _pdl(q.device) for k in merge.kernels.values()) and merge.kernels
