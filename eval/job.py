@@ -6,6 +6,7 @@ import hashlib
 import json
 import platform
 import re
+import shutil
 import time
 import traceback
 from dataclasses import asdict, dataclass
@@ -53,6 +54,8 @@ TOP_LEVEL_KEYS = {
 }
 # benchmark keys added after jobs were recorded: left out of the identity at this default, so older ids hold
 LATER_DEFAULTS = {"squad_path": None, "hotpot_path": None}
+# in a job folder: a force=true attempt's predictions, until its result replaces the earlier one (Job.run)
+REDO_NAME = "redo"
 SEEDED_BENCHMARKS = (
     "ruler",
 )  # benchmarks whose samples depend on `seed` (LongBench is fixed data, decoding greedy)
@@ -200,7 +203,13 @@ class Job:
 
     def run(self) -> Path | None:
         """Run unless already done or running elsewhere; returns the result file written, or None when skipped.
-        A failure leaves failed.json (error and traceback) in the job folder and re-raises."""
+        A failure leaves failed.json (error and traceback) in the job folder and re-raises.
+
+        force=true writes its predictions under redo/, apart from the earlier result and the predictions it was
+        scored on, and swaps them in only once the new result is complete (`_publish`): a redo that fails, is
+        interrupted or killed leaves the earlier result whole, beside its own predictions, never beside the redo's
+        partial ones (a failed redo is reported by failed.json, an interrupted one by the Ctrl-C line). Moving the
+        earlier result aside first would instead leave every interrupted redo without a result."""
         if not self.force and self.done:
             print(f"[mustafar] skip {self.job_id}: {self.result_path} exists (force=true to redo)")
             return None
@@ -214,12 +223,15 @@ class Job:
                 print(f"[mustafar] skip {self.job_id}: {self.result_path} exists (force=true to redo)")
                 return None
             (self.dir / FAILED_NAME).unlink(missing_ok=True)
+            shutil.rmtree(self.dir / REDO_NAME, ignore_errors=True)  # a killed redo's leftovers
             try:
                 return self._compute()
             except BaseException as err:
                 if not isinstance(err, KeyboardInterrupt | SystemExit):
                     self._record_failure(err)
                 raise
+            finally:
+                shutil.rmtree(self.dir / REDO_NAME, ignore_errors=True)
         finally:
             lock.release()
 
@@ -278,7 +290,7 @@ class Job:
             "provenance": bench.provenance(),
             "rows": [r.to_dict() for r in rows],
         }
-        write_json(self.result_path, result)
+        self._publish(result)
         try:
             wandb_log.log_job(self.logger, self.results_dir, self.sweep, self.job_id, self.identity, rows)
         except Exception as err:  # the result is saved: a logging failure must not mark the job failed
@@ -288,6 +300,23 @@ class Job:
                 f"{self.sweep} --results {self.results_dir} --wandb {self.logger.get('mode', 'offline')}`"
             )
         return self.result_path
+
+    @property
+    def _predictions_dir(self) -> Path:
+        """Where this attempt writes predictions: beside the result, or under redo/ for force=true (see run)."""
+        return self.dir / REDO_NAME / "predictions" if self.force else self.dir / "predictions"
+
+    def _publish(self, result: dict[str, Any]) -> None:
+        """Write result.json; under force=true first swap the redo's predictions in. The earlier result goes first,
+        so at every step in between the job reads as unfinished, never as the earlier result beside these
+        predictions (the earlier predictions move into redo/, removed by run)."""
+        if self.force:
+            self.result_path.unlink(missing_ok=True)
+            predictions = self.dir / "predictions"
+            if predictions.exists():
+                predictions.rename(self.dir / REDO_NAME / "earlier")
+            self._predictions_dir.rename(predictions)
+        write_json(self.result_path, result)
 
     def _preflight_benchmark(self) -> None:
         """Read and validate every selected LongBench file now, not after hours of generating earlier tasks."""
@@ -325,7 +354,7 @@ class Job:
 
     def _predictions(self, loaded, bench, task: str, stats: GenerationStats) -> list[dict[str, Any]]:
         """Generate a task's predictions, or reuse them if an interrupted run of this job already wrote them."""
-        path = self.dir / "predictions" / f"{task}.jsonl"
+        path = self._predictions_dir / f"{task}.jsonl"
         stats_path = path.with_suffix(".stats.json")
         samples = bench.samples(task)
         resumed = None if self.force else self._resumed_predictions(path, stats_path, task, samples)

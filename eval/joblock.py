@@ -1,10 +1,18 @@
 """Per-job lock files: two sweeps on one results folder never compute the same job twice.
 
-The lock is created atomically (O_CREAT | O_EXCL) and holds the owner's PID, host and start time; while the job
-runs, a heartbeat thread touches it every HEARTBEAT_S seconds. A lock is stale, and taken over, when its PID is dead
-on this host (a killed sweep) or when its heartbeat stopped for STALE_AFTER_S (a killed SLURM job on another node,
-whose PID cannot be checked from here; also a reused PID). Two sweeps that find the same stale lock in the same
-instant can both take it over; that needs two restarts within microseconds of each other.
+The lock is created atomically (O_CREAT | O_EXCL) and holds the owner's PID, host, start time, a random token, the
+kernel's boot id and the PID's process start (/proc/<pid>/stat field 22, clock ticks after boot); while the job
+runs, a heartbeat thread touches it every HEARTBEAT_S seconds.
+
+A lock is stale, and taken over, when on this host its PID is dead, belongs to another process than the one that
+wrote it (a container restart reuses PIDs, its own PID included: the process start differs), or was written
+before the last boot; or when its heartbeat stopped for STALE_AFTER_S (a killed SLURM job on another node, whose
+PID cannot be checked from here). A lock written before locks carried the process start is stale when it was
+written before the process now holding its PID started.
+
+Two sweeps that find the same stale lock in the same instant can both take it over; that needs two restarts within
+microseconds of each other. Release and heartbeat touch the file only while its token is ours, so an owner whose
+lock was taken over (judged stale: its heartbeat had stopped) never removes or refreshes its successor's.
 """
 
 from __future__ import annotations
@@ -12,16 +20,22 @@ from __future__ import annotations
 import json
 import os
 import platform
+import secrets
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+from eval.results import warn
 from mustafar.procs import pid_alive
 
 LOCK_NAME = "job.lock"
 HEARTBEAT_S = 30.0
 STALE_AFTER_S = 600.0  # twenty missed heartbeats: the owner is gone (or stuck beyond use)
+# an old-format lock (no process start) written this long before its PID's process started is another process's;
+# the slack covers a wall-clock step between writing the lock and reading it
+CLOCK_SLACK_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -29,19 +43,86 @@ class LockOwner:
     pid: int
     host: str
     started: float
+    token: str | None = None  # None: written before locks carried one (as are the two below)
+    boot_id: str | None = None
+    pid_start: int | None = None
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.started))
         return f"pid {self.pid} on {self.host} since {since}"
 
 
+def _boot_id() -> str | None:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:  # no procfs
+        return None
+
+
+def _pid_start(pid: int) -> int | None:
+    """When `pid`'s process started, in clock ticks after boot (/proc/<pid>/stat field 22); None without procfs."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rpartition(")")[2].split()[19])  # fields after the command name start at field 3
+
+
+def _pid_started_at(pid: int) -> float | None:
+    """When `pid`'s process started, in wall-clock seconds; None without procfs."""
+    ticks = _pid_start(pid)
+    if ticks is None:
+        return None
+    try:
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+    except (OSError, StopIteration):
+        return None
+    return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+
+
+def _record() -> dict[str, Any]:
+    """This process's lock record: the current format, read by read_owner."""
+    pid = os.getpid()
+    return {
+        "pid": pid,
+        "host": platform.node(),
+        "started": time.time(),
+        "token": secrets.token_hex(8),
+        "boot_id": _boot_id(),
+        "pid_start": _pid_start(pid),
+    }
+
+
 def read_owner(path: Path) -> LockOwner | None:
-    """The lock's owner, or None when the file is missing or not (yet) a whole record."""
+    """The lock's owner, or None when the file is missing or not (yet) a whole record; the fields added later are
+    None in a lock written before them."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return LockOwner(int(data["pid"]), str(data["host"]), float(data["started"]))
-    except (OSError, ValueError, KeyError, TypeError):
+        pid_start = data.get("pid_start")
+        return LockOwner(
+            int(data["pid"]),
+            str(data["host"]),
+            float(data["started"]),
+            data.get("token"),
+            data.get("boot_id"),
+            None if pid_start is None else int(pid_start),
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
         return None
+
+
+def _gone_here(owner: LockOwner) -> bool:
+    """Whether the process that wrote `owner` (a lock of this host) no longer runs."""
+    if not pid_alive(owner.pid):
+        return True
+    boot = _boot_id()
+    if owner.boot_id and boot and owner.boot_id != boot:
+        return True
+    if owner.pid_start is not None:
+        now = _pid_start(owner.pid)
+        return now is not None and now != owner.pid_start
+    started_at = _pid_started_at(owner.pid)  # an old-format lock
+    return started_at is not None and owner.started < started_at - CLOCK_SLACK_S
 
 
 def live_owner(path: Path) -> LockOwner | None:
@@ -55,7 +136,7 @@ def live_owner(path: Path) -> LockOwner | None:
     owner = read_owner(path)
     if owner is None:  # being written this instant
         return LockOwner(-1, "unknown", beat)
-    if owner.host == platform.node() and not pid_alive(owner.pid):
+    if owner.host == platform.node() and _gone_here(owner):
         return None
     return owner
 
@@ -66,6 +147,7 @@ class JobLock:
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / LOCK_NAME
         self.held = False
+        self.token: str | None = None
         self._stop = threading.Event()
 
     def acquire(self) -> bool:
@@ -78,17 +160,23 @@ class JobLock:
                     return False
                 self.path.unlink(missing_ok=True)  # stale: its owner died without releasing it
                 continue
-            record = {"pid": os.getpid(), "host": platform.node(), "started": time.time()}
+            record = _record()
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            self.held = True
+            self.held, self.token = True, record["token"]
             self._stop.clear()
             threading.Thread(target=self._heartbeat, name="mustafar-lock-heartbeat", daemon=True).start()
             return True
         return False
 
+    def _ours(self) -> bool:
+        owner = read_owner(self.path)
+        return owner is not None and owner.token == self.token
+
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
+            if not self._ours():  # taken over: refreshing it would keep a dead successor's lock alive
+                return
             try:
                 os.utime(self.path)
             except FileNotFoundError:
@@ -103,7 +191,18 @@ class JobLock:
         return f"{owner.describe() if owner else 'another process'}; lock {self.path}"
 
     def release(self) -> None:
-        if self.held:
-            self._stop.set()
+        """Remove the lock if it is still ours (read, compare the token, unlink). Between the read and the unlink
+        another process could take it over only by judging it stale, which a releasing owner's lock is not (its
+        PID lives and its heartbeat beat less than HEARTBEAT_S ago)."""
+        if not self.held:
+            return
+        self._stop.set()
+        self.held = False
+        if self._ours():
             self.path.unlink(missing_ok=True)
-            self.held = False
+        elif self.path.exists():
+            owner = read_owner(self.path)
+            warn(
+                f"{self.path} was taken over by {owner.describe() if owner else 'another process'} (this process's "
+                "heartbeat had stopped); left in place"
+            )

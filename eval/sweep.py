@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from eval.joblock import LOCK_NAME, live_owner
 from eval.results import FAILED_NAME, read_result, warn
@@ -112,7 +112,7 @@ _watching = threading.Event()
 
 def run_job(cfg: dict[str, Any], multirun: bool) -> tuple[int, str | None]:
     """Validate and run one job; returns an exit code and the job id (None when the config is invalid). User errors are one line; bugs keep their traceback (in the
-    job's log under a multirun, where raising would stop the whole sweep)."""
+    job's log under a multirun, where raising would stop the whole sweep); Ctrl-C is one line and exit 130."""
     from eval.job import Job
 
     try:
@@ -131,6 +131,8 @@ def run_job(cfg: dict[str, Any], multirun: bool) -> tuple[int, str | None]:
                 flush=True,
             )
             return 1, job.job_id
+    except KeyboardInterrupt:
+        interrupted(job)
     except _user_errors() as err:
         print(f"error: {job.job_id}: {err}", file=sys.stderr, flush=True)
         return 2, job.job_id
@@ -140,6 +142,18 @@ def run_job(cfg: dict[str, Any], multirun: bool) -> tuple[int, str | None]:
         log.exception("job %s failed (recorded in %s)", job.job_id, job.dir / "failed.json")
         return 1, job.job_id
     return 0, job.job_id
+
+
+def interrupted(job: Any) -> NoReturn:
+    """Ctrl-C: one line instead of a traceback, and exit 130 (128 + SIGINT), which also ends a multirun. Job.run
+    released the job's lock on the way out."""
+    print(
+        f"[mustafar] interrupted: job {job.job_id} stopped unfinished; finished results are kept in "
+        f"{job.dir.parent}",
+        file=sys.stderr,
+        flush=True,
+    )
+    raise SystemExit(130)
 
 
 @dataclass

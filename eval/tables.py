@@ -177,11 +177,15 @@ def _versus(mine: pd.DataFrame, dense: pd.DataFrame, benchmark: str, partner: st
 
 
 def write_summary(sweep_dir: Path) -> pd.DataFrame:
-    """Write summary.csv (long: one line per job and score) and summary.md (one table per benchmark)."""
+    """Write summary.csv (long: one line per job and score) and summary.md (one table per benchmark); with no
+    finished job left, remove both, so the folder never shows a table of results that are gone."""
     table = summary_frame(load_rows(sweep_dir))
-    if not table.empty:
-        atomic_write_text(sweep_dir / "summary.csv", table.to_csv(index=False, float_format="%.4g"))
-        atomic_write_text(sweep_dir / "summary.md", render(table) + "\n")
+    if table.empty:
+        for name in ("summary.csv", "summary.md"):
+            (sweep_dir / name).unlink(missing_ok=True)
+        return table
+    atomic_write_text(sweep_dir / "summary.csv", table.to_csv(index=False, float_format="%.4g"))
+    atomic_write_text(sweep_dir / "summary.md", render(table) + "\n")
     return table
 
 
