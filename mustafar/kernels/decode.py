@@ -32,7 +32,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import triton
@@ -681,6 +681,15 @@ class _Config:
     constexprs: dict
     occupancy_key: tuple
     launcher: CompiledLaunch
+    on_gpu: bool
+    # the split merge's launch per padded split count (a per-call key build and lookup cost ~2 µs of host time)
+    merges: dict = field(default_factory=dict, compare=False)
+
+    def merge(self, splits_p2: int, d: int, dtype: torch.dtype, device: torch.device) -> CompiledLaunch:
+        launch = self.merges.get(splits_p2)
+        if launch is None:
+            launch = self.merges[splits_p2] = _merge_launch(splits_p2, d, dtype, device)
+        return launch
 
 
 # per module load: the tests reload this module to switch between the interpreter and compiled kernels
@@ -733,7 +742,8 @@ def _new_config(
         "staged": _st_sparse_decode_kernel,
         "portable": _sparse_decode_kernel,
     }[decoder]
-    return _Config(decoder, block_n, num_warps, constexprs, occ, CompiledLaunch(kernel, constexprs, options))
+    launcher = CompiledLaunch(kernel, constexprs, options)
+    return _Config(decoder, block_n, num_warps, constexprs, occ, launcher, q.device.type == "cuda")
 
 
 def _planned_splits(
@@ -855,7 +865,7 @@ def _launch(
     k_cap, v_cap = k_bits.shape[2], v_bits.shape[2]
     static = k_store.static
     tokens = min(k_cap, v_cap) if static else k_store.length
-    slots = (_sm_count(device.index) if device.type == "cuda" else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
+    slots = (_sm_count(device.index) if cfg.on_gpu else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
     num_splits, tokens_per_split = _split_plan(b * hkv, tokens, cfg.block_n, slots, num_splits)
     stream = raw_stream(device)
     o_part, lse_part = _partials(b, hq, num_splits, d, device, stream)
@@ -905,11 +915,11 @@ def _launch(
         ints = (*strides, *caps, *vcaps, num_splits)
     key = spec_key(tensors, ints, (tokens, tokens_per_split))
     kernel = cfg.launcher((b, hkv, num_splits), args, stream, key)
-    if device.type == "cuda" and cfg.occupancy_key not in _OCCUPANCY:
+    if cfg.on_gpu and cfg.occupancy_key not in _OCCUPANCY:
         occ = _programs_per_sm(kernel, cfg.num_warps, device)
         if occ is not None:
             _OCCUPANCY[cfg.occupancy_key] = occ
-    merge = _merge_launch(1 << (num_splits - 1).bit_length(), d, q.dtype, device)
+    merge = cfg.merge(1 << (num_splits - 1).bit_length(), d, q.dtype, device)
     merge(
         (b * hq, 1, 1),
         (o_part, lse_part, out, num_splits),
