@@ -4,7 +4,7 @@ A captured decode step is bound to one cache's buffers, and a cache sized exactl
 prompt + its budget) differs from batch to batch: every batch would allocate a cache and capture anew (two
 eager warm-up steps and a capture). Instead the capacity is rounded up to the next multiple of
 `CAPACITY_BUCKET` tokens and the (cache, `DecodeRunner`) pair is kept per key (batch size, capacity bucket,
-policy, dtype, padded or not, kernel backend); the next batch with the same key resets the cache in place
+policy, dtype, device, padded or not, kernel backend); the next batch with the same key resets the cache in place
 (`StaticMustafarCache.reset`) and replays the same graph.
 
 Why multiples of 256: a sweep's batches are sorted by prompt length, so consecutive batches mostly share a
@@ -47,6 +47,7 @@ class RunnerKey:
     capacity: int
     policy: KVConfig
     dtype: torch.dtype
+    device: torch.device  # a model moved to another device must not reuse caches and graphs on the old one
     padded: bool
     backend: str
 
@@ -83,6 +84,7 @@ class RunnerPool:
             capacity_bucket(width + max_new_tokens),
             policy,
             param.dtype,
+            param.device,
             padded,
             kernel_backend(),
         )

@@ -135,3 +135,29 @@ def test_a_reused_fp8_mask_cache_rounds_every_batch(model):
                 assert torch.equal(fake_quantize(tensor[:, :, :past]), tensor[:, :, :past])
                 window = tensor[:, :, past + 1 : layer.host_length]
                 assert not torch.equal(fake_quantize(window), window)
+
+
+def test_a_model_moved_to_another_device_gets_its_own_cache(monkeypatch):
+    """The key holds the weights' device: a model moved between devices (same dtype, batch and policy) reused the
+    cache and captured graphs built on the old one."""
+    from mustafar import runner_pool
+    from mustafar.static_cache import StaticMustafarCache
+
+    class Cache(StaticMustafarCache):
+        def __init__(self) -> None:  # a stand-in: no model work, only the pool's bookkeeping
+            self.resets = 0
+
+        def reset(self) -> None:
+            self.resets += 1
+
+    monkeypatch.setattr(runner_pool, "static_cache", lambda *args, **kwargs: Cache())
+    monkeypatch.setattr(
+        runner_pool, "DecodeRunner", lambda model, cache, graphs: type("R", (), {"cache": cache})()
+    )
+    model, pool, policy = torch.nn.Linear(2, 2), RunnerPool(), KVConfig(k_sparsity=0.5)
+    first = pool.runner(model, policy, 2, 16, 4, padded=False, shortest=16)
+    assert pool.runner(model, policy, 2, 16, 4, padded=False, shortest=16) is first  # same device: kept
+    model.to("meta")
+    moved = pool.runner(model, policy, 2, 16, 4, padded=False, shortest=16)
+    assert moved is not first and pool.built == 2
+    assert [k.device.type for k in pool.runners] == ["cpu", "meta"]
