@@ -467,6 +467,8 @@ def main() -> None:
     ap.add_argument("--check-only", action="store_true", help="GPU correctness checks only")
     ap.add_argument("--compress-only", action="store_true", help="correctness + copy roof + compression only")
     args = ap.parse_args()
+    if not torch.cuda.is_available():  # before --out is created: nothing is written on a CPU
+        ap.exit(2, "bench_kernels.py needs a CUDA GPU: its kernels are timed against dense SDPA there.\n")
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     meta = dict(

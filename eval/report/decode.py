@@ -80,9 +80,12 @@ def measured_table(decode_dir: Path) -> pd.DataFrame:
     table = pd.DataFrame(rows)
     if table.empty:
         return table
+    # each run against its own dense row: several reports of one model (e.g. an earlier round kept beside the
+    # latest) are separate setups, told apart by `ours setup`
+    run = table["model"] + " | " + table["ours setup"]
     for column in [c for c in table.columns if "tok/s" in c]:
-        dense = table[table["format"] == "Dense"].set_index("model")[column]
-        table[column.replace("tok/s", "×dense")] = table[column] / table["model"].map(dense)
+        dense = table[table["format"] == "Dense"].set_index(run[table["format"] == "Dense"])[column]
+        table[column.replace("tok/s", "×dense")] = table[column] / run.map(dense)
     return table.drop(columns=[c for c in table.columns if c.startswith("ours GPU tok/s")])
 
 
