@@ -24,8 +24,8 @@ import pandas as pd
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
-from eval.results import unwritable
-from eval.sweep import SWEEP_PARENT_ENV, PlannedJob, plan, report_unfinished, unfinished
+from eval.results import unwritable, warn
+from eval.sweep import SWEEP_PARENT_ENV, PlannedJob, Unfinished, plan, report_unfinished, unfinished
 from eval.tables import render, write_summary
 
 EXPERIMENTS = Path(__file__).resolve().parents[1] / "conf" / "experiment"
@@ -86,21 +86,42 @@ class SweepSummary(Callback):
             text = render(table) if table is not None else "(no finished jobs)"
             print(f"\n== {sweep_dir.name}: {sweep_dir}/summary.md ==\n{text}\n", flush=True)
             report_unfinished(sweep_dir, text, mine)
-            self._report(config, table, sweep_dir)
+            self._report(config, table, sweep_dir, mine)
         return len(missing)
 
-    def _report(self, config: DictConfig, table: pd.DataFrame | None, sweep_dir: Path) -> None:
+    def _report(
+        self, config: DictConfig, table: pd.DataFrame | None, sweep_dir: Path, missing: list[Unfinished]
+    ) -> None:
         if table is None:
             return
         experiment = OmegaConf.select(config, "hydra.runtime.choices.experiment") or sweep_dir.name
         logger = OmegaConf.to_container(config.logger, resolve=True)
-        from eval.report.wandb_summary import enabled
+        from eval.report.wandb_summary import enabled, log_summary
 
         if table.empty or not ((EXPERIMENTS / f"{experiment}.yaml").exists() or enabled(logger)):
             return
         from eval.report.make_tables import make_tables
 
-        report = make_tables(sweep_dir.parent, sweep_dir.name, experiment=experiment, logger=logger)
+        report = make_tables(sweep_dir.parent, sweep_dir.name, experiment=experiment)
         print(f"== report: {len(report.files)} files in {report.out_dir}", flush=True)
-        if report.wandb_dir:
-            print(f"== W&B summary run: {report.wandb_dir}", flush=True)
+        if not enabled(logger):
+            return
+        # the summary run: summary.md's table and its jobs without a result (a failed job has no run of its own),
+        # then the report's tables and plots
+        unfinished_table = pd.DataFrame(
+            [(u.label, u.state, u.detail) for u in missing], columns=["job", "state", "detail"]
+        )
+        tables = {"summary": table, "unfinished": unfinished_table, **report.tables}
+        images = [p for p in report.files if p.suffix == ".png"]
+        try:
+            wandb_dir = log_summary(logger, sweep_dir.parent, sweep_dir.name, tables, images)
+        except Exception as err:  # the tables are on disk: a W&B failure is a warning, as for a job's run
+            first = (str(err).splitlines() or [""])[0]
+            warn(
+                f"{sweep_dir.name}: W&B summary run failed ({err.__class__.__name__}: {first}); the tables are "
+                f"saved in {sweep_dir}/summary.md and {report.out_dir}; log them later with `python "
+                f"scripts/make_tables.py {sweep_dir.name} --results {sweep_dir.parent} --wandb "
+                f"{logger.get('mode', 'offline')}`"
+            )
+            return
+        print(f"== W&B summary run: {wandb_dir}", flush=True)

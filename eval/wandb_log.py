@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -10,6 +14,21 @@ import pandas as pd
 from eval.rows import ResultRow
 
 WANDB_MODES = ("offline", "online", "disabled")
+# a job's measurements (ResultRow fields, equal in all its rows) in its run summary beside the scores
+MEASURED = (
+    "k_sparsity_measured",
+    "v_sparsity_measured",
+    "kv_bytes",
+    "kv_payload_bytes",
+    "dense_kv_bytes",
+    "kv_evicted_bytes",
+    "k_judged",
+    "v_judged",
+    "prompt_tokens",
+    "new_tokens",
+    "generation_seconds",
+    "job_seconds",
+)
 
 
 def validate(cfg: dict[str, Any]) -> None:
@@ -41,6 +60,45 @@ def summary_metrics(rows: list[ResultRow]) -> dict[str, float | None]:
     return out
 
 
+def job_metrics(rows: list[ResultRow]) -> dict[str, Any]:
+    """The run summary of a job: every row's score as {task or summary column: value, .../ci_low, .../ci_high,
+    .../n} (a length bucket's row as `<task>@<bucket>`), then the job's measured sparsity and bytes (None where
+    the rows hold None, so every job has the same keys)."""
+    out: dict[str, Any] = {}
+    for r in rows:
+        key = r.task if "@" not in r.metric else f"{r.task}@{r.metric.partition('@')[2]}"
+        out |= {key: r.value, f"{key}/ci_low": r.ci_low, f"{key}/ci_high": r.ci_high, f"{key}/n": r.n}
+    if rows:
+        out |= {name: getattr(rows[0], name) for name in MEASURED}
+    return out
+
+
+def run_config(identity: dict[str, Any], rows: list[ResultRow]) -> dict[str, Any]:
+    """The job's identity with every kv knob, also those left out of the job id at their default (a dashboard
+    filter or grouping on value_dtype, evict, a keep rule... must see every job), and the seed."""
+    from mustafar.config import KVConfig
+
+    kv = asdict(KVConfig.from_mapping(identity["kv"]))
+    kv = {k: list(v) if isinstance(v, tuple) else v for k, v in kv.items()}
+    return {**identity, "kv": kv, "seed": identity.get("seed", rows[0].seed if rows else None)}
+
+
+def run_id(results_dir: Path, sweep: str, job_id: str) -> str:
+    """A job's W&B run id: the same for every attempt of the job in one results folder, so a redo (force=true)
+    resumes the job's run instead of adding a second run of the same name to the group."""
+    digest = hashlib.sha256(f"{Path(results_dir).resolve()}\0{sweep}\0{job_id}".encode()).hexdigest()[:16]
+    return f"job-{digest}"
+
+
+def _cell(value: Any) -> Any:
+    """A table cell as result.json holds it: numbers stay numbers, None stays None, a list or dict is JSON."""
+    if isinstance(value, list | tuple | dict):
+        return json.dumps(value)
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    return value
+
+
 def log_job(
     cfg: dict[str, Any],
     results_dir: Path,
@@ -59,12 +117,19 @@ def log_job(
         mode=cfg.get("mode", "offline"),
         group=group,
         name=name,
-        config=config,
+        id=run_id(results_dir, group, name),
+        resume="allow",
+        job_type="job",
+        config=run_config(config, rows),
         dir=str(results_dir),
         reinit="finish_previous",
     )
     try:
-        run.log({"results": wandb.Table(dataframe=table_frame(rows).astype(str))})
-        run.summary.update(summary_metrics(rows))
-    finally:
-        run.finish()
+        table = table_frame(rows)
+        table = pd.DataFrame({c: [_cell(v) for v in table[c]] for c in table.columns}, dtype=object)
+        run.log({"results": wandb.Table(dataframe=table)})
+        run.summary.update(job_metrics(rows))
+    except BaseException:
+        run.finish(exit_code=1)  # a half-logged run must not look finished
+        raise
+    run.finish()
