@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_dir
@@ -24,3 +27,16 @@ def config(*overrides: str, results_dir: Path | None = None) -> dict:
 
 def job(*overrides: str, results_dir: Path) -> Job:
     return Job.from_config(config(*overrides, results_dir=results_dir))
+
+
+def run_py(*args: str, env: dict[str, str] | None = None, **kwargs) -> subprocess.CompletedProcess:
+    """run.py in a subprocess, offline (``env`` adds to or overrides the environment; W&B disabled by default)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled", **(env or {})}
+    return subprocess.run(
+        [sys.executable, str(ROOT / "run.py"), *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        env=env,
+        **kwargs,
+    )

@@ -24,7 +24,7 @@ from eval.results import read_result
 from eval.sweep import PlannedJob, plan, run_job, unfinished
 from mustafar import models
 from mustafar.config import ConfigError
-from tests.integration.sweep_jobs import CONF, FAST, ROOT, config, job
+from tests.integration.sweep_jobs import CONF, FAST, ROOT, config, job, run_py
 
 FIXTURES = ROOT / "tests" / "fixtures" / "longbench" / "data"
 
@@ -358,18 +358,6 @@ def test_non_integer_seed_names_the_key(tmp_path):
 
 
 # subprocess end to end
-
-
-def run_py(*args: str, **kwargs) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"}
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        **kwargs,
-    )
 
 
 @pytest.mark.parametrize("multirun", [False, True])

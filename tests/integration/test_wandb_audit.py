@@ -9,17 +9,16 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import struct
 import subprocess
-import sys
 from dataclasses import fields
 from pathlib import Path
 
 import pytest
 
 from mustafar.config import KVConfig
-from tests.integration.sweep_jobs import ROOT, job
+from tests.integration import sweep_jobs
+from tests.integration.sweep_jobs import job
 
 FAST = [
     "model=tiny",
@@ -45,20 +44,8 @@ MEASURED = (
 
 
 def run_py(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "WANDB_MODE": "offline",
-        "WANDB_SILENT": "true",
-        **(env or {}),
-    }
-    return subprocess.run(
-        [sys.executable, str(ROOT / "run.py"), *args],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=300,
+    return sweep_jobs.run_py(
+        *args, env={"WANDB_MODE": "offline", "WANDB_SILENT": "true", **(env or {})}, timeout=300
     )
 
 
