@@ -32,6 +32,8 @@ def main() -> None:
     ap.add_argument("--model", default="llama3_8b", help="attention shape (mustafar.bench.shapes.ARCHS)")
     ap.add_argument("--options", default="{}", help="JSON private-launch options ({} = the default launch)")
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        ap.exit(2, "profile_decode.py needs a CUDA GPU: it profiles the decode kernels there.\n")
     shape = attention_shape(args.model)
     inp = decode_inputs(shape, args.batch, args.tokens, exact_keep(shape.head_dim, args.sparsity))
     sparse = decode_call(inp, json.loads(args.options))

@@ -55,6 +55,8 @@ def main() -> None:
     ap.add_argument("--rep", type=int, default=60)
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args()
+    if not torch.cuda.is_available():
+        ap.exit(2, "sweep_decode.py needs a CUDA GPU: it times the decode kernels there.\n")
     configs = json.loads(args.configs)
     shape = attention_shape(args.model)
     keep = exact_keep(shape.head_dim, args.sparsity)

@@ -205,6 +205,8 @@ def test_make_target_exists(doc, command):
         ["scripts/bench_kernels.py", "--out", "OUT", "--dtype", "bf16", "--head-dim", "64"],
         ["scripts/bench_decode.py", "--model", "llama3_8b", "--context", "16384", "--out", "OUT"],
         ["scripts/bench_launch.py", "--out", "OUT"],
+        ["scripts/sweep_decode.py", "--configs", "{}", "--out", "OUT"],  # undocumented GPU tools alike
+        ["scripts/profile_decode.py"],
     ],
     ids=lambda a: " ".join(a),
 )
