@@ -85,7 +85,8 @@ class Paired:
         >= 0.05. With few non-zero differences the percentile bootstrap is too narrow (all differences of one sign
         give a CI that excludes 0 even for 3 of them, where the exact permutation p is 0.25), so both must agree
         before a difference is called real."""
-        return self.low <= 0.0 <= self.high or self.p_value >= 1 - LEVEL
+        # round: 1 - 0.95 is 0.05000000000000004 in floats, which would call p = 0.05 a real difference
+        return self.low <= 0.0 <= self.high or self.p_value >= round(1 - LEVEL, 12)
 
 
 def paired_differences(a: Samples, b: Samples) -> dict[str, np.ndarray]:
