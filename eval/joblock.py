@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from eval.results import warn
-from mustafar.procs import pid_alive
+from mustafar.procs import boot_id, pid_alive, pid_start, pid_started_at
 
 LOCK_NAME = "job.lock"
 HEARTBEAT_S = 30.0
@@ -52,34 +52,6 @@ class LockOwner:
         return f"pid {self.pid} on {self.host} since {since}"
 
 
-def _boot_id() -> str | None:
-    try:
-        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
-    except OSError:  # no procfs
-        return None
-
-
-def _pid_start(pid: int) -> int | None:
-    """When `pid`'s process started, in clock ticks after boot (/proc/<pid>/stat field 22); None without procfs."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rpartition(")")[2].split()[19])  # fields after the command name start at field 3
-
-
-def _pid_started_at(pid: int) -> float | None:
-    """When `pid`'s process started, in wall-clock seconds; None without procfs."""
-    ticks = _pid_start(pid)
-    if ticks is None:
-        return None
-    try:
-        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
-    except (OSError, StopIteration):
-        return None
-    return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
-
-
 def _record() -> dict[str, Any]:
     """This process's lock record: the current format, read by read_owner."""
     pid = os.getpid()
@@ -88,8 +60,8 @@ def _record() -> dict[str, Any]:
         "host": platform.node(),
         "started": time.time(),
         "token": secrets.token_hex(8),
-        "boot_id": _boot_id(),
-        "pid_start": _pid_start(pid),
+        "boot_id": boot_id(),
+        "pid_start": pid_start(pid),
     }
 
 
@@ -115,13 +87,13 @@ def _gone_here(owner: LockOwner) -> bool:
     """Whether the process that wrote `owner` (a lock of this host) no longer runs."""
     if not pid_alive(owner.pid):
         return True
-    boot = _boot_id()
+    boot = boot_id()
     if owner.boot_id and boot and owner.boot_id != boot:
         return True
     if owner.pid_start is not None:
-        now = _pid_start(owner.pid)
+        now = pid_start(owner.pid)
         return now is not None and now != owner.pid_start
-    started_at = _pid_started_at(owner.pid)  # an old-format lock
+    started_at = pid_started_at(owner.pid)  # an old-format lock
     return started_at is not None and owner.started < started_at - CLOCK_SLACK_S
 
 
@@ -169,13 +141,13 @@ class JobLock:
             return True
         return False
 
-    def _ours(self) -> bool:
-        owner = read_owner(self.path)
+    def _ours(self, owner: LockOwner | None) -> bool:
         return owner is not None and owner.token == self.token
 
     def _heartbeat(self) -> None:
         while not self._stop.wait(HEARTBEAT_S):
-            if not self._ours():  # taken over: refreshing it would keep a dead successor's lock alive
+            # taken over: refreshing it would keep a dead successor's lock alive
+            if not self._ours(read_owner(self.path)):
                 return
             try:
                 os.utime(self.path)
@@ -198,10 +170,10 @@ class JobLock:
             return
         self._stop.set()
         self.held = False
-        if self._ours():
+        owner = read_owner(self.path)
+        if self._ours(owner):
             self.path.unlink(missing_ok=True)
         elif self.path.exists():
-            owner = read_owner(self.path)
             warn(
                 f"{self.path} was taken over by {owner.describe() if owner else 'another process'} (this process's "
                 "heartbeat had stopped); left in place"
