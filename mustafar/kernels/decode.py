@@ -58,7 +58,7 @@ from mustafar.kernels.scatter_ptx import (
     swizzled_slots,
     value_group,
 )
-from mustafar.kernels.support import interpreting
+from mustafar.kernels.support import interpreting, pdl_capable
 
 _LOG2E = 1.4426950408889634
 DECODERS = ("scatter", "staged", "portable")
@@ -504,7 +504,7 @@ def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedS
         K_CH_P2=triton.next_power_of_2(block_n * k_store.slot // 8),
         V_CH_P2=triton.next_power_of_2(block_n * v_store.slot // 8),
         DEVICE_LEN=k_store.static,
-        PDL=_pdl(q.device),
+        PDL=pdl_capable(q.device),
     )
 
 
@@ -637,7 +637,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         K_PERM=k_store.nm_group if k_nm and k_store.nm_strided else 0,
         K_ORDER=bool(k_nm) and k_store.head_order is not None,
         V_OP=v_op,
-        PDL=_pdl(q.device),
+        PDL=pdl_capable(q.device),
     )
 
 
@@ -808,19 +808,10 @@ _DUMMIES: dict[tuple, Tensor] = {}
 
 
 def _merge_launch(splits_p2: int, d: int, dtype: torch.dtype, device: torch.device) -> CompiledLaunch:
-    pdl = _pdl(device)
+    """The split merge's launch; on sm_90+ a programmatic dependent of the decoder, whose launch then overlaps the
+    decoder's tail (the Gluon decoders let it start past their token loops)."""
+    pdl = pdl_capable(device)
     return cached_launch(_merge_kernel, dict(SPLITS_P2=splits_p2, D=d, PDL=pdl), 4, (dtype,), device, pdl)
-
-
-def _pdl(device: torch.device) -> bool:
-    """Whether the merge follows the decoder as a programmatic dependent launch (sm_90+, compiled kernels): its
-    launch then overlaps the decoder's tail, which the Gluon decoders let it do past their token loops."""
-    return device.type == "cuda" and not interpreting() and _capability(device.index) >= (9, 0)
-
-
-@functools.cache
-def _capability(index: int | None) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(index)
 
 
 def _arg(t: Tensor) -> Tensor:

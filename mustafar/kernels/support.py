@@ -31,3 +31,9 @@ def fp8_convert_capable(device: torch.device) -> bool:
     """Whether the scatter decoder's ``cvt.rn.f16x2.e4m3x2`` (fp8 codes to fp16 in registers) exists on
     ``device``: compute capability 8.9 or newer (Ada, Hopper)."""
     return gluon_capable(device) and _capability(device.index) >= (8, 9)
+
+
+def pdl_capable(device: torch.device) -> bool:
+    """Whether a kernel can follow the previous one on ``device`` as a programmatic dependent launch
+    (``griddepcontrol``): compute capability 9.0 or newer (Hopper), compiled kernels."""
+    return gluon_capable(device) and _capability(device.index) >= (9, 0)

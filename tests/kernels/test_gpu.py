@@ -315,7 +315,8 @@ def test_back_to_back_merges_read_their_own_partials_on_gpu(decoder, keeps):
     """On sm_90+ the split merge is a programmatic dependent launch that may start before the decoder ends: calls
     queued back to back (new queries each, one set of partial buffers) must each merge their own decoder's
     partials, never the previous call's or half-written ones."""
-    from mustafar.kernels.decode import _launch, _merge_launch, _pdl
+    from mustafar.kernels.decode import _launch, _merge_launch
+    from mustafar.kernels.support import pdl_capable
 
     torch.manual_seed(5)
     q, ks, vs, kw, vw = _case(4, 2, 4, 4000, 5, 128, torch.float16, keeps)
@@ -328,5 +329,7 @@ def test_back_to_back_merges_read_their_own_partials_on_gpu(decoder, keeps):
         ref = sparse_decode_attention(qi, ks, vs, kw, vw, 0.09, backend="torch")
         assert _rel(out, ref) <= 1e-2
     merge = _merge_launch(64, 128, torch.float16, q.device)
-    assert _pdl(q.device) == (torch.cuda.get_device_capability() >= (9, 0))
-    assert all(k.metadata.launch_pdl == _pdl(q.device) for k in merge.kernels.values()) and merge.kernels
+    assert pdl_capable(q.device) == (torch.cuda.get_device_capability() >= (9, 0))
+    assert (
+        all(k.metadata.launch_pdl == pdl_capable(q.device) for k in merge.kernels.values()) and merge.kernels
+    )
