@@ -46,20 +46,6 @@ def table_frame(rows: list[ResultRow]) -> pd.DataFrame:
     return pd.DataFrame([r.to_dict() for r in rows]).drop(columns=["samples"])
 
 
-def summary_metrics(rows: list[ResultRow]) -> dict[str, float | None]:
-    """{column: value, column/ci_low, column/ci_high, column/n} of the summary rows (eval.averages)."""
-    out: dict[str, float | None] = {}
-    for r in rows:
-        if r.kind == "summary":
-            out |= {
-                r.task: r.value,
-                f"{r.task}/ci_low": r.ci_low,
-                f"{r.task}/ci_high": r.ci_high,
-                f"{r.task}/n": r.n,
-            }
-    return out
-
-
 def job_metrics(rows: list[ResultRow]) -> dict[str, Any]:
     """The run summary of a job: every row's score as {task or summary column: value, .../ci_low, .../ci_high,
     .../n} (a length bucket's row as `<task>@<bucket>`), then the job's measured sparsity and bytes (None where
@@ -83,11 +69,17 @@ def run_config(identity: dict[str, Any], rows: list[ResultRow]) -> dict[str, Any
     return {**identity, "kv": kv, "seed": identity.get("seed", rows[0].seed if rows else None)}
 
 
+def stable_run_id(kind: str, results_dir: Path, *names: str) -> str:
+    """A W&B run id fixed by the results folder and ``names`` (W&B ids allow no '/', so a digest): every re-log
+    of the same run resumes it, another folder or name gets another run."""
+    digest = hashlib.sha256("\0".join([str(Path(results_dir).resolve()), *names]).encode()).hexdigest()[:16]
+    return f"{kind}-{digest}"
+
+
 def run_id(results_dir: Path, sweep: str, job_id: str) -> str:
     """A job's W&B run id: the same for every attempt of the job in one results folder, so a redo (force=true)
     resumes the job's run instead of adding a second run of the same name to the group."""
-    digest = hashlib.sha256(f"{Path(results_dir).resolve()}\0{sweep}\0{job_id}".encode()).hexdigest()[:16]
-    return f"job-{digest}"
+    return stable_run_id("job", results_dir, sweep, job_id)
 
 
 def _cell(value: Any) -> Any:

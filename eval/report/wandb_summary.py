@@ -7,12 +7,13 @@ resumes that run; offline, each re-log is another offline-run-* folder of the sa
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
+
+from eval.wandb_log import stable_run_id
 
 
 def enabled(logger: Mapping[str, Any] | None) -> bool:
@@ -20,10 +21,9 @@ def enabled(logger: Mapping[str, Any] | None) -> bool:
 
 
 def summary_run_id(results_dir: Path, sweep: str) -> str:
-    """The summary run's id: the same for every re-log of one sweep, different for another sweep or results folder
-    (W&B ids allow no '/', so a digest)."""
-    digest = hashlib.sha256(f"{Path(results_dir).resolve()}\0{sweep}".encode()).hexdigest()[:16]
-    return f"summary-{digest}"
+    """The summary run's id: the same for every re-log of one sweep, different for another sweep or results
+    folder."""
+    return stable_run_id("summary", results_dir, sweep)
 
 
 def log_summary(
