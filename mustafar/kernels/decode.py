@@ -44,7 +44,7 @@ from triton.language.extra.cuda import gdc_wait
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.decode_scatter import _sc_sparse_decode_kernel
 from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
-from mustafar.kernels.launch import CompiledLaunch, cached_launch, raw_stream, spec_key
+from mustafar.kernels.launch import CompiledLaunch, cached_launch, spec_key
 from mustafar.kernels.scatter_ptx import (
     SELECTOR_TABLE_BYTES,
     TOKENS_PER_TILE,
@@ -391,6 +391,15 @@ def _empty(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> 
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def _output(q: Tensor) -> Tensor:
+    """The op's output, contiguous like ``q`` (a seam like :func:`_empty`). ``empty_like`` parses no keyword
+    arguments: 1.5 µs less host time per call than ``torch.empty(shape, dtype=, device=)``; a ``q`` of another
+    layout gets a contiguous buffer, which the merge writes row by row."""
+    if q.is_contiguous():
+        return torch.empty_like(q)
+    return torch.empty(q.shape, dtype=q.dtype, device=q.device)
+
+
 # ---------------------------------------------------------------------------------------------------------------------
 # Split plan: a wave model at the compiled kernel's occupancy
 # ---------------------------------------------------------------------------------------------------------------------
@@ -682,13 +691,14 @@ class _Config:
     occupancy_key: tuple
     launcher: CompiledLaunch
     on_gpu: bool
-    # the split merge's launch per padded split count (a per-call key build and lookup cost ~2 µs of host time)
+    # the split merge's launch per split count (a per-call key build and lookup cost ~2 µs of host time)
     merges: dict = field(default_factory=dict, compare=False)
 
-    def merge(self, splits_p2: int, d: int, dtype: torch.dtype, device: torch.device) -> CompiledLaunch:
-        launch = self.merges.get(splits_p2)
+    def merge(self, splits: int, d: int, dtype: torch.dtype, device: torch.device) -> CompiledLaunch:
+        """The merge's launch for ``splits`` (compiled per split count rounded up to a power of two)."""
+        launch = self.merges.get(splits)
         if launch is None:
-            launch = self.merges[splits_p2] = _merge_launch(splits_p2, d, dtype, device)
+            launch = self.merges[splits] = _merge_launch(1 << (splits - 1).bit_length(), d, dtype, device)
         return launch
 
 
@@ -845,12 +855,34 @@ def _launch(
     ``block_n`` / ``num_warps`` default to ``_DEFAULT_LAUNCH``; ``num_splits`` to :func:`_planned_splits`. Static
     stores: the plan covers their capacity and the kernels read the length on the device (no host value of it is
     needed), so the same launch serves every length; a CUDA graph can capture it after one eager warm-up call (the
-    first launch compiles and measures the occupancy the plan uses). Per call: cached lookups, the output (unless
-    given) and two launches; no other allocation, no synchronisation.
+    first launch compiles and measures the occupancy the plan uses).
     """
+    cfg = _configure(q, k_store, v_store, decoder, block_n, num_warps)
+    return _run(cfg, q, k_store, v_store, k_window, v_window, scale, out, num_splits)
+
+
+# (device, q dtype, query heads, K and V layout keys) -> the public op's configuration (its decoder chosen and
+# checked by the dispatcher). Per module load, like _CONFIGS: Triton fixes whether a kernel is interpreted when it
+# is defined, so the interpreter setting is this module's, and the key needs no per-call read of the environment
+_PUBLIC_CONFIGS: dict[tuple, _Config] = {}
+
+
+def _run(
+    cfg: _Config,
+    q: Tensor,
+    k_store: CompressedStore,
+    v_store: CompressedStore,
+    k_window: Tensor,
+    v_window: Tensor,
+    scale: float,
+    out: Tensor | None = None,
+    num_splits: int | None = None,
+) -> Tensor:
+    """:func:`_launch` under a configuration already chosen. Per call: cached lookups, the output (unless given)
+    and two launches through their C launch functions, pointers passed as ints; no other allocation, no
+    synchronisation. This is the eager op's host time (results/kernels/NOTES.md, round 30)."""
     b, hq, d = q.shape
     device = q.device
-    cfg = _configure(q, k_store, v_store, decoder, block_n, num_warps)
     hkv = k_store.heads
     k_bits, v_bits = k_store.bits, v_store.bits
     k_cap, v_cap = k_bits.shape[2], v_bits.shape[2]
@@ -858,63 +890,79 @@ def _launch(
     tokens = min(k_cap, v_cap) if static else k_store.length
     slots = (_sm_count(device.index) if cfg.on_gpu else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
     num_splits, tokens_per_split = _split_plan(b * hkv, tokens, cfg.block_n, slots, num_splits)
-    stream = raw_stream(device)
+    stream = (
+        torch._C._cuda_getCurrentRawStream(device.index) if cfg.on_gpu else 0
+    )  # launch.raw_stream, inlined
     o_part, lse_part = _partials(b, hq, num_splits, d, device, stream)
-    out = _empty(q.shape, q.dtype, device) if out is None else out
-    staged = cfg.decoder in ("staged", "scatter")
+    if out is None:
+        out = _output(q)
+    decoder = cfg.decoder
     # the staged decoders stage value slots as int32 words; the portable one reads them as stored
-    k_vals, v_vals = (
-        (k_store.vals_as(torch.int32), v_store.vals_as(torch.int32))
-        if staged
-        else (k_store.vals, v_store.vals)
-    )
+    if decoder == "portable":
+        k_vals, v_vals = k_store.vals, v_store.vals
+    else:
+        k_vals, v_vals = k_store.vals_as(torch.int32), v_store.vals_as(torch.int32)
     if not (k_cap and v_cap):  # empty buffers have no address: stand-ins (never read)
         k_bits, v_bits, k_vals, v_vals = _arg(k_bits), _arg(v_bits), _arg(k_vals), _arg(v_vals)
     k_len, v_len = (k_store.length_tensor, v_store.length_tensor) if static else (k_bits, k_bits)
     w = k_window.shape[2]
     kw, vw = (k_window, v_window) if w else (_arg(k_window), _arg(v_window))
-    ks, vs = k_window.stride(), v_window.stride()
-    strides = (*q.stride()[:2], *ks[:3], *vs[:3], hkv)
-    caps = (w, k_cap, v_cap)
-    qk_scale = scale * _LOG2E
-    if staged:
-        scales = ()
-        if cfg.decoder == "scatter":  # int32 views of the fp8 scales and K's per-head order (else stand-ins)
-            scales = tuple(_arg(st.scale_words()) if st.fp8 else k_bits for st in (k_store, v_store))
-            scales += (k_store.head_order_words() if k_store.head_order is not None else k_bits,)
-        tensors = (q, k_bits, k_vals, v_bits, v_vals, *scales, kw, vw, o_part, lse_part, k_len, v_len)
-        args = (
-            *tensors[:-2], *strides, tokens, k_len, v_len, *caps, tokens_per_split, num_splits, qk_scale,
-        )  # fmt: skip
-        ints = (*strides, *caps, num_splits)
-    else:
+    qs, ks, vs = q.stride(), k_window.stride(), v_window.stride()
+    strides = (qs[0], qs[1], ks[0], ks[1], ks[2], vs[0], vs[1], vs[2], hkv)
+    if decoder == "scatter":  # int32 views of the fp8 scales and K's per-head order (else stand-ins)
+        k_sc = _arg(k_store.scale_words()) if k_store.fp8 else k_bits
+        v_sc = _arg(v_store.scale_words()) if v_store.fp8 else k_bits
+        k_ord = k_store.head_order_words() if k_store.head_order is not None else k_bits
+        tensors = (
+            q,
+            k_bits,
+            k_vals,
+            v_bits,
+            v_vals,
+            k_sc,
+            v_sc,
+            k_ord,
+            kw,
+            vw,
+            o_part,
+            lse_part,
+            k_len,
+            v_len,
+        )
+    elif decoder == "staged":
+        tensors = (q, k_bits, k_vals, v_bits, v_vals, kw, vw, o_part, lse_part, k_len, v_len)
+    if decoder == "portable":
         k_offs = k_bits if k_store.keep is not None else _arg(k_store.offs)
         v_offs = v_bits if v_store.keep is not None else _arg(v_store.offs)
-        vcaps = (
+        caps = (
+            w, k_cap, v_cap,
             0 if k_store.keep is not None else k_vals.shape[-1],
             0 if v_store.keep is not None else v_vals.shape[-1],
-        )
+        )  # fmt: skip
         k_sc = k_store.scales if k_store.fp8 else k_bits
         v_sc = v_store.scales if v_store.fp8 else k_bits
         tensors = (
             q, k_bits, k_vals, k_offs, v_bits, v_vals, v_offs, _arg(k_sc), _arg(v_sc), kw, vw, o_part, lse_part,
             k_len, v_len,
         )  # fmt: skip
-        args = (
-            *tensors[:13], *strides, tokens, k_len, v_len, *caps, *vcaps, tokens_per_split, num_splits, qk_scale, 1,
-        )  # fmt: skip
-        ints = (*strides, *caps, *vcaps, num_splits)
-    key = spec_key(tensors, ints, (tokens, tokens_per_split))
-    kernel = cfg.launcher((b, hkv, num_splits), args, stream, key)
-    if cfg.on_gpu and cfg.occupancy_key not in _OCCUPANCY:
-        occ = _programs_per_sm(kernel, cfg.num_warps, device)
-        if occ is not None:
-            _OCCUPANCY[cfg.occupancy_key] = occ
-    merge = cfg.merge(1 << (num_splits - 1).bit_length(), d, q.dtype, device)
-    merge(
-        (b * hq, 1, 1),
-        (o_part, lse_part, out, num_splits),
-        stream,
-        (out.data_ptr() % 16 == 0, num_splits == 1),
-    )
+        tail = (*caps, tokens_per_split, num_splits, scale * _LOG2E, 1)
+    else:
+        caps = (w, k_cap, v_cap)
+        tail = (*caps, tokens_per_split, num_splits, scale * _LOG2E)
+    ptrs = tuple(map(Tensor.data_ptr, tensors))
+    key = spec_key(ptrs, (*strides, *caps, num_splits), (tokens, tokens_per_split))
+    grid = (b, hkv, num_splits)
+    # the arguments: the tensors but the two length pointers, strides and tokens, the lengths, the tail; pointers
+    # as ints on a cached kernel, the tensors themselves where Triton compiles (or interprets) it
+    if not cfg.launcher.launch(grid, (*ptrs[:-2], *strides, tokens, *ptrs[-2:], *tail), stream, key):
+        kernel = cfg.launcher(grid, (*tensors[:-2], *strides, tokens, *tensors[-2:], *tail), stream, key)
+        if cfg.on_gpu and cfg.occupancy_key not in _OCCUPANCY:
+            occ = _programs_per_sm(kernel, cfg.num_warps, device)
+            if occ is not None:
+                _OCCUPANCY[cfg.occupancy_key] = occ
+    merge = cfg.merges.get(num_splits) or cfg.merge(num_splits, d, q.dtype, device)
+    out_ptr = out.data_ptr()
+    key = (out_ptr % 16 == 0, num_splits == 1)
+    if not merge.launch((b * hq, 1, 1), (ptrs[-4], ptrs[-3], out_ptr, num_splits), stream, key):
+        merge((b * hq, 1, 1), (o_part, lse_part, out, num_splits), stream, key)
     return out

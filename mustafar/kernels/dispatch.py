@@ -118,6 +118,8 @@ def _check_device(name: str, t: Tensor, store: CompressedStore) -> None:
 def _scale(scale: object) -> float:
     """The scores' factor as a Python float (numpy and 0-d tensor scalars too), finite and small enough that
     the kernels' scale·log2(e) stays a finite fp32."""
+    if type(scale) is float and abs(scale) * _LOG2E <= _FP32_MAX:  # the usual call, checked in one line
+        return scale
     if isinstance(scale, bool) or not (
         isinstance(scale, numbers.Real) or (isinstance(scale, Tensor) and scale.numel() == 1)
     ):
@@ -143,40 +145,43 @@ def _check_decode_inputs(
     out: Tensor | None,
 ) -> None:
     """Shapes, dtypes, devices and layouts only: never a device value (a static store's length stays on the
-    device, so its emptiness and the K/V agreement of its counts are the caller's to keep)."""
+    device, so its emptiness and the K/V agreement of its counts are the caller's to keep). Every call pays for
+    these checks (the eager op's host time), so each field is read once."""
     if q.dim() != 3:
         raise ValueError(f"q must be [B, H_q, D], got shape {tuple(q.shape)}")
     b, hq, d = q.shape
+    dtype, device = q.dtype, q.device
+    heads = k_store.heads
     for name, st in (("k_store", k_store), ("v_store", v_store)):
-        if st.batch != b or st.head_dim != d or st.heads != k_store.heads:
+        if st.batch != b or st.head_dim != d or st.heads != heads:
             raise ValueError(f"{name} is [{st.batch}, {st.heads}, T, {st.head_dim}], q is {tuple(q.shape)}")
-        if st.dtype != q.dtype:
-            raise ValueError(f"{name} dtype {st.dtype} does not match q dtype {q.dtype}")
-        if st.bits.device != q.device:
-            raise ValueError(f"{name} is on {st.bits.device}, q on {q.device}: put them on one device")
-    if hq % k_store.heads:
-        raise ValueError(f"H_q={hq} is not a multiple of H_kv={k_store.heads}")
-    if k_store.static != v_store.static:
-        raise ValueError(
-            f"k_store static={k_store.static} but v_store static={v_store.static}: make both alike"
-        )
-    if not k_store.static and k_store.length != v_store.length:
+        if st.dtype != dtype:
+            raise ValueError(f"{name} dtype {st.dtype} does not match q dtype {dtype}")
+        if st.bits.device != device:
+            raise ValueError(f"{name} is on {st.bits.device}, q on {device}: put them on one device")
+    if hq % heads:
+        raise ValueError(f"H_q={hq} is not a multiple of H_kv={heads}")
+    static = k_store.static
+    if static != v_store.static:
+        raise ValueError(f"k_store static={static} but v_store static={v_store.static}: make both alike")
+    if not static and k_store.length != v_store.length:
         raise ValueError(f"k_store holds {k_store.length} tokens, v_store {v_store.length}")
-    w = k_window.shape[2] if k_window.dim() == 4 else -1
+    shape = k_window.shape
+    w = shape[2] if len(shape) == 4 else -1
     for name, win in (("k_window", k_window), ("v_window", v_window)):
         s = win.shape
-        if win.dim() != 4 or s[0] != b or s[1] != k_store.heads or s[2] != w or s[3] != d:
-            raise ValueError(f"{name} must be {[b, k_store.heads, w, d]}, got {tuple(s)}")
-        if win.dtype != q.dtype:
-            raise ValueError(f"{name} dtype {win.dtype} does not match q dtype {q.dtype}")
-        if win.device != q.device:
-            raise ValueError(f"{name} is on {win.device}, q on {q.device}: put them on one device")
-    if w == 0 and (k_store.capacity == 0 if k_store.static else k_store.length == 0):
+        if len(s) != 4 or s[0] != b or s[1] != heads or s[2] != w or s[3] != d:
+            raise ValueError(f"{name} must be {[b, heads, w, d]}, got {tuple(s)}")
+        if win.dtype != dtype:
+            raise ValueError(f"{name} dtype {win.dtype} does not match q dtype {dtype}")
+        if win.device != device:
+            raise ValueError(f"{name} is on {win.device}, q on {device}: put them on one device")
+    if w == 0 and (k_store.capacity == 0 if static else k_store.length == 0):
         raise ValueError("nothing to attend to: the stores and the window are both empty")
     if out is not None and (
-        out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous() or out.device != q.device
+        out.shape != q.shape or out.dtype != dtype or not out.is_contiguous() or out.device != device
     ):
-        raise ValueError(f"out must be a contiguous {q.dtype} tensor of shape {tuple(q.shape)} on {q.device}")
+        raise ValueError(f"out must be a contiguous {dtype} tensor of shape {tuple(q.shape)} on {device}")
 
 
 def sparse_decode_attention(
@@ -205,15 +210,19 @@ def sparse_decode_attention(
         return ref if out is None else out.copy_(ref)
     # imported on first use (it imports Triton); afterwards a dict lookup, not an import statement per call
     decode = sys.modules.get("mustafar.kernels.decode") or importlib.import_module("mustafar.kernels.decode")
-    if q.stride(-1) != 1:
+    if q.stride()[-1] != 1:
         q = q.contiguous()
-    if k_window.stride(-1) != 1:
+    if k_window.stride()[-1] != 1:
         k_window = k_window.contiguous()
-    if v_window.stride(-1) != 1:
+    if v_window.stride()[-1] != 1:
         v_window = v_window.contiguous()
-    return decode._launch(
-        q, k_store, v_store, k_window, v_window, scale, _checked_decoder(q, k_store, v_store), out=out
-    )
+    key = (q.device, q.dtype, q.shape[1], k_store.layout_key, v_store.layout_key)
+    cfg = decode._PUBLIC_CONFIGS.get(key)
+    if cfg is None:  # a refused layout is not cached: it raises on every call
+        decoder = decoder_for(q, k_store, v_store)
+        _check_store_order(k_store, v_store, decoder)
+        cfg = decode._PUBLIC_CONFIGS[key] = decode._configure(q, k_store, v_store, decoder, None, None)
+    return decode._run(cfg, q, k_store, v_store, k_window, v_window, scale, out)
 
 
 # (device, q dtype, query heads, K and V layout keys, interpreter) -> the decoder, its store-order check passed

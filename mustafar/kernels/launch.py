@@ -31,6 +31,8 @@ class CompiledLaunch:
         if list(fn.arg_names) != self.runtime_names + list(constexprs):
             raise TypeError(f"{fn}: the constexpr parameters must follow the runtime ones")
         self.kernels: dict[tuple, object] = {}
+        # key -> (the C launch function, its arguments between the stream and the kernel's own): see launch()
+        self.direct: dict[tuple, tuple] = {}
 
     def __call__(
         self, grid: tuple[int, int, int], args: tuple, stream: int, key: tuple | None = None
@@ -56,11 +58,52 @@ class CompiledLaunch:
             kernel = self.fn[grid](**dict(zip(self.runtime_names, args)), **self.constexprs, **self.options)
             if kernel is not None and hasattr(kernel, "function"):  # the interpreter returns nothing to cache
                 self.kernels[key] = kernel
+                self._direct(key, kernel)
             return kernel
         kernel.run(
             *grid, stream, kernel.function, kernel.packed_metadata, None, None, None, *args, *self.tail
         )
         return kernel
+
+    def _direct(self, key: tuple, kernel: object) -> None:
+        """Cache the C launch function of ``kernel`` and its fixed arguments where nothing per launch is left to
+        Triton's Python launcher (no global or profiler scratch to allocate)."""
+        run = kernel.run
+        names = (
+            "launch",
+            "launch_cooperative_grid",
+            "launch_pdl",
+            "global_scratch_size",
+            "profile_scratch_size",
+        )
+        if not all(hasattr(run, n) for n in names) or run.global_scratch_size or run.profile_scratch_size:
+            return
+        # CudaLauncher.__call__'s order: function, cooperative, PDL, global and profile scratch, metadata, the
+        # launch metadata and the two hooks (none: a hooked launch goes through Triton)
+        fixed = (
+            run.launch_cooperative_grid,
+            run.launch_pdl,
+            None,
+            None,
+            kernel.packed_metadata,
+            None,
+            None,
+            None,
+        )
+        self.direct[key] = (run.launch, (kernel.function, *fixed))
+
+    def launch(self, grid: tuple[int, int, int], args: tuple, stream: int, key: tuple) -> bool:
+        """Launch the kernel compiled under ``key`` straight through its C launch function; False (nothing
+        launched) where none is cached for ``key`` yet or a launch hook is installed: then call the instance with
+        tensors. ``args`` may hold pointers as ints (``data_ptr()``): the C launcher checks each tensor's address
+        with the driver (``cuPointerGetAttribute``), an int it takes as it is, so the caller, which checked the
+        devices once, saves a driver call per pointer (round 30)."""
+        entry = self.direct.get(key)
+        if entry is None or hooked():
+            return False
+        gx, gy, gz = grid
+        entry[0](gx, gy, gz, stream, *entry[1], *args, *self.tail)
+        return True
 
 
 _LAUNCHES: dict[tuple, CompiledLaunch] = {}
@@ -82,13 +125,17 @@ def cached_launch(
     return launch
 
 
-def spec_key(tensors: tuple, ints: tuple, lengths: tuple) -> tuple:
-    """A cache key at least as fine as Triton's specialisation of these arguments: whether every tensor is 16-byte
-    aligned (else each one's alignment), the ints as they are (shapes and strides: few distinct values) and, for
-    ``lengths`` (ints that change every step), only what Triton looks at (== 1, divisible by 16)."""
-    ptrs = functools.reduce(operator.or_, map(Tensor.data_ptr, tensors))
-    aligned = True if ptrs % 16 == 0 else tuple([t.data_ptr() % 16 == 0 for t in tensors])
-    return aligned, ints, tuple([(n == 1, n % 16 == 0) for n in lengths])
+def spec_key(ptrs: tuple, ints: tuple, lengths: tuple) -> tuple:
+    """A cache key at least as fine as Triton's specialisation of these arguments: whether every tensor (its address
+    in ``ptrs``) is 16-byte aligned (else each one's alignment), the ints as they are (shapes and strides: few
+    distinct values) and, for ``lengths`` (ints that change every step), only what Triton looks at (== 1,
+    divisible by 16)."""
+    aligned = True if functools.reduce(operator.or_, ptrs) % 16 == 0 else tuple([p % 16 == 0 for p in ptrs])
+    return (
+        aligned,
+        *ints,
+        *[1 if n == 1 else 16 if n % 16 == 0 else 0 for n in lengths],
+    )  # flat: hashed per call
 
 
 def hooked() -> bool:

@@ -60,14 +60,14 @@ def test_word_pack_at_per_row_device_counts_on_gpu(head_dim, keep):
 
 def _spy_decoders(monkeypatch) -> list[str]:
     used: list[str] = []
-    decode = importlib.import_module("mustafar.kernels.decode")  # the dispatcher looks `_launch` up per call
-    real = decode._launch
+    decode = importlib.import_module("mustafar.kernels.decode")  # the dispatcher looks `_run` up per call
+    real = decode._run
 
     def spy(*args, **kwargs):
-        used.append(args[6])  # (q, k_store, v_store, k_window, v_window, scale, decoder)
+        used.append(args[0].decoder)  # (cfg, q, k_store, v_store, k_window, v_window, scale, ...)
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(decode, "_launch", spy)
+    monkeypatch.setattr(decode, "_run", spy)
     return used
 
 

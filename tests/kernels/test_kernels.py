@@ -322,6 +322,62 @@ def test_compiled_launch_refuses_a_short_grid():
         launch((4, 2), (), 0)
 
 
+class _RecordingLauncher:
+    """Triton's own Python launcher (``CudaLauncher.__call__``, the reference) around a recording C function."""
+
+    def __init__(self, scratch: int = 0) -> None:
+        from triton.backends.nvidia.driver import CudaLauncher
+
+        self.calls: list[tuple] = []
+        # its __init__ compiles the C launcher: set only what __call__ reads
+        self.run = object.__new__(CudaLauncher)
+        self.run.launch = lambda *args: self.calls.append(args)
+        self.run.launch_cooperative_grid, self.run.launch_pdl = False, True
+        self.run.global_scratch_size = self.run.profile_scratch_size = scratch
+        self.run.global_scratch_align = self.run.profile_scratch_align = 1
+        self.run.num_ctas = 1
+        self.function, self.packed_metadata = 1234, (1, 1, 0)
+
+
+def test_direct_launch_passes_what_tritons_launcher_passes(monkeypatch):
+    """The direct launch (the eager op's path, round 30) skips Triton's Python launcher: the C function must get
+    exactly the arguments that launcher gives it (grid, stream, function, launch flags, scratch, metadata, hooks,
+    then the kernel's arguments and the constexprs), pointers as the ints the caller passes. A kernel that needs
+    scratch memory, or a launch hook, keeps Triton's launcher."""
+    from mustafar.kernels import launch as launch_mod
+    from mustafar.kernels.compress import _prune_pack_kernel
+
+    names = _prune_pack_kernel.arg_names
+    consts = {n: i for i, n in enumerate(names) if n.isupper()}
+    launch = launch_mod.CompiledLaunch(_prune_pack_kernel, consts, {})
+    args = tuple(range(100, 100 + len(launch.runtime_names)))
+    kernel = _RecordingLauncher()
+    launch.kernels["k"] = kernel
+    launch._direct("k", kernel)
+    launch((3, 2, 1), args, 77, "k")  # a cached kernel through Triton's launcher
+    assert launch.launch((3, 2, 1), args, 77, "k") is True
+    assert len(kernel.calls) == 2 and kernel.calls[0] == kernel.calls[1]
+    assert kernel.calls[1][:7] == (3, 2, 1, 77, 1234, False, True)
+    assert kernel.calls[1][-len(consts) :] == tuple(consts.values())
+    assert launch.launch((3, 2, 1), args, 77, "other key") is False  # nothing cached: the caller compiles
+    monkeypatch.setattr(launch_mod, "hooked", lambda: True)
+    assert launch.launch((3, 2, 1), args, 77, "k") is False
+    scratch = _RecordingLauncher(scratch=64)
+    launch._direct("s", scratch)
+    assert "s" not in launch.direct
+
+
+def test_spec_key_follows_tritons_specialisation():
+    """The launch cache's key from addresses as ints: aligned or not (each pointer's alignment when one is not),
+    the ints themselves, and of each length only what Triton specialises (== 1, divisible by 16)."""
+    from mustafar.kernels.launch import spec_key
+
+    assert spec_key((16, 32, 0), (5, 7), (1, 32, 33)) == (True, 5, 7, 1, 16, 0)
+    assert spec_key((16, 8), (), ()) == ((True, False),)
+    assert spec_key((16,), (), (0, 2)) == (True, 16, 0)
+    assert spec_key((16,), (), (1,)) != spec_key((16,), (), (16,)) != spec_key((16,), (), (17,))
+
+
 def test_pack_launches_are_cached_per_device():
     """A compiled kernel is loaded into one device's context, so the cached launches (packs, merge) are kept per device
     (a launch cached on one GPU and reused on another would run a function handle of the wrong context), and
