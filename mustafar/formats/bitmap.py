@@ -223,6 +223,9 @@ class CompressedStore:
             raise ValueError("fp8 stores need the fixed layout (keep=int), got keep=None")
         self.value_dtype = value_dtype
         self._views: dict[torch.dtype | str, tuple[Tensor, Tensor]] = {}
+        # the sparse decode op's last launch from this (K) store, replayed while its inputs' signature holds
+        # (mustafar.kernels.decode._Plan); never read here
+        self.launch_plan: object | None = None
         self._length = 0
         # static stores count their tokens on the device (one count per batch row), dynamic ones on the host
         self._length_dev = torch.zeros(batch, dtype=torch.int32, device=self.device) if static else None

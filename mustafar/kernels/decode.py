@@ -877,6 +877,7 @@ def _run(
     scale: float,
     out: Tensor | None = None,
     num_splits: int | None = None,
+    keep_plan: bool = False,
 ) -> Tensor:
     """:func:`_launch` under a configuration already chosen. Per call: cached lookups, the output (unless given)
     and two launches through their C launch functions, pointers passed as ints; no other allocation, no
@@ -954,7 +955,9 @@ def _run(
     grid = (b, hkv, num_splits)
     # the arguments: the tensors but the two length pointers, strides and tokens, the lengths, the tail; pointers
     # as ints on a cached kernel, the tensors themselves where Triton compiles (or interprets) it
-    if not cfg.launcher.launch(grid, (*ptrs[:-2], *strides, tokens, *ptrs[-2:], *tail), stream, key):
+    args = (*ptrs[:-2], *strides, tokens, *ptrs[-2:], *tail)
+    direct = cfg.launcher.launch(grid, args, stream, key)
+    if not direct:
         kernel = cfg.launcher(grid, (*tensors[:-2], *strides, tokens, *tensors[-2:], *tail), stream, key)
         if cfg.on_gpu and cfg.occupancy_key not in _OCCUPANCY:
             occ = _programs_per_sm(kernel, cfg.num_warps, device)
@@ -962,7 +965,95 @@ def _run(
                 _OCCUPANCY[cfg.occupancy_key] = occ
     merge = cfg.merges.get(num_splits) or cfg.merge(num_splits, d, q.dtype, device)
     out_ptr = out.data_ptr()
-    key = (out_ptr % 16 == 0, num_splits == 1)
-    if not merge.launch((b * hq, 1, 1), (ptrs[-4], ptrs[-3], out_ptr, num_splits), stream, key):
-        merge((b * hq, 1, 1), (o_part, lse_part, out, num_splits), stream, key)
+    merge_key = (out_ptr % 16 == 0, num_splits == 1)
+    merge_grid = (b * hq, 1, 1)
+    if not merge.launch(merge_grid, (ptrs[-4], ptrs[-3], out_ptr, num_splits), stream, merge_key):
+        merge(merge_grid, (o_part, lse_part, out, num_splits), stream, merge_key)
+    elif keep_plan and static and direct and key[0] is True and merge_key[0]:
+        at = len(tensors) - 6  # the windows' place: (..., kw, vw, o_part, lse_part, k_len, v_len)
+        k_store.launch_plan = _Plan(
+            _TOKEN, _signature(q, k_store, v_store, k_window, v_window, scale, stream), device, cfg.launcher,
+            grid, args[1:at], args[at + 2 :], key, merge, merge_grid, merge_key, (ptrs[-4], ptrs[-3], num_splits),
+            (v_store, *tensors[1:at], *tensors[at + 2 :]),
+        )  # fmt: skip
+    return out
+
+
+# this module load's token: a plan made by an earlier load of the module (the tests reload it) is never replayed
+_TOKEN = object()
+
+
+@dataclass(slots=True)
+class _Plan:
+    """A public-op call's two direct launches over static stores, kept on its K store
+    (``CompressedStore.launch_plan``) and replayed by :func:`_replay` while the next call's :func:`_signature` is
+    the same: the launch arguments then differ only in the addresses of ``q``, the windows and the output. Every
+    check the op makes reads only what the signature holds or what a store fixes at construction, so a replayed
+    call skips them too; this halves the eager op's Python (round 30). Dynamic stores change length every step,
+    so they keep the full path. ``refs`` keeps the tensors behind the cached addresses (and the objects behind the
+    signature's ids) alive."""
+
+    owner: object
+    sig: tuple
+    device: torch.device
+    launcher: CompiledLaunch
+    grid: tuple
+    before: tuple  # decoder arguments between q and the windows
+    after: tuple  # decoder arguments after the windows
+    key: tuple
+    merge: CompiledLaunch
+    merge_grid: tuple
+    merge_key: tuple
+    merge_args: tuple  # the partials' addresses and the split count
+    refs: tuple
+
+
+def _signature(
+    q: Tensor,
+    k_store: CompressedStore,
+    v_store: CompressedStore,
+    kw: Tensor,
+    vw: Tensor,
+    scale: float,
+    stream: int,
+) -> tuple:
+    """Everything a call's launch on static stores (and the op's checks) depends on besides the addresses of q, the
+    windows and the output: the V store, every store buffer, whether each holds a per-head order, the shapes,
+    strides and dtypes of q and the windows, the scale and the stream. (A static store's length lives on the
+    device; the rest of a store is fixed at construction.)"""
+    return (
+        id(v_store), id(k_store.bits), id(k_store.vals), id(v_store.bits), id(v_store.vals),
+        id(k_store.__dict__.get("scales")), id(v_store.__dict__.get("scales")),
+        k_store._head_order is None, v_store._head_order is None, q.shape, q.stride(), q.dtype, kw.shape, kw.stride(), kw.dtype, kw.device, vw.shape, vw.stride(), vw.dtype,
+        vw.device, scale, stream,
+    )  # fmt: skip
+
+
+def _replay(
+    plan: _Plan,
+    q: Tensor,
+    k_store: CompressedStore,
+    v_store: CompressedStore,
+    kw: Tensor,
+    vw: Tensor,
+    scale: float,
+) -> Tensor | None:
+    """The public op's call through ``plan`` (the output), or None where the plan does not apply (another
+    signature, another module load, unaligned addresses, a launch hook): then the caller takes the full path."""
+    device = q.device
+    if plan.owner is not _TOKEN or device != plan.device:
+        return None
+    stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
+    if _signature(q, k_store, v_store, kw, vw, scale, stream) != plan.sig:
+        return None
+    out = _output(q)
+    qp, kwp, vwp, op = q.data_ptr(), kw.data_ptr(), vw.data_ptr(), out.data_ptr()
+    if (qp | kwp | vwp | op) % 16:  # the cached kernels were chosen for aligned addresses
+        return None
+    if not plan.launcher.launch(plan.grid, (qp, *plan.before, kwp, vwp, *plan.after), stream, plan.key):
+        return None
+    o_ptr, lse_ptr, splits = plan.merge_args
+    if not plan.merge.launch(plan.merge_grid, (o_ptr, lse_ptr, op, splits), stream, plan.merge_key):
+        o_part, lse_part = plan.refs[-4], plan.refs[-3]
+        plan.merge(plan.merge_grid, (o_part, lse_part, out, splits), stream, plan.merge_key)
     return out

@@ -159,3 +159,67 @@ def test_launch_caches_its_scratch(monkeypatch):
     first = out.clone()
     sparse_decode_attention(q, ks, vs, w, w, 0.1, backend="triton", out=out)
     assert len(calls) == 2 and torch.equal(out, first)
+
+
+def test_a_replayed_launch_plan_launches_what_the_full_path_launches(monkeypatch):
+    """Static stores' eager calls replay the last call's launches (``decode._Plan``) while nothing they depend on
+    changed. With the direct launches recorded instead of run (the interpreter has none), each call's launches are
+    compared with the full path's for the same inputs (the plan dropped first): new q values, new window and
+    output addresses, another V store, window strides, scale, an ``out``, the stream-keyed partials. A bad input
+    after a plan still fails its check, and a plan is made only where it was asked for and the stores are static."""
+    decode = importlib.import_module("mustafar.kernels.decode")
+    from mustafar.kernels.launch import CompiledLaunch
+
+    launched = []
+
+    def record(self, grid, args, stream, key):
+        launched.append((self.fn, grid, args, stream, key))
+        return True
+
+    monkeypatch.setattr(CompiledLaunch, "launch", record)
+    ks, vs = _static_pair()
+    vs2 = _static_pair()[1]
+    for store, seed in ((ks, 1), (vs, 2), (vs2, 3)):
+        topk_pack_into(store, _randn(B, HKV, 40, D, seed=seed), KEEP, backend="torch")
+
+    def call(q, v, kw, vw, scale, **kw_args):
+        """(replayed?, the decoder's launch, the merge's launch without the output's address)."""
+        had = ks.launch_plan
+        launched.clear()
+        sparse_decode_attention(q, ks, v, kw, vw, scale, backend="triton", **kw_args)
+        (dec, merge) = launched
+        replayed = had is not None and ks.launch_plan is had
+        return replayed, dec, (*merge[:2], merge[2][:2] + merge[2][3:], *merge[3:])
+
+    def both(*args, **kw_args):
+        first = call(*args, **kw_args)
+        ks.launch_plan = None
+        full = call(*args, **kw_args)
+        assert first[1:] == full[1:]
+        return first[0]
+
+    q = _randn(B, HKV * N_REP, D, seed=5)
+    kw, vw = _randn(B, HKV, WIN, D, seed=6), _randn(B, HKV, WIN, D, seed=7)
+    assert ks.launch_plan is None
+    call(q, vs, kw, vw, 0.125)
+    assert isinstance(ks.launch_plan, decode._Plan)
+    assert both(q.clone(), vs, kw.clone(), vw.clone(), 0.125)  # new addresses, same signature: replayed
+    assert not both(q, vs2, kw, vw, 0.125)  # another V store
+    assert not both(q, vs, kw, vw, 0.25)  # another scale
+    wide = _randn(B, HKV, WIN, 2 * D, seed=8)[..., :D]  # same shape, another row stride
+    assert not both(q, vs, wide, vw, 0.125)
+    assert both(q, vs, kw, vw, 0.125) is False  # the plan now follows the last signature
+    assert both(q, vs, kw, vw, 0.125)
+    plan = ks.launch_plan
+    call(q, vs, kw, vw, 0.125, out=torch.empty_like(q))  # an out: the full path, no new plan
+    assert ks.launch_plan is plan
+    with pytest.raises(ValueError, match="q is"):
+        sparse_decode_attention(q[:1], ks, vs, kw[:1], vw[:1], 0.125, backend="triton")
+    with pytest.raises(ValueError, match="scale"):
+        sparse_decode_attention(q, ks, vs, kw, vw, math.inf, backend="triton")
+    dk, dv = (CompressedStore(B, HKV, D, torch.float16, "cpu", KEEP) for _ in "kv")
+    for store in (dk, dv):
+        topk_pack_into(store, _randn(B, HKV, 40, D, seed=9), KEEP, backend="torch")
+    launched.clear()
+    sparse_decode_attention(q, dk, dv, kw, vw, 0.125, backend="triton")
+    assert len(launched) == 2 and dk.launch_plan is None  # dynamic stores change length every step

@@ -15,7 +15,8 @@ from eval.report.decode import table14
 from eval.report.kv_size import COMPUTED, MEASURED, kv_fraction, side_fraction
 from eval.report.make_tables import make_tables
 from eval.report.policies import policy_key
-from eval.results import SCHEMA_VERSION
+from eval.results import SCHEMA_VERSION, load_rows
+from eval.tables import summary_frame
 from tests.unit.fake_results import fake_job
 from tests.unit.script_module import load_script
 
@@ -170,12 +171,44 @@ def test_decode_table_joins_measurements_with_the_paper(tmp_path):
     assert pd.isna(table.loc[("Llama2", "Dense"), "ours TTFT s"])
 
 
-def test_decode_speed_report_reads_the_kernel_benchmark(tmp_path):
-    (tmp_path / "kernels").mkdir()
+def test_decode_speed_report_reads_the_current_kernel_benchmark(tmp_path):
+    """The kernel-only table comes from the current kernel round's bench (not round 5's results/kernels/bench.json,
+    which it showed until round 30), one row per keep rule, with that file's numbers."""
+    from eval.report.decode import CURRENT_KERNEL_BENCH
+
+    committed = ROOT / "results" / CURRENT_KERNEL_BENCH
+    bench = json.loads(committed.read_text())
+    (tmp_path / CURRENT_KERNEL_BENCH).parent.mkdir(parents=True)
+    (tmp_path / CURRENT_KERNEL_BENCH).write_text(committed.read_text())
     (tmp_path / "kernels" / "bench.json").write_text((ROOT / "results/kernels/bench.json").read_text())
     report = make_tables(tmp_path, "decode_speed", out_dir=tmp_path / "out")
     assert {p.name for p in report.files} >= {"decode_speed.md", "decode_kernels.md"}
     assert "No end-to-end measurement yet" in (tmp_path / "out" / "decode_speed.md").read_text()
+    table = report.tables["decode_kernels"]
+    assert set(table["keep rule"]) == {p["keep_rule"] for p in bench["decode"]} and "exact" not in set(
+        table["keep rule"]
+    )
+    want = next(
+        p
+        for p in bench["decode"]
+        if (p["keep_rule"], p["sparsity"], p["batch"], p["tokens"]) == ("word", 0.7, 8, 16384)
+    )
+    row = table[
+        (table["keep rule"] == "word")
+        & (table["s"] == 0.7)
+        & (table["batch"] == 8)
+        & (table["tokens"] == 16384)
+    ]
+    assert row["×dense (CUDA graph)"].item() == pytest.approx(
+        want["dense_graph_us"] / want["sparse_graph_us"], rel=1e-9
+    )
+    assert str(CURRENT_KERNEL_BENCH) in (tmp_path / "out" / "decode_kernels.md").read_text()
+
+
+def test_decode_speed_report_without_a_kernel_benchmark_says_so(tmp_path, capsys):
+    report = make_tables(tmp_path, "decode_speed", out_dir=tmp_path / "out")
+    assert "decode_kernels" not in report.tables
+    assert "no kernel benchmark at" in capsys.readouterr().out
 
 
 def test_wandb_summary_run_is_written_offline(llama3_key_sweep, monkeypatch):
@@ -188,8 +221,12 @@ def test_wandb_summary_run_is_written_offline(llama3_key_sweep, monkeypatch):
     assert list(run_dir.glob("*.wandb"))
     images = list(run_dir.glob("files/media/images/*.png"))
     assert len(images) == 2
-    tables = list(run_dir.glob("files/media/table/*.table.json"))
-    assert len(tables) == 1 and "Single-Doc QA" in tables[0].read_text()
+    tables = {p.name.split("_")[0]: p.read_text() for p in run_dir.glob("files/media/table/*.table.json")}
+    assert len(tables) == 2 and "Single-Doc QA" in "".join(tables.values())
+    # by hand, as at the end of a sweep, the run holds summary.md's table: one line per job and score
+    want = summary_frame(load_rows(llama3_key_sweep / "key_pruning"))
+    summary = json.loads(tables["summary"])
+    assert summary["columns"] == list(want.columns) and len(summary["data"]) == len(want)
 
 
 def test_longbench_average_is_english_only_with_cis_and_paired_delta(tmp_path):
