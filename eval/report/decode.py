@@ -1,6 +1,6 @@
 """The paper's Table 14 (TTFT and decode tokens/s, dense vs Mustafar K0.5V0.5 / K0.7V0.7) next to our GPU
 measurements: end-to-end from `scripts/bench_decode.py` (results/decode/*.json) where they exist, and the
-attention-kernel-only benchmark from `scripts/bench_kernels.py` (results/kernels/bench.json).
+attention-kernel-only benchmark from `scripts/bench_kernels.py` (the current kernel round's, `CURRENT_KERNEL_BENCH`).
 
 The setups differ (the paper: RTX 6000 Ada, batch 1, decode 512/1024/2048 tokens; bench_decode: a fixed context
 and the batches it was run at), so speeds are compared as speed-ups over dense within each setup.
@@ -97,11 +97,19 @@ def table14(decode_dir: Path) -> pd.DataFrame:
     return paper_table().merge(ours, on=KEYS, how="outer")
 
 
+# The kernel benchmark the paper-layout table shows, relative to the results directory: the newest default-launch
+# run of the current decoders (results/kernels/NOTES.md names each round). Moved forward with each kernel round, so
+# the table never shows a superseded kernel under today's name.
+CURRENT_KERNEL_BENCH = Path("kernels/round30_h100/bench/bench.json")
+
+
 def kernel_table(bench_json: Path) -> pd.DataFrame:
-    """Attention only (one layer's decode attention, Llama-3-8B shapes): sparse kernel vs dense SDPA."""
+    """Attention only (one layer's decode attention, Llama-3-8B shapes): sparse kernel vs dense SDPA, one row per
+    keep rule, sparsity, batch and context (files before the keep-rule field held the ``exact`` rule only)."""
     bench = json.loads(Path(bench_json).read_text())
     rows = [
         {
+            "keep rule": p.get("keep_rule", "exact"),
             "s": p["sparsity"],
             "batch": p["batch"],
             "tokens": p["tokens"],
@@ -113,8 +121,15 @@ def kernel_table(bench_json: Path) -> pd.DataFrame:
         }
         for p in bench["decode"]
     ]
-    return pd.DataFrame(rows)
+    return pd.DataFrame(rows).sort_values(
+        ["keep rule", "s", "batch", "tokens"], kind="stable", ignore_index=True
+    )
 
 
 def kernel_device(bench_json: Path) -> str:
     return json.loads(Path(bench_json).read_text())["meta"]["device"]
+
+
+def kernel_command(bench_json: Path) -> str | None:
+    """The command that wrote the benchmark (files from round 8 on record it)."""
+    return json.loads(Path(bench_json).read_text())["meta"].get("command")

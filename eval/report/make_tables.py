@@ -2,7 +2,7 @@
 
     python scripts/make_tables.py key_pruning value_pruning main_grid [--results results] [--out DIR]
         [--per-task] [--wandb offline|online]
-    python scripts/make_tables.py decode_speed      # Table 14 from results/decode/ and results/kernels/
+    python scripts/make_tables.py decode_speed      # Table 14 from results/decode/ and the current kernel bench
 
 Without --out, a sweep's report goes to results/<sweep>/report/; with --out, to DIR/<sweep>/.
 """
@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 from eval.report import decode, plots, render, wandb_summary
 from eval.report.layout import Group, accuracy_table, groups
 from eval.results import load_rows
+from eval.tables import summary_frame
 
 CAPTIONS = {
     "key_pruning": "Key pruning (V dense): ThinK (structured) vs per-token output-aware vs per-token magnitude",
@@ -86,7 +87,10 @@ def make_tables(
         report = _accuracy_report(results_dir, sweep, out_dir, experiment or sweep, per_task, noise)
     if logger and wandb_summary.enabled(logger):
         images = [p for p in report.files if p.suffix == ".png"]
-        report.wandb_dir = wandb_summary.log_summary(logger, results_dir, sweep, report.tables, images)
+        tables = report.tables
+        if sweep != "decode_speed":  # the sweep's summary.md table, as the end-of-sweep summary run holds it
+            tables = {"summary": summary_frame(load_rows(results_dir / sweep)), **tables}
+        report.wandb_dir = wandb_summary.log_summary(logger, results_dir, sweep, tables, images)
     return report
 
 
@@ -140,13 +144,20 @@ def _decode_report(results_dir: Path, out_dir: Path) -> Report:
     )
     report.tables["decode_speed"] = table
     report.files += render.write(table, caption, out_dir / "decode_speed")
-    bench = results_dir / "kernels" / "bench.json"
-    if bench.exists():
+    bench = results_dir / decode.CURRENT_KERNEL_BENCH
+    if not bench.exists():
+        print(f"decode_speed: no kernel benchmark at {bench}; the kernel-only table is left out", flush=True)
+    else:
         kernels = decode.kernel_table(bench)
+        command = decode.kernel_command(bench)
         caption = (
             f"**Decode attention kernel only** ({decode.kernel_device(bench)}, Llama-3-8B shapes: 32 q / 8 KV heads, "
-            "D 128, fp16, window 32): sparse compressed-KV kernel vs dense SDPA, per layer, from "
-            f"{bench}. Not end-to-end: weights and the rest of the step are excluded."
+            "D 128, fp16, window 32): the default launch of the current sparse decoders (keep rule `word`: the "
+            "scatter decoder; `-fp8`: fp8 values) vs dense SDPA, per layer, L2 flushed, from "
+            f"{results_dir.name}/{decode.CURRENT_KERNEL_BENCH}"
+            + (f" (`{command}`)" if command else "")
+            + ". Not end-to-end: "
+            "weights and the rest of the step are excluded."
         )
         report.tables["decode_kernels"] = kernels
         report.files += render.write(kernels, caption, out_dir / "decode_kernels")
