@@ -1037,16 +1037,21 @@ def _replay(
     kw: Tensor,
     vw: Tensor,
     scale: float,
+    out: Tensor | None = None,
 ) -> Tensor | None:
     """The public op's call through ``plan`` (the output), or None where the plan does not apply (another
-    signature, another module load, unaligned addresses, a launch hook): then the caller takes the full path."""
+    signature, another module load, an ``out`` the op would refuse, unaligned addresses, a launch hook): then the
+    caller takes the full path."""
     device = q.device
     if plan.owner is not _TOKEN or device != plan.device:
         return None
     stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0
     if _signature(q, k_store, v_store, kw, vw, scale, stream) != plan.sig:
         return None
-    out = _output(q)
+    if out is None:
+        out = _output(q)
+    elif out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous() or out.device != device:
+        return None  # the full path's check names what is wrong
     qp, kwp, vwp, op = q.data_ptr(), kw.data_ptr(), vw.data_ptr(), out.data_ptr()
     if (qp | kwp | vwp | op) % 16:  # the cached kernels were chosen for aligned addresses
         return None

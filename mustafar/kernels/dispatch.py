@@ -203,11 +203,11 @@ def sparse_decode_attention(
     counts equal (the kernels attend to the smaller) and the attended set non-empty (an empty static store with an
     empty window gives NaN: that cannot be checked without reading the device).
     """
-    if out is None and type(scale) is float and (backend == "auto" or backend == "triton"):
+    if type(scale) is float and (backend == "auto" or backend == "triton"):
         plan = k_store.launch_plan  # the last call's launch, replayed when nothing it depends on changed
         decode = sys.modules.get("mustafar.kernels.decode")
         if plan is not None and decode is not None:
-            got = decode._replay(plan, q, k_store, v_store, k_window, v_window, scale)
+            got = decode._replay(plan, q, k_store, v_store, k_window, v_window, scale, out)
             if got is not None:
                 return got
     scale = _scale(scale)
@@ -229,7 +229,7 @@ def sparse_decode_attention(
         decoder = decoder_for(q, k_store, v_store)
         _check_store_order(k_store, v_store, decoder)
         cfg = decode._PUBLIC_CONFIGS[key] = decode._configure(q, k_store, v_store, decoder, None, None)
-    return decode._run(cfg, q, k_store, v_store, k_window, v_window, scale, out, keep_plan=out is None)
+    return decode._run(cfg, q, k_store, v_store, k_window, v_window, scale, out, keep_plan=True)
 
 
 # (device, q dtype, query heads, K and V layout keys, interpreter) -> the decoder, its store-order check passed

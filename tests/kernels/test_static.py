@@ -165,8 +165,8 @@ def test_a_replayed_launch_plan_launches_what_the_full_path_launches(monkeypatch
     """Static stores' eager calls replay the last call's launches (``decode._Plan``) while nothing they depend on
     changed. With the direct launches recorded instead of run (the interpreter has none), each call's launches are
     compared with the full path's for the same inputs (the plan dropped first): new q values, new window and
-    output addresses, another V store, window strides, scale, an ``out``, the stream-keyed partials. A bad input
-    after a plan still fails its check, and a plan is made only where it was asked for and the stores are static."""
+    output addresses, another V store, window strides, scale, an ``out`` given. A bad input (an ``out`` included)
+    after a plan still fails its check, and only static stores keep a plan."""
     decode = importlib.import_module("mustafar.kernels.decode")
     from mustafar.kernels.launch import CompiledLaunch
 
@@ -210,8 +210,15 @@ def test_a_replayed_launch_plan_launches_what_the_full_path_launches(monkeypatch
     assert not both(q, vs, wide, vw, 0.125)
     assert both(q, vs, kw, vw, 0.125) is False  # the plan now follows the last signature
     assert both(q, vs, kw, vw, 0.125)
+    assert both(q, vs, kw, vw, 0.125, out=torch.empty_like(q))  # an out of its own: replayed into it
+    mine = torch.empty_like(q)
+    assert (
+        call(q, vs, kw, vw, 0.125, out=mine)[0] and launched[1][2][2] == mine.data_ptr()
+    )  # the merge writes it
     plan = ks.launch_plan
-    call(q, vs, kw, vw, 0.125, out=torch.empty_like(q))  # an out: the full path, no new plan
+    bad = torch.empty(B, HKV * N_REP, 2 * D, dtype=q.dtype)[..., :D]
+    with pytest.raises(ValueError, match="out must be a contiguous"):  # a bad out still fails its check
+        sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="triton", out=bad)
     assert ks.launch_plan is plan
     with pytest.raises(ValueError, match="q is"):
         sparse_decode_attention(q[:1], ks, vs, kw[:1], vw[:1], 0.125, backend="triton")
