@@ -24,7 +24,8 @@ Static stores (``CompressedStore(..., static=True)``): both decoders take the st
 made for; a split whose range starts at or past the length writes an empty partial (lse = -inf, o = 0) that the
 merge weighs by zero. Everything a launch needs besides the data is cached per shape (:class:`_Config`, the split
 plan, the partials, the compiled kernels behind :class:`CompiledLaunch`), so an eager call costs two C-level
-launches plus a few dict lookups.
+launches plus a few dict lookups; on static stores a call replays the previous call's launches (:class:`_Plan`)
+while nothing they depend on changed.
 """
 
 from __future__ import annotations
