@@ -14,6 +14,7 @@ import math
 import numbers
 import operator
 import sys
+from types import ModuleType
 
 import torch
 from torch import Tensor
@@ -223,29 +224,28 @@ def sparse_decode_attention(
         k_window = k_window.contiguous()
     if v_window.stride()[-1] != 1:
         v_window = v_window.contiguous()
-    key = (q.device, q.dtype, q.shape[1], k_store.layout_key, v_store.layout_key)
-    cfg = decode._PUBLIC_CONFIGS.get(key)
-    if cfg is None:  # a refused layout is not cached: it raises on every call
-        decoder = decoder_for(q, k_store, v_store)
-        _check_store_order(k_store, v_store, decoder)
-        cfg = decode._PUBLIC_CONFIGS[key] = decode._configure(q, k_store, v_store, decoder, None, None)
+    cfg = _config_for(decode, q, k_store, v_store)
     return decode._run(cfg, q, k_store, v_store, k_window, v_window, scale, out, keep_plan=True)
 
 
-# (device, q dtype, query heads, K and V layout keys, interpreter) -> the decoder, its store-order check passed
-_DECODERS: dict[tuple, str] = {}
+def _config_for(decode: ModuleType, q: Tensor, k_store: CompressedStore, v_store: CompressedStore) -> object:
+    """The public op's launch configuration (``decode._Config``) for these inputs' layout, cached in ``decode``
+    per (device, dtype, query heads, both stores' ``layout_key``): the decoder is chosen and checked once per
+    layout. A refused layout is not cached: it raises on every call."""
+    key = (q.device, q.dtype, q.shape[1], k_store.layout_key, v_store.layout_key)
+    cfg = decode._PUBLIC_CONFIGS.get(key)
+    if cfg is None:
+        decoder = _checked_decoder(q, k_store, v_store)
+        cfg = decode._PUBLIC_CONFIGS[key] = decode._configure(q, k_store, v_store, decoder, None, None)
+    return cfg
 
 
 def _checked_decoder(q: Tensor, k_store: CompressedStore, v_store: CompressedStore) -> str:
-    """:func:`decoder_for` and :func:`_check_store_order`, once per layout: both read only what the key holds
-    (the stores' ``layout_key``), and per call they cost about a fifth of the op's host time
-    (results/kernels/scatter_h200/run13/host/). A refused layout is not cached: it raises on every call."""
-    key = (q.device, q.dtype, q.shape[1], k_store.layout_key, v_store.layout_key, interpreting())
-    decoder = _DECODERS.get(key)
-    if decoder is None:
-        decoder = decoder_for(q, k_store, v_store)
-        _check_store_order(k_store, v_store, decoder)
-        _DECODERS[key] = decoder
+    """:func:`decoder_for` and :func:`_check_store_order`. Both read only what the stores' ``layout_key`` holds,
+    so the op runs them once per layout in :func:`_config_for` (per call they cost about a fifth of the op's host
+    time, results/kernels/scatter_h200/run13/host/)."""
+    decoder = decoder_for(q, k_store, v_store)
+    _check_store_order(k_store, v_store, decoder)
     return decoder
 
 

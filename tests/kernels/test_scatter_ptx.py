@@ -8,6 +8,7 @@ the slot order and the address arithmetic without a GPU.
 from __future__ import annotations
 
 import functools
+import importlib
 from collections.abc import Callable
 
 import numpy as np
@@ -760,11 +761,12 @@ def test_dispatch_picks_scatter_only_for_word_quota_stores(monkeypatch):
 
 
 def test_public_op_decides_the_decoder_once_per_layout(monkeypatch):
-    """sparse_decode_attention's decoder choice and store-order check are cached per layout (the stores'
-    layout_key, q's dtype and heads): decoder_for runs once per key, stores differing in one layout field get
-    their own decision, and a refused layout raises on every call (never cached)."""
+    """sparse_decode_attention's decoder choice and store-order check are cached per layout with its launch
+    configuration (the stores' layout_key, q's dtype and heads): decoder_for runs once per key, stores differing
+    in one layout field get their own decision, and a refused layout raises on every call (never cached)."""
+    decode = importlib.import_module("mustafar.kernels.decode")
     monkeypatch.setattr(dispatch, "gluon_capable", lambda device: True)
-    monkeypatch.setattr(dispatch, "_DECODERS", {})
+    monkeypatch.setattr(decode, "_PUBLIC_CONFIGS", {})
     calls = []
     real = dispatch.decoder_for
     monkeypatch.setattr(dispatch, "decoder_for", lambda *a: calls.append(1) or real(*a))
@@ -772,15 +774,15 @@ def test_public_op_decides_the_decoder_once_per_layout(monkeypatch):
     quota = CompressedStore(1, 2, 128, torch.float16, "cpu", 38, word_quota=True)
     plain = CompressedStore(1, 2, 128, torch.float16, "cpu", 38)
     for _ in range(3):
-        assert dispatch._checked_decoder(q, quota, quota) == "scatter"
-    assert dispatch._checked_decoder(q, plain, plain) == "staged"
+        assert dispatch._config_for(decode, q, quota, quota).decoder == "scatter"
+    assert dispatch._config_for(decode, q, plain, plain).decoder == "staged"
     quota_bf16 = CompressedStore(1, 2, 128, torch.bfloat16, "cpu", 38, word_quota=True)
-    assert dispatch._checked_decoder(q.bfloat16(), quota_bf16, quota_bf16) == "scatter"
+    assert dispatch._config_for(decode, q.bfloat16(), quota_bf16, quota_bf16).decoder == "scatter"
     assert len(calls) == 3
     strided = CompressedStore(1, 2, 128, torch.float16, "cpu", 64, nm_group=4, nm_strided=True)
     for _ in range(2):
         with pytest.raises(ValueError, match="strided N:M stores"):
-            dispatch._checked_decoder(q, strided, strided)
+            dispatch._config_for(decode, q, strided, strided)
     assert len(calls) == 5
 
 
