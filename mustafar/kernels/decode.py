@@ -1008,6 +1008,14 @@ class _Plan:
     merge_args: tuple  # the partials' addresses and the split count
     refs: tuple
 
+    def __deepcopy__(self, memo: dict) -> None:
+        """A copied store holds its own buffers, so the plan never applies to it (and compiled launches do not
+        copy): the copy starts without one."""
+        return None
+
+    def __reduce__(self) -> tuple:
+        return type(None), ()  # pickled, likewise: None
+
 
 def _signature(
     q: Tensor,

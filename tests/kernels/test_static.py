@@ -4,8 +4,10 @@ the dynamic pack, overflow, bad input, and the launch caches (no scratch allocat
 
 from __future__ import annotations
 
+import copy
 import importlib
 import math
+import pickle
 
 import pytest
 import torch
@@ -224,6 +226,9 @@ def test_a_replayed_launch_plan_launches_what_the_full_path_launches(monkeypatch
         sparse_decode_attention(q[:1], ks, vs, kw[:1], vw[:1], 0.125, backend="triton")
     with pytest.raises(ValueError, match="scale"):
         sparse_decode_attention(q, ks, vs, kw, vw, math.inf, backend="triton")
+    copied = copy.deepcopy(ks)  # a copy's buffers are its own: no plan
+    assert copied.launch_plan is None and pickle.loads(pickle.dumps(ks)).launch_plan is None
+    assert torch.equal(copied.bits, ks.bits) and ks.launch_plan is plan
     dk, dv = (CompressedStore(B, HKV, D, torch.float16, "cpu", KEEP) for _ in "kv")
     for store in (dk, dv):
         topk_pack_into(store, _randn(B, HKV, 40, D, seed=9), KEEP, backend="torch")
