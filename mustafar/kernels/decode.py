@@ -892,9 +892,8 @@ def _run(
     tokens = min(k_cap, v_cap) if static else k_store.length
     slots = (_sm_count(device.index) if cfg.on_gpu else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
     num_splits, tokens_per_split = _split_plan(b * hkv, tokens, cfg.block_n, slots, num_splits)
-    stream = (
-        torch._C._cuda_getCurrentRawStream(device.index) if cfg.on_gpu else 0
-    )  # launch.raw_stream, inlined
+    # launch.raw_stream, inlined
+    stream = torch._C._cuda_getCurrentRawStream(device.index) if cfg.on_gpu else 0
     o_part, lse_part = _partials(b, hq, num_splits, d, device, stream)
     if out is None:
         out = _output(q)
