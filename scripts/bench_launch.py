@@ -7,7 +7,7 @@ the same with fp8 values), times
 
 * ``sparse dynamic``: the public op on today's stores (host-side length, plan per length);
 * ``sparse static``: the public op on static stores of capacity = tokens (device-side length, plan per capacity;
-  from the third call on, eager calls replay the previous call's launches, ``decode._Plan``);
+  after the first few calls, eager calls replay the previous call's launches, ``decode._Plan``);
 * ``sparse static 2x``: the same 16K tokens in static stores of twice that capacity (the plan's splits past the
   length run empty: what sizing a store for prompt + new tokens costs while it is half full);
 * ``dense``: ``scaled_dot_product_attention(enable_gqa=True)`` of one query over 16K dense K and V;
