@@ -103,10 +103,10 @@ def table14(decode_dir: Path) -> pd.DataFrame:
 CURRENT_KERNEL_BENCH = Path("kernels/round30_h100/bench/bench.json")
 
 
-def kernel_table(bench_json: Path) -> pd.DataFrame:
-    """Attention only (one layer's decode attention, Llama-3-8B shapes): sparse kernel vs dense SDPA, one row per
-    keep rule, sparsity, batch and context (files before the keep-rule field held the ``exact`` rule only)."""
-    bench = json.loads(Path(bench_json).read_text())
+def kernel_table(bench: dict) -> pd.DataFrame:
+    """Attention only (one layer's decode attention, Llama-3-8B shapes) from a loaded ``bench.json``: sparse kernel
+    vs dense SDPA, one row per keep rule, sparsity, batch and context (files before the keep-rule field held the
+    ``exact`` rule only)."""
     rows = [
         {
             "keep rule": p.get("keep_rule", "exact"),
@@ -124,12 +124,3 @@ def kernel_table(bench_json: Path) -> pd.DataFrame:
     return pd.DataFrame(rows).sort_values(
         ["keep rule", "s", "batch", "tokens"], kind="stable", ignore_index=True
     )
-
-
-def kernel_device(bench_json: Path) -> str:
-    return json.loads(Path(bench_json).read_text())["meta"]["device"]
-
-
-def kernel_command(bench_json: Path) -> str | None:
-    """The command that wrote the benchmark (files from round 8 on record it)."""
-    return json.loads(Path(bench_json).read_text())["meta"].get("command")

@@ -10,6 +10,7 @@ Without --out, a sweep's report goes to results/<sweep>/report/; with --out, to 
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,10 +149,11 @@ def _decode_report(results_dir: Path, out_dir: Path) -> Report:
     if not bench.exists():
         print(f"decode_speed: no kernel benchmark at {bench}; the kernel-only table is left out", flush=True)
     else:
-        kernels = decode.kernel_table(bench)
-        command = decode.kernel_command(bench)
+        loaded = json.loads(bench.read_text())
+        kernels = decode.kernel_table(loaded)
+        command = loaded["meta"].get("command")  # recorded from round 8 on
         caption = (
-            f"**Decode attention kernel only** ({decode.kernel_device(bench)}, Llama-3-8B shapes: 32 q / 8 KV heads, "
+            f"**Decode attention kernel only** ({loaded['meta']['device']}, Llama-3-8B shapes: 32 q / 8 KV heads, "
             "D 128, fp16, window 32): the default launch of the current sparse decoders (keep rule `word`: the "
             "scatter decoder; `-fp8`: fp8 values) vs dense SDPA, per layer, L2 flushed, from "
             f"{results_dir.name}/{decode.CURRENT_KERNEL_BENCH}"
