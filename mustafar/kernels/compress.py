@@ -41,7 +41,7 @@ from triton.experimental.gluon import language as gl
 
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels._topk_ptx import make_asm, warp_smem_bytes
-from mustafar.kernels.launch import cached_launch, raw_stream
+from mustafar.kernels.launch import cached_launch, raw_stream, spec_key
 from mustafar.kernels.support import gluon_capable
 
 _BLOCK_R = 8  # rows per program; with 2 warps the best of the H100 launch sweep (results/kernels)
@@ -324,11 +324,16 @@ def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, t0: int, device
         ASM=make_asm(store.head_dim, keep, store.slot, coalesced),
         DEVICE_OFF=device_off,
     )
-    args = (x32, store.bits, store.vals_as(torch.int32), n, store.heads, *x32.stride()[:3], t0, _len_arg(store),
-            store.capacity)  # fmt: skip
-    cached_launch(_topk_pack_ptx_kernel, constexprs, _PTX_WARPS, (), rows.device)(
-        grid, args, raw_stream(rows.device)
-    )
+    tensors = (x32, store.bits, store.vals_as(torch.int32), _len_arg(store))
+    ptrs = tuple(map(Tensor.data_ptr, tensors))
+    strides = x32.stride()[:3]
+    key = spec_key(ptrs, (store.heads, *strides, store.capacity), (n, t0))
+    launch = cached_launch(_topk_pack_ptx_kernel, constexprs, _PTX_WARPS, (), rows.device)
+    stream = raw_stream(rows.device)
+    if not launch.launch(
+        grid, (*ptrs[:3], n, store.heads, *strides, t0, ptrs[3], store.capacity), stream, key
+    ):
+        launch(grid, (*tensors[:3], n, store.heads, *strides, t0, tensors[3], store.capacity), stream, key)
 
 
 def _launch_plain(
@@ -364,7 +369,7 @@ def _launch_plain(
         PERM=store.nm_group if store.nm_strided else 0,
         ORDER=store.head_order is not None,
     )
-    args = (
+    tensors = (
         rows,
         mask_arg,
         store.bits,
@@ -372,19 +377,20 @@ def _launch_plain(
         store.bits if store.fixed else store.offs,
         store.scales if store.fp8 else store.bits,
         store.head_order_words() if store.head_order is not None else store.bits,
-        n,
-        store.heads,
-        *rows.stride()[:3],
-        *m_strides,
-        t0,
         _len_arg(store),
-        store.capacity,
-        store.vals.shape[2],
     )
+    ptrs = tuple(map(Tensor.data_ptr, tensors))
+    ints = (store.heads, *rows.stride()[:3], *m_strides)
+    caps = (store.capacity, store.vals.shape[2])
+    key = spec_key(ptrs, (*ints, *caps), (n, t0))
     launch = cached_launch(
         _prune_pack_kernel, constexprs, _NUM_WARPS, (rows.dtype, store.vals.dtype), rows.device
     )
-    launch(grid, args, raw_stream(rows.device))
+    stream = raw_stream(rows.device)
+    # pointers as ints through the C launch function once compiled (no driver check per pointer, round 31); the
+    # tensors themselves where Triton compiles or interprets it
+    if not launch.launch(grid, (*ptrs[:7], n, *ints, t0, ptrs[7], *caps), stream, key):
+        launch(grid, (*tensors[:7], n, *ints, t0, tensors[7], *caps), stream, key)
 
 
 def topk_pack_triton(store: CompressedStore, rows: Tensor, keep: int) -> None:

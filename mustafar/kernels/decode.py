@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import logging
 import math
 from dataclasses import dataclass, field
 
@@ -45,7 +46,8 @@ from triton.language.extra.cuda import gdc_wait
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.decode_scatter import _sc_sparse_decode_kernel
 from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
-from mustafar.kernels.launch import CompiledLaunch, cached_launch, spec_key
+from mustafar.kernels.launch import CompiledLaunch, cached_launch, hooked, spec_key
+from mustafar.kernels.launch_seq import LaunchSequence, pack_launch
 from mustafar.kernels.scatter_ptx import (
     SELECTOR_TABLE_BYTES,
     TOKENS_PER_TILE,
@@ -61,6 +63,7 @@ from mustafar.kernels.scatter_ptx import (
 )
 from mustafar.kernels.support import interpreting, pdl_capable
 
+_LOG = logging.getLogger(__name__)
 _LOG2E = 1.4426950408889634
 DECODERS = ("scatter", "staged", "portable")
 
@@ -957,12 +960,58 @@ def _run(
         merge(merge_grid, (o_part, lse_part, out, num_splits), stream, merge_key)
     elif keep_plan and static and direct and key[0] is True and merge_key[0]:
         at = len(tensors) - 6  # the windows' place: (..., kw, vw, o_part, lse_part, k_len, v_len)
+        merge_args = (ptrs[-4], ptrs[-3], num_splits)
+        seq = _sequence(
+            cfg.launcher, key, grid, args, at, merge, merge_key, merge_grid, merge_args, cfg.on_gpu
+        )
         k_store.launch_plan = _Plan(
             _TOKEN, _signature(q, k_store, v_store, k_window, v_window, scale, stream), device, cfg.launcher,
-            grid, args[1:at], args[at + 2 :], key, merge, merge_grid, merge_key, (ptrs[-4], ptrs[-3], num_splits),
-            (v_store, *tensors[1:at], *tensors[at + 2 :]),
+            grid, args[1:at], args[at + 2 :], key, merge, merge_grid, merge_key, merge_args,
+            (v_store, *tensors[1:at], *tensors[at + 2 :]), seq,
         )  # fmt: skip
     return out
+
+
+# whether replayed plans launch through one C call (launch_seq.LaunchSequence); benchmarks switch it off to compare
+LAUNCH_SEQUENCES = True
+# (launcher, key) pairs whose sequence could not be built or checked: not retried
+_NO_SEQUENCE: set[tuple] = set()
+
+
+def _sequence(
+    launcher: CompiledLaunch,
+    key: tuple,
+    grid: tuple,
+    args: tuple,
+    at: int,
+    merge: CompiledLaunch,
+    merge_key: tuple,
+    merge_grid: tuple,
+    merge_args: tuple,
+    on_gpu: bool,
+) -> LaunchSequence | None:
+    """The plan's decoder and merge as one :class:`LaunchSequence` whose inputs are the addresses of q, the two
+    windows and the output; None (the plan keeps the two C launches) where it is off, cannot be built, or the
+    driver disagrees with its packing (said once per kernel)."""
+    if not (LAUNCH_SEQUENCES and on_gpu) or (launcher, key) in _NO_SEQUENCE:
+        return None
+    try:
+        return LaunchSequence(
+            [
+                pack_launch(launcher.kernels[key], grid, (*args, *launcher.tail), {0: 0, at: 1, at + 1: 2}),
+                pack_launch(
+                    merge.kernels[merge_key],
+                    merge_grid,
+                    (merge_args[0], merge_args[1], 0, merge_args[2], *merge.tail),
+                    {2: 3},
+                ),
+            ],
+            4,
+        )
+    except (AttributeError, KeyError, RuntimeError, ValueError) as err:
+        _NO_SEQUENCE.add((launcher, key))
+        _LOG.warning("mustafar: decode launches stay on Triton's launcher (%s)", err)
+        return None
 
 
 # this module load's token: a plan made by an earlier load of the module (the tests reload it) is never replayed
@@ -992,6 +1041,7 @@ class _Plan:
     merge_key: tuple
     merge_args: tuple  # the partials' addresses and the split count
     refs: tuple
+    seq: LaunchSequence | None  # both launches in one C call (inputs: q, the windows, the output)
 
     def __deepcopy__(self, memo: dict) -> None:
         """A copied store holds its own buffers, so the plan never applies to it (and compiled launches do not
@@ -1052,6 +1102,9 @@ def _replay(
     qp, kwp, vwp, op = q.data_ptr(), kw.data_ptr(), vw.data_ptr(), out.data_ptr()
     if (qp | kwp | vwp | op) % 16:  # the cached kernels were chosen for aligned addresses
         return None
+    seq = plan.seq
+    if seq is not None and not hooked() and seq.run(seq.handle, stream, qp, kwp, vwp, op):
+        return out
     if not plan.launcher.launch(plan.grid, (qp, *plan.before, kwp, vwp, *plan.after), stream, plan.key):
         return None
     o_ptr, lse_ptr, splits = plan.merge_args

@@ -234,6 +234,51 @@ def test_static_decode_matches_reference_on_gpu(poison, decoder, dtype, head_dim
     assert torch.equal(out[0], outs[333][0]) and torch.equal(out[1], outs[1][1])  # same plan, same values
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("word", [False, True])
+def test_eager_static_calls_launch_through_one_c_call_on_gpu(poison, monkeypatch, word, dtype):
+    """Eager calls on static stores replay their launch plan through the one-call launch sequence (decoder and
+    merge in one C call, ``launch_seq``; the staged decoder, or the scatter one on word-quota stores). Twelve calls
+    queued without synchronisation (new q values and addresses, new windows, outputs given or made, the merge a
+    programmatic dependent on sm_90+) each go through it and equal, bitwise, the same call on Triton's launcher
+    with no plan, and the reference."""
+    from mustafar.kernels import decode
+
+    torch.manual_seed(11 + word)
+    b, hkv, n_rep, d, keep, cap, w = 1, 8, 4, 128, 38, 2048, 16
+    ks, vs = (CompressedStore(b, hkv, d, dtype, "cuda", keep, capacity=cap, static=True, word_quota=word)
+              for _ in "kv")  # fmt: skip
+    for st in (ks, vs):
+        topk_pack_into(st, _rows(b, hkv, 1500, d, dtype, "gauss"), keep)
+    calls = [
+        (torch.randn(b, hkv * n_rep, d, device="cuda", dtype=dtype),
+         *(torch.randn(b, hkv, w, d, device="cuda", dtype=dtype) for _ in "kv"))
+        for _ in range(12)
+    ]  # fmt: skip
+    scale = d**-0.5
+    assert decoder_for(calls[0][0], ks, vs) == ("scatter" if word else "staged")
+    for _ in range(3):  # compile, measure the occupancy (the split plan may change once), then keep a plan
+        sparse_decode_attention(*calls[0][:1], ks, vs, *calls[0][1:], scale)
+    seq = ks.launch_plan.seq
+    assert seq is not None
+    ran = []
+    c_run = seq.run
+    seq.run = lambda *args: ran.append(args[2]) or c_run(*args)
+    outs = []
+    for i, (q, kw, vw) in enumerate(calls):
+        given = torch.full_like(q, math.nan) if i % 2 else None
+        outs.append(sparse_decode_attention(q, ks, vs, kw, vw, scale, out=given))
+    torch.cuda.synchronize()
+    assert ran == [q.data_ptr() for q, _, _ in calls]
+    monkeypatch.setattr(decode, "LAUNCH_SEQUENCES", False)
+    for out, (q, kw, vw) in zip(outs, calls):
+        ks.launch_plan = None
+        full = sparse_decode_attention(q, ks, vs, kw, vw, scale)
+        assert torch.equal(out, full)
+        ref = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")
+        assert _rel(out, ref) <= 1e-2
+
+
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_static_topk_pack_device_offset_on_gpu(head_dim):
     """The PTX top-k pack at the device offset: appends of 7, 0 and 33 tokens equal the dynamic pack; an append
