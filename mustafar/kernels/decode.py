@@ -46,7 +46,7 @@ from triton.language.extra.cuda import gdc_wait
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.decode_scatter import _sc_sparse_decode_kernel
 from mustafar.kernels.decode_staged import _st_sparse_decode_kernel
-from mustafar.kernels.launch import CompiledLaunch, cached_launch, hooked, spec_key
+from mustafar.kernels.launch import CompiledLaunch, cached_launch, hooked, length_spec, spec_key
 from mustafar.kernels.launch_seq import LaunchSequence, pack_launch
 from mustafar.kernels.scatter_ptx import (
     SELECTOR_TABLE_BYTES,
@@ -958,16 +958,27 @@ def _run(
     merge_grid = (b * hq, 1, 1)
     if not merge.launch(merge_grid, (ptrs[-4], ptrs[-3], out_ptr, num_splits), stream, merge_key):
         merge(merge_grid, (o_part, lse_part, out, num_splits), stream, merge_key)
-    elif keep_plan and static and direct and key[0] is True and merge_key[0]:
+    elif (
+        keep_plan
+        and direct
+        and key[0] is True
+        and merge_key[0]
+        and (static or k_store.fixed and v_store.fixed)
+    ):
         at = len(tensors) - 6  # the windows' place: (..., kw, vw, o_part, lse_part, k_len, v_len)
         merge_args = (ptrs[-4], ptrs[-3], num_splits)
-        seq = _sequence(
-            cfg.launcher, key, grid, args, at, merge, merge_key, merge_grid, merge_args, cfg.on_gpu
-        )
+        if static:  # one launch for every length: both launches in one C call
+            seq = _sequence(
+                cfg.launcher, key, grid, args, at, merge, merge_key, merge_grid, merge_args, cfg.on_gpu
+            )
+            grow = None
+        else:  # the length moves the tokens and each split's share: where they sit in the arguments after the windows
+            tok_at = len(ptrs) - 2 - (at + 2) + len(strides)
+            seq, grow = None, (b * hkv, cfg.block_n, slots, tok_at, tok_at + 3 + len(caps))
         k_store.launch_plan = _Plan(
             _TOKEN, _signature(q, k_store, v_store, k_window, v_window, scale, stream), device, cfg.launcher,
             grid, args[1:at], args[at + 2 :], key, merge, merge_grid, merge_key, merge_args,
-            (v_store, *tensors[1:at], *tensors[at + 2 :]), seq,
+            (v_store, *tensors[1:at], *tensors[at + 2 :]), seq, grow,
         )  # fmt: skip
     return out
 
@@ -1041,7 +1052,12 @@ class _Plan:
     merge_key: tuple
     merge_args: tuple  # the partials' addresses and the split count
     refs: tuple
-    seq: LaunchSequence | None  # both launches in one C call (inputs: q, the windows, the output)
+    seq: (
+        LaunchSequence | None
+    )  # static stores: both launches in one C call (inputs: q, the windows, the output)
+    # dynamic stores: (rows, block_n, slots) of the split plan and the places of the tokens and each split's share
+    # in ``after``; None for static stores
+    grow: tuple | None
 
     def __deepcopy__(self, memo: dict) -> None:
         """A copied store holds its own buffers, so the plan never applies to it (and compiled launches do not
@@ -1095,6 +1111,19 @@ def _replay(
     stream = torch._C._cuda_getCurrentRawStream(device.index) if device.type == "cuda" else 0  # as in _run
     if _signature(q, k_store, v_store, kw, vw, scale, stream) != plan.sig:
         return None
+    after, key, grow = plan.after, plan.key, plan.grow
+    if (
+        grow is not None
+    ):  # a dynamic store's host-side length: the full path's length checks, then its split plan
+        tokens = k_store.length
+        if tokens != v_store.length or not (tokens or kw.shape[2]):
+            return None  # the full path names what is wrong
+        rows, block_n, slots, tok_at, share_at = grow
+        splits, share = _split_plan(rows, tokens, block_n, slots, None)
+        if splits != plan.merge_args[2]:  # another grid and other partials: the full path makes a new plan
+            return None
+        after = (*after[:tok_at], tokens, *after[tok_at + 1 : share_at], share, *after[share_at + 1 :])
+        key = (*key[:-2], length_spec(tokens), length_spec(share))
     if out is None:
         out = _output(q)
     elif out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous() or out.device != device:
@@ -1105,7 +1134,7 @@ def _replay(
     seq = plan.seq
     if seq is not None and not hooked() and seq.run(seq.handle, stream, qp, kwp, vwp, op):
         return out
-    if not plan.launcher.launch(plan.grid, (qp, *plan.before, kwp, vwp, *plan.after), stream, plan.key):
+    if not plan.launcher.launch(plan.grid, (qp, *plan.before, kwp, vwp, *after), stream, key):
         return None
     o_ptr, lse_ptr, splits = plan.merge_args
     if not plan.merge.launch(plan.merge_grid, (o_ptr, lse_ptr, op, splits), stream, plan.merge_key):

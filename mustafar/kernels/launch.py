@@ -131,11 +131,12 @@ def spec_key(ptrs: tuple, ints: tuple, lengths: tuple) -> tuple:
     distinct values) and, for ``lengths`` (ints that change every step), only what Triton looks at (== 1,
     divisible by 16)."""
     aligned = True if functools.reduce(operator.or_, ptrs) % 16 == 0 else tuple([p % 16 == 0 for p in ptrs])
-    return (
-        aligned,
-        *ints,
-        *[1 if n == 1 else 16 if n % 16 == 0 else 0 for n in lengths],
-    )  # flat: hashed per call
+    return (aligned, *ints, *map(length_spec, lengths))  # flat: hashed per call
+
+
+def length_spec(n: int) -> int:
+    """What Triton specialises an int argument on: 1 when it is 1, 16 when divisible by 16, else 0."""
+    return 1 if n == 1 else 16 if n % 16 == 0 else 0
 
 
 def hooked() -> bool:

@@ -229,9 +229,75 @@ def test_a_replayed_launch_plan_launches_what_the_full_path_launches(monkeypatch
     copied = copy.deepcopy(ks)  # a copy's buffers are its own: no plan
     assert copied.launch_plan is None and pickle.loads(pickle.dumps(ks)).launch_plan is None
     assert torch.equal(copied.bits, ks.bits) and ks.launch_plan is plan
-    dk, dv = (CompressedStore(B, HKV, D, torch.float16, "cpu", KEEP) for _ in "kv")
-    for store in (dk, dv):
-        topk_pack_into(store, _randn(B, HKV, 40, D, seed=9), KEEP, backend="torch")
+    variable = [CompressedStore(B, HKV, D, torch.float16, "cpu", None) for _ in "kv"]
+    for store in variable:
+        pack_into(
+            store, *(lambda r: (r, topk_mask(r.abs(), KEEP)))(_randn(B, HKV, 40, D, seed=9)), backend="torch"
+        )
     launched.clear()
-    sparse_decode_attention(q, dk, dv, kw, vw, 0.125, backend="triton")
-    assert len(launched) == 2 and dk.launch_plan is None  # dynamic stores change length every step
+    sparse_decode_attention(q, *variable, kw, vw, 0.125, backend="triton")
+    assert len(launched) == 2 and variable[0].launch_plan is None  # variable layouts take the full path
+
+
+@pytest.mark.parametrize("batch", [2, 8])
+def test_a_dynamic_stores_plan_follows_its_length(monkeypatch, batch):
+    """Dynamic (fixed-layout) stores keep a plan too: a replayed call recomputes the split plan at the store's
+    host-side length and patches the length and each split's share into the arguments. Launches recorded as in the
+    test above: token by token from 1 to 260 (at batch 2 the split count changes with the length, at batch 8 only each
+    split's share does), then a grown buffer, each
+    call's launches equal the full path's; unequal K/V lengths and an empty store with no window still fail their
+    checks after a plan."""
+    decode = importlib.import_module("mustafar.kernels.decode")
+    from mustafar.kernels.launch import CompiledLaunch
+
+    launched = []
+
+    def record(self, grid, args, stream, key):
+        launched.append((self.fn, grid, args, stream, key))
+        return True
+
+    monkeypatch.setattr(CompiledLaunch, "launch", record)
+    ks, vs = (CompressedStore(batch, HKV, D, torch.float16, "cpu", KEEP) for _ in "kv")
+    rows = _randn(batch, HKV, 400, D, seed=4)
+    q = _randn(batch, HKV * N_REP, D, seed=5)
+    kw, vw = _randn(batch, HKV, WIN, D, seed=6), _randn(batch, HKV, WIN, D, seed=7)
+    replays, splits, shares = 0, set(), set()
+    for t in range(260):
+        for store in (ks, vs):
+            topk_pack_into(store, rows[:, :, t : t + 1], KEEP, backend="torch")
+        had = ks.launch_plan
+        launched.clear()
+        sparse_decode_attention(q.clone(), ks, vs, kw, vw, 0.125, backend="triton")
+        first = list(launched)
+        replays += had is not None and ks.launch_plan is had
+        ks.launch_plan = None
+        launched.clear()
+        sparse_decode_attention(q.clone(), ks, vs, kw, vw, 0.125, backend="triton")
+        # the decoder's launches equal but for q's address; the merge's but for the output's
+        assert [(d[:2], d[2][1:], d[3:]) for d in first[:1]] == [
+            (d[:2], d[2][1:], d[3:]) for d in launched[:1]
+        ]
+        assert first[1][2][:2] + first[1][2][3:] == launched[1][2][:2] + launched[1][2][3:]
+        splits.add(first[0][1][2])
+        shares.add((first[0][1][2], first[0][2][-4]))
+        assert isinstance(ks.launch_plan, decode._Plan)
+    assert replays > 200 and (len(splits) > 1 if batch == 2 else len(splits) == 1 and len(shares) > 3)
+    grown = ks.bits
+    topk_pack_into(ks, rows[:, :, 260:400], KEEP, backend="torch")
+    topk_pack_into(vs, rows[:, :, 260:400], KEEP, backend="torch")
+    assert ks.bits is not grown  # the buffers moved: the plan no longer applies
+    had = ks.launch_plan
+    sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="triton")
+    assert ks.launch_plan is not had
+    topk_pack_into(ks, rows[:, :, :1], KEEP, backend="torch")
+    with pytest.raises(ValueError, match="k_store holds 401 tokens, v_store 400"):
+        sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="triton")
+    ek, ev = (CompressedStore(batch, HKV, D, torch.float16, "cpu", KEEP) for _ in "kv")
+    for store in (ek, ev):
+        topk_pack_into(store, rows[:, :, :1], KEEP, backend="torch")
+    no_window = kw[:, :, :0].contiguous(), vw[:, :, :0].contiguous()
+    sparse_decode_attention(q, ek, ev, *no_window, 0.125, backend="triton")
+    assert ek.launch_plan is not None
+    ek.length = ev.length = 0  # same signature, nothing left to attend to
+    with pytest.raises(ValueError, match="nothing to attend to"):
+        sparse_decode_attention(q, ek, ev, *no_window, 0.125, backend="triton")
