@@ -5,9 +5,11 @@ batch 1 and 8, 16K compressed tokens, sparsity 0.5 and 0.7 (fixed layout, keep 6
 of ``--keep-rules`` (``exact``: the staged decoder; ``word``: word-quota stores, the scatter decoder; ``word-fp8``:
 the same with fp8 values), times
 
-* ``sparse dynamic``: the public op on today's stores (host-side length, plan per length);
+* ``sparse dynamic``: the public op on today's stores (host-side length, split plan per length; after the first few
+  calls, eager calls replay the previous call's launches with the length patched in, ``decode._Plan``);
 * ``sparse static``: the public op on static stores of capacity = tokens (device-side length, plan per capacity;
-  after the first few calls, eager calls replay the previous call's launches, ``decode._Plan``);
+  after the first few calls, eager calls replay the previous call's launches in one C call,
+  ``launch_seq.LaunchSequence``);
 * ``sparse static 2x``: the same 16K tokens in static stores of twice that capacity (the plan's splits past the
   length run empty: what sizing a store for prompt + new tokens costs while it is half full);
 * ``dense``: ``scaled_dot_product_attention(enable_gqa=True)`` of one query over 16K dense K and V;

@@ -24,8 +24,9 @@ Static stores (``CompressedStore(..., static=True)``): both decoders take the st
 made for; a split whose range starts at or past the length writes an empty partial (lse = -inf, o = 0) that the
 merge weighs by zero. Everything a launch needs besides the data is cached per shape (:class:`_Config`, the split
 plan, the partials, the compiled kernels behind :class:`CompiledLaunch`), so an eager call costs two C-level
-launches plus a few dict lookups; on static stores a call replays the previous call's launches (:class:`_Plan`)
-while nothing they depend on changed.
+launches plus a few dict lookups; a call replays the previous call's launches (:class:`_Plan`) while nothing they
+depend on changed: on static stores both in one C call (:mod:`mustafar.kernels.launch_seq`), on dynamic ones with
+the length patched in.
 """
 
 from __future__ import annotations
@@ -1031,12 +1032,12 @@ _TOKEN = object()
 
 @dataclass(slots=True)
 class _Plan:
-    """A public-op call's two direct launches over static stores, kept on its K store
-    (``CompressedStore.launch_plan``) and replayed by :func:`_replay` while the next call's :func:`_signature` is
-    the same: the launch arguments then differ only in the addresses of ``q``, the windows and the output. Every
-    check the op makes reads only what the signature holds or what a store fixes at construction, so a replayed
-    call skips them too; this halves the eager op's Python (round 30). Dynamic stores change length every step,
-    so they keep the full path. ``refs`` keeps the tensors behind the cached addresses (and the objects behind the
+    """A public-op call's two direct launches, kept on its K store (``CompressedStore.launch_plan``) and replayed by
+    :func:`_replay` while the next call's :func:`_signature` is the same: the launch arguments then differ only in
+    the addresses of ``q``, the windows and the output, and, on dynamic stores, in the length and each split's
+    share (``grow``; the full path's length checks are repeated). Every other check the op makes reads only what the
+    signature holds or what a store fixes at construction, so a replayed call skips them too; this halves the eager
+    op's Python (round 30). ``refs`` keeps the tensors behind the cached addresses (and the objects behind the
     signature's ids) alive."""
 
     owner: object
@@ -1080,7 +1081,8 @@ def _signature(
     """Everything a call's launch on static stores (and the op's checks) depends on besides the addresses of q, the
     windows and the output: the V store, every store buffer, whether each holds a per-head order, the shapes,
     strides and dtypes of q and the windows, the scale and the stream. (A static store's length lives on the
-    device; the rest of a store is fixed at construction.)"""
+    device, a dynamic one's is checked and patched in by :func:`_replay`; the rest of a store is fixed at
+    construction.)"""
     return (
         id(v_store), id(k_store.bits), id(k_store.vals), id(v_store.bits), id(v_store.vals),
         id(k_store.__dict__.get("scales")), id(v_store.__dict__.get("scales")),
