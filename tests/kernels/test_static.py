@@ -163,13 +163,8 @@ def test_launch_caches_its_scratch(monkeypatch):
     assert len(calls) == 2 and torch.equal(out, first)
 
 
-def test_a_replayed_launch_plan_launches_what_the_full_path_launches(monkeypatch):
-    """Static stores' eager calls replay the last call's launches (``decode._Plan``) while nothing they depend on
-    changed. With the direct launches recorded instead of run (the interpreter has none), each call's launches are
-    compared with the full path's for the same inputs (the plan dropped first): new q values, new window and
-    output addresses, another V store, window strides, scale, an ``out`` given. A bad input (an ``out`` included)
-    after a plan still fails its check, and only static stores keep a plan."""
-    decode = importlib.import_module("mustafar.kernels.decode")
+def _record_launches(monkeypatch) -> list:
+    """Direct launches recorded (kernel, grid, arguments, stream, key) instead of run: the interpreter has none."""
     from mustafar.kernels.launch import CompiledLaunch
 
     launched = []
@@ -179,6 +174,17 @@ def test_a_replayed_launch_plan_launches_what_the_full_path_launches(monkeypatch
         return True
 
     monkeypatch.setattr(CompiledLaunch, "launch", record)
+    return launched
+
+
+def test_a_replayed_launch_plan_launches_what_the_full_path_launches(monkeypatch):
+    """Static stores' eager calls replay the last call's launches (``decode._Plan``) while nothing they depend on
+    changed. With the direct launches recorded instead of run (the interpreter has none), each call's launches are
+    compared with the full path's for the same inputs (the plan dropped first): new q values, new window and
+    output addresses, another V store, window strides, scale, an ``out`` given. A bad input (an ``out`` included)
+    after a plan still fails its check, and only static stores keep a plan."""
+    decode = importlib.import_module("mustafar.kernels.decode")
+    launched = _record_launches(monkeypatch)
     ks, vs = _static_pair()
     vs2 = _static_pair()[1]
     for store, seed in ((ks, 1), (vs, 2), (vs2, 3)):
@@ -243,20 +249,11 @@ def test_a_replayed_launch_plan_launches_what_the_full_path_launches(monkeypatch
 def test_a_dynamic_stores_plan_follows_its_length(monkeypatch, batch):
     """Dynamic (fixed-layout) stores keep a plan too: a replayed call recomputes the split plan at the store's
     host-side length and patches the length and each split's share into the arguments. Launches recorded as in the
-    test above: token by token from 1 to 260 (at batch 2 the split count changes with the length, at batch 8 only each
-    split's share does), then a grown buffer, each
-    call's launches equal the full path's; unequal K/V lengths and an empty store with no window still fail their
-    checks after a plan."""
+    test above: token by token from 1 to 260 (at batch 2 the split count changes with the length, at batch 8 only
+    each split's share does), then a grown buffer, each call's launches equal the full path's; unequal K/V lengths
+    and an empty store with no window still fail their checks after a plan."""
     decode = importlib.import_module("mustafar.kernels.decode")
-    from mustafar.kernels.launch import CompiledLaunch
-
-    launched = []
-
-    def record(self, grid, args, stream, key):
-        launched.append((self.fn, grid, args, stream, key))
-        return True
-
-    monkeypatch.setattr(CompiledLaunch, "launch", record)
+    launched = _record_launches(monkeypatch)
     ks, vs = (CompressedStore(batch, HKV, D, torch.float16, "cpu", KEEP) for _ in "kv")
     rows = _randn(batch, HKV, 400, D, seed=4)
     q = _randn(batch, HKV * N_REP, D, seed=5)
