@@ -42,7 +42,7 @@ from triton.experimental.gluon import language as gl
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels._topk_ptx import make_asm, warp_smem_bytes
 from mustafar.kernels.launch import cached_launch, raw_stream, spec_key
-from mustafar.kernels.support import gluon_capable
+from mustafar.kernels.support import cdiv, gluon_capable, next_power_of_2
 
 _BLOCK_R = 8  # rows per program; with 2 warps the best of the H100 launch sweep (results/kernels)
 _NUM_WARPS = 2
@@ -315,8 +315,8 @@ def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, t0: int, device
     n = rows.shape[2]
     x32 = rows.view(torch.int32)
     coalesced = x32.stride(2) == store.head_dim // 2  # a warp's rows: one contiguous block
-    words = triton.next_power_of_2(_PTX_WARPS * warp_smem_bytes(store.head_dim, store.slot, coalesced) // 4)
-    grid = (triton.cdiv(n, 32 * _PTX_WARPS), store.batch * store.heads, 1)  # three: the C launcher takes all
+    words = next_power_of_2(_PTX_WARPS * warp_smem_bytes(store.head_dim, store.slot, coalesced) // 4)
+    grid = (cdiv(n, 32 * _PTX_WARPS), store.batch * store.heads, 1)  # three: the C launcher takes all
     constexprs = dict(
         SLOT=store.slot,
         D=store.head_dim,
@@ -351,11 +351,11 @@ def _launch_plain(
         mask_arg = mask_arg.view(torch.int8)
         m_strides = mask_arg.stride()[:3]
     slot = store.slot if store.fixed else 1
-    grid = (triton.cdiv(n, _BLOCK_R), store.batch * store.heads, 1)
+    grid = (cdiv(n, _BLOCK_R), store.batch * store.heads, 1)
     constexprs = dict(
         KEEP=keep,
         SLOT=slot,
-        SLOT_P2=triton.next_power_of_2(slot),
+        SLOT_P2=next_power_of_2(slot),
         D=store.head_dim,
         KEY_BITS=31 if store.dtype == torch.float32 else 15,
         TOPK=mask is None,

@@ -62,7 +62,7 @@ from mustafar.kernels.scatter_ptx import (
     swizzled_slots,
     value_group,
 )
-from mustafar.kernels.support import interpreting, pdl_capable
+from mustafar.kernels.support import cdiv, interpreting, next_power_of_2, pdl_capable
 
 _LOG = logging.getLogger(__name__)
 _LOG2E = 1.4426950408889634
@@ -475,7 +475,7 @@ def default_splits(
     length. This avoids the round-3 heuristic's partial last wave (B 8, 16K: 2.4 waves, ~20 % idle).
     """
     sms = _sm_count(device.index) if device.type == "cuda" else 4
-    return _wave_model_splits(batch * heads_kv, triton.cdiv(tokens, block_n), sms * programs_per_sm)
+    return _wave_model_splits(batch * heads_kv, cdiv(tokens, block_n), sms * programs_per_sm)
 
 
 @functools.cache
@@ -486,9 +486,9 @@ def _sm_count(index: int | None) -> int:
 @functools.lru_cache(maxsize=4096)
 def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
     best, best_cost = 1, math.inf
-    for per in sorted({triton.cdiv(tiles, s) for s in range(1, tiles + 1)}, reverse=True):
-        splits = triton.cdiv(tiles, per)
-        cost = triton.cdiv(programs_per_split * splits, slots) * (per + _SPLIT_OVERHEAD_TILES)
+    for per in sorted({cdiv(tiles, s) for s in range(1, tiles + 1)}, reverse=True):
+        splits = cdiv(tiles, per)
+        cost = cdiv(programs_per_split * splits, slots) * (per + _SPLIT_OVERHEAD_TILES)
         if cost < best_cost - 1e-9:
             best, best_cost = splits, cost
     return best
@@ -512,11 +512,11 @@ def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedS
         D=d,
         K_SLOT=k_store.slot,
         V_SLOT=v_store.slot,
-        BLOCK_H=max(8, triton.next_power_of_2(n_rep)),
+        BLOCK_H=max(8, next_power_of_2(n_rep)),
         BLOCK_N=block_n,
-        SMEM_WORDS=triton.next_power_of_2((2 * block_n * d * 2 + 2 * stage_bytes) // 4),
-        K_CH_P2=triton.next_power_of_2(block_n * k_store.slot // 8),
-        V_CH_P2=triton.next_power_of_2(block_n * v_store.slot // 8),
+        SMEM_WORDS=next_power_of_2((2 * block_n * d * 2 + 2 * stage_bytes) // 4),
+        K_CH_P2=next_power_of_2(block_n * k_store.slot // 8),
+        V_CH_P2=next_power_of_2(block_n * v_store.slot // 8),
         DEVICE_LEN=k_store.static,
         PDL=pdl_capable(q.device),
     )
@@ -622,11 +622,11 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         V_CK=v_ck,
         K_FP8=k_store.fp8,
         V_FP8=v_store.fp8,
-        BLOCK_H=max(8, triton.next_power_of_2(n_rep)),
+        BLOCK_H=max(8, next_power_of_2(n_rep)),
         BLOCK_N=block_n,
         SMEM_WORDS=words,
-        K_CH_P2=triton.next_power_of_2(block_n * k_sb // k_ck),
-        V_CH_P2=triton.next_power_of_2(block_n * v_sb // v_ck),
+        K_CH_P2=next_power_of_2(block_n * k_sb // k_ck),
+        V_CH_P2=next_power_of_2(block_n * v_sb // v_ck),
         DEVICE_LEN=k_store.static,
         K_ASM=(
             expand16_frag_asm()
@@ -670,17 +670,15 @@ def _portable_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compresse
         V_FP8=v_store.fp8,
         K_VB=k_store.vals.element_size(),
         V_VB=v_store.vals.element_size(),
-        BLOCK_H=max(16, triton.next_power_of_2(n_rep)),
+        BLOCK_H=max(16, next_power_of_2(n_rep)),
         BLOCK_N=block_n,
         F32=q.dtype == torch.float32 or (interp and q.dtype == torch.bfloat16),
         HW=not interp,
         ASM=not interp and q.dtype != torch.float32,
         # prefetch of the bitmaps and value rows 2 tiles ahead into L2 (fixed layouts, GPU)
         PREFETCH=2 if (not interp and k_store.fixed and v_store.fixed) else 0,
-        NL_VALS=triton.next_power_of_2(
-            triton.cdiv(block_n * max(_slot_bytes(k_store), _slot_bytes(v_store)), 128)
-        ),
-        NL_BITS=triton.next_power_of_2(triton.cdiv(block_n * d // 8, 128)),
+        NL_VALS=next_power_of_2(cdiv(block_n * max(_slot_bytes(k_store), _slot_bytes(v_store)), 128)),
+        NL_BITS=next_power_of_2(cdiv(block_n * d // 8, 128)),
         DEVICE_LEN=k_store.static,
     )
 
@@ -789,17 +787,13 @@ def _splits_at(cfg: _Config, q: Tensor, tokens: int) -> int:
     )
 
 
-def _cdiv(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 @functools.lru_cache(maxsize=4096)
 def _split_plan(rows: int, tokens: int, block_n: int, slots: int, splits: int | None) -> tuple[int, int]:
     """(num_splits, tokens_per_split): the wave model's split count unless ``splits`` is given, and the tokens
     of each split rounded up to whole tiles."""
     if splits is None:
-        splits = _wave_model_splits(rows, _cdiv(tokens, block_n), slots)
-    return splits, _cdiv(_cdiv(max(tokens, 1), splits), block_n) * block_n
+        splits = _wave_model_splits(rows, cdiv(tokens, block_n), slots)
+    return splits, cdiv(cdiv(max(tokens, 1), splits), block_n) * block_n
 
 
 def _partials(

@@ -37,3 +37,14 @@ def pdl_capable(device: torch.device) -> bool:
     """Whether a kernel can follow the previous one on ``device`` as a programmatic dependent launch
     (``griddepcontrol``): compute capability 9.0 or newer (Hopper), compiled kernels."""
     return gluon_capable(device) and _capability(device.index) >= (9, 0)
+
+
+def cdiv(a: int, b: int) -> int:
+    """ceil(a / b) of Python ints. Triton's ``cdiv`` and ``next_power_of_2`` are constexpr functions that cost ~2 µs
+    per call from the host (the split plan's wave model called them ~1,500 times per new length: 1.2 ms at 16K)."""
+    return -(-a // b)
+
+
+def next_power_of_2(n: int) -> int:
+    """The smallest power of two >= n (0 for 0), as ``triton.next_power_of_2`` gives it, in Python ints."""
+    return 1 << (n - 1).bit_length() if n > 0 else 0

@@ -391,3 +391,17 @@ def test_pack_launches_are_cached_per_device():
     first = cached_launch(*args, torch.device("cuda", 0))
     assert cached_launch(*args, torch.device("cuda", 0)) is first
     assert cached_launch(*args, torch.device("cuda", 1)) is not first
+
+
+def test_host_integer_helpers_equal_tritons():
+    """The host-side ``cdiv`` and ``next_power_of_2`` (Python ints; Triton's are constexpr functions costing ~2 µs a
+    call from the host) give Triton's values."""
+    import triton
+
+    from mustafar.kernels.support import cdiv, next_power_of_2
+
+    assert [next_power_of_2(n) for n in range(0, 5000)] == [triton.next_power_of_2(n) for n in range(0, 5000)]
+    pairs = [
+        (a, b) for a in (0, 1, 2, 31, 32, 33, 1000, 16383, 16384, 2**31 + 5) for b in (1, 3, 16, 32, 64, 171)
+    ]
+    assert [cdiv(a, b) for a, b in pairs] == [triton.cdiv(a, b) for a, b in pairs]
