@@ -969,7 +969,7 @@ def _run(
             grow = None
         else:  # the length moves the tokens and each split's share: where they sit in the arguments after the windows
             tok_at = len(ptrs) - 2 - (at + 2) + len(strides)
-            seq, grow = None, (b * hkv, cfg.block_n, slots, tok_at, tok_at + 3 + len(caps))
+            seq, grow = None, (b * hkv, cfg.block_n, slots, tok_at, tok_at + 3 + len(caps), {})
         k_store.launch_plan = _Plan(
             _TOKEN, _signature(q, k_store, v_store, k_window, v_window, scale, stream), device, cfg.launcher,
             grid, args[1:at], args[at + 2 :], key, merge, merge_grid, merge_key, merge_args,
@@ -995,16 +995,19 @@ def _sequence(
     merge_grid: tuple,
     merge_args: tuple,
     on_gpu: bool,
+    lengths: tuple[int, ...] = (),
 ) -> LaunchSequence | None:
     """The plan's decoder and merge as one :class:`LaunchSequence` whose inputs are the addresses of q, the two
-    windows and the output; None (the plan keeps the two C launches) where it is off, cannot be built, or the
-    driver disagrees with its packing (said once per kernel)."""
+    windows and the output, then the decoder arguments at ``lengths`` (a dynamic store's tokens and each split's
+    share); None (the plan keeps the two C launches) where it is off, the kernel is not compiled, or the sequence
+    cannot be built or the driver disagrees with its packing (said once per kernel)."""
     if not (LAUNCH_SEQUENCES and on_gpu) or (launcher, key) in _NO_SEQUENCE:
         return None
+    inputs = {0: 0, at: 1, at + 1: 2} | {pos: 4 + i for i, pos in enumerate(lengths)}
     try:
         return LaunchSequence(
             [
-                pack_launch(launcher.kernels[key], grid, (*args, *launcher.tail), {0: 0, at: 1, at + 1: 2}),
+                pack_launch(launcher.kernels[key], grid, (*args, *launcher.tail), inputs),
                 pack_launch(
                     merge.kernels[merge_key],
                     merge_grid,
@@ -1012,7 +1015,7 @@ def _sequence(
                     {2: 3},
                 ),
             ],
-            4,
+            4 + len(lengths),
         )
     except (AttributeError, KeyError, RuntimeError, ValueError) as err:
         _NO_SEQUENCE.add((launcher, key))
@@ -1050,8 +1053,8 @@ class _Plan:
     seq: (
         LaunchSequence | None
     )  # static stores: both launches in one C call (inputs: q, the windows, the output)
-    # dynamic stores: (rows, block_n, slots) of the split plan and the places of the tokens and each split's share
-    # in ``after``; None for static stores
+    # dynamic stores: (rows, block_n, slots) of the split plan, the places of the tokens and each split's share in
+    # ``after``, and the launch sequences per specialisation of those two (built on first use); None when static
     grow: tuple | None
 
     def __deepcopy__(self, memo: dict) -> None:
@@ -1114,12 +1117,13 @@ def _replay(
         tokens = k_store.length
         if tokens != v_store.length or not (tokens or kw.shape[2]):
             return None  # the full path names what is wrong
-        rows, block_n, slots, tok_at, share_at = grow
+        rows, block_n, slots, tok_at, share_at, seqs = grow
         splits, share = _split_plan(rows, tokens, block_n, slots, None)
         if splits != plan.merge_args[2]:  # another grid and other partials: the full path makes a new plan
             return None
         after = (*after[:tok_at], tokens, *after[tok_at + 1 : share_at], share, *after[share_at + 1 :])
-        key = (*key[:-2], length_spec(tokens), length_spec(share))
+        spec = (length_spec(tokens), length_spec(share))
+        key = (*key[:-2], *spec)
     if out is None:
         out = _output(q)
     elif out.shape != q.shape or out.dtype != q.dtype or not out.is_contiguous() or out.device != device:
@@ -1127,9 +1131,23 @@ def _replay(
     qp, kwp, vwp, op = q.data_ptr(), kw.data_ptr(), vw.data_ptr(), out.data_ptr()
     if (qp | kwp | vwp | op) % 16:  # the cached kernels were chosen for aligned addresses
         return None
-    seq = plan.seq
-    if seq is not None and not hooked() and seq.run(seq.handle, stream, qp, kwp, vwp, op):
-        return out
+    if grow is None:
+        seq = plan.seq
+        if seq is not None and not hooked() and seq.run(seq.handle, stream, qp, kwp, vwp, op):
+            return out
+    else:  # one sequence per specialisation of the length and the share (the kernel compiled for each)
+        seq = seqs.get(spec)
+        if (
+            seq is None and spec not in seqs and key in plan.launcher.kernels
+        ):  # built once its kernel is compiled
+            at = 1 + len(plan.before)  # the windows' place in the decoder's arguments
+            seq = seqs[spec] = _sequence(
+                plan.launcher, key, plan.grid, (qp, *plan.before, kwp, vwp, *after), at, plan.merge,
+                plan.merge_key, plan.merge_grid, plan.merge_args, device.type == "cuda",
+                (at + 2 + tok_at, at + 2 + share_at),
+            )  # fmt: skip
+        if seq is not None and not hooked() and seq.run(seq.handle, stream, qp, kwp, vwp, op, tokens, share):
+            return out
     if not plan.launcher.launch(plan.grid, (qp, *plan.before, kwp, vwp, *after), stream, key):
         return None
     o_ptr, lse_ptr, splits = plan.merge_args

@@ -6,7 +6,8 @@ retakes the GIL and is called once per kernel; on the H100's host the two launch
 more than the rest of the call (results/kernels/round30_h100/host2/). A :class:`LaunchSequence` packs each kernel's
 parameters once, as Triton's launcher would pass them (one 8-byte slot per parameter, the global and profile
 scratch pointers last), and per call only writes the few addresses that change (q, the windows, the output) before
-calling ``cuLaunchKernelEx`` for each kernel in turn.
+calling ``cuLaunchKernelEx`` for each kernel in turn (on dynamic stores the length and each split's share change
+too).
 
 The packing follows the installed Triton's launcher (``triton.backends.nvidia.driver.make_launcher``); before a
 sequence is used on the GPU, the driver's own view of every kernel's parameters (``cuFuncGetParamInfo``: count and
@@ -376,7 +377,8 @@ def pack_launch(kernel: object, grid: tuple[int, int, int], args: tuple, inputs:
 
 
 class LaunchSequence:
-    """Kernels launched in order by one C call; per call only the ``ninputs`` addresses change. Call
+    """Kernels launched in order by one C call; per call only the ``ninputs`` values change (addresses or counts,
+    unsigned 64-bit; an i32 parameter reads the low four bytes). Call
     ``seq.run(seq.handle, stream, *inputs)`` (bound once by the caller: no Python frame per call): True once
     launched, False (nothing launched) where the current CUDA context is not the one the kernels were loaded in."""
 

@@ -279,6 +279,48 @@ def test_eager_static_calls_launch_through_one_c_call_on_gpu(poison, monkeypatch
         assert _rel(out, ref) <= 1e-2
 
 
+@pytest.mark.parametrize("word", [False, True])
+def test_eager_dynamic_calls_launch_through_one_c_call_on_gpu(poison, monkeypatch, word):
+    """Eager calls on dynamic stores growing a token per call, as in decoding: after the first calls they replay a
+    plan through launch sequences with the length and each split's share patched in (one sequence per
+    specialisation of the length). Each of 40 calls equals, bitwise, the same length's call on Triton's launcher
+    with no plan, and the reference; most of them go through a sequence."""
+    from mustafar.kernels import decode, launch_seq
+
+    ran = []
+    init = launch_seq.LaunchSequence.__init__
+
+    def counted(self, *args, **kwargs):
+        init(self, *args, **kwargs)
+        c_run = self.run
+        self.run = lambda *a: ran.append(a[-2]) or c_run(*a)
+
+    monkeypatch.setattr(launch_seq.LaunchSequence, "__init__", counted)
+    torch.manual_seed(21 + word)
+    b, hkv, n_rep, d, keep, w = 1, 8, 4, 128, 38, 16
+    dtype = torch.float16
+    ks, vs = (CompressedStore(b, hkv, d, dtype, "cuda", keep, word_quota=word) for _ in "kv")
+    rows = [_rows(b, hkv, 1540, d, dtype, "gauss") for _ in "kv"]
+    for st, r in zip((ks, vs), rows):
+        topk_pack_into(st, r[:, :, :1500], keep)
+    kw, vw = (torch.randn(b, hkv, w, d, device="cuda", dtype=dtype) for _ in "kv")
+    queries = [torch.randn(b, hkv * n_rep, d, device="cuda", dtype=dtype) for _ in range(40)]
+    scale = d**-0.5
+    outs = []
+    for i, q in enumerate(queries):
+        for st, r in zip((ks, vs), rows):
+            topk_pack_into(st, r[:, :, 1500 + i : 1501 + i], keep)
+        outs.append(sparse_decode_attention(q, ks, vs, kw, vw, scale))
+    torch.cuda.synchronize()
+    assert ks.length == 1540 and len(ran) >= 30 and 1540 in ran
+    monkeypatch.setattr(decode, "LAUNCH_SEQUENCES", False)
+    for i, (q, out) in enumerate(zip(queries, outs)):
+        ks.length = vs.length = 1501 + i
+        ks.launch_plan = None
+        assert torch.equal(out, sparse_decode_attention(q, ks, vs, kw, vw, scale))
+        assert _rel(out, sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")) <= 1e-2
+
+
 @pytest.mark.parametrize("head_dim", [64, 128])
 def test_static_topk_pack_device_offset_on_gpu(head_dim):
     """The PTX top-k pack at the device offset: appends of 7, 0 and 33 tokens equal the dynamic pack; an append

@@ -79,7 +79,7 @@ SIGNATURE = {
 }  # fmt: skip
 ARGS = [0x7F0000001000, -7, 1, 2**40 + 3, 0.1234567, 0x7F0000002000, 1.5, -0.375, 200, 3.141592653589793,
         True, -300, 0x7F0000003000, 64]  # fmt: skip
-INPUTS = {0: 0, 12: 1}  # q and out change per call
+INPUTS = {0: 0, 12: 1, 1: 2}  # q, out and a count change per call
 
 _SCRIPT = r"""
 import ctypes, importlib.util, json, sys, types
@@ -107,25 +107,25 @@ kernel = types.SimpleNamespace(
                               profile_scratch_size=0),
 )
 result = {}
-for call, (q, out) in enumerate([(0x7F0000001000, 0x7F0000003000), (0x7F0000005000, 0x7F0000009000)]):
+for call, (q, out, n) in enumerate([(0x7F0000001000, 0x7F0000003000, 5), (0x7F0000005000, 0x7F0000009000, 70000)]):
     full = list(args)
-    full[0], full[12] = q, out
+    full[0], full[12], full[1] = q, out, n
     triton_launcher.launch(5, 3, 2, 0x5151, 0xABC0, False, True, None, None, (2, 1, 4096), None, None, None, *full)
     result[f"triton_{call}"] = recorded()
     if call == 0:
-        seq = LaunchSequence([pack_launch(kernel, (5, 3, 2), tuple(args), inputs)], 2)
-    result[f"ran_{call}"] = seq.run(seq.handle, 0x5151, q, out)
+        seq = LaunchSequence([pack_launch(kernel, (5, 3, 2), tuple(args), inputs)], 3)
+    result[f"ran_{call}"] = seq.run(seq.handle, 0x5151, q, out, n)
     result[f"seq_{call}"] = recorded()
-    result[f"dry_{call}"] = seq.dry(0x5151, q, out)[0][6].hex()
+    result[f"dry_{call}"] = seq.dry(0x5151, q, out, n)[0][6].hex()
 result["launches"] = fake.fake_launches()
 fake.fake_set_context(0x2000)  # another context current: nothing launched
-result["other_context"] = seq.run(seq.handle, 0x5151, 1, 2)
+result["other_context"] = seq.run(seq.handle, 0x5151, 1, 2, 3)
 result["launches_after"] = fake.fake_launches()
 fake.fake_set_context(0x1000)
 for name, bad in (("short", sizes[:-1]), ("long", sizes + [8]), ("size", [4] + sizes[1:])):
     fake.fake_set_sizes(len(bad), (ctypes.c_size_t * len(bad))(*bad))
     try:
-        LaunchSequence([pack_launch(kernel, (5, 3, 2), tuple(args), inputs)], 2)
+        LaunchSequence([pack_launch(kernel, (5, 3, 2), tuple(args), inputs)], 3)
         result[f"refused_{name}"] = None
     except ValueError as err:
         result[f"refused_{name}"] = str(err)
@@ -157,7 +157,7 @@ def test_a_sequence_launches_what_tritons_launcher_launches(tmp_path):
     """For one signature holding every parameter type the packing takes (pointers, 8- to 64-bit ints, fp16, bf16,
     fp32, fp64, a bool, constexprs between and after them), the sequence passes the driver the same grid, block,
     shared memory, stream, PDL attribute and parameter bytes as Triton's generated launcher, with the per-call
-    inputs (q, out) changed between two calls. The driver check refuses a kernel whose parameters the driver counts
+    inputs (q, out and an i32 count) changed between two calls. The driver check refuses a kernel whose parameters the driver counts
     or sizes otherwise, and another current context launches nothing."""
     from triton.backends.nvidia.driver import make_launcher
 
@@ -200,6 +200,7 @@ def test_a_sequence_launches_what_tritons_launcher_launches(tmp_path):
     assert head == [5, 3, 2, 64, 1, 1, 4096, 0x5151, 0xABC0] and pdl == 1
     raw = bytes.fromhex(params)
     assert struct.unpack_from("<Q", raw, 0)[0] == 0x7F0000005000  # the second call's q
+    assert struct.unpack_from("<i", raw, 8)[0] == 70000  # and its count, in the i32 parameter's four bytes
     assert raw[-16:] == bytes(16)  # the scratch pointers: none
     assert got["launches"] == 4 and got["other_context"] is False and got["launches_after"] == 4
     for name in ("short", "long", "size"):
@@ -225,7 +226,7 @@ def test_pack_launch_slots_hold_each_value_as_the_kernel_reads_it():
     assert (function, gx, gy, gz, block, smem, pdl) == (7, 9, 1, 1, 128, 512, 0)
     slots = [blob[i : i + 8] for i in range(0, len(blob), 8)]
     assert len(slots) == len(sizes) == 12 + 2  # 12 runtime parameters, 2 scratch pointers
-    assert patches == ((0, 0), (11, 1))
+    assert patches == ((0, 0), (1, 2), (11, 1))
     as_bits = {
         torch.float16: torch.int16, torch.bfloat16: torch.int16, torch.float32: torch.int32, torch.float64: torch.int64
     }  # fmt: skip
@@ -235,7 +236,7 @@ def test_pack_launch_slots_hold_each_value_as_the_kernel_reads_it():
         return n & ((1 << (8 * torch.finfo(dtype).bits // 8)) - 1)
 
     expected = [
-        0, -7 & 0xFFFFFFFF, 2**40 + 3, bits(ARGS[4], torch.float32), 0x7F0000002000, bits(1.5, torch.float16),
+        0, 0, 2**40 + 3, bits(ARGS[4], torch.float32), 0x7F0000002000, bits(1.5, torch.float16),
         bits(-0.375, torch.bfloat16), 200, bits(ARGS[9], torch.float64), 1, -300 & 0xFFFF, 0, 0, 0,
     ]  # fmt: skip
     assert [int.from_bytes(s, "little") for s in slots] == expected

@@ -2,7 +2,9 @@
 (a replayed plan through the one-call launch sequence where the tree has it), dynamic stores at a fixed length, and
 dynamic stores whose length moves by one token every call as in decoding (``op_dynamic_growing``: lengths
 15,360..16,383 in turn, the cost of setting the two lengths, ``length_setters``, subtracted), next to dense SDPA.
-Both trees: the base (e39d8dd: dynamic stores take the full path) and this one (they replay a plan too).
+``op_dynamic_new_lengths_once``: one pass over lengths 8,192..15,359 that no call has seen, wall µs per call with the
+setters (the split plan's caches miss every 32 tokens there, as in a decode loop). Both trees: the base (e39d8dd:
+dynamic stores take the full path) and this one (they replay a plan too).
 
 Usage (repository root): python results/kernels/round31_h100/host/breakdown2.py TREE  (TREE: . or a git-archive copy)"""
 import itertools, json, statistics, sys, time
@@ -54,6 +56,13 @@ def growing():
 for _ in range(3): op(*sts); growing()
 torch.cuda.synchronize()
 res = {"tree": sys.argv[1]}
+# one pass over lengths no call has seen (8,192..15,359; the split plan's caches miss every 32 tokens), as a decode
+# loop meets them: µs per call with the setters, once
+t = time.perf_counter()
+for n in range(8192, T - 1024):
+    dyn[0].length = n; dyn[1].length = n; op(*dyn)
+torch.cuda.synchronize()
+res["op_dynamic_new_lengths_once"] = round((time.perf_counter() - t) / (T - 1024 - 8192) * 1e6, 2)
 for r in range(2):
     res.setdefault("op_static", []).append(host(lambda: op(*sts)))
     dyn[0].length = dyn[1].length = T
