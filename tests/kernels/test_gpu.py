@@ -321,7 +321,9 @@ def test_eager_dynamic_calls_launch_through_one_c_call_on_gpu(poison, monkeypatc
     for i, (q, out) in enumerate(zip(queries, outs)):
         ks.length = vs.length = 1501 + i
         ks.launch_plan = None
-        assert torch.equal(out, sparse_decode_attention(q, ks, vs, kw, vw, scale))
+        assert torch.equal(out, sparse_decode_attention(q, ks, vs, kw, vw, scale)), (
+            f"call {i} (length {1501 + i})"
+        )
         assert _rel(out, sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")) <= 1e-2
 
 
