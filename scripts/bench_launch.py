@@ -6,7 +6,7 @@ of ``--keep-rules`` (``exact``: the staged decoder; ``word``: word-quota stores,
 the same with fp8 values), times
 
 * ``sparse dynamic``: the public op on today's stores (host-side length, split plan per length; after the first few
-  calls, eager calls replay the previous call's launches with the length patched in, ``decode._Plan``);
+  calls, eager calls replay the previous call's launches in one C call with the length patched in, ``decode._Plan``);
 * ``sparse static``: the public op on static stores of capacity = tokens (device-side length, plan per capacity;
   after the first few calls, eager calls replay the previous call's launches in one C call,
   ``launch_seq.LaunchSequence``);

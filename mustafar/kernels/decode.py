@@ -25,8 +25,8 @@ made for; a split whose range starts at or past the length writes an empty parti
 merge weighs by zero. Everything a launch needs besides the data is cached per shape (:class:`_Config`, the split
 plan, the partials, the compiled kernels behind :class:`CompiledLaunch`), so an eager call costs two C-level
 launches plus a few dict lookups; a call replays the previous call's launches (:class:`_Plan`) while nothing they
-depend on changed: on static stores both in one C call (:mod:`mustafar.kernels.launch_seq`), on dynamic ones with
-the length patched in.
+depend on changed, both in one C call (:mod:`mustafar.kernels.launch_seq`; on dynamic stores with the length patched
+in).
 """
 
 from __future__ import annotations
