@@ -41,7 +41,7 @@ from triton.experimental.gluon import language as gl
 
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels._topk_ptx import make_asm, warp_smem_bytes
-from mustafar.kernels.launch import cached_launch, raw_stream, spec_key
+from mustafar.kernels.launch import CompiledLaunch, cached_launch, raw_stream, spec_key
 from mustafar.kernels.support import cdiv, gluon_capable, next_power_of_2
 
 _BLOCK_R = 8  # rows per program; with 2 warps the best of the H100 launch sweep (results/kernels)
@@ -336,6 +336,40 @@ def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, t0: int, device
         launch(grid, (*tensors[:3], n, store.heads, *strides, t0, tensors[3], store.capacity), stream, key)
 
 
+# (store layout, keep, rows dtype, top-k, device offset, device) -> the plain kernel's launch: its constexprs and the
+# launch cache's key are built once per layout, not per call (~4 µs of the eager pack's Python)
+_PLAIN: dict[tuple, CompiledLaunch] = {}
+
+
+def _plain_launch(
+    store: CompressedStore, keep: int, dtype: torch.dtype, topk: bool, device_off: bool, device: torch.device
+) -> CompiledLaunch:
+    key = (store.layout_key, keep, dtype, topk, device_off, device)
+    launch = _PLAIN.get(key)
+    if launch is None:
+        slot = store.slot if store.fixed else 1
+        constexprs = dict(
+            KEEP=keep,
+            SLOT=slot,
+            SLOT_P2=next_power_of_2(slot),
+            D=store.head_dim,
+            KEY_BITS=31 if store.dtype == torch.float32 else 15,
+            TOPK=topk,
+            VARIABLE=not store.fixed,
+            BLOCK_R=_BLOCK_R,
+            SWAR=store.dtype != torch.float32,
+            DEVICE_OFF=device_off,
+            WORD=topk and store.word_quota,
+            FP8=store.fp8,
+            NM=store.nm_group if topk else 0,
+            PERM=store.nm_group if store.nm_strided else 0,
+            ORDER=store.head_order is not None,
+        )
+        dtypes = (dtype, store.vals.dtype)
+        launch = _PLAIN[key] = cached_launch(_prune_pack_kernel, constexprs, _NUM_WARPS, dtypes, device)
+    return launch
+
+
 def _launch_plain(
     store: CompressedStore, rows: Tensor, mask: Tensor | None, keep: int, t0: int, device_off: bool = False
 ) -> None:
@@ -350,25 +384,7 @@ def _launch_plain(
         mask_arg = mask if mask.stride(-1) == 1 else mask.contiguous()
         mask_arg = mask_arg.view(torch.int8)
         m_strides = mask_arg.stride()[:3]
-    slot = store.slot if store.fixed else 1
     grid = (cdiv(n, _BLOCK_R), store.batch * store.heads, 1)
-    constexprs = dict(
-        KEEP=keep,
-        SLOT=slot,
-        SLOT_P2=next_power_of_2(slot),
-        D=store.head_dim,
-        KEY_BITS=31 if store.dtype == torch.float32 else 15,
-        TOPK=mask is None,
-        VARIABLE=not store.fixed,
-        BLOCK_R=_BLOCK_R,
-        SWAR=store.dtype != torch.float32,
-        DEVICE_OFF=device_off,
-        WORD=mask is None and store.word_quota,
-        FP8=store.fp8,
-        NM=store.nm_group if mask is None else 0,
-        PERM=store.nm_group if store.nm_strided else 0,
-        ORDER=store.head_order is not None,
-    )
     tensors = (
         rows,
         mask_arg,
@@ -383,9 +399,7 @@ def _launch_plain(
     ints = (store.heads, *rows.stride()[:3], *m_strides)
     caps = (store.capacity, store.vals.shape[2])
     key = spec_key(ptrs, (*ints, *caps), (n, t0))
-    launch = cached_launch(
-        _prune_pack_kernel, constexprs, _NUM_WARPS, (rows.dtype, store.vals.dtype), rows.device
-    )
+    launch = _plain_launch(store, keep, rows.dtype, mask is None, device_off, rows.device)
     stream = raw_stream(rows.device)
     # pointers as ints through the C launch function once compiled (no driver check per pointer, round 31); the
     # tensors themselves where Triton compiles or interprets it
