@@ -973,9 +973,15 @@ def _run(
         k_store.launch_plan = _Plan(
             _TOKEN, _signature(q, k_store, v_store, k_window, v_window, scale, stream), device, cfg.launcher,
             grid, args[1:at], args[at + 2 :], key, merge, merge_grid, merge_key, merge_args,
-            (v_store, *tensors[1:at], *tensors[at + 2 :]), seq, grow,
+            (*_buffers(k_store), *_buffers(v_store), v_store, *tensors[1:at], *tensors[at + 2 :]), seq, grow,
         )  # fmt: skip
     return out
+
+
+def _buffers(store: CompressedStore) -> tuple:
+    """The store buffers a plan's signature holds the ids of: the plan keeps them alive, so that a grown store's new
+    buffers cannot take a freed one's id (the launch may hold stand-ins or views instead, round 31's review)."""
+    return store.bits, store.vals, store.__dict__.get("scales")
 
 
 # whether replayed plans launch through one C call (launch_seq.LaunchSequence); benchmarks switch it off to compare
@@ -1034,8 +1040,8 @@ class _Plan:
     the addresses of ``q``, the windows and the output, and, on dynamic stores, in the length and each split's
     share (``grow``; the full path's length checks are repeated). Every other check the op makes reads only what the
     signature holds or what a store fixes at construction, so a replayed call skips them too; this halves the eager
-    op's Python (round 30). ``refs`` keeps the tensors behind the cached addresses (and the objects behind the
-    signature's ids) alive."""
+    op's Python (round 30). ``refs`` keeps the tensors behind the cached addresses and the store buffers behind the
+    signature's ids alive (:func:`_buffers`)."""
 
     owner: object
     sig: tuple

@@ -298,3 +298,35 @@ def test_a_dynamic_stores_plan_follows_its_length(monkeypatch, batch):
     ek.length = ev.length = 0  # same signature, nothing left to attend to
     with pytest.raises(ValueError, match="nothing to attend to"):
         sparse_decode_attention(q, ek, ev, *no_window, 0.125, backend="triton")
+
+
+def test_a_plan_never_replays_over_buffers_that_took_a_freed_buffers_id(monkeypatch):
+    """A plan made on empty dynamic stores (window only: the launch holds stand-ins for their buffers) must not
+    replay once appends have grown the stores, even where the new buffers would take the ids of freed ones: the
+    plan holds every buffer its signature names (checked), so no grown store's signature can equal the plan's.
+    Forty fresh pairs of stores, each grown by one-token claims (``extend``) without a decode call between; without
+    the plan holding the buffers, the signature matched again in most trials and a call there replayed the stale
+    plan (round 31's review).""
+    decode = importlib.import_module("mustafar.kernels.decode")
+    launched = _record_launches(monkeypatch)
+    q = _randn(B, HKV * N_REP, D, seed=5)
+    kw, vw = _randn(B, HKV, WIN, D, seed=6), _randn(B, HKV, WIN, D, seed=7)
+    for _ in range(40):
+        ks, vs = (CompressedStore(B, HKV, D, torch.float16, "cpu", KEEP) for _ in "kv")
+        sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="triton")  # capacity 0: window only
+        plan = ks.launch_plan
+        assert {id(ks.bits), id(ks.vals), id(vs.bits), id(vs.vals)} <= {id(r) for r in plan.refs}
+        for _ in range(40):
+            for store in (ks, vs):
+                store.extend(1, KEEP)  # slots claimed (their contents never read: launches are recorded)
+            assert (
+                decode._signature(q, ks, vs, kw, vw, 0.125, 0) != plan.sig
+            )  # the grown buffers' ids are new
+        launched.clear()
+        sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="triton")
+        assert ks.launch_plan is not plan  # the full path ran and made a new plan
+        first = launched[0][2][1:]
+        ks.launch_plan = None
+        launched.clear()
+        sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="triton")
+        assert first == launched[0][2][1:]
