@@ -306,7 +306,7 @@ def test_a_plan_never_replays_over_buffers_that_took_a_freed_buffers_id(monkeypa
     plan holds every buffer its signature names (checked), so no grown store's signature can equal the plan's.
     Forty fresh pairs of stores, each grown by one-token claims (``extend``) without a decode call between; without
     the plan holding the buffers, the signature matched again in most trials and a call there replayed the stale
-    plan (round 31's review).""
+    plan (round 31's review)."""
     decode = importlib.import_module("mustafar.kernels.decode")
     launched = _record_launches(monkeypatch)
     q = _randn(B, HKV * N_REP, D, seed=5)
@@ -319,9 +319,8 @@ def test_a_plan_never_replays_over_buffers_that_took_a_freed_buffers_id(monkeypa
         for _ in range(40):
             for store in (ks, vs):
                 store.extend(1, KEEP)  # slots claimed (their contents never read: launches are recorded)
-            assert (
-                decode._signature(q, ks, vs, kw, vw, 0.125, 0) != plan.sig
-            )  # the grown buffers' ids are new
+            # the grown buffers' ids are new
+            assert decode._signature(q, ks, vs, kw, vw, 0.125, 0) != plan.sig
         launched.clear()
         sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="triton")
         assert ks.launch_plan is not plan  # the full path ran and made a new plan
