@@ -32,7 +32,10 @@ move and whose token count never reaches the host::
 **Eager launch cost.** Launch configurations, split plans, occupancy, the split partials (per shape and CUDA
 stream) and the compiled kernels are cached, and cached kernels are relaunched through Triton's C launcher without
 the JIT dispatcher: per call the decode validates shapes (no device reads), allocates only the output (none with
-``out=``) and issues two launches. ``scripts/bench_launch.py`` measures it against graph replay and dense SDPA.
+``out=``) and issues two launches. A call whose inputs match the previous call's on the same stores (shapes,
+strides, dtypes, buffers, scale, stream) replays that call's launches instead, both in one C call with only the
+addresses (and a dynamic store's length) rewritten (:mod:`mustafar.kernels.launch_seq`). ``scripts/bench_launch.py``
+measures it against graph replay and dense SDPA.
 """
 
 from mustafar.kernels.dispatch import pack_into, resolve_backend, sparse_decode_attention, topk_pack_into
