@@ -967,7 +967,7 @@ def _run(
                 cfg.launcher, key, grid, args, at, merge, merge_key, merge_grid, merge_args, cfg.on_gpu
             )
             grow = None
-        else:  # the length moves the tokens and each split's share: where they sit in the arguments after the windows
+        else:  # the length moves the tokens and each split's share: their places in the arguments after the windows
             tok_at = len(ptrs) - 2 - (at + 2) + len(strides)
             seq, grow = None, (b * hkv, cfg.block_n, slots, tok_at, tok_at + 3 + len(caps), {})
         k_store.launch_plan = _Plan(
@@ -1117,9 +1117,8 @@ def _replay(
     if _signature(q, k_store, v_store, kw, vw, scale, stream) != plan.sig:
         return None
     after, key, grow = plan.after, plan.key, plan.grow
-    if (
-        grow is not None
-    ):  # a dynamic store's host-side length: the full path's length checks, then its split plan
+    if grow is not None:
+        # a dynamic store's host-side length: the full path's length checks, then its split plan
         tokens = k_store.length
         if tokens != v_store.length or not (tokens or kw.shape[2]):
             return None  # the full path names what is wrong
@@ -1143,9 +1142,8 @@ def _replay(
             return out
     else:  # one sequence per specialisation of the length and the share (the kernel compiled for each)
         seq = seqs.get(spec)
-        if (
-            seq is None and spec not in seqs and key in plan.launcher.kernels
-        ):  # built once its kernel is compiled
+        # built once the kernel is compiled
+        if seq is None and spec not in seqs and key in plan.launcher.kernels:
             at = 1 + len(plan.before)  # the windows' place in the decoder's arguments
             seq = seqs[spec] = _sequence(
                 plan.launcher, key, plan.grid, (qp, *plan.before, kwp, vwp, *after), at, plan.merge,
