@@ -341,7 +341,7 @@ def _launch_ptx(store: CompressedStore, rows: Tensor, keep: int, t0: int, device
 _PLAIN: dict[tuple, CompiledLaunch] = {}
 
 
-def _plain_launch(
+def _cached_plain_launch(
     store: CompressedStore, keep: int, dtype: torch.dtype, topk: bool, device_off: bool, device: torch.device
 ) -> CompiledLaunch:
     key = (store.layout_key, keep, dtype, topk, device_off, device)
@@ -399,7 +399,7 @@ def _launch_plain(
     ints = (store.heads, *rows.stride()[:3], *m_strides)
     caps = (store.capacity, store.vals.shape[2])
     key = spec_key(ptrs, (*ints, *caps), (n, t0))
-    launch = _plain_launch(store, keep, rows.dtype, mask is None, device_off, rows.device)
+    launch = _cached_plain_launch(store, keep, rows.dtype, mask is None, device_off, rows.device)
     stream = raw_stream(rows.device)
     # pointers as ints through the C launch function once compiled (no driver check per pointer, round 31); the
     # tensors themselves where Triton compiles or interprets it

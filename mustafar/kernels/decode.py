@@ -701,7 +701,7 @@ class _Config:
         """The merge's launch for ``splits`` (compiled per split count rounded up to a power of two)."""
         launch = self.merges.get(splits)
         if launch is None:
-            launch = self.merges[splits] = _merge_launch(1 << (splits - 1).bit_length(), d, dtype, device)
+            launch = self.merges[splits] = _merge_launch(next_power_of_2(splits), d, dtype, device)
         return launch
 
 
