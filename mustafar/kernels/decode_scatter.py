@@ -425,7 +425,7 @@ def _pv8(tile, pw, acc, mma: gl.constexpr):
     return mma_v2(tile.load(op_a).to(gl.float16), gl.convert_layout(pw.to(gl.float16), op_b), acc)
 
 
-@gluon.jit
+@gluon.jit(do_not_specialize=["long_splits"])  # a count that moves with the length
 def _sc_sparse_decode_kernel(
     q_ptr,
     k_bits,
@@ -455,6 +455,7 @@ def _sc_sparse_decode_kernel(
     k_cap,
     v_cap,
     tokens_per_split,
+    long_splits,
     num_splits,
     qk_scale,
     N_REP: gl.constexpr,
@@ -553,8 +554,9 @@ def _sc_sparse_decode_kernel(
     vs_row = v_scales + bh * v_cap
     if DEVICE_LEN:
         T = gl.minimum(gl.minimum(gl.load(k_len + b), gl.load(v_len + b)), T)
-    start = s * tokens_per_split
-    end = gl.minimum(start + tokens_per_split, T)
+    # splits before long_splits run one tile more than tokens_per_split (decode._split_plan)
+    start = s * tokens_per_split + gl.minimum(s, long_splits) * BLOCK_N
+    end = gl.minimum(start + tokens_per_split + (s < long_splits).to(gl.int32) * BLOCK_N, T)
     ts_l: gl.constexpr = gl.SliceLayout(1, mma)
     # the ring holds SIDES slots, side n (K of tile n // 2 when n is even, else its V) in slot n % SIDES; before
     # side n is decoded, side n + SIDES - 1 is issued into the slot side n - 1 just left

@@ -58,7 +58,8 @@ CASES = {  # id -> (head_dim, sparsity, K fp8, V fp8)
 @pytest.mark.parametrize("word", [True, False], ids=["scatter", "portable"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", list(CASES))
-def test_fp8_decode_matches_reference_on_gpu(poison, case, dtype, word):
+def test_fp8_decode_matches_reference_on_gpu(poison, monkeypatch, case, dtype, word):
+    from mustafar.kernels import decode
     from mustafar.kernels.decode import _launch
 
     d, s, k_fp8, v_fp8 = CASES[case]
@@ -73,7 +74,8 @@ def test_fp8_decode_matches_reference_on_gpu(poison, case, dtype, word):
         decoder = decoder_for(q, ks, vs)
         assert decoder == ("scatter" if word else "portable")
         ref = sparse_decode_attention(q, ks, vs, kw, vw, d**-0.5, backend="torch")
-        for splits in (None, 3):
+        for splits, balanced in ((None, False), (3, False), (3, True)):
+            monkeypatch.setattr(decode, "BALANCED_SPLITS", balanced)
             out = torch.full_like(q, math.nan)
             if splits is None:
                 sparse_decode_attention(q, ks, vs, kw, vw, d**-0.5, out=out)
@@ -81,7 +83,8 @@ def test_fp8_decode_matches_reference_on_gpu(poison, case, dtype, word):
                 _launch(q, ks, vs, kw, vw, d**-0.5, decoder, out=out, num_splits=splits)
             assert not out.isnan().any()
             err = _rel(out, ref)
-            assert err <= 1e-2, f"{case} {decoder} B{b} T{t} W{w} group {n_rep} splits {splits}: {err:.2e}"
+            label = f"{case} {decoder} B{b} T{t} W{w} group {n_rep} splits {splits} (balanced {balanced})"
+            assert err <= 1e-2, f"{label}: {err:.2e}"
 
 
 def test_fp8_static_graph_replay_on_gpu():

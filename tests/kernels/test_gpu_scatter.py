@@ -8,6 +8,7 @@ NaN, the default launch and forced split counts; static stores at several length
 from __future__ import annotations
 
 import math
+from unittest import mock
 
 import pytest
 import torch
@@ -39,7 +40,9 @@ def _rel(out, ref):
 
 def _check_scatter(ks, vs, n_rep, w, label):
     """The scatter decoder on these stores (a random query group and dense windows of ``w`` tokens), by the default
-    launch and at 3 forced splits, into NaN-filled outputs, against the PyTorch reference."""
+    launch and at 3 forced splits (rounded-up and balanced shares), into NaN-filled outputs, against the PyTorch
+    reference."""
+    from mustafar.kernels import decode
     from mustafar.kernels.decode import _launch
 
     b, hkv, d, dtype = ks.batch, ks.heads, ks.head_dim, ks.dtype
@@ -48,15 +51,16 @@ def _check_scatter(ks, vs, n_rep, w, label):
     scale = d**-0.5
     assert decoder_for(q, ks, vs) == "scatter"
     ref = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")
-    for splits in (None, 3):
+    for splits, balanced in ((None, False), (3, False), (3, True)):
         out = torch.full_like(q, math.nan)
         if splits is None:
             got = sparse_decode_attention(q, ks, vs, kw, vw, scale, out=out)
         else:
-            got = _launch(q, ks, vs, kw, vw, scale, "scatter", out=out, num_splits=splits)
+            with mock.patch.object(decode, "BALANCED_SPLITS", balanced):
+                got = _launch(q, ks, vs, kw, vw, scale, "scatter", out=out, num_splits=splits)
         assert got is out and not out.isnan().any()
         err = _rel(out, ref)
-        assert err <= 1e-2, f"{label}, splits {splits}: rel err {err:.2e}"
+        assert err <= 1e-2, f"{label}, splits {splits} (balanced {balanced}): rel err {err:.2e}"
 
 
 CASES = {  # id -> (head_dim, k_keep, v_keep)
