@@ -503,6 +503,9 @@ def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
 # (block_n, num_warps) per decoder: the H100 sweeps' best at B >= 8 (results/kernels/NOTES.md, rounds 4-5)
 _DEFAULT_LAUNCH = {"scatter": (32, 1), "staged": (16, 1), "portable": (64, 4)}
 SCATTER_SIDES: int | None = None  # the scatter decoder's ring depth in sides; None: _scatter_plan's choice
+# the scatter decoder's lazy rescale (decode_scatter._lazy_probs): off, the launch the benchmarks report, until an
+# H100 A/B measures it (results/kernels/NOTES.md, round 32). Read when a configuration is made (_CONFIGS)
+LAZY_RESCALE = False
 
 
 def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
@@ -654,6 +657,7 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         K_ORDER=bool(k_nm) and k_store.head_order is not None,
         V_OP=v_op,
         PDL=pdl_capable(q.device),
+        LAZY=LAZY_RESCALE,
     )
 
 

@@ -40,7 +40,8 @@ def _rel(out, ref):
 
 def _check_scatter(ks, vs, n_rep, w, label):
     """The scatter decoder on these stores (a random query group and dense windows of ``w`` tokens), by the default
-    launch and at 3 forced splits (rounded-up and balanced shares), into NaN-filled outputs, against the PyTorch
+    launch and at 3 forced splits (rounded-up and balanced shares), then with the lazy rescale
+    (``decode.LAZY_RESCALE``, read when a configuration is made), into NaN-filled outputs, against the PyTorch
     reference."""
     from mustafar.kernels import decode
     from mustafar.kernels.decode import _launch
@@ -51,16 +52,29 @@ def _check_scatter(ks, vs, n_rep, w, label):
     scale = d**-0.5
     assert decoder_for(q, ks, vs) == "scatter"
     ref = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")
-    for splits, balanced in ((None, False), (3, False), (3, True)):
+    for splits, balanced, lazy in (
+        (None, False, False),
+        (3, False, False),
+        (3, True, False),
+        (None, False, True),
+    ):
         out = torch.full_like(q, math.nan)
-        if splits is None:
-            got = sparse_decode_attention(q, ks, vs, kw, vw, scale, out=out)
-        else:
-            with mock.patch.object(decode, "BALANCED_SPLITS", balanced):
+        with (
+            mock.patch.object(decode, "BALANCED_SPLITS", balanced),
+            mock.patch.object(decode, "LAZY_RESCALE", lazy),
+            mock.patch.dict(decode._CONFIGS, clear=lazy),
+        ):
+            if splits is None:
+                got = (
+                    _launch(q, ks, vs, kw, vw, scale, "scatter", out=out)
+                    if lazy
+                    else sparse_decode_attention(q, ks, vs, kw, vw, scale, out=out)
+                )
+            else:
                 got = _launch(q, ks, vs, kw, vw, scale, "scatter", out=out, num_splits=splits)
         assert got is out and not out.isnan().any()
         err = _rel(out, ref)
-        assert err <= 1e-2, f"{label}, splits {splits} (balanced {balanced}): rel err {err:.2e}"
+        assert err <= 1e-2, f"{label}, splits {splits} (balanced {balanced}, lazy {lazy}): rel err {err:.2e}"
 
 
 CASES = {  # id -> (head_dim, k_keep, v_keep)
