@@ -73,6 +73,8 @@ def mustafar_attention(
     layer = _layer_of(module)
     scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
     softcap = _family_kwargs(**kwargs)
+    if layer.survivor_cols is not None:  # eviction compacted the cache: transformers' mask no longer fits it
+        attention_mask = evicted_mask(layer, query.shape[1], query.shape[2], kwargs.get("sliding_window"))
     if isinstance(layer, StaticLayer):  # fixed-shape decode step over preallocated storage
         out = layer.attend(module, query, key, value, attention_mask, dropout, scaling)
     elif isinstance(layer, CompressedLayer) and layer.stored > 0:
@@ -106,6 +108,30 @@ def mustafar_attention(
         layer.evict(query, scaling, softcap, obs)
     layer.after_attention(obs)
     return out, None
+
+
+def evicted_mask(layer: MustafarLayer, heads_q: int, q_len: int, window: int | None) -> torch.Tensor:
+    """The attention mask of the last ``q_len`` cached columns once eviction compacted the cache, boolean
+    [B, 1 or H_q, q_len, T]: each row's columns from its pads on (eviction right-aligned the survivors, so a row's
+    pads changed), causal, and on a sliding-window layer only survivors whose column before eviction lies within
+    ``window`` of the query's (each KV head kept its own survivors: one mask per head).
+
+    transformers builds the decode mask from the prompt's padding and counts the window in cache columns; both
+    moved with the survivors. ``mustafar.generate`` hands it the compacted padding, ``model.generate`` does not,
+    so the mask is rebuilt here from what the layer recorded, the same for either."""
+    cols = layer.survivor_cols  # [B, H_kv, n]
+    b, h_kv, n = cols.shape
+    t = layer.get_seq_length()
+    col = torch.arange(t, device=cols.device)
+    query = col[t - q_len :]
+    pads = torch.tensor(layer.pads or [0] * b, device=cols.device).view(b, 1, 1, 1)
+    visible = (col.view(1, 1, 1, t) >= pads) & (col.view(1, 1, 1, t) <= query.view(1, 1, q_len, 1))
+    if not window:
+        return visible
+    later = col[n:].view(1, 1, -1).expand(b, h_kv, -1)
+    before = torch.cat([cols, later + layer.evict_shift], dim=-1)  # [B, H_kv, T] columns before eviction
+    inside = (query + layer.evict_shift).view(1, 1, q_len, 1) - before.unsqueeze(2) < window
+    return (visible & inside).repeat_interleave(heads_q // h_kv, dim=1)
 
 
 def _left_pads(mask: torch.Tensor) -> list[int]:

@@ -100,6 +100,10 @@ class MustafarLayer(DynamicLayer):
         self.evicted: list[int] | None = (
             None  # prompt tokens evicted per row (set at the first attention call)
         )
+        # after an eviction: each cached prompt column's column before it, [B, H_kv, n] (a local layer's window is
+        # counted in those; columns appended later sit `evict_shift` past theirs)
+        self.survivor_cols: torch.Tensor | None = None
+        self.evict_shift = 0
         self.rounded = 0  # mask mode with fp8 values: columns already given the stores' rounding
 
     def set_padding(self, pads: list[int], device: torch.device | str) -> None:
@@ -174,13 +178,21 @@ class MustafarLayer(DynamicLayer):
 
         The survivors of each row are right-aligned (rows keep equal lengths; a row with fewer survivors gets new
         left pad columns, zeros that `set_padding` keeps out of attention and counts). Keys are cached after
-        RoPE, so a survivor keeps its original position. Only a prompt prefilled in one call is evicted from.
+        RoPE, so a survivor keeps its original position. The prompt must arrive in one call: a later call of more
+        than one query (a second prompt chunk) is refused, since the first was scored and evicted alone.
         """
-        if self.policy.evict == "none" or self.evicted is not None or self.pruned_any:
+        if self.policy.evict == "none":
+            return
+        if self.evicted is not None:
+            if query.shape[2] > 1:
+                raise ValueError(
+                    f"kv.evict={self.policy.evict} needs the whole prompt in one call: {query.shape[2]} more prompt "
+                    "tokens arrived after the first call was scored and evicted (chunked prefill is not supported)"
+                )
             return
         b, _, t, _ = self.keys.shape
         self.evicted = [0] * b
-        if query.shape[2] != t:  # a chunked prompt or a decode step: nothing is evicted
+        if query.shape[2] != t or self.pruned_any:  # the cache held tokens before this call: nothing is evicted
             return
         pads = self.pads or [0] * b
         kept = snapkv_keep(query, self.keys, scaling, self.policy, pads, softcap)
@@ -197,6 +209,7 @@ class MustafarLayer(DynamicLayer):
         gather = index.unsqueeze(-1).expand(-1, -1, -1, d)
         self.keys = self.keys.gather(2, gather).masked_fill(~real.unsqueeze(-1), 0)
         self.values = self.values.gather(2, gather).masked_fill(~real.unsqueeze(-1), 0)
+        self.survivor_cols, self.evict_shift = index, t - n
         if obs.attention_stat is not None:
             obs.attention_stat = obs.attention_stat.gather(2, index).masked_fill(~real, 0)
         if self.pads is not None or any(new_pads):

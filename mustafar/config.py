@@ -260,8 +260,13 @@ class KVConfig:
                 )
         if self.evict_pool % 2 == 0:
             raise ConfigError(f"kv.evict_pool={self.evict_pool} must be odd (a centred pooling kernel)")
-        if self.evict == "none":  # the knobs are moot: equal policies get equal job ids
-            for key in ("token_budget", "evict_window", "evict_pool"):
+        if self.evict == "none":
+            if self.token_budget:  # a budget alone evicts nothing: say so rather than run an unevicted job
+                raise ConfigError(
+                    f"kv.token_budget={self.token_budget} needs kv.evict=snapkv (kv.evict=none evicts nothing)"
+                )
+            # the window and the pooling are moot: equal policies get equal job ids
+            for key in ("evict_window", "evict_pool"):
                 object.__setattr__(self, key, self.__dataclass_fields__[key].default)
             return
         if self.token_budget <= self.evict_window:
@@ -271,9 +276,11 @@ class KVConfig:
             )
         channel = [s for s in ("k", "v") if getattr(self, f"{s}_direction") != "token"]
         if channel:
+            side = channel[0]
+            key = f"{side}_scorer" if getattr(self, f"{side}_scorer") == "think" else f"{side}_direction"
             raise ConfigError(
-                f"kv.{channel[0]}_direction={getattr(self, f'{channel[0]}_direction')!r} with kv.evict="
-                f"{self.evict}: eviction composes with per-token rules only (allowed: token)"
+                f"kv.{key}={getattr(self, key)!r} with kv.evict={self.evict}: eviction composes with per-token "
+                "rules only (ThinK and per-channel rules rank each row's whole, unevicted prompt)"
             )
 
     def layer_rule(self, side: str, layer: int) -> PruneRule:

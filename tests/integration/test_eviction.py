@@ -185,6 +185,7 @@ def test_padded_batch_equals_each_row_alone(tiny_llama, monkeypatch, mode):
         (dict(evict="snapkv", token_budget=64, evict_window=0), "kv.evict_window=0"),
         (dict(evict="snapkv", token_budget=64, evict_pool=4), "kv.evict_pool=4"),
         (dict(evict="snapkv", token_budget=64, v_sparsity=0.5, v_direction="channel"), "kv.v_direction"),
+        (dict(evict="snapkv", token_budget=64, k_sparsity=0.5, k_scorer="think"), "kv.k_scorer='think'"),
     ],
 )
 def test_bad_config_values_are_named(fields, named):
@@ -193,10 +194,23 @@ def test_bad_config_values_are_named(fields, named):
 
 
 def test_job_ids_of_non_evicting_policies_do_not_change():
-    assert KVConfig(k_sparsity=0.5).to_dict() == KVConfig(k_sparsity=0.5, token_budget=99).to_dict()
+    assert KVConfig(k_sparsity=0.5).to_dict() == KVConfig(k_sparsity=0.5, evict_window=9, evict_pool=3).to_dict()
+    with pytest.raises(ConfigError, match="kv.token_budget=99 needs kv.evict=snapkv"):
+        KVConfig(k_sparsity=0.5, token_budget=99)  # a budget alone would silently evict nothing
     assert "evict" not in KVConfig().to_dict()
     assert KVConfig(evict="snapkv", token_budget=64).to_dict()["token_budget"] == 64
     assert KVConfig(evict="snapkv", token_budget=64, k_sparsity=0.5).label() == "snapkv64 K0.5"
+
+
+def test_a_chunked_prompt_is_refused_not_evicted_twice(tiny_llama):
+    """The first call is scored and evicted alone (the window is its last queries); a second prompt chunk would
+    then be kept whole, another policy than the config's: refused, naming the count. Decode steps go on."""
+    ids = torch.randint(3, 256, (1, 60), generator=torch.Generator().manual_seed(1))
+    cache = _prefill(tiny_llama, KVConfig(evict="snapkv", token_budget=24, evict_window=8), ids[:, :40])
+    assert cache.layers[0].get_seq_length() == 24
+    with attach(tiny_llama, cache), torch.inference_mode():
+        with pytest.raises(ValueError, match="20 more prompt tokens"):
+            tiny_llama(input_ids=ids[:, 40:], use_cache=True, **cache_kwargs(tiny_llama, cache))
 
 
 def test_static_caches_decline_eviction():
@@ -223,6 +237,31 @@ def test_hf_generate_evicts_like_mustafar_generate(tiny_llama):
         )
     assert out[0, 70:].tolist() == ours
     assert cache.layers[0].get_seq_length() == 40 + 9
+
+
+@pytest.mark.parametrize("mode", ["mask", "compressed"])
+def test_hf_generate_of_a_padded_batch_evicts_like_mustafar_generate(tiny_llama, monkeypatch, mode):
+    """`model.generate` of a left-padded batch gives each row `mustafar.generate`'s tokens for that row alone.
+    Eviction right-aligns each row's survivors, so its pads change; transformers keeps masking the prompt's
+    pads. Old behaviour: rows 1 and 2 attended to the wrong columns from the first decode step."""
+    import mustafar
+
+    monkeypatch.setenv("MUSTAFAR_KERNEL_BACKEND", "torch")
+    torch.manual_seed(8)
+    policy = KVConfig(
+        mode=mode, k_sparsity=0.5, v_sparsity=0.5, window=8, evict="snapkv", token_budget=30, evict_window=8
+    )
+    prompts = [torch.randint(3, 256, (n,)).tolist() for n in (64, 45, 20)]
+    width = max(map(len, prompts))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in prompts])
+    with mustafar.prune(tiny_llama, policy) as cache:
+        out = tiny_llama.generate(
+            ids, attention_mask=mask, max_new_tokens=6, min_new_tokens=6, do_sample=False, pad_token_id=0,
+            **cache_kwargs(tiny_llama, cache),
+        )  # fmt: skip
+    for row, p in enumerate(prompts):
+        assert out[row, width:].tolist() == generate(tiny_llama, policy, [p], 6, min_new_tokens=6)[0].tokens
 
 
 @pytest.mark.skipif(

@@ -224,6 +224,76 @@ def test_snapkv_through_model_generate_keeps_the_token_budget_on_sliding_layers(
     assert cache.stats().evicted_bytes == LAYERS * KV_HEADS * (60 - budget) * d * 4 * 2  # fp32 K and V
 
 
+def _survivors(prefill_keys: torch.Tensor, cached: torch.Tensor) -> list[set[int]]:
+    """Each KV head's surviving prompt positions, found by matching the cached keys against the prompt's own (keys
+    are cached after RoPE: every prompt key is distinct)."""
+    return [
+        {int((prefill_keys[0, h] == k).all(-1).nonzero()) for k in cached[0, h]} for h in range(cached.shape[1])
+    ]
+
+
+@pytest.mark.parametrize("arch", ["mistral", "gemma3"])
+@pytest.mark.parametrize("mode", ["mask", "compressed"])
+def test_decode_after_eviction_keeps_each_local_layers_window_in_original_positions(arch, mode):
+    """SnapKV leaves 40 of a 60-token prompt per KV head, right-aligned in the cache. Every decode step must then
+    attend, on a sliding-window (16-token) layer, only to survivors whose original position lies inside the window:
+    the reference is a stock DynamicCache (nothing evicted, transformers' own window masks) whose attention also
+    hides each head's evicted prompt tokens. Old behaviour: the window was counted in compacted cache columns, so
+    the first step saw survivors 16-18 positions back (logits off by 1-6)."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    model, n, budget = family_model(arch), 5, 40
+    prompt = prompts([60], seed=7)[0]
+    policy = KVConfig(evict="snapkv", token_budget=budget, evict_window=8, mode=mode)
+    logits = []
+    hook = model.lm_head.register_forward_hook(lambda m, a, out: logits.append(out[:, -1].float().clone()))
+    try:
+        cache = mustafar.MustafarCache(policy, LAYERS)
+        seen = record_updates(cache)
+        ours = mustafar.generate(model, policy, [prompt], n, min_new_tokens=n, cache=cache)[0].tokens
+        kept = [_survivors(seen[i][0][0], cached_kv(cache, i)[0][:, :, :budget]) for i in range(LAYERS)]
+        ours_logits, logits[:] = torch.stack(logits), []
+
+        def hide_evicted(module, query, key, value, attention_mask, **kwargs):
+            q_len, t = query.shape[2], key.shape[2]
+            if attention_mask is None:  # causal, nothing else hidden (transformers may skip the mask)
+                attention_mask = torch.ones(q_len, t, dtype=torch.bool).tril(t - q_len).view(1, 1, q_len, t)
+            visible = attention_mask[..., :t].expand(-1, key.shape[1], -1, -1).clone()
+            if query.shape[2] == 1:  # decode: each head's evicted prompt positions hidden
+                for h, heads in enumerate(kept[module.layer_idx]):
+                    visible[0, h, :, [c for c in range(len(prompt)) if c not in heads]] = False
+            groups = query.shape[1] // key.shape[1]
+            mask = visible.repeat_interleave(groups, dim=1)
+            kwargs.pop("sliding_window", None)
+            return sdpa_attention_forward(module, query, key, value, mask, **kwargs)
+
+        AttentionInterface.register("hide_evicted", hide_evicted)
+        AttentionMaskInterface.register("hide_evicted", sdpa_mask)
+        before = model.config._attn_implementation
+        model.set_attn_implementation("hide_evicted")
+        try:
+            with torch.inference_mode():
+                ref_cache, ids, ref = DynamicCache(), torch.tensor([prompt]), []
+                out = model(input_ids=ids, past_key_values=ref_cache, use_cache=True)
+                for step in range(n):
+                    ref.append(int(out.logits[0, -1].argmax()))
+                    if step < n - 1:
+                        out = model(
+                            input_ids=torch.tensor([[ref[-1]]]),
+                            position_ids=torch.tensor([[len(prompt) + step]]),
+                            past_key_values=ref_cache,
+                            use_cache=True,
+                        )
+        finally:
+            model.set_attn_implementation(before)
+    finally:
+        hook.remove()
+    assert ours == ref
+    torch.testing.assert_close(ours_logits, torch.stack(logits), rtol=0, atol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # two modes behind one interface: every policy family, left-padded batches
 
