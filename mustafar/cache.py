@@ -192,7 +192,7 @@ class MustafarLayer(DynamicLayer):
             return
         b, _, t, _ = self.keys.shape
         self.evicted = [0] * b
-        if query.shape[2] != t or self.pruned_any:  # the cache held tokens before this call: nothing is evicted
+        if query.shape[2] != t or self.pruned_any:  # tokens were cached before this call: nothing is evicted
             return
         pads = self.pads or [0] * b
         kept = snapkv_keep(query, self.keys, scaling, self.policy, pads, softcap)

@@ -194,7 +194,9 @@ def test_bad_config_values_are_named(fields, named):
 
 
 def test_job_ids_of_non_evicting_policies_do_not_change():
-    assert KVConfig(k_sparsity=0.5).to_dict() == KVConfig(k_sparsity=0.5, evict_window=9, evict_pool=3).to_dict()
+    assert (
+        KVConfig(k_sparsity=0.5).to_dict() == KVConfig(k_sparsity=0.5, evict_window=9, evict_pool=3).to_dict()
+    )
     with pytest.raises(ConfigError, match="kv.token_budget=99 needs kv.evict=snapkv"):
         KVConfig(k_sparsity=0.5, token_budget=99)  # a budget alone would silently evict nothing
     assert "evict" not in KVConfig().to_dict()

@@ -228,7 +228,8 @@ def _survivors(prefill_keys: torch.Tensor, cached: torch.Tensor) -> list[set[int
     """Each KV head's surviving prompt positions, found by matching the cached keys against the prompt's own (keys
     are cached after RoPE: every prompt key is distinct)."""
     return [
-        {int((prefill_keys[0, h] == k).all(-1).nonzero()) for k in cached[0, h]} for h in range(cached.shape[1])
+        {int((prefill_keys[0, h] == k).all(-1).nonzero()) for k in cached[0, h]}
+        for h in range(cached.shape[1])
     ]
 
 
