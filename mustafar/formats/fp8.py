@@ -17,6 +17,10 @@ Non-finite kept values (the Triton pack does the same, bit for bit):
   e4m3fn has no inf; ``torch``'s own ``float8_e4m3fn`` conversion saturates inf to ±448 (``0x7e``/``0xfe``), which
   would dequantise to the finite ``±448·s`` and silently turn an overflow into an ordinary large value, so the
   store deliberately departs from torch here: a non-finite input stays non-finite (NaN) after the round trip.
+* A finite value near the top of the model's dtype may round up past it (fp16 65504 is 255.875 · 2^8 and rounds
+  to the code 256, which times 2^8 is 65536, inf in fp16); such a code takes the next smaller one (240 · 2^8 =
+  61440), still within 2^-4 of the value, so dequantising never turns a finite value into inf. This happens only
+  at the dtype's top scale (2^8 for fp16, 2^120 for bf16 and fp32), for codes above 240.
 * A kept NaN is the NaN code with its sign (``0x7f``/``0xff``, as torch converts it), and a token holding one keeps
   ``s = 1``; its other kept values are then encoded at scale 1 and, beyond e4m3's range, saturate to ±448 (as
   torch's conversion does; the division never overflows otherwise).
@@ -48,15 +52,24 @@ def pow2_scale(amax: Tensor) -> Tensor:
 def quantize(x: Tensor, kept: Tensor | None = None) -> tuple[Tensor, Tensor]:
     """Per-token e4m3 codes (uint8 bit patterns, same shape as ``x`` [..., D]) and fp32 scales [...]; the scale
     covers the finite ``kept`` entries (default: all; pruned entries are zeros and do not move the maximum). A
-    kept NaN makes its token's scale 1; ±inf and NaN are the NaN code with their sign (module docstring)."""
+    kept NaN makes its token's scale 1; ±inf and NaN are the NaN code with their sign (module docstring). A code
+    whose value times the scale would pass ``x``'s dtype's largest finite value takes the next smaller one."""
     xf = x.float()
     finite, nan = xf.isfinite(), xf.isnan()
     inside, nan = (finite, nan) if kept is None else (finite & kept, nan & kept)
     scale = pow2_scale(xf.abs().masked_fill(~inside, 0).amax(-1))
     scale = torch.where(nan.any(-1), torch.ones_like(scale), scale)
-    codes = (xf / scale.unsqueeze(-1)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn).view(torch.uint8)
+    codes = (xf / scale.unsqueeze(-1)).clamp(-448.0, 448.0).to(torch.float8_e4m3fn)
+    over = (codes.float() * scale.unsqueeze(-1)).abs() > torch.finfo(x.dtype).max  # rounded past the dtype
+    codes = codes.view(torch.uint8) - over.to(torch.uint8)  # one code down: the next smaller magnitude
     nan_code = torch.where(xf.signbit(), 0xFF, 0x7F).to(torch.uint8)
     return torch.where(finite, codes, nan_code), scale
+
+
+def top_exponent(dtype: torch.dtype) -> int:
+    """log2 of the scale of ``dtype``'s largest finite values: the one scale at which a rounded code can pass the
+    dtype's range (codes above 240 there; :func:`quantize` takes them one down)."""
+    return int(pow2_scale(torch.tensor(torch.finfo(dtype).max)).log2())
 
 
 def dequantize(codes: Tensor, scale: Tensor, dtype: torch.dtype) -> Tensor:

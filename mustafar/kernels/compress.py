@@ -40,6 +40,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 
 from mustafar.formats.bitmap import CompressedStore
+from mustafar.formats.fp8 import top_exponent
 from mustafar.kernels._topk_ptx import make_asm, warp_smem_bytes
 from mustafar.kernels.launch import CompiledLaunch, cached_launch, raw_stream, spec_key
 from mustafar.kernels.support import cdiv, gluon_capable, next_power_of_2
@@ -112,6 +113,7 @@ def _prune_pack_kernel(
     DEVICE_OFF: tl.constexpr,
     WORD: tl.constexpr,
     FP8: tl.constexpr,
+    FP8_TOP: tl.constexpr,
     NM: tl.constexpr,
     PERM: tl.constexpr,
     ORDER: tl.constexpr,
@@ -208,7 +210,10 @@ def _prune_pack_kernel(
         tl.store(scale_ptr + slot, ((k + 127) << 23).to(tl.float32, bitcast=True), mask=rmask)
         inv = ((127 - k) << 23).to(tl.float32, bitcast=True)  # 2^-k: the division is exact
         # ±inf and NaN: the NaN code with the input's own sign (not the product's: a GPU NaN may lose it)
-        x = tl.where(finite, _e4m3(xf * inv[:, None]), 0x7F | ((xb >> 24) & 0x80)).to(tl.uint8)
+        code = _e4m3(xf * inv[:, None])
+        # at the dtype's top scale a code above 240 would dequantise past its range: one code down (fp8.quantize)
+        code = tl.where((k == FP8_TOP)[:, None] & ((code & 0x7F) > 0x77), code - 1, code)
+        x = tl.where(finite, code, 0x7F | ((xb >> 24) & 0x80)).to(tl.uint8)
     if VARIABLE:
         base = bh.to(tl.int64) * val_cap + tl.load(offs_ptr + slot, mask=rmask, other=0)
     else:
@@ -361,6 +366,7 @@ def _cached_plain_launch(
             DEVICE_OFF=device_off,
             WORD=topk and store.word_quota,
             FP8=store.fp8,
+            FP8_TOP=top_exponent(dtype) if store.fp8 else 0,
             NM=store.nm_group if topk else 0,
             PERM=store.nm_group if store.nm_strided else 0,
             ORDER=store.head_order is not None,

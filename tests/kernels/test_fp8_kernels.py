@@ -38,6 +38,22 @@ def test_pack_writes_the_reference_codes(dtype, word):
     assert (stores[0].scales[0, 0, 0] == 1).item() and not stores[0].vals[0, 0, 0].any()
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16, torch.float32])
+def test_pack_takes_codes_past_the_dtype_one_down_as_the_reference_does(dtype):
+    """Tokens at the top of the dtype (codes that would dequantise past its largest finite value) get the
+    reference's codes bit for bit, and the store reads back finite."""
+    top = torch.finfo(dtype).max
+    x = _rows(1, 2, 3, 64, dtype=dtype, seed=8)
+    x[0, 0, 0, :4] = torch.tensor([top, -top, top * 0.97, top * 0.9], dtype=torch.float32).to(dtype)
+    x[0, 1, 2, 7] = top
+    stores = [CompressedStore(1, 2, 64, dtype, "cpu", keep=19, value_dtype="fp8") for _ in "ab"]
+    topk_pack_into(stores[0], x, 19, backend="triton")
+    topk_pack_into(stores[1], x, 19, backend="torch")
+    for name in ("bits", "vals", "scales"):
+        assert torch.equal(getattr(stores[0], name), getattr(stores[1], name)), name
+    assert stores[0].to_dense().isfinite().all()
+
+
 def test_pack_with_a_given_mask_and_static_device_counts():
     x = _rows(2, 2, 6, 64, dtype=torch.float16, seed=2)
     mask = torch.zeros_like(x, dtype=torch.bool)

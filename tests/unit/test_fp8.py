@@ -80,6 +80,33 @@ def test_dequantised_values_are_exact_in_the_model_dtype(dtype):
     assert torch.equal(dequantize(codes, scale, dtype).float(), dequantize(codes, scale, torch.float32))
 
 
+@pytest.mark.parametrize(
+    "dtype,values,want",
+    [
+        # fp16's top scale 2^8: 65504 / 2^8 = 255.875 rounds to the code 256, 65536 = inf in fp16: one code down
+        (
+            torch.float16,
+            [65504.0, -64000.0, 63487.0, 63488.0, 57344.0],
+            [61440.0, -61440.0, 61440.0, 61440.0, 57344.0],
+        ),
+        (torch.bfloat16, [3.3895e38, -3.2e38], [240 * 2.0**120, -240 * 2.0**120]),
+        (torch.float32, [3.4028e38, 3.1e38], [240 * 2.0**120, 3.1e38]),
+    ],
+)
+def test_values_at_the_top_of_the_dtype_stay_finite(dtype, values, want):
+    """Hand-worked: a finite value whose code rounds past the dtype's largest finite value (code · s) takes the
+    next smaller code, 240 · s, within 2^-4 of it; below that scale nothing changes (57344 = 224 · 2^8). Old
+    behaviour: fp16 65504 came back as inf."""
+    x = torch.tensor([values], dtype=dtype)
+    codes, scale = quantize(x)
+    back = dequantize(codes, scale, dtype)
+    assert back.isfinite().all()
+    got = back.float().tolist()[0]
+    assert got[: len(want) - 1] == [float(torch.tensor(w, dtype=dtype)) for w in want[:-1]]
+    assert abs(got[-1] - want[-1]) <= 2.0**-4 * abs(want[-1])
+    assert ((back.float() - x.float()).abs() <= 2.0**-4 * x.float().abs()).all()
+
+
 def test_the_scale_covers_only_the_kept_entries():
     x = torch.tensor([[1000.0, 3.0, -2.0, 0.5]])
     kept = torch.tensor([[False, True, True, True]])
