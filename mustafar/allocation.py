@@ -100,6 +100,18 @@ def _allocate_row(e: torch.Tensor, budget: int, lo: int, hi: int) -> torch.Tenso
     return keeps.long()
 
 
+def _check_finite(err: torch.Tensor, side: str, dims: tuple[str, ...]) -> None:
+    """Refuse errors no allocation can rank: a NaN comes from a prompt holding non-finite keys or values (an fp16
+    overflow), and keeps spread by it would be arbitrary."""
+    bad = (~err.isfinite()).nonzero()
+    if len(bad):
+        at = ", ".join(f"{d} {i}" for d, i in zip(dims, bad[0].tolist()))
+        raise ValueError(
+            f"kv.allocation: the {side.upper()} prefill pruning error at {at} is {err[tuple(bad[0])].item()} "
+            "(non-finite keys or values in the prompt); the allocation needs finite errors"
+        )
+
+
 class Allocator:
     """Collects every layer's prefill errors, decides the keeps, then lets each layer prune its prompt."""
 
@@ -139,10 +151,14 @@ class Allocator:
             lo = min(exact_keep(head_dim, MAX_SPARSITY), budget)
             if self.policy.allocation == "error":
                 err = relative_error(dropped.sum(-1), total.sum(-1))  # [B, L]
+                _check_finite(err, side, ("row", "layer"))
                 keeps = allocate_keeps(err, budget, lo, head_dim).unsqueeze(-1).expand(b, n_layers, heads)
             else:
-                err = relative_error(dropped, total).reshape(b, n_layers * heads)
-                keeps = allocate_keeps(err, budget, lo, head_dim).view(b, n_layers, heads)
+                err = relative_error(dropped, total)
+                _check_finite(err, side, ("row", "layer", "KV head"))
+                keeps = allocate_keeps(err.reshape(b, n_layers * heads), budget, lo, head_dim).view(
+                    b, n_layers, heads
+                )
             self.keeps[side] = keeps.contiguous()
         self.decided = True
         for i, layer in enumerate(self.layers):

@@ -273,10 +273,12 @@ def _check_keeps_one(policy: KVConfig, side: str, d: int) -> None:
     else:
         count, largest = exact_keep, 1 - 0.5 / n
     unit = f"each channel's {n}-token group" if per_channel else f"head_dim={d}"
-    for s in getattr(policy, f"{side}_layer_sparsity") or (rule.sparsity,):
+    layers = getattr(policy, f"{side}_layer_sparsity")
+    for i, s in enumerate(layers or (rule.sparsity,)):
         if count(n, s) < 1:
+            key = f"kv.{side}_layer_sparsity[{i}]" if layers else f"kv.{side}_sparsity"
             raise ConfigError(
-                f"kv.{side}_sparsity={s:g} keeps {count(n, s)} of {unit} under {policy.keep_rule_key(side)}="
+                f"{key}={s:g} keeps {count(n, s)} of {unit} under {policy.keep_rule_key(side)}="
                 f"{keep_rule!r}: nothing would be kept; use a sparsity of at most {math.floor(largest * 1e4) / 1e4:g}"
             )
 

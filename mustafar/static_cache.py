@@ -676,7 +676,9 @@ class StaticMustafarCache(MustafarCache):
     def __init__(self, policy: KVConfig, num_layers: int, capacity: int, head_dim: int):
         if capacity <= 0:
             raise ValueError(f"capacity must be positive, got {capacity}")
-        reason = unsupported_reason(policy, 1) if policy.evict != "none" else None
+        # what the constructor itself cannot honour (the rest is the caller's check: prompt lengths, padding)
+        fixed = policy.evict != "none" or (policy.allocation != "uniform" and not policy.dense)
+        reason = unsupported_reason(policy, 1) if fixed else None
         if reason:
             raise ValueError(f"no static cache for this policy: {reason}")
         if policy.dense:

@@ -136,6 +136,40 @@ def test_error_allocation_of_three_layers_equals_the_rule_computed_by_hand(mode)
     assert stats.k_kept == 3 * n * budget  # the mean kept count is the uniform budget
 
 
+@pytest.mark.parametrize(
+    "allocation, where", [("error", "row 0, layer 1"), ("error_head", "row 0, layer 1, KV head 0")]
+)
+def test_a_non_finite_prompt_is_named_not_allocated(allocation, where):
+    """A prompt whose keys overflowed (tokens of inf) gives a NaN pruning error: no ranking of the layers follows
+    from it, so the allocation names where it is instead of spreading the budget by it."""
+    policy = KVConfig(k_sparsity=0.75, allocation=allocation, window=4)
+    keys = three_layer_prompt([10.0, 5.0, 1.0])
+    keys[1][0, 0, 2] = float("inf")
+    cache = MustafarCache(policy, num_layers=3)
+    for layer, k in zip(cache.layers, keys):
+        layer.bound = True
+        layer.update(k.clone(), k.clone())
+    with pytest.raises(ValueError, match=f"K prefill pruning error at {where} is nan"):
+        for layer in cache.layers:
+            layer.after_attention(Observation(q_len=k.shape[2]))
+
+
+def test_a_layer_list_entry_that_keeps_nothing_is_named():
+    from mustafar.attention import check_keep_rules
+
+    with pytest.raises(ConfigError, match=r"kv.k_layer_sparsity\[0\]=0.999 keeps 0 of head_dim=64"):
+        check_keep_rules(KVConfig(k_layer_sparsity=[0.999, 0.5]), 64)
+
+
+def test_static_cache_refuses_an_allocation_it_cannot_make():
+    from mustafar.static_cache import StaticMustafarCache
+
+    for allocation in ("error", "error_head"):
+        with pytest.raises(ValueError, match=f"kv.allocation={allocation}"):
+            StaticMustafarCache(KVConfig(k_sparsity=0.5, allocation=allocation), 2, 64, 64)
+    StaticMustafarCache(KVConfig(allocation="error"), 2, 64, 64)  # dense: nothing to allocate
+
+
 def test_layer_lists_validate_and_set_the_mean():
     policy = KVConfig(k_layer_sparsity=[0.5, 0.9], v_layer_sparsity=(0.7, 0.3))
     assert policy.k_layer_sparsity == (0.5, 0.9) and policy.k_sparsity == pytest.approx(0.7)
