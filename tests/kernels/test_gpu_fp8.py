@@ -40,11 +40,14 @@ def _store(rows, keep, fp8=True, word=True, **kw):
 def test_pack_on_gpu_matches_the_reference_bitwise(dtype, word):
     rows = torch.randn(2, 3, 333, 128, device="cuda", dtype=dtype) * 5
     rows[0, 0, 7] = 0
+    rows[1, 2, 9, :3] = torch.finfo(dtype).max  # codes past the dtype's range go one down (fp8.quantize)
+    rows[1, 2, 10, 5] = -torch.finfo(dtype).max
     a = _store(rows, 38, word=word)
     b = CompressedStore(2, 3, 128, dtype, "cuda", 38, word_quota=word, value_dtype="fp8")
     topk_pack_into(b, rows, 38, backend="torch")
     for name in ("bits", "vals", "scales"):
         assert torch.equal(getattr(a, name)[:, :, :333], getattr(b, name)[:, :, :333]), name
+    assert a.to_dense()[1, 2, 9:11].isfinite().all()
 
 
 CASES = {  # id -> (head_dim, sparsity, K fp8, V fp8)
