@@ -100,15 +100,17 @@ def _allocate_row(e: torch.Tensor, budget: int, lo: int, hi: int) -> torch.Tenso
     return keeps.long()
 
 
-def _check_finite(err: torch.Tensor, side: str, dims: tuple[str, ...]) -> None:
-    """Refuse errors no allocation can rank: a NaN comes from a prompt holding non-finite keys or values (an fp16
-    overflow), and keeps spread by it would be arbitrary."""
-    bad = (~err.isfinite()).nonzero()
+def _check_finite(dropped: torch.Tensor, total: torch.Tensor, side: str, dims: tuple[str, ...]) -> None:
+    """Refuse error terms no allocation can rank: an inf or NaN among a unit's prompt keys or values (an fp16
+    overflow) makes its sums non-finite, and the ratio would read 0 or NaN, so keeps spread by it would be
+    arbitrary. The sums are checked, not the ratio: one inf entry leaves the dropped sum finite and the ratio 0."""
+    bad = (~(dropped.isfinite() & total.isfinite())).nonzero()
     if len(bad):
         at = ", ".join(f"{d} {i}" for d, i in zip(dims, bad[0].tolist()))
         raise ValueError(
-            f"kv.allocation: the {side.upper()} prefill pruning error at {at} is {err[tuple(bad[0])].item()} "
-            "(non-finite keys or values in the prompt); the allocation needs finite errors"
+            f"kv.allocation: the {side.upper()} prefill pruning error at {at} is not finite (squared sum of the "
+            f"prompt {total[tuple(bad[0])].item()}): non-finite keys or values in the prompt; the allocation "
+            "needs finite errors"
         )
 
 
@@ -150,12 +152,12 @@ class Allocator:
             budget = self.uniform_keep(side, head_dim)
             lo = min(exact_keep(head_dim, MAX_SPARSITY), budget)
             if self.policy.allocation == "error":
+                _check_finite(dropped.sum(-1), total.sum(-1), side, ("row", "layer"))
                 err = relative_error(dropped.sum(-1), total.sum(-1))  # [B, L]
-                _check_finite(err, side, ("row", "layer"))
                 keeps = allocate_keeps(err, budget, lo, head_dim).unsqueeze(-1).expand(b, n_layers, heads)
             else:
+                _check_finite(dropped, total, side, ("row", "layer", "KV head"))
                 err = relative_error(dropped, total)
-                _check_finite(err, side, ("row", "layer", "KV head"))
                 keeps = allocate_keeps(err.reshape(b, n_layers * heads), budget, lo, head_dim).view(
                     b, n_layers, heads
                 )

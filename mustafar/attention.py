@@ -110,7 +110,7 @@ def mustafar_attention(
     return out, None
 
 
-def evicted_mask(layer: MustafarLayer, heads_q: int, q_len: int, window: int | None) -> torch.Tensor:
+def evicted_mask(layer: MustafarLayer, heads_q: int, q_len: int, window: int | None) -> torch.Tensor | None:
     """The attention mask of the last ``q_len`` cached columns once eviction compacted the cache, boolean
     [B, 1 or H_q, q_len, T]: each row's columns from its pads on (eviction right-aligned the survivors, so a row's
     pads changed), causal, and on a sliding-window layer only survivors whose column before eviction lies within
@@ -118,14 +118,19 @@ def evicted_mask(layer: MustafarLayer, heads_q: int, q_len: int, window: int | N
 
     transformers builds the decode mask from the prompt's padding and counts the window in cache columns; both
     moved with the survivors. ``mustafar.generate`` hands it the compacted padding, ``model.generate`` does not,
-    so the mask is rebuilt here from what the layer recorded, the same for either."""
+    so the mask is rebuilt here from what the layer recorded, the same for either. None where a decode step sees
+    every column (no pads, no window): the sparse decode kernel then runs without a mask and without a sync."""
     cols = layer.survivor_cols  # [B, H_kv, n]
     b, h_kv, n = cols.shape
+    padded = layer.pads is not None and any(layer.pads)
+    if q_len == 1 and not padded and not window:
+        return None
     t = layer.get_seq_length()
     col = torch.arange(t, device=cols.device)
     query = col[t - q_len :]
-    pads = torch.tensor(layer.pads or [0] * b, device=cols.device).view(b, 1, 1, 1)
-    visible = (col.view(1, 1, 1, t) >= pads) & (col.view(1, 1, 1, t) <= query.view(1, 1, q_len, 1))
+    visible = col.view(1, 1, 1, t) <= query.view(1, 1, q_len, 1)
+    if padded:
+        visible = visible & (col.view(1, 1, 1, t) >= layer.pad_columns.view(b, 1, 1, 1))
     if not window:
         return visible
     later = col[n:].view(1, 1, -1).expand(b, h_kv, -1)

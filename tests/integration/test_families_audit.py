@@ -295,6 +295,27 @@ def test_decode_after_eviction_keeps_each_local_layers_window_in_original_positi
     torch.testing.assert_close(ours_logits, torch.stack(logits), rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["mistral", "gemma3"])
+@pytest.mark.parametrize("mode", ["mask", "compressed"])
+def test_a_padded_batch_after_eviction_decodes_each_row_as_alone_on_sliding_layers(arch, mode):
+    """Prompts of 64, 45 and 20 tokens (the last within the budget, so it gets new pads after eviction), left-padded
+    into one batch: `mustafar.generate` and `model.generate` both give every row the tokens it gets alone (which
+    the test above checks against the reference), on models with 16-token sliding-window layers."""
+    model, policy = family_model(arch), KVConfig(evict="snapkv", token_budget=30, evict_window=8, mode=mode)
+    rows = prompts([64, 45, 20], seed=9)
+    alone = [mustafar.generate(model, policy, [p], 5, min_new_tokens=5)[0].tokens for p in rows]
+    assert [r.tokens for r in mustafar.generate(model, policy, rows, 5, min_new_tokens=5)] == alone
+    width = max(map(len, rows))
+    ids = torch.tensor([[0] * (width - len(p)) + p for p in rows])
+    mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in rows])
+    with mustafar.prune(model, policy) as cache, torch.inference_mode():
+        out = model.generate(
+            ids, attention_mask=mask, max_new_tokens=5, min_new_tokens=5, do_sample=False, pad_token_id=0,
+            **cache_kwargs(model, cache),
+        )  # fmt: skip
+    assert out[:, width:].tolist() == alone
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # two modes behind one interface: every policy family, left-padded batches
 

@@ -24,6 +24,9 @@ pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(),
 def _rows(b, h, t, d, dtype, data):
     if data == "ties":
         return (torch.randint(-3, 4, (b, h, t, d), device="cuda") * 0.5).to(dtype)
+    if data == "rising":  # scores that keep rising along the sequence: the lazy max moves on later tiles too
+        ramp = torch.linspace(1, 12, t, device="cuda").view(1, 1, t, 1)
+        return (torch.randn(b, h, t, d, device="cuda") * ramp).to(dtype)
     return torch.randn(b, h, t, d, device="cuda", dtype=dtype)
 
 
@@ -88,7 +91,7 @@ CASES = {  # id -> (head_dim, k_keep, v_keep)
 }
 
 
-@pytest.mark.parametrize("data", ["gauss", "ties"])
+@pytest.mark.parametrize("data", ["gauss", "ties", "rising"])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("case", list(CASES))
 def test_scatter_decode_matches_reference_on_gpu(poison, case, dtype, data):

@@ -136,20 +136,25 @@ def test_error_allocation_of_three_layers_equals_the_rule_computed_by_hand(mode)
     assert stats.k_kept == 3 * n * budget  # the mean kept count is the uniform budget
 
 
+@pytest.mark.parametrize("bad", ["token inf", "entry inf", "entry nan"])
 @pytest.mark.parametrize(
     "allocation, where", [("error", "row 0, layer 1"), ("error_head", "row 0, layer 1, KV head 0")]
 )
-def test_a_non_finite_prompt_is_named_not_allocated(allocation, where):
-    """A prompt whose keys overflowed (tokens of inf) gives a NaN pruning error: no ranking of the layers follows
-    from it, so the allocation names where it is instead of spreading the budget by it."""
+def test_a_non_finite_prompt_is_named_not_allocated(allocation, where, bad):
+    """A prompt whose keys overflowed (a token of inf, one inf entry, one NaN) has non-finite error terms: no
+    ranking of the layers follows from them (one inf entry would read as error 0, as the top-k keeps it), so the
+    allocation names where they are instead of spreading the budget by them."""
     policy = KVConfig(k_sparsity=0.75, allocation=allocation, window=4)
     keys = three_layer_prompt([10.0, 5.0, 1.0])
-    keys[1][0, 0, 2] = float("inf")
+    if bad == "token inf":
+        keys[1][0, 0, 2] = float("inf")
+    else:
+        keys[1][0, 0, 2, 3] = float("inf") if bad == "entry inf" else float("nan")
     cache = MustafarCache(policy, num_layers=3)
     for layer, k in zip(cache.layers, keys):
         layer.bound = True
         layer.update(k.clone(), k.clone())
-    with pytest.raises(ValueError, match=f"K prefill pruning error at {where} is nan"):
+    with pytest.raises(ValueError, match=f"K prefill pruning error at {where} is not finite"):
         for layer in cache.layers:
             layer.after_attention(Observation(q_len=k.shape[2]))
 
