@@ -20,6 +20,7 @@ _HOME = {
     "ConfigError": "mustafar.config",
     "KVConfig": "mustafar.config",
     "MustafarCache": "mustafar.cache",
+    "UnattachedCacheError": "mustafar.cache",
     "attach": "mustafar.attention",
     "generate": "mustafar.generation",
     "prune": "mustafar.api",

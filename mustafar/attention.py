@@ -329,6 +329,32 @@ def _check_store_orders(policy: KVConfig, model: torch.nn.Module) -> None:
         _check_store_order(k, v, decoder_for(q, k, v))
 
 
+def _routing(config, decoder_config) -> tuple[str | dict, str | dict]:
+    """(what routes the decoder's attention through mustafar, what restores every implementation after).
+
+    A plain decoder's config is the model's own: one name for both. A multi-part model (e.g. Gemma-3's vision and
+    language parts) keeps its other parts on their own implementations (a vision tower routed here would fail on an
+    image prompt), so only the sub-config the decoder reads is named, and each part's implementation is restored."""
+    if decoder_config is config or not getattr(config, "sub_configs", None):
+        return ATTN_NAME, config._attn_implementation
+
+    def current(cfg) -> str | dict:
+        subs = {key: current(sub) for key in cfg.sub_configs if (sub := getattr(cfg, key, None)) is not None}
+        return {"": cfg._attn_implementation, **subs} if subs else cfg._attn_implementation
+
+    def path_to(cfg) -> dict | None:
+        for key in cfg.sub_configs:
+            sub = getattr(cfg, key, None)
+            if sub is decoder_config:
+                return {key: ATTN_NAME}
+            if sub is not None and getattr(sub, "sub_configs", None) and (inner := path_to(sub)) is not None:
+                return {key: inner}
+        return None
+
+    route = path_to(config)
+    return (ATTN_NAME if route is None else route), current(config)
+
+
 @contextmanager
 def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCache]:
     """Route the model's attention through mustafar and bind each layer of `cache` for the duration."""
@@ -336,17 +362,17 @@ def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCac
     if cache.policy.mode == "compressed":
         refusal = compressed_refusal(model.config, type(model).__name__, str(model.device))
         if refusal:
-            raise ValueError(refusal)
+            raise ConfigError(refusal)
     check_keep_rules(cache.policy, head_dim(model.config))
     _check_store_orders(cache.policy, model)
-    previous = model.config._attn_implementation
     modules = attention_modules(model)
+    route, previous = _routing(model.config, getattr(modules[0], "config", model.config))
     if len(cache.layers) < len(modules):
         raise ValueError(
             f"cache has {len(cache.layers)} layers but the model has {len(modules)} attention modules"
         )
     outer = {m: getattr(m, _BOUND, None) for m in modules}  # an enclosing attach's layers (nested blocks)
-    model.set_attn_implementation(ATTN_NAME)
+    model.set_attn_implementation(route)
     for m in modules:
         if outer[m] is not None:
             outer[m].bound = False

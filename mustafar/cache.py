@@ -133,8 +133,20 @@ class MustafarLayer(DynamicLayer):
                 "running in between: the cache is used by a model it is not attached to (attach it to that model "
                 "with `mustafar.prune(model, ...)` or `mustafar.attach(model, cache)`), or an earlier call failed"
             )
+        if self.pads is not None and not self.is_initialized:  # the prompt the declared pads belong to
+            self._check_pads(key_states.shape[0], key_states.shape[2])
         self.awaiting = True
         return super().update(key_states, value_states, *args, **kwargs)
+
+    def _check_pads(self, batch: int, length: int) -> None:
+        if len(self.pads) != batch:
+            raise ValueError(f"set_padding declared {len(self.pads)} pad counts for a batch of {batch} rows")
+        row = next((i for i, p in enumerate(self.pads) if p >= length), None)
+        if row is not None:
+            raise ValueError(
+                f"set_padding declared {self.pads[row]} pad columns for row {row} of a {length}-token prompt: "
+                "every row needs at least one real token"
+            )
 
     @property
     def pruned_any(self) -> bool:
@@ -451,6 +463,8 @@ class CacheStats:
 
     @property
     def k_sparsity(self) -> float | None:
+        """1 − kept / judged of K; None while K has judged no token (it prunes nothing, or the prompt is still
+        inside the window): result rows record that as 0."""
         return 1 - self.k_kept / self.k_judged if self.k_judged else None
 
     @property

@@ -36,6 +36,69 @@ def test_attach_restores_the_model(tiny_llama):
     assert not any(hasattr(m, "_mustafar_layer") for m in tiny_llama.modules())
 
 
+def test_attach_routes_only_a_multi_part_models_decoder():
+    """A vision-language model (Gemma-3's layout, tiny): inside the block only the language part runs mustafar
+    attention, so an image prompt still goes through the vision tower's own; after it every part has its own
+    implementation back and the logits are the untouched model's. Old behaviour: the vision tower was routed too
+    (an image prompt failed) and the language part came back as the top-level implementation (sdpa, not eager)."""
+    from transformers import Gemma3Config, Gemma3ForConditionalGeneration
+
+    import mustafar
+
+    text = dict(vocab_size=300, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                num_key_value_heads=2, head_dim=32, max_position_embeddings=512, sliding_window=16,
+                layer_types=["sliding_attention", "full_attention"])  # fmt: skip
+    vision = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2, image_size=28,
+                  patch_size=14)  # fmt: skip
+    torch.manual_seed(0)
+    config = Gemma3Config(text_config=text, vision_config=vision, mm_tokens_per_image=4, image_token_index=299,
+                          boi_token_index=297, eoi_token_index=298)  # fmt: skip
+    model = Gemma3ForConditionalGeneration(config).eval()
+    model.set_attn_implementation({"text_config": "eager", "vision_config": "sdpa"})
+
+    def parts() -> tuple[str, str]:
+        return model.config.text_config._attn_implementation, model.config.vision_config._attn_implementation
+
+    ids = torch.randint(1, 290, (1, 40), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        before = model(input_ids=ids).logits
+    image = torch.cat([ids[:, :10], torch.full((1, 4), 299), ids[:, 10:]], dim=1)
+    with mustafar.prune(model, k_sparsity=0.5) as cache:
+        assert parts() == ("mustafar", "sdpa")
+        model.generate(input_ids=image, pixel_values=torch.randn(1, 3, 28, 28), max_new_tokens=2, do_sample=False,
+                       pad_token_id=0, past_key_values=cache)  # fmt: skip
+    assert parts() == ("eager", "sdpa")
+    with torch.no_grad():
+        assert torch.equal(model(input_ids=ids).logits, before)
+
+
+@pytest.mark.parametrize(
+    "pads, named",
+    [([60], "60 pad columns for row 0 of a 50-token prompt"), ([0, 0, 0], "3 pad counts for a batch of 1")],
+)
+def test_declared_pads_must_fit_the_prompt(tiny_llama, pads, named):
+    """`MustafarCache.set_padding` is checked against the prompt it is declared for: too many pads for a row left
+    it unpruned with negative byte counts, a wrong row count failed in a reshape."""
+    cache = new_cache(tiny_llama, KVConfig(k_sparsity=0.5))
+    cache.set_padding(pads)
+    with attach(tiny_llama, cache), torch.inference_mode(), pytest.raises(ValueError, match=named):
+        tiny_llama(input_ids=torch.randint(3, 200, (1, 50)), use_cache=True, past_key_values=cache)
+
+
+def test_compressed_mode_on_a_model_it_cannot_run_is_a_config_error(tiny_llama, monkeypatch):
+    """What `mustafar.prune` refuses for the model (here: the kernels' head_dims) is a ConfigError, as the README
+    says of bad policies."""
+    import mustafar
+    from mustafar.config import ConfigError
+
+    monkeypatch.setattr(tiny_llama.config, "head_dim", 48)
+    with (
+        pytest.raises(ConfigError, match="head_dim"),
+        mustafar.prune(tiny_llama, k_sparsity=0.5, mode="compressed"),
+    ):
+        pass
+
+
 def reference_pruned(k: torch.Tensor, n_pruned: int, keep: int) -> torch.Tensor:
     """Zero all but the `keep` largest |k| (ties to the lower index) of each of the first n_pruned tokens."""
     out = k.clone()

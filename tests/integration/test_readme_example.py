@@ -46,6 +46,7 @@ def test_public_api_is_small_and_complete():
         "ConfigError",
         "KVConfig",
         "MustafarCache",
+        "UnattachedCacheError",
         "attach",
         "generate",
         "prune",
