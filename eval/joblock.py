@@ -10,9 +10,17 @@ before the last boot; or when its heartbeat stopped for STALE_AFTER_S (a killed 
 PID cannot be checked from here). A lock written before locks carried the process start is stale when it was
 written before the process now holding its PID started.
 
-Two sweeps that find the same stale lock in the same instant can both take it over; that needs two restarts within
-microseconds of each other. Release and heartbeat touch the file only while its token is ours, so an owner whose
-lock was taken over (judged stale: its heartbeat had stopped) never removes or refreshes its successor's.
+On this host a live owner (its PID runs and is the process that wrote the lock) holds the lock however old its
+heartbeat (a stopped or suspended sweep still owns its job); the heartbeat age decides only for another host's
+owner. A lock is written whole before it appears (a temporary file hard-linked into place), so an unreadable lock
+is a writer that died mid-write (or one older format): stale after UNREADABLE_STALE_S.
+
+Taking over a stale lock happens under a second, short-lived lock (``job.lock.takeover``, created exclusively):
+its holder checks again that the lock is stale, removes it and creates its own, so two sweeps that find the same
+stale lock at once cannot both take it over (the second one then finds the first one's live lock). A takeover
+lock older than TAKEOVER_STALE_S (a takeover takes milliseconds) is a dead taker's and is removed. Release and
+heartbeat touch the file only while its token is ours, so an owner whose lock was taken over (judged stale: its
+heartbeat had stopped, on another host) never removes or refreshes its successor's.
 """
 
 from __future__ import annotations
@@ -36,6 +44,8 @@ STALE_AFTER_S = 600.0  # twenty missed heartbeats: the owner is gone (or stuck b
 # an old-format lock (no process start) written this long before its PID's process started is another process's;
 # the slack covers a wall-clock step between writing the lock and reading it
 CLOCK_SLACK_S = 60.0
+UNREADABLE_STALE_S = 10.0  # an unreadable lock this old is a writer that died mid-write
+TAKEOVER_STALE_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -103,14 +113,15 @@ def live_owner(path: Path) -> LockOwner | None:
         beat = path.stat().st_mtime
     except FileNotFoundError:
         return None
-    if time.time() - beat > STALE_AFTER_S:
-        return None
+    age = time.time() - beat
     owner = read_owner(path)
-    if owner is None:  # being written this instant
-        return LockOwner(-1, "unknown", beat)
-    if owner.host == platform.node() and _gone_here(owner):
-        return None
-    return owner
+    if (
+        owner is None
+    ):  # unreadable: being written this instant (an older writer), or its writer died mid-write
+        return None if age > UNREADABLE_STALE_S else LockOwner(-1, "unknown", beat)
+    if owner.host == platform.node():  # checked directly, whatever the heartbeat's age
+        return None if _gone_here(owner) else owner
+    return None if age > STALE_AFTER_S else owner
 
 
 class JobLock:
@@ -124,22 +135,62 @@ class JobLock:
 
     def acquire(self) -> bool:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        for _ in range(2):  # a second try after removing a stale lock
+        record = _record()
+        if not self._create(record):
+            if live_owner(self.path) is not None or not self._take_over(record):
+                return False
+        self.held, self.token = True, record["token"]
+        self._stop.clear()
+        threading.Thread(target=self._heartbeat, name="mustafar-lock-heartbeat", daemon=True).start()
+        return True
+
+    def _create(self, record: dict[str, Any]) -> bool:
+        """Put `record` in place as the lock, whole, unless a lock exists (a temporary file linked to the lock's
+        name: never seen empty or half written)."""
+        tmp = self.path.with_name(f"{LOCK_NAME}.{record['token']}.tmp")
+        tmp.write_text(json.dumps(record) + "\n", encoding="utf-8")
+        try:
+            os.link(tmp, self.path)
+            return True
+        except FileExistsError:
+            return False
+        except OSError:  # a filesystem without hard links: exclusive create, then write (briefly empty)
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
-                if live_owner(self.path) is not None:
-                    return False
-                self.path.unlink(missing_ok=True)  # stale: its owner died without releasing it
-                continue
-            record = _record()
+                return False
             with os.fdopen(fd, "w", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
-            self.held, self.token = True, record["token"]
-            self._stop.clear()
-            threading.Thread(target=self._heartbeat, name="mustafar-lock-heartbeat", daemon=True).start()
             return True
-        return False
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def _take_over(self, record: dict[str, Any]) -> bool:
+        """Replace a stale lock under the takeover lock: False when another process holds either."""
+        guard = self.path.with_name(LOCK_NAME + ".takeover")
+        try:
+            if time.time() - guard.stat().st_mtime > TAKEOVER_STALE_S:
+                guard.unlink(missing_ok=True)  # a taker that died mid-takeover
+        except FileNotFoundError:
+            pass
+        try:
+            os.close(os.open(guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            return False  # another process is taking it over this instant
+        try:
+            if live_owner(self.path) is not None:  # taken over (or released and retaken) since we looked
+                return False
+            stale = read_owner(self.path)
+            self.path.unlink(missing_ok=True)
+            if not self._create(record):
+                return False
+            warn(
+                f"{self.path}: took over the stale lock of "
+                f"{stale.describe() if stale else 'a writer that died mid-write'}"
+            )
+            return True
+        finally:
+            guard.unlink(missing_ok=True)
 
     def _ours(self, owner: LockOwner | None) -> bool:
         return owner is not None and owner.token == self.token

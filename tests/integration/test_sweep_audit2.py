@@ -111,7 +111,10 @@ def test_a_stale_lock_of_our_pid_does_not_block_the_job(done_job, tmp_path, caps
 def test_releasing_a_lock_taken_over_keeps_the_new_owners_lock(tmp_path, capsys):
     first = JobLock(tmp_path)
     assert first.acquire()
-    age(first.path, STALE_AFTER_S + 60)  # its heartbeat stopped (a stuck process): judged stale
+    # as if held from another node whose heartbeat stopped (a lock of this host is judged by its process)
+    record = json.loads(first.path.read_text())
+    first.path.write_text(json.dumps({**record, "host": "another-node"}))
+    age(first.path, STALE_AFTER_S + 60)
     second = JobLock(tmp_path)
     assert second.acquire()
     first.release()

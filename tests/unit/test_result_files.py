@@ -133,17 +133,91 @@ def age(path, seconds: float) -> None:
     os.utime(path, (then, then))
 
 
-@pytest.mark.parametrize("content", ["", json.dumps({"pid": 1, "host": "elsewhere", "started": 0.0})])
-def test_lock_is_trusted_while_its_heartbeat_is_fresh_and_taken_over_after(tmp_path, content):
-    """Another node's PID cannot be checked (a killed SLURM job); a half-written file may be mid-write."""
+def test_another_hosts_lock_is_trusted_while_its_heartbeat_is_fresh_and_taken_over_after(tmp_path, capsys):
+    """Another node's PID cannot be checked (a killed SLURM job): its heartbeat decides; the takeover is said."""
     lock_file = tmp_path / LOCK_NAME
-    lock_file.write_text(content)
+    lock_file.write_text(json.dumps({"pid": 1, "host": "elsewhere", "started": 0.0}))
     age(lock_file, STALE_AFTER_S - 60)
     assert not JobLock(tmp_path).acquire()
     age(lock_file, STALE_AFTER_S + 60)
     lock = JobLock(tmp_path)
     assert lock.acquire()
+    assert "took over the stale lock of pid 1 on elsewhere" in capsys.readouterr().err
     lock.release()
+
+
+def test_an_unreadable_lock_blocks_only_while_it_could_be_mid_write(tmp_path):
+    """Locks are written whole before they appear, so an empty one is a writer that died mid-write (or an older
+    format being written): it blocked its job for ten minutes, now for UNREADABLE_STALE_S."""
+    from eval.joblock import UNREADABLE_STALE_S
+
+    lock_file = tmp_path / LOCK_NAME
+    lock_file.write_text("")
+    assert not JobLock(tmp_path).acquire()
+    age(lock_file, UNREADABLE_STALE_S + 5)
+    lock = JobLock(tmp_path)
+    assert lock.acquire()
+    assert read_owner_pid(lock.path) == os.getpid()
+    lock.release()
+
+
+def read_owner_pid(path) -> int:
+    return json.loads(path.read_text())["pid"]
+
+
+def test_a_live_owner_on_this_host_keeps_its_lock_however_old_its_heartbeat(tmp_path):
+    """A stopped (SIGSTOP) or suspended sweep still owns its job: another sweep must not compute it beside it."""
+    proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        lock_file = tmp_path / LOCK_NAME
+        from mustafar.procs import boot_id, pid_start
+
+        lock_file.write_text(json.dumps({"pid": proc.pid, "host": platform.node(), "started": time.time() - 7200,
+                                         "token": "t", "boot_id": boot_id(), "pid_start": pid_start(proc.pid)}))  # fmt: skip
+        age(lock_file, STALE_AFTER_S * 3)
+        assert live_owner(lock_file).pid == proc.pid
+        assert not JobLock(tmp_path).acquire()
+    finally:
+        proc.kill()
+        proc.wait()
+    assert JobLock(tmp_path).acquire()  # its owner is gone now
+
+
+def _race(folder: str, start: float, out) -> None:
+    lock = JobLock(folder)
+    while time.time() < start:
+        pass
+    got = lock.acquire()
+    time.sleep(0.05)  # hold it while the other one tries
+    out.put(got)
+    if got:
+        lock.release()
+
+
+def test_two_sweeps_racing_for_one_stale_lock_never_both_take_it(tmp_path):
+    """Two processes released at the same instant onto a lock of a dead process: one takes it over, the other
+    finds the new owner's lock. Old behaviour: both took it in about 7 % of such races."""
+    import multiprocessing as mp
+
+    from mustafar.procs import boot_id
+
+    ctx = mp.get_context("fork")
+    dead = ctx.Process(target=int)
+    dead.start()
+    dead.join()
+    for trial in range(30):
+        folder = tmp_path / str(trial)
+        folder.mkdir()
+        (folder / LOCK_NAME).write_text(json.dumps({"pid": dead.pid, "host": platform.node(), "started": time.time(),
+                                                     "token": "x", "boot_id": boot_id(), "pid_start": 1}))  # fmt: skip
+        out, start = ctx.Queue(), time.time() + 0.05
+        racers = [ctx.Process(target=_race, args=(str(folder), start, out)) for _ in range(2)]
+        for r in racers:
+            r.start()
+        for r in racers:
+            r.join()
+        got = [out.get() for _ in racers]
+        assert got.count(True) == 1, f"trial {trial}: {got}"
 
 
 def test_held_lock_keeps_beating(tmp_path, monkeypatch):
