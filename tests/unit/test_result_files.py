@@ -25,7 +25,7 @@ def good_result(job_id: str = JOB) -> dict:
         "schema": SCHEMA_VERSION,
         "job_id": job_id,
         "identity": {},
-        "rows": [{"task": "vt", "value": 1.0}],
+        "rows": [{"run_id": job_id, "task": "vt", "value": 1.0}],
     }
 
 
@@ -40,6 +40,13 @@ def good_result(job_id: str = JOB) -> dict:
         (json.dumps({**good_result(), "schema": SCHEMA_VERSION + 1}), f"has schema={SCHEMA_VERSION + 1}"),
         (json.dumps(good_result("other_job")), "belongs to job 'other_job'"),
         (json.dumps({**good_result(), "rows": None}), "has no list of rows"),
+        # rows a table would drop without a word (it groups by run_id) or could not read
+        (json.dumps({**good_result(), "rows": [{"task": "vt", "value": 1.0}]}), "row 0 belongs to run None"),
+        (json.dumps({**good_result(), "rows": [{"run_id": "x", "value": 1.0}]}), "row 0 belongs to run 'x'"),
+        (
+            json.dumps({**good_result(), "rows": [{"run_id": JOB, "foo": 1}]}),
+            "row 0 has fields no result row has",
+        ),
     ],
 )
 def test_invalid_result_is_refused_naming_the_file(tmp_path, content, message):
