@@ -431,6 +431,7 @@ class Job:
             "benchmark": bench.name,
             "benchmark_length": registry.length_of(self.benchmark),
             "benchmark_config": self.benchmark,
+            "model_config": self.identity["model"],
             **stats.measured(self.policy.mode),
             "device": device,
             "host": platform.node(),

@@ -97,6 +97,9 @@ class ResultRow:
     k_judged: int | None = None
     v_judged: int | None = None
     model_arch: str | None = None  # the decoder's family (model.arch names); None in older rows
+    # the job's model config (its identity's `model`): the knobs no other column holds (chat_template, seed,
+    # tokenizer, a random model's sizes) tell jobs apart in tables as `model.<key>`; None in older rows
+    model_config: dict[str, Any] | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ResultRow:
@@ -129,6 +132,31 @@ def benchmark_columns(df: pd.DataFrame) -> pd.DataFrame:
     out = pd.DataFrame(index=df.index)
     for key in keys:
         out[f"benchmark.{key}"] = [_text(c.get(key)) for c in configs]
+    return out
+
+
+# model config keys other columns already show (model, model_path, dtype)
+SHOWN_MODEL_KEYS = ("name", "path", "dtype")
+
+
+def model_columns(df: pd.DataFrame) -> pd.DataFrame:
+    """`model.<key>` columns flattened out of model_config (nested dicts as `model.<key>.<sub>`), but for the keys
+    other columns show."""
+    configs = [_flat(c) if isinstance(c, dict) else {} for c in df["model_config"]]
+    keys = list(dict.fromkeys(k for c in configs for k in c if k not in SHOWN_MODEL_KEYS))
+    out = pd.DataFrame(index=df.index)
+    for key in keys:
+        out[f"model.{key}"] = [_text(c.get(key)) for c in configs]
+    return out
+
+
+def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
     return out
 
 

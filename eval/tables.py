@@ -1,8 +1,8 @@
 """A sweep's result rows -> the tables a person reads (summary.md / summary.csv, and the table run.py prints).
 
 Never collapses jobs: every job (run_id) is its own line. Jobs that share a display label (model, policy) get extra
-columns for exactly the fields in which they differ (e.g. `benchmark.seed`, `benchmark.n`, `dtype`), and `run_id`
-when nothing shown tells them apart. Each benchmark (RULER at each length, LongBench) gets its own table.
+columns for exactly the fields in which they differ (e.g. `benchmark.seed`, `benchmark.n`, `dtype`,
+`model.chat_template`), and `run_id` when nothing shown tells them apart. Each benchmark (RULER at each length, LongBench) gets its own table.
 
 Every score cell is `mean [95% CI]` (eval.stats, bootstrap over samples), `n` is the samples per task, and
 `Δ avg vs dense` is the paired difference to the dense job that saw the same prompts (same `samples_id`), with its
@@ -21,7 +21,7 @@ import pandas as pd
 from eval import stats
 from eval.averages import weights
 from eval.results import atomic_write_text, load_rows
-from eval.rows import NOT_IDENTITY, ResultRow, benchmark_columns, frame
+from eval.rows import NOT_IDENTITY, ResultRow, benchmark_columns, frame, model_columns
 
 POLICY_ORDER = ("k_sparsity", "v_sparsity", "k_scorer", "v_scorer", "k_direction", "v_direction")
 # fields that can tell apart jobs sharing a (model, policy) label, in display order (benchmark.* added per table)
@@ -51,17 +51,18 @@ def _bench(rows: pd.DataFrame) -> pd.Series:
 def jobs_frame(rows: pd.DataFrame) -> pd.DataFrame:
     """One line per job (index run_id): its fields, `benchmark.<key>` columns, display label and bench."""
     rows = frame(rows)
-    rows = pd.concat([rows, benchmark_columns(rows)], axis=1)
+    rows = pd.concat([rows, benchmark_columns(rows), model_columns(rows)], axis=1)
     rows["label"] = labels(rows)
     rows["bench"] = _bench(rows)
     return rows.groupby("run_id", sort=False).first()
 
 
 def identity_columns(jobs: pd.DataFrame) -> list[str]:
-    """The columns of `jobs` that can tell jobs apart: the identity fields and the benchmark's keys (not those
-    that change speed only), in display order."""
+    """The columns of `jobs` that can tell jobs apart: the identity fields, the model config's other knobs and the
+    benchmark's keys (not those that change speed only), in display order."""
+    model = [c for c in jobs.columns if c.startswith("model.")]
     benchmark = [c for c in jobs.columns if c.startswith("benchmark.") and c not in SPEED_ONLY]
-    return [c for c in (*IDENTITY_FIELDS, *benchmark) if c in jobs]
+    return [c for c in (*IDENTITY_FIELDS, *model, *benchmark) if c in jobs]
 
 
 def comparable(values: pd.Series) -> pd.Series:

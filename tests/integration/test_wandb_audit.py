@@ -30,7 +30,7 @@ FAST = [
 ]
 # value_dtype and eviction set in one job each, at their default in the others
 KVS = ("dense", "k50v50_fp8", "snapkv840")
-NESTED = ("versions", "benchmark_config", "k_layer_sparsity", "v_layer_sparsity")  # JSON text in the table
+NESTED = ("versions", "benchmark_config", "model_config", "k_layer_sparsity", "v_layer_sparsity")  # JSON text
 MEASURED = (
     "k_sparsity_measured",
     "v_sparsity_measured",

@@ -40,6 +40,31 @@ def test_tiny_models_of_two_families_show_their_family(tmp_path):
     assert "job" not in table and "| mistral " in render(table)
 
 
+def test_jobs_differing_only_in_a_model_knob_show_that_knob(tmp_path):
+    """`model.chat_template` and a random model's sizes are in no column of their own: the table shows the model
+    config's differing key (it showed only the job ids before)."""
+    config = {
+        "name": "tiny",
+        "path": None,
+        "dtype": "float32",
+        "chat_template": True,
+        "architecture": {},
+        "seed": 0,
+    }
+    fake_job(tmp_path, "chat", {"vt": [100, 0]}, model_config=config, samples_id="p1")
+    fake_job(
+        tmp_path, "plain", {"vt": [0, 0]}, model_config={**config, "chat_template": False}, samples_id="p2"
+    )
+    fake_job(tmp_path, "wide", {"vt": [0, 0]}, samples_id="p3",
+             model_config={**config, "architecture": {"intermediate_size": 128}})  # fmt: skip
+    table = write_summary(tmp_path)
+    vt = table[table["column"] == "vt"].set_index("model.chat_template")
+    assert "job" not in table and sorted(map(str, vt.index)) == ["False", "True", "True"]
+    sizes = table.loc[table["column"] == "vt", "model.architecture.intermediate_size"]
+    assert sorted(sizes.map(lambda v: "" if pd.isna(v) or v == "" else str(int(v)))) == ["", "", "128"]
+    assert "model.chat_template" in render(table)
+
+
 def test_benchmarks_and_lengths_get_separate_tables(tmp_path):
     fake_job(tmp_path, "r1", {"vt": [100, 0]})
     fake_job(tmp_path, "r2", {"vt": [100, 0]}, benchmark_length=2048, benchmark_config={"length": 2048})
