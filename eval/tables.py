@@ -20,7 +20,7 @@ import pandas as pd
 
 from eval import stats
 from eval.averages import weights
-from eval.results import atomic_write_text, load_rows
+from eval.results import atomic_write_text, load_rows, warn
 from eval.rows import NOT_IDENTITY, ResultRow, benchmark_columns, frame, model_columns
 
 POLICY_ORDER = ("k_sparsity", "v_sparsity", "k_scorer", "v_scorer", "k_direction", "v_direction")
@@ -180,14 +180,28 @@ def _versus(mine: pd.DataFrame, dense: pd.DataFrame, benchmark: str, partner: st
 def write_summary(sweep_dir: Path) -> pd.DataFrame:
     """Write summary.csv (long: one line per job and score) and summary.md (one table per benchmark); with no
     finished job left, remove both, so the folder never shows a table of results that are gone."""
-    table = summary_frame(load_rows(sweep_dir))
+    rows = load_rows(sweep_dir)
+    table = summary_frame(rows)
     if table.empty:
         for name in ("summary.csv", "summary.md"):
             (sweep_dir / name).unlink(missing_ok=True)
         return table
     atomic_write_text(sweep_dir / "summary.csv", table.to_csv(index=False, float_format="%.4g"))
-    atomic_write_text(sweep_dir / "summary.md", render(table) + "\n")
+    note = code_versions_note(rows)
+    if note:
+        warn(f"{sweep_dir}: {note}")
+    atomic_write_text(sweep_dir / "summary.md", render(table) + (f"\n\n{note}" if note else "") + "\n")
     return table
+
+
+def code_versions_note(rows: pd.DataFrame) -> str | None:
+    """A line naming the code versions (git sha) behind a table's jobs when there are several: a job id leaves the
+    code out, so a sweep resumed after a change mixes results of both (each job's sha is in summary.csv's rows)."""
+    shas = frame(rows).groupby("run_id", sort=False)["git_sha"].first().fillna("unknown")
+    if shas.nunique() <= 1:
+        return None
+    counts = ", ".join(f"{sha} ({n} jobs)" for sha, n in shas.value_counts().items())
+    return f"note: these jobs ran on {shas.nunique()} code versions: {counts}"
 
 
 def _num(x: float | None, digits: int = 2) -> str:

@@ -65,6 +65,18 @@ def test_jobs_differing_only_in_a_model_knob_show_that_knob(tmp_path):
     assert "model.chat_template" in render(table)
 
 
+def test_jobs_of_several_code_versions_are_named_under_the_table(tmp_path, capsys):
+    fake_job(tmp_path, "old", {"vt": [100, 0]}, git_sha="0000000+dirty", samples_id="p1")
+    fake_job(tmp_path, "new", {"vt": [0, 0]}, git_sha="1234567", samples_id="p2")
+    write_summary(tmp_path)
+    md = (tmp_path / "summary.md").read_text()
+    assert "2 code versions" in md and "0000000+dirty (1 jobs)" in md and "1234567 (1 jobs)" in md
+    assert "2 code versions" in capsys.readouterr().err
+    fake_job(tmp_path / "one", "a", {"vt": [0, 0]}, git_sha="1234567")
+    write_summary(tmp_path / "one")
+    assert "code versions" not in (tmp_path / "one" / "summary.md").read_text()
+
+
 def test_benchmarks_and_lengths_get_separate_tables(tmp_path):
     fake_job(tmp_path, "r1", {"vt": [100, 0]})
     fake_job(tmp_path, "r2", {"vt": [100, 0]}, benchmark_length=2048, benchmark_config={"length": 2048})
