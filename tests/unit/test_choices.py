@@ -33,3 +33,15 @@ def test_run_py_exits_2_with_one_line():
         "error: model='nonexistent' is not a config in conf/model/; choose one of gemma2_9b, gemma3_4b, llama2_7b, "
         "llama3, llama31, llama31_70b, mistral, phi3_mini, qwen25_7b, qwen3_8b, smollm2, tiny"
     ]
+
+
+def test_an_unknown_kv_or_model_key_is_one_line_naming_the_keys():
+    """Hydra refused `kv.nosuch=1` (no `+`) with a multi-line struct error and no list of keys."""
+    error = bad_choice(["kv.k_sparsity=0.5", "kv.nosuch=1"], CONF)
+    assert (
+        error.startswith("kv.nosuch is not a kv key; choose one of allocation, evict,")
+        and "k_sparsity" in error
+    )
+    assert bad_choice(["model.chat_templat=false"], CONF).startswith("model.chat_templat is not a model key")
+    for fine in (["model.architecture.intermediate_size=128"], ["+kv.nosuch=1"], ["kv.evict=snapkv"]):
+        assert bad_choice(fine, CONF) is None  # nested model keys; `+` keys are KVConfig's to refuse
