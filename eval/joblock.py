@@ -119,8 +119,12 @@ def live_owner(path: Path) -> LockOwner | None:
         owner is None
     ):  # unreadable: being written this instant (an older writer), or its writer died mid-write
         return None if age > UNREADABLE_STALE_S else LockOwner(-1, "unknown", beat)
-    if owner.host == platform.node():  # checked directly, whatever the heartbeat's age
+    # on this host the process is checked directly, whatever the heartbeat's age (where its start can be read:
+    # without /proc a reused PID cannot be told apart, and the heartbeat decides as for another host)
+    if owner.host == platform.node() and (owner.pid_start is not None or pid_start(os.getpid()) is not None):
         return None if _gone_here(owner) else owner
+    if owner.host == platform.node() and not pid_alive(owner.pid):
+        return None
     return None if age > STALE_AFTER_S else owner
 
 
@@ -181,13 +185,15 @@ class JobLock:
             if live_owner(self.path) is not None:  # taken over (or released and retaken) since we looked
                 return False
             stale = read_owner(self.path)
+            present = self.path.exists()  # else released since we looked: nothing taken over
             self.path.unlink(missing_ok=True)
             if not self._create(record):
                 return False
-            warn(
-                f"{self.path}: took over the stale lock of "
-                f"{stale.describe() if stale else 'a writer that died mid-write'}"
-            )
+            if present:
+                warn(
+                    f"{self.path}: took over the stale lock of "
+                    f"{stale.describe() if stale else 'a writer that died mid-write'}"
+                )
             return True
         finally:
             guard.unlink(missing_ok=True)

@@ -136,18 +136,22 @@ def benchmark_columns(df: pd.DataFrame) -> pd.DataFrame:
 
 
 # model config keys other columns already show (model, model_path, dtype)
-SHOWN_MODEL_KEYS = ("name", "path", "dtype")
+SHOWN_MODEL_KEYS = ("name", "path", "dtype", "source", "gguf_file", "gguf_package", "max_length", "arch")
 
 
 def model_columns(df: pd.DataFrame) -> pd.DataFrame:
     """`model.<key>` columns flattened out of model_config (nested dicts as `model.<key>.<sub>`), but for the keys
     other columns show."""
-    configs = [_flat(c) if isinstance(c, dict) else {} for c in df["model_config"]]
-    keys = list(dict.fromkeys(k for c in configs for k in c if k not in SHOWN_MODEL_KEYS))
+    configs = [_flat(c) if isinstance(c, dict) else None for c in df["model_config"]]
+    keys = list(dict.fromkeys(k for c in configs if c for k in c if k not in SHOWN_MODEL_KEYS))
     out = pd.DataFrame(index=df.index)
-    for key in keys:
-        out[f"model.{key}"] = [_text(c.get(key)) for c in configs]
+    for key in keys:  # a key a recorded config lacks is "" (unset); a row recording none (older) is None
+        out[f"model.{key}"] = [None if c is None else _or_blank(_text(c.get(key))) for c in configs]
     return out
+
+
+def _or_blank(value: Any) -> Any:
+    return "" if value is None else value
 
 
 def _flat(config: dict[str, Any], prefix: str = "") -> dict[str, Any]:

@@ -86,7 +86,9 @@ def distinguishing(jobs: pd.DataFrame) -> list[str]:
     it differs (averages over other tasks are other numbers), then run_id if needed."""
     shown = []
     for column in identity_columns(jobs):
-        values = comparable(jobs[column])
+        # a model knob is compared only between rows that record the model config (older rows do not)
+        values = jobs[column].astype(str).where(jobs[column].notna()) if column.startswith("model.") else None
+        values = comparable(jobs[column]) if values is None else values
         if (values.groupby([jobs["model"], jobs["label"]]).nunique() > 1).any() or (
             column in TABLE_WIDE and values.nunique() > 1
         ):

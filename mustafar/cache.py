@@ -134,14 +134,16 @@ class MustafarLayer(DynamicLayer):
                 "with `mustafar.prune(model, ...)` or `mustafar.attach(model, cache)`), or an earlier call failed"
             )
         if self.pads is not None and not self.is_initialized:  # the prompt the declared pads belong to
-            self._check_pads(key_states.shape[0], key_states.shape[2])
+            self._check_pads(key_states.shape[0])
         self.awaiting = True
         return super().update(key_states, value_states, *args, **kwargs)
 
-    def _check_pads(self, batch: int, length: int) -> None:
+    def _check_pads(self, batch: int, length: int | None = None) -> None:
+        """The declared pads against the batch (at the prompt's first chunk) and, given the cached `length`, a real
+        token per row (checked where counts are read: a chunked prompt's first chunk may be all pads)."""
         if len(self.pads) != batch:
             raise ValueError(f"set_padding declared {len(self.pads)} pad counts for a batch of {batch} rows")
-        row = next((i for i, p in enumerate(self.pads) if p >= length), None)
+        row = None if length is None else next((i for i, p in enumerate(self.pads) if p >= length), None)
         if row is not None:
             raise ValueError(
                 f"set_padding declared {self.pads[row]} pad columns for row {row} of a {length}-token prompt: "
@@ -566,6 +568,11 @@ class MustafarCache(Cache):
 
     def stats(self) -> CacheStats:
         layers = [layer for layer in self.layers if layer.is_initialized]
+        for layer in layers[
+            :1
+        ]:  # declared pads that leave a row no real token would make its counts negative
+            if layer.pads is not None and layer.evicted is None:
+                layer._check_pads(layer.keys.shape[0], layer.get_seq_length())
         k = [layer.pruners["k"] for layer in layers]
         v = [layer.pruners["v"] for layer in layers]
         dense = sum(

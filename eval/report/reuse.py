@@ -84,7 +84,7 @@ def _copy_locked(origin: Path, target: Path) -> bool:
             return False
         tmp = target.with_name(f".{target.name}.copy")
         shutil.rmtree(tmp, ignore_errors=True)
-        shutil.copytree(origin, tmp, ignore=shutil.ignore_patterns(LOCK_NAME, FAILED_NAME))
+        shutil.copytree(origin, tmp, ignore=shutil.ignore_patterns(LOCK_NAME, LOCK_NAME + ".*", FAILED_NAME))
         _replace_contents(target, tmp)
         return True
     finally:

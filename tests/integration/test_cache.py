@@ -72,17 +72,33 @@ def test_attach_routes_only_a_multi_part_models_decoder():
         assert torch.equal(model(input_ids=ids).logits, before)
 
 
-@pytest.mark.parametrize(
-    "pads, named",
-    [([60], "60 pad columns for row 0 of a 50-token prompt"), ([0, 0, 0], "3 pad counts for a batch of 1")],
-)
-def test_declared_pads_must_fit_the_prompt(tiny_llama, pads, named):
-    """`MustafarCache.set_padding` is checked against the prompt it is declared for: too many pads for a row left
-    it unpruned with negative byte counts, a wrong row count failed in a reshape."""
+def test_declared_pads_must_fit_the_prompt(tiny_llama):
+    """`MustafarCache.set_padding` is checked against the prompt it is declared for: a wrong row count failed in a
+    reshape; pads that leave a row no real token left it unpruned with negative byte counts (refused where the
+    counts are read: a chunked prompt's first chunk may be all pads, as the last case's is)."""
+    ids = torch.randint(3, 200, (1, 50))
     cache = new_cache(tiny_llama, KVConfig(k_sparsity=0.5))
-    cache.set_padding(pads)
-    with attach(tiny_llama, cache), torch.inference_mode(), pytest.raises(ValueError, match=named):
-        tiny_llama(input_ids=torch.randint(3, 200, (1, 50)), use_cache=True, past_key_values=cache)
+    cache.set_padding([0, 0, 0])
+    with (
+        attach(tiny_llama, cache),
+        torch.inference_mode(),
+        pytest.raises(ValueError, match="3 pad counts for a batch of 1"),
+    ):
+        tiny_llama(input_ids=ids, use_cache=True, past_key_values=cache)
+    cache = new_cache(tiny_llama, KVConfig(k_sparsity=0.5))
+    cache.set_padding([60])
+    with attach(tiny_llama, cache), torch.inference_mode():
+        tiny_llama(input_ids=ids, use_cache=True, past_key_values=cache)
+    with pytest.raises(ValueError, match="60 pad columns for row 0 of a 50-token prompt"):
+        cache.stats()
+    cache = new_cache(tiny_llama, KVConfig(k_sparsity=0.5, window=4))
+    cache.set_padding([30])
+    with attach(tiny_llama, cache), torch.inference_mode():
+        for chunk in (ids[:, :20], ids[:, 20:40]):  # the first chunk is all pads
+            tiny_llama(input_ids=chunk, use_cache=True, past_key_values=cache)
+    assert (
+        cache.stats().k_judged == (40 - 30 - 4) * 2 * 64 * 2
+    )  # real tokens past the window, KV heads, D, layers
 
 
 def test_compressed_mode_on_a_model_it_cannot_run_is_a_config_error(tiny_llama, monkeypatch):

@@ -65,6 +65,16 @@ def test_jobs_differing_only_in_a_model_knob_show_that_knob(tmp_path):
     assert "model.chat_template" in render(table)
 
 
+def test_rows_without_a_model_config_add_no_model_columns(tmp_path):
+    """Rows written before rows recorded the model config differ from newer ones in no model knob: a sweep resumed
+    across that change shows only what really differs (here the benchmark seed)."""
+    config = {"name": "tiny", "chat_template": True, "seed": 0, "gguf_file": "x.gguf", "max_length": None}
+    fake_job(tmp_path, "old", {"vt": [100, 0]}, benchmark_config={"seed": 1}, samples_id="p1")
+    fake_job(tmp_path, "new", {"vt": [0, 0]}, benchmark_config={"seed": 2}, samples_id="p2", model_config=config)
+    table = write_summary(tmp_path)
+    assert not [c for c in table.columns if c.startswith("model.")] and "benchmark.seed" in table
+
+
 def test_jobs_of_several_code_versions_are_named_under_the_table(tmp_path, capsys):
     fake_job(tmp_path, "old", {"vt": [100, 0]}, git_sha="0000000+dirty", samples_id="p1")
     fake_job(tmp_path, "new", {"vt": [0, 0]}, git_sha="1234567", samples_id="p2")
