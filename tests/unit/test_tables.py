@@ -70,7 +70,9 @@ def test_rows_without_a_model_config_add_no_model_columns(tmp_path):
     across that change shows only what really differs (here the benchmark seed)."""
     config = {"name": "tiny", "chat_template": True, "seed": 0, "gguf_file": "x.gguf", "max_length": None}
     fake_job(tmp_path, "old", {"vt": [100, 0]}, benchmark_config={"seed": 1}, samples_id="p1")
-    fake_job(tmp_path, "new", {"vt": [0, 0]}, benchmark_config={"seed": 2}, samples_id="p2", model_config=config)
+    fake_job(
+        tmp_path, "new", {"vt": [0, 0]}, benchmark_config={"seed": 2}, samples_id="p2", model_config=config
+    )
     table = write_summary(tmp_path)
     assert not [c for c in table.columns if c.startswith("model.")] and "benchmark.seed" in table
 
