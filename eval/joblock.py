@@ -115,16 +115,15 @@ def live_owner(path: Path) -> LockOwner | None:
         return None
     age = time.time() - beat
     owner = read_owner(path)
-    if (
-        owner is None
-    ):  # unreadable: being written this instant (an older writer), or its writer died mid-write
+    if owner is None:  # unreadable: being written now (an older writer's way), or its writer died mid-write
         return None if age > UNREADABLE_STALE_S else LockOwner(-1, "unknown", beat)
-    # on this host the process is checked directly, whatever the heartbeat's age (where its start can be read:
-    # without /proc a reused PID cannot be told apart, and the heartbeat decides as for another host)
-    if owner.host == platform.node() and (owner.pid_start is not None or pid_start(os.getpid()) is not None):
-        return None if _gone_here(owner) else owner
-    if owner.host == platform.node() and not pid_alive(owner.pid):
-        return None
+    if owner.host == platform.node():
+        # the process is checked directly, whatever the heartbeat's age, where its start can be read (without
+        # /proc a reused PID cannot be told apart, and the heartbeat decides as for another host)
+        if owner.pid_start is not None or pid_start(os.getpid()) is not None:
+            return None if _gone_here(owner) else owner
+        if not pid_alive(owner.pid):
+            return None
     return None if age > STALE_AFTER_S else owner
 
 

@@ -2,7 +2,8 @@
 
 Never collapses jobs: every job (run_id) is its own line. Jobs that share a display label (model, policy) get extra
 columns for exactly the fields in which they differ (e.g. `benchmark.seed`, `benchmark.n`, `dtype`,
-`model.chat_template`), and `run_id` when nothing shown tells them apart. Each benchmark (RULER at each length, LongBench) gets its own table.
+`model.chat_template`), and `run_id` when nothing shown tells them apart. Each benchmark (RULER at each length,
+LongBench) gets its own table.
 
 Every score cell is `mean [95% CI]` (eval.stats, bootstrap over samples), `n` is the samples per task, and
 `Δ avg vs dense` is the paired difference to the dense job that saw the same prompts (same `samples_id`), with its
@@ -86,9 +87,11 @@ def distinguishing(jobs: pd.DataFrame) -> list[str]:
     it differs (averages over other tasks are other numbers), then run_id if needed."""
     shown = []
     for column in identity_columns(jobs):
-        # a model knob is compared only between rows that record the model config (older rows do not)
-        values = jobs[column].astype(str).where(jobs[column].notna()) if column.startswith("model.") else None
-        values = comparable(jobs[column]) if values is None else values
+        values = (  # a model knob is compared only between rows that record the model config (older rows do not)
+            jobs[column].astype(str).where(jobs[column].notna())
+            if column.startswith("model.")
+            else comparable(jobs[column])
+        )
         if (values.groupby([jobs["model"], jobs["label"]]).nunique() > 1).any() or (
             column in TABLE_WIDE and values.nunique() > 1
         ):

@@ -152,8 +152,9 @@ class Allocator:
             budget = self.uniform_keep(side, head_dim)
             lo = min(exact_keep(head_dim, MAX_SPARSITY), budget)
             if self.policy.allocation == "error":
-                _check_finite(dropped.sum(-1), total.sum(-1), side, ("row", "layer"))
-                err = relative_error(dropped.sum(-1), total.sum(-1))  # [B, L]
+                dropped, total = dropped.sum(-1), total.sum(-1)  # [B, L]: a layer's heads together
+                _check_finite(dropped, total, side, ("row", "layer"))
+                err = relative_error(dropped, total)
                 keeps = allocate_keeps(err, budget, lo, head_dim).unsqueeze(-1).expand(b, n_layers, heads)
             else:
                 _check_finite(dropped, total, side, ("row", "layer", "KV head"))

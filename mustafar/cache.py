@@ -568,11 +568,10 @@ class MustafarCache(Cache):
 
     def stats(self) -> CacheStats:
         layers = [layer for layer in self.layers if layer.is_initialized]
-        for layer in layers[
-            :1
-        ]:  # declared pads that leave a row no real token would make its counts negative
-            if layer.pads is not None and layer.evicted is None:
-                layer._check_pads(layer.keys.shape[0], layer.get_seq_length())
+        first = layers[0] if layers else None
+        if first is not None and first.pads is not None and first.evicted is None:
+            # declared pads that leave a row no real token would make its counts negative
+            first._check_pads(first.keys.shape[0], first.get_seq_length())
         k = [layer.pruners["k"] for layer in layers]
         v = [layer.pruners["v"] for layer in layers]
         dense = sum(
