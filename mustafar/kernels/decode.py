@@ -256,7 +256,7 @@ def _scores(q, k, valid, m_i, l_i, acc, qk_scale, F32: tl.constexpr):
     return p, m_new, l_i, acc * alpha[:, None]
 
 
-@triton.jit(do_not_specialize=["gstride", "long_splits", "num_splits"])
+@triton.jit(do_not_specialize=["gstride", "num_splits"])
 def _sparse_decode_kernel(
     q_ptr,
     k_bits,
@@ -289,7 +289,6 @@ def _sparse_decode_kernel(
     k_vcap,
     v_vcap,
     tokens_per_split,
-    long_splits,
     num_splits,
     qk_scale,
     gstride,
@@ -328,9 +327,8 @@ def _sparse_decode_kernel(
     if DEVICE_LEN:
         # static stores: this batch row's token count on the device; T is the capacity the plan was made for
         T = tl.minimum(tl.minimum(tl.load(k_len + b), tl.load(v_len + b)), T)
-    # splits before long_splits run one tile more than tokens_per_split (decode._split_plan)
-    start = s * tokens_per_split + tl.minimum(s, long_splits) * BLOCK_N
-    end = tl.minimum(start + tokens_per_split + (s < long_splits).to(tl.int32) * BLOCK_N, T)
+    start = s * tokens_per_split
+    end = tl.minimum(start + tokens_per_split, T)
     for t0 in range(start, end, BLOCK_N):
         if PREFETCH > 0:
             # the gathers below are two dependent memory round trips (bitmap word, then value lines): start
@@ -503,9 +501,6 @@ def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
 # (block_n, num_warps) per decoder: the H100 sweeps' best at B >= 8 (results/kernels/NOTES.md, rounds 4-5)
 _DEFAULT_LAUNCH = {"scatter": (32, 1), "staged": (16, 1), "portable": (64, 4)}
 SCATTER_SIDES: int | None = None  # the scatter decoder's ring depth in sides; None: _scatter_plan's choice
-# the scatter decoder's lazy rescale (decode_scatter._lazy_probs): off, the launch the benchmarks report, until an
-# H100 A/B measures it (results/kernels/NOTES.md, round 32). Read when a configuration is made (_CONFIGS)
-LAZY_RESCALE = False
 
 
 def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:
@@ -657,7 +652,6 @@ def _scatter_constexprs(q: Tensor, k_store: CompressedStore, v_store: Compressed
         K_ORDER=bool(k_nm) and k_store.head_order is not None,
         V_OP=v_op,
         PDL=pdl_capable(q.device),
-        LAZY=LAZY_RESCALE,
     )
 
 
@@ -793,29 +787,13 @@ def _splits_at(cfg: _Config, q: Tensor, tokens: int) -> int:
     )
 
 
-# how the split plan shares a row's tiles among its splits: False, every split the same whole-tile share rounded
-# up and the last one what is left (the launch the benchmarks report); True, shares that differ by at most one tile
-BALANCED_SPLITS = False
-
-
 @functools.lru_cache(maxsize=4096)
-def _split_plan(
-    rows: int, tokens: int, block_n: int, slots: int, splits: int | None, balanced: bool = False
-) -> tuple[int, int, int]:
-    """(num_splits, tokens_per_split, long_splits): the wave model's split count unless ``splits`` is given; each
-    split runs ``tokens_per_split`` tokens (whole tiles) and the first ``long_splits`` one tile more.
-
-    Rounded-up shares leave the last split short (B 8, 16K at 32-token tiles: 23 splits of 22 tiles and one of 6),
-    so a few SMs hold twelve full programs while others idle early; ``balanced`` shares spread the same tiles as
-    21 or 22 per split. The longest program is the same either way; what moves is each SM's sum (a round-robin
-    model of the block scheduler: its largest 264 -> 256 tiles, results/kernels/NOTES.md, round 32)."""
-    tiles = cdiv(max(tokens, 1), block_n)
+def _split_plan(rows: int, tokens: int, block_n: int, slots: int, splits: int | None) -> tuple[int, int]:
+    """(num_splits, tokens_per_split): the wave model's split count unless ``splits`` is given, and the tokens
+    of each split rounded up to whole tiles."""
     if splits is None:
-        splits = _wave_model_splits(rows, tiles, slots)
-    if balanced:
-        per, long = divmod(tiles, splits)
-        return splits, per * block_n, long
-    return splits, cdiv(tiles, splits) * block_n, 0
+        splits = _wave_model_splits(rows, cdiv(tokens, block_n), slots)
+    return splits, cdiv(cdiv(max(tokens, 1), splits), block_n) * block_n
 
 
 def _partials(
@@ -911,9 +889,7 @@ def _run(
     static = k_store.static
     tokens = min(k_cap, v_cap) if static else k_store.length
     slots = (_sm_count(device.index) if cfg.on_gpu else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
-    num_splits, tokens_per_split, long_splits = _split_plan(
-        b * hkv, tokens, cfg.block_n, slots, num_splits, BALANCED_SPLITS
-    )
+    num_splits, tokens_per_split = _split_plan(b * hkv, tokens, cfg.block_n, slots, num_splits)
     # launch.raw_stream inlined: on this hot path the call costs ~0.5 µs of host time (project machine)
     stream = torch._C._cuda_getCurrentRawStream(device.index) if cfg.on_gpu else 0
     o_part, lse_part = _partials(b, hq, num_splits, d, device, stream)
@@ -946,7 +922,7 @@ def _run(
             q, k_bits, k_vals, k_offs, v_bits, v_vals, v_offs, _arg(k_sc), _arg(v_sc), kw, vw, o_part, lse_part,
             k_len, v_len,
         )  # fmt: skip
-        tail = (*caps, tokens_per_split, long_splits, num_splits, scale * _LOG2E, 1)
+        tail = (*caps, tokens_per_split, num_splits, scale * _LOG2E, 1)
     else:
         if decoder == "scatter":  # int32 views of the fp8 scales and K's per-head order (else stand-ins)
             k_sc = _arg(k_store.scale_words()) if k_store.fp8 else k_bits
@@ -957,7 +933,7 @@ def _run(
             extra = ()
         tensors = (q, k_bits, k_vals, v_bits, v_vals, *extra, kw, vw, o_part, lse_part, k_len, v_len)
         caps = (w, k_cap, v_cap)
-        tail = (*caps, tokens_per_split, long_splits, num_splits, scale * _LOG2E)
+        tail = (*caps, tokens_per_split, num_splits, scale * _LOG2E)
     ptrs = tuple(map(Tensor.data_ptr, tensors))
     key = spec_key(ptrs, (*strides, *caps, num_splits), (tokens, tokens_per_split))
     grid = (b, hkv, num_splits)
@@ -991,7 +967,7 @@ def _run(
                 cfg.launcher, key, grid, args, at, merge, merge_key, merge_grid, merge_args, cfg.on_gpu
             )
             grow = None
-        else:  # the length moves the tokens and the split shares: their places in the arguments after the windows
+        else:  # the length moves the tokens and each split's share: their places in the arguments after the windows
             tok_at = len(ptrs) - 2 - (at + 2) + len(strides)
             seq, grow = None, (b * hkv, cfg.block_n, slots, tok_at, tok_at + 3 + len(caps), {})
         k_store.launch_plan = _Plan(
@@ -1028,10 +1004,9 @@ def _sequence(
     lengths: tuple[int, ...] = (),
 ) -> LaunchSequence | None:
     """The plan's decoder and merge as one :class:`LaunchSequence` whose inputs are the addresses of q, the two
-    windows and the output, then the decoder arguments at ``lengths`` (a dynamic store's tokens, each split's
-    share and the count of long splits); None (the plan keeps the two C launches) where it is off, the kernel is
-    not compiled, or the sequence cannot be built or the driver disagrees with its packing (said once per
-    kernel)."""
+    windows and the output, then the decoder arguments at ``lengths`` (a dynamic store's tokens and each split's
+    share); None (the plan keeps the two C launches) where it is off, the kernel is not compiled, or the sequence
+    cannot be built or the driver disagrees with its packing (said once per kernel)."""
     if not (LAUNCH_SEQUENCES and on_gpu) or (launcher, key) in _NO_SEQUENCE:
         return None
     inputs = {0: 0, at: 1, at + 1: 2} | {pos: 4 + i for i, pos in enumerate(lengths)}
@@ -1062,8 +1037,8 @@ _TOKEN = object()
 class _Plan:
     """A public-op call's two direct launches, kept on its K store (``CompressedStore.launch_plan``) and replayed by
     :func:`_replay` while the next call's :func:`_signature` is the same: the launch arguments then differ only in
-    the addresses of ``q``, the windows and the output, and, on dynamic stores, in the length and the split shares
-    (``grow``; the full path's length checks are repeated). Every other check the op makes reads only what the
+    the addresses of ``q``, the windows and the output, and, on dynamic stores, in the length and each split's
+    share (``grow``; the full path's length checks are repeated). Every other check the op makes reads only what the
     signature holds or what a store fixes at construction, so a replayed call skips them too; this halves the eager
     op's Python (round 30). ``refs`` keeps the tensors behind the cached addresses and the store buffers behind the
     signature's ids alive (:func:`_buffers`)."""
@@ -1085,8 +1060,7 @@ class _Plan:
         LaunchSequence | None
     )  # static stores: both launches in one C call (inputs: q, the windows, the output)
     # dynamic stores: (rows, block_n, slots) of the split plan, the places of the tokens and each split's share in
-    # ``after`` (the count of long splits follows the share), and the launch sequences per specialisation of the
-    # tokens and the share (built on first use); None when static
+    # ``after``, and the launch sequences per specialisation of those two (built on first use); None when static
     grow: tuple | None
 
     def __deepcopy__(self, memo: dict) -> None:
@@ -1149,10 +1123,10 @@ def _replay(
         if tokens != v_store.length or not (tokens or kw.shape[2]):
             return None  # the full path names what is wrong
         rows, block_n, slots, tok_at, share_at, seqs = grow
-        splits, share, long = _split_plan(rows, tokens, block_n, slots, None, BALANCED_SPLITS)
+        splits, share = _split_plan(rows, tokens, block_n, slots, None)
         if splits != plan.merge_args[2]:  # another grid and other partials: the full path makes a new plan
             return None
-        after = (*after[:tok_at], tokens, *after[tok_at + 1 : share_at], share, long, *after[share_at + 2 :])
+        after = (*after[:tok_at], tokens, *after[tok_at + 1 : share_at], share, *after[share_at + 1 :])
         spec = (length_spec(tokens), length_spec(share))
         key = (*key[:-2], *spec)
     if out is None:
@@ -1174,13 +1148,9 @@ def _replay(
             seq = seqs[spec] = _sequence(
                 plan.launcher, key, plan.grid, (qp, *plan.before, kwp, vwp, *after), at, plan.merge,
                 plan.merge_key, plan.merge_grid, plan.merge_args, device.type == "cuda",
-                (at + 2 + tok_at, at + 2 + share_at, at + 3 + share_at),
+                (at + 2 + tok_at, at + 2 + share_at),
             )  # fmt: skip
-        if (
-            seq is not None
-            and not hooked()
-            and seq.run(seq.handle, stream, qp, kwp, vwp, op, tokens, share, long)
-        ):
+        if seq is not None and not hooked() and seq.run(seq.handle, stream, qp, kwp, vwp, op, tokens, share):
             return out
     if not plan.launcher.launch(plan.grid, (qp, *plan.before, kwp, vwp, *after), stream, key):
         return None

@@ -52,14 +52,6 @@ from mustafar.kernels.decode_staged import (
     _swizzled,
 )
 
-# how far (log2) a lazy running max may lag a tile's scores (:func:`_lazy_moved`), and a lazy fp8 frame the tile's
-# largest V scale (P weighed by scale / frame stays at least 2^-8 of its weight by the tile's own frame)
-LAZY_LAG: gl.constexpr = gl.constexpr(8.0)
-FRAME_LAG: gl.constexpr = gl.constexpr(256.0)
-# and the weight lazy fp8 P is multiplied by, so that a lagging frame does not push it into fp16's subnormals
-# (results/kernels/round32_h100/lazy_numerics.txt: without it the worst program's error grew 10-20x)
-PW_GAIN: gl.constexpr = gl.constexpr(128.0)
-
 
 @gluon.jit
 def _issue_side(slot_off, bits_row, vals_row, scales_row, t0, end, G: gl.constexpr, SB: gl.constexpr,
@@ -381,17 +373,6 @@ def _load_scales(at, BLOCK_N: gl.constexpr, LC: gl.constexpr):
 
 
 @gluon.jit
-def _lazy_moved(sc, valid, m_i, qk_scale):
-    """The tile's scores in the log2 domain (invalid tokens -inf), their max per head, and whether any head's
-    rises more than 2^LAZY_LAG above its running max ``m_i`` (a scalar, the same in every lane): only then does the
-    lazy online softmax move the max and rescale the accumulator. P = 2^(s - m) then stays ≤ 2^LAZY_LAG, exact in
-    fp16 and bf16; on real caches the exact max moves on 1-2 % of tiles (results/kernels/NOTES.md, round 25)."""
-    sc = gl.where(gl.expand_dims(valid, 1), sc * qk_scale, float("-inf"))
-    m_tile = gl.max(sc, axis=0)
-    return sc, m_tile, gl.max(m_tile - m_i, axis=0) > LAZY_LAG
-
-
-@gluon.jit
 def _q_pair(q_row, sqh, h0: gl.constexpr, word: gl.constexpr, N_REP: gl.constexpr, D: gl.constexpr,
             LC: gl.constexpr):  # fmt: skip
     """Query heads ``h0``, ``h0 + 1`` of the group at channel ``32·word + lane``, packed in one 32-bit lane
@@ -444,7 +425,7 @@ def _pv8(tile, pw, acc, mma: gl.constexpr):
     return mma_v2(tile.load(op_a).to(gl.float16), gl.convert_layout(pw.to(gl.float16), op_b), acc)
 
 
-@gluon.jit(do_not_specialize=["long_splits"])  # a count that moves with the length
+@gluon.jit
 def _sc_sparse_decode_kernel(
     q_ptr,
     k_bits,
@@ -474,7 +455,6 @@ def _sc_sparse_decode_kernel(
     k_cap,
     v_cap,
     tokens_per_split,
-    long_splits,
     num_splits,
     qk_scale,
     N_REP: gl.constexpr,
@@ -503,7 +483,6 @@ def _sc_sparse_decode_kernel(
     K_ORDER: gl.constexpr,
     V_OP: gl.constexpr,
     PDL: gl.constexpr,
-    LAZY: gl.constexpr,
 ):
     G: gl.constexpr = D // 32
     DT: gl.constexpr = q_ptr.dtype.element_ty
@@ -574,9 +553,8 @@ def _sc_sparse_decode_kernel(
     vs_row = v_scales + bh * v_cap
     if DEVICE_LEN:
         T = gl.minimum(gl.minimum(gl.load(k_len + b), gl.load(v_len + b)), T)
-    # splits before long_splits run one tile more than tokens_per_split (decode._split_plan)
-    start = s * tokens_per_split + gl.minimum(s, long_splits) * BLOCK_N
-    end = gl.minimum(start + tokens_per_split + (s < long_splits).to(gl.int32) * BLOCK_N, T)
+    start = s * tokens_per_split
+    end = gl.minimum(start + tokens_per_split, T)
     ts_l: gl.constexpr = gl.SliceLayout(1, mma)
     # the ring holds SIDES slots, side n (K of tile n // 2 when n is even, else its V) in slot n % SIDES; before
     # side n is decoded, side n + SIDES - 1 is issued into the slot side n - 1 just left
@@ -629,21 +607,7 @@ def _sc_sparse_decode_kernel(
         if K_FP8:  # the codes' scores times each token's scale (staged after its value slots)
             sc = sc * gl.expand_dims(_load_scales(k_off + WB + BLOCK_N * K_SP, BLOCK_N, ts_l), 1)
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
-        if LAZY:  # the max moves (the accumulator rescaled) only where a head's scores rose far above it
-            sc, m_tile, moved = _lazy_moved(sc, ts < end, m_i, qk_scale)
-            if moved:
-                m_new = gl.maximum(m_i, m_tile)
-                alpha = gl.exp2(m_i - m_new)
-                l_i = l_i * alpha
-                m_i = m_new
-                if V_OP:
-                    acc_lo = acc_lo * gl.expand_dims(alpha, 0)
-                    acc_hi = acc_hi * gl.expand_dims(alpha, 0)
-                else:
-                    acc = acc * gl.expand_dims(alpha, 0)
-            p = gl.exp2(sc - gl.expand_dims(m_i, 0))
-            l_i = l_i + gl.sum(p, axis=0)
-        elif V_FP8 or V_OP:  # the accumulator's rescale waits (V's scales: the frame change folds into it)
+        if V_FP8 or V_OP:  # the accumulator's rescale waits (V's scales: the frame change folds into it)
             p, m_i, l_i, alpha = _softmax_probs(sc, ts < end, m_i, l_i, qk_scale)
         else:
             p, m_i, l_i, acc = _softmax_step(sc, ts < end, m_i, l_i, acc, qk_scale)
@@ -674,40 +638,21 @@ def _sc_sparse_decode_kernel(
             at = v_off + WB + BLOCK_N * V_SP
             vsc = gl.where(gl.arange(0, BLOCK_N, layout=ts_l) < n_tok, _load_scales(at, BLOCK_N, ts_l), 0.0)
             top = gl.max(vsc, axis=0)
-            if LAZY:  # the frame moves only below the tile's largest scale or far above it
-                if (top > frame) | (top * FRAME_LAG < frame):
-                    if V_OP:
-                        acc_lo = acc_lo * (frame / top)
-                        acc_hi = acc_hi * (frame / top)
-                    else:
-                        acc = acc * (frame / top)
-                else:
-                    top = frame
-            else:
-                rescale = gl.expand_dims(alpha * (frame / top), 0)
-                if V_OP:
-                    acc_lo = acc_lo * rescale
-                    acc_hi = acc_hi * rescale
-                else:
-                    acc = acc * rescale
+            pw = p * gl.expand_dims(vsc / top, 1)
+            rescale = gl.expand_dims(alpha * (frame / top), 0)
             frame = top
-            if LAZY:  # P ≤ 2^8 by a lagging max, times scale / frame ≤ 1: weighed 2^7 up, fp16's headroom
-                pw = p * gl.expand_dims(vsc * (PW_GAIN / top), 1)
-            else:
-                pw = p * gl.expand_dims(vsc / top, 1)
             if V_OP:
-                acc_lo, acc_hi = _pv_operand(v_off, v_off + WB, n_tok, pw.to(gl.float16), acc_lo, acc_hi, V_ASM,
-                                             gl.float16, V_SB, V_SP, V_CK, V_FP8, D, TAB, V_NM)  # fmt: skip
+                acc_lo, acc_hi = _pv_operand(v_off, v_off + WB, n_tok, pw.to(gl.float16), acc_lo * rescale,
+                                             acc_hi * rescale, V_ASM, gl.float16, V_SB, V_SP, V_CK, V_FP8, D, TAB,
+                                             V_NM)  # fmt: skip
             elif V_NM:
-                acc = _pv_rows(tile, pw.to(gl.float16), acc, op_a, op_b, BLOCK_N)
+                acc = _pv_rows(tile, pw.to(gl.float16), acc * rescale, op_a, op_b, BLOCK_N)
             else:
-                acc = _pv8(tile, pw, acc, mma)
+                acc = _pv8(tile, pw, acc * rescale, mma)
         elif V_OP:
-            if not LAZY:  # (lazy: rescaled with the max)
-                acc_lo = acc_lo * gl.expand_dims(alpha, 0)
-                acc_hi = acc_hi * gl.expand_dims(alpha, 0)
-            acc_lo, acc_hi = _pv_operand(v_off, v_off + WB, n_tok, p.to(DT), acc_lo, acc_hi, V_ASM, DT, V_SB, V_SP,
-                                         V_CK, V_FP8, D, TAB, V_NM)  # fmt: skip
+            rescale = gl.expand_dims(alpha, 0)
+            acc_lo, acc_hi = _pv_operand(v_off, v_off + WB, n_tok, p.to(DT), acc_lo * rescale, acc_hi * rescale,
+                                         V_ASM, DT, V_SB, V_SP, V_CK, V_FP8, D, TAB, V_NM)  # fmt: skip
         elif V_NM:
             acc = _pv_rows(tile, p.to(DT), acc, op_a, op_b, BLOCK_N)
         else:
@@ -720,7 +665,7 @@ def _sc_sparse_decode_kernel(
     else:
         tbuf._keep_alive()
     if V_FP8:
-        acc = acc * (frame / PW_GAIN) if LAZY else acc * frame
+        acc = acc * frame
     # q's MMA tile is loaded for the dense window only now: held through the loop it took 16 registers, and
     # moving it measured 2-4 % faster together with the transposed tile (results/kernels/NOTES.md, round 11)
     qt = _q_tile(q_ptr, sqb, sqh, b, h, N_REP, D, BLOCK_H)

@@ -363,7 +363,7 @@ def _finish(
     gl.store(lse_ptr + row, lse, mask=oh < N_REP)
 
 
-@gluon.jit(do_not_specialize=["long_splits"])  # a count that moves with the length
+@gluon.jit
 def _st_sparse_decode_kernel(
     q_ptr,
     k_bits,
@@ -390,7 +390,6 @@ def _st_sparse_decode_kernel(
     k_cap,
     v_cap,
     tokens_per_split,
-    long_splits,
     num_splits,
     qk_scale,
     N_REP: gl.constexpr,
@@ -437,9 +436,8 @@ def _st_sparse_decode_kernel(
     if DEVICE_LEN:
         # static stores: this batch row's token count on the device; T is the capacity the plan was made for
         T = gl.minimum(gl.minimum(gl.load(k_len + b), gl.load(v_len + b)), T)
-    # splits before long_splits run one tile more than tokens_per_split (decode._split_plan)
-    start = s * tokens_per_split + gl.minimum(s, long_splits) * BLOCK_N
-    end = gl.minimum(start + tokens_per_split + (s < long_splits).to(gl.int32) * BLOCK_N, T)
+    start = s * tokens_per_split
+    end = gl.minimum(start + tokens_per_split, T)
     ts_l: gl.constexpr = gl.SliceLayout(1, mma)
     _issue_tile(
         RING_OFF, kb_row, vb_row, kv_row, vv_row, start, end, G, K_SLOT, V_SLOT, BLOCK_N, K_CH_P2, V_CH_P2, lc

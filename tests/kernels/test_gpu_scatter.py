@@ -8,7 +8,6 @@ NaN, the default launch and forced split counts; static stores at several length
 from __future__ import annotations
 
 import math
-from unittest import mock
 
 import pytest
 import torch
@@ -43,10 +42,7 @@ def _rel(out, ref):
 
 def _check_scatter(ks, vs, n_rep, w, label):
     """The scatter decoder on these stores (a random query group and dense windows of ``w`` tokens), by the default
-    launch and at 3 forced splits (rounded-up and balanced shares), then with the lazy rescale
-    (``decode.LAZY_RESCALE``, read when a configuration is made), into NaN-filled outputs, against the PyTorch
-    reference."""
-    from mustafar.kernels import decode
+    launch and at 3 forced splits, into NaN-filled outputs, against the PyTorch reference."""
     from mustafar.kernels.decode import _launch
 
     b, hkv, d, dtype = ks.batch, ks.heads, ks.head_dim, ks.dtype
@@ -55,29 +51,15 @@ def _check_scatter(ks, vs, n_rep, w, label):
     scale = d**-0.5
     assert decoder_for(q, ks, vs) == "scatter"
     ref = sparse_decode_attention(q, ks, vs, kw, vw, scale, backend="torch")
-    for splits, balanced, lazy in (
-        (None, False, False),
-        (3, False, False),
-        (3, True, False),
-        (None, False, True),
-    ):
+    for splits in (None, 3):
         out = torch.full_like(q, math.nan)
-        with (
-            mock.patch.object(decode, "BALANCED_SPLITS", balanced),
-            mock.patch.object(decode, "LAZY_RESCALE", lazy),
-            mock.patch.dict(decode._CONFIGS, clear=lazy),
-        ):
-            if splits is None:
-                got = (
-                    _launch(q, ks, vs, kw, vw, scale, "scatter", out=out)
-                    if lazy
-                    else sparse_decode_attention(q, ks, vs, kw, vw, scale, out=out)
-                )
-            else:
-                got = _launch(q, ks, vs, kw, vw, scale, "scatter", out=out, num_splits=splits)
+        if splits is None:
+            got = sparse_decode_attention(q, ks, vs, kw, vw, scale, out=out)
+        else:
+            got = _launch(q, ks, vs, kw, vw, scale, "scatter", out=out, num_splits=splits)
         assert got is out and not out.isnan().any()
         err = _rel(out, ref)
-        assert err <= 1e-2, f"{label}, splits {splits} (balanced {balanced}, lazy {lazy}): rel err {err:.2e}"
+        assert err <= 1e-2, f"{label}, splits {splits}: rel err {err:.2e}"
 
 
 CASES = {  # id -> (head_dim, k_keep, v_keep)

@@ -76,17 +76,12 @@ def test_triton_decode_matches_reference(poison, b, hkv, n_rep, t, w, d, dtype, 
     assert _rel(out, ref) <= TOL[dtype]
 
 
-@pytest.mark.parametrize("balanced", [False, True])
-@pytest.mark.parametrize("splits", [1, 3, 4, 9, None])
-def test_triton_decode_split_counts(poison, monkeypatch, splits, balanced):
+@pytest.mark.parametrize("splits", [1, 3, 9, None])
+def test_triton_decode_split_counts(poison, splits):
     """The window rides on the last split: one split, uneven splits, more splits than tiles (empty programs) and
-    the wave-model default all give the reference result (private launch: the split count is no public knob), with
-    rounded-up shares and with balanced ones (70 tokens are 5 tiles of 16: 4 splits run 2, 2, 1, 0 tiles rounded
-    up and 2, 1, 1, 1 balanced)."""
-    from mustafar.kernels import decode
+    the wave-model default all give the reference result (private launch: the split count is no public knob)."""
     from mustafar.kernels.decode import _launch
 
-    monkeypatch.setattr(decode, "BALANCED_SPLITS", balanced)
     q, ks, vs, kw, vw = _case(1, 2, 4, 70, 5, 64, torch.float16, 20, 20, seed=11)
     ref = sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="torch")
     out = _launch(q, ks, vs, kw, vw, 0.125, "portable", num_splits=splits, block_n=16)
@@ -94,33 +89,21 @@ def test_triton_decode_split_counts(poison, monkeypatch, splits, balanced):
 
 
 @pytest.mark.parametrize("block_n", [16, 32, 64])
-def test_split_plans_cover_every_token_once(block_n):
-    """Both split plans, read as the decoders read them (split s starts at s · share plus one tile per long split
-    before it), cover the tokens [0, T) with disjoint whole-tile ranges. Balanced shares differ by at most one tile
-    and their longest equals the rounded-up plan's; hand-worked: B 8 / 16K at 32-token tiles, 512 tiles in 24
-    splits, is 23 × 22 + 6 rounded up and 8 × 22 + 16 × 21 balanced."""
+def test_split_plan_covers_every_token_once(block_n):
+    """The split plan, read as the decoders read it (split s covers [s · share, (s + 1) · share) clipped to T),
+    covers the tokens [0, T) with disjoint whole-tile ranges, each share ⌈T / S⌉ rounded up to whole tiles. Hand-worked:
+    B 8 / 16K at 32-token tiles, 512 tiles in 24 splits, is 23 splits of 22 tiles and one of 6."""
     from mustafar.kernels.decode import _split_plan
-
-    def ranges(tokens, splits, balanced):
-        n, share, long = _split_plan(1, tokens, block_n, 1, splits, balanced)
-        starts = [s * share + min(s, long) * block_n for s in range(n)]
-        return [(a, min(a + share + (s < long) * block_n, tokens)) for s, a in enumerate(starts)]
 
     for tokens in (1, 15, 16, 17, 70, 511, 512, 777, 16384):
         for splits in (1, 2, 3, 7, 24, 40):
-            tiles = -(-tokens // block_n)
-            longest = {}
-            for balanced in (False, True):
-                covered = [t for a, b in ranges(tokens, splits, balanced) for t in range(a, b)]
-                assert covered == list(range(tokens)), (tokens, splits, balanced)
-                lengths = [-(-max(b - a, 0) // block_n) for a, b in ranges(tokens, splits, balanced)]
-                longest[balanced] = max(lengths)
-                if balanced:
-                    assert max(lengths) - min(lengths) <= 1 and sum(lengths) == tiles
-                assert all(a % block_n == 0 for a, _ in ranges(tokens, splits, balanced))
-            assert longest[True] == longest[False] == -(-tiles // splits)
-    assert _split_plan(64, 16384, 32, 1584, 24) == (24, 22 * 32, 0)
-    assert _split_plan(64, 16384, 32, 1584, 24, True) == (24, 21 * 32, 8)
+            n, share = _split_plan(1, tokens, block_n, 1, splits)
+            assert n == splits and share % block_n == 0
+            covered = [t for s in range(n) for t in range(s * share, min((s + 1) * share, tokens))]
+            assert covered == list(range(tokens)), (tokens, splits)
+            assert share == math.ceil(math.ceil(tokens / splits) / block_n) * block_n
+    assert _split_plan(64, 16384, 32, 1584, 24) == (24, 22 * 32)
+    assert 16384 - 23 * 22 * 32 == 6 * 32
 
 
 def test_wave_model_fills_the_last_wave():
