@@ -474,6 +474,19 @@ class CacheStats:
         return 1 - self.v_kept / self.v_judged if self.v_judged else None
 
 
+def side_counts(layers: list, side: str, counts: list[tuple[int, int]]) -> tuple[int, int]:
+    """(kept, judged) of one side over `layers`, given each layer's own `counts`.
+
+    A layer that a per-layer list leaves dense (entry 0) while other layers of the side prune judges nothing itself
+    (its pruner takes every token as final at once). It counts as judging what the side's first pruned layer judged,
+    with everything kept (all layers of a list share one schedule), so a list's measured sparsity is near its mean.
+    Without the dense layers the measured sparsity would cover the pruned layers only."""
+    active = [layer.rules[side].active for layer in layers]
+    judged = next((c[1] for c, on in zip(counts, active) if on), 0)
+    counts = [c if on else (judged, judged) for c, on in zip(counts, active)]
+    return sum(c[0] for c in counts), sum(c[1] for c in counts)
+
+
 def _add(a: int | None, b: int | None) -> int | None:
     return None if a is None or b is None else a + b
 
@@ -543,8 +556,12 @@ class MustafarCache(Cache):
         compressed = self.policy.mode == "compressed"
         rows = []
         for b, pad in enumerate(pads):
-            k = [layer.pruners["k"].row_counts(batch)[b] for layer in layers]
-            v = [layer.pruners["v"].row_counts(batch)[b] for layer in layers]
+            k_kept, k_judged = side_counts(
+                layers, "k", [layer.pruners["k"].row_counts(batch)[b] for layer in layers]
+            )
+            v_kept, v_judged = side_counts(
+                layers, "v", [layer.pruners["v"].row_counts(batch)[b] for layer in layers]
+            )
             dense = sum(
                 (layer.get_seq_length() - pad) * layer.keys.shape[1] * layer.keys.shape[3]
                 * layer.keys.element_size() * 2
@@ -554,10 +571,10 @@ class MustafarCache(Cache):
             allocated = sum(layer.nbytes() for layer in layers) if compressed and batch == 1 else None
             rows.append(
                 CacheStats(
-                    k_kept=sum(c[0] for c in k),
-                    k_judged=sum(c[1] for c in k),
-                    v_kept=sum(c[0] for c in v),
-                    v_judged=sum(c[1] for c in v),
+                    k_kept=k_kept,
+                    k_judged=k_judged,
+                    v_kept=v_kept,
+                    v_judged=v_judged,
                     kv_bytes=allocated,
                     kv_payload_bytes=payload,
                     dense_bytes=dense,
@@ -572,8 +589,12 @@ class MustafarCache(Cache):
         if first is not None and first.pads is not None and first.evicted is None:
             # declared pads that leave a row no real token would make its counts negative
             first._check_pads(first.keys.shape[0], first.get_seq_length())
-        k = [layer.pruners["k"] for layer in layers]
-        v = [layer.pruners["v"] for layer in layers]
+        k_kept, k_judged = side_counts(
+            layers, "k", [(p.kept, p.judged) for p in (la.pruners["k"] for la in layers)]
+        )
+        v_kept, v_judged = side_counts(
+            layers, "v", [(p.kept, p.judged) for p in (la.pruners["v"] for la in layers)]
+        )
         dense = sum(
             layer.get_seq_length()
             * layer.keys.shape[0]
@@ -587,10 +608,10 @@ class MustafarCache(Cache):
         kv_bytes = sum(layer.nbytes() for layer in layers) if compressed else None
         payload = sum(layer.nbytes(payload=True) for layer in layers) if compressed else None
         return CacheStats(
-            k_kept=sum(p.kept for p in k),
-            k_judged=sum(p.judged for p in k),
-            v_kept=sum(p.kept for p in v),
-            v_judged=sum(p.judged for p in v),
+            k_kept=k_kept,
+            k_judged=k_judged,
+            v_kept=v_kept,
+            v_judged=v_judged,
             kv_bytes=kv_bytes,
             kv_payload_bytes=payload,
             dense_bytes=dense,

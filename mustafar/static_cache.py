@@ -40,6 +40,7 @@ from mustafar.cache import (
     kernel_backend,
     nm_group,
     nm_strided,
+    side_counts,
     word_quota,
 )
 from mustafar.config import KVConfig, PruneRule
@@ -368,6 +369,17 @@ class StaticDenseLayer(StaticLayer):
 
     def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.keys[:, :, : self.host_length], self.values[:, :, : self.host_length]
+
+    def row_payload_nbytes(self, row: int) -> int:
+        """Row `row`'s real tokens, dense (a dense policy in compressed mode stores nothing compressed)."""
+        pad = self.pads[row] if self.pads else 0
+        _, h, _, d = self.keys.shape
+        return 2 * h * max(0, self.host_length - pad) * d * self.keys.element_size()
+
+    def nbytes(self, payload: bool = False) -> int:
+        if payload:
+            return sum(self.row_payload_nbytes(b) for b in range(self.batch))
+        return self.keys.numel() * self.keys.element_size() * 2
 
 
 class StaticMaskLayer(StaticDenseLayer):
@@ -709,16 +721,15 @@ class StaticMustafarCache(MustafarCache):
         if not layers:
             return []
         batch = layers[0].batch
-        compressed = isinstance(layers[0], StaticCompressedLayer)
+        compressed = self.policy.mode == "compressed"  # a dense policy's layers too: their bytes are dense
         rows = []
         for b, pad in enumerate(layers[0].pads or [0] * batch):
-            kept, judged = {"k": 0, "v": 0}, {"k": 0, "v": 0}
-            for layer in layers:
-                decode = layer.row_decode_counts(b)
-                for side in ("k", "v"):
-                    prefill = layer.pruners[side].row_counts(batch)[b]
-                    kept[side] += prefill[0] + decode[side][0]
-                    judged[side] += prefill[1] + decode[side][1]
+            kept, judged = {}, {}
+            decode = [layer.row_decode_counts(b) for layer in layers]
+            for side in ("k", "v"):
+                prefill = [layer.pruners[side].row_counts(batch)[b] for layer in layers]
+                counts = [(p[0] + d[side][0], p[1] + d[side][1]) for p, d in zip(prefill, decode)]
+                kept[side], judged[side] = side_counts(layers, side, counts)
             dense = sum(
                 (layer.host_length - pad) * layer.heads * self.head_dim * layer.dtype.itemsize * 2
                 for layer in layers
@@ -739,17 +750,17 @@ class StaticMustafarCache(MustafarCache):
 
     def stats(self) -> CacheStats:
         layers = [layer for layer in self.layers if layer.is_initialized]
-        kept, judged = {"k": 0, "v": 0}, {"k": 0, "v": 0}
-        for layer in layers:
-            decode = layer.decode_counts()
-            for side in ("k", "v"):
-                kept[side] += layer.pruners[side].kept + decode[side][0]
-                judged[side] += layer.pruners[side].judged + decode[side][1]
+        kept, judged = {}, {}
+        decode = [layer.decode_counts() for layer in layers]
+        for side in ("k", "v"):
+            pruners = [layer.pruners[side] for layer in layers]
+            counts = [(p.kept + d[side][0], p.judged + d[side][1]) for p, d in zip(pruners, decode)]
+            kept[side], judged[side] = side_counts(layers, side, counts)
         dense = sum(
             layer.host_length * layer.batch * layer.heads * self.head_dim * layer.dtype.itemsize * 2
             for layer in layers
         )
-        compressed = bool(layers) and isinstance(layers[0], StaticCompressedLayer)
+        compressed = bool(layers) and self.policy.mode == "compressed"
         return CacheStats(
             k_kept=kept["k"],
             k_judged=judged["k"],

@@ -74,6 +74,29 @@ def test_each_layer_measures_its_list_entry_in_both_modes(tiny_llama):
         assert layer.stores["v"].keep == exact_keep(D, lists["v_layer_sparsity"][i])
 
 
+@pytest.mark.parametrize("static", [False, True])
+@pytest.mark.parametrize("mode", ["mask", "compressed"])
+def test_a_dense_list_entry_counts_in_the_measured_sparsity(tiny_llama, mode, static):
+    """A layer a list leaves dense (entry 0) judges the tokens the pruned layer judges and keeps them all, so the
+    measured sparsity is the list's mean: hand-worked, [0, 0.7] at D 64 keeps 64 and 19 of 64, 1 - 83/128. Per
+    row of a padded batch and for the whole cache alike; a side no layer prunes still judges nothing (None)."""
+    policy = KVConfig(k_layer_sparsity=[0.0, 0.7], mode=mode)
+    g = torch.Generator().manual_seed(5)
+    prompts = [torch.randint(1, 256, (n,), generator=g).tolist() for n in (50, 70)]
+    cache = new_cache(tiny_llama, policy) if not static else None
+    outs = generate(tiny_llama, policy, prompts, 6, cache=cache, static=static)
+    for out, prompt in zip(outs, prompts):
+        st = out.stats
+        pruned_tokens = len(prompt) + 5 - policy.window  # the last generated token is never cached
+        assert st.k_judged == 2 * pruned_tokens * tiny_llama.config.num_key_value_heads * D
+        assert st.k_sparsity == pytest.approx(1 - (D + exact_keep(D, 0.7)) / (2 * D))
+        assert st.v_judged == 0 and st.v_sparsity is None
+    if cache is not None:
+        whole = cache.stats()
+        assert whole.k_kept == sum(o.stats.k_kept for o in outs)
+        assert whole.k_judged == sum(o.stats.k_judged for o in outs)
+
+
 @pytest.mark.parametrize("allocation", ["error", "error_head"])
 def test_error_allocation_spends_the_budget_and_compressed_equals_mask(skewed_llama, allocation):
     kw = {"k_sparsity": 0.7, "v_sparsity": 0.7, "allocation": allocation}

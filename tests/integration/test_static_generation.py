@@ -77,6 +77,27 @@ def test_static_compressed_unpadded_equals_dynamic(tiny_llama):
         assert [getattr(s.stats, c) for c in counts] == [getattr(d.stats, c) for c in counts]
 
 
+def test_static_dense_compressed_reports_bytes_as_dynamic(tiny_llama):
+    """A dense policy in compressed mode stores every token dense on both paths: the static one reports the same
+    payload bytes per row as the dynamic one (real tokens only: a padded row's pads left out) and its allocated
+    buffers as kv_bytes, not None; mask mode reports no bytes on either."""
+    ps = prompts((37, 70))
+    cfg = tiny_llama.config
+    for mode in ("compressed", "mask"):
+        policy = KVConfig(mode=mode)
+        dynamic = generate(tiny_llama, policy, ps, 6, static=False)
+        static = generate(tiny_llama, policy, ps, 6, static=True)
+        for d, s, p in zip(dynamic, static, ps, strict=True):
+            assert s.tokens == d.tokens
+            if mode == "mask":
+                assert s.stats.kv_payload_bytes is d.stats.kv_payload_bytes is None
+                continue
+            per_token = 2 * cfg.num_hidden_layers * cfg.num_key_value_heads * 64 * 4  # K and V, fp32, D 64
+            assert s.stats.kv_payload_bytes == d.stats.kv_payload_bytes == (len(p) + 5) * per_token
+    alone = generate(tiny_llama, KVConfig(mode="compressed"), ps[:1], 6, static=True)[0]
+    assert alone.stats.kv_bytes == 256 * per_token  # one row: the 256-token bucket, allocated
+
+
 def test_static_think_keys_unpadded_equal_dynamic(tiny_llama):
     policy = KVConfig(k_sparsity=0.7, k_scorer="think", v_sparsity=0.5)
     ps = prompts((70, 70), seed=1)
