@@ -147,8 +147,12 @@ class Job:
         registry.validate(cfg["benchmark"], models.peek_context_length(model))
         wandb_log.validate(cfg["logger"])
         sweep = str(cfg.get("sweep", "default"))
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", sweep):
-            raise ConfigError(f"sweep={sweep!r} must be a plain folder name (letters, digits, _ . -)")
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", sweep) or set(sweep) == {
+            "."
+        }:  # "." and ".." leave results_dir
+            raise ConfigError(
+                f"sweep={sweep!r} must be a plain folder name inside results_dir (letters, digits, _ . -; not . or ..)"
+            )
         return cls(
             model=model,
             policy=policy,

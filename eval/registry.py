@@ -18,11 +18,23 @@ def check_batch_size(value: Any) -> None:
         raise ValueError(f"benchmark.batch_size={value!r} must be an integer >= 1 or auto")
 
 
+# every key each benchmark reads (conf/benchmark/<name>.yaml): `+benchmark.lenght=2048` ran the default length
+KEYS = {
+    "ruler": ("name", "length", "n", "tasks", "essay_path", "squad_path", "hotpot_path", "batch_size"),
+    "longbench": ("name", "tasks", "data_dir", "n", "longbench_e", "batch_size"),
+}
+
+
 def validate(cfg: dict[str, Any], context_length: int | None) -> None:
     """Cheap checks that must fail before a model is loaded; the benchmark classes check the rest."""
     name = cfg.get("name")
     if name not in BENCHMARKS:
         raise ValueError(f"benchmark.name={name!r} is not allowed; choose one of {', '.join(BENCHMARKS)}")
+    unknown = sorted(set(cfg) - set(KEYS[name]))
+    if unknown:
+        raise ValueError(
+            f"benchmark.{unknown[0]} is not a key of benchmark={name}; its keys are {', '.join(KEYS[name])}"
+        )
     tasks = cfg.get("tasks")
     if tasks is not None and (
         isinstance(tasks, str) or not tasks or not all(isinstance(t, str) for t in tasks)

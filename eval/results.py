@@ -100,12 +100,12 @@ def read_result(path: Path, job_id: str | None = None) -> dict[str, Any]:
         raise InvalidResult(f"{path} has no list of rows")
     if not rows or not all(isinstance(r, dict) for r in rows):  # a finished job always has a row per score
         raise InvalidResult(f"{path} holds no result rows (rows must be a non-empty list of objects)")
-    from eval.rows import COLUMNS
+    from eval.rows import row_problem
 
     for i, row in enumerate(rows):  # each row the job's own, in the row schema: tables group rows by run_id
-        unknown = sorted(set(row) - set(COLUMNS))
-        if unknown:
-            raise InvalidResult(f"{path} row {i} has fields no result row has: {unknown}")
+        problem = row_problem(row)
+        if problem:
+            raise InvalidResult(f"{path} row {i} {problem}")
         if row.get("run_id") != result.get("job_id"):
             raise InvalidResult(
                 f"{path} row {i} belongs to run {row.get('run_id')!r}, not to its job {result.get('job_id')!r}"

@@ -8,8 +8,10 @@ the job's full identity so that rows of different jobs are never confused. Task 
 from __future__ import annotations
 
 import math
+import types
+import typing
 from dataclasses import asdict, dataclass, fields
-from typing import Any
+from typing import Any, Union
 
 import pandas as pd
 
@@ -114,6 +116,49 @@ class ResultRow:
 
 
 COLUMNS = [f.name for f in fields(ResultRow)]
+
+
+def _fits(value: Any, hint: Any) -> bool:
+    """Whether a JSON value has the annotated type (ints pass as floats; bools are neither; floats finite)."""
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin in (Union, types.UnionType):
+        return any(_fits(value, arg) for arg in args)
+    if hint is Any:
+        return True
+    if hint is type(None):
+        return value is None
+    if origin is list:
+        return isinstance(value, list) and all(_fits(v, args[0]) for v in value)
+    if origin is dict or hint is dict:
+        return isinstance(value, dict)
+    if hint is bool:
+        return isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return isinstance(value, hint)
+
+
+_HINTS = typing.get_type_hints(ResultRow)
+# what a table needs of every row: whose it is and its score (rows of older code lack later fields; those
+# present are type-checked)
+REQUIRED = ("run_id", "kind", "task", "metric", "value", "n")
+
+
+def row_problem(row: dict[str, Any]) -> str | None:
+    """What keeps a stored row from being a `ResultRow` tables can read (None: nothing): a field it lacks, one no
+    row has, or a value of the wrong type (a score "abc" or NaN made tables crash or print a CI without a mean)."""
+    missing = [name for name in REQUIRED if name not in row]
+    if missing:
+        return f"lacks the field(s) {missing}"
+    unknown = sorted(set(row) - set(COLUMNS))
+    if unknown:
+        return f"has fields no result row has: {unknown}"
+    bad = next((name for name, value in row.items() if not _fits(value, _HINTS[name])), None)
+    if bad is not None:
+        return f"has {bad}={row[bad]!r}, not of type {_HINTS[bad]}"
+    return None
 
 
 def frame(rows: pd.DataFrame | list[dict[str, Any]]) -> pd.DataFrame:

@@ -31,10 +31,18 @@ MEASURED = (
 )
 
 
+# the keys each logger reads (conf/logger/<name>.yaml)
+LOGGER_KEYS = {"wandb": ("name", "mode", "project", "entity"), "none": ("name",)}
+
+
 def validate(cfg: dict[str, Any]) -> None:
     name = cfg.get("name")
     if name not in ("wandb", "none"):
         raise ValueError(f"logger={name!r} is not allowed; choose one of wandb, none")
+    keys = LOGGER_KEYS[name]
+    unknown = sorted(set(cfg) - set(keys))
+    if unknown:
+        raise ValueError(f"logger.{unknown[0]} is not a key of logger={name}; its keys are {', '.join(keys)}")
     if name == "wandb" and cfg.get("mode", "offline") not in WANDB_MODES:
         raise ValueError(
             f"logger.mode={cfg.get('mode')!r} is not allowed; choose one of {', '.join(WANDB_MODES)}"

@@ -36,7 +36,7 @@ class ModelUnavailable(RuntimeError):
     pass
 
 
-# sizes of the random model (model=tiny) that must be positive integers; other keys pass to transformers' config
+# sizes of the random model (model=tiny) that must be positive integers; its other keys of the family config pass as given
 ARCHITECTURE_SIZES = (
     "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
     "head_dim", "vocab_size", "max_position_embeddings",
@@ -316,7 +316,14 @@ def _read_config(cfg: ModelConfig):
     if cfg.source == "random":
         return architectures.random_config(cfg.arch, cfg.architecture)
     if cfg.source == "gguf":
-        return AutoConfig.from_pretrained(gguf_dir(cfg.gguf_package), gguf_file=cfg.gguf_file)
+        src = gguf_dir(cfg.gguf_package) / cfg.gguf_file
+        if not src.is_file():
+            present = ", ".join(sorted(p.name for p in src.parent.glob("*.gguf"))) or "none"
+            raise ModelUnavailable(
+                f"model.gguf_file={cfg.gguf_file!r}: no such file in the {cfg.gguf_package!r} package "
+                f"({src.parent}); its GGUF files: {present}"
+            )
+        return AutoConfig.from_pretrained(src.parent, gguf_file=src.name)
     if cfg.source == "local":
         where = _local_folder(cfg)
         try:

@@ -66,9 +66,13 @@ def load_qa(task: str, path: str | None) -> QaData:
         raise ValueError(f"{task} needs the {what} as a local file: set benchmark.{arg}=FILE (got {path!r})")
     raw_bytes = Path(path).read_bytes()
     try:
-        docs, raw = (_squad if task == "qa_1" else _hotpot)(json.loads(raw_bytes))
+        parsed = json.loads(raw_bytes)
+    except ValueError as err:  # JSONDecodeError, or bytes that are not UTF-8
+        raise ValueError(f"benchmark.{arg}={path!r} is not a JSON file ({what} expected): {err}") from None
+    try:
+        docs, raw = (_squad if task == "qa_1" else _hotpot)(parsed)
     except (KeyError, TypeError, IndexError) as err:
-        raise ValueError(f"{path} is not in the {what} format: {err!r}") from err
+        raise ValueError(f"benchmark.{arg}={path!r} is not in the {what} format: {err!r}") from err
     index = {d: i for i, d in enumerate(docs)}
     items = [
         QaItem(q, outs, [index[d] for d in dict.fromkeys(gold)], [index[d] for d in dict.fromkeys(more)])

@@ -77,6 +77,29 @@ def test_experiments_compose_with_a_sweep():
         ("logger.mode=sometimes", "logger.mode='sometimes' is not allowed"),
         ("seed=-1", "seed=-1 must be in [0, 2**32 - 1]"),
         ("+sede=7", "unknown top-level key(s) ['sede']"),
+        # a key added with + that nothing reads: the job ran the default under a job id of its own
+        (
+            "+benchmark.lenght=2048",
+            "benchmark.lenght is not a key of benchmark=ruler; its keys are name, length",
+        ),
+        (
+            "benchmark=longbench +benchmark.length=2048",
+            "benchmark.length is not a key of benchmark=longbench",
+        ),
+        (
+            "+model.architecture.num_hiden_layers=4",
+            "model.architecture.num_hiden_layers is not a key of the llama",
+        ),
+        (
+            "+logger.projekt=x",
+            "logger.projekt is not a key of logger=wandb; its keys are name, mode, project, entity",
+        ),
+        ("sweep=..", "sweep='..' must be a plain folder name inside results_dir"),
+        ("sweep=.", "sweep='.' must be a plain folder name inside results_dir"),
+        (
+            f"benchmark.tasks=[qa_2] benchmark.hotpot_path={ROOT / 'pyproject.toml'}",
+            f"benchmark.hotpot_path='{ROOT / 'pyproject.toml'}' is not a JSON file (HotpotQA",
+        ),
         ("kv.evict_pool=4", "kv.evict_pool=4 must be odd"),  # checked even without eviction (moot, still bad)
         ("kv.evict_window=-3", "kv.evict_window=-3 must be an integer >= 1 with kv.evict=none"),
         (
@@ -116,6 +139,17 @@ def test_bad_values_fail_before_model_work(override, message):
     with pytest.raises(ValueError) as err:
         Job.from_config(cfg)
     assert message in str(err.value)
+
+
+def test_a_missing_gguf_file_is_named_before_model_work():
+    """model.gguf_file that the package lacks: one error naming it and the files there (was transformers' OSError
+    pointing at a hub URL, a traceback)."""
+    cfg = to_dict(composed(["model=smollm2", "logger=none", "model.gguf_file=nope.gguf"]))
+    cfg.pop("hydra", None)
+    with pytest.raises(
+        ModelUnavailable, match=r"model.gguf_file='nope.gguf': no such file .*its GGUF files: \S+\.gguf"
+    ):
+        Job.from_config(cfg)
 
 
 @pytest.mark.parametrize(

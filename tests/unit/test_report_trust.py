@@ -4,6 +4,7 @@ job ran, per-layer lists tell jobs apart, and the compare CLI answers a user's m
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -203,7 +204,12 @@ def test_per_layer_lists_tell_jobs_apart(tmp_path):
 def test_a_field_missing_from_older_rows_is_its_default(tmp_path):
     """Rows written before `evict` existed stand for evict=none: no column, no job id column."""
     fake_job(tmp_path, "a", {"vt": [100.0, 0.0]}, seed=1, samples_id="p1")
-    fake_job(tmp_path, "b", {"vt": [0.0, 0.0]}, seed=2, samples_id="p2", evict=None)
+    fake_job(tmp_path, "b", {"vt": [0.0, 0.0]}, seed=2, samples_id="p2")
+    path = tmp_path / "b" / "result.json"
+    older = json.loads(path.read_text())
+    for row in older["rows"]:
+        del row["evict"]
+    path.write_text(json.dumps(older))
     table = write_summary(tmp_path)
     assert "evict" not in table and "job" not in table and sorted(table["seed"].unique()) == [1, 2]
 

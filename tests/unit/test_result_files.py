@@ -25,8 +25,23 @@ def good_result(job_id: str = JOB) -> dict:
         "schema": SCHEMA_VERSION,
         "job_id": job_id,
         "identity": {},
-        "rows": [{"run_id": job_id, "task": "vt", "value": 1.0}],
+        "rows": [
+            {
+                "run_id": job_id,
+                "kind": "task",
+                "task": "vt",
+                "metric": "string_match_all",
+                "value": 1.0,
+                "n": 2,
+            }
+        ],
     }
+
+
+def with_row(**fields) -> str:
+    """A result whose one row is the good row with `fields` changed (None: left out)."""
+    row = {**good_result()["rows"][0], **fields}
+    return json.dumps({**good_result(), "rows": [{k: v for k, v in row.items() if v is not None}]})
 
 
 @pytest.mark.parametrize(
@@ -41,11 +56,18 @@ def good_result(job_id: str = JOB) -> dict:
         (json.dumps(good_result("other_job")), "belongs to job 'other_job'"),
         (json.dumps({**good_result(), "rows": None}), "has no list of rows"),
         # rows a table would drop without a word (it groups by run_id) or could not read
-        (json.dumps({**good_result(), "rows": [{"task": "vt", "value": 1.0}]}), "row 0 belongs to run None"),
-        (json.dumps({**good_result(), "rows": [{"run_id": "x", "value": 1.0}]}), "row 0 belongs to run 'x'"),
+        (with_row(run_id=None), "row 0 lacks the field(s) ['run_id']"),
+        (with_row(run_id="x"), "row 0 belongs to run 'x'"),
+        (with_row(foo=1), "row 0 has fields no result row has: ['foo']"),
+        # rows a table would crash on, or show as a CI without a mean
+        (with_row(value="abc"), "row 0 has value='abc'"),
+        (with_row(value=float("nan")), "row 0 has value=nan"),
+        (with_row(value=None), "row 0 lacks the field(s) ['value']"),
+        (with_row(n=True), "row 0 has n=True"),
+        (with_row(ci_low="0.5"), "row 0 has ci_low='0.5'"),
         (
-            json.dumps({**good_result(), "rows": [{"run_id": JOB, "foo": 1}]}),
-            "row 0 has fields no result row has",
+            json.dumps({**good_result(), "rows": [{"run_id": JOB}]}),
+            "lacks the field(s) ['kind', 'task', 'metric'",
         ),
     ],
 )
