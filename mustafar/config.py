@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Set
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -58,7 +59,8 @@ def _layer_list(key: str, value: Any) -> tuple[float, ...]:
     """A per-layer sparsity list as a tuple (hashable, serialisable), each entry checked like a sparsity."""
     if value is None:
         return ()
-    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+    # a mapping or set iterates its keys (or no order): {0: 0.9} read as the list [0]
+    if isinstance(value, (str, bytes, Mapping, Set)) or not hasattr(value, "__iter__"):
         raise ConfigError(f"{key}={value!r} must be a list of sparsities, one per layer, each in [0, 1)")
     return tuple(_sparsity(f"{key}[{i}]", v) for i, v in enumerate(value))
 

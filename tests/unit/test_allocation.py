@@ -183,6 +183,9 @@ def test_layer_lists_validate_and_set_the_mean():
     assert KVConfig.from_mapping(policy.to_dict()) == policy
     with pytest.raises(ConfigError, match=r"kv.k_layer_sparsity\[1\]=1.2 is outside \[0, 1\)"):
         KVConfig(k_layer_sparsity=[0.5, 1.2])
+    for not_a_list in ({0: 0.9}, {1: 0.5, 0: 0.3}, {0.5, 0.3}, "0.5,0.3"):  # a dict iterated as its keys
+        with pytest.raises(ConfigError, match=r"kv.v_layer_sparsity=.* must be a list of sparsities"):
+            KVConfig(v_layer_sparsity=not_a_list)
     with pytest.raises(ConfigError, match="mutually exclusive"):
         KVConfig(k_sparsity=0.7, v_layer_sparsity=[0.5, 0.7], allocation="error")
     with pytest.raises(ConfigError, match="disagrees with the mean"):
