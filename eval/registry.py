@@ -53,6 +53,9 @@ def validate(cfg: dict[str, Any], context_length: int | None) -> None:
 
         for task in tasks or []:
             check_task(task)
+        repeated = sorted({t for t in tasks or [] if tasks.count(t) > 1})
+        if repeated:  # each task runs once: a repeat would only give the job an id of its own
+            raise ValueError(f"benchmark.tasks={list(tasks)} names {', '.join(repeated)} more than once")
         if any(t in ESSAY_TASKS for t in tasks or []) or (tasks is None and cfg.get("essay_path")):
             load_essays(cfg.get("essay_path"))  # a missing corpus fails now, not after the model has loaded
         from eval.ruler.qa import QA_TASKS, load_qa

@@ -21,7 +21,7 @@ CONF = ROOT / "conf"
 
 
 def options(group: str) -> list[str]:
-    return sorted(p.stem for p in (CONF / group).glob("*.yaml"))
+    return sorted(p.stem for p in (CONF / group).glob("*.yaml") if not p.stem.startswith("_"))
 
 
 def composed(overrides: list[str], hydra_cfg: bool = False):
@@ -33,6 +33,30 @@ def to_dict(cfg) -> dict:
     from omegaconf import OmegaConf
 
     return OmegaConf.to_container(cfg, resolve=True)
+
+
+def test_every_model_key_is_set_without_plus_and_defaults_match_the_dataclass():
+    """conf/model/_defaults.yaml holds every ModelConfig key at the dataclass's default (so a model config's job id
+    is what its own keys make it), and a key a model file does not name is set without `+`."""
+    from dataclasses import asdict
+
+    import yaml
+
+    defaults = yaml.safe_load((CONF / "model" / "_defaults.yaml").read_text())
+    dataclass_defaults = asdict(models.ModelConfig())
+    assert defaults == {k: v for k, v in dataclass_defaults.items() if k not in ("name", "source")}
+    for option in options("model"):
+        own = yaml.safe_load((CONF / "model" / f"{option}.yaml").read_text())
+        got = to_dict(composed([f"model={option}"]))["model"]
+        assert got == {**dataclass_defaults, **{k: v for k, v in own.items() if k != "defaults"}}
+    cfg = to_dict(
+        composed(["model=llama3", "model.max_length=4000", "model.chat_template=false", "model.seed=3"])
+    )
+    assert (cfg["model"]["max_length"], cfg["model"]["chat_template"], cfg["model"]["seed"]) == (
+        4000,
+        False,
+        3,
+    )
 
 
 @pytest.mark.parametrize("group", ["model", "kv", "benchmark", "logger"])
@@ -94,6 +118,7 @@ def test_experiments_compose_with_a_sweep():
             "+logger.projekt=x",
             "logger.projekt is not a key of logger=wandb; its keys are name, mode, project, entity",
         ),
+        ("benchmark.tasks=[vt,cwe,vt]", "benchmark.tasks=['vt', 'cwe', 'vt'] names vt more than once"),
         ("sweep=..", "sweep='..' must be a plain folder name inside results_dir"),
         ("sweep=.", "sweep='.' must be a plain folder name inside results_dir"),
         (

@@ -45,3 +45,23 @@ def test_an_unknown_kv_or_model_key_is_one_line_naming_the_keys():
     assert bad_choice(["model.chat_templat=false"], CONF).startswith("model.chat_templat is not a model key")
     for fine in (["model.architecture.intermediate_size=128"], ["+kv.nosuch=1"], ["kv.evict=snapkv"]):
         assert bad_choice(fine, CONF) is None  # nested model keys; `+` keys are KVConfig's to refuse
+
+
+def test_an_unknown_benchmark_or_logger_key_is_one_line_for_the_chosen_config():
+    """The keys of the benchmark and logger the command line chooses (the defaults: ruler, wandb)."""
+    assert bad_choice(["benchmark.lenght=2048"], CONF) == (
+        "benchmark.lenght is not a benchmark key; choose one of batch_size, essay_path, hotpot_path, length, n, "
+        "name, squad_path, tasks"
+    )
+    assert bad_choice(["benchmark=longbench", "benchmark.length=2048"], CONF).startswith(
+        "benchmark.length is not a benchmark key; choose one of batch_size, data_dir, longbench_e, n, name, tasks"
+    )
+    assert bad_choice(["logger=none", "logger.mode=online"], CONF) == (
+        "logger.mode is not a logger key; choose one of name"
+    )
+    for fine in (
+        ["benchmark.length=2048", "logger.mode=online"],
+        ["benchmark=ruler,longbench", "benchmark.n=2"],  # a key of every chosen benchmark
+        ["benchmark=longbench", "benchmark.data_dir=/x"],
+    ):
+        assert bad_choice(fine, CONF) is None
