@@ -51,14 +51,14 @@ def random_config(arch: str, sizes: dict[str, Any], tokens: dict[str, Any] | Non
     (vocabulary size and special ids of the paired tokenizer)."""
     from transformers import AutoConfig
 
+    traits = family_traits(arch, int(sizes.get("num_hidden_layers", 2)))  # refuses an unknown family
     # transformers keeps any unknown keyword as an attribute nothing reads: a typo would build the default size
     known = set(AutoConfig.for_model(MODEL_TYPES[arch]).to_dict()) | {"head_dim"}
     unknown = sorted(set(sizes) - known)
     if unknown:
-        raise ValueError(
+        raise ConfigError(
             f"model.architecture.{unknown[0]} is not a key of the {MODEL_TYPES[arch]} config (model.arch={arch})"
         )
-    traits = family_traits(arch, int(sizes.get("num_hidden_layers", 2)))
     return AutoConfig.for_model(MODEL_TYPES[arch], **{**traits, **sizes, **(tokens or {})})
 
 

@@ -474,7 +474,7 @@ class CacheStats:
         return 1 - self.v_kept / self.v_judged if self.v_judged else None
 
 
-def side_counts(layers: list, side: str, counts: list[tuple[int, int]]) -> tuple[int, int]:
+def side_counts(layers: list[MustafarLayer], side: str, counts: list[tuple[int, int]]) -> tuple[int, int]:
     """(kept, judged) of one side over `layers`, given each layer's own `counts`.
 
     A layer that a per-layer list leaves dense (entry 0) while other layers of the side prune judges nothing itself

@@ -36,7 +36,7 @@ class ModelUnavailable(RuntimeError):
     pass
 
 
-# sizes of the random model (model=tiny) that must be positive integers; its other keys of the family config pass as given
+# sizes of the random model (model=tiny) that must be positive integers; other keys of its family config pass as given
 ARCHITECTURE_SIZES = (
     "num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "num_key_value_heads",
     "head_dim", "vocab_size", "max_position_embeddings",
