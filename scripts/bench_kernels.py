@@ -292,7 +292,7 @@ def decode_row(
         row["split_sweep_us"] = {f"auto={auto}": us}
         for label, n in (("x2", 2 * auto), ("half", max(1, auto // 2))):
             row["split_sweep_us"][f"{label}={n}"] = time_us(decode_call(inp, dict(launch, num_splits=n)))
-    base = baseline.get((s, b, t))
+    base = baseline.get((rule, s, b, t))
     if base:
         row["baseline_us"], row["vs_baseline"] = base, us / base
     print(
@@ -358,11 +358,14 @@ def compress_bench(b: int, t: int, sparsities: list[float], baseline: dict) -> l
 
 
 def read_baseline(path: Path) -> tuple[dict, dict]:
-    """Default-launch times of an earlier bench.json: decode by (s, B, T), prune+pack by s. Files from round 5
-    list every launch per size; their default launch is the one named 'v6 n16' (prune+pack: 'p1')."""
+    """Default-launch times of an earlier bench.json: decode by (keep rule, s, B, T), prune+pack by s. Files from
+    round 5 list every launch per size; their default launch is the one named 'v6 n16' (prune+pack: 'p1'); files
+    from before keep rules hold `exact` stores."""
     bench = json.loads(path.read_text())
     decode = {
-        (r["sparsity"], r["batch"], r["tokens"]): r.get("per_config_us", {}).get("v6 n16", r["sparse_us"])
+        (r.get("keep_rule", "exact"), r["sparsity"], r["batch"], r["tokens"]): r.get("per_config_us", {}).get(
+            "v6 n16", r["sparse_us"]
+        )
         for r in bench["decode"]
     }
     compress = {
@@ -493,7 +496,7 @@ def main() -> None:
     sizes = [(s, b, t) for s in sparsities for b in _ints(args.batches) for t in _ints(args.tokens)]
     base_decode, base_compress = read_baseline(args.baseline) if args.baseline else ({}, {})
     if args.baseline:
-        sizes = sorted(base_decode)
+        sizes = sorted({key[1:] for key in base_decode})
         sparsities = sorted({s for s, _, _ in sizes})
     elif args.quick:
         sizes = [(s, 8, 16384) for s in sparsities]

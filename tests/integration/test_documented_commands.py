@@ -234,6 +234,19 @@ def test_documented_benchmark_options_name_known_formats_and_rules():
                 )
 
 
+def test_a_baseline_is_read_per_keep_rule():
+    """bench_kernels --baseline compares each keep rule with the same rule's earlier time: round 29's bench holds
+    three rules per size, and keyed by size alone `word` s 0.7 B 8 / 16K read word-fp8's 78 µs (its own: 92)."""
+    bench_kernels = runpy.run_path(str(ROOT / "scripts" / "bench_kernels.py"))
+    path = ROOT / "results" / "kernels" / "round29_h100" / "final" / "bench" / "bench.json"
+    decode, _ = bench_kernels["read_baseline"](path)
+    rows = json.loads(path.read_text())["decode"]
+    for r in rows:
+        assert decode[(r["keep_rule"], r["sparsity"], r["batch"], r["tokens"])] == r["sparse_us"]
+    assert len(decode) == len(rows) > len({(r["sparsity"], r["batch"], r["tokens"]) for r in rows})
+    assert round(decode[("word", 0.7, 8, 16384)]) == 92 and round(decode[("word-fp8", 0.7, 8, 16384)]) == 78
+
+
 # --- reports from the committed results ---------------------------------------------------------------------------
 
 
