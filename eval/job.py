@@ -147,9 +147,8 @@ class Job:
         registry.validate(cfg["benchmark"], models.peek_context_length(model))
         wandb_log.validate(cfg["logger"])
         sweep = str(cfg.get("sweep", "default"))
-        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", sweep) or set(sweep) == {
-            "."
-        }:  # "." and ".." leave results_dir
+        leaves = set(sweep) == {"."}  # "." and ".." name results_dir or its parent
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]+", sweep) or leaves:
             raise ConfigError(
                 f"sweep={sweep!r} must be a plain folder name inside results_dir (letters, digits, _ . -; not . or ..)"
             )

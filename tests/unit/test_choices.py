@@ -65,3 +65,20 @@ def test_an_unknown_benchmark_or_logger_key_is_one_line_for_the_chosen_config():
         ["benchmark=longbench", "benchmark.data_dir=/x"],
     ):
         assert bad_choice(fine, CONF) is None
+
+
+def test_key_tables_are_the_configs_keys():
+    """eval.registry.KEYS and eval.wandb_log.LOGGER_KEYS refuse every key their conf/ file does not hold: a key
+    added to a YAML but not to its table would be refused on every run."""
+    import yaml
+
+    from eval.registry import KEYS
+    from eval.wandb_log import LOGGER_KEYS
+
+    for group, table in (("benchmark", KEYS), ("logger", LOGGER_KEYS)):
+        for name, keys in table.items():
+            assert set(keys) == set(yaml.safe_load((CONF / group / f"{name}.yaml").read_text())), (
+                group,
+                name,
+            )
+        assert set(table) == {p.stem for p in (CONF / group).glob("*.yaml")}
