@@ -174,7 +174,7 @@ class Job:
             "kv": self.policy.to_dict(),
             "benchmark": {
                 k: v
-                for k, v in self.benchmark.items()
+                for k, v in registry.identity(self.benchmark).items()
                 if k not in NOT_IDENTITY and not (k in LATER_DEFAULTS and v == LATER_DEFAULTS[k])
             },
             "device": self.device,

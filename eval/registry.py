@@ -85,6 +85,23 @@ def validate(cfg: dict[str, Any], context_length: int | None) -> None:
                 task_file(folder, task, longbench_e)
 
 
+def identity(cfg: dict[str, Any]) -> dict[str, Any]:
+    """The part of a benchmark config that decides its samples, for the job id. RULER runs its tasks in one fixed
+    order, each seeded on its own, so a reordered list names the same job; a data path no listed task reads is
+    left at its default (null), so setting it does not give a finished job a second id."""
+    if cfg.get("name") != "ruler" or cfg.get("tasks") is None:
+        return dict(cfg)
+    from eval.ruler.benchmark import ALL_TASKS, ESSAY_TASKS
+
+    tasks = list(cfg["tasks"])
+    out = dict(cfg, tasks=[t for t in ALL_TASKS if t in tasks])
+    readers = {"essay_path": ESSAY_TASKS, "squad_path": ["qa_1"], "hotpot_path": ["qa_2"]}
+    for key, needed_by in readers.items():
+        if key in out and not any(t in tasks for t in needed_by):
+            out[key] = None
+    return out
+
+
 def build(cfg: dict[str, Any], loaded: LoadedModel, seed: int) -> Benchmark:
     chat = loaded.config.chat_template
     if cfg["name"] == "ruler":

@@ -346,3 +346,39 @@ def test_longbench_missing_data_is_a_clear_error(tmp_path):
     assert proc.returncode == 2
     assert "error: LongBench data folder" in proc.stderr and "nowhere" in proc.stderr
     assert "benchmark.data_dir=" in proc.stderr  # says how to provide the data
+
+
+def test_a_ruler_job_keeps_its_id_when_its_tasks_are_reordered_or_an_unread_data_path_is_set(tmp_path):
+    """RULER runs its tasks in one order, each seeded on its own, and reads a QA or essay path only for a task that
+    needs it: neither a reordered list nor an unread path changes the samples, so neither may give the finished job
+    a second id (it would be run again). A path a listed task reads still does."""
+    squad, other = tmp_path / "dev-v2.0.json", tmp_path / "other.json"
+    for path in (squad, other):
+        path.write_text(json.dumps({"data": []}))
+
+    def job_id(*overrides: str) -> str:
+        cfg = to_dict(composed(["model=tiny", "benchmark=ruler", *overrides]))
+        cfg.pop("hydra", None)
+        return Job.from_config(cfg).job_id
+
+    base = job_id("benchmark.tasks=[vt,cwe]")
+    assert job_id("benchmark.tasks=[cwe,vt]") == base
+    assert job_id("benchmark.tasks=[vt,cwe]", f"benchmark.squad_path={squad}") == base
+    assert job_id("benchmark.tasks=[vt,cwe]", f"benchmark.essay_path={tmp_path}") == base
+    with_qa = job_id("benchmark.tasks=[vt,qa_1]", f"benchmark.squad_path={squad}")
+    assert with_qa == job_id("benchmark.tasks=[qa_1,vt]", f"benchmark.squad_path={squad}")
+    assert with_qa != job_id("benchmark.tasks=[vt,qa_1]", f"benchmark.squad_path={other}")
+
+
+def test_committed_ruler_jobs_keep_their_ids():
+    """The identity rule above leaves every committed RULER job's stored benchmark identity as it is (their task
+    lists are in run order and set no unread path), so no finished result is orphaned by it."""
+    from eval import registry
+
+    files = sorted((ROOT / "results").glob("**/jobs/*.json"))
+    assert len(files) >= 50
+    for path in files:
+        stored = json.loads(path.read_text(encoding="utf-8"))["identity"]["benchmark"]
+        rebuilt = registry.identity(stored)
+        rebuilt = {k: v for k, v in rebuilt.items() if not (k in ("squad_path", "hotpot_path") and v is None)}
+        assert rebuilt == stored, path.name
