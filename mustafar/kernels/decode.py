@@ -483,15 +483,38 @@ def _sm_count(index: int | None) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-@functools.lru_cache(maxsize=4096)
 def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
-    best, best_cost = 1, math.inf
-    for per in sorted({cdiv(tiles, s) for s in range(1, tiles + 1)}, reverse=True):
-        splits = cdiv(tiles, per)
-        cost = cdiv(programs_per_split * splits, slots) * (per + _SPLIT_OVERHEAD_TILES)
+    return _wave_model_plan(programs_per_split, tiles, slots)[0]
+
+
+@functools.lru_cache(maxsize=4096)
+def _wave_model_plan(rows: int, tiles: int, slots: int) -> tuple[int, int]:
+    """(splits, tiles per split) minimising :func:`_split_cost` over every share size; at equal cost the larger
+    share (fewer programs)."""
+    best, best_cost = (1, tiles), math.inf
+    for per in range(tiles, 0, -1):
+        cost = _split_cost(rows, tiles, per, slots)
         if cost < best_cost - 1e-9:
-            best, best_cost = splits, cost
+            best, best_cost = (cdiv(tiles, per), per), cost
     return best
+
+
+def _split_cost(rows: int, tiles: int, per: int, slots: int) -> float:
+    """The wave model's time, in tiles, of splitting each row's ``tiles`` into shares of ``per`` (the last share
+    is the remainder). Programs start in launch order, the split index slowest, so the rows' short last shares
+    come last: where only they overflow the slots, they run in the slots the first wave's short shares free, one
+    chain of short programs per such slot (or after a full program, whichever is sooner). Otherwise whole waves
+    of the longest share."""
+    splits = cdiv(tiles, per)
+    last = tiles - (splits - 1) * per
+    full, over = per + _SPLIT_OVERHEAD_TILES, rows * splits - slots
+    if over <= 0:
+        return full
+    free = rows - over  # short programs of the first wave
+    if rows * (splits - 1) > slots or free <= 0:
+        return cdiv(rows * splits, slots) * full
+    short = last + _SPLIT_OVERHEAD_TILES
+    return min(max(full, short * (1 + cdiv(over, free))), full + short)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -792,7 +815,8 @@ def _split_plan(rows: int, tokens: int, block_n: int, slots: int, splits: int | 
     """(num_splits, tokens_per_split): the wave model's split count unless ``splits`` is given, and the tokens
     of each split rounded up to whole tiles."""
     if splits is None:
-        splits = _wave_model_splits(rows, cdiv(tokens, block_n), slots)
+        splits, per = _wave_model_plan(rows, cdiv(tokens, block_n), slots)
+        return splits, per * block_n
     return splits, cdiv(cdiv(max(tokens, 1), splits), block_n) * block_n
 
 
