@@ -71,8 +71,24 @@ def allocate_keeps(errors: torch.Tensor, budget: int, lo: int, hi: int) -> torch
     """
     if not lo <= budget <= hi:
         raise ValueError(f"budget {budget} is outside [lo={lo}, hi={hi}]")
-    e = errors.double().clamp_min(0).cpu()
+    e = _merge_rounding_ties(errors.double().clamp_min(0).cpu())
     return torch.stack([_allocate_row(row, budget, lo, hi) for row in e]).to(errors.device)
+
+
+ROUNDING_TIE = 1e-12  # relative: errors this close differ only by the order their fp64 sums were taken in
+
+
+def _merge_rounding_ties(errors: torch.Tensor) -> torch.Tensor:
+    """Errors [R, N] with each run of values equal to within float rounding set to the run's smallest, so that
+    such units tie exactly and the tie goes to the lower index (a 1-ulp difference once decided it)."""
+    out = errors.clone()
+    for row in out:
+        values, order = torch.sort(row, stable=True)
+        for i in range(1, len(values)):
+            if values[i] - values[i - 1] <= ROUNDING_TIE * values[i]:
+                values[i] = values[i - 1]
+        row[order] = values
+    return out
 
 
 def _allocate_row(e: torch.Tensor, budget: int, lo: int, hi: int) -> torch.Tensor:

@@ -29,6 +29,7 @@ from mustafar.cache import (
     word_quota,
 )
 from mustafar.config import CHANNEL_GROUP, ConfigError, KVConfig
+from mustafar.formats.bitmap import SUPPORTED_DTYPES as STORE_DTYPES
 from mustafar.pruning import Observation, exact_keep, scores
 from mustafar.pruning.keep import nm_whole_sparsities, reference_think_keep, reference_topk_keep
 from mustafar.static_cache import StaticLayer
@@ -363,11 +364,16 @@ def attach(model: torch.nn.Module, cache: MustafarCache) -> Iterator[MustafarCac
         refusal = compressed_refusal(model.config, type(model).__name__, str(model.device))
         if refusal:
             raise ConfigError(refusal)
+        if model.dtype not in STORE_DTYPES:
+            raise ConfigError(
+                f"kv.mode=compressed stores float16, bfloat16 or float32 caches; {type(model).__name__} runs in "
+                f"{model.dtype}: cast the model, or use kv.mode=mask"
+            )
     check_keep_rules(cache.policy, head_dim(model.config))
     _check_store_orders(cache.policy, model)
     modules = attention_modules(model)
     route, previous = _routing(model.config, getattr(modules[0], "config", model.config))
-    if len(cache.layers) < len(modules):
+    if len(cache.layers) != len(modules):  # more layers would leave per-layer settings unused, unchecked
         raise ValueError(
             f"cache has {len(cache.layers)} layers but the model has {len(modules)} attention modules"
         )

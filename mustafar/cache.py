@@ -164,8 +164,14 @@ class MustafarLayer(DynamicLayer):
         self.awaiting = False
         if self.allocator is not None and not self.allocator.decided:
             self.allocator.report(self, obs)
-        else:
-            self.prune(obs)
+            return
+        if self.allocator is not None and obs.q_len > 1:  # the keeps were decided from the first chunk alone
+            raise ValueError(
+                f"kv.allocation={self.policy.allocation} needs the whole prompt in one call: {obs.q_len} more "
+                "prompt tokens arrived after the keeps were decided from the first call (chunked prefill is not "
+                "supported)"
+            )
+        self.prune(obs)
 
     def prune(self, obs: Observation) -> None:
         raise NotImplementedError
@@ -368,8 +374,8 @@ class CompressedLayer(MustafarLayer):
                     mask = self.stores[side].kept_mask(rows.abs(), keep)
                     rows.masked_fill_(~mask, 0)
                     queue[i] = (count, mask)
-        if n:
-            self.keys, self.values = self.keys[:, :, n:].contiguous(), self.values[:, :, n:].contiguous()
+        if n:  # copies: with one (row, head) the slice is contiguous, and a view would keep the whole prompt
+            self.keys, self.values = self.keys[:, :, n:].clone(), self.values[:, :, n:].clone()
 
     def dense_view(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The logical cache as dense tensors (zeros at pruned entries): the reference path and tests."""

@@ -137,3 +137,70 @@ def test_triton_kernels_in_generation_under_the_interpreter():
     words = proc.stdout.split()
     assert words[words.index("SAME") + 1] == "True"
     assert float(words[words.index("ERR") + 1]) < 1e-2
+
+
+def _mqa_llama():
+    """One KV head: at batch 1 every (row, head) slice of the tail is contiguous."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(
+        vocab_size=256,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=1,
+        num_attention_heads=4,
+        num_key_value_heads=1,
+        head_dim=64,
+    )
+    return LlamaForCausalLM(cfg).eval()
+
+
+def test_kv_bytes_are_the_allocated_bytes_with_one_kv_head_at_batch_1():
+    """The tail is what its storage holds: the flush once kept a view of the whole prompt (B·H_kv = 1), so the
+    prompt's dense keys and values stayed allocated while kv_bytes counted only the 32 window tokens."""
+    import mustafar
+    from mustafar.cache_kwarg import cache_kwargs
+
+    model = _mqa_llama()
+    ids = torch.randint(3, 256, (1, 300), generator=torch.Generator().manual_seed(0))
+    with (
+        mustafar.prune(model, k_sparsity=0.7, v_sparsity=0.7, mode="compressed") as cache,
+        torch.inference_mode(),
+    ):
+        out = model(input_ids=ids, use_cache=True, **cache_kwargs(model, cache))
+        for step in range(2):
+            layer = cache.layers[0]
+            for tail in (layer.keys, layer.values):
+                assert tail.untyped_storage().nbytes() == tail.numel() * tail.element_size(), step
+            stores = sum(
+                t.untyped_storage().nbytes()
+                for store in layer.stores.values()
+                for t in (store.bits, store.vals, store.__dict__.get("scales"))
+                if t is not None
+            )
+            assert layer.nbytes() == stores + 2 * layer.keys.untyped_storage().nbytes()
+            nxt = out.logits[:, -1:].argmax(-1)
+            out = model(input_ids=nxt, use_cache=True, **cache_kwargs(model, cache))
+
+
+def test_compressed_mode_refuses_a_float64_model_naming_the_dtype():
+    import mustafar
+    from mustafar.config import ConfigError
+
+    model = _mqa_llama().double()
+    with pytest.raises(ConfigError, match=r"kv.mode=compressed stores .* runs in torch.float64"):
+        with mustafar.prune(model, k_sparsity=0.5, mode="compressed"):
+            pass
+
+
+def test_attach_refuses_a_cache_with_more_layers_than_the_model(tiny_llama):
+    """A third layer's setting would go unused and unreported: [0.5, 0.5, 0.9] measured 0.5 on two layers."""
+    import mustafar
+    from mustafar.cache import MustafarCache
+    from mustafar.config import KVConfig
+
+    cache = MustafarCache(KVConfig(k_layer_sparsity=[0.5, 0.5, 0.9]), 3)
+    with pytest.raises(ValueError, match="cache has 3 layers but the model has 2 attention modules"):
+        with mustafar.attach(tiny_llama, cache):
+            pass

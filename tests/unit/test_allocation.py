@@ -223,3 +223,34 @@ def test_dense_ignores_the_window_and_the_keep_rule():
     assert KVConfig(k_sparsity=0.5, keep_rule="word").keep_rule == "word"
     with pytest.raises(ConfigError, match="kv.window=-1"):
         KVConfig(window=-1)
+
+
+def test_errors_equal_to_within_rounding_tie_to_the_lower_unit():
+    """Hand-worked: errors 0.3, 0.3, 0.6 at budget 14 (N·b = 42) give targets 10.5, 10.5, 21: one entry missing,
+    to the lower index of the tie. 0.30000000000000004 is 0.3 one ulp up (an fp64 sum taken in another order) and
+    must not win the tie (it once did: [10, 11, 21])."""
+    for second in (0.3, 0.30000000000000004):
+        errors = torch.tensor([[0.3, second, 0.6]], dtype=torch.float64)
+        assert allocate_keeps(errors, 14, 3, 64).tolist() == [[11, 10, 21]]
+    distinct = torch.tensor(
+        [[0.3, 0.3 * (1 + 1e-9), 0.6]], dtype=torch.float64
+    )  # a real difference still counts
+    assert allocate_keeps(distinct, 14, 3, 64).tolist() == [[10, 11, 21]]
+
+
+def test_a_chunked_prompt_is_refused_once_the_keeps_are_decided():
+    """The keeps are decided from the first call's errors; a second prompt chunk would be pruned under keeps it
+    never informed (eviction refuses the same). Decode steps (one query) go on."""
+    policy = KVConfig(k_sparsity=0.75, allocation="error", window=4)
+    keys = three_layer_prompt([10.0, 5.0, 1.0])
+    cache = MustafarCache(policy, num_layers=3)
+    for layer, k in zip(cache.layers, keys):
+        layer.bound = True
+        layer.update(k.clone(), k.clone())
+        layer.after_attention(Observation(q_len=k.shape[2]))
+    layer = cache.layers[0]
+    layer.update(keys[0][:, :, :1].clone(), keys[0][:, :, :1].clone())
+    layer.after_attention(Observation(q_len=1))
+    layer.update(keys[0][:, :, :5].clone(), keys[0][:, :, :5].clone())
+    with pytest.raises(ValueError, match="kv.allocation=error needs the whole prompt in one call: 5 more"):
+        layer.after_attention(Observation(q_len=5))
