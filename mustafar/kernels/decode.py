@@ -489,10 +489,16 @@ def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _wave_model_plan(rows: int, tiles: int, slots: int) -> tuple[int, int]:
-    """(splits, tiles per split) minimising :func:`_split_cost` over every share size; at equal cost the larger
-    share (fewer programs)."""
+    """(splits, tiles per split) minimising :func:`_split_cost`; at equal cost the larger share (fewer programs).
+    The candidates: the equal shares of every split count, and every share size of the one split count whose
+    short last shares alone overflow the slots (``slots // rows + 1``), where a longer share can shorten the
+    last one enough to fit the tail."""
+    shares = {cdiv(tiles, s) for s in range(1, tiles + 1)}
+    tail = slots // rows + 1
+    if 2 <= tail <= tiles:
+        shares.update(range(cdiv(tiles, tail), cdiv(tiles, tail - 1)))
     best, best_cost = (1, tiles), math.inf
-    for per in range(tiles, 0, -1):
+    for per in sorted(shares, reverse=True):
         cost = _split_cost(rows, tiles, per, slots)
         if cost < best_cost - 1e-9:
             best, best_cost = (cdiv(tiles, per), per), cost
