@@ -799,8 +799,21 @@ def _planned_splits(
     """The split count :func:`_launch` uses when none is given: the wave model at the configuration's occupancy
     (measured once it has been launched, 2 programs per SM before), over the tokens held (dynamic stores) or the
     capacity (static stores)."""
+    return _planned_plan(q, k_store, v_store, decoder, block_n, num_warps)[0]
+
+
+def _planned_plan(
+    q: Tensor,
+    k_store: CompressedStore,
+    v_store: CompressedStore,
+    decoder: str,
+    block_n: int | None = None,
+    num_warps: int | None = None,
+) -> tuple[int, int]:
+    """(split count, tokens per split) of :func:`_planned_splits`' plan, as :func:`_run` computes it."""
     cfg = _configure(q, k_store, v_store, decoder, block_n, num_warps)
-    return _splits_at(cfg, q, _plan_tokens(k_store, v_store))
+    slots = (_sm_count(q.device.index) if cfg.on_gpu else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
+    return _split_plan(q.shape[0] * k_store.heads, _plan_tokens(k_store, v_store), cfg.block_n, slots, None)
 
 
 def _plan_tokens(k_store: CompressedStore, v_store: CompressedStore) -> int:
@@ -817,9 +830,18 @@ def _splits_at(cfg: _Config, q: Tensor, tokens: int) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def _split_plan(rows: int, tokens: int, block_n: int, slots: int, splits: int | None) -> tuple[int, int]:
-    """(num_splits, tokens_per_split): the wave model's split count unless ``splits`` is given, and the tokens
-    of each split rounded up to whole tiles."""
+def _split_plan(
+    rows: int, tokens: int, block_n: int, slots: int, splits: int | None, share: int | None = None
+) -> tuple[int, int]:
+    """(num_splits, tokens_per_split): the wave model's plan unless ``splits`` or ``share`` (tokens per split)
+    is given; a given split count alone gets equal shares rounded up to whole tiles."""
+    if share is not None:
+        if share <= 0 or share % block_n:
+            raise ValueError(f"split_tokens={share} must be a positive multiple of the tile size {block_n}")
+        n = cdiv(max(tokens, 1), share)
+        if splits is not None and splits != n:
+            raise ValueError(f"num_splits={splits} does not fit split_tokens={share}: {tokens} tokens need {n}")
+        return n, share
     if splits is None:
         splits, per = _wave_model_plan(rows, cdiv(tokens, block_n), slots)
         return splits, per * block_n
@@ -877,17 +899,20 @@ def _launch(
     num_splits: int | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
+    split_tokens: int | None = None,
 ) -> Tensor:
     """Private launch of one decoder and the merge, knobs exposed (inputs validated and ``decoder`` chosen by
     :func:`mustafar.kernels.dispatch.sparse_decode_attention`, the public op; benchmarks and tests sweep here).
 
-    ``block_n`` / ``num_warps`` default to ``_DEFAULT_LAUNCH``; ``num_splits`` to :func:`_planned_splits`. Static
+    ``block_n`` / ``num_warps`` default to ``_DEFAULT_LAUNCH``; ``num_splits`` and ``split_tokens`` (the tokens
+    of each split but the last) to the wave model's plan (:func:`_split_plan`; a split count alone gets equal
+    shares). Static
     stores: the plan covers their capacity and the kernels read the length on the device (no host value of it is
     needed), so the same launch serves every length; a CUDA graph can capture it after one eager warm-up call (the
     first launch compiles and measures the occupancy the plan uses).
     """
     cfg = _configure(q, k_store, v_store, decoder, block_n, num_warps)
-    return _run(cfg, q, k_store, v_store, k_window, v_window, scale, out, num_splits)
+    return _run(cfg, q, k_store, v_store, k_window, v_window, scale, out, num_splits, split_tokens=split_tokens)
 
 
 # (device, q dtype, query heads, K and V layout keys) -> the public op's configuration (its decoder chosen and
@@ -907,6 +932,7 @@ def _run(
     out: Tensor | None = None,
     num_splits: int | None = None,
     keep_plan: bool = False,
+    split_tokens: int | None = None,
 ) -> Tensor:
     """:func:`_launch` under a configuration already chosen. Per call: cached lookups, the output (unless given)
     and two launches through their C launch functions, pointers passed as ints; no other allocation, no
@@ -919,7 +945,7 @@ def _run(
     static = k_store.static
     tokens = min(k_cap, v_cap) if static else k_store.length
     slots = (_sm_count(device.index) if cfg.on_gpu else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
-    num_splits, tokens_per_split = _split_plan(b * hkv, tokens, cfg.block_n, slots, num_splits)
+    num_splits, tokens_per_split = _split_plan(b * hkv, tokens, cfg.block_n, slots, num_splits, split_tokens)
     # launch.raw_stream inlined: on this hot path the call costs ~0.5 µs of host time (project machine)
     stream = torch._C._cuda_getCurrentRawStream(device.index) if cfg.on_gpu else 0
     o_part, lse_part = _partials(b, hq, num_splits, d, device, stream)

@@ -1,7 +1,8 @@
 """Round 33: the split plan with the short last shares placed in the tail (decode._split_cost) against the plain
 wave model it replaces, graph-replayed (L2 flushed), alternating in one process, dense SDPA beside them; Llama-3-8B
 shapes. `old`: the private launch at the old model's split count (equal shares, as the old default launched);
-`new`: the public op (its default plan); `equal`: the private launch at the new split count with equal shares.
+`new`: the private launch at the default plan (bench.inputs.default_launch, what the public op launches);
+`equal`: the private launch at the new split count with equal shares.
 Only sizes where the two plans differ are timed; one JSON line per case.
 Usage: python3 results/kernels/round33_h100/ab_tail.py (from the repository root)."""
 import json, math, sys
@@ -44,8 +45,10 @@ for rule, s in (("word-fp8", 0.7), ("word", 0.7), ("nm8ck-fp8-nm4v", 0.5), ("exa
         if (old, -(-tiles // old)) == new:
             print(json.dumps(dict(rule=rule, b=b, t=t, slots=slots, same=new)), flush=True)
             del inp; torch.cuda.empty_cache(); continue
-        calls = {"old": decode_call(inp, dict(launch, num_splits=old)), "new": decode_call(inp, {}),
-                 "equal": decode_call(inp, dict(launch, num_splits=new[0]))}
+        calls = {"old": decode_call(inp, dict(launch, num_splits=old, split_tokens=None)),
+                 "new": decode_call(inp, launch),
+                 "equal": decode_call(inp, dict(launch, num_splits=new[0], split_tokens=None))}
+        assert (launch["num_splits"], launch["split_tokens"]) == (new[0], new[1] * launch["block_n"]), launch
         ref = calls["old"]().float().clone()
         err = {k: float((c().float() - ref).abs().max()) for k, c in calls.items()}
         times = {k: [] for k in calls}
