@@ -840,7 +840,9 @@ def _split_plan(
             raise ValueError(f"split_tokens={share} must be a positive multiple of the tile size {block_n}")
         n = cdiv(max(tokens, 1), share)
         if splits is not None and splits != n:
-            raise ValueError(f"num_splits={splits} does not fit split_tokens={share}: {tokens} tokens need {n}")
+            raise ValueError(
+                f"num_splits={splits} does not fit split_tokens={share}: {tokens} tokens need {n}"
+            )
         return n, share
     if splits is None:
         splits, per = _wave_model_plan(rows, cdiv(tokens, block_n), slots)
@@ -912,7 +914,9 @@ def _launch(
     first launch compiles and measures the occupancy the plan uses).
     """
     cfg = _configure(q, k_store, v_store, decoder, block_n, num_warps)
-    return _run(cfg, q, k_store, v_store, k_window, v_window, scale, out, num_splits, split_tokens=split_tokens)
+    return _run(
+        cfg, q, k_store, v_store, k_window, v_window, scale, out, num_splits, split_tokens=split_tokens
+    )
 
 
 # (device, q dtype, query heads, K and V layout keys) -> the public op's configuration (its decoder chosen and

@@ -135,7 +135,9 @@ def test_short_last_shares_go_in_the_tail():
     assert _split_plan(64, 32768, 32, 1584, None) == (25, 42 * 32)
     assert _split_plan(64, 32768, 32, 1584, 25) == (25, 41 * 32)  # a split count alone: equal shares
     assert _split_plan(64, 32768, 32, 1584, None, 42 * 32) == (25, 42 * 32)
-    with pytest.raises(ValueError, match="num_splits=24 does not fit split_tokens=1344: 32768 tokens need 25"):
+    with pytest.raises(
+        ValueError, match="num_splits=24 does not fit split_tokens=1344: 32768 tokens need 25"
+    ):
         _split_plan(64, 32768, 32, 1584, 24, 42 * 32)
     with pytest.raises(ValueError, match="split_tokens=1000 must be a positive multiple of the tile size 32"):
         _split_plan(64, 32768, 32, 1584, None, 1000)
