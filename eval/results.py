@@ -100,8 +100,9 @@ def read_result(path: Path, job_id: str | None = None) -> dict[str, Any]:
         raise InvalidResult(f"{path} has no list of rows")
     if not rows or not all(isinstance(r, dict) for r in rows):  # a finished job always has a row per score
         raise InvalidResult(f"{path} holds no result rows (rows must be a non-empty list of objects)")
-    from eval.rows import row_problem
+    from eval.rows import row_key, row_problem
 
+    seen: dict[tuple, int] = {}
     for i, row in enumerate(rows):  # each row the job's own, in the row schema: tables group rows by run_id
         problem = row_problem(row)
         if problem:
@@ -109,6 +110,11 @@ def read_result(path: Path, job_id: str | None = None) -> dict[str, Any]:
         if row.get("run_id") != result.get("job_id"):
             raise InvalidResult(
                 f"{path} row {i} belongs to run {row.get('run_id')!r}, not to its job {result.get('job_id')!r}"
+            )
+        first = seen.setdefault(row_key(row), i)
+        if first != i:  # one table would show one copy's score, another the other's
+            raise InvalidResult(
+                f"{path} row {i} repeats row {first}'s score ({row['kind']} {row['task']!r}, metric {row['metric']!r})"
             )
     return result
 

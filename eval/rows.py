@@ -161,6 +161,13 @@ def row_problem(row: dict[str, Any]) -> str | None:
     return None
 
 
+def row_key(row: dict[str, Any]) -> tuple[Any, Any, str]:
+    """What tables tell a job's rows apart by: kind, task (or summary column) and LongBench-E length bucket (the
+    metric after "@"). The metric's name is not part of it (a task has one), so two overall rows of one task under
+    two metric names are the same score twice."""
+    return row["kind"], row["task"], str(row["metric"]).partition("@")[2]
+
+
 def frame(rows: pd.DataFrame | list[dict[str, Any]]) -> pd.DataFrame:
     """Rows as a DataFrame with every ResultRow column present (missing ones, e.g. from older files, as None)."""
     df = pd.DataFrame(rows)

@@ -36,8 +36,8 @@ def _package_version(name: str) -> str | None:
 def score_records(task: str, records: list[dict[str, Any]], longbench_e: bool = False) -> list[Score]:
     """Scores of one task's prediction records (see `eval.common.prediction_record`).
 
-    One overall Score named after the metric; with `longbench_e`, one more per length bucket
-    ("<metric>@0-4k", "@4-8k", "@8k+"; NaN and n=0 for an empty bucket).
+    One overall Score named after the metric; with `longbench_e`, one more per length bucket that holds a sample
+    ("<metric>@0-4k", "@4-8k", "@8k+"; an empty bucket has none).
     """
     if task not in metrics.TASK_METRIC:
         raise ValueError(f"unknown LongBench task {task!r}; allowed: {list(data.ALL_TASKS)}")
@@ -48,13 +48,10 @@ def score_records(task: str, records: list[dict[str, Any]], longbench_e: bool = 
     name = metrics.metric_name(task)
     scores = [Score(task, name, metrics.task_score(per_sample), len(records), [100 * x for x in per_sample])]
     if longbench_e:
-        lengths = [r["length"] for r in records]
-        counts = {b: 0 for b in metrics.BUCKETS}
-        for length in lengths:
-            counts[metrics.length_bucket(length)] += 1
-        for bucket, value in metrics.bucket_scores(per_sample, lengths).items():
-            in_bucket = [100 * x for x, n in zip(per_sample, lengths) if metrics.length_bucket(n) == bucket]
-            scores.append(Score(task, f"{name}@{bucket}", value, counts[bucket], in_bucket))
+        buckets = metrics.split_buckets(per_sample, [r["length"] for r in records])
+        for bucket, xs in buckets.items():
+            value = metrics.bucket_score(xs)
+            scores.append(Score(task, f"{name}@{bucket}", value, len(xs), [100 * x for x in xs]))
     return scores
 
 

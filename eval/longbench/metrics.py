@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from functools import cache
 from typing import Any
 
+import numpy as np
 from rouge import Rouge
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -229,9 +230,7 @@ def sample_score(
 
 
 def task_score(sample_scores: Sequence[float]) -> float:
-    """round(100 * mean, 2); NaN for an empty list (an empty LongBench-E bucket)."""
-    if not sample_scores:
-        return math.nan
+    """round(100 * sum / count, 2), the reference `scorer`'s sum in sample order (never an empty list)."""
     return round(100 * sum(sample_scores) / len(sample_scores), 2)
 
 
@@ -244,11 +243,24 @@ def length_bucket(length: int) -> str:
     return "8k+"
 
 
-def bucket_scores(sample_scores: Sequence[float], lengths: Sequence[int]) -> dict[str, float]:
+def split_buckets(sample_scores: Sequence[float], lengths: Sequence[int]) -> dict[str, list[float]]:
+    """{bucket: its samples' scores, in sample order} of the buckets holding a sample, in BUCKETS order: an empty
+    bucket has no score (the reference's NaN would make the job's result unreadable)."""
     per_bucket: dict[str, list[float]] = {b: [] for b in BUCKETS}
     for score, length in zip(sample_scores, lengths, strict=True):
         per_bucket[length_bucket(length)].append(score)
-    return {b: task_score(v) for b, v in per_bucket.items()}
+    return {b: scores for b, scores in per_bucket.items() if scores}
+
+
+def bucket_score(sample_scores: Sequence[float]) -> float:
+    """The reference `scorer_e`'s round(100 * np.mean(x), 2): numpy's pairwise sum and its rounding of the
+    float64 differ from `task_score` in the last digit for some lists."""
+    return float(round(100 * np.mean(sample_scores), 2))
+
+
+def bucket_scores(sample_scores: Sequence[float], lengths: Sequence[int]) -> dict[str, float]:
+    """{bucket: score} of the non-empty LongBench-E buckets (`split_buckets`, `bucket_score`)."""
+    return {b: bucket_score(v) for b, v in split_buckets(sample_scores, lengths).items()}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -20,6 +20,7 @@ from eval import averages, stats
 from eval.common import Score
 from eval.longbench.benchmark import score_records, summarize
 from eval.longbench.data import ALL_TASKS
+from eval.longbench.metrics import BUCKETS
 
 
 def read_predictions(path: Path) -> list[dict[str, Any]]:
@@ -61,7 +62,8 @@ def score_predictions(job_dir: str | Path, longbench_e: bool = False) -> list[Sc
 
 
 def score_table(scores: list[Score]) -> pd.DataFrame:
-    """One row per task: metric, score with its 95% bootstrap CI (eval.stats), n, and the LongBench-E buckets."""
+    """One row per task: metric, score with its 95% bootstrap CI (eval.stats), n, and the LongBench-E buckets (in
+    BUCKETS order; a task's empty bucket, which has no score, is NaN)."""
     rows: dict[str, dict[str, Any]] = {}
     for s in scores:
         metric, _, bucket = s.metric.partition("@")
@@ -71,7 +73,8 @@ def score_table(scores: list[Score]) -> pd.DataFrame:
         else:
             low, high = stats.bootstrap_ci({s.task: s.samples})
             row |= {"score": s.value, "ci_low": low, "ci_high": high, "n": s.n}
-    return pd.DataFrame.from_dict(rows, orient="index")
+    table = pd.DataFrame.from_dict(rows, orient="index")
+    return table[[c for c in table if c not in BUCKETS] + [b for b in BUCKETS if b in table]]
 
 
 def summary_table(scores: list[Score]) -> pd.DataFrame:

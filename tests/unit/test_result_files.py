@@ -14,8 +14,12 @@ import pytest
 
 from eval import results
 from eval.joblock import LOCK_NAME, STALE_AFTER_S, JobLock, live_owner
+from eval.longbench.benchmark import score_records
 from eval.results import SCHEMA_VERSION, InvalidResult, load_rows, read_predictions, read_result
+from eval.rows import score_rows
+from eval.tables import summary_frame
 from mustafar.procs import pid_alive
+from tests.unit import fake_results
 
 JOB = "tiny_ruler1024_dense_mask_0123abcd"
 
@@ -44,6 +48,12 @@ def with_row(**fields) -> str:
     return json.dumps({**good_result(), "rows": [{k: v for k, v in row.items() if v is not None}]})
 
 
+def with_rows(*changes: dict) -> str:
+    """A result of the good row and, after it, one copy of it per change (the row with those fields changed)."""
+    row = good_result()["rows"][0]
+    return json.dumps({**good_result(), "rows": [row, *({**row, **c} for c in changes)]})
+
+
 @pytest.mark.parametrize(
     ("content", "message"),
     [
@@ -68,6 +78,13 @@ def with_row(**fields) -> str:
         (
             json.dumps({**good_result(), "rows": [{"run_id": JOB}]}),
             "lacks the field(s) ['kind', 'task', 'metric'",
+        ),
+        # one score twice: summary.md would show one copy, the report the other
+        (with_rows({"value": 0.0}), "row 1 repeats row 0's score (task 'vt', metric 'string_match_all')"),
+        (with_rows({"metric": "other"}), "row 1 repeats row 0's score (task 'vt', metric 'other')"),
+        (
+            with_rows({"metric": "m@8k+"}, {"metric": "m@8k+"}),
+            "row 2 repeats row 1's score (task 'vt', metric",
         ),
     ],
 )
@@ -95,6 +112,35 @@ def test_summary_leaves_out_a_corrupt_result_with_a_warning_naming_it(tmp_path, 
     assert len(rows) == 1 and rows["task"].tolist() == ["vt"]
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(broken) in err[0] and "left out of the table" in err[0]
+
+
+def test_one_scores_rows_of_every_length_bucket_read_back(tmp_path):
+    """An overall row and its LongBench-E bucket rows share kind and task, yet are no repeats."""
+    path = tmp_path / "result.json"
+    results.write_json(path, json.loads(with_rows({"metric": "m@0-4k"}, {"metric": "m@4-8k"})))
+    assert len(read_result(path, JOB)["rows"]) == 3
+
+
+def test_a_longbench_e_job_with_an_empty_bucket_is_finished_and_tabled(tmp_path):
+    """Two records under 4k words leave buckets 4-8k and 8k+ empty: the job writes rows for its score and its one
+    bucket (100: both answers right), none for the empty ones. A NaN row there made read_result refuse the file,
+    so the job was never done (rerun forever) and left out of the tables."""
+    records = [{"pred": "yes", "answers": ["yes"], "length": 1000} for _ in range(2)]
+    job = {
+        **fake_results.JOB,
+        "run_id": JOB,
+        "samples_id": "p",
+        "benchmark": "longbench",
+        "benchmark_length": None,
+    }
+    job["benchmark_config"] = {"name": "longbench", "longbench_e": True}
+    rows = score_rows(job, "longbench", score_records("qasper", records, longbench_e=True))
+    path = tmp_path / JOB / "result.json"
+    results.write_json(path, {"schema": SCHEMA_VERSION, "job_id": JOB, "rows": [r.to_dict() for r in rows]})
+    assert results.valid_result(path, JOB, "redoing the job") is not None
+    table = summary_frame(load_rows(tmp_path)).set_index("column")["value"]
+    assert table.to_dict() == {"qasper": 100.0, "qasper qa_f1_score@0-4k": 100.0, "avg": 100.0,
+                               "avg_categories": 100.0, "Single-Doc QA": 100.0}  # fmt: skip
 
 
 @pytest.mark.parametrize("content", ["", '{"pred": "a"}\n{"pred": "b', "\xff\xfe garbage"])
