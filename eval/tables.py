@@ -1,9 +1,10 @@
 """A sweep's result rows -> the tables a person reads (summary.md / summary.csv, and the table run.py prints).
 
-Never collapses jobs: every job (run_id) is its own line. Jobs that share a display label (model, policy) get extra
-columns for exactly the fields in which they differ (e.g. `benchmark.seed`, `benchmark.n`, `dtype`,
-`model.chat_template`), and `run_id` when nothing shown tells them apart. Each benchmark (RULER at each length,
-LongBench) gets its own table.
+Never collapses jobs: every job (run_id) is its own line. A field of the setting a job ran in, outside its KV policy
+(e.g. `device`, `dtype`, `benchmark.seed`, `benchmark.n`, `model.chat_template`), gets a column whenever two jobs
+of a table differ in it; a policy field the label does not name (e.g. `window` of a dense job) when two jobs sharing
+a display label (model, policy) differ in it; `run_id` when nothing shown tells them apart. Each benchmark (RULER at
+each length, LongBench) gets its own table.
 
 Every score cell is `mean [95% CI]` (eval.stats, bootstrap over samples), `n` is the samples per task, and
 `Δ avg vs dense` is the paired difference to the dense job that saw the same prompts (same `samples_id`), with its
@@ -25,13 +26,17 @@ from eval.results import atomic_write_text, load_rows, warn
 from eval.rows import NOT_IDENTITY, ResultRow, benchmark_columns, frame, model_columns
 
 POLICY_ORDER = ("k_sparsity", "v_sparsity", "k_scorer", "v_scorer", "k_direction", "v_direction")
-# fields that can tell apart jobs sharing a (model, policy) label, in display order (benchmark.* added per table)
-IDENTITY_FIELDS = (
+# the setting a job ran in, outside its KV policy (no label names it): shown whenever it differs between any two
+# jobs of a table, as are the `model.*` and `benchmark.*` columns
+SETTING_FIELDS = (
     "model_arch", "model_path", "dtype", "device", "layers", "q_heads", "kv_heads", "head_dim", "max_length", "seed",
+)  # fmt: skip
+# policy fields, which the label names where they matter: shown where jobs sharing a (model, policy) label differ
+POLICY_FIELDS = (
     "window", "keep_rule", "k_keep_rule", "v_keep_rule", "k_layer_sparsity", "v_layer_sparsity", "allocation",
     "value_dtype", "evict", "token_budget", "evict_window", "evict_pool", "mode",
 )  # fmt: skip
-TABLE_WIDE = ("benchmark.tasks",)  # shown whenever it differs between any two jobs of a table
+IDENTITY_FIELDS = (*SETTING_FIELDS, *POLICY_FIELDS)  # in display order (model.*, benchmark.* added per table)
 # benchmark keys that change speed, never results: they tell no jobs apart
 SPEED_ONLY = tuple(f"benchmark.{key}" for key in NOT_IDENTITY)
 # the value a row older than a field stands for (the field's default): such a job differs from no new one in it
@@ -82,19 +87,28 @@ def _missing(value: object) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
+def identity_values(jobs: pd.DataFrame, column: str) -> pd.Series:
+    """An identity column of `jobs` as comparable text; a model knob is NaN where a job's rows record no model
+    config (older rows), so it differs from no job in it."""
+    if column.startswith("model."):
+        return comparable(jobs[column]).where(jobs[column].notna())
+    return comparable(jobs[column])
+
+
+def _setting(column: str) -> bool:
+    return column in SETTING_FIELDS or column.startswith(("model.", "benchmark."))
+
+
 def distinguishing(jobs: pd.DataFrame) -> list[str]:
-    """Identity columns whose value differs between jobs that share a (model, label), and the task list wherever
-    it differs (averages over other tasks are other numbers), then run_id if needed."""
+    """Identity columns shown in a table of `jobs`: a setting (`_setting`: device, dtype, the model config's knobs,
+    the benchmark's keys, the task list ...) wherever it differs between two of them, since jobs of other settings
+    side by side are no comparison of policies; a policy field where it differs between jobs sharing a (model,
+    label); then run_id if needed."""
     shown = []
     for column in identity_columns(jobs):
-        values = (  # a model knob is compared only between rows that record the model config (older rows do not)
-            jobs[column].astype(str).where(jobs[column].notna())
-            if column.startswith("model.")
-            else comparable(jobs[column])
-        )
-        if (values.groupby([jobs["model"], jobs["label"]]).nunique() > 1).any() or (
-            column in TABLE_WIDE and values.nunique() > 1
-        ):
+        values = identity_values(jobs, column)
+        within_label = (values.groupby([jobs["model"], jobs["label"]]).nunique() > 1).any()
+        if within_label or (_setting(column) and values.nunique() > 1):
             shown.append(column)
     keys = jobs[["model", "label", *shown]].astype(str)
     if keys.duplicated().any():

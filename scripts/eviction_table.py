@@ -8,7 +8,7 @@ pruned, plus dense bytes for the cached tokens that were not (the window, decode
 bytes of every token seen (evicted ones included). Counts are the measured ones the rows carry (`k_judged`,
 `v_judged`, `dense_kv_bytes`, `kv_evicted_bytes`; mask mode stores zeros, so the bytes follow from them; compressed
 jobs' stores give the same counts). Then the paired differences of the equal-byte pairs named on the command line
-(A=B, same prompts).
+(A=B, same prompts). `avg` and the pairs are the tables' `avg` (eval.averages: a LongBench job's English tasks).
 
 python scripts/eviction_table.py results/eviction "snapkv1493 K0.5 V0.5=K0.7 V0.7" "snapkv1080=K0.5 V0.5"
 """
@@ -22,9 +22,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # scripts/ is no package: its paired_compare.py
 
-from paired_compare import paired_or_refuse, refuse  # noqa: E402
+from paired_compare import average_weights, paired_or_refuse, refuse, task_rows  # noqa: E402
 
-from eval.stats import Paired, bootstrap_ci  # noqa: E402
+from eval.stats import Paired, bootstrap_ci, weighted_mean  # noqa: E402
 from mustafar.formats.bitmap import fixed_token_nbytes  # noqa: E402
 from mustafar.pruning.keep import exact_keep  # noqa: E402
 
@@ -32,7 +32,7 @@ FP16 = 2
 
 
 def _job(path: Path) -> dict:
-    rows = [r for r in json.loads(path.read_text())["rows"] if r["kind"] == "task"]
+    rows = task_rows(json.loads(path.read_text())["rows"])
     first = rows[0]
     if first.get("k_judged") is None:
         refuse(
@@ -43,6 +43,7 @@ def _job(path: Path) -> dict:
     cached = first["dense_kv_bytes"] // (d * itemsize * 2)
     evicted = first["kv_evicted_bytes"] // (d * itemsize * 2)
     dense_side = d * FP16
+    samples = {r["task"]: r["samples"] for r in rows}
     size = 0
     value_dtype = first.get("value_dtype", "native")  # fp8: the pruned tokens in the fp8 layout
     for side in ("k", "v"):
@@ -53,7 +54,8 @@ def _job(path: Path) -> dict:
         "policy": first["policy"],
         "path": path,
         "samples_id": first.get("samples_id"),
-        "samples": {r["task"]: r["samples"] for r in rows},
+        "samples": samples,
+        "avg": average_weights(str(path), first["benchmark"], samples),  # the tables' avg: its task weights
         "kept_tokens": cached / (cached + evicted),
         "kv_size": size / (2 * dense_side * (cached + evicted)),
     }
@@ -101,7 +103,9 @@ def _pair(pair: str, jobs: dict[str, dict]) -> tuple[str, str, Paired]:
             )
     ja, jb = jobs[a], jobs[b]
     name_a, name_b = f"{a!r} ({ja['path']})", f"{b!r} ({jb['path']})"
-    p = paired_or_refuse(name_a, ja["samples_id"], ja["samples"], name_b, jb["samples_id"], jb["samples"])
+    p = paired_or_refuse(
+        name_a, ja["samples_id"], ja["samples"], name_b, jb["samples_id"], jb["samples"], ja["avg"]
+    )
     return a, b, p
 
 
@@ -115,8 +119,8 @@ def _print_table(jobs: dict[str, dict]) -> None:
             s = j["samples"][t]
             lo, hi = bootstrap_ci({t: s})
             cells.append(f"{sum(s) / len(s):.1f} [{lo:.1f}, {hi:.1f}]")
-        lo, hi = bootstrap_ci(j["samples"])
-        avg = sum(sum(s) / len(s) for s in j["samples"].values()) / len(j["samples"])
+        lo, hi = bootstrap_ci(j["samples"], j["avg"])
+        avg = weighted_mean(j["samples"], j["avg"])
         n = min(len(s) for s in j["samples"].values())
         print(
             f"| {name} | " + " | ".join(cells) + f" | {avg:.1f} [{lo:.1f}, {hi:.1f}] | {n} | "

@@ -73,6 +73,8 @@ def compare(sweep_dir: Path, a: str, b: str) -> stats.Paired:
             "setting): compare two jobs asked the same prompts"
         )
     w = group.average_weights()
+    if not w:
+        raise ValueError(f"{a!r} and {b!r} ran no English LongBench task: they have no Average to compare")
     sa, sb = group.samples.get(job_a["run_id"], {}), group.samples.get(job_b["run_id"], {})
     if not all(sa.get(t) and sb.get(t) for t in w):
         raise ValueError(

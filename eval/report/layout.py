@@ -3,7 +3,8 @@ difference to dense, and the paper's numbers beside the jobs that ran the paper'
 
 Scores: RULER and other benchmarks show their tasks; LongBench shows the six English categories (the mean of their
 present tasks) or, with `per_task`, every task. "Average" is `avg` of eval.averages: the paper's mean of the
-English task scores (its dense 43.19 is the mean of the 16 tasks); Chinese tasks never enter it.
+English task scores (its dense 43.19 is the mean of the 16 tasks); Chinese tasks never enter it, and a table of
+Chinese tasks only shows their `avg_zh` instead, as summary.md does (with no Δ vs dense, as there).
 CIs and paired tests come from the per-sample scores the job stored (eval.stats); a job written before they were
 stored is re-scored from its predictions.
 """
@@ -22,7 +23,7 @@ from eval.averages import weights
 from eval.report import paper, policies
 from eval.report.kv_size import kv_fraction
 from eval.report.samples import sample_scores
-from eval.rows import benchmark_columns, frame
+from eval.rows import benchmark_columns, frame, model_columns
 from eval.tables import IDENTITY_FIELDS, dense_partner, display_text, distinguishing, labels
 
 JOB_FIELDS = [
@@ -54,6 +55,7 @@ JOB_FIELDS = [
 # what tells jobs apart, as the sweep tables tell them apart
 JOB_FIELDS += [f for f in IDENTITY_FIELDS if f not in JOB_FIELDS]
 AVERAGE = "Average"
+ZH_AVERAGE = "avg_zh"  # what a LongBench table of Chinese tasks only shows instead of the (English) Average
 VERSUS = "Δ vs dense"  # the Average's paired difference to the dense job on the same prompts
 
 
@@ -89,15 +91,27 @@ class Group:
             if job["key"] in lookup and paper.matches(job, self.tasks)
         }
 
-    def ci(self, run_id: str, tasks: list[str]) -> tuple[float, float]:
-        """95% CI of the mean of `tasks`' scores of one job; NaN when its per-sample scores are unknown."""
+    def ci(self, run_id: str, task_weights: dict[str, float]) -> tuple[float, float]:
+        """95% CI of the weighted mean of one job's task scores; NaN when its per-sample scores are unknown."""
         mine = self.samples.get(run_id, {})
-        if not all(mine.get(t) for t in tasks):
+        if not all(mine.get(t) for t in task_weights):
             return float("nan"), float("nan")
-        return stats.bootstrap_ci({t: mine[t] for t in tasks}, {t: 1 / len(tasks) for t in tasks})
+        return stats.bootstrap_ci({t: mine[t] for t in task_weights}, task_weights)
 
     def average_weights(self) -> dict[str, float]:
+        """The weights of `avg` (empty where no English LongBench task ran: there is no Average)."""
         return weights(self.benchmark, self.tasks).get("avg", {})
+
+    @property
+    def headline(self) -> str:
+        """The average the table and plots show: the Average, else (Chinese LongBench tasks only) `avg_zh`."""
+        return AVERAGE if self.average_weights() else ZH_AVERAGE
+
+    def headline_weights(self) -> dict[str, float]:
+        """The task weights of `headline` (eval.averages `avg` or `avg_zh`)."""
+        if self.headline == AVERAGE:
+            return self.average_weights()
+        return weights(self.benchmark, self.tasks)[ZH_AVERAGE]
 
     def versus_dense(self, run_id: str) -> stats.Paired | None:
         """Paired test of the Average against the dense job that saw the same prompts (mask mode preferred)."""
@@ -106,7 +120,7 @@ class Group:
             return None
         w = self.average_weights()
         a, b = self.samples.get(run_id, {}), self.samples.get(partner, {})
-        if not all(a.get(t) and b.get(t) for t in w):
+        if not w or not all(a.get(t) and b.get(t) for t in w):
             return None
         try:
             return stats.paired_test({t: a[t] for t in w}, {t: b[t] for t in w}, w)
@@ -136,7 +150,7 @@ def groups(rows: pd.DataFrame, sweep_dir: Path | None = None, noise: bool = True
     if rows.empty:
         return []
     rows = frame(rows)
-    rows = pd.concat([rows, benchmark_columns(rows)], axis=1)
+    rows = pd.concat([rows, benchmark_columns(rows), model_columns(rows)], axis=1)
     rows["bench"] = rows["benchmark"] + rows["benchmark_length"].map(
         lambda x: f"-{int(x)}" if pd.notna(x) else ""
     )
@@ -156,14 +170,14 @@ def _group(
     """One group's jobs from its task rows; `named`: other jobs of (model, bench) ran other tasks."""
     tasks = list(dict.fromkeys(part["task"]))
     scores = part.pivot_table(index="run_id", columns="task", values="value", aggfunc="first")[tasks]
-    bench_fields = [c for c in part.columns if c.startswith("benchmark.")]
-    jobs = part.groupby("run_id", sort=False)[[*JOB_FIELDS[1:], *bench_fields]].first()
+    config_fields = [c for c in part.columns if c.startswith(("benchmark.", "model."))]
+    jobs = part.groupby("run_id", sort=False)[[*JOB_FIELDS[1:], *config_fields]].first()
     jobs["n"] = part.groupby("run_id")["n"].min()
     jobs = jobs.join(scores)
     group = Group(model, f"{bench}-{_list_name(tasks)}" if named else bench, jobs, tasks)
     group.task_list = ",".join(tasks) if named else ""
     # over the reported (2-decimal) task scores, as LongBench's and RULER's averages are taken
-    jobs[AVERAGE] = [_weighted(job, group.average_weights()) for _, job in jobs.iterrows()]
+    jobs[group.headline] = [_weighted(job, group.headline_weights()) for _, job in jobs.iterrows()]
     jobs["key"] = [policies.policy_key(r) for _, r in jobs.iterrows()]
     fractions = [kv_fraction(r) for _, r in jobs.iterrows()]
     jobs["kv_fraction"] = [f for f, _ in fractions]
@@ -176,10 +190,9 @@ def _group(
         for run_id, benchmark in zip(jobs.index, jobs["benchmark"]):
             if run_id not in group.samples and sweep_dir is not None:
                 group.samples[run_id] = _rescored(sweep_dir, run_id, benchmark)
-        average = list(group.average_weights())
-        cis = [group.ci(r, average) for r in jobs.index]
-        group.jobs[f"{AVERAGE} lo"] = [lo for lo, _ in cis]
-        group.jobs[f"{AVERAGE} hi"] = [hi for _, hi in cis]
+        cis = [group.ci(r, group.headline_weights()) for r in jobs.index]
+        group.jobs[f"{group.headline} lo"] = [lo for lo, _ in cis]
+        group.jobs[f"{group.headline} hi"] = [hi for _, hi in cis]
     return group
 
 
@@ -204,7 +217,7 @@ def ordered(group: Group, experiment: str) -> pd.DataFrame:
 
 
 def score_columns(group: Group, per_task: bool) -> dict[str, list[str]]:
-    """{column: the tasks it averages}, in display order, Average excluded."""
+    """{column: the tasks it averages}, in display order, the headline average (Group.headline) excluded."""
     if group.benchmark == "longbench" and not per_task:
         from eval.longbench.metrics import EN_CATEGORY_TASKS
 
@@ -226,8 +239,8 @@ def score_columns(group: Group, per_task: bool) -> dict[str, list[str]]:
 def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.DataFrame:
     """One row per job (+ the paper's row under it when the job ran the paper's setting): label, what tells apart
     jobs of the same label, the task list when it names the table, method, nominal K/V sparsity, score columns
-    and Average each with `<column> lo`/`hi` (95% CI), the paired Δ vs dense, measured sparsity, KV size, samples
-    per task."""
+    and the headline average (Group.headline) each with `<column> lo`/`hi` (95% CI), the paired Δ vs dense,
+    measured sparsity, KV size, samples per task."""
     columns = score_columns(group, per_task)
     published = group.published(experiment)
     noise = any(group.samples.values())
@@ -236,13 +249,12 @@ def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.
         record = {"policy": job["label"], **{c: display_text(job[c]) for c in group.shown}}
         record |= {"tasks": group.task_list} if group.task_list else {}
         record |= {"method": policies.family(job["key"]), "K": job["k_sparsity"], "V": job["v_sparsity"]}
-        for column, tasks in [*columns.items(), (AVERAGE, list(group.average_weights()))]:
-            if column == AVERAGE:
-                record[column] = job[AVERAGE]
-            else:  # one task: its score; a category: the mean of its tasks' scores
-                record[column] = _weighted(job, _equal(tasks))
+        # one task: its score; a category: the mean of its tasks' scores; then the headline average
+        averaged = {column: _equal(tasks) for column, tasks in columns.items()}
+        for column, w in (averaged | {group.headline: group.headline_weights()}).items():
+            record[column] = _weighted(job, w)
             if noise:
-                record[f"{column} lo"], record[f"{column} hi"] = group.ci(job["run_id"], tasks)
+                record[f"{column} lo"], record[f"{column} hi"] = group.ci(job["run_id"], w)
         if noise:
             test = group.versus_dense(job["run_id"])
             record |= {
@@ -271,11 +283,11 @@ def accuracy_table(group: Group, experiment: str, per_task: bool = False) -> pd.
                     "method": entry["name"],
                     "K": job["k_sparsity"],
                     "V": job["v_sparsity"],
-                    **{c: entry["values"].get(c) for c in [*columns, AVERAGE]},
+                    **{c: entry["values"].get(c) for c in [*columns, group.headline]},
                 }
             )
     table = pd.DataFrame(records)
-    numeric = [c for c in table if c.endswith((" lo", " hi")) or c in (*columns, AVERAGE, VERSUS, "p")]
+    numeric = [c for c in table if c.endswith((" lo", " hi")) or c in (*columns, group.headline, VERSUS, "p")]
     return table.astype({c: float for c in numeric})
 
 

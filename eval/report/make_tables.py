@@ -31,7 +31,8 @@ CAPTIONS = {
     "word_quota": "Keep rules: exact top-k per token vs the word rule (the same count, per-32-channel-word quotas)",
 }
 NOTES = (
-    "Average = `avg`: the paper's mean of the English task scores (Chinese tasks never enter it). "
+    "Average = `avg`: the paper's mean of the English task scores (Chinese tasks never enter it; a LongBench table "
+    "of Chinese tasks only shows their `avg_zh` instead, with no Δ vs dense, as summary.md does). "
     "value [lo, hi] = mean and 95% percentile-bootstrap CI over samples (10,000 resamples within each task, "
     "seeded). Δ vs dense = Average minus the dense job's on the same prompts, with a paired-bootstrap 95% CI and a "
     "sign-flip permutation p-value; 'within noise' when that CI covers 0 or p >= 0.05. K, V = nominal sparsity; K/V meas. = "

@@ -9,12 +9,15 @@ import pytest
 
 from tests.unit.script_module import load_script
 
+BASE = dict(kind="task", head_dim=64, dtype="float32", k_sparsity=0.5, v_sparsity=0.5, policy="p", task="t",
+            metric="m", samples=[1.0, 0.0], benchmark="ruler")  # fmt: skip
 
-def _write(path: Path, **row) -> Path:
-    base = dict(kind="task", head_dim=64, dtype="float32", k_sparsity=0.5, v_sparsity=0.5, policy="p", task="t",
-                samples=[1.0, 0.0])  # fmt: skip
+
+def _write(path: Path, *more: dict, **row) -> Path:
+    """A result.json of one task row (BASE with `row`), then rows `more` (each BASE with `row` and its own)."""
+    rows = [{**BASE, **row}, *({**BASE, **row, **r} for r in more)]
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"rows": [{**base, **row}]}))
+    path.write_text(json.dumps({"rows": rows}))
     return path
 
 
@@ -47,3 +50,28 @@ def test_two_jobs_of_one_policy_are_refused_by_name(tmp_path):
     _write(tmp_path / "jobs" / "b.json", **counts)
     with pytest.raises(SystemExit, match="two jobs of policy 'p'"):
         load_script("eviction_table").main(str(tmp_path), [])
+
+
+def test_avg_is_the_tables_english_avg_and_buckets_are_no_tasks(tmp_path, capsys):
+    """LongBench-E: a length bucket (metric `<name>@<bucket>`) is part of its task, not the task's score, and
+    `avg` is the tables' (English tasks only: dureader never enters it). qasper: dense 2 of 3 right (66.7), K0.5
+    1 of 3 (33.3), each's 8k+ bucket 0; so avg 66.7 and 33.3, and the pair K0.5 − dense −33.3 over 3 samples
+    (with the bucket as the task: 0.0 both; with dureader averaged in: 78.3 and 66.7)."""
+    counts = dict(k_judged=64, v_judged=64, dense_kv_bytes=512, kv_evicted_bytes=0, benchmark="longbench")
+    for name, qasper, dureader in (
+        ("dense", [100.0, 100.0, 0.0], [90.0, 90.0]),
+        ("K0.5", [100.0, 0.0, 0.0], [100.0] * 2),
+    ):
+        _write(tmp_path / name / "result.json", {"metric": "qa_f1_score@8k+", "samples": [0.0]},
+               {"task": "dureader", "samples": dureader}, task="qasper", metric="qa_f1_score", samples=qasper,
+               policy=name, samples_id="p", **counts)  # fmt: skip
+    load_script("eviction_table").main(str(tmp_path), ["K0.5=dense"])
+    out = capsys.readouterr().out
+    header, _, *lines = [
+        [c.strip() for c in line.strip("|").split("|")] for line in out.split("\n\n")[0].splitlines()
+    ]
+    table = {line[0]: dict(zip(header, line)) for line in lines}
+    assert header[:4] == ["policy", "dureader", "qasper", "avg"]
+    assert [table["dense"][c].split()[0] for c in ("qasper", "avg")] == ["66.7", "66.7"]
+    assert [table["K0.5"][c].split()[0] for c in ("qasper", "avg")] == ["33.3", "33.3"]
+    assert "K0.5 − dense: -33.3 [" in out and out.rstrip().endswith("(n = 3)")

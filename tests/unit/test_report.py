@@ -314,7 +314,13 @@ def test_paired_compare_script_pairs_whole_tasks_of_the_same_prompts(tmp_path, c
     paired_compare = load_script("paired_compare")
 
     def job(name: str, overall: list[float], bucket: list[float], samples_id: str = "p1") -> Path:
-        base = {"kind": "task", "task": "hotpotqa", "policy": name, "samples_id": samples_id}
+        base = {
+            "kind": "task",
+            "task": "hotpotqa",
+            "policy": name,
+            "samples_id": samples_id,
+            "benchmark": "longbench",
+        }
         rows = [
             {**base, "metric": "qa_f1_score", "samples": overall},
             {**base, "metric": "qa_f1_score@8k+", "samples": bucket},
@@ -330,3 +336,21 @@ def test_paired_compare_script_pairs_whole_tasks_of_the_same_prompts(tmp_path, c
     other = job("K0.7", [0.0] * 4, [0.0, 0.0], samples_id="p2")
     with pytest.raises(SystemExit, match="not asked the same prompts"):
         paired_compare.main([str(other), str(dense)])
+
+
+def test_paired_compare_script_compares_the_tables_english_avg(tmp_path, capsys):
+    """The pair is over the tables' `avg`, a LongBench job's English tasks only: the jobs agree on hotpotqa (50 on
+    each of 3 samples) and differ only on the Chinese dureader (90 vs 0), so A − B is +0.00 over hotpotqa's 3
+    samples (over every task alike it was −45.00 over 6); a job of Chinese tasks only has no avg to compare."""
+    longbench = dict(benchmark="longbench", benchmark_length=None)
+    fake_job(tmp_path, "dense", {"hotpotqa": [50.0] * 3, "dureader": [90.0] * 3}, **longbench)
+    fake_job(tmp_path, "k5", {"hotpotqa": [50.0] * 3, "dureader": [0.0] * 3}, **longbench, k_sparsity=0.5,
+             policy="K0.5")  # fmt: skip
+    summary = summary_frame(load_rows(tmp_path)).query("column == 'avg' and run_id == 'k5'").iloc[0]
+    assert (summary["value"], summary["delta"]) == (50.0, 0.0)
+    paired_compare = load_script("paired_compare")
+    paired_compare.main([str(tmp_path / job / "result.json") for job in ("k5", "dense")])
+    assert capsys.readouterr().out.startswith("K0.5 − dense: +0.00 [+0.00, +0.00], p = 1.000, n = 3\n")
+    fake_job(tmp_path, "zh", {"dureader": [0.0] * 3}, **longbench)
+    with pytest.raises(SystemExit, match="ran no English LongBench task"):
+        paired_compare.main([str(tmp_path / job / "result.json") for job in ("zh", "zh")])

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from eval import stats
 from eval.longbench.data import DEFAULT_TASKS
 from eval.report import paper
 from eval.report.compare import compare, main
@@ -219,3 +220,63 @@ def test_speed_only_keys_are_eval_jobs():
     from eval.tables import SPEED_ONLY
 
     assert SPEED_ONLY == tuple(f"benchmark.{k}" for k in NOT_IDENTITY)
+
+
+def test_a_longbench_table_of_chinese_tasks_only_shows_avg_zh_not_an_english_average(tmp_path):
+    """No English task ran, so there is no Average (it read 0.00 [0.00, 0.00], Δ vs dense 0.00 within noise, and
+    the plots drew the zeros): the table and plots show avg_zh, the mean of the Chinese categories' means, as
+    summary.md does: dense (50 + 25) / 2 = 37.5, K0.5 (40 + 20) / 2 = 30; no Δ, as in summary.md."""
+    longbench = dict(benchmark="longbench", benchmark_length=None)
+    fake_job(
+        tmp_path / "zh", "dense", {"multifieldqa_zh": [40.0, 60.0], "dureader": [20.0, 30.0]}, **longbench
+    )
+    fake_job(tmp_path / "zh", "k5", {"multifieldqa_zh": [30.0, 50.0], "dureader": [10.0, 30.0]}, **longbench,
+             k_sparsity=0.5, policy="K0.5")  # fmt: skip
+    table = make_tables(tmp_path, "zh").tables["zh_tiny_longbench"].set_index("policy")
+    assert "Average" not in table and list(table["avg_zh"]) == [37.5, 30.0]
+    ci = stats.bootstrap_ci({"multifieldqa_zh": [30.0, 50.0], "dureader": [10.0, 30.0]},
+                            {"multifieldqa_zh": 0.5, "dureader": 0.5})  # fmt: skip
+    assert (table.loc["K0.5", "avg_zh lo"], table.loc["K0.5", "avg_zh hi"]) == ci
+    assert table["Δ vs dense"].isna().all()
+    (group,) = groups(load_rows(tmp_path / "zh"), tmp_path / "zh")
+    assert [list(line[group.headline]) for line in _lines(group, "zh").values()] == [[37.5, 30.0]]
+    with pytest.raises(ValueError, match="no Average to compare"):
+        compare(tmp_path / "zh", "K0.5", "dense")
+
+
+def test_jobs_differing_only_in_a_model_knob_get_its_column_and_their_own_plot_lines(tmp_path):
+    """As in summary.md, `model.chat_template` tells apart jobs the label does not: a column in the report, and one
+    plot line per template, each with its dense point (they were joined into one line of four points)."""
+    for chat, pruned in ((True, [100.0, 0.0, 0.0]), (False, [0.0, 0.0, 0.0])):
+        config = {"name": "tiny", "chat_template": chat}
+        fake_job(
+            tmp_path, f"dense_{chat}", {"vt": [100.0, 0.0, 100.0]}, samples_id=f"p{chat}", model_config=config
+        )
+        fake_job(tmp_path, f"k5_{chat}", {"vt": pruned}, samples_id=f"p{chat}", model_config=config,
+                 k_sparsity=0.5, policy="K0.5")  # fmt: skip
+    (group,) = groups(load_rows(tmp_path), tmp_path)
+    table = accuracy_table(group, "x")
+    assert group.shown == ["model.chat_template"]
+    assert sorted(zip(table["policy"], table["model.chat_template"], table["Average"])) == [
+        ("K0.5", "False", 0.0), ("K0.5", "True", 33.33), ("dense", "False", 66.67), ("dense", "True", 66.67)
+    ]  # fmt: skip
+    lines = {label: list(zip(line["run_id"], line["Average"])) for label, line in _lines(group, "x").items()}
+    k = "K Magnitude (per-token)"
+    assert lines == {
+        f"{k}, model.chat_template=False": [("dense_False", 66.67), ("k5_False", 0.0)],
+        f"{k}, model.chat_template=True": [("dense_True", 66.67), ("k5_True", 33.33)],
+    }
+
+
+def test_jobs_of_other_devices_and_dtypes_show_them_in_the_report(tmp_path):
+    """A CPU fp32 dense job beside a CUDA bf16 pruned one: not the same setting, so each row says its device and
+    dtype (they sat side by side unmarked, the labels differing)."""
+    fake_job(tmp_path, "dense", {"vt": [100.0, 0.0]}, samples_id="cpu", device="cpu", dtype="float32")
+    fake_job(tmp_path, "k5", {"vt": [0.0, 0.0]}, samples_id="cuda", device="cuda", dtype="bfloat16",
+             k_sparsity=0.5, policy="K0.5")  # fmt: skip
+    (group,) = groups(load_rows(tmp_path), tmp_path)
+    table = accuracy_table(group, "x")
+    assert group.shown == ["dtype", "device"]
+    assert [list(table[c]) for c in ("policy", "dtype", "device")] == [
+        ["dense", "K0.5"], ["float32", "bfloat16"], ["cpu", "cuda"]
+    ]  # fmt: skip

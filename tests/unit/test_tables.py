@@ -158,3 +158,22 @@ def test_jobs_over_other_task_lists_show_them_and_tasks_precede_averages(tmp_pat
     columns = [c.strip() for c in header.strip("|").split("|")]
     assert "benchmark.tasks" in columns
     assert columns.index("vt") < columns.index("cwe") < columns.index("avg")
+
+
+def test_jobs_of_other_devices_and_dtypes_show_them_whatever_their_labels(tmp_path):
+    """A setting outside the policy is shown wherever two jobs of a table differ in it, not only between jobs of
+    one label: a CPU fp32 dense job beside a CUDA bf16 K0.5 job sat unmarked. A policy field the label names
+    (window 64 is "K0.7 w64") gets no column of its own."""
+    fake_job(tmp_path, "dense", {"vt": [100.0, 0.0]}, samples_id="cpu", device="cpu", dtype="float32")
+    fake_job(tmp_path, "k5", {"vt": [0.0, 0.0]}, samples_id="cuda", device="cuda", dtype="bfloat16",
+             k_sparsity=0.5, policy="K0.5")  # fmt: skip
+    fake_job(tmp_path, "k7", {"vt": [0.0, 0.0]}, samples_id="cuda", device="cuda", dtype="bfloat16",
+             k_sparsity=0.7, window=64, policy="K0.7 w64")  # fmt: skip
+    header = next(
+        line for line in render(write_summary(tmp_path)).splitlines() if line.startswith("| policy")
+    )
+    assert [c.strip() for c in header.strip("|").split("|")][:4] == ["policy", "dtype", "device", "vt"]
+    row = next(
+        line for line in (tmp_path / "summary.md").read_text().splitlines() if line.startswith("| dense")
+    )
+    assert [c.strip() for c in row.strip("|").split("|")][:3] == ["dense", "float32", "cpu"]
