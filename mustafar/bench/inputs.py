@@ -21,7 +21,13 @@ from mustafar.kernels.dispatch import decoder_for
 from mustafar.pruning.keep import balanced_groups, word_topk_mask
 
 WINDOW = 32  # dense window tokens next to the compressed ones
-LAUNCH_OPTIONS = ("decoder", "block_n", "num_warps", "num_splits", "split_tokens")  # the private launch's knobs
+LAUNCH_OPTIONS = (
+    "decoder",
+    "block_n",
+    "num_warps",
+    "num_splits",
+    "split_tokens",
+)  # the private launch's knobs
 
 
 @dataclass

@@ -788,20 +788,6 @@ def _new_config(
     return _Config(decoder, block_n, num_warps, constexprs, occ, launcher, q.device.type == "cuda")
 
 
-def _planned_splits(
-    q: Tensor,
-    k_store: CompressedStore,
-    v_store: CompressedStore,
-    decoder: str,
-    block_n: int | None = None,
-    num_warps: int | None = None,
-) -> int:
-    """The split count :func:`_launch` uses when none is given: the wave model at the configuration's occupancy
-    (measured once it has been launched, 2 programs per SM before), over the tokens held (dynamic stores) or the
-    capacity (static stores)."""
-    return _planned_plan(q, k_store, v_store, decoder, block_n, num_warps)[0]
-
-
 def _planned_plan(
     q: Tensor,
     k_store: CompressedStore,
@@ -810,7 +796,9 @@ def _planned_plan(
     block_n: int | None = None,
     num_warps: int | None = None,
 ) -> tuple[int, int]:
-    """(split count, tokens per split) of :func:`_planned_splits`' plan, as :func:`_run` computes it."""
+    """(split count, tokens per split) :func:`_launch` uses when neither is given, as :func:`_run` computes them:
+    the wave model at the configuration's occupancy (measured once it has been launched, 2 programs per SM
+    before), over the tokens held (dynamic stores) or the capacity (static stores)."""
     cfg = _configure(q, k_store, v_store, decoder, block_n, num_warps)
     slots = (_sm_count(q.device.index) if cfg.on_gpu else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
     return _split_plan(q.shape[0] * k_store.heads, _plan_tokens(k_store, v_store), cfg.block_n, slots, None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import subprocess
 import sys
@@ -139,30 +140,23 @@ def test_triton_kernels_in_generation_under_the_interpreter():
     assert float(words[words.index("ERR") + 1]) < 1e-2
 
 
-def _mqa_llama():
-    """One KV head: at batch 1 every (row, head) slice of the tail is contiguous."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def _mqa_llama(tiny_llama):
+    """`tiny_llama` with one layer and one KV head: at batch 1 every (row, head) slice of the tail is contiguous."""
+    from transformers import LlamaForCausalLM
 
+    cfg = copy.deepcopy(tiny_llama.config)
+    cfg.num_hidden_layers, cfg.num_key_value_heads = 1, 1
     torch.manual_seed(0)
-    cfg = LlamaConfig(
-        vocab_size=256,
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=1,
-        num_attention_heads=4,
-        num_key_value_heads=1,
-        head_dim=64,
-    )
     return LlamaForCausalLM(cfg).eval()
 
 
-def test_kv_bytes_are_the_allocated_bytes_with_one_kv_head_at_batch_1():
+def test_kv_bytes_are_the_allocated_bytes_with_one_kv_head_at_batch_1(tiny_llama):
     """The tail is what its storage holds: the flush once kept a view of the whole prompt (B·H_kv = 1), so the
     prompt's dense keys and values stayed allocated while kv_bytes counted only the 32 window tokens."""
     import mustafar
     from mustafar.cache_kwarg import cache_kwargs
 
-    model = _mqa_llama()
+    model = _mqa_llama(tiny_llama)
     ids = torch.randint(3, 256, (1, 300), generator=torch.Generator().manual_seed(0))
     with (
         mustafar.prune(model, k_sparsity=0.7, v_sparsity=0.7, mode="compressed") as cache,
@@ -184,11 +178,11 @@ def test_kv_bytes_are_the_allocated_bytes_with_one_kv_head_at_batch_1():
             out = model(input_ids=nxt, use_cache=True, **cache_kwargs(model, cache))
 
 
-def test_compressed_mode_refuses_a_float64_model_naming_the_dtype():
+def test_compressed_mode_refuses_a_float64_model_naming_the_dtype(tiny_llama):
     import mustafar
     from mustafar.config import ConfigError
 
-    model = _mqa_llama().double()
+    model = _mqa_llama(tiny_llama).double()
     with pytest.raises(ConfigError, match=r"kv.mode=compressed stores .* runs in torch.float64"):
         with mustafar.prune(model, k_sparsity=0.5, mode="compressed"):
             pass
