@@ -475,7 +475,7 @@ def default_splits(
     length. This avoids the round-3 heuristic's partial last wave (B 8, 16K: 2.4 waves, ~20 % idle).
     """
     sms = _sm_count(device.index) if device.type == "cuda" else 4
-    return _wave_model_splits(batch * heads_kv, cdiv(tokens, block_n), sms * programs_per_sm)
+    return _wave_model_plan(batch * heads_kv, cdiv(tokens, block_n), sms * programs_per_sm, TAIL_SPLITS)[0]
 
 
 @functools.cache
@@ -483,41 +483,42 @@ def _sm_count(index: int | None) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
-    return _wave_model_plan(programs_per_split, tiles, slots)[0]
+# whether the split plan places the rows' short last shares in the tail (:func:`_split_cost`); off: the round-3
+# wave model, every program as long as the first share. Round 33 (results/kernels/NOTES.md) measures it
+TAIL_SPLITS = False
 
 
 @functools.lru_cache(maxsize=4096)
-def _wave_model_plan(rows: int, tiles: int, slots: int) -> tuple[int, int]:
+def _wave_model_plan(rows: int, tiles: int, slots: int, tail: bool) -> tuple[int, int]:
     """(splits, tiles per split) minimising :func:`_split_cost`; at equal cost the larger share (fewer programs).
-    The candidates: the equal shares of every split count, and every share size of the one split count whose
-    short last shares alone overflow the slots (``slots // rows + 1``), where a longer share can shorten the
-    last one enough to fit the tail."""
+    The candidates: the equal shares of every split count and, with ``tail``, every share size of the one split
+    count whose short last shares alone overflow the slots (``slots // rows + 1``), where a longer share can
+    shorten the last one enough to fit the tail."""
     shares = {cdiv(tiles, s) for s in range(1, tiles + 1)}
-    tail = slots // rows + 1
-    if 2 <= tail <= tiles:
-        shares.update(range(cdiv(tiles, tail), cdiv(tiles, tail - 1)))
+    overflowing = slots // rows + 1
+    if tail and 2 <= overflowing <= tiles:
+        shares.update(range(cdiv(tiles, overflowing), cdiv(tiles, overflowing - 1)))
     best, best_cost = (1, tiles), math.inf
     for per in sorted(shares, reverse=True):
-        cost = _split_cost(rows, tiles, per, slots)
+        cost = _split_cost(rows, tiles, per, slots, tail)
         if cost < best_cost - 1e-9:
             best, best_cost = (cdiv(tiles, per), per), cost
     return best
 
 
-def _split_cost(rows: int, tiles: int, per: int, slots: int) -> float:
+def _split_cost(rows: int, tiles: int, per: int, slots: int, tail: bool = True) -> float:
     """The wave model's time, in tiles, of splitting each row's ``tiles`` into shares of ``per`` (the last share
-    is the remainder). Programs start in launch order, the split index slowest, so the rows' short last shares
-    come last: where only they overflow the slots, they run in the slots the first wave's short shares free, one
-    chain of short programs per such slot (or after a full program, whichever is sooner). Otherwise whole waves
-    of the longest share."""
+    is the remainder): whole waves of the longest share. With ``tail``: programs start in launch order, the split
+    index slowest, so the rows' short last shares come last; where only they overflow the slots, they run in the
+    slots the first wave's short shares free, one chain of short programs per such slot (or after a full program,
+    whichever is sooner)."""
     splits = cdiv(tiles, per)
     last = tiles - (splits - 1) * per
     full, over = per + _SPLIT_OVERHEAD_TILES, rows * splits - slots
     if over <= 0:
         return full
     free = rows - over  # short programs of the first wave
-    if rows * (splits - 1) > slots or free <= 0:
+    if not tail or rows * (splits - 1) > slots or free <= 0:
         return cdiv(rows * splits, slots) * full
     short = last + _SPLIT_OVERHEAD_TILES
     return min(max(full, short * (1 + cdiv(over, free))), full + short)
@@ -801,7 +802,8 @@ def _planned_plan(
     before), over the tokens held (dynamic stores) or the capacity (static stores)."""
     cfg = _configure(q, k_store, v_store, decoder, block_n, num_warps)
     slots = (_sm_count(q.device.index) if cfg.on_gpu else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
-    return _split_plan(q.shape[0] * k_store.heads, _plan_tokens(k_store, v_store), cfg.block_n, slots, None)
+    tokens = _plan_tokens(k_store, v_store)
+    return _split_plan(q.shape[0] * k_store.heads, tokens, cfg.block_n, slots, None, None, TAIL_SPLITS)
 
 
 def _plan_tokens(k_store: CompressedStore, v_store: CompressedStore) -> int:
@@ -819,10 +821,17 @@ def _splits_at(cfg: _Config, q: Tensor, tokens: int) -> int:
 
 @functools.lru_cache(maxsize=4096)
 def _split_plan(
-    rows: int, tokens: int, block_n: int, slots: int, splits: int | None, share: int | None = None
+    rows: int,
+    tokens: int,
+    block_n: int,
+    slots: int,
+    splits: int | None,
+    share: int | None = None,
+    tail: bool = False,
 ) -> tuple[int, int]:
-    """(num_splits, tokens_per_split): the wave model's plan unless ``splits`` or ``share`` (tokens per split)
-    is given; a given split count alone gets equal shares rounded up to whole tiles."""
+    """(num_splits, tokens_per_split): the wave model's plan (``tail``: :data:`TAIL_SPLITS`) unless ``splits``
+    or ``share`` (tokens per split) is given; a given split count alone gets equal shares rounded up to whole
+    tiles."""
     if share is not None:
         if share <= 0 or share % block_n:
             raise ValueError(f"split_tokens={share} must be a positive multiple of the tile size {block_n}")
@@ -833,7 +842,7 @@ def _split_plan(
             )
         return n, share
     if splits is None:
-        splits, per = _wave_model_plan(rows, cdiv(tokens, block_n), slots)
+        splits, per = _wave_model_plan(rows, cdiv(tokens, block_n), slots, tail)
         return splits, per * block_n
     return splits, cdiv(cdiv(max(tokens, 1), splits), block_n) * block_n
 
@@ -937,7 +946,9 @@ def _run(
     static = k_store.static
     tokens = min(k_cap, v_cap) if static else k_store.length
     slots = (_sm_count(device.index) if cfg.on_gpu else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
-    num_splits, tokens_per_split = _split_plan(b * hkv, tokens, cfg.block_n, slots, num_splits, split_tokens)
+    num_splits, tokens_per_split = _split_plan(
+        b * hkv, tokens, cfg.block_n, slots, num_splits, split_tokens, TAIL_SPLITS
+    )
     # launch.raw_stream inlined: on this hot path the call costs ~0.5 µs of host time (project machine)
     stream = torch._C._cuda_getCurrentRawStream(device.index) if cfg.on_gpu else 0
     o_part, lse_part = _partials(b, hq, num_splits, d, device, stream)
@@ -1171,7 +1182,7 @@ def _replay(
         if tokens != v_store.length or not (tokens or kw.shape[2]):
             return None  # the full path names what is wrong
         rows, block_n, slots, tok_at, share_at, seqs = grow
-        splits, share = _split_plan(rows, tokens, block_n, slots, None)
+        splits, share = _split_plan(rows, tokens, block_n, slots, None, None, TAIL_SPLITS)
         if splits != plan.merge_args[2]:  # another grid and other partials: the full path makes a new plan
             return None
         after = (*after[:tok_at], tokens, *after[tok_at + 1 : share_at], share, *after[share_at + 1 :])
