@@ -1,9 +1,9 @@
 #!/bin/bash
-# round 33, first H100 call: the tail-aware split plan against the old wave model (A/B), then the GPU tests of the
-# kernels with the new plan as the default.
+# round 33, first H100 call: the tail-aware split plan against round 3's wave model (A/B, alternating in one
+# process), then the default-launch bench with the tail plan on at issue 16's sizes.
 export PYTHONPATH=$PWD
 nvidia-smi --query-gpu=name,driver_version,clocks.max.sm,clocks.max.mem --format=csv,noheader
-timeout 300 python3 results/kernels/round33_h100/ab_tail.py > $OUT/ab.jsonl 2> $OUT/ab.err
+timeout 400 python3 results/kernels/round33_h100/ab_tail.py > $OUT/ab.jsonl 2> $OUT/ab.err
 echo "ab rc=$?"; tail -n 3 $OUT/ab.err
 python3 - <<'PY'
 import json, os
@@ -12,7 +12,6 @@ for l in open(os.environ["OUT"] + "/ab.jsonl"):
     if "same" in r: print(r["rule"], r["b"], r["t"], "same", r["same"]); continue
     print(r["rule"], r["b"], r["t"], "old", r["old"], "new", r["new"], "gain%", r["gain_pct"], "x", r["speedup"], "err", r["max_abs_diff"])
 PY
-timeout 270 python3 -m pytest -q -n 8 -p no:cacheprovider tests/kernels/test_launch_seq.py tests/kernels/test_gpu_graphs.py \
-  tests/kernels/test_gpu.py tests/kernels/test_gpu_word.py tests/kernels/test_gpu_scatter.py tests/kernels/test_gpu_fp8.py \
-  > $OUT/tests.txt 2>&1
-tail -n 2 $OUT/tests.txt; grep -m 20 "FAILED\|Error" $OUT/tests.txt; true
+timeout 150 python3 results/kernels/round33_h100/bench_tail.py --default-only --skip-compress --batches 8,32 \
+  --tokens 16384,32768 --sparsities 0.7 --keep-rules word-fp8,word --out $OUT/bench_tail > $OUT/bench_log.txt 2>&1
+echo "bench rc=$?"; tail -n 12 $OUT/bench_tail/bench.md | cut -c1-220
