@@ -1,7 +1,11 @@
 """pytest plugin (-p tail_on, this folder on PYTHONPATH): the GPU tests with decode.TAIL_SPLITS on, in every
-xdist worker, before the measurement makes it the default."""
-from mustafar.kernels import decode
+xdist worker, before the measurement makes it the default. Set per test after its fixtures (some reload the
+module), and imported only then (conftest picks the interpreter before anything imports Triton)."""
+import importlib
+
+import pytest
 
 
-def pytest_configure(config):
-    decode.TAIL_SPLITS = True
+@pytest.hookimpl(trylast=True)
+def pytest_runtest_setup(item):
+    importlib.import_module("mustafar.kernels.decode").TAIL_SPLITS = True
