@@ -291,9 +291,7 @@ def decode_row(
         auto = launch["num_splits"]
         row["split_sweep_us"] = {f"auto={auto}": us}
         for label, n in (("x2", 2 * auto), ("half", max(1, auto // 2))):
-            row["split_sweep_us"][f"{label}={n}"] = time_us(
-                decode_call(inp, dict(launch, num_splits=n, split_tokens=None))
-            )
+            row["split_sweep_us"][f"{label}={n}"] = time_us(decode_call(inp, dict(launch, num_splits=n)))
     base = baseline.get((rule, s, b, t))
     if base:
         row["baseline_us"], row["vs_baseline"] = base, us / base

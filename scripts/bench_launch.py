@@ -43,7 +43,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mustafar.formats import CompressedStore  # noqa: E402
 from mustafar.kernels import pack_into, sparse_decode_attention, topk_pack_into  # noqa: E402
-from mustafar.kernels.decode import _planned_plan  # noqa: E402
+from mustafar.kernels.decode import _planned_splits  # noqa: E402
 from mustafar.kernels.dispatch import decoder_for  # noqa: E402
 from mustafar.pruning.keep import word_topk_mask  # noqa: E402
 
@@ -206,7 +206,7 @@ def main() -> None:
                     call = functools.partial(sparse_decode_attention, q, ks, vs, kw, vw, D**-0.5, out=out)
                     call()  # compiles and measures the occupancy the plan uses
                     decoder = decoder_for(q, ks, vs)
-                    splits = _planned_plan(q, ks, vs, decoder)[0]
+                    splits = _planned_splits(q, ks, vs, decoder)
                     rows.append(
                         _row(name, rule, batch, sparsity, call, calls, rep_ms, splits=splits, decoder=decoder)
                     )

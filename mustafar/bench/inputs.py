@@ -16,18 +16,12 @@ from triton.testing import do_bench
 from mustafar.bench.shapes import AttentionShape
 from mustafar.formats import CompressedStore
 from mustafar.kernels import pack_into, sparse_decode_attention, topk_pack_into
-from mustafar.kernels.decode import _DEFAULT_LAUNCH, _launch, _planned_plan
+from mustafar.kernels.decode import _DEFAULT_LAUNCH, _launch, _planned_splits
 from mustafar.kernels.dispatch import decoder_for
 from mustafar.pruning.keep import balanced_groups, word_topk_mask
 
 WINDOW = 32  # dense window tokens next to the compressed ones
-LAUNCH_OPTIONS = (
-    "decoder",
-    "block_n",
-    "num_warps",
-    "num_splits",
-    "split_tokens",
-)  # the private launch's knobs
+LAUNCH_OPTIONS = ("decoder", "block_n", "num_warps", "num_splits")  # the knobs of the private launch
 
 
 @dataclass
@@ -171,14 +165,13 @@ def rel_err(a: Tensor, b: Tensor) -> float:
 
 
 def default_launch(inp: DecodeInputs) -> dict:
-    """What the public op launches for these inputs (decoder, tile size, split count and share), as private-launch
-    options. A caller that changes ``num_splits`` drops ``split_tokens`` (then equal shares).
+    """What the public op launches for these inputs (decoder, tile size, split count), as private-launch options.
 
-    The split plan comes from the occupancy measured at the configuration's first launch: ask after one."""
+    The split count comes from the occupancy measured at the configuration's first launch: ask after one."""
     decoder = decoder_for(inp.q, inp.k_store, inp.v_store)
-    splits, share = _planned_plan(inp.q, inp.k_store, inp.v_store, decoder)
+    splits = _planned_splits(inp.q, inp.k_store, inp.v_store, decoder)
     block_n, num_warps = _DEFAULT_LAUNCH[decoder]
-    return dict(decoder=decoder, block_n=block_n, num_warps=num_warps, num_splits=splits, split_tokens=share)
+    return dict(decoder=decoder, block_n=block_n, num_warps=num_warps, num_splits=splits)
 
 
 def default_kernel_sass(inp: DecodeInputs) -> str | None:

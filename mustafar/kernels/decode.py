@@ -475,7 +475,7 @@ def default_splits(
     length. This avoids the round-3 heuristic's partial last wave (B 8, 16K: 2.4 waves, ~20 % idle).
     """
     sms = _sm_count(device.index) if device.type == "cuda" else 4
-    return _wave_model_plan(batch * heads_kv, cdiv(tokens, block_n), sms * programs_per_sm, TAIL_SPLITS)[0]
+    return _wave_model_splits(batch * heads_kv, cdiv(tokens, block_n), sms * programs_per_sm)
 
 
 @functools.cache
@@ -483,45 +483,15 @@ def _sm_count(index: int | None) -> int:
     return torch.cuda.get_device_properties(index).multi_processor_count
 
 
-# whether the split plan places the rows' short last shares in the tail (:func:`_split_cost`); off: the round-3
-# wave model, every program as long as the first share. Round 33 (results/kernels/NOTES.md) measures it
-TAIL_SPLITS = False
-
-
 @functools.lru_cache(maxsize=4096)
-def _wave_model_plan(rows: int, tiles: int, slots: int, tail: bool) -> tuple[int, int]:
-    """(splits, tiles per split) minimising :func:`_split_cost`; at equal cost the larger share (fewer programs).
-    The candidates: the equal shares of every split count and, with ``tail``, every share size of the one split
-    count whose short last shares alone overflow the slots (``slots // rows + 1``), where a longer share can
-    shorten the last one enough to fit the tail."""
-    shares = {cdiv(tiles, s) for s in range(1, tiles + 1)}
-    overflowing = slots // rows + 1
-    if tail and 2 <= overflowing <= tiles:
-        shares.update(range(cdiv(tiles, overflowing), cdiv(tiles, overflowing - 1)))
-    best, best_cost = (1, tiles), math.inf
-    for per in sorted(shares, reverse=True):
-        cost = _split_cost(rows, tiles, per, slots, tail)
+def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
+    best, best_cost = 1, math.inf
+    for per in sorted({cdiv(tiles, s) for s in range(1, tiles + 1)}, reverse=True):
+        splits = cdiv(tiles, per)
+        cost = cdiv(programs_per_split * splits, slots) * (per + _SPLIT_OVERHEAD_TILES)
         if cost < best_cost - 1e-9:
-            best, best_cost = (cdiv(tiles, per), per), cost
+            best, best_cost = splits, cost
     return best
-
-
-def _split_cost(rows: int, tiles: int, per: int, slots: int, tail: bool = True) -> float:
-    """The wave model's time, in tiles, of splitting each row's ``tiles`` into shares of ``per`` (the last share
-    is the remainder): whole waves of the longest share. With ``tail``: programs start in launch order, the split
-    index slowest, so the rows' short last shares come last; where only they overflow the slots, they run in the
-    slots the first wave's short shares free, one chain of short programs per such slot (or after a full program,
-    whichever is sooner)."""
-    splits = cdiv(tiles, per)
-    last = tiles - (splits - 1) * per
-    full, over = per + _SPLIT_OVERHEAD_TILES, rows * splits - slots
-    if over <= 0:
-        return full
-    free = rows - over  # short programs of the first wave
-    if not tail or rows * (splits - 1) > slots or free <= 0:
-        return cdiv(rows * splits, slots) * full
-    short = last + _SPLIT_OVERHEAD_TILES
-    return min(max(full, short * (1 + cdiv(over, free))), full + short)
 
 
 # ---------------------------------------------------------------------------------------------------------------------
@@ -789,21 +759,19 @@ def _new_config(
     return _Config(decoder, block_n, num_warps, constexprs, occ, launcher, q.device.type == "cuda")
 
 
-def _planned_plan(
+def _planned_splits(
     q: Tensor,
     k_store: CompressedStore,
     v_store: CompressedStore,
     decoder: str,
     block_n: int | None = None,
     num_warps: int | None = None,
-) -> tuple[int, int]:
-    """(split count, tokens per split) :func:`_launch` uses when neither is given, as :func:`_run` computes them:
-    the wave model at the configuration's occupancy (measured once it has been launched, 2 programs per SM
-    before), over the tokens held (dynamic stores) or the capacity (static stores)."""
+) -> int:
+    """The split count :func:`_launch` uses when none is given: the wave model at the configuration's occupancy
+    (measured once it has been launched, 2 programs per SM before), over the tokens held (dynamic stores) or the
+    capacity (static stores)."""
     cfg = _configure(q, k_store, v_store, decoder, block_n, num_warps)
-    slots = (_sm_count(q.device.index) if cfg.on_gpu else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
-    tokens = _plan_tokens(k_store, v_store)
-    return _split_plan(q.shape[0] * k_store.heads, tokens, cfg.block_n, slots, None, None, TAIL_SPLITS)
+    return _splits_at(cfg, q, _plan_tokens(k_store, v_store))
 
 
 def _plan_tokens(k_store: CompressedStore, v_store: CompressedStore) -> int:
@@ -820,30 +788,11 @@ def _splits_at(cfg: _Config, q: Tensor, tokens: int) -> int:
 
 
 @functools.lru_cache(maxsize=4096)
-def _split_plan(
-    rows: int,
-    tokens: int,
-    block_n: int,
-    slots: int,
-    splits: int | None,
-    share: int | None = None,
-    tail: bool = False,
-) -> tuple[int, int]:
-    """(num_splits, tokens_per_split): the wave model's plan (``tail``: :data:`TAIL_SPLITS`) unless ``splits``
-    or ``share`` (tokens per split) is given; a given split count alone gets equal shares rounded up to whole
-    tiles."""
-    if share is not None:
-        if share <= 0 or share % block_n:
-            raise ValueError(f"split_tokens={share} must be a positive multiple of the tile size {block_n}")
-        n = cdiv(max(tokens, 1), share)
-        if splits is not None and splits != n:
-            raise ValueError(
-                f"num_splits={splits} does not fit split_tokens={share}: {tokens} tokens need {n}"
-            )
-        return n, share
+def _split_plan(rows: int, tokens: int, block_n: int, slots: int, splits: int | None) -> tuple[int, int]:
+    """(num_splits, tokens_per_split): the wave model's split count unless ``splits`` is given, and the tokens
+    of each split rounded up to whole tiles."""
     if splits is None:
-        splits, per = _wave_model_plan(rows, cdiv(tokens, block_n), slots, tail)
-        return splits, per * block_n
+        splits = _wave_model_splits(rows, cdiv(tokens, block_n), slots)
     return splits, cdiv(cdiv(max(tokens, 1), splits), block_n) * block_n
 
 
@@ -898,22 +847,17 @@ def _launch(
     num_splits: int | None = None,
     block_n: int | None = None,
     num_warps: int | None = None,
-    split_tokens: int | None = None,
 ) -> Tensor:
     """Private launch of one decoder and the merge, knobs exposed (inputs validated and ``decoder`` chosen by
     :func:`mustafar.kernels.dispatch.sparse_decode_attention`, the public op; benchmarks and tests sweep here).
 
-    ``block_n`` / ``num_warps`` default to ``_DEFAULT_LAUNCH``; ``num_splits`` and ``split_tokens`` (the tokens
-    of each split but the last) to the wave model's plan (:func:`_split_plan`; a split count alone gets equal
-    shares). Static
+    ``block_n`` / ``num_warps`` default to ``_DEFAULT_LAUNCH``; ``num_splits`` to :func:`_planned_splits`. Static
     stores: the plan covers their capacity and the kernels read the length on the device (no host value of it is
     needed), so the same launch serves every length; a CUDA graph can capture it after one eager warm-up call (the
     first launch compiles and measures the occupancy the plan uses).
     """
     cfg = _configure(q, k_store, v_store, decoder, block_n, num_warps)
-    return _run(
-        cfg, q, k_store, v_store, k_window, v_window, scale, out, num_splits, split_tokens=split_tokens
-    )
+    return _run(cfg, q, k_store, v_store, k_window, v_window, scale, out, num_splits)
 
 
 # (device, q dtype, query heads, K and V layout keys) -> the public op's configuration (its decoder chosen and
@@ -933,7 +877,6 @@ def _run(
     out: Tensor | None = None,
     num_splits: int | None = None,
     keep_plan: bool = False,
-    split_tokens: int | None = None,
 ) -> Tensor:
     """:func:`_launch` under a configuration already chosen. Per call: cached lookups, the output (unless given)
     and two launches through their C launch functions, pointers passed as ints; no other allocation, no
@@ -946,9 +889,7 @@ def _run(
     static = k_store.static
     tokens = min(k_cap, v_cap) if static else k_store.length
     slots = (_sm_count(device.index) if cfg.on_gpu else 4) * _OCCUPANCY.get(cfg.occupancy_key, 2)
-    num_splits, tokens_per_split = _split_plan(
-        b * hkv, tokens, cfg.block_n, slots, num_splits, split_tokens, TAIL_SPLITS
-    )
+    num_splits, tokens_per_split = _split_plan(b * hkv, tokens, cfg.block_n, slots, num_splits)
     # launch.raw_stream inlined: on this hot path the call costs ~0.5 µs of host time (project machine)
     stream = torch._C._cuda_getCurrentRawStream(device.index) if cfg.on_gpu else 0
     o_part, lse_part = _partials(b, hq, num_splits, d, device, stream)
@@ -1182,7 +1123,7 @@ def _replay(
         if tokens != v_store.length or not (tokens or kw.shape[2]):
             return None  # the full path names what is wrong
         rows, block_n, slots, tok_at, share_at, seqs = grow
-        splits, share = _split_plan(rows, tokens, block_n, slots, None, None, TAIL_SPLITS)
+        splits, share = _split_plan(rows, tokens, block_n, slots, None)
         if splits != plan.merge_args[2]:  # another grid and other partials: the full path makes a new plan
             return None
         after = (*after[:tok_at], tokens, *after[tok_at + 1 : share_at], share, *after[share_at + 1 :])

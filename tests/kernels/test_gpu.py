@@ -191,7 +191,7 @@ def test_static_decode_matches_reference_on_gpu(poison, decoder, dtype, head_dim
     """Static stores filled by the device-offset top-k pack: at lengths 0 (window only), 1, 333 and 700 (=
     capacity) the decoder reads the device length with one plan (the default one after the first launch) and
     equals the reference and the dynamic path; per-row lengths decode each batch row to its own count."""
-    from mustafar.kernels.decode import _launch, _planned_plan
+    from mustafar.kernels.decode import _launch, _planned_splits
 
     torch.manual_seed(head_dim)
     b, hkv, n_rep, cap, w = 2, 2, 4, 700, 9
@@ -216,7 +216,7 @@ def test_static_decode_matches_reference_on_gpu(poison, decoder, dtype, head_dim
             topk_pack_into(st, r[:, :, filled:length], keep)
         filled = length
         assert stores[0].length == stores[1].length == length
-        plans.add(_planned_plan(q, *stores, decoder))
+        plans.add(_planned_splits(q, *stores, decoder))
         out = run(*stores)
         dyn = [CompressedStore(b, hkv, head_dim, dtype, "cuda", keep) for keep in keeps]
         for st, r, keep in zip(dyn, rows, keeps):

@@ -109,59 +109,12 @@ def test_split_plan_covers_every_token_once(block_n):
 def test_wave_model_fills_the_last_wave():
     """Hand-worked: 64 (batch, head) rows of 256 tiles on 264 program slots. 4 splits = 256 programs in one wave
     of 64 tiles + 1 of overhead each (cost 65); 8 splits = 512 programs, two waves of 32 + 1 (66); the round-3
-    heuristic's 9 splits left the third wave 42 % full. With 528 slots, 8 splits fit one wave (33). The tail
-    model (below) goes further on 264 slots: shares of 63 make 4 full programs per row (256, they fit) and a last
-    one of 4 tiles, whose 64 programs overflow by 56; those run five tiles each in the 8 slots the first wave's
-    short programs free, 8 rounds deep (40 < 64): cost 64."""
-    from mustafar.kernels.decode import _split_cost, _wave_model_plan
+    heuristic's 9 splits left the third wave 42 % full. With 528 slots, 8 splits fit one wave (33)."""
+    from mustafar.kernels.decode import _wave_model_splits
 
-    for tail in (False, True):
-        assert _wave_model_plan(64, 256, 528, tail) == (8, 32)
-        assert _wave_model_plan(8, 1, 528, tail) == (1, 1)
-        assert _split_cost(64, 256, 64, 264, tail) == 65 and _split_cost(64, 256, 32, 264, tail) == 66
-    assert _wave_model_plan(64, 256, 264, False) == (4, 64)
-    assert _split_cost(64, 256, 63, 264, False) == 128 and _split_cost(64, 256, 63, 264) == 64
-    assert _wave_model_plan(64, 256, 264, True) == (5, 63)
-
-
-def test_short_last_shares_go_in_the_tail():
-    """Issue 16's size, B 8 / 16K on the H100 (64 rows of 512 tiles, 12 programs per SM: 1584 slots). 24 equal
-    splits of 22 tiles are 1536 programs, one wave: cost 23. Shares of 21 make 24 full programs per row (1536, they
-    fit) and a last one of 8 tiles; 16 of those 64 overflow and run in the 48 slots the others free after 9 tiles
-    (18 < 22): cost 22, the tail model's choice. At 32K (1024 tiles), shares of 42 leave a last one of 16
-    (17 · 2 < 43), where 25 equal splits would have shares of 41 and a last one of 40 (two of those in a row: 82).
-    Without the tail model the plan is the equal one."""
-    from mustafar.kernels.decode import _split_cost, _split_plan, _wave_model_plan
-
-    assert _split_cost(64, 512, 22, 1584) == 23 and _split_cost(64, 512, 21, 1584) == 22
-    assert _wave_model_plan(64, 512, 1584, True) == (25, 21)
-    assert _split_plan(64, 16384, 32, 1584, None, None, True) == (25, 21 * 32)
-    assert _split_plan(64, 16384, 32, 1584, None) == (24, 22 * 32)
-    assert _split_cost(64, 1024, 42, 1584) == 43 and _split_cost(64, 1024, 41, 1584) == 82
-    assert _split_plan(64, 32768, 32, 1584, None, None, True) == (25, 42 * 32)
-    assert _split_plan(64, 32768, 32, 1584, 25, None, True) == (
-        25,
-        41 * 32,
-    )  # a split count alone: equal shares
-    assert _split_plan(64, 32768, 32, 1584, None, 42 * 32) == (25, 42 * 32)
-    with pytest.raises(
-        ValueError, match="num_splits=24 does not fit split_tokens=1344: 32768 tokens need 25"
-    ):
-        _split_plan(64, 32768, 32, 1584, 24, 42 * 32)
-    with pytest.raises(ValueError, match="split_tokens=1000 must be a positive multiple of the tile size 32"):
-        _split_plan(64, 32768, 32, 1584, None, 1000)
-
-
-def test_a_given_share_decodes_like_the_reference():
-    """The private launch's share knob (what bench.inputs.default_launch passes for the default plan): uneven
-    shares with a short last split, and a share past the length (one split), give the reference result."""
-    from mustafar.kernels.decode import _launch
-
-    q, ks, vs, kw, vw = _case(1, 2, 4, 70, 5, 64, torch.float16, 20, 20, seed=11)
-    ref = sparse_decode_attention(q, ks, vs, kw, vw, 0.125, backend="torch")
-    for share in (16, 48, 64, 80):
-        out = _launch(q, ks, vs, kw, vw, 0.125, "portable", block_n=16, split_tokens=share)
-        assert _rel(out, ref) <= TOL[torch.float16], share
+    assert _wave_model_splits(64, 256, 264) == 4
+    assert _wave_model_splits(64, 256, 528) == 8
+    assert _wave_model_splits(8, 1, 528) == 1
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.float32])

@@ -51,7 +51,7 @@ def test_static_decode_one_plan_every_length(poison):
             topk_pack_into(store, rows[s][:, :, filled:length], KEEP, backend="triton")
         filled = length
         assert ks.length_tensor.tolist() == [length] * B
-        plans.add(decode._planned_plan(q, ks, vs, "portable"))
+        plans.add(decode._planned_splits(q, ks, vs, "portable"))
         out = torch.full_like(q, math.nan)
         sparse_decode_attention(q, ks, vs, kw, vw, D**-0.5, backend="triton", out=out)
         dk, dv = (CompressedStore(B, HKV, D, torch.float16, "cpu", KEEP) for _ in "kv")
@@ -63,7 +63,7 @@ def test_static_decode_one_plan_every_length(poison):
         assert _rel(out, ref) <= 1e-2, f"length {length}: {_rel(out, ref):.2e}"
         assert _rel(out, dyn) <= 1e-3, f"length {length}: {_rel(out, dyn):.2e}"
         outs[length] = out
-    assert plans == {(2, 64)}  # (splits, tokens per split)
+    assert plans == {2}
     # per-row device lengths: each batch row is decoded up to its own count
     ks.length_tensor.copy_(torch.tensor([64, 1], dtype=torch.int32))
     vs.length_tensor.copy_(torch.tensor([64, 1], dtype=torch.int32))
