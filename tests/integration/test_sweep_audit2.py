@@ -203,6 +203,8 @@ def test_ctrl_c_of_run_py_multirun_is_one_line_and_exit_130(tmp_path):
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
+        # a shell's background job ignores SIGINT and its children inherit that: give run.py Ctrl-C back
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         deadline = time.monotonic() + 300
