@@ -5,7 +5,9 @@ included). Payload is each sample's own and so the same at any batch size, where
 for one-sample batches (a GPU job, batch 16, has none); rows written before payload was recorded use `kv_bytes`.
 Computed ("closed form"): the bytes the framework's layouts need for the *pruned* tokens at the job's measured
 sparsity, in fp16 (the GPU dtype), window excluded, i.e. the long-context limit:
-- per-token rules: the fixed per-token bitmap layout (D-bit bitmap + keep values padded to 16 bytes);
+- per-token rules: the fixed per-token bitmap layout (D-bit bitmap + keep values padded to 16 bytes); under
+  `kv.allocation=error_head` (keeps that differ between a layer's heads) the variable layout instead, and under
+  `error` the fixed layout at the mean keep (each layer's own slot padding is not in the row: within ~2 %);
 - per-channel rules (a variable count per token): the variable layout (bitmap + int32 offset + values);
 - ThinK: the kept channels stored dense (channel indices per head are negligible);
 - `kv.value_dtype=fp8`: the fp8 fixed layout (bitmap + one byte per kept value padded to 8 + a 4-byte scale), on
@@ -26,7 +28,13 @@ MEASURED, COMPUTED = "measured", "closed-form"
 
 
 def side_fraction(
-    nominal: float, measured: float, direction: str, scorer: str, head_dim: int, value_dtype: str = "native"
+    nominal: float,
+    measured: float,
+    direction: str,
+    scorer: str,
+    head_dim: int,
+    value_dtype: str = "native",
+    allocation: str = "uniform",
 ) -> float:
     """Bytes of one pruned token of K (or V) over its dense fp16 bytes."""
     dense = head_dim * FP16
@@ -37,7 +45,7 @@ def side_fraction(
         return 1.0
     if scorer == "think":
         return 1.0 - measured
-    if direction == "token":
+    if direction == "token" and allocation != "error_head":
         return fixed_token_nbytes(head_dim, round((1.0 - measured) * head_dim), FP16) / dense
     return (variable_token_nbytes(head_dim, 0, FP16) + (1.0 - measured) * dense) / dense
 
@@ -53,12 +61,18 @@ def kv_fraction(row: Mapping[str, Any]) -> tuple[float, str]:
         return stored / (dense + evicted), MEASURED
     cached = dense / (dense + evicted) if _number(dense) and dense > 0 else 1.0
     d = int(row["head_dim"])
-    value_dtype = row.get("value_dtype", "native")
-    k = side_fraction(
-        row["k_sparsity"], row["k_sparsity_measured"], row["k_direction"], row["k_scorer"], d, value_dtype
-    )
-    v = side_fraction(
-        row["v_sparsity"], row["v_sparsity_measured"], row["v_direction"], row["v_scorer"], d, value_dtype
+    value_dtype, allocation = row.get("value_dtype", "native"), row.get("allocation", "uniform")
+    k, v = (
+        side_fraction(
+            row[f"{side}_sparsity"],
+            row[f"{side}_sparsity_measured"],
+            row[f"{side}_direction"],
+            row[f"{side}_scorer"],
+            d,
+            value_dtype,
+            allocation,
+        )
+        for side in "kv"
     )
     return cached * (k + v) / 2, COMPUTED
 

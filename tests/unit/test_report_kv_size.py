@@ -46,3 +46,14 @@ def test_report_measures_a_batched_job_like_a_one_sample_job(tmp_path):
     for run_id in ("one", "batched"):
         assert (jobs.loc[run_id, "kv_fraction"], jobs.loc[run_id, "kv_source"]) == (0.4, MEASURED)
     assert jobs.loc["dense", "kv_source"] == COMPUTED  # mask mode: nothing measured
+
+
+def test_closed_form_prices_an_error_head_allocation_in_the_variable_layout():
+    """error_head keeps differ between a layer's heads, so its stores use the variable layout: an 8-byte bitmap, a
+    4-byte offset and 19 values of 2 bytes at D 64, s 0.7 (50 B of 128), where uniform pruning's fixed layout
+    pads 19 values to 48 bytes (56 B). `error` keeps one count per layer: the fixed layout at the mean keep."""
+    row = {**ROW, "mode": "mask", "k_sparsity": 0.7, "k_sparsity_measured": 1 - 19 / 64, "v_sparsity": 0.7,
+           "v_sparsity_measured": 1 - 19 / 64}  # fmt: skip
+    assert kv_fraction({**row, "allocation": "error_head"}) == (50 / 128, COMPUTED)
+    assert kv_fraction({**row, "allocation": "error"}) == (56 / 128, COMPUTED)
+    assert kv_fraction(row) == (56 / 128, COMPUTED)
