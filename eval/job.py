@@ -335,7 +335,8 @@ class Job:
         )
 
     def _mark_inactive_pruning(self, rows: list[ResultRow]) -> None:
-        """A pruned policy that measured zero sparsity (window >= every sequence) is labelled, not passed off."""
+        """A pruned policy that measured zero sparsity (window >= every sequence), or an evicting one that evicted
+        nothing (budget >= every prompt), is labelled, not passed off."""
         if not rows:
             return
         measured = rows[0]
@@ -353,6 +354,13 @@ class Job:
             warn(
                 f"{self.job_id}: {', '.join(inactive)} measured 0 sparsity: kv.window={self.policy.window} "
                 "covers every sequence, so nothing was pruned; the row is marked [not pruned]"
+            )
+        if self.policy.evict != "none" and measured.kv_evicted_bytes == 0:
+            for row in rows:
+                row.policy = f"{row.policy} [not evicted]"
+            warn(
+                f"{self.job_id}: kv.evict={self.policy.evict} evicted nothing: kv.token_budget="
+                f"{self.policy.token_budget} holds every prompt; the row is marked [not evicted]"
             )
 
     def _predictions(self, loaded, bench, task: str, stats: GenerationStats) -> list[dict[str, Any]]:

@@ -108,6 +108,18 @@ def test_window_longer_than_the_sequence_marks_the_row(tmp_path, capsys):
     assert len(warnings) == 1 and "kv.k_sparsity=0.5" in warnings[0] and "kv.window=1000000000" in warnings[0]
 
 
+def test_a_budget_longer_than_every_prompt_marks_the_row(tmp_path, capsys):
+    """snapkv with a budget past the prompt evicts nothing and scores as dense: labelled, as [not pruned] is."""
+    idle = job("kv.evict=snapkv", "kv.token_budget=100000", results_dir=tmp_path)
+    rows = read_result(idle.run(), idle.job_id)["rows"]
+    assert all(r["policy"].endswith("[not evicted]") and r["kv_evicted_bytes"] == 0 for r in rows)
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "evicted nothing" in line]
+    assert len(warnings) == 1 and "kv.token_budget=100000" in warnings[0]
+    evicting = job("kv.evict=snapkv", "kv.token_budget=200", results_dir=tmp_path)
+    rows = read_result(evicting.run(), evicting.job_id)["rows"]
+    assert not any("[not evicted]" in r["policy"] for r in rows) and rows[0]["kv_evicted_bytes"] > 0
+
+
 def test_dense_and_pruned_rows_are_not_marked(finished):
     assert not any(r["pruning_inactive"] for r in read_result(finished.result_path)["rows"])
 
