@@ -285,7 +285,7 @@ class Job:
             records = self._predictions(loaded, bench, task, stats)
             scores.extend(bench.score(task, records))
         rows = self._rows(loaded, bench, scores, stats, device, time.time() - started)
-        self._mark_inactive_pruning(rows)
+        self._mark_inactive_policy(rows)
         result = {
             "schema": SCHEMA_VERSION,
             "job_id": self.job_id,
@@ -334,7 +334,7 @@ class Job:
             self.benchmark.get("n"),
         )
 
-    def _mark_inactive_pruning(self, rows: list[ResultRow]) -> None:
+    def _mark_inactive_policy(self, rows: list[ResultRow]) -> None:
         """A pruned policy that measured zero sparsity (window >= every sequence), or an evicting one that evicted
         nothing (budget >= every prompt), is labelled, not passed off."""
         if not rows:
