@@ -500,7 +500,8 @@ def _wave_model_splits(programs_per_split: int, tiles: int, slots: int) -> int:
 
 # (block_n, num_warps) per decoder: the H100 sweeps' best at B >= 8 (results/kernels/NOTES.md, rounds 4-5)
 _DEFAULT_LAUNCH = {"scatter": (32, 1), "staged": (16, 1), "portable": (64, 4)}
-SCATTER_SIDES: int | None = None  # the scatter decoder's ring depth in sides; None: _scatter_plan's choice
+# the scatter decoder's ring depth in sides (2 or 3: the kernel rotates the slots of those); None: _scatter_plan's choice
+SCATTER_SIDES: int | None = None
 
 
 def _staged_constexprs(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, block_n: int) -> dict:

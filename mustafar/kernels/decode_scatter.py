@@ -566,9 +566,14 @@ def _sc_sparse_decode_kernel(
         else:
             _issue_side(REGION + j * SLOT_BYTES, vb_row, vv_row, vs_row, start + (j // 2) * BLOCK_N, end, G, V_SB,
                         V_SP, V_CK, V_FP8, BLOCK_N, V_CH_P2, lc, V_OP)  # fmt: skip
-    n = 0
+    # the slots of sides n, n + 1 and n + SIDES - 1, carried and rotated (n grows by 2 per tile), where computing
+    # n mod SIDES took a multiply-high division per use
+    gl.static_assert(SIDES == 2 or SIDES == 3, "the ring rotates two or three sides")
+    slot_n = REGION
+    slot_n1 = REGION + SLOT_BYTES
+    slot_last = REGION + (SIDES - 1) * SLOT_BYTES
     for t0 in range(start, end, BLOCK_N):
-        ahead = REGION + ((n + SIDES - 1) % SIDES) * SLOT_BYTES
+        ahead = slot_last
         if SIDES % 2 == 1:  # side n + SIDES - 1 is a K side
             _issue_side(
                 ahead, kb_row, kv_row, ks_row, t0 + (SIDES // 2) * BLOCK_N, end, G, K_SB, K_SP, K_CK, K_FP8, BLOCK_N,
@@ -582,7 +587,7 @@ def _sc_sparse_decode_kernel(
         async_copy.wait_group(SIDES - 1)
         gl.thread_barrier()  # K of this tile staged; every lane is done reading the dense tile (last P·V)
         n_tok = end - t0
-        k_off = REGION + (n % SIDES) * SLOT_BYTES
+        k_off = slot_n
         if K_NM:  # K expanded straight into the MMA's registers, 64 channels at a time
             KT: gl.constexpr = gl.float16 if K_FP8 else DT
             sc = mma_v2(
@@ -604,14 +609,19 @@ def _sc_sparse_decode_kernel(
             sc = gl.convert_layout(
                 _score_side(k_off, k_off + WB, n_tok, qp, K_ASM, K_SP, D, BLOCK_N, lc), mma
             )
-        if K_FP8:  # the codes' scores times each token's scale (staged after its value slots)
-            sc = sc * gl.expand_dims(_load_scales(k_off + WB + BLOCK_N * K_SP, BLOCK_N, ts_l), 1)
+        sc_scale = qk_scale
+        if K_FP8:
+            # the codes' scores times each token's scale (staged after its value slots) with qk_scale folded in,
+            # exactly (the scales are powers of two): one multiply per score where there were two
+            ks = _load_scales(k_off + WB + BLOCK_N * K_SP, BLOCK_N, ts_l)
+            sc = sc * gl.expand_dims(ks * qk_scale, 1)
+            sc_scale = 1.0
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
         if V_FP8 or V_OP:  # the accumulator's rescale waits (V's scales: the frame change folds into it)
-            p, m_i, l_i, alpha = _softmax_probs(sc, ts < end, m_i, l_i, qk_scale)
+            p, m_i, l_i, alpha = _softmax_probs(sc, ts < end, m_i, l_i, sc_scale)
         else:
-            p, m_i, l_i, acc = _softmax_step(sc, ts < end, m_i, l_i, acc, qk_scale)
-        ahead = REGION + ((n + SIDES) % SIDES) * SLOT_BYTES
+            p, m_i, l_i, acc = _softmax_step(sc, ts < end, m_i, l_i, acc, sc_scale)
+        ahead = slot_n  # side n + SIDES: the slot side n (K, scored) just left
         if SIDES % 2 == 1:  # side n + SIDES is a V side
             _issue_side(
                 ahead, vb_row, vv_row, vs_row, t0 + (SIDES // 2) * BLOCK_N, end, G, V_SB, V_SP, V_CK, V_FP8, BLOCK_N,
@@ -624,7 +634,7 @@ def _sc_sparse_decode_kernel(
             )  # fmt: skip
         async_copy.wait_group(SIDES - 1)
         gl.thread_barrier()  # V staged; every lane is done reading the K tile
-        v_off = REGION + ((n + 1) % SIDES) * SLOT_BYTES
+        v_off = slot_n1
         if V_OP:
             pass  # expanded into the operand below, after P
         elif V_NM:
@@ -634,12 +644,14 @@ def _sc_sparse_decode_kernel(
         if V_FP8:
             # P weighs the unscaled codes by each token's scale relative to the tile's largest, so fp16 P keeps its
             # precision; the accumulator moves to that scale's frame in the softmax's own rescale (one multiply
-            # per tile where dividing and multiplying back took three: round 17)
+            # per tile where dividing and multiplying back took three: round 17). The scales are powers of two, so
+            # one reciprocal of the largest is exact and its products equal the quotients
             at = v_off + WB + BLOCK_N * V_SP
             vsc = gl.where(gl.arange(0, BLOCK_N, layout=ts_l) < n_tok, _load_scales(at, BLOCK_N, ts_l), 0.0)
             top = gl.max(vsc, axis=0)
-            pw = p * gl.expand_dims(vsc / top, 1)
-            rescale = gl.expand_dims(alpha * (frame / top), 0)
+            inv_top = 1.0 / top
+            pw = p * gl.expand_dims(vsc * inv_top, 1)
+            rescale = gl.expand_dims(alpha * (frame * inv_top), 0)
             frame = top
             if V_OP:
                 acc_lo, acc_hi = _pv_operand(v_off, v_off + WB, n_tok, pw.to(gl.float16), acc_lo * rescale,
@@ -657,7 +669,8 @@ def _sc_sparse_decode_kernel(
             acc = _pv_rows(tile, p.to(DT), acc, op_a, op_b, BLOCK_N)
         else:
             acc = _pv(tile, p.to(DT), acc, op_a, op_b, BLOCK_N, D)
-        n += 2
+        if SIDES == 3:  # sides n + 2, n + 3, n + 4 sit where n + 2, n, n + 1 did
+            slot_n, slot_n1, slot_last = slot_last, slot_n, slot_n1
     async_copy.wait_group(0)
     smem._keep_alive()
     if V_OP:

@@ -59,17 +59,17 @@ _WALK8_SHARED_ASM: gl.constexpr = gl.constexpr(
         + ["}"]
     )
 )
+# cp.async of one chunk to shared address $1 (global_smem's address included: :func:`_smem_base`) from $2 where
+# $3 is nonzero. 16-byte chunks bypass L1; 8-byte ones (a head_dim-64 token's bitmap) and 4-byte ones (fp8 stores'
+# per-token scales) go through it
 _CP_ASYNC_ASM: gl.constexpr = gl.constexpr(
-    "{ .reg .b32 a; .reg .pred p; mov.u32 a, global_smem; add.u32 a, a, $1; setp.ne.b32 p, $3, 0;\n"
-    "@p cp.async.cg.shared.global [a], [$2], 16; mov.u32 $0, 0; }"
+    "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p cp.async.cg.shared.global [$1], [$2], 16; mov.u32 $0, 0; }"
 )
-_CP_ASYNC8_ASM: gl.constexpr = gl.constexpr(  # 8-byte chunks (a head_dim-64 token's bitmap), via L1
-    "{ .reg .b32 a; .reg .pred p; mov.u32 a, global_smem; add.u32 a, a, $1; setp.ne.b32 p, $3, 0;\n"
-    "@p cp.async.ca.shared.global [a], [$2], 8; mov.u32 $0, 0; }"
+_CP_ASYNC8_ASM: gl.constexpr = gl.constexpr(
+    "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p cp.async.ca.shared.global [$1], [$2], 8; mov.u32 $0, 0; }"
 )
-_CP_ASYNC4_ASM: gl.constexpr = gl.constexpr(  # 4-byte chunks (fp8 stores' per-token scales), via L1
-    "{ .reg .b32 a; .reg .pred p; mov.u32 a, global_smem; add.u32 a, a, $1; setp.ne.b32 p, $3, 0;\n"
-    "@p cp.async.ca.shared.global [a], [$2], 4; mov.u32 $0, 0; }"
+_CP_ASYNC4_ASM: gl.constexpr = gl.constexpr(
+    "{ .reg .pred p; setp.ne.b32 p, $3, 0; @p cp.async.ca.shared.global [$1], [$2], 4; mov.u32 $0, 0; }"
 )
 _LOAD_SHARED_ASM: gl.constexpr = gl.constexpr(
     "{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.b32 $0, [a]; }"
@@ -98,6 +98,15 @@ def _row_xor(r, CPT: gl.constexpr, FRAG: gl.constexpr):
 
 
 @gluon.jit
+def _smem_base():
+    """The shared address of ``global_smem``, where the PTX's byte offsets start. Pure, so it is computed once per
+    program: added inside each copy's PTX it cost an add per chunk and tile (round 34)."""
+    return gl.inline_asm_elementwise(
+        "mov.u32 $0, global_smem;", "=r", [], dtype=gl.int32, is_pure=True, pack=1
+    )
+
+
+@gluon.jit
 def _copy_region(
     src,
     dst_off,
@@ -117,6 +126,7 @@ def _copy_region(
     tokens to a row), XOR-swizzled: a slot's (or a row's) chunk k at chunk k XOR :func:`_row_xor` of its slot or
     row (``FRAG``: the pattern of slots read as MMA fragments; :func:`mustafar.kernels.scatter_ptx.swizzled_slots`)."""
     c = gl.arange(0, NCH_P2, layout=LC)
+    dst_off = dst_off + _smem_base()
     if _swizzled(CPT * CHUNK, SP, CHUNK):
         RC: gl.constexpr = CPT if CPT > 8 else 8  # chunks one XOR pattern spans: a slot, or a row of slots
         at = dst_off + (c ^ _row_xor(c // RC, CPT, FRAG)) * CHUNK
