@@ -9,6 +9,7 @@ final tokens into bitmap-compressed stores that the sparse decode kernel reads d
 from __future__ import annotations
 
 import os
+import warnings
 from collections import deque
 from dataclasses import dataclass
 
@@ -105,6 +106,9 @@ class MustafarLayer(DynamicLayer):
         self.survivor_cols: torch.Tensor | None = None
         self.evict_shift = 0
         self.rounded = 0  # mask mode with fp8 values: columns already given the stores' rounding
+        self.decoded = (
+            False  # a one-token call followed the prompt: a later multi-token call appends to a text
+        )
 
     def set_padding(self, pads: list[int], device: torch.device | str) -> None:
         """Left-pad columns per row of the coming prompt: pruning then treats each row as if it ran alone."""
@@ -135,6 +139,19 @@ class MustafarLayer(DynamicLayer):
             )
         if self.pads is not None and not self.is_initialized:  # the prompt the declared pads belong to
             self._check_pads(key_states.shape[0])
+        n = key_states.shape[-2]
+        if self.decoded and n > 1 and self.layer_idx == 0:
+            # a second `generate` in one `prune` block feeds its whole prompt after the first generation's tokens:
+            # legal (a continuation), but as an independent prompt it silently attends to the old text
+            warnings.warn(
+                f"this MustafarCache already holds a generation ({self.get_seq_length()} tokens): the {n} new "
+                "tokens are appended and attend to all of it. For an independent prompt open a new "
+                "`mustafar.prune` block or call `cache.reset()` first; to continue the text, pass only the new "
+                "tokens",
+                stacklevel=2,
+            )
+        if n == 1 and self.is_initialized:
+            self.decoded = True
         self.awaiting = True
         return super().update(key_states, value_states, *args, **kwargs)
 

@@ -3,6 +3,8 @@ decode attention against softmax attention over an explicitly pruned cache (floa
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
 from transformers import DynamicCache
@@ -190,6 +192,27 @@ def test_unsupported_cache_operations_raise(tiny_llama):
     with pytest.raises(UnsupportedCacheOperation, match="beam search"):
         with attach(tiny_llama, cache):
             tiny_llama.generate(ids, past_key_values=cache, num_beams=2, max_new_tokens=2, do_sample=False)
+
+
+def test_a_second_prompt_into_a_used_cache_warns_and_a_reset_cache_decodes_as_a_fresh_one(tiny_llama):
+    """A second `generate` in one block feeds its prompt (transformers slices it by the cached length or not,
+    depending on how it is called) after the first generation's tokens: the new prompt would silently attend to
+    the old text, so the cache says so. After
+    `cache.reset()` the same prompt decodes exactly as in a fresh cache, without the warning."""
+    policy = KVConfig(k_sparsity=0.7, v_sparsity=0.7, window=8)
+    g = torch.Generator().manual_seed(3)
+    first, second = torch.randint(0, 256, (1, 40), generator=g), torch.randint(0, 256, (1, 30), generator=g)
+    fresh = greedy(tiny_llama, second, 6, new_cache(tiny_llama, policy))
+    cache = new_cache(tiny_llama, policy)
+    greedy(tiny_llama, first, 6, cache)
+    with pytest.warns(UserWarning, match=r"already holds a generation \(45 tokens\)"):
+        stale = greedy(tiny_llama, second, 6, cache)
+    assert not torch.equal(stale, fresh)  # the old text changed the answer: what the warning is for
+    cache.reset()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        again = greedy(tiny_llama, second, 6, cache)
+    assert torch.equal(again, fresh)
 
 
 def test_attention_without_attach_fails_clearly(tiny_llama):
