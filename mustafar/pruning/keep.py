@@ -16,8 +16,9 @@ import torch
 
 
 def exact_keep(n: int, sparsity: float) -> int:
-    """round((1 − s)·n), halves rounded up (Python's round() would send 0.5 to even)."""
-    return int(math.floor((1.0 - sparsity) * n + 0.5))
+    """round((1 − s)·n), halves rounded up (Python's round() would send 0.5 to even). The tolerance keeps an exact
+    half a half: 1 − 0.9 is 0.09999999999999998 in floating point, which put (1 − 0.9)·15 just below 1.5."""
+    return int(math.floor((1.0 - sparsity) * n + 0.5 + 1e-9))
 
 
 def reference_topk_keep(n: int, sparsity: float) -> int:
@@ -194,6 +195,8 @@ def keep_mask(
     if keep_rule in NM_GROUPS:
         group, strided = NM_GROUPS[keep_rule]
         return nm_topk_mask(score, exact_keep(n, sparsity), group, dim, strided)
+    if keep_rule != "reference":
+        raise ValueError(f"unknown keep rule {keep_rule!r}")
     if thresholded:
         return threshold_mask(score, sparsity, dim)
     return topk_mask(score, reference_topk_keep(n, sparsity), dim)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import pytest
 import torch
@@ -45,6 +46,21 @@ def rows_of(t: torch.Tensor) -> list[list[float]]:
 def test_keep_counts(n, s, exact, reference):
     assert exact_keep(n, s) == exact == math.floor((1 - s) * n + 0.5)
     assert reference_topk_keep(n, s) == reference
+
+
+def test_exact_keep_rounds_exact_halves_up_as_exact_arithmetic_does():
+    """round half up of (1 − s)·n in exact rational arithmetic, for sparsities given to two decimals: floating
+    point put (1 − 0.9)·15 = 1.5 just below the half (1 kept instead of 2)."""
+    for hundredths in range(0, 100):
+        s = Fraction(hundredths, 100)
+        for n in range(1, 300):
+            assert exact_keep(n, float(s)) == math.floor((1 - s) * n + Fraction(1, 2)), (n, float(s))
+    assert (exact_keep(15, 0.9), exact_keep(25, 0.9), exact_keep(45, 0.9)) == (2, 3, 5)
+
+
+def test_keep_mask_refuses_an_unknown_rule():
+    with pytest.raises(ValueError, match="unknown keep rule 'bogus'"):
+        keep_mask(torch.rand(1, 1, 4, 64), 0.5, "bogus", True)
 
 
 @pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7])
