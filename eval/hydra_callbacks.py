@@ -54,9 +54,13 @@ class SweepSummary(Callback):
         bad = [p for p in self.planned or [] if p.error]
         for entry in bad:
             print(f"error: job [{entry.label}]: {entry.error}", file=sys.stderr, flush=True)
+        if bad and len(bad) == len(self.planned):  # launching them would only print each error again
+            print("[mustafar] no job of the sweep has a valid config (above): nothing runs", file=sys.stderr)
+            raise SystemExit(1)
         if bad:
             print(
-                f"[mustafar] {len(bad)} of {len(self.planned)} jobs have a bad config (above); the others run",
+                f"[mustafar] {len(bad)} of {len(self.planned)} jobs have a bad config (above); the other "
+                f"{len(self.planned) - len(bad)} run",
                 file=sys.stderr,
                 flush=True,
             )

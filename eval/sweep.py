@@ -43,7 +43,7 @@ class PlannedJob:
     @property
     def label(self) -> str:
         shown = [o for o in self.overrides if self.varying is None or o.split("=", 1)[0] in self.varying]
-        return " ".join(shown) or "(no overrides)"
+        return " ".join(shown or self.overrides) or "(no overrides)"  # a one-job sweep varies nothing
 
 
 def job_overrides(config: Any) -> list[list[str]]:

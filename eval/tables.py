@@ -1,7 +1,7 @@
 """A sweep's result rows -> the tables a person reads (summary.md / summary.csv, and the table run.py prints).
 
 Never collapses jobs: every job (run_id) is its own line. A field of the setting a job ran in, outside its KV policy
-(e.g. `device`, `dtype`, `benchmark.seed`, `benchmark.n`, `model.chat_template`), gets a column whenever two jobs
+(e.g. `device`, `dtype`, `seed`, `benchmark.n`, `model.chat_template`), gets a column whenever two jobs
 of a table differ in it; a policy field the label does not name (e.g. `window` of a dense job) when two jobs sharing
 a display label (model, policy) differ in it; `run_id` when nothing shown tells them apart. Each benchmark (RULER at
 each length, LongBench) gets its own table.

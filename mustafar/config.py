@@ -254,12 +254,15 @@ class KVConfig:
 
     def _check_eviction(self) -> None:
         _choice("kv.evict", self.evict, EVICTIONS)
-        for key in ("token_budget", "evict_window", "evict_pool"):  # bad values fail even where they are moot
-            value, least = getattr(self, key), 1 if self.evict != "none" or key != "token_budget" else 0
+        for key in ("evict_window", "evict_pool", "token_budget"):  # bad values fail even where they are moot
+            value = getattr(self, key)
+            least = 0 if key == "token_budget" and self.evict == "none" else 1
+            # a budget's real bound, named at once (0 and 16 were refused by two different messages)
+            bound = (
+                f"> kv.evict_window={self.evict_window}" if key == "token_budget" and least else f">= {least}"
+            )
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise ConfigError(
-                    f"kv.{key}={value!r} must be an integer >= {least} with kv.evict={self.evict}"
-                )
+                raise ConfigError(f"kv.{key}={value!r} must be an integer {bound} with kv.evict={self.evict}")
         if self.evict_pool % 2 == 0:
             raise ConfigError(f"kv.evict_pool={self.evict_pool} must be odd (a centred pooling kernel)")
         if self.evict == "none":

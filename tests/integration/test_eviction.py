@@ -181,7 +181,7 @@ def test_padded_batch_equals_each_row_alone(tiny_llama, monkeypatch, mode):
         (dict(evict="h2o"), "kv.evict='h2o'"),
         (dict(evict="snapkv", token_budget=32), "kv.token_budget=32"),
         (dict(evict="snapkv", token_budget=10, evict_window=16), "kv.token_budget=10"),
-        (dict(evict="snapkv", token_budget=0), "kv.token_budget=0"),
+        (dict(evict="snapkv", token_budget=0), "kv.token_budget=0 must be an integer > kv.evict_window=32"),
         (dict(evict="snapkv", token_budget=64, evict_window=0), "kv.evict_window=0"),
         (dict(evict="snapkv", token_budget=64, evict_pool=4), "kv.evict_pool=4"),
         (dict(evict="snapkv", token_budget=64, v_sparsity=0.5, v_direction="channel"), "kv.v_direction"),

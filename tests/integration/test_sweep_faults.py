@@ -397,6 +397,22 @@ def test_bad_job_in_the_middle_of_a_sweep(tmp_path):
     assert proc.stderr.splitlines()[0].startswith("error: job [")  # reported before the first job started
 
 
+@pytest.mark.slow
+def test_a_sweep_of_bad_jobs_only_stops_before_launching_them(tmp_path):
+    proc = run_py("-m", *FAST, f"results_dir={tmp_path}", "sweep=s", "kv.k_sparsity=1.5,-0.1", timeout=300)
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0].startswith("error: job [kv.k_sparsity=1.5]: kv.k_sparsity=1.5 is outside [0, 1)")
+    assert lines[1].startswith("error: job [kv.k_sparsity=-0.1]")
+    assert lines[2] == "[mustafar] no job of the sweep has a valid config (above): nothing runs"
+    assert len(lines) == 3  # no job was launched to print its error again
+    one = run_py("-m", *FAST, f"results_dir={tmp_path}", "sweep=t", "kv.k_sparsity=1.5", timeout=300)
+    first = one.stderr.splitlines()[
+        0
+    ]  # one job varies nothing: its label is its overrides, not "(no overrides)"
+    assert first.startswith("error: job [model=tiny ") and "kv.k_sparsity=1.5]: " in first, first
+
+
 def proc_alive(pid: int) -> bool:
     from mustafar.procs import pid_alive
 
