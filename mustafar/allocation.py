@@ -43,11 +43,15 @@ def pruning_error_terms(
     """Squared Frobenius norms per (row, head) [B, H] of what per-token top-`keep` magnitude pruning drops from
     `rows` [B, H, n, D], and of `rows` itself; columns before a row's `pads` entry are left out. The terms are
     fp32 squares summed in fp64 (docs/method.md §7), the dropped ones directly: total minus kept in fp32 cancelled
-    to noise when little is dropped (a keep near D with large channels)."""
-    sq = rows.float().square()
-    total = sq.sum(-1, dtype=torch.float64)
+    to noise when little is dropped (a keep near D with large channels). Each row is squared after scaling by the
+    power of two that puts its largest entry in [0.5, 1), and its sums scaled back in fp64: finite bf16/fp32
+    entries of 2^64 or more squared to inf in fp32, and exact power-of-two scales change no bit of the sums."""
+    exponent = torch.frexp(rows.detach().abs().amax(dim=(1, 2, 3), keepdim=True).float()).exponent
+    sq = torch.ldexp(rows.float(), -exponent).square()  # exponent 0 (no scaling) for a zero, inf or NaN row
+    unscale = torch.ldexp(torch.ones_like(exponent, dtype=torch.float64), 2 * exponent)[..., 0]  # [B, 1, 1]
+    total = sq.sum(-1, dtype=torch.float64) * unscale
     dropped = sq.topk(sq.shape[-1] - min(keep, sq.shape[-1]), dim=-1, largest=False).values
-    dropped = dropped.sum(-1, dtype=torch.float64)
+    dropped = dropped.sum(-1, dtype=torch.float64) * unscale
     if pads is not None:
         columns = torch.arange(rows.shape[2], device=rows.device)
         real = columns.unsqueeze(0) >= torch.tensor(pads, device=rows.device).unsqueeze(1)  # [B, n]
@@ -102,12 +106,16 @@ def _allocate_row(e: torch.Tensor, budget: int, lo: int, hi: int) -> torch.Tenso
         )
     else:
         low, high = 0.0, hi / float(e[positive].min())  # at `high` every positive unit sits at hi
-        for _ in range(200):
+        # 200 halvings reach fp64 resolution unless the errors span more than ~60 decades; then go on until they do
+        # (a tiny error's huge bracket left `high` unconverged and the keeps summing past the budget)
+        steps = 0
+        while steps < 200 or (high - low > 1e-15 * high and steps < 5000):
             mid = (low + high) / 2
             if float((mid * e).clamp(lo, hi).sum()) < total:
                 low = mid
             else:
                 high = mid
+            steps += 1
         target = (high * e).clamp(lo, hi)
     keeps = target.floor()
     missing = int(round(total - float(keeps.sum())))

@@ -65,6 +65,15 @@ def test_keeps_match_an_independent_solution_and_spend_the_budget_exactly():
             assert bool((keeps[r][order].diff() >= 0).all())
 
 
+def test_a_tiny_error_still_spends_exactly_the_budget():
+    """An error 1e-70 made the bisection's bracket so wide that 200 halvings left it unconverged: the keeps summed
+    to 259 for a budget of 95. They must match the exact solution whatever the errors' span."""
+    for tiny in (1e-41, 1e-70, 1e-200):
+        errors = torch.tensor([[tiny, 0.5, 0.3, 0.2, 0.1]], dtype=torch.float64)
+        keeps = allocate_keeps(errors, 19, 3, 64)
+        assert keeps[0].tolist() == reference_keeps(errors[0].tolist(), 19, 3, 64) == [3, 42, 25, 17, 8]
+
+
 def test_budget_outside_the_bounds_is_refused():
     with pytest.raises(ValueError, match="budget 2 is outside"):
         allocate_keeps(torch.ones(1, 3), 2, 3, 64)
@@ -78,6 +87,20 @@ def test_pruning_error_terms_by_hand():
     padded = torch.cat([rows, rows.flip(2)], dim=0)  # row 1 treats its first column as padding
     dropped, total = pruning_error_terms(padded, 1, pads=[0, 1])
     assert dropped.tolist() == [[14.0], [9.0]] and total.tolist() == [[34.0], [25.0]]
+
+
+def test_finite_entries_beyond_fp32_squares_give_the_same_errors_scaled():
+    """bf16 keys of 2^70 squared to inf in fp32, and the allocation refused a finite prompt as non-finite. A power of
+    two scales every term exactly: the sums are the unscaled ones times 2^140, finite in fp64."""
+    x = torch.randn(2, 3, 40, 64, generator=torch.Generator().manual_seed(1)).to(torch.bfloat16)
+    small, big = pruning_error_terms(x, 19, pads=[0, 7]), pruning_error_terms(x * 2.0**70, 19, pads=[0, 7])
+    for a, b in zip(small, big):
+        assert torch.equal(b, a * 2.0**140) and bool(b.isfinite().all())
+    ref = x.double().square()  # and the terms themselves, exactly (fp32 squares of bf16 entries are exact)
+    kept = ref.topk(19, dim=-1).values.sum(-1)
+    real = (torch.arange(40).unsqueeze(0) >= torch.tensor([0, 7]).unsqueeze(1)).unsqueeze(1)
+    assert torch.equal(small[1], (ref.sum(-1) * real).sum(-1))
+    assert torch.allclose(small[0], ((ref.sum(-1) - kept) * real).sum(-1), rtol=1e-12)
 
 
 def test_head_topk_mask_keeps_each_heads_count():
