@@ -85,8 +85,11 @@ def _prompt_lists(prompts: object) -> list[list[int]]:
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int, device: torch.device | str) -> Batch:
     prompts = _prompt_lists(prompts)
-    if not prompts or any(len(p) == 0 for p in prompts):
-        raise ValueError("generate needs at least one prompt and every prompt needs at least one token")
+    if not prompts:
+        raise ValueError("generate needs at least one prompt")
+    empty = next((b for b, p in enumerate(prompts) if len(p) == 0), None)
+    if empty is not None:
+        raise ValueError(f"prompt {empty} is empty: every prompt needs at least one token")
     if _integer(pad_id) is None:
         raise ValueError(
             f"pad_id={pad_id!r} is not a token id (pads are masked out: any id in the vocabulary will do, e.g. 0)"
@@ -202,7 +205,8 @@ def _stop_sets(stop_ids: object, n: int) -> list[set[int]]:
     if not isinstance(stop_ids, Iterable) or (isinstance(stop_ids, torch.Tensor) and stop_ids.dim() < 2):
         return [_id_set(stop_ids, "stop_ids")] * n
     items = list(stop_ids)  # a 2-d tensor or array: one row of ids per prompt
-    if all(_integer(i) is not None or i is None for i in items):
+    # no item a collection: one collection of ids shared by every prompt, its bad entry named by _id_set
+    if not any(isinstance(i, Iterable) and not isinstance(i, str | bytes) for i in items):
         return [_id_set(items, "stop_ids")] * n
     if len(items) != n:
         raise ValueError(f"stop_ids has {len(items)} entries for {n} prompts")
@@ -237,7 +241,9 @@ def generate(
     minimum = _per_row(min_new_tokens, n, "min_new_tokens")
     stops = _stop_sets(stop_ids, n)
 
-    if static not in (None, True, False):  # "yes", 1.0 or "false" would be read by truth value
+    if static is not None and not isinstance(
+        static, bool
+    ):  # "yes", 1.0 or "false" would be read by truth value
         raise TypeError(f"static={static!r} must be True, False or None")
     device = next(model.parameters()).device
     batch = left_pad(prompts, pad_id, device)

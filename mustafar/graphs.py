@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from mustafar.attention import attach
+from mustafar.attention import attach, new_cache
 from mustafar.cache import MustafarCache
 from mustafar.cache_kwarg import cache_kwargs
 from mustafar.config import KVConfig
@@ -105,11 +105,7 @@ def greedy(
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
     b, t = input_ids.shape
-    cfg = model.config
-    if static:
-        cache = static_cache(model, policy, t, max_new_tokens)
-    else:
-        cache = MustafarCache(policy, num_layers=cfg.num_hidden_layers)
+    cache = static_cache(model, policy, t, max_new_tokens) if static else new_cache(model, policy)
     with attach(model, cache):
         out = model(input_ids=input_ids, use_cache=True, logits_to_keep=1, **cache_kwargs(model, cache))
         logits = out.logits[:, -1]

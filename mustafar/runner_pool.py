@@ -90,6 +90,9 @@ class RunnerPool:
         )
         runner = self.runners.get(key)
         if runner is not None:
+            # a uniform per-layer list equals the uniform policy it collapses to, so the key alone would reuse the
+            # cache without checking the list's length against the model
+            policy.check_layers(len(runner.cache.layers))
             self.runners.move_to_end(key)
             runner.cache.reset()
             return runner

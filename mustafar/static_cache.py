@@ -31,6 +31,8 @@ import warnings
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
+from mustafar.architectures import head_dim as config_head_dim
+from mustafar.architectures import text_config
 from mustafar.cache import (
     CacheStats,
     MustafarCache,
@@ -499,7 +501,9 @@ class StaticCompressedLayer(StaticLayer):
             if self.pruners[side].order is not None:  # this prompt's calibrated groups, in place
                 self.stores[side].set_head_order(self.pruners[side].order[:, :, 0], checked=False)
             rows, keep = left_align(prompt[:, :, :n], pads), self.keep[side]
-            if self.output_aware[side]:
+            if n == 0:  # a prompt exactly a window long: nothing has left it (and output-aware has no mask)
+                pass
+            elif self.output_aware[side]:
                 mask = left_align(mask, pads)
                 pack_into(self.stores[side], rows, mask, kernel_backend())
             elif keep == rows.shape[-1]:
@@ -774,7 +778,7 @@ class StaticMustafarCache(MustafarCache):
 
 def _model_reason(cfg) -> str | None:
     """Model traits the static layers do not implement: they attend by SDPA over every cached token."""
-    cfg = getattr(cfg, "text_config", None) or cfg
+    cfg = text_config(cfg)
     if getattr(cfg, "attn_logit_softcapping", None):
         return "attention logit soft-capping"
     if getattr(cfg, "sliding_window", None) and getattr(cfg, "layer_types", None) != ["full_attention"] * len(
@@ -813,12 +817,11 @@ def static_cache(
     `MustafarCache` (announced once per reason). `capacity` (default: exactly prompt + new tokens) may be larger,
     so that one cache serves several batches (`mustafar.runner_pool`)."""
     reason = static_reason(model, policy, prompt_len, padded, shortest)
-    cfg = model.config
+    cfg = text_config(model.config)  # a multimodal checkpoint's decoder (Gemma-3 nests it)
     if reason is not None:
         announce_fallback(reason)
         return MustafarCache(policy, num_layers=cfg.num_hidden_layers)
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // cfg.num_attention_heads
     need = prompt_len + max_new_tokens
     if capacity is not None and capacity < need:
         raise ValueError(f"capacity={capacity} is below prompt + new tokens = {need}")
-    return StaticMustafarCache(policy, cfg.num_hidden_layers, capacity or need, head_dim)
+    return StaticMustafarCache(policy, cfg.num_hidden_layers, capacity or need, config_head_dim(cfg))

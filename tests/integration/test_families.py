@@ -317,6 +317,15 @@ def test_gemma3_vision_language_checkpoint_prunes_its_text_decoder():
     cache = new_cache(model, KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=4))
     greedy(model, ids, 4, cache)
     assert 0.45 < cache.stats().k_sparsity < 0.55
+    # the benchmarks' loop and the static-cache factory read the decoder's config too (they read the top-level one
+    # and failed on its missing num_hidden_layers); sliding layers send the factory to the dynamic cache
+    from mustafar.graphs import greedy as bench_greedy
+    from mustafar.static_cache import static_cache
+
+    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=4)
+    assert len(static_cache(model, policy, 40, 4).layers) == 2
+    tokens, _, _ = bench_greedy(model, policy, ids, 4, static=False)
+    assert torch.equal(tokens, greedy(model, ids, 4, new_cache(model, policy))[:, 40:])
 
 
 @pytest.mark.parametrize("masked", [False, True])

@@ -138,6 +138,8 @@ def test_bad_prompts_and_pad_ids_are_named(tiny_llama):
         (["hello"], r"prompts\[0\]='hello' is not a list of token ids"),
         ([[1.5, 2]], "prompt 0 holds 1.5, not a token id"),
         ([[3, 4], [1, True]], "prompt 1 holds True, not a token id"),
+        ([[1, 2], []], "prompt 1 is empty: every prompt needs at least one token"),
+        ([], "generate needs at least one prompt"),
     ]
     for bad, message in cases:
         with pytest.raises(ValueError, match=message):
@@ -209,9 +211,39 @@ def test_unusable_stop_ids_and_static_flags_are_refused(tiny_llama):
             generate(tiny_llama, policy, [[1, 2, 3]], 3, stop_ids=[2, bad])
     with pytest.raises(ValueError, match=rf"stop id {vocab} \(row 1\)"):
         generate(tiny_llama, policy, [[1, 2], [3, 4]], 3, stop_ids=[[2], [vocab]])
-    for bad in ("yes", "false", 0.5):
+    for bad in ("yes", "false", 0.5, 1.0, 0.0, 1, 0):  # 1.0 == True: a membership test let numbers through
         with pytest.raises(TypeError, match="must be True, False or None"):
             generate(tiny_llama, policy, [[1, 2, 3]], 3, static=bad)
+    # a flat list with one bad entry is one shared collection: the bad entry is named, not a good one or a count
+    for n in (1, 2):
+        with pytest.raises(ValueError, match=r"stop_ids holds 2\.5, not a token id"):
+            generate(tiny_llama, policy, [[1, 2, 3]] * n, 3, stop_ids=[1, 2.5])
     assert (
         len(generate(tiny_llama, policy, [[1, 2, 3]], 3, stop_ids=[vocab - 1], static=False)[0].tokens) <= 3
     )
+
+
+def test_a_prompt_exactly_a_window_long_decodes_statically_with_output_aware_keys(tiny_llama):
+    """Nothing of such a prompt has left the window at prefill, so output-aware pruning gives no mask: the static
+    compressed cache packed from that missing mask and crashed. It must decode as the dynamic cache does."""
+    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, k_scorer="output_aware", mode="compressed", window=8)
+    for width in (8, 9):
+        ps = [list(range(1, width + 1))]
+        static = generate(tiny_llama, policy, ps, 12, static=True)
+        dynamic = generate(tiny_llama, policy, ps, 12, static=False)
+        assert static[0].tokens == dynamic[0].tokens
+        assert counts(static[0].stats) == counts(dynamic[0].stats)
+
+
+def test_a_pooled_static_cache_still_checks_a_layer_lists_length(tiny_llama):
+    """A uniform list equals the uniform policy it collapses to, so the pool's key matched a cache built for the
+    uniform policy and reused it without checking the list's length against the model."""
+    from mustafar.config import ConfigError
+
+    layers = tiny_llama.config.num_hidden_layers
+    generate(
+        tiny_llama, KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=4), [[1, 2, 3, 4, 5, 6]], 3, static=True
+    )
+    bad = KVConfig(k_layer_sparsity=[0.5] * (layers + 1), v_sparsity=0.5, window=4)
+    with pytest.raises(ConfigError, match=f"{layers + 1} entries but the model has {layers} layers"):
+        generate(tiny_llama, bad, [[1, 2, 3, 4, 5, 6]], 3, static=True)
