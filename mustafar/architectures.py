@@ -78,6 +78,19 @@ def head_dim(config) -> int:
     return int(getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads)
 
 
+# families whose config may carry attn_logit_softcapping that their attention never passes on (Gemma-3 keeps the
+# field from Gemma-2's config class; transformers' Gemma3Attention calls the attention without a softcap)
+_UNUSED_SOFTCAP = frozenset({"gemma3", "gemma3_text"})
+
+
+def logit_softcap(config) -> float | None:
+    """The soft cap the model's attention applies to its logits, or None (a field its attention ignores counts as
+    none)."""
+    c = text_config(config)
+    cap = getattr(c, "attn_logit_softcapping", None)
+    return None if cap is None or c.model_type in _UNUSED_SOFTCAP else cap
+
+
 def compressed_refusal(config, name: str, device: str) -> str | None:
     """Why `kv.mode=compressed` cannot run model `name` on `device`, or None when it can.
 
@@ -85,8 +98,7 @@ def compressed_refusal(config, name: str, device: str) -> str | None:
     wrong; the bitmap format packs 32-channel words; the Triton kernels exist for HEAD_DIMS only, and on a GPU
     the PyTorch reference path would report reference-path speed as compressed-mode speed.
     """
-    c = text_config(config)
-    softcap = getattr(c, "attn_logit_softcapping", None)
+    softcap = logit_softcap(config)
     if softcap is not None:
         return (
             f"kv.mode=compressed cannot run model {name}: its attention soft-caps the logits "

@@ -32,7 +32,7 @@ import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
 from mustafar.architectures import head_dim as config_head_dim
-from mustafar.architectures import text_config
+from mustafar.architectures import logit_softcap, text_config
 from mustafar.cache import (
     CacheStats,
     MustafarCache,
@@ -779,7 +779,7 @@ class StaticMustafarCache(MustafarCache):
 def _model_reason(cfg) -> str | None:
     """Model traits the static layers do not implement: they attend by SDPA over every cached token."""
     cfg = text_config(cfg)
-    if getattr(cfg, "attn_logit_softcapping", None):
+    if logit_softcap(cfg):
         return "attention logit soft-capping"
     if getattr(cfg, "sliding_window", None) and getattr(cfg, "layer_types", None) != ["full_attention"] * len(
         getattr(cfg, "layer_types", None) or []

@@ -176,6 +176,24 @@ def test_compressed_mode_refuses_soft_capped_attention():
     assert model.config._attn_implementation != "mustafar"  # refused before touching the model
 
 
+def test_a_gemma3_softcap_field_its_attention_ignores_is_not_refused():
+    """Gemma-3's config class keeps Gemma-2's attn_logit_softcapping, but its attention never passes it on: the
+    logits do not depend on it, so compressed mode (and the static cache) must run such a model as any other
+    rather than refuse it for a soft cap it does not apply."""
+    from mustafar.static_cache import static_reason
+
+    capped, plain = family_model("gemma3", attn_logit_softcapping=1.0), family_model("gemma3")
+    ids = prompt(2 * TINY_SLIDING_WINDOW, seed=2)
+    with torch.no_grad():
+        assert torch.equal(capped(ids).logits, plain(ids).logits)
+    policy = KVConfig(k_sparsity=0.5, v_sparsity=0.5, window=4, mode="compressed")
+    got = greedy(capped, ids, 6, new_cache(capped, policy))
+    assert torch.equal(got, greedy(plain, ids, 6, new_cache(plain, policy)))
+    assert static_reason(capped, policy, 40) == static_reason(
+        plain, policy, 40
+    )  # the sliding layers, not a cap
+
+
 def job_config(*overrides: str) -> dict:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
