@@ -145,7 +145,8 @@ def test_a_model_moved_to_another_device_gets_its_own_cache(monkeypatch):
 
     class Cache(StaticMustafarCache):
         def __init__(self) -> None:  # a stand-in: no model work, only the pool's bookkeeping
-            self.resets, self.layers = 0, [None, None]  # a reused cache's layer count is checked against the policy
+            self.resets = 0
+            self.layers = [None, None]  # a reused cache's layer count is checked against the policy
 
         def reset(self) -> None:
             self.resets += 1
