@@ -47,9 +47,8 @@ def pruning_error_terms(
     power of two that puts its largest entry in [0.5, 1), and its sums scaled back in fp64: finite bf16/fp32
     entries of 2^64 or more squared to inf in fp32, and exact power-of-two scales change no bit of the sums."""
     flat = rows.detach().abs().reshape(rows.shape[0], -1).float()
-    largest = (
-        flat.amax(1) if flat.shape[1] else flat.new_zeros(rows.shape[0])
-    )  # no pruned token: nothing to scale
+    # no pruned token: nothing to scale
+    largest = flat.amax(1) if flat.shape[1] else flat.new_zeros(rows.shape[0])
     exponent = torch.frexp(largest).exponent.view(-1, 1, 1, 1)
     sq = torch.ldexp(rows.float(), -exponent).square()  # exponent 0 (no scaling) for a zero, inf or NaN row
     unscale = torch.ldexp(torch.ones_like(exponent, dtype=torch.float64), 2 * exponent)[..., 0]  # [B, 1, 1]

@@ -241,9 +241,8 @@ def generate(
     minimum = _per_row(min_new_tokens, n, "min_new_tokens")
     stops = _stop_sets(stop_ids, n)
 
-    if static is not None and not isinstance(
-        static, bool
-    ):  # "yes", 1.0 or "false" would be read by truth value
+    # "yes", 1.0 or "false" would be read by truth value (and 1.0 == True passed a membership test)
+    if static is not None and not isinstance(static, bool):
         raise TypeError(f"static={static!r} must be True, False or None")
     device = next(model.parameters()).device
     batch = left_pad(prompts, pad_id, device)
