@@ -106,9 +106,8 @@ class MustafarLayer(DynamicLayer):
         self.survivor_cols: torch.Tensor | None = None
         self.evict_shift = 0
         self.rounded = 0  # mask mode with fp8 values: columns already given the stores' rounding
-        self.decoded = (
-            False  # a one-token call followed the prompt: a later multi-token call appends to a text
-        )
+        # set once a one-token call followed the prompt: a later multi-token call then appends to a text
+        self.decoded = False
 
     def set_padding(self, pads: list[int], device: torch.device | str) -> None:
         """Left-pad columns per row of the coming prompt: pruning then treats each row as if it ran alone."""

@@ -258,9 +258,8 @@ class KVConfig:
             value = getattr(self, key)
             least = 0 if key == "token_budget" and self.evict == "none" else 1
             # a budget's real bound, named at once (0 and 16 were refused by two different messages)
-            bound = (
-                f"> kv.evict_window={self.evict_window}" if key == "token_budget" and least else f">= {least}"
-            )
+            budget = key == "token_budget" and least
+            bound = f"> kv.evict_window={self.evict_window}" if budget else f">= {least}"
             if isinstance(value, bool) or not isinstance(value, int) or value < least:
                 raise ConfigError(f"kv.{key}={value!r} must be an integer {bound} with kv.evict={self.evict}")
         if self.evict_pool % 2 == 0:
