@@ -51,6 +51,10 @@ from mustafar.kernels.decode_staged import (
     _softmax_step,
     _swizzled,
 )
+from mustafar.kernels.scatter_ptx import HALF_SCORE_Q_BOUND
+
+# 126 + log2 of the bound: a |q| below 2^(b - 126), b its biased exponent, times 2^(_Q_EXP - b) is below the bound
+_Q_EXP: gl.constexpr = gl.constexpr(126 + HALF_SCORE_Q_BOUND.bit_length() - 1)
 
 
 @gluon.jit
@@ -373,13 +377,32 @@ def _load_scales(at, BLOCK_N: gl.constexpr, LC: gl.constexpr):
 
 
 @gluon.jit
+def _q_half_scale(q_row, sqh, N_REP: gl.constexpr, D: gl.constexpr, LC: gl.constexpr):
+    """The power of two 2^e that brings the group's largest |q| to [B/2, B), B = ``HALF_SCORE_Q_BOUND``, and
+    2^-e: fp8 keys' fp16 walk (:func:`~mustafar.kernels.scatter_ptx.score_asm`) reads q·2^e. Taken from the
+    exponent bits, so exact; clamped to 2^±100 for an all-zero q."""
+    c = gl.arange(0, 32, layout=LC)
+    amax = gl.zeros([32], gl.float32, layout=LC)
+    for h in gl.static_range(N_REP):
+        for w in gl.static_range(D // 32):
+            amax = gl.maximum(amax, gl.abs(gl.load(q_row + h * sqh + 32 * w + c).to(gl.float32)))
+    biased = (gl.max(amax, axis=0).to(gl.int32, bitcast=True) >> 23) & 0xFF  # max < 2^(biased - 126)
+    e = gl.minimum(gl.maximum(_Q_EXP - biased, -100), 100)  # max · 2^e < the bound
+    return ((e + 127) << 23).to(gl.float32, bitcast=True), ((127 - e) << 23).to(gl.float32, bitcast=True)
+
+
+@gluon.jit
 def _q_pair(q_row, sqh, h0: gl.constexpr, word: gl.constexpr, N_REP: gl.constexpr, D: gl.constexpr,
-            LC: gl.constexpr):  # fmt: skip
+            LC: gl.constexpr, scale, HALF: gl.constexpr):  # fmt: skip
     """Query heads ``h0``, ``h0 + 1`` of the group at channel ``32·word + lane``, packed in one 32-bit lane
-    register (low half first; heads past the group and words past ``D`` are zero)."""
+    register (low half first; heads past the group and words past ``D`` are zero); ``HALF``: as fp16 times
+    ``scale`` (:func:`_q_half_scale`), whatever q's dtype."""
     c = word * 32 + gl.arange(0, 32, layout=LC)
     lo = gl.load(q_row + h0 * sqh + c, mask=(c < D) & (h0 < N_REP), other=0.0)
     hi = gl.load(q_row + (h0 + 1) * sqh + c, mask=(c < D) & (h0 + 1 < N_REP), other=0.0)
+    if HALF:
+        lo = (lo.to(gl.float32) * scale).to(gl.float16)
+        hi = (hi.to(gl.float32) * scale).to(gl.float16)
     lo = lo.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
     return lo | (hi.to(gl.int16, bitcast=True).to(gl.int32) << 16)
 
@@ -533,15 +556,22 @@ def _sc_sparse_decode_kernel(
             qk0 = qk0.to(gl.float16)
             if D == 128:
                 qk1 = qk1.to(gl.float16)
+    # the fp8 key walk scores in fp16 against q scaled by a power of two; the score multiply divides it out
+    HALF: gl.constexpr = K_FP8 and not K_NM
+    k_fold = qk_scale
+    q_scale = 1.0
+    if HALF:
+        q_scale, q_inv = _q_half_scale(q_row, sqh, N_REP, D, lc)
+        k_fold = qk_scale * q_inv
     qp = (
-        _q_pair(q_row, sqh, 0, 0, N_REP, D, lc), _q_pair(q_row, sqh, 2, 0, N_REP, D, lc),
-        _q_pair(q_row, sqh, 4, 0, N_REP, D, lc), _q_pair(q_row, sqh, 6, 0, N_REP, D, lc),
-        _q_pair(q_row, sqh, 0, 1, N_REP, D, lc), _q_pair(q_row, sqh, 2, 1, N_REP, D, lc),
-        _q_pair(q_row, sqh, 4, 1, N_REP, D, lc), _q_pair(q_row, sqh, 6, 1, N_REP, D, lc),
-        _q_pair(q_row, sqh, 0, 2, N_REP, D, lc), _q_pair(q_row, sqh, 2, 2, N_REP, D, lc),
-        _q_pair(q_row, sqh, 4, 2, N_REP, D, lc), _q_pair(q_row, sqh, 6, 2, N_REP, D, lc),
-        _q_pair(q_row, sqh, 0, 3, N_REP, D, lc), _q_pair(q_row, sqh, 2, 3, N_REP, D, lc),
-        _q_pair(q_row, sqh, 4, 3, N_REP, D, lc), _q_pair(q_row, sqh, 6, 3, N_REP, D, lc),
+        _q_pair(q_row, sqh, 0, 0, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 2, 0, N_REP, D, lc, q_scale, HALF),
+        _q_pair(q_row, sqh, 4, 0, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 6, 0, N_REP, D, lc, q_scale, HALF),
+        _q_pair(q_row, sqh, 0, 1, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 2, 1, N_REP, D, lc, q_scale, HALF),
+        _q_pair(q_row, sqh, 4, 1, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 6, 1, N_REP, D, lc, q_scale, HALF),
+        _q_pair(q_row, sqh, 0, 2, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 2, 2, N_REP, D, lc, q_scale, HALF),
+        _q_pair(q_row, sqh, 4, 2, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 6, 2, N_REP, D, lc, q_scale, HALF),
+        _q_pair(q_row, sqh, 0, 3, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 2, 3, N_REP, D, lc, q_scale, HALF),
+        _q_pair(q_row, sqh, 4, 3, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 6, 3, N_REP, D, lc, q_scale, HALF),
     )  # fmt: skip
 
     bh = b.to(gl.int64) * heads_kv + h
@@ -611,10 +641,10 @@ def _sc_sparse_decode_kernel(
             )
         sc_scale = qk_scale
         if K_FP8:
-            # the codes' scores times each token's scale (staged after its value slots) with qk_scale folded in,
-            # exactly (the scales are powers of two): one multiply per score where there were two
+            # the codes' scores times each token's scale (staged after its value slots) with qk_scale and q's
+            # scale folded in, exactly (the scales are powers of two): one multiply per score where there were two
             ks = _load_scales(k_off + WB + BLOCK_N * K_SP, BLOCK_N, ts_l)
-            sc = sc * gl.expand_dims(ks * qk_scale, 1)
+            sc = sc * gl.expand_dims(ks * k_fold, 1)
             sc_scale = 1.0
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
         if V_FP8 or V_OP:  # the accumulator's rescale waits (V's scales: the frame change folds into it)

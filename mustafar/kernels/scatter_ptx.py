@@ -595,6 +595,10 @@ def _code_load(c: int, swizzled: bool = False) -> list[str]:
 
 
 SCORE_HEADS = 8  # score outputs of :func:`score_asm` (a GQA group of at most 8 query heads; the rest are 0)
+# fp8 keys are scored in fp16 (below): the queries come scaled by a power of two to magnitudes below this bound, so
+# a word's partial sum stays finite: at most 32 kept codes of at most 448 (e4m3's largest) times 4 is 57,344,
+# under fp16's 65,504
+HALF_SCORE_Q_BOUND = 4  # a power of two
 
 
 @functools.cache
@@ -610,21 +614,26 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool, fp8: 
     Operands: ``$0 .. $7`` the scores of heads 0..7 (heads at or past ``n_rep``: 0); ``$8`` the token's bitmap
     words and ``$9`` its value slots (byte offsets in the kernel's shared allocation); ``$10`` nonzero when the
     token is valid; then ``q`` pairs, word-major: ``$11 + 4g + k`` holds heads ``2k, 2k+1`` at channel
-    ``32g + lane``. ``fp8``: the slot holds e4m3 codes (``slot`` bytes); the scores come out unscaled (the
-    caller multiplies each token's by its scale)."""
+    ``32g + lane``.
+
+    ``fp8``: the slot holds e4m3 codes (``slot`` bytes) and the scores come out unscaled (the caller multiplies
+    each token's by its scale and divides q's scale out). The q pairs are then fp16 whatever the model's dtype,
+    scaled below :data:`HALF_SCORE_Q_BOUND`, and each pair of heads accumulates a word's products with one packed
+    fp16 ``fma`` per kept code, converted to fp32 once per word: half the instructions of widening every q to
+    fp32 (results/kernels/NOTES.md, round 35). Its rounding (2^-11 per step, at most ``q_g`` steps) is two orders
+    below the codes' own (e4m3 keeps 3 mantissa bits)."""
     if not 1 <= n_rep <= SCORE_HEADS:
         raise ValueError(f"score_asm serves GQA groups of 1 to {SCORE_HEADS} query heads, got {n_rep}")
     quotas = word_quotas(head_dim, keep)
     words = head_dim // 32
     regs = _value_regs(keep, slot, fp8)
     pairs = (n_rep + 1) // 2
-    cvt = "cvt.f32.bf16" if bf16 else "cvt.f32.f16"
-    k_cvt = "cvt.f32.f16" if fp8 else cvt
+    cvt = "cvt.f32.f16" if fp8 or not bf16 else "cvt.f32.bf16"
     lines = [
         "{",
         ".reg .pred p;",
         f".reg .b32 w<{words}>, v<{regs}>, x<{pairs}>, i, m, t, va, base, xv, ca;",
-        *([_fp8_regs(regs)] if fp8 else []),
+        *([_fp8_regs(regs), f".reg .b32 a<{pairs}>, kk;"] if fp8 else []),
         f".reg .f32 s<{n_rep}>, f, kf;",
         ".reg .b16 lo, hi;",
         "setp.ne.u32 p, $10, 0;",
@@ -640,23 +649,33 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool, fp8: 
     first = 0
     for g, q in enumerate(quotas):
         lines += loads[g]
+        if fp8:
+            lines += [f"mov.b32 a{k}, 0;" for k in range(pairs)]
         for step in range(q):
             j = first + q - 1 - step
+            half = "hi" if j % 2 else "lo"
             lines += [
                 f"bfind.u32 i, w{g};",
                 "shl.b32 m, 1, i;",
                 f"xor.b32 w{g}, w{g}, m;",
                 f"mov.b32 {{lo, hi}}, v{j // 2};",
-                f"{k_cvt} kf, {'hi' if j % 2 else 'lo'};",
+                f"mov.b32 kk, {{{half}, {half}}};" if fp8 else f"{cvt} kf, {half};",
             ]
             for k in range(pairs):
-                lines += [
-                    f"shfl.sync.idx.b32 x{k}, ${11 + 4 * g + k}, i, 31, -1;",
-                    f"mov.b32 {{lo, hi}}, x{k};",
-                ]
-                for half, h in (("lo", 2 * k), ("hi", 2 * k + 1)):
+                lines.append(f"shfl.sync.idx.b32 x{k}, ${11 + 4 * g + k}, i, 31, -1;")
+                if fp8:
+                    lines.append(f"fma.rn.f16x2 a{k}, kk, x{k}, a{k};")
+                    continue
+                lines.append(f"mov.b32 {{lo, hi}}, x{k};")
+                for half_k, h in (("lo", 2 * k), ("hi", 2 * k + 1)):
                     if h < n_rep:
-                        lines += [f"{cvt} f, {half};", f"fma.rn.f32 s{h}, kf, f, s{h};"]
+                        lines += [f"{cvt} f, {half_k};", f"fma.rn.f32 s{h}, kf, f, s{h};"]
+        if fp8:
+            for k in range(pairs):
+                lines.append(f"mov.b32 {{lo, hi}}, a{k};")
+                for half_k, h in (("lo", 2 * k), ("hi", 2 * k + 1)):
+                    if h < n_rep:
+                        lines += [f"cvt.f32.f16 f, {half_k};", f"add.f32 s{h}, s{h}, f;"]
         first += q
     lines += [f"mov.f32 ${h}, s{h};" for h in range(n_rep)]
     lines += [f"mov.f32 ${h}, 0f00000000;" for h in range(n_rep, SCORE_HEADS)]

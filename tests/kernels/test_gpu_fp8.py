@@ -3,7 +3,8 @@
 The Triton pack writes the reference's codes, scales and bitmaps bit for bit (dynamic and static stores, word and
 exact rules); the scatter decoder (word quotas, sm_89+) and the portable decoder (exact rule) match the PyTorch
 reference over the dequantised stores: fp16/bf16 x D 64/128, s 0.5/0.7, fp8 on one side or both, GQA groups
-1/4/8, tails shorter than a tile, outputs and scratch poisoned with NaN; a static fp8 step under a CUDA graph.
+1/4/8, tails shorter than a tile, outputs and scratch poisoned with NaN; queries of any magnitude through the
+fp16 key walk; a static fp8 step under a CUDA graph.
 """
 
 from __future__ import annotations
@@ -85,6 +86,31 @@ def test_fp8_decode_matches_reference_on_gpu(poison, case, dtype, word):
             assert not out.isnan().any()
             err = _rel(out, ref)
             assert err <= 1e-2, f"{case} {decoder} B{b} T{t} W{w} group {n_rep} splits {splits}: {err:.2e}"
+
+
+@pytest.mark.parametrize(
+    "dtype,q_mag",
+    [(torch.float16, 0.0), (torch.float16, 1e-3), (torch.float16, 1e3), (torch.bfloat16, 1e-6),
+     (torch.bfloat16, 1.0), (torch.bfloat16, 1e3)],
+)  # fmt: skip
+def test_fp8_scatter_scores_queries_of_any_magnitude_on_gpu(dtype, q_mag):
+    """The fp8 key walk scores in fp16 against q scaled by a power of two (scatter_ptx.score_asm): queries whose
+    products with codes near 448 would overflow fp16 (1e3), fall into its subnormals (1e-6, bf16) or are all zero
+    (every score 0: the mean of V) match the reference; keys are scaled so the logits stay of order one."""
+    b, hkv, n_rep, d, t, w = 2, 2, 4, 128, 777, 9
+    keep = exact_keep(d, 0.7)
+    k_mag = 3 / (q_mag * (keep / d) ** 0.5) if q_mag else 1.0
+    torch.manual_seed(int(q_mag * 1e6) % 1000)
+    ks = _store((torch.randn(b, hkv, t, d, device="cuda") * k_mag).to(dtype), keep)
+    vs = _store(torch.randn(b, hkv, t, d, device="cuda", dtype=dtype), keep)
+    q = (torch.randn(b, hkv * n_rep, d, device="cuda") * q_mag).to(dtype)
+    kw = (torch.randn(b, hkv, w, d, device="cuda") * k_mag).to(dtype)
+    vw = torch.randn(b, hkv, w, d, device="cuda", dtype=dtype)
+    assert decoder_for(q, ks, vs) == "scatter"
+    ref = sparse_decode_attention(q, ks, vs, kw, vw, d**-0.5, backend="torch")
+    out = sparse_decode_attention(q, ks, vs, kw, vw, d**-0.5)
+    assert out.isfinite().all()
+    assert _rel(out, ref) <= 1e-2, f"{dtype} |q| ~ {q_mag}: {_rel(out, ref):.2e}"
 
 
 def test_fp8_static_graph_replay_on_gpu():

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
 from collections.abc import Callable
 
 import numpy as np
@@ -21,6 +22,7 @@ from mustafar.formats.fp8 import quantize
 from mustafar.kernels import dispatch
 from mustafar.kernels.scatter_ptx import (
     FRAG_PACK,
+    HALF_SCORE_Q_BOUND,
     SCORE_HEADS,
     expand8_frag_asm,
     expand16_frag_asm,
@@ -166,6 +168,17 @@ def _f32(x: float) -> float:
     return float(np.float32(x))
 
 
+def _fma_f16x2(a: int, b: int, c: int) -> int:
+    """``fma.rn.f16x2`` per 16-bit half: the exact a·b + c (fp16 products and sums are exact in fp64) rounded
+    once to fp16."""
+    halves = [
+        np.array([x & 0xFFFF, x >> 16], dtype=np.uint16).view(np.float16).astype(np.float64)
+        for x in (a, b, c)
+    ]
+    out = (halves[0] * halves[1] + halves[2]).astype(np.float16).view(np.uint16)
+    return int(out[0]) | int(out[1]) << 16
+
+
 def _half_to_f32(bits: int, bf16: bool) -> float:
     if bf16:
         return float(np.array([bits << 16], dtype=np.uint32).view(np.float32)[0])
@@ -209,6 +222,8 @@ def run_warp(asm: str, operands: list[list[int]], smem: np.ndarray) -> list[list
                 r.update({n: int(w) for n, w in zip(names, words)})
             elif op == "mov.b32" and isinstance(a[0], list):
                 r[a[0][0]], r[a[0][1]] = val(lane, a[1]) & 0xFFFF, val(lane, a[1]) >> 16
+            elif op == "mov.b32" and isinstance(a[1], list):  # two 16-bit halves into one register
+                r[a[0]] = val(lane, a[1][0]) | val(lane, a[1][1]) << 16
             elif op == "setp.ne.u32":
                 preds[lane][a[0]] = val(lane, a[1]) != val(lane, a[2])
             elif op in ("mov.u32", "mov.b32", "mov.f32"):
@@ -238,6 +253,10 @@ def run_warp(asm: str, operands: list[list[int]], smem: np.ndarray) -> list[list
                 r[a[0]] = _half_to_f32(val(lane, a[1]), op.endswith("bf16"))
             elif op == "fma.rn.f32":
                 r[a[0]] = _f32(val(lane, a[1]) * val(lane, a[2]) + val(lane, a[3]))
+            elif op == "add.f32":
+                r[a[0]] = _f32(val(lane, a[1]) + val(lane, a[2]))
+            elif op == "fma.rn.f16x2":
+                r[a[0]] = _fma_f16x2(val(lane, a[1]), val(lane, a[2]), val(lane, a[3]))
             else:
                 raise NotImplementedError(f"PTX op {op} {a}")
     return outs
@@ -865,6 +884,36 @@ def test_scatter_ptx_fp8_writes_the_codes_into_the_e4m3_tile(d, keep):
     assert np.array_equal(smem[tile:], expect)
 
 
+def half_query_pairs(q: torch.Tensor, d: int) -> tuple[list[list[int]], float]:
+    """score_asm(fp8=True)'s query pairs: q times the power of two 2^e that puts its largest magnitude in
+    [B/2, B) (B = HALF_SCORE_Q_BOUND, from frexp: max = m·2^x, m in [0.5, 1)), as fp16; and 2^e."""
+    x = math.frexp(q.double().abs().max().item())[1]
+    scale = 2.0 ** (math.log2(HALF_SCORE_Q_BOUND) - x)
+    return query_pairs((q.double() * scale).half(), d), scale
+
+
+def _fp8_scores(rows: torch.Tensor, mask: torch.Tensor, q: torch.Tensor, keep: int, valid: int):
+    """Run score_asm(fp8=True) over a warp of tokens: the scores with q's scale divided out, and the codes."""
+    d, n_rep = rows.shape[1], q.shape[0]
+    vals, unscaled, slot = _fp8_slots(rows, mask, keep)
+    words = pack_bitmap(mask).numpy().view(np.uint32)
+    smem = np.zeros(words.nbytes + vals.nbytes, dtype=np.uint8)
+    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
+    smem[words.nbytes :] = staged_slots(vals).reshape(-1)
+    pairs, scale = half_query_pairs(q, d)
+    ops = [[r * 4 * (d // 32), words.nbytes + r * slot, int(r < valid)] + pairs[r] for r in range(32)]
+    out = np.array(run_warp(score_asm(d, keep, slot, n_rep, q.dtype == torch.bfloat16, fp8=True), ops, smem))
+    return out / scale, unscaled
+
+
+def _half_walk_bound(unscaled: torch.Tensor, q: torch.Tensor, keep: int) -> np.ndarray:
+    """The fp16 walk's error bound: each packed fma rounds its partial (at most 2^-11 relative), a word's partial
+    never exceeds the sum of its products' magnitudes, and a word takes at most max(quotas) steps; q's own
+    rounding to fp16 adds 2^-11 of each product."""
+    steps = max(word_quotas(unscaled.shape[1], keep)) + 1
+    return (steps * 2.0**-11 * (unscaled.double().abs() @ q.double().abs().T)).numpy()
+
+
 @pytest.mark.parametrize(
     "d,keep,n_rep,dtype",
     [(128, 38, 4, torch.float16), (128, 64, 8, torch.bfloat16), (64, 19, 2, torch.bfloat16)],
@@ -873,15 +922,27 @@ def test_score_ptx_fp8_scores_the_unscaled_codes(d, keep, n_rep, dtype):
     torch.manual_seed(d + keep)
     tokens, valid = 32, 29
     rows = torch.randn(tokens, d, dtype=dtype) * 3
-    q = torch.randn(n_rep, d, dtype=dtype)
+    q = torch.randn(n_rep, d, dtype=dtype) * 40  # past fp16's range once multiplied by codes near 448
     mask = word_topk_mask(rows.float().abs(), keep)
-    vals, unscaled, slot = _fp8_slots(rows, mask, keep)
-    words = pack_bitmap(mask).numpy().view(np.uint32)
-    smem = np.zeros(words.nbytes + vals.nbytes, dtype=np.uint8)
-    smem[: words.nbytes] = words.reshape(-1).view(np.uint8)
-    smem[words.nbytes :] = staged_slots(vals).reshape(-1)
-    pairs = query_pairs(q, d)
-    ops = [[r * 4 * (d // 32), words.nbytes + r * slot, int(r < valid)] + pairs[r] for r in range(32)]
-    out = np.array(run_warp(score_asm(d, keep, slot, n_rep, dtype == torch.bfloat16, fp8=True), ops, smem))
-    expect = unscaled.double() @ q.double().T
-    np.testing.assert_allclose(out[:valid, :n_rep], expect[:valid].numpy(), rtol=1e-5, atol=1e-5)
+    out, unscaled = _fp8_scores(rows, mask, q, keep, valid)
+    expect = (unscaled.double() @ q.double().T).numpy()
+    err = np.abs(out[:valid, :n_rep] - expect[:valid])
+    assert (err <= _half_walk_bound(unscaled, q, keep)[:valid] + 1e-9).all()
+    assert np.median(err / np.abs(expect[:valid]).clip(1e-3)) < 1e-3  # typically far inside the bound
+    assert (out[:, n_rep:] == 0).all()
+
+
+def test_score_ptx_fp8_partials_stay_finite_at_the_largest_codes_and_queries():
+    """A full word of e4m3's largest code against q at the top of its scaled range: the partial sum, 32 · 448 ·
+    (just under the bound), is the largest the walk can meet and must stay under fp16's 65,504."""
+    d, keep = 128, 128
+    rows = torch.full((32, d), 448.0, dtype=torch.float16)
+    rows[3] *= -1
+    q = torch.full((2, d), HALF_SCORE_Q_BOUND * (1 - 2**-10), dtype=torch.float16)
+    q[1] *= 1 - 2 * (torch.arange(d) % 2)  # products that cancel
+    mask = torch.ones(32, d, dtype=torch.bool)
+    out, unscaled = _fp8_scores(rows, mask, q, keep, 32)
+    assert unscaled.abs().max() == 448  # the codes are e4m3's largest
+    expect = (unscaled.double() @ q.double().T).numpy()
+    assert np.isfinite(out).all()
+    assert (np.abs(out[:, :2] - expect) <= _half_walk_bound(unscaled, q, keep) + 1e-9).all()
