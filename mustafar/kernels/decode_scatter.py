@@ -10,8 +10,9 @@ Each program is one warp over 32-token tiles, one token per lane:
   (``K_SP``/``V_SP``), so each lane's loads of its own slot do not share banks;
 * K is scored in registers: every lane walks its token's kept bits (compile-time trip counts per bitmap word) and
   fetches the group's queries at each kept channel from the lane that holds them (``shfl.sync``), accumulating
-  ``k·q`` in fp32 (:func:`mustafar.kernels.scatter_ptx.score_asm`). No dense K tile, no shared-memory traffic
-  beyond the staged bytes: the kernel was bound by the shared-memory pipe (results/kernels/NOTES.md, round 7);
+  ``k·q`` in fp32, or for fp8 codes in packed fp16 against q scaled by a power of two (:func:`_q_half_scale`,
+  :func:`mustafar.kernels.scatter_ptx.score_asm`). No dense K tile, no shared-memory traffic beyond the staged
+  bytes: the kernel was bound by the shared-memory pipe (results/kernels/NOTES.md, round 7);
 * V is scattered into one zeroed, swizzled dense [32, D] tile (:func:`~mustafar.kernels.scatter_ptx.scatter_asm`)
   that the P·V MMA reads in two 16-token halves (tokens on the MMA's K side, the GQA group padded to N = 8, as the
   staged decoder).
