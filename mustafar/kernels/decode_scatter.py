@@ -381,14 +381,15 @@ def _load_scales(at, BLOCK_N: gl.constexpr, LC: gl.constexpr):
 def _q_half_scale(q_row, sqh, N_REP: gl.constexpr, D: gl.constexpr, LC: gl.constexpr):
     """The power of two 2^e that brings the group's largest |q| to [B/2, B), B = ``HALF_SCORE_Q_BOUND``, and
     2^-e: fp8 keys' fp16 walk (:func:`~mustafar.kernels.scatter_ptx.score_asm`) reads q·2^e. Taken from the
-    exponent bits, so exact; clamped to 2^±100 for an all-zero q."""
+    exponent bits, so exact; e is clamped to ±126, where both powers are normal fp32 (an all-zero q would ask 128,
+    the largest finite fp32 q needs -126)."""
     c = gl.arange(0, 32, layout=LC)
     amax = gl.zeros([32], gl.float32, layout=LC)
     for h in gl.static_range(N_REP):
         for w in gl.static_range(D // 32):
             amax = gl.maximum(amax, gl.abs(gl.load(q_row + h * sqh + 32 * w + c).to(gl.float32)))
     biased = (gl.max(amax, axis=0).to(gl.int32, bitcast=True) >> 23) & 0xFF  # max < 2^(biased - 126)
-    e = gl.minimum(gl.maximum(_Q_EXP - biased, -100), 100)  # max · 2^e < the bound
+    e = gl.minimum(gl.maximum(_Q_EXP - biased, -126), 126)  # max · 2^e < the bound
     return ((e + 127) << 23).to(gl.float32, bitcast=True), ((127 - e) << 23).to(gl.float32, bitcast=True)
 
 

@@ -91,12 +91,13 @@ def test_fp8_decode_matches_reference_on_gpu(poison, case, dtype, word):
 @pytest.mark.parametrize(
     "dtype,q_mag",
     [(torch.float16, 0.0), (torch.float16, 1e-3), (torch.float16, 1e3), (torch.bfloat16, 1e-6),
-     (torch.bfloat16, 1.0), (torch.bfloat16, 1e3)],
+     (torch.bfloat16, 1.0), (torch.bfloat16, 1e3), (torch.bfloat16, 1e36)],
 )  # fmt: skip
 def test_fp8_scatter_scores_queries_of_any_magnitude_on_gpu(dtype, q_mag):
     """The fp8 key walk scores in fp16 against q scaled by a power of two (scatter_ptx.score_asm): queries whose
-    products with codes near 448 would overflow fp16 (1e3), fall into its subnormals (1e-6, bf16) or are all zero
-    (every score 0: the mean of V) match the reference; keys are scaled so the logits stay of order one."""
+    products with codes near 448 would overflow fp16 (1e3; 1e36 in bf16, a scale of 2^-121), fall into its
+    subnormals (1e-6, bf16) or are all zero (every score 0: the mean of V) match the reference; keys are scaled so
+    the logits stay of order one."""
     b, hkv, n_rep, d, t, w = 2, 2, 4, 128, 777, 9
     keep = exact_keep(d, 0.7)
     k_mag = 3 / (q_mag * (keep / d) ** 0.5) if q_mag else 1.0
