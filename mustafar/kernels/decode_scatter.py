@@ -378,33 +378,45 @@ def _load_scales(at, BLOCK_N: gl.constexpr, LC: gl.constexpr):
 
 
 @gluon.jit
-def _q_half_scale(q_row, sqh, N_REP: gl.constexpr, D: gl.constexpr, LC: gl.constexpr):
-    """The power of two 2^e that brings the group's largest |q| to [B/2, B), B = ``HALF_SCORE_Q_BOUND``, and
-    2^-e: fp8 keys' fp16 walk (:func:`~mustafar.kernels.scatter_ptx.score_asm`) reads q·2^e. Taken from the
-    exponent bits, so exact; e is clamped to ±126, where both powers are normal fp32 (an all-zero q would ask 128,
-    the largest finite fp32 q needs -126)."""
+def _q_half_scale(q_row, sqh, h: gl.constexpr, N_REP: gl.constexpr, D: gl.constexpr, LC: gl.constexpr):
+    """The power of two 2^e that brings query head ``h``'s largest |q| to [B/2, B), B = ``HALF_SCORE_Q_BOUND``,
+    and 2^-e: fp8 keys are scored against q·2^e in fp16 (:func:`~mustafar.kernels.scatter_ptx.score_asm`, or the
+    expanded keys' MMA). Per head, so a head far below the group's largest keeps fp16's precision. Taken from the
+    exponent bits, so exact; e is clamped to ±126, where both powers are normal fp32 (an all-zero q, or a head past
+    the group, would ask 128; the largest finite fp32 q needs -126)."""
     c = gl.arange(0, 32, layout=LC)
     amax = gl.zeros([32], gl.float32, layout=LC)
-    for h in gl.static_range(N_REP):
-        for w in gl.static_range(D // 32):
-            amax = gl.maximum(amax, gl.abs(gl.load(q_row + h * sqh + 32 * w + c).to(gl.float32)))
+    for w in gl.static_range(D // 32):
+        amax = gl.maximum(
+            amax, gl.abs(gl.load(q_row + h * sqh + 32 * w + c, mask=h < N_REP, other=0.0).to(gl.float32))
+        )
     biased = (gl.max(amax, axis=0).to(gl.int32, bitcast=True) >> 23) & 0xFF  # max < 2^(biased - 126)
     e = gl.minimum(gl.maximum(_Q_EXP - biased, -126), 126)  # max · 2^e < the bound
     return ((e + 127) << 23).to(gl.float32, bitcast=True), ((127 - e) << 23).to(gl.float32, bitcast=True)
 
 
 @gluon.jit
+def _per_head(values, BLOCK_H: gl.constexpr, L: gl.constexpr):
+    """The group's eight per-head scalars ``values`` as a [BLOCK_H] vector in layout ``L`` (1 past the eighth)."""
+    hh = gl.arange(0, BLOCK_H, layout=L)
+    out = gl.full([BLOCK_H], 1.0, gl.float32, layout=L)
+    for i in gl.static_range(8):
+        out = gl.where(hh == i, values[i], out)
+    return out
+
+
+@gluon.jit
 def _q_pair(q_row, sqh, h0: gl.constexpr, word: gl.constexpr, N_REP: gl.constexpr, D: gl.constexpr,
-            LC: gl.constexpr, scale, HALF: gl.constexpr):  # fmt: skip
+            LC: gl.constexpr, scales, HALF: gl.constexpr):  # fmt: skip
     """Query heads ``h0``, ``h0 + 1`` of the group at channel ``32·word + lane``, packed in one 32-bit lane
-    register (low half first; heads past the group and words past ``D`` are zero); ``HALF``: as fp16 times
-    ``scale`` (:func:`_q_half_scale`), whatever q's dtype."""
+    register (low half first; heads past the group and words past ``D`` are zero); ``HALF``: as fp16 times each
+    head's entry of ``scales`` (:func:`_q_half_scale`), whatever q's dtype."""
     c = word * 32 + gl.arange(0, 32, layout=LC)
     lo = gl.load(q_row + h0 * sqh + c, mask=(c < D) & (h0 < N_REP), other=0.0)
     hi = gl.load(q_row + (h0 + 1) * sqh + c, mask=(c < D) & (h0 + 1 < N_REP), other=0.0)
     if HALF:
-        lo = (lo.to(gl.float32) * scale).to(gl.float16)
-        hi = (hi.to(gl.float32) * scale).to(gl.float16)
+        lo = (lo.to(gl.float32) * scales[h0]).to(gl.float16)
+        hi = (hi.to(gl.float32) * scales[h0 + 1]).to(gl.float16)
     lo = lo.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
     return lo | (hi.to(gl.int16, bitcast=True).to(gl.int32) << 16)
 
@@ -549,31 +561,40 @@ def _sc_sparse_decode_kernel(
     TAB: gl.constexpr = REGION + SIDES * SLOT_BYTES  # fp8 expanded keys: the selector table after the ring
     if (K_NM and K_FP8) or V_NM == 16 or (V_OP and V_FP8):
         _fill_selector_table(TAB)
+    # fp8 keys are scored in fp16 against q scaled per head by a power of two; the score multiply divides it out
+    k_fold = qk_scale
+    q_scales = (1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0, 1.0)
+    if K_FP8:
+        s0, i0 = _q_half_scale(q_row, sqh, 0, N_REP, D, lc)
+        s1, i1 = _q_half_scale(q_row, sqh, 1, N_REP, D, lc)
+        s2, i2 = _q_half_scale(q_row, sqh, 2, N_REP, D, lc)
+        s3, i3 = _q_half_scale(q_row, sqh, 3, N_REP, D, lc)
+        s4, i4 = _q_half_scale(q_row, sqh, 4, N_REP, D, lc)
+        s5, i5 = _q_half_scale(q_row, sqh, 5, N_REP, D, lc)
+        s6, i6 = _q_half_scale(q_row, sqh, 6, N_REP, D, lc)
+        s7, i7 = _q_half_scale(q_row, sqh, 7, N_REP, D, lc)
+        q_scales = (s0, s1, s2, s3, s4, s5, s6, s7)
+        k_fold = _per_head((i0, i1, i2, i3, i4, i5, i6, i7), BLOCK_H, gl.SliceLayout(0, mma)) * qk_scale
     if K_NM:  # qᵀ as the scores' MMA operand in two halves (D 128), its channels in the K operand's order
         order_row = k_order + (b.to(gl.int64) * heads_kv + h) * D
         qk0 = _q_frag(q_ptr, order_row, sqb, sqh, b, h, 0, N_REP, D, BLOCK_H, K_PERM, K_ORDER)
         if D == 128:
             qk1 = _q_frag(q_ptr, order_row, sqb, sqh, b, h, 1, N_REP, D, BLOCK_H, K_PERM, K_ORDER)
-        if K_FP8:  # the widened codes are fp16 (bf16 queries convert exactly in fp16's normal range)
-            qk0 = qk0.to(gl.float16)
+        if K_FP8:  # the widened codes are fp16, q too: scaled, so bf16 queries of any magnitude fit
+            qsv = gl.expand_dims(_per_head(q_scales, BLOCK_H, gl.SliceLayout(0, op_b)), 0)
+            qk0 = (qk0.to(gl.float32) * qsv).to(gl.float16)
             if D == 128:
-                qk1 = qk1.to(gl.float16)
-    # the fp8 key walk scores in fp16 against q scaled by a power of two; the score multiply divides it out
-    HALF: gl.constexpr = K_FP8 and not K_NM
-    k_fold = qk_scale
-    q_scale = 1.0
-    if HALF:
-        q_scale, q_inv = _q_half_scale(q_row, sqh, N_REP, D, lc)
-        k_fold = qk_scale * q_inv
+                qk1 = (qk1.to(gl.float32) * qsv).to(gl.float16)
+    HALF: gl.constexpr = K_FP8 and not K_NM  # the key walk's q pairs in fp16, scaled
     qp = (
-        _q_pair(q_row, sqh, 0, 0, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 2, 0, N_REP, D, lc, q_scale, HALF),
-        _q_pair(q_row, sqh, 4, 0, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 6, 0, N_REP, D, lc, q_scale, HALF),
-        _q_pair(q_row, sqh, 0, 1, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 2, 1, N_REP, D, lc, q_scale, HALF),
-        _q_pair(q_row, sqh, 4, 1, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 6, 1, N_REP, D, lc, q_scale, HALF),
-        _q_pair(q_row, sqh, 0, 2, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 2, 2, N_REP, D, lc, q_scale, HALF),
-        _q_pair(q_row, sqh, 4, 2, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 6, 2, N_REP, D, lc, q_scale, HALF),
-        _q_pair(q_row, sqh, 0, 3, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 2, 3, N_REP, D, lc, q_scale, HALF),
-        _q_pair(q_row, sqh, 4, 3, N_REP, D, lc, q_scale, HALF), _q_pair(q_row, sqh, 6, 3, N_REP, D, lc, q_scale, HALF),
+        _q_pair(q_row, sqh, 0, 0, N_REP, D, lc, q_scales, HALF), _q_pair(q_row, sqh, 2, 0, N_REP, D, lc, q_scales, HALF),
+        _q_pair(q_row, sqh, 4, 0, N_REP, D, lc, q_scales, HALF), _q_pair(q_row, sqh, 6, 0, N_REP, D, lc, q_scales, HALF),
+        _q_pair(q_row, sqh, 0, 1, N_REP, D, lc, q_scales, HALF), _q_pair(q_row, sqh, 2, 1, N_REP, D, lc, q_scales, HALF),
+        _q_pair(q_row, sqh, 4, 1, N_REP, D, lc, q_scales, HALF), _q_pair(q_row, sqh, 6, 1, N_REP, D, lc, q_scales, HALF),
+        _q_pair(q_row, sqh, 0, 2, N_REP, D, lc, q_scales, HALF), _q_pair(q_row, sqh, 2, 2, N_REP, D, lc, q_scales, HALF),
+        _q_pair(q_row, sqh, 4, 2, N_REP, D, lc, q_scales, HALF), _q_pair(q_row, sqh, 6, 2, N_REP, D, lc, q_scales, HALF),
+        _q_pair(q_row, sqh, 0, 3, N_REP, D, lc, q_scales, HALF), _q_pair(q_row, sqh, 2, 3, N_REP, D, lc, q_scales, HALF),
+        _q_pair(q_row, sqh, 4, 3, N_REP, D, lc, q_scales, HALF), _q_pair(q_row, sqh, 6, 3, N_REP, D, lc, q_scales, HALF),
     )  # fmt: skip
 
     bh = b.to(gl.int64) * heads_kv + h
@@ -643,10 +664,10 @@ def _sc_sparse_decode_kernel(
             )
         sc_scale = qk_scale
         if K_FP8:
-            # the codes' scores times each token's scale (staged after its value slots) with qk_scale and q's
-            # scale folded in, exactly (the scales are powers of two): one multiply per score where there were two
+            # the codes' scores times each token's scale (staged after its value slots) and each head's qk_scale
+            # over q's scale (exact but for qk_scale's own rounding: the scales are powers of two)
             ks = _load_scales(k_off + WB + BLOCK_N * K_SP, BLOCK_N, ts_l)
-            sc = sc * gl.expand_dims(ks * k_fold, 1)
+            sc = sc * (gl.expand_dims(ks, 1) * gl.expand_dims(k_fold, 0))
             sc_scale = 1.0
         ts = t0 + gl.arange(0, BLOCK_N, layout=ts_l)
         if V_FP8 or V_OP:  # the accumulator's rescale waits (V's scales: the frame change folds into it)

@@ -114,6 +114,41 @@ def test_fp8_scatter_scores_queries_of_any_magnitude_on_gpu(dtype, q_mag):
     assert _rel(out, ref) <= 1e-2, f"{dtype} |q| ~ {q_mag}: {_rel(out, ref):.2e}"
 
 
+@pytest.mark.parametrize("k_rule", ["word", "nm16c"])
+def test_fp8_key_scales_are_per_query_head_on_gpu(k_rule):
+    """q's power of two is chosen per query head: an inf in one head of a GQA group (its output NaN, as the
+    reference's) leaves the group's other heads exact, where one scale for the group would flush their q to zero.
+    Both fp8 key paths: the fp16 walk (`word`) and the expanded keys' MMA (calibrated 5:16)."""
+    b, hkv, n_rep, d, t, w = 1, 2, 4, 128, 300, 9
+    dtype = torch.bfloat16
+    torch.manual_seed(3)
+    if k_rule == "word":
+        keep = exact_keep(d, 0.7)
+        ks = _store(torch.randn(b, hkv, t, d, device="cuda", dtype=dtype), keep)
+        vs = _store(torch.randn(b, hkv, t, d, device="cuda", dtype=dtype), keep)
+    else:
+        from mustafar.kernels import pack_into
+        from mustafar.pruning.keep import balanced_groups
+
+        keep = 5 * d // 16
+        k_rows, v_rows = (torch.randn(b, hkv, t, d, device="cuda", dtype=dtype) for _ in "kv")
+        ks = CompressedStore(b, hkv, d, dtype, "cuda", keep, word_quota=True, nm_group=16, value_dtype="fp8")
+        ks.set_head_order(balanced_groups(k_rows.abs().float().mean(2), 16))
+        pack_into(ks, k_rows, ks.kept_mask(k_rows.abs(), keep))
+        vs = CompressedStore(b, hkv, d, dtype, "cuda", keep, nm_group=16, value_dtype="fp8")
+        pack_into(vs, v_rows, vs.kept_mask(v_rows.abs(), keep))
+    q = torch.randn(b, hkv * n_rep, d, device="cuda", dtype=dtype)
+    q[:, ::n_rep, 5] = math.inf  # the first head of each group
+    kw, vw = (torch.randn(b, hkv, w, d, device="cuda", dtype=dtype) for _ in "kv")
+    assert decoder_for(q, ks, vs) == "scatter"
+    ref = sparse_decode_attention(q, ks, vs, kw, vw, d**-0.5, backend="torch")
+    out = sparse_decode_attention(q, ks, vs, kw, vw, d**-0.5)
+    rest = torch.ones(hkv * n_rep, dtype=torch.bool)
+    rest[::n_rep] = False
+    assert out[:, rest].isfinite().all()
+    assert _rel(out[:, rest], ref[:, rest]) <= 1e-2
+
+
 def test_fp8_static_graph_replay_on_gpu():
     b, hkv, n_rep, d, cap, w, keep = 2, 2, 4, 128, 300, 32, 38
     dtype = torch.float16

@@ -884,12 +884,12 @@ def test_scatter_ptx_fp8_writes_the_codes_into_the_e4m3_tile(d, keep):
     assert np.array_equal(smem[tile:], expect)
 
 
-def half_query_pairs(q: torch.Tensor, d: int) -> tuple[list[list[int]], float]:
-    """score_asm(fp8=True)'s query pairs: q times the power of two 2^e that puts its largest magnitude in
-    [B/2, B) (B = HALF_SCORE_Q_BOUND, from frexp: max = m·2^x, m in [0.5, 1)), as fp16; and 2^e."""
-    x = math.frexp(q.double().abs().max().item())[1]
+def half_query_pairs(q: torch.Tensor, d: int) -> tuple[list[list[int]], torch.Tensor]:
+    """score_asm(fp8=True)'s query pairs: each head of q times the power of two 2^e that puts its largest magnitude
+    in [B/2, B) (B = HALF_SCORE_Q_BOUND, from frexp: max = m·2^x, m in [0.5, 1)), as fp16; and the 2^e [heads]."""
+    x = torch.tensor([math.frexp(m)[1] for m in q.double().abs().amax(-1).tolist()], dtype=torch.float64)
     scale = 2.0 ** (math.log2(HALF_SCORE_Q_BOUND) - x)
-    return query_pairs((q.double() * scale).half(), d), scale
+    return query_pairs((q.double() * scale[:, None]).half(), d), scale
 
 
 def _fp8_scores(rows: torch.Tensor, mask: torch.Tensor, q: torch.Tensor, keep: int, valid: int):
@@ -903,7 +903,8 @@ def _fp8_scores(rows: torch.Tensor, mask: torch.Tensor, q: torch.Tensor, keep: i
     pairs, scale = half_query_pairs(q, d)
     ops = [[r * 4 * (d // 32), words.nbytes + r * slot, int(r < valid)] + pairs[r] for r in range(32)]
     out = np.array(run_warp(score_asm(d, keep, slot, n_rep, q.dtype == torch.bfloat16, fp8=True), ops, smem))
-    return out / scale, unscaled
+    out[:, :n_rep] /= scale.numpy()
+    return out, unscaled
 
 
 def _half_walk_bound(unscaled: torch.Tensor, q: torch.Tensor, keep: int) -> np.ndarray:
@@ -923,6 +924,7 @@ def test_score_ptx_fp8_scores_the_unscaled_codes(d, keep, n_rep, dtype):
     tokens, valid = 32, 29
     rows = torch.randn(tokens, d, dtype=dtype) * 3
     q = torch.randn(n_rep, d, dtype=dtype) * 40  # past fp16's range once multiplied by codes near 448
+    q[-1] *= 2.0**-20  # a head far below the others keeps its own precision (per-head scales)
     mask = word_topk_mask(rows.float().abs(), keep)
     out, unscaled = _fp8_scores(rows, mask, q, keep, valid)
     expect = (unscaled.double() @ q.double().T).numpy()

@@ -1,8 +1,8 @@
 """Round 35: what scoring fp8 keys in fp16 (scatter_ptx.score_asm's packed fma walk) adds to the error that fp8 keys
 already carry, on the embedded model's real caches (CPU, no GPU needed).
 
-The walk as the kernel computes it: q times the power of two that puts its largest magnitude in [2, 4), rounded to
-fp16; per 32-channel bitmap word, the kept codes in descending channel order, each step one fused fp16 multiply-add
+The walk as the kernel computes it: each query head times the power of two that puts its largest magnitude in
+[2, 4), rounded to fp16; per 32-channel bitmap word, the kept codes in descending channel order, each step one fused fp16 multiply-add
 (emulated: the exact fp64 value rounded once to fp16); the words' partials added in fp32, times the token's scale.
 Against it: the previous walk (fp32 products and sums, here an fp64 product of the same codes) and the unquantised
 pruned keys. V is the pruned fp64 values throughout, so the output errors are the keys' alone.
@@ -36,9 +36,9 @@ def recording_attention(module, query, key, value, attention_mask, **kwargs):
 
 def half_walk(codes: torch.Tensor, kept: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
     """Scores [T, heads] of unscaled codes [T, D] (zero where pruned) against q [heads, D], as the fp16 walk."""
-    x = math.frexp(q.abs().max().item())[1]
-    scale = 2.0 ** (2 - x)  # max |q| · scale in [2, 4)
-    qs = (q.double() * scale).half().double()
+    x = torch.tensor([math.frexp(m)[1] for m in q.abs().amax(-1).tolist()], dtype=torch.float64)
+    scale = 2.0 ** (2 - x)  # per head: max |q| · scale in [2, 4)
+    qs = (q.double() * scale[:, None]).half().double()
     out = torch.zeros(codes.shape[0], q.shape[0], dtype=torch.float32)
     for g in range(codes.shape[1] // 32):
         part = torch.zeros(codes.shape[0], q.shape[0], dtype=torch.float16)
@@ -46,7 +46,7 @@ def half_walk(codes: torch.Tensor, kept: torch.Tensor, q: torch.Tensor) -> torch
             step = (part.double() + codes[:, c, None].double() * qs[None, :, c]).half()
             part = torch.where(kept[:, c, None], step, part)
         out = out + part.float()
-    return out.double() / scale
+    return out.double() / scale[None, :]
 
 
 def main() -> None:
