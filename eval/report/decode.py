@@ -100,7 +100,7 @@ def table14(decode_dir: Path) -> pd.DataFrame:
 # The kernel benchmark the paper-layout table shows, relative to the results directory: the newest default-launch
 # run of the current decoders (results/kernels/NOTES.md names each round). Moved forward with each kernel round, so
 # the table never shows a superseded kernel under today's name.
-CURRENT_KERNEL_BENCH = Path("kernels/round35_h100/h100_2/bench/bench.json")
+CURRENT_KERNEL_BENCH = Path("kernels/round35_h100/h100_4/bench/bench.json")
 
 
 def kernel_table(bench: dict) -> pd.DataFrame:
