@@ -318,7 +318,7 @@ def test_h100_kernel_column_matches_its_bench_json():
     for quoted in (
         f"`word` s=0.7 **{span('round29_h100/final', 'word', 0.7)}**",
         f"s=0.5 **{span('round29_h100/final', 'word', 0.5)}**",
-        f"fp8 values K0.7V0.7 (`word`, the default fp8 format) **{span('round35_h100/h100_4', 'word-fp8', 0.7)}**",
+        f"fp8 values K0.7V0.7 (`kv=k70v70_word_fp8`) **{span('round35_h100/h100_4', 'word-fp8', 0.7)}**",
         f"K 4:8c + V 2:4 {span('round35_h100/h100_4', 'nm8ck-fp8-nm4v', 0.5)} (round 35's bench)",
     ):
         assert quoted in readme, quoted
