@@ -14,6 +14,7 @@ import math
 import numbers
 import operator
 import sys
+import warnings
 from types import ModuleType
 
 import torch
@@ -246,7 +247,32 @@ def _checked_decoder(q: Tensor, k_store: CompressedStore, v_store: CompressedSto
     time, results/kernels/scatter_h200/run13/host/)."""
     decoder = decoder_for(q, k_store, v_store)
     _check_store_order(k_store, v_store, decoder)
+    _hint_word_quotas(q, k_store, v_store, decoder)
     return decoder
+
+
+_HINTED: set[str] = set()
+
+
+def _hint_word_quotas(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, decoder: str) -> None:
+    """Say once per process when a GPU that runs the scatter decoder decodes two pruned fixed-layout stores with a
+    slower one only because they hold no word quotas: compressed mode's default keep rule (``exact``) packs such
+    stores, and nothing else would tell a user that ``kv.keep_rule=word`` (the same count per token) decodes
+    faster."""
+    if decoder == "scatter" or not gluon_capable(q.device) or q.shape[1] // k_store.heads > SCORE_HEADS:
+        return
+    if (k_store.fp8 or v_store.fp8) and not fp8_convert_capable(q.device):
+        return
+    if not all(st.fixed and st.keep < st.head_dim and store_quotas(st) is None for st in (k_store, v_store)):
+        return
+    message = (
+        f"mustafar: these K and V stores hold no word quotas (keep rule exact or reference), so decode runs the "
+        f"{decoder} decoder; the scatter decoder, faster on this GPU, reads stores packed under kv.keep_rule=word "
+        "(the same count per token, split into fixed quotas per 32-channel word)"
+    )
+    if message not in _HINTED:
+        _HINTED.add(message)
+        warnings.warn(message, UserWarning, stacklevel=4)
 
 
 def _check_store_order(k_store: CompressedStore, v_store: CompressedStore, decoder: str) -> None:

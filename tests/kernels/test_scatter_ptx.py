@@ -779,6 +779,37 @@ def test_dispatch_picks_scatter_only_for_word_quota_stores(monkeypatch):
     assert dispatch.decoder_for(torch.zeros(1, 18, 128, dtype=torch.float16), quota, quota) == "staged"
 
 
+def test_pruned_stores_without_word_quotas_get_one_hint_on_a_scatter_gpu(monkeypatch):
+    """Compressed mode's default `exact` rule packs stores the scatter decoder cannot read: on a GPU that runs it,
+    the op says so once per process, naming kv.keep_rule=word; word-quota stores, a side kept whole (its store is
+    plain under any rule), GQA groups past the scatter scores and CPUs say nothing."""
+    import warnings
+
+    monkeypatch.setattr(dispatch, "_HINTED", set())
+    monkeypatch.setattr(dispatch, "gluon_capable", lambda device: True)
+    q = torch.zeros(1, 8, 128, dtype=torch.float16)
+    quota = CompressedStore(1, 2, 128, torch.float16, "cpu", 38, word_quota=True)
+    plain = CompressedStore(1, 2, 128, torch.float16, "cpu", 38)
+    whole = CompressedStore(1, 2, 128, torch.float16, "cpu", 128)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert dispatch._checked_decoder(q, quota, quota) == "scatter"
+        assert (
+            dispatch._checked_decoder(q, plain, whole) == "staged"
+        )  # V dense: no rule would make it a quota store
+        assert (
+            dispatch._checked_decoder(torch.zeros(1, 18, 128, dtype=torch.float16), plain, plain) == "staged"
+        )
+    with pytest.warns(UserWarning, match=r"runs the staged decoder.*kv\.keep_rule=word"):
+        assert dispatch._checked_decoder(q, plain, plain) == "staged"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dispatch._checked_decoder(q, plain, plain)  # once per process
+        monkeypatch.setattr(dispatch, "_HINTED", set())
+        monkeypatch.setattr(dispatch, "gluon_capable", lambda device: False)
+        assert dispatch._checked_decoder(q, plain, plain) == "portable"
+
+
 def test_public_op_decides_the_decoder_once_per_layout(monkeypatch):
     """sparse_decode_attention's decoder choice and store-order check are cached per layout with its launch
     configuration (the stores' layout_key, q's dtype and heads): decoder_for runs once per key, stores differing
