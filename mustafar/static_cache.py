@@ -500,21 +500,26 @@ class StaticCompressedLayer(StaticLayer):
             _, mask = self.pruners[side].step(prompt, obs, want_mask=False)  # the schedule and its counts
             if self.pruners[side].order is not None:  # this prompt's calibrated groups, in place
                 self.stores[side].set_head_order(self.pruners[side].order[:, :, 0], checked=False)
-            rows, keep = left_align(prompt[:, :, :n], pads), self.keep[side]
-            if n == 0:  # a prompt exactly a window long: nothing has left it (and output-aware has no mask)
-                pass
-            elif self.output_aware[side]:
-                mask = left_align(mask, pads)
-                pack_into(self.stores[side], rows, mask, kernel_backend())
-            elif keep == rows.shape[-1]:
-                pack_into(self.stores[side], rows, torch.ones_like(rows, dtype=torch.bool), kernel_backend())
-            else:
-                topk_pack_into(self.stores[side], rows, keep, kernel_backend())
+            if n > 0:  # a prompt exactly a window long leaves nothing to pack (and output-aware has no mask)
+                self._pack_prompt(side, left_align(prompt[:, :, :n], pads), mask, pads)
             if self.device_stores:  # the pack advanced every row by n: count only each row's real tokens
                 self.stores[side].length_tensor.copy_(counts)
         del self.prompt
         self.prompt_stored = n  # columns packed at prefill (pads included in the count, not in the stores)
         self.stored.copy_(counts)
+
+    def _pack_prompt(
+        self, side: str, rows: torch.Tensor, mask: torch.Tensor | None, pads: torch.Tensor
+    ) -> None:
+        """Pack one side's left-aligned prompt columns: by the output-aware mask, whole for a side kept whole, or
+        by the store's fused top-k."""
+        store, keep = self.stores[side], self.keep[side]
+        if self.output_aware[side]:
+            pack_into(store, rows, left_align(mask, pads), kernel_backend())
+        elif keep == rows.shape[-1]:
+            pack_into(store, rows, torch.ones_like(rows, dtype=torch.bool), kernel_backend())
+        else:
+            topk_pack_into(store, rows, keep, kernel_backend())
 
     def prune_leaving(self) -> None:
         slot = (self.length % (self.policy.window + 1)).view(1)  # holds token length-1-window
