@@ -628,7 +628,7 @@ def score_asm(head_dim: int, keep: int, slot: int, n_rep: int, bf16: bool, fp8: 
     words = head_dim // 32
     regs = _value_regs(keep, slot, fp8)
     pairs = (n_rep + 1) // 2
-    cvt = "cvt.f32.f16" if fp8 or not bf16 else "cvt.f32.bf16"
+    cvt = "cvt.f32.bf16" if bf16 and not fp8 else "cvt.f32.f16"  # the q halves' widening (fp32 walk)
     lines = [
         "{",
         ".reg .pred p;",
