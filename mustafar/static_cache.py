@@ -26,7 +26,6 @@ long), so the sparse op serves padded batches unchanged. ThinK with padding uses
 from __future__ import annotations
 
 import inspect
-import warnings
 
 import torch
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -49,16 +48,13 @@ from mustafar.config import KVConfig, PruneRule
 from mustafar.formats import CompressedStore, pack_bitmap, unpack_bitmap
 from mustafar.formats.fp8 import dequantize, fake_quantize, quantize
 from mustafar.kernels import pack_into, resolve_backend, sparse_decode_attention, topk_pack_into
+from mustafar.kernels.support import warn_once
 from mustafar.pruning import Observation, SidePruner, keep_mask, scores
-
-_SAID: set[str] = set()
 
 
 def say_once(message: str) -> None:
     """One RuntimeWarning per distinct message per process (fallbacks are announced, not repeated per call)."""
-    if message not in _SAID:
-        _SAID.add(message)
-        warnings.warn(message, RuntimeWarning, stacklevel=3)
+    warn_once(message, RuntimeWarning, stacklevel=3)
 
 
 class StaticCacheError(RuntimeError):

@@ -14,7 +14,6 @@ import math
 import numbers
 import operator
 import sys
-import warnings
 from types import ModuleType
 
 import torch
@@ -23,7 +22,7 @@ from torch import Tensor
 from mustafar.formats.bitmap import CompressedStore
 from mustafar.kernels.reference import decode_attention_reference, pack_reference, topk_pack_reference
 from mustafar.kernels.scatter_ptx import SCORE_HEADS, expands_keys, store_quotas
-from mustafar.kernels.support import HEAD_DIMS, fp8_convert_capable, gluon_capable, interpreting
+from mustafar.kernels.support import HEAD_DIMS, fp8_convert_capable, gluon_capable, interpreting, warn_once
 
 BACKENDS = ("auto", "triton", "torch")
 _LOG2E = 1.4426950408889634  # the kernels' softmax runs in base 2 on scale·log2(e)
@@ -251,9 +250,6 @@ def _checked_decoder(q: Tensor, k_store: CompressedStore, v_store: CompressedSto
     return decoder
 
 
-_HINTED: set[str] = set()
-
-
 def _hint_word_quotas(q: Tensor, k_store: CompressedStore, v_store: CompressedStore, decoder: str) -> None:
     """Say once per process when a GPU that runs the scatter decoder decodes two pruned fixed-layout stores with a
     slower one only because they hold no word quotas: compressed mode's default keep rule (``exact``) packs such
@@ -270,9 +266,7 @@ def _hint_word_quotas(q: Tensor, k_store: CompressedStore, v_store: CompressedSt
         f"{decoder} decoder; the scatter decoder, faster on this GPU, reads stores packed under kv.keep_rule=word "
         "(the same count per token, split into fixed quotas per 32-channel word)"
     )
-    if message not in _HINTED:
-        _HINTED.add(message)
-        warnings.warn(message, UserWarning, stacklevel=4)
+    warn_once(message, UserWarning, stacklevel=4)
 
 
 def _check_store_order(k_store: CompressedStore, v_store: CompressedStore, decoder: str) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import os
+import warnings
 
 import torch
 
@@ -37,6 +38,17 @@ def pdl_capable(device: torch.device) -> bool:
     """Whether a kernel can follow the previous one on ``device`` as a programmatic dependent launch
     (``griddepcontrol``): compute capability 9.0 or newer (Hopper), compiled kernels."""
     return gluon_capable(device) and _capability(device.index) >= (9, 0)
+
+
+_WARNED: set[str] = set()
+
+
+def warn_once(message: str, category: type[Warning], stacklevel: int = 2) -> None:
+    """``warnings.warn`` once per distinct message per process: fallbacks and hints are announced, not repeated per
+    call. ``stacklevel`` as for ``warnings.warn``, counted from the caller."""
+    if message not in _WARNED:
+        _WARNED.add(message)
+        warnings.warn(message, category, stacklevel=stacklevel + 1)
 
 
 def cdiv(a: int, b: int) -> int:

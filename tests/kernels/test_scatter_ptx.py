@@ -19,7 +19,7 @@ import torch
 from mustafar.formats import CompressedStore
 from mustafar.formats.bitmap import pack_bitmap, padded_keep
 from mustafar.formats.fp8 import quantize
-from mustafar.kernels import dispatch
+from mustafar.kernels import dispatch, support
 from mustafar.kernels.scatter_ptx import (
     FRAG_PACK,
     HALF_SCORE_Q_BOUND,
@@ -785,7 +785,7 @@ def test_pruned_stores_without_word_quotas_get_one_hint_on_a_scatter_gpu(monkeyp
     plain under any rule), GQA groups past the scatter scores and CPUs say nothing."""
     import warnings
 
-    monkeypatch.setattr(dispatch, "_HINTED", set())
+    monkeypatch.setattr(support, "_WARNED", set())
     monkeypatch.setattr(dispatch, "gluon_capable", lambda device: True)
     q = torch.zeros(1, 8, 128, dtype=torch.float16)
     quota = CompressedStore(1, 2, 128, torch.float16, "cpu", 38, word_quota=True)
@@ -805,7 +805,7 @@ def test_pruned_stores_without_word_quotas_get_one_hint_on_a_scatter_gpu(monkeyp
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         dispatch._checked_decoder(q, plain, plain)  # once per process
-        monkeypatch.setattr(dispatch, "_HINTED", set())
+        monkeypatch.setattr(support, "_WARNED", set())
         monkeypatch.setattr(dispatch, "gluon_capable", lambda device: False)
         assert dispatch._checked_decoder(q, plain, plain) == "portable"
 

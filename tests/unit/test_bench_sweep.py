@@ -30,9 +30,9 @@ bench = pytest.importorskip("bench_sweep")
 @pytest.fixture(autouse=True)
 def fresh_announcements(monkeypatch):
     """Fallbacks are announced once per process; each test sees its own first time."""
-    import mustafar.static_cache
+    from mustafar.kernels import support
 
-    monkeypatch.setattr(mustafar.static_cache, "_SAID", set())
+    monkeypatch.setattr(support, "_WARNED", set())
 
 
 def test_job_is_the_harness_english_task_set():

@@ -33,9 +33,9 @@ STEPS = 5
 @pytest.fixture(autouse=True)
 def fresh_announcements(monkeypatch):
     """Fallbacks are announced once per process; each test sees its own first time."""
-    import mustafar.static_cache
+    from mustafar.kernels import support
 
-    monkeypatch.setattr(mustafar.static_cache, "_SAID", set())
+    monkeypatch.setattr(support, "_WARNED", set())
 
 
 def _drive(model, cache, prompt: torch.Tensor, feed: torch.Tensor):
