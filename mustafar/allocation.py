@@ -46,11 +46,11 @@ def pruning_error_terms(
     to noise when little is dropped (a keep near D with large channels). Each row is squared after scaling by the
     power of two that puts its largest entry in [0.5, 1), and its sums scaled back in fp64: finite bf16/fp32
     entries of 2^64 or more squared to inf in fp32, and exact power-of-two scales change no bit of the sums."""
-    flat = rows.detach().abs().reshape(rows.shape[0], -1).float()
+    values = rows.detach().float()
     # no pruned token: nothing to scale
-    largest = flat.amax(1) if flat.shape[1] else flat.new_zeros(rows.shape[0])
+    largest = values.abs().amax((1, 2, 3)) if values.numel() else values.new_zeros(rows.shape[0])
     exponent = torch.frexp(largest).exponent.view(-1, 1, 1, 1)
-    sq = torch.ldexp(rows.float(), -exponent).square()  # exponent 0 (no scaling) for a zero, inf or NaN row
+    sq = torch.ldexp(values, -exponent).square()  # exponent 0 (no scaling) for a zero, inf or NaN row
     unscale = torch.ldexp(torch.ones_like(exponent, dtype=torch.float64), 2 * exponent)[..., 0]  # [B, 1, 1]
     total = sq.sum(-1, dtype=torch.float64) * unscale
     dropped = sq.topk(sq.shape[-1] - min(keep, sq.shape[-1]), dim=-1, largest=False).values
